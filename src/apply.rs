@@ -1,0 +1,202 @@
+//! Executes a plan: bounded concurrency, each write followed by a read-back that proves the live
+//! policy is now equivalent to the manifest. One resource failing never stops the others.
+
+use std::time::Duration;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::kinesis::{ApiError, Kinesis, Resilient};
+use crate::plan::{Action, Change, Failure, Plan, Summary};
+
+#[derive(Debug, Clone)]
+pub struct ApplyOptions {
+    pub concurrency: usize,
+    /// Read back after each write and compare (`--no-verify` turns it off).
+    pub verify: bool,
+    /// How long to wait for a read-back to reflect the write (eventual consistency).
+    pub verify_timeout: Duration,
+}
+
+impl Default for ApplyOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            verify: true,
+            verify_timeout: Duration::from_secs(10),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Outcome {
+    Applied,
+    Unchanged,
+    Failed,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceResult {
+    #[serde(flatten)]
+    pub change: Change,
+    pub outcome: Outcome,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<Failure>,
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Report {
+    pub results: Vec<ResourceResult>,
+    /// Resources that failed before a change could be planned (carried over from the plan).
+    pub plan_failures: Vec<Failure>,
+}
+
+impl Report {
+    pub fn failures(&self) -> impl Iterator<Item = &Failure> {
+        self.plan_failures
+            .iter()
+            .chain(self.results.iter().filter_map(|r| r.error.as_ref()))
+    }
+
+    pub fn failed(&self) -> bool {
+        self.failures().next().is_some()
+    }
+
+    /// Counts of what was actually done (a failed create is counted as failed, not created).
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            failed: self.failures().count(),
+            ..Summary::default()
+        };
+        for r in &self.results {
+            match (r.outcome, r.change.action) {
+                (Outcome::Applied, Action::Create) => s.create += 1,
+                (Outcome::Applied, Action::Update) => s.update += 1,
+                (Outcome::Applied, Action::Delete) => s.delete += 1,
+                (Outcome::Unchanged, _) | (Outcome::Applied, Action::NoOp) => s.unchanged += 1,
+                (Outcome::Failed, _) => {}
+            }
+        }
+        s
+    }
+}
+
+pub async fn apply<K: Kinesis>(
+    api: &Resilient<K>,
+    plan: Plan,
+    opts: &ApplyOptions,
+    progress: &indicatif::ProgressBar,
+) -> Report {
+    let pending = plan
+        .changes
+        .iter()
+        .filter(|c| c.action != Action::NoOp)
+        .count();
+    progress.set_length(pending as u64);
+    let mut results: Vec<ResourceResult> = futures::stream::iter(plan.changes)
+        .map(|change| async move {
+            if change.action == Action::NoOp {
+                return ResourceResult {
+                    change,
+                    outcome: Outcome::Unchanged,
+                    error: None,
+                };
+            }
+            let result = apply_one(api, &change, opts).await;
+            progress.inc(1);
+            let outcome = if result.is_ok() {
+                Outcome::Applied
+            } else {
+                Outcome::Failed
+            };
+            metrics::counter!("kpr_changes_total", "action" => change.action.as_str(), "outcome" => if result.is_ok() { "applied" } else { "failed" })
+                .increment(1);
+            match &result {
+                Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "applied", "change applied"),
+                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), outcome = "failed", error = %f.message, "change failed"),
+            }
+            ResourceResult {
+                change,
+                outcome,
+                error: result.err(),
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    results.sort_by(|a, b| a.change.arn.cmp(&b.change.arn));
+    Report {
+        results,
+        plan_failures: plan.failures,
+    }
+}
+
+async fn apply_one<K: Kinesis>(
+    api: &Resilient<K>,
+    change: &Change,
+    opts: &ApplyOptions,
+) -> Result<(), Failure> {
+    let fail = |e: &ApiError| Failure::from_api(change.arn.clone(), change.source.clone(), e);
+    match change.action {
+        Action::NoOp => return Ok(()),
+        Action::Create | Action::Update => {
+            let json = change
+                .put_json
+                .as_deref()
+                .expect("create/update always carries the policy to put");
+            api.put_policy(&change.target, json)
+                .await
+                .map_err(|e| fail(&e))?;
+        }
+        Action::Delete => match api.delete_policy(&change.target).await {
+            // Already gone (AWS and moto answer NotFound when there is no policy): the goal
+            // state holds, as Terraform treats it.
+            Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => {}
+            other => other.map_err(|e| fail(&e))?,
+        },
+    }
+    if opts.verify {
+        verify(api, change, opts.verify_timeout).await?;
+    }
+    Ok(())
+}
+
+/// Read the policy back until it matches, tolerating a short window of eventual consistency.
+async fn verify<K: Kinesis>(
+    api: &Resilient<K>,
+    change: &Change,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    let started = tokio::time::Instant::now();
+    let mut delay = Duration::from_millis(50);
+    loop {
+        let live = api.get_policy(&change.target).await.map_err(|e| {
+            let mut f = Failure::from_api(change.arn.clone(), change.source.clone(), &e);
+            f.message = format!("written, but the read-back failed: {}", f.message);
+            f
+        })?;
+        let ok = match (&change.desired, live.as_deref()) {
+            (None, None) => true,
+            (Some(want), Some(raw)) => crate::policy::PolicyDocument::from_json_str(raw)
+                .is_ok_and(|got| got.equivalent(want)),
+            _ => false,
+        };
+        if ok {
+            return Ok(());
+        }
+        if started.elapsed() + delay > timeout {
+            return Err(crate::plan::local_failure(
+                change.arn.clone(),
+                change.source.clone(),
+                Some(crate::kinesis::Op::GetResourcePolicy),
+                format!(
+                    "verification failed: {}s after the write the live policy is still not equivalent to the manifest (something else is writing it, or the service rewrote it: compare with `kpr policy diff`)",
+                    timeout.as_secs()
+                ),
+            ));
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}

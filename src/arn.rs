@@ -1,0 +1,297 @@
+//! Kinesis stream and consumer ARNs.
+//!
+//! The service model's patterns (`arn:aws.*:kinesis:.*:\d{12}:.*stream/\S+` and the consumer form
+//! ending in `/consumer/NAME:EPOCH`) are checked here by hand rather than with a regex engine: the
+//! grammar is small and the errors can then say which part is wrong.
+
+use std::fmt;
+
+/// Where a resource lives: one API client serves exactly one scope, because only the owning
+/// account can manage a resource's policy.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct Scope {
+    pub partition: String,
+    pub region: String,
+    pub account: String,
+}
+
+impl fmt::Display for Scope {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}/{}/{}", self.partition, self.account, self.region)
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ConsumerRef {
+    pub name: String,
+    /// The `:<creation epoch seconds>` suffix. `None` means "whichever consumer of this name is
+    /// registered now": kpr resolves it at plan time so a re-registered consumer keeps its policy.
+    pub created: Option<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct ResourceArn {
+    pub scope: Scope,
+    pub stream: String,
+    pub consumer: Option<ConsumerRef>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid Kinesis ARN {arn:?}: {reason}")]
+pub struct ArnError {
+    pub arn: String,
+    pub reason: String,
+}
+
+const MAX_ARN_LEN: usize = 2048;
+
+fn valid_name(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 128
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'))
+}
+
+impl ResourceArn {
+    pub fn parse(text: &str) -> Result<Self, ArnError> {
+        let err = |reason: &str| ArnError {
+            arn: text.to_string(),
+            reason: reason.to_string(),
+        };
+        if text.is_empty() || text.len() > MAX_ARN_LEN {
+            return Err(err("must be 1 to 2048 characters"));
+        }
+        if text.chars().any(char::is_whitespace) {
+            return Err(err("contains whitespace"));
+        }
+        let mut parts = text.splitn(6, ':');
+        let (Some(prefix), Some(partition), Some(service), Some(region), Some(account), Some(rest)) = (
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+            parts.next(),
+        ) else {
+            return Err(err(
+                "expected arn:PARTITION:kinesis:REGION:ACCOUNT:stream/NAME",
+            ));
+        };
+        if prefix != "arn" {
+            return Err(err("must start with \"arn:\""));
+        }
+        if !partition.starts_with("aws") {
+            return Err(err(&format!(
+                "partition {partition:?} is not an AWS partition (aws, aws-cn, aws-us-gov, ...)"
+            )));
+        }
+        if service != "kinesis" {
+            return Err(err(&format!(
+                "service is {service:?}, not \"kinesis\" (only data streams and consumers have these policies)"
+            )));
+        }
+        if region.is_empty()
+            || !region
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+        {
+            return Err(err(&format!("region {region:?} is not a region name")));
+        }
+        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(err(&format!(
+                "account {account:?} is not a 12-digit account id"
+            )));
+        }
+        let Some(path) = rest.strip_prefix("stream/") else {
+            return Err(err(&format!(
+                "resource {rest:?} is not stream/NAME or stream/NAME/consumer/NAME"
+            )));
+        };
+        let (stream, consumer) = match path.split_once("/consumer/") {
+            None => (path, None),
+            Some((stream, consumer)) => {
+                let (name, created) = match consumer.split_once(':') {
+                    None => (consumer, None),
+                    Some((name, epoch)) => {
+                        if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()) {
+                            return Err(err(&format!(
+                                "consumer suffix {epoch:?} is not a creation timestamp (digits)"
+                            )));
+                        }
+                        let epoch = epoch
+                            .parse()
+                            .map_err(|_| err("consumer creation timestamp is out of range"))?;
+                        (name, Some(epoch))
+                    }
+                };
+                if !valid_name(name) {
+                    return Err(err(&format!(
+                        "consumer name {name:?} must be 1-128 characters of [a-zA-Z0-9_.-]"
+                    )));
+                }
+                (
+                    stream,
+                    Some(ConsumerRef {
+                        name: name.to_string(),
+                        created,
+                    }),
+                )
+            }
+        };
+        if !valid_name(stream) {
+            return Err(err(&format!(
+                "stream name {stream:?} must be 1-128 characters of [a-zA-Z0-9_.-]"
+            )));
+        }
+        Ok(ResourceArn {
+            scope: Scope {
+                partition: partition.to_string(),
+                region: region.to_string(),
+                account: account.to_string(),
+            },
+            stream: stream.to_string(),
+            consumer,
+        })
+    }
+
+    pub fn is_consumer(&self) -> bool {
+        self.consumer.is_some()
+    }
+
+    /// A consumer named without its creation timestamp must be resolved against the live
+    /// registration before any policy call can address it.
+    pub fn needs_resolution(&self) -> bool {
+        matches!(&self.consumer, Some(c) if c.created.is_none())
+    }
+
+    pub fn stream_arn(&self) -> ResourceArn {
+        ResourceArn {
+            scope: self.scope.clone(),
+            stream: self.stream.clone(),
+            consumer: None,
+        }
+    }
+
+    /// The identity used to match manifests against live resources: a consumer's timestamp is
+    /// dropped, because a manifest that names a consumer by name owns every registration of it.
+    pub fn identity(&self) -> ResourceArn {
+        let mut id = self.clone();
+        if let Some(c) = &mut id.consumer {
+            c.created = None;
+        }
+        id
+    }
+
+    pub fn kind(&self) -> &'static str {
+        if self.is_consumer() {
+            "consumer"
+        } else {
+            "stream"
+        }
+    }
+}
+
+impl fmt::Display for ResourceArn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let Scope {
+            partition,
+            region,
+            account,
+        } = &self.scope;
+        write!(
+            f,
+            "arn:{partition}:kinesis:{region}:{account}:stream/{}",
+            self.stream
+        )?;
+        if let Some(c) = &self.consumer {
+            write!(f, "/consumer/{}", c.name)?;
+            if let Some(t) = c.created {
+                write!(f, ":{t}")?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::str::FromStr for ResourceArn {
+    type Err = ArnError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        Self::parse(s)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stream_round_trips() {
+        let s = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+        let a = ResourceArn::parse(s).unwrap();
+        assert_eq!(a.stream, "orders");
+        assert_eq!(a.scope.account, "111122223333");
+        assert_eq!(a.scope.region, "us-east-1");
+        assert!(!a.is_consumer());
+        assert_eq!(a.to_string(), s);
+    }
+
+    #[test]
+    fn consumer_with_and_without_timestamp() {
+        let with = ResourceArn::parse(
+            "arn:aws-cn:kinesis:cn-north-1:111122223333:stream/orders/consumer/app-1:1700000000",
+        )
+        .unwrap();
+        let c = with.consumer.as_ref().unwrap();
+        assert_eq!((c.name.as_str(), c.created), ("app-1", Some(1_700_000_000)));
+        assert_eq!(with.scope.partition, "aws-cn");
+        assert!(!with.needs_resolution());
+
+        let without = ResourceArn::parse(
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app-1",
+        )
+        .unwrap();
+        assert!(without.needs_resolution());
+        assert_eq!(
+            without.stream_arn().to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders"
+        );
+        assert_eq!(with.identity().consumer, without.identity().consumer);
+    }
+
+    #[test]
+    fn rejects_foreign_and_malformed() {
+        for (bad, needle) in [
+            ("arn:aws:s3:::bucket", "expected arn:"),
+            (
+                "arn:aws:sqs:us-east-1:111122223333:stream/x",
+                "not \"kinesis\"",
+            ),
+            (
+                "arn:gcp:kinesis:us-east-1:111122223333:stream/x",
+                "partition",
+            ),
+            ("arn:aws:kinesis:us-east-1:1111:stream/x", "12-digit"),
+            (
+                "arn:aws:kinesis:us-east-1:111122223333:table/x",
+                "stream/NAME",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111122223333:stream/",
+                "stream name",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111122223333:stream/a b",
+                "whitespace",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111122223333:stream/o/consumer/c:12x",
+                "timestamp",
+            ),
+            ("arn:aws:kinesis:US-EAST-1:111122223333:stream/o", "region"),
+            ("nope", "expected arn:"),
+        ] {
+            let e = ResourceArn::parse(bad).unwrap_err().to_string();
+            assert!(e.contains(needle), "{bad}: {e}");
+        }
+    }
+}

@@ -1,0 +1,520 @@
+//! The `kpr` command line: argument definitions and the one-shot commands.
+//!
+//! Exit codes: 0 success (no changes with `--detailed-exitcode`), 1 error, 2 changes present
+//! (`plan --detailed-exitcode`) or "not equivalent" (`policy diff`).
+
+use std::io::{IsTerminal, Read};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::apply::{self, ApplyOptions};
+use crate::arn::ResourceArn;
+use crate::config::FileConfig;
+use crate::kinesis::{AwsKinesis, ClientOptions, Resilient, RetryPolicy};
+use crate::manifest::{self, Diagnostic, LoadOptions};
+use crate::plan::{self, PlanOptions};
+use crate::policy::PolicyDocument;
+use crate::render::{self, Style};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "kpr",
+    version,
+    about = "Reconcile Kinesis stream and consumer resource policies from YAML manifests",
+    long_about = "kpr keeps the resource-based policies of Kinesis data streams and stream consumers \
+                  equal to YAML manifests kept in git: it compares them semantically, shows the \
+                  difference, and applies it."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct GlobalArgs {
+    /// Region for API calls that are not addressed by an ARN (ARNs carry their own region).
+    #[arg(long, global = true, env = "KPR_REGION")]
+    pub region: Option<String>,
+    /// Send every Kinesis (and STS) call to this endpoint, e.g. a local emulator.
+    /// AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_KINESIS are honoured too.
+    #[arg(long, global = true, env = "KPR_ENDPOINT_URL")]
+    pub endpoint_url: Option<String>,
+    /// Resources processed at once [default: 8].
+    #[arg(long, global = true, env = "KPR_CONCURRENCY")]
+    pub concurrency: Option<usize>,
+    /// Requests per second per AWS account, 0 for no limit [default: 5].
+    #[arg(long, global = true, env = "KPR_RATE_LIMIT")]
+    pub rate_limit: Option<u32>,
+    /// Attempts per API call, counting the first [default: 8].
+    #[arg(long, global = true, env = "KPR_MAX_ATTEMPTS")]
+    pub max_attempts: Option<u32>,
+    /// No retry starts after this long since a call's first attempt [default: 2m].
+    #[arg(long, global = true, env = "KPR_MAX_RETRY_TIME", value_parser = humantime::parse_duration)]
+    pub max_retry_time: Option<Duration>,
+    /// Largest policy, in bytes of JSON, that validation accepts [default: 20480].
+    #[arg(long, global = true, env = "KPR_MAX_POLICY_SIZE")]
+    pub max_policy_size: Option<usize>,
+    /// error, warn, info, debug or trace (or a tracing filter) [default: warn; serve: info].
+    #[arg(long, global = true, env = "KPR_LOG_LEVEL")]
+    pub log_level: Option<String>,
+    /// Log format; default: text on a terminal, JSON otherwise (serve) / text (other commands).
+    #[arg(long, global = true, env = "KPR_LOG_FORMAT")]
+    pub log_format: Option<LogFormat>,
+    /// YAML configuration file (see README: every field is also a flag and a KPR_* variable).
+    #[arg(long, global = true, env = "KPR_CONFIG")]
+    pub config: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
+pub enum OutputFormat {
+    #[default]
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Check every manifest offline (syntax, ARNs, policy lint, duplicates); exit 0 or 1.
+    Validate {
+        #[arg(long, env = "KPR_DIR")]
+        dir: PathBuf,
+        #[arg(long, value_enum, default_value_t)]
+        output: OutputFormat,
+    },
+    /// Show what apply would change.
+    Plan(PlanArgs),
+    /// Apply the manifests: validate everything, then write what differs.
+    Apply {
+        #[command(flatten)]
+        plan: PlanArgs,
+        /// Plan and print, write nothing.
+        #[arg(long)]
+        dry_run: bool,
+        /// Skip reading each policy back after writing it.
+        #[arg(long)]
+        no_verify: bool,
+    },
+    /// Work with single policy documents (any IAM policy; equivalence rules only, no Kinesis lint).
+    #[command(subcommand)]
+    Policy(PolicyCommand),
+    /// Print shell completions.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff).
+    Man,
+    /// Print the JSON Schema of the manifest format.
+    Schema,
+}
+
+#[derive(Debug, Clone, Args)]
+pub struct PlanArgs {
+    /// Directory of manifests, searched recursively for *.yaml / *.yml.
+    #[arg(long, env = "KPR_DIR")]
+    pub dir: PathBuf,
+    #[arg(long, value_enum, default_value_t)]
+    pub output: OutputFormat,
+    /// Exit 0 when there is nothing to change, 2 when there is, 1 on error.
+    #[arg(long)]
+    pub detailed_exitcode: bool,
+    /// Only this resource (repeatable). A consumer may be given with or without its timestamp.
+    #[arg(long = "target", value_name = "ARN")]
+    pub targets: Vec<String>,
+    /// Delete policies of resources, in the accounts/regions the manifests cover, that no
+    /// manifest declares.
+    #[arg(long, env = "KPR_PRUNE")]
+    pub prune: bool,
+    /// With --prune: refuse to delete more than this many policies.
+    #[arg(long, env = "KPR_MAX_DELETES", default_value_t = plan::DEFAULT_MAX_DELETES)]
+    pub max_deletes: usize,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum PolicyCommand {
+    /// Exit 0 when A and B are equivalent, 1 when not (prints the difference), 2 on error.
+    Diff {
+        /// A policy JSON file, or - for stdin.
+        a: String,
+        /// A policy JSON file, or - for stdin.
+        b: String,
+    },
+    /// Print the canonical form of a policy (what kpr compares).
+    Fmt {
+        /// A policy JSON file, or - for stdin.
+        file: String,
+    },
+}
+
+/// Everything needed to build the engine, after flags, env and the config file are merged.
+#[derive(Debug, Clone)]
+pub struct Engine {
+    pub client: ClientOptions,
+    pub retry: RetryPolicy,
+    pub rate_limit: u32,
+    pub concurrency: usize,
+    pub load: LoadOptions,
+}
+
+pub const DEFAULT_CONCURRENCY: usize = 8;
+/// Other Kinesis control-plane calls allow about 5 requests/s per account; AWS does not publish
+/// the resource-policy calls' limit, so kpr assumes the same until told otherwise.
+pub const DEFAULT_RATE_LIMIT: u32 = 5;
+
+impl Engine {
+    pub fn resolve(g: &GlobalArgs, file: &FileConfig) -> Self {
+        let defaults = RetryPolicy::default();
+        Engine {
+            client: ClientOptions {
+                region: g.region.clone().or_else(|| file.region.clone()),
+                endpoint_url: g.endpoint_url.clone().or_else(|| file.endpoint_url.clone()),
+                roles: file
+                    .accounts
+                    .iter()
+                    .map(|(id, a)| (id.clone(), a.role_arn.clone()))
+                    .collect(),
+                attempt_timeout: None,
+            },
+            retry: RetryPolicy {
+                max_attempts: g
+                    .max_attempts
+                    .or(file.max_attempts)
+                    .unwrap_or(defaults.max_attempts)
+                    .max(1),
+                max_elapsed: g
+                    .max_retry_time
+                    .or(file.max_retry_time)
+                    .unwrap_or(defaults.max_elapsed),
+                ..defaults
+            },
+            rate_limit: g
+                .rate_limit
+                .or(file.rate_limit)
+                .unwrap_or(DEFAULT_RATE_LIMIT),
+            concurrency: g
+                .concurrency
+                .or(file.concurrency)
+                .unwrap_or(DEFAULT_CONCURRENCY)
+                .max(1),
+            load: LoadOptions {
+                max_policy_size: g
+                    .max_policy_size
+                    .or(file.max_policy_size)
+                    .unwrap_or(manifest::DEFAULT_MAX_POLICY_SIZE),
+            },
+        }
+    }
+
+    pub async fn connect(&self) -> Resilient<AwsKinesis> {
+        Resilient::new(
+            AwsKinesis::new(self.client.clone()).await,
+            self.retry.clone(),
+            self.rate_limit,
+        )
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Config(#[from] crate::config::ConfigError),
+    #[error("{0}")]
+    Usage(String),
+    #[error("{path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+}
+
+pub const EXIT_OK: u8 = 0;
+pub const EXIT_ERROR: u8 = 1;
+pub const EXIT_CHANGES: u8 = 2;
+
+/// Runs a one-shot command. `serve` and `import` are dispatched by the binary.
+pub async fn run(cli: Cli) -> Result<u8, CliError> {
+    let file = FileConfig::load_opt(cli.global.config.as_deref())?;
+    let engine = Engine::resolve(&cli.global, &file);
+    match cli.command {
+        Command::Validate { dir, output } => Ok(validate(&dir, output, &engine)),
+        Command::Plan(args) => run_plan(&args, &engine, None).await,
+        Command::Apply {
+            plan,
+            dry_run,
+            no_verify,
+        } => {
+            run_plan(
+                &plan,
+                &engine,
+                Some(ApplyMode {
+                    dry_run,
+                    verify: !no_verify,
+                }),
+            )
+            .await
+        }
+        Command::Policy(cmd) => Ok(policy_command(cmd)),
+        Command::Completions { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut cmd, "kpr", &mut std::io::stdout());
+            Ok(EXIT_OK)
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd)
+                .render(&mut std::io::stdout())
+                .map_err(|source| CliError::Io {
+                    path: "stdout".into(),
+                    source,
+                })?;
+            Ok(EXIT_OK)
+        }
+        Command::Schema => {
+            println!("{}", manifest_schema());
+            Ok(EXIT_OK)
+        }
+    }
+}
+
+/// The manifest JSON Schema, generated from [`manifest::ManifestDoc`].
+pub fn manifest_schema() -> String {
+    let schema = schemars::schema_for!(manifest::ManifestDoc);
+    serde_json::to_string_pretty(&schema).expect("schema serialises")
+}
+
+fn print_diagnostics(diags: &[Diagnostic]) {
+    for d in diags {
+        eprintln!("{d}");
+    }
+}
+
+fn validate(dir: &Path, output: OutputFormat, engine: &Engine) -> u8 {
+    let loaded = manifest::load_dir(dir, &engine.load);
+    let errors = loaded.errors().count();
+    match output {
+        OutputFormat::Json => {
+            let doc = serde_json::json!({
+                "format_version": render::FORMAT_VERSION,
+                "kind": "validate",
+                "valid": errors == 0,
+                "files": loaded.files,
+                "resources": loaded.state.resources.len(),
+                "diagnostics": loaded.diagnostics,
+            });
+            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+        }
+        OutputFormat::Text => {
+            print_diagnostics(&loaded.diagnostics);
+            if errors == 0 {
+                println!(
+                    "{} manifest(s) in {} file(s) are valid.",
+                    loaded.state.resources.len(),
+                    loaded.files
+                );
+            } else {
+                eprintln!("{errors} error(s); nothing was checked against AWS.");
+            }
+        }
+    }
+    if errors == 0 { EXIT_OK } else { EXIT_ERROR }
+}
+
+struct ApplyMode {
+    dry_run: bool,
+    verify: bool,
+}
+
+fn progress_bar(enabled: bool, msg: &'static str) -> indicatif::ProgressBar {
+    if !enabled || !std::io::stderr().is_terminal() {
+        return indicatif::ProgressBar::hidden();
+    }
+    let pb = indicatif::ProgressBar::new(0);
+    pb.set_style(
+        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
+            .expect("template")
+            .progress_chars("=> "),
+    );
+    pb.set_message(msg);
+    pb
+}
+
+async fn run_plan(
+    args: &PlanArgs,
+    engine: &Engine,
+    mode: Option<ApplyMode>,
+) -> Result<u8, CliError> {
+    let targets = args
+        .targets
+        .iter()
+        .map(|t| ResourceArn::parse(t).map_err(|e| CliError::Usage(format!("--target: {e}"))))
+        .collect::<Result<Vec<_>, _>>()?;
+    // Validation of the whole desired state happens before the first call.
+    let desired = match manifest::load_dir(&args.dir, &engine.load).into_result() {
+        Ok(d) => d,
+        Err(errors) => {
+            print_diagnostics(&errors);
+            eprintln!(
+                "{} error(s) in {}; nothing was planned or applied.",
+                errors.len(),
+                args.dir.display()
+            );
+            return Ok(EXIT_ERROR);
+        }
+    };
+    let api = engine.connect().await;
+    let opts = PlanOptions {
+        concurrency: engine.concurrency,
+        targets,
+        prune: args.prune,
+        max_deletes: args.max_deletes,
+    };
+    let text = args.output == OutputFormat::Text;
+    let style = Style::detect(std::io::stdout().is_terminal());
+    let pb = progress_bar(text, "reading live policies");
+    let plan = match plan::plan(&api, &desired, &opts, &pb).await {
+        Ok(p) => p,
+        Err(refused) => {
+            pb.finish_and_clear();
+            eprintln!("error: {refused}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    pb.finish_and_clear();
+    let apply_mode = match mode {
+        Some(m) if !m.dry_run => m,
+        dry => {
+            if text {
+                print!("{}", render::plan_text(&plan, &style));
+                if dry.is_some() {
+                    println!("Dry run: nothing was written.");
+                }
+            } else {
+                print!("{}", render::plan_json(&plan));
+            }
+            return Ok(if !plan.failures.is_empty() {
+                EXIT_ERROR
+            } else if args.detailed_exitcode && plan.has_changes() {
+                EXIT_CHANGES
+            } else {
+                EXIT_OK
+            });
+        }
+    };
+    let pb = progress_bar(text, "applying");
+    let report = apply::apply(
+        &api,
+        plan,
+        &ApplyOptions {
+            concurrency: engine.concurrency,
+            verify: apply_mode.verify,
+            ..ApplyOptions::default()
+        },
+        &pb,
+    )
+    .await;
+    pb.finish_and_clear();
+    if text {
+        print!("{}", render::apply_text(&report, &style));
+    } else {
+        print!("{}", render::apply_json(&report));
+    }
+    Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
+}
+
+fn read_input(name: &str) -> Result<String, String> {
+    if name == "-" {
+        let mut s = String::new();
+        std::io::stdin()
+            .read_to_string(&mut s)
+            .map_err(|e| format!("stdin: {e}"))?;
+        Ok(s)
+    } else {
+        std::fs::read_to_string(name).map_err(|e| format!("{name}: {e}"))
+    }
+}
+
+fn load_policy(name: &str) -> Result<PolicyDocument, String> {
+    let text = read_input(name)?;
+    PolicyDocument::from_json_str(&text).map_err(|e| match &e {
+        crate::policy::PolicyError::Json(j) => format!("{name}:{}: {e}", j.line()),
+        _ => format!("{name}: {e}"),
+    })
+}
+
+/// `policy diff` exits 0/1/2 like diff(1): equal, different, trouble.
+fn policy_command(cmd: PolicyCommand) -> u8 {
+    match cmd {
+        PolicyCommand::Fmt { file } => match load_policy(&file) {
+            Ok(doc) => {
+                print!("{}", doc.to_canonical_string());
+                EXIT_OK
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                EXIT_ERROR
+            }
+        },
+        PolicyCommand::Diff { a, b } => {
+            if a == "-" && b == "-" {
+                eprintln!("error: only one side can be read from stdin");
+                return 2;
+            }
+            let (da, db) = match (load_policy(&a), load_policy(&b)) {
+                (Ok(da), Ok(db)) => (da, db),
+                (Err(e), _) | (_, Err(e)) => {
+                    eprintln!("error: {e}");
+                    return 2;
+                }
+            };
+            if da.equivalent(&db) {
+                println!("Equivalent: {a} and {b} grant the same access.");
+                return 0;
+            }
+            let style = Style::detect(std::io::stdout().is_terminal());
+            println!("--- {a}\n+++ {b}");
+            for line in render::statement_diff(Some(&da), None, Some(&db)) {
+                println!("{}", colorize(&line, &style));
+            }
+            1
+        }
+    }
+}
+
+fn colorize(line: &str, style: &Style) -> String {
+    if !style.color {
+        return line.to_string();
+    }
+    match line.chars().next() {
+        Some('+') => format!("\x1b[32m{line}\x1b[0m"),
+        Some('-') => format!("\x1b[31m{line}\x1b[0m"),
+        _ => line.to_string(),
+    }
+}
+
+/// Logs go to stderr, so stdout stays a clean plan or JSON document.
+pub fn init_logging(level: &str, json: bool) {
+    let filter = tracing_subscriber::EnvFilter::try_new(level)
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    if json {
+        builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(true)
+            .init();
+    } else {
+        builder.with_ansi(std::io::stderr().is_terminal()).init();
+    }
+}

@@ -1,0 +1,126 @@
+//! The optional YAML configuration file (`--config`), shared by the CLI and `kpr serve`.
+//!
+//! Precedence, highest first: flag, `KPR_*` environment variable, this file, built-in default.
+//! Secrets are never fields here: only paths to files holding them.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct FileConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub concurrency: Option<usize>,
+    pub rate_limit: Option<u32>,
+    pub max_attempts: Option<u32>,
+    #[serde(default, with = "opt_duration")]
+    pub max_retry_time: Option<Duration>,
+    pub max_policy_size: Option<usize>,
+    pub log_level: Option<String>,
+    pub log_format: Option<String>,
+    /// Account id -> how to reach it.
+    #[serde(default)]
+    pub accounts: BTreeMap<String, AccountConfig>,
+
+    // `kpr serve`
+    pub dir: Option<PathBuf>,
+    pub git: Option<GitConfig>,
+    pub workdir: Option<PathBuf>,
+    pub schedule: Option<String>,
+    #[serde(default, with = "opt_duration")]
+    pub interval: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
+    pub jitter: Option<Duration>,
+    pub listen: Option<String>,
+    pub webhook_secret_file: Option<PathBuf>,
+    pub dry_run: Option<bool>,
+    pub prune: Option<bool>,
+    pub max_deletes: Option<usize>,
+    #[serde(default, with = "opt_duration")]
+    pub shutdown_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct AccountConfig {
+    pub role_arn: String,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct GitConfig {
+    pub url: Option<String>,
+    pub branch: Option<String>,
+    pub path: Option<PathBuf>,
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}: cannot read config: {source}")]
+    Read {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("{path}:{line}: {message}")]
+    Parse {
+        path: PathBuf,
+        line: usize,
+        message: String,
+    },
+    #[error("{0}")]
+    Invalid(String),
+}
+
+impl FileConfig {
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        if text.trim().is_empty() {
+            return Ok(Self::default());
+        }
+        let cfg: FileConfig = serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
+            path: path.to_path_buf(),
+            line: e.location().map_or(1, |l| l.line()),
+            message: e.to_string(),
+        })?;
+        for (account, a) in &cfg.accounts {
+            if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: accounts: {account:?} is not a 12-digit account id",
+                    path.display()
+                )));
+            }
+            if !a.role_arn.starts_with("arn:") || !a.role_arn.contains(":role/") {
+                return Err(ConfigError::Invalid(format!(
+                    "{}: accounts.{account}.roleArn {:?} is not an IAM role ARN",
+                    path.display(),
+                    a.role_arn
+                )));
+            }
+        }
+        Ok(cfg)
+    }
+
+    pub fn load_opt(path: Option<&Path>) -> Result<Self, ConfigError> {
+        path.map_or_else(|| Ok(Self::default()), Self::load)
+    }
+}
+
+/// Durations as humans write them: `30s`, `5m`, `1h 30m`.
+mod opt_duration {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let s: Option<String> = Option::deserialize(d)?;
+        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
+            .transpose()
+    }
+}

@@ -1,0 +1,816 @@
+//! The Kinesis API behind a small trait.
+//!
+//! [`Kinesis`] is one attempt per call, nothing more: [`AwsKinesis`] is the real SDK client (its
+//! own retries switched off) and [`Resilient`] wraps any implementation with the one retry layer,
+//! the per-account rate limit and the API metrics. Plan and apply only ever see a `Resilient`.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::num::NonZeroU32;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use backon::Retryable;
+use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
+
+use crate::arn::{ConsumerRef, ResourceArn, Scope};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Op {
+    GetResourcePolicy,
+    PutResourcePolicy,
+    DeleteResourcePolicy,
+    DescribeStreamConsumer,
+    ListStreams,
+    ListStreamConsumers,
+}
+
+impl Op {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Op::GetResourcePolicy => "GetResourcePolicy",
+            Op::PutResourcePolicy => "PutResourcePolicy",
+            Op::DeleteResourcePolicy => "DeleteResourcePolicy",
+            Op::DescribeStreamConsumer => "DescribeStreamConsumer",
+            Op::ListStreams => "ListStreams",
+            Op::ListStreamConsumers => "ListStreamConsumers",
+        }
+    }
+}
+
+impl fmt::Display for Op {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// What a caller decides on: retry, treat as "not there", or give up on this resource.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ErrorClass {
+    /// ResourceInUse, LimitExceeded, throttling, 5xx, timeouts, connection failures.
+    Retryable,
+    NotFound,
+    Fatal,
+}
+
+#[derive(Debug, Clone, thiserror::Error)]
+pub struct ApiError {
+    pub op: Op,
+    pub class: ErrorClass,
+    /// The service's error code (`AccessDeniedException`, ...) when it sent one.
+    pub code: Option<String>,
+    pub message: String,
+    /// How many attempts were made before giving up (set by [`Resilient`]).
+    pub attempts: u32,
+}
+
+impl fmt::Display for ApiError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: ", self.op)?;
+        if let Some(code) = &self.code {
+            write!(f, "{code}: ")?;
+        }
+        write!(f, "{}", self.message)?;
+        if self.attempts > 1 {
+            write!(f, " (after {} attempts)", self.attempts)?;
+        }
+        Ok(())
+    }
+}
+
+impl ApiError {
+    pub fn is_retryable(&self) -> bool {
+        self.class == ErrorClass::Retryable
+    }
+
+    fn new(op: Op, class: ErrorClass, code: Option<&str>, message: impl Into<String>) -> Self {
+        ApiError {
+            op,
+            class,
+            code: code.map(str::to_string),
+            message: message.into(),
+            attempts: 1,
+        }
+    }
+
+    /// A short, bounded label for metrics.
+    pub fn outcome(&self) -> &'static str {
+        match (self.class, self.code.as_deref()) {
+            (_, Some("ResourceInUseException")) => "resource_in_use",
+            (_, Some("LimitExceededException")) => "limit_exceeded",
+            (_, Some("AccessDeniedException")) => "access_denied",
+            (_, Some("InvalidArgumentException")) => "invalid_argument",
+            (ErrorClass::NotFound, _) => "not_found",
+            (ErrorClass::Retryable, _) => "transient",
+            (ErrorClass::Fatal, _) => "error",
+        }
+    }
+}
+
+/// Codes the service uses for "try again later". Kinesis models none as retryable, so the
+/// list is ours.
+const RETRYABLE_CODES: &[&str] = &[
+    "ResourceInUseException",
+    "LimitExceededException",
+    "ThrottlingException",
+    "Throttling",
+    "ThrottledException",
+    "RequestLimitExceeded",
+    "TooManyRequestsException",
+    "ProvisionedThroughputExceededException",
+    "InternalFailure",
+    "InternalServerError",
+    "ServiceUnavailable",
+    "RequestTimeout",
+    "RequestTimeoutException",
+];
+
+/// Classify an SDK error: the one place that decides what is worth retrying.
+pub fn classify<E>(
+    op: Op,
+    err: &SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
+) -> ApiError
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    match err {
+        SdkError::ServiceError(se) => {
+            let code = se.err().code();
+            let status = se.raw().status().as_u16();
+            let message = se
+                .err()
+                .message()
+                .map(str::to_string)
+                .unwrap_or_else(|| format!("HTTP {status}"));
+            let class = match code {
+                Some(c) if RETRYABLE_CODES.contains(&c) => ErrorClass::Retryable,
+                Some("ResourceNotFoundException") => ErrorClass::NotFound,
+                _ if status >= 500 || status == 429 => ErrorClass::Retryable,
+                _ => ErrorClass::Fatal,
+            };
+            ApiError::new(op, class, code, message)
+        }
+        SdkError::TimeoutError(_) => {
+            ApiError::new(op, ErrorClass::Retryable, None, "request timed out")
+        }
+        SdkError::ResponseError(_) => ApiError::new(
+            op,
+            ErrorClass::Retryable,
+            None,
+            format!("bad response: {}", DisplayErrorContext(err)),
+        ),
+        SdkError::DispatchFailure(d) => {
+            let class = if d.is_io() || d.is_timeout() {
+                ErrorClass::Retryable
+            } else {
+                // Missing credentials, bad endpoint configuration: retrying cannot help.
+                ErrorClass::Fatal
+            };
+            ApiError::new(
+                op,
+                class,
+                None,
+                format!("request failed: {}", DisplayErrorContext(err)),
+            )
+        }
+        _ => ApiError::new(
+            op,
+            ErrorClass::Fatal,
+            None,
+            DisplayErrorContext(err).to_string(),
+        ),
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Default)]
+pub struct Page {
+    pub items: Vec<ResourceArn>,
+    pub next: Option<String>,
+}
+
+/// The calls kpr makes. One attempt each; implementations must not retry.
+pub trait Kinesis: Send + Sync {
+    /// `Ok(None)` when the resource has no policy (AWS and moto answer `{}`, kinesis-mock a
+    /// ResourceNotFoundException "No resource policy exists").
+    fn get_policy(
+        &self,
+        arn: &ResourceArn,
+    ) -> impl Future<Output = Result<Option<String>, ApiError>> + Send;
+    fn put_policy(
+        &self,
+        arn: &ResourceArn,
+        policy: &str,
+    ) -> impl Future<Output = Result<(), ApiError>> + Send;
+    fn delete_policy(&self, arn: &ResourceArn)
+    -> impl Future<Output = Result<(), ApiError>> + Send;
+    /// The live ARN (with its creation timestamp) of a consumer named without one.
+    fn describe_consumer(
+        &self,
+        arn: &ResourceArn,
+    ) -> impl Future<Output = Result<ResourceArn, ApiError>> + Send;
+    fn list_streams_page(
+        &self,
+        scope: &Scope,
+        next: Option<String>,
+    ) -> impl Future<Output = Result<Page, ApiError>> + Send;
+    fn list_consumers_page(
+        &self,
+        stream: &ResourceArn,
+        next: Option<String>,
+    ) -> impl Future<Output = Result<Page, ApiError>> + Send;
+}
+
+/// Retry bounds. Full jitter (a uniform delay in `[0, min(cap, base * 2^n)]`) spreads many
+/// clients hitting one rate limit better than any other schedule.
+#[derive(Debug, Clone)]
+pub struct RetryPolicy {
+    pub max_attempts: u32,
+    pub base_delay: Duration,
+    pub max_delay: Duration,
+    /// No retry starts after this much time since the first attempt.
+    pub max_elapsed: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self {
+            max_attempts: 8,
+            base_delay: Duration::from_millis(200),
+            max_delay: Duration::from_secs(10),
+            max_elapsed: Duration::from_secs(120),
+        }
+    }
+}
+
+struct FullJitter {
+    policy: RetryPolicy,
+    retries: u32,
+    started: Instant,
+}
+
+impl Iterator for FullJitter {
+    type Item = Duration;
+    fn next(&mut self) -> Option<Duration> {
+        if self.retries + 1 >= self.policy.max_attempts {
+            return None;
+        }
+        let cap = self
+            .policy
+            .base_delay
+            .saturating_mul(1u32.checked_shl(self.retries).unwrap_or(u32::MAX))
+            .min(self.policy.max_delay);
+        let delay = cap.mul_f64(fastrand::f64());
+        if self.started.elapsed() + delay > self.policy.max_elapsed {
+            return None;
+        }
+        self.retries += 1;
+        Some(delay)
+    }
+}
+
+/// Wraps a [`Kinesis`] with the per-account rate limit, the retry layer and the API metrics.
+pub struct Resilient<K> {
+    inner: K,
+    retry: RetryPolicy,
+    limiter: Option<DefaultKeyedRateLimiter<String>>,
+}
+
+impl<K: Kinesis> Resilient<K> {
+    /// `rate_limit`: requests per second per account; 0 disables the limit.
+    pub fn new(inner: K, retry: RetryPolicy, rate_limit: u32) -> Self {
+        let limiter = NonZeroU32::new(rate_limit).map(|r| RateLimiter::keyed(Quota::per_second(r)));
+        Self {
+            inner,
+            retry,
+            limiter,
+        }
+    }
+
+    pub fn inner(&self) -> &K {
+        &self.inner
+    }
+
+    async fn run<T, F, Fut>(&self, op: Op, scope: &Scope, mut call: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        let attempts = AtomicU32::new(0);
+        let attempt = || {
+            attempts.fetch_add(1, Ordering::Relaxed);
+            let fut = call();
+            async move {
+                if let Some(limiter) = &self.limiter {
+                    limiter.until_key_ready(&scope.account).await;
+                }
+                let result = fut.await;
+                let outcome = match &result {
+                    Ok(_) => "ok",
+                    Err(e) => e.outcome(),
+                };
+                metrics::counter!("kpr_api_calls_total", "operation" => op.as_str(), "outcome" => outcome)
+                    .increment(1);
+                result
+            }
+        };
+        let backoff = FullJitter {
+            policy: self.retry.clone(),
+            retries: 0,
+            started: Instant::now(),
+        };
+        attempt
+            .retry(backoff)
+            .sleep(tokio::time::sleep)
+            .when(ApiError::is_retryable)
+            .notify(|e, delay| {
+                metrics::counter!("kpr_api_retries_total", "operation" => op.as_str(), "reason" => e.outcome())
+                    .increment(1);
+                tracing::debug!(operation = %op, error = %e, delay_ms = delay.as_millis() as u64, "retrying");
+            })
+            .await
+            .map_err(|mut e| {
+                e.attempts = attempts.load(Ordering::Relaxed);
+                e
+            })
+    }
+
+    /// Every stream in a scope, across pages.
+    pub async fn list_streams(&self, scope: &Scope) -> Result<Vec<ResourceArn>, ApiError> {
+        let mut all = Vec::new();
+        let mut next = None;
+        loop {
+            let page = self.list_streams_page(scope, next).await?;
+            let done = page.items.is_empty() || page.next.is_none();
+            all.extend(page.items);
+            if done {
+                return Ok(all);
+            }
+            next = page.next;
+        }
+    }
+
+    /// Every consumer of a stream, across pages.
+    pub async fn list_consumers(&self, stream: &ResourceArn) -> Result<Vec<ResourceArn>, ApiError> {
+        let mut all = Vec::new();
+        let mut next = None;
+        loop {
+            let page = self.list_consumers_page(stream, next).await?;
+            // kinesis-mock always sends a NextToken; an empty page ends the listing.
+            let done = page.items.is_empty() || page.next.is_none();
+            all.extend(page.items);
+            if done {
+                return Ok(all);
+            }
+            next = page.next;
+        }
+    }
+}
+
+impl<K: Kinesis> Kinesis for Resilient<K> {
+    async fn get_policy(&self, arn: &ResourceArn) -> Result<Option<String>, ApiError> {
+        self.run(Op::GetResourcePolicy, &arn.scope, || {
+            self.inner.get_policy(arn)
+        })
+        .await
+    }
+    async fn put_policy(&self, arn: &ResourceArn, policy: &str) -> Result<(), ApiError> {
+        self.run(Op::PutResourcePolicy, &arn.scope, || {
+            self.inner.put_policy(arn, policy)
+        })
+        .await
+    }
+    async fn delete_policy(&self, arn: &ResourceArn) -> Result<(), ApiError> {
+        self.run(Op::DeleteResourcePolicy, &arn.scope, || {
+            self.inner.delete_policy(arn)
+        })
+        .await
+    }
+    async fn describe_consumer(&self, arn: &ResourceArn) -> Result<ResourceArn, ApiError> {
+        self.run(Op::DescribeStreamConsumer, &arn.scope, || {
+            self.inner.describe_consumer(arn)
+        })
+        .await
+    }
+    async fn list_streams_page(
+        &self,
+        scope: &Scope,
+        next: Option<String>,
+    ) -> Result<Page, ApiError> {
+        self.run(Op::ListStreams, scope, || {
+            self.inner.list_streams_page(scope, next.clone())
+        })
+        .await
+    }
+    async fn list_consumers_page(
+        &self,
+        stream: &ResourceArn,
+        next: Option<String>,
+    ) -> Result<Page, ApiError> {
+        self.run(Op::ListStreamConsumers, &stream.scope, || {
+            self.inner.list_consumers_page(stream, next.clone())
+        })
+        .await
+    }
+}
+
+/// How to reach AWS: the standard configuration plus kpr's overrides.
+#[derive(Debug, Clone, Default)]
+pub struct ClientOptions {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    /// Account id -> role to assume for resources in that account.
+    pub roles: HashMap<String, String>,
+    /// Per-attempt timeout; the retry layer decides what happens next.
+    pub attempt_timeout: Option<Duration>,
+}
+
+/// The real client: one SDK client per (partition, account, region), built on first use.
+pub struct AwsKinesis {
+    base: SdkConfig,
+    opts: ClientOptions,
+    clients: Mutex<HashMap<Scope, aws_sdk_kinesis::Client>>,
+}
+
+impl AwsKinesis {
+    pub async fn new(opts: ClientOptions) -> Self {
+        let mut loader = aws_config::defaults(BehaviorVersion::latest());
+        if let Some(region) = &opts.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &opts.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        let base = loader.load().await;
+        Self {
+            base,
+            opts,
+            clients: Mutex::new(HashMap::new()),
+        }
+    }
+
+    async fn client(&self, scope: &Scope) -> aws_sdk_kinesis::Client {
+        if let Some(c) = self.clients.lock().expect("client map").get(scope) {
+            return c.clone();
+        }
+        let region = Region::new(scope.region.clone());
+        let timeout = self.opts.attempt_timeout.unwrap_or(Duration::from_secs(20));
+        let mut conf = aws_sdk_kinesis::config::Builder::from(&self.base)
+            .region(region.clone())
+            // One retry layer only: ours, in `Resilient`.
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .timeout_config(
+                aws_config::timeout::TimeoutConfig::builder()
+                    .connect_timeout(Duration::from_secs(5))
+                    .operation_attempt_timeout(timeout)
+                    .build(),
+            );
+        if let Some(role) = self.opts.roles.get(&scope.account) {
+            let provider = aws_config::sts::AssumeRoleProvider::builder(role.clone())
+                .session_name("kpr")
+                .region(region)
+                .configure(&self.base)
+                .build()
+                .await;
+            conf = conf.credentials_provider(provider);
+        }
+        let client = aws_sdk_kinesis::Client::from_conf(conf.build());
+        self.clients
+            .lock()
+            .expect("client map")
+            .entry(scope.clone())
+            .or_insert(client)
+            .clone()
+    }
+}
+
+fn stream_in(scope: &Scope, name: &str) -> ResourceArn {
+    ResourceArn {
+        scope: scope.clone(),
+        stream: name.to_string(),
+        consumer: None,
+    }
+}
+
+impl Kinesis for AwsKinesis {
+    async fn get_policy(&self, arn: &ResourceArn) -> Result<Option<String>, ApiError> {
+        let op = Op::GetResourcePolicy;
+        match self
+            .client(&arn.scope)
+            .await
+            .get_resource_policy()
+            .resource_arn(arn.to_string())
+            .send()
+            .await
+        {
+            Ok(out) => {
+                let policy = out.policy();
+                Ok((!crate::policy::is_empty_policy(policy)).then(|| policy.to_string()))
+            }
+            Err(e) => {
+                let err = classify(op, &e);
+                // kinesis-mock's way of saying "no policy"; AWS answers `{}` instead.
+                if err.class == ErrorClass::NotFound
+                    && err.message.contains("No resource policy exists")
+                {
+                    Ok(None)
+                } else {
+                    Err(err)
+                }
+            }
+        }
+    }
+
+    async fn put_policy(&self, arn: &ResourceArn, policy: &str) -> Result<(), ApiError> {
+        self.client(&arn.scope)
+            .await
+            .put_resource_policy()
+            .resource_arn(arn.to_string())
+            .policy(policy)
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(Op::PutResourcePolicy, &e))
+    }
+
+    async fn delete_policy(&self, arn: &ResourceArn) -> Result<(), ApiError> {
+        self.client(&arn.scope)
+            .await
+            .delete_resource_policy()
+            .resource_arn(arn.to_string())
+            .send()
+            .await
+            .map(|_| ())
+            .map_err(|e| classify(Op::DeleteResourcePolicy, &e))
+    }
+
+    async fn describe_consumer(&self, arn: &ResourceArn) -> Result<ResourceArn, ApiError> {
+        let op = Op::DescribeStreamConsumer;
+        let Some(consumer) = &arn.consumer else {
+            return Ok(arn.clone());
+        };
+        let out = self
+            .client(&arn.scope)
+            .await
+            .describe_stream_consumer()
+            .stream_arn(arn.stream_arn().to_string())
+            .consumer_name(&consumer.name)
+            .send()
+            .await
+            .map_err(|e| classify(op, &e))?;
+        let live = out
+            .consumer_description()
+            .map(|d| d.consumer_arn().to_string())
+            .ok_or_else(|| {
+                ApiError::new(op, ErrorClass::Fatal, None, "response has no consumer")
+            })?;
+        ResourceArn::parse(&live)
+            .map_err(|e| ApiError::new(op, ErrorClass::Fatal, None, e.to_string()))
+    }
+
+    async fn list_streams_page(
+        &self,
+        scope: &Scope,
+        next: Option<String>,
+    ) -> Result<Page, ApiError> {
+        let out = self
+            .client(scope)
+            .await
+            .list_streams()
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| classify(Op::ListStreams, &e))?;
+        Ok(Page {
+            items: out
+                .stream_names()
+                .iter()
+                .map(|n| stream_in(scope, n))
+                .collect(),
+            next: out
+                .has_more_streams()
+                .then(|| out.next_token().map(str::to_string))
+                .flatten(),
+        })
+    }
+
+    async fn list_consumers_page(
+        &self,
+        stream: &ResourceArn,
+        next: Option<String>,
+    ) -> Result<Page, ApiError> {
+        let op = Op::ListStreamConsumers;
+        let out = self
+            .client(&stream.scope)
+            .await
+            .list_stream_consumers()
+            .stream_arn(stream.to_string())
+            .set_next_token(next)
+            .send()
+            .await
+            .map_err(|e| classify(op, &e))?;
+        let mut items = Vec::new();
+        for c in out.consumers() {
+            // Trust the name over the ARN's text: build the ARN from the stream we asked about.
+            let created = ResourceArn::parse(c.consumer_arn())
+                .ok()
+                .and_then(|a| a.consumer)
+                .and_then(|c| c.created);
+            items.push(ResourceArn {
+                consumer: Some(ConsumerRef {
+                    name: c.consumer_name().to_string(),
+                    created,
+                }),
+                ..stream.clone()
+            });
+        }
+        Ok(Page {
+            items,
+            next: out.next_token().map(str::to_string),
+        })
+    }
+}
+
+/// Shared handle used by plan, apply and the controller.
+pub type Api<K> = Arc<Resilient<K>>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use aws_sdk_kinesis::operation::get_resource_policy::GetResourcePolicyOutput;
+    use aws_sdk_kinesis::operation::put_resource_policy::PutResourcePolicyOutput;
+    use aws_smithy_mocks::{RuleMode, mock, mock_client};
+
+    fn arn() -> ResourceArn {
+        ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders").unwrap()
+    }
+
+    fn fast_retry(max_attempts: u32) -> RetryPolicy {
+        RetryPolicy {
+            max_attempts,
+            base_delay: Duration::from_millis(1),
+            max_delay: Duration::from_millis(2),
+            max_elapsed: Duration::from_secs(5),
+        }
+    }
+
+    fn service_error(code: &str) -> aws_smithy_runtime_api::http::Response {
+        aws_smithy_runtime_api::http::Response::new(
+            aws_smithy_runtime_api::http::StatusCode::try_from(400).unwrap(),
+            aws_smithy_types::body::SdkBody::from(format!(
+                r#"{{"__type":"{code}","message":"m"}}"#
+            )),
+        )
+    }
+
+    /// A Kinesis whose only real method is put, backed by an aws-smithy-mocks SDK client.
+    struct Mocked(aws_sdk_kinesis::Client);
+
+    impl Kinesis for Mocked {
+        async fn get_policy(&self, arn: &ResourceArn) -> Result<Option<String>, ApiError> {
+            self.0
+                .get_resource_policy()
+                .resource_arn(arn.to_string())
+                .send()
+                .await
+                .map(|o| Some(o.policy().to_string()))
+                .map_err(|e| classify(Op::GetResourcePolicy, &e))
+        }
+        async fn put_policy(&self, arn: &ResourceArn, policy: &str) -> Result<(), ApiError> {
+            self.0
+                .put_resource_policy()
+                .resource_arn(arn.to_string())
+                .policy(policy)
+                .send()
+                .await
+                .map(|_| ())
+                .map_err(|e| classify(Op::PutResourcePolicy, &e))
+        }
+        async fn delete_policy(&self, _: &ResourceArn) -> Result<(), ApiError> {
+            unimplemented!()
+        }
+        async fn describe_consumer(&self, _: &ResourceArn) -> Result<ResourceArn, ApiError> {
+            unimplemented!()
+        }
+        async fn list_streams_page(&self, _: &Scope, _: Option<String>) -> Result<Page, ApiError> {
+            unimplemented!()
+        }
+        async fn list_consumers_page(
+            &self,
+            _: &ResourceArn,
+            _: Option<String>,
+        ) -> Result<Page, ApiError> {
+            unimplemented!()
+        }
+    }
+
+    fn client(rules: &[&aws_smithy_mocks::Rule]) -> aws_sdk_kinesis::Client {
+        mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, rules, |c| c
+            .retry_config(aws_config::retry::RetryConfig::disabled()))
+    }
+
+    #[tokio::test]
+    async fn retries_resource_in_use_and_limit_exceeded_then_succeeds() {
+        let in_use = mock!(aws_sdk_kinesis::Client::put_resource_policy)
+            .sequence()
+            .http_response(|| service_error("ResourceInUseException"))
+            .http_response(|| service_error("LimitExceededException"))
+            .output(|| PutResourcePolicyOutput::builder().build())
+            .build();
+        let k = Resilient::new(Mocked(client(&[&in_use])), fast_retry(5), 0);
+        k.put_policy(&arn(), "{}").await.unwrap();
+        assert_eq!(in_use.num_calls(), 3);
+    }
+
+    #[tokio::test]
+    async fn does_not_retry_access_denied_or_invalid_argument() {
+        for code in ["AccessDeniedException", "InvalidArgumentException"] {
+            let rule = mock!(aws_sdk_kinesis::Client::put_resource_policy)
+                .then_http_response(move || service_error(code));
+            let k = Resilient::new(Mocked(client(&[&rule])), fast_retry(5), 0);
+            let err = k.put_policy(&arn(), "{}").await.unwrap_err();
+            assert_eq!(err.class, ErrorClass::Fatal, "{code}");
+            assert_eq!(err.code.as_deref(), Some(code));
+            assert_eq!(rule.num_calls(), 1, "{code}");
+        }
+    }
+
+    #[tokio::test]
+    async fn gives_up_after_max_attempts() {
+        let rule = mock!(aws_sdk_kinesis::Client::put_resource_policy)
+            .then_http_response(|| service_error("LimitExceededException"));
+        let k = Resilient::new(Mocked(client(&[&rule])), fast_retry(4), 0);
+        let err = k.put_policy(&arn(), "{}").await.unwrap_err();
+        assert!(err.is_retryable());
+        assert_eq!(err.attempts, 4);
+        assert_eq!(rule.num_calls(), 4);
+        assert!(err.to_string().contains("after 4 attempts"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn server_errors_are_retried_and_modeled_errors_classified() {
+        let rule = mock!(aws_sdk_kinesis::Client::get_resource_policy)
+            .sequence()
+            .http_response(|| {
+                aws_smithy_runtime_api::http::Response::new(
+                    aws_smithy_runtime_api::http::StatusCode::try_from(503).unwrap(),
+                    aws_smithy_types::body::SdkBody::from("{}"),
+                )
+            })
+            .output(|| {
+                GetResourcePolicyOutput::builder()
+                    .policy("{\"a\":1}")
+                    .build()
+                    .unwrap()
+            })
+            .build();
+        let k = Resilient::new(Mocked(client(&[&rule])), fast_retry(3), 0);
+        assert_eq!(
+            k.get_policy(&arn()).await.unwrap().as_deref(),
+            Some("{\"a\":1}")
+        );
+        assert_eq!(rule.num_calls(), 2);
+    }
+
+    #[test]
+    fn full_jitter_respects_cap_and_attempts() {
+        let policy = RetryPolicy {
+            max_attempts: 6,
+            base_delay: Duration::from_millis(100),
+            max_delay: Duration::from_millis(300),
+            max_elapsed: Duration::from_secs(60),
+        };
+        let delays: Vec<Duration> = FullJitter {
+            policy,
+            retries: 0,
+            started: Instant::now(),
+        }
+        .collect();
+        assert_eq!(delays.len(), 5);
+        let caps = [100, 200, 300, 300, 300];
+        for (d, cap) in delays.iter().zip(caps) {
+            assert!(*d <= Duration::from_millis(cap), "{d:?} > {cap}");
+        }
+    }
+
+    #[test]
+    fn total_time_bound_stops_retries() {
+        let policy = RetryPolicy {
+            max_attempts: 100,
+            base_delay: Duration::from_secs(10),
+            max_delay: Duration::from_secs(10),
+            max_elapsed: Duration::from_millis(0),
+        };
+        let mut it = FullJitter {
+            policy,
+            retries: 0,
+            started: Instant::now() - Duration::from_secs(1),
+        };
+        assert_eq!(it.next(), None);
+    }
+}

@@ -1,0 +1,711 @@
+//! Manifests: a directory of YAML files -> the validated desired state.
+//!
+//! Everything that can be checked offline is checked here, for the whole directory, before any
+//! API call: a pipeline must never apply half of a change because file 37 had a typo.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use crate::arn::{ResourceArn, Scope};
+use crate::policy::lint::{self, LintContext, Severity as LintSeverity};
+use crate::policy::{PolicyDocument, PolicyError};
+
+/// AWS does not document the maximum size of a Kinesis resource policy; 20 KiB is the limit of
+/// other resource policies (e.g. Lambda) and is configurable.
+pub const DEFAULT_MAX_POLICY_SIZE: usize = 20 * 1024;
+
+/// One YAML document of a manifest file, exactly as a user writes it. This type is also the
+/// source of the published JSON Schema, so its doc comments are what editors show.
+#[derive(Debug, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+#[schemars(title = "kpr manifest")]
+pub struct ManifestDoc {
+    /// ARN of a Kinesis data stream or stream consumer. A consumer may be named without its
+    /// `:<creation-timestamp>` suffix; kpr then resolves the live registration at plan time.
+    pub arn: String,
+    /// The resource policy: a YAML mapping, or a string holding the policy JSON.
+    #[serde(default)]
+    #[schemars(with = "PolicySchema")]
+    pub policy: Option<serde_json::Value>,
+    /// `absent`: the resource must have no policy (kpr deletes it). Use instead of `policy`.
+    #[serde(default)]
+    pub ensure: Option<Ensure>,
+    /// Accept an Allow statement with Principal "*" and no Condition (refused otherwise).
+    #[serde(default)]
+    pub allow_public: bool,
+}
+
+/// Only used to describe `policy` in the JSON Schema.
+#[derive(schemars::JsonSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+enum PolicySchema {
+    Document(BTreeMap<String, serde_json::Value>),
+    Json(String),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Ensure {
+    Present,
+    Absent,
+}
+
+/// Where a manifest came from: shown in every error and in the plan.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
+pub struct Source {
+    pub file: PathBuf,
+    pub line: usize,
+}
+
+impl fmt::Display for Source {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}:{}", self.file.display(), self.line)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum Intent {
+    /// `json` is what PutResourcePolicy sends: the user's own JSON when they wrote a string,
+    /// else the YAML mapping serialised compactly.
+    Present {
+        document: PolicyDocument,
+        json: String,
+    },
+    Absent,
+}
+
+#[derive(Debug, Clone)]
+pub struct DesiredResource {
+    pub arn: ResourceArn,
+    pub intent: Intent,
+    pub source: Source,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct DesiredState {
+    /// Sorted by ARN, unique by [`ResourceArn::identity`].
+    pub resources: Vec<DesiredResource>,
+}
+
+impl DesiredState {
+    /// Every (partition, account, region) the manifests cover: the reach of `--prune`.
+    pub fn scopes(&self) -> BTreeSet<Scope> {
+        self.resources.iter().map(|r| r.arn.scope.clone()).collect()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.resources.is_empty()
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Diagnostic {
+    pub file: PathBuf,
+    /// 1-based; `None` for problems of a whole directory or unreadable file.
+    pub line: Option<usize>,
+    pub severity: Severity,
+    pub message: String,
+}
+
+impl fmt::Display for Diagnostic {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let sev = match self.severity {
+            Severity::Error => "error",
+            Severity::Warning => "warning",
+        };
+        match self.line {
+            Some(line) => write!(f, "{}:{line}: {sev}: {}", self.file.display(), self.message),
+            None => write!(f, "{}: {sev}: {}", self.file.display(), self.message),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct LoadOptions {
+    pub max_policy_size: usize,
+}
+
+impl Default for LoadOptions {
+    fn default() -> Self {
+        Self {
+            max_policy_size: DEFAULT_MAX_POLICY_SIZE,
+        }
+    }
+}
+
+/// The outcome of loading a directory: the state is only usable when there is no error.
+#[derive(Debug, Default)]
+pub struct Loaded {
+    pub state: DesiredState,
+    pub diagnostics: Vec<Diagnostic>,
+    pub files: usize,
+}
+
+impl Loaded {
+    pub fn errors(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Error)
+    }
+
+    pub fn has_errors(&self) -> bool {
+        self.errors().next().is_some()
+    }
+
+    /// The desired state, or every error when there is any.
+    pub fn into_result(self) -> Result<DesiredState, Vec<Diagnostic>> {
+        if self.has_errors() {
+            Err(self
+                .diagnostics
+                .into_iter()
+                .filter(|d| d.severity == Severity::Error)
+                .collect())
+        } else {
+            Ok(self.state)
+        }
+    }
+}
+
+/// Load and validate every `*.yaml` / `*.yml` below `dir`.
+pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
+    let mut loaded = Loaded::default();
+    let mut files = Vec::new();
+    let mut seen_dirs = HashSet::new();
+    collect_files(dir, &mut files, &mut seen_dirs, &mut loaded.diagnostics);
+    files.sort();
+    loaded.files = files.len();
+    if files.is_empty() && loaded.diagnostics.is_empty() {
+        loaded.diagnostics.push(Diagnostic {
+            file: dir.to_path_buf(),
+            line: None,
+            severity: Severity::Error,
+            message: "no manifests (*.yaml, *.yml) found; refusing to treat an empty directory as \
+                      the desired state"
+                .into(),
+        });
+    }
+    let mut resources = Vec::new();
+    for file in &files {
+        match std::fs::read(file) {
+            Err(e) => loaded.diagnostics.push(Diagnostic {
+                file: file.clone(),
+                line: None,
+                severity: Severity::Error,
+                message: format!("cannot read file: {e}"),
+            }),
+            Ok(bytes) => {
+                parse_file(file, &bytes, opts, &mut resources, &mut loaded.diagnostics);
+            }
+        }
+    }
+    loaded.state = dedupe(resources, &mut loaded.diagnostics);
+    loaded
+}
+
+fn collect_files(
+    dir: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let diag = |message: String| Diagnostic {
+        file: dir.to_path_buf(),
+        line: None,
+        severity: Severity::Error,
+        message,
+    };
+    // Symlinked directories are followed, so a link back up the tree must end the walk.
+    match std::fs::canonicalize(dir) {
+        Ok(real) => {
+            if !seen.insert(real) {
+                diags.push(diag(
+                    "directory reached twice (symlink loop); not descending again".into(),
+                ));
+                return;
+            }
+        }
+        Err(e) => {
+            diags.push(diag(format!("cannot open directory: {e}")));
+            return;
+        }
+    }
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(e) => {
+            diags.push(diag(format!("cannot read directory: {e}")));
+            return;
+        }
+    };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths {
+        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // Hidden entries are editor and VCS state (.git, .swp), never manifests.
+        if name.starts_with('.') {
+            continue;
+        }
+        match std::fs::metadata(&path) {
+            Ok(meta) if meta.is_dir() => collect_files(&path, out, seen, diags),
+            Ok(_) => {
+                if name.ends_with(".yaml") || name.ends_with(".yml") {
+                    out.push(path);
+                }
+            }
+            Err(e) => diags.push(Diagnostic {
+                file: path.clone(),
+                line: None,
+                severity: Severity::Error,
+                message: format!("cannot stat: {e} (dangling or looping symlink?)"),
+            }),
+        }
+    }
+}
+
+/// Line numbers of each YAML document's start, and of top-level keys inside it: serde_norway
+/// reports positions only for syntax errors, but semantic errors must name a line too.
+struct LineIndex<'a> {
+    lines: Vec<&'a str>,
+    /// 0-based index of the first line of each document.
+    doc_starts: Vec<usize>,
+}
+
+impl<'a> LineIndex<'a> {
+    fn new(text: &'a str) -> Self {
+        let lines: Vec<&str> = text.lines().collect();
+        let mut doc_starts = Vec::new();
+        let mut content_seen = false;
+        for (i, line) in lines.iter().enumerate() {
+            let is_marker = *line == "---" || line.starts_with("--- ");
+            if is_marker {
+                doc_starts.push(i);
+                content_seen = false;
+                continue;
+            }
+            let t = line.trim();
+            if !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') && !content_seen {
+                content_seen = true;
+                if doc_starts.is_empty() {
+                    doc_starts.push(0);
+                }
+            }
+        }
+        if doc_starts.is_empty() {
+            doc_starts.push(0);
+        }
+        Self { lines, doc_starts }
+    }
+
+    fn doc_range(&self, doc: usize) -> (usize, usize) {
+        let start = self.doc_starts.get(doc).copied().unwrap_or(0);
+        let end = self
+            .doc_starts
+            .get(doc + 1)
+            .copied()
+            .unwrap_or(self.lines.len());
+        (start, end)
+    }
+
+    /// 1-based line of a top-level `key:` in document `doc`, else the document's first content
+    /// line.
+    fn key_line(&self, doc: usize, key: &str) -> usize {
+        let (start, end) = self.doc_range(doc);
+        for i in start..end {
+            let line = self.lines[i];
+            if let Some(rest) = line.strip_prefix(key)
+                && (rest.starts_with(':') || rest.starts_with(" :"))
+            {
+                return i + 1;
+            }
+        }
+        (start..end)
+            .find(|&i| {
+                let t = self.lines[i].trim();
+                !t.is_empty() && !t.starts_with('#') && t != "---"
+            })
+            .map_or(start + 1, |i| i + 1)
+    }
+
+    /// Whether `key:` opens a block scalar (`|` / `>`), whose content starts on the next line.
+    fn is_block_scalar(&self, line: usize) -> bool {
+        self.lines
+            .get(line - 1)
+            .and_then(|l| l.split_once(':'))
+            .is_some_and(|(_, v)| {
+                let v = v.trim_start();
+                v.starts_with('|') || v.starts_with('>')
+            })
+    }
+}
+
+fn parse_file(
+    file: &Path,
+    bytes: &[u8],
+    opts: &LoadOptions,
+    out: &mut Vec<DesiredResource>,
+    diags: &mut Vec<Diagnostic>,
+) {
+    let error = |line: Option<usize>, message: String| Diagnostic {
+        file: file.to_path_buf(),
+        line,
+        severity: Severity::Error,
+        message,
+    };
+    let text = match std::str::from_utf8(bytes) {
+        Ok(t) => t,
+        Err(e) => {
+            let line = bytes[..e.valid_up_to()]
+                .iter()
+                .filter(|&&b| b == b'\n')
+                .count()
+                + 1;
+            diags.push(error(
+                Some(line),
+                "not valid UTF-8 text (binary file?)".into(),
+            ));
+            return;
+        }
+    };
+    if text.trim().is_empty() {
+        diags.push(error(
+            Some(1),
+            "empty file: expected at least one manifest".into(),
+        ));
+        return;
+    }
+    let index = LineIndex::new(text);
+    let mut found = 0usize;
+    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
+        let doc: Option<ManifestDoc> = match Option::<ManifestDoc>::deserialize(document) {
+            Ok(doc) => doc,
+            Err(e) => {
+                let line = e
+                    .location()
+                    .map(|l| l.line())
+                    .unwrap_or_else(|| index.key_line(i, "arn"));
+                diags.push(error(Some(line), yaml_message(&e)));
+                // A syntax error ends the stream: later documents cannot be located reliably.
+                if e.location().is_some() && !e.to_string().contains("unknown field") {
+                    break;
+                }
+                continue;
+            }
+        };
+        let Some(doc) = doc else { continue };
+        found += 1;
+        let arn_line = index.key_line(i, "arn");
+        let source = Source {
+            file: file.to_path_buf(),
+            line: arn_line,
+        };
+        match resource_from_doc(doc, &index, i, opts) {
+            Ok((resource_arn, intent, findings)) => {
+                let had_error = findings.iter().any(|f| f.1 == Severity::Error);
+                for (line, severity, message) in findings {
+                    diags.push(Diagnostic {
+                        file: file.to_path_buf(),
+                        line: Some(line),
+                        severity,
+                        message,
+                    });
+                }
+                if !had_error {
+                    out.push(DesiredResource {
+                        arn: resource_arn,
+                        intent,
+                        source,
+                    });
+                }
+            }
+            Err((line, message)) => diags.push(error(Some(line), message)),
+        }
+    }
+    if found == 0 && !diags.iter().any(|d| d.file == file) {
+        diags.push(error(
+            Some(1),
+            "no manifest in file (only empty documents or comments)".into(),
+        ));
+    }
+}
+
+fn yaml_message(e: &serde_norway::Error) -> String {
+    // serde_norway appends " at line L column C"; the diagnostic already carries the line.
+    let msg = e.to_string();
+    match msg.find(" at line ") {
+        Some(pos) => msg[..pos].to_string(),
+        None => msg,
+    }
+}
+
+type Finding = (usize, Severity, String);
+
+fn resource_from_doc(
+    doc: ManifestDoc,
+    index: &LineIndex,
+    doc_no: usize,
+    opts: &LoadOptions,
+) -> Result<(ResourceArn, Intent, Vec<Finding>), (usize, String)> {
+    let arn_line = index.key_line(doc_no, "arn");
+    let arn = ResourceArn::parse(&doc.arn).map_err(|e| (arn_line, e.to_string()))?;
+    let ensure = doc.ensure.unwrap_or(Ensure::Present);
+    match (ensure, doc.policy) {
+        (Ensure::Absent, Some(_)) => Err((
+            index.key_line(doc_no, "ensure"),
+            "`ensure: absent` and `policy` contradict each other; keep one".into(),
+        )),
+        (Ensure::Absent, None) => Ok((arn, Intent::Absent, Vec::new())),
+        (Ensure::Present, None) => Err((
+            arn_line,
+            "missing `policy` (or `ensure: absent` to require that the resource has none)".into(),
+        )),
+        (Ensure::Present, Some(value)) => {
+            let policy_line = index.key_line(doc_no, "policy");
+            let (document, json) = match value {
+                serde_json::Value::String(s) => {
+                    let document = PolicyDocument::from_json_str(&s).map_err(|e| {
+                        let line = match &e {
+                            PolicyError::Json(j) if index.is_block_scalar(policy_line) => {
+                                policy_line + j.line()
+                            }
+                            _ => policy_line,
+                        };
+                        (line, format!("policy: {e}"))
+                    })?;
+                    (document, s.trim().to_string())
+                }
+                serde_json::Value::Object(_) => {
+                    let document = PolicyDocument::from_value(&value)
+                        .map_err(|e| (policy_line, format!("policy: {e}")))?;
+                    (document, value.to_string())
+                }
+                other => {
+                    return Err((
+                        policy_line,
+                        format!(
+                            "policy must be a mapping or a string holding JSON, not {}",
+                            json_type(&other)
+                        ),
+                    ));
+                }
+            };
+            let arn_text = arn.to_string();
+            let findings = lint::lint(
+                &document,
+                &LintContext {
+                    resource_arn: &arn_text,
+                    allow_public: doc.allow_public,
+                    max_size: opts.max_policy_size,
+                    size: json.len(),
+                },
+            )
+            .into_iter()
+            .map(|f| {
+                let severity = match f.severity {
+                    LintSeverity::Error => Severity::Error,
+                    LintSeverity::Warning => Severity::Warning,
+                };
+                (
+                    policy_line,
+                    severity,
+                    format!("policy {}: {}", f.path, f.message),
+                )
+            })
+            .collect();
+            Ok((arn, Intent::Present { document, json }, findings))
+        }
+    }
+}
+
+fn json_type(v: &serde_json::Value) -> &'static str {
+    match v {
+        serde_json::Value::Null => "null",
+        serde_json::Value::Bool(_) => "a boolean",
+        serde_json::Value::Number(_) => "a number",
+        serde_json::Value::String(_) => "a string",
+        serde_json::Value::Array(_) => "a list",
+        serde_json::Value::Object(_) => "a mapping",
+    }
+}
+
+fn dedupe(mut resources: Vec<DesiredResource>, diags: &mut Vec<Diagnostic>) -> DesiredState {
+    resources.sort_by(|a, b| (a.arn.identity(), &a.source).cmp(&(b.arn.identity(), &b.source)));
+    let mut unique: Vec<DesiredResource> = Vec::with_capacity(resources.len());
+    for r in resources {
+        if let Some(first) = unique.last()
+            && first.arn.identity() == r.arn.identity()
+        {
+            diags.push(Diagnostic {
+                file: r.source.file.clone(),
+                line: Some(r.source.line),
+                severity: Severity::Error,
+                message: format!(
+                    "{} is declared twice: here and at {} (one manifest per resource)",
+                    r.arn, first.source
+                ),
+            });
+            continue;
+        }
+        unique.push(r);
+    }
+    DesiredState { resources: unique }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write(dir: &Path, name: &str, text: &str) {
+        let p = dir.join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    const GOOD: &str = "arn: arn:aws:kinesis:us-east-1:111122223333:stream/orders
+policy:
+  Version: \"2012-10-17\"
+  Statement:
+    - Effect: Allow
+      Principal: {AWS: \"arn:aws:iam::444455556666:role/reader\"}
+      Action: [kinesis:GetRecords, kinesis:GetShardIterator]
+      Resource: arn:aws:kinesis:us-east-1:111122223333:stream/orders
+";
+
+    #[test]
+    fn loads_multi_document_files_recursively() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", GOOD);
+        write(
+            d.path(),
+            "sub/b.yml",
+            "# leading comment\n---\narn: arn:aws:kinesis:us-east-1:111122223333:stream/audit\nensure: absent\n---\n\
+             arn: arn:aws:kinesis:us-east-1:111122223333:stream/x\npolicy: '{\"Version\":\"2012-10-17\",\"Statement\":[{\"Effect\":\"Allow\",\"Principal\":{\"AWS\":\"111122223333\"},\"Action\":\"kinesis:PutRecord\",\"Resource\":\"arn:aws:kinesis:us-east-1:111122223333:stream/x\"}]}'\n",
+        );
+        write(d.path(), "ignored.txt", "not yaml");
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.diagnostics);
+        let arns: Vec<String> = loaded
+            .state
+            .resources
+            .iter()
+            .map(|r| r.arn.stream.clone())
+            .collect();
+        assert_eq!(arns, ["audit", "orders", "x"]);
+        let audit = &loaded.state.resources[0];
+        assert!(matches!(audit.intent, Intent::Absent));
+        assert_eq!(audit.source.line, 3);
+        assert_eq!(loaded.state.resources[2].source.line, 6);
+    }
+
+    #[test]
+    fn duplicate_names_both_places() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", GOOD);
+        write(d.path(), "b.yaml", &format!("# c\n\n{GOOD}"));
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errs: Vec<String> = loaded.errors().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("b.yaml:3:"), "{}", errs[0]);
+        assert!(errs[0].contains("a.yaml:1"), "{}", errs[0]);
+    }
+
+    #[test]
+    fn consumer_by_name_and_by_timestamp_are_the_same_resource() {
+        let d = tempfile::tempdir().unwrap();
+        let body = |arn: &str| {
+            format!(
+                "arn: {arn}\nallowPublic: false\npolicy:\n  Version: \"2012-10-17\"\n  Statement:\n  - Effect: Allow\n    Principal: {{AWS: \"111122223333\"}}\n    Action: kinesis:SubscribeToShard\n    Resource: {arn}\n"
+            )
+        };
+        let base = "arn:aws:kinesis:us-east-1:111122223333:stream/o/consumer/c";
+        write(d.path(), "a.yaml", &body(base));
+        write(d.path(), "b.yaml", &body(&format!("{base}:1700000000")));
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errs: Vec<String> = loaded.errors().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("declared twice"));
+    }
+
+    #[test]
+    fn errors_name_file_and_line() {
+        let cases: &[(&str, &str, usize, &str)] = &[
+            (
+                "typo.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\npolcy: {}\n",
+                2,
+                "unknown field `polcy`",
+            ),
+            ("tabs.yaml", "arn: x\npolicy:\n\tVersion: 1\n", 3, ""),
+            (
+                "badarn.yaml",
+                "# c\narn: arn:aws:s3:us-east-1:111122223333:stream/o\nensure: absent\n",
+                2,
+                "not \"kinesis\"",
+            ),
+            ("empty.yaml", "\n\n", 1, "empty file"),
+            (
+                "both.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\nensure: absent\npolicy: {}\n",
+                2,
+                "contradict",
+            ),
+            (
+                "nopolicy.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\n",
+                1,
+                "missing `policy`",
+            ),
+            (
+                "json.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\npolicy: |\n  {\"Version\": \"2012-10-17\",\n   \"Statement\": [ oops ]}\n",
+                4,
+                "not valid JSON",
+            ),
+            (
+                "wrongtype.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\npolicy: [1]\n",
+                2,
+                "mapping or a string",
+            ),
+            ("comments.yaml", "# only\n---\n", 1, "no manifest"),
+        ];
+        for (name, text, line, needle) in cases {
+            let d = tempfile::tempdir().unwrap();
+            write(d.path(), name, text);
+            let loaded = load_dir(d.path(), &LoadOptions::default());
+            let errs: Vec<&Diagnostic> = loaded.errors().collect();
+            assert!(!errs.is_empty(), "{name}: no error");
+            let e = errs[0];
+            assert_eq!(e.line, Some(*line), "{name}: {e}");
+            assert!(e.to_string().contains(needle), "{name}: {e}");
+            assert!(e.to_string().contains(name), "{name}: {e}");
+            assert!(loaded.state.resources.is_empty(), "{name}");
+        }
+    }
+
+    #[test]
+    fn empty_directory_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        assert!(loaded.has_errors());
+    }
+
+    #[test]
+    fn binary_garbage_is_an_error() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("bin.yaml"), [0x61u8, 0x0a, 0xff, 0xfe, 0x00]).unwrap();
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let e = loaded.errors().next().unwrap();
+        assert_eq!(e.line, Some(2));
+        assert!(e.message.contains("UTF-8"));
+    }
+}

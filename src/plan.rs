@@ -1,0 +1,414 @@
+//! Desired state + live state -> the list of changes.
+//!
+//! Planning only reads. Every resource costs exactly one GetResourcePolicy (plus one
+//! DescribeStreamConsumer for a consumer named without its timestamp); `--prune` adds the
+//! listings of the scopes the manifests cover.
+
+use std::collections::HashSet;
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::arn::ResourceArn;
+use crate::kinesis::{ApiError, Kinesis, Op, Resilient};
+use crate::manifest::{DesiredResource, DesiredState, Intent, Source};
+use crate::policy::PolicyDocument;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Action {
+    Create,
+    Update,
+    Delete,
+    #[serde(rename = "no-op")]
+    NoOp,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Create => "create",
+            Action::Update => "update",
+            Action::Delete => "delete",
+            Action::NoOp => "no-op",
+        }
+    }
+}
+
+/// Why a resource is deleted: the plan must say whether a human asked for it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeleteCause {
+    EnsureAbsent,
+    Prune,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Change {
+    /// The ARN the calls address (a consumer's live, timestamped ARN).
+    pub arn: String,
+    /// The ARN as the manifest wrote it (equal to `arn` except for consumers named without a
+    /// timestamp, and absent for pruned resources).
+    pub declared_arn: Option<String>,
+    pub kind: &'static str,
+    pub action: Action,
+    pub reason: String,
+    pub source: Option<Source>,
+    /// The live policy in canonical form (a string when it is not a valid policy document).
+    pub before: Option<serde_json::Value>,
+    /// The desired policy in canonical form.
+    pub after: Option<serde_json::Value>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub delete_cause: Option<DeleteCause>,
+    #[serde(skip)]
+    pub target: ResourceArn,
+    /// What PutResourcePolicy sends.
+    #[serde(skip)]
+    pub put_json: Option<String>,
+    #[serde(skip)]
+    pub desired: Option<PolicyDocument>,
+    #[serde(skip)]
+    pub live: Option<PolicyDocument>,
+    /// The raw live policy when it did not parse.
+    #[serde(skip)]
+    pub live_raw: Option<String>,
+}
+
+/// A resource kpr could not plan or apply, with what a person needs to act on it.
+#[derive(Debug, Clone, Serialize)]
+pub struct Failure {
+    pub arn: String,
+    pub source: Option<Source>,
+    pub operation: Option<&'static str>,
+    pub code: Option<String>,
+    pub retryable: bool,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn from_api(arn: String, source: Option<Source>, e: &ApiError) -> Self {
+        Failure {
+            arn,
+            source,
+            operation: Some(e.op.as_str()),
+            code: e.code.clone(),
+            retryable: e.is_retryable(),
+            message: e.to_string(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Plan {
+    /// Sorted by ARN; includes no-ops so callers can count and report them.
+    pub changes: Vec<Change>,
+    pub failures: Vec<Failure>,
+}
+
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
+pub struct Summary {
+    pub create: usize,
+    pub update: usize,
+    pub delete: usize,
+    pub unchanged: usize,
+    pub failed: usize,
+}
+
+impl Plan {
+    pub fn summary(&self) -> Summary {
+        let mut s = Summary {
+            failed: self.failures.len(),
+            ..Summary::default()
+        };
+        for c in &self.changes {
+            match c.action {
+                Action::Create => s.create += 1,
+                Action::Update => s.update += 1,
+                Action::Delete => s.delete += 1,
+                Action::NoOp => s.unchanged += 1,
+            }
+        }
+        s
+    }
+
+    pub fn has_changes(&self) -> bool {
+        self.changes.iter().any(|c| c.action != Action::NoOp)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct PlanOptions {
+    pub concurrency: usize,
+    /// Only these resources (matched by ARN, a consumer with or without its timestamp).
+    pub targets: Vec<ResourceArn>,
+    pub prune: bool,
+    pub max_deletes: usize,
+}
+
+impl Default for PlanOptions {
+    fn default() -> Self {
+        Self {
+            concurrency: 8,
+            targets: Vec::new(),
+            prune: false,
+            max_deletes: DEFAULT_MAX_DELETES,
+        }
+    }
+}
+
+pub const DEFAULT_MAX_DELETES: usize = 3;
+
+/// Planning refused as a whole: nothing may be applied from it.
+#[derive(Debug, Clone, thiserror::Error)]
+pub enum PlanRefused {
+    #[error("--prune with an empty manifest set would delete every policy in reach; refusing")]
+    PruneWithoutManifests,
+    #[error(
+        "--prune would delete {count} policies, more than --max-deletes {max}; review the plan and raise --max-deletes if this is intended:\n{arns}"
+    )]
+    TooManyDeletes {
+        count: usize,
+        max: usize,
+        arns: String,
+    },
+}
+
+fn targeted(targets: &[ResourceArn], arn: &ResourceArn) -> bool {
+    targets.is_empty() || targets.iter().any(|t| t.identity() == arn.identity())
+}
+
+pub async fn plan<K: Kinesis>(
+    api: &Resilient<K>,
+    desired: &DesiredState,
+    opts: &PlanOptions,
+    progress: &indicatif::ProgressBar,
+) -> Result<Plan, PlanRefused> {
+    if opts.prune && desired.is_empty() {
+        return Err(PlanRefused::PruneWithoutManifests);
+    }
+    let selected: Vec<&DesiredResource> = desired
+        .resources
+        .iter()
+        .filter(|r| targeted(&opts.targets, &r.arn))
+        .collect();
+    progress.set_length(selected.len() as u64);
+    let results: Vec<Result<Change, Failure>> = futures::stream::iter(selected)
+        .map(|r| async move {
+            let out = plan_one(api, r).await;
+            progress.inc(1);
+            out
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut plan = Plan::default();
+    for r in results {
+        match r {
+            Ok(c) => plan.changes.push(c),
+            Err(f) => plan.failures.push(f),
+        }
+    }
+    if opts.prune {
+        prune(api, desired, opts, &mut plan).await?;
+    }
+    plan.changes.sort_by(|a, b| a.arn.cmp(&b.arn));
+    plan.failures.sort_by(|a, b| a.arn.cmp(&b.arn));
+    Ok(plan)
+}
+
+async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result<Change, Failure> {
+    let declared = r.arn.to_string();
+    let fail = |e: &ApiError| Failure::from_api(declared.clone(), Some(r.source.clone()), e);
+    let target = if r.arn.needs_resolution() {
+        api.describe_consumer(&r.arn).await.map_err(|e| {
+            let mut f = fail(&e);
+            if e.class == crate::kinesis::ErrorClass::NotFound {
+                f.message = format!(
+                    "consumer {:?} is not registered on stream {} ({})",
+                    r.arn
+                        .consumer
+                        .as_ref()
+                        .map(|c| c.name.as_str())
+                        .unwrap_or(""),
+                    r.arn.stream_arn(),
+                    e
+                );
+            }
+            f
+        })?
+    } else {
+        r.arn.clone()
+    };
+    let live_raw = api.get_policy(&target).await.map_err(|e| {
+        let mut f = fail(&e);
+        if e.class == crate::kinesis::ErrorClass::NotFound {
+            f.message = format!("{} does not exist ({e})", target.kind());
+        }
+        f
+    })?;
+    let live = live_raw.as_deref().map(PolicyDocument::from_json_str);
+    let mut change = Change {
+        arn: target.to_string(),
+        declared_arn: Some(declared),
+        kind: target.kind(),
+        action: Action::NoOp,
+        reason: String::new(),
+        source: Some(r.source.clone()),
+        before: None,
+        after: None,
+        delete_cause: None,
+        target,
+        put_json: None,
+        desired: None,
+        live: None,
+        live_raw: None,
+    };
+    match &live {
+        Some(Ok(doc)) => {
+            change.before = Some(doc.canonical());
+            change.live = Some(doc.clone());
+        }
+        Some(Err(_)) => {
+            change.before = live_raw.clone().map(serde_json::Value::String);
+            change.live_raw = live_raw.clone();
+        }
+        None => {}
+    }
+    match &r.intent {
+        Intent::Present { document, json } => {
+            change.after = Some(document.canonical());
+            change.put_json = Some(json.clone());
+            change.desired = Some(document.clone());
+            (change.action, change.reason) = match &live {
+                None => (Action::Create, "no live policy".into()),
+                Some(Err(e)) => (
+                    Action::Update,
+                    format!("live policy is not a valid policy document ({e})"),
+                ),
+                Some(Ok(doc)) if doc.equivalent(document) => (Action::NoOp, "in sync".into()),
+                Some(Ok(_)) => (Action::Update, "live policy differs".into()),
+            };
+        }
+        Intent::Absent => {
+            (change.action, change.reason) = match &live {
+                None => (Action::NoOp, "no policy, as required".into()),
+                Some(_) => {
+                    change.delete_cause = Some(DeleteCause::EnsureAbsent);
+                    (Action::Delete, "ensure: absent".into())
+                }
+            };
+        }
+    }
+    Ok(change)
+}
+
+/// Policies in the covered scopes that no manifest declares get a delete.
+async fn prune<K: Kinesis>(
+    api: &Resilient<K>,
+    desired: &DesiredState,
+    opts: &PlanOptions,
+    plan: &mut Plan,
+) -> Result<(), PlanRefused> {
+    let declared: HashSet<ResourceArn> =
+        desired.resources.iter().map(|r| r.arn.identity()).collect();
+    let mut candidates = Vec::new();
+    for scope in desired.scopes() {
+        let streams = match api.list_streams(&scope).await {
+            Ok(s) => s,
+            Err(e) => {
+                plan.failures
+                    .push(Failure::from_api(format!("scope {scope}"), None, &e));
+                continue;
+            }
+        };
+        let consumer_lists: Vec<_> = futures::stream::iter(&streams)
+            .map(|s| async move { (s, api.list_consumers(s).await) })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
+        candidates.extend(streams.iter().cloned());
+        for (stream, consumers) in consumer_lists {
+            match consumers {
+                Ok(c) => candidates.extend(c),
+                Err(e) => plan
+                    .failures
+                    .push(Failure::from_api(stream.to_string(), None, &e)),
+            }
+        }
+    }
+    candidates.retain(|a| !declared.contains(&a.identity()) && targeted(&opts.targets, a));
+    let found: Vec<Result<Option<Change>, Failure>> = futures::stream::iter(candidates)
+        .map(|arn| async move {
+            match api.get_policy(&arn).await {
+                Ok(None) => Ok(None),
+                Ok(Some(raw)) => {
+                    let live = PolicyDocument::from_json_str(&raw).ok();
+                    Ok(Some(Change {
+                        arn: arn.to_string(),
+                        declared_arn: None,
+                        kind: arn.kind(),
+                        action: Action::Delete,
+                        reason: "policy not declared in any manifest (--prune)".into(),
+                        source: None,
+                        before: Some(
+                            live.as_ref()
+                                .map(PolicyDocument::canonical)
+                                .unwrap_or_else(|| serde_json::Value::String(raw.clone())),
+                        ),
+                        after: None,
+                        delete_cause: Some(DeleteCause::Prune),
+                        target: arn,
+                        put_json: None,
+                        desired: None,
+                        live_raw: live.is_none().then_some(raw),
+                        live,
+                    }))
+                }
+                // Deleted between listing and reading: nothing to prune.
+                Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => Ok(None),
+                Err(e) => Err(Failure::from_api(arn.to_string(), None, &e)),
+            }
+        })
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut deletes = Vec::new();
+    for f in found {
+        match f {
+            Ok(Some(c)) => deletes.push(c),
+            Ok(None) => {}
+            Err(f) => plan.failures.push(f),
+        }
+    }
+    if deletes.len() > opts.max_deletes {
+        deletes.sort_by(|a, b| a.arn.cmp(&b.arn));
+        return Err(PlanRefused::TooManyDeletes {
+            count: deletes.len(),
+            max: opts.max_deletes,
+            arns: deletes
+                .iter()
+                .map(|c| format!("  - {}", c.arn))
+                .collect::<Vec<_>>()
+                .join("\n"),
+        });
+    }
+    plan.changes.extend(deletes);
+    Ok(())
+}
+
+/// Used by callers that report which operation a failure came from without an API error.
+pub fn local_failure(
+    arn: String,
+    source: Option<Source>,
+    op: Option<Op>,
+    message: String,
+) -> Failure {
+    Failure {
+        arn,
+        source,
+        operation: op.map(Op::as_str),
+        code: None,
+        retryable: false,
+        message,
+    }
+}

@@ -1,0 +1,286 @@
+//! Plans and reports for people (text) and pipelines (JSON, `format_version` 1).
+//!
+//! JSON schema, stable within a format_version (fields may be added, never removed or renamed):
+//! ```text
+//! { "format_version": "1", "kind": "plan" | "apply",
+//!   "summary": { "create", "update", "delete", "unchanged", "failed" },   // integers
+//!   "resources": [ { "arn", "declared_arn"?, "kind": "stream"|"consumer",
+//!                    "action": "create"|"update"|"delete"|"no-op", "reason",
+//!                    "source": {"file","line"}|null, "before": policy|null, "after": policy|null,
+//!                    "delete_cause"?: "ensure_absent"|"prune",
+//!                    "outcome"?: "applied"|"unchanged"|"failed", "error"?: failure } ],
+//!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ] }
+//! ```
+
+use std::fmt::Write as _;
+
+use serde::Serialize;
+
+use crate::apply::{Outcome, Report};
+use crate::plan::{Action, Change, Failure, Plan, Summary};
+use crate::policy::{PolicyDocument, canonical_statements};
+
+pub const FORMAT_VERSION: &str = "1";
+
+/// ANSI styling, on only for a terminal without NO_COLOR.
+#[derive(Debug, Clone, Copy)]
+pub struct Style {
+    pub color: bool,
+}
+
+impl Style {
+    pub fn detect(stream_is_tty: bool) -> Self {
+        let no_color = std::env::var_os("NO_COLOR").is_some_and(|v| !v.is_empty());
+        Style {
+            color: stream_is_tty && !no_color,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+    fn green(&self, t: &str) -> String {
+        self.paint("32", t)
+    }
+    fn red(&self, t: &str) -> String {
+        self.paint("31", t)
+    }
+    fn yellow(&self, t: &str) -> String {
+        self.paint("33", t)
+    }
+    fn bold(&self, t: &str) -> String {
+        self.paint("1", t)
+    }
+    fn dim(&self, t: &str) -> String {
+        self.paint("2", t)
+    }
+}
+
+fn symbol(action: Action, style: &Style) -> String {
+    match action {
+        Action::Create => style.green("+ create"),
+        Action::Update => style.yellow("~ update"),
+        Action::Delete => style.red("- delete"),
+        Action::NoOp => "  no-op ".into(),
+    }
+}
+
+/// One line per changed resource, its statement-level diff, failures, then the summary line.
+pub fn plan_text(plan: &Plan, style: &Style) -> String {
+    let mut out = String::new();
+    for c in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
+        change_text(&mut out, c, style);
+    }
+    failures_text(&mut out, &plan.failures, style);
+    if !plan.has_changes() && plan.failures.is_empty() {
+        out.push_str("No changes. Every live policy is equivalent to its manifest.\n");
+    }
+    let _ = writeln!(out, "{}", summary_line("Plan", &plan.summary(), style));
+    out
+}
+
+fn change_text(out: &mut String, c: &Change, style: &Style) {
+    let _ = write!(
+        out,
+        "{} {} {}",
+        symbol(c.action, style),
+        c.kind,
+        style.bold(&c.arn)
+    );
+    if let Some(src) = &c.source {
+        let _ = write!(out, "  {}", style.dim(&format!("({src})")));
+    }
+    let _ = writeln!(out);
+    if let Some(declared) = &c.declared_arn
+        && declared != &c.arn
+    {
+        let _ = writeln!(out, "    {}", style.dim(&format!("declared as {declared}")));
+    }
+    let _ = writeln!(out, "    {}", style.dim(&format!("reason: {}", c.reason)));
+    for line in statement_diff(c.live.as_ref(), c.live_raw.as_deref(), c.desired.as_ref()) {
+        let styled = match line.chars().next() {
+            Some('+') => style.green(&line),
+            Some('-') => style.red(&line),
+            _ => line,
+        };
+        let _ = writeln!(out, "    {styled}");
+    }
+    let _ = writeln!(out);
+}
+
+/// Statements matched by Sid (or by identical content); only what differs is printed.
+pub fn statement_diff(
+    before: Option<&PolicyDocument>,
+    before_raw: Option<&str>,
+    after: Option<&PolicyDocument>,
+) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(raw) = before_raw {
+        lines.push(format!("- (unparsable live policy) {raw}"));
+    }
+    let header = |d: Option<&PolicyDocument>| {
+        d.map(|d| {
+            let mut v = d.canonical();
+            if let Some(o) = v.as_object_mut() {
+                o.remove("Statement");
+            }
+            v
+        })
+    };
+    let (hb, ha) = (header(before), header(after));
+    if before.is_some() && after.is_some() && hb != ha {
+        lines.push(format!("- {}", hb.unwrap_or_default()));
+        lines.push(format!("+ {}", ha.unwrap_or_default()));
+    }
+    let old = before.map(canonical_statements).unwrap_or_default();
+    let new = after.map(canonical_statements).unwrap_or_default();
+    let mut new_left: Vec<Option<&(String, String)>> = new.iter().map(Some).collect();
+    let mut removed = Vec::new();
+    for o in &old {
+        if let Some(slot) = new_left.iter_mut().find(|n| n.is_some_and(|n| n.1 == o.1)) {
+            *slot = None; // identical statement: not shown
+        } else {
+            removed.push(o);
+        }
+    }
+    let mut added: Vec<&(String, String)> = new_left.into_iter().flatten().collect();
+    for o in removed {
+        let sid_match = (!o.0.starts_with('#'))
+            .then(|| added.iter().position(|n| n.0 == o.0))
+            .flatten();
+        match sid_match {
+            Some(i) => {
+                let n = added.remove(i);
+                lines.push(format!("~ statement {}", o.0));
+                let diff = similar::TextDiff::from_lines(&o.1, &n.1);
+                for change in diff.iter_all_changes() {
+                    let sign = match change.tag() {
+                        similar::ChangeTag::Delete => '-',
+                        similar::ChangeTag::Insert => '+',
+                        similar::ChangeTag::Equal => ' ',
+                    };
+                    lines.push(format!(
+                        "{sign}   {}",
+                        change.value().trim_end_matches('\n')
+                    ));
+                }
+            }
+            None => {
+                lines.push(format!("- statement {}", o.0));
+                lines.extend(o.1.lines().map(|l| format!("-   {l}")));
+            }
+        }
+    }
+    for n in added {
+        lines.push(format!("+ statement {}", n.0));
+        lines.extend(n.1.lines().map(|l| format!("+   {l}")));
+    }
+    lines
+}
+
+fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
+    for f in failures {
+        let _ = write!(out, "{} {}", style.red("! failed"), style.bold(&f.arn));
+        if let Some(src) = &f.source {
+            let _ = write!(out, "  {}", style.dim(&format!("({src})")));
+        }
+        let _ = writeln!(out, "\n    {}\n", f.message);
+    }
+}
+
+pub fn summary_line(verb: &str, s: &Summary, style: &Style) -> String {
+    let (created, updated, deleted) = if verb == "Plan" {
+        ("to create", "to update", "to delete")
+    } else {
+        ("created", "updated", "deleted")
+    };
+    let mut line = format!(
+        "{verb}: {} {created}, {} {updated}, {} {deleted}, {} unchanged",
+        s.create, s.update, s.delete, s.unchanged
+    );
+    if s.failed > 0 {
+        line.push_str(&format!(", {} failed", s.failed));
+    }
+    line.push('.');
+    if s.failed > 0 {
+        style.red(&line)
+    } else {
+        style.bold(&line)
+    }
+}
+
+pub fn apply_text(report: &Report, style: &Style) -> String {
+    let mut out = String::new();
+    for r in &report.results {
+        if r.change.action == Action::NoOp {
+            continue;
+        }
+        let status = match r.outcome {
+            Outcome::Applied => style.green("done"),
+            Outcome::Failed => style.red("FAILED"),
+            Outcome::Unchanged => String::new(),
+        };
+        let _ = writeln!(
+            out,
+            "{} {} {}  {status}",
+            symbol(r.change.action, style),
+            r.change.kind,
+            style.bold(&r.change.arn)
+        );
+    }
+    let failures: Vec<Failure> = report.failures().cloned().collect();
+    if !failures.is_empty() {
+        let _ = writeln!(
+            out,
+            "\n{}",
+            style.red(&format!("{} resource(s) failed:", failures.len()))
+        );
+        failures_text(&mut out, &failures, style);
+    }
+    let _ = writeln!(out, "{}", summary_line("Apply", &report.summary(), style));
+    out
+}
+
+#[derive(Serialize)]
+struct PlanJson<'a> {
+    format_version: &'static str,
+    kind: &'static str,
+    summary: Summary,
+    resources: &'a [Change],
+    failures: &'a [Failure],
+}
+
+pub fn plan_json(plan: &Plan) -> String {
+    let doc = PlanJson {
+        format_version: FORMAT_VERSION,
+        kind: "plan",
+        summary: plan.summary(),
+        resources: &plan.changes,
+        failures: &plan.failures,
+    };
+    serde_json::to_string_pretty(&doc).expect("plan serialises") + "\n"
+}
+
+#[derive(Serialize)]
+struct ApplyJson<'a> {
+    format_version: &'static str,
+    kind: &'static str,
+    summary: Summary,
+    resources: &'a [crate::apply::ResourceResult],
+    failures: Vec<Failure>,
+}
+
+pub fn apply_json(report: &Report) -> String {
+    let doc = ApplyJson {
+        format_version: FORMAT_VERSION,
+        kind: "apply",
+        summary: report.summary(),
+        resources: &report.results,
+        failures: report.failures().cloned().collect(),
+    };
+    serde_json::to_string_pretty(&doc).expect("report serialises") + "\n"
+}
