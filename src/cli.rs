@@ -107,6 +107,8 @@ pub enum Command {
     /// Work with single policy documents (any IAM policy; equivalence rules only, no Kinesis lint).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Run the GitOps controller: reconcile on a schedule and on signed git-push webhooks.
+    Serve(Box<crate::controller::ServeArgs>),
     /// Print shell completions.
     Completions {
         #[arg(value_enum)]
@@ -264,6 +266,7 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             .await
         }
         Command::Policy(cmd) => Ok(policy_command(cmd)),
+        Command::Serve(args) => crate::controller::serve(&cli.global, file, *args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
             clap_complete::generate(shell, &mut cmd, "kpr", &mut std::io::stdout());

@@ -8,6 +8,7 @@ pub mod apply;
 pub mod arn;
 pub mod cli;
 pub mod config;
+pub mod controller;
 pub mod kinesis;
 pub mod manifest;
 pub mod plan;

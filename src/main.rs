@@ -2,17 +2,26 @@
 
 use std::process::ExitCode;
 
+use std::io::IsTerminal;
+
 use clap::Parser;
-use kinesis_policy_reconciler::cli::{self, Cli, LogFormat};
+use kinesis_policy_reconciler::cli::{self, Cli, Command, LogFormat};
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    // The service logs what it does (JSON for collectors unless on a terminal); one-shot
+    // commands print their result and log only problems.
+    let serving = matches!(cli.command, Command::Serve(_));
     let level = cli
         .global
         .log_level
         .clone()
-        .unwrap_or_else(|| "warn".into());
-    cli::init_logging(&level, cli.global.log_format == Some(LogFormat::Json));
+        .unwrap_or_else(|| if serving { "info" } else { "warn" }.into());
+    let json = match cli.global.log_format {
+        Some(f) => f == LogFormat::Json,
+        None => serving && !std::io::stderr().is_terminal(),
+    };
+    cli::init_logging(&level, json);
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
