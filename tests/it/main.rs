@@ -1,4 +1,5 @@
-mod smoke {
-    #[test]
-    fn t() {}
-}
+//! One integration-test binary (each extra one would link the whole AWS SDK again).
+//! Run through `scripts/test`, which starts the emulators these tests talk to.
+
+mod cli;
+mod common;

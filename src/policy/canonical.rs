@@ -1,0 +1,694 @@
+//! The canonical form: one JSON value per equivalence class of policies.
+//!
+//! Maps are built in sorted key order by hand: serde_json's `preserve_order` feature is enabled
+//! in this build (by another dependency), so `serde_json::Map` keeps insertion order and the
+//! printed form would otherwise depend on how the document was written.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde_json::{Map, Value};
+
+use super::actions::canonical_action;
+use super::{Condition, PolicyDocument, Principal, PrincipalType, Statement};
+
+pub(super) fn document(doc: &PolicyDocument) -> Value {
+    let mut out = BTreeMap::new();
+    if let Some(version) = &doc.version {
+        out.insert("Version", Value::String(version.clone()));
+    }
+    if let Some(id) = &doc.id {
+        out.insert("Id", Value::String(id.clone()));
+    }
+    out.insert("Statement", Value::Array(statement_values(doc)));
+    object(out)
+}
+
+/// Canonical statements, sorted by their serialisation, exact duplicates removed.
+fn statement_values(doc: &PolicyDocument) -> Vec<Value> {
+    doc.statements
+        .iter()
+        .map(|s| {
+            let v = statement(s);
+            (v.to_string(), v)
+        })
+        .collect::<BTreeMap<_, _>>()
+        .into_values()
+        .collect()
+}
+
+/// Statement-by-statement canonical JSON, in canonical order, for renderers that diff per
+/// statement. The label is the Sid, or `#n` (1-based position in canonical order) without one;
+/// labels are made unique by appending ` #n` where they would collide. Each text is pretty JSON
+/// with a trailing newline.
+pub fn canonical_statements(doc: &PolicyDocument) -> Vec<(String, String)> {
+    let values = statement_values(doc);
+    let base: Vec<String> = values
+        .iter()
+        .enumerate()
+        .map(|(i, v)| match v.get("Sid") {
+            Some(Value::String(sid)) => sid.clone(),
+            _ => format!("#{}", i + 1),
+        })
+        .collect();
+    values
+        .iter()
+        .zip(&base)
+        .enumerate()
+        .map(|(i, (v, label))| {
+            let label = if base.iter().filter(|l| *l == label).count() > 1 {
+                format!("{label} #{}", i + 1)
+            } else {
+                label.clone()
+            };
+            let mut text =
+                serde_json::to_string_pretty(v).expect("a serde_json::Value always serialises");
+            text.push('\n');
+            (label, text)
+        })
+        .collect()
+}
+
+fn statement(s: &Statement) -> Value {
+    let mut out = BTreeMap::new();
+    if let Some(sid) = s.sid() {
+        out.insert("Sid", Value::String(sid.to_string()));
+    }
+    out.insert("Effect", Value::String(s.effect.as_str().to_string()));
+    for (key, p) in [
+        ("Principal", &s.principal),
+        ("NotPrincipal", &s.not_principal),
+    ] {
+        if let Some(v) = p.as_ref().and_then(principal) {
+            out.insert(key, v);
+        }
+    }
+    for (key, actions) in [("Action", &s.action), ("NotAction", &s.not_action)] {
+        if let Some(actions) = actions {
+            out.insert(key, string_set(actions.iter().map(|a| canonical_action(a))));
+        }
+    }
+    for (key, resources) in [("Resource", &s.resource), ("NotResource", &s.not_resource)] {
+        if let Some(resources) = resources {
+            out.insert(key, string_set(resources.iter().cloned()));
+        }
+    }
+    if let Some(v) = s.condition.as_ref().and_then(condition) {
+        out.insert("Condition", v);
+    }
+    object(out)
+}
+
+/// `None` when the principal names nobody, which IAM treats like a missing element.
+fn principal(p: &Principal) -> Option<Value> {
+    let mut by_type: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
+    match p {
+        Principal::Anyone => {
+            by_type
+                .entry(PrincipalType::Aws.as_str())
+                .or_default()
+                .insert("*".into());
+        }
+        Principal::Typed(entries) => {
+            for (kind, ids) in entries {
+                let set = by_type.entry(kind.as_str()).or_default();
+                for id in ids {
+                    set.insert(if *kind == PrincipalType::Aws {
+                        canonical_aws_principal(id)
+                    } else {
+                        id.clone()
+                    });
+                }
+            }
+        }
+    }
+    by_type.retain(|_, ids| !ids.is_empty());
+    if by_type.is_empty() {
+        return None;
+    }
+    Some(object(
+        by_type
+            .into_iter()
+            .map(|(k, ids)| (k, string_set(ids)))
+            .collect(),
+    ))
+}
+
+/// An account's root ARN means the account itself, whatever the partition: both forms become
+/// the bare 12-digit id.
+fn canonical_aws_principal(id: &str) -> String {
+    root_account(id).unwrap_or(id).to_string()
+}
+
+fn root_account(arn: &str) -> Option<&str> {
+    let rest = arn.strip_prefix("arn:")?;
+    let (partition, rest) = rest.split_once(':')?;
+    if partition.is_empty() {
+        return None;
+    }
+    let account = rest.strip_prefix("iam::")?.strip_suffix(":root")?;
+    is_account_id(account).then_some(account)
+}
+
+fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
+/// `None` when no condition key is given: such a Condition constrains nothing. A key with an
+/// empty value list is kept (as `[]`): what IAM makes of it is not obvious, so it stays distinct.
+fn condition(c: &Condition) -> Option<Value> {
+    let mut ops: BTreeMap<&str, BTreeMap<&str, BTreeSet<String>>> = BTreeMap::new();
+    for block in &c.blocks {
+        for (key, values) in &block.entries {
+            ops.entry(block.operator.as_str())
+                .or_default()
+                .entry(key.as_str())
+                .or_default()
+                .extend(values.iter().map(|v| v.as_canonical_string()));
+        }
+    }
+    if ops.is_empty() {
+        return None;
+    }
+    Some(object(
+        ops.into_iter()
+            .map(|(op, keys)| {
+                let keys = keys
+                    .into_iter()
+                    .map(|(k, vals)| (k, string_set(vals)))
+                    .collect();
+                (op, object(keys))
+            })
+            .collect(),
+    ))
+}
+
+/// One value as a plain string, otherwise a sorted, de-duplicated array.
+fn string_set(items: impl IntoIterator<Item = String>) -> Value {
+    let set: BTreeSet<String> = items.into_iter().collect();
+    if set.len() == 1 {
+        Value::String(set.into_iter().next().expect("len is 1"))
+    } else {
+        Value::Array(set.into_iter().map(Value::String).collect())
+    }
+}
+
+fn object(entries: BTreeMap<&str, Value>) -> Value {
+    let mut map = Map::new();
+    for (k, v) in entries {
+        map.insert(k.to_string(), v);
+    }
+    Value::Object(map)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn doc(v: Value) -> PolicyDocument {
+        PolicyDocument::from_value(&v).unwrap_or_else(|e| panic!("{e}: {v}"))
+    }
+
+    /// A one-statement policy: `base` fields overridden/extended by `extra` (null removes).
+    fn one(extra: Value) -> PolicyDocument {
+        let mut s = json!({
+            "Effect": "Allow",
+            "Principal": {"AWS": "111122223333"},
+            "Action": "kinesis:GetRecords",
+            "Resource": "arn:aws:kinesis:us-east-1:111122223333:stream/s"
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                s.as_object_mut().unwrap().remove(k);
+            } else {
+                s[k] = v.clone();
+            }
+        }
+        doc(json!({"Version": "2012-10-17", "Statement": [s]}))
+    }
+
+    #[track_caller]
+    fn same(a: &PolicyDocument, b: &PolicyDocument) {
+        assert!(
+            a.equivalent(b),
+            "expected equivalent:\n{}\n{}",
+            a.to_canonical_string(),
+            b.to_canonical_string()
+        );
+        assert!(b.equivalent(a));
+    }
+
+    #[track_caller]
+    fn differ(a: &PolicyDocument, b: &PolicyDocument) {
+        assert!(
+            !a.equivalent(b),
+            "expected different:\n{}",
+            a.to_canonical_string()
+        );
+        assert!(!b.equivalent(a));
+    }
+
+    #[test]
+    fn canonical_shape() {
+        let d = doc(json!({
+            "Version": "2012-10-17",
+            "Statement": {
+                "Sid": "",
+                "Effect": "allow",
+                "Principal": {"AWS": ["arn:aws:iam::111122223333:root", "444455556666", "111122223333"]},
+                "Action": ["KINESIS:getrecords", "kinesis:DescribeStream"],
+                "Resource": "r",
+                "Condition": {"Bool": {"aws:SecureTransport": true}, "NumericLessThan": {"n": [5, "3"]}}
+            }
+        }));
+        assert_eq!(
+            d.canonical(),
+            json!({
+                "Version": "2012-10-17",
+                "Statement": [{
+                    "Effect": "Allow",
+                    "Principal": {"AWS": ["111122223333", "444455556666"]},
+                    "Action": ["kinesis:DescribeStream", "kinesis:GetRecords"],
+                    "Resource": "r",
+                    "Condition": {"Bool": {"aws:SecureTransport": "true"}, "NumericLessThan": {"n": ["3", "5"]}}
+                }]
+            })
+        );
+        // Printed keys are sorted even though serde_json preserves insertion order here.
+        let text = d.to_canonical_string();
+        let pos = |k: &str| text.find(k).unwrap();
+        assert!(pos("\"Statement\"") < pos("\"Version\""));
+        assert!(
+            pos("\"Action\"") < pos("\"Condition\"") && pos("\"Condition\"") < pos("\"Effect\"")
+        );
+        assert!(pos("\"Principal\"") < pos("\"Resource\""));
+    }
+
+    #[test]
+    fn single_string_equals_one_element_list() {
+        let base = one(json!({}));
+        same(&base, &one(json!({"Action": ["kinesis:GetRecords"]})));
+        same(
+            &base,
+            &one(json!({"Resource": ["arn:aws:kinesis:us-east-1:111122223333:stream/s"]})),
+        );
+        same(&base, &one(json!({"Principal": {"AWS": ["111122223333"]}})));
+        same(
+            &one(json!({"NotAction": "a:b", "Action": null})),
+            &one(json!({"NotAction": ["a:b"], "Action": null})),
+        );
+        same(
+            &one(json!({"NotResource": "x", "Resource": null})),
+            &one(json!({"NotResource": ["x"], "Resource": null})),
+        );
+        differ(
+            &base,
+            &one(json!({"Action": ["kinesis:GetRecords", "kinesis:ListShards"]})),
+        );
+    }
+
+    #[test]
+    fn lists_are_unordered_and_deduplicated() {
+        let a = one(
+            json!({"Action": ["kinesis:GetRecords", "kinesis:ListShards"], "Resource": ["r1", "r2"]}),
+        );
+        same(
+            &a,
+            &one(
+                json!({"Action": ["kinesis:ListShards", "kinesis:GetRecords"], "Resource": ["r2", "r1"]}),
+            ),
+        );
+        same(
+            &a,
+            &one(
+                json!({"Action": ["kinesis:ListShards", "kinesis:GetRecords", "kinesis:ListShards"],
+                         "Resource": ["r2", "r1", "r2"]}),
+            ),
+        );
+        same(
+            &one(json!({})),
+            &one(json!({"Action": ["kinesis:GetRecords", "kinesis:GetRecords"]})),
+        );
+        differ(
+            &a,
+            &one(
+                json!({"Action": ["kinesis:GetRecords", "kinesis:PutRecord"], "Resource": ["r1", "r2"]}),
+            ),
+        );
+        differ(
+            &a,
+            &one(
+                json!({"Action": ["kinesis:GetRecords", "kinesis:ListShards"], "Resource": ["r1", "r3"]}),
+            ),
+        );
+    }
+
+    #[test]
+    fn statements_are_unordered_object_equals_array_and_duplicates_collapse() {
+        let s1 = json!({"Effect": "Allow", "Principal": "*", "Action": "kinesis:GetRecords", "Resource": "r"});
+        let s2 = json!({"Effect": "Deny", "Principal": "*", "Action": "kinesis:PutRecord", "Resource": "r"});
+        let object = doc(json!({"Version": "2012-10-17", "Statement": s1.clone()}));
+        let array = doc(json!({"Version": "2012-10-17", "Statement": [s1.clone()]}));
+        same(&object, &array);
+        same(
+            &array,
+            &doc(json!({"Version": "2012-10-17", "Statement": [s1.clone(), s1.clone()]})),
+        );
+        let ab = doc(json!({"Version": "2012-10-17", "Statement": [s1.clone(), s2.clone()]}));
+        let ba = doc(json!({"Version": "2012-10-17", "Statement": [s2.clone(), s1.clone()]}));
+        same(&ab, &ba);
+        differ(&ab, &array);
+        differ(
+            &doc(json!({"Version": "2012-10-17", "Statement": [s2]})),
+            &array,
+        );
+        differ(
+            &doc(json!({"Version": "2012-10-17", "Statement": []})),
+            &array,
+        );
+    }
+
+    #[test]
+    fn effect_is_case_insensitive_but_compared() {
+        same(&one(json!({})), &one(json!({"Effect": "allow"})));
+        same(
+            &one(json!({"Effect": "DENY"})),
+            &one(json!({"Effect": "Deny"})),
+        );
+        differ(&one(json!({})), &one(json!({"Effect": "Deny"})));
+    }
+
+    #[test]
+    fn empty_sid_equals_missing_sid() {
+        same(&one(json!({})), &one(json!({"Sid": ""})));
+        differ(&one(json!({})), &one(json!({"Sid": "A"})));
+        differ(&one(json!({"Sid": "A"})), &one(json!({"Sid": "B"})));
+        differ(&one(json!({"Sid": "A"})), &one(json!({"Sid": "a"})));
+    }
+
+    #[test]
+    fn account_id_equals_root_arn_in_any_partition() {
+        let id = one(json!({"Principal": {"AWS": "111122223333"}}));
+        for arn in [
+            "arn:aws:iam::111122223333:root",
+            "arn:aws-cn:iam::111122223333:root",
+            "arn:aws-us-gov:iam::111122223333:root",
+        ] {
+            same(&id, &one(json!({"Principal": {"AWS": arn}})));
+        }
+        same(
+            &one(json!({"Principal": {"AWS": ["111122223333", "arn:aws:iam::111122223333:root"]}})),
+            &id,
+        );
+        differ(&id, &one(json!({"Principal": {"AWS": "444455556666"}})));
+        differ(
+            &id,
+            &one(json!({"Principal": {"AWS": "arn:aws:iam::444455556666:root"}})),
+        );
+        differ(
+            &id,
+            &one(json!({"Principal": {"AWS": "arn:aws:iam::111122223333:user/root"}})),
+        );
+        differ(
+            &id,
+            &one(json!({"Principal": {"AWS": "arn:aws:iam::111122223333:role/x"}})),
+        );
+        differ(
+            &id,
+            &one(json!({"Principal": {"AWS": "arn::iam::111122223333:root"}})),
+        );
+        differ(&id, &one(json!({"Principal": {"AWS": "11112222333"}})));
+        // Only AWS principals are account ids.
+        differ(
+            &one(json!({"Principal": {"Federated": "111122223333"}})),
+            &one(json!({"Principal": {"Federated": "arn:aws:iam::111122223333:root"}})),
+        );
+    }
+
+    #[test]
+    fn star_principal_equals_aws_star() {
+        same(
+            &one(json!({"Principal": "*"})),
+            &one(json!({"Principal": {"AWS": "*"}})),
+        );
+        same(
+            &one(json!({"Principal": "*"})),
+            &one(json!({"Principal": {"AWS": ["*"]}})),
+        );
+        same(
+            &one(json!({"NotPrincipal": "*", "Principal": null})),
+            &one(json!({"NotPrincipal": {"AWS": "*"}, "Principal": null})),
+        );
+        differ(
+            &one(json!({"Principal": "*"})),
+            &one(json!({"Principal": {"Service": "*"}})),
+        );
+        differ(&one(json!({"Principal": "*"})), &one(json!({})));
+        assert_eq!(
+            one(json!({"Principal": "*"})).canonical()["Statement"][0]["Principal"],
+            json!({"AWS": "*"})
+        );
+    }
+
+    #[test]
+    fn empty_principal_equals_missing() {
+        let missing = one(json!({"Principal": null}));
+        same(&missing, &one(json!({"Principal": {}})));
+        same(&missing, &one(json!({"Principal": {"AWS": []}})));
+        same(
+            &missing,
+            &one(json!({"Principal": {"AWS": [], "Service": []}})),
+        );
+        same(
+            &missing,
+            &one(json!({"Principal": null, "NotPrincipal": {}})),
+        );
+        same(
+            &one(json!({"Principal": {"Service": "x"}})),
+            &one(json!({"Principal": {"AWS": [], "Service": ["x"]}})),
+        );
+        differ(&missing, &one(json!({})));
+    }
+
+    #[test]
+    fn principal_real_differences() {
+        let base = one(json!({}));
+        differ(
+            &base,
+            &one(json!({"Principal": {"Service": "111122223333"}})),
+        );
+        differ(
+            &base,
+            &one(json!({"Principal": {"AWS": ["111122223333", "444455556666"]}})),
+        );
+        differ(
+            &base,
+            &one(json!({"Principal": null, "NotPrincipal": {"AWS": "111122223333"}})),
+        );
+        differ(
+            &one(json!({"Principal": {"Service": "a.amazonaws.com"}})),
+            &one(json!({"Principal": {"Service": "b.amazonaws.com"}})),
+        );
+    }
+
+    #[test]
+    fn condition_rules() {
+        let c = |cond: Value| one(json!({"Condition": cond}));
+        let base = c(
+            json!({"StringEquals": {"k": ["a", "b"]}, "Bool": {"b": true}, "NumericEquals": {"n": 5}}),
+        );
+        same(
+            &base,
+            &c(
+                json!({"NumericEquals": {"n": "5"}, "Bool": {"b": "true"}, "StringEquals": {"k": ["b", "a", "b"]}}),
+            ),
+        );
+        same(
+            &base,
+            &c(
+                json!({"Bool": {"b": [true]}, "NumericEquals": {"n": ["5"]}, "StringEquals": {"k": ["b", "a"]}}),
+            ),
+        );
+        same(
+            &c(json!({"Bool": {"b": false}})),
+            &c(json!({"Bool": {"b": "false"}})),
+        );
+        // Real differences: value, key, operator, missing key, case.
+        differ(
+            &base,
+            &c(
+                json!({"StringEquals": {"k": ["a", "c"]}, "Bool": {"b": true}, "NumericEquals": {"n": 5}}),
+            ),
+        );
+        differ(
+            &base,
+            &c(
+                json!({"StringEquals": {"k": ["a"]}, "Bool": {"b": true}, "NumericEquals": {"n": 5}}),
+            ),
+        );
+        differ(
+            &base,
+            &c(
+                json!({"StringEquals": {"k2": ["a", "b"]}, "Bool": {"b": true}, "NumericEquals": {"n": 5}}),
+            ),
+        );
+        differ(
+            &base,
+            &c(
+                json!({"StringLike": {"k": ["a", "b"]}, "Bool": {"b": true}, "NumericEquals": {"n": 5}}),
+            ),
+        );
+        differ(
+            &base,
+            &c(
+                json!({"StringEquals": {"k": ["a", "b"]}, "Bool": {"b": false}, "NumericEquals": {"n": 5}}),
+            ),
+        );
+        differ(
+            &base,
+            &c(
+                json!({"StringEquals": {"k": ["a", "b"]}, "Bool": {"b": true}, "NumericEquals": {"n": 6}}),
+            ),
+        );
+        differ(
+            &base,
+            &c(json!({"StringEquals": {"k": ["a", "b"]}, "Bool": {"b": true}})),
+        );
+        differ(
+            &c(json!({"Bool": {"b": true}})),
+            &c(json!({"Bool": {"b": "True"}})),
+        );
+        differ(
+            &c(json!({"NumericEquals": {"n": 5}})),
+            &c(json!({"NumericEquals": {"n": 5.0}})),
+        );
+        differ(&base, &one(json!({})));
+    }
+
+    #[test]
+    fn empty_condition_equals_missing() {
+        same(&one(json!({})), &one(json!({"Condition": {}})));
+        same(
+            &one(json!({})),
+            &one(json!({"Condition": {"StringEquals": {}}})),
+        );
+        differ(
+            &one(json!({})),
+            &one(json!({"Condition": {"StringEquals": {"k": []}}})),
+        );
+    }
+
+    #[test]
+    fn action_casing() {
+        let base = one(json!({}));
+        same(&base, &one(json!({"Action": "kinesis:getrecords"})));
+        same(&base, &one(json!({"Action": "KINESIS:GETRECORDS"})));
+        same(
+            &one(json!({"Action": "kinesis:Get*"})),
+            &one(json!({"Action": "Kinesis:Get*"})),
+        );
+        same(
+            &one(json!({"Action": "s3:GetObject"})),
+            &one(json!({"Action": "S3:GetObject"})),
+        );
+        // Names outside the known list keep their spelling.
+        differ(
+            &one(json!({"Action": "kinesis:Get*"})),
+            &one(json!({"Action": "kinesis:get*"})),
+        );
+        differ(
+            &one(json!({"Action": "s3:GetObject"})),
+            &one(json!({"Action": "s3:getobject"})),
+        );
+        differ(&base, &one(json!({"Action": "kinesis:GetRecord"})));
+        differ(
+            &base,
+            &one(json!({"Action": null, "NotAction": "kinesis:GetRecords"})),
+        );
+    }
+
+    #[test]
+    fn resource_real_difference() {
+        differ(
+            &one(json!({})),
+            &one(json!({"Resource": "arn:aws:kinesis:us-east-1:111122223333:stream/t"})),
+        );
+        differ(
+            &one(json!({})),
+            &one(
+                json!({"Resource": null, "NotResource": "arn:aws:kinesis:us-east-1:111122223333:stream/s"}),
+            ),
+        );
+        differ(&one(json!({})), &one(json!({"Resource": []})));
+    }
+
+    #[test]
+    fn version_and_id_compared_as_given() {
+        let s = json!({"Effect": "Allow", "Action": "a:b"});
+        let v = |v: Value| doc(v);
+        let with = v(json!({"Version": "2012-10-17", "Statement": s}));
+        same(
+            &with,
+            &v(json!({"Version": "2012-10-17", "Statement": [s]})),
+        );
+        differ(&with, &v(json!({"Statement": s})));
+        differ(&with, &v(json!({"Version": "2008-10-17", "Statement": s})));
+        differ(
+            &with,
+            &v(json!({"Version": "2012-10-17", "Id": "x", "Statement": s})),
+        );
+        differ(
+            &v(json!({"Id": "x", "Statement": s})),
+            &v(json!({"Id": "y", "Statement": s})),
+        );
+    }
+
+    #[test]
+    fn formatting_and_key_order_never_matter() {
+        let a = PolicyDocument::from_json_str(
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kinesis:GetRecords","Resource":"r"}]}"#,
+        )
+        .unwrap();
+        let b = PolicyDocument::from_json_str(
+            "{\n  \"Statement\": {\n    \"Resource\": [\"r\"],\n    \"Action\": \"kinesis:getRecords\",\n    \"Principal\": {\"AWS\": \"arn:aws:iam::111122223333:root\"},\n    \"Effect\": \"allow\"\n  },\n  \"Version\": \"2012-10-17\"\n}\n",
+        )
+        .unwrap();
+        same(&a, &b);
+        assert_eq!(a.to_canonical_string(), b.to_canonical_string());
+    }
+
+    #[test]
+    fn canonical_statement_labels() {
+        let d = doc(json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "Read", "Effect": "Allow", "Action": "kinesis:GetRecords"},
+            {"Effect": "Allow", "Action": "kinesis:PutRecord"},
+            {"Effect": "Allow", "Action": "kinesis:PutRecord"},
+            {"Sid": "Dup", "Effect": "Allow", "Action": "kinesis:ListShards"},
+            {"Sid": "Dup", "Effect": "Deny", "Action": "kinesis:ListShards"}
+        ]}));
+        let stmts = canonical_statements(&d);
+        let labels: Vec<&str> = stmts.iter().map(|(l, _)| l.as_str()).collect();
+        assert_eq!(stmts.len(), 4, "{labels:?}");
+        let unique: BTreeSet<&str> = labels.iter().copied().collect();
+        assert_eq!(unique.len(), 4, "{labels:?}");
+        assert!(labels.contains(&"Read"));
+        assert!(
+            labels.iter().filter(|l| l.starts_with("Dup #")).count() == 2,
+            "{labels:?}"
+        );
+        assert!(labels.iter().any(|l| l.starts_with('#')), "{labels:?}");
+        let (_, read) = stmts.iter().find(|(l, _)| l == "Read").unwrap();
+        assert_eq!(
+            read,
+            "{\n  \"Action\": \"kinesis:GetRecords\",\n  \"Effect\": \"Allow\",\n  \"Sid\": \"Read\"\n}\n"
+        );
+        // Same policy written differently gives the same list.
+        let reordered = doc(json!({"Version": "2012-10-17", "Statement": [
+            {"Sid": "Dup", "Effect": "deny", "Action": ["kinesis:listshards"]},
+            {"Effect": "Allow", "Action": "kinesis:PutRecord", "Sid": ""},
+            {"Sid": "Dup", "Effect": "Allow", "Action": "kinesis:ListShards"},
+            {"Sid": "Read", "Effect": "Allow", "Action": "kinesis:GetRecords"}
+        ]}));
+        assert_eq!(canonical_statements(&reordered), stmts);
+    }
+}

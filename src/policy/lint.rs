@@ -1,0 +1,706 @@
+//! The Kinesis-specific lint, run on a manifest's policy before any API call. AWS documents
+//! little of what Kinesis accepts in a resource policy and accepts some mistakes silently (a
+//! policy naming another stream), so these checks catch what would otherwise reach production.
+
+use super::actions::{
+    KINESIS_PREFIX, closest_known, official_name, pattern_matches_known_action, split_action,
+};
+use super::{Effect, PolicyDocument, Principal, Statement, wildcard_match};
+
+/// Policy versions IAM accepts.
+const VERSIONS: &[&str] = &["2012-10-17", "2008-10-17"];
+
+pub struct LintContext<'a> {
+    /// The manifest's ARN as written; a consumer ARN may lack its `:<epoch>` suffix.
+    pub resource_arn: &'a str,
+    pub allow_public: bool,
+    /// Maximum bytes of the compact JSON the tool will send.
+    pub max_size: usize,
+    /// Actual bytes of that JSON.
+    pub size: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Severity {
+    Error,
+    Warning,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct Finding {
+    pub severity: Severity,
+    /// E.g. `Statement[0].Action` (index in the document as written, 0-based), `Version`, `size`.
+    pub path: String,
+    pub message: String,
+}
+
+pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
+    let mut out = Findings(Vec::new());
+    match doc.version() {
+        None => out.error(
+            "Version",
+            "missing; a Kinesis resource policy needs \"Version\": \"2012-10-17\"".into(),
+        ),
+        Some(v) if !VERSIONS.contains(&v) => out.error(
+            "Version",
+            format!("\"{v}\" is not a policy language version; use \"2012-10-17\""),
+        ),
+        Some(_) => {}
+    }
+    if ctx.size > ctx.max_size {
+        out.error(
+            "size",
+            format!(
+                "the policy is {} bytes, over the maximum of {} bytes",
+                ctx.size, ctx.max_size
+            ),
+        );
+    }
+    if doc.statements().is_empty() {
+        out.error(
+            "Statement",
+            "the policy has no statements; use `ensure: absent` to remove a resource's policy"
+                .into(),
+        );
+    }
+    for (i, s) in doc.statements().iter().enumerate() {
+        let path = format!("Statement[{i}]");
+        let sid = s
+            .sid()
+            .map(|sid| format!(" (Sid \"{sid}\")"))
+            .unwrap_or_default();
+        if let Some(own) = s.sid()
+            && let Some(j) = doc.statements()[..i]
+                .iter()
+                .position(|o| o.sid() == Some(own))
+        {
+            out.warning(
+                &format!("{path}.Sid"),
+                format!("Sid \"{own}\" is also used by Statement[{j}]; Sids should be unique"),
+            );
+        }
+        principal_rules(&mut out, s, &path, &sid, ctx);
+        resource_rules(&mut out, s, &path, &sid, ctx);
+        action_rules(&mut out, s, &path, &sid);
+    }
+    out.0
+}
+
+struct Findings(Vec<Finding>);
+
+impl Findings {
+    fn error(&mut self, path: &str, message: String) {
+        self.push(Severity::Error, path, message);
+    }
+
+    fn warning(&mut self, path: &str, message: String) {
+        self.push(Severity::Warning, path, message);
+    }
+
+    fn push(&mut self, severity: Severity, path: &str, message: String) {
+        self.0.push(Finding {
+            severity,
+            path: path.to_string(),
+            message,
+        });
+    }
+}
+
+fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
+    let named = |p: Option<&Principal>| p.is_some_and(|p| !p.is_empty());
+    if !named(s.principal()) && !named(s.not_principal()) {
+        let what = if s.principal().is_some() {
+            "an empty Principal"
+        } else {
+            "no Principal"
+        };
+        out.error(
+            &format!("{path}.Principal"),
+            format!("the statement has {what}; a resource policy must name who it applies to{sid}"),
+        );
+        return;
+    }
+    if s.effect() != Effect::Allow || ctx.allow_public || !s.is_unconditional() {
+        return;
+    }
+    if let Some(p) = s.principal()
+        && p.includes_anyone()
+    {
+        out.error(
+            &format!("{path}.Principal"),
+            format!(
+                "Allow to principal \"*\" without a Condition makes the resource public; add a \
+                 Condition (e.g. aws:PrincipalOrgID or aws:SourceAccount) or set \
+                 `allowPublic: true`{sid}"
+            ),
+        );
+    }
+    // Allow + NotPrincipal grants everyone except the listed principals: just as public.
+    if let Some(p) = s.not_principal()
+        && !p.is_empty()
+        && !p.includes_anyone()
+    {
+        out.error(
+            &format!("{path}.NotPrincipal"),
+            format!(
+                "Allow with NotPrincipal and no Condition grants everyone else, making the \
+                 resource public; add a Condition or set `allowPublic: true`{sid}"
+            ),
+        );
+    }
+}
+
+fn resource_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
+    let resources = match (s.resources(), s.not_resources()) {
+        (Some(r), _) => r,
+        (None, Some(_)) => {
+            out.error(
+                &format!("{path}.NotResource"),
+                format!(
+                    "a Kinesis resource policy needs \"Resource\": {}, not NotResource{sid}",
+                    ctx.resource_arn
+                ),
+            );
+            return;
+        }
+        (None, None) => {
+            out.error(
+                &format!("{path}.Resource"),
+                format!(
+                    "the statement has no Resource; set it to {}{sid}",
+                    ctx.resource_arn
+                ),
+            );
+            return;
+        }
+    };
+    let rpath = format!("{path}.Resource");
+    if resources.is_empty() {
+        out.error(
+            &rpath,
+            format!("Resource is empty; set it to {}{sid}", ctx.resource_arn),
+        );
+    }
+    for r in resources {
+        if !resource_matches(r, ctx.resource_arn) {
+            out.error(
+                &rpath,
+                format!(
+                    "\"{r}\" does not match this manifest's resource {}{sid}",
+                    ctx.resource_arn
+                ),
+            );
+        }
+    }
+}
+
+/// Whether a policy Resource covers the manifest ARN. A consumer ARN in a manifest may omit its
+/// `:<creation epoch>` suffix (it changes on re-registration), so then any suffix is accepted.
+fn resource_matches(resource: &str, arn: &str) -> bool {
+    if resource == arn || wildcard_match(resource, arn) {
+        return true;
+    }
+    if !is_consumer_without_epoch(arn) {
+        return false;
+    }
+    let exact_with_epoch = resource
+        .strip_prefix(arn)
+        .and_then(|rest| rest.strip_prefix(':'))
+        .is_some_and(|epoch| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()));
+    exact_with_epoch || matches_some_epoch(resource, arn)
+}
+
+/// Whether the pattern matches `<arn>:<digits>` for at least one non-empty digit string. Runs
+/// the pattern as an NFA over the fixed `<arn>:` part; some digit string then completes the
+/// match exactly when a reachable remainder is non-empty and made only of digits, `?` and `*`.
+/// (A single probe epoch would miss patterns such as `...:17*`.)
+fn matches_some_epoch(pattern: &str, arn: &str) -> bool {
+    let p: Vec<char> = pattern.chars().collect();
+    let closure = |states: &mut Vec<usize>| {
+        let mut i = 0;
+        while i < states.len() {
+            let s = states[i];
+            if s < p.len() && p[s] == '*' && !states.contains(&(s + 1)) {
+                states.push(s + 1);
+            }
+            i += 1;
+        }
+    };
+    let mut states = vec![0];
+    closure(&mut states);
+    for c in arn.chars().chain([':']) {
+        let mut next = Vec::new();
+        for &s in &states {
+            let to = match p.get(s) {
+                Some('*') => s,
+                Some('?') => s + 1,
+                Some(&pc) if pc == c => s + 1,
+                _ => continue,
+            };
+            if !next.contains(&to) {
+                next.push(to);
+            }
+        }
+        closure(&mut next);
+        if next.is_empty() {
+            return false;
+        }
+        states = next;
+    }
+    states.iter().any(|&s| {
+        s < p.len()
+            && p[s..]
+                .iter()
+                .all(|c| c.is_ascii_digit() || *c == '?' || *c == '*')
+    })
+}
+
+fn is_consumer_without_epoch(arn: &str) -> bool {
+    arn.rfind("/consumer/")
+        .is_some_and(|i| !arn[i..].contains(':'))
+}
+
+fn action_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let lists = [("Action", s.actions()), ("NotAction", s.not_actions())];
+    if lists.iter().all(|(_, l)| l.is_none()) {
+        out.error(
+            &format!("{path}.Action"),
+            format!("the statement has no Action{sid}"),
+        );
+        return;
+    }
+    for (key, list) in lists {
+        let Some(list) = list else { continue };
+        let apath = format!("{path}.{key}");
+        if list.is_empty() {
+            out.error(&apath, format!("{key} is empty{sid}"));
+        }
+        for action in list {
+            match split_action(action) {
+                Some((prefix, name)) if prefix.eq_ignore_ascii_case(KINESIS_PREFIX) => {
+                    if name.contains(['*', '?']) {
+                        if !pattern_matches_known_action(action) {
+                            out.warning(
+                                &apath,
+                                format!("\"{action}\" matches no known Kinesis action{sid}"),
+                            );
+                        }
+                    } else if official_name(name).is_none() {
+                        let hint = closest_known(name)
+                            .map(|c| format!(" (did you mean \"kinesis:{c}\"?)"))
+                            .unwrap_or_default();
+                        out.warning(
+                            &apath,
+                            format!("\"{action}\" is not a known Kinesis action{hint}{sid}"),
+                        );
+                    }
+                }
+                _ if action == "*" => out.error(
+                    &apath,
+                    format!(
+                        "\"*\" means every action of every service; list kinesis: actions \
+                         (or \"kinesis:*\"){sid}"
+                    ),
+                ),
+                _ => out.error(
+                    &apath,
+                    format!(
+                        "\"{action}\" is not a Kinesis action; a Kinesis resource policy can \
+                         only grant kinesis: actions{sid}"
+                    ),
+                ),
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{Value, json};
+
+    const STREAM: &str = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+    const CONSUMER: &str = "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app";
+
+    fn ctx(arn: &str) -> LintContext<'_> {
+        LintContext {
+            resource_arn: arn,
+            allow_public: false,
+            max_size: 20_480,
+            size: 100,
+        }
+    }
+
+    /// A valid one-statement policy for STREAM, with fields overridden by `extra` (null removes).
+    fn policy(extra: Value) -> PolicyDocument {
+        let mut s = json!({
+            "Sid": "Read",
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::444455556666:root"},
+            "Action": ["kinesis:GetRecords", "kinesis:GetShardIterator"],
+            "Resource": STREAM
+        });
+        for (k, v) in extra.as_object().unwrap() {
+            if v.is_null() {
+                s.as_object_mut().unwrap().remove(k);
+            } else {
+                s[k] = v.clone();
+            }
+        }
+        PolicyDocument::from_value(&json!({"Version": "2012-10-17", "Statement": [s]})).unwrap()
+    }
+
+    fn run(doc: &PolicyDocument, c: &LintContext) -> Vec<Finding> {
+        lint(doc, c)
+    }
+
+    fn errors(f: &[Finding]) -> Vec<&Finding> {
+        f.iter().filter(|f| f.severity == Severity::Error).collect()
+    }
+
+    #[track_caller]
+    fn one_finding(f: &[Finding], severity: Severity, path: &str, needle: &str) {
+        assert_eq!(f.len(), 1, "{f:#?}");
+        assert_eq!(f[0].severity, severity, "{f:#?}");
+        assert_eq!(f[0].path, path, "{f:#?}");
+        assert!(f[0].message.contains(needle), "{f:#?}");
+    }
+
+    #[test]
+    fn valid_policy_is_clean() {
+        assert_eq!(run(&policy(json!({})), &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn version_rules() {
+        let s = json!({"Effect": "Allow", "Principal": {"AWS": "444455556666"}, "Action": "kinesis:GetRecords", "Resource": STREAM});
+        let with = |v: Option<&str>| {
+            let mut d = json!({"Statement": [s.clone()]});
+            if let Some(v) = v {
+                d["Version"] = json!(v);
+            }
+            run(&PolicyDocument::from_value(&d).unwrap(), &ctx(STREAM))
+        };
+        one_finding(&with(None), Severity::Error, "Version", "missing");
+        one_finding(
+            &with(Some("2012-10-18")),
+            Severity::Error,
+            "Version",
+            "\"2012-10-18\"",
+        );
+        assert_eq!(with(Some("2012-10-17")), []);
+        assert_eq!(with(Some("2008-10-17")), []);
+    }
+
+    #[test]
+    fn size_rule() {
+        let doc = policy(json!({}));
+        let over = LintContext {
+            size: 20_481,
+            ..ctx(STREAM)
+        };
+        let f = run(&doc, &over);
+        one_finding(&f, Severity::Error, "size", "20481 bytes");
+        assert!(f[0].message.contains("20480"), "{f:?}");
+        let at = LintContext {
+            size: 20_480,
+            ..ctx(STREAM)
+        };
+        assert_eq!(run(&doc, &at), []);
+    }
+
+    #[test]
+    fn principal_required_but_not_principal_allowed() {
+        let f = run(&policy(json!({"Principal": null})), &ctx(STREAM));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Principal",
+            "no Principal",
+        );
+        assert!(f[0].message.contains("Sid \"Read\""), "{f:?}");
+        let f = run(&policy(json!({"Principal": {"AWS": []}})), &ctx(STREAM));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Principal",
+            "empty Principal",
+        );
+        let d = policy(
+            json!({"Principal": null, "Effect": "Deny", "NotPrincipal": {"AWS": "444455556666"}}),
+        );
+        assert_eq!(run(&d, &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn resource_required() {
+        let f = run(&policy(json!({"Resource": null})), &ctx(STREAM));
+        one_finding(&f, Severity::Error, "Statement[0].Resource", "no Resource");
+        let f = run(
+            &policy(json!({"Resource": null, "NotResource": "x"})),
+            &ctx(STREAM),
+        );
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].NotResource",
+            "needs \"Resource\"",
+        );
+        let f = run(&policy(json!({"Resource": []})), &ctx(STREAM));
+        one_finding(&f, Severity::Error, "Statement[0].Resource", "empty");
+    }
+
+    #[test]
+    fn resource_must_match_the_manifest_arn() {
+        for ok in [
+            STREAM,
+            "arn:aws:kinesis:us-east-1:111122223333:stream/*",
+            "arn:aws:kinesis:*:111122223333:stream/ord?rs",
+            "*",
+        ] {
+            assert_eq!(
+                run(&policy(json!({"Resource": ok})), &ctx(STREAM)),
+                [],
+                "{ok}"
+            );
+        }
+        for bad in [
+            "arn:aws:kinesis:us-east-1:111122223333:stream/other",
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders2",
+            "arn:aws:kinesis:us-east-1:111122223333:stream/Orders",
+            "arn:aws:kinesis:us-east-1:111122223333:stream/x*",
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders:123",
+        ] {
+            let f = run(&policy(json!({"Resource": bad})), &ctx(STREAM));
+            one_finding(&f, Severity::Error, "Statement[0].Resource", bad);
+        }
+        // Every listed resource is checked.
+        let f = run(
+            &policy(json!({"Resource": [STREAM, "arn:x"]})),
+            &ctx(STREAM),
+        );
+        one_finding(&f, Severity::Error, "Statement[0].Resource", "\"arn:x\"");
+    }
+
+    #[test]
+    fn consumer_arn_without_epoch_accepts_any_epoch() {
+        let c = ctx(CONSUMER);
+        for ok in [
+            CONSUMER.to_string(),
+            format!("{CONSUMER}:1700000000"),
+            format!("{CONSUMER}:*"),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/*".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app:17*".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app*".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app:1?00000000"
+                .to_string(),
+            "arn:aws:kinesis:*:111122223333:stream/*/consumer/app:*".to_string(),
+        ] {
+            assert_eq!(run(&policy(json!({"Resource": ok})), &c), [], "{ok}");
+        }
+        for bad in [
+            format!("{CONSUMER}:"),
+            format!("{CONSUMER}:12a"),
+            format!("{CONSUMER}2:1700000000"),
+            STREAM.to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app:x*".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app:".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app:1x".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/ap?".to_string() + ":",
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/apps*".to_string(),
+        ] {
+            let f = run(&policy(json!({"Resource": bad})), &c);
+            one_finding(
+                &f,
+                Severity::Error,
+                "Statement[0].Resource",
+                "does not match",
+            );
+        }
+        // With the epoch in the manifest, only that epoch matches.
+        let with_epoch = format!("{CONSUMER}:1700000000");
+        let c = ctx(&with_epoch);
+        assert_eq!(run(&policy(json!({"Resource": with_epoch})), &c), []);
+        let f = run(
+            &policy(json!({"Resource": format!("{CONSUMER}:1700000001")})),
+            &c,
+        );
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Resource",
+            "does not match",
+        );
+        let f = run(&policy(json!({"Resource": CONSUMER})), &c);
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Resource",
+            "does not match",
+        );
+    }
+
+    proptest::proptest! {
+        /// Brute force over digit strings: the NFA answer equals "some epoch matches".
+        #[test]
+        fn some_epoch_matcher_agrees_with_brute_force(pattern in "[ab:12*?]{0,6}") {
+            let arn = "ab";
+            let mut epochs = vec![String::new()];
+            let mut brute = false;
+            for _ in 0..=pattern.len() {
+                epochs = epochs
+                    .iter()
+                    .flat_map(|e| ["1", "2", "3"].map(|d| format!("{e}{d}")))
+                    .collect();
+                brute |= epochs.iter().any(|e| wildcard_match(&pattern, &format!("{arn}:{e}")));
+            }
+            proptest::prop_assert_eq!(matches_some_epoch(&pattern, arn), brute);
+        }
+    }
+
+    #[test]
+    fn actions_must_be_kinesis() {
+        let f = run(
+            &policy(json!({"Action": ["kinesis:GetRecords", "s3:GetObject"]})),
+            &ctx(STREAM),
+        );
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Action",
+            "\"s3:GetObject\" is not a Kinesis action",
+        );
+        let f = run(&policy(json!({"Action": "*"})), &ctx(STREAM));
+        one_finding(&f, Severity::Error, "Statement[0].Action", "every action");
+        let f = run(&policy(json!({"Action": "GetRecords"})), &ctx(STREAM));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Action",
+            "not a Kinesis action",
+        );
+        let f = run(
+            &policy(json!({"Action": null, "NotAction": "sqs:*"})),
+            &ctx(STREAM),
+        );
+        one_finding(&f, Severity::Error, "Statement[0].NotAction", "\"sqs:*\"");
+        let f = run(&policy(json!({"Action": null})), &ctx(STREAM));
+        one_finding(&f, Severity::Error, "Statement[0].Action", "no Action");
+        let f = run(&policy(json!({"Action": []})), &ctx(STREAM));
+        one_finding(&f, Severity::Error, "Statement[0].Action", "empty");
+        for ok in [
+            json!("KINESIS:getrecords"),
+            json!("kinesis:*"),
+            json!(["kinesis:Get*", "kinesis:List*"]),
+        ] {
+            assert_eq!(
+                run(&policy(json!({"Action": ok})), &ctx(STREAM)),
+                [],
+                "{ok}"
+            );
+        }
+        let d =
+            policy(json!({"Action": null, "NotAction": "kinesis:DeleteStream", "Effect": "Deny"}));
+        assert_eq!(run(&d, &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn unknown_kinesis_actions_warn() {
+        let f = run(
+            &policy(json!({"Action": "kinesis:GetRecord"})),
+            &ctx(STREAM),
+        );
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Action",
+            "did you mean \"kinesis:GetRecords\"",
+        );
+        let f = run(&policy(json!({"Action": "kinesis:Fetch*"})), &ctx(STREAM));
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Action",
+            "matches no known",
+        );
+        assert!(errors(&f).is_empty());
+    }
+
+    #[test]
+    fn public_access_needs_a_condition_or_allow_public() {
+        for principal in [
+            json!("*"),
+            json!({"AWS": "*"}),
+            json!({"AWS": ["444455556666", "*"]}),
+        ] {
+            let d = policy(json!({"Principal": principal}));
+            let f = run(&d, &ctx(STREAM));
+            one_finding(
+                &f,
+                Severity::Error,
+                "Statement[0].Principal",
+                "add a Condition",
+            );
+            assert!(f[0].message.contains("`allowPublic: true`"), "{f:?}");
+            assert!(f[0].message.contains("Sid \"Read\""), "{f:?}");
+            let public_ok = LintContext {
+                allow_public: true,
+                ..ctx(STREAM)
+            };
+            assert_eq!(run(&d, &public_ok), []);
+            let conditioned = policy(json!({"Principal": principal,
+                "Condition": {"StringEquals": {"aws:PrincipalOrgID": "o-abc"}}}));
+            assert_eq!(run(&conditioned, &ctx(STREAM)), []);
+            // An empty Condition constrains nothing.
+            let empty = policy(json!({"Principal": principal, "Condition": {}}));
+            assert_eq!(errors(&run(&empty, &ctx(STREAM))).len(), 1);
+            let deny = policy(json!({"Principal": principal, "Effect": "Deny"}));
+            assert_eq!(run(&deny, &ctx(STREAM)), []);
+        }
+        let f = run(
+            &policy(json!({"Principal": null, "NotPrincipal": {"AWS": "444455556666"}})),
+            &ctx(STREAM),
+        );
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].NotPrincipal",
+            "`allowPublic: true`",
+        );
+    }
+
+    #[test]
+    fn paths_use_written_order_and_sid_is_optional_in_messages() {
+        let d = PolicyDocument::from_value(&json!({"Version": "2012-10-17", "Statement": [
+            {"Effect": "Allow", "Principal": {"AWS": "444455556666"}, "Action": "kinesis:GetRecords", "Resource": STREAM},
+            {"Effect": "Allow", "Principal": {"AWS": "444455556666"}, "Action": "s3:GetObject", "Resource": STREAM}
+        ]}))
+        .unwrap();
+        let f = run(&d, &ctx(STREAM));
+        one_finding(&f, Severity::Error, "Statement[1].Action", "s3:GetObject");
+        assert!(!f[0].message.contains("Sid"), "{f:?}");
+    }
+
+    #[test]
+    fn no_statements_and_duplicate_sids() {
+        let d =
+            PolicyDocument::from_value(&json!({"Version": "2012-10-17", "Statement": []})).unwrap();
+        one_finding(
+            &run(&d, &ctx(STREAM)),
+            Severity::Error,
+            "Statement",
+            "no statements",
+        );
+        let s = json!({"Sid": "A", "Effect": "Allow", "Principal": {"AWS": "444455556666"}, "Action": "kinesis:GetRecords", "Resource": STREAM});
+        let mut s2 = s.clone();
+        s2["Action"] = json!("kinesis:ListShards");
+        let d = PolicyDocument::from_value(&json!({"Version": "2012-10-17", "Statement": [s, s2]}))
+            .unwrap();
+        one_finding(
+            &run(&d, &ctx(STREAM)),
+            Severity::Warning,
+            "Statement[1].Sid",
+            "Statement[0]",
+        );
+    }
+}

@@ -1,0 +1,376 @@
+//! `kpr validate / plan / apply / policy` against real emulators, read back with boto3.
+
+use serde_json::json;
+
+use crate::common::{self, Emulator, Manifests, absent, manifest, read_policy, same_grant, unique};
+
+/// create -> no-op -> update -> no-op, as a pipeline sees it (exit codes and JSON), and as a real
+/// client sees it (boto3).
+fn lifecycle(emu: &Emulator) {
+    let name = unique("life");
+    let arn = emu.create_stream(&name);
+    let v1 = read_policy(&arn, "arn:aws:iam::444455556666:role/reader");
+    let dir = Manifests::new(&[("s.yaml", &manifest(&arn, &v1))]);
+
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode", "--output", "json"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    let j = plan.json();
+    assert_eq!(j["format_version"], "1");
+    assert_eq!(j["kind"], "plan");
+    assert_eq!(j["summary"], json!({"create":1,"update":0,"delete":0,"unchanged":0,"failed":0}));
+    assert_eq!(j["resources"][0]["arn"], arn.as_str());
+    assert_eq!(j["resources"][0]["action"], "create");
+    assert_eq!(j["resources"][0]["before"], serde_json::Value::Null);
+    assert_eq!(j["resources"][0]["source"]["line"], 1);
+    assert!(emu.get_policy(&arn).is_none(), "plan must not write");
+
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg()]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(apply.stdout.contains("Apply: 1 created, 0 updated, 0 deleted, 0 unchanged."), "{apply:?}");
+    let live = emu.get_policy(&arn).expect("policy after apply");
+    assert!(same_grant(&live, &v1), "live {live} != {v1}");
+
+    let again = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "no perpetual diff: {again:?}");
+    assert!(again.stdout.contains("Plan: 0 to create, 0 to update, 0 to delete, 1 unchanged."), "{again:?}");
+
+    // A real change: another principal.
+    let v2 = read_policy(&arn, "arn:aws:iam::444455556666:role/other");
+    dir.write("s.yaml", &manifest(&arn, &v2));
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(plan.stdout.contains("~ update stream"), "{plan:?}");
+    let diff_line = |sign: char, needle: &str| {
+        plan.stdout
+            .lines()
+            .any(|l| l.trim_start().starts_with(sign) && l.contains(needle))
+    };
+    assert!(diff_line('-', "\"AWS\": \"arn:aws:iam::444455556666:role/reader\""), "{plan:?}");
+    assert!(diff_line('+', "\"AWS\": \"arn:aws:iam::444455556666:role/other\""), "{plan:?}");
+    assert!(!diff_line('+', "kinesis:GetRecords"), "unchanged lines are not marked: {plan:?}");
+    assert!(plan.stdout.contains("Plan: 0 to create, 1 to update, 0 to delete, 0 unchanged."));
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg(), "--output", "json"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    let j = apply.json();
+    assert_eq!(j["kind"], "apply");
+    assert_eq!(j["resources"][0]["outcome"], "applied");
+    assert_eq!(j["summary"]["update"], 1);
+    assert!(same_grant(&emu.get_policy(&arn).unwrap(), &v2));
+    assert_eq!(emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn lifecycle_on_kinesis_mock() {
+    lifecycle(&common::kinesis_mock());
+}
+
+#[test]
+fn lifecycle_on_moto() {
+    lifecycle(&common::moto());
+}
+
+/// The live policy is written by someone else in a different shape: same grant, so no change.
+fn formatting_only(emu: &Emulator) {
+    let arn = emu.create_stream(&unique("fmt"));
+    let acct = "444455556666";
+    // Live: JSON with reordered keys, list order, single values, account id as root ARN,
+    // lower-case effect, a condition number.
+    let live = json!({
+        "Statement": {
+            "Resource": arn,
+            "Condition": {"NumericLessThan": {"aws:MultiFactorAuthAge": 3600}},
+            "Action": ["kinesis:GetShardIterator", "kinesis:GetRecords"],
+            "Principal": {"AWS": [format!("arn:aws:iam::{acct}:root")]},
+            "Effect": "allow",
+            "Sid": ""
+        },
+        "Version": "2012-10-17"
+    });
+    emu.put_policy_raw(&arn, &serde_json::to_string_pretty(&live).unwrap());
+    let yaml = format!(
+        "# same grant, written differently\narn: {arn}\npolicy:\n  Version: '2012-10-17'\n  Statement:\n    - Effect: Allow\n      Principal:\n        AWS: '{acct}'\n      Action:\n        - kinesis:GetRecords\n        - kinesis:GetShardIterator\n      Resource: [{arn}]\n      Condition:\n        NumericLessThan:\n          aws:MultiFactorAuthAge: '3600'\n"
+    );
+    let dir = Manifests::new(&[("f.yaml", &yaml)]);
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "formatting-only difference must be no change: {plan:?}");
+
+    // ... while one real difference in the condition value is a change.
+    dir.write("f.yaml", &yaml.replace("'3600'", "'7200'"));
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+}
+
+#[test]
+fn formatting_only_differences_on_kinesis_mock() {
+    formatting_only(&common::kinesis_mock());
+}
+
+#[test]
+fn formatting_only_differences_on_moto() {
+    formatting_only(&common::moto());
+}
+
+fn ensure_absent(emu: &Emulator) {
+    let arn = emu.create_stream(&unique("absent"));
+    emu.put_policy_raw(&arn, &read_policy(&arn, "111122223333").to_string());
+    let dir = Manifests::new(&[("a.yaml", &absent(&arn))]);
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--output", "json"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let j = plan.json();
+    assert_eq!(j["resources"][0]["action"], "delete");
+    assert_eq!(j["resources"][0]["delete_cause"], "ensure_absent");
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg()]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(apply.stdout.contains("1 deleted"), "{apply:?}");
+    assert_eq!(emu.get_policy(&arn), None, "boto3 still sees a policy");
+    let again = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(again.code, 0, "{again:?}");
+}
+
+#[test]
+fn ensure_absent_on_kinesis_mock() {
+    ensure_absent(&common::kinesis_mock());
+}
+
+#[test]
+fn ensure_absent_on_moto() {
+    ensure_absent(&common::moto());
+}
+
+/// moto cannot read consumer policies (it parses the stream name from the last `/`), so
+/// consumers are tested on kinesis-mock only.
+#[test]
+fn consumer_by_name_resolves_to_the_live_registration() {
+    let emu = common::kinesis_mock();
+    let stream = emu.create_stream(&unique("cons"));
+    let live_arn = emu.register_consumer(&stream, "analytics");
+    let by_name = format!("{stream}/consumer/analytics");
+    let policy = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::444455556666:role/lambda"},
+            "Action": ["kinesis:SubscribeToShard", "kinesis:DescribeStreamConsumer"],
+            "Resource": format!("{by_name}:*"),
+        }]
+    });
+    let dir = Manifests::new(&[("c.yaml", &manifest(&by_name, &policy))]);
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--output", "json"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let j = plan.json();
+    assert_eq!(j["resources"][0]["arn"], live_arn.as_str(), "plan shows the resolved ARN");
+    assert_eq!(j["resources"][0]["declared_arn"], by_name.as_str());
+    assert_eq!(j["resources"][0]["kind"], "consumer");
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg()]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(same_grant(&emu.get_policy(&live_arn).expect("consumer policy"), &policy));
+    assert_eq!(emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]).code, 0);
+
+    // Unknown consumer name: an error for that resource, naming it.
+    let missing = format!("{stream}/consumer/nobody");
+    let policy2 = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kinesis:SubscribeToShard","Resource":format!("{missing}:*")}]});
+    dir.write("d.yaml", &manifest(&missing, &policy2));
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(plan.stdout.contains("\"nobody\" is not registered"), "{plan:?}");
+}
+
+fn nonexistent_stream(emu: &Emulator) {
+    let arn = emu.stream_arn(&unique("ghost"));
+    let ok_arn = emu.create_stream(&unique("real"));
+    let dir = Manifests::new(&[
+        ("ghost.yaml", &manifest(&arn, &read_policy(&arn, "111122223333"))),
+        ("real.yaml", &manifest(&ok_arn, &read_policy(&ok_arn, "111122223333"))),
+    ]);
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg(), "--output", "json"]);
+    assert_eq!(apply.code, 1, "{apply:?}");
+    let j = apply.json();
+    let failures = j["failures"].as_array().unwrap();
+    assert_eq!(failures.len(), 1, "{j}");
+    assert_eq!(failures[0]["arn"], arn.as_str());
+    assert_eq!(failures[0]["source"]["file"], dir.path().join("ghost.yaml").to_string_lossy().as_ref());
+    // The failure of one resource does not stop the others.
+    assert!(emu.get_policy(&ok_arn).is_some(), "the valid resource was applied");
+}
+
+#[test]
+fn nonexistent_stream_is_an_error_not_a_create() {
+    nonexistent_stream(&common::kinesis_mock());
+}
+
+#[test]
+fn invalid_manifest_means_zero_writes() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("inval"));
+    let good = manifest(&arn, &read_policy(&arn, "111122223333"));
+    // One good manifest and one with a typo'd key: nothing may be written.
+    let dir = Manifests::new(&[
+        ("good.yaml", &good),
+        ("bad.yaml", "arn: arn:aws:kinesis:us-east-1:000000000000:stream/x\nensure: absent\nalowPublic: true\n"),
+    ]);
+    for cmd in ["plan", "apply"] {
+        let run = emu.kpr(&[cmd, "--dir", &dir.arg()]);
+        assert_eq!(run.code, 1, "{run:?}");
+        assert!(run.stderr.contains("bad.yaml:3: error: unknown field `alowPublic`"), "{run:?}");
+        assert!(run.stderr.contains("nothing was planned or applied"), "{run:?}");
+    }
+    assert_eq!(emu.get_policy(&arn), None, "an invalid manifest set must write nothing");
+    let validate = emu.kpr(&["validate", "--dir", &dir.arg()]);
+    assert_eq!(validate.code, 1);
+    std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+    let validate = emu.kpr(&["validate", "--dir", &dir.arg()]);
+    assert_eq!(validate.code, 0, "{validate:?}");
+    assert!(validate.stdout.contains("1 manifest(s) in 1 file(s) are valid."));
+}
+
+#[test]
+fn public_principal_needs_allow_public() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("pub"));
+    let public = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kinesis:GetRecords","Resource":arn}]});
+    let dir = Manifests::new(&[("p.yaml", &manifest(&arn, &public))]);
+    let run = emu.kpr(&["apply", "--dir", &dir.arg()]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("p.yaml:2:") && run.stderr.contains("allowPublic"), "{run:?}");
+    assert_eq!(emu.get_policy(&arn), None);
+    dir.write("p.yaml", &format!("allowPublic: true\n{}", manifest(&arn, &public)));
+    let run = emu.kpr(&["apply", "--dir", &dir.arg()]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(emu.get_policy(&arn).is_some());
+}
+
+#[test]
+fn prune_deletes_undeclared_policies_within_its_guards() {
+    // A private account keeps other tests' streams out of this one's reach: kinesis-mock
+    // selects the account from a 12-digit access key id.
+    let mut emu = common::kinesis_mock();
+    let account = format!("{:012}", 100_000_000_000u64 + u64::from(std::process::id()) * 7 % 899_999_999_999);
+    emu.account = account.clone();
+    let admin = |args: &[&str]| {
+        let mut c = std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
+        c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
+            .args(["--endpoint-url", &emu.url, "--account", &account])
+            .args(args);
+        let out = common::output(c.output().unwrap());
+        assert!(out.code == 0 || out.code == 3, "{out:?}");
+        out
+    };
+    let kept = admin(&["create-stream", &unique("kept")]).stdout.trim().to_string();
+    let mut stray = Vec::new();
+    for _ in 0..3 {
+        let arn = admin(&["create-stream", &unique("stray")]).stdout.trim().to_string();
+        let mut c = std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
+        c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
+            .args(["--endpoint-url", &emu.url, "--account", &account, "put-policy", &arn, "-"])
+            .stdin(std::process::Stdio::piped());
+        let mut child = c.spawn().unwrap();
+        use std::io::Write;
+        child.stdin.take().unwrap().write_all(read_policy(&arn, "111122223333").to_string().as_bytes()).unwrap();
+        assert!(child.wait().unwrap().success());
+        stray.push(arn);
+    }
+    let dir = Manifests::new(&[("k.yaml", &manifest(&kept, &read_policy(&kept, "111122223333")))]);
+    let kpr = |args: &[&str]| {
+        common::output(
+            common::kpr_cmd(&emu.url)
+                .env("AWS_ACCESS_KEY_ID", &account)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    // Guard 1: more deletes than --max-deletes (default 3 allows exactly these 3; ask for 2).
+    let refused = kpr(&["apply", "--dir", &dir.arg(), "--prune", "--max-deletes", "2"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("would delete 3 policies, more than --max-deletes 2"), "{refused:?}");
+    assert!(admin(&["get-policy", &stray[0]]).code == 0, "refused prune wrote nothing");
+    assert!(admin(&["get-policy", &kept]).code == 3, "refused prune wrote nothing");
+    // Guard 2: an empty manifest set.
+    let empty = tempfile::tempdir().unwrap();
+    let refused = kpr(&["plan", "--dir", &empty.path().to_string_lossy(), "--prune"]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    // Within the guard: the plan lists the deletes, apply performs them.
+    let plan = kpr(&["plan", "--dir", &dir.arg(), "--prune", "--output", "json"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let j = plan.json();
+    assert_eq!(j["summary"]["delete"], 3, "{j}");
+    assert_eq!(j["summary"]["create"], 1, "{j}");
+    let apply = kpr(&["apply", "--dir", &dir.arg(), "--prune"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    for arn in &stray {
+        assert_eq!(admin(&["get-policy", arn]).code, 3, "{arn} still has a policy");
+    }
+    assert_eq!(admin(&["get-policy", &kept]).code, 0);
+    // Without --prune, undeclared policies are left alone (none left now, but the kept one stays).
+    assert_eq!(kpr(&["plan", "--dir", &dir.arg(), "--prune", "--detailed-exitcode"]).code, 0);
+}
+
+#[test]
+fn target_limits_the_run() {
+    let emu = common::kinesis_mock();
+    let a = emu.create_stream(&unique("ta"));
+    let b = emu.create_stream(&unique("tb"));
+    let dir = Manifests::new(&[
+        ("a.yaml", &manifest(&a, &read_policy(&a, "111122223333"))),
+        ("b.yaml", &manifest(&b, &read_policy(&b, "111122223333"))),
+    ]);
+    let run = emu.kpr(&["apply", "--dir", &dir.arg(), "--target", &a]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(emu.get_policy(&a).is_some());
+    assert!(emu.get_policy(&b).is_none(), "untargeted resource was written");
+    let bad = emu.kpr(&["plan", "--dir", &dir.arg(), "--target", "arn:aws:s3:::x"]);
+    assert_eq!(bad.code, 1, "{bad:?}");
+}
+
+#[test]
+fn dry_run_writes_nothing() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("dry"));
+    let dir = Manifests::new(&[("d.yaml", &manifest(&arn, &read_policy(&arn, "111122223333")))]);
+    let run = emu.kpr(&["apply", "--dir", &dir.arg(), "--dry-run"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("+ create stream") && run.stdout.contains("Dry run: nothing was written."), "{run:?}");
+    assert_eq!(emu.get_policy(&arn), None);
+}
+
+#[test]
+fn policy_diff_and_fmt() {
+    let dir = Manifests::new(&[
+        ("a.json", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["111122223333"]},"Action":["s3:GetObject","s3:ListBucket"],"Resource":"arn:aws:s3:::b/*"}]}"#),
+        ("b.json", r#"{"Statement":{"Resource":["arn:aws:s3:::b/*"],"Action":["s3:ListBucket","s3:GetObject"],"Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Effect":"allow"},"Version":"2012-10-17"}"#),
+        ("c.json", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}]}"#),
+        ("bad.json", "{\"Version\": \"2012-10-17\",\n \"Statement\": [,]}"),
+    ]);
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let run = |args: &[&str]| common::output(common::kpr_cmd("http://127.0.0.1:9").args(args).output().unwrap());
+    let same = run(&["policy", "diff", &p("a.json"), &p("b.json")]);
+    assert_eq!(same.code, 0, "{same:?}");
+    let differ = run(&["policy", "diff", &p("a.json"), &p("c.json")]);
+    assert_eq!(differ.code, 1, "{differ:?}");
+    assert!(differ.stdout.contains("+     \"Effect\": \"Deny\""), "{differ:?}");
+    let broken = run(&["policy", "diff", &p("a.json"), &p("bad.json")]);
+    assert_eq!(broken.code, 2, "{broken:?}");
+    assert!(broken.stderr.contains("bad.json:2:"), "{broken:?}");
+    let fmt_a = run(&["policy", "fmt", &p("a.json")]);
+    let fmt_b = run(&["policy", "fmt", &p("b.json")]);
+    assert_eq!(fmt_a.code, 0);
+    assert_eq!(fmt_a.stdout, fmt_b.stdout, "equivalent documents have one canonical form");
+}
+
+#[test]
+fn unreachable_endpoint_fails_cleanly() {
+    // Nothing listens on port 9 of loopback: connection refused, retried, then a clean error.
+    let arn = "arn:aws:kinesis:us-east-1:000000000000:stream/unreachable";
+    let dir = Manifests::new(&[("u.yaml", &manifest(arn, &read_policy(arn, "111122223333")))]);
+    let run = common::output(
+        common::kpr_cmd("http://127.0.0.1:9")
+            .args(["plan", "--dir", &dir.arg(), "--max-attempts", "2", "--output", "json"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    let j = run.json();
+    assert_eq!(j["failures"][0]["arn"], arn);
+    assert_eq!(j["failures"][0]["retryable"], true);
+    assert!(j["failures"][0]["message"].as_str().unwrap().contains("after 2 attempts"), "{j}");
+}
