@@ -261,7 +261,8 @@ mod tests {
     #[test]
     fn rejects_foreign_and_malformed() {
         for (bad, needle) in [
-            ("arn:aws:s3:::bucket", "expected arn:"),
+            ("arn:aws:s3:::bucket", "service is \"s3\""),
+            ("arn:aws:kinesis:us-east-1", "expected arn:"),
             (
                 "arn:aws:sqs:us-east-1:111122223333:stream/x",
                 "not \"kinesis\"",

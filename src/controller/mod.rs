@@ -10,6 +10,10 @@ pub struct ServeArgs {
     pub check_config: bool,
 }
 
-pub async fn serve(_global: &GlobalArgs, _file: FileConfig, _args: ServeArgs) -> Result<u8, CliError> {
+pub async fn serve(
+    _global: &GlobalArgs,
+    _file: FileConfig,
+    _args: ServeArgs,
+) -> Result<u8, CliError> {
     Err(CliError::Usage("serve is not implemented yet".into()))
 }

@@ -12,12 +12,22 @@ fn lifecycle(emu: &Emulator) {
     let v1 = read_policy(&arn, "arn:aws:iam::444455556666:role/reader");
     let dir = Manifests::new(&[("s.yaml", &manifest(&arn, &v1))]);
 
-    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode", "--output", "json"]);
+    let plan = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--detailed-exitcode",
+        "--output",
+        "json",
+    ]);
     assert_eq!(plan.code, 2, "{plan:?}");
     let j = plan.json();
     assert_eq!(j["format_version"], "1");
     assert_eq!(j["kind"], "plan");
-    assert_eq!(j["summary"], json!({"create":1,"update":0,"delete":0,"unchanged":0,"failed":0}));
+    assert_eq!(
+        j["summary"],
+        json!({"create":1,"update":0,"delete":0,"unchanged":0,"failed":0})
+    );
     assert_eq!(j["resources"][0]["arn"], arn.as_str());
     assert_eq!(j["resources"][0]["action"], "create");
     assert_eq!(j["resources"][0]["before"], serde_json::Value::Null);
@@ -26,13 +36,23 @@ fn lifecycle(emu: &Emulator) {
 
     let apply = emu.kpr(&["apply", "--dir", &dir.arg()]);
     assert_eq!(apply.code, 0, "{apply:?}");
-    assert!(apply.stdout.contains("Apply: 1 created, 0 updated, 0 deleted, 0 unchanged."), "{apply:?}");
+    assert!(
+        apply
+            .stdout
+            .contains("Apply: 1 created, 0 updated, 0 deleted, 0 unchanged."),
+        "{apply:?}"
+    );
     let live = emu.get_policy(&arn).expect("policy after apply");
     assert!(same_grant(&live, &v1), "live {live} != {v1}");
 
     let again = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
     assert_eq!(again.code, 0, "no perpetual diff: {again:?}");
-    assert!(again.stdout.contains("Plan: 0 to create, 0 to update, 0 to delete, 1 unchanged."), "{again:?}");
+    assert!(
+        again
+            .stdout
+            .contains("Plan: 0 to create, 0 to update, 0 to delete, 1 unchanged."),
+        "{again:?}"
+    );
 
     // A real change: another principal.
     let v2 = read_policy(&arn, "arn:aws:iam::444455556666:role/other");
@@ -45,10 +65,22 @@ fn lifecycle(emu: &Emulator) {
             .lines()
             .any(|l| l.trim_start().starts_with(sign) && l.contains(needle))
     };
-    assert!(diff_line('-', "\"AWS\": \"arn:aws:iam::444455556666:role/reader\""), "{plan:?}");
-    assert!(diff_line('+', "\"AWS\": \"arn:aws:iam::444455556666:role/other\""), "{plan:?}");
-    assert!(!diff_line('+', "kinesis:GetRecords"), "unchanged lines are not marked: {plan:?}");
-    assert!(plan.stdout.contains("Plan: 0 to create, 1 to update, 0 to delete, 0 unchanged."));
+    assert!(
+        diff_line('-', "\"AWS\": \"arn:aws:iam::444455556666:role/reader\""),
+        "{plan:?}"
+    );
+    assert!(
+        diff_line('+', "\"AWS\": \"arn:aws:iam::444455556666:role/other\""),
+        "{plan:?}"
+    );
+    assert!(
+        !diff_line('+', "kinesis:GetRecords"),
+        "unchanged lines are not marked: {plan:?}"
+    );
+    assert!(
+        plan.stdout
+            .contains("Plan: 0 to create, 1 to update, 0 to delete, 0 unchanged.")
+    );
     let apply = emu.kpr(&["apply", "--dir", &dir.arg(), "--output", "json"]);
     assert_eq!(apply.code, 0, "{apply:?}");
     let j = apply.json();
@@ -56,7 +88,11 @@ fn lifecycle(emu: &Emulator) {
     assert_eq!(j["resources"][0]["outcome"], "applied");
     assert_eq!(j["summary"]["update"], 1);
     assert!(same_grant(&emu.get_policy(&arn).unwrap(), &v2));
-    assert_eq!(emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]).code, 0);
+    assert_eq!(
+        emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"])
+            .code,
+        0
+    );
 }
 
 #[test]
@@ -92,7 +128,10 @@ fn formatting_only(emu: &Emulator) {
     );
     let dir = Manifests::new(&[("f.yaml", &yaml)]);
     let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
-    assert_eq!(plan.code, 0, "formatting-only difference must be no change: {plan:?}");
+    assert_eq!(
+        plan.code, 0,
+        "formatting-only difference must be no change: {plan:?}"
+    );
 
     // ... while one real difference in the condition value is a change.
     dir.write("f.yaml", &yaml.replace("'3600'", "'7200'"));
@@ -158,13 +197,24 @@ fn consumer_by_name_resolves_to_the_live_registration() {
     let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--output", "json"]);
     assert_eq!(plan.code, 0, "{plan:?}");
     let j = plan.json();
-    assert_eq!(j["resources"][0]["arn"], live_arn.as_str(), "plan shows the resolved ARN");
+    assert_eq!(
+        j["resources"][0]["arn"],
+        live_arn.as_str(),
+        "plan shows the resolved ARN"
+    );
     assert_eq!(j["resources"][0]["declared_arn"], by_name.as_str());
     assert_eq!(j["resources"][0]["kind"], "consumer");
     let apply = emu.kpr(&["apply", "--dir", &dir.arg()]);
     assert_eq!(apply.code, 0, "{apply:?}");
-    assert!(same_grant(&emu.get_policy(&live_arn).expect("consumer policy"), &policy));
-    assert_eq!(emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]).code, 0);
+    assert!(same_grant(
+        &emu.get_policy(&live_arn).expect("consumer policy"),
+        &policy
+    ));
+    assert_eq!(
+        emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"])
+            .code,
+        0
+    );
 
     // Unknown consumer name: an error for that resource, naming it.
     let missing = format!("{stream}/consumer/nobody");
@@ -172,15 +222,24 @@ fn consumer_by_name_resolves_to_the_live_registration() {
     dir.write("d.yaml", &manifest(&missing, &policy2));
     let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
     assert_eq!(plan.code, 1, "{plan:?}");
-    assert!(plan.stdout.contains("\"nobody\" is not registered"), "{plan:?}");
+    assert!(
+        plan.stdout.contains("\"nobody\" is not registered"),
+        "{plan:?}"
+    );
 }
 
 fn nonexistent_stream(emu: &Emulator) {
     let arn = emu.stream_arn(&unique("ghost"));
     let ok_arn = emu.create_stream(&unique("real"));
     let dir = Manifests::new(&[
-        ("ghost.yaml", &manifest(&arn, &read_policy(&arn, "111122223333"))),
-        ("real.yaml", &manifest(&ok_arn, &read_policy(&ok_arn, "111122223333"))),
+        (
+            "ghost.yaml",
+            &manifest(&arn, &read_policy(&arn, "111122223333")),
+        ),
+        (
+            "real.yaml",
+            &manifest(&ok_arn, &read_policy(&ok_arn, "111122223333")),
+        ),
     ]);
     let apply = emu.kpr(&["apply", "--dir", &dir.arg(), "--output", "json"]);
     assert_eq!(apply.code, 1, "{apply:?}");
@@ -188,9 +247,15 @@ fn nonexistent_stream(emu: &Emulator) {
     let failures = j["failures"].as_array().unwrap();
     assert_eq!(failures.len(), 1, "{j}");
     assert_eq!(failures[0]["arn"], arn.as_str());
-    assert_eq!(failures[0]["source"]["file"], dir.path().join("ghost.yaml").to_string_lossy().as_ref());
+    assert_eq!(
+        failures[0]["source"]["file"],
+        dir.path().join("ghost.yaml").to_string_lossy().as_ref()
+    );
     // The failure of one resource does not stop the others.
-    assert!(emu.get_policy(&ok_arn).is_some(), "the valid resource was applied");
+    assert!(
+        emu.get_policy(&ok_arn).is_some(),
+        "the valid resource was applied"
+    );
 }
 
 #[test]
@@ -206,21 +271,39 @@ fn invalid_manifest_means_zero_writes() {
     // One good manifest and one with a typo'd key: nothing may be written.
     let dir = Manifests::new(&[
         ("good.yaml", &good),
-        ("bad.yaml", "arn: arn:aws:kinesis:us-east-1:000000000000:stream/x\nensure: absent\nalowPublic: true\n"),
+        (
+            "bad.yaml",
+            "arn: arn:aws:kinesis:us-east-1:000000000000:stream/x\nensure: absent\nalowPublic: true\n",
+        ),
     ]);
     for cmd in ["plan", "apply"] {
         let run = emu.kpr(&[cmd, "--dir", &dir.arg()]);
         assert_eq!(run.code, 1, "{run:?}");
-        assert!(run.stderr.contains("bad.yaml:3: error: unknown field `alowPublic`"), "{run:?}");
-        assert!(run.stderr.contains("nothing was planned or applied"), "{run:?}");
+        assert!(
+            run.stderr
+                .contains("bad.yaml:3: error: unknown field `alowPublic`"),
+            "{run:?}"
+        );
+        assert!(
+            run.stderr.contains("nothing was planned or applied"),
+            "{run:?}"
+        );
     }
-    assert_eq!(emu.get_policy(&arn), None, "an invalid manifest set must write nothing");
+    assert_eq!(
+        emu.get_policy(&arn),
+        None,
+        "an invalid manifest set must write nothing"
+    );
     let validate = emu.kpr(&["validate", "--dir", &dir.arg()]);
     assert_eq!(validate.code, 1);
     std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
     let validate = emu.kpr(&["validate", "--dir", &dir.arg()]);
     assert_eq!(validate.code, 0, "{validate:?}");
-    assert!(validate.stdout.contains("1 manifest(s) in 1 file(s) are valid."));
+    assert!(
+        validate
+            .stdout
+            .contains("1 manifest(s) in 1 file(s) are valid.")
+    );
 }
 
 #[test]
@@ -231,9 +314,15 @@ fn public_principal_needs_allow_public() {
     let dir = Manifests::new(&[("p.yaml", &manifest(&arn, &public))]);
     let run = emu.kpr(&["apply", "--dir", &dir.arg()]);
     assert_eq!(run.code, 1, "{run:?}");
-    assert!(run.stderr.contains("p.yaml:2:") && run.stderr.contains("allowPublic"), "{run:?}");
+    assert!(
+        run.stderr.contains("p.yaml:2:") && run.stderr.contains("allowPublic"),
+        "{run:?}"
+    );
     assert_eq!(emu.get_policy(&arn), None);
-    dir.write("p.yaml", &format!("allowPublic: true\n{}", manifest(&arn, &public)));
+    dir.write(
+        "p.yaml",
+        &format!("allowPublic: true\n{}", manifest(&arn, &public)),
+    );
     let run = emu.kpr(&["apply", "--dir", &dir.arg()]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(emu.get_policy(&arn).is_some());
@@ -244,7 +333,10 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     // A private account keeps other tests' streams out of this one's reach: kinesis-mock
     // selects the account from a 12-digit access key id.
     let mut emu = common::kinesis_mock();
-    let account = format!("{:012}", 100_000_000_000u64 + u64::from(std::process::id()) * 7 % 899_999_999_999);
+    let account = format!(
+        "{:012}",
+        100_000_000_000u64 + u64::from(std::process::id()) * 7 % 899_999_999_999
+    );
     emu.account = account.clone();
     let admin = |args: &[&str]| {
         let mut c = std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
@@ -255,21 +347,43 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         assert!(out.code == 0 || out.code == 3, "{out:?}");
         out
     };
-    let kept = admin(&["create-stream", &unique("kept")]).stdout.trim().to_string();
+    let kept = admin(&["create-stream", &unique("kept")])
+        .stdout
+        .trim()
+        .to_string();
     let mut stray = Vec::new();
     for _ in 0..3 {
-        let arn = admin(&["create-stream", &unique("stray")]).stdout.trim().to_string();
+        let arn = admin(&["create-stream", &unique("stray")])
+            .stdout
+            .trim()
+            .to_string();
         let mut c = std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
         c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
-            .args(["--endpoint-url", &emu.url, "--account", &account, "put-policy", &arn, "-"])
+            .args([
+                "--endpoint-url",
+                &emu.url,
+                "--account",
+                &account,
+                "put-policy",
+                &arn,
+                "-",
+            ])
             .stdin(std::process::Stdio::piped());
         let mut child = c.spawn().unwrap();
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(read_policy(&arn, "111122223333").to_string().as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(read_policy(&arn, "111122223333").to_string().as_bytes())
+            .unwrap();
         assert!(child.wait().unwrap().success());
         stray.push(arn);
     }
-    let dir = Manifests::new(&[("k.yaml", &manifest(&kept, &read_policy(&kept, "111122223333")))]);
+    let dir = Manifests::new(&[(
+        "k.yaml",
+        &manifest(&kept, &read_policy(&kept, "111122223333")),
+    )]);
     let kpr = |args: &[&str]| {
         common::output(
             common::kpr_cmd(&emu.url)
@@ -280,11 +394,29 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         )
     };
     // Guard 1: more deletes than --max-deletes (default 3 allows exactly these 3; ask for 2).
-    let refused = kpr(&["apply", "--dir", &dir.arg(), "--prune", "--max-deletes", "2"]);
+    let refused = kpr(&[
+        "apply",
+        "--dir",
+        &dir.arg(),
+        "--prune",
+        "--max-deletes",
+        "2",
+    ]);
     assert_eq!(refused.code, 1, "{refused:?}");
-    assert!(refused.stderr.contains("would delete 3 policies, more than --max-deletes 2"), "{refused:?}");
-    assert!(admin(&["get-policy", &stray[0]]).code == 0, "refused prune wrote nothing");
-    assert!(admin(&["get-policy", &kept]).code == 3, "refused prune wrote nothing");
+    assert!(
+        refused
+            .stderr
+            .contains("would delete 3 policies, more than --max-deletes 2"),
+        "{refused:?}"
+    );
+    assert!(
+        admin(&["get-policy", &stray[0]]).code == 0,
+        "refused prune wrote nothing"
+    );
+    assert!(
+        admin(&["get-policy", &kept]).code == 3,
+        "refused prune wrote nothing"
+    );
     // Guard 2: an empty manifest set.
     let empty = tempfile::tempdir().unwrap();
     let refused = kpr(&["plan", "--dir", &empty.path().to_string_lossy(), "--prune"]);
@@ -298,11 +430,25 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     let apply = kpr(&["apply", "--dir", &dir.arg(), "--prune"]);
     assert_eq!(apply.code, 0, "{apply:?}");
     for arn in &stray {
-        assert_eq!(admin(&["get-policy", arn]).code, 3, "{arn} still has a policy");
+        assert_eq!(
+            admin(&["get-policy", arn]).code,
+            3,
+            "{arn} still has a policy"
+        );
     }
     assert_eq!(admin(&["get-policy", &kept]).code, 0);
     // Without --prune, undeclared policies are left alone (none left now, but the kept one stays).
-    assert_eq!(kpr(&["plan", "--dir", &dir.arg(), "--prune", "--detailed-exitcode"]).code, 0);
+    assert_eq!(
+        kpr(&[
+            "plan",
+            "--dir",
+            &dir.arg(),
+            "--prune",
+            "--detailed-exitcode"
+        ])
+        .code,
+        0
+    );
 }
 
 #[test]
@@ -317,7 +463,10 @@ fn target_limits_the_run() {
     let run = emu.kpr(&["apply", "--dir", &dir.arg(), "--target", &a]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(emu.get_policy(&a).is_some());
-    assert!(emu.get_policy(&b).is_none(), "untargeted resource was written");
+    assert!(
+        emu.get_policy(&b).is_none(),
+        "untargeted resource was written"
+    );
     let bad = emu.kpr(&["plan", "--dir", &dir.arg(), "--target", "arn:aws:s3:::x"]);
     assert_eq!(bad.code, 1, "{bad:?}");
 }
@@ -326,35 +475,67 @@ fn target_limits_the_run() {
 fn dry_run_writes_nothing() {
     let emu = common::kinesis_mock();
     let arn = emu.create_stream(&unique("dry"));
-    let dir = Manifests::new(&[("d.yaml", &manifest(&arn, &read_policy(&arn, "111122223333")))]);
+    let dir = Manifests::new(&[(
+        "d.yaml",
+        &manifest(&arn, &read_policy(&arn, "111122223333")),
+    )]);
     let run = emu.kpr(&["apply", "--dir", &dir.arg(), "--dry-run"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("+ create stream") && run.stdout.contains("Dry run: nothing was written."), "{run:?}");
+    assert!(
+        run.stdout.contains("+ create stream")
+            && run.stdout.contains("Dry run: nothing was written."),
+        "{run:?}"
+    );
     assert_eq!(emu.get_policy(&arn), None);
 }
 
 #[test]
 fn policy_diff_and_fmt() {
     let dir = Manifests::new(&[
-        ("a.json", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["111122223333"]},"Action":["s3:GetObject","s3:ListBucket"],"Resource":"arn:aws:s3:::b/*"}]}"#),
-        ("b.json", r#"{"Statement":{"Resource":["arn:aws:s3:::b/*"],"Action":["s3:ListBucket","s3:GetObject"],"Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Effect":"allow"},"Version":"2012-10-17"}"#),
-        ("c.json", r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}]}"#),
-        ("bad.json", "{\"Version\": \"2012-10-17\",\n \"Statement\": [,]}"),
+        (
+            "a.json",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":["111122223333"]},"Action":["s3:GetObject","s3:ListBucket"],"Resource":"arn:aws:s3:::b/*"}]}"#,
+        ),
+        (
+            "b.json",
+            r#"{"Statement":{"Resource":["arn:aws:s3:::b/*"],"Action":["s3:ListBucket","s3:GetObject"],"Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Effect":"allow"},"Version":"2012-10-17"}"#,
+        ),
+        (
+            "c.json",
+            r#"{"Version":"2012-10-17","Statement":[{"Effect":"Deny","Principal":"*","Action":"s3:GetObject","Resource":"arn:aws:s3:::b/*"}]}"#,
+        ),
+        (
+            "bad.json",
+            "{\"Version\": \"2012-10-17\",\n \"Statement\": [,]}",
+        ),
     ]);
     let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
-    let run = |args: &[&str]| common::output(common::kpr_cmd("http://127.0.0.1:9").args(args).output().unwrap());
+    let run = |args: &[&str]| {
+        common::output(
+            common::kpr_cmd("http://127.0.0.1:9")
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
     let same = run(&["policy", "diff", &p("a.json"), &p("b.json")]);
     assert_eq!(same.code, 0, "{same:?}");
     let differ = run(&["policy", "diff", &p("a.json"), &p("c.json")]);
     assert_eq!(differ.code, 1, "{differ:?}");
-    assert!(differ.stdout.contains("+     \"Effect\": \"Deny\""), "{differ:?}");
+    assert!(
+        differ.stdout.contains("+     \"Effect\": \"Deny\""),
+        "{differ:?}"
+    );
     let broken = run(&["policy", "diff", &p("a.json"), &p("bad.json")]);
     assert_eq!(broken.code, 2, "{broken:?}");
     assert!(broken.stderr.contains("bad.json:2:"), "{broken:?}");
     let fmt_a = run(&["policy", "fmt", &p("a.json")]);
     let fmt_b = run(&["policy", "fmt", &p("b.json")]);
     assert_eq!(fmt_a.code, 0);
-    assert_eq!(fmt_a.stdout, fmt_b.stdout, "equivalent documents have one canonical form");
+    assert_eq!(
+        fmt_a.stdout, fmt_b.stdout,
+        "equivalent documents have one canonical form"
+    );
 }
 
 #[test]
@@ -364,7 +545,15 @@ fn unreachable_endpoint_fails_cleanly() {
     let dir = Manifests::new(&[("u.yaml", &manifest(arn, &read_policy(arn, "111122223333")))]);
     let run = common::output(
         common::kpr_cmd("http://127.0.0.1:9")
-            .args(["plan", "--dir", &dir.arg(), "--max-attempts", "2", "--output", "json"])
+            .args([
+                "plan",
+                "--dir",
+                &dir.arg(),
+                "--max-attempts",
+                "2",
+                "--output",
+                "json",
+            ])
             .output()
             .unwrap(),
     );
@@ -372,5 +561,11 @@ fn unreachable_endpoint_fails_cleanly() {
     let j = run.json();
     assert_eq!(j["failures"][0]["arn"], arn);
     assert_eq!(j["failures"][0]["retryable"], true);
-    assert!(j["failures"][0]["message"].as_str().unwrap().contains("after 2 attempts"), "{j}");
+    assert!(
+        j["failures"][0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("after 2 attempts"),
+        "{j}"
+    );
 }

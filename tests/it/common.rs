@@ -87,14 +87,22 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> serde_json::Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}):\n{}\nstderr:\n{}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout).unwrap_or_else(|e| {
+            panic!(
+                "stdout is not JSON ({e}):\n{}\nstderr:\n{}",
+                self.stdout, self.stderr
+            )
+        })
     }
 }
 
 impl std::fmt::Debug for Run {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "exit {}\n--- stdout\n{}\n--- stderr\n{}", self.code, self.stdout, self.stderr)
+        write!(
+            f,
+            "exit {}\n--- stdout\n{}\n--- stderr\n{}",
+            self.code, self.stdout, self.stderr
+        )
     }
 }
 
@@ -122,7 +130,12 @@ impl Emulator {
 
     /// Runs kinesis_admin.py (boto3); panics on failure unless `allow` lists the exit code.
     pub fn admin(&self, args: &[&str], allow: &[i32]) -> Run {
-        let run = output(self.admin_cmd().args(args).output().expect("run kinesis_admin.py"));
+        let run = output(
+            self.admin_cmd()
+                .args(args)
+                .output()
+                .expect("run kinesis_admin.py"),
+        );
         if run.code != 0 && !allow.contains(&run.code) {
             panic!("kinesis_admin.py {args:?} failed: {run:?}");
         }
@@ -135,7 +148,10 @@ impl Emulator {
 
     /// Creates (and waits for) a stream; returns its ARN.
     pub fn create_stream(&self, name: &str) -> String {
-        self.admin(&["create-stream", name], &[]).stdout.trim().to_string()
+        self.admin(&["create-stream", name], &[])
+            .stdout
+            .trim()
+            .to_string()
     }
 
     /// Registers (and waits for) a consumer; returns its timestamped ARN.
@@ -162,7 +178,12 @@ impl Emulator {
             .spawn()
             .expect("spawn");
         use std::io::Write;
-        child.stdin.take().unwrap().write_all(json.as_bytes()).unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(json.as_bytes())
+            .unwrap();
         let run = output(child.wait_with_output().unwrap());
         assert_eq!(run.code, 0, "put-policy failed: {run:?}");
     }
@@ -185,10 +206,7 @@ pub fn read_policy(arn: &str, principal: &str) -> serde_json::Value {
 /// A manifest document (YAML) holding `policy` as a YAML mapping.
 pub fn manifest(arn: &str, policy: &serde_json::Value) -> String {
     let policy_yaml = serde_norway::to_string(policy).unwrap();
-    let indented: String = policy_yaml
-        .lines()
-        .map(|l| format!("  {l}\n"))
-        .collect();
+    let indented: String = policy_yaml.lines().map(|l| format!("  {l}\n")).collect();
     format!("arn: {arn}\npolicy:\n{indented}")
 }
 
@@ -236,7 +254,11 @@ pub fn same_grant(live: &str, want: &serde_json::Value) -> bool {
             serde_json::Value::Array(a) => {
                 let mut items: Vec<serde_json::Value> = a.iter().map(norm).collect();
                 items.sort_by_key(|x| x.to_string());
-                if items.len() == 1 { items.pop().unwrap() } else { serde_json::Value::Array(items) }
+                if items.len() == 1 {
+                    items.pop().unwrap()
+                } else {
+                    serde_json::Value::Array(items)
+                }
             }
             serde_json::Value::Object(o) => {
                 serde_json::Value::Object(o.iter().map(|(k, v)| (k.clone(), norm(v))).collect())
