@@ -107,6 +107,16 @@ pub enum Command {
     /// Work with single policy documents (any IAM policy; equivalence rules only, no Kinesis lint).
     #[command(subcommand)]
     Policy(PolicyCommand),
+    /// Write a manifest for every stream and consumer that has a policy in one account/region.
+    /// Needs --region (or KPR_REGION / the config file's `region`).
+    Import {
+        /// Account id (default: learned from the first stream's ARN).
+        #[arg(long)]
+        account: Option<String>,
+        /// Directory to write manifests into (existing files are never overwritten).
+        #[arg(long, default_value = "imported")]
+        out: PathBuf,
+    },
     /// Run the GitOps controller: reconcile on a schedule and on signed git-push webhooks.
     Serve(Box<crate::controller::ServeArgs>),
     /// Print shell completions.
@@ -266,6 +276,14 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
             .await
         }
         Command::Policy(cmd) => Ok(policy_command(cmd)),
+        Command::Import { account, out } => {
+            let Some(region) = engine.client.region.clone() else {
+                return Err(CliError::Usage(
+                    "import needs --region (or KPR_REGION, or `region` in the config file)".into(),
+                ));
+            };
+            run_import(&engine, region, account, out).await
+        }
         Command::Serve(args) => crate::controller::serve(&cli.global, file, *args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
@@ -432,6 +450,57 @@ async fn run_plan(
         print!("{}", render::apply_json(&report));
     }
     Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
+}
+
+async fn run_import(
+    engine: &Engine,
+    region: String,
+    account: Option<String>,
+    out: PathBuf,
+) -> Result<u8, CliError> {
+    if let Some(a) = &account
+        && (a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Err(CliError::Usage(format!(
+            "--account {a:?} is not a 12-digit account id"
+        )));
+    }
+    let api = engine.connect().await;
+    let opts = crate::import::ImportOptions {
+        region,
+        account,
+        out: out.clone(),
+        concurrency: engine.concurrency,
+        max_policy_size: engine.load.max_policy_size,
+    };
+    let report = match crate::import::import(&api, &opts).await {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return Ok(EXIT_ERROR);
+        }
+    };
+    for w in &report.warnings {
+        eprintln!("warning: {w}");
+    }
+    for p in &report.skipped_existing {
+        eprintln!("skipped: {} exists (never overwritten)", p.display());
+    }
+    for e in &report.errors {
+        eprintln!("error: {e}");
+    }
+    println!(
+        "Imported {} policies into {} ({} resources have no policy).",
+        report.written.len(),
+        out.display(),
+        report.without_policy
+    );
+    println!("{}", crate::import::next_steps(&out));
+    Ok(if report.errors.is_empty() {
+        EXIT_OK
+    } else {
+        EXIT_ERROR
+    })
 }
 
 fn read_input(name: &str) -> Result<String, String> {

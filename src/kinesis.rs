@@ -27,6 +27,7 @@ pub enum Op {
     DescribeStreamConsumer,
     ListStreams,
     ListStreamConsumers,
+    DescribeStreamSummary,
 }
 
 impl Op {
@@ -38,6 +39,7 @@ impl Op {
             Op::DescribeStreamConsumer => "DescribeStreamConsumer",
             Op::ListStreams => "ListStreams",
             Op::ListStreamConsumers => "ListStreamConsumers",
+            Op::DescribeStreamSummary => "DescribeStreamSummary",
         }
     }
 }
@@ -219,6 +221,13 @@ pub trait Kinesis: Send + Sync {
         scope: &Scope,
         next: Option<String>,
     ) -> impl Future<Output = Result<Page, ApiError>> + Send;
+    /// A stream's ARN as the service reports it: how `import` learns the account id when it
+    /// was not given (the scope's account may be a placeholder here).
+    fn describe_stream_arn(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> impl Future<Output = Result<ResourceArn, ApiError>> + Send;
     fn list_consumers_page(
         &self,
         stream: &ResourceArn,
@@ -404,6 +413,16 @@ impl<K: Kinesis> Kinesis for Resilient<K> {
     ) -> Result<Page, ApiError> {
         self.run(Op::ListStreams, scope, || {
             self.inner.list_streams_page(scope, next.clone())
+        })
+        .await
+    }
+    async fn describe_stream_arn(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<ResourceArn, ApiError> {
+        self.run(Op::DescribeStreamSummary, scope, || {
+            self.inner.describe_stream_arn(scope, name)
         })
         .await
     }
@@ -599,6 +618,28 @@ impl Kinesis for AwsKinesis {
         })
     }
 
+    async fn describe_stream_arn(
+        &self,
+        scope: &Scope,
+        name: &str,
+    ) -> Result<ResourceArn, ApiError> {
+        let op = Op::DescribeStreamSummary;
+        let out = self
+            .client(scope)
+            .await
+            .describe_stream_summary()
+            .stream_name(name)
+            .send()
+            .await
+            .map_err(|e| classify(op, &e))?;
+        let arn = out
+            .stream_description_summary()
+            .map(|d| d.stream_arn().to_string())
+            .ok_or_else(|| ApiError::new(op, ErrorClass::Fatal, None, "response has no stream"))?;
+        ResourceArn::parse(&arn)
+            .map_err(|e| ApiError::new(op, ErrorClass::Fatal, None, e.to_string()))
+    }
+
     async fn list_consumers_page(
         &self,
         stream: &ResourceArn,
@@ -705,6 +746,9 @@ mod tests {
             _: &ResourceArn,
             _: Option<String>,
         ) -> Result<Page, ApiError> {
+            unimplemented!()
+        }
+        async fn describe_stream_arn(&self, _: &Scope, _: &str) -> Result<ResourceArn, ApiError> {
             unimplemented!()
         }
     }

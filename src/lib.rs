@@ -9,6 +9,7 @@ pub mod arn;
 pub mod cli;
 pub mod config;
 pub mod controller;
+pub mod import;
 pub mod kinesis;
 pub mod manifest;
 pub mod plan;

@@ -17,8 +17,10 @@ use crate::policy::{PolicyDocument, PolicyError};
 /// other resource policies (e.g. Lambda) and is configurable.
 pub const DEFAULT_MAX_POLICY_SIZE: usize = 20 * 1024;
 
-/// One YAML document of a manifest file, exactly as a user writes it. This type is also the
-/// source of the published JSON Schema, so its doc comments are what editors show.
+// This type is also the source of schema/manifest.schema.json: its doc comments are what
+// editors show.
+/// A kpr manifest: the resource policy of one Kinesis data stream or stream consumer. A file may
+/// hold several manifests separated by `---`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 #[schemars(title = "kpr manifest")]

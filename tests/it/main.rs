@@ -1,5 +1,6 @@
 //! One integration-test binary (each extra one would link the whole AWS SDK again).
 //! Run through `scripts/test`, which starts the emulators these tests talk to.
 
+mod adoption;
 mod cli;
 mod common;

@@ -1,0 +1,210 @@
+//! `kpr import`: bring an existing estate under git. Reads every stream's and consumer's policy
+//! in one (account, region) and writes one manifest per resource that has one, in a form that
+//! `kpr plan` then finds in sync.
+
+use std::path::{Path, PathBuf};
+
+use futures::StreamExt;
+use serde::Serialize;
+
+use crate::arn::{ResourceArn, Scope};
+use crate::kinesis::{ApiError, Kinesis, Resilient};
+use crate::policy::PolicyDocument;
+use crate::policy::lint::{self, LintContext, Severity};
+
+#[derive(Debug, Clone)]
+pub struct ImportOptions {
+    pub region: String,
+    pub account: Option<String>,
+    pub out: PathBuf,
+    pub concurrency: usize,
+    pub max_policy_size: usize,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ImportReport {
+    pub written: Vec<PathBuf>,
+    /// Resources without a policy: nothing to manage yet.
+    pub without_policy: usize,
+    /// Files that already existed and were left untouched.
+    pub skipped_existing: Vec<PathBuf>,
+    /// Lint findings of imported policies (e.g. a Resource that does not match): the manifest
+    /// is written anyway, as it is the truth of today, and `kpr validate` will flag it.
+    pub warnings: Vec<String>,
+    pub errors: Vec<String>,
+}
+
+/// The partition a region belongs to.
+pub fn partition_of(region: &str) -> &'static str {
+    if region.starts_with("cn-") {
+        "aws-cn"
+    } else if region.starts_with("us-gov-") {
+        "aws-us-gov"
+    } else if region.starts_with("us-iso-") {
+        "aws-iso"
+    } else if region.starts_with("us-isob-") {
+        "aws-iso-b"
+    } else {
+        "aws"
+    }
+}
+
+pub async fn import<K: Kinesis>(
+    api: &Resilient<K>,
+    opts: &ImportOptions,
+) -> Result<ImportReport, ApiError> {
+    let mut scope = Scope {
+        partition: partition_of(&opts.region).to_string(),
+        region: opts.region.clone(),
+        account: opts.account.clone().unwrap_or_default(),
+    };
+    let mut streams = api.list_streams(&scope).await?;
+    if opts.account.is_none()
+        && let Some(first) = streams.first()
+    {
+        let real = api.describe_stream_arn(&scope, &first.stream).await?;
+        scope = real.scope;
+        for s in &mut streams {
+            s.scope = scope.clone();
+        }
+    }
+    let consumers: Vec<Result<Vec<ResourceArn>, ApiError>> = futures::stream::iter(&streams)
+        .map(|s| api.list_consumers(s))
+        .buffer_unordered(opts.concurrency.max(1))
+        .collect()
+        .await;
+    let mut resources = streams.clone();
+    let mut report = ImportReport::default();
+    for c in consumers {
+        match c {
+            Ok(c) => resources.extend(c),
+            Err(e) => report.errors.push(e.to_string()),
+        }
+    }
+    let policies: Vec<(ResourceArn, Result<Option<String>, ApiError>)> =
+        futures::stream::iter(resources)
+            .map(|arn| async move {
+                // A consumer listed without a timestamp (moto) cannot be addressed directly.
+                let target = if arn.needs_resolution() {
+                    match api.describe_consumer(&arn).await {
+                        Ok(t) => t,
+                        Err(e) => return (arn, Err(e)),
+                    }
+                } else {
+                    arn.clone()
+                };
+                let p = api.get_policy(&target).await;
+                (arn, p)
+            })
+            .buffer_unordered(opts.concurrency.max(1))
+            .collect()
+            .await;
+    std::fs::create_dir_all(&opts.out)
+        .map_err(|e| local(format!("{}: {e}", opts.out.display())))?;
+    let mut policies: Vec<_> = policies.into_iter().collect();
+    policies.sort_by(|a, b| a.0.cmp(&b.0));
+    for (arn, policy) in policies {
+        match policy {
+            Ok(None) => report.without_policy += 1,
+            Ok(Some(raw)) => write_manifest(&arn.identity(), &raw, opts, &mut report),
+            Err(e) => report.errors.push(format!("{arn}: {e}")),
+        }
+    }
+    Ok(report)
+}
+
+fn local(message: String) -> ApiError {
+    ApiError {
+        op: crate::kinesis::Op::ListStreams,
+        class: crate::kinesis::ErrorClass::Fatal,
+        code: None,
+        message,
+        attempts: 1,
+    }
+}
+
+fn file_name(arn: &ResourceArn) -> String {
+    match &arn.consumer {
+        None => format!("{}.yaml", arn.stream),
+        Some(c) => format!("{}.consumer.{}.yaml", arn.stream, c.name),
+    }
+}
+
+fn write_manifest(arn: &ResourceArn, raw: &str, opts: &ImportOptions, report: &mut ImportReport) {
+    let path = opts.out.join(file_name(arn));
+    if path.exists() {
+        report.skipped_existing.push(path);
+        return;
+    }
+    let doc = match PolicyDocument::from_json_str(raw) {
+        Ok(d) => d,
+        Err(e) => {
+            report.errors.push(format!(
+                "{arn}: live policy is not a valid policy document: {e}"
+            ));
+            return;
+        }
+    };
+    let arn_text = arn.to_string();
+    let findings = lint::lint(
+        &doc,
+        &LintContext {
+            resource_arn: &arn_text,
+            allow_public: true,
+            max_size: opts.max_policy_size,
+            size: raw.len(),
+        },
+    );
+    // Importing states what is live today: a public grant is kept, and marked as deliberate
+    // only so the manifest validates; a reviewer sees the flag in the pull request.
+    let public = lint::lint(
+        &doc,
+        &LintContext {
+            resource_arn: &arn_text,
+            allow_public: false,
+            max_size: usize::MAX,
+            size: 0,
+        },
+    )
+    .iter()
+    .any(|f| f.severity == Severity::Error && f.message.contains("allowPublic"));
+    for f in findings {
+        report
+            .warnings
+            .push(format!("{}: {}: {}", path.display(), f.path, f.message));
+    }
+    // Write the live document itself (as YAML), not the canonical form: reviewers should
+    // recognise what they see in the console.
+    let value: serde_json::Value = serde_json::from_str(raw).expect("parsed above");
+    let policy_yaml = serde_norway::to_string(&value).expect("JSON converts to YAML");
+    let mut text = String::new();
+    text.push_str(&format!(
+        "# Imported by `kpr import` from the live policy of {}.\n",
+        arn_text
+    ));
+    text.push_str(&format!("arn: {arn_text}\n"));
+    if public {
+        text.push_str(
+            "# REVIEW: this policy grants access to any principal without a condition.\n",
+        );
+        text.push_str("allowPublic: true\n");
+    }
+    text.push_str("policy:\n");
+    for line in policy_yaml.lines() {
+        text.push_str("  ");
+        text.push_str(line);
+        text.push('\n');
+    }
+    match std::fs::write(&path, text) {
+        Ok(()) => report.written.push(path),
+        Err(e) => report.errors.push(format!("{}: {e}", path.display())),
+    }
+}
+
+/// Shown after an import: what to do next.
+pub fn next_steps(out: &Path) -> String {
+    format!(
+        "Next: review the files, commit them, and check that `kpr plan --dir {} --detailed-exitcode` exits 0.",
+        out.display()
+    )
+}

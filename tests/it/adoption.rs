@@ -1,0 +1,208 @@
+//! Adoption: `kpr import` round-trips an estate into manifests that plan as in sync, and the
+//! generated artefacts (JSON Schema, completions, man page) stay true to the code.
+
+use std::process::{Command, Stdio};
+
+use serde_json::json;
+
+use crate::common::{self, Emulator, output, read_policy, unique};
+
+/// A kinesis-mock account of this test's own: kinesis-mock selects the account from a 12-digit
+/// access key id, so other tests' streams are out of reach.
+fn private_account(seed: u64) -> String {
+    format!(
+        "{:012}",
+        200_000_000_000u64 + (u64::from(std::process::id()) * 131 + seed) % 699_999_999_999
+    )
+}
+
+fn admin(emu: &Emulator, account: &str, args: &[&str], stdin: Option<&str>) -> common::Run {
+    let mut c = Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
+    c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
+        .args(["--endpoint-url", &emu.url, "--account", account])
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let mut child = c.spawn().unwrap();
+    use std::io::Write;
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(stdin.unwrap_or("").as_bytes())
+        .unwrap();
+    let run = output(child.wait_with_output().unwrap());
+    assert!(run.code == 0 || run.code == 3, "{args:?}: {run:?}");
+    run
+}
+
+#[test]
+fn import_then_plan_is_in_sync() {
+    let emu = common::kinesis_mock();
+    let account = private_account(1);
+    let kpr = |args: &[&str]| {
+        output(
+            common::kpr_cmd(&emu.url)
+                .env("AWS_ACCESS_KEY_ID", &account)
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let a = admin(&emu, &account, &["create-stream", &unique("imp-a")], None)
+        .stdout
+        .trim()
+        .to_string();
+    let b = admin(&emu, &account, &["create-stream", &unique("imp-b")], None)
+        .stdout
+        .trim()
+        .to_string();
+    let bare = admin(
+        &emu,
+        &account,
+        &["create-stream", &unique("imp-bare")],
+        None,
+    )
+    .stdout
+    .trim()
+    .to_string();
+    let consumer = admin(&emu, &account, &["register-consumer", &a, "reader"], None)
+        .stdout
+        .trim()
+        .to_string();
+    admin(
+        &emu,
+        &account,
+        &["put-policy", &a, "-"],
+        Some(&read_policy(&a, "444455556666").to_string()),
+    );
+    // Written by hand in another shape, and public: import must keep it as it is, flagged.
+    let public = json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kinesis:DescribeStreamSummary","Resource":b}});
+    admin(
+        &emu,
+        &account,
+        &["put-policy", &b, "-"],
+        Some(&public.to_string()),
+    );
+    let cpol = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:role/l"},"Action":"kinesis:SubscribeToShard","Resource":consumer}]});
+    admin(
+        &emu,
+        &account,
+        &["put-policy", &consumer, "-"],
+        Some(&cpol.to_string()),
+    );
+
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("estate");
+    let dir_s = dir.to_string_lossy().into_owned();
+    // No --account: learned from the service.
+    let run = kpr(&["--region", "us-east-1", "import", "--out", &dir_s]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("Imported 3 policies"), "{run:?}");
+    assert!(run.stdout.contains("1 resources have no policy"), "{run:?}");
+    let mut files: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    files.sort();
+    assert_eq!(files.len(), 3, "{files:?}");
+    assert!(
+        !files
+            .iter()
+            .any(|f| f.contains(bare.rsplit('/').next().unwrap())),
+        "{files:?}"
+    );
+    let consumer_file = files
+        .iter()
+        .find(|f| f.contains(".consumer.reader"))
+        .expect("consumer manifest");
+    let text = std::fs::read_to_string(dir.join(consumer_file)).unwrap();
+    assert!(
+        text.contains(&format!("arn: {a}/consumer/reader\n")),
+        "consumer by name, no timestamp:\n{text}"
+    );
+    let public_file =
+        std::fs::read_to_string(dir.join(format!("{}.yaml", b.rsplit('/').next().unwrap())))
+            .unwrap();
+    assert!(public_file.contains("allowPublic: true"), "{public_file}");
+
+    let plan = kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);
+    assert_eq!(
+        plan.code, 0,
+        "imported estate must plan as in sync: {plan:?}"
+    );
+    assert!(plan.stdout.contains("3 unchanged"), "{plan:?}");
+
+    // Importing again never overwrites.
+    let again = kpr(&[
+        "--region",
+        "us-east-1",
+        "import",
+        "--account",
+        &account,
+        "--out",
+        &dir_s,
+    ]);
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("Imported 0 policies"), "{again:?}");
+    assert_eq!(
+        again.stderr.matches("never overwritten").count(),
+        3,
+        "{again:?}"
+    );
+}
+
+fn kpr_offline(args: &[&str]) -> common::Run {
+    output(
+        common::kpr_cmd("http://127.0.0.1:9")
+            .args(args)
+            .output()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn checked_in_schema_matches_the_code() {
+    let run = kpr_offline(&["schema"]);
+    assert_eq!(run.code, 0);
+    let generated: serde_json::Value = serde_json::from_str(&run.stdout).unwrap();
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/schema/manifest.schema.json");
+    let checked_in: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    assert_eq!(
+        generated, checked_in,
+        "schema/manifest.schema.json is stale: run `kpr schema > schema/manifest.schema.json`"
+    );
+    let props = generated["properties"].as_object().unwrap();
+    for key in ["arn", "policy", "ensure", "allowPublic"] {
+        assert!(props.contains_key(key), "{key} missing from schema");
+    }
+    assert_eq!(
+        generated["additionalProperties"], false,
+        "unknown keys must be flagged by editors too"
+    );
+}
+
+#[test]
+fn completions_and_man_page_cover_the_commands() {
+    let bash = kpr_offline(&["completions", "bash"]);
+    assert_eq!(bash.code, 0);
+    for cmd in ["validate", "plan", "apply", "serve", "import", "policy"] {
+        assert!(bash.stdout.contains(cmd), "bash completion lacks {cmd}");
+    }
+    assert!(bash.stdout.contains("--detailed-exitcode"));
+    let zsh = kpr_offline(&["completions", "zsh"]);
+    assert!(
+        zsh.code == 0 && zsh.stdout.starts_with("#compdef kpr"),
+        "{zsh:?}"
+    );
+    let man = kpr_offline(&["man"]);
+    assert_eq!(man.code, 0);
+    assert!(
+        man.stdout.contains(".TH kpr"),
+        "not roff: {}",
+        &man.stdout[..man.stdout.len().min(200)]
+    );
+    assert!(man.stdout.contains("validate"));
+}
