@@ -167,7 +167,11 @@ where
             format!("bad response: {}", DisplayErrorContext(err)),
         ),
         SdkError::DispatchFailure(d) => {
-            let class = if d.is_io() || d.is_timeout() {
+            // A connection closed mid-request is `Other(TransientError)`, not `Io`.
+            let class = if d.is_io()
+                || d.is_timeout()
+                || d.as_other() == Some(aws_config::retry::ErrorKind::TransientError)
+            {
                 ErrorClass::Retryable
             } else {
                 // Missing credentials, bad endpoint configuration: retrying cannot help.
@@ -351,33 +355,32 @@ impl<K: Kinesis> Resilient<K> {
 
     /// Every stream in a scope, across pages.
     pub async fn list_streams(&self, scope: &Scope) -> Result<Vec<ResourceArn>, ApiError> {
-        let mut all = Vec::new();
-        let mut next = None;
-        loop {
-            let page = self.list_streams_page(scope, next).await?;
-            let done = page.items.is_empty() || page.next.is_none();
-            all.extend(page.items);
-            if done {
-                return Ok(all);
-            }
-            next = page.next;
-        }
+        all_pages(|next| self.list_streams_page(scope, next)).await
     }
 
     /// Every consumer of a stream, across pages.
     pub async fn list_consumers(&self, stream: &ResourceArn) -> Result<Vec<ResourceArn>, ApiError> {
-        let mut all = Vec::new();
-        let mut next = None;
-        loop {
-            let page = self.list_consumers_page(stream, next).await?;
-            // kinesis-mock always sends a NextToken; an empty page ends the listing.
-            let done = page.items.is_empty() || page.next.is_none();
-            all.extend(page.items);
-            if done {
-                return Ok(all);
-            }
-            next = page.next;
+        all_pages(|next| self.list_consumers_page(stream, next)).await
+    }
+}
+
+/// Follows `next` tokens to the end. kinesis-mock always sends a ListStreamConsumers NextToken,
+/// so an empty page ends the listing too.
+async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<ResourceArn>, ApiError>
+where
+    F: FnMut(Option<String>) -> Fut,
+    Fut: Future<Output = Result<Page, ApiError>>,
+{
+    let mut all = Vec::new();
+    let mut next = None;
+    loop {
+        let Page { items, next: token } = page(next).await?;
+        let done = items.is_empty() || token.is_none();
+        all.extend(items);
+        if done {
+            return Ok(all);
         }
+        next = token;
     }
 }
 
@@ -459,9 +462,15 @@ pub struct AwsKinesis {
 impl AwsKinesis {
     pub async fn new(opts: ClientOptions) -> Self {
         let mut loader = aws_config::defaults(BehaviorVersion::latest());
-        if let Some(region) = &opts.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
+        // Every call is addressed by an ARN that carries its region, so the base region is only
+        // a fallback; naming one here also keeps the SDK from probing IMDS (slow, noisy) for it.
+        let region = opts
+            .region
+            .clone()
+            .or_else(|| std::env::var("AWS_REGION").ok())
+            .or_else(|| std::env::var("AWS_DEFAULT_REGION").ok())
+            .unwrap_or_else(|| "us-east-1".into());
+        loader = loader.region(Region::new(region));
         if let Some(url) = &opts.endpoint_url {
             loader = loader.endpoint_url(url.clone());
         }

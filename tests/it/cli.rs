@@ -569,3 +569,63 @@ fn unreachable_endpoint_fails_cleanly() {
         "{j}"
     );
 }
+
+/// `accounts:` in the config file: kpr assumes the mapped role (moto's real STS) for resources in
+/// that account, and without the mapping it cannot reach them.
+#[test]
+fn assumes_the_configured_role_for_another_account() {
+    let emu = common::moto();
+    let account = "222233334444";
+    let role = format!("arn:aws:iam::{account}:role/kpr-target");
+    let name = unique("xacct");
+    let setup = format!(
+        r#"
+import boto3, sys
+kw = dict(endpoint_url="{url}", region_name="us-east-1")
+sts = boto3.client("sts", aws_access_key_id="test", aws_secret_access_key="test", **kw)
+c = sts.assume_role(RoleArn="{role}", RoleSessionName="setup")["Credentials"]
+k = boto3.client("kinesis", aws_access_key_id=c["AccessKeyId"], aws_secret_access_key=c["SecretAccessKey"], aws_session_token=c["SessionToken"], **kw)
+k.create_stream(StreamName="{name}", ShardCount=1)
+if sys.argv[1:] == ["read"]:
+    print(k.get_resource_policy(ResourceARN=k.describe_stream_summary(StreamName="{name}")["StreamDescriptionSummary"]["StreamARN"])["Policy"])
+"#,
+        url = emu.url
+    );
+    let python = |args: &[&str]| {
+        common::output(
+            std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap())
+                .arg("-c")
+                .arg(setup.replace(
+                    "k.create_stream(",
+                    "0 if sys.argv[1:] else k.create_stream(",
+                ))
+                .args(args)
+                .output()
+                .unwrap(),
+        )
+    };
+    assert_eq!(python(&[]).code, 0);
+    let arn = format!("arn:aws:kinesis:us-east-1:{account}:stream/{name}");
+    let policy = read_policy(&arn, "111122223333");
+    let dir = Manifests::new(&[("x.yaml", &manifest(&arn, &policy))]);
+    let without = emu.kpr(&["plan", "--dir", &dir.arg(), "--max-attempts", "1"]);
+    assert_eq!(
+        without.code, 1,
+        "other account must be unreachable without a role: {without:?}"
+    );
+    let config = dir.write(
+        "../kpr-config.yml",
+        &format!("accounts:\n  \"{account}\":\n    roleArn: {role}\n"),
+    );
+    let with = emu.kpr(&[
+        "--config",
+        &config.to_string_lossy(),
+        "apply",
+        "--dir",
+        &dir.arg(),
+    ]);
+    assert_eq!(with.code, 0, "{with:?}");
+    let live = python(&["read"]);
+    assert_eq!(live.code, 0, "{live:?}");
+    assert!(same_grant(live.stdout.trim(), &policy), "{live:?}");
+}
