@@ -37,6 +37,8 @@ pub struct FileConfig {
     pub jitter: Option<Duration>,
     pub listen: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
+    /// Largest webhook body accepted, in bytes.
+    pub webhook_max_body: Option<usize>,
     pub dry_run: Option<bool>,
     pub prune: Option<bool>,
     pub max_deletes: Option<usize>,

@@ -183,13 +183,25 @@ pub async fn plan<K: Kinesis>(
     opts: &PlanOptions,
     progress: &indicatif::ProgressBar,
 ) -> Result<Plan, PlanRefused> {
+    plan_skipping(api, desired, opts, &HashSet::new(), progress).await
+}
+
+/// [`plan`], leaving out the resources in `skip` (by [`ResourceArn::identity`]) entirely: they
+/// are neither read nor pruned. `kpr serve` uses it to back off resources that keep failing.
+pub async fn plan_skipping<K: Kinesis>(
+    api: &Resilient<K>,
+    desired: &DesiredState,
+    opts: &PlanOptions,
+    skip: &HashSet<ResourceArn>,
+    progress: &indicatif::ProgressBar,
+) -> Result<Plan, PlanRefused> {
     if opts.prune && desired.is_empty() {
         return Err(PlanRefused::PruneWithoutManifests);
     }
     let selected: Vec<&DesiredResource> = desired
         .resources
         .iter()
-        .filter(|r| targeted(&opts.targets, &r.arn))
+        .filter(|r| targeted(&opts.targets, &r.arn) && !skip.contains(&r.arn.identity()))
         .collect();
     progress.set_length(selected.len() as u64);
     let results: Vec<Result<Change, Failure>> = futures::stream::iter(selected)
@@ -209,7 +221,7 @@ pub async fn plan<K: Kinesis>(
         }
     }
     if opts.prune {
-        prune(api, desired, opts, &mut plan).await?;
+        prune(api, desired, opts, skip, &mut plan).await?;
     }
     plan.changes.sort_by(|a, b| a.arn.cmp(&b.arn));
     plan.failures.sort_by(|a, b| a.arn.cmp(&b.arn));
@@ -307,6 +319,7 @@ async fn prune<K: Kinesis>(
     api: &Resilient<K>,
     desired: &DesiredState,
     opts: &PlanOptions,
+    skip: &HashSet<ResourceArn>,
     plan: &mut Plan,
 ) -> Result<(), PlanRefused> {
     let declared: HashSet<ResourceArn> =
@@ -336,7 +349,10 @@ async fn prune<K: Kinesis>(
             }
         }
     }
-    candidates.retain(|a| !declared.contains(&a.identity()) && targeted(&opts.targets, a));
+    candidates.retain(|a| {
+        let id = a.identity();
+        !declared.contains(&id) && !skip.contains(&id) && targeted(&opts.targets, a)
+    });
     let found: Vec<Result<Option<Change>, Failure>> = futures::stream::iter(candidates)
         .map(|arn| async move {
             match api.get_policy(&arn).await {

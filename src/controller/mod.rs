@@ -1,19 +1,677 @@
-//! `kpr serve`: the long-running GitOps controller (placeholder; filled in by the serve work).
+//! `kpr serve`: the long-running GitOps controller.
+//!
+//! One worker task owns every reconcile ([`reconcile`]), so two can never overlap; the schedule
+//! and the webhook only put a trigger into a coalescing queue ([`trigger`]). The HTTP side
+//! ([`http`]) reads shared status but never touches AWS.
+//!
+//! Settings come from flags, `KPR_*` variables, the config file and defaults, in that order;
+//! secrets only ever from a file or an environment variable.
 
-use crate::cli::{CliError, GlobalArgs};
+mod backoff;
+mod http;
+mod reconcile;
+mod source;
+mod trigger;
+mod webhook;
+
+use std::net::SocketAddr;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use crate::cli::{CliError, EXIT_ERROR, EXIT_OK, Engine, GlobalArgs};
 use crate::config::FileConfig;
+
+pub use source::redact_url;
+pub use trigger::Schedule;
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct ServeArgs {
-    /// Validate the configuration and exit.
+    /// Validate the configuration (and, with --dir, the manifests), print a summary and exit.
     #[arg(long)]
     pub check_config: bool,
+    /// Manifests from a local directory (instead of a git repository).
+    #[arg(long, env = "KPR_DIR", value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Manifests from this git repository (https, ssh or file URL). Put no token in it: use
+    /// --git-token-file or KPR_GIT_TOKEN.
+    #[arg(long, env = "KPR_GIT_URL", value_name = "URL")]
+    pub git_url: Option<String>,
+    /// Branch whose head is applied; only pushes to it trigger a run.
+    #[arg(long, env = "KPR_GIT_BRANCH", value_name = "BRANCH")]
+    pub git_branch: Option<String>,
+    /// Directory of the manifests inside the repository [default: the whole repository].
+    #[arg(long, env = "KPR_GIT_PATH", value_name = "PATH")]
+    pub git_path: Option<PathBuf>,
+    /// File holding an https token for the repository (KPR_GIT_TOKEN may hold the token itself).
+    #[arg(long, env = "KPR_GIT_TOKEN_FILE", value_name = "FILE")]
+    pub git_token_file: Option<PathBuf>,
+    /// Where the working copy of the repository lives [default: ./.kpr-work].
+    #[arg(long, env = "KPR_WORKDIR", value_name = "DIR")]
+    pub workdir: Option<PathBuf>,
+    /// Full drift scan on this cron schedule, in UTC: 5 fields (min hour dom month dow),
+    /// 6 (with seconds first) or 7 (with year last).
+    #[arg(long, env = "KPR_SCHEDULE", value_name = "CRON")]
+    pub schedule: Option<String>,
+    /// Full drift scan every DURATION (e.g. 5m) [default: 10m when no --schedule].
+    #[arg(long, env = "KPR_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub interval: Option<Duration>,
+    /// Wait a random delay up to DURATION before each scheduled run [default: 0s].
+    #[arg(long, env = "KPR_JITTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub jitter: Option<Duration>,
+    /// Address of the HTTP endpoints (webhook, health, metrics, status) [default: 0.0.0.0:8080].
+    #[arg(long, env = "KPR_LISTEN", value_name = "ADDR")]
+    pub listen: Option<String>,
+    /// File holding the webhook secret (KPR_WEBHOOK_SECRET may hold the secret itself).
+    /// Without a secret the webhook endpoint is disabled.
+    #[arg(long, env = "KPR_WEBHOOK_SECRET_FILE", value_name = "FILE")]
+    pub webhook_secret_file: Option<PathBuf>,
+    /// Largest webhook body accepted, in bytes [default: 1048576].
+    #[arg(long, env = "KPR_WEBHOOK_MAX_BODY", value_name = "BYTES")]
+    pub webhook_max_body: Option<usize>,
+    /// Plan and report drift, write nothing.
+    #[arg(
+        long,
+        env = "KPR_DRY_RUN",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub dry_run: Option<bool>,
+    /// Delete policies no manifest declares (with the same guards as `kpr apply --prune`).
+    #[arg(
+        long,
+        env = "KPR_PRUNE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub prune: Option<bool>,
+    /// With --prune: refuse a run that would delete more than N policies [default: 3].
+    #[arg(long, env = "KPR_MAX_DELETES", value_name = "N")]
+    pub max_deletes: Option<usize>,
+    /// On SIGTERM/SIGINT, wait this long for a running reconcile before cancelling it
+    /// [default: 30s].
+    #[arg(long, env = "KPR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub shutdown_timeout: Option<Duration>,
 }
 
-pub async fn serve(
-    _global: &GlobalArgs,
-    _file: FileConfig,
-    _args: ServeArgs,
-) -> Result<u8, CliError> {
-    Err(CliError::Usage("serve is not implemented yet".into()))
+/// A secret kept out of `Debug` output, so no log line or error can print it by accident.
+#[derive(Clone)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+}
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Secret(***)")
+    }
+}
+
+#[derive(Debug, Clone)]
+pub enum SourceSpec {
+    Dir(PathBuf),
+    Git(GitSpec),
+}
+
+#[derive(Debug, Clone)]
+pub struct GitSpec {
+    /// Without any password: a token found in the URL moves to `token`, so it never reaches
+    /// git's argv or `.git/config`.
+    pub url: String,
+    pub branch: String,
+    /// Relative to the repository root; empty for the whole repository.
+    pub path: PathBuf,
+    pub token: Option<Secret>,
+    pub workdir: PathBuf,
+}
+
+/// Everything `kpr serve` runs with, after flags, env, the config file and defaults are merged.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub source: SourceSpec,
+    pub schedule: Schedule,
+    pub jitter: Duration,
+    pub listen: SocketAddr,
+    pub webhook_secret: Option<Secret>,
+    pub webhook_max_body: usize,
+    pub dry_run: bool,
+    pub prune: bool,
+    pub max_deletes: usize,
+    pub shutdown_timeout: Duration,
+}
+
+pub const DEFAULT_WORKDIR: &str = ".kpr-work";
+pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
+pub const DEFAULT_WEBHOOK_MAX_BODY: usize = 1024 * 1024;
+pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
+
+fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
+    let text = std::fs::read_to_string(path)
+        .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
+    // Files written by `echo` or editors end in a newline that is not part of the secret.
+    let trimmed = text.trim_end_matches(['\n', '\r']);
+    if trimmed.is_empty() {
+        return Err(format!("{what} file {} is empty", path.display()));
+    }
+    Ok(Secret(trimmed.to_string()))
+}
+
+fn env_secret(var: &str) -> Option<Secret> {
+    std::env::var(var)
+        .ok()
+        .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
+        .filter(|v| !v.is_empty())
+        .map(Secret)
+}
+
+/// A file path, a `KPR_*` variable holding the secret itself, or the config file's path.
+fn resolve_secret(
+    flag_file: Option<&Path>,
+    env_var: &str,
+    file_cfg: Option<&Path>,
+    what: &str,
+) -> Result<Option<Secret>, String> {
+    if let Some(p) = flag_file {
+        return read_secret(p, what).map(Some);
+    }
+    if let Some(s) = env_secret(env_var) {
+        return Ok(Some(s));
+    }
+    file_cfg.map(|p| read_secret(p, what)).transpose()
+}
+
+fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+    // ":8080" is the Go-style shorthand many deployment templates use.
+    let full = if s.starts_with(':') {
+        format!("0.0.0.0{s}")
+    } else {
+        s.to_string()
+    };
+    full.parse()
+        .map_err(|_| format!("listen address {s:?} is not HOST:PORT (e.g. 0.0.0.0:8080)"))
+}
+
+/// The repository sub-path must stay inside the working copy.
+fn normalize_git_path(p: &Path) -> Result<PathBuf, String> {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            Component::Normal(n) => out.push(n),
+            _ => {
+                return Err(format!(
+                    "git path {:?} must be a relative path inside the repository",
+                    p.display()
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+fn valid_branch(b: &str) -> bool {
+    !b.is_empty()
+        && !b.starts_with('-')
+        && !b.starts_with('/')
+        && !b.ends_with('/')
+        && !b.contains("..")
+        && !b.contains("//")
+        && !b.ends_with(".lock")
+        && b.bytes()
+            .all(|c| c.is_ascii_graphic() && !b"~^:?*[\\".contains(&c))
+}
+
+impl Settings {
+    pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<Self, String> {
+        let source = Self::resolve_source(args, file)?;
+        // Schedule and interval are one choice: the highest layer that sets either wins, so a
+        // `--interval` flag overrides a `schedule:` in the file instead of conflicting with it.
+        let schedule = match (&args.schedule, args.interval) {
+            (Some(_), Some(_)) => {
+                return Err("set either --schedule or --interval, not both".into());
+            }
+            (Some(c), None) => Schedule::parse_cron(c)?,
+            (None, Some(i)) => Schedule::interval(i)?,
+            (None, None) => match (&file.schedule, file.interval) {
+                (Some(_), Some(_)) => {
+                    return Err(
+                        "config file sets both schedule and interval; keep one of them".into(),
+                    );
+                }
+                (Some(c), None) => Schedule::parse_cron(c)?,
+                (None, Some(i)) => Schedule::interval(i)?,
+                (None, None) => Schedule::interval(DEFAULT_INTERVAL)?,
+            },
+        };
+        let listen = parse_listen(
+            args.listen
+                .as_deref()
+                .or(file.listen.as_deref())
+                .unwrap_or(DEFAULT_LISTEN),
+        )?;
+        let webhook_secret = resolve_secret(
+            args.webhook_secret_file.as_deref(),
+            "KPR_WEBHOOK_SECRET",
+            file.webhook_secret_file.as_deref(),
+            "webhook secret",
+        )?;
+        let webhook_max_body = args
+            .webhook_max_body
+            .or(file.webhook_max_body)
+            .unwrap_or(DEFAULT_WEBHOOK_MAX_BODY);
+        if webhook_max_body == 0 {
+            return Err("webhook max body must be at least 1 byte".into());
+        }
+        Ok(Settings {
+            source,
+            schedule,
+            jitter: args.jitter.or(file.jitter).unwrap_or(Duration::ZERO),
+            listen,
+            webhook_secret,
+            webhook_max_body,
+            dry_run: args.dry_run.or(file.dry_run).unwrap_or(false),
+            prune: args.prune.or(file.prune).unwrap_or(false),
+            max_deletes: args
+                .max_deletes
+                .or(file.max_deletes)
+                .unwrap_or(crate::plan::DEFAULT_MAX_DELETES),
+            shutdown_timeout: args
+                .shutdown_timeout
+                .or(file.shutdown_timeout)
+                .unwrap_or(DEFAULT_SHUTDOWN_TIMEOUT),
+        })
+    }
+
+    fn resolve_source(args: &ServeArgs, file: &FileConfig) -> Result<SourceSpec, String> {
+        let file_git = file.git.clone().unwrap_or_default();
+        // Like the schedule, the source is one choice made by the highest layer that sets one.
+        let (dir, git_url) = if args.dir.is_some() || args.git_url.is_some() {
+            (args.dir.clone(), args.git_url.clone())
+        } else {
+            (file.dir.clone(), file_git.url.clone())
+        };
+        match (dir, git_url) {
+            (Some(_), Some(_)) => Err(
+                "set either a manifest directory (--dir) or a git repository (--git-url), not both"
+                    .into(),
+            ),
+            (None, None) => Err(
+                "no manifest source: set --dir DIR, or --git-url URL --git-branch BRANCH \
+                 (or `dir:` / `git:` in the config file)"
+                    .into(),
+            ),
+            (Some(dir), None) => Ok(SourceSpec::Dir(dir)),
+            (None, Some(url)) => {
+                let branch = args
+                    .git_branch
+                    .clone()
+                    .or(file_git.branch.clone())
+                    .ok_or("--git-branch is required with a git repository")?;
+                if !valid_branch(&branch) {
+                    return Err(format!("git branch {branch:?} is not a valid branch name"));
+                }
+                let path = normalize_git_path(
+                    args.git_path
+                        .as_deref()
+                        .or(file_git.path.as_deref())
+                        .unwrap_or(Path::new("")),
+                )?;
+                let (url, url_password) = source::split_credentials(&url)?;
+                let mut token = resolve_secret(
+                    args.git_token_file.as_deref(),
+                    "KPR_GIT_TOKEN",
+                    file_git.token_file.as_deref(),
+                    "git token",
+                )?;
+                if url_password.is_some() {
+                    tracing::warn!(
+                        "the git URL carries a password; kpr moved it out of the URL, but a \
+                         token in a flag shows in process lists: prefer --git-token-file or \
+                         KPR_GIT_TOKEN"
+                    );
+                }
+                if token.is_none() {
+                    token = url_password.map(Secret);
+                }
+                if token.is_some() && !url.starts_with("https://") && !url.starts_with("http://") {
+                    return Err(
+                        "a git token is only used with an https:// repository URL; ssh \
+                         repositories authenticate with the usual ssh keys (GIT_SSH_COMMAND, \
+                         ~/.ssh)"
+                            .into(),
+                    );
+                }
+                Ok(SourceSpec::Git(GitSpec {
+                    url,
+                    branch,
+                    path,
+                    token,
+                    workdir: args
+                        .workdir
+                        .clone()
+                        .or(file.workdir.clone())
+                        .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKDIR)),
+                }))
+            }
+        }
+    }
+}
+
+/// `kpr serve --check-config`: everything that can be checked without touching AWS or the
+/// repository's remote.
+fn check_config(settings: &Settings, engine: &Engine) -> u8 {
+    let mut problems = Vec::new();
+    let mut lines = Vec::new();
+    match &settings.source {
+        SourceSpec::Dir(dir) => {
+            let loaded = crate::manifest::load_dir(dir, &engine.load);
+            let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+            if errors.is_empty() {
+                lines.push(format!(
+                    "source: directory {} ({} manifest(s) in {} file(s), valid)",
+                    dir.display(),
+                    loaded.state.resources.len(),
+                    loaded.files
+                ));
+            } else {
+                problems.extend(errors);
+            }
+        }
+        SourceSpec::Git(g) => {
+            lines.push(format!(
+                "source: git {} branch {} path {} (token: {}; working copy in {})",
+                redact_url(&g.url),
+                g.branch,
+                if g.path.as_os_str().is_empty() {
+                    ".".into()
+                } else {
+                    g.path.display().to_string()
+                },
+                if g.token.is_some() { "set" } else { "none" },
+                g.workdir.display()
+            ));
+        }
+    }
+    lines.push(format!(
+        "schedule: {} (UTC){}",
+        settings.schedule,
+        if settings.jitter.is_zero() {
+            String::new()
+        } else {
+            format!(
+                ", jitter up to {}",
+                humantime::format_duration(settings.jitter)
+            )
+        }
+    ));
+    lines.push(format!("listen: {}", settings.listen));
+    lines.push(format!(
+        "webhook: {}",
+        if settings.webhook_secret.is_some() {
+            "enabled (secret set)"
+        } else {
+            "disabled (no secret)"
+        }
+    ));
+    lines.push(format!(
+        "mode: {}{}",
+        if settings.dry_run { "dry run" } else { "apply" },
+        if settings.prune {
+            format!(", prune (max {} deletes)", settings.max_deletes)
+        } else {
+            String::new()
+        }
+    ));
+    if problems.is_empty() {
+        for l in lines {
+            println!("{l}");
+        }
+        println!("configuration OK");
+        EXIT_OK
+    } else {
+        for p in &problems {
+            eprintln!("{p}");
+        }
+        eprintln!("configuration invalid: {} problem(s)", problems.len());
+        EXIT_ERROR
+    }
+}
+
+pub async fn serve(global: &GlobalArgs, file: FileConfig, args: ServeArgs) -> Result<u8, CliError> {
+    let settings = match Settings::resolve(&args, &file) {
+        Ok(s) => s,
+        Err(e) if args.check_config => {
+            eprintln!("configuration invalid: {e}");
+            return Ok(EXIT_ERROR);
+        }
+        Err(e) => return Err(CliError::Usage(e)),
+    };
+    let engine = Engine::resolve(global, &file);
+    if args.check_config {
+        return Ok(check_config(&settings, &engine));
+    }
+    run(settings, engine).await
+}
+
+async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
+    // The engine's plan future is not provably `Send` (closures over borrowed resources in
+    // `buffer_unordered`, rust-lang/rust#102211), so the worker runs as a local task on this
+    // thread; HTTP and the SDK's connections still use the multi-threaded runtime.
+    tokio::task::LocalSet::new()
+        .run_until(run_local(settings, engine))
+        .await
+}
+
+async fn run_local(settings: Settings, engine: Engine) -> Result<u8, CliError> {
+    let metrics = http::install_metrics()?;
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|source| CliError::Io {
+            path: format!("listen {}", settings.listen),
+            source,
+        })?;
+    let source = source::Source::new(&settings.source)
+        .await
+        .map_err(CliError::Usage)?;
+    let shared = Arc::new(http::Shared::new(&settings, metrics, source.describe()));
+    tracing::info!(
+        listen = %settings.listen,
+        source = %source.describe(),
+        schedule = %settings.schedule,
+        dry_run = settings.dry_run,
+        prune = settings.prune,
+        webhook = settings.webhook_secret.is_some(),
+        "kpr serve starting"
+    );
+
+    let api = engine.connect().await;
+    let reconciler = reconcile::Reconciler::new(
+        source,
+        api,
+        engine,
+        reconcile::RunOptions {
+            dry_run: settings.dry_run,
+            prune: settings.prune,
+            max_deletes: settings.max_deletes,
+        },
+        shared.clone(),
+    );
+    let mut worker = tokio::task::spawn_local(reconcile::worker(reconciler, shared.clone()));
+    // The first run starts at once: readiness should not wait a whole interval.
+    shared.queue.push(trigger::Trigger::Startup);
+    let scheduler = tokio::spawn(trigger::run_schedule(
+        settings.schedule.clone(),
+        settings.jitter,
+        shared.clone(),
+    ));
+
+    let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
+    let mut server = tokio::spawn(http::serve(listener, shared.clone(), http_stopped));
+
+    let signal = shutdown_signal().await;
+    tracing::info!(signal, "shutting down: no new triggers accepted");
+    shared.queue.close();
+    scheduler.abort();
+    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    match tokio::time::timeout_at(deadline, &mut worker).await {
+        Ok(_) => tracing::info!("reconcile worker stopped"),
+        Err(_) => {
+            tracing::warn!(
+                timeout = %humantime::format_duration(settings.shutdown_timeout),
+                "the running reconcile did not finish in time; cancelling it (the next start \
+                 reconciles again)"
+            );
+            worker.abort();
+            let _ = worker.await;
+        }
+    }
+    let _ = stop_http.send(true);
+    // Idle keep-alive connections close at once; a stuck client must not hold the exit.
+    let grace = deadline
+        .saturating_duration_since(tokio::time::Instant::now())
+        .max(Duration::from_secs(1));
+    if tokio::time::timeout(grace, &mut server).await.is_err() {
+        server.abort();
+    }
+    tracing::info!("kpr serve stopped");
+    Ok(EXIT_OK)
+}
+
+/// Resolves on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
+async fn shutdown_signal() -> &'static str {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) {
+            (Ok(mut term), Ok(mut int)) => {
+                tokio::select! {
+                    _ = term.recv() => "SIGTERM",
+                    _ = int.recv() => "SIGINT",
+                }
+            }
+            _ => {
+                let _ = tokio::signal::ctrl_c().await;
+                "SIGINT"
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+        "SIGINT"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser;
+
+    #[derive(Parser)]
+    struct Wrap {
+        #[command(flatten)]
+        args: ServeArgs,
+    }
+
+    fn args(argv: &[&str]) -> ServeArgs {
+        let mut v = vec!["kpr"];
+        v.extend_from_slice(argv);
+        Wrap::try_parse_from(v).unwrap().args
+    }
+
+    #[test]
+    fn flags_override_the_file_and_defaults_fill_the_rest() {
+        let file: FileConfig = serde_norway::from_str(
+            "dir: /from-file\ninterval: 1m\nlisten: 127.0.0.1:9000\nprune: true\nmaxDeletes: 7\n",
+        )
+        .unwrap();
+        let s = Settings::resolve(
+            &args(&["--dir", "/from-flag", "--schedule", "*/5 * * * *"]),
+            &file,
+        )
+        .unwrap();
+        assert!(matches!(&s.source, SourceSpec::Dir(d) if d == Path::new("/from-flag")));
+        assert_eq!(s.schedule.to_string(), "cron \"0 */5 * * * *\"");
+        assert_eq!(s.listen.to_string(), "127.0.0.1:9000");
+        assert!(s.prune);
+        assert_eq!(s.max_deletes, 7);
+        assert!(!s.dry_run);
+        assert_eq!(s.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
+        assert_eq!(args(&["--dry-run"]).dry_run, Some(true));
+        assert_eq!(args(&["--dry-run=no"]).dry_run, Some(false));
+        assert_eq!(args(&["--prune=1"]).prune, Some(true));
+        assert_eq!(args(&[]).prune, None);
+        let s = Settings::resolve(&args(&["--prune=false"]), &file).unwrap();
+        assert!(!s.prune);
+        assert_eq!(s.schedule.to_string(), "every 1m");
+        let s = Settings::resolve(&args(&["--dir", "x"]), &FileConfig::default()).unwrap();
+        assert_eq!(s.schedule.to_string(), "every 10m");
+        assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn inconsistent_sources_are_rejected() {
+        let none = FileConfig::default();
+        let err = |a: &[&str]| Settings::resolve(&args(a), &none).unwrap_err();
+        assert!(err(&[]).contains("no manifest source"));
+        assert!(err(&["--dir", "d", "--git-url", "https://h/r.git"]).contains("not both"));
+        assert!(err(&["--git-url", "https://h/r.git"]).contains("--git-branch"));
+        assert!(err(&["--git-url", "https://h/r", "--git-branch", "a..b"]).contains("not a valid"));
+        assert!(
+            err(&["--git-url", "f", "--git-branch", "m", "--git-path", "../x"])
+                .contains("inside the repository")
+        );
+        assert!(err(&["--dir", "d", "--listen", "nope"]).contains("listen"));
+        assert!(err(&["--dir", "d", "--schedule", "* * *"]).contains("cron"));
+        assert!(
+            err(&["--dir", "d", "--schedule", "* * * * *", "--interval", "1m"]).contains("both")
+        );
+    }
+
+    #[test]
+    fn a_password_in_the_url_becomes_the_token() {
+        let s = Settings::resolve(
+            &args(&[
+                "--git-url",
+                "https://bot:s3cret@git.example.com/org/repo.git",
+                "--git-branch",
+                "main",
+                "--git-path",
+                "./policies/",
+            ]),
+            &FileConfig::default(),
+        )
+        .unwrap();
+        let SourceSpec::Git(g) = s.source else {
+            panic!()
+        };
+        assert_eq!(g.url, "https://bot@git.example.com/org/repo.git");
+        assert_eq!(g.token.unwrap().expose(), "s3cret");
+        assert_eq!(g.path, Path::new("policies"));
+        assert!(!format!("{:?}", Secret("x".into())).contains('x'));
+    }
+
+    #[test]
+    fn secret_files_lose_their_trailing_newline() {
+        let d = tempfile::tempdir().unwrap();
+        let p = d.path().join("s");
+        std::fs::write(&p, "hunter2\n").unwrap();
+        assert_eq!(read_secret(&p, "x").unwrap().expose(), "hunter2");
+        std::fs::write(&p, "\n").unwrap();
+        assert!(read_secret(&p, "x").unwrap_err().contains("empty"));
+        assert!(read_secret(&d.path().join("none"), "x").is_err());
+    }
 }

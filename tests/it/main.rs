@@ -4,3 +4,4 @@
 mod adoption;
 mod cli;
 mod common;
+mod serve;

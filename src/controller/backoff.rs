@@ -1,0 +1,147 @@
+//! Per-resource backoff: a resource that keeps failing is left out of runs for exponentially
+//! longer, so one broken stream neither spins the loop nor eats the rate limit the others need.
+
+use std::collections::{HashMap, HashSet};
+use std::time::{Duration, Instant};
+
+use crate::arn::ResourceArn;
+
+pub const BASE_DELAY: Duration = Duration::from_secs(30);
+pub const MAX_DELAY: Duration = Duration::from_secs(30 * 60);
+
+#[derive(Debug, Clone)]
+pub struct Entry {
+    pub failures: u32,
+    pub not_before: Instant,
+    pub last_error: String,
+}
+
+#[derive(Debug)]
+pub struct Backoff {
+    entries: HashMap<ResourceArn, Entry>,
+    base: Duration,
+    max: Duration,
+}
+
+impl Default for Backoff {
+    fn default() -> Self {
+        Self::new(BASE_DELAY, MAX_DELAY)
+    }
+}
+
+impl Backoff {
+    pub fn new(base: Duration, max: Duration) -> Self {
+        Self {
+            entries: HashMap::new(),
+            base,
+            max,
+        }
+    }
+
+    /// `id` must be an identity ([`ResourceArn::identity`]): a consumer keeps its backoff
+    /// across re-registrations.
+    pub fn failed(&mut self, id: ResourceArn, now: Instant, error: String) {
+        let e = self.entries.entry(id).or_insert(Entry {
+            failures: 0,
+            not_before: now,
+            last_error: String::new(),
+        });
+        e.failures = e.failures.saturating_add(1);
+        let delay = self
+            .base
+            .saturating_mul(1u32.checked_shl(e.failures - 1).unwrap_or(u32::MAX))
+            .min(self.max);
+        e.not_before = now + delay;
+        e.last_error = error;
+    }
+
+    pub fn succeeded(&mut self, id: &ResourceArn) {
+        self.entries.remove(id);
+    }
+
+    /// Resources a run must leave out now.
+    pub fn skipped(&self, now: Instant) -> HashSet<ResourceArn> {
+        self.entries
+            .iter()
+            .filter(|(_, e)| e.not_before > now)
+            .map(|(id, _)| id.clone())
+            .collect()
+    }
+
+    /// Failed resources whose wait is over: an incremental run retries them too.
+    pub fn due(&self, now: Instant) -> impl Iterator<Item = &ResourceArn> {
+        self.entries
+            .iter()
+            .filter(move |(_, e)| e.not_before <= now)
+            .map(|(id, _)| id)
+    }
+
+    pub fn get(&self, id: &ResourceArn) -> Option<&Entry> {
+        self.entries.get(id)
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// Forget resources that left the desired state (and are no prune candidates any more).
+    pub fn retain(&mut self, mut keep: impl FnMut(&ResourceArn) -> bool) {
+        self.entries.retain(|id, _| keep(id));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn arn(name: &str) -> ResourceArn {
+        ResourceArn::parse(&format!(
+            "arn:aws:kinesis:us-east-1:111122223333:stream/{name}"
+        ))
+        .unwrap()
+    }
+
+    #[test]
+    fn delays_double_up_to_the_cap_and_reset_on_success() {
+        let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(300));
+        let t0 = Instant::now();
+        let a = arn("a");
+        let mut delays = Vec::new();
+        for _ in 0..7 {
+            b.failed(a.clone(), t0, "boom".into());
+            delays.push(b.get(&a).unwrap().not_before - t0);
+        }
+        let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
+        assert_eq!(secs, [30, 60, 120, 240, 300, 300, 300]);
+        assert_eq!(b.get(&a).unwrap().failures, 7);
+        b.succeeded(&a);
+        assert!(b.get(&a).is_none());
+        b.failed(a.clone(), t0, "again".into());
+        assert_eq!(b.get(&a).unwrap().not_before - t0, Duration::from_secs(30));
+    }
+
+    #[test]
+    fn skipped_until_not_before_then_due() {
+        let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(1800));
+        let t0 = Instant::now();
+        b.failed(arn("broken"), t0, "AccessDenied".into());
+        assert!(b.skipped(t0).contains(&arn("broken")));
+        assert!(!b.skipped(t0).contains(&arn("fine")));
+        assert_eq!(b.due(t0).count(), 0);
+        let later = t0 + Duration::from_secs(31);
+        assert!(b.skipped(later).is_empty());
+        assert_eq!(b.due(later).collect::<Vec<_>>(), [&arn("broken")]);
+        b.retain(|id| id != &arn("broken"));
+        assert_eq!(b.len(), 0);
+    }
+
+    #[test]
+    fn huge_failure_counts_do_not_overflow() {
+        let mut b = Backoff::default();
+        let t0 = Instant::now();
+        for _ in 0..100 {
+            b.failed(arn("x"), t0, String::new());
+        }
+        assert_eq!(b.get(&arn("x")).unwrap().not_before - t0, MAX_DELAY);
+    }
+}

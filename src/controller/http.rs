@@ -1,0 +1,320 @@
+//! The HTTP side: `/healthz`, `/readyz`, `/metrics`, `/status` and `POST /webhook`.
+//!
+//! Handlers only read shared state or push a trigger; they never wait for a reconcile, so a
+//! slow AWS call cannot make a webhook delivery time out (GitHub gives up after 10 s).
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
+
+use axum::Router;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
+use serde::Serialize;
+
+use super::reconcile::Status;
+use super::trigger::{Queue, Trigger};
+use super::webhook::{self, AuthError, Event, ReplayGuard};
+use super::{Secret, Settings, SourceSpec};
+use crate::cli::CliError;
+
+/// Enough to cover GitHub's redelivery window for any realistic push rate.
+const REPLAY_MEMORY: usize = 4096;
+
+pub struct Shared {
+    pub queue: Queue,
+    pub status: RwLock<Status>,
+    pub ready: AtomicBool,
+    pub running: AtomicBool,
+    pub metrics: PrometheusHandle,
+    webhook_secret: Option<Secret>,
+    /// Only pushes to this branch trigger; `None` for a directory source.
+    branch: Option<String>,
+    replay: Mutex<ReplayGuard>,
+    max_body: usize,
+}
+
+impl Shared {
+    pub fn new(settings: &Settings, metrics: PrometheusHandle, source: String) -> Self {
+        Self {
+            queue: Queue::new(),
+            status: RwLock::new(Status {
+                source,
+                dry_run: settings.dry_run,
+                prune: settings.prune,
+                ..Status::default()
+            }),
+            ready: AtomicBool::new(false),
+            running: AtomicBool::new(false),
+            metrics,
+            webhook_secret: settings.webhook_secret.clone(),
+            branch: match &settings.source {
+                SourceSpec::Git(g) => Some(g.branch.clone()),
+                SourceSpec::Dir(_) => None,
+            },
+            replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
+            max_body: settings.webhook_max_body,
+        }
+    }
+}
+
+pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
+    let handle = PrometheusBuilder::new()
+        .set_buckets_for_metric(
+            Matcher::Full("kpr_reconcile_duration_seconds".into()),
+            &[
+                0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+            ],
+        )
+        .and_then(PrometheusBuilder::install_recorder)
+        .map_err(|e| CliError::Usage(format!("cannot set up metrics: {e}")))?;
+    metrics::describe_counter!(
+        "kpr_reconcile_runs_total",
+        "Reconcile runs by trigger (startup, schedule, webhook) and result"
+    );
+    metrics::describe_histogram!(
+        "kpr_reconcile_duration_seconds",
+        metrics::Unit::Seconds,
+        "Duration of reconcile runs"
+    );
+    metrics::describe_gauge!(
+        "kpr_resources",
+        "Managed resources by state after the last runs (in_sync, drifted, failed)"
+    );
+    metrics::describe_gauge!(
+        "kpr_resources_backing_off",
+        "Resources that failed and wait before their next attempt"
+    );
+    metrics::describe_gauge!(
+        "kpr_last_success_timestamp_seconds",
+        "When a reconcile last completed (success or partial)"
+    );
+    metrics::describe_counter!("kpr_webhooks_total", "Webhook deliveries by result");
+    metrics::describe_counter!(
+        "kpr_api_calls_total",
+        "Kinesis API calls by operation and outcome"
+    );
+    metrics::describe_counter!("kpr_api_retries_total", "Kinesis API call retries");
+    metrics::describe_counter!(
+        "kpr_changes_total",
+        "Changes applied, by action and outcome"
+    );
+    Ok(handle)
+}
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    shared: Arc<Shared>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    let max_body = shared.max_body;
+    let app = Router::new()
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .route("/metrics", get(metrics_text))
+        .route("/status", get(status))
+        .route(
+            "/webhook",
+            post(webhook).layer(DefaultBodyLimit::max(max_body)),
+        )
+        .with_state(shared);
+    let shutdown = async move {
+        let _ = stop.wait_for(|stopped| *stopped).await;
+    };
+    if let Err(e) = axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown)
+        .await
+    {
+        tracing::error!(error = %e, "HTTP server failed");
+    }
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+async fn readyz(State(s): State<Arc<Shared>>) -> Response {
+    if s.ready.load(Ordering::SeqCst) {
+        (StatusCode::OK, "ready\n").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "not ready: no reconcile has completed yet\n",
+        )
+            .into_response()
+    }
+}
+
+/// Prometheus label values escape backslash, quote and newline.
+fn label_value(v: &str) -> String {
+    v.replace('\\', "\\\\")
+        .replace('"', "\\\"")
+        .replace('\n', "\\n")
+}
+
+async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
+    let mut text = s.metrics.render();
+    // Rendered here rather than recorded: a gauge per revision label would keep one series
+    // for every commit ever applied.
+    let revision = s
+        .status
+        .read()
+        .expect("status lock")
+        .last_good_revision
+        .clone();
+    if let Some(rev) = revision {
+        text.push_str(
+            "# HELP kpr_applied_revision_info The revision (commit) last applied\n\
+             # TYPE kpr_applied_revision_info gauge\n",
+        );
+        text.push_str(&format!(
+            "kpr_applied_revision_info{{revision=\"{}\"}} 1\n",
+            label_value(&rev)
+        ));
+    }
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response()
+}
+
+#[derive(Serialize)]
+struct StatusDoc<'a> {
+    ready: bool,
+    running: bool,
+    pending: Option<&'static str>,
+    #[serde(flatten)]
+    status: &'a Status,
+}
+
+async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let status = s.status.read().expect("status lock");
+    let doc = StatusDoc {
+        ready: s.ready.load(Ordering::SeqCst),
+        running: s.running.load(Ordering::SeqCst),
+        pending: s.queue.pending().map(Trigger::label),
+        status: &status,
+    };
+    let body = serde_json::to_string_pretty(&doc).expect("status serialises");
+    drop(status);
+    ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
+    metrics::counter!("kpr_webhooks_total", "result" => result).increment(1);
+    let level_info = code.is_success();
+    if level_info {
+        tracing::info!(result, status = code.as_u16(), "webhook: {message}");
+    } else {
+        tracing::warn!(result, status = code.as_u16(), "webhook: {message}");
+    }
+    let body = serde_json::json!({ "result": result, "message": message }).to_string();
+    (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn webhook(
+    State(s): State<Arc<Shared>>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let Some(secret) = &s.webhook_secret else {
+        return reply(
+            StatusCode::NOT_FOUND,
+            "disabled",
+            "the webhook is disabled: no secret is configured (set --webhook-secret-file or \
+             KPR_WEBHOOK_SECRET); unsigned triggers are never accepted"
+                .into(),
+        );
+    };
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+            return reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!("body larger than {} bytes; ignored", s.max_body),
+            );
+        }
+        Err(rejection) => {
+            return reply(
+                rejection.status(),
+                "bad_request",
+                format!("cannot read the body: {rejection}"),
+            );
+        }
+    };
+    let provider = match webhook::authenticate(&headers, &body, secret.expose().as_bytes()) {
+        Ok(p) => p,
+        Err(AuthError::Missing) => {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "no signature: send X-Hub-Signature-256 (GitHub), X-Gitlab-Token (GitLab) or \
+                 Authorization: Bearer"
+                    .into(),
+            );
+        }
+        Err(AuthError::Invalid) => {
+            return reply(
+                StatusCode::UNAUTHORIZED,
+                "unauthorized",
+                "signature or token does not match the configured secret".into(),
+            );
+        }
+    };
+    let event = match webhook::parse_event(provider, &headers, &body) {
+        Ok(e) => e,
+        Err(e) => return reply(StatusCode::BAD_REQUEST, "bad_request", e),
+    };
+    // Remembered only once authenticated and understood: unsigned requests must not fill the
+    // memory of seen ids, and a delivery that failed here may be redelivered.
+    let delivery = webhook::delivery_id(&headers);
+    if let Some(id) = &delivery
+        && !s.replay.lock().expect("replay lock").first_time(id)
+    {
+        return reply(
+            StatusCode::OK,
+            "duplicate",
+            format!("duplicate delivery {id}: already received, ignored"),
+        );
+    }
+    match event {
+        Event::Ping => reply(StatusCode::OK, "ping", "pong".into()),
+        Event::Other(name) => reply(
+            StatusCode::OK,
+            "ignored",
+            format!("event {name:?} ignored: only pushes trigger a run"),
+        ),
+        Event::Push { git_ref } => {
+            if let (Some(branch), Some(r)) = (&s.branch, &git_ref) {
+                let wanted = format!("refs/heads/{branch}");
+                if *r != wanted {
+                    return reply(
+                        StatusCode::OK,
+                        "ignored",
+                        format!("push to {r} ignored: watching {wanted}"),
+                    );
+                }
+            }
+            if s.queue.push(Trigger::Webhook) {
+                reply(
+                    StatusCode::ACCEPTED,
+                    "accepted",
+                    format!(
+                        "reconcile queued{}",
+                        delivery
+                            .map(|d| format!(" (delivery {d})"))
+                            .unwrap_or_default()
+                    ),
+                )
+            } else {
+                reply(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    "shutting_down",
+                    "shutting down: no new runs".into(),
+                )
+            }
+        }
+    }
+}

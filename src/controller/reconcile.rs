@@ -1,0 +1,1013 @@
+//! One reconcile: fetch -> validate -> plan -> apply (or only report, with `--dry-run`), then
+//! per-resource backoff, status and metrics.
+//!
+//! Nothing is applied from a revision that failed to fetch or validate; the last good one
+//! stays what `/status` and the metrics report. A webhook run reconciles only what the push
+//! changed; scheduled and startup runs scan everything, which is how hand edits get undone.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use serde::Serialize;
+use tracing::Instrument;
+
+use crate::apply::{self, ApplyOptions, Outcome};
+use crate::arn::ResourceArn;
+use crate::cli::Engine;
+use crate::kinesis::{AwsKinesis, Op, Resilient};
+use crate::manifest::{self, DesiredResource, DesiredState, Intent, Severity};
+use crate::plan::{self, Action, DeleteCause, PlanOptions, PlanRefused, Summary};
+
+use super::backoff::Backoff;
+use super::http::Shared;
+use super::source::Source;
+use super::trigger::Trigger;
+
+#[derive(Debug, Clone)]
+pub struct RunOptions {
+    pub dry_run: bool,
+    pub prune: bool,
+    pub max_deletes: usize,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RunResult {
+    /// Everything in scope is in sync (or, dry run, was read).
+    Success,
+    /// The run completed but some resources failed; they back off and are retried.
+    Partial,
+    FetchFailed,
+    Invalid,
+    /// Planning refused as a whole (a prune guard): nothing was applied.
+    Refused,
+}
+
+impl RunResult {
+    pub fn label(self) -> &'static str {
+        match self {
+            RunResult::Success => "success",
+            RunResult::Partial => "partial",
+            RunResult::FetchFailed => "fetch_failed",
+            RunResult::Invalid => "invalid",
+            RunResult::Refused => "refused",
+        }
+    }
+
+    /// The revision was validated and taken to AWS: it becomes the last good one.
+    fn completed(self) -> bool {
+        matches!(self, RunResult::Success | RunResult::Partial)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ResourceState {
+    InSync,
+    Drifted,
+    Failed,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct ResourceCounts {
+    pub in_sync: usize,
+    pub drifted: usize,
+    pub failed: usize,
+    pub backing_off: usize,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ResourceStatus {
+    pub arn: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<&'static str>,
+    /// applied | unchanged | failed (apply); in_sync | drifted | failed (dry run);
+    /// left_alone (manifest removed without --prune).
+    pub outcome: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct SkippedStatus {
+    pub arn: String,
+    pub consecutive_failures: u32,
+    pub retry_after: String,
+    pub last_error: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RunStatus {
+    pub trigger: &'static str,
+    /// full | incremental
+    pub scope: &'static str,
+    pub revision: Option<String>,
+    pub started_at: String,
+    pub duration_seconds: f64,
+    pub result: RunResult,
+    pub dry_run: bool,
+    pub summary: Summary,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub changed_files: Option<Vec<String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    pub resources: Vec<ResourceStatus>,
+    pub skipped: Vec<SkippedStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ErrorStatus {
+    pub at: String,
+    pub trigger: &'static str,
+    pub revision: Option<String>,
+    pub result: RunResult,
+    pub message: String,
+}
+
+/// What `/status` shows (the HTTP layer adds live fields such as `ready`).
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Status {
+    pub source: String,
+    pub dry_run: bool,
+    pub prune: bool,
+    pub runs: u64,
+    pub last_good_revision: Option<String>,
+    pub last_success_at: Option<String>,
+    pub resources: ResourceCounts,
+    pub last_run: Option<RunStatus>,
+    pub last_error: Option<ErrorStatus>,
+}
+
+/// What the last applied revision declared, file by file (repository-relative): an
+/// incremental run needs it to see which resources a changed file no longer declares.
+struct Applied {
+    revision: Option<String>,
+    files: HashMap<PathBuf, Vec<(ResourceArn, usize)>>,
+}
+
+/// One resource's result in a run, whatever produced it (plan failure, apply, dry run).
+struct Item {
+    /// `None` for failures not about one resource (listing a scope).
+    id: Option<ResourceArn>,
+    status: ResourceStatus,
+    state: ResourceState,
+    /// Its policy was deleted because no manifest declares it any more: no longer managed.
+    released: bool,
+}
+
+struct RunOutcome {
+    result: RunResult,
+    incremental: bool,
+    revision: Option<String>,
+    error: Option<String>,
+    summary: Summary,
+    changed_files: Option<Vec<String>>,
+    resources: Vec<ResourceStatus>,
+    skipped: Vec<SkippedStatus>,
+}
+
+impl RunOutcome {
+    fn new() -> Self {
+        RunOutcome {
+            result: RunResult::Success,
+            incremental: false,
+            revision: None,
+            error: None,
+            summary: Summary::default(),
+            changed_files: None,
+            resources: Vec::new(),
+            skipped: Vec::new(),
+        }
+    }
+
+    fn fail(mut self, result: RunResult, message: String) -> Self {
+        self.result = result;
+        self.error = Some(message);
+        self
+    }
+}
+
+/// The part of the desired state an incremental run reconciles.
+struct Incremental {
+    changed: Vec<PathBuf>,
+    desired: DesiredState,
+    /// Identities whose manifest was removed and that become delete candidates (`--prune`).
+    removed: HashSet<ResourceArn>,
+    left_alone: Vec<ResourceArn>,
+}
+
+pub struct Reconciler {
+    source: Source,
+    api: Resilient<AwsKinesis>,
+    engine: Engine,
+    opts: RunOptions,
+    shared: Arc<Shared>,
+    backoff: Backoff,
+    applied: Option<Applied>,
+    states: HashMap<ResourceArn, ResourceState>,
+}
+
+fn rfc3339(t: SystemTime) -> String {
+    humantime::format_rfc3339_seconds(t).to_string()
+}
+
+/// Drains the trigger queue, one run at a time, until shutdown closes it.
+pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
+    while let Some(trigger) = shared.queue.next().await {
+        shared.running.store(true, Ordering::SeqCst);
+        reconciler.run(trigger).await;
+        shared.running.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Reconciler {
+    pub fn new(
+        source: Source,
+        api: Resilient<AwsKinesis>,
+        engine: Engine,
+        opts: RunOptions,
+        shared: Arc<Shared>,
+    ) -> Self {
+        Self {
+            source,
+            api,
+            engine,
+            opts,
+            shared,
+            backoff: Backoff::default(),
+            applied: None,
+            states: HashMap::new(),
+        }
+    }
+
+    pub async fn run(&mut self, trigger: Trigger) {
+        let started = Instant::now();
+        let started_at = SystemTime::now();
+        let span = tracing::info_span!(
+            "reconcile",
+            trigger = trigger.label(),
+            revision = tracing::field::Empty
+        );
+        let out = self.execute(trigger, &span).instrument(span.clone()).await;
+        let _in_span = span.enter();
+        self.record(trigger, started, started_at, out);
+    }
+
+    fn rel(&self, p: &Path) -> String {
+        p.strip_prefix(self.source.root())
+            .unwrap_or(p)
+            .display()
+            .to_string()
+    }
+
+    async fn load(&self, revision: Option<&str>) -> Result<DesiredState, String> {
+        let dir = self.source.manifest_dir();
+        let opts = self.engine.load.clone();
+        let loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
+            .await
+            .map_err(|e| format!("loading the manifests failed: {e}"))?;
+        let new_revision = self
+            .applied
+            .as_ref()
+            .is_none_or(|a| a.revision.as_deref() != revision);
+        if new_revision {
+            for d in loaded
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == Severity::Warning)
+            {
+                tracing::warn!(file = %self.rel(&d.file), line = d.line, "{}", d.message);
+            }
+        }
+        loaded.into_result().map_err(|errors| {
+            const SHOWN: usize = 10;
+            let shown: Vec<String> = errors
+                .iter()
+                .take(SHOWN)
+                .map(|d| match d.line {
+                    Some(l) => format!("{}:{l}: {}", self.rel(&d.file), d.message),
+                    None => format!("{}: {}", self.rel(&d.file), d.message),
+                })
+                .collect();
+            let more = errors.len().saturating_sub(SHOWN);
+            format!(
+                "{} error(s) in the manifests, nothing applied from this revision: {}{}",
+                errors.len(),
+                shown.join("; "),
+                if more > 0 {
+                    format!(" (and {more} more)")
+                } else {
+                    String::new()
+                }
+            )
+        })
+    }
+
+    /// What a webhook run must look at, or `None` for a full run (no applied revision yet, a
+    /// directory source, or the diff failed).
+    async fn incremental_scope(
+        &self,
+        revision: Option<&str>,
+        desired: &DesiredState,
+        now: Instant,
+    ) -> Option<Incremental> {
+        let new = revision?;
+        let Some(applied) = &self.applied else {
+            tracing::info!("no revision applied yet: full run");
+            return None;
+        };
+        let old = applied.revision.as_deref()?;
+        let changed = if old == new {
+            Vec::new()
+        } else {
+            match self.source.changed_files(old, new).await? {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::warn!(error = %e, old, new, "cannot list the changed files: full run");
+                    return None;
+                }
+            }
+        };
+        Some(changed_scope(
+            changed,
+            desired,
+            &applied.files,
+            self.source.root(),
+            &self.backoff.due(now).cloned().collect(),
+            self.opts.prune,
+        ))
+    }
+
+    async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
+        let mut out = RunOutcome::new();
+        let revision = match self.source.sync().await {
+            Ok(r) => r,
+            Err(e) => {
+                tracing::error!(error = %e, "fetching the manifests failed; nothing applied, the last good revision stays");
+                return out.fail(RunResult::FetchFailed, e);
+            }
+        };
+        if let Some(r) = &revision {
+            span.record("revision", r.as_str());
+        }
+        out.revision = revision.clone();
+        let desired = match self.load(revision.as_deref()).await {
+            Ok(d) => d,
+            Err(e) => {
+                tracing::error!(error = %e, "invalid manifests; nothing applied, the last good revision stays");
+                return out.fail(RunResult::Invalid, e);
+            }
+        };
+        let now = Instant::now();
+        let scope = if trigger.full_scan() {
+            None
+        } else {
+            self.incremental_scope(revision.as_deref(), &desired, now)
+                .await
+        };
+        let concurrency = self.engine.concurrency;
+        let hidden = indicatif::ProgressBar::hidden();
+        let mut skip = HashSet::new();
+        let planned = match &scope {
+            Some(inc) => {
+                out.incremental = true;
+                out.changed_files = Some(
+                    inc.changed
+                        .iter()
+                        .map(|p| p.display().to_string())
+                        .collect(),
+                );
+                for arn in &inc.left_alone {
+                    out.resources.push(ResourceStatus {
+                        arn: arn.to_string(),
+                        action: None,
+                        outcome: "left_alone",
+                        error: None,
+                        source: None,
+                    });
+                }
+                if inc.desired.is_empty() {
+                    tracing::info!(
+                        changed_files = inc.changed.len(),
+                        "the push changed no manifest: nothing to reconcile"
+                    );
+                    self.finish(
+                        &mut out,
+                        desired,
+                        revision,
+                        Vec::new(),
+                        Some(inc),
+                        &skip,
+                        now,
+                    );
+                    return out;
+                }
+                tracing::info!(
+                    changed_files = inc.changed.len(),
+                    resources = inc.desired.resources.len(),
+                    "incremental run"
+                );
+                let opts = PlanOptions {
+                    concurrency,
+                    targets: Vec::new(),
+                    prune: false,
+                    max_deletes: self.opts.max_deletes,
+                };
+                plan::plan(&self.api, &inc.desired, &opts, &hidden).await
+            }
+            None => {
+                skip = self.backoff.skipped(now);
+                let opts = PlanOptions {
+                    concurrency,
+                    targets: Vec::new(),
+                    prune: self.opts.prune,
+                    max_deletes: self.opts.max_deletes,
+                };
+                plan::plan_skipping(&self.api, &desired, &opts, &skip, &hidden).await
+            }
+        };
+        let mut plan = match planned {
+            Ok(p) => p,
+            Err(refused) => {
+                tracing::error!(error = %refused, "plan refused; nothing applied");
+                return out.fail(RunResult::Refused, refused.to_string());
+            }
+        };
+        if let Some(inc) = &scope {
+            let removed_id = |arn: &str| {
+                ResourceArn::parse(arn)
+                    .map(|a| inc.removed.contains(&a.identity()))
+                    .unwrap_or(false)
+            };
+            // A removed manifest's stream may be gone too: nothing left to delete.
+            plan.failures.retain(|f| {
+                !(removed_id(&f.arn) && f.code.as_deref() == Some("ResourceNotFoundException"))
+            });
+            let mut deletes = Vec::new();
+            for c in &mut plan.changes {
+                if c.action == Action::Delete && inc.removed.contains(&c.target.identity()) {
+                    c.delete_cause = Some(DeleteCause::Prune);
+                    c.reason = "manifest removed (--prune)".into();
+                    deletes.push(format!("  - {}", c.arn));
+                }
+            }
+            if deletes.len() > self.opts.max_deletes {
+                let refused = PlanRefused::TooManyDeletes {
+                    count: deletes.len(),
+                    max: self.opts.max_deletes,
+                    arns: deletes.join("\n"),
+                };
+                tracing::error!(error = %refused, "plan refused; nothing applied");
+                return out.fail(RunResult::Refused, refused.to_string());
+            }
+        }
+
+        let mut items = Vec::new();
+        for f in &plan.failures {
+            items.push(self.failure_item(f));
+        }
+        if self.opts.dry_run {
+            out.summary = plan.summary();
+            for c in &plan.changes {
+                let drifted = c.action != Action::NoOp;
+                if drifted {
+                    tracing::info!(arn = %c.arn, action = c.action.as_str(), reason = %c.reason, "drift (dry run: not applied)");
+                }
+                items.push(Item {
+                    id: Some(c.target.identity()),
+                    status: ResourceStatus {
+                        arn: c.arn.clone(),
+                        action: Some(c.action.as_str()),
+                        outcome: if drifted { "drifted" } else { "in_sync" },
+                        error: None,
+                        source: c
+                            .source
+                            .as_ref()
+                            .map(|s| format!("{}:{}", self.rel(&s.file), s.line)),
+                    },
+                    state: if drifted {
+                        ResourceState::Drifted
+                    } else {
+                        ResourceState::InSync
+                    },
+                    released: false,
+                });
+            }
+        } else {
+            let plan_failures = std::mem::take(&mut plan.failures);
+            let opts = ApplyOptions {
+                concurrency,
+                ..ApplyOptions::default()
+            };
+            let report = apply::apply(&self.api, plan, &opts, &hidden).await;
+            out.summary = report.summary();
+            out.summary.failed += plan_failures.len();
+            for r in &report.results {
+                let c = &r.change;
+                let (outcome, state) = match r.outcome {
+                    Outcome::Applied => ("applied", ResourceState::InSync),
+                    Outcome::Unchanged => ("unchanged", ResourceState::InSync),
+                    Outcome::Failed => ("failed", ResourceState::Failed),
+                };
+                items.push(Item {
+                    id: Some(c.target.identity()),
+                    status: ResourceStatus {
+                        arn: c.arn.clone(),
+                        action: Some(c.action.as_str()),
+                        outcome,
+                        error: r.error.as_ref().map(|e| e.message.clone()),
+                        source: c
+                            .source
+                            .as_ref()
+                            .map(|s| format!("{}:{}", self.rel(&s.file), s.line)),
+                    },
+                    state,
+                    released: r.outcome == Outcome::Applied
+                        && c.delete_cause == Some(DeleteCause::Prune),
+                });
+            }
+        }
+        self.finish(
+            &mut out,
+            desired,
+            revision,
+            items,
+            scope.as_ref(),
+            &skip,
+            now,
+        );
+        out
+    }
+
+    fn failure_item(&self, f: &plan::Failure) -> Item {
+        // A listing failure concerns a whole scope or stream, not one policy: backing the
+        // stream's own policy off for it would be wrong.
+        let about_one = !matches!(
+            f.operation,
+            Some(op) if op == Op::ListStreams.as_str() || op == Op::ListStreamConsumers.as_str()
+        );
+        Item {
+            id: about_one
+                .then(|| ResourceArn::parse(&f.arn).ok().map(|a| a.identity()))
+                .flatten(),
+            status: ResourceStatus {
+                arn: f.arn.clone(),
+                action: None,
+                outcome: "failed",
+                error: Some(f.message.clone()),
+                source: f
+                    .source
+                    .as_ref()
+                    .map(|s| format!("{}:{}", self.rel(&s.file), s.line)),
+            },
+            state: ResourceState::Failed,
+            released: false,
+        }
+    }
+
+    /// Backoff, resource states and the applied revision, once a run got through planning.
+    #[allow(clippy::too_many_arguments)]
+    fn finish(
+        &mut self,
+        out: &mut RunOutcome,
+        desired: DesiredState,
+        revision: Option<String>,
+        items: Vec<Item>,
+        incremental: Option<&Incremental>,
+        skip: &HashSet<ResourceArn>,
+        started: Instant,
+    ) {
+        let now = Instant::now();
+        let mut failed_now = HashSet::new();
+        for item in &items {
+            let Some(id) = &item.id else { continue };
+            if item.state == ResourceState::Failed {
+                failed_now.insert(id.clone());
+                self.backoff.failed(
+                    id.clone(),
+                    now,
+                    item.status.error.clone().unwrap_or_default(),
+                );
+            } else {
+                self.backoff.succeeded(id);
+            }
+        }
+        let declared: HashSet<ResourceArn> =
+            desired.resources.iter().map(|r| r.arn.identity()).collect();
+        match incremental {
+            None => {
+                // A full run saw everything: states are rebuilt, and backoff forgets resources
+                // that are neither declared nor still waiting.
+                let previous = std::mem::take(&mut self.states);
+                for id in skip.iter().filter(|id| declared.contains(*id)) {
+                    let state = previous.get(id).copied().unwrap_or(ResourceState::Failed);
+                    self.states.insert(id.clone(), state);
+                }
+                self.backoff.retain(|id| {
+                    declared.contains(id) || failed_now.contains(id) || skip.contains(id)
+                });
+            }
+            Some(inc) => {
+                for id in inc.removed.iter().chain(&inc.left_alone) {
+                    self.states.remove(&id.identity());
+                }
+            }
+        }
+        for item in &items {
+            let Some(id) = &item.id else { continue };
+            // A removed manifest's resource that is now without a policy is no longer managed;
+            // a pending (dry run) or failed delete still is.
+            let removed_and_done = item.state == ResourceState::InSync
+                && incremental.is_some_and(|inc| inc.removed.contains(id));
+            if item.released || removed_and_done {
+                self.states.remove(id);
+            } else {
+                self.states.insert(id.clone(), item.state);
+            }
+        }
+        if items.iter().any(|i| i.state == ResourceState::Failed) {
+            out.result = RunResult::Partial;
+            out.error = Some(format!(
+                "{} resource(s) failed; they are retried with backoff",
+                items
+                    .iter()
+                    .filter(|i| i.state == ResourceState::Failed)
+                    .count()
+            ));
+        }
+        let wall_now = SystemTime::now();
+        out.skipped = skip
+            .iter()
+            .filter_map(|id| {
+                let e = self.backoff.get(id)?;
+                Some(SkippedStatus {
+                    arn: id.to_string(),
+                    consecutive_failures: e.failures,
+                    retry_after: rfc3339(
+                        wall_now + e.not_before.saturating_duration_since(started),
+                    ),
+                    last_error: e.last_error.clone(),
+                })
+            })
+            .collect();
+        out.skipped.sort_by(|a, b| a.arn.cmp(&b.arn));
+        out.resources.extend(items.into_iter().map(|i| i.status));
+        self.applied = Some(Applied {
+            revision,
+            files: index_files(&desired, self.source.root()),
+        });
+    }
+
+    fn counts(&self) -> ResourceCounts {
+        let mut c = ResourceCounts {
+            backing_off: self.backoff.len(),
+            ..ResourceCounts::default()
+        };
+        for s in self.states.values() {
+            match s {
+                ResourceState::InSync => c.in_sync += 1,
+                ResourceState::Drifted => c.drifted += 1,
+                ResourceState::Failed => c.failed += 1,
+            }
+        }
+        c
+    }
+
+    fn record(
+        &mut self,
+        trigger: Trigger,
+        started: Instant,
+        started_at: SystemTime,
+        out: RunOutcome,
+    ) {
+        let duration = started.elapsed();
+        let result = out.result;
+        metrics::counter!("kpr_reconcile_runs_total", "trigger" => trigger.label(), "result" => result.label())
+            .increment(1);
+        metrics::histogram!("kpr_reconcile_duration_seconds").record(duration.as_secs_f64());
+        let counts = self.counts();
+        metrics::gauge!("kpr_resources", "state" => "in_sync").set(counts.in_sync as f64);
+        metrics::gauge!("kpr_resources", "state" => "drifted").set(counts.drifted as f64);
+        metrics::gauge!("kpr_resources", "state" => "failed").set(counts.failed as f64);
+        metrics::gauge!("kpr_resources_backing_off").set(counts.backing_off as f64);
+        let finished = SystemTime::now();
+        if result.completed() {
+            metrics::gauge!("kpr_last_success_timestamp_seconds").set(
+                finished
+                    .duration_since(UNIX_EPOCH)
+                    .map(|d| d.as_secs_f64())
+                    .unwrap_or(0.0),
+            );
+            self.shared.ready.store(true, Ordering::SeqCst);
+        }
+        let s = &out.summary;
+        let scope = if out.incremental {
+            "incremental"
+        } else {
+            "full"
+        };
+        let duration_ms = duration.as_millis() as u64;
+        match result {
+            RunResult::Success => tracing::info!(
+                result = result.label(),
+                scope,
+                create = s.create,
+                update = s.update,
+                delete = s.delete,
+                unchanged = s.unchanged,
+                failed = s.failed,
+                skipped = out.skipped.len(),
+                dry_run = self.opts.dry_run,
+                duration_ms,
+                "reconcile finished"
+            ),
+            _ => tracing::warn!(
+                result = result.label(),
+                scope,
+                create = s.create,
+                update = s.update,
+                delete = s.delete,
+                unchanged = s.unchanged,
+                failed = s.failed,
+                skipped = out.skipped.len(),
+                dry_run = self.opts.dry_run,
+                duration_ms,
+                error = out.error.as_deref().unwrap_or(""),
+                "reconcile finished"
+            ),
+        }
+        let mut status = self.shared.status.write().expect("status lock");
+        status.runs += 1;
+        status.resources = counts;
+        if result.completed() {
+            status.last_good_revision = out.revision.clone();
+            status.last_success_at = Some(rfc3339(finished));
+        }
+        if let (Some(message), false) = (&out.error, result == RunResult::Success) {
+            status.last_error = Some(ErrorStatus {
+                at: rfc3339(finished),
+                trigger: trigger.label(),
+                revision: out.revision.clone(),
+                result,
+                message: message.clone(),
+            });
+        }
+        status.last_run = Some(RunStatus {
+            trigger: trigger.label(),
+            scope,
+            revision: out.revision,
+            started_at: rfc3339(started_at),
+            duration_seconds: duration.as_secs_f64(),
+            result,
+            dry_run: self.opts.dry_run,
+            summary: out.summary,
+            changed_files: out.changed_files,
+            error: out.error,
+            resources: out.resources,
+            skipped: out.skipped,
+        });
+        drop(status);
+        // Drains histogram samples even when nobody scrapes /metrics.
+        self.shared.metrics.run_upkeep();
+    }
+}
+
+/// Repository-relative manifest file -> the resources it declares.
+fn index_files(desired: &DesiredState, root: &Path) -> HashMap<PathBuf, Vec<(ResourceArn, usize)>> {
+    let mut files: HashMap<PathBuf, Vec<(ResourceArn, usize)>> = HashMap::new();
+    for r in &desired.resources {
+        let file = r
+            .source
+            .file
+            .strip_prefix(root)
+            .unwrap_or(&r.source.file)
+            .to_path_buf();
+        files
+            .entry(file)
+            .or_default()
+            .push((r.arn.clone(), r.source.line));
+    }
+    files
+}
+
+/// Changed files -> what an incremental run reconciles: every resource declared in a changed
+/// file (plus failed ones whose backoff is over), and, with prune, the resources a changed file
+/// no longer declares, as `ensure: absent`. That costs one read per resource instead of
+/// listing whole accounts. Removed resources outside every scope the manifests still cover are
+/// left alone, as a full `--prune` run would leave them.
+fn changed_scope(
+    changed: Vec<PathBuf>,
+    desired: &DesiredState,
+    applied_files: &HashMap<PathBuf, Vec<(ResourceArn, usize)>>,
+    root: &Path,
+    due: &HashSet<ResourceArn>,
+    prune: bool,
+) -> Incremental {
+    let changed_set: HashSet<&Path> = changed.iter().map(PathBuf::as_path).collect();
+    let declared: HashSet<ResourceArn> =
+        desired.resources.iter().map(|r| r.arn.identity()).collect();
+    let mut subset: Vec<DesiredResource> = desired
+        .resources
+        .iter()
+        .filter(|r| {
+            let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
+            changed_set.contains(file) || due.contains(&r.arn.identity())
+        })
+        .cloned()
+        .collect();
+    let scopes = desired.scopes();
+    let mut removed = HashSet::new();
+    let mut left_alone = Vec::new();
+    for file in &changed {
+        for (arn, line) in applied_files.get(file).into_iter().flatten() {
+            let id = arn.identity();
+            if declared.contains(&id) {
+                continue;
+            }
+            if prune && scopes.contains(&arn.scope) {
+                subset.push(DesiredResource {
+                    arn: arn.clone(),
+                    intent: Intent::Absent,
+                    source: manifest::Source {
+                        file: root.join(file),
+                        line: *line,
+                    },
+                });
+                removed.insert(id);
+            } else {
+                tracing::info!(
+                    arn = %arn,
+                    file = %file.display(),
+                    "manifest removed; the policy is left as it is ({})",
+                    if prune {
+                        "no manifest covers its account and region any more"
+                    } else {
+                        "no --prune"
+                    }
+                );
+                left_alone.push(arn.clone());
+            }
+        }
+    }
+    Incremental {
+        changed,
+        desired: DesiredState { resources: subset },
+        removed,
+        left_alone,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::PolicyDocument;
+
+    const ACCOUNT: &str = "111122223333";
+
+    fn arn(name: &str) -> ResourceArn {
+        ResourceArn::parse(&format!(
+            "arn:aws:kinesis:us-east-1:{ACCOUNT}:stream/{name}"
+        ))
+        .unwrap()
+    }
+
+    fn present(name: &str, file: &str, root: &Path) -> DesiredResource {
+        let a = arn(name);
+        let json = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{ACCOUNT}"}},"Action":"kinesis:GetRecords","Resource":"{a}"}}]}}"#
+        );
+        DesiredResource {
+            arn: a,
+            intent: Intent::Present {
+                document: PolicyDocument::from_json_str(&json).unwrap(),
+                json,
+            },
+            source: manifest::Source {
+                file: root.join(file),
+                line: 1,
+            },
+        }
+    }
+
+    fn names(d: &DesiredState) -> Vec<(String, bool)> {
+        let mut v: Vec<(String, bool)> = d
+            .resources
+            .iter()
+            .map(|r| (r.arn.stream.clone(), matches!(r.intent, Intent::Absent)))
+            .collect();
+        v.sort();
+        v
+    }
+
+    /// Old revision: a.yaml {a}, b.yaml {b1, b2}, c.yaml {c}.
+    /// New revision: a.yaml {a} (edited), b.yaml {b1} (b2 dropped), c.yaml deleted,
+    /// d.yaml {d} (new), e.yaml {e} (untouched).
+    fn fixture(root: &Path) -> (DesiredState, HashMap<PathBuf, Vec<(ResourceArn, usize)>>) {
+        let old = DesiredState {
+            resources: vec![
+                present("a", "m/a.yaml", root),
+                present("b1", "m/b.yaml", root),
+                present("b2", "m/b.yaml", root),
+                present("c", "m/c.yaml", root),
+                present("e", "m/e.yaml", root),
+            ],
+        };
+        let new = DesiredState {
+            resources: vec![
+                present("a", "m/a.yaml", root),
+                present("b1", "m/b.yaml", root),
+                present("d", "m/d.yaml", root),
+                present("e", "m/e.yaml", root),
+            ],
+        };
+        (new, index_files(&old, root))
+    }
+
+    fn changed() -> Vec<PathBuf> {
+        ["m/a.yaml", "m/b.yaml", "m/c.yaml", "m/d.yaml"]
+            .iter()
+            .map(PathBuf::from)
+            .collect()
+    }
+
+    #[test]
+    fn changed_files_map_to_targets_without_prune() {
+        let root = Path::new("/work/repo");
+        let (new, applied) = fixture(root);
+        let inc = changed_scope(changed(), &new, &applied, root, &HashSet::new(), false);
+        assert_eq!(
+            names(&inc.desired),
+            [
+                ("a".into(), false),
+                ("b1".into(), false),
+                ("d".into(), false)
+            ]
+        );
+        assert!(inc.removed.is_empty());
+        let mut left: Vec<String> = inc.left_alone.iter().map(|a| a.stream.clone()).collect();
+        left.sort();
+        assert_eq!(left, ["b2", "c"]);
+    }
+
+    #[test]
+    fn removed_manifests_become_absent_with_prune() {
+        let root = Path::new("/work/repo");
+        let (new, applied) = fixture(root);
+        let inc = changed_scope(changed(), &new, &applied, root, &HashSet::new(), true);
+        assert_eq!(
+            names(&inc.desired),
+            [
+                ("a".into(), false),
+                ("b1".into(), false),
+                ("b2".into(), true),
+                ("c".into(), true),
+                ("d".into(), false)
+            ]
+        );
+        assert_eq!(inc.removed.len(), 2);
+        assert!(inc.left_alone.is_empty());
+    }
+
+    #[test]
+    fn an_unrelated_change_targets_nothing_but_due_retries() {
+        let root = Path::new("/work/repo");
+        let (new, applied) = fixture(root);
+        let inc = changed_scope(
+            vec![PathBuf::from("m/README.md")],
+            &new,
+            &applied,
+            root,
+            &HashSet::new(),
+            true,
+        );
+        assert!(inc.desired.is_empty());
+        let due: HashSet<ResourceArn> = [arn("e")].into_iter().collect();
+        let inc = changed_scope(Vec::new(), &new, &applied, root, &due, false);
+        assert_eq!(names(&inc.desired), [("e".into(), false)]);
+    }
+
+    #[test]
+    fn prune_stays_inside_the_covered_scopes() {
+        let root = Path::new("/work/repo");
+        let other = ResourceArn::parse("arn:aws:kinesis:eu-west-1:111122223333:stream/x").unwrap();
+        let mut applied = HashMap::new();
+        applied.insert(PathBuf::from("m/x.yaml"), vec![(other.clone(), 1)]);
+        let new = DesiredState {
+            resources: vec![present("a", "m/a.yaml", root)],
+        };
+        let inc = changed_scope(
+            vec![PathBuf::from("m/x.yaml")],
+            &new,
+            &applied,
+            root,
+            &HashSet::new(),
+            true,
+        );
+        assert!(inc.desired.is_empty());
+        assert_eq!(inc.left_alone, [other]);
+    }
+}

@@ -1,0 +1,475 @@
+//! Where the desired state comes from: a local directory, or a git working copy that kpr owns
+//! (fetch, check out the branch head, diff two revisions).
+//!
+//! Git runs as a child process (the git CLI handles every transport and credential mechanism
+//! users already have). A token never reaches git's argv, `.git/config` or a log line: git
+//! asks for it through a `GIT_ASKPASS` script that reads it from the child's environment.
+
+use std::ffi::OsStr;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use super::{Secret, SourceSpec};
+
+/// A fetch of a large repository over a slow link can take minutes; a hung one must not stall
+/// the controller forever.
+const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+
+pub enum Source {
+    Dir(PathBuf),
+    Git(GitRepo),
+}
+
+pub struct GitRepo {
+    url: String,
+    branch: String,
+    path: PathBuf,
+    token: Option<Secret>,
+    checkout: PathBuf,
+    askpass: PathBuf,
+}
+
+impl Source {
+    pub async fn new(spec: &SourceSpec) -> Result<Self, String> {
+        match spec {
+            SourceSpec::Dir(d) => Ok(Source::Dir(d.clone())),
+            SourceSpec::Git(g) => {
+                tokio::fs::create_dir_all(&g.workdir)
+                    .await
+                    .map_err(|e| format!("workdir {}: {e}", g.workdir.display()))?;
+                // Absolute, so manifest paths in logs and status do not depend on the cwd.
+                let workdir = tokio::fs::canonicalize(&g.workdir)
+                    .await
+                    .map_err(|e| format!("workdir {}: {e}", g.workdir.display()))?;
+                let askpass = workdir.join("askpass.sh");
+                if g.token.is_some() {
+                    write_askpass(&askpass).await?;
+                }
+                Ok(Source::Git(GitRepo {
+                    url: g.url.clone(),
+                    branch: g.branch.clone(),
+                    path: g.path.clone(),
+                    token: g.token.clone(),
+                    checkout: workdir.join("repo"),
+                    askpass,
+                }))
+            }
+        }
+    }
+
+    /// For logs and `/status`: credentials removed.
+    pub fn describe(&self) -> String {
+        match self {
+            Source::Dir(d) => format!("dir {}", d.display()),
+            Source::Git(g) => {
+                let mut s = format!("git {} branch {}", redact_url(&g.url), g.branch);
+                if !g.path.as_os_str().is_empty() {
+                    s.push_str(&format!(" path {}", g.path.display()));
+                }
+                s
+            }
+        }
+    }
+
+    /// The directory `manifest::load_dir` reads.
+    pub fn manifest_dir(&self) -> PathBuf {
+        match self {
+            Source::Dir(d) => d.clone(),
+            Source::Git(g) if g.path.as_os_str().is_empty() => g.checkout.clone(),
+            Source::Git(g) => g.checkout.join(&g.path),
+        }
+    }
+
+    /// What manifest paths are shown relative to (and what `git diff` paths are relative to).
+    pub fn root(&self) -> &Path {
+        match self {
+            Source::Dir(d) => d,
+            Source::Git(g) => &g.checkout,
+        }
+    }
+
+    /// Brings the manifests up to date; returns the commit now checked out (`None` for a
+    /// directory, which has no revisions).
+    pub async fn sync(&self) -> Result<Option<String>, String> {
+        match self {
+            Source::Dir(_) => Ok(None),
+            Source::Git(g) => g.sync().await.map(Some),
+        }
+    }
+
+    /// Repository-relative paths of the manifest files that differ between two commits,
+    /// including deleted ones. `None` for a directory source.
+    pub async fn changed_files(
+        &self,
+        old: &str,
+        new: &str,
+    ) -> Option<Result<Vec<PathBuf>, String>> {
+        match self {
+            Source::Dir(_) => None,
+            Source::Git(g) => Some(g.changed_files(old, new).await),
+        }
+    }
+}
+
+async fn write_askpass(path: &Path) -> Result<(), String> {
+    // Static text: the secret itself only ever lives in the git child's environment.
+    let script = "#!/bin/sh\n\
+                  case \"$1\" in\n\
+                  Username*) printf '%s\\n' \"${KPR_GIT_USERNAME:-x-access-token}\" ;;\n\
+                  *) printf '%s\\n' \"$KPR_GIT_PASSWORD\" ;;\n\
+                  esac\n";
+    tokio::fs::write(path, script)
+        .await
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
+    Ok(())
+}
+
+impl GitRepo {
+    async fn git<I, S>(&self, args: I) -> Result<String, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let args: Vec<std::ffi::OsString> =
+            args.into_iter().map(|a| a.as_ref().to_owned()).collect();
+        let what = args
+            .first()
+            .map(|a| a.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let mut cmd = tokio::process::Command::new("git");
+        cmd.arg("-C")
+            .arg(&self.checkout)
+            .args(&args)
+            // Never wait for a human at a password prompt: fail and report instead.
+            .env("GIT_TERMINAL_PROMPT", "0")
+            .env("LC_ALL", "C")
+            // Git, ssh and credential helpers have no business seeing kpr's own secrets.
+            .env_remove("KPR_WEBHOOK_SECRET")
+            .env_remove("KPR_GIT_TOKEN")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .kill_on_drop(true);
+        if let Some(token) = &self.token {
+            cmd.env("GIT_ASKPASS", &self.askpass)
+                .env("KPR_GIT_PASSWORD", token.expose());
+        }
+        let out = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
+            Err(_) => {
+                return Err(format!(
+                    "git {what}: no answer after {}",
+                    humantime::format_duration(GIT_TIMEOUT)
+                ));
+            }
+            Ok(Err(e)) => return Err(format!("git {what}: cannot run git: {e}")),
+            Ok(Ok(out)) => out,
+        };
+        if out.status.success() {
+            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+        } else {
+            let stderr = String::from_utf8_lossy(&out.stderr);
+            Err(format!(
+                "git {what} failed ({}): {}",
+                out.status,
+                self.redact(stderr.trim())
+            ))
+        }
+    }
+
+    /// git quotes remote URLs in its errors; a token must not travel with them into logs.
+    fn redact(&self, text: &str) -> String {
+        let mut out = redact_urls_in(text);
+        if let Some(t) = &self.token {
+            out = out.replace(t.expose(), "***");
+        }
+        out
+    }
+
+    async fn sync(&self) -> Result<String, String> {
+        if !self.checkout.join(".git").is_dir() {
+            tokio::fs::create_dir_all(&self.checkout)
+                .await
+                .map_err(|e| format!("{}: {e}", self.checkout.display()))?;
+            self.git(["init", "--quiet"]).await?;
+        }
+        // Setting the URL each time follows a changed --git-url without a fresh clone.
+        self.git(["config", "remote.origin.url", self.url.as_str()])
+            .await?;
+        let tracking = format!("refs/remotes/origin/{}", self.branch);
+        self.git([
+            "fetch",
+            "--quiet",
+            "--no-tags",
+            "origin",
+            &format!("+refs/heads/{}:{tracking}", self.branch),
+        ])
+        .await?;
+        let sha = self
+            .git([
+                "rev-parse",
+                "--verify",
+                "--quiet",
+                &format!("{tracking}^{{commit}}"),
+            ])
+            .await?
+            .trim()
+            .to_string();
+        let head = self
+            .git(["rev-parse", "--verify", "--quiet", "HEAD"])
+            .await
+            .map(|s| s.trim().to_string())
+            .unwrap_or_default();
+        if head != sha {
+            self.git(["checkout", "--quiet", "--force", "--detach", &sha])
+                .await?;
+        }
+        // Stray files (from an interrupted checkout, or a person) would become manifests.
+        self.git(["clean", "-ffdxq"]).await?;
+        Ok(sha)
+    }
+
+    async fn changed_files(&self, old: &str, new: &str) -> Result<Vec<PathBuf>, String> {
+        let pathspec = if self.path.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            self.path.clone()
+        };
+        // --no-renames: a rename must show the old path too, or the resources it declared would
+        // not be seen as removed.
+        let out = self
+            .git([
+                OsStr::new("diff"),
+                OsStr::new("--name-only"),
+                OsStr::new("--no-renames"),
+                OsStr::new("--no-ext-diff"),
+                OsStr::new("-z"),
+                OsStr::new(old),
+                OsStr::new(new),
+                OsStr::new("--"),
+                pathspec.as_os_str(),
+            ])
+            .await?;
+        Ok(out
+            .split('\0')
+            .filter(|s| !s.is_empty())
+            .map(PathBuf::from)
+            .collect())
+    }
+}
+
+/// `scheme://user:pass@host/...` -> `scheme://***@host/...`; anything else unchanged.
+pub fn redact_url(url: &str) -> String {
+    let Some(scheme_end) = url.find("://") else {
+        return url.to_string();
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    match rest[..authority_end].rfind('@') {
+        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
+        None => url.to_string(),
+    }
+}
+
+fn redact_urls_in(text: &str) -> String {
+    text.split_inclusive(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+        .map(|word| {
+            if word.contains("://") {
+                redact_url(word)
+            } else {
+                word.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Moves a password out of a URL: returns the URL without it and the (percent-decoded)
+/// password. A URL without one is returned unchanged.
+pub fn split_credentials(url: &str) -> Result<(String, Option<String>), String> {
+    let Some(scheme_end) = url.find("://") else {
+        return Ok((url.to_string(), None));
+    };
+    let rest = &url[scheme_end + 3..];
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    let Some(at) = rest[..authority_end].rfind('@') else {
+        return Ok((url.to_string(), None));
+    };
+    let Some((user, password)) = rest[..at].split_once(':') else {
+        return Ok((url.to_string(), None));
+    };
+    let password = percent_decode(password).ok_or("the password in the git URL is not valid")?;
+    let user_part = if user.is_empty() {
+        String::new()
+    } else {
+        format!("{user}@")
+    };
+    Ok((
+        format!("{}://{user_part}{}", &url[..scheme_end], &rest[at + 1..]),
+        (!password.is_empty()).then_some(password),
+    ))
+}
+
+pub fn percent_decode(s: &str) -> Option<String> {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'%' => {
+                let hex = s.get(i + 1..i + 3)?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 3;
+            }
+            b'+' => {
+                out.push(b' ');
+                i += 1;
+            }
+            b => {
+                out.push(b);
+                i += 1;
+            }
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn userinfo_is_redacted() {
+        assert_eq!(
+            redact_url("https://x:tok@github.com/o/r.git"),
+            "https://***@github.com/o/r.git"
+        );
+        assert_eq!(
+            redact_url("https://github.com/o/r.git"),
+            "https://github.com/o/r.git"
+        );
+        assert_eq!(
+            redact_url("git@github.com:o/r.git"),
+            "git@github.com:o/r.git"
+        );
+        assert_eq!(
+            redact_urls_in("fatal: unable to access 'https://u:p@h/r/': 403"),
+            "fatal: unable to access 'https://***@h/r/': 403"
+        );
+    }
+
+    #[test]
+    fn credentials_are_split_off() {
+        assert_eq!(
+            split_credentials("https://bot:a%2Fb@h/r").unwrap(),
+            ("https://bot@h/r".to_string(), Some("a/b".to_string()))
+        );
+        assert_eq!(
+            split_credentials("https://:t@h/r").unwrap(),
+            ("https://h/r".to_string(), Some("t".to_string()))
+        );
+        assert_eq!(
+            split_credentials("ssh://git@h/r").unwrap(),
+            ("ssh://git@h/r".to_string(), None)
+        );
+        assert_eq!(
+            split_credentials("file:///tmp/r").unwrap(),
+            ("file:///tmp/r".to_string(), None)
+        );
+    }
+
+    fn git(dir: &Path, args: &[&str]) -> String {
+        let out = std::process::Command::new("git")
+            .arg("-C")
+            .arg(dir)
+            .args([
+                "-c",
+                "user.name=t",
+                "-c",
+                "user.email=t@e",
+                "-c",
+                "commit.gpgsign=false",
+            ])
+            .args(args)
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "git {args:?}: {out:?}");
+        String::from_utf8(out.stdout).unwrap()
+    }
+
+    #[tokio::test]
+    async fn fetches_checks_out_and_diffs() {
+        let origin = tempfile::tempdir().unwrap();
+        let work = tempfile::tempdir().unwrap();
+        git(origin.path(), &["init", "-q", "-b", "main"]);
+        std::fs::create_dir_all(origin.path().join("m")).unwrap();
+        std::fs::write(origin.path().join("m/a.yaml"), "a").unwrap();
+        std::fs::write(origin.path().join("m/b.yaml"), "b").unwrap();
+        std::fs::write(origin.path().join("outside.yaml"), "o").unwrap();
+        git(origin.path(), &["add", "-A"]);
+        git(origin.path(), &["commit", "-qm", "one"]);
+        let spec = SourceSpec::Git(super::super::GitSpec {
+            url: format!("file://{}", origin.path().display()),
+            branch: "main".into(),
+            path: PathBuf::from("m"),
+            token: None,
+            workdir: work.path().to_path_buf(),
+        });
+        let src = Source::new(&spec).await.unwrap();
+        let first = src.sync().await.unwrap().unwrap();
+        assert!(src.manifest_dir().join("a.yaml").is_file());
+        std::fs::write(src.manifest_dir().join("stray.yaml"), "x").unwrap();
+
+        std::fs::write(origin.path().join("m/a.yaml"), "a2").unwrap();
+        git(origin.path(), &["mv", "m/b.yaml", "m/c.yaml"]);
+        std::fs::write(origin.path().join("outside.yaml"), "o2").unwrap();
+        git(origin.path(), &["add", "-A"]);
+        git(origin.path(), &["commit", "-qm", "two"]);
+        let second = src.sync().await.unwrap().unwrap();
+        assert_ne!(first, second);
+        assert_eq!(
+            std::fs::read_to_string(src.manifest_dir().join("a.yaml")).unwrap(),
+            "a2"
+        );
+        assert!(!src.manifest_dir().join("stray.yaml").exists());
+        let mut changed = src.changed_files(&first, &second).await.unwrap().unwrap();
+        changed.sort();
+        assert_eq!(
+            changed,
+            [
+                PathBuf::from("m/a.yaml"),
+                PathBuf::from("m/b.yaml"),
+                PathBuf::from("m/c.yaml")
+            ]
+        );
+        assert!(
+            src.changed_files("0000000000000000000000000000000000000000", &second)
+                .await
+                .unwrap()
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn fetch_errors_name_no_secret() {
+        let work = tempfile::tempdir().unwrap();
+        let spec = SourceSpec::Git(super::super::GitSpec {
+            url: "https://bot@127.0.0.1:9/none.git".into(),
+            branch: "main".into(),
+            path: PathBuf::new(),
+            token: Some(Secret("tok-123".into())),
+            workdir: work.path().to_path_buf(),
+        });
+        let src = Source::new(&spec).await.unwrap();
+        let err = src.sync().await.unwrap_err();
+        assert!(err.contains("git fetch failed"), "{err}");
+        assert!(!err.contains("tok-123"), "{err}");
+        assert!(!err.contains("bot@"), "{err}");
+    }
+}

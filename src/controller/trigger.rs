@@ -1,0 +1,333 @@
+//! What starts a reconcile: the schedule, webhooks and startup, funnelled through one
+//! coalescing queue that a single worker drains.
+//!
+//! The queue holds at most one pending trigger. While a run is in flight any number of new
+//! triggers merge into that one slot, so a burst of pushes costs at most one extra run, and a
+//! run can never start while another is going.
+
+use std::fmt;
+use std::sync::Mutex;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use tokio::sync::Notify;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Trigger {
+    Startup,
+    Schedule,
+    Webhook,
+}
+
+impl Trigger {
+    pub fn label(self) -> &'static str {
+        match self {
+            Trigger::Startup => "startup",
+            Trigger::Schedule => "schedule",
+            Trigger::Webhook => "webhook",
+        }
+    }
+
+    /// Scheduled and startup runs scan everything (that is how drift gets found); a webhook
+    /// only needs what its push changed.
+    pub fn full_scan(self) -> bool {
+        !matches!(self, Trigger::Webhook)
+    }
+
+    /// Merging never loses work: a pending full scan absorbs an incremental trigger, and an
+    /// incremental one is upgraded by a full one.
+    fn merge(pending: Option<Trigger>, new: Trigger) -> Trigger {
+        match pending {
+            None => new,
+            Some(p) if p.full_scan() || !new.full_scan() => p,
+            Some(_) => new,
+        }
+    }
+}
+
+#[derive(Default)]
+struct QueueState {
+    pending: Option<Trigger>,
+    closed: bool,
+}
+
+/// A one-slot mailbox for a single consumer.
+#[derive(Default)]
+pub struct Queue {
+    state: Mutex<QueueState>,
+    notify: Notify,
+}
+
+impl Queue {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Returns false once the queue is closed (shutting down): the trigger was dropped.
+    pub fn push(&self, trigger: Trigger) -> bool {
+        {
+            let mut s = self.state.lock().expect("queue lock");
+            if s.closed {
+                return false;
+            }
+            s.pending = Some(Trigger::merge(s.pending, trigger));
+        }
+        // notify_one keeps a permit when the worker is busy, so the wake-up is never lost.
+        self.notify.notify_one();
+        true
+    }
+
+    /// The next trigger; `None` once closed, even if one was pending, since shutdown means
+    /// "finish what runs, start nothing new".
+    pub async fn next(&self) -> Option<Trigger> {
+        loop {
+            {
+                let mut s = self.state.lock().expect("queue lock");
+                if s.closed {
+                    return None;
+                }
+                if let Some(t) = s.pending.take() {
+                    return Some(t);
+                }
+            }
+            self.notify.notified().await;
+        }
+    }
+
+    pub fn close(&self) {
+        self.state.lock().expect("queue lock").closed = true;
+        self.notify.notify_one();
+    }
+
+    pub fn pending(&self) -> Option<Trigger> {
+        self.state.lock().expect("queue lock").pending
+    }
+}
+
+/// When the periodic full scans happen.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Schedule {
+    /// A 6- or 7-field expression (seconds first), evaluated in UTC.
+    Cron(String),
+    Every(Duration),
+}
+
+impl fmt::Display for Schedule {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Schedule::Cron(c) => write!(f, "cron {c:?}"),
+            Schedule::Every(d) => write!(f, "every {}", humantime::format_duration(*d)),
+        }
+    }
+}
+
+/// Seconds since the epoch of the first occurrence strictly after now, from the same parser
+/// tokio-cron-scheduler's jobs use (so what parses here is what a scheduler would accept).
+fn next_cron_tick(expr: &str) -> Result<Option<u64>, String> {
+    let mut job = tokio_cron_scheduler::Job::new(expr, |_, _| {})
+        .map_err(|e| format!("cron expression {expr:?} does not parse: {e}"))?;
+    let data = job
+        .job_data()
+        .map_err(|e| format!("cron expression {expr:?}: {e}"))?;
+    Ok((data.next_tick != 0).then_some(data.next_tick))
+}
+
+impl Schedule {
+    /// Classic 5-field cron gets a leading `0` seconds field; 6 and 7 fields pass as they are
+    /// (tokio-cron-scheduler only accepts those).
+    pub fn parse_cron(text: &str) -> Result<Self, String> {
+        let fields = text.split_whitespace().count();
+        let expr = match fields {
+            5 => format!(
+                "0 {}",
+                text.split_whitespace().collect::<Vec<_>>().join(" ")
+            ),
+            6 | 7 => text.split_whitespace().collect::<Vec<_>>().join(" "),
+            n => {
+                return Err(format!(
+                    "cron expression {text:?} has {n} fields; expected 5 (min hour dom month \
+                     dow), 6 (sec min hour dom month dow) or 7 (... year)"
+                ));
+            }
+        };
+        match next_cron_tick(&expr)? {
+            Some(_) => Ok(Schedule::Cron(expr)),
+            None => Err(format!("cron expression {text:?} never fires again")),
+        }
+    }
+
+    pub fn interval(d: Duration) -> Result<Self, String> {
+        if d < Duration::from_millis(100) {
+            return Err(format!(
+                "interval {} is too short (at least 100ms)",
+                humantime::format_duration(d)
+            ));
+        }
+        Ok(Schedule::Every(d))
+    }
+
+    /// How long to sleep until the next run, and the cron tick it is for. `last` is the tick
+    /// that fired before, so a timer waking a hair early cannot fire the same tick twice.
+    fn next_delay(&self, last: Option<u64>) -> Option<(Duration, Option<u64>)> {
+        match self {
+            Schedule::Every(d) => Some((*d, None)),
+            Schedule::Cron(expr) => {
+                let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
+                let mut tick = next_cron_tick(expr).ok()??;
+                if last.is_some_and(|l| tick <= l) {
+                    tick = last? + 1;
+                }
+                let at = Duration::from_secs(tick);
+                Some((at.saturating_sub(now), Some(tick)))
+            }
+        }
+    }
+}
+
+/// Pushes a full-scan trigger at every scheduled time (after a random jitter) until the queue
+/// closes.
+pub async fn run_schedule(
+    schedule: Schedule,
+    jitter: Duration,
+    shared: std::sync::Arc<super::http::Shared>,
+) {
+    let mut last = None;
+    loop {
+        let Some((delay, tick)) = schedule.next_delay(last) else {
+            tracing::warn!(%schedule, "the schedule has no further occurrence; only webhooks trigger runs now");
+            return;
+        };
+        tokio::time::sleep(delay).await;
+        last = tick;
+        if !jitter.is_zero() {
+            // Spreads many controllers sharing one schedule (and one account's rate limit).
+            tokio::time::sleep(jitter.mul_f64(fastrand::f64())).await;
+        }
+        if !shared.queue.push(Trigger::Schedule) {
+            return;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    #[test]
+    fn cron_accepts_5_6_and_7_fields() {
+        assert_eq!(
+            Schedule::parse_cron("*/5 * * * *").unwrap(),
+            Schedule::Cron("0 */5 * * * *".into())
+        );
+        assert_eq!(
+            Schedule::parse_cron("30 0 3 * * Mon").unwrap(),
+            Schedule::Cron("30 0 3 * * Mon".into())
+        );
+        assert_eq!(
+            Schedule::parse_cron("0 0 3 * * * 2099").unwrap(),
+            Schedule::Cron("0 0 3 * * * 2099".into())
+        );
+        assert_eq!(
+            Schedule::parse_cron("  0  4 * * *  ").unwrap(),
+            Schedule::Cron("0 0 4 * * *".into())
+        );
+        for bad in [
+            "",
+            "* * *",
+            "61 * * * *",
+            "* * * * * * * *",
+            "not a cron at all x",
+        ] {
+            assert!(Schedule::parse_cron(bad).is_err(), "{bad:?} accepted");
+        }
+        assert!(
+            Schedule::parse_cron("0 0 0 1 1 * 2001")
+                .unwrap_err()
+                .contains("never")
+        );
+    }
+
+    #[test]
+    fn interval_and_next_delay() {
+        assert!(Schedule::interval(Duration::ZERO).is_err());
+        let every = Schedule::interval(Duration::from_secs(300)).unwrap();
+        assert_eq!(every.to_string(), "every 5m");
+        assert_eq!(
+            every.next_delay(None),
+            Some((Duration::from_secs(300), None))
+        );
+        let each_second = Schedule::parse_cron("* * * * * *").unwrap();
+        let (d, tick) = each_second.next_delay(None).unwrap();
+        assert!(d <= Duration::from_secs(1), "{d:?}");
+        // The same tick never comes back, even when asked again at once.
+        let (_, again) = each_second.next_delay(tick).unwrap();
+        assert!(again > tick);
+        let hourly = Schedule::parse_cron("0 * * * *").unwrap();
+        let (d, _) = hourly.next_delay(None).unwrap();
+        assert!(d <= Duration::from_secs(3600), "{d:?}");
+    }
+
+    #[test]
+    fn merging_keeps_the_widest_scan() {
+        use Trigger::*;
+        assert_eq!(Trigger::merge(None, Webhook), Webhook);
+        assert_eq!(Trigger::merge(Some(Webhook), Webhook), Webhook);
+        assert_eq!(Trigger::merge(Some(Webhook), Schedule), Schedule);
+        assert_eq!(Trigger::merge(Some(Schedule), Webhook), Schedule);
+        assert_eq!(Trigger::merge(Some(Startup), Schedule), Startup);
+    }
+
+    #[tokio::test]
+    async fn triggers_during_a_run_coalesce_into_one_more_run() {
+        let q = Arc::new(Queue::new());
+        let runs = Arc::new(AtomicUsize::new(0));
+        let (started_tx, mut started) = tokio::sync::mpsc::unbounded_channel();
+        let gate = Arc::new(tokio::sync::Semaphore::new(0));
+        let worker = {
+            let (q, runs, gate) = (q.clone(), runs.clone(), gate.clone());
+            tokio::spawn(async move {
+                while let Some(t) = q.next().await {
+                    runs.fetch_add(1, Ordering::SeqCst);
+                    started_tx.send(t).unwrap();
+                    gate.acquire().await.unwrap().forget();
+                }
+            })
+        };
+        assert!(q.push(Trigger::Webhook));
+        assert_eq!(started.recv().await, Some(Trigger::Webhook));
+        // The first run is now "in flight": a burst arrives, one of them a scheduled scan.
+        for i in 0..100 {
+            q.push(if i == 50 {
+                Trigger::Schedule
+            } else {
+                Trigger::Webhook
+            });
+        }
+        assert_eq!(q.pending(), Some(Trigger::Schedule));
+        gate.add_permits(1);
+        assert_eq!(started.recv().await, Some(Trigger::Schedule));
+        assert_eq!(q.pending(), None);
+        gate.add_permits(1);
+        q.close();
+        worker.await.unwrap();
+        assert_eq!(runs.load(Ordering::SeqCst), 2);
+        assert!(!q.push(Trigger::Webhook), "a closed queue takes nothing");
+    }
+
+    #[tokio::test]
+    async fn close_wakes_an_idle_worker_and_drops_the_pending_trigger() {
+        let q = Arc::new(Queue::new());
+        let waiter = {
+            let q = q.clone();
+            tokio::spawn(async move { q.next().await })
+        };
+        tokio::task::yield_now().await;
+        q.close();
+        assert_eq!(waiter.await.unwrap(), None);
+        let q = Queue::new();
+        q.push(Trigger::Webhook);
+        q.close();
+        assert_eq!(q.next().await, None);
+    }
+}

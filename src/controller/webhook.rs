@@ -1,0 +1,402 @@
+//! Webhook authentication and payloads: GitHub (HMAC-SHA256 of the body), GitLab (shared
+//! token) and a generic `Authorization: Bearer` caller, plus a bounded memory of delivery ids
+//! so a captured request cannot be replayed to force runs.
+//!
+//! Every comparison with the secret is constant-time.
+
+use std::collections::{HashSet, VecDeque};
+
+use axum::http::HeaderMap;
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+type HmacSha256 = Hmac<Sha256>;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Provider {
+    GitHub,
+    GitLab,
+    Bearer,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AuthError {
+    /// No signature, token or bearer header at all.
+    Missing,
+    /// One was present but it does not match (or is malformed).
+    Invalid,
+}
+
+fn header<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
+    headers.get(name).and_then(|v| v.to_str().ok())
+}
+
+/// Equal-length-independent constant-time comparison: both sides go through one HMAC and the
+/// tags are compared with `verify_slice`, so neither content nor length leaks through timing.
+fn ct_eq(a: &[u8], b: &[u8]) -> bool {
+    let tag = |data: &[u8]| {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(b"kpr constant-time compare")
+            .expect("HMAC takes any key length");
+        mac.update(data);
+        mac
+    };
+    let expected = tag(a).finalize().into_bytes();
+    tag(b).verify_slice(&expected).is_ok()
+}
+
+/// Which provider signed the request, if the signature holds.
+pub fn authenticate(
+    headers: &HeaderMap,
+    body: &[u8],
+    secret: &[u8],
+) -> Result<Provider, AuthError> {
+    if let Some(sig) = headers.get("x-hub-signature-256") {
+        let hex_sig = sig
+            .to_str()
+            .ok()
+            .and_then(|s| s.strip_prefix("sha256="))
+            .ok_or(AuthError::Invalid)?;
+        let sig = hex::decode(hex_sig.trim()).map_err(|_| AuthError::Invalid)?;
+        let mut mac =
+            <HmacSha256 as KeyInit>::new_from_slice(secret).map_err(|_| AuthError::Invalid)?;
+        mac.update(body);
+        return mac
+            .verify_slice(&sig)
+            .map(|()| Provider::GitHub)
+            .map_err(|_| AuthError::Invalid);
+    }
+    if let Some(token) = headers.get("x-gitlab-token") {
+        return if ct_eq(token.as_bytes(), secret) {
+            Ok(Provider::GitLab)
+        } else {
+            Err(AuthError::Invalid)
+        };
+    }
+    if let Some(auth) = headers.get(axum::http::header::AUTHORIZATION) {
+        let value = auth.as_bytes();
+        let token = value
+            .get(..7)
+            .filter(|p| p.eq_ignore_ascii_case(b"bearer "))
+            .map(|_| &value[7..])
+            .ok_or(AuthError::Invalid)?;
+        return if ct_eq(token, secret) {
+            Ok(Provider::Bearer)
+        } else {
+            Err(AuthError::Invalid)
+        };
+    }
+    Err(AuthError::Missing)
+}
+
+/// The provider's id of this delivery (redelivered as-is on a manual "redeliver", which is the
+/// replay we want to ignore).
+pub fn delivery_id(headers: &HeaderMap) -> Option<String> {
+    ["x-github-delivery", "x-gitlab-event-uuid"]
+        .iter()
+        .find_map(|h| header(headers, h))
+        .map(|s| s.trim().to_string())
+        .filter(|s| !s.is_empty())
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Event {
+    Ping,
+    /// `git_ref` is None when a generic caller sent no payload: it just asks for a run.
+    Push {
+        git_ref: Option<String>,
+    },
+    /// An event kpr does not act on (issues, tags, ...), by name.
+    Other(String),
+}
+
+/// Body formats GitHub can send: JSON, or a form with the JSON in `payload`.
+fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, String> {
+    let form = header(headers, "content-type")
+        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    // `curl -d` labels raw JSON as a form too: without a payload field, read the body as is.
+    let payload = form
+        .then(|| std::str::from_utf8(body).ok())
+        .flatten()
+        .and_then(|text| text.split('&').find_map(|kv| kv.strip_prefix("payload=")));
+    match payload {
+        Some(p) => {
+            let json = super::source::percent_decode(p).ok_or("payload is not valid")?;
+            serde_json::from_str(&json).map_err(|e| format!("payload is not JSON: {e}"))
+        }
+        None => serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}")),
+    }
+}
+
+fn push_ref(v: &serde_json::Value) -> Option<String> {
+    v.get("ref").and_then(|r| r.as_str()).map(str::to_string)
+}
+
+pub fn parse_event(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
+    match provider {
+        Provider::GitHub => match header(headers, "x-github-event").unwrap_or("") {
+            "ping" => Ok(Event::Ping),
+            "push" => Ok(Event::Push {
+                git_ref: Some(push_ref(&json_body(headers, body)?).ok_or("push without ref")?),
+            }),
+            "" => Err("missing X-GitHub-Event header".into()),
+            other => Ok(Event::Other(other.to_string())),
+        },
+        Provider::GitLab => match header(headers, "x-gitlab-event").unwrap_or("") {
+            "Push Hook" => Ok(Event::Push {
+                git_ref: Some(push_ref(&json_body(headers, body)?).ok_or("push without ref")?),
+            }),
+            "" => Err("missing X-Gitlab-Event header".into()),
+            other => Ok(Event::Other(other.to_string())),
+        },
+        // A generic caller may forward a push payload (then its ref is checked) or send nothing.
+        Provider::Bearer => {
+            let git_ref = if body.iter().all(u8::is_ascii_whitespace) {
+                None
+            } else {
+                json_body(headers, body).ok().as_ref().and_then(push_ref)
+            };
+            Ok(Event::Push { git_ref })
+        }
+    }
+}
+
+/// The most recent delivery ids, oldest forgotten first.
+pub struct ReplayGuard {
+    seen: HashSet<String>,
+    order: VecDeque<String>,
+    capacity: usize,
+}
+
+impl ReplayGuard {
+    pub fn new(capacity: usize) -> Self {
+        Self {
+            seen: HashSet::with_capacity(capacity),
+            order: VecDeque::with_capacity(capacity),
+            capacity: capacity.max(1),
+        }
+    }
+
+    /// True the first time an id is seen (and remembers it).
+    pub fn first_time(&mut self, id: &str) -> bool {
+        // Ids are provider UUIDs; the cap keeps an authenticated but odd caller from making the
+        // set large.
+        let id: String = id.chars().take(128).collect();
+        if self.seen.contains(&id) {
+            return false;
+        }
+        if self.order.len() == self.capacity
+            && let Some(old) = self.order.pop_front()
+        {
+            self.seen.remove(&old);
+        }
+        self.seen.insert(id.clone());
+        self.order.push_back(id);
+        true
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::HeaderValue;
+
+    fn headers(pairs: &[(&'static str, &str)]) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        for (k, v) in pairs {
+            h.insert(*k, HeaderValue::from_str(v).unwrap());
+        }
+        h
+    }
+
+    fn github_sig(secret: &[u8], body: &[u8]) -> String {
+        let mut mac = <HmacSha256 as KeyInit>::new_from_slice(secret).unwrap();
+        mac.update(body);
+        format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+    }
+
+    const SECRET: &[u8] = b"It's a Secret to Everybody";
+
+    #[test]
+    fn github_signature() {
+        // The example from GitHub's documentation on validating webhook deliveries.
+        let body = b"Hello, World!";
+        let h = headers(&[(
+            "x-hub-signature-256",
+            "sha256=757107ea0eb2509fc211221cce984b8a37570b6d7586c22c46f4379c8b043e17",
+        )]);
+        assert_eq!(authenticate(&h, body, SECRET), Ok(Provider::GitHub));
+        assert_eq!(
+            authenticate(&h, b"Hello, World?", SECRET),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(authenticate(&h, body, b"other"), Err(AuthError::Invalid));
+        let sig = github_sig(SECRET, b"{}");
+        assert_eq!(
+            authenticate(&headers(&[("x-hub-signature-256", &sig)]), b"{}", SECRET),
+            Ok(Provider::GitHub)
+        );
+        for bad in ["", "sha256=", "sha256=zz", "sha1=abcd", &sig[7..]] {
+            assert_eq!(
+                authenticate(&headers(&[("x-hub-signature-256", bad)]), b"{}", SECRET),
+                Err(AuthError::Invalid),
+                "{bad:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn gitlab_token_and_bearer() {
+        let ok = std::str::from_utf8(SECRET).unwrap();
+        assert_eq!(
+            authenticate(&headers(&[("x-gitlab-token", ok)]), b"", SECRET),
+            Ok(Provider::GitLab)
+        );
+        assert_eq!(
+            authenticate(&headers(&[("x-gitlab-token", "nope")]), b"", SECRET),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            authenticate(
+                &headers(&[("x-gitlab-token", &ok[..ok.len() - 1])]),
+                b"",
+                SECRET
+            ),
+            Err(AuthError::Invalid)
+        );
+        assert_eq!(
+            authenticate(
+                &headers(&[("authorization", &format!("Bearer {ok}"))]),
+                b"",
+                SECRET
+            ),
+            Ok(Provider::Bearer)
+        );
+        assert_eq!(
+            authenticate(
+                &headers(&[("authorization", &format!("bearer {ok}"))]),
+                b"",
+                SECRET
+            ),
+            Ok(Provider::Bearer)
+        );
+        for bad in ["Bearer nope", "Basic Zm9vOmJhcg==", "Bearer", ""] {
+            assert_eq!(
+                authenticate(&headers(&[("authorization", bad)]), b"", SECRET),
+                Err(AuthError::Invalid),
+                "{bad:?}"
+            );
+        }
+        assert_eq!(
+            authenticate(&HeaderMap::new(), b"{}", SECRET),
+            Err(AuthError::Missing)
+        );
+        assert_eq!(
+            authenticate(&headers(&[("x-github-event", "push")]), b"{}", SECRET),
+            Err(AuthError::Missing)
+        );
+    }
+
+    #[test]
+    fn constant_time_equality_is_equality() {
+        assert!(ct_eq(b"abc", b"abc"));
+        assert!(!ct_eq(b"abc", b"abd"));
+        assert!(!ct_eq(b"abc", b"abcd"));
+        assert!(ct_eq(b"", b""));
+    }
+
+    #[test]
+    fn events_and_refs() {
+        let push = br#"{"ref":"refs/heads/main","after":"abc"}"#;
+        let gh = |event: &str| headers(&[("x-github-event", event)]);
+        assert_eq!(
+            parse_event(Provider::GitHub, &gh("push"), push),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/main".into())
+            })
+        );
+        assert_eq!(
+            parse_event(Provider::GitHub, &gh("ping"), b"{}"),
+            Ok(Event::Ping)
+        );
+        assert_eq!(
+            parse_event(Provider::GitHub, &gh("issues"), b"{}"),
+            Ok(Event::Other("issues".into()))
+        );
+        assert!(parse_event(Provider::GitHub, &gh("push"), b"not json").is_err());
+        let curl = headers(&[
+            ("x-github-event", "push"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]);
+        assert_eq!(
+            parse_event(Provider::GitHub, &curl, push),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/main".into())
+            })
+        );
+        let form = headers(&[
+            ("x-github-event", "push"),
+            ("content-type", "application/x-www-form-urlencoded"),
+        ]);
+        assert_eq!(
+            parse_event(
+                Provider::GitHub,
+                &form,
+                b"payload=%7B%22ref%22%3A%22refs%2Fheads%2Fdev%22%7D"
+            ),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/dev".into())
+            })
+        );
+        let gl = headers(&[("x-gitlab-event", "Push Hook")]);
+        assert_eq!(
+            parse_event(Provider::GitLab, &gl, push),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/main".into())
+            })
+        );
+        assert_eq!(
+            parse_event(
+                Provider::GitLab,
+                &headers(&[("x-gitlab-event", "Tag Push Hook")]),
+                push
+            ),
+            Ok(Event::Other("Tag Push Hook".into()))
+        );
+        assert_eq!(
+            parse_event(Provider::Bearer, &HeaderMap::new(), b""),
+            Ok(Event::Push { git_ref: None })
+        );
+        assert_eq!(
+            parse_event(Provider::Bearer, &HeaderMap::new(), push),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/main".into())
+            })
+        );
+    }
+
+    #[test]
+    fn replay_guard_is_bounded() {
+        let mut g = ReplayGuard::new(2);
+        assert!(g.first_time("a"));
+        assert!(!g.first_time("a"));
+        assert!(g.first_time("b"));
+        assert!(g.first_time("c"));
+        assert!(g.first_time("a"), "oldest id forgotten");
+        assert!(!g.first_time("c"));
+        assert_eq!(g.order.len(), 2);
+        assert_eq!(g.seen.len(), 2);
+    }
+
+    #[test]
+    fn delivery_ids() {
+        assert_eq!(
+            delivery_id(&headers(&[("x-github-delivery", "d-1")])),
+            Some("d-1".into())
+        );
+        assert_eq!(
+            delivery_id(&headers(&[("x-gitlab-event-uuid", "u-1")])),
+            Some("u-1".into())
+        );
+        assert_eq!(delivery_id(&HeaderMap::new()), None);
+    }
+}

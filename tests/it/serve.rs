@@ -1,0 +1,1114 @@
+//! `kpr serve` end to end: the real binary as a child process, a real kinesis-mock, a local bare
+//! git repository (`file://`) and plain HTTP/1.1 over std sockets.
+//!
+//! Every wait is a bounded poll. "Nothing happened" is asserted with counters that change
+//! synchronously with the request (`kpr_webhooks_total{result="accepted"}`, run counts) plus
+//! `/status` saying nothing is running or queued.
+
+use std::cell::RefCell;
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Barrier};
+use std::time::{Duration, Instant};
+
+use hmac::{Hmac, KeyInit, Mac};
+use sha2::Sha256;
+
+use crate::common::{self, Emulator, manifest, read_policy, same_grant, unique};
+
+const SECRET: &str = "serve-test-secret";
+
+fn wait_for<T>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = probe() {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
+        std::thread::sleep(Duration::from_millis(25));
+    }
+}
+
+// ------------------------------------------------------------------ HTTP
+
+struct Response {
+    status: u16,
+    body: String,
+}
+
+impl std::fmt::Debug for Response {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "HTTP {} {}", self.status, self.body)
+    }
+}
+
+fn dechunk(mut body: &[u8]) -> Vec<u8> {
+    let mut out = Vec::new();
+    loop {
+        let Some(eol) = body.windows(2).position(|w| w == b"\r\n") else {
+            return out;
+        };
+        let size = usize::from_str_radix(std::str::from_utf8(&body[..eol]).unwrap().trim(), 16)
+            .unwrap_or(0);
+        if size == 0 {
+            return out;
+        }
+        out.extend_from_slice(&body[eol + 2..eol + 2 + size]);
+        body = &body[eol + 4 + size..];
+    }
+}
+
+/// One request on a fresh connection (`Connection: close`), so the response ends at EOF.
+fn http(port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &[u8]) -> Response {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).expect("connect");
+    s.set_read_timeout(Some(Duration::from_secs(15))).unwrap();
+    let mut req = format!(
+        "{method} {path} HTTP/1.1\r\nHost: 127.0.0.1:{port}\r\nConnection: close\r\nContent-Length: {}\r\n",
+        body.len()
+    );
+    for (k, v) in headers {
+        req.push_str(&format!("{k}: {v}\r\n"));
+    }
+    req.push_str("\r\n");
+    s.write_all(req.as_bytes()).expect("write request head");
+    // The server may answer (413) and close before reading a large body; the answer is what
+    // counts, so a failed body write is not an error here.
+    let _ = s.write_all(body);
+    let mut raw = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&buf[..n]),
+            // A reset after the response arrived (unread request body) still leaves the answer.
+            Err(e) if !raw.is_empty() && e.kind() == std::io::ErrorKind::ConnectionReset => break,
+            Err(e) => panic!("{method} {path}: read failed: {e}"),
+        }
+    }
+    let split = raw
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .unwrap_or_else(|| panic!("no HTTP response: {:?}", String::from_utf8_lossy(&raw)));
+    let head = String::from_utf8_lossy(&raw[..split]).to_string();
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or_else(|| panic!("bad status line: {head}"));
+    let mut body = raw[split + 4..].to_vec();
+    if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        body = dechunk(&body);
+    }
+    Response {
+        status,
+        body: String::from_utf8_lossy(&body).into_owned(),
+    }
+}
+
+fn sign(body: &[u8]) -> String {
+    let mut mac = <Hmac<Sha256> as KeyInit>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(body);
+    format!("sha256={}", hex::encode(mac.finalize().into_bytes()))
+}
+
+fn push_body(branch: &str) -> Vec<u8> {
+    serde_json::json!({"ref": format!("refs/heads/{branch}"), "after": "0"})
+        .to_string()
+        .into_bytes()
+}
+
+/// Sum of every sample of `name` whose labels include all of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .filter_map(|l| {
+            let (series, value) = l.rsplit_once(' ')?;
+            let (n, lbl) = match series.find('{') {
+                Some(i) => (&series[..i], &series[i..]),
+                None => (series, ""),
+            };
+            (n == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| lbl.contains(&format!("{k}=\"{v}\""))))
+            .then(|| value.parse::<f64>().ok())
+            .flatten()
+        })
+        .sum()
+}
+
+// ------------------------------------------------------------------ git
+
+fn git(dir: &Path, args: &[&str]) -> String {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=kpr test",
+            "-c",
+            "user.email=test@example.com",
+            "-c",
+            "commit.gpgsign=false",
+        ])
+        .args(args)
+        .output()
+        .expect("run git");
+    assert!(
+        out.status.success(),
+        "git {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+/// A bare "remote" plus a clone to commit from.
+struct Repo {
+    dir: tempfile::TempDir,
+}
+
+impl Repo {
+    fn new() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        git(
+            dir.path(),
+            &["init", "-q", "--bare", "-b", "main", "origin.git"],
+        );
+        git(dir.path(), &["init", "-q", "-b", "main", "work"]);
+        Repo { dir }
+    }
+
+    fn work(&self) -> PathBuf {
+        self.dir.path().join("work")
+    }
+
+    fn url(&self) -> String {
+        format!("file://{}", self.dir.path().join("origin.git").display())
+    }
+
+    fn write(&self, name: &str, text: &str) {
+        let p = self.work().join(name);
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(p, text).unwrap();
+    }
+
+    fn remove(&self, name: &str) {
+        std::fs::remove_file(self.work().join(name)).unwrap();
+    }
+
+    /// Commits everything and pushes it to `branch`; returns the commit.
+    fn push(&self, branch: &str, message: &str) -> String {
+        git(&self.work(), &["add", "-A"]);
+        git(
+            &self.work(),
+            &["commit", "-q", "--allow-empty", "-m", message],
+        );
+        git(
+            &self.work(),
+            &[
+                "push",
+                "-q",
+                &self.url(),
+                &format!("HEAD:refs/heads/{branch}"),
+            ],
+        );
+        git(&self.work(), &["rev-parse", "HEAD"])
+    }
+}
+
+// ------------------------------------------------------------------ the service
+
+struct Serve {
+    child: RefCell<Option<Child>>,
+    port: u16,
+    log: PathBuf,
+    _tmp: tempfile::TempDir,
+}
+
+struct Options<'a> {
+    args: Vec<String>,
+    env: Vec<(&'a str, String)>,
+    secret: bool,
+    wait_ready: bool,
+}
+
+impl Default for Options<'_> {
+    fn default() -> Self {
+        Options {
+            args: Vec::new(),
+            env: Vec::new(),
+            secret: true,
+            wait_ready: true,
+        }
+    }
+}
+
+impl Serve {
+    fn git(emu: &Emulator, repo: &Repo, extra: &[&str]) -> Self {
+        let mut args = vec![
+            "--git-url".to_string(),
+            repo.url(),
+            "--git-branch".into(),
+            "main".into(),
+        ];
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Self::start(
+            emu,
+            Options {
+                args,
+                ..Options::default()
+            },
+        )
+    }
+
+    fn start(emu: &Emulator, opts: Options) -> Self {
+        let tmp = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let log = tmp.path().join("serve.log");
+        let mut cmd = common::kpr_cmd(&emu.url);
+        cmd.env_remove("KPR_WEBHOOK_SECRET")
+            .env_remove("KPR_GIT_TOKEN")
+            .args(["serve", "--log-format", "json", "--listen"])
+            .arg(format!("127.0.0.1:{port}"))
+            .arg("--workdir")
+            .arg(tmp.path().join("work"))
+            .args(&opts.args)
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap());
+        if opts.secret {
+            let secret = tmp.path().join("secret");
+            std::fs::write(&secret, format!("{SECRET}\n")).unwrap();
+            cmd.arg("--webhook-secret-file").arg(secret);
+        }
+        for (k, v) in &opts.env {
+            cmd.env(k, v);
+        }
+        let serve = Serve {
+            child: RefCell::new(Some(cmd.spawn().expect("spawn kpr serve"))),
+            port,
+            log,
+            _tmp: tmp,
+        };
+        // Listening comes before the first reconcile; health first, then (maybe) readiness.
+        serve.poll("/healthz answering", Duration::from_secs(20), |s| {
+            TcpStream::connect(("127.0.0.1", s.port)).ok().map(|_| ())
+        });
+        if opts.wait_ready {
+            serve.poll("/readyz to answer 200", Duration::from_secs(30), |s| {
+                (s.get("/readyz").status == 200).then_some(())
+            });
+        }
+        serve
+    }
+
+    /// Like [`wait_for`], failing early (with the log) if the service died.
+    fn poll<T>(
+        &self,
+        what: &str,
+        timeout: Duration,
+        mut probe: impl FnMut(&Self) -> Option<T>,
+    ) -> T {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(v) = probe(self) {
+                return v;
+            }
+            let exited = self
+                .child
+                .borrow_mut()
+                .as_mut()
+                .and_then(|c| c.try_wait().ok().flatten());
+            if let Some(status) = exited {
+                panic!(
+                    "kpr serve exited ({status}) while waiting for {what}:\n{}",
+                    self.logs()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out after {timeout:?} waiting for {what}; log:\n{}",
+                self.logs()
+            );
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn logs(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    fn get(&self, path: &str) -> Response {
+        http(self.port, "GET", path, &[], b"")
+    }
+
+    fn webhook(&self, headers: &[(&str, &str)], body: &[u8]) -> Response {
+        http(self.port, "POST", "/webhook", headers, body)
+    }
+
+    /// A correctly signed GitHub push to `branch`.
+    fn github_push(&self, branch: &str, delivery: &str) -> Response {
+        let body = push_body(branch);
+        self.webhook(
+            &[
+                ("Content-Type", "application/json"),
+                ("X-GitHub-Event", "push"),
+                ("X-GitHub-Delivery", delivery),
+                ("X-Hub-Signature-256", &sign(&body)),
+            ],
+            &body,
+        )
+    }
+
+    fn metrics(&self) -> String {
+        let r = self.get("/metrics");
+        assert_eq!(r.status, 200);
+        r.body
+    }
+
+    fn metric(&self, name: &str, labels: &[(&str, &str)]) -> f64 {
+        metric(&self.metrics(), name, labels)
+    }
+
+    fn status(&self) -> serde_json::Value {
+        let r = self.get("/status");
+        assert_eq!(r.status, 200, "{r:?}");
+        serde_json::from_str(&r.body).unwrap()
+    }
+
+    fn runs(&self) -> u64 {
+        self.status()["runs"].as_u64().unwrap()
+    }
+
+    /// Waits until no run is in flight or queued; returns the status.
+    fn idle(&self) -> serde_json::Value {
+        self.poll("the service to be idle", Duration::from_secs(30), |s| {
+            let st = s.status();
+            (st["running"] == false && st["pending"].is_null()).then_some(st)
+        })
+    }
+
+    /// Waits until a completed run has applied `revision`.
+    fn applied(&self, revision: &str) -> serde_json::Value {
+        self.poll(
+            &format!("revision {revision} to be applied"),
+            Duration::from_secs(30),
+            |s| {
+                let st = s.status();
+                (st["last_good_revision"] == revision && st["running"] == false).then_some(st)
+            },
+        )
+    }
+
+    /// SIGTERM, then the exit code must be 0 within the deadline. Returns the log.
+    fn stop(self) -> String {
+        let mut child = self.child.borrow_mut().take().unwrap();
+        let started = Instant::now();
+        assert!(
+            Command::new("kill")
+                .args(["-TERM", &child.id().to_string()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        let deadline = started + Duration::from_secs(15);
+        let status = loop {
+            if let Some(s) = child.try_wait().unwrap() {
+                break s;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!(
+                    "kpr serve did not exit within 15 s of SIGTERM:\n{}",
+                    self.logs()
+                );
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert_eq!(
+            status.code(),
+            Some(0),
+            "exit status {status}:\n{}",
+            self.logs()
+        );
+        let logs = self.logs();
+        assert!(logs.contains("kpr serve stopped"), "{logs}");
+        logs
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.get_mut().take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn live(emu: &Emulator, arn: &str) -> Option<String> {
+    emu.get_policy(arn)
+}
+
+// ------------------------------------------------------------------ tests
+
+#[test]
+fn signed_push_is_applied_and_bad_requests_change_nothing() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-push"));
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    let repo = Repo::new();
+    repo.write("streams/s.yaml", &manifest(&arn, &v1));
+    let first = repo.push("main", "one");
+    let serve = Serve::git(&emu, &repo, &["--interval", "1h"]);
+    assert_eq!(serve.get("/healthz").status, 200);
+    let st = serve.applied(&first);
+    assert_eq!(st["last_run"]["trigger"], "startup");
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v1));
+
+    repo.write("streams/s.yaml", &manifest(&arn, &v2));
+    let second = repo.push("main", "two");
+    let sent = Instant::now();
+    let r = serve.github_push("main", "delivery-1");
+    assert_eq!(r.status, 202, "{r:?}");
+    let st = serve.applied(&second);
+    let latency = sent.elapsed();
+    eprintln!("webhook -> applied: {latency:?}");
+    assert_eq!(st["last_run"]["trigger"], "webhook");
+    assert_eq!(st["last_run"]["scope"], "incremental");
+    assert_eq!(st["last_run"]["revision"], second);
+    assert_eq!(st["last_run"]["summary"]["update"], 1);
+    assert_eq!(st["last_run"]["resources"][0]["outcome"], "applied");
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v2));
+
+    // Now everything that must not trigger a run.
+    let runs = serve.runs();
+    let accepted = serve.metric("kpr_webhooks_total", &[("result", "accepted")]);
+    let body = push_body("main");
+    let bad = serve.webhook(
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-GitHub-Delivery", "delivery-bad"),
+            ("X-Hub-Signature-256", &sign(b"some other body")),
+        ],
+        &body,
+    );
+    assert_eq!(bad.status, 401, "{bad:?}");
+    let unsigned = serve.webhook(&[("X-GitHub-Event", "push")], &body);
+    assert_eq!(unsigned.status, 401, "{unsigned:?}");
+    let wrong_token = serve.webhook(
+        &[("X-Gitlab-Event", "Push Hook"), ("X-Gitlab-Token", "guess")],
+        &body,
+    );
+    assert_eq!(wrong_token.status, 401, "{wrong_token:?}");
+    let other_branch = serve.github_push("feature", "delivery-2");
+    assert_eq!(other_branch.status, 200, "{other_branch:?}");
+    assert!(other_branch.body.contains("ignored"), "{other_branch:?}");
+    let big = vec![b' '; 1024 * 1024 + 1];
+    let too_large = serve.webhook(
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", &sign(&big)),
+        ],
+        &big,
+    );
+    assert_eq!(too_large.status, 413, "{too_large:?}");
+    let replay = serve.github_push("main", "delivery-1");
+    assert_eq!(replay.status, 200, "{replay:?}");
+    assert!(replay.body.contains("duplicate"), "{replay:?}");
+    let ping_body = br#"{"zen":"Keep it logically awesome."}"#;
+    let ping = serve.webhook(
+        &[
+            ("X-GitHub-Event", "ping"),
+            ("X-GitHub-Delivery", "delivery-ping"),
+            ("X-Hub-Signature-256", &sign(ping_body)),
+        ],
+        ping_body,
+    );
+    assert_eq!(ping.status, 200, "{ping:?}");
+    let st = serve.idle();
+    assert_eq!(
+        st["runs"].as_u64().unwrap(),
+        runs,
+        "a rejected webhook started a run"
+    );
+    assert_eq!(
+        serve.metric("kpr_webhooks_total", &[("result", "accepted")]),
+        accepted
+    );
+    assert_eq!(
+        serve.metric("kpr_webhooks_total", &[("result", "unauthorized")]),
+        3.0
+    );
+    assert_eq!(
+        serve.metric("kpr_webhooks_total", &[("result", "duplicate")]),
+        1.0
+    );
+    assert_eq!(
+        serve.metric("kpr_webhooks_total", &[("result", "too_large")]),
+        1.0
+    );
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v2));
+    let metrics = serve.metrics();
+    assert!(
+        metrics.contains(&format!(
+            "kpr_applied_revision_info{{revision=\"{second}\"}} 1"
+        )),
+        "{metrics}"
+    );
+    assert!(metric(&metrics, "kpr_last_success_timestamp_seconds", &[]) > 0.0);
+    assert!(metric(&metrics, "kpr_reconcile_duration_seconds_count", &[]) >= 2.0);
+    let logs = serve.logs();
+    assert!(!logs.contains(SECRET), "the secret leaked into the log");
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("\"change applied\"") && l.contains(&arn) && l.contains(&second)),
+        "no change event inside the reconcile span:\n{logs}"
+    );
+    serve.stop();
+}
+
+#[test]
+fn a_burst_of_webhooks_coalesces_into_at_most_two_runs() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-burst"));
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    let repo = Repo::new();
+    repo.write("s.yaml", &manifest(&arn, &v1));
+    let first = repo.push("main", "one");
+    let serve = Serve::git(&emu, &repo, &["--interval", "1h"]);
+    serve.applied(&first);
+    repo.write("s.yaml", &manifest(&arn, &v2));
+    let second = repo.push("main", "two");
+    let runs = serve.runs();
+
+    // All connections are open before any request is sent, so the burst really is one.
+    let n = 100;
+    let barrier = Arc::new(Barrier::new(n));
+    let port = serve.port;
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let body = push_body("main");
+                let sig = sign(&body);
+                let delivery = format!("burst-{i}");
+                barrier.wait();
+                http(
+                    port,
+                    "POST",
+                    "/webhook",
+                    &[
+                        ("X-GitHub-Event", "push"),
+                        ("X-GitHub-Delivery", &delivery),
+                        ("X-Hub-Signature-256", &sig),
+                    ],
+                    &body,
+                )
+                .status
+            })
+        })
+        .collect();
+    for t in threads {
+        assert_eq!(t.join().unwrap(), 202);
+    }
+    let st = serve.idle();
+    let burst_runs = st["runs"].as_u64().unwrap() - runs;
+    eprintln!("100 webhooks -> {burst_runs} run(s)");
+    assert!((1..=2).contains(&burst_runs), "{burst_runs} runs");
+    assert_eq!(st["last_good_revision"], second);
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v2));
+    serve.stop();
+}
+
+#[test]
+fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-invalid"));
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    let repo = Repo::new();
+    repo.write("s.yaml", &format!("{}polcy: {{}}\n", manifest(&arn, &v1)));
+    let broken_at_start = repo.push("main", "broken from the start");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: vec![
+                "--git-url".into(),
+                repo.url(),
+                "--git-branch".into(),
+                "main".into(),
+                "--interval".into(),
+                "1h".into(),
+            ],
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    let st = serve.poll("the first run", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["runs"] == 1).then_some(st)
+    });
+    assert_eq!(st["last_run"]["result"], "invalid");
+    assert_eq!(st["last_run"]["revision"], broken_at_start);
+    assert!(st["last_good_revision"].is_null());
+    assert_eq!(serve.get("/readyz").status, 503, "ready without a good run");
+    assert_eq!(serve.get("/healthz").status, 200);
+    assert_eq!(
+        emu.get_policy(&arn),
+        None,
+        "an invalid revision was applied"
+    );
+
+    repo.write("s.yaml", &manifest(&arn, &v1));
+    let good = repo.push("main", "fixed");
+    assert_eq!(serve.github_push("main", "fix").status, 202);
+    serve.applied(&good);
+    assert_eq!(serve.get("/readyz").status, 200);
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v1));
+
+    // A broken push: v2 in one document, a bad ARN in another file.
+    repo.write("s.yaml", &manifest(&arn, &v2));
+    repo.write(
+        "bad.yaml",
+        "arn: arn:aws:kinesis:us-east-1:12:stream/x\nensure: absent\n",
+    );
+    let broken = repo.push("main", "broken");
+    let runs = serve.runs();
+    assert_eq!(serve.github_push("main", "broken").status, 202);
+    let st = serve.poll(
+        "the broken push to be rejected",
+        Duration::from_secs(30),
+        |s| {
+            let st = s.status();
+            (st["runs"].as_u64().unwrap() > runs && st["running"] == false).then_some(st)
+        },
+    );
+    assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
+    assert_eq!(st["last_run"]["revision"], broken);
+    assert_eq!(st["last_good_revision"], good);
+    assert_eq!(st["last_error"]["revision"], broken);
+    let message = st["last_error"]["message"].as_str().unwrap();
+    assert!(message.contains("bad.yaml:1"), "{message}");
+    assert!(
+        same_grant(&live(&emu, &arn).unwrap(), &v1),
+        "v2 leaked from an invalid revision"
+    );
+    assert_eq!(
+        serve.metric(
+            "kpr_reconcile_runs_total",
+            &[("trigger", "webhook"), ("result", "invalid")]
+        ),
+        1.0
+    );
+    assert!(serve.metrics().contains(&format!(
+        "kpr_applied_revision_info{{revision=\"{good}\"}} 1"
+    )));
+    assert_eq!(serve.get("/healthz").status, 200);
+    assert_eq!(serve.get("/readyz").status, 200);
+    serve.stop();
+}
+
+/// A private account keeps the prune listing away from every other test's streams
+/// (kinesis-mock picks the account from a 12-digit access key id).
+fn private_account() -> String {
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    format!(
+        "{:012}",
+        900_000_000_000u64
+            + (u64::from(std::process::id()) * 1_000_003 + u64::from(nanos)) % 99_999_999_999
+    )
+}
+
+#[test]
+fn a_one_file_merge_costs_only_that_resources_calls() {
+    let mut emu = common::kinesis_mock();
+    let account = private_account();
+    emu.account = account.clone();
+    let admin = |args: &[&str]| {
+        let mut full = vec!["--account", account.as_str()];
+        full.extend_from_slice(args);
+        emu.admin(&full, &[3])
+    };
+    let repo = Repo::new();
+    let mut arns = Vec::new();
+    for i in 0..4 {
+        let arn = admin(&["create-stream", &unique(&format!("serve-inc{i}"))])
+            .stdout
+            .trim()
+            .to_string();
+        repo.write(
+            &format!("m/s{i}.yaml"),
+            &manifest(
+                &arn,
+                &read_policy(&arn, "arn:aws:iam::111122223333:role/one"),
+            ),
+        );
+        arns.push(arn);
+    }
+    repo.write("README.md", "not a manifest\n");
+    let first = repo.push("main", "four streams");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: [
+                "--git-url",
+                &repo.url(),
+                "--git-branch",
+                "main",
+                "--git-path",
+                "m",
+                "--interval",
+                "1h",
+                "--prune",
+                "--max-deletes",
+                "1",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            env: vec![("AWS_ACCESS_KEY_ID", account.clone())],
+            ..Options::default()
+        },
+    );
+    serve.applied(&first);
+    let calls = |s: &Serve| {
+        let m = s.metrics();
+        [
+            "GetResourcePolicy",
+            "PutResourcePolicy",
+            "DeleteResourcePolicy",
+            "DescribeStreamConsumer",
+            "ListStreams",
+            "ListStreamConsumers",
+        ]
+        .map(|op| metric(&m, "kpr_api_calls_total", &[("operation", op)]))
+    };
+
+    // One file edited (and a non-manifest file, which costs nothing).
+    let before = calls(&serve);
+    let v2 = read_policy(&arns[1], "arn:aws:iam::111122223333:role/two");
+    repo.write("m/s1.yaml", &manifest(&arns[1], &v2));
+    repo.write("README.md", "still not a manifest\n");
+    let second = repo.push("main", "edit s1");
+    assert_eq!(serve.github_push("main", "inc-1").status, 202);
+    let st = serve.applied(&second);
+    let after = calls(&serve);
+    let delta: Vec<f64> = after.iter().zip(&before).map(|(a, b)| a - b).collect();
+    // One read to plan, one write, one read-back to verify; no listing despite --prune.
+    assert_eq!(delta, [2.0, 1.0, 0.0, 0.0, 0.0, 0.0], "{st:#}");
+    assert_eq!(st["last_run"]["scope"], "incremental");
+    assert_eq!(
+        st["last_run"]["changed_files"],
+        serde_json::json!(["m/s1.yaml"])
+    );
+    let got = admin(&["get-policy", &arns[1]]).stdout;
+    assert!(same_grant(&got, &v2));
+
+    // One file removed: with --prune its policy is deleted, again without listing anything.
+    let before = calls(&serve);
+    repo.remove("m/s2.yaml");
+    let third = repo.push("main", "drop s2");
+    assert_eq!(serve.github_push("main", "inc-2").status, 202);
+    let st = serve.applied(&third);
+    let delta: Vec<f64> = calls(&serve)
+        .iter()
+        .zip(&before)
+        .map(|(a, b)| a - b)
+        .collect();
+    assert_eq!(delta, [2.0, 0.0, 1.0, 0.0, 0.0, 0.0], "{st:#}");
+    assert_eq!(st["last_run"]["summary"]["delete"], 1);
+    assert_eq!(
+        admin(&["get-policy", &arns[2]]).code,
+        3,
+        "s2's policy survived"
+    );
+    for i in [0, 3] {
+        assert_eq!(admin(&["get-policy", &arns[i]]).code, 0);
+    }
+    // The scheduled scan still sees all three remaining resources.
+    assert_eq!(st["resources"]["in_sync"], 3, "{st:#}");
+    serve.stop();
+}
+
+#[test]
+fn a_scheduled_run_undoes_a_hand_edit() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-heal"));
+    let want = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let dir = common::Manifests::new(&[("s.yaml", &manifest(&arn, &want))]);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: ["--dir", &dir.arg(), "--interval", "1s"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            ..Options::default()
+        },
+    );
+    wait_for("the startup run to apply", Duration::from_secs(20), || {
+        live(&emu, &arn).filter(|p| same_grant(p, &want))
+    });
+    let hand = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
+    emu.put_policy_raw(&arn, &hand.to_string());
+    let healed_at = Instant::now();
+    wait_for("self-heal", Duration::from_secs(20), || {
+        live(&emu, &arn).filter(|p| same_grant(p, &want))
+    });
+    eprintln!("hand edit undone after {:?}", healed_at.elapsed());
+    assert!(serve.metric("kpr_reconcile_runs_total", &[("trigger", "schedule")]) >= 1.0);
+    assert!(
+        serve.metric(
+            "kpr_changes_total",
+            &[("action", "update"), ("outcome", "applied")]
+        ) >= 1.0
+    );
+    // With a directory source a webhook simply triggers a (full) run.
+    let runs = serve.metric("kpr_reconcile_runs_total", &[("trigger", "webhook")]);
+    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    serve.poll("the webhook run", Duration::from_secs(20), |s| {
+        (s.metric("kpr_reconcile_runs_total", &[("trigger", "webhook")]) > runs).then_some(())
+    });
+    serve.stop();
+}
+
+#[test]
+fn dry_run_reports_drift_and_writes_nothing() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-dry"));
+    let live_before = read_policy(&arn, "arn:aws:iam::111122223333:role/hand");
+    emu.put_policy_raw(&arn, &live_before.to_string());
+    let in_sync_arn = emu.create_stream(&unique("serve-dry-ok"));
+    let ok = read_policy(&in_sync_arn, "arn:aws:iam::111122223333:role/ok");
+    emu.put_policy_raw(&in_sync_arn, &ok.to_string());
+    let dir = common::Manifests::new(&[
+        (
+            "s.yaml",
+            &manifest(
+                &arn,
+                &read_policy(&arn, "arn:aws:iam::111122223333:role/one"),
+            ),
+        ),
+        ("ok.yaml", &manifest(&in_sync_arn, &ok)),
+    ]);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: ["--dir", &dir.arg(), "--dry-run", "--interval", "1h"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            secret: false,
+            ..Options::default()
+        },
+    );
+    let st = serve.idle();
+    assert_eq!(st["last_run"]["dry_run"], true);
+    assert_eq!(st["last_run"]["summary"]["update"], 1, "{st:#}");
+    let m = serve.metrics();
+    assert_eq!(
+        metric(&m, "kpr_resources", &[("state", "drifted")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "kpr_resources", &[("state", "in_sync")]),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(
+            &m,
+            "kpr_api_calls_total",
+            &[("operation", "PutResourcePolicy")]
+        ),
+        0.0
+    );
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &live_before));
+    let logs = serve.logs();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("drift (dry run: not applied)") && l.contains(&arn)),
+        "{logs}"
+    );
+    // No secret: the webhook refuses everything rather than accepting unsigned triggers.
+    let r = serve.webhook(&[("X-GitHub-Event", "push")], &push_body("main"));
+    assert_eq!(r.status, 404, "{r:?}");
+    assert!(r.body.contains("no secret"), "{r:?}");
+    serve.stop();
+}
+
+#[test]
+fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
+    let emu = common::kinesis_mock();
+    let arn = emu.stream_arn("check-config-only");
+    let dir = common::Manifests::new(&[(
+        "s.yaml",
+        &manifest(&arn, &read_policy(&arn, "111122223333")),
+    )]);
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("secret");
+    std::fs::write(&secret, "s\n").unwrap();
+    let config = |name: &str, text: &str| {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, text).unwrap();
+        p.to_string_lossy().into_owned()
+    };
+    let check = |config: &str, extra: &[&str]| {
+        let mut args = vec!["serve", "--check-config", "--config", config];
+        args.extend_from_slice(extra);
+        common::output(
+            common::kpr_cmd(&emu.url)
+                .env_remove("KPR_WEBHOOK_SECRET")
+                .args(&args)
+                .output()
+                .unwrap(),
+        )
+    };
+    let good = config(
+        "good.yaml",
+        &format!(
+            "dir: {}\nschedule: \"*/5 * * * *\"\njitter: 30s\nlisten: 127.0.0.1:9999\nwebhookSecretFile: {}\nprune: true\nmaxDeletes: 5\nshutdownTimeout: 10s\n",
+            dir.arg(),
+            secret.display()
+        ),
+    );
+    let run = check(&good, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("configuration OK"), "{run:?}");
+    assert!(run.stdout.contains("1 manifest(s)"), "{run:?}");
+    assert!(run.stdout.contains("0 */5 * * * *"), "{run:?}");
+    assert!(run.stdout.contains("webhook: enabled"), "{run:?}");
+    // A flag wins over the file, also across schedule/interval.
+    let run = check(&good, &["--interval", "2m", "--listen", ":7000"]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("schedule: every 2m"), "{run:?}");
+    assert!(run.stdout.contains("listen: 0.0.0.0:7000"), "{run:?}");
+    let run = check(&good, &["--interval", "2m", "--schedule", "0 0 * * * *"]);
+    assert_eq!(run.code, 1, "{run:?}");
+
+    let cases: &[(&str, String, &str)] = &[
+        (
+            "bad-cron.yaml",
+            format!("dir: {}\nschedule: \"61 * * * *\"\n", dir.arg()),
+            "cron",
+        ),
+        (
+            "no-source.yaml",
+            "interval: 5m\n".into(),
+            "no manifest source",
+        ),
+        (
+            "two-sources.yaml",
+            format!(
+                "dir: {}\ngit:\n  url: https://example.com/r.git\n  branch: main\n",
+                dir.arg()
+            ),
+            "not both",
+        ),
+        (
+            "no-branch.yaml",
+            "git:\n  url: https://example.com/r.git\n".into(),
+            "--git-branch",
+        ),
+        (
+            "bad-listen.yaml",
+            format!("dir: {}\nlisten: localhost\n", dir.arg()),
+            "listen",
+        ),
+        (
+            "no-secret-file.yaml",
+            format!(
+                "dir: {}\nwebhookSecretFile: /nonexistent/secret\n",
+                dir.arg()
+            ),
+            "/nonexistent/secret",
+        ),
+        (
+            "bad-manifest.yaml",
+            format!("dir: {}\n", tmp.path().join("manifests").display()),
+            "broken.yaml",
+        ),
+        ("unknown-field.yaml", "intervall: 5m\n".into(), "intervall"),
+    ];
+    std::fs::create_dir_all(tmp.path().join("manifests")).unwrap();
+    std::fs::write(
+        tmp.path().join("manifests/broken.yaml"),
+        "arn: nope\nensure: absent\n",
+    )
+    .unwrap();
+    for (name, text, needle) in cases {
+        let run = check(&config(name, text), &[]);
+        assert_eq!(run.code, 1, "{name}: {run:?}");
+        assert!(
+            run.stderr.contains(needle),
+            "{name}: expected {needle:?} in {run:?}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
+    // Nothing listens on this endpoint, so every call fails and is retried for minutes.
+    let port = TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let emu = Emulator {
+        url: format!("http://127.0.0.1:{port}"),
+        account: "000000000000".into(),
+        name: "nowhere",
+    };
+    let arn = emu.stream_arn("stuck");
+    let dir = common::Manifests::new(&[(
+        "s.yaml",
+        &manifest(&arn, &read_policy(&arn, "111122223333")),
+    )]);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: ["--dir", &dir.arg(), "--shutdown-timeout", "1s"]
+                .iter()
+                .map(|s| s.to_string())
+                .collect(),
+            env: vec![("KPR_MAX_RETRY_TIME", "10m".into())],
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    serve.poll(
+        "the first run to be in flight",
+        Duration::from_secs(20),
+        |s| (s.status()["running"] == true).then_some(()),
+    );
+    assert_eq!(serve.get("/readyz").status, 503);
+    let started = Instant::now();
+    let logs_before_stop = serve.logs();
+    assert!(
+        !logs_before_stop.contains("reconcile finished"),
+        "{logs_before_stop}"
+    );
+    let logs = serve.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    assert!(logs.contains("did not finish in time"), "{logs}");
+}
