@@ -206,3 +206,62 @@ fn completions_and_man_page_cover_the_commands() {
     );
     assert!(man.stdout.contains("validate"));
 }
+
+/// The Kubernetes Deployment's container args, with the ConfigMap's config.yaml, are accepted by
+/// `kpr serve --check-config` (paths that only exist in the pod are pointed at temp files).
+#[test]
+fn kubernetes_deployment_args_pass_check_config() {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let read_yaml = |name: &str| -> serde_norway::Value {
+        serde_norway::from_str(
+            &std::fs::read_to_string(format!("{root}/deploy/kubernetes/{name}")).unwrap(),
+        )
+        .unwrap()
+    };
+    let deployment = read_yaml("deployment.yaml");
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let args: Vec<String> = container["args"]
+        .as_sequence()
+        .expect("container args")
+        .iter()
+        .map(|a| a.as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(args.first().map(String::as_str), Some("serve"), "{args:?}");
+    let configmap = read_yaml("configmap.yaml");
+    let config = configmap["data"]["config.yaml"]
+        .as_str()
+        .expect("config.yaml in the ConfigMap");
+
+    let tmp = tempfile::tempdir().unwrap();
+    let secret = tmp.path().join("webhook-secret");
+    std::fs::write(&secret, "s3cret\n").unwrap();
+    let config = config
+        .replace(
+            "/var/run/secrets/kpr/webhook-secret",
+            &secret.to_string_lossy(),
+        )
+        .replace("/var/lib/kpr", &tmp.path().join("work").to_string_lossy());
+    let config_path = tmp.path().join("config.yaml");
+    std::fs::write(&config_path, &config).unwrap();
+    let args: Vec<String> = args
+        .into_iter()
+        .map(|a| {
+            if a == "/etc/kpr/config.yaml" {
+                config_path.to_string_lossy().into_owned()
+            } else {
+                a
+            }
+        })
+        .collect();
+
+    let mut cmd = common::kpr_cmd("http://127.0.0.1:9");
+    cmd.env_remove("KPR_ENDPOINT_URL")
+        .args(&args)
+        .arg("--check-config");
+    let run = output(cmd.output().unwrap());
+    assert_eq!(run.code, 0, "{run:?}");
+    // And the check is real: a config with an unknown key is rejected.
+    std::fs::write(&config_path, format!("{config}\nscheduel: nope\n")).unwrap();
+    let run = output(cmd.output().unwrap());
+    assert_eq!(run.code, 1, "{run:?}");
+}
