@@ -297,7 +297,8 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
                     Action::Update,
                     format!("live policy is not a valid policy document ({e})"),
                 ),
-                Some(Ok(doc)) if doc.equivalent(document) => (Action::NoOp, "in sync".into()),
+                // Equivalence is equality of canonical forms, both already computed above.
+                Some(Ok(_)) if change.before == change.after => (Action::NoOp, "in sync".into()),
                 Some(Ok(_)) => (Action::Update, "live policy differs".into()),
             };
         }
