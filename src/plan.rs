@@ -54,9 +54,10 @@ pub struct Change {
     pub action: Action,
     pub reason: String,
     pub source: Option<Source>,
-    /// The live policy in canonical form (a string when it is not a valid policy document).
+    /// The live policy in canonical form (a string when it is not a valid policy document);
+    /// `None` for a no-op, whose live policy is equivalent to the manifest.
     pub before: Option<serde_json::Value>,
-    /// The desired policy in canonical form.
+    /// The desired policy in canonical form; `None` for deletes and no-ops.
     pub after: Option<serde_json::Value>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_cause: Option<DeleteCause>,
@@ -72,6 +73,19 @@ pub struct Change {
     /// The raw live policy when it did not parse.
     #[serde(skip)]
     pub live_raw: Option<String>,
+}
+
+impl Change {
+    /// An in-sync resource needs only its identity and reason: dropping the policy bodies keeps
+    /// a 10,000-resource plan from holding 10,000 copies of policies nobody will look at.
+    fn slim(&mut self) {
+        self.before = None;
+        self.after = None;
+        self.put_json = None;
+        self.desired = None;
+        self.live = None;
+        self.live_raw = None;
+    }
 }
 
 /// A resource kpr could not plan or apply, with what a person needs to act on it.
@@ -311,6 +325,9 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
                 }
             };
         }
+    }
+    if change.action == Action::NoOp {
+        change.slim();
     }
     Ok(change)
 }

@@ -6,7 +6,8 @@
 //!   "summary": { "create", "update", "delete", "unchanged", "failed" },   // integers
 //!   "resources": [ { "arn", "declared_arn"?, "kind": "stream"|"consumer",
 //!                    "action": "create"|"update"|"delete"|"no-op", "reason",
-//!                    "source": {"file","line"}|null, "before": policy|null, "after": policy|null,
+//!                    "source": {"file","line"}|null,
+//!                    "before": policy|null, "after": policy|null,   // null for no-ops
 //!                    "delete_cause"?: "ensure_absent"|"prune",
 //!                    "outcome"?: "applied"|"unchanged"|"failed", "error"?: failure } ],
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ] }
