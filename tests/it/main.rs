@@ -4,4 +4,8 @@
 mod adoption;
 mod cli;
 mod common;
+mod corpus;
+mod faults;
+mod fuzz;
+mod proxy;
 mod serve;

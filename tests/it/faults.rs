@@ -1,0 +1,598 @@
+//! `kpr apply` under injected faults: retryable errors, errors that must not be retried, a
+//! request-rate limit, SIGKILL mid-apply, and the backend going away. kpr talks to kinesis-mock
+//! through the fault proxy (`proxy.rs`), which also counts every call per resource.
+
+use std::collections::HashMap;
+use std::io::Write;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::StreamExt;
+
+use crate::common::{self, Emulator, Run};
+use crate::proxy::{Fault, Gone, Proxy};
+
+const GET: &str = "GetResourcePolicy";
+const PUT: &str = "PutResourcePolicy";
+
+/// The Rust SDK straight to the emulator (no proxy): creating hundreds of streams through boto3
+/// one process each would take minutes.
+struct Bulk {
+    rt: tokio::runtime::Runtime,
+    client: aws_sdk_kinesis::Client,
+}
+
+impl Bulk {
+    fn new(url: &str) -> Bulk {
+        use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let conf = aws_sdk_kinesis::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new(common::REGION))
+            .endpoint_url(url)
+            .credentials_provider(Credentials::new("test", "test", None, None, "t"))
+            .build();
+        Bulk {
+            rt,
+            client: aws_sdk_kinesis::Client::from_conf(conf),
+        }
+    }
+
+    /// Creates the streams (32 at a time) and waits until all are ACTIVE; returns their ARNs in
+    /// the order of `names`.
+    fn create_streams(&self, names: &[String]) -> Vec<String> {
+        self.rt.block_on(async {
+            let created: Vec<Result<(), String>> = futures::stream::iter(names)
+                .map(|name| async move {
+                    let mut tries = 0;
+                    loop {
+                        tries += 1;
+                        match self
+                            .client
+                            .create_stream()
+                            .stream_name(name)
+                            .shard_count(1)
+                            .send()
+                            .await
+                        {
+                            Ok(_) => return Ok(()),
+                            Err(e) => {
+                                let e = aws_sdk_kinesis::error::DisplayErrorContext(e).to_string();
+                                if e.contains("shard limit") {
+                                    return Err(format!(
+                                        "{e}: kinesis-mock was started with its default SHARD_LIMIT \
+                                         of 50; scripts/emulators raises it (KINESIS_MOCK_SHARD_LIMIT)"
+                                    ));
+                                }
+                                if tries >= 5 {
+                                    return Err(format!("create {name}: {e}"));
+                                }
+                                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                            }
+                        }
+                    }
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            for r in created {
+                r.unwrap_or_else(|e| panic!("{e}"));
+            }
+            let arns: Vec<String> = futures::stream::iter(names)
+                .map(|name| async move { self.wait_active(name).await })
+                .buffered(32)
+                .collect()
+                .await;
+            arns
+        })
+    }
+
+    /// kinesis-mock keeps a stream CREATING for 500 ms.
+    async fn wait_active(&self, name: &str) -> String {
+        use aws_sdk_kinesis::types::StreamStatus;
+        for _ in 0..200 {
+            if let Ok(out) = self
+                .client
+                .describe_stream_summary()
+                .stream_name(name)
+                .send()
+                .await
+                && let Some(d) = out.stream_description_summary()
+                && d.stream_status() == &StreamStatus::Active
+            {
+                return d.stream_arn().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        panic!("stream {name} did not become ACTIVE within 10 s");
+    }
+
+    fn put_policies(&self, policies: &[(String, String)]) {
+        self.rt.block_on(async {
+            let results: Vec<_> = futures::stream::iter(policies)
+                .map(|(arn, json)| async move {
+                    self.client
+                        .put_resource_policy()
+                        .resource_arn(arn)
+                        .policy(json)
+                        .send()
+                        .await
+                        .map_err(|e| {
+                            format!(
+                                "put {arn}: {}",
+                                aws_sdk_kinesis::error::DisplayErrorContext(e)
+                            )
+                        })
+                })
+                .buffer_unordered(32)
+                .collect()
+                .await;
+            for r in results {
+                r.unwrap();
+            }
+        })
+    }
+}
+
+/// `n` fresh streams on the emulator.
+fn streams(emu: &Emulator, bulk: &Bulk, prefix: &str, n: usize) -> Vec<String> {
+    let names: Vec<String> = (0..n)
+        .map(|i| format!("{}-{i}", common::unique(prefix)))
+        .collect();
+    let arns = bulk.create_streams(&names);
+    assert_eq!(arns[0], emu.stream_arn(&names[0]));
+    arns
+}
+
+fn desired(arn: &str, i: usize) -> serde_json::Value {
+    common::read_policy(arn, &format!("arn:aws:iam::111122223333:role/reader-{i}"))
+}
+
+/// One manifest per resource, ten per file (multi-document files).
+fn manifests(arns: &[String]) -> (common::Manifests, Vec<serde_json::Value>) {
+    let want: Vec<serde_json::Value> = arns
+        .iter()
+        .enumerate()
+        .map(|(i, a)| desired(a, i))
+        .collect();
+    let m = common::Manifests::new(&[]);
+    for (chunk_no, chunk) in arns.chunks(10).enumerate() {
+        let text = chunk
+            .iter()
+            .enumerate()
+            .map(|(j, arn)| common::manifest(arn, &want[chunk_no * 10 + j]))
+            .collect::<Vec<_>>()
+            .join("---\n");
+        m.write(&format!("part-{chunk_no:03}.yaml"), &text);
+    }
+    (m, want)
+}
+
+/// A policy that differs from the manifest, set behind kpr's back (exercises the update path).
+fn stale(arn: &str) -> String {
+    common::read_policy(arn, "arn:aws:iam::999999999999:role/old").to_string()
+}
+
+/// Every live policy as boto3 sees it, read in one Python process.
+fn live_policies(emu: &Emulator, arns: &[String]) -> HashMap<String, Option<String>> {
+    const SCRIPT: &str = r#"
+import json, sys, boto3
+from botocore.config import Config
+c = boto3.client("kinesis", endpoint_url=sys.argv[1], region_name=sys.argv[2],
+                 aws_access_key_id="test", aws_secret_access_key="test",
+                 config=Config(retries={"max_attempts": 5, "mode": "standard"}))
+out = {}
+for arn in sys.stdin.read().split():
+    try:
+        out[arn] = c.get_resource_policy(ResourceARN=arn)["Policy"]
+    except c.exceptions.ResourceNotFoundException:
+        out[arn] = None
+print(json.dumps(out))
+"#;
+    let python = std::env::var("KPR_TEST_PYTHON").expect("KPR_TEST_PYTHON (run via scripts/test)");
+    let mut child = Command::new(python)
+        .args(["-c", SCRIPT, &emu.url, common::REGION])
+        .env_remove("AWS_PROFILE")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(arns.join("\n").as_bytes())
+        .unwrap();
+    let run = common::output(child.wait_with_output().unwrap());
+    assert_eq!(run.code, 0, "boto3 read-back failed: {run:?}");
+    serde_json::from_str(&run.stdout).unwrap()
+}
+
+/// Asserts what a real client sees: every policy equivalent to its manifest; and that kpr itself
+/// plans no change (straight to the emulator, no proxy).
+fn assert_converged(
+    emu: &Emulator,
+    m: &common::Manifests,
+    arns: &[String],
+    want: &[serde_json::Value],
+) {
+    let live = live_policies(emu, arns);
+    let wrong: Vec<&String> = arns
+        .iter()
+        .zip(want)
+        .filter(|(a, w)| {
+            !live[*a]
+                .as_deref()
+                .is_some_and(|l| common::same_grant(l, w))
+        })
+        .map(|(a, _)| a)
+        .collect();
+    assert!(
+        wrong.is_empty(),
+        "{} of {} policies differ from their manifest, e.g. {:?}: {:?}",
+        wrong.len(),
+        arns.len(),
+        wrong[0],
+        live[wrong[0]]
+    );
+    let plan = emu.kpr(&["plan", "--dir", &m.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "plan after convergence: {plan:?}");
+}
+
+fn kpr_via(proxy: &Proxy) -> Command {
+    common::kpr_cmd(&proxy.url())
+}
+
+/// Runs a command, killing it and failing the test if it outlives `limit` (a hang).
+pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> (Run, Duration) {
+    let started = Instant::now();
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kpr");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(out) => (common::output(out.unwrap()), started.elapsed()),
+        Err(_) => {
+            // The Child moved into the waiting thread: kill it by pid.
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("kpr did not finish within {limit:?} (hang?)");
+        }
+    }
+}
+
+fn assert_no_panic(run: &Run) {
+    assert!(
+        !run.stderr.contains("panicked") && !run.stderr.contains("RUST_BACKTRACE"),
+        "kpr panicked: {run:?}"
+    );
+}
+
+#[test]
+fn mixed_faults_converge_within_the_retry_bound() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    let arns = streams(&emu, &bulk, "flt-mix", 200);
+    // A quarter of the streams start with a stale policy, the rest with none.
+    bulk.put_policies(
+        &arns[..50]
+            .iter()
+            .map(|a| (a.clone(), stale(a)))
+            .collect::<Vec<_>>(),
+    );
+    let (m, want) = manifests(&arns);
+
+    let proxy = Proxy::start(&emu.url);
+    // 36% of calls get a fault, five in six of which are failures: 30% of calls fail, and 6%
+    // are only slowed down.
+    proxy.random_faults(20_250_101, 0.36, &Fault::RETRYABLE_MIX);
+    const MAX_ATTEMPTS: u64 = 10;
+    let mut cmd = kpr_via(&proxy);
+    cmd.args([
+        "apply",
+        "--dir",
+        &m.arg(),
+        "--max-attempts",
+        "10",
+        "--concurrency",
+        "16",
+    ]);
+    let (run, took) = run_bounded(cmd, Duration::from_secs(120));
+    assert_no_panic(&run);
+    assert_eq!(run.code, 0, "{run:?}\n{}", proxy.describe());
+    eprintln!("converged in {took:?}; {}", proxy.describe());
+
+    let failed: u64 = proxy
+        .faults()
+        .iter()
+        .filter(|(k, _)| **k != "delay")
+        .map(|(_, v)| v)
+        .sum();
+    let share = failed as f64 / proxy.total() as f64;
+    assert!(
+        (0.2..0.4).contains(&share),
+        "{share:.2} of calls failed: {}",
+        proxy.describe()
+    );
+    // Per resource: the plan's read, the write and the verifying read, each at most
+    // MAX_ATTEMPTS times; and exactly one write reached the backend.
+    let bound = MAX_ATTEMPTS * 3;
+    for arn in &arns {
+        let c = proxy.on(arn);
+        assert!(
+            (3..=bound).contains(&c.seen),
+            "{arn}: {} calls, bound {bound}",
+            c.seen
+        );
+        assert_eq!(
+            proxy.op_on(PUT, arn).forwarded,
+            1,
+            "{arn}: {:?}",
+            proxy.op_on(PUT, arn)
+        );
+    }
+    let per_arn = proxy.per_arn();
+    let most = arns.iter().map(|a| per_arn[a]).max().unwrap();
+    eprintln!("most calls for one resource: {most} (bound {bound})");
+    assert_converged(&emu, &m, &arns, &want);
+}
+
+#[test]
+fn errors_that_must_not_be_retried_are_tried_once() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    let arns = streams(&emu, &bulk, "flt-fatal", 30);
+    let (m, want) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    let get_denied = &arns[0..5];
+    let put_invalid = &arns[5..10];
+    let put_denied = &arns[10..15];
+    let healthy = &arns[15..];
+    for a in get_denied {
+        proxy.always(Some(GET), a, Fault::AccessDenied);
+    }
+    for a in put_invalid {
+        proxy.always(Some(PUT), a, Fault::InvalidArgument);
+    }
+    for a in put_denied {
+        proxy.always(Some(PUT), a, Fault::AccessDenied);
+    }
+    let mut cmd = kpr_via(&proxy);
+    cmd.args(["apply", "--dir", &m.arg(), "--max-attempts", "8"]);
+    let (run, _) = run_bounded(cmd, Duration::from_secs(60));
+    assert_no_panic(&run);
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = format!("{}\n{}", run.stdout, run.stderr);
+    for (group, code, gets, puts) in [
+        (get_denied, "AccessDeniedException", 1, 0),
+        (put_invalid, "InvalidArgumentException", 1, 1),
+        (put_denied, "AccessDeniedException", 1, 1),
+    ] {
+        for a in group {
+            assert_eq!(
+                proxy.op_on(GET, a).seen,
+                gets,
+                "{a} ({code}): {}",
+                proxy.describe()
+            );
+            assert_eq!(
+                proxy.op_on(PUT, a).seen,
+                puts,
+                "{a} ({code}): {}",
+                proxy.describe()
+            );
+            let line = out
+                .lines()
+                .find(|l| l.contains(a.as_str()) && l.contains(code))
+                .or_else(|| {
+                    // The ARN and the error may be on consecutive lines.
+                    let lines: Vec<&str> = out.lines().collect();
+                    lines
+                        .windows(3)
+                        .find(|w| w[0].contains(a.as_str()) && w.iter().any(|l| l.contains(code)))
+                        .map(|w| w[0])
+                });
+            assert!(
+                line.is_some(),
+                "output does not name {a} with {code}:\n{out}"
+            );
+        }
+    }
+    for a in healthy {
+        assert_eq!(proxy.op_on(GET, a).seen, 2, "{a}");
+        assert_eq!(proxy.op_on(PUT, a).seen, 1, "{a}");
+    }
+    let n = healthy.len();
+    assert_converged_subset(&emu, healthy, &want[15..], n);
+}
+
+/// Like [`assert_converged`] for part of a set (the rest failed on purpose).
+fn assert_converged_subset(emu: &Emulator, arns: &[String], want: &[serde_json::Value], n: usize) {
+    let live = live_policies(emu, arns);
+    let ok = arns
+        .iter()
+        .zip(want)
+        .filter(|(a, w)| {
+            live[*a]
+                .as_deref()
+                .is_some_and(|l| common::same_grant(l, w))
+        })
+        .count();
+    assert_eq!(ok, n, "{live:?}");
+}
+
+#[test]
+fn a_rate_limiting_backend_slows_kpr_down_without_failures() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    let arns = streams(&emu, &bulk, "flt-rate", 40);
+    let (m, want) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    // The backend allows 20 calls/s; kpr is told 25/s, so its limiter paces it and backoff
+    // absorbs the excess.
+    const RATE: f64 = 20.0;
+    proxy.rate_limit(Some((RATE, RATE)));
+    let mut cmd = kpr_via(&proxy);
+    cmd.args([
+        "apply",
+        "--dir",
+        &m.arg(),
+        "--rate-limit",
+        "25",
+        "--max-attempts",
+        "10",
+    ]);
+    let (run, took) = run_bounded(cmd, Duration::from_secs(90));
+    assert_no_panic(&run);
+    assert_eq!(run.code, 0, "{run:?}\n{}", proxy.describe());
+    let throttled = proxy
+        .faults()
+        .get("LimitExceededException")
+        .copied()
+        .unwrap_or(0);
+    let accepted = proxy.total() - throttled;
+    eprintln!(
+        "{} calls accepted, {throttled} throttled, in {took:?}",
+        accepted
+    );
+    assert_eq!(accepted, 3 * arns.len() as u64, "{}", proxy.describe());
+    // The bucket starts full, so the ideal is (calls - burst) / rate.
+    let ideal = Duration::from_secs_f64((accepted as f64 - RATE) / RATE);
+    assert!(
+        took >= ideal.mul_f64(0.9),
+        "{took:?} is faster than the limit allows ({ideal:?})"
+    );
+    assert!(
+        took <= ideal * 3 + Duration::from_secs(5),
+        "{took:?} for ideal {ideal:?}"
+    );
+    assert_converged(&emu, &m, &arns, &want);
+}
+
+#[test]
+fn sigkill_mid_apply_then_rerun_converges_with_nothing_lost() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    let arns = streams(&emu, &bulk, "flt-kill", 200);
+    let (m, want) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    proxy.delay(Some(Duration::from_millis(20)));
+    let mut child: Child = kpr_via(&proxy)
+        .args(["apply", "--dir", &m.arg(), "--concurrency", "8"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mid = proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 40);
+    // Child::kill is SIGKILL on Unix: no cleanup, no flush.
+    child.kill().unwrap();
+    let status = child.wait().unwrap();
+    assert!(
+        mid,
+        "no PutResourcePolicy reached the proxy: {}",
+        proxy.describe()
+    );
+    assert!(
+        status.code().is_none(),
+        "kpr exited by itself before the kill: {status:?}"
+    );
+    // Forwards already under way finish (the proxy runs them to completion): wait for quiet.
+    std::thread::sleep(Duration::from_millis(300));
+    let written = proxy.op(PUT).forwarded;
+    eprintln!(
+        "killed after {written} writes reached the backend; {}",
+        proxy.describe()
+    );
+    assert!(
+        written < arns.len() as u64,
+        "apply finished before the kill"
+    );
+
+    proxy.delay(None);
+    proxy.reset_counts();
+    let mut cmd = kpr_via(&proxy);
+    cmd.args(["apply", "--dir", &m.arg()]);
+    let (run, _) = run_bounded(cmd, Duration::from_secs(60));
+    assert_eq!(run.code, 0, "{run:?}");
+    // Nothing lost and nothing redone: the second run writes exactly what the first did not.
+    assert_eq!(
+        proxy.op(PUT).seen,
+        arns.len() as u64 - written,
+        "{}",
+        proxy.describe()
+    );
+    assert_eq!(proxy.op(GET).seen, arns.len() as u64 + proxy.op(PUT).seen);
+    assert_converged(&emu, &m, &arns, &want);
+}
+
+#[test]
+fn backend_gone_mid_run_fails_cleanly_then_recovers() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    for (how, prefix) in [(Gone::Refuse, "flt-refuse"), (Gone::Drop, "flt-drop")] {
+        let arns = streams(&emu, &bulk, prefix, 40);
+        let (m, want) = manifests(&arns);
+        let proxy = Proxy::start(&emu.url);
+        // Every plan read, then 20 calls of the apply, then nothing.
+        proxy.gone_after(arns.len() as u64 + 20, how);
+        let mut cmd = kpr_via(&proxy);
+        cmd.args([
+            "apply",
+            "--dir",
+            &m.arg(),
+            "--output",
+            "json",
+            "--max-attempts",
+            "4",
+            "--max-retry-time",
+            "3s",
+        ]);
+        let (run, took) = run_bounded(cmd, Duration::from_secs(60));
+        assert_no_panic(&run);
+        assert_eq!(run.code, 1, "{how:?}: {run:?}");
+        let report = run.json();
+        // `failures` lists every failure: the plan's and the apply's.
+        let failures = report["failures"].as_array().unwrap();
+        let applied = report["summary"]["create"].as_u64().unwrap();
+        eprintln!(
+            "{how:?}: {} failed, {applied} applied in {took:?}; e.g. {}",
+            failures.len(),
+            failures
+                .first()
+                .map_or(String::new(), |f| f["message"].to_string())
+        );
+        assert!(!failures.is_empty() && applied > 0, "{how:?}: {report}");
+        assert_eq!(
+            failures.len() as u64 + applied,
+            arns.len() as u64,
+            "{report}"
+        );
+        for f in failures {
+            let arn = f["arn"].as_str().unwrap();
+            assert!(arns.iter().any(|a| a == arn), "{f}");
+            assert!(
+                f["retryable"].as_bool().unwrap(),
+                "{how:?}: a lost backend is transient: {f}"
+            );
+            assert!(!f["message"].as_str().unwrap().is_empty(), "{f}");
+        }
+        proxy.heal();
+        let mut cmd = kpr_via(&proxy);
+        cmd.args(["apply", "--dir", &m.arg()]);
+        let (run, _) = run_bounded(cmd, Duration::from_secs(60));
+        assert_eq!(run.code, 0, "{how:?} after healing: {run:?}");
+        assert_converged(&emu, &m, &arns, &want);
+    }
+}
