@@ -259,11 +259,21 @@ fn collect_files(
         }
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => collect_files(&path, out, seen, diags),
-            Ok(_) => {
-                if name.ends_with(".yaml") || name.ends_with(".yml") {
+            Ok(meta) if name.ends_with(".yaml") || name.ends_with(".yml") => {
+                if meta.is_file() {
                     out.push(path);
+                } else {
+                    // Reading a FIFO would block forever, a device could be endless.
+                    diags.push(Diagnostic {
+                        file: path.clone(),
+                        line: None,
+                        severity: Severity::Error,
+                        message: "not a regular file (FIFO, socket or device); refusing to read it"
+                            .into(),
+                    });
                 }
             }
+            Ok(_) => {}
             Err(e) => diags.push(Diagnostic {
                 file: path.clone(),
                 line: None,
@@ -395,7 +405,15 @@ fn parse_file(
                     .location()
                     .map(|l| l.line())
                     .unwrap_or_else(|| index.key_line(i, "arn"));
-                diags.push(error(Some(line), yaml_message(&e)));
+                let mut message = yaml_message(&e);
+                if index
+                    .lines
+                    .get(line.saturating_sub(1))
+                    .is_some_and(|l| l.trim_start_matches(' ').starts_with('\t'))
+                {
+                    message.push_str(" (YAML cannot be indented with tabs: use spaces)");
+                }
+                diags.push(error(Some(line), message));
                 // A syntax error ends the stream: later documents cannot be located reliably.
                 if e.location().is_some() && !e.to_string().contains("unknown field") {
                     break;
@@ -443,10 +461,15 @@ fn parse_file(
 fn yaml_message(e: &serde_norway::Error) -> String {
     // serde_norway appends " at line L column C"; the diagnostic already carries the line.
     let msg = e.to_string();
-    match msg.find(" at line ") {
+    let msg = match msg.find(" at line ") {
         Some(pos) => msg[..pos].to_string(),
         None => msg,
-    }
+    };
+    // Speak of what the user wrote, not of kpr's type names.
+    msg.replace(
+        "struct ManifestDoc",
+        "a manifest (a mapping with `arn` and `policy` or `ensure: absent`)",
+    )
 }
 
 type Finding = (usize, Severity, String);
