@@ -42,13 +42,16 @@ impl Bulk {
         }
     }
 
-    /// Creates the streams (32 at a time) and waits until all are ACTIVE; returns their ARNs in
-    /// the order of `names`.
+    /// Creates the streams and waits until all are ACTIVE; returns their ARNs in the order of
+    /// `names`. kinesis-mock lets only 5 streams be CREATING at once across the whole instance
+    /// (every test shares it), so "too many creating" is waited out against a deadline rather
+    /// than a try count: under a loaded CI machine five tries were not enough.
     fn create_streams(&self, names: &[String]) -> Vec<String> {
         self.rt.block_on(async {
             let created: Vec<Result<(), String>> = futures::stream::iter(names)
                 .map(|name| async move {
-                    let mut tries = 0;
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(120);
+                    let mut tries: u64 = 0;
                     loop {
                         tries += 1;
                         match self
@@ -68,15 +71,22 @@ impl Bulk {
                                          of 50; scripts/emulators raises it (KINESIS_MOCK_SHARD_LIMIT)"
                                     ));
                                 }
-                                if tries >= 5 {
-                                    return Err(format!("create {name}: {e}"));
+                                // CreateStream's ResourceInUse means "already exists": an
+                                // earlier try got through.
+                                if e.contains("ResourceInUseException") {
+                                    return Ok(());
                                 }
-                                tokio::time::sleep(Duration::from_millis(100 * tries)).await;
+                                let busy = e.contains("LimitExceededException");
+                                if !busy || tokio::time::Instant::now() >= deadline {
+                                    return Err(format!("create {name} (try {tries}): {e}"));
+                                }
+                                tokio::time::sleep(Duration::from_millis(20 * tries.min(10)))
+                                    .await;
                             }
                         }
                     }
                 })
-                .buffer_unordered(32)
+                .buffer_unordered(5)
                 .collect()
                 .await;
             for r in created {
