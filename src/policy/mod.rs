@@ -13,6 +13,7 @@ mod parse;
 mod proptests;
 
 pub use canonical::canonical_statements;
+pub use parse::STATEMENT_KEYS;
 
 use serde_json::Value;
 

@@ -16,7 +16,8 @@ use super::{
 const ROOT: &str = "(document)";
 
 const TOP_KEYS: &[&str] = &["Version", "Id", "Statement"];
-const STATEMENT_KEYS: &[&str] = &[
+/// Every key a statement may have; anything else is an error (a typo must not drop a field).
+pub const STATEMENT_KEYS: &[&str] = &[
     "Sid",
     "Effect",
     "Principal",

@@ -152,27 +152,24 @@ fn tree() -> impl Strategy<Value = Value> {
 /// A statement-shaped object: the right keys, random values.
 fn statement() -> impl Strategy<Value = Value> {
     let keys = proptest::sample::subsequence(
-        &[
-            "Sid",
-            "Effect",
-            "Principal",
-            "NotPrincipal",
-            "Action",
-            "NotAction",
-            "Resource",
-            "NotResource",
-            "Condition",
-        ][..],
-        0..=9,
+        kinesis_policy_reconciler::policy::STATEMENT_KEYS,
+        0..=kinesis_policy_reconciler::policy::STATEMENT_KEYS.len(),
     );
-    (keys, proptest::collection::vec(tree(), 9)).prop_map(|(keys, values)| {
-        Value::Object(
-            keys.into_iter()
-                .zip(values)
-                .map(|(k, v)| (k.to_string(), v))
-                .collect(),
-        )
-    })
+    (
+        keys,
+        proptest::collection::vec(
+            tree(),
+            kinesis_policy_reconciler::policy::STATEMENT_KEYS.len(),
+        ),
+    )
+        .prop_map(|(keys, values)| {
+            Value::Object(
+                keys.into_iter()
+                    .zip(values)
+                    .map(|(k, v)| (k.to_string(), v))
+                    .collect(),
+            )
+        })
 }
 
 /// A policy-shaped document: mostly the right structure, random content.
