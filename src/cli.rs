@@ -18,6 +18,25 @@ use crate::plan::{self, PlanOptions};
 use crate::policy::PolicyDocument;
 use crate::render::{self, Style};
 
+/// Writes to stdout; a closed pipe (`kpr plan | head`) means the reader has what it wanted,
+/// so it ends the output quietly instead of panicking as `print!` does.
+pub fn emit_bytes(bytes: &[u8]) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(e) = out.write_all(bytes).and_then(|()| out.flush())
+        && e.kind() != std::io::ErrorKind::BrokenPipe
+    {
+        eprintln!("error: cannot write to stdout: {e}");
+    }
+}
+
+macro_rules! out {
+    ($($arg:tt)*) => { emit_bytes(format!($($arg)*).as_bytes()) };
+}
+macro_rules! outln {
+    ($($arg:tt)*) => { emit_bytes((format!($($arg)*) + "\n").as_bytes()) };
+}
+
 #[derive(Debug, Parser)]
 #[command(
     name = "kpr",
@@ -287,21 +306,25 @@ pub async fn run(cli: Cli) -> Result<u8, CliError> {
         Command::Serve(args) => crate::controller::serve(&cli.global, file, *args).await,
         Command::Completions { shell } => {
             let mut cmd = <Cli as clap::CommandFactory>::command();
-            clap_complete::generate(shell, &mut cmd, "kpr", &mut std::io::stdout());
+            let mut buf = Vec::new();
+            clap_complete::generate(shell, &mut cmd, "kpr", &mut buf);
+            emit_bytes(&buf);
             Ok(EXIT_OK)
         }
         Command::Man => {
             let cmd = <Cli as clap::CommandFactory>::command();
+            let mut buf = Vec::new();
             clap_mangen::Man::new(cmd)
-                .render(&mut std::io::stdout())
+                .render(&mut buf)
                 .map_err(|source| CliError::Io {
-                    path: "stdout".into(),
+                    path: "man page".into(),
                     source,
                 })?;
+            emit_bytes(&buf);
             Ok(EXIT_OK)
         }
         Command::Schema => {
-            println!("{}", manifest_schema());
+            outln!("{}", manifest_schema());
             Ok(EXIT_OK)
         }
     }
@@ -332,12 +355,12 @@ fn validate(dir: &Path, output: OutputFormat, engine: &Engine) -> u8 {
                 "resources": loaded.state.resources.len(),
                 "diagnostics": loaded.diagnostics,
             });
-            println!("{}", serde_json::to_string_pretty(&doc).expect("json"));
+            outln!("{}", serde_json::to_string_pretty(&doc).expect("json"));
         }
         OutputFormat::Text => {
             print_diagnostics(&loaded.diagnostics);
             if errors == 0 {
-                println!(
+                outln!(
                     "{} manifest(s) in {} file(s) are valid.",
                     loaded.state.resources.len(),
                     loaded.files
@@ -415,12 +438,12 @@ async fn run_plan(
         Some(m) if !m.dry_run => m,
         dry => {
             if text {
-                print!("{}", render::plan_text(&plan, &style));
+                out!("{}", render::plan_text(&plan, &style));
                 if dry.is_some() {
-                    println!("Dry run: nothing was written.");
+                    outln!("Dry run: nothing was written.");
                 }
             } else {
-                print!("{}", render::plan_json(&plan));
+                out!("{}", render::plan_json(&plan));
             }
             return Ok(if !plan.failures.is_empty() {
                 EXIT_ERROR
@@ -445,9 +468,9 @@ async fn run_plan(
     .await;
     pb.finish_and_clear();
     if text {
-        print!("{}", render::apply_text(&report, &style));
+        out!("{}", render::apply_text(&report, &style));
     } else {
-        print!("{}", render::apply_json(&report));
+        out!("{}", render::apply_json(&report));
     }
     Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
 }
@@ -489,13 +512,13 @@ async fn run_import(
     for e in &report.errors {
         eprintln!("error: {e}");
     }
-    println!(
+    outln!(
         "Imported {} policies into {} ({} resources have no policy).",
         report.written.len(),
         out.display(),
         report.without_policy
     );
-    println!("{}", crate::import::next_steps(&out));
+    outln!("{}", crate::import::next_steps(&out));
     Ok(if report.errors.is_empty() {
         EXIT_OK
     } else {
@@ -528,7 +551,7 @@ fn policy_command(cmd: PolicyCommand) -> u8 {
     match cmd {
         PolicyCommand::Fmt { file } => match load_policy(&file) {
             Ok(doc) => {
-                print!("{}", doc.to_canonical_string());
+                out!("{}", doc.to_canonical_string());
                 EXIT_OK
             }
             Err(e) => {
@@ -549,13 +572,13 @@ fn policy_command(cmd: PolicyCommand) -> u8 {
                 }
             };
             if da.equivalent(&db) {
-                println!("Equivalent: {a} and {b} grant the same access.");
+                outln!("Equivalent: {a} and {b} grant the same access.");
                 return 0;
             }
             let style = Style::detect(std::io::stdout().is_terminal());
-            println!("--- {a}\n+++ {b}");
+            outln!("--- {a}\n+++ {b}");
             for line in render::statement_diff(Some(&da), None, Some(&db)) {
-                println!("{}", colorize(&line, &style));
+                outln!("{}", colorize(&line, &style));
             }
             1
         }

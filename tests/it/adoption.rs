@@ -265,3 +265,21 @@ fn kubernetes_deployment_args_pass_check_config() {
     let run = output(cmd.output().unwrap());
     assert_eq!(run.code, 1, "{run:?}");
 }
+
+/// `kpr ... | head` closes the pipe early: kpr must stop quietly, not panic.
+#[test]
+fn a_closed_stdout_is_not_a_crash() {
+    for args in [&["completions", "fish"][..], &["man"][..], &["schema"][..]] {
+        let mut child = common::kpr_cmd("http://127.0.0.1:9")
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Close the read end before kpr has started writing.
+        drop(child.stdout.take());
+        let run = output(child.wait_with_output().unwrap());
+        assert_eq!(run.code, 0, "{args:?}: {run:?}");
+        assert!(!run.stderr.contains("panicked"), "{args:?}: {run:?}");
+    }
+}
