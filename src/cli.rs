@@ -578,21 +578,10 @@ fn policy_command(cmd: PolicyCommand) -> u8 {
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
             for line in render::statement_diff(Some(&da), None, Some(&db)) {
-                outln!("{}", colorize(&line, &style));
+                outln!("{}", render::diff_line(line, &style));
             }
             1
         }
-    }
-}
-
-fn colorize(line: &str, style: &Style) -> String {
-    if !style.color {
-        return line.to_string();
-    }
-    match line.chars().next() {
-        Some('+') => format!("\x1b[32m{line}\x1b[0m"),
-        Some('-') => format!("\x1b[31m{line}\x1b[0m"),
-        _ => line.to_string(),
     }
 }
 

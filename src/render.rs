@@ -103,14 +103,18 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
     }
     let _ = writeln!(out, "    {}", style.dim(&format!("reason: {}", c.reason)));
     for line in statement_diff(c.live.as_ref(), c.live_raw.as_deref(), c.desired.as_ref()) {
-        let styled = match line.chars().next() {
-            Some('+') => style.green(&line),
-            Some('-') => style.red(&line),
-            _ => line,
-        };
-        let _ = writeln!(out, "    {styled}");
+        let _ = writeln!(out, "    {}", diff_line(line, style));
     }
     let _ = writeln!(out);
+}
+
+/// A line of [`statement_diff`], green when added and red when removed.
+pub fn diff_line(line: String, style: &Style) -> String {
+    match line.chars().next() {
+        Some('+') => style.green(&line),
+        Some('-') => style.red(&line),
+        _ => line,
+    }
 }
 
 /// Statements matched by Sid (or by identical content); only what differs is printed.
