@@ -10,7 +10,7 @@ use serde::Serialize;
 use crate::arn::{ResourceArn, Scope};
 use crate::kinesis::{ApiError, Kinesis, Resilient};
 use crate::policy::PolicyDocument;
-use crate::policy::lint::{self, LintContext, Severity};
+use crate::policy::lint::{self, LintContext};
 
 #[derive(Debug, Clone)]
 pub struct ImportOptions {
@@ -157,17 +157,7 @@ fn write_manifest(arn: &ResourceArn, raw: &str, opts: &ImportOptions, report: &m
     );
     // Importing states what is live today: a public grant is kept, and marked as deliberate
     // only so the manifest validates; a reviewer sees the flag in the pull request.
-    let public = lint::lint(
-        &doc,
-        &LintContext {
-            resource_arn: &arn_text,
-            allow_public: false,
-            max_size: usize::MAX,
-            size: 0,
-        },
-    )
-    .iter()
-    .any(|f| f.severity == Severity::Error && f.message.contains("allowPublic"));
+    let public = doc.statements().iter().any(lint::grants_public);
     for f in findings {
         report
             .warnings

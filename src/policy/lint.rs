@@ -120,12 +120,10 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
         );
         return;
     }
-    if s.effect() != Effect::Allow || ctx.allow_public || !s.is_unconditional() {
+    if ctx.allow_public || !grants_public(s) {
         return;
     }
-    if let Some(p) = s.principal()
-        && p.includes_anyone()
-    {
+    if principal_is_anyone(s) {
         out.error(
             &format!("{path}.Principal"),
             format!(
@@ -135,11 +133,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
             ),
         );
     }
-    // Allow + NotPrincipal grants everyone except the listed principals: just as public.
-    if let Some(p) = s.not_principal()
-        && !p.is_empty()
-        && !p.includes_anyone()
-    {
+    if principal_is_everyone_but(s) {
         out.error(
             &format!("{path}.NotPrincipal"),
             format!(
@@ -148,6 +142,25 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
             ),
         );
     }
+}
+
+/// Whether a statement makes the resource public: an Allow without a Condition to principal
+/// "*", or to everyone but a few (NotPrincipal). The one definition, shared by the lint and
+/// `kpr import`.
+pub fn grants_public(s: &Statement) -> bool {
+    s.effect() == Effect::Allow
+        && s.is_unconditional()
+        && (principal_is_anyone(s) || principal_is_everyone_but(s))
+}
+
+fn principal_is_anyone(s: &Statement) -> bool {
+    s.principal().is_some_and(|p| p.includes_anyone())
+}
+
+/// Allow + NotPrincipal grants everyone except the listed principals: just as public.
+fn principal_is_everyone_but(s: &Statement) -> bool {
+    s.not_principal()
+        .is_some_and(|p| !p.is_empty() && !p.includes_anyone())
 }
 
 fn resource_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
