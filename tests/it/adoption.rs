@@ -1,97 +1,28 @@
 //! Adoption: `kpr import` round-trips an estate into manifests that plan as in sync, and the
 //! generated artefacts (JSON Schema, completions, man page) stay true to the code.
 
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 
 use serde_json::json;
 
-use crate::common::{self, Emulator, output, read_policy, unique};
-
-/// A kinesis-mock account of this test's own: kinesis-mock selects the account from a 12-digit
-/// access key id, so other tests' streams are out of reach.
-fn private_account(seed: u64) -> String {
-    format!(
-        "{:012}",
-        200_000_000_000u64 + (u64::from(std::process::id()) * 131 + seed) % 699_999_999_999
-    )
-}
-
-fn admin(emu: &Emulator, account: &str, args: &[&str], stdin: Option<&str>) -> common::Run {
-    let mut c = Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
-    c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
-        .args(["--endpoint-url", &emu.url, "--account", account])
-        .args(args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    let mut child = c.spawn().unwrap();
-    use std::io::Write;
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(stdin.unwrap_or("").as_bytes())
-        .unwrap();
-    let run = output(child.wait_with_output().unwrap());
-    assert!(run.code == 0 || run.code == 3, "{args:?}: {run:?}");
-    run
-}
+use crate::common::{self, output, read_policy, unique};
 
 #[test]
 fn import_then_plan_is_in_sync() {
-    let emu = common::kinesis_mock();
-    let account = private_account(1);
-    let kpr = |args: &[&str]| {
-        output(
-            common::kpr_cmd(&emu.url)
-                .env("AWS_ACCESS_KEY_ID", &account)
-                .args(args)
-                .output()
-                .unwrap(),
-        )
-    };
-    let a = admin(&emu, &account, &["create-stream", &unique("imp-a")], None)
-        .stdout
-        .trim()
-        .to_string();
-    let b = admin(&emu, &account, &["create-stream", &unique("imp-b")], None)
-        .stdout
-        .trim()
-        .to_string();
-    let bare = admin(
-        &emu,
-        &account,
-        &["create-stream", &unique("imp-bare")],
-        None,
-    )
-    .stdout
-    .trim()
-    .to_string();
-    let consumer = admin(&emu, &account, &["register-consumer", &a, "reader"], None)
-        .stdout
-        .trim()
-        .to_string();
-    admin(
-        &emu,
-        &account,
-        &["put-policy", &a, "-"],
-        Some(&read_policy(&a, "444455556666").to_string()),
-    );
+    // A private account: import lists everything in it, so other tests' streams stay out.
+    let emu = common::kinesis_mock_private();
+    let account = emu.account.clone();
+    let kpr = |args: &[&str]| emu.kpr(args);
+    let a = emu.create_stream(&unique("imp-a"));
+    let b = emu.create_stream(&unique("imp-b"));
+    let bare = emu.create_stream(&unique("imp-bare"));
+    let consumer = emu.register_consumer(&a, "reader");
+    emu.put_policy_raw(&a, &read_policy(&a, "444455556666").to_string());
     // Written by hand in another shape, and public: import must keep it as it is, flagged.
     let public = json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kinesis:DescribeStreamSummary","Resource":b}});
-    admin(
-        &emu,
-        &account,
-        &["put-policy", &b, "-"],
-        Some(&public.to_string()),
-    );
+    emu.put_policy_raw(&b, &public.to_string());
     let cpol = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:role/l"},"Action":"kinesis:SubscribeToShard","Resource":consumer}]});
-    admin(
-        &emu,
-        &account,
-        &["put-policy", &consumer, "-"],
-        Some(&cpol.to_string()),
-    );
+    emu.put_policy_raw(&consumer, &cpol.to_string());
 
     let out = tempfile::tempdir().unwrap();
     let dir = out.path().join("estate");

@@ -330,69 +330,20 @@ fn public_principal_needs_allow_public() {
 
 #[test]
 fn prune_deletes_undeclared_policies_within_its_guards() {
-    // A private account keeps other tests' streams out of this one's reach: kinesis-mock
-    // selects the account from a 12-digit access key id.
-    let mut emu = common::kinesis_mock();
-    let account = format!(
-        "{:012}",
-        100_000_000_000u64 + u64::from(std::process::id()) * 7 % 899_999_999_999
-    );
-    emu.account = account.clone();
-    let admin = |args: &[&str]| {
-        let mut c = std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
-        c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
-            .args(["--endpoint-url", &emu.url, "--account", &account])
-            .args(args);
-        let out = common::output(c.output().unwrap());
-        assert!(out.code == 0 || out.code == 3, "{out:?}");
-        out
-    };
-    let kept = admin(&["create-stream", &unique("kept")])
-        .stdout
-        .trim()
-        .to_string();
+    // A private account keeps other tests' streams out of this one's reach.
+    let emu = common::kinesis_mock_private();
+    let kept = emu.create_stream(&unique("kept"));
     let mut stray = Vec::new();
     for _ in 0..3 {
-        let arn = admin(&["create-stream", &unique("stray")])
-            .stdout
-            .trim()
-            .to_string();
-        let mut c = std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap());
-        c.arg(std::env::var("KPR_TEST_ADMIN").unwrap())
-            .args([
-                "--endpoint-url",
-                &emu.url,
-                "--account",
-                &account,
-                "put-policy",
-                &arn,
-                "-",
-            ])
-            .stdin(std::process::Stdio::piped());
-        let mut child = c.spawn().unwrap();
-        use std::io::Write;
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(read_policy(&arn, "111122223333").to_string().as_bytes())
-            .unwrap();
-        assert!(child.wait().unwrap().success());
+        let arn = emu.create_stream(&unique("stray"));
+        emu.put_policy_raw(&arn, &read_policy(&arn, "111122223333").to_string());
         stray.push(arn);
     }
     let dir = Manifests::new(&[(
         "k.yaml",
         &manifest(&kept, &read_policy(&kept, "111122223333")),
     )]);
-    let kpr = |args: &[&str]| {
-        common::output(
-            common::kpr_cmd(&emu.url)
-                .env("AWS_ACCESS_KEY_ID", &account)
-                .args(args)
-                .output()
-                .unwrap(),
-        )
-    };
+    let kpr = |args: &[&str]| emu.kpr(args);
     // Guard 1: more deletes than --max-deletes (default 3 allows exactly these 3; ask for 2).
     let refused = kpr(&[
         "apply",
@@ -410,11 +361,11 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         "{refused:?}"
     );
     assert!(
-        admin(&["get-policy", &stray[0]]).code == 0,
+        emu.get_policy(&stray[0]).is_some(),
         "refused prune wrote nothing"
     );
     assert!(
-        admin(&["get-policy", &kept]).code == 3,
+        emu.get_policy(&kept).is_none(),
         "refused prune wrote nothing"
     );
     // Guard 2: an empty manifest set.
@@ -430,13 +381,9 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     let apply = kpr(&["apply", "--dir", &dir.arg(), "--prune"]);
     assert_eq!(apply.code, 0, "{apply:?}");
     for arn in &stray {
-        assert_eq!(
-            admin(&["get-policy", arn]).code,
-            3,
-            "{arn} still has a policy"
-        );
+        assert_eq!(emu.get_policy(arn), None, "{arn} still has a policy");
     }
-    assert_eq!(admin(&["get-policy", &kept]).code, 0);
+    assert!(emu.get_policy(&kept).is_some());
     // Without --prune, undeclared policies are left alone (none left now, but the kept one stays).
     assert_eq!(
         kpr(&[

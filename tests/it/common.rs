@@ -14,6 +14,8 @@ pub struct Emulator {
     pub url: String,
     pub account: String,
     pub name: &'static str,
+    /// Every call (boto3 and kpr) selects `account` through a 12-digit access key id.
+    pub private: bool,
 }
 
 fn required(var: &str) -> String {
@@ -31,6 +33,26 @@ pub fn kinesis_mock() -> Emulator {
         account: std::env::var("KPR_TEST_KINESIS_MOCK_ACCOUNT")
             .unwrap_or_else(|_| "000000000000".into()),
         name: "kinesis-mock",
+        private: false,
+    }
+}
+
+/// kinesis-mock in an account of the caller's own, unique per call: listings (`--prune`,
+/// `import`) then see only what the test created. kinesis-mock selects the account from a
+/// 12-digit access key id; moto has no such switch.
+pub fn kinesis_mock_private() -> Emulator {
+    static N: AtomicU32 = AtomicU32::new(0);
+    let nanos = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .subsec_nanos();
+    let seed = u64::from(std::process::id()) * 1_000_003
+        + u64::from(nanos)
+        + u64::from(N.fetch_add(1, Ordering::Relaxed)) * 7_919;
+    Emulator {
+        account: format!("{:012}", 900_000_000_000u64 + seed % 99_999_999_999),
+        private: true,
+        ..kinesis_mock()
     }
 }
 
@@ -39,6 +61,7 @@ pub fn moto() -> Emulator {
         url: required("KPR_TEST_MOTO_URL"),
         account: std::env::var("KPR_TEST_MOTO_ACCOUNT").unwrap_or_else(|_| "123456789012".into()),
         name: "moto",
+        private: false,
     }
 }
 
@@ -115,8 +138,17 @@ pub fn output(out: Output) -> Run {
 }
 
 impl Emulator {
+    /// A `kpr` command for this emulator (and its account, when private).
+    pub fn kpr_cmd(&self) -> Command {
+        let mut c = kpr_cmd(&self.url);
+        if self.private {
+            c.env("AWS_ACCESS_KEY_ID", &self.account);
+        }
+        c
+    }
+
     pub fn kpr(&self, args: &[&str]) -> Run {
-        output(kpr_cmd(&self.url).args(args).output().expect("run kpr"))
+        output(self.kpr_cmd().args(args).output().expect("run kpr"))
     }
 
     fn admin_cmd(&self) -> Command {
@@ -125,6 +157,9 @@ impl Emulator {
             .args(["--endpoint-url", &self.url, "--region", REGION])
             .env_remove("AWS_PROFILE")
             .stdin(Stdio::piped());
+        if self.private {
+            c.args(["--account", &self.account]);
+        }
         c
     }
 

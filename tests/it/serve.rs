@@ -722,30 +722,12 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     serve.stop();
 }
 
-/// A private account keeps the prune listing away from every other test's streams
-/// (kinesis-mock picks the account from a 12-digit access key id).
-fn private_account() -> String {
-    let nanos = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{:012}",
-        900_000_000_000u64
-            + (u64::from(std::process::id()) * 1_000_003 + u64::from(nanos)) % 99_999_999_999
-    )
-}
-
 #[test]
 fn a_one_file_merge_costs_only_that_resources_calls() {
-    let mut emu = common::kinesis_mock();
-    let account = private_account();
-    emu.account = account.clone();
-    let admin = |args: &[&str]| {
-        let mut full = vec!["--account", account.as_str()];
-        full.extend_from_slice(args);
-        emu.admin(&full, &[3])
-    };
+    // A private account keeps the prune listing away from every other test's streams.
+    let emu = common::kinesis_mock_private();
+    let account = emu.account.clone();
+    let admin = |args: &[&str]| emu.admin(args, &[3]);
     let repo = Repo::new();
     let mut arns = Vec::new();
     for i in 0..4 {
@@ -1077,6 +1059,7 @@ fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
         url: format!("http://127.0.0.1:{port}"),
         account: "000000000000".into(),
         name: "nowhere",
+        private: false,
     };
     let arn = emu.stream_arn("stuck");
     let dir = common::Manifests::new(&[(
