@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::arn::ResourceArn;
 use crate::kinesis::{ApiError, Kinesis, Op, Resilient};
 use crate::manifest::{DesiredResource, DesiredState, Intent, Source};
-use crate::policy::PolicyDocument;
+use crate::policy::{PolicyDocument, PolicyError};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -76,6 +76,45 @@ pub struct Change {
 }
 
 impl Change {
+    /// A no-op on `target` with nothing recorded yet: the caller records the live policy and
+    /// decides the action.
+    fn new(target: ResourceArn) -> Self {
+        Change {
+            arn: target.to_string(),
+            declared_arn: None,
+            kind: target.kind(),
+            action: Action::NoOp,
+            reason: String::new(),
+            source: None,
+            before: None,
+            after: None,
+            delete_cause: None,
+            target,
+            put_json: None,
+            desired: None,
+            live: None,
+            live_raw: None,
+        }
+    }
+
+    /// Records the live policy (`None`: there is none) as `before`: its canonical form, or the
+    /// raw text when it is not a valid document. Returns the parse outcome.
+    fn record_live(&mut self, raw: Option<String>) -> Option<Result<(), PolicyError>> {
+        let raw = raw?;
+        Some(match PolicyDocument::from_json_str(&raw) {
+            Ok(doc) => {
+                self.before = Some(doc.canonical());
+                self.live = Some(doc);
+                Ok(())
+            }
+            Err(e) => {
+                self.before = Some(serde_json::Value::String(raw.clone()));
+                self.live_raw = Some(raw);
+                Err(e)
+            }
+        })
+    }
+
     /// An in-sync resource needs only its identity and reason: dropping the policy bodies keeps
     /// a 10,000-resource plan from holding 10,000 copies of policies nobody will look at.
     fn slim(&mut self) {
@@ -272,34 +311,10 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
         }
         f
     })?;
-    let live = live_raw.as_deref().map(PolicyDocument::from_json_str);
-    let mut change = Change {
-        arn: target.to_string(),
-        declared_arn: Some(declared),
-        kind: target.kind(),
-        action: Action::NoOp,
-        reason: String::new(),
-        source: Some(r.source.clone()),
-        before: None,
-        after: None,
-        delete_cause: None,
-        target,
-        put_json: None,
-        desired: None,
-        live: None,
-        live_raw: None,
-    };
-    match &live {
-        Some(Ok(doc)) => {
-            change.before = Some(doc.canonical());
-            change.live = Some(doc.clone());
-        }
-        Some(Err(_)) => {
-            change.before = live_raw.clone().map(serde_json::Value::String);
-            change.live_raw = live_raw.clone();
-        }
-        None => {}
-    }
+    let mut change = Change::new(target);
+    change.declared_arn = Some(declared);
+    change.source = Some(r.source.clone());
+    let live = change.record_live(live_raw);
     match &r.intent {
         Intent::Present { document, json } => {
             change.after = Some(document.canonical());
@@ -376,27 +391,12 @@ async fn prune<K: Kinesis>(
             match api.get_policy(&arn).await {
                 Ok(None) => Ok(None),
                 Ok(Some(raw)) => {
-                    let live = PolicyDocument::from_json_str(&raw).ok();
-                    Ok(Some(Change {
-                        arn: arn.to_string(),
-                        declared_arn: None,
-                        kind: arn.kind(),
-                        action: Action::Delete,
-                        reason: "policy not declared in any manifest (--prune)".into(),
-                        source: None,
-                        before: Some(
-                            live.as_ref()
-                                .map(PolicyDocument::canonical)
-                                .unwrap_or_else(|| serde_json::Value::String(raw.clone())),
-                        ),
-                        after: None,
-                        delete_cause: Some(DeleteCause::Prune),
-                        target: arn,
-                        put_json: None,
-                        desired: None,
-                        live_raw: live.is_none().then_some(raw),
-                        live,
-                    }))
+                    let mut change = Change::new(arn);
+                    change.record_live(Some(raw));
+                    change.action = Action::Delete;
+                    change.reason = "policy not declared in any manifest (--prune)".into();
+                    change.delete_cause = Some(DeleteCause::Prune);
+                    Ok(Some(change))
                 }
                 // Deleted between listing and reading: nothing to prune.
                 Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => Ok(None),
