@@ -261,7 +261,7 @@ pub enum CliError {
     Config(#[from] crate::config::ConfigError),
     #[error("{0}")]
     Usage(String),
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: String,
         source: std::io::Error,
@@ -488,6 +488,10 @@ async fn run_import(
             "--account {a:?} is not a 12-digit account id"
         )));
     }
+    std::fs::create_dir_all(&out).map_err(|source| CliError::Io {
+        path: out.display().to_string(),
+        source,
+    })?;
     let api = engine.connect().await;
     let opts = crate::import::ImportOptions {
         region,

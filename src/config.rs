@@ -63,7 +63,7 @@ pub struct GitConfig {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{path}: cannot read config: {source}")]
+    #[error("{path}: cannot read config")]
     Read {
         path: PathBuf,
         source: std::io::Error,

@@ -49,6 +49,7 @@ pub fn partition_of(region: &str) -> &'static str {
     }
 }
 
+/// `opts.out` must exist: the caller creates it before any call, so a bad path costs none.
 pub async fn import<K: Kinesis>(
     api: &Resilient<K>,
     opts: &ImportOptions,
@@ -99,8 +100,6 @@ pub async fn import<K: Kinesis>(
             .buffer_unordered(opts.concurrency.max(1))
             .collect()
             .await;
-    std::fs::create_dir_all(&opts.out)
-        .map_err(|e| local(format!("{}: {e}", opts.out.display())))?;
     let mut policies: Vec<_> = policies.into_iter().collect();
     policies.sort_by(|a, b| a.0.cmp(&b.0));
     for (arn, policy) in policies {
@@ -111,16 +110,6 @@ pub async fn import<K: Kinesis>(
         }
     }
     Ok(report)
-}
-
-fn local(message: String) -> ApiError {
-    ApiError {
-        op: crate::kinesis::Op::ListStreams,
-        class: crate::kinesis::ErrorClass::Fatal,
-        code: None,
-        message,
-        attempts: 1,
-    }
 }
 
 fn file_name(arn: &ResourceArn) -> String {

@@ -576,3 +576,52 @@ if sys.argv[1:] == ["read"]:
     assert_eq!(live.code, 0, "{live:?}");
     assert!(same_grant(live.stdout.trim(), &policy), "{live:?}");
 }
+
+/// An I/O error is reported once, with its cause, not repeated by the error chain.
+#[test]
+fn io_errors_name_the_path_and_cause_once() {
+    let dir = Manifests::new(&[("not-a-dir", "x")]);
+    let missing = dir.path().join("missing.yaml");
+    let run = common::output(
+        common::kpr_cmd("http://127.0.0.1:9")
+            .args([
+                "--config",
+                &missing.to_string_lossy(),
+                "validate",
+                "--dir",
+                &dir.arg(),
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("missing.yaml: cannot read config"),
+        "{run:?}"
+    );
+    assert_eq!(
+        run.stderr.matches("No such file or directory").count(),
+        1,
+        "{run:?}"
+    );
+
+    let out = dir.path().join("not-a-dir").join("estate");
+    let run = common::output(
+        common::kpr_cmd("http://127.0.0.1:9")
+            .args([
+                "--region",
+                "us-east-1",
+                "import",
+                "--out",
+                &out.to_string_lossy(),
+            ])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert_eq!(run.stderr.matches("Not a directory").count(), 1, "{run:?}");
+    assert!(
+        !run.stderr.contains("ListStreams"),
+        "no call before the output directory exists: {run:?}"
+    );
+}
