@@ -314,12 +314,15 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
     let mut change = Change::new(target);
     change.declared_arn = Some(declared);
     change.source = Some(r.source.clone());
-    let live = change.record_live(live_raw);
     match &r.intent {
+        // The steady state: the live text is exactly what kpr wrote last time. Equal bytes are
+        // the same policy, so neither side needs parsing or a canonical form.
+        Intent::Present { json, .. } if live_raw.as_deref() == Some(json.as_str()) => {
+            change.reason = "in sync".into();
+        }
         Intent::Present { document, json } => {
+            let live = change.record_live(live_raw);
             change.after = Some(document.canonical());
-            change.put_json = Some(json.clone());
-            change.desired = Some(document.clone());
             (change.action, change.reason) = match &live {
                 None => (Action::Create, "no live policy".into()),
                 Some(Err(e)) => (
@@ -330,8 +333,13 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
                 Some(Ok(_)) if change.before == change.after => (Action::NoOp, "in sync".into()),
                 Some(Ok(_)) => (Action::Update, "live policy differs".into()),
             };
+            if change.action != Action::NoOp {
+                change.put_json = Some(json.clone());
+                change.desired = Some(document.clone());
+            }
         }
         Intent::Absent => {
+            let live = change.record_live(live_raw);
             (change.action, change.reason) = match &live {
                 None => (Action::NoOp, "no policy, as required".into()),
                 Some(_) => {

@@ -301,11 +301,14 @@ impl PolicyDocument {
 /// True when a live policy string means "no policy": AWS and moto answer `"{}"`; an empty or
 /// whitespace-only string is treated the same.
 pub fn is_empty_policy(raw: &str) -> bool {
+    // Called on every policy read: a real policy is rejected at its second non-blank byte,
+    // without parsing it.
     let trimmed = raw.trim();
-    if trimmed.is_empty() {
-        return true;
-    }
-    matches!(serde_json::from_str::<Value>(trimmed), Ok(Value::Object(m)) if m.is_empty())
+    trimmed.is_empty()
+        || trimmed
+            .strip_prefix('{')
+            .and_then(|r| r.strip_suffix('}'))
+            .is_some_and(|inner| inner.trim().is_empty())
 }
 
 /// IAM wildcard match: `*` matches any run of characters (including none), `?` exactly one.

@@ -380,10 +380,25 @@ fn errors_that_must_not_be_retried_are_tried_once() {
         proxy.always(Some(PUT), a, Fault::AccessDenied);
     }
     let mut cmd = kpr_via(&proxy);
-    cmd.args(["apply", "--dir", &m.arg(), "--max-attempts", "8"]);
+    // One at a time: the first read goes through the SDK (it shows kpr the endpoint), every
+    // later one through kpr's direct read path, which must classify errors the same way.
+    let args = [
+        "apply",
+        "--dir",
+        &m.arg(),
+        "--max-attempts",
+        "8",
+        "--concurrency",
+        "1",
+    ];
+    cmd.args(args);
     let (run, _) = run_bounded(cmd, Duration::from_secs(60));
     assert_no_panic(&run);
     assert_eq!(run.code, 1, "{run:?}");
+    let agents = proxy.agents(GET);
+    assert_eq!(agents.get("aws-sdk-rust"), Some(&1), "{agents:?}");
+    let direct = agents.get("kpr").copied().unwrap_or(0);
+    assert_eq!(direct, proxy.op(GET).seen - 1, "{agents:?}");
     let out = format!("{}\n{}", run.stdout, run.stderr);
     for (group, code, gets, puts) in [
         (get_denied, "AccessDeniedException", 1, 0),

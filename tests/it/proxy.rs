@@ -103,6 +103,8 @@ struct Stats {
     calls: HashMap<(String, String), Count>,
     /// Fault label -> how often it was injected.
     faults: BTreeMap<&'static str, u64>,
+    /// (operation, User-Agent product) -> calls: which client path sent them.
+    agents: BTreeMap<(String, String), u64>,
     total: u64,
 }
 
@@ -360,6 +362,17 @@ impl Proxy {
     }
 
     /// Fault label -> how often it was injected.
+    /// User-Agent product (`kpr`, `aws-sdk-rust`) -> calls of `op`.
+    pub fn agents(&self, op: &str) -> BTreeMap<String, u64> {
+        let stats = self.shared.stats.lock().unwrap();
+        stats
+            .agents
+            .iter()
+            .filter(|((o, _), _)| o == op)
+            .map(|((_, a), n)| (a.clone(), *n))
+            .collect()
+    }
+
     pub fn faults(&self) -> BTreeMap<&'static str, u64> {
         self.shared.stats.lock().unwrap().faults.clone()
     }
@@ -596,9 +609,17 @@ async fn handle(
         .unwrap_or_default();
     let arn = arn_of(&body);
     let key = (op.clone(), arn.clone());
+    let agent = parts
+        .headers
+        .get("user-agent")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|ua| ua.split('/').next())
+        .unwrap_or("")
+        .to_string();
     let (n, total) = {
         let mut stats = shared.stats.lock().unwrap();
         stats.total += 1;
+        *stats.agents.entry((op.clone(), agent)).or_insert(0) += 1;
         let total = stats.total;
         let c = stats.calls.entry(key.clone()).or_default();
         c.seen += 1;

@@ -13,11 +13,15 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
 use backon::Retryable;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::arn::{ConsumerRef, ResourceArn, Scope};
+
+mod direct;
+use direct::{CredentialCache, DirectReader, RouteRecorder};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -132,7 +136,34 @@ const RETRYABLE_CODES: &[&str] = &[
     "RequestTimeoutException",
 ];
 
-/// Classify an SDK error: the one place that decides what is worth retrying.
+/// What to do about an error the service answered: the one place that decides what is worth
+/// retrying, for the SDK path and the direct read alike.
+fn class_of(code: Option<&str>, status: u16) -> ErrorClass {
+    match code {
+        Some(c) if RETRYABLE_CODES.contains(&c) => ErrorClass::Retryable,
+        Some("ResourceNotFoundException") => ErrorClass::NotFound,
+        _ if status >= 500 || status == 429 => ErrorClass::Retryable,
+        _ => ErrorClass::Fatal,
+    }
+}
+
+impl ApiError {
+    fn from_service(op: Op, code: Option<&str>, status: u16, message: String) -> Self {
+        ApiError::new(op, class_of(code, status), code, message)
+    }
+
+    /// kinesis-mock's way of saying "no policy" (AWS answers `{}` instead).
+    fn or_no_policy(self) -> Result<Option<String>, ApiError> {
+        if self.class == ErrorClass::NotFound && self.message.contains("No resource policy exists")
+        {
+            Ok(None)
+        } else {
+            Err(self)
+        }
+    }
+}
+
+/// Classify an SDK error.
 pub fn classify<E>(
     op: Op,
     err: &SdkError<E, aws_sdk_kinesis::config::http::HttpResponse>,
@@ -142,20 +173,13 @@ where
 {
     match err {
         SdkError::ServiceError(se) => {
-            let code = se.err().code();
             let status = se.raw().status().as_u16();
             let message = se
                 .err()
                 .message()
                 .map(str::to_string)
                 .unwrap_or_else(|| format!("HTTP {status}"));
-            let class = match code {
-                Some(c) if RETRYABLE_CODES.contains(&c) => ErrorClass::Retryable,
-                Some("ResourceNotFoundException") => ErrorClass::NotFound,
-                _ if status >= 500 || status == 429 => ErrorClass::Retryable,
-                _ => ErrorClass::Fatal,
-            };
-            ApiError::new(op, class, code, message)
+            ApiError::from_service(op, se.err().code(), status, message)
         }
         SdkError::TimeoutError(_) => {
             ApiError::new(op, ErrorClass::Retryable, None, "request timed out")
@@ -452,12 +476,29 @@ pub struct ClientOptions {
     pub attempt_timeout: Option<Duration>,
 }
 
-/// The real client: one SDK client per (partition, account, region), built on first use.
+impl ClientOptions {
+    fn attempt_timeout(&self) -> Duration {
+        self.attempt_timeout.unwrap_or(Duration::from_secs(20))
+    }
+}
+
+/// The real client: one SDK client per (partition, account, region), built on first use, and
+/// the direct read path (see [`direct`]) for GetResourcePolicy once the SDK has shown the way.
 pub struct AwsKinesis {
     base: SdkConfig,
     opts: ClientOptions,
-    clients: Mutex<HashMap<Scope, aws_sdk_kinesis::Client>>,
+    clients: Mutex<HashMap<Scope, Arc<ScopeClient>>>,
+    reader: DirectReader,
 }
+
+struct ScopeClient {
+    sdk: aws_sdk_kinesis::Client,
+    route: RouteRecorder,
+    /// None when the configuration has no credentials: the SDK path reports that.
+    credentials: Option<CredentialCache>,
+}
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AwsKinesis {
     pub async fn new(opts: ClientOptions) -> Self {
@@ -475,45 +516,61 @@ impl AwsKinesis {
             loader = loader.endpoint_url(url.clone());
         }
         let base = loader.load().await;
+        let reader = DirectReader::new(CONNECT_TIMEOUT, opts.attempt_timeout());
         Self {
             base,
             opts,
             clients: Mutex::new(HashMap::new()),
+            reader,
         }
     }
 
-    async fn client(&self, scope: &Scope) -> aws_sdk_kinesis::Client {
+    async fn scope(&self, scope: &Scope) -> Arc<ScopeClient> {
         if let Some(c) = self.clients.lock().expect("client map").get(scope) {
             return c.clone();
         }
         let region = Region::new(scope.region.clone());
-        let timeout = self.opts.attempt_timeout.unwrap_or(Duration::from_secs(20));
+        let route = RouteRecorder::default();
         let mut conf = aws_sdk_kinesis::config::Builder::from(&self.base)
             .region(region.clone())
             // One retry layer only: ours, in `Resilient`.
             .retry_config(aws_config::retry::RetryConfig::disabled())
             .timeout_config(
                 aws_config::timeout::TimeoutConfig::builder()
-                    .connect_timeout(Duration::from_secs(5))
-                    .operation_attempt_timeout(timeout)
+                    .connect_timeout(CONNECT_TIMEOUT)
+                    .operation_attempt_timeout(self.opts.attempt_timeout())
                     .build(),
-            );
+            )
+            .interceptor(route.clone());
+        let mut provider = self.base.credentials_provider();
         if let Some(role) = self.opts.roles.get(&scope.account) {
-            let provider = aws_config::sts::AssumeRoleProvider::builder(role.clone())
+            let assumed = aws_config::sts::AssumeRoleProvider::builder(role.clone())
                 .session_name("kpr")
                 .region(region)
                 .configure(&self.base)
                 .build()
                 .await;
-            conf = conf.credentials_provider(provider);
+            let assumed = SharedCredentialsProvider::new(assumed);
+            conf = conf.credentials_provider(assumed.clone());
+            provider = Some(assumed);
         }
-        let client = aws_sdk_kinesis::Client::from_conf(conf.build());
+        let sdk = aws_sdk_kinesis::Client::from_conf(conf.build());
+        let credentials = provider.map(CredentialCache::new);
+        let client = Arc::new(ScopeClient {
+            sdk,
+            route,
+            credentials,
+        });
         self.clients
             .lock()
             .expect("client map")
             .entry(scope.clone())
             .or_insert(client)
             .clone()
+    }
+
+    async fn client(&self, scope: &Scope) -> aws_sdk_kinesis::Client {
+        self.scope(scope).await.sdk.clone()
     }
 }
 
@@ -527,10 +584,15 @@ fn stream_in(scope: &Scope, name: &str) -> ResourceArn {
 
 impl Kinesis for AwsKinesis {
     async fn get_policy(&self, arn: &ResourceArn) -> Result<Option<String>, ApiError> {
-        let op = Op::GetResourcePolicy;
-        match self
-            .client(&arn.scope)
-            .await
+        let client = self.scope(&arn.scope).await;
+        if let (Some(route), Some(credentials)) = (client.route.get(), &client.credentials) {
+            return self
+                .reader
+                .get_policy(route, credentials, &arn.to_string())
+                .await;
+        }
+        match client
+            .sdk
             .get_resource_policy()
             .resource_arn(arn.to_string())
             .send()
@@ -540,17 +602,7 @@ impl Kinesis for AwsKinesis {
                 let policy = out.policy();
                 Ok((!crate::policy::is_empty_policy(policy)).then(|| policy.to_string()))
             }
-            Err(e) => {
-                let err = classify(op, &e);
-                // kinesis-mock's way of saying "no policy"; AWS answers `{}` instead.
-                if err.class == ErrorClass::NotFound
-                    && err.message.contains("No resource policy exists")
-                {
-                    Ok(None)
-                } else {
-                    Err(err)
-                }
-            }
+            Err(e) => classify(Op::GetResourcePolicy, &e).or_no_policy(),
         }
     }
 
