@@ -207,8 +207,9 @@ async def setup(a):
         with open(manifest_path(a.out, i), "w") as f:
             f.write(manifest_text(arn, pol))
         puts.append(("PutResourcePolicy", {"ResourceARN": arn, "Policy": json.dumps(pol)}))
-    res = await run_calls(a.endpoint, puts, a.concurrency)
-    check(res, "PutResourcePolicy")
+    if not a.no_policies:
+        res = await run_calls(a.endpoint, puts, a.concurrency)
+        check(res, "PutResourcePolicy")
     done = time.monotonic()
     print(json.dumps({
         "streams": a.n,
@@ -505,6 +506,7 @@ def main():
     s.add_argument("--out", required=True)
     s.add_argument("--concurrency", type=int, default=16)
     s.add_argument("--manifests-only", action="store_true", help="write the manifests, create nothing")
+    s.add_argument("--no-policies", action="store_true", help="create the streams, put no policy (kpr apply will)")
     s = sub.add_parser("drift")
     s.add_argument("--endpoint", required=True)
     s.add_argument("--dir", required=True)
