@@ -249,17 +249,26 @@ fn collect_files(
             return;
         }
     };
-    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
-    paths.sort();
-    for path in paths {
+    // The entry's own type comes with the directory listing; only symlinks (and file systems
+    // that do not report types) need a stat to learn what they point to.
+    let mut paths: Vec<(PathBuf, Option<std::fs::FileType>)> = entries
+        .filter_map(|e| e.ok().map(|e| (e.path(), e.file_type().ok())))
+        .collect();
+    paths.sort_by(|a, b| a.0.cmp(&b.0));
+    for (path, file_type) in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         // Hidden entries are editor and VCS state (.git, .swp), never manifests.
         if name.starts_with('.') {
             continue;
         }
+        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        if is_yaml && file_type.is_some_and(|t| t.is_file()) {
+            out.push(path);
+            continue;
+        }
         match std::fs::metadata(&path) {
             Ok(meta) if meta.is_dir() => collect_files(&path, out, seen, diags),
-            Ok(meta) if name.ends_with(".yaml") || name.ends_with(".yml") => {
+            Ok(meta) if is_yaml => {
                 if meta.is_file() {
                     out.push(path);
                 } else {

@@ -198,23 +198,40 @@ impl CredentialCache {
 
 /// The shared HTTP side: one connection pool for all scopes, like one SDK HTTP client.
 pub(super) struct DirectReader {
-    connector: Connector,
+    connect_timeout: Duration,
     attempt_timeout: Duration,
+    /// Built on first use: the TLS one loads the system's root certificates (~4 ms of CPU),
+    /// which a run against a plain-HTTP endpoint (an emulator, a VPC proxy) never needs.
+    plain: OnceLock<Connector>,
+    tls: OnceLock<Connector>,
 }
 
 impl DirectReader {
     pub(super) fn new(connect_timeout: Duration, attempt_timeout: Duration) -> Self {
-        let connector = Connector::builder()
-            .connector_settings(
+        Self {
+            connect_timeout,
+            attempt_timeout,
+            plain: OnceLock::new(),
+            tls: OnceLock::new(),
+        }
+    }
+
+    fn connector(&self, route: &Route) -> &Connector {
+        let builder = || {
+            Connector::builder().connector_settings(
                 HttpConnectorSettings::builder()
-                    .connect_timeout(connect_timeout)
+                    .connect_timeout(self.connect_timeout)
                     .build(),
             )
-            .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-            .build();
-        Self {
-            connector,
-            attempt_timeout,
+        };
+        if route.uri.scheme() == Some(&http::uri::Scheme::HTTP) {
+            self.plain.get_or_init(|| builder().build_http())
+        } else {
+            self.tls.get_or_init(|| {
+                builder()
+                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
+                    .build()
+            })
         }
     }
 
@@ -236,7 +253,7 @@ impl DirectReader {
         };
         let exchange = async {
             let response = self
-                .connector
+                .connector(route)
                 .call(request)
                 .await
                 .map_err(|e| connector_error(&e))?;
