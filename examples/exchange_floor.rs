@@ -5,7 +5,7 @@
 //! header; the emulator does not check it), no parsing beyond the status line. What kpr spends
 //! per resource above this figure is kpr's own work.
 //!
-//!   exchange_floor URL CONCURRENCY < arns.txt
+//!   exchange_floor URL CONCURRENCY ARNS_FILE   (one ARN per line)
 
 use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_types::body::SdkBody;
@@ -14,15 +14,21 @@ use http_body_util::BodyExt;
 
 fn main() {
     let mut args = std::env::args().skip(1);
-    let (Some(url), Some(concurrency)) = (args.next(), args.next()) else {
-        eprintln!("usage: exchange_floor URL CONCURRENCY < arns.txt");
+    let (Some(url), Some(concurrency), Some(file)) = (args.next(), args.next(), args.next()) else {
+        eprintln!("usage: exchange_floor URL CONCURRENCY ARNS_FILE");
         std::process::exit(2);
     };
     let concurrency: usize = concurrency.parse().expect("CONCURRENCY is a number");
-    let arns: Vec<String> = std::io::stdin()
+    let arns: Vec<String> = std::fs::read_to_string(&file)
+        .expect("ARNS_FILE")
         .lines()
-        .map(|l| l.expect("stdin"))
+        .map(str::to_string)
         .collect();
+    // A floor over nothing would be a flattering zero.
+    if arns.is_empty() {
+        eprintln!("{file}: no ARNs");
+        std::process::exit(2);
+    }
     let host = url
         .split("://")
         .nth(1)

@@ -9,6 +9,7 @@
 
 mod backoff;
 mod http;
+mod memory;
 mod reconcile;
 mod source;
 mod trigger;
@@ -22,6 +23,7 @@ use std::time::Duration;
 use crate::cli::{CliError, EXIT_ERROR, EXIT_OK, Engine, GlobalArgs};
 use crate::config::FileConfig;
 
+pub use memory::single_malloc_arena;
 pub use source::redact_url;
 pub use trigger::Schedule;
 

@@ -146,8 +146,12 @@ pub struct Status {
 /// incremental run needs it to see which resources a changed file no longer declares.
 struct Applied {
     revision: Option<String>,
-    files: HashMap<PathBuf, Vec<(ResourceArn, usize)>>,
+    files: FileIndex,
 }
+
+/// Repository-relative manifest file -> the ARNs (as text, parsed again only for the files a
+/// push changes) and lines it declares.
+type FileIndex = HashMap<PathBuf, Vec<(Box<str>, usize)>>;
 
 /// One resource's result in a run, whatever produced it (plan failure, apply, dry run).
 struct Item {
@@ -208,7 +212,9 @@ pub struct Reconciler {
     shared: Arc<Shared>,
     backoff: Backoff,
     applied: Option<Applied>,
-    states: HashMap<ResourceArn, ResourceState>,
+    /// Keyed by the identity ARN's text: one allocation per resource instead of a
+    /// `ResourceArn`'s five, for state that lives as long as the controller.
+    states: HashMap<Box<str>, ResourceState>,
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -221,24 +227,7 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
         shared.running.store(true, Ordering::SeqCst);
         reconciler.run(trigger).await;
         shared.running.store(false, Ordering::SeqCst);
-        release_freed_memory();
-    }
-}
-
-/// A reconcile allocates in proportion to the estate, then frees nearly all of it; glibc keeps
-/// freed pages in its arenas, so an idle controller would sit at its last run's peak. Handing
-/// them back keeps the idle footprint flat (measured in scripts/bench).
-fn release_freed_memory() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    {
-        unsafe extern "C" {
-            fn malloc_trim(pad: usize) -> i32;
-        }
-        // SAFETY: malloc_trim only returns unused heap memory to the OS; it has no
-        // preconditions and is safe to call at any time from any thread.
-        unsafe {
-            malloc_trim(0);
-        }
+        super::memory::release_freed_memory();
     }
 }
 
@@ -622,8 +611,9 @@ impl Reconciler {
                 // that are neither declared nor still waiting.
                 let previous = std::mem::take(&mut self.states);
                 for id in skip.iter().filter(|id| declared.contains(*id)) {
-                    let state = previous.get(id).copied().unwrap_or(ResourceState::Failed);
-                    self.states.insert(id.clone(), state);
+                    let key: Box<str> = id.to_string().into();
+                    let state = previous.get(&key).copied().unwrap_or(ResourceState::Failed);
+                    self.states.insert(key, state);
                 }
                 self.backoff.retain(|id| {
                     declared.contains(id) || failed_now.contains(id) || skip.contains(id)
@@ -631,7 +621,7 @@ impl Reconciler {
             }
             Some(inc) => {
                 for id in inc.removed.iter().chain(&inc.left_alone) {
-                    self.states.remove(&id.identity());
+                    self.states.remove(id.identity().to_string().as_str());
                 }
             }
         }
@@ -642,11 +632,12 @@ impl Reconciler {
             let removed_and_done = item.state == ResourceState::InSync
                 && incremental.is_some_and(|inc| inc.removed.contains(id));
             if item.released || removed_and_done {
-                self.states.remove(id);
+                self.states.remove(id.to_string().as_str());
             } else {
-                self.states.insert(id.clone(), item.state);
+                self.states.insert(id.to_string().into(), item.state);
             }
         }
+        self.states.shrink_to_fit();
         if items.iter().any(|i| i.state == ResourceState::Failed) {
             out.result = RunResult::Partial;
             out.error = Some(format!(
@@ -681,10 +672,14 @@ impl Reconciler {
                 .filter(|s| !matches!(s.outcome, "unchanged" | "in_sync")),
         );
         out.resources.shrink_to_fit();
-        self.applied = Some(Applied {
-            revision,
-            files: index_files(&desired, self.source.root()),
-        });
+        // Only a source with revisions (git) runs incrementally; a directory's runs are all
+        // full, so an index for it would be ~1.6 MB at 10,000 resources kept for nothing.
+        let files = if revision.is_some() {
+            index_files(&desired, self.source.root())
+        } else {
+            FileIndex::new()
+        };
+        self.applied = Some(Applied { revision, files });
     }
 
     fn counts(&self) -> ResourceCounts {
@@ -802,8 +797,8 @@ impl Reconciler {
 }
 
 /// Repository-relative manifest file -> the resources it declares.
-fn index_files(desired: &DesiredState, root: &Path) -> HashMap<PathBuf, Vec<(ResourceArn, usize)>> {
-    let mut files: HashMap<PathBuf, Vec<(ResourceArn, usize)>> = HashMap::new();
+fn index_files(desired: &DesiredState, root: &Path) -> FileIndex {
+    let mut files = FileIndex::new();
     for r in &desired.resources {
         let file = r
             .source
@@ -814,7 +809,7 @@ fn index_files(desired: &DesiredState, root: &Path) -> HashMap<PathBuf, Vec<(Res
         files
             .entry(file)
             .or_default()
-            .push((r.arn.clone(), r.source.line));
+            .push((r.arn.to_string().into(), r.source.line));
     }
     // Kept until the next run: most files declare one resource, and a default-grown Vec
     // reserves four (measured: 576 of the ~1,200 bytes an idle controller kept per resource).
@@ -833,7 +828,7 @@ fn index_files(desired: &DesiredState, root: &Path) -> HashMap<PathBuf, Vec<(Res
 fn changed_scope(
     changed: Vec<PathBuf>,
     desired: &DesiredState,
-    applied_files: &HashMap<PathBuf, Vec<(ResourceArn, usize)>>,
+    applied_files: &FileIndex,
     root: &Path,
     due: &HashSet<ResourceArn>,
     prune: bool,
@@ -854,7 +849,12 @@ fn changed_scope(
     let mut removed = HashSet::new();
     let mut left_alone = Vec::new();
     for file in &changed {
-        for (arn, line) in applied_files.get(file).into_iter().flatten() {
+        for (text, line) in applied_files.get(file).into_iter().flatten() {
+            // Written from a parsed ARN, so it parses again.
+            let Ok(arn) = ResourceArn::parse(text) else {
+                continue;
+            };
+            let arn = &arn;
             let id = arn.identity();
             if declared.contains(&id) {
                 continue;
@@ -937,7 +937,7 @@ mod tests {
     /// Old revision: a.yaml {a}, b.yaml {b1, b2}, c.yaml {c}.
     /// New revision: a.yaml {a} (edited), b.yaml {b1} (b2 dropped), c.yaml deleted,
     /// d.yaml {d} (new), e.yaml {e} (untouched).
-    fn fixture(root: &Path) -> (DesiredState, HashMap<PathBuf, Vec<(ResourceArn, usize)>>) {
+    fn fixture(root: &Path) -> (DesiredState, FileIndex) {
         let old = DesiredState {
             resources: vec![
                 present("a", "m/a.yaml", root),
@@ -1025,8 +1025,11 @@ mod tests {
     fn prune_stays_inside_the_covered_scopes() {
         let root = Path::new("/work/repo");
         let other = ResourceArn::parse("arn:aws:kinesis:eu-west-1:111122223333:stream/x").unwrap();
-        let mut applied = HashMap::new();
-        applied.insert(PathBuf::from("m/x.yaml"), vec![(other.clone(), 1)]);
+        let mut applied = FileIndex::new();
+        applied.insert(
+            PathBuf::from("m/x.yaml"),
+            vec![(other.to_string().into(), 1)],
+        );
         let new = DesiredState {
             resources: vec![present("a", "m/a.yaml", root)],
         };
