@@ -94,6 +94,8 @@ pub async fn apply<K: Kinesis>(
         .filter(|c| c.action != Action::NoOp)
         .count();
     progress.set_length(pending as u64);
+    // A hidden bar still keeps its rate estimate on every `inc`.
+    let shown = !progress.is_hidden();
     let mut results: Vec<ResourceResult> = futures::stream::iter(plan.changes)
         .map(|change| async move {
             if change.action == Action::NoOp {
@@ -104,7 +106,9 @@ pub async fn apply<K: Kinesis>(
                 };
             }
             let result = apply_one(api, &change, opts).await;
-            progress.inc(1);
+            if shown {
+                progress.inc(1);
+            }
             let outcome = if result.is_ok() {
                 Outcome::Applied
             } else {

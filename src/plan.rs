@@ -257,10 +257,14 @@ pub async fn plan_skipping<K: Kinesis>(
         .filter(|r| targeted(&opts.targets, &r.arn) && !skip.contains(&r.arn.identity()))
         .collect();
     progress.set_length(selected.len() as u64);
+    // A hidden bar still keeps its rate estimate on every `inc` (~2% of a plan's CPU).
+    let shown = !progress.is_hidden();
     let results: Vec<Result<Change, Failure>> = futures::stream::iter(selected)
         .map(|r| async move {
             let out = plan_one(api, r).await;
-            progress.inc(1);
+            if shown {
+                progress.inc(1);
+            }
             out
         })
         .buffer_unordered(opts.concurrency.max(1))

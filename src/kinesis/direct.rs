@@ -35,6 +35,7 @@ use super::{ApiError, ErrorClass, Op};
 
 const TARGET: &str = "Kinesis_20131202.GetResourcePolicy";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
+const USER_AGENT: &str = concat!("kpr/", env!("CARGO_PKG_VERSION"));
 /// A policy is at most a few tens of KiB; anything far larger is not a Kinesis answer.
 const MAX_RESPONSE: usize = 1 << 20;
 /// Refresh credentials this long before they expire, as the SDK's identity cache does.
@@ -287,8 +288,8 @@ impl DirectReader {
 }
 
 fn request_body(arn: &str) -> Vec<u8> {
-    serde_json::to_vec(&serde_json::json!({ "ResourceARN": arn }))
-        .expect("a JSON object of one string")
+    let arn = serde_json::to_string(arn).expect("a string serialises");
+    format!("{{\"ResourceARN\":{arn}}}").into_bytes()
 }
 
 fn request_error(what: &str, e: &dyn std::fmt::Display) -> ApiError {
@@ -304,7 +305,7 @@ fn request_builder(route: &Route) -> http::request::Builder {
     http::Request::builder()
         .method("POST")
         .uri(route.uri.clone())
-        .header("user-agent", concat!("kpr/", env!("CARGO_PKG_VERSION")))
+        .header("user-agent", USER_AGENT)
         .header("content-type", CONTENT_TYPE)
         .header("host", route.host.as_str())
         .header("x-amz-target", TARGET)
@@ -401,26 +402,41 @@ fn quick_signed_request(
         "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
         creds.access_key_id()
     );
-    let mut builder = request_builder(route)
-        .header("x-amz-date", amz_date)
-        .header("authorization", authorization);
-    if let Some(token) = token {
-        builder = builder.header("x-amz-security-token", token);
-    }
-    let request = builder
-        .body(SdkBody::from(body))
+    // Built as the connector's own request type, with static names: going through
+    // `http::Request` parsed every header name and converted the whole request once more.
+    let mut request = aws_smithy_runtime_api::http::Request::new(SdkBody::from(body));
+    request
+        .set_method("POST")
         .map_err(|e| request_error("building the request", &e))?;
-    aws_smithy_runtime_api::http::Request::try_from(request)
-        .map_err(|e| request_error("building the request", &e))
+    request
+        .set_uri(route.uri.clone())
+        .expect("an http::Uri converts");
+    let headers = request.headers_mut();
+    headers.insert("user-agent", USER_AGENT);
+    headers.insert("content-type", CONTENT_TYPE);
+    headers.insert("x-amz-target", TARGET);
+    let dynamic = [
+        ("host", route.host.as_str()),
+        ("x-amz-date", amz_date),
+        ("authorization", authorization.as_str()),
+    ];
+    for (name, value) in dynamic
+        .into_iter()
+        .chain(token.map(|t| ("x-amz-security-token", t)))
+    {
+        headers
+            .try_insert(name, value.to_string())
+            .map_err(|e| request_error("building the request", &e))?;
+    }
+    Ok(request)
 }
 
 /// `YYYYMMDDTHHMMSSZ`, SigV4's timestamp.
 fn amz_date(time: SystemTime) -> String {
-    humantime::format_rfc3339_seconds(time)
-        .to_string()
-        .chars()
-        .filter(|c| !matches!(c, '-' | ':'))
-        .collect()
+    let mut out = String::with_capacity(16);
+    let rfc3339 = humantime::format_rfc3339_seconds(time).to_string();
+    out.extend(rfc3339.chars().filter(|c| !matches!(c, '-' | ':')));
+    out
 }
 
 fn connector_error(e: &ConnectorError) -> ApiError {

@@ -515,6 +515,11 @@ impl AwsKinesis {
         loader = loader.region(Region::new(region));
         if let Some(url) = &opts.endpoint_url {
             loader = loader.endpoint_url(url.clone());
+            // An emulator or a plain-HTTP proxy needs no TLS, so no root certificates: loading
+            // them was ~60% of a one-resource run's CPU (~4 ms).
+            if url.starts_with("http://") {
+                loader = loader.http_client(aws_smithy_http_client::Builder::new().build_http());
+            }
         }
         let base = loader.load().await;
         let reader = DirectReader::new(CONNECT_TIMEOUT, opts.attempt_timeout());
