@@ -31,7 +31,7 @@ use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
 use http_body_util::{BodyExt, Limited};
 
-use super::{ApiError, ErrorClass, Op};
+use super::{ApiError, ErrorClass, Op, dispatch_class, none_if_empty};
 
 const TARGET: &str = "Kinesis_20131202.GetResourcePolicy";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -301,14 +301,38 @@ fn request_error(what: &str, e: &dyn std::fmt::Display) -> ApiError {
     )
 }
 
-fn request_builder(route: &Route) -> http::request::Builder {
-    http::Request::builder()
-        .method("POST")
-        .uri(route.uri.clone())
-        .header("user-agent", USER_AGENT)
-        .header("content-type", CONTENT_TYPE)
-        .header("host", route.host.as_str())
-        .header("x-amz-target", TARGET)
+/// The request both signers start from: method, URL and the headers that are signed but not
+/// produced by signing. Built as the connector's own request type with static names: going
+/// through `http::Request` parsed every header name and converted the request once more.
+fn base_request(
+    route: &Route,
+    body: Vec<u8>,
+) -> Result<aws_smithy_runtime_api::http::Request, ApiError> {
+    let mut request = aws_smithy_runtime_api::http::Request::new(SdkBody::from(body));
+    request
+        .set_method("POST")
+        .map_err(|e| request_error("building the request", &e))?;
+    request
+        .set_uri(route.uri.clone())
+        .expect("an http::Uri converts");
+    let headers = request.headers_mut();
+    headers.insert("user-agent", USER_AGENT);
+    headers.insert("content-type", CONTENT_TYPE);
+    headers.insert("x-amz-target", TARGET);
+    add_headers(request, [("host", route.host.as_str())])
+}
+
+fn add_headers<'a>(
+    mut request: aws_smithy_runtime_api::http::Request,
+    headers: impl IntoIterator<Item = (&'a str, &'a str)>,
+) -> Result<aws_smithy_runtime_api::http::Request, ApiError> {
+    for (name, value) in headers {
+        request
+            .headers_mut()
+            .try_insert(name.to_string(), value.to_string())
+            .map_err(|e| request_error("building the request", &e))?;
+    }
+    Ok(request)
 }
 
 /// `aws-sigv4`'s general signer: for endpoints with a path, which need its URI normalisation,
@@ -345,12 +369,7 @@ fn signed_request(
     let (instructions, _) = sign(signable, &params)
         .map_err(|e| request_error("signing", &e))?
         .into_parts();
-    let mut request = request_builder(route)
-        .body(SdkBody::from(body))
-        .map_err(|e| request_error("building the request", &e))?;
-    instructions.apply_to_request_http1x(&mut request);
-    aws_smithy_runtime_api::http::Request::try_from(request)
-        .map_err(|e| request_error("building the request", &e))
+    add_headers(base_request(route, body)?, instructions.headers())
 }
 
 /// SigV4 for the one request this path sends to `/`, with a signing key derived once a day.
@@ -402,33 +421,16 @@ fn quick_signed_request(
         "AWS4-HMAC-SHA256 Credential={}/{scope}, SignedHeaders={signed_headers}, Signature={signature}",
         creds.access_key_id()
     );
-    // Built as the connector's own request type, with static names: going through
-    // `http::Request` parsed every header name and converted the whole request once more.
-    let mut request = aws_smithy_runtime_api::http::Request::new(SdkBody::from(body));
-    request
-        .set_method("POST")
-        .map_err(|e| request_error("building the request", &e))?;
-    request
-        .set_uri(route.uri.clone())
-        .expect("an http::Uri converts");
-    let headers = request.headers_mut();
-    headers.insert("user-agent", USER_AGENT);
-    headers.insert("content-type", CONTENT_TYPE);
-    headers.insert("x-amz-target", TARGET);
-    let dynamic = [
-        ("host", route.host.as_str()),
+    let signed = [
         ("x-amz-date", amz_date),
         ("authorization", authorization.as_str()),
     ];
-    for (name, value) in dynamic
-        .into_iter()
-        .chain(token.map(|t| ("x-amz-security-token", t)))
-    {
-        headers
-            .try_insert(name, value.to_string())
-            .map_err(|e| request_error("building the request", &e))?;
-    }
-    Ok(request)
+    add_headers(
+        base_request(route, body)?,
+        signed
+            .into_iter()
+            .chain(token.map(|t| ("x-amz-security-token", t))),
+    )
 }
 
 /// `YYYYMMDDTHHMMSSZ`, SigV4's timestamp.
@@ -440,19 +442,9 @@ fn amz_date(time: SystemTime) -> String {
 }
 
 fn connector_error(e: &ConnectorError) -> ApiError {
-    // The same split as the SDK path's dispatch failures: I/O, timeouts and dropped
-    // connections are worth another attempt; a TLS or configuration failure is not.
-    let class = if e.is_io()
-        || e.is_timeout()
-        || e.as_other() == Some(aws_config::retry::ErrorKind::TransientError)
-    {
-        ErrorClass::Retryable
-    } else {
-        ErrorClass::Fatal
-    };
     ApiError::new(
         Op::GetResourcePolicy,
-        class,
+        dispatch_class(e),
         None,
         format!(
             "request failed: {}",
@@ -497,7 +489,7 @@ fn parse_response(
                 format!("bad response: {e}"),
             )
         })?;
-        return Ok((!crate::policy::is_empty_policy(&out.policy)).then_some(out.policy));
+        return Ok(none_if_empty(out.policy));
     }
     let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
     let code = error_type.or(parsed.kind.as_deref()).map(sanitize_code);

@@ -15,6 +15,7 @@ use std::time::{Duration, Instant};
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
 use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use backon::Retryable;
 use futures::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
@@ -164,6 +165,25 @@ impl ApiError {
     }
 }
 
+/// What to do about a request that got no answer, for the SDK path and the direct read alike.
+fn dispatch_class(e: &ConnectorError) -> ErrorClass {
+    // A connection closed mid-request is `Other(TransientError)`, not `Io`.
+    if e.is_io()
+        || e.is_timeout()
+        || e.as_other() == Some(aws_config::retry::ErrorKind::TransientError)
+    {
+        ErrorClass::Retryable
+    } else {
+        // Missing credentials, bad endpoint configuration, TLS: retrying cannot help.
+        ErrorClass::Fatal
+    }
+}
+
+/// A policy as read, or `None` when the resource has none (`{}` or an empty answer).
+fn none_if_empty(policy: String) -> Option<String> {
+    (!crate::policy::is_empty_policy(&policy)).then_some(policy)
+}
+
 /// Classify an SDK error.
 pub fn classify<E>(
     op: Op,
@@ -192,16 +212,9 @@ where
             format!("bad response: {}", DisplayErrorContext(err)),
         ),
         SdkError::DispatchFailure(d) => {
-            // A connection closed mid-request is `Other(TransientError)`, not `Io`.
-            let class = if d.is_io()
-                || d.is_timeout()
-                || d.as_other() == Some(aws_config::retry::ErrorKind::TransientError)
-            {
-                ErrorClass::Retryable
-            } else {
-                // Missing credentials, bad endpoint configuration: retrying cannot help.
-                ErrorClass::Fatal
-            };
+            let class = d
+                .as_connector_error()
+                .map_or(ErrorClass::Fatal, dispatch_class);
             ApiError::new(
                 op,
                 class,
@@ -614,10 +627,7 @@ impl Kinesis for AwsKinesis {
             .boxed()
             .await;
         match sent {
-            Ok(out) => {
-                let policy = out.policy();
-                Ok((!crate::policy::is_empty_policy(policy)).then(|| policy.to_string()))
-            }
+            Ok(out) => Ok(none_if_empty(out.policy)),
             Err(e) => classify(Op::GetResourcePolicy, &e).or_no_policy(),
         }
     }
