@@ -327,6 +327,7 @@ impl Reconciler {
         &self,
         revision: Option<&str>,
         desired: &DesiredState,
+        declared: &HashSet<ResourceArn>,
         now: Instant,
     ) -> Option<Incremental> {
         let new = revision?;
@@ -349,6 +350,7 @@ impl Reconciler {
         Some(changed_scope(
             changed,
             desired,
+            declared,
             &applied.files,
             self.source.root(),
             &self.backoff.due(now).cloned().collect(),
@@ -376,11 +378,13 @@ impl Reconciler {
                 return out.fail(RunResult::Invalid, e);
             }
         };
+        // What the run keeps of the desired state once it has planned (see below).
+        let declared = self.declared(&desired, revision.as_deref());
         let now = Instant::now();
         let scope = if trigger.full_scan() {
             None
         } else {
-            self.incremental_scope(revision.as_deref(), &desired, now)
+            self.incremental_scope(revision.as_deref(), &desired, &declared.ids, now)
                 .await
         };
         let concurrency = self.engine.concurrency;
@@ -409,7 +413,6 @@ impl Reconciler {
                         changed_files = inc.changed.len(),
                         "the push changed no manifest: nothing to reconcile"
                     );
-                    let declared = self.declared(&desired, revision.as_deref());
                     self.finish(
                         &mut out,
                         declared,
@@ -481,11 +484,10 @@ impl Reconciler {
             }
         }
 
-        // What the run needs of the desired state from here on; the rest (~4 KiB a resource)
-        // is dropped before the writes, which for a large first apply are the longest phase.
-        // (The peak, ~95 MiB for 10,000 creates, is at the end of planning, when the parsed
-        // manifests and every planned change's policy are both alive.)
-        let declared = self.declared(&desired, revision.as_deref());
+        // Beyond `declared`, the desired state (~4 KiB a resource) is dropped before the
+        // writes, which for a large first apply are the longest phase. (The peak, ~95 MiB for
+        // 10,000 creates, is at the end of planning, when the parsed manifests and every
+        // planned change's policy are both alive.)
         drop(desired);
         let mut items = Vec::new();
         for f in &plan.failures {
@@ -847,18 +849,18 @@ fn index_files(desired: &DesiredState, root: &Path) -> FileIndex {
 /// file (plus failed ones whose backoff is over), and, with prune, the resources a changed file
 /// no longer declares, as `ensure: absent`. That costs one read per resource instead of
 /// listing whole accounts. Removed resources outside every scope the manifests still cover are
-/// left alone, as a full `--prune` run would leave them.
+/// left alone, as a full `--prune` run would leave them. `declared` is the identities
+/// `desired` declares, computed once per run.
 fn changed_scope(
     changed: Vec<PathBuf>,
     desired: &DesiredState,
+    declared: &HashSet<ResourceArn>,
     applied_files: &FileIndex,
     root: &Path,
     due: &HashSet<ResourceArn>,
     prune: bool,
 ) -> Incremental {
     let changed_set: HashSet<&Path> = changed.iter().map(PathBuf::as_path).collect();
-    let declared: HashSet<ResourceArn> =
-        desired.resources.iter().map(|r| r.arn.identity()).collect();
     let mut subset: Vec<DesiredResource> = desired
         .resources
         .iter()
@@ -947,6 +949,10 @@ mod tests {
         }
     }
 
+    fn ids(d: &DesiredState) -> HashSet<ResourceArn> {
+        d.resources.iter().map(|r| r.arn.identity()).collect()
+    }
+
     fn names(d: &DesiredState) -> Vec<(String, bool)> {
         let mut v: Vec<(String, bool)> = d
             .resources
@@ -992,7 +998,15 @@ mod tests {
     fn changed_files_map_to_targets_without_prune() {
         let root = Path::new("/work/repo");
         let (new, applied) = fixture(root);
-        let inc = changed_scope(changed(), &new, &applied, root, &HashSet::new(), false);
+        let inc = changed_scope(
+            changed(),
+            &new,
+            &ids(&new),
+            &applied,
+            root,
+            &HashSet::new(),
+            false,
+        );
         assert_eq!(
             names(&inc.desired),
             [
@@ -1011,7 +1025,15 @@ mod tests {
     fn removed_manifests_become_absent_with_prune() {
         let root = Path::new("/work/repo");
         let (new, applied) = fixture(root);
-        let inc = changed_scope(changed(), &new, &applied, root, &HashSet::new(), true);
+        let inc = changed_scope(
+            changed(),
+            &new,
+            &ids(&new),
+            &applied,
+            root,
+            &HashSet::new(),
+            true,
+        );
         assert_eq!(
             names(&inc.desired),
             [
@@ -1033,6 +1055,7 @@ mod tests {
         let inc = changed_scope(
             vec![PathBuf::from("m/README.md")],
             &new,
+            &ids(&new),
             &applied,
             root,
             &HashSet::new(),
@@ -1040,7 +1063,7 @@ mod tests {
         );
         assert!(inc.desired.is_empty());
         let due: HashSet<ResourceArn> = [arn("e")].into_iter().collect();
-        let inc = changed_scope(Vec::new(), &new, &applied, root, &due, false);
+        let inc = changed_scope(Vec::new(), &new, &ids(&new), &applied, root, &due, false);
         assert_eq!(names(&inc.desired), [("e".into(), false)]);
     }
 
@@ -1059,6 +1082,7 @@ mod tests {
         let inc = changed_scope(
             vec![PathBuf::from("m/x.yaml")],
             &new,
+            &ids(&new),
             &applied,
             root,
             &HashSet::new(),
