@@ -949,8 +949,17 @@ mod tests {
         }
     }
 
-    fn ids(d: &DesiredState) -> HashSet<ResourceArn> {
-        d.resources.iter().map(|r| r.arn.identity()).collect()
+    /// `changed_scope` with the declared ids computed from `new`, as a run does.
+    fn incremental(
+        changed: Vec<PathBuf>,
+        new: &DesiredState,
+        applied: &FileIndex,
+        root: &Path,
+        due: &HashSet<ResourceArn>,
+        prune: bool,
+    ) -> Incremental {
+        let declared = new.resources.iter().map(|r| r.arn.identity()).collect();
+        changed_scope(changed, new, &declared, applied, root, due, prune)
     }
 
     fn names(d: &DesiredState) -> Vec<(String, bool)> {
@@ -998,15 +1007,7 @@ mod tests {
     fn changed_files_map_to_targets_without_prune() {
         let root = Path::new("/work/repo");
         let (new, applied) = fixture(root);
-        let inc = changed_scope(
-            changed(),
-            &new,
-            &ids(&new),
-            &applied,
-            root,
-            &HashSet::new(),
-            false,
-        );
+        let inc = incremental(changed(), &new, &applied, root, &HashSet::new(), false);
         assert_eq!(
             names(&inc.desired),
             [
@@ -1025,15 +1026,7 @@ mod tests {
     fn removed_manifests_become_absent_with_prune() {
         let root = Path::new("/work/repo");
         let (new, applied) = fixture(root);
-        let inc = changed_scope(
-            changed(),
-            &new,
-            &ids(&new),
-            &applied,
-            root,
-            &HashSet::new(),
-            true,
-        );
+        let inc = incremental(changed(), &new, &applied, root, &HashSet::new(), true);
         assert_eq!(
             names(&inc.desired),
             [
@@ -1052,10 +1045,9 @@ mod tests {
     fn an_unrelated_change_targets_nothing_but_due_retries() {
         let root = Path::new("/work/repo");
         let (new, applied) = fixture(root);
-        let inc = changed_scope(
+        let inc = incremental(
             vec![PathBuf::from("m/README.md")],
             &new,
-            &ids(&new),
             &applied,
             root,
             &HashSet::new(),
@@ -1063,7 +1055,7 @@ mod tests {
         );
         assert!(inc.desired.is_empty());
         let due: HashSet<ResourceArn> = [arn("e")].into_iter().collect();
-        let inc = changed_scope(Vec::new(), &new, &ids(&new), &applied, root, &due, false);
+        let inc = incremental(Vec::new(), &new, &applied, root, &due, false);
         assert_eq!(names(&inc.desired), [("e".into(), false)]);
     }
 
@@ -1079,10 +1071,9 @@ mod tests {
         let new = DesiredState {
             resources: vec![present("a", "m/a.yaml", root)],
         };
-        let inc = changed_scope(
+        let inc = incremental(
             vec![PathBuf::from("m/x.yaml")],
             &new,
-            &ids(&new),
             &applied,
             root,
             &HashSet::new(),
