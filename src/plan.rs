@@ -458,6 +458,7 @@ pub fn local_failure(
         message,
     }
 }
+
 #[cfg(test)]
 mod future_size {
     use crate::arn::ResourceArn;
