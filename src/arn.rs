@@ -182,6 +182,16 @@ impl ResourceArn {
         id
     }
 
+    /// [`Self::identity`] borrowed, for sorting and comparing many ARNs without a copy each:
+    /// it orders exactly as `identity()` does.
+    pub fn identity_key(&self) -> (&Scope, &str, Option<&str>) {
+        (
+            &self.scope,
+            &self.stream,
+            self.consumer.as_ref().map(|c| c.name.as_str()),
+        )
+    }
+
     pub fn kind(&self) -> &'static str {
         if self.is_consumer() {
             "consumer"
@@ -192,19 +202,29 @@ impl ResourceArn {
 }
 
 impl fmt::Display for ResourceArn {
+    // Piece by piece: ARNs are formatted several times per resource per run, and `write!` with
+    // arguments costs several times as much.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let Scope {
             partition,
             region,
             account,
         } = &self.scope;
-        write!(
-            f,
-            "arn:{partition}:kinesis:{region}:{account}:stream/{}",
-            self.stream
-        )?;
+        for part in [
+            "arn:",
+            partition,
+            ":kinesis:",
+            region,
+            ":",
+            account,
+            ":stream/",
+            &self.stream,
+        ] {
+            f.write_str(part)?;
+        }
         if let Some(c) = &self.consumer {
-            write!(f, "/consumer/{}", c.name)?;
+            f.write_str("/consumer/")?;
+            f.write_str(&c.name)?;
             if let Some(t) = c.created {
                 write!(f, ":{t}")?;
             }

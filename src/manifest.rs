@@ -5,7 +5,9 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::io::Read as _;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 
@@ -74,8 +76,8 @@ pub enum Intent {
     /// `json` is what PutResourcePolicy sends: the user's own JSON when they wrote a string,
     /// else the YAML mapping serialised compactly.
     Present {
-        document: PolicyDocument,
-        json: String,
+        document: Arc<PolicyDocument>,
+        json: Arc<str>,
     },
     Absent,
 }
@@ -180,12 +182,15 @@ impl Loaded {
 }
 
 /// Load and validate every `*.yaml` / `*.yml` below `dir`.
+/// Far above any real manifest file (10,000 manifests in one file are ~4 MiB).
+const MAX_FILE_BYTES: u64 = 64 << 20;
+
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
     let mut loaded = Loaded::default();
     let mut files = Vec::new();
     let mut seen_dirs = HashSet::new();
+    // Sorted already: each listing is sorted by name and walked depth-first.
     collect_files(dir, &mut files, &mut seen_dirs, &mut loaded.diagnostics);
-    files.sort();
     loaded.files = files.len();
     if files.is_empty() && loaded.diagnostics.is_empty() {
         loaded.diagnostics.push(Diagnostic {
@@ -198,15 +203,34 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
         });
     }
     let mut resources = Vec::new();
+    // One buffer for every file. Reading through `take` skips `fs::read`'s size probe (a stat
+    // and a seek per file, two fifths of the system calls of loading small manifests) and
+    // bounds what a stray huge file can cost.
+    let mut bytes = Vec::new();
     for file in &files {
-        match std::fs::read(file) {
+        bytes.clear();
+        let read = std::fs::File::open(file)
+            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
+        if read.as_ref().is_ok_and(|&n| n as u64 > MAX_FILE_BYTES) {
+            loaded.diagnostics.push(Diagnostic {
+                file: file.clone(),
+                line: None,
+                severity: Severity::Error,
+                message: format!(
+                    "larger than {} MiB: not a manifest file",
+                    MAX_FILE_BYTES >> 20
+                ),
+            });
+            continue;
+        }
+        match read {
             Err(e) => loaded.diagnostics.push(Diagnostic {
                 file: file.clone(),
                 line: None,
                 severity: Severity::Error,
                 message: format!("cannot read file: {e}"),
             }),
-            Ok(bytes) => {
+            Ok(_) => {
                 parse_file(file, &bytes, opts, &mut resources, &mut loaded.diagnostics);
             }
         }
@@ -254,7 +278,9 @@ fn collect_files(
     let mut paths: Vec<(PathBuf, Option<std::fs::FileType>)> = entries
         .filter_map(|e| e.ok().map(|e| (e.path(), e.file_type().ok())))
         .collect();
-    paths.sort_by(|a, b| a.0.cmp(&b.0));
+    // Entries share a parent, so their names alone order them, as `Path`'s component order
+    // would, at a fraction of its cost.
+    paths.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
     for (path, file_type) in paths {
         let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
         // Hidden entries are editor and VCS state (.git, .swp), never manifests.
@@ -520,7 +546,10 @@ fn resource_from_doc(
                 serde_json::Value::Object(_) => {
                     let document = PolicyDocument::from_value(&value)
                         .map_err(|e| (policy_line, format!("policy: {e}")))?;
-                    (document, value.to_string())
+                    // Into bytes directly: `Display` goes through `fmt::Write`, several times
+                    // slower, and this runs once per manifest.
+                    let json = serde_json::to_string(&value).expect("a JSON value serialises");
+                    (document, json)
                 }
                 other => {
                     return Err((
@@ -555,7 +584,11 @@ fn resource_from_doc(
                 )
             })
             .collect();
-            Ok((arn, Intent::Present { document, json }, findings))
+            let intent = Intent::Present {
+                document: Arc::new(document),
+                json: json.into(),
+            };
+            Ok((arn, intent, findings))
         }
     }
 }
@@ -572,11 +605,12 @@ fn json_type(v: &serde_json::Value) -> &'static str {
 }
 
 fn dedupe(mut resources: Vec<DesiredResource>, diags: &mut Vec<Diagnostic>) -> DesiredState {
-    resources.sort_by(|a, b| (a.arn.identity(), &a.source).cmp(&(b.arn.identity(), &b.source)));
+    resources
+        .sort_by(|a, b| (a.arn.identity_key(), &a.source).cmp(&(b.arn.identity_key(), &b.source)));
     let mut unique: Vec<DesiredResource> = Vec::with_capacity(resources.len());
     for r in resources {
         if let Some(first) = unique.last()
-            && first.arn.identity() == r.arn.identity()
+            && first.arn.identity_key() == r.arn.identity_key()
         {
             diags.push(Diagnostic {
                 file: r.source.file.clone(),
@@ -638,6 +672,43 @@ policy:
         assert!(matches!(audit.intent, Intent::Absent));
         assert_eq!(audit.source.line, 3);
         assert_eq!(loaded.state.resources[2].source.line, 6);
+    }
+
+    #[test]
+    fn a_huge_file_is_refused_unread() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.yaml", GOOD);
+        // Sparse: no disk space, and only the first 64 MiB + 1 byte are ever read.
+        let f = std::fs::File::create(d.path().join("huge.yaml")).unwrap();
+        f.set_len(MAX_FILE_BYTES * 2).unwrap();
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errs: Vec<String> = loaded.errors().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 1, "{errs:?}");
+        assert!(errs[0].contains("huge.yaml") && errs[0].contains("larger than 64 MiB"));
+        assert_eq!(loaded.state.resources.len(), 1);
+    }
+
+    #[test]
+    fn files_come_in_path_order() {
+        let d = tempfile::tempdir().unwrap();
+        // '-' and '.' sort before '/' byte-wise, but after the end of a component: these names
+        // would come out in another order if the walk compared whole paths as strings.
+        for name in [
+            "b.yaml",
+            "a-b.yaml",
+            "a/z.yaml",
+            "a/c/y.yaml",
+            "a.b/x.yaml",
+            "a.yaml",
+        ] {
+            write(d.path(), name, "x: 1\n");
+        }
+        let mut files = Vec::new();
+        collect_files(d.path(), &mut files, &mut HashSet::new(), &mut Vec::new());
+        let mut sorted = files.clone();
+        sorted.sort();
+        assert_eq!(files, sorted);
+        assert_eq!(files.len(), 6);
     }
 
     #[test]
