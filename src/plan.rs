@@ -5,6 +5,7 @@
 //! listings of the scopes the manifests cover.
 
 use std::collections::HashSet;
+use std::sync::Arc;
 
 use futures::StreamExt;
 use serde::Serialize;
@@ -43,7 +44,10 @@ pub enum DeleteCause {
     Prune,
 }
 
-#[derive(Debug, Clone, Serialize)]
+/// One resource's planned action. Its JSON form (see `render`) carries `before` and `after`,
+/// the live and desired policies in canonical form; they are derived from the documents here
+/// when serialised rather than stored, so a plan of 10,000 creates holds each policy once.
+#[derive(Debug, Clone)]
 pub struct Change {
     /// The ARN the calls address (a consumer's live, timestamped ARN).
     pub arn: String,
@@ -54,25 +58,46 @@ pub struct Change {
     pub action: Action,
     pub reason: String,
     pub source: Option<Source>,
-    /// The live policy in canonical form (a string when it is not a valid policy document);
-    /// `None` for a no-op, whose live policy is equivalent to the manifest.
-    pub before: Option<serde_json::Value>,
-    /// The desired policy in canonical form; `None` for deletes and no-ops.
-    pub after: Option<serde_json::Value>,
-    #[serde(skip_serializing_if = "Option::is_none")]
     pub delete_cause: Option<DeleteCause>,
-    #[serde(skip)]
     pub target: ResourceArn,
-    /// What PutResourcePolicy sends.
-    #[serde(skip)]
-    pub put_json: Option<String>,
-    #[serde(skip)]
-    pub desired: Option<PolicyDocument>,
-    #[serde(skip)]
+    /// What PutResourcePolicy sends, shared with the manifest it came from.
+    pub put_json: Option<Arc<str>>,
+    /// The desired policy; `None` for deletes and no-ops. Shared with the manifest.
+    pub desired: Option<Arc<PolicyDocument>>,
+    /// The live policy; `None` when there is none, and for no-ops.
     pub live: Option<PolicyDocument>,
     /// The raw live policy when it did not parse.
-    #[serde(skip)]
     pub live_raw: Option<String>,
+}
+
+impl Serialize for Change {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        #[derive(Serialize)]
+        struct Out<'a> {
+            arn: &'a str,
+            declared_arn: Option<&'a str>,
+            kind: &'static str,
+            action: Action,
+            reason: &'a str,
+            source: Option<&'a Source>,
+            before: Option<serde_json::Value>,
+            after: Option<serde_json::Value>,
+            #[serde(skip_serializing_if = "Option::is_none")]
+            delete_cause: Option<DeleteCause>,
+        }
+        Out {
+            arn: &self.arn,
+            declared_arn: self.declared_arn.as_deref(),
+            kind: self.kind,
+            action: self.action,
+            reason: &self.reason,
+            source: self.source.as_ref(),
+            before: self.before(),
+            after: self.after(),
+            delete_cause: self.delete_cause,
+        }
+        .serialize(s)
+    }
 }
 
 impl Change {
@@ -86,8 +111,6 @@ impl Change {
             action: Action::NoOp,
             reason: String::new(),
             source: None,
-            before: None,
-            after: None,
             delete_cause: None,
             target,
             put_json: None,
@@ -97,18 +120,29 @@ impl Change {
         }
     }
 
-    /// Records the live policy (`None`: there is none) as `before`: its canonical form, or the
-    /// raw text when it is not a valid document. Returns the parse outcome.
+    /// The live policy in canonical form, or its raw text when it is not a valid document.
+    pub fn before(&self) -> Option<serde_json::Value> {
+        match (&self.live, &self.live_raw) {
+            (Some(doc), _) => Some(doc.canonical()),
+            (None, Some(raw)) => Some(serde_json::Value::String(raw.clone())),
+            (None, None) => None,
+        }
+    }
+
+    /// The desired policy in canonical form.
+    pub fn after(&self) -> Option<serde_json::Value> {
+        self.desired.as_deref().map(PolicyDocument::canonical)
+    }
+
+    /// Records the live policy (`None`: there is none). Returns the parse outcome.
     fn record_live(&mut self, raw: Option<String>) -> Option<Result<(), PolicyError>> {
         let raw = raw?;
         Some(match PolicyDocument::from_json_str(&raw) {
             Ok(doc) => {
-                self.before = Some(doc.canonical());
                 self.live = Some(doc);
                 Ok(())
             }
             Err(e) => {
-                self.before = Some(serde_json::Value::String(raw.clone()));
                 self.live_raw = Some(raw);
                 Err(e)
             }
@@ -116,10 +150,8 @@ impl Change {
     }
 
     /// An in-sync resource needs only its identity and reason: dropping the policy bodies keeps
-    /// a 10,000-resource plan from holding 10,000 copies of policies nobody will look at.
+    /// a 10,000-resource plan from holding 10,000 policies nobody will look at.
     fn slim(&mut self) {
-        self.before = None;
-        self.after = None;
         self.put_json = None;
         self.desired = None;
         self.live = None;
@@ -254,12 +286,18 @@ pub async fn plan_skipping<K: Kinesis>(
     let selected: Vec<&DesiredResource> = desired
         .resources
         .iter()
-        .filter(|r| targeted(&opts.targets, &r.arn) && !skip.contains(&r.arn.identity()))
+        .filter(|r| {
+            targeted(&opts.targets, &r.arn)
+                && (skip.is_empty() || !skip.contains(&r.arn.identity()))
+        })
         .collect();
     progress.set_length(selected.len() as u64);
     // A hidden bar still keeps its rate estimate on every `inc` (~2% of a plan's CPU).
     let shown = !progress.is_hidden();
-    let results: Vec<Result<Change, Failure>> = futures::stream::iter(selected)
+    let mut plan = Plan::default();
+    // Sized up front: growing it by doubling copied every change and faulted in fresh pages.
+    plan.changes.reserve(selected.len());
+    let mut results = futures::stream::iter(selected)
         .map(|r| async move {
             let out = plan_one(api, r).await;
             if shown {
@@ -267,11 +305,8 @@ pub async fn plan_skipping<K: Kinesis>(
             }
             out
         })
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect()
-        .await;
-    let mut plan = Plan::default();
-    for r in results {
+        .buffer_unordered(opts.concurrency.max(1));
+    while let Some(r) = results.next().await {
         match r {
             Ok(c) => plan.changes.push(c),
             Err(f) => plan.failures.push(f),
@@ -321,25 +356,25 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
     match &r.intent {
         // The steady state: the live text is exactly what kpr wrote last time. Equal bytes are
         // the same policy, so neither side needs parsing or a canonical form.
-        Intent::Present { json, .. } if live_raw.as_deref() == Some(json.as_str()) => {
+        Intent::Present { json, .. } if live_raw.as_deref() == Some(&**json) => {
             change.reason = "in sync".into();
         }
         Intent::Present { document, json } => {
             let live = change.record_live(live_raw);
-            change.after = Some(document.canonical());
             (change.action, change.reason) = match &live {
                 None => (Action::Create, "no live policy".into()),
                 Some(Err(e)) => (
                     Action::Update,
                     format!("live policy is not a valid policy document ({e})"),
                 ),
-                // Equivalence is equality of canonical forms, both already computed above.
-                Some(Ok(_)) if change.before == change.after => (Action::NoOp, "in sync".into()),
+                Some(Ok(_)) if change.live.as_ref().is_some_and(|l| l.equivalent(document)) => {
+                    (Action::NoOp, "in sync".into())
+                }
                 Some(Ok(_)) => (Action::Update, "live policy differs".into()),
             };
             if change.action != Action::NoOp {
-                change.put_json = Some(json.clone());
-                change.desired = Some(document.clone());
+                change.put_json = Some(Arc::clone(json));
+                change.desired = Some(Arc::clone(document));
             }
         }
         Intent::Absent => {

@@ -102,7 +102,7 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
         let _ = writeln!(out, "    {}", style.dim(&format!("declared as {declared}")));
     }
     let _ = writeln!(out, "    {}", style.dim(&format!("reason: {}", c.reason)));
-    for line in statement_diff(c.live.as_ref(), c.live_raw.as_deref(), c.desired.as_ref()) {
+    for line in statement_diff(c.live.as_ref(), c.live_raw.as_deref(), c.desired.as_deref()) {
         let _ = writeln!(out, "    {}", diff_line(line, style));
     }
     let _ = writeln!(out);

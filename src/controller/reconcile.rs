@@ -939,8 +939,8 @@ mod tests {
         DesiredResource {
             arn: a,
             intent: Intent::Present {
-                document: PolicyDocument::from_json_str(&json).unwrap(),
-                json,
+                document: PolicyDocument::from_json_str(&json).unwrap().into(),
+                json: json.into(),
             },
             source: manifest::Source {
                 file: root.join(file),
