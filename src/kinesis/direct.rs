@@ -123,7 +123,11 @@ impl Intercept for RouteRecorder {
 /// SigV4 signing key derived from them (it changes only with the day or the credentials).
 pub(super) struct CredentialCache {
     provider: SharedCredentialsProvider,
-    cached: tokio::sync::Mutex<Option<Credentials>>,
+    /// Shared, not cloned per call: a `Credentials` clone copies its property map.
+    current: std::sync::Mutex<Option<Arc<Credentials>>>,
+    /// Held while fetching, so that concurrent calls wait for one fetch instead of each
+    /// starting their own.
+    refresh: tokio::sync::Mutex<()>,
     signing_key: std::sync::Mutex<Option<SigningKey>>,
 }
 
@@ -137,19 +141,30 @@ impl CredentialCache {
     pub(super) fn new(provider: SharedCredentialsProvider) -> Self {
         Self {
             provider,
-            cached: tokio::sync::Mutex::new(None),
+            current: std::sync::Mutex::new(None),
+            refresh: tokio::sync::Mutex::new(()),
             signing_key: std::sync::Mutex::new(None),
         }
     }
 
-    async fn credentials(&self) -> Result<Credentials, ApiError> {
-        let mut slot = self.cached.lock().await;
-        if let Some(creds) = slot.as_ref()
-            && creds
-                .expiry()
-                .is_none_or(|e| SystemTime::now() + CREDENTIALS_BUFFER < e)
-        {
-            return Ok(creds.clone());
+    fn fresh(&self) -> Option<Arc<Credentials>> {
+        let slot = self.current.lock().expect("credentials");
+        slot.as_ref()
+            .filter(|c| {
+                c.expiry()
+                    .is_none_or(|e| SystemTime::now() + CREDENTIALS_BUFFER < e)
+            })
+            .cloned()
+    }
+
+    async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
+        if let Some(creds) = self.fresh() {
+            return Ok(creds);
+        }
+        let _fetching = self.refresh.lock().await;
+        // Another call may have fetched while this one waited.
+        if let Some(creds) = self.fresh() {
+            return Ok(creds);
         }
         let creds: Credentials = self.provider.provide_credentials().await.map_err(|e| {
             ApiError::new(
@@ -162,7 +177,8 @@ impl CredentialCache {
                 ),
             )
         })?;
-        *slot = Some(creds.clone());
+        let creds = Arc::new(creds);
+        *self.current.lock().expect("credentials") = Some(Arc::clone(&creds));
         Ok(creds)
     }
 
@@ -250,7 +266,7 @@ impl DirectReader {
             let key = credentials.signing_key(&creds, route, now, &amz_date[..8]);
             quick_signed_request(route, &creds, &key, &amz_date, arn)?
         } else {
-            signed_request(route, &Identity::from(creds), arn, now)?
+            signed_request(route, &Identity::from(Credentials::clone(&creds)), arn, now)?
         };
         let exchange = async {
             let response = self
@@ -652,6 +668,61 @@ mod tests {
             req.body().bytes(),
             Some(&br#"{"ResourceARN":"arn:aws:kinesis:x"}"#[..])
         );
+    }
+
+    /// Counts fetches; its credentials expire `ttl` from the fetch.
+    #[derive(Debug)]
+    struct Counting {
+        fetches: Arc<std::sync::atomic::AtomicU32>,
+        ttl: Duration,
+    }
+
+    impl ProvideCredentials for Counting {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            let n = self
+                .fetches
+                .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            let expiry = SystemTime::now() + self.ttl;
+            let creds = Credentials::new(format!("AKID{n}"), "s", None, Some(expiry), "t");
+            aws_credential_types::provider::future::ProvideCredentials::ready(Ok(creds))
+        }
+    }
+
+    fn counting(ttl: Duration) -> (Arc<std::sync::atomic::AtomicU32>, CredentialCache) {
+        let fetches = Arc::new(0.into());
+        let provider = Counting {
+            fetches: Arc::clone(&fetches),
+            ttl,
+        };
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(provider));
+        (fetches, cache)
+    }
+
+    #[tokio::test]
+    async fn credentials_are_fetched_once_while_fresh() {
+        let (fetches, cache) = counting(Duration::from_secs(3600));
+        let all = futures::future::join_all((0..8).map(|_| cache.credentials())).await;
+        assert!(
+            all.iter()
+                .all(|c| c.as_ref().unwrap().access_key_id() == "AKID0")
+        );
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn credentials_near_expiry_are_fetched_again() {
+        // Inside the refresh buffer from the start: every call must fetch anew.
+        let (fetches, cache) = counting(CREDENTIALS_BUFFER / 2);
+        let first = cache.credentials().await.unwrap();
+        let second = cache.credentials().await.unwrap();
+        assert_eq!(first.access_key_id(), "AKID0");
+        assert_eq!(second.access_key_id(), "AKID1");
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[test]
