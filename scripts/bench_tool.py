@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import statistics
 import sys
 import time
 
@@ -314,22 +315,30 @@ def report(a):
     exchange_notes = []
     for n in sizes:
         setup = next((r["setup"] for r in by("setup") if r["n"] == n), {})
-        val = next((r for r in by("validate") if r["n"] == n), None)
+        vals = [r for r in by("validate") if r["n"] == n]
+        val = min(vals, key=lambda r: r["wall_s"]) if vals else None
         plans = [r for r in by("plan") if r["n"] == n]
         best = min(plans, key=lambda r: r["wall_s"])
         rps = n / best["wall_s"]
         fc, frps = max(((c, v) for r in by("floor") if r["n"] == n for c, v in r["rps"].items()), key=lambda kv: kv[1])
         ratio = rps / frps
-        # CPU: the least of the runs at the best concurrency (the sweep's and the repeat):
-        # on a shared machine, noise only ever adds CPU time.
-        cpu_s = min(r["cpu_s"] for r in plans if r["concurrency"] == best["concurrency"])
+        # CPU: the least of the runs at the best concurrency (the sweep's and the rounds): on a
+        # shared machine, noise only ever adds CPU time.
+        cpu_runs = [r["cpu_s"] for r in plans if r["concurrency"] == best["concurrency"]]
+        cpu_s = min(cpu_runs)
         cpu_us = cpu_s / n * 1e6
         plan_cpu[n] = cpu_s
         xf = [r["cpu_s"] for r in by("xfloor") if r["n"] == n]
         if xf:
             xf_us = min(xf) / n * 1e6
-            exchange_notes.append(f"N={n}: the exchange alone {xf_us:.0f} µs per call, kpr {cpu_us:.0f} µs per "
-                                  f"resource, so kpr's own work is {cpu_us - xf_us:.0f} µs")
+            load = min((r["cpu_s"] for r in vals), default=None)
+            load_note = (f", of which loading the manifests (`kpr validate`, least of {len(vals)}) is "
+                         f"{load / n * 1e6:.0f} µs" if load is not None else "")
+            exchange_notes.append(
+                f"N={n}: kpr {cpu_us:.0f} µs per resource (least of {len(cpu_runs)} runs, median "
+                f"{statistics.median(cpu_runs) / n * 1e6:.0f}); the exchange alone {xf_us:.0f} µs per call (least of "
+                f"{len(xf)}, median {statistics.median(xf) / n * 1e6:.0f}), so kpr's own work is "
+                f"{cpu_us - xf_us:.0f} µs{load_note}")
         ap = next(r for r in by("apply") if r["n"] == n)
         calls = n + 2 * ap["changed"]
         w(f"| {n} | {setup.get('total_s', '?')} | {val['wall_s'] if val else '-'} | {best['wall_s']:.2f} ({best['concurrency']}) "
@@ -352,7 +361,7 @@ def report(a):
                    f"{st['total']} calls {st['per_op']}; calls/resource {st['calls_per_resource_histogram']}")
     if exchange_notes:
         w("\nCPU floor (examples/exchange_floor.rs: the same requests through kpr's HTTP connector at the same "
-          "concurrency, nothing else; best of 3): " + "; ".join(exchange_notes) + ".")
+          "concurrency, nothing else; run in rounds interleaved with kpr's): " + "; ".join(exchange_notes) + ".")
     if len(sizes) >= 2:
         n1, n2 = sizes[-2], sizes[-1]
         marginal = (plan_cpu[n2] - plan_cpu[n1]) / (n2 - n1) * 1e6
@@ -407,6 +416,11 @@ def report(a):
     w("|---|---|---|")
     for name, res, fig in targets:
         w(f"| {name} | {res} | {fig} |")
+    creates = by("create")
+    if creates:
+        w("\nFirst apply (every policy created, verified by reading it back): " + "; ".join(
+            f"N={r['n']}: {r['wall_s']:.1f} s, CPU {r['cpu_s'] / r['n'] * 1e6:.0f} µs per resource, peak RSS "
+            f"{mib(r['rss_kib'])} MiB" for r in creates) + ".")
     setups = [(r["n"], r["setup"]) for r in by("setup")]
     if setups:
         w("\nSetup (kinesis-mock, streams CREATING 10 ms, at most 5 at once): "
