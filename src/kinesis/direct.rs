@@ -17,6 +17,8 @@ use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
 
 use aws_credential_types::Credentials;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::future::ProvideCredentials as ProvideCredentialsFuture;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
@@ -121,6 +123,8 @@ impl Intercept for RouteRecorder {
 
 /// The credentials of one scope, resolved once and reused until they near expiry, and the
 /// SigV4 signing key derived from them (it changes only with the day or the credentials).
+/// The scope's SDK client resolves its credentials here too (see [`SharedCache`]), so a scope
+/// fetches them once (one STS call for an assumed role), not once per path.
 pub(super) struct CredentialCache {
     provider: SharedCredentialsProvider,
     /// Shared, not cloned per call: a `Credentials` clone copies its property map.
@@ -157,7 +161,7 @@ impl CredentialCache {
             .cloned()
     }
 
-    async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
+    async fn fetch(&self) -> Result<Arc<Credentials>, CredentialsError> {
         if let Some(creds) = self.fresh() {
             return Ok(creds);
         }
@@ -166,7 +170,13 @@ impl CredentialCache {
         if let Some(creds) = self.fresh() {
             return Ok(creds);
         }
-        let creds: Credentials = self.provider.provide_credentials().await.map_err(|e| {
+        let creds = Arc::new(self.provider.provide_credentials().await?);
+        *self.current.lock().expect("credentials") = Some(Arc::clone(&creds));
+        Ok(creds)
+    }
+
+    async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
+        self.fetch().await.map_err(|e| {
             ApiError::new(
                 Op::GetResourcePolicy,
                 ErrorClass::Fatal,
@@ -176,10 +186,7 @@ impl CredentialCache {
                     aws_sdk_kinesis::error::DisplayErrorContext(&e)
                 ),
             )
-        })?;
-        let creds = Arc::new(creds);
-        *self.current.lock().expect("credentials") = Some(Arc::clone(&creds));
-        Ok(creds)
+        })
     }
 
     fn signing_key(
@@ -210,6 +217,29 @@ impl CredentialCache {
             key: key.clone(),
         });
         key
+    }
+}
+
+impl std::fmt::Debug for CredentialCache {
+    // Never the credentials themselves.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CredentialCache").finish_non_exhaustive()
+    }
+}
+
+/// A scope's [`CredentialCache`] as its SDK client's credentials provider. The client's own
+/// identity cache is turned off, so the SDK and the direct path share one cache.
+#[derive(Debug, Clone)]
+pub(super) struct SharedCache(pub(super) Arc<CredentialCache>);
+
+impl ProvideCredentials for SharedCache {
+    fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
+    where
+        Self: 'a,
+    {
+        ProvideCredentialsFuture::new(async move {
+            self.0.fetch().await.map(|c| Credentials::clone(&c))
+        })
     }
 }
 
@@ -678,9 +708,7 @@ mod tests {
     }
 
     impl ProvideCredentials for Counting {
-        fn provide_credentials<'a>(
-            &'a self,
-        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
         where
             Self: 'a,
         {
@@ -689,7 +717,7 @@ mod tests {
                 .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
             let expiry = SystemTime::now() + self.ttl;
             let creds = Credentials::new(format!("AKID{n}"), "s", None, Some(expiry), "t");
-            aws_credential_types::provider::future::ProvideCredentials::ready(Ok(creds))
+            ProvideCredentialsFuture::ready(Ok(creds))
         }
     }
 
@@ -723,6 +751,57 @@ mod tests {
         assert_eq!(first.access_key_id(), "AKID0");
         assert_eq!(second.access_key_id(), "AKID1");
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// One scope, two reads: the first through the SDK, the second direct. Both must use the
+    /// credentials of a single fetch (an assumed role would otherwise cost two STS calls).
+    #[tokio::test]
+    async fn the_sdk_and_the_direct_path_share_one_credentials_fetch() {
+        use crate::kinesis::{AwsKinesis, ClientOptions, Kinesis};
+        let agents = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+        let seen = Arc::clone(&agents);
+        let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
+            let agent = headers
+                .get("user-agent")
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("")
+                .to_string();
+            seen.lock().unwrap().push(agent);
+            async { r#"{"Policy":""}"# }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let provider = Counting {
+            fetches: Arc::clone(&fetches),
+            ttl: Duration::from_secs(3600),
+        };
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&url)
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .build();
+        let api = AwsKinesis::with_config(base, ClientOptions::default());
+        let arn =
+            crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
+                .unwrap();
+        for _ in 0..2 {
+            assert_eq!(api.get_policy(&arn).await.unwrap(), None);
+        }
+        let agents = agents.lock().unwrap().clone();
+        assert_eq!(agents.len(), 2, "{agents:?}");
+        assert!(
+            !agents[0].starts_with("kpr/"),
+            "first read via the SDK: {agents:?}"
+        );
+        assert!(
+            agents[1].starts_with("kpr/"),
+            "second read direct: {agents:?}"
+        );
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
     }
 
     #[test]

@@ -23,7 +23,7 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::arn::{ConsumerRef, ResourceArn, Scope};
 
 mod direct;
-use direct::{CredentialCache, DirectReader, RouteRecorder};
+use direct::{CredentialCache, DirectReader, RouteRecorder, SharedCache};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -509,7 +509,7 @@ struct ScopeClient {
     sdk: aws_sdk_kinesis::Client,
     route: RouteRecorder,
     /// None when the configuration has no credentials: the SDK path reports that.
-    credentials: Option<CredentialCache>,
+    credentials: Option<Arc<CredentialCache>>,
 }
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -534,7 +534,11 @@ impl AwsKinesis {
                 loader = loader.http_client(aws_smithy_http_client::Builder::new().build_http());
             }
         }
-        let base = loader.load().await;
+        Self::with_config(loader.load().await, opts)
+    }
+
+    /// On a configuration already loaded (tests give their own credentials provider).
+    pub(crate) fn with_config(base: SdkConfig, opts: ClientOptions) -> Self {
         let reader = DirectReader::new(CONNECT_TIMEOUT, opts.attempt_timeout());
         Self {
             base,
@@ -575,12 +579,15 @@ impl AwsKinesis {
                 .configure(&self.base)
                 .build()
                 .await;
-            let assumed = SharedCredentialsProvider::new(assumed);
-            conf = conf.credentials_provider(assumed.clone());
-            provider = Some(assumed);
+            provider = Some(SharedCredentialsProvider::new(assumed));
+        }
+        let credentials = provider.map(|p| Arc::new(CredentialCache::new(p)));
+        if let Some(cache) = &credentials {
+            conf = conf
+                .credentials_provider(SharedCache(Arc::clone(cache)))
+                .identity_cache(aws_sdk_kinesis::config::IdentityCache::no_cache());
         }
         let sdk = aws_sdk_kinesis::Client::from_conf(conf.build());
-        let credentials = provider.map(CredentialCache::new);
         let client = Arc::new(ScopeClient {
             sdk,
             route,
