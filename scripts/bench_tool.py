@@ -332,7 +332,7 @@ def report(a):
         if xf:
             xf_us = min(xf) / n * 1e6
             load = min((r["cpu_s"] for r in vals), default=None)
-            load_note = (f", of which loading the manifests (`kpr validate`, least of {len(vals)}) is "
+            load_note = (f", of which loading the manifests (`kpr validate`, least of {sum(r.get('runs', 1) for r in vals)}) is "
                          f"{load / n * 1e6:.0f} µs" if load is not None else "")
             exchange_notes.append(
                 f"N={n}: kpr {cpu_us:.0f} µs per resource (least of {len(cpu_runs)} runs, median "
