@@ -286,6 +286,20 @@ def run_cmd(a):
     print(f"{os.waitstatus_to_exitcode(status)} {wall:.4f} {ru.ru_utime + ru.ru_stime:.4f} {ru.ru_maxrss}")
 
 
+def concurrency_table(w, by, sizes, sweep):
+    w("\n## kpr plan by --concurrency (in sync)\n")
+    concs = sorted({r["concurrency"] for r in sweep})
+    w("| N | " + " | ".join(f"c={c} s (req/s)" for c in concs) + " | floor req/s by client concurrency |")
+    w("|---|" + "---|" * len(concs) + "---|")
+    for n in sizes:
+        cells = []
+        for c in concs:
+            runs = [r for r in sweep if r["n"] == n and r["concurrency"] == c]
+            cells.append(f"{runs[0]['wall_s']:.2f} ({n / runs[0]['wall_s']:.0f})" if runs else "-")
+        floor = next(r["rps"] for r in by("floor") if r["n"] == n and not r.get("repeat"))
+        w(f"| {n} | " + " | ".join(cells) + " | " + ", ".join(f"c={c}: {v:.0f}" for c, v in floor.items()) + " |")
+
+
 def report(a):
     recs = [json.loads(line) for line in open(a.results) if line.strip()]
     by = lambda kind: [r for r in recs if r["kind"] == kind]
@@ -308,9 +322,7 @@ def report(a):
     def target(name, ok, figure):
         targets.append((name, "n/a" if ok is None else ("PASS" if ok else "FAIL"), figure))
 
-    w("## Per size\n")
-    w("| N | setup s | validate s | plan s (best c) | plan req/s | floor req/s (c) | plan / floor | plan CPU µs/res | plan RSS MiB | apply 10% s | apply req/s | apply CPU µs/res | apply RSS MiB |")
-    w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    rows = []
     plan_cpu = {}
     exchange_notes = []
     for n in sizes:
@@ -320,8 +332,10 @@ def report(a):
         plans = [r for r in by("plan") if r["n"] == n]
         best = min(plans, key=lambda r: r["wall_s"])
         rps = n / best["wall_s"]
-        fc, frps = max(((c, v) for r in by("floor") if r["n"] == n for c, v in r["rps"].items()), key=lambda kv: kv[1])
-        ratio = rps / frps
+        floors = [(c, v) for r in by("floor") if r["n"] == n for c, v in r["rps"].items()]
+        # --cpu-only runs measure CPU alone: no throughput floor, apply or call counts.
+        full = bool(floors)
+        fc, frps = max(floors, key=lambda kv: kv[1]) if full else (None, None)
         # CPU: the least of the runs at the best concurrency (the sweep's and the rounds): on a
         # shared machine, noise only ever adds CPU time.
         cpu_runs = [r["cpu_s"] for r in plans if r["concurrency"] == best["concurrency"]]
@@ -339,13 +353,16 @@ def report(a):
                 f"{statistics.median(cpu_runs) / n * 1e6:.0f}); the exchange alone {xf_us:.0f} µs per call (least of "
                 f"{len(xf)}, median {statistics.median(xf) / n * 1e6:.0f}), so kpr's own work is "
                 f"{cpu_us - xf_us:.0f} µs{load_note}")
+        target(f"kpr CPU < 100 µs per resource, plan in sync (N={n}; start-up included)", cpu_us < 100, f"{cpu_us:.0f} µs")
+        if not full:
+            continue
+        ratio = rps / frps
         ap = next(r for r in by("apply") if r["n"] == n)
         calls = n + 2 * ap["changed"]
-        w(f"| {n} | {setup.get('total_s', '?')} | {val['wall_s'] if val else '-'} | {best['wall_s']:.2f} ({best['concurrency']}) "
+        rows.append(f"| {n} | {setup.get('total_s', '?')} | {val['wall_s'] if val else '-'} | {best['wall_s']:.2f} ({best['concurrency']}) "
           f"| {rps:.0f} | {frps:.0f} ({fc}) | {ratio:.2f} | {cpu_us:.0f} | {mib(best['rss_kib'])} "
           f"| {ap['wall_s']:.2f} | {calls / ap['wall_s']:.0f} | {ap['cpu_s'] / n * 1e6:.0f} | {mib(ap['rss_kib'])} |")
         target(f"plan throughput >= 0.9 x floor (N={n})", ratio >= 0.9, f"{ratio:.2f} ({rps:.0f} vs {frps:.0f} req/s)")
-        target(f"kpr CPU < 100 µs per resource, plan in sync (N={n}; start-up included)", cpu_us < 100, f"{cpu_us:.0f} µs")
         pc = next((r["stats"] for r in by("plan_calls") if r["n"] == n), None)
         if pc:
             ok = pc["per_op"] == {"GetResourcePolicy": n} and pc["calls_per_resource_histogram"] == {"1": n}
@@ -359,6 +376,11 @@ def report(a):
             ok = st["per_op"] == want_ops and st["calls_per_resource_histogram"] == want_hist
             target(f"apply: 1 read per unchanged, read + write + verify read per change (N={n}, {k} changed)", ok,
                    f"{st['total']} calls {st['per_op']}; calls/resource {st['calls_per_resource_histogram']}")
+    if rows:
+        w("## Per size\n")
+        w("| N | setup s | validate s | plan s (best c) | plan req/s | floor req/s (c) | plan / floor | plan CPU µs/res | plan RSS MiB | apply 10% s | apply req/s | apply CPU µs/res | apply RSS MiB |")
+        w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+        out.extend(rows)
     if exchange_notes:
         w("\nCPU floor (examples/exchange_floor.rs: the same requests through kpr's HTTP connector at the same "
           "concurrency, nothing else; run in rounds interleaved with kpr's): " + "; ".join(exchange_notes) + ".")
@@ -367,18 +389,10 @@ def report(a):
         marginal = (plan_cpu[n2] - plan_cpu[n1]) / (n2 - n1) * 1e6
         w(f"\nMarginal plan CPU between N={n1} and N={n2} (start-up excluded): {marginal:.0f} µs per resource.")
         target(f"kpr CPU < 100 µs per resource, marginal (N={n1} -> {n2})", marginal < 100, f"{marginal:.0f} µs")
-    w("\n## kpr plan by --concurrency (in sync)\n")
-    concs = sorted({r["concurrency"] for r in by("plan")})
-    w("| N | " + " | ".join(f"c={c} s (req/s)" for c in concs) + " | floor req/s by client concurrency |")
-    w("|---|" + "---|" * len(concs) + "---|")
-    for n in sizes:
-        cells = []
-        for c in concs:
-            runs = [r for r in by("plan") if r["n"] == n and r["concurrency"] == c and not r.get("repeat")]
-            cells.append(f"{runs[0]['wall_s']:.2f} ({n / runs[0]['wall_s']:.0f})" if runs else "-")
-        floor = next(r["rps"] for r in by("floor") if r["n"] == n and not r.get("repeat"))
-        w(f"| {n} | " + " | ".join(cells) + " | " + ", ".join(f"c={c}: {v:.0f}" for c, v in floor.items()) + " |")
-    v10 = next((r for r in by("validate") if r["n"] == 10000), None)
+    sweep = [r for r in by("plan") if not r.get("repeat")]
+    if sweep:
+        concurrency_table(w, by, sizes, sweep)
+    v10 = next((r for r in by("validate") if r["n"] == 10000 and r.get("runs") == 3), None)
     if v10:
         target("kpr validate of 10,000 manifests < 1 s", v10["wall_s"] < 1.0,
                f"{v10['wall_s']:.2f} s (best of {v10['runs']}), CPU {v10['cpu_s']} s, RSS {mib(v10['rss_kib'])} MiB")
@@ -408,7 +422,7 @@ def report(a):
             if s["webhook_dir_s"] is not None or s["webhook_git_s"] is not None:
                 target(f"signed webhook -> last of 100 changed policies applied (N={s['n']})", None,
                        f"git source (incremental): {s['webhook_git_s']} s; directory source (full scan): {s['webhook_dir_s']} s")
-    else:
+    elif by("apply"):
         reason = by("serve_skipped")[0]["reason"] if by("serve_skipped") else "not run"
         target("serve idle RSS < 20 MiB / < 64 MiB reconciling 10,000; webhook convergence", None, f"skipped: {reason}")
     w("\n## Targets\n")
