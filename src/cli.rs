@@ -242,6 +242,7 @@ impl Engine {
                     .max_policy_size
                     .or(file.max_policy_size)
                     .unwrap_or(manifest::DEFAULT_MAX_POLICY_SIZE),
+                ..LoadOptions::default()
             },
         }
     }

@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
+use std::hash::{DefaultHasher, Hasher};
 use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -138,12 +139,16 @@ impl fmt::Display for Diagnostic {
 #[derive(Debug, Clone)]
 pub struct LoadOptions {
     pub max_policy_size: usize,
+    /// Record a digest of each file read (`Loaded::digests`): how `kpr serve` tells which files
+    /// of a directory source changed between runs.
+    pub digests: bool,
 }
 
 impl Default for LoadOptions {
     fn default() -> Self {
         Self {
             max_policy_size: DEFAULT_MAX_POLICY_SIZE,
+            digests: false,
         }
     }
 }
@@ -154,6 +159,9 @@ pub struct Loaded {
     pub state: DesiredState,
     pub diagnostics: Vec<Diagnostic>,
     pub files: usize,
+    /// Each file read and a digest of its bytes, when `LoadOptions::digests` asks for them.
+    /// Compared only within one process, so a fast non-cryptographic hash serves.
+    pub digests: Vec<(PathBuf, u64)>,
 }
 
 impl Loaded {
@@ -231,6 +239,11 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
                 message: format!("cannot read file: {e}"),
             }),
             Ok(_) => {
+                if opts.digests {
+                    let mut hasher = DefaultHasher::new();
+                    hasher.write(&bytes);
+                    loaded.digests.push((file.clone(), hasher.finish()));
+                }
                 parse_file(file, &bytes, opts, &mut resources, &mut loaded.diagnostics);
             }
         }

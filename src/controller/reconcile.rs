@@ -2,8 +2,9 @@
 //! per-resource backoff, status and metrics.
 //!
 //! Nothing is applied from a revision that failed to fetch or validate; the last good one
-//! stays what `/status` and the metrics report. A webhook run reconciles only what the push
-//! changed; scheduled and startup runs scan everything, which is how hand edits get undone.
+//! stays what `/status` and the metrics report. A webhook run reconciles only what changed
+//! since the last run (a git diff, or for a directory the files whose content differs);
+//! scheduled and startup runs scan everything, which is how hand edits get undone.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -149,12 +150,20 @@ struct Applied {
     files: FileIndex,
 }
 
-/// Repository-relative manifest file -> the ARNs (as text, parsed again only for the files a
-/// push changes) and lines it declares.
-type FileIndex = HashMap<PathBuf, Vec<(Box<str>, usize)>>;
+/// Source-relative manifest file -> what a run read from it.
+type FileIndex = HashMap<PathBuf, IndexedFile>;
+
+#[derive(Debug, Default)]
+struct IndexedFile {
+    /// A digest of its bytes (directory sources, which have no revisions to diff; 0 for git).
+    digest: u64,
+    /// The ARNs it declares (as text, parsed again only for the files a change touches) and
+    /// their lines.
+    declared: Vec<(Box<str>, usize)>,
+}
 
 /// What a run keeps of its desired state after planning: which resources it declares, and
-/// (for a source with revisions) the per-file index the next incremental run starts from.
+/// the per-file index the next incremental run starts from.
 struct Declared {
     ids: HashSet<ResourceArn>,
     files: FileIndex,
@@ -209,6 +218,15 @@ struct Incremental {
     /// Identities whose manifest was removed and that become delete candidates (`--prune`).
     removed: HashSet<ResourceArn>,
     left_alone: Vec<ResourceArn>,
+}
+
+/// A run's validated manifests.
+struct Loaded {
+    desired: DesiredState,
+    /// The git commit, or a directory's content digest.
+    revision: Option<String>,
+    /// Source-relative file -> digest of its bytes (directory sources only).
+    digests: HashMap<PathBuf, u64>,
 }
 
 pub struct Reconciler {
@@ -278,16 +296,25 @@ impl Reconciler {
             .to_string()
     }
 
-    async fn load(&self, revision: Option<&str>) -> Result<DesiredState, String> {
+    /// Loads and validates the manifests. A directory source has no revisions, so its
+    /// revision is a digest of the files' content (`content-…`): equal content, equal revision.
+    async fn load(&self, revision: Option<String>) -> Result<Loaded, String> {
         let dir = self.source.manifest_dir();
-        let opts = self.engine.load.clone();
-        let loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
+        let mut opts = self.engine.load.clone();
+        opts.digests = self.source.is_dir();
+        let mut loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
             .await
             .map_err(|e| format!("loading the manifests failed: {e}"))?;
-        let new_revision = self
-            .applied
-            .as_ref()
-            .is_none_or(|a| a.revision.as_deref() != revision);
+        let digests: HashMap<PathBuf, u64> = std::mem::take(&mut loaded.digests)
+            .into_iter()
+            .map(|(file, digest)| {
+                let file = file.strip_prefix(self.source.root()).unwrap_or(&file);
+                (file.to_path_buf(), digest)
+            })
+            .collect();
+        let revision =
+            revision.or_else(|| self.source.is_dir().then(|| content_revision(&digests)));
+        let new_revision = self.applied.as_ref().is_none_or(|a| a.revision != revision);
         if new_revision {
             for d in loaded
                 .diagnostics
@@ -297,7 +324,7 @@ impl Reconciler {
                 tracing::warn!(file = %self.rel(&d.file), line = d.line, "{}", d.message);
             }
         }
-        loaded.into_result().map_err(|errors| {
+        let desired = loaded.into_result().map_err(|errors| {
             const SHOWN: usize = 10;
             let shown: Vec<String> = errors
                 .iter()
@@ -318,16 +345,21 @@ impl Reconciler {
                     String::new()
                 }
             )
+        })?;
+        Ok(Loaded {
+            desired,
+            revision,
+            digests,
         })
     }
 
-    /// What a webhook run must look at, or `None` for a full run (no applied revision yet, a
-    /// directory source, or the diff failed).
+    /// What a webhook run must look at, or `None` for a full run (no applied revision yet, or
+    /// the diff failed).
     async fn incremental_scope(
         &self,
         revision: Option<&str>,
         desired: &DesiredState,
-        declared: &HashSet<ResourceArn>,
+        declared: &Declared,
         now: Instant,
     ) -> Option<Incremental> {
         let new = revision?;
@@ -338,6 +370,8 @@ impl Reconciler {
         let old = applied.revision.as_deref()?;
         let changed = if old == new {
             Vec::new()
+        } else if self.source.is_dir() {
+            changed_by_digest(&applied.files, &declared.files)
         } else {
             match self.source.changed_files(old, new).await? {
                 Ok(c) => c,
@@ -350,7 +384,7 @@ impl Reconciler {
         Some(changed_scope(
             changed,
             desired,
-            declared,
+            &declared.ids,
             &applied.files,
             self.source.root(),
             &self.backoff.due(now).cloned().collect(),
@@ -367,24 +401,29 @@ impl Reconciler {
                 return out.fail(RunResult::FetchFailed, e);
             }
         };
-        if let Some(r) = &revision {
-            span.record("revision", r.as_str());
-        }
         out.revision = revision.clone();
-        let desired = match self.load(revision.as_deref()).await {
-            Ok(d) => d,
+        let Loaded {
+            desired,
+            revision,
+            digests,
+        } = match self.load(revision).await {
+            Ok(l) => l,
             Err(e) => {
                 tracing::error!(error = %e, "invalid manifests; nothing applied, the last good revision stays");
                 return out.fail(RunResult::Invalid, e);
             }
         };
+        if let Some(r) = &revision {
+            span.record("revision", r.as_str());
+        }
+        out.revision = revision.clone();
         // What the run keeps of the desired state once it has planned (see below).
-        let declared = self.declared(&desired, revision.as_deref());
+        let declared = self.declared(&desired, digests);
         let now = Instant::now();
         let scope = if trigger.full_scan() {
             None
         } else {
-            self.incremental_scope(revision.as_deref(), &desired, &declared.ids, now)
+            self.incremental_scope(revision.as_deref(), &desired, &declared, now)
                 .await
         };
         let concurrency = self.engine.concurrency;
@@ -566,17 +605,10 @@ impl Reconciler {
         out
     }
 
-    fn declared(&self, desired: &DesiredState, revision: Option<&str>) -> Declared {
+    fn declared(&self, desired: &DesiredState, digests: HashMap<PathBuf, u64>) -> Declared {
         Declared {
             ids: desired.resources.iter().map(|r| r.arn.identity()).collect(),
-            // Only a source with revisions (git) runs incrementally; a directory's runs are
-            // all full, so an index for it would be ~1.6 MB at 10,000 resources kept for
-            // nothing.
-            files: if revision.is_some() {
-                index_files(desired, self.source.root())
-            } else {
-                FileIndex::new()
-            },
+            files: index_files(desired, self.source.root(), digests),
         }
     }
 
@@ -821,9 +853,19 @@ impl Reconciler {
     }
 }
 
-/// Repository-relative manifest file -> the resources it declares.
-fn index_files(desired: &DesiredState, root: &Path) -> FileIndex {
-    let mut files = FileIndex::new();
+/// Source-relative manifest file -> its digest (directory sources) and the resources it
+/// declares.
+fn index_files(desired: &DesiredState, root: &Path, digests: HashMap<PathBuf, u64>) -> FileIndex {
+    let mut files: FileIndex = digests
+        .into_iter()
+        .map(|(file, digest)| {
+            let entry = IndexedFile {
+                digest,
+                declared: Vec::new(),
+            };
+            (file, entry)
+        })
+        .collect();
     for r in &desired.resources {
         let file = r
             .source
@@ -834,15 +876,44 @@ fn index_files(desired: &DesiredState, root: &Path) -> FileIndex {
         files
             .entry(file)
             .or_default()
+            .declared
             .push((r.arn.to_string().into(), r.source.line));
     }
     // Kept until the next run: most files declare one resource, and a default-grown Vec
     // reserves four (measured: 576 of the ~1,200 bytes an idle controller kept per resource).
-    for declared in files.values_mut() {
-        declared.shrink_to_fit();
+    for file in files.values_mut() {
+        file.declared.shrink_to_fit();
     }
     files.shrink_to_fit();
     files
+}
+
+/// The files whose content differs between two runs' indexes, added and removed ones
+/// included: a directory source's counterpart of `git diff --name-only`.
+fn changed_by_digest(applied: &FileIndex, now: &FileIndex) -> Vec<PathBuf> {
+    let mut changed: Vec<PathBuf> = now
+        .iter()
+        .filter(|(file, f)| applied.get(*file).is_none_or(|a| a.digest != f.digest))
+        .map(|(file, _)| file.clone())
+        .chain(
+            applied
+                .keys()
+                .filter(|file| !now.contains_key(*file))
+                .cloned(),
+        )
+        .collect();
+    changed.sort();
+    changed
+}
+
+/// A directory's revision: one digest over every file's path and digest, in path order.
+fn content_revision(digests: &HashMap<PathBuf, u64>) -> String {
+    use std::hash::{Hash, Hasher};
+    let mut files: Vec<(&PathBuf, &u64)> = digests.iter().collect();
+    files.sort();
+    let mut hasher = std::hash::DefaultHasher::new();
+    files.hash(&mut hasher);
+    format!("content-{:016x}", hasher.finish())
 }
 
 /// Changed files -> what an incremental run reconciles: every resource declared in a changed
@@ -874,7 +945,11 @@ fn changed_scope(
     let mut removed = HashSet::new();
     let mut left_alone = Vec::new();
     for file in &changed {
-        for (text, line) in applied_files.get(file).into_iter().flatten() {
+        for (text, line) in applied_files
+            .get(file)
+            .into_iter()
+            .flat_map(|f| &f.declared)
+        {
             // Written from a parsed ARN, so it parses again.
             let Ok(arn) = ResourceArn::parse(text) else {
                 continue;
@@ -993,7 +1068,47 @@ mod tests {
                 present("e", "m/e.yaml", root),
             ],
         };
-        (new, index_files(&old, root))
+        (new, index_files(&old, root, HashMap::new()))
+    }
+
+    #[test]
+    fn changed_files_by_digest_include_added_and_removed_ones() {
+        let index = |files: &[(&str, u64)]| -> FileIndex {
+            files
+                .iter()
+                .map(|(f, d)| {
+                    let entry = IndexedFile {
+                        digest: *d,
+                        declared: Vec::new(),
+                    };
+                    (PathBuf::from(f), entry)
+                })
+                .collect()
+        };
+        let old = index(&[("a.yaml", 1), ("b.yaml", 2), ("c.yaml", 3)]);
+        let new = index(&[("a.yaml", 1), ("b.yaml", 9), ("d.yaml", 4)]);
+        assert_eq!(
+            changed_by_digest(&old, &new),
+            ["b.yaml", "c.yaml", "d.yaml"].map(PathBuf::from)
+        );
+        assert!(changed_by_digest(&new, &new).is_empty());
+        let digests = |files: &[(&str, u64)]| -> HashMap<PathBuf, u64> {
+            files.iter().map(|(f, d)| (PathBuf::from(f), *d)).collect()
+        };
+        let one = content_revision(&digests(&[("a.yaml", 1), ("b.yaml", 2)]));
+        assert_eq!(
+            one,
+            content_revision(&digests(&[("b.yaml", 2), ("a.yaml", 1)]))
+        );
+        assert_ne!(
+            one,
+            content_revision(&digests(&[("a.yaml", 1), ("b.yaml", 3)]))
+        );
+        assert_ne!(
+            one,
+            content_revision(&digests(&[("a.yaml", 2), ("b.yaml", 1)]))
+        );
+        assert!(one.starts_with("content-"));
     }
 
     fn changed() -> Vec<PathBuf> {
@@ -1066,7 +1181,10 @@ mod tests {
         let mut applied = FileIndex::new();
         applied.insert(
             PathBuf::from("m/x.yaml"),
-            vec![(other.to_string().into(), 1)],
+            IndexedFile {
+                digest: 0,
+                declared: vec![(other.to_string().into(), 1)],
+            },
         );
         let new = DesiredState {
             resources: vec![present("a", "m/a.yaml", root)],

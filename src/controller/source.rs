@@ -72,6 +72,10 @@ impl Source {
         }
     }
 
+    pub fn is_dir(&self) -> bool {
+        matches!(self, Source::Dir(_))
+    }
+
     /// The directory `manifest::load_dir` reads.
     pub fn manifest_dir(&self) -> PathBuf {
         match self {
