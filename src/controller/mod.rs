@@ -8,6 +8,7 @@
 //! secrets only ever from a file or an environment variable.
 
 mod backoff;
+mod file_index;
 mod http;
 mod memory;
 mod reconcile;

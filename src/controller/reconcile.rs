@@ -23,6 +23,7 @@ use crate::manifest::{self, DesiredResource, DesiredState, Intent, Severity};
 use crate::plan::{self, Action, DeleteCause, PlanOptions, PlanRefused, Summary};
 
 use super::backoff::Backoff;
+use super::file_index::FileIndex;
 use super::http::Shared;
 use super::source::Source;
 use super::trigger::Trigger;
@@ -148,18 +149,6 @@ pub struct Status {
 struct Applied {
     revision: Option<String>,
     files: FileIndex,
-}
-
-/// Source-relative manifest file -> what a run read from it.
-type FileIndex = HashMap<PathBuf, IndexedFile>;
-
-#[derive(Debug, Default)]
-struct IndexedFile {
-    /// A digest of its bytes (directory sources, which have no revisions to diff; 0 for git).
-    digest: u64,
-    /// The ARNs it declares (as text, parsed again only for the files a change touches) and
-    /// their lines.
-    declared: Vec<(Box<str>, usize)>,
 }
 
 /// What a run keeps of its desired state after planning: which resources it declares, and
@@ -371,7 +360,7 @@ impl Reconciler {
         let changed = if old == new {
             Vec::new()
         } else if self.source.is_dir() {
-            changed_by_digest(&applied.files, &declared.files)
+            declared.files.changed_since(&applied.files)
         } else {
             match self.source.changed_files(old, new).await? {
                 Ok(c) => c,
@@ -855,55 +844,26 @@ impl Reconciler {
 
 /// Source-relative manifest file -> its digest (directory sources) and the resources it
 /// declares.
-fn index_files(desired: &DesiredState, root: &Path, digests: HashMap<PathBuf, u64>) -> FileIndex {
-    let mut files: FileIndex = digests
-        .into_iter()
-        .map(|(file, digest)| {
-            let entry = IndexedFile {
-                digest,
-                declared: Vec::new(),
-            };
-            (file, entry)
-        })
-        .collect();
+fn index_files(
+    desired: &DesiredState,
+    root: &Path,
+    mut digests: HashMap<PathBuf, u64>,
+) -> FileIndex {
+    let mut files: HashMap<PathBuf, Vec<(String, usize)>> = HashMap::new();
     for r in &desired.resources {
-        let file = r
-            .source
-            .file
-            .strip_prefix(root)
-            .unwrap_or(&r.source.file)
-            .to_path_buf();
+        let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
         files
-            .entry(file)
+            .entry(file.to_path_buf())
             .or_default()
-            .declared
-            .push((r.arn.to_string().into(), r.source.line));
+            .push((r.arn.to_string(), r.source.line));
     }
-    // Kept until the next run: most files declare one resource, and a default-grown Vec
-    // reserves four (measured: 576 of the ~1,200 bytes an idle controller kept per resource).
-    for file in files.values_mut() {
-        file.declared.shrink_to_fit();
+    for file in digests.keys() {
+        files.entry(file.clone()).or_default();
     }
-    files.shrink_to_fit();
-    files
-}
-
-/// The files whose content differs between two runs' indexes, added and removed ones
-/// included: a directory source's counterpart of `git diff --name-only`.
-fn changed_by_digest(applied: &FileIndex, now: &FileIndex) -> Vec<PathBuf> {
-    let mut changed: Vec<PathBuf> = now
-        .iter()
-        .filter(|(file, f)| applied.get(*file).is_none_or(|a| a.digest != f.digest))
-        .map(|(file, _)| file.clone())
-        .chain(
-            applied
-                .keys()
-                .filter(|file| !now.contains_key(*file))
-                .cloned(),
-        )
-        .collect();
-    changed.sort();
-    changed
+    FileIndex::new(files.into_iter().map(|(file, declared)| {
+        let digest = digests.remove(&file).unwrap_or(0);
+        (file, digest, declared)
+    }))
 }
 
 /// A directory's revision: one digest over every file's path and digest, in path order.
@@ -945,11 +905,7 @@ fn changed_scope(
     let mut removed = HashSet::new();
     let mut left_alone = Vec::new();
     for file in &changed {
-        for (text, line) in applied_files
-            .get(file)
-            .into_iter()
-            .flat_map(|f| &f.declared)
-        {
+        for (text, line) in applied_files.declared(file) {
             // Written from a parsed ARN, so it parses again.
             let Ok(arn) = ResourceArn::parse(text) else {
                 continue;
@@ -965,7 +921,7 @@ fn changed_scope(
                     intent: Intent::Absent,
                     source: manifest::Source {
                         file: root.join(file),
-                        line: *line,
+                        line,
                     },
                 });
                 removed.insert(id);
@@ -1072,26 +1028,7 @@ mod tests {
     }
 
     #[test]
-    fn changed_files_by_digest_include_added_and_removed_ones() {
-        let index = |files: &[(&str, u64)]| -> FileIndex {
-            files
-                .iter()
-                .map(|(f, d)| {
-                    let entry = IndexedFile {
-                        digest: *d,
-                        declared: Vec::new(),
-                    };
-                    (PathBuf::from(f), entry)
-                })
-                .collect()
-        };
-        let old = index(&[("a.yaml", 1), ("b.yaml", 2), ("c.yaml", 3)]);
-        let new = index(&[("a.yaml", 1), ("b.yaml", 9), ("d.yaml", 4)]);
-        assert_eq!(
-            changed_by_digest(&old, &new),
-            ["b.yaml", "c.yaml", "d.yaml"].map(PathBuf::from)
-        );
-        assert!(changed_by_digest(&new, &new).is_empty());
+    fn a_directory_revision_is_its_content() {
         let digests = |files: &[(&str, u64)]| -> HashMap<PathBuf, u64> {
             files.iter().map(|(f, d)| (PathBuf::from(f), *d)).collect()
         };
@@ -1178,14 +1115,8 @@ mod tests {
     fn prune_stays_inside_the_covered_scopes() {
         let root = Path::new("/work/repo");
         let other = ResourceArn::parse("arn:aws:kinesis:eu-west-1:111122223333:stream/x").unwrap();
-        let mut applied = FileIndex::new();
-        applied.insert(
-            PathBuf::from("m/x.yaml"),
-            IndexedFile {
-                digest: 0,
-                declared: vec![(other.to_string().into(), 1)],
-            },
-        );
+        let applied =
+            FileIndex::new([(PathBuf::from("m/x.yaml"), 0, vec![(other.to_string(), 1)])]);
         let new = DesiredState {
             resources: vec![present("a", "m/a.yaml", root)],
         };
