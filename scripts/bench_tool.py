@@ -421,7 +421,7 @@ def report(a):
         for s in serve:
             if s["webhook_dir_s"] is not None or s["webhook_git_s"] is not None:
                 target(f"signed webhook -> last of 100 changed policies applied (N={s['n']})", None,
-                       f"git source (incremental): {s['webhook_git_s']} s; directory source (full scan): {s['webhook_dir_s']} s")
+                       f"git source (incremental): {s['webhook_git_s']} s; directory source (incremental, by content): {s['webhook_dir_s']} s")
     elif by("apply"):
         reason = by("serve_skipped")[0]["reason"] if by("serve_skipped") else "not run"
         target("serve idle RSS < 20 MiB / < 64 MiB reconciling 10,000; webhook convergence", None, f"skipped: {reason}")
