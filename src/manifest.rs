@@ -688,7 +688,7 @@ policy:
     }
 
     #[test]
-    fn a_huge_file_is_refused_unread() {
+    fn a_huge_file_is_refused() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "a.yaml", GOOD);
         // Sparse: no disk space, and only the first 64 MiB + 1 byte are ever read.

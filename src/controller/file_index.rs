@@ -40,9 +40,13 @@ impl FileIndex {
     pub(super) fn new(entries: impl IntoIterator<Item = FileEntry>) -> Self {
         let mut entries: Vec<FileEntry> = entries.into_iter().collect();
         entries.sort_by(|a, b| a.0.cmp(&b.0));
+        // One file may come in several entries (its digest, each resource it declares).
         entries.dedup_by(|b, a| {
             let same = a.0 == b.0;
             if same {
+                if a.1 == 0 {
+                    a.1 = b.1;
+                }
                 a.2.append(&mut b.2);
             }
             same
@@ -160,10 +164,11 @@ mod tests {
     #[test]
     fn entries_for_one_file_are_merged() {
         let i = FileIndex::new([
-            (PathBuf::from("a.yaml"), 5, vec![("x".to_string(), 1)]),
+            (PathBuf::from("a.yaml"), 0, vec![("x".to_string(), 1)]),
             (PathBuf::from("a.yaml"), 5, vec![("y".to_string(), 4)]),
         ]);
         assert_eq!(i.files.len(), 1);
+        assert_eq!(i.files[0].digest, 5, "the digest survives the merge");
         let got: Vec<_> = i.declared(Path::new("a.yaml")).collect();
         assert_eq!(got, [("x", 1), ("y", 4)]);
     }

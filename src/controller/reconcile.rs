@@ -513,9 +513,8 @@ impl Reconciler {
         }
 
         // Beyond `declared`, the desired state (~4 KiB a resource) is dropped before the
-        // writes, which for a large first apply are the longest phase. (The peak, ~95 MiB for
-        // 10,000 creates, is at the end of planning, when the parsed manifests and every
-        // planned change's policy are both alive.)
+        // writes, which for a large first apply are the longest phase; planned changes keep
+        // only the policies they write.
         drop(desired);
         let mut items = Vec::new();
         for f in &plan.failures {
@@ -844,26 +843,17 @@ impl Reconciler {
 
 /// Source-relative manifest file -> its digest (directory sources) and the resources it
 /// declares.
-fn index_files(
-    desired: &DesiredState,
-    root: &Path,
-    mut digests: HashMap<PathBuf, u64>,
-) -> FileIndex {
-    let mut files: HashMap<PathBuf, Vec<(String, usize)>> = HashMap::new();
-    for r in &desired.resources {
+fn index_files(desired: &DesiredState, root: &Path, digests: HashMap<PathBuf, u64>) -> FileIndex {
+    let declared = desired.resources.iter().map(|r| {
         let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
-        files
-            .entry(file.to_path_buf())
-            .or_default()
-            .push((r.arn.to_string(), r.source.line));
-    }
-    for file in digests.keys() {
-        files.entry(file.clone()).or_default();
-    }
-    FileIndex::new(files.into_iter().map(|(file, declared)| {
-        let digest = digests.remove(&file).unwrap_or(0);
-        (file, digest, declared)
-    }))
+        let arn = (r.arn.to_string(), r.source.line);
+        (file.to_path_buf(), 0, vec![arn])
+    });
+    // FileIndex merges the entries of one file: its digest with what it declares.
+    let read = digests
+        .into_iter()
+        .map(|(file, digest)| (file, digest, Vec::new()));
+    FileIndex::new(read.chain(declared))
 }
 
 /// A directory's revision: one digest over every file's path and digest, in path order.
