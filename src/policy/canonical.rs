@@ -1,7 +1,7 @@
 //! The canonical form: one JSON value per equivalence class of policies.
 //!
 //! Maps are built in sorted key order by hand: serde_json's `preserve_order` feature is enabled
-//! in this build (by another dependency), so `serde_json::Map` keeps insertion order and the
+//! (a mapping policy is sent as written), so `serde_json::Map` keeps insertion order and the
 //! printed form would otherwise depend on how the document was written.
 
 use std::collections::{BTreeMap, BTreeSet};

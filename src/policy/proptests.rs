@@ -431,6 +431,23 @@ proptest! {
         prop_assert_eq!(super::canonical_statements(&x), super::canonical_statements(&y));
     }
 
+    /// `equivalent` takes a short cut when the models are equal; it must never change the answer.
+    #[test]
+    fn equivalence_is_equality_of_canonical_forms(
+        s in spec_strategy(),
+        t in spec_strategy(),
+        a in any::<u64>(),
+        b in any::<u64>(),
+    ) {
+        for (x, y) in [
+            (render(&s, a), render(&s, a)),
+            (render(&s, a), render(&s, b)),
+            (render(&s, a), render(&t, b)),
+        ] {
+            prop_assert_eq!(x.equivalent(&y), x.canonical() == y.canonical());
+        }
+    }
+
     #[test]
     fn changing_one_action_compares_unequal(
         spec in spec_strategy(),
