@@ -214,8 +214,9 @@ struct Loaded {
     desired: DesiredState,
     /// The git commit, or a directory's content digest.
     revision: Option<String>,
-    /// Source-relative file -> digest of its bytes (directory sources only).
-    digests: HashMap<PathBuf, u64>,
+    /// Each source-relative file and a digest of its bytes, in path order (directory sources
+    /// only).
+    digests: Vec<(PathBuf, u64)>,
 }
 
 pub struct Reconciler {
@@ -294,13 +295,12 @@ impl Reconciler {
         let mut loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
             .await
             .map_err(|e| format!("loading the manifests failed: {e}"))?;
-        let digests: HashMap<PathBuf, u64> = std::mem::take(&mut loaded.digests)
-            .into_iter()
-            .map(|(file, digest)| {
-                let file = file.strip_prefix(self.source.root()).unwrap_or(&file);
-                (file.to_path_buf(), digest)
-            })
-            .collect();
+        let mut digests = std::mem::take(&mut loaded.digests);
+        for (file, _) in &mut digests {
+            if let Ok(rel) = file.strip_prefix(self.source.root()) {
+                *file = rel.to_path_buf();
+            }
+        }
         let revision =
             revision.or_else(|| self.source.is_dir().then(|| content_revision(&digests)));
         let new_revision = self.applied.as_ref().is_none_or(|a| a.revision != revision);
@@ -593,7 +593,7 @@ impl Reconciler {
         out
     }
 
-    fn declared(&self, desired: &DesiredState, digests: HashMap<PathBuf, u64>) -> Declared {
+    fn declared(&self, desired: &DesiredState, digests: Vec<(PathBuf, u64)>) -> Declared {
         Declared {
             ids: desired.resources.iter().map(|r| r.arn.identity()).collect(),
             files: index_files(desired, self.source.root(), digests),
@@ -843,7 +843,7 @@ impl Reconciler {
 
 /// Source-relative manifest file -> its digest (directory sources) and the resources it
 /// declares.
-fn index_files(desired: &DesiredState, root: &Path, digests: HashMap<PathBuf, u64>) -> FileIndex {
+fn index_files(desired: &DesiredState, root: &Path, digests: Vec<(PathBuf, u64)>) -> FileIndex {
     let declared = desired.resources.iter().map(|r| {
         let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
         let arn = (r.arn.to_string(), r.source.line);
@@ -857,9 +857,10 @@ fn index_files(desired: &DesiredState, root: &Path, digests: HashMap<PathBuf, u6
 }
 
 /// A directory's revision: one digest over every file's path and digest, in path order.
-fn content_revision(digests: &HashMap<PathBuf, u64>) -> String {
+fn content_revision(digests: &[(PathBuf, u64)]) -> String {
     use std::hash::{Hash, Hasher};
-    let mut files: Vec<(&PathBuf, &u64)> = digests.iter().collect();
+    // `load_dir` lists files in path order already; sorting keeps this true of any caller.
+    let mut files: Vec<&(PathBuf, u64)> = digests.iter().collect();
     files.sort();
     let mut hasher = std::hash::DefaultHasher::new();
     files.hash(&mut hasher);
@@ -1014,12 +1015,12 @@ mod tests {
                 present("e", "m/e.yaml", root),
             ],
         };
-        (new, index_files(&old, root, HashMap::new()))
+        (new, index_files(&old, root, Vec::new()))
     }
 
     #[test]
     fn a_directory_revision_is_its_content() {
-        let digests = |files: &[(&str, u64)]| -> HashMap<PathBuf, u64> {
+        let digests = |files: &[(&str, u64)]| -> Vec<(PathBuf, u64)> {
             files.iter().map(|(f, d)| (PathBuf::from(f), *d)).collect()
         };
         let one = content_revision(&digests(&[("a.yaml", 1), ("b.yaml", 2)]));
