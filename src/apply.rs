@@ -6,7 +6,7 @@ use std::time::Duration;
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::kinesis::{ApiError, Kinesis, Resilient};
+use crate::kinesis::{ApiError, Kinesis, Resilient, concurrently};
 use crate::plan::{Action, Change, Failure, Plan, Summary};
 
 #[derive(Debug, Clone)]
@@ -96,8 +96,8 @@ pub async fn apply<K: Kinesis>(
     progress.set_length(pending as u64);
     // A hidden bar still keeps its rate estimate on every `inc`.
     let shown = !progress.is_hidden();
-    let mut results: Vec<ResourceResult> = futures::stream::iter(plan.changes)
-        .map(|change| async move {
+    let mut results: Vec<ResourceResult> =
+        concurrently(plan.changes, opts.concurrency, |change| async move {
             if change.action == Action::NoOp {
                 return ResourceResult {
                     change,
@@ -126,7 +126,6 @@ pub async fn apply<K: Kinesis>(
                 error: result.err(),
             }
         })
-        .buffer_unordered(opts.concurrency.max(1))
         .collect()
         .await;
     results.sort_by(|a, b| a.change.arn.cmp(&b.change.arn));

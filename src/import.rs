@@ -8,7 +8,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::arn::{ResourceArn, Scope};
-use crate::kinesis::{ApiError, Kinesis, Resilient};
+use crate::kinesis::{ApiError, Kinesis, Resilient, concurrently};
 use crate::policy::PolicyDocument;
 use crate::policy::lint::{self, LintContext};
 
@@ -69,11 +69,10 @@ pub async fn import<K: Kinesis>(
             s.scope = scope.clone();
         }
     }
-    let consumers: Vec<Result<Vec<ResourceArn>, ApiError>> = futures::stream::iter(&streams)
-        .map(|s| api.list_consumers(s))
-        .buffer_unordered(opts.concurrency.max(1))
-        .collect()
-        .await;
+    let consumers: Vec<Result<Vec<ResourceArn>, ApiError>> =
+        concurrently(&streams, opts.concurrency, |s| api.list_consumers(s))
+            .collect()
+            .await;
     let mut resources = streams.clone();
     let mut report = ImportReport::default();
     for c in consumers {
@@ -83,23 +82,21 @@ pub async fn import<K: Kinesis>(
         }
     }
     let policies: Vec<(ResourceArn, Result<Option<String>, ApiError>)> =
-        futures::stream::iter(resources)
-            .map(|arn| async move {
-                // A consumer listed without a timestamp (moto) cannot be addressed directly.
-                let target = if arn.needs_resolution() {
-                    match api.describe_consumer(&arn).await {
-                        Ok(t) => t,
-                        Err(e) => return (arn, Err(e)),
-                    }
-                } else {
-                    arn.clone()
-                };
-                let p = api.get_policy(&target).await;
-                (arn, p)
-            })
-            .buffer_unordered(opts.concurrency.max(1))
-            .collect()
-            .await;
+        concurrently(resources, opts.concurrency, |arn| async move {
+            // A consumer listed without a timestamp (moto) cannot be addressed directly.
+            let target = if arn.needs_resolution() {
+                match api.describe_consumer(&arn).await {
+                    Ok(t) => t,
+                    Err(e) => return (arn, Err(e)),
+                }
+            } else {
+                arn.clone()
+            };
+            let p = api.get_policy(&target).await;
+            (arn, p)
+        })
+        .collect()
+        .await;
     let mut policies: Vec<_> = policies.into_iter().collect();
     policies.sort_by(|a, b| a.0.cmp(&b.0));
     for (arn, policy) in policies {

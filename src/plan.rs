@@ -11,7 +11,7 @@ use futures::StreamExt;
 use serde::Serialize;
 
 use crate::arn::ResourceArn;
-use crate::kinesis::{ApiError, Kinesis, Op, Resilient};
+use crate::kinesis::{ApiError, Kinesis, Op, Resilient, concurrently};
 use crate::manifest::{DesiredResource, DesiredState, Intent, Source};
 use crate::policy::{PolicyDocument, PolicyError};
 
@@ -297,15 +297,14 @@ pub async fn plan_skipping<K: Kinesis>(
     let mut plan = Plan::default();
     // Sized up front: growing it by doubling copied every change and faulted in fresh pages.
     plan.changes.reserve(selected.len());
-    let mut results = futures::stream::iter(selected)
-        .map(|r| async move {
-            let out = plan_one(api, r).await;
-            if shown {
-                progress.inc(1);
-            }
-            out
-        })
-        .buffer_unordered(opts.concurrency.max(1));
+    let results = concurrently(selected, opts.concurrency, |r| async move {
+        let out = plan_one(api, r).await;
+        if shown {
+            progress.inc(1);
+        }
+        out
+    });
+    let mut results = std::pin::pin!(results);
     while let Some(r) = results.next().await {
         match r {
             Ok(c) => plan.changes.push(c),
@@ -414,11 +413,11 @@ async fn prune<K: Kinesis>(
                 continue;
             }
         };
-        let consumer_lists: Vec<_> = futures::stream::iter(&streams)
-            .map(|s| async move { (s, api.list_consumers(s).await) })
-            .buffer_unordered(opts.concurrency.max(1))
-            .collect()
-            .await;
+        let consumer_lists: Vec<_> = concurrently(&streams, opts.concurrency, |s| async move {
+            (s, api.list_consumers(s).await)
+        })
+        .collect()
+        .await;
         candidates.extend(streams.iter().cloned());
         for (stream, consumers) in consumer_lists {
             match consumers {
@@ -433,8 +432,8 @@ async fn prune<K: Kinesis>(
         let id = a.identity();
         !declared.contains(&id) && !skip.contains(&id) && targeted(&opts.targets, a)
     });
-    let found: Vec<Result<Option<Change>, Failure>> = futures::stream::iter(candidates)
-        .map(|arn| async move {
+    let found: Vec<Result<Option<Change>, Failure>> =
+        concurrently(candidates, opts.concurrency, |arn| async move {
             match api.get_policy(&arn).await {
                 Ok(None) => Ok(None),
                 Ok(Some(raw)) => {
@@ -450,7 +449,6 @@ async fn prune<K: Kinesis>(
                 Err(e) => Err(Failure::from_api(arn.to_string(), None, &e)),
             }
         })
-        .buffer_unordered(opts.concurrency.max(1))
         .collect()
         .await;
     let mut deletes = Vec::new();

@@ -467,15 +467,6 @@ pub async fn serve(global: &GlobalArgs, file: FileConfig, args: ServeArgs) -> Re
 }
 
 async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
-    // The engine's plan future is not provably `Send` (closures over borrowed resources in
-    // `buffer_unordered`, rust-lang/rust#102211), so the worker runs as a local task on this
-    // thread; HTTP and the SDK's connections still use the multi-threaded runtime.
-    tokio::task::LocalSet::new()
-        .run_until(run_local(settings, engine))
-        .await
-}
-
-async fn run_local(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     let metrics = http::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -509,7 +500,7 @@ async fn run_local(settings: Settings, engine: Engine) -> Result<u8, CliError> {
         },
         shared.clone(),
     );
-    let mut worker = tokio::task::spawn_local(reconcile::worker(reconciler, shared.clone()));
+    let mut worker = tokio::spawn(reconcile::worker(reconciler, shared.clone()));
     // The first run starts at once: readiness should not wait a whole interval.
     shared.queue.push(trigger::Trigger::Startup);
     let scheduler = tokio::spawn(trigger::run_schedule(

@@ -325,6 +325,29 @@ impl Iterator for FullJitter {
     }
 }
 
+/// `f` applied to each of `items`, at most `limit` calls in flight (at least one), results in
+/// the order they complete: every fan-out of API calls goes through here.
+///
+/// The stream is `Send` by its declared bound. Written inline, a closure over borrowed items
+/// inside an async fn makes rustc unable to prove that fn's future `Send` ("implementation of
+/// `FnOnce` is not general enough"), and a one-shot command's future runs as a task.
+pub fn concurrently<'a, I, F, Fut>(
+    items: I,
+    limit: usize,
+    f: F,
+) -> impl futures::Stream<Item = Fut::Output> + Send + 'a
+where
+    I: IntoIterator,
+    I::IntoIter: Send + 'a,
+    F: FnMut(I::Item) -> Fut + Send + 'a,
+    Fut: Future + Send + 'a,
+{
+    futures::StreamExt::buffer_unordered(
+        futures::StreamExt::map(futures::stream::iter(items), f),
+        limit.max(1),
+    )
+}
+
 /// Wraps a [`Kinesis`] with the per-account rate limit, the retry layer and the API metrics.
 pub struct Resilient<K> {
     inner: K,
