@@ -39,11 +39,13 @@ fn main() {
         .enable_all()
         .build()
         .expect("runtime");
-    let failed = runtime.block_on(async {
+    let total = arns.len();
+    // A spawned task, as kpr runs its commands (see src/main.rs).
+    let failed = runtime.block_on(runtime.spawn(async move {
         let connector = aws_smithy_http_client::Connector::builder().build_http();
-        futures::stream::iter(&arns)
+        futures::stream::iter(arns)
             .map(|arn| {
-                let body = serde_json::json!({ "ResourceARN": arn }).to_string();
+                let body = serde_json::json!({ "ResourceARN": &arn }).to_string();
                 let request = http::Request::builder()
                     .method("POST")
                     .uri(url.as_str())
@@ -69,12 +71,12 @@ fn main() {
                 }
             })
             .buffer_unordered(concurrency)
-            .filter(|ok| std::future::ready(!ok))
-            .count()
+            .fold(0usize, |n, ok| std::future::ready(n + usize::from(!ok)))
             .await
-    });
+    }));
+    let failed = failed.expect("the exchange task");
     if failed > 0 {
-        eprintln!("{failed} of {} calls failed", arns.len());
+        eprintln!("{failed} of {total} calls failed");
         std::process::exit(1);
     }
 }

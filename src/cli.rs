@@ -273,7 +273,8 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CHANGES: u8 = 2;
 
-/// Runs a one-shot command. `serve` and `import` are dispatched by the binary.
+/// Runs a command to its end: one-shot commands return their exit code, `serve` returns when
+/// it is told to stop.
 pub async fn run(cli: Cli) -> Result<u8, CliError> {
     let file = FileConfig::load_opt(cli.global.config.as_deref())?;
     let engine = Engine::resolve(&cli.global, &file);
