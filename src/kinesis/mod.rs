@@ -980,4 +980,31 @@ mod tests {
         };
         assert_eq!(it.next(), None);
     }
+
+    /// The most calls `concurrently` had in flight at once, over `n` calls at `limit`.
+    async fn most_in_flight(n: usize, limit: usize) -> (usize, usize) {
+        use futures::StreamExt;
+        let now = AtomicU32::new(0);
+        let most = AtomicU32::new(0);
+        let done = concurrently(0..n, limit, |_| async {
+            let mine = now.fetch_add(1, Ordering::SeqCst) + 1;
+            most.fetch_max(mine, Ordering::SeqCst);
+            // Every call waits once, so the others get their chance to start.
+            tokio::task::yield_now().await;
+            now.fetch_sub(1, Ordering::SeqCst);
+        })
+        .count()
+        .await;
+        (done, most.load(Ordering::SeqCst) as usize)
+    }
+
+    #[tokio::test]
+    async fn concurrently_runs_every_call_with_at_most_limit_in_flight() {
+        assert_eq!(most_in_flight(20, 4).await, (20, 4));
+        assert_eq!(most_in_flight(3, 8).await, (3, 3));
+        // Taken literally, a limit of 0 would never start a call and never finish (hence the
+        // guard): it means one at a time.
+        let zero = tokio::time::timeout(Duration::from_secs(10), most_in_flight(5, 0)).await;
+        assert_eq!(zero.ok(), Some((5, 1)));
+    }
 }
