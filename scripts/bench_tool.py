@@ -402,7 +402,7 @@ def report(a):
         w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         out.extend(rows)
     if exchange_notes:
-        w("\nCPU floor (examples/exchange_floor.rs: the same requests through kpr's HTTP connector at the same "
+        w("\nCPU floor (src/bin/exchange_floor.rs: the same requests through kpr's HTTP connector at the same "
           "concurrency, nothing else; run in rounds interleaved with kpr's): " + "; ".join(exchange_notes) + ".")
     if len(sizes) >= 2:
         n1, n2 = sizes[-2], sizes[-1]
