@@ -11,6 +11,7 @@ use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_types::body::SdkBody;
 use futures::StreamExt;
 use http_body_util::BodyExt;
+use kinesis_policy_reconciler::kinesis::concurrently;
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -43,36 +44,35 @@ fn main() {
     // A spawned task, as kpr runs its commands (see src/main.rs).
     let failed = runtime.block_on(runtime.spawn(async move {
         let connector = aws_smithy_http_client::Connector::builder().build_http();
-        futures::stream::iter(arns)
-            .map(|arn| {
-                let body = serde_json::json!({ "ResourceARN": &arn }).to_string();
-                let request = http::Request::builder()
-                    .method("POST")
-                    .uri(url.as_str())
-                    .header("content-type", "application/x-amz-json-1.1")
-                    .header("host", host.as_str())
-                    .header("x-amz-target", "Kinesis_20131202.GetResourcePolicy")
-                    .header("x-amz-date", "20261126T000000Z")
-                    .header(
-                        "authorization",
-                        "AWS4-HMAC-SHA256 Credential=x/20261126/us-east-1/kinesis/aws4_request, \
+        // The fan-out kpr's plan uses, so calls are in flight the same way.
+        concurrently(arns, concurrency, |arn| {
+            let body = serde_json::json!({ "ResourceARN": &arn }).to_string();
+            let request = http::Request::builder()
+                .method("POST")
+                .uri(url.as_str())
+                .header("content-type", "application/x-amz-json-1.1")
+                .header("host", host.as_str())
+                .header("x-amz-target", "Kinesis_20131202.GetResourcePolicy")
+                .header("x-amz-date", "20261126T000000Z")
+                .header(
+                    "authorization",
+                    "AWS4-HMAC-SHA256 Credential=x/20261126/us-east-1/kinesis/aws4_request, \
                          SignedHeaders=host, Signature=0",
-                    )
-                    .body(SdkBody::from(body))
-                    .expect("request");
-                let request =
-                    aws_smithy_runtime_api::http::Request::try_from(request).expect("request");
-                let call = connector.call(request);
-                async move {
-                    let response = call.await.expect("exchange");
-                    let ok = response.status().is_success();
-                    response.into_body().collect().await.expect("body");
-                    ok
-                }
-            })
-            .buffer_unordered(concurrency)
-            .fold(0usize, |n, ok| std::future::ready(n + usize::from(!ok)))
-            .await
+                )
+                .body(SdkBody::from(body))
+                .expect("request");
+            let request =
+                aws_smithy_runtime_api::http::Request::try_from(request).expect("request");
+            let call = connector.call(request);
+            async move {
+                let response = call.await.expect("exchange");
+                let ok = response.status().is_success();
+                response.into_body().collect().await.expect("body");
+                ok
+            }
+        })
+        .fold(0usize, |n, ok| std::future::ready(n + usize::from(!ok)))
+        .await
     }));
     let failed = failed.expect("the exchange task");
     if failed > 0 {
