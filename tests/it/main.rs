@@ -9,3 +9,4 @@ mod faults;
 mod fuzz;
 mod proxy;
 mod serve;
+mod tour;
