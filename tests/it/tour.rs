@@ -24,10 +24,8 @@ fn tour(readme: &str) -> (Vec<Step>, String) {
     let tour = &readme[readme
         .find("## A five-minute tour")
         .expect("README has the tour")..];
-    let open = tour
-        .find("```console\n")
-        .expect("the tour has a console block")
-        + 11;
+    const FENCE: &str = "```console\n";
+    let open = tour.find(FENCE).expect("the tour has a console block") + FENCE.len();
     let block = &tour[open..open + tour[open..].find("```").expect("the block ends")];
     let mut steps: Vec<Step> = Vec::new();
     let mut echo = false;
