@@ -76,11 +76,15 @@ pub fn is_known_action(action: &str) -> bool {
 /// True when the action pattern (full `service:Name`, IAM wildcards `*` and `?`, case-insensitive)
 /// matches at least one known Kinesis action. A bare `*` matches them all.
 pub fn pattern_matches_known_action(pattern: &str) -> bool {
-    let pattern = pattern.to_ascii_lowercase();
-    KINESIS_ACTIONS.iter().any(|name| {
-        let full = format!("{KINESIS_PREFIX}:{name}").to_ascii_lowercase();
-        wildcard_match(&pattern, &full)
-    })
+    KINESIS_ACTIONS
+        .iter()
+        .any(|name| pattern_covers(pattern, &format!("{KINESIS_PREFIX}:{name}")))
+}
+
+/// Whether an `Action` pattern covers `action` (`prefix:Name`), as IAM matches them: with
+/// wildcards, in any case.
+pub fn pattern_covers(pattern: &str, action: &str) -> bool {
+    wildcard_match(&pattern.to_ascii_lowercase(), &action.to_ascii_lowercase())
 }
 
 /// The known action whose name is closest to `name` (without prefix), for "did you mean" hints.

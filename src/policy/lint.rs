@@ -3,9 +3,10 @@
 //! policy naming another stream), so these checks catch what would otherwise reach production.
 
 use super::actions::{
-    KINESIS_PREFIX, closest_known, official_name, pattern_matches_known_action, split_action,
+    KINESIS_PREFIX, closest_known, official_name, pattern_covers, pattern_matches_known_action,
+    split_action,
 };
-use super::{Effect, PolicyDocument, Principal, Statement, wildcard_match};
+use super::{Effect, PolicyDocument, Principal, PrincipalType, Statement, wildcard_match};
 
 /// Policy versions IAM accepts.
 const VERSIONS: &[&str] = &["2012-10-17", "2008-10-17"];
@@ -80,6 +81,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
             );
         }
         principal_rules(&mut out, s, &path, &sid, ctx);
+        lockout_rules(&mut out, s, &path, &sid, ctx);
         resource_rules(&mut out, s, &path, &sid, ctx);
         action_rules(&mut out, s, &path, &sid);
     }
@@ -161,6 +163,67 @@ fn principal_is_anyone(s: &Statement) -> bool {
 fn principal_is_everyone_but(s: &Statement) -> bool {
     s.not_principal()
         .is_some_and(|p| !p.is_empty() && !p.includes_anyone())
+}
+
+/// The calls kpr makes on a resource to read, correct and remove its policy.
+const MANAGEMENT_ACTIONS: &[&str] = &[
+    "kinesis:GetResourcePolicy",
+    "kinesis:PutResourcePolicy",
+    "kinesis:DeleteResourcePolicy",
+];
+
+/// An unconditional Deny of kpr's own calls to everyone (or to the resource's whole account, in
+/// which kpr's role lives) applies to kpr as well: once applied, no later manifest can undo it,
+/// and someone must repair the policy by hand with a principal the Deny does not cover. A
+/// warning, not an error: freezing a policy can be meant, but it should never be a surprise.
+fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
+    if s.effect() != Effect::Deny || !s.is_unconditional() {
+        return;
+    }
+    let mut arn = ctx.resource_arn.split(':');
+    let (partition, account) = (arn.nth(1).unwrap_or(""), arn.nth(2).unwrap_or(""));
+    let own_root = format!("arn:{partition}:iam::{account}:root");
+    let (key, whom) = if principal_is_anyone(s) {
+        ("Principal", "to everyone, kpr included,".to_string())
+    } else if principal_is_everyone_but(s) {
+        (
+            "NotPrincipal",
+            "to everyone NotPrincipal does not list, kpr included unless its role is listed,"
+                .to_string(),
+        )
+    } else if s.principal().is_some_and(|p| {
+        p.identifiers(PrincipalType::Aws)
+            .iter()
+            .any(|id| *id == account || *id == own_root)
+    }) {
+        (
+            "Principal",
+            format!("to all of account {account}, kpr's role included when it runs there,"),
+        )
+    } else {
+        return;
+    };
+    let denied: Vec<&str> = MANAGEMENT_ACTIONS
+        .iter()
+        .copied()
+        .filter(|a| match (s.actions(), s.not_actions()) {
+            (Some(listed), _) => listed.iter().any(|p| pattern_covers(p, a)),
+            (None, Some(spared)) => !spared.iter().any(|p| pattern_covers(p, a)),
+            (None, None) => false,
+        })
+        .collect();
+    if denied.is_empty() {
+        return;
+    }
+    out.warning(
+        &format!("{path}.{key}"),
+        format!(
+            "Deny of {} {whom} without a Condition: once applied, kpr can no longer read or \
+             change this policy, so no later manifest can undo it; exempt kpr's role with a \
+             Condition (e.g. ArnNotEquals on aws:PrincipalArn){sid}",
+            denied.join(", ")
+        ),
+    );
 }
 
 fn resource_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
@@ -680,6 +743,92 @@ mod tests {
             "Statement[0].NotPrincipal",
             "`allowPublic: true`",
         );
+    }
+
+    #[test]
+    fn a_deny_that_locks_kpr_out_is_a_warning() {
+        let deny = |extra: Value| {
+            let mut fields = json!({"Effect": "Deny"});
+            for (k, v) in extra.as_object().unwrap() {
+                fields[k] = v.clone();
+            }
+            run(&policy(fields), &ctx(STREAM))
+        };
+        for (principal, key, whom) in [
+            (json!("*"), "Principal", "to everyone"),
+            (
+                json!({"AWS": ["444455556666", "*"]}),
+                "Principal",
+                "to everyone",
+            ),
+            (
+                json!({"AWS": "111122223333"}),
+                "Principal",
+                "account 111122223333",
+            ),
+            (
+                json!({"AWS": "arn:aws:iam::111122223333:root"}),
+                "Principal",
+                "account 111122223333",
+            ),
+        ] {
+            for action in [
+                json!("kinesis:*"),
+                json!("Kinesis:putresourcepolicy"),
+                json!(["kinesis:GetRecords", "kinesis:*ResourcePolicy"]),
+            ] {
+                let f = deny(json!({"Principal": principal, "Action": action}));
+                one_finding(&f, Severity::Warning, &format!("Statement[0].{key}"), whom);
+                assert!(f[0].message.contains("PutResourcePolicy"), "{f:?}");
+                assert!(f[0].message.contains("Sid \"Read\""), "{f:?}");
+            }
+        }
+        // Everyone but the listed: kpr too, unless its role is listed.
+        let f = deny(
+            json!({"Principal": null, "NotPrincipal": {"AWS": "444455556666"},
+            "Action": "kinesis:*"}),
+        );
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].NotPrincipal",
+            "unless its role is listed",
+        );
+        // NotAction denies what it does not spare.
+        let f = deny(json!({"Principal": "*", "Action": null,
+            "NotAction": ["kinesis:GetResourcePolicy", "kinesis:PutResourcePolicy"]}));
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Principal",
+            "kinesis:DeleteResourcePolicy ",
+        );
+        assert!(!f[0].message.contains("kinesis:PutResourcePolicy"), "{f:?}");
+        let spared = deny(json!({"Principal": "*", "Action": null,
+            "NotAction": "kinesis:*ResourcePolicy"}));
+        assert_eq!(spared, []);
+        // What does not touch kpr's calls, names someone else, or carries a Condition is fine.
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:PutRecord*"})),
+            []
+        );
+        assert_eq!(
+            deny(
+                json!({"Principal": {"AWS": "arn:aws:iam::444455556666:root"},
+                "Action": "kinesis:*"})
+            ),
+            []
+        );
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}})),
+            []
+        );
+        let allow = run(
+            &policy(json!({"Principal": {"AWS": "111122223333"}, "Action": "kinesis:*"})),
+            &ctx(STREAM),
+        );
+        assert_eq!(allow, []);
     }
 
     #[test]
