@@ -172,9 +172,10 @@ const MANAGEMENT_ACTIONS: &[&str] = &[
     "kinesis:DeleteResourcePolicy",
 ];
 
-/// An unconditional Deny of kpr's own calls to everyone (or to the resource's whole account, in
-/// which kpr's role lives) applies to kpr as well: once applied, no later manifest can undo it,
-/// and someone must repair the policy by hand with a principal the Deny does not cover. A
+/// An unconditional Deny of kpr's own calls to everyone (or to the resource's account: every
+/// identity of an account carries the account principal, so kpr's role matches it) applies to
+/// kpr as well: once applied, no later manifest can undo it, and only the account's root user,
+/// which resource policies do not bind here, or a principal the Deny misses can repair it. A
 /// warning, not an error: freezing a policy can be meant, but it should never be a surprise.
 fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
     if s.effect() != Effect::Deny || !s.is_unconditional() {
@@ -188,8 +189,7 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     } else if principal_is_everyone_but(s) {
         (
             "NotPrincipal",
-            "to everyone NotPrincipal does not list, kpr included unless its role is listed,"
-                .to_string(),
+            "to everyone NotPrincipal does not list, kpr included unless it is listed,".to_string(),
         )
     } else if s.principal().is_some_and(|p| {
         p.identifiers(PrincipalType::Aws)
@@ -792,7 +792,7 @@ mod tests {
             &f,
             Severity::Warning,
             "Statement[0].NotPrincipal",
-            "unless its role is listed",
+            "kpr included unless it is listed",
         );
         // NotAction denies what it does not spare.
         let f = deny(json!({"Principal": "*", "Action": null,
