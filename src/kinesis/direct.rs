@@ -181,10 +181,7 @@ impl CredentialCache {
                 Op::GetResourcePolicy,
                 ErrorClass::Fatal,
                 None,
-                format!(
-                    "no credentials: {}",
-                    aws_sdk_kinesis::error::DisplayErrorContext(&e)
-                ),
+                format!("no credentials: {}", super::error_chain(&e)),
             )
         })
     }
@@ -545,10 +542,7 @@ fn connector_error(e: &ConnectorError) -> ApiError {
         Op::GetResourcePolicy,
         dispatch_class(e),
         None,
-        format!(
-            "request failed: {}",
-            aws_sdk_kinesis::error::DisplayErrorContext(e)
-        ),
+        format!("request failed: {}", super::error_chain(e)),
     )
 }
 

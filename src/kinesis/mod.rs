@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use aws_config::{BehaviorVersion, Region, SdkConfig};
 use aws_credential_types::provider::SharedCredentialsProvider;
-use aws_sdk_kinesis::error::{DisplayErrorContext, ProvideErrorMetadata, SdkError};
+use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use backon::Retryable;
 use futures::FutureExt;
@@ -209,7 +209,7 @@ where
             op,
             ErrorClass::Retryable,
             None,
-            format!("bad response: {}", DisplayErrorContext(err)),
+            format!("bad response: {}", error_chain(err)),
         ),
         SdkError::DispatchFailure(d) => {
             let class = d
@@ -219,16 +219,28 @@ where
                 op,
                 class,
                 None,
-                format!("request failed: {}", DisplayErrorContext(err)),
+                format!("request failed: {}", error_chain(err)),
             )
         }
-        _ => ApiError::new(
-            op,
-            ErrorClass::Fatal,
-            None,
-            DisplayErrorContext(err).to_string(),
-        ),
+        _ => ApiError::new(op, ErrorClass::Fatal, None, error_chain(err)),
     }
+}
+
+/// An error and its causes, joined by `: `, for a person to read. (The SDK's
+/// `DisplayErrorContext` also appends the whole `Debug` form, which buries "Connection refused"
+/// in type names and repeats it.) A cause whose text is already shown is left out.
+pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
+    let mut out = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        let text = cause.to_string();
+        if !out.contains(&text) {
+            out.push_str(": ");
+            out.push_str(&text);
+        }
+        source = cause.source();
+    }
+    out
 }
 
 /// One page of a listing.
@@ -812,6 +824,33 @@ mod tests {
 
     fn arn() -> ResourceArn {
         ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders").unwrap()
+    }
+
+    #[test]
+    fn error_chain_joins_causes_and_shows_each_once() {
+        #[derive(Debug)]
+        struct Wrap(&'static str, std::io::Error);
+        impl std::fmt::Display for Wrap {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str(self.0)
+            }
+        }
+        impl std::error::Error for Wrap {
+            fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+                Some(&self.1)
+            }
+        }
+        let refused = || std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        assert_eq!(
+            error_chain(&Wrap("tcp connect error", refused())),
+            "tcp connect error: refused"
+        );
+        // A wrapper that already prints its cause does not get it twice.
+        assert_eq!(
+            error_chain(&Wrap("connect: refused", refused())),
+            "connect: refused"
+        );
+        assert_eq!(error_chain(&refused()), "refused");
     }
 
     fn fast_retry(max_attempts: u32) -> RetryPolicy {
