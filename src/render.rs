@@ -187,13 +187,54 @@ pub fn statement_diff(
     lines
 }
 
+/// How many resources a shared error lists by name before it counts the rest.
+const SHARED_ERROR_LISTED: usize = 10;
+
+/// Each failure with its error; failures that share one error exactly (no credentials, an
+/// endpoint that refuses connections) are said once, with the resources listed under it: a
+/// thousand copies of the same eight lines would hide the one thing to fix.
 fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
+    let mut groups: Vec<(&str, Vec<&Failure>)> = Vec::new();
     for f in failures {
-        let _ = write!(out, "{} {}", style.red("! failed"), style.bold(&f.arn));
-        if let Some(src) = &f.source {
-            let _ = write!(out, "  {}", style.dim(&format!("({src})")));
+        match groups.iter_mut().find(|(m, _)| *m == f.message) {
+            Some((_, members)) => members.push(f),
+            None => groups.push((&f.message, vec![f])),
         }
-        let _ = writeln!(out, "\n    {}\n", f.message);
+    }
+    let located = |f: &Failure| match &f.source {
+        Some(src) => format!("{}  {}", style.bold(&f.arn), style.dim(&format!("({src})"))),
+        None => style.bold(&f.arn),
+    };
+    for (message, members) in groups {
+        // The SDK's errors can run over several lines (each credential source it tried); keep
+        // them indented under the first, apart from the resources listed below.
+        let message = message.replace('\n', "\n    ");
+        if let [f] = members[..] {
+            let _ = writeln!(
+                out,
+                "{} {}\n    {message}\n",
+                style.red("! failed"),
+                located(f)
+            );
+            continue;
+        }
+        let _ = writeln!(
+            out,
+            "{} {} resources, all with the same error:\n    {message}",
+            style.red("! failed"),
+            members.len()
+        );
+        for f in members.iter().take(SHARED_ERROR_LISTED) {
+            let _ = writeln!(out, "  {}", located(f));
+        }
+        if members.len() > SHARED_ERROR_LISTED {
+            let _ = writeln!(
+                out,
+                "  and {} more (`--output json` lists every one)",
+                members.len() - SHARED_ERROR_LISTED
+            );
+        }
+        out.push('\n');
     }
 }
 
@@ -288,4 +329,78 @@ pub fn apply_json(report: &Report) -> String {
         failures: report.failures().cloned().collect(),
     };
     serde_json::to_string_pretty(&doc).expect("report serialises") + "\n"
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::manifest::Source;
+
+    fn failure(arn: &str, message: &str) -> Failure {
+        Failure {
+            arn: arn.into(),
+            source: Some(Source {
+                file: format!("{arn}.yaml").into(),
+                line: 1,
+            }),
+            operation: Some("GetResourcePolicy"),
+            code: None,
+            retryable: false,
+            message: message.into(),
+        }
+    }
+
+    #[test]
+    fn a_shared_error_is_said_once_over_its_resources() {
+        let style = Style { color: false };
+        let shared = "GetResourcePolicy: no credentials: none in the chain";
+        let mut failures: Vec<Failure> = (0..12)
+            .map(|i| failure(&format!("s{i:02}"), shared))
+            .collect();
+        failures.insert(
+            3,
+            failure("own", "GetResourcePolicy: AccessDeniedException: no"),
+        );
+        let mut out = String::new();
+        failures_text(&mut out, &failures, &style);
+        assert_eq!(out.matches(shared).count(), 1, "{out}");
+        assert!(
+            out.contains("! failed 12 resources, all with the same error:"),
+            "{out}"
+        );
+        for i in 0..SHARED_ERROR_LISTED {
+            assert!(
+                out.contains(&format!("  s{i:02}  (s{i:02}.yaml:1)\n")),
+                "{out}"
+            );
+        }
+        assert!(!out.contains("s10 "), "{out}");
+        assert!(
+            out.contains("and 2 more (`--output json` lists every one)"),
+            "{out}"
+        );
+        // An error of its own keeps the one-resource form.
+        assert!(
+            out.contains(
+                "! failed own  (own.yaml:1)\n    GetResourcePolicy: AccessDeniedException: no\n"
+            ),
+            "{out}"
+        );
+
+        let mut two = String::new();
+        failures_text(&mut two, &failures[..2], &style);
+        assert!(two.contains("! failed 2 resources"), "{two}");
+        assert!(!two.contains("more"), "{two}");
+
+        let mut lines = String::new();
+        failures_text(
+            &mut lines,
+            &[failure("a", "no credentials:\n  Environment: not set")],
+            &style,
+        );
+        assert!(
+            lines.contains("    no credentials:\n      Environment: not set\n"),
+            "{lines}"
+        );
+    }
 }

@@ -212,15 +212,15 @@ where
             format!("bad response: {}", error_chain(err)),
         ),
         SdkError::DispatchFailure(d) => {
-            let class = d
-                .as_connector_error()
-                .map_or(ErrorClass::Fatal, dispatch_class);
-            ApiError::new(
-                op,
-                class,
-                None,
-                format!("request failed: {}", error_chain(err)),
-            )
+            let connector = d.as_connector_error();
+            let class = connector.map_or(ErrorClass::Fatal, dispatch_class);
+            // From the connector's error, as the direct path says it: the same failure reads
+            // the same whichever path a call took.
+            let cause = match connector {
+                Some(c) => error_chain(c),
+                None => error_chain(err),
+            };
+            ApiError::new(op, class, None, format!("request failed: {cause}"))
         }
         _ => ApiError::new(op, ErrorClass::Fatal, None, error_chain(err)),
     }

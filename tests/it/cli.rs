@@ -514,6 +514,42 @@ fn unreachable_endpoint_fails_cleanly() {
     assert!(message.contains("Connection refused"), "{j}");
     assert_eq!(message.matches("Connection refused").count(), 1, "{j}");
     assert!(!message.contains("ConnectorError"), "{j}");
+
+    // For a person, an error every resource shares is said once, over the resources it hit.
+    let more = |i: usize| format!("{arn}-{i}");
+    let files: Vec<(String, String)> = (0..3)
+        .map(|i| {
+            (
+                format!("u{i}.yaml"),
+                manifest(&more(i), &read_policy(&more(i), "111122223333")),
+            )
+        })
+        .collect();
+    let files: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let dir = Manifests::new(&files);
+    let run = common::output(
+        common::kpr_cmd("http://127.0.0.1:9")
+            .args(["plan", "--dir", &dir.arg(), "--max-attempts", "1"])
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("! failed 3 resources, all with the same error:"),
+        "{run:?}"
+    );
+    assert_eq!(
+        run.stdout.matches("Connection refused").count(),
+        1,
+        "{run:?}"
+    );
+    for i in 0..3 {
+        assert!(run.stdout.contains(&format!("  {}  (", more(i))), "{run:?}");
+    }
 }
 
 /// `accounts:` in the config file: kpr assumes the mapped role (moto's real STS) for resources in
