@@ -105,8 +105,10 @@ pub enum OutputFormat {
 pub enum Command {
     /// Check every manifest offline (syntax, ARNs, policy lint, duplicates); exit 0 or 1.
     Validate {
+        /// Directory of manifests, searched recursively for *.yaml / *.yml.
         #[arg(long, env = "KPR_DIR")]
         dir: PathBuf,
+        /// text for people; json for pipelines (a stable schema, see `format_version`).
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
     },
@@ -154,6 +156,7 @@ pub struct PlanArgs {
     /// Directory of manifests, searched recursively for *.yaml / *.yml.
     #[arg(long, env = "KPR_DIR")]
     pub dir: PathBuf,
+    /// text for people; json for pipelines (a stable schema, see `format_version`).
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
     /// Exit 0 when there is nothing to change, 2 when there is, 1 on error.
