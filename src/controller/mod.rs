@@ -380,12 +380,25 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
             let loaded = crate::manifest::load_dir(dir, &engine.load);
             let errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
             if errors.is_empty() {
+                // Warnings do not stop the service, but whoever checks the configuration
+                // should read them (a Deny that would lock kpr out is one).
+                let warnings: Vec<String> = loaded
+                    .diagnostics
+                    .iter()
+                    .filter(|d| d.severity == crate::manifest::Severity::Warning)
+                    .map(|d| format!("  {d}"))
+                    .collect();
                 lines.push(format!(
-                    "source: directory {} ({} manifest(s) in {} file(s), valid)",
+                    "source: directory {} ({} manifest(s) in {} file(s), valid{})",
                     dir.display(),
                     loaded.state.resources.len(),
-                    loaded.files
+                    loaded.files,
+                    match warnings.len() {
+                        0 => String::new(),
+                        n => format!("; {n} warning(s) below"),
+                    }
                 ));
+                lines.extend(warnings);
             } else {
                 problems.extend(errors);
             }

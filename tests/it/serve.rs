@@ -1044,6 +1044,21 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     assert!(run.stdout.contains("1 manifest(s)"), "{run:?}");
     assert!(run.stdout.contains("0 */5 * * * *"), "{run:?}");
     assert!(run.stdout.contains("webhook: enabled"), "{run:?}");
+    // Warnings do not fail the check, but it shows them.
+    let locked = emu.stream_arn("check-config-locked");
+    let lock = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny",
+        "Principal": "*", "Action": "kinesis:*", "Resource": &locked}]});
+    let locked_file = dir.write("locked.yaml", &manifest(&locked, &lock));
+    let run = check(&good, &[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("2 manifest(s) in 2 file(s), valid; 1 warning(s) below"),
+        "{run:?}"
+    );
+    assert!(run.stdout.contains("locked.yaml:2: warning:"), "{run:?}");
+    assert!(run.stdout.contains("kpr can no longer read"), "{run:?}");
+    std::fs::remove_file(locked_file).unwrap();
     // A flag wins over the file, also across schedule/interval.
     let run = check(&good, &["--interval", "2m", "--listen", ":7000"]);
     assert_eq!(run.code, 0, "{run:?}");
