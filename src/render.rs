@@ -194,11 +194,17 @@ const SHARED_ERROR_LISTED: usize = 10;
 /// endpoint that refuses connections) are said once, with the resources listed under it: a
 /// thousand copies of the same eight lines would hide the one thing to fix.
 fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
+    // In order of first appearance; indexed, since 10,000 distinct errors (each naming its
+    // resource) must not cost a comparison with every group before.
     let mut groups: Vec<(&str, Vec<&Failure>)> = Vec::new();
+    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
     for f in failures {
-        match groups.iter_mut().find(|(m, _)| *m == f.message) {
-            Some((_, members)) => members.push(f),
-            None => groups.push((&f.message, vec![f])),
+        match index.get(f.message.as_str()) {
+            Some(&i) => groups[i].1.push(f),
+            None => {
+                index.insert(&f.message, groups.len());
+                groups.push((&f.message, vec![f]));
+            }
         }
     }
     let located = |f: &Failure| match &f.source {
@@ -379,6 +385,8 @@ mod tests {
             out.contains("and 2 more (`--output json` lists every one)"),
             "{out}"
         );
+        // Groups come in the order their first failure did.
+        assert!(out.find("12 resources") < out.find("! failed own"), "{out}");
         // An error of its own keeps the one-resource form.
         assert!(
             out.contains(
