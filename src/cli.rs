@@ -459,6 +459,10 @@ async fn run_plan(
             });
         }
     };
+    if text {
+        // Before the first write: a log cut short still says what was about to change.
+        out!("{}", render::changes_text(&plan, &style));
+    }
     let pb = progress_bar(text, "applying");
     let report = apply::apply(
         &api,

@@ -72,15 +72,22 @@ fn symbol(action: Action, style: &Style) -> String {
 
 /// One line per changed resource, its statement-level diff, failures, then the summary line.
 pub fn plan_text(plan: &Plan, style: &Style) -> String {
-    let mut out = String::new();
-    for c in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
-        change_text(&mut out, c, style);
-    }
+    let mut out = changes_text(plan, style);
     failures_text(&mut out, &plan.failures, style);
     if !plan.has_changes() && plan.failures.is_empty() {
         out.push_str("No changes. Every live policy is equivalent to its manifest.\n");
     }
     let _ = writeln!(out, "{}", summary_line("Plan", &plan.summary(), style));
+    out
+}
+
+/// Each change of a plan with its reason and statement-level diff: what `plan` shows, and what
+/// `apply` shows before it writes, so its log says what it set out to change and why.
+pub fn changes_text(plan: &Plan, style: &Style) -> String {
+    let mut out = String::new();
+    for c in plan.changes.iter().filter(|c| c.action != Action::NoOp) {
+        change_text(&mut out, c, style);
+    }
     out
 }
 
