@@ -580,9 +580,13 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     assert!(metric(&metrics, "kpr_reconcile_duration_seconds_count", &[]) >= 2.0);
     let logs = serve.logs();
     assert!(!logs.contains(SECRET), "the secret leaked into the log");
+    // Inside the reconcile span (the revision), with what changed, why and from which line.
     assert!(
-        logs.lines()
-            .any(|l| l.contains("\"change applied\"") && l.contains(&arn) && l.contains(&second)),
+        logs.lines().any(|l| l.contains("\"change applied\"")
+            && l.contains(&arn)
+            && l.contains(&second)
+            && l.contains("\"reason\":\"live policy differs\"")
+            && l.contains("streams/s.yaml:1\"")),
         "no change event inside the reconcile span:\n{logs}"
     );
     serve.stop();
