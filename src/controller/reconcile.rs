@@ -516,6 +516,14 @@ impl Reconciler {
         // writes, which for a large first apply are the longest phase; planned changes keep
         // only the policies they write.
         drop(desired);
+        // Sources as the repository names them, in the change events' logs as in `/status`,
+        // not under this instance's working copy.
+        let root = self.source.root();
+        for source in plan.changes.iter_mut().filter_map(|c| c.source.as_mut()) {
+            if let Ok(rel) = source.file.strip_prefix(root) {
+                source.file = rel.to_path_buf();
+            }
+        }
         let mut items = Vec::new();
         for f in &plan.failures {
             items.push(self.failure_item(f));
@@ -525,7 +533,11 @@ impl Reconciler {
             for c in &plan.changes {
                 let drifted = c.action != Action::NoOp;
                 if drifted {
-                    tracing::info!(arn = %c.arn, action = c.action.as_str(), reason = %c.reason, "drift (dry run: not applied)");
+                    let source = c
+                        .source
+                        .as_ref()
+                        .map_or_else(String::new, ToString::to_string);
+                    tracing::info!(arn = %c.arn, action = c.action.as_str(), reason = %c.reason, source, "drift (dry run: not applied)");
                 }
                 items.push(Item {
                     id: Some(c.target.identity()),

@@ -586,7 +586,7 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
             && l.contains(&arn)
             && l.contains(&second)
             && l.contains("\"reason\":\"live policy differs\"")
-            && l.contains("streams/s.yaml:1\"")),
+            && l.contains("\"source\":\"streams/s.yaml:1\"")),
         "no change event inside the reconcile span:\n{logs}"
     );
     serve.stop();
