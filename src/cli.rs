@@ -341,7 +341,7 @@ pub fn manifest_schema() -> String {
     serde_json::to_string_pretty(&schema).expect("schema serialises")
 }
 
-fn print_diagnostics(diags: &[Diagnostic]) {
+fn print_diagnostics<'a>(diags: impl IntoIterator<Item = &'a Diagnostic>) {
     for d in diags {
         eprintln!("{d}");
     }
@@ -408,7 +408,17 @@ async fn run_plan(
         .map(|t| ResourceArn::parse(t).map_err(|e| CliError::Usage(format!("--target: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     // Validation of the whole desired state happens before the first call.
-    let desired = match manifest::load_dir(&args.dir, &engine.load).into_result() {
+    let loaded = manifest::load_dir(&args.dir, &engine.load);
+    // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
+    if !loaded.has_errors() {
+        print_diagnostics(
+            loaded
+                .diagnostics
+                .iter()
+                .filter(|d| d.severity == manifest::Severity::Warning),
+        );
+    }
+    let desired = match loaded.into_result() {
         Ok(d) => d,
         Err(errors) => {
             print_diagnostics(&errors);
@@ -600,7 +610,14 @@ fn policy_command(cmd: PolicyCommand) -> u8 {
 
 /// Logs go to stderr, so stdout stays a clean plan or JSON document.
 pub fn init_logging(level: &str, json: bool) {
-    let filter = tracing_subscriber::EnvFilter::try_new(level)
+    // The credential chain warns of each provider that failed, with the error's whole Debug
+    // form; kpr's own error for the call already says the same in words. A bare level up to
+    // info leaves it out; debug, trace or a filter of the user's own keeps everything.
+    let filter = match level {
+        "error" | "warn" | "info" => format!("{level},aws_config::meta::credentials::chain=error"),
+        other => other.to_string(),
+    };
+    let filter = tracing_subscriber::EnvFilter::try_new(filter)
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)

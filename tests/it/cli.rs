@@ -326,6 +326,25 @@ fn public_principal_needs_allow_public() {
     let run = emu.kpr(&["apply", "--dir", &dir.arg()]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(emu.get_policy(&arn).is_some());
+
+    // A warning stops nothing, and plan prints it where a pipeline that only plans sees it.
+    let mut locked = public.clone();
+    locked["Statement"]
+        .as_array_mut()
+        .unwrap()
+        .push(json!({"Effect": "Deny",
+        "Principal": "*", "Action": "kinesis:PutResourcePolicy", "Resource": arn}));
+    dir.write(
+        "p.yaml",
+        &format!("allowPublic: true\n{}", manifest(&arn, &locked)),
+    );
+    let run = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stderr.contains("p.yaml:3: warning:") && run.stderr.contains("kpr can no longer read"),
+        "{run:?}"
+    );
+    assert!(!run.stdout.contains("warning"), "{run:?}");
 }
 
 #[test]
