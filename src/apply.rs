@@ -117,10 +117,7 @@ pub async fn apply<K: Kinesis>(
             metrics::counter!("kpr_changes_total", "action" => change.action.as_str(), "outcome" => if result.is_ok() { "applied" } else { "failed" })
                 .increment(1);
             // Why, and from which manifest line: the service's log is its record of what it did.
-            let source = change
-                .source
-                .as_ref()
-                .map_or_else(String::new, ToString::to_string);
+            let source = change.source_label();
             match &result {
                 Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source, outcome = "applied", "change applied"),
                 Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source, outcome = "failed", error = %f.message, "change failed"),

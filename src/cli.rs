@@ -411,12 +411,7 @@ async fn run_plan(
     let loaded = manifest::load_dir(&args.dir, &engine.load);
     // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
     if !loaded.has_errors() {
-        print_diagnostics(
-            loaded
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == manifest::Severity::Warning),
-        );
+        print_diagnostics(loaded.warnings());
     }
     let desired = match loaded.into_result() {
         Ok(d) => d,

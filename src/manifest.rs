@@ -171,6 +171,12 @@ impl Loaded {
             .filter(|d| d.severity == Severity::Error)
     }
 
+    pub fn warnings(&self) -> impl Iterator<Item = &Diagnostic> {
+        self.diagnostics
+            .iter()
+            .filter(|d| d.severity == Severity::Warning)
+    }
+
     pub fn has_errors(&self) -> bool {
         self.errors().next().is_some()
     }

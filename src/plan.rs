@@ -101,6 +101,13 @@ impl Serialize for Change {
 }
 
 impl Change {
+    /// The manifest's `file:line`, or empty for a change no manifest declared (prune).
+    pub fn source_label(&self) -> String {
+        self.source
+            .as_ref()
+            .map_or_else(String::new, ToString::to_string)
+    }
+
     /// A no-op on `target` with nothing recorded yet: the caller records the live policy and
     /// decides the action.
     fn new(target: ResourceArn) -> Self {

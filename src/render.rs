@@ -18,6 +18,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::apply::{Outcome, Report};
+use crate::manifest::Source;
 use crate::plan::{Action, Change, Failure, Plan, Summary};
 use crate::policy::{PolicyDocument, canonical_statements};
 
@@ -92,17 +93,13 @@ pub fn changes_text(plan: &Plan, style: &Style) -> String {
 }
 
 fn change_text(out: &mut String, c: &Change, style: &Style) {
-    let _ = write!(
+    let _ = writeln!(
         out,
         "{} {} {}",
         symbol(c.action, style),
         c.kind,
-        style.bold(&c.arn)
+        located(&c.arn, c.source.as_ref(), style)
     );
-    if let Some(src) = &c.source {
-        let _ = write!(out, "  {}", style.dim(&format!("({src})")));
-    }
-    let _ = writeln!(out);
     if let Some(declared) = &c.declared_arn
         && declared != &c.arn
     {
@@ -194,6 +191,14 @@ pub fn statement_diff(
     lines
 }
 
+/// A resource's ARN and, when a manifest declared it, where: `ARN  (file:line)`.
+fn located(arn: &str, source: Option<&Source>, style: &Style) -> String {
+    match source {
+        Some(src) => format!("{}  {}", style.bold(arn), style.dim(&format!("({src})"))),
+        None => style.bold(arn),
+    }
+}
+
 /// How many resources a shared error lists by name before it counts the rest.
 const SHARED_ERROR_LISTED: usize = 10;
 
@@ -214,10 +219,6 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
             }
         }
     }
-    let located = |f: &Failure| match &f.source {
-        Some(src) => format!("{}  {}", style.bold(&f.arn), style.dim(&format!("({src})"))),
-        None => style.bold(&f.arn),
-    };
     for (message, members) in groups {
         // The SDK's errors can run over several lines (each credential source it tried); keep
         // them indented under the first, apart from the resources listed below.
@@ -227,7 +228,7 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
                 out,
                 "{} {}\n    {message}\n",
                 style.red("! failed"),
-                located(f)
+                located(&f.arn, f.source.as_ref(), style)
             );
             continue;
         }
@@ -238,7 +239,7 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
             members.len()
         );
         for f in members.iter().take(SHARED_ERROR_LISTED) {
-            let _ = writeln!(out, "  {}", located(f));
+            let _ = writeln!(out, "  {}", located(&f.arn, f.source.as_ref(), style));
         }
         if members.len() > SHARED_ERROR_LISTED {
             let _ = writeln!(
@@ -347,7 +348,6 @@ pub fn apply_json(report: &Report) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::manifest::Source;
 
     fn failure(arn: &str, message: &str) -> Failure {
         Failure {

@@ -382,12 +382,7 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
             if errors.is_empty() {
                 // Warnings do not stop the service, but whoever checks the configuration
                 // should read them (a Deny that would lock kpr out is one).
-                let warnings: Vec<String> = loaded
-                    .diagnostics
-                    .iter()
-                    .filter(|d| d.severity == crate::manifest::Severity::Warning)
-                    .map(|d| format!("  {d}"))
-                    .collect();
+                let warnings: Vec<String> = loaded.warnings().map(|d| format!("  {d}")).collect();
                 lines.push(format!(
                     "source: directory {} ({} manifest(s) in {} file(s), valid{})",
                     dir.display(),

@@ -19,7 +19,7 @@ use crate::apply::{self, ApplyOptions, Outcome};
 use crate::arn::ResourceArn;
 use crate::cli::Engine;
 use crate::kinesis::{AwsKinesis, Op, Resilient};
-use crate::manifest::{self, DesiredResource, DesiredState, Intent, Severity};
+use crate::manifest::{self, DesiredResource, DesiredState, Intent};
 use crate::plan::{self, Action, DeleteCause, PlanOptions, PlanRefused, Summary};
 
 use super::backoff::Backoff;
@@ -305,11 +305,7 @@ impl Reconciler {
             revision.or_else(|| self.source.is_dir().then(|| content_revision(&digests)));
         let new_revision = self.applied.as_ref().is_none_or(|a| a.revision != revision);
         if new_revision {
-            for d in loaded
-                .diagnostics
-                .iter()
-                .filter(|d| d.severity == Severity::Warning)
-            {
+            for d in loaded.warnings() {
                 tracing::warn!(file = %self.rel(&d.file), line = d.line, "{}", d.message);
             }
         }
@@ -533,10 +529,7 @@ impl Reconciler {
             for c in &plan.changes {
                 let drifted = c.action != Action::NoOp;
                 if drifted {
-                    let source = c
-                        .source
-                        .as_ref()
-                        .map_or_else(String::new, ToString::to_string);
+                    let source = c.source_label();
                     tracing::info!(arn = %c.arn, action = c.action.as_str(), reason = %c.reason, source, "drift (dry run: not applied)");
                 }
                 items.push(Item {
