@@ -202,54 +202,131 @@ fn located(arn: &str, source: Option<&Source>, style: &Style) -> String {
 /// How many resources a shared error lists by name before it counts the rest.
 const SHARED_ERROR_LISTED: usize = 10;
 
-/// Each failure with its error; failures that share one error exactly (no credentials, an
-/// endpoint that refuses connections) are said once, with the resources listed under it: a
-/// thousand copies of the same eight lines would hide the one thing to fix.
+/// Stands for each listed resource's ARN in an error said once for several resources.
+const EACH_ARN: &str = "<ARN>";
+
+/// Each failure with its error; failures that share one error (no credentials, an endpoint that
+/// refuses connections, a role without kinesis:GetResourcePolicy) are said once, with the
+/// resources listed under it: a thousand copies of the same eight lines would hide the one
+/// thing to fix. AWS names the resource in some errors (AccessDenied: "... on resource: ARN
+/// because ..."); such errors count as the same when they differ only by that name.
 fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
-    // In order of first appearance; indexed, since 10,000 distinct errors (each naming its
-    // resource) must not cost a comparison with every group before.
-    let mut groups: Vec<(&str, Vec<&Failure>)> = Vec::new();
-    let mut index: std::collections::HashMap<&str, usize> = std::collections::HashMap::new();
+    struct Group<'a> {
+        message: std::borrow::Cow<'a, str>,
+        names_each: bool,
+        members: Vec<&'a Failure>,
+    }
+    // In order of first appearance; indexed, since 10,000 distinct errors must not cost a
+    // comparison with every group before.
+    let mut groups: Vec<Group> = Vec::new();
+    let mut index: std::collections::HashMap<std::borrow::Cow<str>, usize> =
+        std::collections::HashMap::new();
     for f in failures {
-        match index.get(f.message.as_str()) {
-            Some(&i) => groups[i].1.push(f),
+        let masked = mask_arn(&f.message, &f.arn);
+        let names_each = masked.is_some();
+        let key = masked.map_or(std::borrow::Cow::Borrowed(f.message.as_str()), Into::into);
+        match index.get(&key) {
+            Some(&i) => groups[i].members.push(f),
             None => {
-                index.insert(&f.message, groups.len());
-                groups.push((&f.message, vec![f]));
+                index.insert(key.clone(), groups.len());
+                groups.push(Group {
+                    message: key,
+                    names_each,
+                    members: vec![f],
+                });
             }
         }
     }
-    for (message, members) in groups {
-        // The SDK's errors can run over several lines (each credential source it tried); keep
-        // them indented under the first, apart from the resources listed below.
-        let message = message.replace('\n', "\n    ");
-        if let [f] = members[..] {
+    for g in groups {
+        if let [f] = g.members[..] {
             let _ = writeln!(
                 out,
-                "{} {}\n    {message}\n",
+                "{} {}\n    {}\n",
                 style.red("! failed"),
-                located(&f.arn, f.source.as_ref(), style)
+                located(&f.arn, f.source.as_ref(), style),
+                indented(&f.message)
             );
             continue;
         }
         let _ = writeln!(
             out,
-            "{} {} resources, all with the same error:\n    {message}",
+            "{} {} resources, all with the same error{}:\n    {}",
             style.red("! failed"),
-            members.len()
+            g.members.len(),
+            if g.names_each {
+                format!(" ({EACH_ARN} is each one's ARN)")
+            } else {
+                String::new()
+            },
+            indented(&g.message)
         );
-        for f in members.iter().take(SHARED_ERROR_LISTED) {
+        for f in g.members.iter().take(SHARED_ERROR_LISTED) {
             let _ = writeln!(out, "  {}", located(&f.arn, f.source.as_ref(), style));
         }
-        if members.len() > SHARED_ERROR_LISTED {
+        if g.members.len() > SHARED_ERROR_LISTED {
             let _ = writeln!(
                 out,
                 "  and {} more (`--output json` lists every one)",
-                members.len() - SHARED_ERROR_LISTED
+                g.members.len() - SHARED_ERROR_LISTED
             );
         }
         out.push('\n');
     }
+}
+
+/// The SDK's errors can run over several lines (each credential source it tried); they stay
+/// indented under the first, apart from the resources listed below.
+fn indented(message: &str) -> String {
+    message.replace('\n', "\n    ")
+}
+
+/// `message` with each mention of the resource `arn` replaced by [`EACH_ARN`], or `None` when
+/// it names no such resource. A consumer declared by name is addressed by its full ARN, so a
+/// mention may carry a `:creation-timestamp` the declared ARN lacks. A mention must stand
+/// alone: `stream/a` inside `stream/ab` or `stream/a/consumer/c` is another resource.
+fn mask_arn(message: &str, arn: &str) -> Option<String> {
+    fn in_arn(c: u8) -> bool {
+        c.is_ascii_alphanumeric() || b":/_-.".contains(&c)
+    }
+    if arn.is_empty() {
+        return None;
+    }
+    let bytes = message.as_bytes();
+    let mut masked = String::new();
+    let mut copied = 0;
+    let mut from = 0;
+    while let Some(at) = message[from..].find(arn).map(|i| from + i) {
+        let mut end = at + arn.len();
+        if bytes.get(end) == Some(&b':') {
+            let digits = bytes[end + 1..]
+                .iter()
+                .take_while(|c| c.is_ascii_digit())
+                .count();
+            if digits > 0 {
+                end += 1 + digits;
+            }
+        }
+        // A sentence may end right after the ARN.
+        let mut rest = end;
+        while bytes.get(rest) == Some(&b'.') {
+            rest += 1;
+        }
+        let alone_before = at == 0 || !in_arn(bytes[at - 1]);
+        let alone_after = bytes.get(rest).is_none_or(|&c| !in_arn(c));
+        if alone_before && alone_after {
+            masked.push_str(&message[copied..at]);
+            masked.push_str(EACH_ARN);
+            copied = end;
+            from = end;
+        } else {
+            from = at + 1;
+        }
+    }
+    if copied == 0 {
+        return None;
+    }
+    masked.push_str(&message[copied..]);
+    Some(masked)
 }
 
 pub fn summary_line(verb: &str, s: &Summary, style: &Style) -> String {
@@ -361,6 +438,81 @@ mod tests {
             retryable: false,
             message: message.into(),
         }
+    }
+
+    fn denied(arn: &str) -> String {
+        format!(
+            "GetResourcePolicy: AccessDeniedException: User: arn:aws:iam::111122223333:user/ci \
+             is not authorized to perform: kinesis:GetResourcePolicy on resource: {arn} because \
+             no identity-based policy allows the kinesis:GetResourcePolicy action"
+        )
+    }
+
+    #[test]
+    fn errors_that_differ_only_by_their_resource_are_said_once() {
+        let style = Style { color: false };
+        let arns: Vec<String> = (0..3)
+            .map(|i| format!("arn:aws:kinesis:us-east-1:111122223333:stream/s{i}"))
+            .collect();
+        let mut failures: Vec<Failure> = arns.iter().map(|a| failure(a, &denied(a))).collect();
+        // Another resource's name in the message is not this resource's: its own group.
+        failures.push(failure(
+            "arn:aws:kinesis:us-east-1:111122223333:stream/x",
+            &denied(&arns[0]),
+        ));
+        let mut out = String::new();
+        failures_text(&mut out, &failures, &style);
+        assert!(
+            out.contains(&format!(
+                "! failed 3 resources, all with the same error (<ARN> is each one's ARN):\n    {}\n",
+                denied("<ARN>")
+            )),
+            "{out}"
+        );
+        for a in &arns {
+            assert!(out.contains(&format!("\n  {a}  ({a}.yaml:1)\n")), "{out}");
+        }
+        // The odd one out keeps its message as AWS wrote it.
+        assert!(
+            out.contains(&format!(
+                "! failed arn:aws:kinesis:us-east-1:111122223333:stream/x  \
+                 (arn:aws:kinesis:us-east-1:111122223333:stream/x.yaml:1)\n    {}\n",
+                denied(&arns[0])
+            )),
+            "{out}"
+        );
+        assert_eq!(out.matches("! failed").count(), 2, "{out}");
+    }
+
+    #[test]
+    fn only_a_mention_of_the_resource_itself_is_masked() {
+        let s = "arn:aws:kinesis:us-east-1:111122223333:stream/a";
+        let c = "arn:aws:kinesis:us-east-1:111122223333:stream/a/consumer/c";
+        assert_eq!(
+            mask_arn(&format!("on {s}."), s).as_deref(),
+            Some("on <ARN>.")
+        );
+        assert_eq!(mask_arn(s, s).as_deref(), Some("<ARN>"));
+        assert_eq!(
+            mask_arn(&format!("'{s}' and \"{s}\""), s).as_deref(),
+            Some("'<ARN>' and \"<ARN>\"")
+        );
+        // A consumer declared by name, named by AWS with its creation timestamp.
+        assert_eq!(
+            mask_arn(&format!("on resource: {c}:1700000000 because"), c).as_deref(),
+            Some("on resource: <ARN> because")
+        );
+        // Longer names that merely start with the resource's are other resources.
+        for other in [
+            format!("{s}b"),
+            format!("{s}/consumer/c"),
+            format!("{s}.x"),
+            format!("x{s}"),
+        ] {
+            assert_eq!(mask_arn(&format!("on {other} now"), s), None, "{other}");
+        }
+        assert_eq!(mask_arn("no credentials", s), None);
+        assert_eq!(mask_arn("anything", ""), None);
     }
 
     #[test]

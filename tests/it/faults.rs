@@ -418,22 +418,14 @@ fn errors_that_must_not_be_retried_are_tried_once() {
                 "{a} ({code}): {}",
                 proxy.describe()
             );
-            let line = out
-                .lines()
-                .find(|l| l.contains(a.as_str()) && l.contains(code))
-                .or_else(|| {
-                    // The ARN and the error may be on consecutive lines.
-                    let lines: Vec<&str> = out.lines().collect();
-                    lines
-                        .windows(3)
-                        .find(|w| w[0].contains(a.as_str()) && w.iter().any(|l| l.contains(code)))
-                        .map(|w| w[0])
-                });
-            assert!(
-                line.is_some(),
-                "output does not name {a} with {code}:\n{out}"
-            );
         }
+        // The five share one error but for their names (AWS names the resource in it): it is
+        // said once, with each resource listed under it.
+        let op = if puts == 0 { GET } else { PUT };
+        let listed = shared_error_group(&out, &format!("{op}: {code}"));
+        let mut want: Vec<&str> = group.iter().map(String::as_str).collect();
+        want.sort_unstable();
+        assert_eq!(listed, want, "{op} {code}:\n{out}");
     }
     for a in healthy {
         assert_eq!(proxy.op_on(GET, a).seen, 2, "{a}");
@@ -441,6 +433,33 @@ fn errors_that_must_not_be_retried_are_tried_once() {
     }
     let n = healthy.len();
     assert_converged_subset(&emu, healthy, &want[15..], n);
+}
+
+/// The ARNs listed under the text output's one "failed N resources, all with the same error"
+/// block whose error starts with `error`, sorted; the block must count them right.
+fn shared_error_group<'a>(out: &'a str, error: &str) -> Vec<&'a str> {
+    let lines: Vec<&str> = out.lines().collect();
+    let blocks: Vec<usize> = (1..lines.len())
+        .filter(|&i| {
+            lines[i - 1].starts_with("! failed") && lines[i].trim_start().starts_with(error)
+        })
+        .collect();
+    assert_eq!(blocks.len(), 1, "one block for {error}:\n{out}");
+    let header = lines[blocks[0] - 1];
+    let mut listed: Vec<&str> = lines[blocks[0] + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("  arn:"))
+        .map(|l| l.split_whitespace().next().unwrap())
+        .collect();
+    assert!(
+        header.contains(&format!(
+            "! failed {} resources, all with the same error",
+            listed.len()
+        )),
+        "{header}"
+    );
+    listed.sort_unstable();
+    listed
 }
 
 /// Like [`assert_converged`] for part of a set (the rest failed on purpose).

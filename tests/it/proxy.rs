@@ -538,7 +538,7 @@ fn aws_error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
 }
 
 /// The error the service would send; `None` for a dropped connection.
-fn fault_response(f: Fault, arn: &str) -> Option<Response<Full<Bytes>>> {
+fn fault_response(f: Fault, op: &str, arn: &str) -> Option<Response<Full<Bytes>>> {
     Some(match f {
         Fault::ResourceInUse => aws_error(
             400,
@@ -553,7 +553,12 @@ fn fault_response(f: Fault, arn: &str) -> Option<Response<Full<Bytes>>> {
         Fault::AccessDenied => aws_error(
             400,
             "AccessDeniedException",
-            &format!("User is not authorized to perform this action on {arn} (injected)"),
+            // As AWS words it: the resource's ARN in the middle of the sentence.
+            &format!(
+                "User: arn:aws:iam::000000000000:user/injected is not authorized to perform: \
+                 kinesis:{op} on resource: {arn} because no identity-based policy allows the \
+                 kinesis:{op} action"
+            ),
         ),
         Fault::InvalidArgument => aws_error(
             400,
@@ -633,7 +638,7 @@ async fn handle(
     let delay = match decide(&shared, &op, &arn, n, total) {
         Decision::Fault(f) => {
             record_fault(f.label());
-            return fault_response(f, &arn).ok_or(Dropped);
+            return fault_response(f, &op, &arn).ok_or(Dropped);
         }
         Decision::Forward { delay, injected } => {
             if injected {
