@@ -1,6 +1,7 @@
 //! Executes a plan: bounded concurrency, each write followed by a read-back that proves the live
 //! policy is now equivalent to the manifest. One resource failing never stops the others.
 
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -16,6 +17,26 @@ pub struct ApplyOptions {
     pub verify: bool,
     /// How long to wait for a read-back to reflect the write (eventual consistency).
     pub verify_timeout: Duration,
+    /// Once set, no further change starts; see [`Interrupt`].
+    pub interrupt: Interrupt,
+}
+
+/// A request to stop an apply part-way (a signal). Changes already started finish, write and
+/// read-back, so that each is reported as it really ended; the rest are reported as not
+/// started, so the next run does them. Stopping a write half-way would leave its outcome
+/// unknown.
+#[derive(Debug, Clone, Default)]
+pub struct Interrupt(Arc<OnceLock<&'static str>>);
+
+impl Interrupt {
+    /// The first reason given is kept.
+    pub fn set(&self, reason: &'static str) {
+        let _ = self.0.set(reason);
+    }
+
+    pub fn reason(&self) -> Option<&'static str> {
+        self.0.get().copied()
+    }
 }
 
 impl Default for ApplyOptions {
@@ -24,6 +45,7 @@ impl Default for ApplyOptions {
             concurrency: 8,
             verify: true,
             verify_timeout: Duration::from_secs(10),
+            interrupt: Interrupt::default(),
         }
     }
 }
@@ -43,6 +65,9 @@ pub struct ResourceResult {
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
+    /// Failed only because an interrupted apply never started it (its error says so too).
+    #[serde(skip)]
+    pub not_started: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -50,6 +75,14 @@ pub struct Report {
     pub results: Vec<ResourceResult>,
     /// Resources that failed before a change could be planned (carried over from the plan).
     pub plan_failures: Vec<Failure>,
+    /// Why the apply stopped early, if it did, and how many changes it never started.
+    pub interrupted: Option<Interrupted>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct Interrupted {
+    pub by: &'static str,
+    pub not_started: usize,
 }
 
 impl Report {
@@ -103,6 +136,26 @@ pub async fn apply<K: Kinesis>(
                     change,
                     outcome: Outcome::Unchanged,
                     error: None,
+                    not_started: false,
+                };
+            }
+            if let Some(reason) = opts.interrupt.reason() {
+                let error = Failure {
+                    arn: change.arn.clone(),
+                    source: change.source.clone(),
+                    operation: None,
+                    code: None,
+                    // Nothing was tried: the next run does it.
+                    retryable: true,
+                    message: format!(
+                        "not started: the apply was interrupted ({reason}); nothing was written"
+                    ),
+                };
+                return ResourceResult {
+                    change,
+                    outcome: Outcome::Failed,
+                    error: Some(error),
+                    not_started: true,
                 };
             }
             let result = apply_one(api, &change, opts).await;
@@ -126,14 +179,20 @@ pub async fn apply<K: Kinesis>(
                 change,
                 outcome,
                 error: result.err(),
+                not_started: false,
             }
         })
         .collect()
         .await;
     results.sort_by(|a, b| a.change.arn.cmp(&b.change.arn));
+    let interrupted = opts.interrupt.reason().map(|by| Interrupted {
+        by,
+        not_started: results.iter().filter(|r| r.not_started).count(),
+    });
     Report {
         results,
         plan_failures: plan.failures,
+        interrupted,
     }
 }
 

@@ -469,17 +469,26 @@ async fn run_plan(
         out!("{}", render::changes_text(&plan, &style));
     }
     let pb = progress_bar(text, "applying");
+    let interrupt = apply::Interrupt::default();
+    // Only from here: until the first write, a stop signal may end the process as usual.
+    let on_signal = tokio::spawn(stop_gracefully(
+        crate::signals::StopSignals::new(),
+        interrupt.clone(),
+        pb.clone(),
+    ));
     let report = apply::apply(
         &api,
         plan,
         &ApplyOptions {
             concurrency: engine.concurrency,
             verify: apply_mode.verify,
+            interrupt,
             ..ApplyOptions::default()
         },
         &pb,
     )
     .await;
+    on_signal.abort();
     pb.finish_and_clear();
     if text {
         out!("{}", render::apply_text(&report, &style));
@@ -487,6 +496,31 @@ async fn run_plan(
         out!("{}", render::apply_json(&report));
     }
     Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
+}
+
+/// As Terraform does on a CI runner's cancel: the first stop signal lets the writes under way
+/// finish and report, so the log says what was changed; a second one stops at once.
+async fn stop_gracefully(
+    mut signals: crate::signals::StopSignals,
+    interrupt: apply::Interrupt,
+    pb: indicatif::ProgressBar,
+) {
+    let (first, _) = signals.next().await;
+    interrupt.set(first);
+    pb.suspend(|| {
+        eprintln!(
+            "{first}: starting no more changes; waiting for the ones under way to finish \
+             ({first} again stops at once)"
+        )
+    });
+    let (second, status) = signals.next().await;
+    pb.suspend(|| {
+        eprintln!(
+            "{second}: stopping at once; a write under way may or may not have been applied \
+             (`kpr plan` shows where things stand)"
+        )
+    });
+    std::process::exit(status.into());
 }
 
 async fn run_import(

@@ -15,3 +15,4 @@ pub mod manifest;
 pub mod plan;
 pub mod policy;
 pub mod render;
+pub mod signals;

@@ -10,7 +10,8 @@
 //!                    "before": policy|null, "after": policy|null,   // null for no-ops
 //!                    "delete_cause"?: "ensure_absent"|"prune",
 //!                    "outcome"?: "applied"|"unchanged"|"failed", "error"?: failure } ],
-//!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ] }
+//!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
+//!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
 
 use std::fmt::Write as _;
@@ -353,7 +354,8 @@ pub fn summary_line(verb: &str, s: &Summary, style: &Style) -> String {
 pub fn apply_text(report: &Report, style: &Style) -> String {
     let mut out = String::new();
     for r in &report.results {
-        if r.change.action == Action::NoOp {
+        // Changes never started are said once below, with the failures.
+        if r.change.action == Action::NoOp || r.not_started {
             continue;
         }
         let status = match r.outcome {
@@ -379,6 +381,19 @@ pub fn apply_text(report: &Report, style: &Style) -> String {
         failures_text(&mut out, &failures, style);
     }
     let _ = writeln!(out, "{}", summary_line("Apply", &report.summary(), style));
+    if let Some(i) = &report.interrupted {
+        let line = match i.not_started {
+            0 => format!(
+                "Interrupted by {}, after every change had started: each ended as shown above.",
+                i.by
+            ),
+            n => format!(
+                "Interrupted by {}: {n} change(s) not started; apply again to make them.",
+                i.by
+            ),
+        };
+        let _ = writeln!(out, "{}", style.yellow(&line));
+    }
     out
 }
 
@@ -409,6 +424,7 @@ struct ApplyJson<'a> {
     summary: Summary,
     resources: &'a [crate::apply::ResourceResult],
     failures: Vec<Failure>,
+    interrupted: Option<&'a crate::apply::Interrupted>,
 }
 
 pub fn apply_json(report: &Report) -> String {
@@ -418,6 +434,7 @@ pub fn apply_json(report: &Report) -> String {
         summary: report.summary(),
         resources: &report.results,
         failures: report.failures().cloned().collect(),
+        interrupted: report.interrupted.as_ref(),
     };
     serde_json::to_string_pretty(&doc).expect("report serialises") + "\n"
 }

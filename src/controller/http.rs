@@ -31,6 +31,8 @@ pub struct Shared {
     pub ready: AtomicBool,
     pub running: AtomicBool,
     pub metrics: PrometheusHandle,
+    /// Set on shutdown: the running reconcile starts no more changes.
+    pub interrupt: crate::apply::Interrupt,
     webhook_secret: Option<Secret>,
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
@@ -51,6 +53,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             running: AtomicBool::new(false),
             metrics,
+            interrupt: crate::apply::Interrupt::default(),
             webhook_secret: settings.webhook_secret.clone(),
             branch: match &settings.source {
                 SourceSpec::Git(g) => Some(g.branch.clone()),

@@ -475,6 +475,9 @@ pub async fn serve(global: &GlobalArgs, file: FileConfig, args: ServeArgs) -> Re
 }
 
 async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
+    // First: a SIGTERM during start-up (a fetch of a large repository) then waits its turn
+    // instead of killing the process outright.
+    let mut signals = crate::signals::StopSignals::new();
     let metrics = http::install_metrics()?;
     let listener = tokio::net::TcpListener::bind(settings.listen)
         .await
@@ -520,8 +523,12 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(http::serve(listener, shared.clone(), http_stopped));
 
-    let signal = shutdown_signal().await;
-    tracing::info!(signal, "shutting down: no new triggers accepted");
+    let (signal, _) = signals.next().await;
+    shared.interrupt.set(signal);
+    tracing::info!(
+        signal,
+        "shutting down: no new triggers accepted; a running apply starts no more changes"
+    );
     shared.queue.close();
     scheduler.abort();
     let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
@@ -547,34 +554,6 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     }
     tracing::info!("kpr serve stopped");
     Ok(EXIT_OK)
-}
-
-/// Resolves on SIGTERM (what orchestrators send) or SIGINT (Ctrl-C).
-async fn shutdown_signal() -> &'static str {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match (
-            signal(SignalKind::terminate()),
-            signal(SignalKind::interrupt()),
-        ) {
-            (Ok(mut term), Ok(mut int)) => {
-                tokio::select! {
-                    _ = term.recv() => "SIGTERM",
-                    _ = int.recv() => "SIGINT",
-                }
-            }
-            _ => {
-                let _ = tokio::signal::ctrl_c().await;
-                "SIGINT"
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        "SIGINT"
-    }
 }
 
 #[cfg(test)]

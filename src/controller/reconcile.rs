@@ -556,6 +556,7 @@ impl Reconciler {
             let plan_failures = std::mem::take(&mut plan.failures);
             let opts = ApplyOptions {
                 concurrency,
+                interrupt: self.shared.interrupt.clone(),
                 ..ApplyOptions::default()
             };
             let report = apply::apply(&self.api, plan, &opts, &hidden).await;

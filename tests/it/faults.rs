@@ -640,3 +640,190 @@ fn backend_gone_mid_run_fails_cleanly_then_recovers() {
         assert_converged(&emu, &m, &arns, &want);
     }
 }
+
+/// `kpr apply` with its stderr read line by line while it runs.
+struct Running {
+    child: Child,
+    stderr: std::sync::mpsc::Receiver<String>,
+}
+
+impl Running {
+    fn start(mut cmd: Command) -> Running {
+        let mut child = cmd
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn kpr");
+        let pipe = child.stderr.take().unwrap();
+        let (tx, stderr) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            use std::io::BufRead;
+            for line in std::io::BufReader::new(pipe).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        Running { child, stderr }
+    }
+
+    /// `kpr apply` through `proxy`, sent SIGINT once `writes` writes have reached the proxy;
+    /// returns once kpr has said it is stopping.
+    fn interrupted_apply(
+        proxy: &Proxy,
+        m: &common::Manifests,
+        concurrency: usize,
+        writes: u64,
+    ) -> Running {
+        let mut cmd = kpr_via(proxy);
+        cmd.args(["apply", "--dir", &m.arg(), "--concurrency"])
+            .arg(concurrency.to_string());
+        let run = Running::start(cmd);
+        assert!(
+            proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= writes),
+            "fewer than {writes} writes: {}",
+            proxy.describe()
+        );
+        run.signal("INT");
+        run.stderr_until("SIGINT: starting no more changes", Duration::from_secs(10));
+        run
+    }
+
+    fn signal(&self, name: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{name}"), &self.child.id().to_string()])
+            .status()
+            .unwrap()
+            .success();
+        assert!(ok, "kill -{name}");
+    }
+
+    /// Waits for a stderr line containing `text`, returning every line read until then.
+    fn stderr_until(&self, text: &str, limit: Duration) -> Vec<String> {
+        let deadline = Instant::now() + limit;
+        let mut seen = Vec::new();
+        while let Ok(line) = self
+            .stderr
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+        {
+            let found = line.contains(text);
+            seen.push(line);
+            if found {
+                return seen;
+            }
+        }
+        panic!("no stderr line with {text:?} within {limit:?}: {seen:?}");
+    }
+
+    /// Exit code and stdout, failing the test if kpr outlives `limit`.
+    fn finish(self, limit: Duration) -> (i32, String, Vec<String>) {
+        let Running { child, stderr } = self;
+        let pid = child.id();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            let _ = tx.send(child.wait_with_output());
+        });
+        let Ok(out) = rx.recv_timeout(limit) else {
+            let _ = Command::new("kill")
+                .args(["-KILL", &pid.to_string()])
+                .status();
+            panic!("kpr did not finish within {limit:?} after the signal");
+        };
+        let out = out.unwrap();
+        let rest = stderr.try_iter().collect();
+        (
+            out.status.code().unwrap_or(-1),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            rest,
+        )
+    }
+}
+
+#[test]
+fn sigint_mid_apply_finishes_the_writes_under_way_and_reports_the_rest() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    let arns = streams(&emu, &bulk, "flt-int", 60);
+    let (m, want) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    proxy.delay(Some(Duration::from_millis(20)));
+    let run = Running::interrupted_apply(&proxy, &m, 4, 8);
+    let (code, out, _) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    let applied: usize = out
+        .lines()
+        .find_map(|l| l.strip_prefix("Apply: "))
+        .and_then(|l| l.split(' ').next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no summary line:\n{out}"));
+    let not_started = arns.len() - applied;
+    assert!(applied >= 8 && not_started > 0, "{out}");
+    assert!(
+        out.contains(&format!(
+            "Interrupted by SIGINT: {not_started} change(s) not started; apply again to make them."
+        )),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!(
+            "! failed {not_started} resources, all with the same error:\n    not started: the \
+             apply was interrupted (SIGINT); nothing was written\n"
+        )),
+        "{out}"
+    );
+    // What it reports is what happened: each write that reached the backend is a reported
+    // success, checked by reading it back; nothing was written for the rest.
+    assert_eq!(
+        proxy.op(PUT).forwarded,
+        applied as u64,
+        "{}",
+        proxy.describe()
+    );
+    assert_eq!(out.matches("  done\n").count(), applied, "{out}");
+    let live = live_policies(&emu, &arns);
+    let (mut granted, mut empty) = (0, 0);
+    for (a, w) in arns.iter().zip(&want) {
+        match live[a].as_deref() {
+            Some(l) if common::same_grant(l, w) => granted += 1,
+            None => empty += 1,
+            other => panic!("{a}: {other:?}"),
+        }
+    }
+    assert_eq!((granted, empty), (applied, not_started));
+
+    // The next run makes exactly the changes the first one did not start.
+    proxy.delay(None);
+    proxy.reset_counts();
+    let mut cmd = kpr_via(&proxy);
+    cmd.args(["apply", "--dir", &m.arg()]);
+    let (rerun, _) = run_bounded(cmd, Duration::from_secs(60));
+    assert_eq!(rerun.code, 0, "{rerun:?}");
+    assert_eq!(
+        proxy.op(PUT).seen,
+        not_started as u64,
+        "{}",
+        proxy.describe()
+    );
+    assert_converged(&emu, &m, &arns, &want);
+}
+
+#[test]
+fn a_second_sigint_stops_at_once() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu.url);
+    let arns = streams(&emu, &bulk, "flt-int2", 20);
+    let (m, _) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    // Every write hangs, so the wait the first signal starts cannot end by itself.
+    proxy
+        .fault_ops(&[PUT])
+        .random_faults(1, 1.0, &[Fault::Delay(Duration::from_secs(120))]);
+    let run = Running::interrupted_apply(&proxy, &m, 2, 1);
+    run.signal("INT");
+    let (code, _, stderr) = run.finish(Duration::from_secs(10));
+    assert_eq!(code, 130, "{stderr:?}");
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.starts_with("SIGINT: stopping at once")),
+        "{stderr:?}"
+    );
+}

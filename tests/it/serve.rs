@@ -1179,3 +1179,73 @@ fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
     assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
     assert!(logs.contains("did not finish in time"), "{logs}");
 }
+
+#[test]
+fn sigterm_mid_apply_drains_the_changes_under_way_and_starts_no_more() {
+    use crate::proxy::{Fault, Proxy};
+    const PUT: &str = "PutResourcePolicy";
+    let emu = common::kinesis_mock();
+    let prefix = unique("drain");
+    let arns: Vec<String> = (0..16)
+        .map(|i| emu.create_stream(&format!("{prefix}-{i}")))
+        .collect();
+    let files: Vec<(String, String)> = arns
+        .iter()
+        .enumerate()
+        .map(|(i, a)| {
+            let name = format!("s{i:02}.yaml");
+            (name, manifest(a, &read_policy(a, "111122223333")))
+        })
+        .collect();
+    let refs: Vec<(&str, &str)> = files
+        .iter()
+        .map(|(n, t)| (n.as_str(), t.as_str()))
+        .collect();
+    let dir = common::Manifests::new(&refs);
+    // Slow writes, so the reconcile is mid-apply for seconds.
+    let proxy = Proxy::start(&emu.url);
+    proxy
+        .fault_ops(&[PUT])
+        .random_faults(1, 1.0, &[Fault::Delay(Duration::from_millis(500))]);
+    let via = Emulator {
+        url: proxy.url(),
+        account: emu.account.clone(),
+        name: "kinesis-mock via the fault proxy",
+        private: emu.private,
+    };
+    let serve = Serve::start(
+        &via,
+        Options {
+            args: [
+                "--dir",
+                &dir.arg(),
+                "--concurrency",
+                "2",
+                "--rate-limit",
+                "0",
+                "--shutdown-timeout",
+                "60s",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 1),
+        "{}",
+        proxy.describe()
+    );
+    let logs = serve.stop();
+    // Drained, not cancelled: the run ended by itself, long before the shutdown timeout.
+    assert!(!logs.contains("did not finish in time"), "{logs}");
+    assert!(logs.contains("\"reconcile finished\""), "{logs}");
+    let written = proxy.op(PUT).forwarded;
+    let applied = logs.matches("\"change applied\"").count() as u64;
+    assert_eq!(applied, written, "{}\n{logs}", proxy.describe());
+    assert!(written >= 1 && written < arns.len() as u64, "{written}");
+    let granted = arns.iter().filter(|a| emu.get_policy(a).is_some()).count() as u64;
+    assert_eq!(granted, written);
+}
