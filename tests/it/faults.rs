@@ -552,8 +552,13 @@ fn sigkill_mid_apply_then_rerun_converges_with_nothing_lost() {
         status.code().is_none(),
         "kpr exited by itself before the kill: {status:?}"
     );
-    // Forwards already under way finish (the proxy runs them to completion): wait for quiet.
-    std::thread::sleep(Duration::from_millis(300));
+    // Forwards already under way finish (the proxy runs them to completion), and requests
+    // kpr wrote just before it died are still read and forwarded: wait until all have ended.
+    assert!(
+        proxy.wait_for(Duration::from_secs(30), Proxy::quiet),
+        "the proxy never went quiet after the kill: {}",
+        proxy.describe()
+    );
     let written = proxy.op(PUT).forwarded;
     eprintln!(
         "killed after {written} writes reached the backend; {}",

@@ -157,6 +157,30 @@ struct Shared {
     client: Client<HttpConnector, Full<Bytes>>,
     accept_task: Mutex<Option<tokio::task::JoinHandle<()>>>,
     handle: tokio::runtime::Handle,
+    /// Connections open plus forwards under way; see [`Busy`].
+    busy: std::sync::atomic::AtomicU64,
+}
+
+/// Counted in `Shared::busy` while it lives. A connection counts until it closes, so a request
+/// kpr wrote just before it died, not yet read by the proxy, still keeps the proxy busy; a
+/// forward counts until the upstream has answered it.
+struct Busy(Arc<Shared>);
+
+impl Busy {
+    fn new(shared: &Arc<Shared>) -> Busy {
+        shared
+            .busy
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Busy(shared.clone())
+    }
+}
+
+impl Drop for Busy {
+    fn drop(&mut self) {
+        self.0
+            .busy
+            .fetch_sub(1, std::sync::atomic::Ordering::SeqCst);
+    }
 }
 
 /// The proxy; it stops when dropped.
@@ -195,6 +219,7 @@ impl Proxy {
             client,
             accept_task: Mutex::new(None),
             handle: runtime.handle().clone(),
+            busy: Default::default(),
         });
         spawn_accept(&shared, listener);
         Proxy {
@@ -382,6 +407,12 @@ impl Proxy {
         self.op("PutResourcePolicy").seen + self.op("DeleteResourcePolicy").seen
     }
 
+    /// No connection open and no forward under way: once its client is gone, everything the
+    /// client sent has been counted and has reached the upstream or never will.
+    pub fn quiet(&self) -> bool {
+        self.shared.busy.load(std::sync::atomic::Ordering::SeqCst) == 0
+    }
+
     /// Wait until `cond` holds (checked every 10 ms) or `timeout` passes; returns whether it held.
     pub fn wait_for(&self, timeout: Duration, cond: impl Fn(&Proxy) -> bool) -> bool {
         let deadline = Instant::now() + timeout;
@@ -428,8 +459,10 @@ fn spawn_accept(shared: &Arc<Shared>, listener: tokio::net::TcpListener) {
                 continue;
             }
             let _ = stream.set_nodelay(true);
+            let open = Busy::new(&s);
             let s = s.clone();
             tokio::spawn(async move {
+                let _open = open;
                 let svc = hyper::service::service_fn(move |req| handle(s.clone(), req));
                 // Errors here are the faults this proxy injects (or kpr being killed).
                 let _ = hyper::server::conn::http1::Builder::new()
@@ -668,7 +701,9 @@ async fn handle(
     // The forward runs in its own task so that a kpr killed mid-call cannot cancel a write the
     // backend may already be applying: the counts then say exactly what reached the backend.
     let s = shared.clone();
+    let under_way = Busy::new(&shared);
     let forwarded = tokio::spawn(async move {
+        let _under_way = under_way;
         let resp = s.client.request(upstream_req).await.ok()?;
         let (parts, body) = resp.into_parts();
         let bytes = body.collect().await.ok()?.to_bytes();
