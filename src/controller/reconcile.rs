@@ -227,9 +227,21 @@ pub struct Reconciler {
     shared: Arc<Shared>,
     backoff: Backoff,
     applied: Option<Applied>,
-    /// Keyed by the identity ARN's text: one allocation per resource instead of a
-    /// `ResourceArn`'s five, for state that lives as long as the controller.
-    states: HashMap<Box<str>, ResourceState>,
+    /// Each managed resource's state, for the counts: keyed by [`state_key`].
+    states: HashMap<u64, ResourceState>,
+}
+
+/// A resource's key in `Reconciler::states`: a 64-bit hash of its identity ARN, not the ARN.
+/// The states live as long as the controller and are only counted; 10,000 ARN keys were
+/// 10,000 small allocations, made late in a run among its garbage, and measured after a
+/// reconcile of 10,000 resources they held ~0.5 MB live and pinned freed heap pages around
+/// them. Two resources sharing a key would only make a count off by one; among a million
+/// resources the chance of any pair is about 3 in 100 million.
+fn state_key(id: &ResourceArn) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut hasher = std::hash::DefaultHasher::new();
+    id.to_string().hash(&mut hasher);
+    hasher.finish()
 }
 
 fn rfc3339(t: SystemTime) -> String {
@@ -669,7 +681,7 @@ impl Reconciler {
                 // that are neither declared nor still waiting.
                 let previous = std::mem::take(&mut self.states);
                 for id in skip.iter().filter(|id| declared.contains(*id)) {
-                    let key: Box<str> = id.to_string().into();
+                    let key = state_key(id);
                     let state = previous.get(&key).copied().unwrap_or(ResourceState::Failed);
                     self.states.insert(key, state);
                 }
@@ -679,7 +691,7 @@ impl Reconciler {
             }
             Some(inc) => {
                 for id in inc.removed.iter().chain(&inc.left_alone) {
-                    self.states.remove(id.identity().to_string().as_str());
+                    self.states.remove(&state_key(&id.identity()));
                 }
             }
         }
@@ -690,9 +702,9 @@ impl Reconciler {
             let removed_and_done = item.state == ResourceState::InSync
                 && incremental.is_some_and(|inc| inc.removed.contains(id));
             if item.released || removed_and_done {
-                self.states.remove(id.to_string().as_str());
+                self.states.remove(&state_key(id));
             } else {
-                self.states.insert(id.to_string().into(), item.state);
+                self.states.insert(state_key(id), item.state);
             }
         }
         self.states.shrink_to_fit();
