@@ -533,6 +533,7 @@ impl Reconciler {
             }
         }
         let mut items = Vec::new();
+        let mut interrupted = None;
         for f in &plan.failures {
             items.push(self.failure_item(f));
         }
@@ -574,9 +575,14 @@ impl Reconciler {
             let report = apply::apply(&self.api, plan, &opts, &hidden).await;
             out.summary = report.summary();
             out.summary.failed += plan_failures.len();
+            interrupted = report.interrupted.clone();
+            // Counted apart, in the run's error: nothing was tried for them.
+            out.summary.failed -= interrupted.as_ref().map_or(0, |i| i.not_started);
             for r in &report.results {
                 let c = &r.change;
                 let (outcome, state) = match r.outcome {
+                    // Shutdown came first: still drift to fix, not a failure to back off from.
+                    _ if r.not_started => ("not_started", ResourceState::Drifted),
                     Outcome::Applied => ("applied", ResourceState::InSync),
                     Outcome::Unchanged => ("unchanged", ResourceState::InSync),
                     Outcome::Failed => ("failed", ResourceState::Failed),
@@ -608,6 +614,20 @@ impl Reconciler {
             &skip,
             now,
         );
+        if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
+            out.result = RunResult::Partial;
+            let failed = out.summary.failed;
+            out.error = Some(format!(
+                "interrupted by {}: {} change(s) not started, left for the next run{}",
+                i.by,
+                i.not_started,
+                if failed > 0 {
+                    format!("; {failed} resource(s) failed")
+                } else {
+                    String::new()
+                }
+            ));
+        }
         out
     }
 
