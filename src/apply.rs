@@ -56,6 +56,9 @@ pub enum Outcome {
     Applied,
     Unchanged,
     Failed,
+    /// An interrupted apply never started it: nothing was tried, the next run makes it.
+    #[serde(rename = "not_started")]
+    NotStarted,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -65,9 +68,6 @@ pub struct ResourceResult {
     pub outcome: Outcome,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub error: Option<Failure>,
-    /// Failed only because an interrupted apply never started it (its error says so too).
-    #[serde(skip)]
-    pub not_started: bool,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -92,8 +92,14 @@ impl Report {
             .chain(self.results.iter().filter_map(|r| r.error.as_ref()))
     }
 
-    pub fn failed(&self) -> bool {
+    /// Whether the live state may still differ from the manifests: something failed, or an
+    /// interrupt left changes unmade.
+    pub fn incomplete(&self) -> bool {
         self.failures().next().is_some()
+            || self
+                .results
+                .iter()
+                .any(|r| r.outcome == Outcome::NotStarted)
     }
 
     /// Counts of what was actually done (a failed create is counted as failed, not created).
@@ -109,6 +115,7 @@ impl Report {
                 (Outcome::Applied, Action::Delete) => s.delete += 1,
                 (Outcome::Unchanged, _) | (Outcome::Applied, Action::NoOp) => s.unchanged += 1,
                 (Outcome::Failed, _) => {}
+                (Outcome::NotStarted, _) => s.not_started += 1,
             }
         }
         s
@@ -136,26 +143,13 @@ pub async fn apply<K: Kinesis>(
                     change,
                     outcome: Outcome::Unchanged,
                     error: None,
-                    not_started: false,
                 };
             }
-            if let Some(reason) = opts.interrupt.reason() {
-                let error = Failure {
-                    arn: change.arn.clone(),
-                    source: change.source.clone(),
-                    operation: None,
-                    code: None,
-                    // Nothing was tried: the next run does it.
-                    retryable: true,
-                    message: format!(
-                        "not started: the apply was interrupted ({reason}); nothing was written"
-                    ),
-                };
+            if opts.interrupt.reason().is_some() {
                 return ResourceResult {
                     change,
-                    outcome: Outcome::Failed,
-                    error: Some(error),
-                    not_started: true,
+                    outcome: Outcome::NotStarted,
+                    error: None,
                 };
             }
             let result = apply_one(api, &change, opts).await;
@@ -179,7 +173,6 @@ pub async fn apply<K: Kinesis>(
                 change,
                 outcome,
                 error: result.err(),
-                not_started: false,
             }
         })
         .collect()
@@ -187,7 +180,10 @@ pub async fn apply<K: Kinesis>(
     results.sort_by(|a, b| a.change.arn.cmp(&b.change.arn));
     let interrupted = opts.interrupt.reason().map(|by| Interrupted {
         by,
-        not_started: results.iter().filter(|r| r.not_started).count(),
+        not_started: results
+            .iter()
+            .filter(|r| r.outcome == Outcome::NotStarted)
+            .count(),
     });
     Report {
         results,

@@ -495,7 +495,11 @@ async fn run_plan(
     } else {
         out!("{}", render::apply_json(&report));
     }
-    Ok(if report.failed() { EXIT_ERROR } else { EXIT_OK })
+    Ok(if report.incomplete() {
+        EXIT_ERROR
+    } else {
+        EXIT_OK
+    })
 }
 
 /// As Terraform does on a CI runner's cancel: the first stop signal lets the writes under way

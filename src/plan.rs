@@ -110,7 +110,7 @@ impl Change {
 
     /// A no-op on `target` with nothing recorded yet: the caller records the live policy and
     /// decides the action.
-    fn new(target: ResourceArn) -> Self {
+    pub(crate) fn new(target: ResourceArn) -> Self {
         Change {
             arn: target.to_string(),
             declared_arn: None,
@@ -204,6 +204,13 @@ pub struct Summary {
     pub delete: usize,
     pub unchanged: usize,
     pub failed: usize,
+    /// Changes an interrupted apply never started: neither done nor failed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub not_started: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 impl Plan {

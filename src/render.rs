@@ -3,13 +3,15 @@
 //! JSON schema, stable within a format_version (fields may be added, never removed or renamed):
 //! ```text
 //! { "format_version": "1", "kind": "plan" | "apply",
-//!   "summary": { "create", "update", "delete", "unchanged", "failed" },   // integers
+//!   "summary": { "create", "update", "delete", "unchanged", "failed",     // integers
+//!                "not_started"? },             // only when an interrupted apply left some
 //!   "resources": [ { "arn", "declared_arn"?, "kind": "stream"|"consumer",
 //!                    "action": "create"|"update"|"delete"|"no-op", "reason",
 //!                    "source": {"file","line"}|null,
 //!                    "before": policy|null, "after": policy|null,   // null for no-ops
 //!                    "delete_cause"?: "ensure_absent"|"prune",
-//!                    "outcome"?: "applied"|"unchanged"|"failed", "error"?: failure } ],
+//!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started",
+//!                    "error"?: failure } ],
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
@@ -261,17 +263,31 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
             },
             indented(&g.message)
         );
-        for f in g.members.iter().take(SHARED_ERROR_LISTED) {
-            let _ = writeln!(out, "  {}", located(&f.arn, f.source.as_ref(), style));
-        }
-        if g.members.len() > SHARED_ERROR_LISTED {
-            let _ = writeln!(
-                out,
-                "  and {} more (`--output json` lists every one)",
-                g.members.len() - SHARED_ERROR_LISTED
-            );
-        }
+        let members = g
+            .members
+            .iter()
+            .map(|f| (f.arn.as_str(), f.source.as_ref()));
+        list_some(out, members, g.members.len(), style);
         out.push('\n');
+    }
+}
+
+/// The first [`SHARED_ERROR_LISTED`] of `total` resources, one a line, then a count of the rest.
+fn list_some<'a>(
+    out: &mut String,
+    resources: impl Iterator<Item = (&'a str, Option<&'a Source>)>,
+    total: usize,
+    style: &Style,
+) {
+    for (arn, source) in resources.take(SHARED_ERROR_LISTED) {
+        let _ = writeln!(out, "  {}", located(arn, source, style));
+    }
+    if total > SHARED_ERROR_LISTED {
+        let _ = writeln!(
+            out,
+            "  and {} more (`--output json` lists every one)",
+            total - SHARED_ERROR_LISTED
+        );
     }
 }
 
@@ -343,6 +359,9 @@ pub fn summary_line(verb: &str, s: &Summary, style: &Style) -> String {
     if s.failed > 0 {
         line.push_str(&format!(", {} failed", s.failed));
     }
+    if s.not_started > 0 {
+        line.push_str(&format!(", {} not started", s.not_started));
+    }
     line.push('.');
     if s.failed > 0 {
         style.red(&line)
@@ -354,14 +373,14 @@ pub fn summary_line(verb: &str, s: &Summary, style: &Style) -> String {
 pub fn apply_text(report: &Report, style: &Style) -> String {
     let mut out = String::new();
     for r in &report.results {
-        // Changes never started are said once below, with the failures.
-        if r.change.action == Action::NoOp || r.not_started {
+        // Changes never started are listed once, below the summary.
+        if r.change.action == Action::NoOp || r.outcome == Outcome::NotStarted {
             continue;
         }
         let status = match r.outcome {
             Outcome::Applied => style.green("done"),
             Outcome::Failed => style.red("FAILED"),
-            Outcome::Unchanged => String::new(),
+            Outcome::Unchanged | Outcome::NotStarted => String::new(),
         };
         let _ = writeln!(
             out,
@@ -382,17 +401,31 @@ pub fn apply_text(report: &Report, style: &Style) -> String {
     }
     let _ = writeln!(out, "{}", summary_line("Apply", &report.summary(), style));
     if let Some(i) = &report.interrupted {
-        let line = match i.not_started {
-            0 => format!(
+        if i.not_started == 0 {
+            let line = format!(
                 "Interrupted by {}, after every change had started: each ended as shown above.",
                 i.by
-            ),
-            n => format!(
-                "Interrupted by {}: {n} change(s) not started; apply again to make them.",
-                i.by
-            ),
-        };
-        let _ = writeln!(out, "{}", style.yellow(&line));
+            );
+            let _ = writeln!(out, "{}", style.yellow(&line));
+        } else {
+            let line = format!(
+                "Interrupted by {}: {} change(s) not started, nothing written for them; apply \
+                 again to make them:",
+                i.by, i.not_started
+            );
+            let _ = writeln!(out, "{}", style.yellow(&line));
+            let never = report
+                .results
+                .iter()
+                .filter(|r| r.outcome == Outcome::NotStarted)
+                .map(|r| &r.change);
+            list_some(
+                &mut out,
+                never.map(|c| (c.arn.as_str(), c.source.as_ref())),
+                i.not_started,
+                style,
+            );
+        }
     }
     out
 }
@@ -530,6 +563,59 @@ mod tests {
         }
         assert_eq!(mask_arn("no credentials", s), None);
         assert_eq!(mask_arn("anything", ""), None);
+    }
+
+    #[test]
+    fn an_interrupted_apply_counts_changes_not_started_apart_from_failures() {
+        use crate::apply::{Interrupted, ResourceResult};
+        let result = |name: &str, outcome| {
+            let arn = format!("arn:aws:kinesis:us-east-1:111122223333:stream/{name}");
+            let mut change = Change::new(crate::arn::ResourceArn::parse(&arn).unwrap());
+            change.action = Action::Create;
+            ResourceResult {
+                change,
+                outcome,
+                error: None,
+            }
+        };
+        let report = Report {
+            results: vec![
+                result("done", Outcome::Applied),
+                result("never", Outcome::NotStarted),
+            ],
+            plan_failures: Vec::new(),
+            interrupted: Some(Interrupted {
+                by: "SIGTERM",
+                not_started: 1,
+            }),
+        };
+        assert!(report.incomplete());
+        let json: serde_json::Value = serde_json::from_str(&apply_json(&report)).unwrap();
+        assert_eq!(
+            json["summary"],
+            serde_json::json!({"create": 1, "update": 0, "delete": 0, "unchanged": 0,
+                               "failed": 0, "not_started": 1})
+        );
+        assert_eq!(json["resources"][1]["outcome"], "not_started");
+        assert_eq!(json["failures"], serde_json::json!([]));
+        assert_eq!(
+            json["interrupted"],
+            serde_json::json!({"by": "SIGTERM", "not_started": 1})
+        );
+        // A plan never has any: the key stays out of its summary.
+        let plan: serde_json::Value = serde_json::from_str(&plan_json(&Plan::default())).unwrap();
+        assert!(plan["summary"].get("not_started").is_none(), "{plan}");
+        let text = apply_text(&report, &Style { color: false });
+        assert!(
+            text.ends_with(
+                "Apply: 1 created, 0 updated, 0 deleted, 0 unchanged, 1 not started.\n\
+                 Interrupted by SIGTERM: 1 change(s) not started, nothing written for them; \
+                 apply again to make them:\n  \
+                 arn:aws:kinesis:us-east-1:111122223333:stream/never\n"
+            ),
+            "{text}"
+        );
+        assert_eq!(text.matches("stream/never").count(), 1, "{text}");
     }
 
     #[test]

@@ -576,16 +576,14 @@ impl Reconciler {
             out.summary = report.summary();
             out.summary.failed += plan_failures.len();
             interrupted = report.interrupted.clone();
-            // Counted apart, in the run's error: nothing was tried for them.
-            out.summary.failed -= interrupted.as_ref().map_or(0, |i| i.not_started);
             for r in &report.results {
                 let c = &r.change;
                 let (outcome, state) = match r.outcome {
-                    // Shutdown came first: still drift to fix, not a failure to back off from.
-                    _ if r.not_started => ("not_started", ResourceState::Drifted),
                     Outcome::Applied => ("applied", ResourceState::InSync),
                     Outcome::Unchanged => ("unchanged", ResourceState::InSync),
                     Outcome::Failed => ("failed", ResourceState::Failed),
+                    // Shutdown came first: still drift to fix, not a failure to back off from.
+                    Outcome::NotStarted => ("not_started", ResourceState::Drifted),
                 };
                 items.push(Item {
                     id: Some(c.target.identity()),
