@@ -531,10 +531,10 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     );
     shared.queue.close();
     scheduler.abort();
-    let deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    match tokio::time::timeout_at(deadline, &mut worker).await {
-        Ok(_) => tracing::info!("reconcile worker stopped"),
-        Err(_) => {
+    let mut deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    tokio::select! {
+        _ = &mut worker => tracing::info!("reconcile worker stopped"),
+        () = tokio::time::sleep_until(deadline) => {
             tracing::warn!(
                 timeout = %humantime::format_duration(settings.shutdown_timeout),
                 "the running reconcile did not finish in time; cancelling it (the next start \
@@ -542,6 +542,17 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
             );
             worker.abort();
             let _ = worker.await;
+        }
+        // As the CLI's apply does: whoever sends a second signal wants out now.
+        (second, _) = signals.next() => {
+            tracing::warn!(
+                signal = second,
+                "second stop signal: cancelling the running reconcile now (the next start \
+                 reconciles again)"
+            );
+            worker.abort();
+            let _ = worker.await;
+            deadline = tokio::time::Instant::now();
         }
     }
     let _ = stop_http.send(true);

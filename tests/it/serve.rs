@@ -1131,9 +1131,9 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     }
 }
 
-#[test]
-fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
-    // Nothing listens on this endpoint, so every call fails and is retried for minutes.
+/// `kpr serve` whose first reconcile is stuck (nothing listens on its endpoint, so every call
+/// fails and is retried for minutes), once that run is in flight.
+fn stuck_serve(shutdown_timeout: &str) -> (Serve, common::Manifests) {
     let port = TcpListener::bind("127.0.0.1:0")
         .unwrap()
         .local_addr()
@@ -1153,7 +1153,7 @@ fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: ["--dir", &dir.arg(), "--shutdown-timeout", "1s"]
+            args: ["--dir", &dir.arg(), "--shutdown-timeout", shutdown_timeout]
                 .iter()
                 .map(|s| s.to_string())
                 .collect(),
@@ -1167,6 +1167,12 @@ fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
         Duration::from_secs(20),
         |s| (s.status()["running"] == true).then_some(()),
     );
+    (serve, dir)
+}
+
+#[test]
+fn sigterm_cancels_a_stuck_reconcile_within_the_shutdown_timeout() {
+    let (serve, _dir) = stuck_serve("1s");
     assert_eq!(serve.get("/readyz").status, 503);
     let started = Instant::now();
     let logs_before_stop = serve.logs();
@@ -1261,4 +1267,31 @@ fn sigterm_mid_apply_drains_the_changes_under_way_and_starts_no_more() {
     );
     let granted = arns.iter().filter(|a| emu.get_policy(a).is_some()).count() as u64;
     assert_eq!(granted, written);
+}
+
+#[test]
+fn a_second_sigterm_cancels_a_stuck_reconcile_at_once() {
+    let (serve, _dir) = stuck_serve("10m");
+    let pid = serve.child.borrow().as_ref().unwrap().id();
+    assert!(
+        Command::new("kill")
+            .args(["-TERM", &pid.to_string()])
+            .status()
+            .unwrap()
+            .success()
+    );
+    serve.poll(
+        "the first SIGTERM to be taken",
+        Duration::from_secs(10),
+        |s| s.logs().contains("shutting down").then_some(()),
+    );
+    // The second one, from stop(): without it the shutdown would wait out the 10 minutes.
+    let started = Instant::now();
+    let logs = serve.stop();
+    let took = started.elapsed();
+    assert!(took < Duration::from_secs(6), "shutdown took {took:?}");
+    assert!(
+        logs.contains("second stop signal: cancelling the running reconcile now"),
+        "{logs}"
+    );
 }
