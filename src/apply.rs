@@ -96,10 +96,7 @@ impl Report {
     /// interrupt left changes unmade.
     pub fn incomplete(&self) -> bool {
         self.failures().next().is_some()
-            || self
-                .results
-                .iter()
-                .any(|r| r.outcome == Outcome::NotStarted)
+            || self.interrupted.as_ref().is_some_and(|i| i.not_started > 0)
     }
 
     /// Counts of what was actually done (a failed create is counted as failed, not created).

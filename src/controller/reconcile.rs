@@ -525,9 +525,11 @@ impl Reconciler {
         // only the policies they write.
         drop(desired);
         // Sources as the repository names them, in the change events' logs as in `/status`,
-        // not under this instance's working copy.
+        // not under this instance's working copy. From here on every source is relative.
         let root = self.source.root();
-        for source in plan.changes.iter_mut().filter_map(|c| c.source.as_mut()) {
+        let changes = plan.changes.iter_mut().filter_map(|c| c.source.as_mut());
+        let failures = plan.failures.iter_mut().filter_map(|f| f.source.as_mut());
+        for source in changes.chain(failures) {
             if let Ok(rel) = source.file.strip_prefix(root) {
                 source.file = rel.to_path_buf();
             }
@@ -552,10 +554,7 @@ impl Reconciler {
                         action: Some(c.action.as_str()),
                         outcome: if drifted { "drifted" } else { "in_sync" },
                         error: None,
-                        source: c
-                            .source
-                            .as_ref()
-                            .map(|s| format!("{}:{}", self.rel(&s.file), s.line)),
+                        source: c.source.as_ref().map(ToString::to_string),
                     },
                     state: if drifted {
                         ResourceState::Drifted
@@ -592,10 +591,7 @@ impl Reconciler {
                         action: Some(c.action.as_str()),
                         outcome,
                         error: r.error.as_ref().map(|e| e.message.clone()),
-                        source: c
-                            .source
-                            .as_ref()
-                            .map(|s| format!("{}:{}", self.rel(&s.file), s.line)),
+                        source: c.source.as_ref().map(ToString::to_string),
                     },
                     state,
                     released: r.outcome == Outcome::Applied
@@ -652,10 +648,7 @@ impl Reconciler {
                 action: None,
                 outcome: "failed",
                 error: Some(f.message.clone()),
-                source: f
-                    .source
-                    .as_ref()
-                    .map(|s| format!("{}:{}", self.rel(&s.file), s.line)),
+                source: f.source.as_ref().map(ToString::to_string),
             },
             state: ResourceState::Failed,
             released: false,
