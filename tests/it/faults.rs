@@ -266,13 +266,22 @@ pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> (Run, Duration) 
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn kpr");
+    (
+        common::output(wait_bounded(child, limit)),
+        started.elapsed(),
+    )
+}
+
+/// Waits for `child`'s exit and output, killing it and failing the test if it outlives
+/// `limit` (a hang).
+fn wait_bounded(child: Child, limit: Duration) -> std::process::Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let _ = tx.send(child.wait_with_output());
     });
     match rx.recv_timeout(limit) {
-        Ok(out) => (common::output(out.unwrap()), started.elapsed()),
+        Ok(out) => out.unwrap(),
         Err(_) => {
             // The Child moved into the waiting thread: kill it by pid.
             let _ = Command::new("kill")
@@ -721,19 +730,9 @@ impl Running {
     /// Exit code and stdout, failing the test if kpr outlives `limit`.
     fn finish(self, limit: Duration) -> (i32, String, Vec<String>) {
         let Running { child, stderr } = self;
-        let pid = child.id();
-        let (tx, rx) = std::sync::mpsc::channel();
-        std::thread::spawn(move || {
-            let _ = tx.send(child.wait_with_output());
-        });
-        let Ok(out) = rx.recv_timeout(limit) else {
-            let _ = Command::new("kill")
-                .args(["-KILL", &pid.to_string()])
-                .status();
-            panic!("kpr did not finish within {limit:?} after the signal");
-        };
-        let out = out.unwrap();
-        let rest = stderr.try_iter().collect();
+        let out = wait_bounded(child, limit);
+        // Until the reader reaches the pipe's end: kpr has exited, so it is near.
+        let rest = stderr.iter().collect();
         (
             out.status.code().unwrap_or(-1),
             String::from_utf8_lossy(&out.stdout).into_owned(),
