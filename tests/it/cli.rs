@@ -263,6 +263,60 @@ fn nonexistent_stream_is_an_error_not_a_create() {
     nonexistent_stream(&common::kinesis_mock());
 }
 
+/// Keys in the environment let kpr skip building the rest of the default credential chain; without
+/// them the whole chain must still run. Here its profile-file link finds the keys, and with no
+/// file either, each resource fails naming every link tried, before any write.
+#[test]
+fn without_keys_in_the_environment_the_default_credential_chain_runs() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("creds"));
+    let dir = Manifests::new(&[(
+        "a.yaml",
+        &manifest(&arn, &read_policy(&arn, "111122223333")),
+    )]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let config = files.path().join("config");
+    std::fs::write(&config, "").expect("config file");
+    let keys = files.path().join("credentials");
+    std::fs::write(
+        &keys,
+        "[default]\naws_access_key_id = fromfile\naws_secret_access_key = fromfile\n",
+    )
+    .expect("credentials file");
+    let plan = |credentials_file: &std::path::Path| {
+        let mut c = emu.kpr_cmd();
+        c.env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env("AWS_CONFIG_FILE", &config)
+            .env("AWS_SHARED_CREDENTIALS_FILE", credentials_file)
+            // Off EC2 the last link would wait on a metadata service that is not there.
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .args(["plan", "--dir", &dir.arg(), "--output", "json"]);
+        common::output(c.output().expect("run kpr"))
+    };
+
+    let from_file = plan(&keys);
+    assert_eq!(from_file.code, 0, "{from_file:?}");
+    assert_eq!(from_file.json()["resources"][0]["action"], "create");
+
+    let none = plan(&files.path().join("absent"));
+    assert_eq!(none.code, 1, "{none:?}");
+    let message = none.json()["failures"][0]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    for link in [
+        "Environment",
+        "Profile",
+        "WebIdentityToken",
+        "Ec2InstanceMetadata",
+    ] {
+        assert!(message.contains(link), "{link} not tried: {message}");
+    }
+    assert_eq!(emu.get_policy(&arn), None, "a plan wrote a policy");
+}
+
 #[test]
 fn invalid_manifest_means_zero_writes() {
     let emu = common::kinesis_mock();
