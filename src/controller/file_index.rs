@@ -18,7 +18,7 @@ type Span = (u32, u32);
 #[derive(Debug, Default)]
 pub(super) struct FileIndex {
     text: Vec<u8>,
-    /// Sorted by path.
+    /// Sorted by the bytes of the path.
     files: Vec<File>,
     /// ARN text and line; each file's declarations are contiguous.
     declared: Vec<(Span, u32)>,
@@ -39,7 +39,11 @@ pub(super) type FileEntry = (PathBuf, u64, Vec<(String, usize)>);
 impl FileIndex {
     pub(super) fn new(entries: impl IntoIterator<Item = FileEntry>) -> Self {
         let mut entries: Vec<FileEntry> = entries.into_iter().collect();
-        entries.sort_by(|a, b| a.0.cmp(&b.0));
+        // By bytes, the order `find` searches in. `Path`'s own order compares components, and
+        // the two disagree where `-` or `.` meets `/`: `prod/x.yaml` comes before
+        // `prod-eu/x.yaml` by components, after it by bytes, and a search in the wrong order
+        // silently found nothing.
+        entries.sort_by(|a, b| a.0.as_os_str().as_bytes().cmp(b.0.as_os_str().as_bytes()));
         // One file may come in several entries (its digest, each resource it declares).
         entries.dedup_by(|b, a| {
             let same = a.0 == b.0;
@@ -159,6 +163,34 @@ mod tests {
         let got: Vec<_> = i.declared(Path::new("m/a.yaml")).collect();
         assert_eq!(got, [("arn-a", 3)]);
         assert_eq!(i.declared(Path::new("m/c.yaml")).count(), 0);
+    }
+
+    /// Names where a component ends just before `-` or `.` (`prod/`, `prod-eu/`, `prod.d/`)
+    /// order differently by components and by bytes; every one must still be found.
+    #[test]
+    fn finds_files_whose_directories_share_a_prefix() {
+        let names = [
+            "prod/orders.yaml",
+            "prod-eu/orders.yaml",
+            "prod.d/orders.yaml",
+            "prod/x/orders.yaml",
+            "prod0/orders.yaml",
+        ];
+        let declared: Vec<[(&str, usize); 1]> = names.iter().map(|n| [(*n, 1)]).collect();
+        let files: Vec<(&str, u64, Declared)> = names
+            .iter()
+            .zip(&declared)
+            .enumerate()
+            .map(|(i, (n, d))| (*n, i as u64 + 1, &d[..]))
+            .collect();
+        let i = index(&files);
+        for n in names {
+            let got: Vec<_> = i.declared(Path::new(n)).collect();
+            assert_eq!(got, [(n, 1)], "{n}");
+        }
+        assert!(i.changed_since(&index(&files)).is_empty());
+        let fewer = index(&files[1..]);
+        assert_eq!(fewer.changed_since(&i), [PathBuf::from(names[0])]);
     }
 
     #[test]
