@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet, HashSet};
 use std::fmt;
 use std::hash::{DefaultHasher, Hasher};
 use std::io::Read as _;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -62,8 +63,15 @@ pub enum Ensure {
 /// Where a manifest came from: shown in every error and in the plan.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub struct Source {
+    #[serde(serialize_with = "path_text")]
     pub file: PathBuf,
     pub line: usize,
+}
+
+/// A path as JSON text. A name that is not UTF-8 (git allows any bytes) shows with U+FFFD in
+/// place of its odd bytes, where serde's own form would fail the whole document.
+fn path_text<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error> {
+    s.serialize_str(&path.to_string_lossy())
 }
 
 impl fmt::Display for Source {
@@ -116,6 +124,7 @@ pub enum Severity {
 
 #[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
 pub struct Diagnostic {
+    #[serde(serialize_with = "path_text")]
     pub file: PathBuf,
     /// 1-based; `None` for problems of a whole directory or unreadable file.
     pub line: Option<usize>,
@@ -301,12 +310,14 @@ fn collect_files(
     // would, at a fraction of its cost.
     paths.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
     for (path, file_type) in paths {
-        let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("");
+        // By bytes: a name that is not UTF-8 is still a manifest if it ends in .yaml. Skipped
+        // as unreadable, its resource would count as undeclared, and --prune would delete it.
+        let name = path.file_name().map_or(&[][..], |n| n.as_bytes());
         // Hidden entries are editor and VCS state (.git, .swp), never manifests.
-        if name.starts_with('.') {
+        if name.starts_with(b".") {
             continue;
         }
-        let is_yaml = name.ends_with(".yaml") || name.ends_with(".yml");
+        let is_yaml = name.ends_with(b".yaml") || name.ends_with(b".yml");
         if is_yaml && file_type.is_some_and(|t| t.is_file()) {
             out.push(path);
             continue;
@@ -728,6 +739,37 @@ policy:
         sorted.sort();
         assert_eq!(files, sorted);
         assert_eq!(files.len(), 6);
+    }
+
+    /// Names that are not UTF-8 (a Latin-1 "é"): the manifest is read like any other, and its
+    /// place still serialises, so the JSON output does not fail because of it.
+    #[test]
+    fn names_that_are_not_utf8_are_read() {
+        use std::ffi::OsStr;
+        let d = tempfile::tempdir().unwrap();
+        let sub = d.path().join(OsStr::from_bytes(b"pr\xe9d"));
+        std::fs::create_dir(&sub).unwrap();
+        std::fs::write(sub.join(OsStr::from_bytes(b"ord\xe9rs.yaml")), GOOD).unwrap();
+        std::fs::write(d.path().join(OsStr::from_bytes(b"bad\xe9.yml")), "arn: [").unwrap();
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        assert_eq!(loaded.files, 2);
+        assert_eq!(loaded.state.resources.len(), 1);
+        let source = serde_json::to_value(&loaded.state.resources[0].source).unwrap();
+        assert!(
+            source["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("pr\u{fffd}d/ord\u{fffd}rs.yaml")),
+            "{source}"
+        );
+        let errors: Vec<_> = loaded.errors().collect();
+        assert_eq!(errors.len(), 1, "{errors:?}");
+        let error = serde_json::to_value(errors[0]).unwrap();
+        assert!(
+            error["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("bad\u{fffd}.yml")),
+            "{error}"
+        );
     }
 
     #[test]
