@@ -1,13 +1,14 @@
 //! The `kpr` command line: argument definitions and the one-shot commands.
 //!
-//! Exit codes: 0 success (no changes with `--detailed-exitcode`), 1 error, 2 changes present
-//! (`plan --detailed-exitcode`) or "not equivalent" (`policy diff`).
+//! Exit codes: 0 success (no changes with `--detailed-exitcode`), 1 error (a usage error too),
+//! 2 changes present (`plan --detailed-exitcode`). `policy diff` is diff(1)'s: 0 equivalent,
+//! 1 different, 2 trouble.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
 
 use crate::apply::{self, ApplyOptions};
 use crate::arn::ResourceArn;
@@ -88,11 +89,7 @@ pub struct GlobalArgs {
     pub config: Option<PathBuf>,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
-pub enum LogFormat {
-    Text,
-    Json,
-}
+pub use crate::config::LogFormat;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum, Default)]
 pub enum OutputFormat {
@@ -276,10 +273,46 @@ pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CHANGES: u8 = 2;
 
+/// The exit code for arguments clap rejected. clap's own is 2, which `plan --detailed-exitcode`
+/// means as "changes present": a pipeline would take a plan that never ran (a mistyped flag, a
+/// bad `KPR_*` value) for one that found changes. `policy diff` keeps 2, its code for trouble,
+/// as diff(1) does.
+pub fn usage_error_code<I, T>(args: I) -> u8
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString> + Clone,
+{
+    // Parsed again, leniently, only to learn which command was meant.
+    let policy_diff = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+        .ok()
+        .is_some_and(|m| match m.subcommand() {
+            Some(("policy", sub)) => sub.subcommand_name() == Some("diff"),
+            _ => false,
+        });
+    if policy_diff { 2 } else { EXIT_ERROR }
+}
+
+/// The log level and whether to log JSON: a flag or `KPR_*` variable, then the config file,
+/// then the command's default. The service logs what it does, as JSON for a collector unless
+/// on a terminal; one-shot commands print their result and log only problems.
+pub fn log_settings(g: &GlobalArgs, file: &FileConfig, serving: bool) -> (String, bool) {
+    let level = g
+        .log_level
+        .clone()
+        .or_else(|| file.log_level.clone())
+        .unwrap_or_else(|| if serving { "info" } else { "warn" }.into());
+    let json = match g.log_format.or(file.log_format) {
+        Some(f) => f == LogFormat::Json,
+        None => serving && !std::io::stderr().is_terminal(),
+    };
+    (level, json)
+}
+
 /// Runs a command to its end: one-shot commands return their exit code, `serve` returns when
 /// it is told to stop.
-pub async fn run(cli: Cli) -> Result<u8, CliError> {
-    let file = FileConfig::load_opt(cli.global.config.as_deref())?;
+pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
     let engine = Engine::resolve(&cli.global, &file);
     match cli.command {
         Command::Validate { dir, output } => Ok(validate(&dir, output, &engine)),

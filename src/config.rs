@@ -21,7 +21,7 @@ pub struct FileConfig {
     pub max_retry_time: Option<Duration>,
     pub max_policy_size: Option<usize>,
     pub log_level: Option<String>,
-    pub log_format: Option<String>,
+    pub log_format: Option<LogFormat>,
     /// Account id -> how to reach it.
     #[serde(default)]
     pub accounts: BTreeMap<String, AccountConfig>,
@@ -44,6 +44,13 @@ pub struct FileConfig {
     pub max_deletes: Option<usize>,
     #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -2,25 +2,33 @@
 
 use std::process::ExitCode;
 
-use std::io::IsTerminal;
-
 use clap::Parser;
-use kinesis_policy_reconciler::cli::{self, Cli, Command, LogFormat};
+use kinesis_policy_reconciler::cli::{self, Cli, Command};
+use kinesis_policy_reconciler::config::FileConfig;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    // The service logs what it does (JSON for collectors unless on a terminal); one-shot
-    // commands print their result and log only problems.
-    let serving = matches!(cli.command, Command::Serve(_));
-    let level = cli
-        .global
-        .log_level
-        .clone()
-        .unwrap_or_else(|| if serving { "info" } else { "warn" }.into());
-    let json = match cli.global.log_format {
-        Some(f) => f == LogFormat::Json,
-        None => serving && !std::io::stderr().is_terminal(),
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // Help and --version come this way too, bound for stdout.
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() {
+                cli::usage_error_code(std::env::args_os())
+            } else {
+                cli::EXIT_OK
+            });
+        }
     };
+    // Read before anything else: it may set how to log.
+    let file = match FileConfig::load_opt(cli.global.config.as_deref()) {
+        Ok(file) => file,
+        Err(e) => {
+            eprintln!("error: {:#}", anyhow::Error::from(e));
+            return ExitCode::from(cli::EXIT_ERROR);
+        }
+    };
+    let serving = matches!(cli.command, Command::Serve(_));
+    let (level, json) = cli::log_settings(&cli.global, &file, serving);
     cli::init_logging(&level, json);
     // A one-shot command is I/O-bound: one thread drives it with no cross-thread wake-ups
     // (measured on `plan` of 1,000 resources: about 10% less CPU, same wall time). The service
@@ -42,7 +50,7 @@ fn main() -> ExitCode {
     // HTTP connection's task simply joins the run queue, while waking `block_on`'s future makes
     // a current-thread runtime poll the OS once more, without blocking, first. That was two
     // extra epoll_wait calls per API call (strace).
-    let outcome = match runtime.block_on(runtime.spawn(cli::run(cli))) {
+    let outcome = match runtime.block_on(runtime.spawn(cli::run(cli, file))) {
         Ok(outcome) => outcome,
         // A panic keeps its own message and exit status, as it would outside a task.
         Err(e) => std::panic::resume_unwind(e.into_panic()),

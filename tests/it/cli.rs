@@ -263,6 +263,92 @@ fn nonexistent_stream_is_an_error_not_a_create() {
     nonexistent_stream(&common::kinesis_mock());
 }
 
+/// clap ends a usage error with 2, which `plan --detailed-exitcode` means as "changes present":
+/// a pipeline would take a plan that never ran for one that found changes. kpr exits 1 instead,
+/// except in `policy diff`, where 2 is trouble, as in diff(1).
+#[test]
+fn usage_errors_exit_1_not_the_changes_code() {
+    let run = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = common::kpr_cmd("http://127.0.0.1:9");
+        c.args(args).envs(env.iter().copied());
+        common::output(c.output().expect("run kpr"))
+    };
+    let plan = ["plan", "--dir", "policies", "--detailed-exitcode"];
+    let typo = run(&[&plan[..], &["--output", "yaml"]].concat(), &[]);
+    assert_eq!(typo.code, 1, "{typo:?}");
+    assert!(typo.stderr.contains("'yaml'"), "{typo:?}");
+    let env = run(&plan, &[("KPR_CONCURRENCY", "eight")]);
+    assert_eq!(env.code, 1, "{env:?}");
+    assert!(env.stderr.contains("'eight'"), "{env:?}");
+    let unknown = run(&["aply", "--dir", "policies"], &[]);
+    assert_eq!(unknown.code, 1, "{unknown:?}");
+
+    let diff = run(&["policy", "diff", "only-one.json"], &[]);
+    assert_eq!(diff.code, 2, "{diff:?}");
+
+    let help = run(&["plan", "--help"], &[]);
+    assert_eq!(help.code, 0, "{help:?}");
+    assert!(help.stdout.contains("--detailed-exitcode"), "{help:?}");
+    let version = run(&["--version"], &[]);
+    assert_eq!(version.code, 0, "{version:?}");
+    assert!(
+        version.stdout.contains(env!("CARGO_PKG_VERSION")),
+        "{version:?}"
+    );
+}
+
+/// `logLevel` and `logFormat` in the config file set the logs, below a flag or `KPR_*`
+/// variable, and a value that is neither text nor json is an error naming the file and line.
+#[test]
+fn the_config_file_sets_how_kpr_logs() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("logs"));
+    let dir = Manifests::new(&[(
+        "a.yaml",
+        &manifest(&arn, &read_policy(&arn, "111122223333")),
+    )]);
+    let files = tempfile::tempdir().expect("tempdir");
+    let write = |name: &str, text: &str| {
+        let path = files.path().join(name);
+        std::fs::write(&path, text).expect("config file");
+        path.to_string_lossy().into_owned()
+    };
+    let config = write("kpr.yaml", "logLevel: debug\nlogFormat: json\n");
+    let manifests = dir.arg();
+    let plan = |extra: &[&str]| {
+        let mut args = vec!["plan", "--dir", &manifests];
+        args.extend_from_slice(extra);
+        emu.kpr(&args)
+    };
+    // Each log line as JSON at DEBUG; none unless the config file asks for it.
+    let debug_lines = |run: &common::Run| {
+        run.stderr
+            .lines()
+            .filter(|l| {
+                serde_json::from_str::<serde_json::Value>(l).is_ok_and(|v| v["level"] == "DEBUG")
+            })
+            .count()
+    };
+
+    let plain = plan(&[]);
+    assert_eq!(plain.code, 0, "{plain:?}");
+    assert_eq!(debug_lines(&plain), 0, "{plain:?}");
+    let from_file = plan(&["--config", &config]);
+    assert_eq!(from_file.code, 0, "{from_file:?}");
+    assert!(debug_lines(&from_file) > 0, "{from_file:?}");
+    let flag_wins = plan(&["--config", &config, "--log-level", "warn"]);
+    assert_eq!(flag_wins.code, 0, "{flag_wins:?}");
+    assert_eq!(debug_lines(&flag_wins), 0, "{flag_wins:?}");
+
+    let bad = write("bad.yaml", "logLevel: info\nlogFormat: xml\n");
+    let run = plan(&["--config", &bad]);
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stderr.contains("bad.yaml") && run.stderr.contains("xml"),
+        "{run:?}"
+    );
+}
+
 /// Keys in the environment let kpr skip building the rest of the default credential chain; without
 /// them the whole chain must still run. Here its profile-file link finds the keys, and with no
 /// file either, each resource fails naming every link tried, before any write.
