@@ -302,18 +302,12 @@ fn usage_errors_exit_1_not_the_changes_code() {
 #[test]
 fn the_config_file_sets_how_kpr_logs() {
     let emu = common::kinesis_mock();
-    let arn = emu.create_stream(&unique("logs"));
-    let dir = Manifests::new(&[(
-        "a.yaml",
-        &manifest(&arn, &read_policy(&arn, "111122223333")),
-    )]);
-    let files = tempfile::tempdir().expect("tempdir");
-    let write = |name: &str, text: &str| {
-        let path = files.path().join(name);
-        std::fs::write(&path, text).expect("config file");
-        path.to_string_lossy().into_owned()
-    };
-    let config = write("kpr.yaml", "logLevel: debug\nlogFormat: json\n");
+    let (_, dir) = emu.stream_with_manifest("logs");
+    let files = Manifests::new(&[
+        ("kpr.yaml", "logLevel: debug\nlogFormat: json\n"),
+        ("bad.yaml", "logLevel: info\nlogFormat: xml\n"),
+    ]);
+    let config = files.path().join("kpr.yaml").to_string_lossy().into_owned();
     let manifests = dir.arg();
     let plan = |extra: &[&str]| {
         let mut args = vec!["plan", "--dir", &manifests];
@@ -340,7 +334,7 @@ fn the_config_file_sets_how_kpr_logs() {
     assert_eq!(flag_wins.code, 0, "{flag_wins:?}");
     assert_eq!(debug_lines(&flag_wins), 0, "{flag_wins:?}");
 
-    let bad = write("bad.yaml", "logLevel: info\nlogFormat: xml\n");
+    let bad = files.path().join("bad.yaml").to_string_lossy().into_owned();
     let run = plan(&["--config", &bad]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
@@ -355,20 +349,16 @@ fn the_config_file_sets_how_kpr_logs() {
 #[test]
 fn without_keys_in_the_environment_the_default_credential_chain_runs() {
     let emu = common::kinesis_mock();
-    let arn = emu.create_stream(&unique("creds"));
-    let dir = Manifests::new(&[(
-        "a.yaml",
-        &manifest(&arn, &read_policy(&arn, "111122223333")),
-    )]);
-    let files = tempfile::tempdir().expect("tempdir");
+    let (arn, dir) = emu.stream_with_manifest("creds");
+    let files = Manifests::new(&[
+        ("config", ""),
+        (
+            "credentials",
+            "[default]\naws_access_key_id = fromfile\naws_secret_access_key = fromfile\n",
+        ),
+    ]);
     let config = files.path().join("config");
-    std::fs::write(&config, "").expect("config file");
     let keys = files.path().join("credentials");
-    std::fs::write(
-        &keys,
-        "[default]\naws_access_key_id = fromfile\naws_secret_access_key = fromfile\n",
-    )
-    .expect("credentials file");
     let plan = |credentials_file: &std::path::Path| {
         let mut c = emu.kpr_cmd();
         c.env_remove("AWS_ACCESS_KEY_ID")
@@ -580,11 +570,7 @@ fn target_limits_the_run() {
 #[test]
 fn dry_run_writes_nothing() {
     let emu = common::kinesis_mock();
-    let arn = emu.create_stream(&unique("dry"));
-    let dir = Manifests::new(&[(
-        "d.yaml",
-        &manifest(&arn, &read_policy(&arn, "111122223333")),
-    )]);
+    let (arn, dir) = emu.stream_with_manifest("dry");
     let run = emu.kpr(&["apply", "--dir", &dir.arg(), "--dry-run"]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(

@@ -147,6 +147,14 @@ impl Emulator {
         c
     }
 
+    /// A new stream, and a directory with one manifest (`a.yaml`) for it.
+    pub fn stream_with_manifest(&self, prefix: &str) -> (String, Manifests) {
+        let arn = self.create_stream(&unique(prefix));
+        let policy = read_policy(&arn, "111122223333");
+        let dir = Manifests::new(&[("a.yaml", &manifest(&arn, &policy))]);
+        (arn, dir)
+    }
+
     pub fn kpr(&self, args: &[&str]) -> Run {
         output(self.kpr_cmd().args(args).output().expect("run kpr"))
     }
