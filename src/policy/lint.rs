@@ -159,10 +159,12 @@ fn principal_is_anyone(s: &Statement) -> bool {
     s.principal().is_some_and(|p| p.includes_anyone())
 }
 
-/// Allow + NotPrincipal grants everyone except the listed principals: just as public.
+/// Allow + NotPrincipal grants everyone except the listed principals: just as public. Only an
+/// AWS `"*"` excludes everyone; a `"*"` of another type (`Service: "*"`) excludes only that
+/// type, and leaves every other AWS account and anonymous callers granted.
 fn principal_is_everyone_but(s: &Statement) -> bool {
     s.not_principal()
-        .is_some_and(|p| !p.is_empty() && !p.includes_anyone())
+        .is_some_and(|p| !p.is_empty() && !p.identifiers(PrincipalType::Aws).contains(&"*"))
 }
 
 /// The calls kpr makes on a resource to read, correct and remove its policy.
@@ -733,16 +735,30 @@ mod tests {
             let deny = policy(json!({"Principal": principal, "Effect": "Deny"}));
             assert_eq!(run(&deny, &ctx(STREAM)), []);
         }
-        let f = run(
-            &policy(json!({"Principal": null, "NotPrincipal": {"AWS": "444455556666"}})),
-            &ctx(STREAM),
-        );
-        one_finding(
-            &f,
-            Severity::Error,
-            "Statement[0].NotPrincipal",
-            "`allowPublic: true`",
-        );
+        // Everyone but the listed, whatever else the list holds: only an AWS "*" excludes all.
+        for not_principal in [
+            json!({"AWS": "444455556666"}),
+            json!({"AWS": "444455556666", "Service": "*"}),
+            json!({"Federated": "*", "CanonicalUser": "*"}),
+        ] {
+            let f = run(
+                &policy(json!({"Principal": null, "NotPrincipal": not_principal})),
+                &ctx(STREAM),
+            );
+            one_finding(
+                &f,
+                Severity::Error,
+                "Statement[0].NotPrincipal",
+                "`allowPublic: true`",
+            );
+        }
+        for excludes_all in [json!("*"), json!({"AWS": ["444455556666", "*"]})] {
+            let f = run(
+                &policy(json!({"Principal": null, "NotPrincipal": excludes_all})),
+                &ctx(STREAM),
+            );
+            assert!(errors(&f).is_empty(), "{f:?}");
+        }
     }
 
     #[test]
