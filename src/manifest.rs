@@ -33,7 +33,7 @@ pub struct ManifestDoc {
     /// `:<creation-timestamp>` suffix; kpr then resolves the live registration at plan time.
     pub arn: String,
     /// The resource policy: a YAML mapping, or a string holding the policy JSON.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "crate::policy::strict_value_opt")]
     #[schemars(with = "PolicySchema")]
     pub policy: Option<serde_json::Value>,
     /// `absent`: the resource must have no policy (kpr deletes it). Use instead of `policy`.

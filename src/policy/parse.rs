@@ -38,6 +38,30 @@ pub(super) fn strict_json(s: &str) -> Result<Value, serde_json::Error> {
     Ok(value)
 }
 
+/// For a `#[serde(deserialize_with)]` field of type `Option<Value>`, in any format: the same
+/// strictness as [`strict_json`]. A manifest's YAML mapping went through `Value`'s own
+/// `Deserialize`, where a repeated key silently replaced the first: a reviewer could read a
+/// Condition that was never applied.
+pub fn strict_value_opt<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Value>, D::Error> {
+    struct OptVisitor;
+    impl<'de> Visitor<'de> for OptVisitor {
+        type Value = Option<Value>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("any value")
+        }
+        fn visit_none<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            StrictValue.deserialize(d).map(Some)
+        }
+    }
+    d.deserialize_option(OptVisitor)
+}
+
 struct StrictValue;
 
 impl<'de> DeserializeSeed<'de> for StrictValue {
