@@ -134,6 +134,9 @@ pub struct GitSpec {
     /// Relative to the repository root; empty for the whole repository.
     pub path: PathBuf,
     pub token: Option<Secret>,
+    /// An https URL's user name, moved out of it like a password: it may be a token
+    /// (`https://TOKEN@github.com/...`).
+    pub user: Option<Secret>,
     pub workdir: PathBuf,
 }
 
@@ -329,18 +332,22 @@ impl Settings {
                         .or(file_git.path.as_deref())
                         .unwrap_or(Path::new("")),
                 )?;
-                let (url, url_password) = source::split_credentials(&url)?;
+                let source::UrlCredentials {
+                    url,
+                    user,
+                    password: url_password,
+                } = source::split_credentials(&url)?;
                 let mut token = resolve_secret(
                     args.git_token_file.as_deref(),
                     "KPR_GIT_TOKEN",
                     file_git.token_file.as_deref(),
                     "git token",
                 )?;
-                if url_password.is_some() {
+                if url_password.is_some() || user.as_ref().is_some_and(|u| u.len() >= 16) {
                     tracing::warn!(
-                        "the git URL carries a password; kpr moved it out of the URL, but a \
-                         token in a flag shows in process lists: prefer --git-token-file or \
-                         KPR_GIT_TOKEN"
+                        "the git URL carries a password or token; kpr moved it out of the URL, \
+                         but a token in a flag shows in process lists: prefer --git-token-file \
+                         or KPR_GIT_TOKEN"
                     );
                 }
                 if token.is_none() {
@@ -359,6 +366,7 @@ impl Settings {
                     branch,
                     path,
                     token,
+                    user: user.map(Secret),
                     workdir: args
                         .workdir
                         .clone()
@@ -650,8 +658,9 @@ mod tests {
         let SourceSpec::Git(g) = s.source else {
             panic!()
         };
-        assert_eq!(g.url, "https://bot@git.example.com/org/repo.git");
+        assert_eq!(g.url, "https://git.example.com/org/repo.git");
         assert_eq!(g.token.unwrap().expose(), "s3cret");
+        assert_eq!(g.user.unwrap().expose(), "bot");
         assert_eq!(g.path, Path::new("policies"));
         assert!(!format!("{:?}", Secret("x".into())).contains('x'));
     }

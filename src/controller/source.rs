@@ -26,6 +26,8 @@ pub struct GitRepo {
     branch: String,
     path: PathBuf,
     token: Option<Secret>,
+    /// The URL's user name, answered through `GIT_ASKPASS` like the token.
+    user: Option<Secret>,
     checkout: PathBuf,
     askpass: PathBuf,
 }
@@ -43,7 +45,7 @@ impl Source {
                     .await
                     .map_err(|e| format!("workdir {}: {e}", g.workdir.display()))?;
                 let askpass = workdir.join("askpass.sh");
-                if g.token.is_some() {
+                if g.token.is_some() || g.user.is_some() {
                     write_askpass(&askpass).await?;
                 }
                 Ok(Source::Git(GitRepo {
@@ -51,6 +53,7 @@ impl Source {
                     branch: g.branch.clone(),
                     path: g.path.clone(),
                     token: g.token.clone(),
+                    user: g.user.clone(),
                     checkout: workdir.join("repo"),
                     askpass,
                 }))
@@ -162,9 +165,14 @@ impl GitRepo {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if let Some(token) = &self.token {
-            cmd.env("GIT_ASKPASS", &self.askpass)
-                .env("KPR_GIT_PASSWORD", token.expose());
+        if self.token.is_some() || self.user.is_some() {
+            cmd.env("GIT_ASKPASS", &self.askpass).env(
+                "KPR_GIT_PASSWORD",
+                self.token.as_ref().map_or("", Secret::expose),
+            );
+            if let Some(user) = &self.user {
+                cmd.env("KPR_GIT_USERNAME", user.expose());
+            }
         }
         let out = match tokio::time::timeout(GIT_TIMEOUT, cmd.output()).await {
             Err(_) => {
@@ -193,6 +201,11 @@ impl GitRepo {
         let mut out = redact_urls_in(text);
         if let Some(t) = &self.token {
             out = out.replace(t.expose(), "***");
+        }
+        // A user name as long as a token may be one; a short one ("oauth2") is left, or every
+        // "git" in git's own words would go.
+        if let Some(u) = self.user.as_ref().filter(|u| u.expose().len() >= 16) {
+            out = out.replace(u.expose(), "***");
         }
         out
     }
@@ -294,30 +307,57 @@ fn redact_urls_in(text: &str) -> String {
         .collect()
 }
 
-/// Moves a password out of a URL: returns the URL without it and the (percent-decoded)
-/// password. A URL without one is returned unchanged.
-pub fn split_credentials(url: &str) -> Result<(String, Option<String>), String> {
+/// What [`split_credentials`] takes out of a git URL.
+#[derive(Debug, PartialEq, Eq)]
+pub struct UrlCredentials {
+    /// The URL without them.
+    pub url: String,
+    /// An http(s) URL's user name (percent-decoded). It may be a token itself:
+    /// `https://TOKEN@github.com/...` is a form GitHub documents.
+    pub user: Option<String>,
+    /// The password (percent-decoded).
+    pub password: Option<String>,
+}
+
+/// Moves credentials out of a git URL, so they reach git only through `GIT_ASKPASS`, never its
+/// argv or `.git/config`. An http(s) URL loses its whole `user:password@`; any other keeps its
+/// user name, which ssh needs in the URL (`ssh://git@host/...`), and loses a password.
+pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
+    let unchanged = || UrlCredentials {
+        url: url.to_string(),
+        user: None,
+        password: None,
+    };
     let Some(scheme_end) = url.find("://") else {
-        return Ok((url.to_string(), None));
+        return Ok(unchanged());
     };
     let rest = &url[scheme_end + 3..];
     let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
     let Some(at) = rest[..authority_end].rfind('@') else {
-        return Ok((url.to_string(), None));
+        return Ok(unchanged());
     };
-    let Some((user, password)) = rest[..at].split_once(':') else {
-        return Ok((url.to_string(), None));
+    let (user, password) = match rest[..at].split_once(':') {
+        Some((user, password)) => (user, Some(password)),
+        None => (&rest[..at], None),
     };
-    let password = percent_decode(password).ok_or("the password in the git URL is not valid")?;
-    let user_part = if user.is_empty() {
-        String::new()
+    let password = password
+        .map(|p| percent_decode(p).ok_or("the password in the git URL is not valid"))
+        .transpose()?
+        .filter(|p| !p.is_empty());
+    let http = url.starts_with("https://") || url.starts_with("http://");
+    let (user_part, user) = if http {
+        let user = percent_decode(user).ok_or("the user name in the git URL is not valid")?;
+        (String::new(), Some(user).filter(|u| !u.is_empty()))
+    } else if user.is_empty() {
+        (String::new(), None)
     } else {
-        format!("{user}@")
+        (format!("{user}@"), None)
     };
-    Ok((
-        format!("{}://{user_part}{}", &url[..scheme_end], &rest[at + 1..]),
-        (!password.is_empty()).then_some(password),
-    ))
+    Ok(UrlCredentials {
+        url: format!("{}://{user_part}{}", &url[..scheme_end], &rest[at + 1..]),
+        user,
+        password,
+    })
 }
 
 pub fn percent_decode(s: &str) -> Option<String> {
@@ -370,22 +410,35 @@ mod tests {
 
     #[test]
     fn credentials_are_split_off() {
+        let split = |url: &str| {
+            let c = split_credentials(url).unwrap();
+            (c.url, c.user, c.password)
+        };
+        let some = |s: &str| Some(s.to_string());
         assert_eq!(
-            split_credentials("https://bot:a%2Fb@h/r").unwrap(),
-            ("https://bot@h/r".to_string(), Some("a/b".to_string()))
+            split("https://bot:a%2Fb@h/r"),
+            ("https://h/r".into(), some("bot"), some("a/b"))
         );
         assert_eq!(
-            split_credentials("https://:t@h/r").unwrap(),
-            ("https://h/r".to_string(), Some("t".to_string()))
+            split("https://:t@h/r"),
+            ("https://h/r".into(), None, some("t"))
         );
+        // A token as the user name, as GitHub documents: out of the URL as well.
         assert_eq!(
-            split_credentials("ssh://git@h/r").unwrap(),
-            ("ssh://git@h/r".to_string(), None)
+            split("https://ghp_0123456789abcdef@github.com/o/r.git"),
+            (
+                "https://github.com/o/r.git".into(),
+                some("ghp_0123456789abcdef"),
+                None
+            )
         );
+        assert_eq!(split("ssh://git@h/r"), ("ssh://git@h/r".into(), None, None));
         assert_eq!(
-            split_credentials("file:///tmp/r").unwrap(),
-            ("file:///tmp/r".to_string(), None)
+            split("ssh://git:pw@h/r"),
+            ("ssh://git@h/r".into(), None, some("pw"))
         );
+        assert_eq!(split("file:///tmp/r"), ("file:///tmp/r".into(), None, None));
+        assert!(split_credentials("https://a%zz@h/r").is_err());
     }
 
     fn git(dir: &Path, args: &[&str]) -> String {
@@ -423,6 +476,7 @@ mod tests {
             branch: "main".into(),
             path: PathBuf::from("m"),
             token: None,
+            user: None,
             workdir: work.path().to_path_buf(),
         });
         let src = Source::new(&spec).await.unwrap();
@@ -464,16 +518,26 @@ mod tests {
     async fn fetch_errors_name_no_secret() {
         let work = tempfile::tempdir().unwrap();
         let spec = SourceSpec::Git(super::super::GitSpec {
-            url: "https://bot@127.0.0.1:9/none.git".into(),
+            url: "https://127.0.0.1:9/none.git".into(),
             branch: "main".into(),
             path: PathBuf::new(),
             token: Some(Secret("tok-123".into())),
+            user: Some(Secret("ghp_0123456789abcdef".into())),
             workdir: work.path().to_path_buf(),
         });
         let src = Source::new(&spec).await.unwrap();
         let err = src.sync().await.unwrap_err();
         assert!(err.contains("git fetch failed"), "{err}");
         assert!(!err.contains("tok-123"), "{err}");
-        assert!(!err.contains("bot@"), "{err}");
+        // Neither secret is in the working copy's configuration, where git would keep a URL's.
+        let config = std::fs::read_to_string(work.path().join("repo/.git/config")).unwrap();
+        assert!(
+            config.contains("url = https://127.0.0.1:9/none.git"),
+            "{config}"
+        );
+        assert!(
+            !config.contains("ghp_") && !config.contains("tok-123"),
+            "{config}"
+        );
     }
 }
