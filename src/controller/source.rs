@@ -217,6 +217,7 @@ impl GitRepo {
                 .map_err(|e| format!("{}: {e}", self.checkout.display()))?;
             self.git(["init", "--quiet"]).await?;
         }
+        self.remove_stale_locks().await?;
         // Setting the URL each time follows a changed --git-url without a fresh clone.
         self.git(["config", "remote.origin.url", self.url.as_str()])
             .await?;
@@ -247,10 +248,46 @@ impl GitRepo {
         if head != sha {
             self.git(["checkout", "--quiet", "--force", "--detach", &sha])
                 .await?;
+        } else {
+            // Same commit: a tracked file edited in place (by a person) would still be read.
+            self.git(["reset", "--quiet", "--hard"]).await?;
         }
         // Stray files (from an interrupted checkout, or a person) would become manifests.
         self.git(["clean", "-ffdxq"]).await?;
         Ok(sha)
+    }
+
+    /// A git killed mid-write (its timeout, a shutdown, the OOM killer) leaves its lock files
+    /// behind, and every later fetch or checkout then fails with "File exists" until someone
+    /// cleans up. Runs never overlap and nothing else uses this working copy, so any lock seen
+    /// before a run starts is stale.
+    async fn remove_stale_locks(&self) -> Result<(), String> {
+        let git_dir = self.checkout.join(".git");
+        let mut pending = vec![git_dir.clone(), git_dir.join("refs")];
+        let mut removed = Vec::new();
+        while let Some(dir) = pending.pop() {
+            let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
+                continue;
+            };
+            while let Ok(Some(entry)) = entries.next_entry().await {
+                let path = entry.path();
+                let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
+                // Only refs/ is walked below the top: objects/ is large and holds no locks
+                // that outlive the command that took them.
+                if is_dir && path.starts_with(git_dir.join("refs")) {
+                    pending.push(path);
+                } else if !is_dir && path.extension().is_some_and(|e| e == "lock") {
+                    tokio::fs::remove_file(&path)
+                        .await
+                        .map_err(|e| format!("{}: {e}", path.display()))?;
+                    removed.push(path);
+                }
+            }
+        }
+        for path in removed {
+            tracing::warn!(lock = %path.display(), "removed a stale git lock, left by a git that was stopped");
+        }
+        Ok(())
     }
 
     async fn changed_files(&self, old: &str, new: &str) -> Result<Vec<PathBuf>, String> {
@@ -496,6 +533,19 @@ mod tests {
             "a2"
         );
         assert!(!src.manifest_dir().join("stray.yaml").exists());
+
+        // A git killed mid-write leaves locks; a person edits a tracked file. The next run
+        // still fetches, and reads what the commit says.
+        let git_dir = work.path().join("repo/.git");
+        std::fs::write(git_dir.join("index.lock"), "").unwrap();
+        std::fs::write(git_dir.join("refs/remotes/origin/main.lock"), "").unwrap();
+        std::fs::write(src.manifest_dir().join("a.yaml"), "edited").unwrap();
+        assert_eq!(src.sync().await.unwrap().unwrap(), second);
+        assert_eq!(
+            std::fs::read_to_string(src.manifest_dir().join("a.yaml")).unwrap(),
+            "a2"
+        );
+        assert!(!git_dir.join("index.lock").exists());
         let mut changed = src.changed_files(&first, &second).await.unwrap().unwrap();
         changed.sort();
         assert_eq!(
