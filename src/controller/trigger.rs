@@ -165,22 +165,32 @@ impl Schedule {
         Ok(Schedule::Every(d))
     }
 
-    /// How long to sleep until the next run, and the cron tick it is for. `last` is the tick
-    /// that fired before, so a timer waking a hair early cannot fire the same tick twice.
-    fn next_delay(&self, last: Option<u64>) -> Option<(Duration, Option<u64>)> {
+    /// What to wait for next. `last` is the cron tick that fired before: a timer that woke a
+    /// hair early, by the wall clock, must neither fire that tick again nor invent one.
+    fn next(&self, last: Option<u64>) -> Option<Next> {
         match self {
-            Schedule::Every(d) => Some((*d, None)),
+            Schedule::Every(d) => Some(Next::Fire(*d, None)),
             Schedule::Cron(expr) => {
                 let now = SystemTime::now().duration_since(UNIX_EPOCH).ok()?;
-                let mut tick = next_cron_tick(expr).ok()??;
-                if last.is_some_and(|l| tick <= l) {
-                    tick = last? + 1;
+                let tick = next_cron_tick(expr).ok()??;
+                if let Some(last) = last.filter(|&l| tick <= l) {
+                    // The clock has not passed the tick just fired: look again once it has.
+                    let past = Duration::from_secs(last + 1).saturating_sub(now);
+                    return Some(Next::Recheck(past.max(Duration::from_millis(10))));
                 }
                 let at = Duration::from_secs(tick);
-                Some((at.saturating_sub(now), Some(tick)))
+                Some(Next::Fire(at.saturating_sub(now), Some(tick)))
             }
         }
     }
+}
+
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Sleep, then run; for cron, the tick this run is for.
+    Fire(Duration, Option<u64>),
+    /// Sleep, then ask again without running.
+    Recheck(Duration),
 }
 
 /// Pushes a full-scan trigger at every scheduled time (after a random jitter) until the queue
@@ -192,9 +202,16 @@ pub async fn run_schedule(
 ) {
     let mut last = None;
     loop {
-        let Some((delay, tick)) = schedule.next_delay(last) else {
-            tracing::warn!(%schedule, "the schedule has no further occurrence; only webhooks trigger runs now");
-            return;
+        let (delay, tick) = match schedule.next(last) {
+            Some(Next::Fire(delay, tick)) => (delay, tick),
+            Some(Next::Recheck(delay)) => {
+                tokio::time::sleep(delay).await;
+                continue;
+            }
+            None => {
+                tracing::warn!(%schedule, "the schedule has no further occurrence; only webhooks trigger runs now");
+                return;
+            }
         };
         tokio::time::sleep(delay).await;
         last = tick;
@@ -254,18 +271,29 @@ mod tests {
         let every = Schedule::interval(Duration::from_secs(300)).unwrap();
         assert_eq!(every.to_string(), "every 5m");
         assert_eq!(
-            every.next_delay(None),
-            Some((Duration::from_secs(300), None))
+            every.next(None),
+            Some(Next::Fire(Duration::from_secs(300), None))
         );
-        let each_second = Schedule::parse_cron("* * * * * *").unwrap();
-        let (d, tick) = each_second.next_delay(None).unwrap();
-        assert!(d <= Duration::from_secs(1), "{d:?}");
-        // The same tick never comes back, even when asked again at once.
-        let (_, again) = each_second.next_delay(tick).unwrap();
-        assert!(again > tick);
         let hourly = Schedule::parse_cron("0 * * * *").unwrap();
-        let (d, _) = hourly.next_delay(None).unwrap();
+        let Some(Next::Fire(d, Some(tick))) = hourly.next(None) else {
+            panic!("an hourly cron fires")
+        };
         assert!(d <= Duration::from_secs(3600), "{d:?}");
+        // Asked again with that tick as the last one fired, as after a timer that woke before
+        // the wall clock reached it: no run, neither that tick again nor one a second later
+        // (not an hourly time), but a look once the clock is past it.
+        let Some(Next::Recheck(wait)) = hourly.next(Some(tick)) else {
+            panic!("fired again before the clock passed the last tick")
+        };
+        assert!(
+            wait >= d && wait <= d + Duration::from_secs(1),
+            "{wait:?} vs {d:?}"
+        );
+        // Once past it, the next hourly time.
+        let Some(Next::Fire(_, Some(next))) = hourly.next(Some(tick - 3600)) else {
+            panic!("an hourly cron fires")
+        };
+        assert_eq!(next, tick);
     }
 
     #[test]
