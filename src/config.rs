@@ -43,6 +43,8 @@ pub struct FileConfig {
     pub prune: Option<bool>,
     pub max_deletes: Option<usize>,
     #[serde(default, with = "opt_duration")]
+    pub retry_delay: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
 }
 

@@ -29,6 +29,12 @@ impl Default for Backoff {
     }
 }
 
+/// The wait after the `failures`-th failure in a row: `base`, doubling, up to `max`.
+pub fn delay(base: Duration, max: Duration, failures: u32) -> Duration {
+    base.saturating_mul(1u32.checked_shl(failures.max(1) - 1).unwrap_or(u32::MAX))
+        .min(max)
+}
+
 impl Backoff {
     pub fn new(base: Duration, max: Duration) -> Self {
         Self {
@@ -47,11 +53,7 @@ impl Backoff {
             last_error: String::new(),
         });
         e.failures = e.failures.saturating_add(1);
-        let delay = self
-            .base
-            .saturating_mul(1u32.checked_shl(e.failures - 1).unwrap_or(u32::MAX))
-            .min(self.max);
-        e.not_before = now + delay;
+        e.not_before = now + delay(self.base, self.max, e.failures);
         e.last_error = error;
     }
 
@@ -74,6 +76,11 @@ impl Backoff {
             .iter()
             .filter(move |(_, e)| e.not_before <= now)
             .map(|(id, _)| id)
+    }
+
+    /// When the first resource's wait ends: a run then retries it, whatever the schedule.
+    pub fn next_due(&self) -> Option<Instant> {
+        self.entries.values().map(|e| e.not_before).min()
     }
 
     pub fn get(&self, id: &ResourceArn) -> Option<&Entry> {

@@ -97,6 +97,11 @@ pub struct ServeArgs {
     /// With --prune: refuse a run that would delete more than N policies [default: 3].
     #[arg(long, env = "KPR_MAX_DELETES", value_name = "N")]
     pub max_deletes: Option<usize>,
+    /// After a failure, try again this long after: a run that failed as a whole (fetch,
+    /// invalid manifests, a refused prune) and each failed resource, doubling on each further
+    /// failure up to 30m, whatever the schedule [default: 30s].
+    #[arg(long, env = "KPR_RETRY_DELAY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub retry_delay: Option<Duration>,
     /// On SIGTERM/SIGINT, wait this long for a running reconcile before cancelling it
     /// [default: 30s].
     #[arg(long, env = "KPR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -152,6 +157,7 @@ pub struct Settings {
     pub dry_run: bool,
     pub prune: bool,
     pub max_deletes: usize,
+    pub retry_delay: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -291,6 +297,10 @@ impl Settings {
                 .max_deletes
                 .or(file.max_deletes)
                 .unwrap_or(crate::plan::DEFAULT_MAX_DELETES),
+            retry_delay: args
+                .retry_delay
+                .or(file.retry_delay)
+                .unwrap_or(backoff::BASE_DELAY),
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
@@ -433,6 +443,11 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
             )
         }
     ));
+    lines.push(format!(
+        "retry after a failure: {}, doubling up to {}",
+        humantime::format_duration(settings.retry_delay),
+        humantime::format_duration(settings.retry_delay.max(backoff::MAX_DELAY))
+    ));
     lines.push(format!("listen: {}", settings.listen));
     lines.push(format!(
         "webhook: {}",
@@ -516,6 +531,7 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
             dry_run: settings.dry_run,
             prune: settings.prune,
             max_deletes: settings.max_deletes,
+            retry_delay: settings.retry_delay,
         },
         shared.clone(),
     );

@@ -10,7 +10,7 @@ use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::time::{Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
 use tracing::Instrument;
@@ -33,6 +33,8 @@ pub struct RunOptions {
     pub dry_run: bool,
     pub prune: bool,
     pub max_deletes: usize,
+    /// The first wait after a failure (see [`super::backoff`]).
+    pub retry_delay: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -60,7 +62,7 @@ impl RunResult {
     }
 
     /// The revision was validated and taken to AWS: it becomes the last good one.
-    fn completed(self) -> bool {
+    pub fn completed(self) -> bool {
         matches!(self, RunResult::Success | RunResult::Partial)
     }
 }
@@ -142,6 +144,15 @@ pub struct Status {
     pub resources: ResourceCounts,
     pub last_run: Option<RunStatus>,
     pub last_error: Option<ErrorStatus>,
+    /// The retry the worker will start unless a trigger comes first.
+    pub next_retry: Option<RetryStatus>,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct RetryStatus {
+    pub at: String,
+    /// `full`, or `incremental` (failed resources whose wait is over).
+    pub scan: &'static str,
 }
 
 /// What the last applied revision declared, file by file (repository-relative): an
@@ -250,12 +261,63 @@ fn rfc3339(t: SystemTime) -> String {
 
 /// Drains the trigger queue, one run at a time, until shutdown closes it.
 pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
-    while let Some(trigger) = shared.queue.next().await {
+    // Failures are tried again on their own clock, not the schedule's: with a daily cron, a
+    // failed fetch or a throttled resource would otherwise wait a day. A trigger from the
+    // queue comes first, and every run sets the next retry afresh.
+    let mut retry: Option<(tokio::time::Instant, Trigger)> = None;
+    let mut failed_runs = 0u32;
+    loop {
+        let trigger = tokio::select! {
+            biased;
+            next = shared.queue.next() => match next {
+                Some(trigger) => trigger,
+                None => break,
+            },
+            () = sleep_until(retry.map(|(at, _)| at)) => match retry.take() {
+                Some((_, trigger)) => trigger,
+                None => continue,
+            },
+        };
         shared.running.store(true, Ordering::SeqCst);
-        reconciler.run(trigger).await;
+        shared.status.write().expect("status lock").next_retry = None;
+        let result = reconciler.run(trigger).await;
         shared.running.store(false, Ordering::SeqCst);
         super::memory::release_freed_memory();
+        failed_runs = if result.completed() {
+            0
+        } else {
+            failed_runs + 1
+        };
+        retry = reconciler.next_retry(trigger, failed_runs);
+        if let Some((at, next)) = retry {
+            let wait = at.saturating_duration_since(tokio::time::Instant::now());
+            let scan = if next.full_scan() {
+                "full"
+            } else {
+                "incremental"
+            };
+            tracing::info!(
+                scan,
+                after = %humantime::format_duration(round_ms(wait)),
+                "retry scheduled"
+            );
+            shared.status.write().expect("status lock").next_retry = Some(RetryStatus {
+                at: rfc3339(SystemTime::now() + wait),
+                scan,
+            });
+        }
     }
+}
+
+async fn sleep_until(at: Option<tokio::time::Instant>) {
+    match at {
+        Some(at) => tokio::time::sleep_until(at).await,
+        None => std::future::pending().await,
+    }
+}
+
+fn round_ms(d: Duration) -> Duration {
+    Duration::from_millis(d.as_millis() as u64)
 }
 
 impl Reconciler {
@@ -266,19 +328,20 @@ impl Reconciler {
         opts: RunOptions,
         shared: Arc<Shared>,
     ) -> Self {
+        let retry_delay = opts.retry_delay;
         Self {
             source,
             api,
             engine,
             opts,
             shared,
-            backoff: Backoff::default(),
+            backoff: Backoff::new(retry_delay, retry_delay.max(super::backoff::MAX_DELAY)),
             applied: None,
             states: HashMap::new(),
         }
     }
 
-    pub async fn run(&mut self, trigger: Trigger) {
+    pub async fn run(&mut self, trigger: Trigger) -> RunResult {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let span = tracing::info_span!(
@@ -288,7 +351,34 @@ impl Reconciler {
         );
         let out = self.execute(trigger, &span).instrument(span.clone()).await;
         let _in_span = span.enter();
+        let result = out.result;
         self.record(trigger, started, started_at, out);
+        result
+    }
+
+    /// What to run next without being asked, and when: a run that failed as a whole again
+    /// (the `failed_runs`-th in a row), with the scope it had; else, once the first failed
+    /// resource's wait is over, a run for the resources whose wait is over.
+    fn next_retry(
+        &self,
+        last: Trigger,
+        failed_runs: u32,
+    ) -> Option<(tokio::time::Instant, Trigger)> {
+        let base = self.opts.retry_delay;
+        if failed_runs > 0 {
+            let wait =
+                super::backoff::delay(base, base.max(super::backoff::MAX_DELAY), failed_runs);
+            let trigger = Trigger::Retry {
+                full: last.full_scan(),
+            };
+            return Some((tokio::time::Instant::now() + wait, trigger));
+        }
+        let due = tokio::time::Instant::from_std(self.backoff.next_due()?);
+        // A wait already over means the run just finished could not retry that resource (its
+        // manifest is gone, say): never sooner than the first delay, or this would spin.
+        let now = tokio::time::Instant::now();
+        let at = if due > now { due } else { now + base };
+        Some((at, Trigger::Retry { full: false }))
     }
 
     fn rel(&self, p: &Path) -> String {

@@ -16,6 +16,11 @@ pub enum Trigger {
     Startup,
     Schedule,
     Webhook,
+    /// A failed run tried again, scanning what it would have (`full`), or failed resources
+    /// whose wait is over (not `full`).
+    Retry {
+        full: bool,
+    },
 }
 
 impl Trigger {
@@ -24,13 +29,18 @@ impl Trigger {
             Trigger::Startup => "startup",
             Trigger::Schedule => "schedule",
             Trigger::Webhook => "webhook",
+            Trigger::Retry { .. } => "retry",
         }
     }
 
     /// Scheduled and startup runs scan everything (that is how drift gets found); a webhook
     /// only needs what its push changed.
     pub fn full_scan(self) -> bool {
-        !matches!(self, Trigger::Webhook)
+        match self {
+            Trigger::Startup | Trigger::Schedule => true,
+            Trigger::Webhook => false,
+            Trigger::Retry { full } => full,
+        }
     }
 
     /// Merging never loses work: a pending full scan absorbs an incremental trigger, and an

@@ -941,6 +941,83 @@ fn a_directory_webhook_reconciles_only_the_edited_files() {
     serve.stop();
 }
 
+/// With a schedule an hour away and no webhook, failures are still tried again, on their own
+/// backoff: a run that failed as a whole (invalid manifests at start, so not ready), then a
+/// resource that failed (its stream did not exist yet). Each fix is picked up by a retry run.
+#[test]
+fn failures_are_retried_on_their_own_clock_not_the_schedules() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-retry"));
+    let later = emu.stream_arn(&unique("serve-retry-later"));
+    let policy = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let later_policy = read_policy(&later, "arn:aws:iam::111122223333:role/two");
+    let dir = common::Manifests::new(&[
+        (
+            "a.yaml",
+            &format!("{}polcy: {{}}\n", manifest(&arn, &policy)),
+        ),
+        ("b.yaml", &manifest(&later, &later_policy)),
+    ]);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: [
+                "--dir",
+                &dir.arg(),
+                "--interval",
+                "1h",
+                "--retry-delay",
+                "300ms",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            secret: false,
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    let st = serve.poll("the first run to fail", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["runs"].as_u64() >= Some(1) && st["running"] == false).then_some(st)
+    });
+    assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
+    assert_eq!(serve.get("/readyz").status, 503);
+
+    // Fixed on disk; nothing triggers a run but the retry.
+    dir.write("a.yaml", &manifest(&arn, &policy));
+    let st = serve.poll("a retry to apply the fix", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["last_run"]["result"] == "partial").then_some(st)
+    });
+    assert_eq!(st["last_run"]["trigger"], "retry", "{st:#}");
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    assert_eq!(serve.get("/readyz").status, 200);
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &policy));
+
+    // The missing stream appears; a retry for the failed resource alone applies it.
+    emu.create_stream(later.rsplit('/').next().unwrap());
+    let st = serve.poll(
+        "a retry to apply the late resource",
+        Duration::from_secs(60),
+        |s| {
+            let st = s.status();
+            (st["last_run"]["result"] == "success").then_some(st)
+        },
+    );
+    assert_eq!(st["last_run"]["trigger"], "retry", "{st:#}");
+    assert_eq!(st["last_run"]["scope"], "incremental", "{st:#}");
+    assert!(same_grant(&live(&emu, &later).unwrap(), &later_policy));
+    assert!(st["next_retry"].is_null(), "nothing left to retry: {st:#}");
+    assert!(
+        serve.metric(
+            "kpr_reconcile_runs_total",
+            &[("trigger", "retry"), ("result", "success")]
+        ) >= 1.0
+    );
+    serve.stop();
+}
+
 #[test]
 fn dry_run_reports_drift_and_writes_nothing() {
     let emu = common::kinesis_mock();
