@@ -30,6 +30,8 @@ pub struct Shared {
     pub status: RwLock<Status>,
     pub ready: AtomicBool,
     pub running: AtomicBool,
+    /// The reconcile worker died of a panic: nothing will run again, so the process is unhealthy.
+    pub worker_panicked: AtomicBool,
     pub metrics: PrometheusHandle,
     /// Set on shutdown: the running reconcile starts no more changes.
     pub interrupt: crate::apply::Interrupt,
@@ -51,6 +53,7 @@ impl Shared {
                 ..Status::default()
             }),
             ready: AtomicBool::new(false),
+            worker_panicked: AtomicBool::new(false),
             running: AtomicBool::new(false),
             metrics,
             interrupt: crate::apply::Interrupt::default(),
@@ -136,8 +139,17 @@ pub async fn serve(
     }
 }
 
-async fn healthz() -> &'static str {
-    "ok\n"
+async fn healthz(State(s): State<Arc<Shared>>) -> Response {
+    if s.worker_panicked.load(Ordering::SeqCst) {
+        // Webhooks would still be accepted and queued, and never run: better restarted.
+        (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "unhealthy: the reconcile worker panicked (see the log); restart kpr\n",
+        )
+            .into_response()
+    } else {
+        (StatusCode::OK, "ok\n").into_response()
+    }
 }
 
 async fn readyz(State(s): State<Arc<Shared>>) -> Response {

@@ -9,7 +9,7 @@
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use serde::Serialize;
@@ -260,7 +260,19 @@ fn rfc3339(t: SystemTime) -> String {
 }
 
 /// Drains the trigger queue, one run at a time, until shutdown closes it.
+/// Sets its flag if dropped while unwinding: a panic that ends the worker must not go unseen.
+struct SetOnPanic<'a>(&'a AtomicBool);
+
+impl Drop for SetOnPanic<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.0.store(true, Ordering::SeqCst);
+        }
+    }
+}
+
 pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
+    let _watch = SetOnPanic(&shared.worker_panicked);
     // Failures are tried again on their own clock, not the schedule's: with a daily cron, a
     // failed fetch or a throttled resource would otherwise wait a day. A trigger from the
     // queue comes first, and every run sets the next retry afresh.
@@ -1062,6 +1074,20 @@ fn changed_scope(
 mod tests {
     use super::*;
     use crate::policy::PolicyDocument;
+
+    #[test]
+    fn a_panic_that_ends_the_worker_is_flagged_and_a_normal_end_is_not() {
+        let flag = AtomicBool::new(false);
+        let ended = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let _watch = SetOnPanic(&flag);
+            panic!("a bug in a run");
+        }));
+        assert!(ended.is_err());
+        assert!(flag.load(Ordering::SeqCst));
+        let flag = AtomicBool::new(false);
+        drop(SetOnPanic(&flag));
+        assert!(!flag.load(Ordering::SeqCst));
+    }
 
     const ACCOUNT: &str = "111122223333";
 
