@@ -171,6 +171,9 @@ pub struct Loaded {
     /// Each file read and a digest of its bytes, when `LoadOptions::digests` asks for them.
     /// Compared only within one process, so a fast non-cryptographic hash serves.
     pub digests: Vec<(PathBuf, u64)>,
+    /// Symlinks the walk followed to a directory or a manifest. A git diff names the link's
+    /// target, not the path kpr read, so an incremental run cannot trust one.
+    pub symlinks: usize,
 }
 
 impl Loaded {
@@ -213,7 +216,13 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
     let mut files = Vec::new();
     let mut seen_dirs = HashSet::new();
     // Sorted already: each listing is sorted by name and walked depth-first.
-    collect_files(dir, &mut files, &mut seen_dirs, &mut loaded.diagnostics);
+    collect_files(
+        dir,
+        &mut files,
+        &mut seen_dirs,
+        &mut loaded.diagnostics,
+        &mut loaded.symlinks,
+    );
     loaded.files = files.len();
     if files.is_empty() && loaded.diagnostics.is_empty() {
         loaded.diagnostics.push(Diagnostic {
@@ -272,6 +281,7 @@ fn collect_files(
     out: &mut Vec<PathBuf>,
     seen: &mut HashSet<PathBuf>,
     diags: &mut Vec<Diagnostic>,
+    symlinks: &mut usize,
 ) {
     let diag = |message: String| Diagnostic {
         file: dir.to_path_buf(),
@@ -322,10 +332,15 @@ fn collect_files(
             out.push(path);
             continue;
         }
+        let link = file_type.is_some_and(|t| t.is_symlink());
         match std::fs::metadata(&path) {
-            Ok(meta) if meta.is_dir() => collect_files(&path, out, seen, diags),
+            Ok(meta) if meta.is_dir() => {
+                *symlinks += usize::from(link);
+                collect_files(&path, out, seen, diags, symlinks);
+            }
             Ok(meta) if is_yaml => {
                 if meta.is_file() {
+                    *symlinks += usize::from(link);
                     out.push(path);
                 } else {
                     // Reading a FIFO would block forever, a device could be endless.
@@ -734,7 +749,13 @@ policy:
             write(d.path(), name, "x: 1\n");
         }
         let mut files = Vec::new();
-        collect_files(d.path(), &mut files, &mut HashSet::new(), &mut Vec::new());
+        collect_files(
+            d.path(),
+            &mut files,
+            &mut HashSet::new(),
+            &mut Vec::new(),
+            &mut 0,
+        );
         let mut sorted = files.clone();
         sorted.sort();
         assert_eq!(files, sorted);

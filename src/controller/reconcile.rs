@@ -228,6 +228,8 @@ struct Loaded {
     /// Each source-relative file and a digest of its bytes, in path order (directory sources
     /// only).
     digests: Vec<(PathBuf, u64)>,
+    /// Symlinks followed to reach manifests (see [`manifest::Loaded::symlinks`]).
+    symlinks: usize,
 }
 
 pub struct Reconciler {
@@ -409,6 +411,7 @@ impl Reconciler {
         let mut loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
             .await
             .map_err(|e| format!("loading the manifests failed: {e}"))?;
+        let symlinks = loaded.symlinks;
         let mut digests = std::mem::take(&mut loaded.digests);
         for (file, _) in &mut digests {
             if let Ok(rel) = file.strip_prefix(self.source.root()) {
@@ -449,6 +452,7 @@ impl Reconciler {
             desired,
             revision,
             digests,
+            symlinks,
         })
     }
 
@@ -505,6 +509,7 @@ impl Reconciler {
             desired,
             revision,
             digests,
+            symlinks,
         } = match self.load(revision).await {
             Ok(l) => l,
             Err(e) => {
@@ -520,6 +525,14 @@ impl Reconciler {
         let declared = self.declared(&desired, digests);
         let now = Instant::now();
         let scope = if trigger.full_scan() {
+            None
+        } else if symlinks > 0 && !self.source.is_dir() {
+            // git diff names a link's target, or nothing when the target lies outside
+            // --git-path, never the path kpr read: a changed file could go unseen.
+            tracing::info!(
+                symlinks,
+                "manifests are reached through symlinks, which git diff does not follow: full run"
+            );
             None
         } else {
             self.incremental_scope(revision.as_deref(), &desired, &declared, now)

@@ -6,6 +6,7 @@
 //! asks for it through a `GIT_ASKPASS` script that reads it from the child's environment.
 
 use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
@@ -145,6 +146,16 @@ impl GitRepo {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        let out = self.git_bytes(args).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// Standard output as git wrote it: paths are bytes, not always UTF-8.
+    async fn git_bytes<I, S>(&self, args: I) -> Result<Vec<u8>, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<std::ffi::OsString> =
             args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let what = args
@@ -185,7 +196,7 @@ impl GitRepo {
             Ok(Ok(out)) => out,
         };
         if out.status.success() {
-            Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+            Ok(out.stdout)
         } else {
             let stderr = String::from_utf8_lossy(&out.stderr);
             Err(format!(
@@ -299,7 +310,7 @@ impl GitRepo {
         // --no-renames: a rename must show the old path too, or the resources it declared would
         // not be seen as removed.
         let out = self
-            .git([
+            .git_bytes([
                 OsStr::new("diff"),
                 OsStr::new("--name-only"),
                 OsStr::new("--no-renames"),
@@ -311,10 +322,11 @@ impl GitRepo {
                 pathspec.as_os_str(),
             ])
             .await?;
+        // As bytes: a name that is not UTF-8 must match the path the loader read.
         Ok(out
-            .split('\0')
+            .split(|&b| b == 0)
             .filter(|s| !s.is_empty())
-            .map(PathBuf::from)
+            .map(|s| PathBuf::from(OsStr::from_bytes(s)))
             .collect())
     }
 }
@@ -546,6 +558,16 @@ mod tests {
             "a2"
         );
         assert!(!git_dir.join("index.lock").exists());
+
+        // A name that is not UTF-8 comes back as the same bytes, the path the loader reads.
+        let latin1 = PathBuf::from(OsStr::from_bytes(b"m/ord\xe9rs.yaml"));
+        std::fs::write(origin.path().join(&latin1), "x").unwrap();
+        git(origin.path(), &["add", "-A"]);
+        git(origin.path(), &["commit", "-qm", "three"]);
+        let third = src.sync().await.unwrap().unwrap();
+        assert!(src.root().join(&latin1).is_file());
+        let changed = src.changed_files(&second, &third).await.unwrap().unwrap();
+        assert_eq!(changed, [latin1]);
         let mut changed = src.changed_files(&first, &second).await.unwrap().unwrap();
         changed.sort();
         assert_eq!(

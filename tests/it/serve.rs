@@ -941,6 +941,34 @@ fn a_directory_webhook_reconciles_only_the_edited_files() {
     serve.stop();
 }
 
+/// A manifest reached through a symlink: `git diff` names the link's target (here outside
+/// --git-path, so nothing at all), never the path kpr read. A push that edits the target must
+/// still be applied, by a full run.
+#[test]
+fn a_push_behind_a_symlink_is_applied_by_a_full_run() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-link"));
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    let repo = Repo::new();
+    repo.write("envs/prod/s.yaml", &manifest(&arn, &v1));
+    std::fs::create_dir_all(repo.work().join("policies")).unwrap();
+    std::os::unix::fs::symlink("../envs/prod", repo.work().join("policies/prod")).unwrap();
+    let first = repo.push("main", "linked");
+    let serve = Serve::git(&emu, &repo, &["--git-path", "policies", "--interval", "1h"]);
+    serve.applied(&first);
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v1));
+
+    repo.write("envs/prod/s.yaml", &manifest(&arn, &v2));
+    let second = repo.push("main", "edit behind the link");
+    assert_eq!(serve.github_push("main", "edit").status, 202);
+    let st = serve.applied(&second);
+    assert_eq!(st["last_run"]["trigger"], "webhook", "{st:#}");
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v2));
+    serve.stop();
+}
+
 /// With a schedule an hour away and no webhook, failures are still tried again, on their own
 /// backoff: a run that failed as a whole (invalid manifests at start, so not ready), then a
 /// resource that failed (its stream did not exist yet). Each fix is picked up by a retry run.
