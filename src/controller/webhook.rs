@@ -1,6 +1,8 @@
 //! Webhook authentication and payloads: GitHub (HMAC-SHA256 of the body), GitLab (shared
 //! token) and a generic `Authorization: Bearer` caller, plus a bounded memory of delivery ids
-//! so a captured request cannot be replayed to force runs.
+//! that drops a delivery sent twice. The id is not covered by the signature, so this is no
+//! defence against a replay with a new id; none is needed: a request only asks for a run, and
+//! what the run applies comes from git, never from the request.
 //!
 //! Every comparison with the secret is constant-time.
 
@@ -88,8 +90,7 @@ pub fn authenticate(
     Err(AuthError::Missing)
 }
 
-/// The provider's id of this delivery (redelivered as-is on a manual "redeliver", which is the
-/// replay we want to ignore).
+/// The provider's id of this delivery (the same on a redelivery).
 pub fn delivery_id(headers: &HeaderMap) -> Option<String> {
     ["x-github-delivery", "x-gitlab-event-uuid"]
         .iter()
