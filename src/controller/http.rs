@@ -175,12 +175,13 @@ async fn metrics_text(State(s): State<Arc<Shared>>) -> Response {
     let mut text = s.metrics.render();
     // Rendered here rather than recorded: a gauge per revision label would keep one series
     // for every commit ever applied.
-    let revision = s
-        .status
-        .read()
-        .expect("status lock")
-        .last_good_revision
-        .clone();
+    let revision = {
+        let status = s.status.read().expect("status lock");
+        // A dry run writes nothing: no revision is "applied", however many it has planned.
+        (!status.dry_run)
+            .then(|| status.last_good_revision.clone())
+            .flatten()
+    };
     if let Some(rev) = revision {
         text.push_str(
             "# HELP kpr_applied_revision_info The revision (commit) last applied\n\

@@ -1085,6 +1085,7 @@ fn dry_run_reports_drift_and_writes_nothing() {
         1.0,
         "{m}"
     );
+    assert!(!m.contains("kpr_applied_revision_info"), "{m}");
     assert_eq!(
         metric(&m, "kpr_resources", &[("state", "in_sync")]),
         1.0,
