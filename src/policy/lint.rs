@@ -6,7 +6,9 @@ use super::actions::{
     KINESIS_PREFIX, closest_known, official_name, pattern_covers, pattern_matches_known_action,
     split_action,
 };
-use super::{Effect, PolicyDocument, Principal, PrincipalType, Statement, wildcard_match};
+use super::{
+    Condition, Effect, PolicyDocument, Principal, PrincipalType, Statement, wildcard_match,
+};
 
 /// Policy versions IAM accepts.
 const VERSIONS: &[&str] = &["2012-10-17", "2008-10-17"];
@@ -122,7 +124,28 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
         );
         return;
     }
-    if ctx.allow_public || !grants_public(s) {
+    if ctx.allow_public {
+        return;
+    }
+    let open_to_all = principal_is_anyone(s) || principal_is_everyone_but(s);
+    if s.effect() == Effect::Allow && open_to_all && !s.is_unconditional() {
+        let limits = s.condition().is_some_and(names_the_caller);
+        if !limits {
+            let key = if principal_is_anyone(s) {
+                "Principal"
+            } else {
+                "NotPrincipal"
+            };
+            out.warning(
+                &format!("{path}.Condition"),
+                format!(
+                    "Allow to everyone ({key}) under a Condition that does not limit who calls:                      anyone who meets it is granted. Limit the caller with a positive operator                      on aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or                      aws:SourceArn (no IfExists, no \"*\"), or set `allowPublic: true`{sid}"
+                ),
+            );
+        }
+        return;
+    }
+    if !grants_public(s) {
         return;
     }
     if principal_is_anyone(s) {
@@ -144,6 +167,54 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
             ),
         );
     }
+}
+
+/// Condition keys (lower case, as IAM compares them) that say who the caller is or where the
+/// call comes from. Tags are left out: a principal in any account can carry any tag.
+const CALLER_KEYS: &[&str] = &[
+    "aws:principalorgid",
+    "aws:principalorgpaths",
+    "aws:principalaccount",
+    "aws:principalarn",
+    "aws:principalservicename",
+    "aws:sourceaccount",
+    "aws:sourcearn",
+    "aws:sourceorgid",
+    "aws:sourceorgpaths",
+    "aws:sourcevpc",
+    "aws:sourcevpce",
+    "aws:sourceip",
+    "aws:vpcsourceip",
+    "aws:userid",
+];
+
+/// Whether a Condition limits the caller: some key of [`CALLER_KEYS`] under an operator that
+/// must match it (not a `Not...` operator, not `...IfExists`, which passes when the key is
+/// absent, not `ForAllValues:`, which passes on an empty set, not `Null`), with values and no
+/// bare `"*"` among them. Blocks are ANDed, so one such entry limits the whole statement.
+fn names_the_caller(c: &Condition) -> bool {
+    c.blocks().iter().any(|b| {
+        let op = b.operator().to_ascii_lowercase();
+        let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
+        let positive = [
+            "stringequals",
+            "stringlike",
+            "arnequals",
+            "arnlike",
+            "ipaddress",
+        ]
+        .iter()
+        .any(|p| {
+            op.strip_prefix(p)
+                .is_some_and(|rest| rest.is_empty() || rest == "ignorecase")
+        });
+        positive
+            && b.entries().iter().any(|(key, values)| {
+                CALLER_KEYS.contains(&key.to_ascii_lowercase().as_str())
+                    && !values.is_empty()
+                    && values.iter().all(|v| v.as_canonical_string() != "*")
+            })
+    })
 }
 
 /// Whether a statement makes the resource public: an Allow without a Condition to principal
@@ -702,6 +773,56 @@ mod tests {
             "matches no known",
         );
         assert!(errors(&f).is_empty());
+    }
+
+    #[test]
+    fn a_condition_that_does_not_limit_the_caller_is_a_warning() {
+        let public_ok = LintContext {
+            allow_public: true,
+            ..ctx(STREAM)
+        };
+        for (principal, key) in [
+            (json!("*"), "Principal"),
+            (json!({"AWS": "*"}), "Principal"),
+            (json!(null), "NotPrincipal"),
+        ] {
+            let with = |condition: Value| {
+                let mut fields = json!({"Principal": principal, "Condition": condition});
+                if key == "NotPrincipal" {
+                    fields["NotPrincipal"] = json!({"AWS": "444455556666"});
+                }
+                policy(fields)
+            };
+            for weak in [
+                json!({"Bool": {"aws:SecureTransport": "true"}}),
+                json!({"StringLike": {"aws:PrincipalOrgID": "*"}}),
+                json!({"Null": {"aws:SourceAccount": "false"}}),
+                json!({"StringEqualsIfExists": {"aws:SourceAccount": "111122223333"}}),
+                json!({"StringNotEquals": {"aws:PrincipalAccount": "111122223333"}}),
+                json!({"ForAllValues:StringEquals": {"aws:PrincipalOrgPaths": ["o-a/r-b/"]}}),
+                json!({"StringEquals": {"aws:PrincipalTag/team": "data"}}),
+            ] {
+                let d = with(weak.clone());
+                let f = run(&d, &ctx(STREAM));
+                one_finding(
+                    &f,
+                    Severity::Warning,
+                    "Statement[0].Condition",
+                    &format!("Allow to everyone ({key})"),
+                );
+                assert_eq!(run(&d, &public_ok), [], "{weak}");
+            }
+            for strong in [
+                json!({"StringEquals": {"aws:PrincipalOrgID": "o-abc123"}}),
+                json!({"stringequals": {"AWS:SourceAccount": ["111122223333"]}}),
+                json!({"ArnLike": {"aws:SourceArn": "arn:aws:lambda:us-east-1:111122223333:*"},
+                       "Bool": {"aws:SecureTransport": "true"}}),
+                json!({"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": "o-a/r-b/*"}}),
+                json!({"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}),
+            ] {
+                assert_eq!(run(&with(strong.clone()), &ctx(STREAM)), [], "{strong}");
+            }
+        }
     }
 
     #[test]
