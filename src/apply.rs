@@ -220,12 +220,15 @@ async fn apply_one<K: Kinesis>(
 }
 
 /// Read the policy back until it matches, tolerating a short window of eventual consistency.
+/// The window counts only the waits between reads: time a read spends queued behind the rate
+/// limit or in its retries is the client's, not the service's, and counting it failed a
+/// correct write at high concurrency under a low `--rate-limit`.
 async fn verify<K: Kinesis>(
     api: &Resilient<K>,
     change: &Change,
     timeout: Duration,
 ) -> Result<(), Failure> {
-    let started = tokio::time::Instant::now();
+    let mut waited = Duration::ZERO;
     let mut delay = Duration::from_millis(50);
     loop {
         let live = api.get_policy(&change.target).await.map_err(|e| {
@@ -244,18 +247,116 @@ async fn verify<K: Kinesis>(
         if ok {
             return Ok(());
         }
-        if started.elapsed() + delay > timeout {
+        if waited >= timeout {
             return Err(crate::plan::local_failure(
                 change.arn.clone(),
                 change.source.clone(),
                 Some(crate::kinesis::Op::GetResourcePolicy),
                 format!(
-                    "verification failed: {}s after the write the live policy is still not equivalent to the manifest (something else is writing it, or the service rewrote it: compare with `kpr policy diff`)",
+                    "verification failed: after waiting {}s in all between read-backs the live policy is still not equivalent to the manifest (something else is writing it, or the service rewrote it: compare with `kpr policy diff`)",
                     timeout.as_secs()
                 ),
             ));
         }
-        tokio::time::sleep(delay).await;
+        let pause = delay.min(timeout - waited);
+        tokio::time::sleep(pause).await;
+        waited += pause;
         delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::arn::{ResourceArn, Scope};
+    use crate::kinesis::{ApiError, Page, RetryPolicy};
+    use crate::policy::PolicyDocument;
+    use std::sync::Arc;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    const POLICY: &str = r#"{"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kinesis:GetRecords","Resource":"arn:aws:kinesis:us-east-1:111122223333:stream/s"}]}"#;
+
+    /// Every read takes `read_takes` (a queue before it, say); the first `stale` reads still
+    /// see no policy.
+    struct SlowReads {
+        read_takes: Duration,
+        stale: u32,
+        reads: AtomicU32,
+    }
+
+    impl Kinesis for SlowReads {
+        async fn get_policy(&self, _: &ResourceArn) -> Result<Option<String>, ApiError> {
+            tokio::time::sleep(self.read_takes).await;
+            let n = self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok((n >= self.stale).then(|| POLICY.to_string()))
+        }
+        async fn put_policy(&self, _: &ResourceArn, _: &str) -> Result<(), ApiError> {
+            unimplemented!()
+        }
+        async fn delete_policy(&self, _: &ResourceArn) -> Result<(), ApiError> {
+            unimplemented!()
+        }
+        async fn describe_consumer(&self, _: &ResourceArn) -> Result<ResourceArn, ApiError> {
+            unimplemented!()
+        }
+        async fn list_streams_page(&self, _: &Scope, _: Option<String>) -> Result<Page, ApiError> {
+            unimplemented!()
+        }
+        async fn describe_stream_arn(&self, _: &Scope, _: &str) -> Result<ResourceArn, ApiError> {
+            unimplemented!()
+        }
+        async fn list_consumers_page(
+            &self,
+            _: &ResourceArn,
+            _: Option<String>,
+        ) -> Result<Page, ApiError> {
+            unimplemented!()
+        }
+    }
+
+    fn written() -> Change {
+        let target = ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/s").unwrap();
+        let mut change = Change::new(target);
+        change.action = crate::plan::Action::Create;
+        change.put_json = Some(Arc::from(POLICY));
+        change.desired = Some(Arc::new(PolicyDocument::from_json_str(POLICY).unwrap()));
+        change
+    }
+
+    fn api(read_takes: Duration, stale: u32) -> Resilient<SlowReads> {
+        let reads = SlowReads {
+            read_takes,
+            stale,
+            reads: AtomicU32::new(0),
+        };
+        Resilient::new(reads, RetryPolicy::default(), 0)
+    }
+
+    #[tokio::test]
+    async fn a_read_back_slowed_by_the_client_does_not_use_up_the_consistency_window() {
+        // Each read takes longer than the whole window, and the first is stale: the service
+        // was consistent after one more read, which must still be made.
+        let slow = api(Duration::from_millis(300), 1);
+        verify(&slow, &written(), Duration::from_millis(200))
+            .await
+            .unwrap();
+        assert_eq!(slow.inner().reads.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_policy_that_never_arrives_fails_after_the_window() {
+        let never = api(Duration::ZERO, u32::MAX);
+        let started = std::time::Instant::now();
+        let err = verify(&never, &written(), Duration::from_millis(200))
+            .await
+            .unwrap_err();
+        assert!(
+            err.message.contains("verification failed"),
+            "{}",
+            err.message
+        );
+        assert!(started.elapsed() >= Duration::from_millis(200));
+        // 50, 100, then the 50 left of the window: each wait followed by a read.
+        assert_eq!(never.inner().reads.load(Ordering::SeqCst), 4);
     }
 }
