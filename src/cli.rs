@@ -458,10 +458,27 @@ async fn run_plan(
             return Ok(EXIT_ERROR);
         }
     };
+    // A target that names nothing would make the run a silent no-op: a typo in a pipeline's
+    // --target must not pass as "no changes". Without --prune only a manifest can match, so
+    // this is known before any call; with it, after planning (it may name a policy to delete).
+    if !args.prune
+        && let Some(t) = targets.iter().find(|t| {
+            !desired
+                .resources
+                .iter()
+                .any(|r| r.arn.identity() == t.identity())
+        })
+    {
+        eprintln!(
+            "error: --target {t} matches no manifest in {}; nothing was planned",
+            args.dir.display()
+        );
+        return Ok(EXIT_ERROR);
+    }
     let api = engine.connect().await;
     let opts = PlanOptions {
         concurrency: engine.concurrency,
-        targets,
+        targets: targets.clone(),
         prune: args.prune,
         max_deletes: args.max_deletes,
     };
@@ -477,6 +494,14 @@ async fn run_plan(
         }
     };
     pb.finish_and_clear();
+    if let Some(t) = targets.iter().find(|t| !plan.covers(t)) {
+        eprintln!(
+            "error: --target {t} matches no manifest in {} and no policy to prune; nothing was \
+             applied",
+            args.dir.display()
+        );
+        return Ok(EXIT_ERROR);
+    }
     let apply_mode = match mode {
         Some(m) if !m.dry_run => m,
         dry => {

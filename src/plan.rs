@@ -197,6 +197,18 @@ pub struct Plan {
     pub failures: Vec<Failure>,
 }
 
+impl Plan {
+    /// Whether the plan has anything for `arn` (any action, or a failure).
+    pub fn covers(&self, arn: &ResourceArn) -> bool {
+        let id = arn.identity_key();
+        self.changes.iter().any(|c| c.target.identity_key() == id)
+            || self
+                .failures
+                .iter()
+                .any(|f| ResourceArn::parse(&f.arn).is_ok_and(|a| a.identity_key() == id))
+    }
+}
+
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize)]
 pub struct Summary {
     pub create: usize,

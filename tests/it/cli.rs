@@ -565,6 +565,25 @@ fn target_limits_the_run() {
     );
     let bad = emu.kpr(&["plan", "--dir", &dir.arg(), "--target", "arn:aws:s3:::x"]);
     assert_eq!(bad.code, 1, "{bad:?}");
+    // A target that names nothing is an error, not a silent "no changes".
+    let typo = format!("{a}-typo");
+    let miss = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--target",
+        &typo,
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(miss.code, 1, "{miss:?}");
+    assert!(miss.stderr.contains("matches no manifest"), "{miss:?}");
+    let miss = emu.kpr(&["apply", "--dir", &dir.arg(), "--target", &typo, "--prune"]);
+    assert_eq!(miss.code, 1, "{miss:?}");
+    assert!(miss.stderr.contains("no policy to prune"), "{miss:?}");
+    assert!(
+        emu.get_policy(&a).is_some(),
+        "a targeted miss wrote or deleted"
+    );
 }
 
 #[test]
