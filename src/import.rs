@@ -99,26 +99,60 @@ pub async fn import<K: Kinesis>(
         .await;
     let mut policies: Vec<_> = policies.into_iter().collect();
     policies.sort_by(|a, b| a.0.cmp(&b.0));
+    let mut names = FileNames::default();
     for (arn, policy) in policies {
         match policy {
             Ok(None) => report.without_policy += 1,
-            Ok(Some(raw)) => write_manifest(&arn.identity(), &raw, opts, &mut report),
+            Ok(Some(raw)) => {
+                let id = arn.identity();
+                let path = opts.out.join(names.next(&id));
+                write_manifest(&id, &path, &raw, opts, &mut report);
+            }
             Err(e) => report.errors.push(format!("{arn}: {e}")),
         }
     }
     Ok(report)
 }
 
-fn file_name(arn: &ResourceArn) -> String {
-    match &arn.consumer {
-        None => format!("{}.yaml", arn.stream),
-        Some(c) => format!("{}.consumer.{}.yaml", arn.stream, c.name),
+/// One file name per imported resource. Every resource must get a manifest the loader reads,
+/// or an `apply --prune` would later delete its policy: so no name is hidden (a stream may be
+/// called `.audit`, and the loader skips dot files), and none is given twice, even where
+/// names meet (stream `a.consumer.b` and consumer `b` of stream `a`) or differ only in case
+/// (on a case-insensitive disk). `@` is in no stream or consumer name, so the marks it makes
+/// cannot collide with another resource's name.
+#[derive(Default)]
+struct FileNames {
+    used: std::collections::HashSet<String>,
+}
+
+impl FileNames {
+    fn next(&mut self, arn: &ResourceArn) -> String {
+        let mut base = match &arn.consumer {
+            None => arn.stream.clone(),
+            Some(c) => format!("{}.consumer.{}", arn.stream, c.name),
+        };
+        if base.starts_with('.') {
+            base.insert(0, '@');
+        }
+        let mut name = format!("{base}.yaml");
+        let mut n = 1;
+        while !self.used.insert(name.to_lowercase()) {
+            n += 1;
+            name = format!("{base}@{n}.yaml");
+        }
+        name
     }
 }
 
-fn write_manifest(arn: &ResourceArn, raw: &str, opts: &ImportOptions, report: &mut ImportReport) {
-    let path = opts.out.join(file_name(arn));
-    if path.exists() {
+fn write_manifest(
+    arn: &ResourceArn,
+    path: &Path,
+    raw: &str,
+    opts: &ImportOptions,
+    report: &mut ImportReport,
+) {
+    let path = path.to_path_buf();
+    if std::fs::symlink_metadata(&path).is_ok() {
         report.skipped_existing.push(path);
         return;
     }
@@ -171,8 +205,18 @@ fn write_manifest(arn: &ResourceArn, raw: &str, opts: &ImportOptions, report: &m
         text.push_str(line);
         text.push('\n');
     }
-    match std::fs::write(&path, text) {
+    // create_new: never overwrite, not even a file that appeared since the check, and never
+    // write through a symlink.
+    let written = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .open(&path)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    match written {
         Ok(()) => report.written.push(path),
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+            report.skipped_existing.push(path)
+        }
         Err(e) => report.errors.push(format!("{}: {e}", path.display())),
     }
 }
@@ -183,4 +227,40 @@ pub fn next_steps(out: &Path) -> String {
         "Next: review the files, commit them, and check that `kpr plan --dir {} --detailed-exitcode` exits 0.",
         out.display()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_resource_gets_its_own_visible_file() {
+        let mut names = FileNames::default();
+        let arn = |s: &str| {
+            ResourceArn::parse(&format!(
+                "arn:aws:kinesis:us-east-1:111122223333:stream/{s}"
+            ))
+            .unwrap()
+        };
+        let got: Vec<String> = [
+            arn("a.consumer.b"),
+            arn("a/consumer/b:1700000000"),
+            arn(".audit"),
+            arn("Orders"),
+            arn("orders"),
+        ]
+        .iter()
+        .map(|a| names.next(&a.identity()))
+        .collect();
+        assert_eq!(
+            got,
+            [
+                "a.consumer.b.yaml",
+                "a.consumer.b@2.yaml",
+                "@.audit.yaml",
+                "Orders.yaml",
+                "orders@2.yaml",
+            ]
+        );
+    }
 }
