@@ -548,7 +548,9 @@ fn connector_error(e: &ConnectorError) -> ApiError {
 
 #[derive(serde::Deserialize)]
 struct Output {
-    #[serde(rename = "Policy")]
+    /// Absent reads as no policy, as on the SDK path (its output defaults the field to ""):
+    /// both paths must see the same answer the same way.
+    #[serde(rename = "Policy", default)]
     policy: String,
 }
 
@@ -628,6 +630,7 @@ mod tests {
             parse_response(200, None, br#"{"Policy":"{}"}"#).unwrap(),
             None
         );
+        assert_eq!(parse_response(200, None, br#"{}"#).unwrap(), None);
 
         let limit = br#"{"__type":"LimitExceededException","message":"Rate exceeded"}"#;
         let e = parse_response(400, None, limit).unwrap_err();
