@@ -446,16 +446,29 @@ async fn run_plan(
     if !loaded.has_errors() {
         print_diagnostics(loaded.warnings());
     }
+    let kind = if mode.is_some() { "apply" } else { "plan" };
+    // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
+    // for JSON still gets a document on stdout, not nothing.
+    let refuse = |reason: &str, message: String, diagnostics: &[Diagnostic]| {
+        eprintln!("{message}");
+        if args.output == OutputFormat::Json {
+            outln!(
+                "{}",
+                render::refused_json(kind, reason, &message, diagnostics)
+            );
+        }
+        Ok(EXIT_ERROR)
+    };
     let desired = match loaded.into_result() {
         Ok(d) => d,
         Err(errors) => {
             print_diagnostics(&errors);
-            eprintln!(
+            let message = format!(
                 "{} error(s) in {}; nothing was planned or applied.",
                 errors.len(),
                 args.dir.display()
             );
-            return Ok(EXIT_ERROR);
+            return refuse("invalid_manifests", message, &errors);
         }
     };
     // A target that names nothing would make the run a silent no-op: a typo in a pipeline's
@@ -469,11 +482,11 @@ async fn run_plan(
                 .any(|r| r.arn.identity() == t.identity())
         })
     {
-        eprintln!(
+        let message = format!(
             "error: --target {t} matches no manifest in {}; nothing was planned",
             args.dir.display()
         );
-        return Ok(EXIT_ERROR);
+        return refuse("unmatched_target", message, &[]);
     }
     let api = engine.connect().await;
     let opts = PlanOptions {
@@ -489,18 +502,17 @@ async fn run_plan(
         Ok(p) => p,
         Err(refused) => {
             pb.finish_and_clear();
-            eprintln!("error: {refused}");
-            return Ok(EXIT_ERROR);
+            return refuse("prune_guard", format!("error: {refused}"), &[]);
         }
     };
     pb.finish_and_clear();
     if let Some(t) = targets.iter().find(|t| !plan.covers(t)) {
-        eprintln!(
+        let message = format!(
             "error: --target {t} matches no manifest in {} and no policy to prune; nothing was \
              applied",
             args.dir.display()
         );
-        return Ok(EXIT_ERROR);
+        return refuse("unmatched_target", message, &[]);
     }
     let apply_mode = match mode {
         Some(m) if !m.dry_run => m,

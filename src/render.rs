@@ -15,6 +15,12 @@
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
+//! A run refused before planning (nothing read or written) has no summary or resources:
+//! ```text
+//! { "format_version": "1", "kind": "plan" | "apply",
+//!   "refused": { "reason": "invalid_manifests"|"unmatched_target"|"prune_guard", "message" },
+//!   "diagnostics": [ { "file", "line", "severity", "message" } ] }
+//! ```
 
 use std::fmt::Write as _;
 
@@ -26,6 +32,22 @@ use crate::plan::{Action, Change, Failure, Plan, Summary};
 use crate::policy::{PolicyDocument, canonical_statements};
 
 pub const FORMAT_VERSION: &str = "1";
+
+/// The JSON document of a plan or apply refused before planning (see the module doc).
+pub fn refused_json(
+    kind: &str,
+    reason: &str,
+    message: &str,
+    diagnostics: &[crate::manifest::Diagnostic],
+) -> String {
+    let doc = serde_json::json!({
+        "format_version": FORMAT_VERSION,
+        "kind": kind,
+        "refused": {"reason": reason, "message": message},
+        "diagnostics": diagnostics,
+    });
+    serde_json::to_string_pretty(&doc).expect("a json! value serialises")
+}
 
 /// ANSI styling, on only for a terminal without NO_COLOR.
 #[derive(Debug, Clone, Copy)]

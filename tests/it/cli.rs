@@ -418,6 +418,20 @@ fn invalid_manifest_means_zero_writes() {
             run.stderr.contains("nothing was planned or applied"),
             "{run:?}"
         );
+        // A pipeline that asked for JSON gets a document saying why, not an empty stdout.
+        let json = emu.kpr(&[cmd, "--dir", &dir.arg(), "--output", "json"]);
+        assert_eq!(json.code, 1, "{json:?}");
+        let doc = json.json();
+        assert_eq!(doc["kind"], cmd);
+        assert_eq!(doc["refused"]["reason"], "invalid_manifests", "{doc}");
+        let diagnostic = &doc["diagnostics"][0];
+        assert!(
+            diagnostic["file"]
+                .as_str()
+                .is_some_and(|f| f.ends_with("bad.yaml"))
+                && diagnostic["line"] == 3,
+            "{doc}"
+        );
     }
     assert_eq!(
         emu.get_policy(&arn),
@@ -509,6 +523,18 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
             .contains("would delete 3 policies, more than --max-deletes 2"),
         "{refused:?}"
     );
+    let json = kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--prune",
+        "--max-deletes",
+        "2",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(json.code, 1, "{json:?}");
+    assert_eq!(json.json()["refused"]["reason"], "prune_guard", "{json:?}");
     assert!(
         emu.get_policy(&stray[0]).is_some(),
         "refused prune wrote nothing"
@@ -580,6 +606,20 @@ fn target_limits_the_run() {
     let miss = emu.kpr(&["apply", "--dir", &dir.arg(), "--target", &typo, "--prune"]);
     assert_eq!(miss.code, 1, "{miss:?}");
     assert!(miss.stderr.contains("no policy to prune"), "{miss:?}");
+    let json = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--target",
+        &typo,
+        "--output",
+        "json",
+    ]);
+    assert_eq!(
+        json.json()["refused"]["reason"],
+        "unmatched_target",
+        "{json:?}"
+    );
     assert!(
         emu.get_policy(&a).is_some(),
         "a targeted miss wrote or deleted"
