@@ -176,14 +176,7 @@ impl CredentialCache {
     }
 
     async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
-        self.fetch().await.map_err(|e| {
-            ApiError::new(
-                Op::GetResourcePolicy,
-                ErrorClass::Fatal,
-                None,
-                format!("no credentials: {}", super::error_chain(&e)),
-            )
-        })
+        self.fetch().await.map_err(|e| credentials_error(&e))
     }
 
     fn signing_key(
@@ -537,6 +530,21 @@ fn amz_date(time: SystemTime) -> String {
     out
 }
 
+/// A provider that timed out (an AssumeRole refresh stuck behind a slow STS) may answer the
+/// next time; missing or misconfigured credentials will not.
+fn credentials_error(e: &CredentialsError) -> ApiError {
+    let class = match e {
+        CredentialsError::ProviderTimedOut(_) => ErrorClass::Retryable,
+        _ => ErrorClass::Fatal,
+    };
+    ApiError::new(
+        Op::GetResourcePolicy,
+        class,
+        None,
+        format!("no credentials: {}", super::error_chain(e)),
+    )
+}
+
 fn connector_error(e: &ConnectorError) -> ApiError {
     ApiError::new(
         Op::GetResourcePolicy,
@@ -620,6 +628,16 @@ mod tests {
         );
         assert_eq!(r.uri.path(), "/");
         assert!(Route::from_signed(&"http://h/".parse().unwrap(), "garbage").is_none());
+    }
+
+    #[test]
+    fn a_credentials_timeout_is_retried_and_missing_credentials_are_not() {
+        let timed_out = CredentialsError::provider_timed_out(Duration::from_secs(5));
+        assert_eq!(credentials_error(&timed_out).class, ErrorClass::Retryable);
+        let missing = CredentialsError::not_loaded("no keys anywhere");
+        let e = credentials_error(&missing);
+        assert_eq!(e.class, ErrorClass::Fatal);
+        assert!(e.message.starts_with("no credentials: "), "{}", e.message);
     }
 
     #[test]
