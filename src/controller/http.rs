@@ -29,7 +29,6 @@ pub struct Shared {
     pub queue: Queue,
     pub status: RwLock<Status>,
     pub ready: AtomicBool,
-    pub running: AtomicBool,
     /// The reconcile worker died of a panic: nothing will run again, so the process is unhealthy.
     pub worker_panicked: AtomicBool,
     pub metrics: PrometheusHandle,
@@ -54,7 +53,6 @@ impl Shared {
             }),
             ready: AtomicBool::new(false),
             worker_panicked: AtomicBool::new(false),
-            running: AtomicBool::new(false),
             metrics,
             interrupt: crate::apply::Interrupt::default(),
             webhook_secret: settings.webhook_secret.clone(),
@@ -205,11 +203,12 @@ struct StatusDoc<'a> {
 }
 
 async fn status(State(s): State<Arc<Shared>>) -> Response {
+    let (pending, running) = s.queue.snapshot();
     let status = s.status.read().expect("status lock");
     let doc = StatusDoc {
         ready: s.ready.load(Ordering::SeqCst),
-        running: s.running.load(Ordering::SeqCst),
-        pending: s.queue.pending().map(Trigger::label),
+        running,
+        pending: pending.map(Trigger::label),
         status: &status,
     };
     let body = serde_json::to_string_pretty(&doc).expect("status serialises");

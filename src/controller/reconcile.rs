@@ -288,14 +288,16 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
                 None => break,
             },
             () = sleep_until(retry.map(|(at, _)| at)) => match retry.take() {
-                Some((_, trigger)) => trigger,
+                Some((_, trigger)) => {
+                    shared.queue.begin();
+                    trigger
+                }
                 None => continue,
             },
         };
-        shared.running.store(true, Ordering::SeqCst);
         shared.status.write().expect("status lock").next_retry = None;
         let result = reconciler.run(trigger).await;
-        shared.running.store(false, Ordering::SeqCst);
+        shared.queue.finish();
         super::memory::release_freed_memory();
         failed_runs = if result.completed() {
             0

@@ -58,6 +58,10 @@ impl Trigger {
 struct QueueState {
     pending: Option<Trigger>,
     closed: bool,
+    /// A run is under way. Kept with `pending`, under one lock, so that taking a trigger and
+    /// starting its run are one step to an observer: "nothing pending, nothing running" is
+    /// never seen in between.
+    running: bool,
 }
 
 /// A one-slot mailbox for a single consumer.
@@ -96,6 +100,7 @@ impl Queue {
                     return None;
                 }
                 if let Some(t) = s.pending.take() {
+                    s.running = true;
                     return Some(t);
                 }
             }
@@ -108,8 +113,20 @@ impl Queue {
         self.notify.notify_one();
     }
 
-    pub fn pending(&self) -> Option<Trigger> {
-        self.state.lock().expect("queue lock").pending
+    /// A run starts that did not come through the queue (a retry).
+    pub fn begin(&self) {
+        self.state.lock().expect("queue lock").running = true;
+    }
+
+    /// The run [`Queue::next`] or [`Queue::begin`] started is over.
+    pub fn finish(&self) {
+        self.state.lock().expect("queue lock").running = false;
+    }
+
+    /// What is pending and whether a run is under way, read together.
+    pub fn snapshot(&self) -> (Option<Trigger>, bool) {
+        let s = self.state.lock().expect("queue lock");
+        (s.pending, s.running)
     }
 }
 
@@ -329,11 +346,15 @@ mod tests {
                     runs.fetch_add(1, Ordering::SeqCst);
                     started_tx.send(t).unwrap();
                     gate.acquire().await.unwrap().forget();
+                    q.finish();
                 }
             })
         };
+        assert_eq!(q.snapshot(), (None, false));
         assert!(q.push(Trigger::Webhook));
         assert_eq!(started.recv().await, Some(Trigger::Webhook));
+        // Taken and running in one step: never "nothing pending, nothing running" between.
+        assert_eq!(q.snapshot(), (None, true));
         // The first run is now "in flight": a burst arrives, one of them a scheduled scan.
         for i in 0..100 {
             q.push(if i == 50 {
@@ -342,10 +363,10 @@ mod tests {
                 Trigger::Webhook
             });
         }
-        assert_eq!(q.pending(), Some(Trigger::Schedule));
+        assert_eq!(q.snapshot().0, Some(Trigger::Schedule));
         gate.add_permits(1);
         assert_eq!(started.recv().await, Some(Trigger::Schedule));
-        assert_eq!(q.pending(), None);
+        assert_eq!(q.snapshot().0, None);
         gate.add_permits(1);
         q.close();
         worker.await.unwrap();
