@@ -831,7 +831,12 @@ policy:
                 2,
                 "unknown field `polcy`",
             ),
-            ("tabs.yaml", "arn: x\npolicy:\n\tVersion: 1\n", 3, ""),
+            (
+                "tabs.yaml",
+                "arn: x\npolicy:\n\tVersion: 1\n",
+                3,
+                "YAML cannot be indented with tabs",
+            ),
             (
                 "badarn.yaml",
                 "# c\narn: arn:aws:s3:us-east-1:111122223333:stream/o\nensure: absent\n",

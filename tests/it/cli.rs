@@ -543,10 +543,12 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         emu.get_policy(&kept).is_none(),
         "refused prune wrote nothing"
     );
-    // Guard 2: an empty manifest set.
+    // An empty manifest set never reaches planning: the loader refuses it, so --prune cannot
+    // read "no manifests" as "delete everything" (the planner's own guard stays as a backstop).
     let empty = tempfile::tempdir().unwrap();
     let refused = kpr(&["plan", "--dir", &empty.path().to_string_lossy(), "--prune"]);
     assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("no manifests"), "{refused:?}");
     // Within the guard: the plan lists the deletes, apply performs them.
     let plan = kpr(&["plan", "--dir", &dir.arg(), "--prune", "--output", "json"]);
     assert_eq!(plan.code, 0, "{plan:?}");
@@ -559,7 +561,7 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         assert_eq!(emu.get_policy(arn), None, "{arn} still has a policy");
     }
     assert!(emu.get_policy(&kept).is_some());
-    // Without --prune, undeclared policies are left alone (none left now, but the kept one stays).
+    // Converged: nothing left to prune.
     assert_eq!(
         kpr(&[
             "plan",
@@ -570,6 +572,18 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         ])
         .code,
         0
+    );
+    // Without --prune, an undeclared policy is left alone.
+    let unmanaged = emu.create_stream(&unique("unmanaged"));
+    emu.put_policy_raw(
+        &unmanaged,
+        &read_policy(&unmanaged, "111122223333").to_string(),
+    );
+    let apply = kpr(&["apply", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(
+        emu.get_policy(&unmanaged).is_some(),
+        "deleted without --prune"
     );
 }
 
@@ -603,9 +617,22 @@ fn target_limits_the_run() {
     ]);
     assert_eq!(miss.code, 1, "{miss:?}");
     assert!(miss.stderr.contains("matches no manifest"), "{miss:?}");
-    let miss = emu.kpr(&["apply", "--dir", &dir.arg(), "--target", &typo, "--prune"]);
+    // With --prune the target is checked after listing the account: a private one, so the
+    // listing neither crawls nor reaches other tests' streams.
+    let own = common::kinesis_mock_private();
+    let (own_arn, own_dir) = own.stream_with_manifest("tp");
+    let own_typo = format!("{own_arn}-typo");
+    let miss = own.kpr(&[
+        "apply",
+        "--dir",
+        &own_dir.arg(),
+        "--target",
+        &own_typo,
+        "--prune",
+    ]);
     assert_eq!(miss.code, 1, "{miss:?}");
     assert!(miss.stderr.contains("no policy to prune"), "{miss:?}");
+    assert!(own.get_policy(&own_arn).is_none(), "a targeted miss wrote");
     let json = emu.kpr(&[
         "plan",
         "--dir",
@@ -619,10 +646,6 @@ fn target_limits_the_run() {
         json.json()["refused"]["reason"],
         "unmatched_target",
         "{json:?}"
-    );
-    assert!(
-        emu.get_policy(&a).is_some(),
-        "a targeted miss wrote or deleted"
     );
 }
 
