@@ -6,9 +6,39 @@
 
 use std::fmt;
 
+/// The AWS partitions.
+pub const PARTITIONS: &[&str] = &[
+    "aws",
+    "aws-cn",
+    "aws-us-gov",
+    "aws-iso",
+    "aws-iso-b",
+    "aws-iso-e",
+    "aws-iso-f",
+    "aws-eusc",
+];
+
+/// The partition a region belongs to, by its name; any region not of a special partition is
+/// in `aws` (new commercial regions keep appearing).
+pub fn partition_of(region: &str) -> &'static str {
+    [
+        ("cn-", "aws-cn"),
+        ("us-gov-", "aws-us-gov"),
+        ("us-iso-", "aws-iso"),
+        ("us-isob-", "aws-iso-b"),
+        ("eu-isoe-", "aws-iso-e"),
+        ("us-isof-", "aws-iso-f"),
+        ("eusc-", "aws-eusc"),
+    ]
+    .iter()
+    .find(|(prefix, _)| region.starts_with(prefix))
+    .map_or("aws", |(_, partition)| partition)
+}
+
 /// Where a resource lives: one API client serves exactly one scope, because only the owning
 /// account can manage a resource's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+
 pub struct Scope {
     pub partition: String,
     pub region: String,
@@ -80,9 +110,10 @@ impl ResourceArn {
         if prefix != "arn" {
             return Err(err("must start with \"arn:\""));
         }
-        if !partition.starts_with("aws") {
+        if !PARTITIONS.contains(&partition) {
             return Err(err(&format!(
-                "partition {partition:?} is not an AWS partition (aws, aws-cn, aws-us-gov, ...)"
+                "partition {partition:?} is not an AWS partition ({})",
+                PARTITIONS.join(", ")
             )));
         }
         if service != "kinesis" {
@@ -96,6 +127,15 @@ impl ResourceArn {
                 .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
         {
             return Err(err(&format!("region {region:?} is not a region name")));
+        }
+        // The client is picked by region: an ARN whose partition is not the region's would
+        // fail only at call time, after other resources were written, and would look like a
+        // second resource beside the right spelling of the same one.
+        if partition_of(region) != partition {
+            return Err(err(&format!(
+                "region {region:?} is in partition {:?}, not {partition:?}",
+                partition_of(region)
+            )));
         }
         if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
             return Err(err(&format!(
@@ -310,6 +350,22 @@ mod tests {
             ),
             ("arn:aws:kinesis:US-EAST-1:111122223333:stream/o", "region"),
             ("nope", "expected arn:"),
+            (
+                "arn:awsx:kinesis:us-east-1:111122223333:stream/x",
+                "not an AWS partition",
+            ),
+            (
+                "arn:aws-cn:kinesis:us-east-1:111122223333:stream/x",
+                "region \"us-east-1\" is in partition \"aws\", not \"aws-cn\"",
+            ),
+            (
+                "arn:aws:kinesis:cn-north-1:111122223333:stream/x",
+                "is in partition \"aws-cn\"",
+            ),
+            (
+                "arn:aws:kinesis:us-gov-west-1:111122223333:stream/x",
+                "is in partition \"aws-us-gov\"",
+            ),
         ] {
             let e = ResourceArn::parse(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use futures::StreamExt;
 use serde::Serialize;
 
-use crate::arn::{ResourceArn, Scope};
+use crate::arn::{ResourceArn, Scope, partition_of};
 use crate::kinesis::{ApiError, Kinesis, Resilient, concurrently};
 use crate::policy::PolicyDocument;
 use crate::policy::lint::{self, LintContext};
@@ -32,21 +32,6 @@ pub struct ImportReport {
     /// is written anyway, as it is the truth of today, and `kpr validate` will flag it.
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
-}
-
-/// The partition a region belongs to.
-pub fn partition_of(region: &str) -> &'static str {
-    if region.starts_with("cn-") {
-        "aws-cn"
-    } else if region.starts_with("us-gov-") {
-        "aws-us-gov"
-    } else if region.starts_with("us-iso-") {
-        "aws-iso"
-    } else if region.starts_with("us-isob-") {
-        "aws-iso-b"
-    } else {
-        "aws"
-    }
 }
 
 /// `opts.out` must exist: the caller creates it before any call, so a bad path costs none.
