@@ -139,6 +139,9 @@ pub struct GitSpec {
     /// Relative to the repository root; empty for the whole repository.
     pub path: PathBuf,
     pub token: Option<Secret>,
+    /// The file the token came from, read again before each fetch: a short-lived token (a
+    /// GitHub App's lasts an hour) is rotated in place by whatever issues it.
+    pub token_file: Option<PathBuf>,
     /// An https URL's user name, moved out of it like a password: it may be a token
     /// (`https://TOKEN@github.com/...`).
     pub user: Option<Secret>,
@@ -167,7 +170,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_WEBHOOK_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
+pub(super) fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     // Files written by `echo` or editors end in a newline that is not part of the secret.
@@ -360,6 +363,14 @@ impl Settings {
                          or KPR_GIT_TOKEN"
                     );
                 }
+                // Where resolve_secret found it, if in a file: a flag's file, else the config
+                // file's unless the environment variable came first.
+                let token_file = args.git_token_file.clone().or_else(|| {
+                    env_secret("KPR_GIT_TOKEN")
+                        .is_none()
+                        .then(|| file_git.token_file.clone())
+                        .flatten()
+                });
                 if token.is_none() {
                     token = url_password.map(Secret);
                 }
@@ -376,6 +387,7 @@ impl Settings {
                     branch,
                     path,
                     token,
+                    token_file,
                     user: user.map(Secret),
                     workdir: args
                         .workdir

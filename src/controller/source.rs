@@ -26,7 +26,9 @@ pub struct GitRepo {
     url: String,
     branch: String,
     path: PathBuf,
-    token: Option<Secret>,
+    /// Replaced when `token_file` is read again before a fetch.
+    token: std::sync::RwLock<Option<Secret>>,
+    token_file: Option<PathBuf>,
     /// The URL's user name, answered through `GIT_ASKPASS` like the token.
     user: Option<Secret>,
     checkout: PathBuf,
@@ -53,7 +55,8 @@ impl Source {
                     url: g.url.clone(),
                     branch: g.branch.clone(),
                     path: g.path.clone(),
-                    token: g.token.clone(),
+                    token: std::sync::RwLock::new(g.token.clone()),
+                    token_file: g.token_file.clone(),
                     user: g.user.clone(),
                     checkout: workdir.join("repo"),
                     askpass,
@@ -176,10 +179,11 @@ impl GitRepo {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        if self.token.is_some() || self.user.is_some() {
+        let token = self.token.read().expect("token lock").clone();
+        if token.is_some() || self.user.is_some() {
             cmd.env("GIT_ASKPASS", &self.askpass).env(
                 "KPR_GIT_PASSWORD",
-                self.token.as_ref().map_or("", Secret::expose),
+                token.as_ref().map_or("", Secret::expose),
             );
             if let Some(user) = &self.user {
                 cmd.env("KPR_GIT_USERNAME", user.expose());
@@ -210,7 +214,7 @@ impl GitRepo {
     /// git quotes remote URLs in its errors; a token must not travel with them into logs.
     fn redact(&self, text: &str) -> String {
         let mut out = redact_urls_in(text);
-        if let Some(t) = &self.token {
+        if let Some(t) = &*self.token.read().expect("token lock") {
             out = out.replace(t.expose(), "***");
         }
         // A user name as long as a token may be one; a short one ("oauth2") is left, or every
@@ -229,6 +233,15 @@ impl GitRepo {
             self.git(["init", "--quiet"]).await?;
         }
         self.remove_stale_locks().await?;
+        if let Some(path) = &self.token_file {
+            match super::read_secret(path, "git token") {
+                Ok(token) => *self.token.write().expect("token lock") = Some(token),
+                // Mid-rotation the file may be missing for a moment: the last one may still work.
+                Err(e) => {
+                    tracing::warn!(error = %e, "re-reading the git token failed; using the one read before")
+                }
+            }
+        }
         // Setting the URL each time follows a changed --git-url without a fresh clone.
         self.git(["config", "remote.origin.url", self.url.as_str()])
             .await?;
@@ -525,6 +538,7 @@ mod tests {
             branch: "main".into(),
             path: PathBuf::from("m"),
             token: None,
+            token_file: None,
             user: None,
             workdir: work.path().to_path_buf(),
         });
@@ -589,18 +603,34 @@ mod tests {
     #[tokio::test]
     async fn fetch_errors_name_no_secret() {
         let work = tempfile::tempdir().unwrap();
+        let token_file = work.path().join("token");
+        std::fs::write(&token_file, "tok-123\n").unwrap();
         let spec = SourceSpec::Git(super::super::GitSpec {
             url: "https://127.0.0.1:9/none.git".into(),
             branch: "main".into(),
             path: PathBuf::new(),
             token: Some(Secret("tok-123".into())),
+            token_file: Some(token_file.clone()),
             user: Some(Secret("ghp_0123456789abcdef".into())),
             workdir: work.path().to_path_buf(),
         });
         let src = Source::new(&spec).await.unwrap();
+        // Rotated in place after start: the next fetch uses the new token.
+        std::fs::write(&token_file, "tok-456\n").unwrap();
         let err = src.sync().await.unwrap_err();
         assert!(err.contains("git fetch failed"), "{err}");
-        assert!(!err.contains("tok-123"), "{err}");
+        assert!(
+            !err.contains("tok-123") && !err.contains("tok-456"),
+            "{err}"
+        );
+        let Source::Git(g) = &src else { panic!() };
+        let token = g
+            .token
+            .read()
+            .unwrap()
+            .as_ref()
+            .map(|t| t.expose().to_string());
+        assert_eq!(token.as_deref(), Some("tok-456"));
         // Neither secret is in the working copy's configuration, where git would keep a URL's.
         let config = std::fs::read_to_string(work.path().join("repo/.git/config")).unwrap();
         assert!(
