@@ -1,7 +1,7 @@
 //! Executes a plan: bounded concurrency, each write followed by a read-back that proves the live
 //! policy is now equivalent to the manifest. One resource failing never stops the others.
 
-use std::sync::{Arc, OnceLock};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -19,6 +19,55 @@ pub struct ApplyOptions {
     pub verify_timeout: Duration,
     /// Once set, no further change starts; see [`Interrupt`].
     pub interrupt: Interrupt,
+    /// Filled in as changes finish; see [`Settled`].
+    pub settled: Settled,
+}
+
+/// What an apply has finished so far. A hard stop never gets to the report, yet the log must
+/// still say what was changed: this is what it prints instead.
+#[derive(Debug, Clone, Default)]
+pub struct Settled(Arc<Mutex<SettledState>>);
+
+#[derive(Debug, Default)]
+struct SettledState {
+    applied: Vec<String>,
+    failed: usize,
+    under_way: usize,
+}
+
+impl Settled {
+    fn started(&self) {
+        self.0.lock().expect("settled").under_way += 1;
+    }
+
+    fn finished(&self, arn: &str, ok: bool) {
+        let mut s = self.0.lock().expect("settled");
+        s.under_way -= 1;
+        if ok {
+            s.applied.push(arn.to_string());
+        } else {
+            s.failed += 1;
+        }
+    }
+
+    /// For the log of a stop that cuts the apply short.
+    pub fn describe(&self) -> String {
+        const SHOWN: usize = 10;
+        let s = self.0.lock().expect("settled");
+        let mut out = format!("{} change(s) applied", s.applied.len());
+        for arn in s.applied.iter().take(SHOWN) {
+            out.push_str("\n  ");
+            out.push_str(arn);
+        }
+        if s.applied.len() > SHOWN {
+            out.push_str(&format!("\n  and {} more", s.applied.len() - SHOWN));
+        }
+        out.push_str(&format!(
+            "\n{} failed; {} under way, which may or may not have been applied",
+            s.failed, s.under_way
+        ));
+        out
+    }
 }
 
 /// A request to stop an apply part-way (a signal). Changes already started finish, write and
@@ -46,6 +95,7 @@ impl Default for ApplyOptions {
             verify: true,
             verify_timeout: Duration::from_secs(10),
             interrupt: Interrupt::default(),
+            settled: Settled::default(),
         }
     }
 }
@@ -149,7 +199,9 @@ pub async fn apply<K: Kinesis>(
                     error: None,
                 };
             }
+            opts.settled.started();
             let result = apply_one(api, &change, opts).await;
+            opts.settled.finished(&change.arn, result.is_ok());
             if shown {
                 progress.inc(1);
             }
@@ -330,6 +382,20 @@ mod tests {
             reads: AtomicU32::new(0),
         };
         Resilient::new(reads, RetryPolicy::default(), 0)
+    }
+
+    #[test]
+    fn settled_says_what_finished_and_what_was_under_way() {
+        let settled = Settled::default();
+        for _ in 0..3 {
+            settled.started();
+        }
+        settled.finished("arn:a", true);
+        settled.finished("arn:b", false);
+        assert_eq!(
+            settled.describe(),
+            "1 change(s) applied\n  arn:a\n1 failed; 1 under way, which may or may not have been applied"
+        );
     }
 
     #[tokio::test]

@@ -540,10 +540,12 @@ async fn run_plan(
     }
     let pb = progress_bar(text, "applying");
     let interrupt = apply::Interrupt::default();
+    let settled = apply::Settled::default();
     // Only from here: until the first write, a stop signal may end the process as usual.
     let on_signal = tokio::spawn(stop_gracefully(
         crate::signals::StopSignals::new(),
         interrupt.clone(),
+        settled.clone(),
         pb.clone(),
     ));
     let report = apply::apply(
@@ -553,6 +555,7 @@ async fn run_plan(
             concurrency: engine.concurrency,
             verify: apply_mode.verify,
             interrupt,
+            settled,
             ..ApplyOptions::default()
         },
         &pb,
@@ -577,6 +580,7 @@ async fn run_plan(
 async fn stop_gracefully(
     mut signals: crate::signals::StopSignals,
     interrupt: apply::Interrupt,
+    settled: apply::Settled,
     pb: indicatif::ProgressBar,
 ) {
     let (first, _) = signals.next().await;
@@ -588,10 +592,13 @@ async fn stop_gracefully(
         )
     });
     let (second, status) = signals.next().await;
+    // A CI runner's cancel sends SIGTERM a few seconds after SIGINT: the report never comes,
+    // so say here what is known.
     pb.suspend(|| {
         eprintln!(
-            "{second}: stopping at once; a write under way may or may not have been applied \
-             (`kpr plan` shows where things stand)"
+            "{second}: stopping at once, before the end of the apply. So far: {}\n\
+             (`kpr plan` shows where things stand)",
+            settled.describe()
         )
     });
     std::process::exit(status.into());

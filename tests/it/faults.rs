@@ -833,4 +833,17 @@ fn a_second_sigint_stops_at_once() {
             .any(|l| l.starts_with("SIGINT: stopping at once")),
         "{stderr:?}"
     );
+    // The report never comes: the log says what is known instead.
+    assert!(
+        stderr
+            .iter()
+            .any(|l| l.ends_with("So far: 0 change(s) applied")),
+        "{stderr:?}"
+    );
+    assert!(
+        stderr.iter().any(|l| l.starts_with("0 failed; ")
+            && l.ends_with(" under way, which may or may not have been applied")
+            && !l.starts_with("0 failed; 0 under way")),
+        "{stderr:?}"
+    );
 }
