@@ -686,6 +686,9 @@ async fn handle(
             delay
         }
     };
+    // Counted from before the injected delay: a request waiting it out is under way too, and
+    // quiet() must not report calm while it may still be forwarded.
+    let under_way = Busy::new(&shared);
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }
@@ -701,7 +704,6 @@ async fn handle(
     // The forward runs in its own task so that a kpr killed mid-call cannot cancel a write the
     // backend may already be applying: the counts then say exactly what reached the backend.
     let s = shared.clone();
-    let under_way = Busy::new(&shared);
     let forwarded = tokio::spawn(async move {
         let _under_way = under_way;
         let resp = s.client.request(upstream_req).await.ok()?;
