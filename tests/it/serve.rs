@@ -858,12 +858,20 @@ fn a_scheduled_run_undoes_a_hand_edit() {
         live(&emu, &arn).filter(|p| same_grant(p, &want))
     });
     eprintln!("hand edit undone after {:?}", healed_at.elapsed());
-    assert!(serve.metric("kpr_reconcile_runs_total", &[("trigger", "schedule")]) >= 1.0);
-    assert!(
-        serve.metric(
-            "kpr_changes_total",
-            &[("action", "update"), ("outcome", "applied")]
-        ) >= 1.0
+    // The write lands before the run counts it (after its read-back, and at the run's end).
+    serve.poll(
+        "the healing run to be counted",
+        Duration::from_secs(20),
+        |s| {
+            let m = s.metrics();
+            (metric(&m, "kpr_reconcile_runs_total", &[("trigger", "schedule")]) >= 1.0
+                && metric(
+                    &m,
+                    "kpr_changes_total",
+                    &[("action", "update"), ("outcome", "applied")],
+                ) >= 1.0)
+                .then_some(())
+        },
     );
     // With a directory source a webhook triggers a run too (incremental: see below).
     let runs = serve.metric("kpr_reconcile_runs_total", &[("trigger", "webhook")]);
