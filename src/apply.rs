@@ -283,11 +283,19 @@ async fn verify<K: Kinesis>(
     let mut waited = Duration::ZERO;
     let mut delay = Duration::from_millis(50);
     loop {
-        let live = api.get_policy(&change.target).await.map_err(|e| {
-            let mut f = Failure::from_api(change.arn.clone(), change.source.clone(), &e);
-            f.message = format!("written, but the read-back failed: {}", f.message);
-            f
-        })?;
+        let live = match api.get_policy(&change.target).await {
+            // A delete whose resource is gone as well: it has no policy, as asked.
+            Err(e)
+                if change.desired.is_none() && e.class == crate::kinesis::ErrorClass::NotFound =>
+            {
+                None
+            }
+            read => read.map_err(|e| {
+                let mut f = Failure::from_api(change.arn.clone(), change.source.clone(), &e);
+                f.message = format!("written, but the read-back failed: {}", f.message);
+                f
+            })?,
+        };
         let ok = match (&change.desired, live.as_deref()) {
             (None, None) => true,
             // The text just written, back unchanged: no parse needed.

@@ -164,6 +164,34 @@ fn ensure_absent(emu: &Emulator) {
     assert_eq!(emu.get_policy(&arn), None, "boto3 still sees a policy");
     let again = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
     assert_eq!(again.code, 0, "{again:?}");
+
+    // A stream that does not exist has no policy: `absent` holds, with nothing to do.
+    let ghost = emu.stream_arn(&unique("absent-ghost"));
+    dir.write("ghost.yaml", &absent(&ghost));
+    let plan = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--detailed-exitcode",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    let j = plan.json();
+    let ghost_plan = j["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["arn"] == ghost.as_str())
+        .cloned()
+        .unwrap_or_default();
+    assert_eq!(ghost_plan["action"], "no-op", "{j}");
+    assert!(
+        ghost_plan["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("does not exist")),
+        "{j}"
+    );
 }
 
 #[test]
