@@ -823,6 +823,49 @@ impl Kinesis for AwsKinesis {
 /// Shared handle used by plan, apply and the controller.
 pub type Api<K> = Arc<Resilient<K>>;
 
+/// The rest of a [`Kinesis`] test double that implements only the reads and writes a test
+/// needs: each of these panics if called.
+#[cfg(test)]
+macro_rules! calls_a_test_does_not_make {
+    () => {
+        async fn delete_policy(
+            &self,
+            _: &$crate::arn::ResourceArn,
+        ) -> Result<(), $crate::kinesis::ApiError> {
+            unimplemented!()
+        }
+        async fn describe_consumer(
+            &self,
+            _: &$crate::arn::ResourceArn,
+        ) -> Result<$crate::arn::ResourceArn, $crate::kinesis::ApiError> {
+            unimplemented!()
+        }
+        async fn list_streams_page(
+            &self,
+            _: &$crate::arn::Scope,
+            _: Option<String>,
+        ) -> Result<$crate::kinesis::Page, $crate::kinesis::ApiError> {
+            unimplemented!()
+        }
+        async fn list_consumers_page(
+            &self,
+            _: &$crate::arn::ResourceArn,
+            _: Option<String>,
+        ) -> Result<$crate::kinesis::Page, $crate::kinesis::ApiError> {
+            unimplemented!()
+        }
+        async fn describe_stream_arn(
+            &self,
+            _: &$crate::arn::Scope,
+            _: &str,
+        ) -> Result<$crate::arn::ResourceArn, $crate::kinesis::ApiError> {
+            unimplemented!()
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use calls_a_test_does_not_make;
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -902,25 +945,7 @@ mod tests {
                 .map(|_| ())
                 .map_err(|e| classify(Op::PutResourcePolicy, &e))
         }
-        async fn delete_policy(&self, _: &ResourceArn) -> Result<(), ApiError> {
-            unimplemented!()
-        }
-        async fn describe_consumer(&self, _: &ResourceArn) -> Result<ResourceArn, ApiError> {
-            unimplemented!()
-        }
-        async fn list_streams_page(&self, _: &Scope, _: Option<String>) -> Result<Page, ApiError> {
-            unimplemented!()
-        }
-        async fn list_consumers_page(
-            &self,
-            _: &ResourceArn,
-            _: Option<String>,
-        ) -> Result<Page, ApiError> {
-            unimplemented!()
-        }
-        async fn describe_stream_arn(&self, _: &Scope, _: &str) -> Result<ResourceArn, ApiError> {
-            unimplemented!()
-        }
+        crate::kinesis::calls_a_test_does_not_make!();
     }
 
     fn client(rules: &[&aws_smithy_mocks::Rule]) -> aws_sdk_kinesis::Client {
