@@ -156,6 +156,8 @@ pub struct Settings {
     pub jitter: Duration,
     pub listen: SocketAddr,
     pub webhook_secret: Option<Secret>,
+    /// Read again on each webhook, so a rotated secret works without a restart.
+    pub webhook_secret_file: Option<PathBuf>,
     pub webhook_max_body: usize,
     pub dry_run: bool,
     pub prune: bool,
@@ -190,19 +192,25 @@ fn env_secret(var: &str) -> Option<Secret> {
 }
 
 /// A file path, a `KPR_*` variable holding the secret itself, or the config file's path.
+/// A secret by the usual precedence, and the file it was read from (`None` when it came from
+/// the environment): such a file is read again where a rotation must take effect without a
+/// restart.
 fn resolve_secret(
     flag_file: Option<&Path>,
     env_var: &str,
     file_cfg: Option<&Path>,
     what: &str,
-) -> Result<Option<Secret>, String> {
+) -> Result<(Option<Secret>, Option<PathBuf>), String> {
     if let Some(p) = flag_file {
-        return read_secret(p, what).map(Some);
+        return Ok((Some(read_secret(p, what)?), Some(p.to_path_buf())));
     }
     if let Some(s) = env_secret(env_var) {
-        return Ok(Some(s));
+        return Ok((Some(s), None));
     }
-    file_cfg.map(|p| read_secret(p, what)).transpose()
+    match file_cfg {
+        Some(p) => Ok((Some(read_secret(p, what)?), Some(p.to_path_buf()))),
+        None => Ok((None, None)),
+    }
 }
 
 fn parse_listen(s: &str) -> Result<SocketAddr, String> {
@@ -274,7 +282,7 @@ impl Settings {
                 .or(file.listen.as_deref())
                 .unwrap_or(DEFAULT_LISTEN),
         )?;
-        let webhook_secret = resolve_secret(
+        let (webhook_secret, webhook_secret_file) = resolve_secret(
             args.webhook_secret_file.as_deref(),
             "KPR_WEBHOOK_SECRET",
             file.webhook_secret_file.as_deref(),
@@ -293,6 +301,7 @@ impl Settings {
             jitter: args.jitter.or(file.jitter).unwrap_or(Duration::ZERO),
             listen,
             webhook_secret,
+            webhook_secret_file,
             webhook_max_body,
             dry_run: args.dry_run.or(file.dry_run).unwrap_or(false),
             prune: args.prune.or(file.prune).unwrap_or(false),
@@ -350,7 +359,7 @@ impl Settings {
                     user,
                     password: url_password,
                 } = source::split_credentials(&url)?;
-                let mut token = resolve_secret(
+                let (mut token, token_file) = resolve_secret(
                     args.git_token_file.as_deref(),
                     "KPR_GIT_TOKEN",
                     file_git.token_file.as_deref(),
@@ -363,14 +372,6 @@ impl Settings {
                          or KPR_GIT_TOKEN"
                     );
                 }
-                // Where resolve_secret found it, if in a file: a flag's file, else the config
-                // file's unless the environment variable came first.
-                let token_file = args.git_token_file.clone().or_else(|| {
-                    env_secret("KPR_GIT_TOKEN")
-                        .is_none()
-                        .then(|| file_git.token_file.clone())
-                        .flatten()
-                });
                 if token.is_none() {
                     token = url_password.map(Secret);
                 }

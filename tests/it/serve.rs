@@ -949,6 +949,26 @@ fn a_directory_webhook_reconciles_only_the_edited_files() {
     serve.stop();
 }
 
+/// A webhook secret rotated in its file (a Kubernetes Secret update) works at once, and the
+/// old one stops working, without a restart.
+#[test]
+fn a_rotated_webhook_secret_file_takes_effect_without_a_restart() {
+    let emu = common::kinesis_mock();
+    let (_, dir) = emu.stream_with_manifest("serve-rotate");
+    let serve = Serve::dir(&emu, &dir, &["--interval", "1h"]);
+    let bearer = |secret: &str| {
+        serve
+            .webhook(&[("Authorization", &format!("Bearer {secret}"))], b"")
+            .status
+    };
+    assert_eq!(bearer(SECRET), 202);
+    let rotated = "rotated-0123456789abcdef";
+    std::fs::write(serve._tmp.path().join("secret"), format!("{rotated}\n")).unwrap();
+    assert_eq!(bearer(SECRET), 401, "the old secret still works");
+    assert_eq!(bearer(rotated), 202, "the new secret does not work");
+    serve.stop();
+}
+
 /// A manifest reached through a symlink: `git diff` names the link's target (here outside
 /// --git-path, so nothing at all), never the path kpr read. A push that edits the target must
 /// still be applied, by a full run.
