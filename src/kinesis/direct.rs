@@ -533,16 +533,13 @@ fn amz_date(time: SystemTime) -> String {
 /// A provider that timed out (an AssumeRole refresh stuck behind a slow STS) may answer the
 /// next time; missing or misconfigured credentials will not.
 fn credentials_error(e: &CredentialsError) -> ApiError {
-    let class = match e {
-        CredentialsError::ProviderTimedOut(_) => ErrorClass::Retryable,
-        _ => ErrorClass::Fatal,
-    };
     ApiError::new(
         Op::GetResourcePolicy,
-        class,
+        ErrorClass::Fatal,
         None,
         format!("no credentials: {}", super::error_chain(e)),
     )
+    .retry_credentials_timeout(e)
 }
 
 fn connector_error(e: &ConnectorError) -> ApiError {

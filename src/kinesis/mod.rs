@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
 use aws_config::{BehaviorVersion, Region, SdkConfig};
+use aws_credential_types::provider::error::CredentialsError;
 use aws_credential_types::provider::{ProvideCredentials, SharedCredentialsProvider};
 use aws_sdk_kinesis::error::{ProvideErrorMetadata, SdkError};
 use aws_smithy_runtime_api::client::result::ConnectorError;
@@ -224,6 +225,23 @@ where
             ApiError::new(op, class, None, format!("request failed: {cause}"))
         }
         _ => ApiError::new(op, ErrorClass::Fatal, None, error_chain(err)),
+    }
+    .retry_credentials_timeout(err)
+}
+
+impl ApiError {
+    /// A credentials provider that timed out (an AssumeRole refresh behind a slow STS) may
+    /// answer next time; the SDK reports it as a plain failure, buried among its causes.
+    fn retry_credentials_timeout(mut self, err: &(dyn std::error::Error + 'static)) -> Self {
+        let mut cause = Some(err);
+        while let Some(e) = cause {
+            if let Some(CredentialsError::ProviderTimedOut(_)) = e.downcast_ref() {
+                self.class = ErrorClass::Retryable;
+                break;
+            }
+            cause = e.source();
+        }
+        self
     }
 }
 
@@ -964,6 +982,42 @@ mod tests {
         let k = Resilient::new(Mocked(client(&[&in_use])), fast_retry(5), 0);
         k.put_policy(&arn(), "{}").await.unwrap();
         assert_eq!(in_use.num_calls(), 3);
+    }
+
+    /// A credentials provider that always times out, as an AssumeRole refresh behind a slow
+    /// STS would.
+    #[derive(Debug)]
+    struct TimesOut;
+
+    impl aws_credential_types::provider::ProvideCredentials for TimesOut {
+        fn provide_credentials<'a>(
+            &'a self,
+        ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+        where
+            Self: 'a,
+        {
+            aws_credential_types::provider::future::ProvideCredentials::ready(Err(
+                CredentialsError::provider_timed_out(Duration::from_secs(5)),
+            ))
+        }
+    }
+
+    /// A real SDK client (the mocks answer before credentials are asked for): the provider
+    /// fails before anything is sent, so no endpoint is needed.
+    #[tokio::test]
+    async fn a_credentials_timeout_on_the_sdk_path_is_retried() {
+        let conf = aws_sdk_kinesis::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .region(Region::new("us-east-1"))
+            .endpoint_url("http://127.0.0.1:9")
+            .retry_config(aws_config::retry::RetryConfig::disabled())
+            .credentials_provider(TimesOut)
+            .build();
+        let client = aws_sdk_kinesis::Client::from_conf(conf);
+        let k = Resilient::new(Mocked(client), fast_retry(3), 0);
+        let err = k.put_policy(&arn(), "{}").await.unwrap_err();
+        assert_eq!(err.class, ErrorClass::Retryable, "{}", err.message);
+        assert_eq!(err.attempts, 3, "{}", err.message);
     }
 
     #[tokio::test]
