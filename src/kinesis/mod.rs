@@ -667,6 +667,46 @@ impl AwsKinesis {
     }
 }
 
+/// The streams a ListStreams page names: by the ARNs of its StreamSummaries where the service
+/// sends them (AWS, moto; kinesis-mock only names), else by name in `scope`. With credentials
+/// of another account than the scope's (no role mapped for it), the service lists that other
+/// account's streams: named in `scope` they would be read in the wrong account (AccessDenied
+/// each) and the scope's own unmanaged policies never seen by prune. An error says so instead.
+fn listed_streams(
+    scope: &Scope,
+    out: &aws_sdk_kinesis::operation::list_streams::ListStreamsOutput,
+) -> Result<Vec<ResourceArn>, ApiError> {
+    let op = Op::ListStreams;
+    if out.stream_summaries().is_empty() {
+        return Ok(out
+            .stream_names()
+            .iter()
+            .map(|n| stream_in(scope, n))
+            .collect());
+    }
+    let mut items = Vec::with_capacity(out.stream_summaries().len());
+    for summary in out.stream_summaries() {
+        let arn = ResourceArn::parse(summary.stream_arn())
+            .map_err(|e| ApiError::new(op, ErrorClass::Fatal, None, e.to_string()))?;
+        // An empty account is import's placeholder, before it has learnt the real one.
+        if !scope.account.is_empty() && arn.scope != *scope {
+            return Err(ApiError::new(
+                op,
+                ErrorClass::Fatal,
+                None,
+                format!(
+                    "listing streams for account {} in {} returned account {}'s streams: the \
+                     credentials belong to that account. Map {} to a role under `accounts:` in \
+                     the config file",
+                    scope.account, scope.region, arn.scope.account, scope.account
+                ),
+            ));
+        }
+        items.push(arn);
+    }
+    Ok(items)
+}
+
 fn stream_in(scope: &Scope, name: &str) -> ResourceArn {
     ResourceArn {
         scope: scope.clone(),
@@ -765,11 +805,7 @@ impl Kinesis for AwsKinesis {
             .await
             .map_err(|e| classify(Op::ListStreams, &e))?;
         Ok(Page {
-            items: out
-                .stream_names()
-                .iter()
-                .map(|n| stream_in(scope, n))
-                .collect(),
+            items: listed_streams(scope, &out)?,
             next: out
                 .has_more_streams()
                 .then(|| out.next_token().map(str::to_string))

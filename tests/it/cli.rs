@@ -615,6 +615,34 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     );
 }
 
+/// Credentials of one account (moto's), manifests of another and no role mapped for it: the
+/// service lists the credentials' account. Those streams must not pass for the manifests'
+/// account's under --prune: an error names both accounts, and nothing is deleted.
+#[test]
+fn prune_refuses_a_listing_of_another_accounts_streams() {
+    let emu = common::moto();
+    let own = emu.create_stream(&unique("listed"));
+    emu.put_policy_raw(&own, &read_policy(&own, "111122223333").to_string());
+    let foreign_account = if emu.account == "111122223333" {
+        "444455556666"
+    } else {
+        "111122223333"
+    };
+    let foreign = format!("arn:aws:kinesis:us-east-1:{foreign_account}:stream/elsewhere");
+    let dir = Manifests::new(&[("a.yaml", &absent(&foreign))]);
+    let run = emu.kpr(&["apply", "--dir", &dir.arg(), "--prune"]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let wanted = format!(
+        "listing streams for account {foreign_account} in us-east-1 returned account {}'s streams",
+        emu.account
+    );
+    assert!(run.stdout.contains(&wanted), "{run:?}");
+    assert!(
+        emu.get_policy(&own).is_some(),
+        "a listed stream's policy was deleted"
+    );
+}
+
 #[test]
 fn target_limits_the_run() {
     let emu = common::kinesis_mock();
