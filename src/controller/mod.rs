@@ -309,10 +309,17 @@ impl Settings {
                 .max_deletes
                 .or(file.max_deletes)
                 .unwrap_or(crate::plan::DEFAULT_MAX_DELETES),
-            retry_delay: args
-                .retry_delay
-                .or(file.retry_delay)
-                .unwrap_or(backoff::BASE_DELAY),
+            retry_delay: match args.retry_delay.or(file.retry_delay) {
+                // Zero would mean runs back to back, each with a fetch and AWS calls.
+                Some(d) if d < Duration::from_millis(100) => {
+                    return Err(format!(
+                        "retry delay {} is too short (at least 100ms)",
+                        humantime::format_duration(d)
+                    ));
+                }
+                Some(d) => d,
+                None => backoff::BASE_DELAY,
+            },
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)
@@ -649,6 +656,15 @@ mod tests {
         let s = Settings::resolve(&args(&["--dir", "x"]), &FileConfig::default()).unwrap();
         assert_eq!(s.schedule.to_string(), "every 10m");
         assert_eq!(s.listen.to_string(), DEFAULT_LISTEN);
+    }
+
+    #[test]
+    fn a_retry_delay_of_zero_is_refused() {
+        let none = FileConfig::default();
+        let err = Settings::resolve(&args(&["--dir", "x", "--retry-delay", "0s"]), &none);
+        assert!(err.unwrap_err().contains("too short"));
+        let ok = Settings::resolve(&args(&["--dir", "x", "--retry-delay", "2s"]), &none);
+        assert_eq!(ok.unwrap().retry_delay, Duration::from_secs(2));
     }
 
     #[test]

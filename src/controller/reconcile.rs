@@ -390,11 +390,15 @@ impl Reconciler {
             return Some((tokio::time::Instant::now() + wait, trigger));
         }
         let due = tokio::time::Instant::from_std(self.backoff.next_due()?);
-        // A wait already over means the run just finished could not retry that resource (its
-        // manifest is gone, say): never sooner than the first delay, or this would spin.
         let now = tokio::time::Instant::now();
-        let at = if due > now { due } else { now + base };
-        Some((at, Trigger::Retry { full: false }))
+        if due > now {
+            return Some((due, Trigger::Retry { full: false }));
+        }
+        // A wait already over means the run just finished could not take that resource: an
+        // incremental run only retries declared ones, and this one is not (its manifest is
+        // gone; or a prune delete failed). A full run either retries it or forgets it; sooner
+        // than one delay it would spin.
+        Some((now + base, Trigger::Retry { full: true }))
     }
 
     fn rel(&self, p: &Path) -> String {

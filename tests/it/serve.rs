@@ -949,6 +949,51 @@ fn a_directory_webhook_reconciles_only_the_edited_files() {
     serve.stop();
 }
 
+/// A failing resource whose manifest is then removed: an incremental retry cannot take it
+/// (it is no longer declared), so the retry after that is a full run, which forgets it. No
+/// retry is left pending, instead of an empty run every --retry-delay until the schedule.
+#[test]
+fn a_failure_nobody_declares_any_more_stops_being_retried() {
+    let emu = common::kinesis_mock();
+    let (_, dir) = emu.stream_with_manifest("serve-forget");
+    let ghost = emu.stream_arn(&unique("serve-forget-ghost"));
+    dir.write(
+        "ghost.yaml",
+        &manifest(&ghost, &read_policy(&ghost, "111122223333")),
+    );
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: [
+                "--dir",
+                &dir.arg(),
+                "--interval",
+                "1h",
+                "--retry-delay",
+                "300ms",
+            ]
+            .iter()
+            .map(|s| s.to_string())
+            .collect(),
+            secret: false,
+            ..Options::default()
+        },
+    );
+    let st = serve.idle();
+    assert_eq!(st["last_run"]["result"], "partial", "{st:#}");
+    std::fs::remove_file(dir.path().join("ghost.yaml")).unwrap();
+    let st = serve.poll("the retries to end", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["running"] == false
+            && st["next_retry"].is_null()
+            && st["last_run"]["trigger"] == "retry")
+            .then_some(st)
+    });
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    assert_eq!(st["last_run"]["result"], "success", "{st:#}");
+    serve.stop();
+}
+
 /// A webhook secret rotated in its file (a Kubernetes Secret update) works at once, and the
 /// old one stops working, without a restart.
 #[test]
