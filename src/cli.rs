@@ -506,13 +506,14 @@ async fn run_plan(
         }
     };
     pb.finish_and_clear();
-    if let Some(t) = targets.iter().find(|t| !plan.covers(t)) {
-        let message = format!(
-            "error: --target {t} matches no manifest in {} and no policy to prune; nothing was \
-             applied",
+    // With --prune a target may name an undeclared resource whose policy is already gone
+    // (a repeated run): nothing to do is then the right answer, so only a warning.
+    for t in targets.iter().filter(|t| !plan.covers(t)) {
+        eprintln!(
+            "warning: --target {t} matched nothing: no manifest in {}, and no policy to prune \
+             (already deleted, or a typo?)",
             args.dir.display()
         );
-        return refuse("unmatched_target", message, &[]);
     }
     let apply_mode = match mode {
         Some(m) if !m.dry_run => m,

@@ -348,24 +348,8 @@ pub async fn plan_skipping<K: Kinesis>(
 async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result<Change, Failure> {
     let declared = r.arn.to_string();
     let fail = |e: &ApiError| Failure::from_api(declared.clone(), Some(r.source.clone()), e);
-    // `ensure: absent` asks for no policy; a resource that does not exist has none. Failing it
-    // on every run (and backing it off in the service) would report a state already reached.
-    let already_absent = |e: &ApiError| {
-        (matches!(r.intent, Intent::Absent) && e.class == crate::kinesis::ErrorClass::NotFound)
-            .then(|| {
-                let mut change = Change::new(r.arn.clone());
-                change.declared_arn = Some(declared.clone());
-                change.source = Some(r.source.clone());
-                change.reason = format!("{} does not exist, so it has no policy", r.arn.kind());
-                change
-            })
-    };
     let target = if r.arn.needs_resolution() {
-        let resolved = api.describe_consumer(&r.arn).await;
-        if let Some(gone) = resolved.as_ref().err().and_then(already_absent) {
-            return Ok(gone);
-        }
-        resolved.map_err(|e| {
+        api.describe_consumer(&r.arn).await.map_err(|e| {
             let mut f = fail(&e);
             if e.class == crate::kinesis::ErrorClass::NotFound {
                 f.message = format!(
@@ -384,11 +368,9 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
     } else {
         r.arn.clone()
     };
-    let live_raw = api.get_policy(&target).await;
-    if let Some(gone) = live_raw.as_ref().err().and_then(already_absent) {
-        return Ok(gone);
-    }
-    let live_raw = live_raw.map_err(|e| {
+    // Also for `ensure: absent`: a resource that does not exist has no policy, but a name
+    // mistyped in a manifest meant to remove one must not pass as done.
+    let live_raw = api.get_policy(&target).await.map_err(|e| {
         let mut f = fail(&e);
         if e.class == crate::kinesis::ErrorClass::NotFound {
             f.message = format!("{} does not exist ({e})", target.kind());
