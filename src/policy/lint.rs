@@ -139,7 +139,10 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
             out.warning(
                 &format!("{path}.Condition"),
                 format!(
-                    "Allow to everyone ({key}) under a Condition that does not limit who calls:                      anyone who meets it is granted. Limit the caller with a positive operator                      on aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or                      aws:SourceArn (no IfExists, no \"*\"), or set `allowPublic: true`{sid}"
+                    "Allow to everyone ({key}) under a Condition that does not limit who calls: \
+                     anyone who meets it is granted. Limit the caller with a positive operator \
+                     on aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or \
+                     aws:SourceArn (no IfExists, no \"*\"), or set `allowPublic: true`{sid}"
                 ),
             );
         }
