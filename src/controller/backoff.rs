@@ -29,10 +29,14 @@ impl Default for Backoff {
     }
 }
 
-/// The wait after the `failures`-th failure in a row: `base`, doubling, up to `max`.
-pub fn delay(base: Duration, max: Duration, failures: u32) -> Duration {
+fn doubling(base: Duration, max: Duration, failures: u32) -> Duration {
     base.saturating_mul(1u32.checked_shl(failures.max(1) - 1).unwrap_or(u32::MAX))
         .min(max)
+}
+
+/// The longest wait when the first is `base`: [`MAX_DELAY`], or `base` if that is longer.
+pub fn cap(base: Duration) -> Duration {
+    base.max(MAX_DELAY)
 }
 
 impl Backoff {
@@ -44,6 +48,17 @@ impl Backoff {
         }
     }
 
+    /// Waits from `base`, doubling, up to [`cap`]`(base)`.
+    pub fn starting_at(base: Duration) -> Self {
+        Self::new(base, cap(base))
+    }
+
+    /// The wait after the `failures`-th failure in a row: the first delay, doubling, up to
+    /// the cap. The same schedule serves a resource and a run that failed as a whole.
+    pub fn delay(&self, failures: u32) -> Duration {
+        doubling(self.base, self.max, failures)
+    }
+
     /// `id` must be an identity ([`ResourceArn::identity`]): a consumer keeps its backoff
     /// across re-registrations.
     pub fn failed(&mut self, id: ResourceArn, now: Instant, error: String) {
@@ -53,7 +68,7 @@ impl Backoff {
             last_error: String::new(),
         });
         e.failures = e.failures.saturating_add(1);
-        e.not_before = now + delay(self.base, self.max, e.failures);
+        e.not_before = now + doubling(self.base, self.max, e.failures);
         e.last_error = error;
     }
 

@@ -466,7 +466,7 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
     lines.push(format!(
         "retry after a failure: {}, doubling up to {}",
         humantime::format_duration(settings.retry_delay),
-        humantime::format_duration(settings.retry_delay.max(backoff::MAX_DELAY))
+        humantime::format_duration(backoff::cap(settings.retry_delay))
     ));
     lines.push(format!("listen: {}", settings.listen));
     lines.push(format!(

@@ -261,7 +261,6 @@ fn rfc3339(t: SystemTime) -> String {
     humantime::format_rfc3339_seconds(t).to_string()
 }
 
-/// Drains the trigger queue, one run at a time, until shutdown closes it.
 /// Sets its flag if dropped while unwinding: a panic that ends the worker must not go unseen.
 struct SetOnPanic<'a>(&'a AtomicBool);
 
@@ -273,6 +272,8 @@ impl Drop for SetOnPanic<'_> {
     }
 }
 
+/// Drains the trigger queue, one run at a time, until shutdown closes it; between triggers,
+/// starts the retries that failures call for.
 pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
     let _watch = SetOnPanic(&shared.worker_panicked);
     // Failures are tried again on their own clock, not the schedule's: with a daily cron, a
@@ -351,7 +352,7 @@ impl Reconciler {
             engine,
             opts,
             shared,
-            backoff: Backoff::new(retry_delay, retry_delay.max(super::backoff::MAX_DELAY)),
+            backoff: Backoff::starting_at(retry_delay),
             applied: None,
             states: HashMap::new(),
         }
@@ -380,10 +381,8 @@ impl Reconciler {
         last: Trigger,
         failed_runs: u32,
     ) -> Option<(tokio::time::Instant, Trigger)> {
-        let base = self.opts.retry_delay;
         if failed_runs > 0 {
-            let wait =
-                super::backoff::delay(base, base.max(super::backoff::MAX_DELAY), failed_runs);
+            let wait = self.backoff.delay(failed_runs);
             let trigger = Trigger::Retry {
                 full: last.full_scan(),
             };
@@ -398,7 +397,7 @@ impl Reconciler {
         // incremental run only retries declared ones, and this one is not (its manifest is
         // gone; or a prune delete failed). A full run either retries it or forgets it; sooner
         // than one delay it would spin.
-        Some((now + base, Trigger::Retry { full: true }))
+        Some((now + self.backoff.delay(1), Trigger::Retry { full: true }))
     }
 
     fn rel(&self, p: &Path) -> String {
