@@ -232,6 +232,11 @@ impl ResourceArn {
         )
     }
 
+    /// Whether both name the same resource: a consumer with or without its timestamp is one.
+    pub fn same_resource(&self, other: &ResourceArn) -> bool {
+        self.identity_key() == other.identity_key()
+    }
+
     pub fn kind(&self) -> &'static str {
         if self.is_consumer() {
             "consumer"

@@ -475,12 +475,9 @@ async fn run_plan(
     // --target must not pass as "no changes". Without --prune only a manifest can match, so
     // this is known before any call; with it, after planning (it may name a policy to delete).
     if !args.prune
-        && let Some(t) = targets.iter().find(|t| {
-            !desired
-                .resources
-                .iter()
-                .any(|r| r.arn.identity() == t.identity())
-        })
+        && let Some(t) = targets
+            .iter()
+            .find(|t| !desired.resources.iter().any(|r| r.arn.same_resource(t)))
     {
         let message = format!(
             "error: --target {t} matches no manifest in {}; nothing was planned",

@@ -655,7 +655,7 @@ fn dedupe(mut resources: Vec<DesiredResource>, diags: &mut Vec<Diagnostic>) -> D
     let mut unique: Vec<DesiredResource> = Vec::with_capacity(resources.len());
     for r in resources {
         if let Some(first) = unique.last()
-            && first.arn.identity_key() == r.arn.identity_key()
+            && first.arn.same_resource(&r.arn)
         {
             diags.push(Diagnostic {
                 file: r.source.file.clone(),

@@ -200,12 +200,11 @@ pub struct Plan {
 impl Plan {
     /// Whether the plan has anything for `arn` (any action, or a failure).
     pub fn covers(&self, arn: &ResourceArn) -> bool {
-        let id = arn.identity_key();
-        self.changes.iter().any(|c| c.target.identity_key() == id)
+        self.changes.iter().any(|c| c.target.same_resource(arn))
             || self
                 .failures
                 .iter()
-                .any(|f| ResourceArn::parse(&f.arn).is_ok_and(|a| a.identity_key() == id))
+                .any(|f| ResourceArn::parse(&f.arn).is_ok_and(|a| a.same_resource(arn)))
     }
 }
 
@@ -285,7 +284,7 @@ pub enum PlanRefused {
 }
 
 fn targeted(targets: &[ResourceArn], arn: &ResourceArn) -> bool {
-    targets.is_empty() || targets.iter().any(|t| t.identity() == arn.identity())
+    targets.is_empty() || targets.iter().any(|t| t.same_resource(arn))
 }
 
 pub async fn plan<K: Kinesis>(
