@@ -19,7 +19,7 @@ use serde::Serialize;
 use super::reconcile::Status;
 use super::trigger::{Queue, Trigger};
 use super::webhook::{self, AuthError, Event, ReplayGuard};
-use super::{Secret, Settings, SourceSpec};
+use super::{RotatingSecret, Settings, SourceSpec};
 use crate::cli::CliError;
 
 /// Enough to cover GitHub's redelivery window for any realistic push rate.
@@ -34,8 +34,7 @@ pub struct Shared {
     pub metrics: PrometheusHandle,
     /// Set on shutdown: the running reconcile starts no more changes.
     pub interrupt: crate::apply::Interrupt,
-    webhook_secret: RwLock<Option<Secret>>,
-    webhook_secret_file: Option<std::path::PathBuf>,
+    webhook_secret: RotatingSecret,
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
     replay: Mutex<ReplayGuard>,
@@ -43,22 +42,6 @@ pub struct Shared {
 }
 
 impl Shared {
-    /// The secret as its file says now: a rotated one (a Kubernetes Secret update) works
-    /// without a restart. While the file is missing mid-rotation, the last one read serves.
-    fn webhook_secret(&self) -> Option<Secret> {
-        if let Some(path) = &self.webhook_secret_file {
-            match super::read_secret(path, "webhook secret") {
-                Ok(secret) => {
-                    *self.webhook_secret.write().expect("secret lock") = Some(secret);
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-reading the webhook secret failed; using the one read before")
-                }
-            }
-        }
-        self.webhook_secret.read().expect("secret lock").clone()
-    }
-
     pub fn new(settings: &Settings, metrics: PrometheusHandle, source: String) -> Self {
         Self {
             queue: Queue::new(),
@@ -72,8 +55,12 @@ impl Shared {
             worker_panicked: AtomicBool::new(false),
             metrics,
             interrupt: crate::apply::Interrupt::default(),
-            webhook_secret: RwLock::new(settings.webhook_secret.clone()),
-            webhook_secret_file: settings.webhook_secret_file.clone(),
+            // Read again on each delivery: a rotated secret works without a restart.
+            webhook_secret: RotatingSecret::new(
+                "webhook secret",
+                settings.webhook_secret.clone(),
+                settings.webhook_secret_file.clone(),
+            ),
             branch: match &settings.source {
                 SourceSpec::Git(g) => Some(g.branch.clone()),
                 SourceSpec::Dir(_) => None,
@@ -251,7 +238,7 @@ async fn webhook(
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
 ) -> Response {
-    let Some(secret) = s.webhook_secret() else {
+    let Some(secret) = s.webhook_secret.current() else {
         return reply(
             StatusCode::NOT_FOUND,
             "disabled",

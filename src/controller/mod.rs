@@ -124,6 +124,45 @@ impl std::fmt::Debug for Secret {
     }
 }
 
+/// A secret that may come from a file rotated in place (a Kubernetes Secret update, a GitHub
+/// App's hourly token): [`RotatingSecret::current`] reads the file again, and keeps the last
+/// value read while the file is missing mid-rotation. Without a file it never changes.
+pub struct RotatingSecret {
+    what: &'static str,
+    file: Option<PathBuf>,
+    last: std::sync::RwLock<Option<Secret>>,
+}
+
+impl RotatingSecret {
+    pub fn new(what: &'static str, initial: Option<Secret>, file: Option<PathBuf>) -> Self {
+        Self {
+            what,
+            file,
+            last: std::sync::RwLock::new(initial),
+        }
+    }
+
+    /// Read from its file now, if it has one.
+    pub fn current(&self) -> Option<Secret> {
+        if let Some(path) = &self.file {
+            match read_secret(path, self.what) {
+                Ok(secret) => *self.last.write().expect("secret lock") = Some(secret),
+                Err(e) => tracing::warn!(
+                    error = %e,
+                    "re-reading the {} failed; using the one read before",
+                    self.what
+                ),
+            }
+        }
+        self.last()
+    }
+
+    /// As last read.
+    pub fn last(&self) -> Option<Secret> {
+        self.last.read().expect("secret lock").clone()
+    }
+}
+
 #[derive(Debug, Clone)]
 pub enum SourceSpec {
     Dir(PathBuf),
@@ -172,7 +211,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 pub const DEFAULT_WEBHOOK_MAX_BODY: usize = 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
-pub(super) fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
+fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     // Files written by `echo` or editors end in a newline that is not part of the secret.

@@ -11,7 +11,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::Duration;
 
-use super::{Secret, SourceSpec};
+use super::{RotatingSecret, Secret, SourceSpec};
 
 /// A fetch of a large repository over a slow link can take minutes; a hung one must not stall
 /// the controller forever.
@@ -26,9 +26,8 @@ pub struct GitRepo {
     url: String,
     branch: String,
     path: PathBuf,
-    /// Replaced when `token_file` is read again before a fetch.
-    token: std::sync::RwLock<Option<Secret>>,
-    token_file: Option<PathBuf>,
+    /// Read again from its file, if it has one, before each fetch.
+    token: RotatingSecret,
     /// The URL's user name, answered through `GIT_ASKPASS` like the token.
     user: Option<Secret>,
     checkout: PathBuf,
@@ -55,8 +54,7 @@ impl Source {
                     url: g.url.clone(),
                     branch: g.branch.clone(),
                     path: g.path.clone(),
-                    token: std::sync::RwLock::new(g.token.clone()),
-                    token_file: g.token_file.clone(),
+                    token: RotatingSecret::new("git token", g.token.clone(), g.token_file.clone()),
                     user: g.user.clone(),
                     checkout: workdir.join("repo"),
                     askpass,
@@ -179,7 +177,7 @@ impl GitRepo {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
-        let token = self.token.read().expect("token lock").clone();
+        let token = self.token.last();
         if token.is_some() || self.user.is_some() {
             cmd.env("GIT_ASKPASS", &self.askpass).env(
                 "KPR_GIT_PASSWORD",
@@ -214,7 +212,7 @@ impl GitRepo {
     /// git quotes remote URLs in its errors; a token must not travel with them into logs.
     fn redact(&self, text: &str) -> String {
         let mut out = redact_urls_in(text);
-        if let Some(t) = &*self.token.read().expect("token lock") {
+        if let Some(t) = &self.token.last() {
             out = out.replace(t.expose(), "***");
         }
         // A user name as long as a token may be one; a short one ("oauth2") is left, or every
@@ -233,15 +231,8 @@ impl GitRepo {
             self.git(["init", "--quiet"]).await?;
         }
         self.remove_stale_locks().await?;
-        if let Some(path) = &self.token_file {
-            match super::read_secret(path, "git token") {
-                Ok(token) => *self.token.write().expect("token lock") = Some(token),
-                // Mid-rotation the file may be missing for a moment: the last one may still work.
-                Err(e) => {
-                    tracing::warn!(error = %e, "re-reading the git token failed; using the one read before")
-                }
-            }
-        }
+        // A rotated token is picked up here, once per run.
+        self.token.current();
         // Setting the URL each time follows a changed --git-url without a fresh clone.
         self.git(["config", "remote.origin.url", self.url.as_str()])
             .await?;
@@ -624,12 +615,7 @@ mod tests {
             "{err}"
         );
         let Source::Git(g) = &src else { panic!() };
-        let token = g
-            .token
-            .read()
-            .unwrap()
-            .as_ref()
-            .map(|t| t.expose().to_string());
+        let token = g.token.last().map(|t| t.expose().to_string());
         assert_eq!(token.as_deref(), Some("tok-456"));
         // Neither secret is in the working copy's configuration, where git would keep a URL's.
         let config = std::fs::read_to_string(work.path().join("repo/.git/config")).unwrap();
