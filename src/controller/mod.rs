@@ -411,7 +411,11 @@ impl Settings {
                     file_git.token_file.as_deref(),
                     "git token",
                 )?;
-                if url_password.is_some() || user.as_ref().is_some_and(|u| u.len() >= 16) {
+                if url_password.is_some()
+                    || user
+                        .as_ref()
+                        .is_some_and(|u| u.len() >= source::TOKEN_LIKE_LEN)
+                {
                     tracing::warn!(
                         "the git URL carries a password or token; kpr moved it out of the URL, \
                          but a token in a flag shows in process lists: prefer --git-token-file \

@@ -217,7 +217,11 @@ impl GitRepo {
         }
         // A user name as long as a token may be one; a short one ("oauth2") is left, or every
         // "git" in git's own words would go.
-        if let Some(u) = self.user.as_ref().filter(|u| u.expose().len() >= 16) {
+        if let Some(u) = self
+            .user
+            .as_ref()
+            .filter(|u| u.expose().len() >= TOKEN_LIKE_LEN)
+        {
             out = out.replace(u.expose(), "***");
         }
         out
@@ -359,6 +363,10 @@ fn redact_urls_in(text: &str) -> String {
         })
         .collect()
 }
+
+/// A URL's user name at least this long is taken for a token (GitHub's are 40 and more); a
+/// short one ("oauth2", "git") is a name.
+pub const TOKEN_LIKE_LEN: usize = 16;
 
 /// What [`split_credentials`] takes out of a git URL.
 #[derive(Debug, PartialEq, Eq)]
