@@ -282,7 +282,8 @@ impl GitRepo {
     /// before a run starts is stale.
     async fn remove_stale_locks(&self) -> Result<(), String> {
         let git_dir = self.checkout.join(".git");
-        let mut pending = vec![git_dir.clone(), git_dir.join("refs")];
+        let refs = git_dir.join("refs");
+        let mut pending = vec![git_dir.clone(), refs.clone()];
         let mut removed = Vec::new();
         while let Some(dir) = pending.pop() {
             let Ok(mut entries) = tokio::fs::read_dir(&dir).await else {
@@ -293,7 +294,7 @@ impl GitRepo {
                 let is_dir = entry.file_type().await.is_ok_and(|t| t.is_dir());
                 // Only refs/ is walked below the top: objects/ is large and holds no locks
                 // that outlive the command that took them.
-                if is_dir && path.starts_with(git_dir.join("refs")) {
+                if is_dir && path.starts_with(&refs) {
                     pending.push(path);
                 } else if !is_dir && path.extension().is_some_and(|e| e == "lock") {
                     tokio::fs::remove_file(&path)
