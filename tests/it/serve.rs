@@ -224,6 +224,24 @@ impl Repo {
     }
 }
 
+/// Owned arguments for [`Options::args`].
+fn owned(args: &[&str]) -> Vec<String> {
+    args.iter().map(|s| s.to_string()).collect()
+}
+
+/// A directory source whose schedule is an hour away and whose retries come within a second:
+/// any run after the first is a retry.
+fn retrying(dir: &common::Manifests) -> Vec<String> {
+    owned(&[
+        "--dir",
+        &dir.arg(),
+        "--interval",
+        "1h",
+        "--retry-delay",
+        "300ms",
+    ])
+}
+
 // ------------------------------------------------------------------ the service
 
 struct Serve {
@@ -267,7 +285,7 @@ impl Serve {
     }
 
     fn with_args(emu: &Emulator, mut args: Vec<String>, extra: &[&str]) -> Self {
-        args.extend(extra.iter().map(|s| s.to_string()));
+        args.extend(owned(extra));
         Self::start(
             emu,
             Options {
@@ -761,7 +779,7 @@ fn a_one_file_merge_costs_only_that_resources_calls() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: [
+            args: owned(&[
                 "--git-url",
                 &repo.url(),
                 "--git-branch",
@@ -773,10 +791,7 @@ fn a_one_file_merge_costs_only_that_resources_calls() {
                 "--prune",
                 "--max-deletes",
                 "1",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             env: vec![("AWS_ACCESS_KEY_ID", account.clone())],
             ..Options::default()
         },
@@ -964,17 +979,7 @@ fn a_failure_nobody_declares_any_more_stops_being_retried() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: [
-                "--dir",
-                &dir.arg(),
-                "--interval",
-                "1h",
-                "--retry-delay",
-                "300ms",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            args: retrying(&dir),
             secret: false,
             ..Options::default()
         },
@@ -1062,17 +1067,7 @@ fn failures_are_retried_on_their_own_clock_not_the_schedules() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: [
-                "--dir",
-                &dir.arg(),
-                "--interval",
-                "1h",
-                "--retry-delay",
-                "300ms",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            args: retrying(&dir),
             secret: false,
             wait_ready: false,
             ..Options::default()
@@ -1141,10 +1136,7 @@ fn dry_run_reports_drift_and_writes_nothing() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: ["--dir", &dir.arg(), "--dry-run", "--interval", "1h"]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            args: owned(&["--dir", &dir.arg(), "--dry-run", "--interval", "1h"]),
             secret: false,
             ..Options::default()
         },
@@ -1332,10 +1324,7 @@ fn stuck_serve(shutdown_timeout: &str) -> (Serve, common::Manifests) {
     let serve = Serve::start(
         &emu,
         Options {
-            args: ["--dir", &dir.arg(), "--shutdown-timeout", shutdown_timeout]
-                .iter()
-                .map(|s| s.to_string())
-                .collect(),
+            args: owned(&["--dir", &dir.arg(), "--shutdown-timeout", shutdown_timeout]),
             env: vec![("KPR_MAX_RETRY_TIME", "10m".into())],
             wait_ready: false,
             ..Options::default()
@@ -1401,7 +1390,7 @@ fn sigterm_mid_apply_drains_the_changes_under_way_and_starts_no_more() {
     let serve = Serve::start(
         &via,
         Options {
-            args: [
+            args: owned(&[
                 "--dir",
                 &dir.arg(),
                 "--concurrency",
@@ -1410,10 +1399,7 @@ fn sigterm_mid_apply_drains_the_changes_under_way_and_starts_no_more() {
                 "0",
                 "--shutdown-timeout",
                 "60s",
-            ]
-            .iter()
-            .map(|s| s.to_string())
-            .collect(),
+            ]),
             wait_ready: false,
             ..Options::default()
         },
