@@ -368,13 +368,26 @@ fn collect_files(
 /// reports positions only for syntax errors, but semantic errors must name a line too.
 struct LineIndex<'a> {
     lines: Vec<&'a str>,
+    /// Byte offset in the text of each line.
+    offsets: Vec<usize>,
     /// 0-based index of the first line of each document.
     doc_starts: Vec<usize>,
 }
 
 impl<'a> LineIndex<'a> {
     fn new(text: &'a str) -> Self {
-        let lines: Vec<&str> = text.lines().collect();
+        // As `str::lines` splits, keeping where each line starts.
+        let mut offsets = Vec::new();
+        let mut at = 0;
+        let lines: Vec<&str> = text
+            .split_inclusive('\n')
+            .map(|line| {
+                offsets.push(at);
+                at += line.len();
+                let line = line.strip_suffix('\n').unwrap_or(line);
+                line.strip_suffix('\r').unwrap_or(line)
+            })
+            .collect();
         let mut doc_starts = Vec::new();
         let mut content_seen = false;
         for (i, line) in lines.iter().enumerate() {
@@ -395,7 +408,22 @@ impl<'a> LineIndex<'a> {
         if doc_starts.is_empty() {
             doc_starts.push(0);
         }
-        Self { lines, doc_starts }
+        Self {
+            lines,
+            offsets,
+            doc_starts,
+        }
+    }
+
+    /// Document `doc`'s text, and the 0-based number of its first line. The first document
+    /// also holds what comes before it (comments, directives).
+    fn doc_text(&self, text: &'a str, doc: usize) -> (usize, &'a str) {
+        let first = if doc == 0 { 0 } else { self.doc_starts[doc] };
+        let end = self
+            .doc_starts
+            .get(doc + 1)
+            .map_or(text.len(), |&line| self.offsets[line]);
+        (first, &text[self.offsets[first]..end])
     }
 
     fn doc_range(&self, doc: usize) -> (usize, usize) {
@@ -477,57 +505,61 @@ fn parse_file(
     }
     let index = LineIndex::new(text);
     let mut found = 0usize;
-    for (i, document) in serde_norway::Deserializer::from_str(text).enumerate() {
-        let doc: Option<ManifestDoc> = match Option::<ManifestDoc>::deserialize(document) {
-            Ok(doc) => doc,
-            Err(e) => {
-                let line = e
-                    .location()
-                    .map(|l| l.line())
-                    .unwrap_or_else(|| index.key_line(i, "arn"));
-                let mut message = yaml_message(&e);
-                if index
-                    .lines
-                    .get(line.saturating_sub(1))
-                    .is_some_and(|l| l.trim_start_matches(' ').starts_with('\t'))
-                {
-                    message.push_str(" (YAML cannot be indented with tabs: use spaces)");
-                }
-                diags.push(error(Some(line), message));
-                // A syntax error ends the stream: later documents cannot be located reliably.
-                if e.location().is_some() && !e.to_string().contains("unknown field") {
+    // Each document is parsed on its own, from its `---` to the next. An error, even one that
+    // leaves the YAML parser mid-document (an unknown anchor), then spoils only its document,
+    // and one run tells the errors of them all.
+    for doc_no in 0..index.doc_starts.len() {
+        let (first_line, doc_text) = index.doc_text(text, doc_no);
+        for document in serde_norway::Deserializer::from_str(doc_text) {
+            let doc: Option<ManifestDoc> = match Option::<ManifestDoc>::deserialize(document) {
+                Ok(doc) => doc,
+                Err(e) => {
+                    let line = e
+                        .location()
+                        .map(|l| l.line() + first_line)
+                        .unwrap_or_else(|| index.key_line(doc_no, "arn"));
+                    let mut message = yaml_message(&e);
+                    if index
+                        .lines
+                        .get(line.saturating_sub(1))
+                        .is_some_and(|l| l.trim_start_matches(' ').starts_with('\t'))
+                    {
+                        message.push_str(" (YAML cannot be indented with tabs: use spaces)");
+                    }
+                    diags.push(error(Some(line), message));
+                    // The parser may have stopped mid-document: what follows in this piece
+                    // would be read out of place.
                     break;
                 }
-                continue;
-            }
-        };
-        let Some(doc) = doc else { continue };
-        found += 1;
-        let arn_line = index.key_line(i, "arn");
-        let source = Source {
-            file: file.to_path_buf(),
-            line: arn_line,
-        };
-        match resource_from_doc(doc, &index, i, opts) {
-            Ok((resource_arn, intent, findings)) => {
-                let had_error = findings.iter().any(|f| f.1 == Severity::Error);
-                for (line, severity, message) in findings {
-                    diags.push(Diagnostic {
-                        file: file.to_path_buf(),
-                        line: Some(line),
-                        severity,
-                        message,
-                    });
+            };
+            let Some(doc) = doc else { continue };
+            found += 1;
+            let arn_line = index.key_line(doc_no, "arn");
+            let source = Source {
+                file: file.to_path_buf(),
+                line: arn_line,
+            };
+            match resource_from_doc(doc, &index, doc_no, opts) {
+                Ok((resource_arn, intent, findings)) => {
+                    let had_error = findings.iter().any(|f| f.1 == Severity::Error);
+                    for (line, severity, message) in findings {
+                        diags.push(Diagnostic {
+                            file: file.to_path_buf(),
+                            line: Some(line),
+                            severity,
+                            message,
+                        });
+                    }
+                    if !had_error {
+                        out.push(DesiredResource {
+                            arn: resource_arn,
+                            intent,
+                            source,
+                        });
+                    }
                 }
-                if !had_error {
-                    out.push(DesiredResource {
-                        arn: resource_arn,
-                        intent,
-                        source,
-                    });
-                }
+                Err((line, message)) => diags.push(error(Some(line), message)),
             }
-            Err((line, message)) => diags.push(error(Some(line), message)),
         }
     }
     if found == 0 && !diags.iter().any(|d| d.file == file) {
@@ -882,6 +914,48 @@ policy:
             assert!(e.to_string().contains(name), "{name}: {e}");
             assert!(loaded.state.resources.is_empty(), "{name}");
         }
+    }
+
+    /// Each document is read on its own, so an error in one (even one that stops the YAML
+    /// parser mid-document) neither hides nor garbles the next.
+    #[test]
+    fn every_document_of_a_file_is_read_on_its_own() {
+        let d = tempfile::tempdir().unwrap();
+        let docs = [
+            "arn: [x]\npolicy: {}\n",
+            GOOD,
+            "arn: a\nensure: gone\n",
+            "arn: b\npolicy: {a: [}\n",
+            // An unknown field, then an alias the parser cannot resolve mid-mapping: reading
+            // on after it in the same parser once panicked inside serde_norway.
+            "polcy: 1\narn: *missing\nensure: absent\n",
+            "allowPublic: 7\n",
+        ];
+        let text = docs.join("---\n");
+        write(d.path(), "multi.yaml", &text);
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errs: Vec<(Option<usize>, &str)> = loaded
+            .errors()
+            .map(|e| (e.line, e.message.as_str()))
+            .collect();
+        let line_of = |needle: &str| text.lines().position(|l| l == needle).unwrap() + 1;
+        let want = [
+            (1, "invalid type: sequence, expected a string"),
+            (line_of("ensure: gone"), "unknown variant `gone`"),
+            (
+                line_of("policy: {a: [}"),
+                "did not find expected node content",
+            ),
+            (line_of("polcy: 1"), "unknown field `polcy`"),
+            (line_of("allowPublic: 7"), "invalid type: integer `7`"),
+        ];
+        assert_eq!(errs.len(), want.len(), "{errs:?}");
+        for ((line, said), (want_line, want_said)) in errs.iter().zip(want) {
+            assert_eq!(*line, Some(want_line), "{errs:?}");
+            assert!(said.contains(want_said), "{errs:?}");
+        }
+        // The good document still loads: only errors keep it from being applied.
+        assert_eq!(loaded.state.resources.len(), 1);
     }
 
     #[test]

@@ -335,6 +335,48 @@ fn manifest_loader_survives_structured_yaml() {
     );
 }
 
+/// Lines that spoil a document in different ways: a wrong type, an unknown field, an unknown
+/// enum value, an alias to no anchor (the YAML parser stops mid-document), an unclosed flow
+/// collection or quote (a syntax error), a tab, a duplicate key.
+const SPOILERS: &[&str] = &[
+    "arn: [x]\n",
+    "polcy: 1\n",
+    "ensure: gone\n",
+    "arn2: *missing\n",
+    "policy: *missing\n",
+    "policy: {a: [}\n",
+    "arn: \"open\n",
+    "\tarn: x\n",
+    "allowPublic: 7\n",
+    "ensure: absent\n",
+    "arn: arn:aws:kinesis:us-east-1:111122223333:stream/orders\n",
+    "a: &x 1\nb: *x\n",
+    "...\n",
+];
+
+#[test]
+fn manifest_loader_survives_streams_of_spoiled_documents() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().to_path_buf();
+    run(
+        "manifest_loader_survives_streams_of_spoiled_documents",
+        || {
+            proptest::collection::vec(
+                proptest::collection::vec(proptest::sample::select(SPOILERS), 0..5),
+                1..5,
+            )
+        },
+        move |docs| {
+            let text = docs
+                .iter()
+                .map(|lines| lines.concat())
+                .collect::<Vec<_>>()
+                .join("---\n");
+            load_and_check(&path, text.as_bytes())
+        },
+    );
+}
+
 const VALID: &str = "# orders stream
 arn: arn:aws:kinesis:us-east-1:111122223333:stream/orders
 policy:
