@@ -302,15 +302,25 @@ mod tests {
             Some(Next::Fire(Duration::from_secs(300), None))
         );
         let hourly = Schedule::parse_cron("0 * * * *").unwrap();
-        let Some(Next::Fire(d, Some(tick))) = hourly.next(None) else {
-            panic!("an hourly cron fires")
+        let fires = || match hourly.next(None) {
+            Some(Next::Fire(d, Some(tick))) => (d, tick),
+            other => panic!("an hourly cron fires: {other:?}"),
         };
+        // `next` reads the wall clock: should the hour turn between two looks, look again.
+        let (d, tick, again) = std::iter::repeat_with(|| {
+            let (d, tick) = fires();
+            // Asked again with that tick as the last one fired, as after a timer that woke
+            // before the wall clock reached it: no run, neither that tick again nor one a
+            // second later (not an hourly time), but a look once the clock is past it.
+            let again = hourly.next(Some(tick));
+            (d, tick, again)
+        })
+        .take(3)
+        .find(|&(_, tick, _)| fires().1 == tick)
+        .expect("the hour turned three times in a row");
         assert!(d <= Duration::from_secs(3600), "{d:?}");
-        // Asked again with that tick as the last one fired, as after a timer that woke before
-        // the wall clock reached it: no run, neither that tick again nor one a second later
-        // (not an hourly time), but a look once the clock is past it.
-        let Some(Next::Recheck(wait)) = hourly.next(Some(tick)) else {
-            panic!("fired again before the clock passed the last tick")
+        let Some(Next::Recheck(wait)) = again else {
+            panic!("fired again before the clock passed the last tick: {again:?}")
         };
         assert!(
             wait >= d && wait <= d + Duration::from_secs(1),
