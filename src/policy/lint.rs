@@ -127,8 +127,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
     if ctx.allow_public {
         return;
     }
-    let open_to_all = principal_is_anyone(s) || principal_is_everyone_but(s);
-    if s.effect() == Effect::Allow && open_to_all && !s.is_unconditional() {
+    if allows_everyone(s) && !s.is_unconditional() {
         let limits = s.condition().is_some_and(names_the_caller);
         if !limits {
             let key = if principal_is_anyone(s) {
@@ -224,9 +223,12 @@ fn names_the_caller(c: &Condition) -> bool {
 /// "*", or to everyone but a few (NotPrincipal). The one definition, shared by the lint and
 /// `kpr import`.
 pub fn grants_public(s: &Statement) -> bool {
-    s.effect() == Effect::Allow
-        && s.is_unconditional()
-        && (principal_is_anyone(s) || principal_is_everyone_but(s))
+    allows_everyone(s) && s.is_unconditional()
+}
+
+/// An Allow to principal "*" or to everyone but a few, whatever its Condition.
+fn allows_everyone(s: &Statement) -> bool {
+    s.effect() == Effect::Allow && (principal_is_anyone(s) || principal_is_everyone_but(s))
 }
 
 fn principal_is_anyone(s: &Statement) -> bool {
