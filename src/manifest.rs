@@ -234,7 +234,7 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
                 .into(),
         });
     }
-    let mut resources = Vec::new();
+    let mut declared = Declared::default();
     // One buffer for every file. Reading through `take` skips `fs::read`'s size probe (a stat
     // and a seek per file, two fifths of the system calls of loading small manifests) and
     // bounds what a stray huge file can cost.
@@ -268,11 +268,24 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
                     hasher.write(&bytes);
                     loaded.digests.push((file.clone(), hasher.finish()));
                 }
-                parse_file(file, &bytes, opts, &mut resources, &mut loaded.diagnostics);
+                parse_file(file, &bytes, opts, &mut declared, &mut loaded.diagnostics);
             }
         }
     }
-    loaded.state = dedupe(resources, &mut loaded.diagnostics);
+    loaded.state = declared.dedupe(&mut loaded.diagnostics);
+    loaded
+}
+
+/// Loads the manifests of one file's bytes as [`load_dir`] does with each file it reads
+/// (`kpr policy diff` and `fmt` take a manifest this way).
+pub fn load_bytes(file: &Path, bytes: &[u8], opts: &LoadOptions) -> Loaded {
+    let mut loaded = Loaded {
+        files: 1,
+        ..Loaded::default()
+    };
+    let mut declared = Declared::default();
+    parse_file(file, bytes, opts, &mut declared, &mut loaded.diagnostics);
+    loaded.state = declared.dedupe(&mut loaded.diagnostics);
     loaded
 }
 
@@ -294,7 +307,9 @@ fn collect_files(
         Ok(real) => {
             if !seen.insert(real) {
                 diags.push(diag(
-                    "directory reached twice (symlink loop); not descending again".into(),
+                    "directory reached twice (a symlink loop, or a second link to one directory, whose \
+                     manifests would then be declared twice); not read again"
+                        .into(),
                 ));
                 return;
             }
@@ -472,7 +487,7 @@ fn parse_file(
     file: &Path,
     bytes: &[u8],
     opts: &LoadOptions,
-    out: &mut Vec<DesiredResource>,
+    out: &mut Declared,
     diags: &mut Vec<Diagnostic>,
 ) {
     let error = |line: Option<usize>, message: String| Diagnostic {
@@ -539,8 +554,15 @@ fn parse_file(
                 file: file.to_path_buf(),
                 line: arn_line,
             };
-            match resource_from_doc(doc, &index, doc_no, opts) {
-                Ok((resource_arn, intent, findings)) => {
+            let arn = match ResourceArn::parse(&doc.arn) {
+                Ok(arn) => arn,
+                Err(e) => {
+                    diags.push(error(Some(arn_line), e.to_string()));
+                    continue;
+                }
+            };
+            match resource_from_doc(doc, &arn, &index, doc_no, opts) {
+                Ok((intent, findings)) => {
                     let had_error = findings.iter().any(|f| f.1 == Severity::Error);
                     for (line, severity, message) in findings {
                         diags.push(Diagnostic {
@@ -550,15 +572,20 @@ fn parse_file(
                             message,
                         });
                     }
-                    if !had_error {
-                        out.push(DesiredResource {
-                            arn: resource_arn,
+                    if had_error {
+                        out.spoiled.push((arn, source));
+                    } else {
+                        out.valid.push(DesiredResource {
+                            arn,
                             intent,
                             source,
                         });
                     }
                 }
-                Err((line, message)) => diags.push(error(Some(line), message)),
+                Err((line, message)) => {
+                    diags.push(error(Some(line), message));
+                    out.spoiled.push((arn, source));
+                }
             }
         }
     }
@@ -588,19 +615,19 @@ type Finding = (usize, Severity, String);
 
 fn resource_from_doc(
     doc: ManifestDoc,
+    arn: &ResourceArn,
     index: &LineIndex,
     doc_no: usize,
     opts: &LoadOptions,
-) -> Result<(ResourceArn, Intent, Vec<Finding>), (usize, String)> {
+) -> Result<(Intent, Vec<Finding>), (usize, String)> {
     let arn_line = index.key_line(doc_no, "arn");
-    let arn = ResourceArn::parse(&doc.arn).map_err(|e| (arn_line, e.to_string()))?;
     let ensure = doc.ensure.unwrap_or(Ensure::Present);
     match (ensure, doc.policy) {
         (Ensure::Absent, Some(_)) => Err((
             index.key_line(doc_no, "ensure"),
             "`ensure: absent` and `policy` contradict each other; keep one".into(),
         )),
-        (Ensure::Absent, None) => Ok((arn, Intent::Absent, Vec::new())),
+        (Ensure::Absent, None) => Ok((Intent::Absent, Vec::new())),
         (Ensure::Present, None) => Err((
             arn_line,
             "missing `policy` (or `ensure: absent` to require that the resource has none)".into(),
@@ -665,7 +692,7 @@ fn resource_from_doc(
                 document: Arc::new(document),
                 json: json.into(),
             };
-            Ok((arn, intent, findings))
+            Ok((intent, findings))
         }
     }
 }
@@ -681,28 +708,60 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
-fn dedupe(mut resources: Vec<DesiredResource>, diags: &mut Vec<Diagnostic>) -> DesiredState {
-    resources
-        .sort_by(|a, b| (a.arn.identity_key(), &a.source).cmp(&(b.arn.identity_key(), &b.source)));
-    let mut unique: Vec<DesiredResource> = Vec::with_capacity(resources.len());
-    for r in resources {
-        if let Some(first) = unique.last()
-            && first.arn.same_resource(&r.arn)
-        {
-            diags.push(Diagnostic {
-                file: r.source.file.clone(),
-                line: Some(r.source.line),
-                severity: Severity::Error,
-                message: format!(
-                    "{} is declared twice: here and at {} (one manifest per resource)",
-                    r.arn, first.source
-                ),
-            });
-            continue;
+/// Every document whose ARN parsed: the ones that passed every check, and the others, which
+/// still count when looking for a resource declared twice, so that one run tells that too.
+#[derive(Default)]
+struct Declared {
+    valid: Vec<DesiredResource>,
+    spoiled: Vec<(ResourceArn, Source)>,
+}
+
+impl Declared {
+    /// The valid resources, each declared once; an error for every later declaration.
+    fn dedupe(self, diags: &mut Vec<Diagnostic>) -> DesiredState {
+        let Declared { valid, spoiled } = self;
+        let n = valid.len();
+        let entry = |i: usize| match valid.get(i) {
+            Some(r) => (&r.arn, &r.source),
+            None => (&spoiled[i - n].0, &spoiled[i - n].1),
+        };
+        let mut order: Vec<usize> = (0..n + spoiled.len()).collect();
+        order.sort_by(|&a, &b| {
+            let ((a_arn, a_src), (b_arn, b_src)) = (entry(a), entry(b));
+            (a_arn.identity_key(), a_src).cmp(&(b_arn.identity_key(), b_src))
+        });
+        let mut keep = vec![true; n];
+        let mut first: Option<usize> = None;
+        for &i in &order {
+            let (arn, source) = entry(i);
+            if let Some(f) = first
+                && entry(f).0.same_resource(arn)
+            {
+                diags.push(Diagnostic {
+                    file: source.file.clone(),
+                    line: Some(source.line),
+                    severity: Severity::Error,
+                    message: format!(
+                        "{arn} is declared twice: here and at {} (one manifest per resource)",
+                        entry(f).1
+                    ),
+                });
+                if i < n {
+                    keep[i] = false;
+                }
+                continue;
+            }
+            first = Some(i);
         }
-        unique.push(r);
+        // In the sorted order, as the plan wants them.
+        let mut slots: Vec<Option<DesiredResource>> = valid.into_iter().map(Some).collect();
+        let resources = order
+            .into_iter()
+            .filter(|&i| i < n && keep[i])
+            .filter_map(|i| slots[i].take())
+            .collect();
+        DesiredState { resources }
     }
-    DesiredState { resources: unique }
 }
 
 #[cfg(test)]
@@ -835,6 +894,37 @@ policy:
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("b.yaml:3:"), "{}", errs[0]);
         assert!(errs[0].contains("a.yaml:1"), "{}", errs[0]);
+    }
+
+    /// A declaration with errors of its own still counts as one: both problems in one run.
+    #[test]
+    fn a_resource_declared_twice_is_told_beside_other_errors() {
+        let d = tempfile::tempdir().unwrap();
+        let public = GOOD.replace("{AWS: \"arn:aws:iam::444455556666:role/reader\"}", "\"*\"");
+        write(d.path(), "a.yaml", &public);
+        write(d.path(), "b.yaml", GOOD);
+        write(d.path(), "c.yaml", &format!("{GOOD}ensure: absent\n"));
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errs: Vec<String> = loaded.errors().map(|e| e.to_string()).collect();
+        assert_eq!(errs.len(), 4, "{errs:?}");
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("a.yaml:") && e.contains("allowPublic")),
+            "{errs:?}"
+        );
+        assert!(
+            errs.iter()
+                .any(|e| e.contains("c.yaml:") && e.contains("contradict")),
+            "{errs:?}"
+        );
+        for later in ["b.yaml:1:", "c.yaml:1:"] {
+            assert!(
+                errs.iter().any(|e| e.contains(later)
+                    && e.contains("declared twice")
+                    && e.contains("a.yaml:1")),
+                "{later}: {errs:?}"
+            );
+        }
     }
 
     #[test]
