@@ -1,8 +1,8 @@
 //! The `kpr` command line: argument definitions and the one-shot commands.
 //!
 //! Exit codes: 0 success (no changes with `--detailed-exitcode`), 1 error (a usage error too),
-//! 2 changes present (`plan --detailed-exitcode`). `policy diff` is diff(1)'s: 0 equivalent,
-//! 1 different, 2 trouble.
+//! 2 changes present (`plan --detailed-exitcode`; with `apply`, changes made). `policy diff`
+//! is diff(1)'s: 0 equivalent, 1 different, 2 trouble.
 
 use std::io::{IsTerminal, Read};
 use std::path::{Path, PathBuf};
@@ -156,7 +156,8 @@ pub struct PlanArgs {
     /// text for people; json for pipelines (a stable schema, see `format_version`).
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
-    /// Exit 0 when there is nothing to change, 2 when there is, 1 on error.
+    /// Exit 0 when there is nothing to change, 2 when there is (apply: when it changed
+    /// something), 1 on error.
     #[arg(long)]
     pub detailed_exitcode: bool,
     /// Only this resource (repeatable). A consumer may be given with or without its timestamp.
@@ -175,14 +176,14 @@ pub struct PlanArgs {
 pub enum PolicyCommand {
     /// Exit 0 when A and B are equivalent, 1 when not (prints the difference), 2 on error.
     Diff {
-        /// A policy JSON file, or - for stdin.
+        /// A policy JSON file, a manifest (*.yaml, *.yml), or - for stdin.
         a: String,
-        /// A policy JSON file, or - for stdin.
+        /// A policy JSON file, a manifest (*.yaml, *.yml), or - for stdin.
         b: String,
     },
     /// Print the canonical form of a policy (what kpr compares).
     Fmt {
-        /// A policy JSON file, or - for stdin.
+        /// A policy JSON file, a manifest (*.yaml, *.yml), or - for stdin.
         file: String,
     },
 }
@@ -334,10 +335,15 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
         }
         Command::Policy(cmd) => Ok(policy_command(cmd)),
         Command::Import { account, out } => {
-            let Some(region) = engine.client.region.clone() else {
-                return Err(CliError::Usage(
-                    "import needs --region (or KPR_REGION, or `region` in the config file)".into(),
-                ));
+            let region = match engine.client.region.clone() {
+                Some(region) => region,
+                None => ambient_region().await.ok_or_else(|| {
+                    CliError::Usage(
+                        "import needs a region: --region, KPR_REGION or `region` in the config \
+                         file, else AWS_REGION, AWS_DEFAULT_REGION or the AWS profile's region"
+                            .into(),
+                    )
+                })?,
             };
             run_import(&engine, region, account, out).await
         }
@@ -568,6 +574,13 @@ async fn run_plan(
     }
     Ok(if report.incomplete() {
         EXIT_ERROR
+    } else if args.detailed_exitcode
+        && report
+            .results
+            .iter()
+            .any(|r| r.outcome == apply::Outcome::Applied)
+    {
+        EXIT_CHANGES
     } else {
         EXIT_OK
     })
@@ -600,6 +613,20 @@ async fn stop_gracefully(
         )
     });
     std::process::exit(status.into());
+}
+
+/// The region the AWS CLI would pick: AWS_REGION or AWS_DEFAULT_REGION, else the profile's.
+/// Only `import` needs one of its own (every other call takes its region from an ARN). EC2
+/// instance metadata is not asked: without a region set, a clear error beats a wait.
+async fn ambient_region() -> Option<String> {
+    use aws_config::meta::region::RegionProviderChain;
+    RegionProviderChain::first_try(
+        aws_config::environment::EnvironmentVariableRegionProvider::new(),
+    )
+    .or_else(aws_config::profile::ProfileFileRegionProvider::new())
+    .region()
+    .await
+    .map(|r| r.to_string())
 }
 
 async fn run_import(
@@ -669,12 +696,47 @@ fn read_input(name: &str) -> Result<String, String> {
     }
 }
 
+/// A policy JSON file, or a manifest (`*.yaml` / `*.yml`; on stdin, text that does not open
+/// with `{`), whose policy is then taken as kpr would apply it.
 fn load_policy(name: &str) -> Result<PolicyDocument, String> {
     let text = read_input(name)?;
+    let manifest = if name == "-" {
+        !text.trim_start().starts_with('{')
+    } else {
+        name.ends_with(".yaml") || name.ends_with(".yml")
+    };
+    if manifest {
+        return policy_of_manifest(name, &text);
+    }
     PolicyDocument::from_json_str(&text).map_err(|e| match &e {
         crate::policy::PolicyError::Json(j) => format!("{name}:{}: {e}", j.line()),
         _ => format!("{name}: {e}"),
     })
+}
+
+fn policy_of_manifest(name: &str, text: &str) -> Result<PolicyDocument, String> {
+    let loaded = manifest::load_bytes(Path::new(name), text.as_bytes(), &LoadOptions::default());
+    let mut resources = match loaded.into_result() {
+        Ok(state) => state.resources,
+        Err(errors) => {
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(errors.join("\n"));
+        }
+    };
+    if resources.len() != 1 {
+        return Err(format!(
+            "{name}: holds {} manifests; give a file with one",
+            resources.len()
+        ));
+    }
+    let resource = resources.remove(0);
+    match resource.intent {
+        manifest::Intent::Present { document, .. } => Ok(std::sync::Arc::unwrap_or_clone(document)),
+        manifest::Intent::Absent => Err(format!(
+            "{}: the manifest of {} has `ensure: absent`: no policy to compare",
+            resource.source, resource.arn
+        )),
+    }
 }
 
 /// `policy diff` exits 0/1/2 like diff(1): equal, different, trouble.

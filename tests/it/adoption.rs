@@ -65,16 +65,19 @@ fn import_then_plan_is_in_sync() {
     );
     assert!(plan.stdout.contains("3 unchanged"), "{plan:?}");
 
-    // Importing again never overwrites.
-    let again = kpr(&[
-        "--region",
-        "us-east-1",
-        "import",
-        "--account",
-        &account,
-        "--out",
-        &dir_s,
-    ]);
+    // Importing again never overwrites. The region this time is the AWS profile's, as the
+    // AWS CLI would take it.
+    let config = out.path().join("aws-config");
+    std::fs::write(&config, format!("[default]\nregion = {}\n", common::REGION)).unwrap();
+    let again = output(
+        emu.kpr_cmd()
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env("AWS_CONFIG_FILE", &config)
+            .args(["import", "--account", &account, "--out", &dir_s])
+            .output()
+            .unwrap(),
+    );
     assert_eq!(again.code, 0, "{again:?}");
     assert!(again.stdout.contains("Imported 0 policies"), "{again:?}");
     assert_eq!(
@@ -82,6 +85,27 @@ fn import_then_plan_is_in_sync() {
         3,
         "{again:?}"
     );
+}
+
+#[test]
+fn import_without_any_region_says_where_one_can_come_from() {
+    let out = tempfile::tempdir().unwrap();
+    let run = output(
+        common::kpr_cmd("http://127.0.0.1:9")
+            .env_remove("AWS_REGION")
+            .env_remove("AWS_DEFAULT_REGION")
+            .env_remove("KPR_REGION")
+            .env("AWS_CONFIG_FILE", out.path().join("none"))
+            .args(["import", "--out"])
+            .arg(out.path().join("estate"))
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    for source in ["--region", "KPR_REGION", "AWS_REGION", "profile"] {
+        assert!(run.stderr.contains(source), "{source}: {run:?}");
+    }
+    assert!(!out.path().join("estate").exists(), "{run:?}");
 }
 
 fn kpr_offline(args: &[&str]) -> common::Run {

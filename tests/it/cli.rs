@@ -34,8 +34,9 @@ fn lifecycle(emu: &Emulator) {
     assert_eq!(j["resources"][0]["source"]["line"], 1);
     assert!(emu.get_policy(&arn).is_none(), "plan must not write");
 
-    let apply = emu.kpr(&["apply", "--dir", &dir.arg()]);
-    assert_eq!(apply.code, 0, "{apply:?}");
+    // With --detailed-exitcode, apply tells a pipeline that it changed something.
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(apply.code, 2, "{apply:?}");
     assert!(
         apply
             .stdout
@@ -747,6 +748,81 @@ fn policy_diff_and_fmt() {
         fmt_a.stdout, fmt_b.stdout,
         "equivalent documents have one canonical form"
     );
+}
+
+/// A manifest stands for its policy, so the live policy can be compared with the file in git.
+#[test]
+fn policy_diff_and_fmt_take_a_manifest() {
+    let arn = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+    let policy = read_policy(arn, "444455556666");
+    let public = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":"*","Action":"kinesis:GetRecords","Resource":arn}]});
+    let dir = Manifests::new(&[
+        ("live.json", &policy.to_string()),
+        ("orders.yaml", &manifest(arn, &policy)),
+        (
+            "other.yml",
+            &manifest(arn, &read_policy(arn, "999988887777")),
+        ),
+        ("gone.yaml", &absent(arn)),
+        ("public.yaml", &manifest(arn, &public)),
+    ]);
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let run = |args: &[&str], stdin: Option<&str>| {
+        let mut cmd = common::kpr_cmd("http://127.0.0.1:9");
+        cmd.args(args);
+        match stdin {
+            Some(text) => {
+                cmd.stdin(std::process::Stdio::piped())
+                    .stdout(std::process::Stdio::piped())
+                    .stderr(std::process::Stdio::piped());
+                let mut child = cmd.spawn().unwrap();
+                use std::io::Write;
+                child
+                    .stdin
+                    .take()
+                    .unwrap()
+                    .write_all(text.as_bytes())
+                    .unwrap();
+                common::output(child.wait_with_output().unwrap())
+            }
+            None => common::output(cmd.output().unwrap()),
+        }
+    };
+    let same = run(
+        &["policy", "diff", &p("live.json"), &p("orders.yaml")],
+        None,
+    );
+    assert_eq!(same.code, 0, "{same:?}");
+    let differ = run(
+        &["policy", "diff", &p("orders.yaml"), &p("other.yml")],
+        None,
+    );
+    assert_eq!(differ.code, 1, "{differ:?}");
+    assert!(
+        differ.stdout.contains("+       \"AWS\": \"999988887777\""),
+        "{differ:?}"
+    );
+    // On stdin, text that does not open with `{` is a manifest.
+    let piped = run(
+        &["policy", "diff", "-", &p("live.json")],
+        Some(&manifest(arn, &policy)),
+    );
+    assert_eq!(piped.code, 0, "{piped:?}");
+    assert_eq!(
+        run(&["policy", "fmt", &p("orders.yaml")], None).stdout,
+        run(&["policy", "fmt", &p("live.json")], None).stdout
+    );
+    let gone = run(&["policy", "diff", &p("live.json"), &p("gone.yaml")], None);
+    assert_eq!(gone.code, 2, "{gone:?}");
+    assert!(
+        gone.stderr.contains("gone.yaml:1:") && gone.stderr.contains("ensure: absent"),
+        "{gone:?}"
+    );
+    // A manifest kpr would refuse is refused here too, with its file and line.
+    let refused = run(&["policy", "fmt", &p("public.yaml")], None);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert!(refused.stderr.contains("public.yaml:"), "{refused:?}");
+    assert!(refused.stderr.contains("allowPublic"), "{refused:?}");
 }
 
 #[test]
