@@ -14,6 +14,9 @@ pub struct Entry {
     pub failures: u32,
     pub not_before: Instant,
     pub last_error: String,
+    /// Whether the last run's manifests declare it: only then does an incremental run, which
+    /// reconciles what the manifests declare, retry it.
+    pub declared: bool,
 }
 
 #[derive(Debug)]
@@ -66,6 +69,7 @@ impl Backoff {
             failures: 0,
             not_before: now,
             last_error: String::new(),
+            declared: true,
         });
         e.failures = e.failures.saturating_add(1);
         e.not_before = now + doubling(self.base, self.max, e.failures);
@@ -96,6 +100,19 @@ impl Backoff {
     /// When the first resource's wait ends: a run then retries it, whatever the schedule.
     pub fn next_due(&self) -> Option<Instant> {
         self.entries.values().map(|e| e.not_before).min()
+    }
+
+    /// Whether some resource whose wait is over is one the manifests no longer declare.
+    pub fn undeclared_due(&self, now: Instant) -> bool {
+        self.entries
+            .values()
+            .any(|e| e.not_before <= now && !e.declared)
+    }
+
+    pub fn mark_declared(&mut self, mut declared: impl FnMut(&ResourceArn) -> bool) {
+        for (id, e) in &mut self.entries {
+            e.declared = declared(id);
+        }
     }
 
     pub fn get(&self, id: &ResourceArn) -> Option<&Entry> {
@@ -155,6 +172,21 @@ mod tests {
         assert_eq!(b.due(later).collect::<Vec<_>>(), [&arn("broken")]);
         b.retain(|id| id != &arn("broken"));
         assert_eq!(b.len(), 0);
+    }
+
+    #[test]
+    fn a_due_resource_no_manifest_declares_is_told_apart() {
+        let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(1800));
+        let t0 = Instant::now();
+        b.failed(arn("kept"), t0, "x".into());
+        b.failed(arn("gone"), t0, "x".into());
+        let later = t0 + Duration::from_secs(31);
+        assert!(!b.undeclared_due(later), "declared until told otherwise");
+        b.mark_declared(|id| id == &arn("kept"));
+        assert!(!b.undeclared_due(t0), "not due yet");
+        assert!(b.undeclared_due(later));
+        b.retain(|id| id == &arn("kept"));
+        assert!(!b.undeclared_due(later));
     }
 
     #[test]

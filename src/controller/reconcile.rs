@@ -280,7 +280,7 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
     // failed fetch or a throttled resource would otherwise wait a day. A trigger from the
     // queue comes first, and every run sets the next retry afresh.
     let mut retry: Option<(tokio::time::Instant, Trigger)> = None;
-    let mut failed_runs = 0u32;
+    let mut owed = Owed::default();
     loop {
         let trigger = tokio::select! {
             biased;
@@ -300,12 +300,18 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
         let result = reconciler.run(trigger).await;
         shared.queue.finish();
         super::memory::release_freed_memory();
-        failed_runs = if result.completed() {
-            0
-        } else {
-            failed_runs + 1
+        owed.after(trigger, result.completed());
+        retry = match (owed.scope, retry) {
+            // A queued run came before the retry and did not cover what it owes: the retry
+            // keeps its time.
+            (Some(scope), Some((at, _))) if result.completed() => Some((
+                at,
+                Trigger::Retry {
+                    full: scope.full_scan(),
+                },
+            )),
+            _ => reconciler.next_retry(&owed),
         };
-        retry = reconciler.next_retry(trigger, failed_runs);
         if let Some((at, next)) = retry {
             let wait = at.saturating_duration_since(tokio::time::Instant::now());
             let scan = if next.full_scan() {
@@ -322,6 +328,30 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
                 at: rfc3339(SystemTime::now() + wait),
                 scan,
             });
+        }
+    }
+}
+
+/// What runs that failed as a whole left undone: the widest of their scopes, owed until a
+/// run at least that wide completes. A full scan that failed is not paid off by a webhook's
+/// incremental run that happened to succeed after it.
+#[derive(Debug, Default, PartialEq, Eq)]
+struct Owed {
+    scope: Option<Trigger>,
+    /// Failed runs in a row since the scope was last paid: how long the next retry waits.
+    failed_runs: u32,
+}
+
+impl Owed {
+    fn after(&mut self, run: Trigger, completed: bool) {
+        if !completed {
+            self.scope = Some(Trigger::merge(self.scope, run));
+            self.failed_runs += 1;
+        } else if self
+            .scope
+            .is_some_and(|owed| run.full_scan() || !owed.full_scan())
+        {
+            *self = Owed::default();
         }
     }
 }
@@ -373,30 +403,30 @@ impl Reconciler {
         result
     }
 
-    /// What to run next without being asked, and when: a run that failed as a whole again
-    /// (the `failed_runs`-th in a row), with the scope it had; else, once the first failed
-    /// resource's wait is over, a run for the resources whose wait is over.
-    fn next_retry(
-        &self,
-        last: Trigger,
-        failed_runs: u32,
-    ) -> Option<(tokio::time::Instant, Trigger)> {
-        if failed_runs > 0 {
-            let wait = self.backoff.delay(failed_runs);
+    /// What to run next without being asked, and when: what runs that failed as a whole owe,
+    /// with their scope; else, once the first failed resource's wait is over, a run for the
+    /// resources whose wait is over.
+    fn next_retry(&self, owed: &Owed) -> Option<(tokio::time::Instant, Trigger)> {
+        let now = tokio::time::Instant::now();
+        if let Some(scope) = owed.scope {
+            let wait = self.backoff.delay(owed.failed_runs);
             let trigger = Trigger::Retry {
-                full: last.full_scan(),
+                full: scope.full_scan(),
             };
-            return Some((tokio::time::Instant::now() + wait, trigger));
+            return Some((now + wait, trigger));
         }
         let due = tokio::time::Instant::from_std(self.backoff.next_due()?);
-        let now = tokio::time::Instant::now();
         if due > now {
             return Some((due, Trigger::Retry { full: false }));
         }
-        // A wait already over means the run just finished could not take that resource: an
-        // incremental run only retries declared ones, and this one is not (its manifest is
-        // gone; or a prune delete failed). A full run either retries it or forgets it; sooner
-        // than one delay it would spin.
+        // A wait already over: it ended while the run just finished was under way (a full
+        // run leaves out what is still waiting when it starts), or the run could not take the
+        // resource. An incremental run takes every declared one whose wait is over, at once.
+        if !self.backoff.undeclared_due(now.into_std()) {
+            return Some((now, Trigger::Retry { full: false }));
+        }
+        // One no manifest declares any more (its manifest is gone, or a prune delete failed):
+        // a full run retries it or forgets it; sooner than one delay it would spin.
         Some((now + self.backoff.delay(1), Trigger::Retry { full: true }))
     }
 
@@ -806,6 +836,7 @@ impl Reconciler {
             ids: declared,
             files,
         } = declared;
+        self.backoff.mark_declared(|id| declared.contains(id));
         match incremental {
             None => {
                 // A full run saw everything: states are rebuilt, and backoff forgets resources
@@ -1092,6 +1123,30 @@ fn changed_scope(
 mod tests {
     use super::*;
     use crate::policy::PolicyDocument;
+
+    /// A failed full scan stays owed through a webhook's incremental run that succeeds, and is
+    /// paid by a full run; failed runs in a row lengthen the wait, and widen the scope.
+    #[test]
+    fn what_failed_runs_owe_is_paid_only_by_a_run_as_wide() {
+        let mut owed = Owed::default();
+        owed.after(Trigger::Webhook, true);
+        assert_eq!(owed, Owed::default());
+        owed.after(Trigger::Schedule, false);
+        owed.after(Trigger::Webhook, true);
+        assert!(owed.scope.is_some_and(Trigger::full_scan), "{owed:?}");
+        assert_eq!(owed.failed_runs, 1);
+        // A failed incremental run after it does not shrink the debt.
+        owed.after(Trigger::Webhook, false);
+        assert!(owed.scope.is_some_and(Trigger::full_scan), "{owed:?}");
+        assert_eq!(owed.failed_runs, 2);
+        owed.after(Trigger::Retry { full: true }, true);
+        assert_eq!(owed, Owed::default());
+        // An incremental debt is paid by any run that completes.
+        owed.after(Trigger::Webhook, false);
+        assert!(owed.scope.is_some_and(|t| !t.full_scan()), "{owed:?}");
+        owed.after(Trigger::Retry { full: false }, true);
+        assert_eq!(owed, Owed::default());
+    }
 
     #[test]
     fn a_panic_that_ends_the_worker_is_flagged_and_a_normal_end_is_not() {

@@ -45,7 +45,7 @@ impl Trigger {
 
     /// Merging never loses work: a pending full scan absorbs an incremental trigger, and an
     /// incremental one is upgraded by a full one.
-    fn merge(pending: Option<Trigger>, new: Trigger) -> Trigger {
+    pub(super) fn merge(pending: Option<Trigger>, new: Trigger) -> Trigger {
         match pending {
             None => new,
             Some(p) if p.full_scan() || !new.full_scan() => p,

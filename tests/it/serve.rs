@@ -898,6 +898,67 @@ fn a_scheduled_run_undoes_a_hand_edit() {
     serve.stop();
 }
 
+/// A scheduled scan that fails (here: an invalid file) is owed: a webhook's incremental run
+/// that succeeds in the meantime does not pay for it, and the full retry still comes and
+/// undoes drift in files the webhook did not touch.
+#[test]
+fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
+    let emu = common::kinesis_mock();
+    let a = emu.create_stream(&unique("serve-owed-a"));
+    let b = emu.create_stream(&unique("serve-owed-b"));
+    let pa = read_policy(&a, "arn:aws:iam::111122223333:role/one");
+    let pb = read_policy(&b, "arn:aws:iam::111122223333:role/two");
+    let dir = common::Manifests::new(&[
+        ("a.yaml", &manifest(&a, &pa)),
+        ("b.yaml", &manifest(&b, &pb)),
+    ]);
+    // One scheduled scan, 12 s from now (the schedule is daily, in UTC); none after it.
+    let fire = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+        + 12;
+    let day = fire % 86_400;
+    let cron = format!("{} {} {} * * *", day % 60, day / 60 % 60, day / 3600);
+    let serve = Serve::dir(&emu, &dir, &["--schedule", &cron, "--retry-delay", "6s"]);
+    wait_for("the startup run to apply", Duration::from_secs(10), || {
+        live(&emu, &b).filter(|p| same_grant(p, &pb))
+    });
+    emu.put_policy_raw(
+        &b,
+        &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
+    );
+    dir.write("a.yaml", &format!("{}polcy: {{}}\n", manifest(&a, &pa)));
+    let st = serve.poll("the scheduled scan to fail", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["last_run"]["trigger"] == "schedule").then_some(st)
+    });
+    assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
+    assert_eq!(st["next_retry"]["scan"], "full", "{st:#}");
+    // Fixed, and a webhook reconciles the edited file before the retry is due.
+    dir.write("a.yaml", &manifest(&a, &pa));
+    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    let st = serve.poll("the webhook run", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["last_run"]["trigger"] == "webhook").then_some(st)
+    });
+    assert_eq!(st["last_run"]["result"], "success", "{st:#}");
+    assert_eq!(st["next_retry"]["scan"], "full", "still owed: {st:#}");
+    wait_for(
+        "the owed full scan to undo the hand edit",
+        Duration::from_secs(30),
+        || live(&emu, &b).filter(|p| same_grant(p, &pb)),
+    );
+    let st = serve.poll("the retry to be counted", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["last_run"]["trigger"] == "retry").then_some(st)
+    });
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    assert!(st["next_retry"].is_null(), "paid: {st:#}");
+    serve.stop();
+}
+
 /// A directory has no commits to diff, so kpr compares each file's content with what the last
 /// run read: a webhook reconciles only the files that changed, and nothing when none did.
 #[test]
