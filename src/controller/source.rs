@@ -177,6 +177,13 @@ impl GitRepo {
             .stdout(Stdio::piped())
             .stderr(Stdio::piped())
             .kill_on_drop(true);
+        // Nor kpr's AWS credentials (keys, session token, web identity token file): git runs
+        // credential helpers, ssh and remote helpers with this environment.
+        for (key, _) in std::env::vars_os() {
+            if key.as_encoded_bytes().starts_with(b"AWS_") {
+                cmd.env_remove(key);
+            }
+        }
         let token = self.token.last();
         if token.is_some() || self.user.is_some() {
             cmd.env("GIT_ASKPASS", &self.askpass).env(
@@ -422,7 +429,17 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
     })
 }
 
+/// `%XX` escapes, as in a URL's user name and password (RFC 3986): a `+` there is a `+`.
 pub fn percent_decode(s: &str) -> Option<String> {
+    decode(s, false)
+}
+
+/// A form-encoded value (`application/x-www-form-urlencoded`), where `+` stands for a space.
+pub fn form_decode(s: &str) -> Option<String> {
+    decode(s, true)
+}
+
+fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     let bytes = s.as_bytes();
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
@@ -433,7 +450,7 @@ pub fn percent_decode(s: &str) -> Option<String> {
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
-            b'+' => {
+            b'+' if plus_is_space => {
                 out.push(b' ');
                 i += 1;
             }
@@ -501,6 +518,12 @@ mod tests {
         );
         assert_eq!(split("file:///tmp/r"), ("file:///tmp/r".into(), None, None));
         assert!(split_credentials("https://a%zz@h/r").is_err());
+        // A `+` in userinfo is itself, as git and curl read it; only forms make it a space.
+        assert_eq!(
+            split("https://u:a+b@h/r"),
+            ("https://h/r".into(), some("u"), some("a+b"))
+        );
+        assert_eq!(form_decode("a+b%2B").as_deref(), Some("a b+"));
     }
 
     fn git(dir: &Path, args: &[&str]) -> String {

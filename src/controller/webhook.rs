@@ -121,7 +121,7 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Stri
         .and_then(|text| text.split('&').find_map(|kv| kv.strip_prefix("payload=")));
     match payload {
         Some(p) => {
-            let json = super::source::percent_decode(p).ok_or("payload is not valid")?;
+            let json = super::source::form_decode(p).ok_or("payload is not valid")?;
             serde_json::from_str(&json).map_err(|e| format!("payload is not JSON: {e}"))
         }
         None => serde_json::from_slice(body).map_err(|e| format!("body is not JSON: {e}")),

@@ -752,6 +752,88 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     serve.stop();
 }
 
+/// Git runs credential helpers, ssh and remote helpers with its own environment: kpr's AWS
+/// credentials and secrets must not be in it.
+#[test]
+fn git_and_its_helpers_never_see_kprs_credentials() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-gitenv"));
+    let repo = Repo::new();
+    repo.write(
+        "s.yaml",
+        &manifest(&arn, &read_policy(&arn, "111122223333")),
+    );
+    let head = repo.push("main", "one stream");
+    // A `git` first on PATH that writes down its environment, then runs the real one.
+    let real = String::from_utf8(
+        std::process::Command::new("sh")
+            .args(["-c", "command -v git"])
+            .output()
+            .unwrap()
+            .stdout,
+    )
+    .unwrap();
+    let bin = tempfile::tempdir().unwrap();
+    let seen = bin.path().join("seen");
+    std::fs::create_dir(&seen).unwrap();
+    let wrapper = bin.path().join("git");
+    std::fs::write(
+        &wrapper,
+        format!(
+            "#!/bin/sh\nenv > \"{}/$$\"\nexec {} \"$@\"\n",
+            seen.display(),
+            real.trim()
+        ),
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &wrapper,
+        <std::fs::Permissions as std::os::unix::fs::PermissionsExt>::from_mode(0o755),
+    )
+    .unwrap();
+    let path = format!(
+        "{}:{}",
+        bin.path().display(),
+        std::env::var("PATH").unwrap_or_default()
+    );
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: owned(&[
+                "--git-url",
+                &repo.url(),
+                "--git-branch",
+                "main",
+                "--interval",
+                "1h",
+            ]),
+            env: vec![
+                ("PATH", path),
+                ("AWS_SESSION_TOKEN", "session-token-xyz".into()),
+                ("KPR_WEBHOOK_SECRET", "webhook-secret-xyz".into()),
+            ],
+            ..Options::default()
+        },
+    );
+    serve.applied(&head);
+    serve.stop();
+    let envs: Vec<String> = std::fs::read_dir(&seen)
+        .unwrap()
+        .map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap())
+        .collect();
+    assert!(!envs.is_empty(), "the wrapper never ran");
+    for env in &envs {
+        for secret in [
+            "AWS_SECRET_ACCESS_KEY",
+            "AWS_ACCESS_KEY_ID",
+            "session-token-xyz",
+            "webhook-secret-xyz",
+        ] {
+            assert!(!env.contains(secret), "git saw {secret}:\n{env}");
+        }
+    }
+}
+
 #[test]
 fn a_one_file_merge_costs_only_that_resources_calls() {
     // A private account keeps the prune listing away from every other test's streams.
