@@ -127,27 +127,25 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
     if ctx.allow_public {
         return;
     }
-    if allows_everyone(s) && !s.is_unconditional() {
-        let limits = s.condition().is_some_and(names_the_caller);
-        if !limits {
-            let key = if principal_is_anyone(s) {
-                "Principal"
-            } else {
-                "NotPrincipal"
-            };
-            out.warning(
-                &format!("{path}.Condition"),
-                format!(
-                    "Allow to everyone ({key}) under a Condition that does not limit who calls: \
-                     anyone who meets it is granted. Limit the caller with a positive operator \
-                     on aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or \
-                     aws:SourceArn (no IfExists, no \"*\"), or set `allowPublic: true`{sid}"
-                ),
-            );
-        }
+    if !grants_public(s) {
         return;
     }
-    if !grants_public(s) {
+    if !s.is_unconditional() {
+        let key = if principal_is_anyone(s) {
+            "Principal"
+        } else {
+            "NotPrincipal"
+        };
+        out.error(
+            &format!("{path}.Condition"),
+            format!(
+                "Allow to everyone ({key}) under a Condition that does not limit who calls: \
+                 anyone who meets it is granted. Limit the caller with a positive operator on \
+                 aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or aws:SourceArn \
+                 with fixed values (no IfExists, no policy variable, no wildcard in the account \
+                 or org), or set `allowPublic: true`{sid}"
+            ),
+        );
         return;
     }
     if principal_is_anyone(s) {
@@ -171,59 +169,100 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
     }
 }
 
-/// Condition keys (lower case, as IAM compares them) that say who the caller is or where the
-/// call comes from. Tags are left out: a principal in any account can carry any tag.
-const CALLER_KEYS: &[&str] = &[
-    "aws:principalorgid",
-    "aws:principalorgpaths",
-    "aws:principalaccount",
-    "aws:principalarn",
-    "aws:principalservicename",
-    "aws:sourceaccount",
-    "aws:sourcearn",
-    "aws:sourceorgid",
-    "aws:sourceorgpaths",
-    "aws:sourcevpc",
-    "aws:sourcevpce",
-    "aws:sourceip",
-    "aws:vpcsourceip",
-    "aws:userid",
-];
+/// How an operator matches a value: literally, with `*` / `?` wildcards, or as a CIDR block.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Match {
+    Exact,
+    Pattern,
+    Cidr,
+}
 
-/// Whether a Condition limits the caller: some key of [`CALLER_KEYS`] under an operator that
-/// must match it (not a `Not...` operator, not `...IfExists`, which passes when the key is
-/// absent, not `ForAllValues:`, which passes on an empty set, not `Null`), with values and no
-/// bare `"*"` among them. Blocks are ANDed, so one such entry limits the whole statement.
+/// Whether a Condition limits the caller: some key that says who the caller is or where the
+/// call comes from, under an operator that must match it (not a `Not...` operator, not
+/// `...IfExists`, which passes when the key is absent, not `ForAllValues:`, which passes on an
+/// empty set, not `Null`), with values that are all fixed. A fixed value, as S3's Block Public
+/// Access defines it, holds no policy variable and no wildcard that reaches past one account:
+/// `"${aws:PrincipalAccount}"`, `"o-*"` or `arn:aws:iam::*:role/x` admit every account. Tags
+/// are left out (a principal in any account can carry any tag), and so are
+/// `aws:PrincipalServiceName` (a service acts for any account) and `aws:VpcSourceIp` (anyone
+/// can build a VPC with those addresses). Blocks are ANDed, so one such entry limits the whole
+/// statement.
 fn names_the_caller(c: &Condition) -> bool {
     c.blocks().iter().any(|b| {
         let op = b.operator().to_ascii_lowercase();
         let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
-        let positive = [
-            "stringequals",
-            "stringlike",
-            "arnequals",
-            "arnlike",
-            "ipaddress",
-        ]
-        .iter()
-        .any(|p| {
-            op.strip_prefix(p)
-                .is_some_and(|rest| rest.is_empty() || rest == "ignorecase")
-        });
-        positive
-            && b.entries().iter().any(|(key, values)| {
-                CALLER_KEYS.contains(&key.to_ascii_lowercase().as_str())
-                    && !values.is_empty()
-                    && values.iter().all(|v| v.as_canonical_string() != "*")
-            })
+        let how = match op {
+            "stringequals" | "stringequalsignorecase" => Match::Exact,
+            "stringlike" | "arnequals" | "arnlike" => Match::Pattern,
+            "ipaddress" => Match::Cidr,
+            _ => return false,
+        };
+        b.entries().iter().any(|(key, values)| {
+            let key = key.to_ascii_lowercase();
+            !values.is_empty()
+                && values
+                    .iter()
+                    .all(|v| fixed_caller_value(&key, how, &v.as_canonical_string()))
+        })
     })
 }
 
-/// Whether a statement makes the resource public: an Allow without a Condition to principal
-/// "*", or to everyone but a few (NotPrincipal). The one definition, shared by the lint and
-/// `kpr import`.
+/// Whether `value` of condition key `key` (lower case) admits callers of one account, org,
+/// network or identity only.
+fn fixed_caller_value(key: &str, how: Match, value: &str) -> bool {
+    if value.contains("${") {
+        return false;
+    }
+    let literal = |s: &str| how == Match::Exact || !s.contains(['*', '?']);
+    let account = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
+    match key {
+        _ if (how == Match::Cidr) != (key == "aws:sourceip") => false,
+        "aws:sourceip" => narrow_cidr(value),
+        "aws:principalaccount" | "aws:sourceaccount" | "aws:sourceowner" => account(value),
+        "aws:principalorgid" | "aws:sourceorgid" => value.starts_with("o-") && literal(value),
+        // o-xxxx/r-yyyy/ou-...: the organization must be fixed; below it, anything.
+        "aws:principalorgpaths" | "aws:sourceorgpaths" => value
+            .split_once('/')
+            .is_some_and(|(org, _)| org.starts_with("o-") && literal(org)),
+        // A wildcard may stand for a role or function, not for the account.
+        "aws:principalarn" | "aws:sourcearn" => {
+            literal(value) || value.split(':').nth(4).is_some_and(account)
+        }
+        // Every session of one role: `AROAEXAMPLEID:*`.
+        "aws:userid" => {
+            literal(value)
+                || value
+                    .strip_suffix(":*")
+                    .is_some_and(|id| !id.is_empty() && literal(id))
+        }
+        "aws:sourcevpc" | "aws:sourcevpce" => literal(value),
+        _ => false,
+    }
+}
+
+/// A CIDR block no wider than a /8 (IPv4) or a /32 (IPv6), or one address: `0.0.0.0/0` is
+/// everyone.
+fn narrow_cidr(value: &str) -> bool {
+    let (addr, bits) = match value.split_once('/') {
+        Some((addr, bits)) => match bits.parse::<u8>() {
+            Ok(bits) => (addr, bits),
+            Err(_) => return false,
+        },
+        None => return value.parse::<std::net::IpAddr>().is_ok(),
+    };
+    match addr.parse::<std::net::IpAddr>() {
+        Ok(std::net::IpAddr::V4(_)) => (8..=32).contains(&bits),
+        Ok(std::net::IpAddr::V6(_)) => (32..=128).contains(&bits),
+        Err(_) => false,
+    }
+}
+
+/// Whether a statement makes the resource public: an Allow to principal "*", or to everyone
+/// but a few (NotPrincipal), without a Condition that limits who calls. The one definition,
+/// shared by the lint and `kpr import` (which marks such a policy `allowPublic: true`, for
+/// review, rather than write a manifest that would not validate).
 pub fn grants_public(s: &Statement) -> bool {
-    allows_everyone(s) && s.is_unconditional()
+    allows_everyone(s) && !s.condition().is_some_and(names_the_caller)
 }
 
 /// An Allow to principal "*" or to everyone but a few, whatever its Condition.
@@ -781,7 +820,7 @@ mod tests {
     }
 
     #[test]
-    fn a_condition_that_does_not_limit_the_caller_is_a_warning() {
+    fn a_condition_that_does_not_limit_the_caller_is_an_error() {
         let public_ok = LintContext {
             allow_public: true,
             ..ctx(STREAM)
@@ -806,12 +845,29 @@ mod tests {
                 json!({"StringNotEquals": {"aws:PrincipalAccount": "111122223333"}}),
                 json!({"ForAllValues:StringEquals": {"aws:PrincipalOrgPaths": ["o-a/r-b/"]}}),
                 json!({"StringEquals": {"aws:PrincipalTag/team": "data"}}),
+                // Fixed-looking values that admit every account.
+                json!({"StringEquals": {"aws:PrincipalAccount": "${aws:PrincipalAccount}"}}),
+                json!({"ArnEquals": {"aws:PrincipalArn": "${aws:PrincipalArn}"}}),
+                json!({"StringLike": {"aws:PrincipalAccount": "?*"}}),
+                json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::*:*"}}),
+                json!({"ArnEquals": {"aws:PrincipalArn": "arn:aws:iam::*:role/reader"}}),
+                json!({"StringLike": {"aws:PrincipalOrgID": "o-*"}}),
+                json!({"StringLike": {"aws:PrincipalOrgPaths": "o-*/r-ab12/*"}}),
+                json!({"StringLike": {"aws:userid": "**"}}),
+                json!({"StringLike": {"aws:PrincipalArn": ["arn:aws:iam::111122223333:role/x", "*?"]}}),
+                json!({"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}),
+                json!({"IpAddress": {"aws:SourceIp": "::/0"}}),
+                json!({"IpAddress": {"aws:SourceIp": "0.0.0.0/1"}}),
+                json!({"IpAddress": {"aws:VpcSourceIp": "10.0.0.0/8"}}),
+                json!({"StringLike": {"aws:SourceVpce": "vpce-*"}}),
+                json!({"StringEquals": {"aws:PrincipalServiceName": "lambda.amazonaws.com"}}),
+                json!({"StringEquals": {"aws:SourceIp": "203.0.113.7"}}),
             ] {
                 let d = with(weak.clone());
                 let f = run(&d, &ctx(STREAM));
                 one_finding(
                     &f,
-                    Severity::Warning,
+                    Severity::Error,
                     "Statement[0].Condition",
                     &format!("Allow to everyone ({key})"),
                 );
@@ -824,6 +880,10 @@ mod tests {
                        "Bool": {"aws:SecureTransport": "true"}}),
                 json!({"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": "o-a/r-b/*"}}),
                 json!({"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}),
+                json!({"IpAddress": {"aws:SourceIp": ["203.0.113.7", "2001:db8::/48"]}}),
+                json!({"StringLike": {"aws:userid": "AROAEXAMPLEID:*"}}),
+                json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
+                json!({"StringEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}}),
             ] {
                 assert_eq!(run(&with(strong.clone()), &ctx(STREAM)), [], "{strong}");
             }

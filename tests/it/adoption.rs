@@ -18,8 +18,9 @@ fn import_then_plan_is_in_sync() {
     let bare = emu.create_stream(&unique("imp-bare"));
     let consumer = emu.register_consumer(&a, "reader");
     emu.put_policy_raw(&a, &read_policy(&a, "444455556666").to_string());
-    // Written by hand in another shape, and public: import must keep it as it is, flagged.
-    let public = json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kinesis:DescribeStreamSummary","Resource":b}});
+    // Written by hand in another shape, and public (its Condition limits nobody): import must
+    // keep it as it is, flagged, or the manifest it writes would not validate.
+    let public = json!({"Version":"2012-10-17","Statement":{"Effect":"Allow","Principal":"*","Action":"kinesis:DescribeStreamSummary","Resource":b,"Condition":{"Bool":{"aws:SecureTransport":"true"}}}});
     emu.put_policy_raw(&b, &public.to_string());
     let cpol = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"arn:aws:iam::444455556666:role/l"},"Action":"kinesis:SubscribeToShard","Resource":consumer}]});
     emu.put_policy_raw(&consumer, &cpol.to_string());
