@@ -7,8 +7,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
+use axum::body::Body;
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -39,6 +38,10 @@ pub struct Shared {
     branch: Option<String>,
     replay: Mutex<ReplayGuard>,
     max_body: usize,
+    /// Webhook bodies read at once. The limit is GitHub's own (a push of thousands of files
+    /// is megabytes), and a body is read before it can be authenticated: this bounds what
+    /// unsigned senders can make kpr hold.
+    body_reads: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -67,9 +70,12 @@ impl Shared {
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
             max_body: settings.webhook_max_body,
+            body_reads: tokio::sync::Semaphore::new(BODY_READS),
         }
     }
 }
+
+const BODY_READS: usize = 2;
 
 pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     let handle = PrometheusBuilder::new()
@@ -120,7 +126,6 @@ pub async fn serve(
     shared: Arc<Shared>,
     mut stop: tokio::sync::watch::Receiver<bool>,
 ) {
-    let max_body = shared.max_body;
     let app = Router::new()
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
@@ -128,7 +133,8 @@ pub async fn serve(
         .route("/status", get(status))
         .route(
             "/webhook",
-            post(webhook).layer(DefaultBodyLimit::max(max_body)),
+            // The handler reads the body itself, under its own limit.
+            post(webhook).layer(DefaultBodyLimit::disable()),
         )
         .with_state(shared);
     let shutdown = async move {
@@ -233,11 +239,7 @@ fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-async fn webhook(
-    State(s): State<Arc<Shared>>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Response {
+async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let Some(secret) = s.webhook_secret.current() else {
         return reply(
             StatusCode::NOT_FOUND,
@@ -247,21 +249,37 @@ async fn webhook(
                 .into(),
         );
     };
-    let body = match body {
-        Ok(b) => b,
-        Err(rejection) if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE => {
+    let body = {
+        let Ok(_permit) = s.body_reads.acquire().await else {
             return reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!("body larger than {} bytes; ignored", s.max_body),
+                StatusCode::SERVICE_UNAVAILABLE,
+                "shutting_down",
+                "shutting down".into(),
             );
-        }
-        Err(rejection) => {
-            return reply(
-                rejection.status(),
-                "bad_request",
-                format!("cannot read the body: {rejection}"),
-            );
+        };
+        match axum::body::to_bytes(body, s.max_body).await {
+            Ok(b) => b,
+            Err(e)
+                if std::error::Error::source(&e)
+                    .is_some_and(|e| e.is::<http_body_util::LengthLimitError>()) =>
+            {
+                return reply(
+                    StatusCode::PAYLOAD_TOO_LARGE,
+                    "too_large",
+                    format!(
+                        "body larger than {} bytes; ignored (raise --webhook-max-body): the \
+                         push is applied by the next scheduled run",
+                        s.max_body
+                    ),
+                );
+            }
+            Err(e) => {
+                return reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the body: {e}"),
+                );
+            }
         }
     };
     let provider = match webhook::authenticate(&headers, &body, secret.expose().as_bytes()) {

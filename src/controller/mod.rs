@@ -208,7 +208,9 @@ pub struct Settings {
 pub const DEFAULT_WORKDIR: &str = ".kpr-work";
 pub const DEFAULT_INTERVAL: Duration = Duration::from_secs(600);
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
-pub const DEFAULT_WEBHOOK_MAX_BODY: usize = 1024 * 1024;
+/// GitHub's own limit on a webhook payload: a larger default would never be needed, a smaller
+/// one drops the pushes that touch the most files.
+pub const DEFAULT_WEBHOOK_MAX_BODY: usize = 25 * 1024 * 1024;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {

@@ -498,7 +498,12 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     let repo = Repo::new();
     repo.write("streams/s.yaml", &manifest(&arn, &v1));
     let first = repo.push("main", "one");
-    let serve = Serve::git(&emu, &repo, &["--interval", "1h"]);
+    // A small body limit, to test it without sending GitHub's 25 MB (the default).
+    let serve = Serve::git(
+        &emu,
+        &repo,
+        &["--interval", "1h", "--webhook-max-body", "1048576"],
+    );
     assert_eq!(serve.get("/healthz").status, 200);
     let st = serve.applied(&first);
     assert_eq!(st["last_run"]["trigger"], "startup");
@@ -551,6 +556,10 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
         &big,
     );
     assert_eq!(too_large.status, 413, "{too_large:?}");
+    assert!(
+        too_large.body.contains("--webhook-max-body"),
+        "{too_large:?}"
+    );
     let replay = serve.github_push("main", "delivery-1");
     assert_eq!(replay.status, 200, "{replay:?}");
     assert!(replay.body.contains("duplicate"), "{replay:?}");
