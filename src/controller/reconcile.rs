@@ -599,15 +599,7 @@ impl Reconciler {
                         changed_files = inc.changed.len(),
                         "the push changed no manifest: nothing to reconcile"
                     );
-                    self.finish(
-                        &mut out,
-                        declared,
-                        revision,
-                        Vec::new(),
-                        Some(inc),
-                        &skip,
-                        now,
-                    );
+                    self.finish(&mut out, declared, revision, Vec::new(), Some(inc), &skip);
                     return out;
                 }
                 tracing::info!(
@@ -749,15 +741,7 @@ impl Reconciler {
                 });
             }
         }
-        self.finish(
-            &mut out,
-            declared,
-            revision,
-            items,
-            scope.as_ref(),
-            &skip,
-            now,
-        );
+        self.finish(&mut out, declared, revision, items, scope.as_ref(), &skip);
         if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
             out.result = RunResult::Partial;
             let failed = out.summary.failed;
@@ -806,7 +790,6 @@ impl Reconciler {
     }
 
     /// Backoff, resource states and the applied revision, once a run got through planning.
-    #[allow(clippy::too_many_arguments)]
     fn finish(
         &mut self,
         out: &mut RunOutcome,
@@ -815,7 +798,6 @@ impl Reconciler {
         items: Vec<Item>,
         incremental: Option<&Incremental>,
         skip: &HashSet<ResourceArn>,
-        started: Instant,
     ) {
         let now = Instant::now();
         let mut failed_now = HashSet::new();
@@ -888,9 +870,7 @@ impl Reconciler {
                 Some(SkippedStatus {
                     arn: id.to_string(),
                     consecutive_failures: e.failures,
-                    retry_after: rfc3339(
-                        wall_now + e.not_before.saturating_duration_since(started),
-                    ),
+                    retry_after: rfc3339(wall_now + e.not_before.saturating_duration_since(now)),
                     last_error: e.last_error.clone(),
                 })
             })
