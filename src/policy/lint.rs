@@ -66,6 +66,14 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
                 .into(),
         );
     }
+    // The first statement of each Sid, in one pass: a policy of many statements must not cost
+    // their square.
+    let mut first_of_sid = std::collections::HashMap::new();
+    for (i, s) in doc.statements().iter().enumerate() {
+        if let Some(sid) = s.sid() {
+            first_of_sid.entry(sid).or_insert(i);
+        }
+    }
     for (i, s) in doc.statements().iter().enumerate() {
         let path = format!("Statement[{i}]");
         let sid = s
@@ -73,9 +81,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
             .map(|sid| format!(" (Sid \"{sid}\")"))
             .unwrap_or_default();
         if let Some(own) = s.sid()
-            && let Some(j) = doc.statements()[..i]
-                .iter()
-                .position(|o| o.sid() == Some(own))
+            && let Some(&j) = first_of_sid.get(own).filter(|&&j| j != i)
         {
             out.warning(
                 &format!("{path}.Sid"),
@@ -409,19 +415,27 @@ fn resource_matches(resource: &str, arn: &str) -> bool {
 /// (A single probe epoch would miss patterns such as `...:17*`.)
 fn matches_some_epoch(pattern: &str, arn: &str) -> bool {
     let p: Vec<char> = pattern.chars().collect();
-    let closure = |states: &mut Vec<usize>| {
+    // A state set as a list plus membership flags: linear in the pattern per character, so a
+    // pattern of thousands of `*` costs no more than its length.
+    let mut member = vec![false; p.len() + 1];
+    let closure = |states: &mut Vec<usize>, member: &mut Vec<bool>| {
         let mut i = 0;
         while i < states.len() {
             let s = states[i];
-            if s < p.len() && p[s] == '*' && !states.contains(&(s + 1)) {
+            if s < p.len() && p[s] == '*' && !member[s + 1] {
+                member[s + 1] = true;
                 states.push(s + 1);
             }
             i += 1;
         }
     };
     let mut states = vec![0];
-    closure(&mut states);
+    member[0] = true;
+    closure(&mut states, &mut member);
     for c in arn.chars().chain([':']) {
+        for &s in &states {
+            member[s] = false;
+        }
         let mut next = Vec::new();
         for &s in &states {
             let to = match p.get(s) {
@@ -430,11 +444,12 @@ fn matches_some_epoch(pattern: &str, arn: &str) -> bool {
                 Some(&pc) if pc == c => s + 1,
                 _ => continue,
             };
-            if !next.contains(&to) {
+            if !member[to] {
+                member[to] = true;
                 next.push(to);
             }
         }
-        closure(&mut next);
+        closure(&mut next, &mut member);
         if next.is_empty() {
             return false;
         }
