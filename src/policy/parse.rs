@@ -262,12 +262,33 @@ fn principal(v: &Value, path: &str) -> Result<Principal, PolicyError> {
     }
 }
 
+/// IAM reads condition operators and keys without regard to case: two spellings of one name
+/// side by side would leave unclear which of their values applies, so they are refused.
+fn unique_ignoring_case<'a>(
+    names: impl Iterator<Item = &'a String>,
+    path: &str,
+    what: &str,
+) -> Result<(), PolicyError> {
+    let mut seen = std::collections::HashMap::new();
+    for name in names {
+        if let Some(first) = seen.insert(name.to_ascii_lowercase(), name) {
+            return Err(PolicyError::invalid(
+                path,
+                format!("{what} {first:?} and {name:?} differ only in case; IAM reads them as one"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 fn condition(v: &Value, path: &str) -> Result<Condition, PolicyError> {
     let obj = as_object(v, path)?;
+    unique_ignoring_case(obj.keys(), path, "operators")?;
     let mut blocks = Vec::with_capacity(obj.len());
     for (operator, block) in obj {
         let op_path = join(path, operator);
         let block = as_object(block, &op_path)?;
+        unique_ignoring_case(block.keys(), &op_path, "condition keys")?;
         let mut entries = Vec::with_capacity(block.len());
         for (key, values) in block {
             let key_path = join(&op_path, key);
@@ -577,6 +598,19 @@ mod tests {
         assert!(msg.contains("NotPrincipal"), "{msg}");
         let (_, msg) = invalid(stmt(json!({"Resource": "*", "NotResource": "*"})));
         assert!(msg.contains("NotResource"), "{msg}");
+    }
+
+    #[test]
+    fn names_differing_only_in_case_are_refused() {
+        let (path, msg) = invalid(stmt(json!({"Condition": {
+            "StringEquals": {"aws:PrincipalOrgID": "o-abc123"},
+            "stringEquals": {"aws:PrincipalOrgID": "o-other999"}}})));
+        assert_eq!(path, "Statement[0].Condition");
+        assert!(msg.contains("differ only in case"), "{msg}");
+        let (path, msg) = invalid(stmt(json!({"Condition": {"StringEquals": {
+            "aws:PrincipalOrgID": "o-abc123", "aws:principalorgid": "o-other999"}}})));
+        assert_eq!(path, "Statement[0].Condition.StringEquals");
+        assert!(msg.contains("condition keys"), "{msg}");
     }
 
     #[test]
