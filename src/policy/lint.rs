@@ -130,6 +130,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
         );
         return;
     }
+    confused_deputy_rule(out, s, path, sid);
     if ctx.allow_public {
         return;
     }
@@ -175,6 +176,45 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
     }
 }
 
+/// An Allow to an AWS service acts for whichever account the service works for, unless a
+/// Condition names the source: another account's use of the service could reach this resource
+/// (the confused deputy).
+fn confused_deputy_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    if s.effect() != Effect::Allow {
+        return;
+    }
+    let Some(services) = s
+        .principal()
+        .map(|p| p.identifiers(PrincipalType::Service))
+        .filter(|ids| !ids.is_empty())
+    else {
+        return;
+    };
+    let source_named = s.condition().is_some_and(|c| {
+        limits(c, |key| {
+            matches!(
+                key,
+                "aws:sourceaccount"
+                    | "aws:sourceowner"
+                    | "aws:sourcearn"
+                    | "aws:sourceorgid"
+                    | "aws:sourceorgpaths"
+            )
+        })
+    });
+    if !source_named {
+        out.warning(
+            &format!("{path}.Principal"),
+            format!(
+                "Allow to service {} with no fixed aws:SourceAccount, aws:SourceArn or \
+                 aws:SourceOrgID in the Condition: the service may use it on behalf of any \
+                 account (the confused deputy){sid}",
+                services.join(", ")
+            ),
+        );
+    }
+}
+
 /// How an operator matches a value: literally, with `*` / `?` wildcards, or as a CIDR block.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Match {
@@ -194,6 +234,11 @@ enum Match {
 /// can build a VPC with those addresses). Blocks are ANDed, so one such entry limits the whole
 /// statement.
 fn names_the_caller(c: &Condition) -> bool {
+    limits(c, |_| true)
+}
+
+/// Whether some key `counts` accepts must match fixed values (see [`names_the_caller`]).
+fn limits(c: &Condition, counts: impl Fn(&str) -> bool) -> bool {
     c.blocks().iter().any(|b| {
         let op = b.operator().to_ascii_lowercase();
         let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
@@ -205,7 +250,8 @@ fn names_the_caller(c: &Condition) -> bool {
         };
         b.entries().iter().any(|(key, values)| {
             let key = key.to_ascii_lowercase();
-            !values.is_empty()
+            counts(&key)
+                && !values.is_empty()
                 && values
                     .iter()
                     .all(|v| fixed_caller_value(&key, how, &v.as_canonical_string()))
@@ -301,7 +347,18 @@ const MANAGEMENT_ACTIONS: &[&str] = &[
 /// which resource policies do not bind here, or a principal the Deny misses can repair it. A
 /// warning, not an error: freezing a policy can be meant, but it should never be a surprise.
 fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
-    if s.effect() != Effect::Deny || !s.is_unconditional() {
+    // A Deny unless the call comes from some network (a VPC endpoint, an address range) binds
+    // kpr too, unless kpr's own calls come from there: a CI runner or a cluster elsewhere is
+    // locked out by the apply that writes it.
+    let network_only = s.condition().is_some_and(|c| {
+        !c.blocks().is_empty()
+            && c.blocks().iter().all(|b| {
+                b.entries()
+                    .iter()
+                    .all(|(key, _)| NETWORK_KEYS.contains(&key.to_ascii_lowercase().as_str()))
+            })
+    });
+    if s.effect() != Effect::Deny || !(s.is_unconditional() || network_only) {
         return;
     }
     let mut arn = ctx.resource_arn.split(':');
@@ -338,16 +395,32 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     if denied.is_empty() {
         return;
     }
+    let (when, unless) = if network_only {
+        (
+            "unless the call comes from the network its Condition names",
+            "run kpr there, or exempt its role",
+        )
+    } else {
+        ("without a Condition", "exempt kpr's role")
+    };
     out.warning(
         &format!("{path}.{key}"),
         format!(
-            "Deny of {} {whom} without a Condition: once applied, kpr can no longer read or \
-             change this policy, so no later manifest can undo it; exempt kpr's role with a \
-             Condition (e.g. ArnNotEquals on aws:PrincipalArn){sid}",
+            "Deny of {} {whom} {when}: once applied, kpr can no longer read or change this \
+             policy, so no later manifest can undo it; {unless} with a Condition (e.g. \
+             ArnNotEquals on aws:PrincipalArn){sid}",
             denied.join(", ")
         ),
     );
 }
+
+/// Condition keys that say where a call comes from, not who makes it.
+const NETWORK_KEYS: &[&str] = &[
+    "aws:sourcevpce",
+    "aws:sourcevpc",
+    "aws:sourceip",
+    "aws:vpcsourceip",
+];
 
 fn resource_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
     let resources = match (s.resources(), s.not_resources()) {
@@ -963,6 +1036,30 @@ mod tests {
     }
 
     #[test]
+    fn a_service_principal_without_a_named_source_is_a_warning() {
+        let firehose = json!({"Service": "firehose.amazonaws.com"});
+        let f = run(&policy(json!({"Principal": firehose})), &ctx(STREAM));
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Principal",
+            "firehose.amazonaws.com",
+        );
+        assert!(f[0].message.contains("confused deputy"), "{f:?}");
+        for named in [
+            json!({"StringEquals": {"aws:SourceAccount": "111122223333"}}),
+            json!({"ArnLike": {"aws:SourceArn": "arn:aws:firehose:us-east-1:111122223333:*"}}),
+        ] {
+            let d = policy(json!({"Principal": firehose, "Condition": named}));
+            assert_eq!(run(&d, &ctx(STREAM)), [], "{named}");
+        }
+        // A wildcard over the account names no source.
+        let d = policy(json!({"Principal": firehose, "Condition":
+            {"ArnLike": {"aws:SourceArn": "arn:aws:firehose:us-east-1:*:*"}}}));
+        assert_eq!(run(&d, &ctx(STREAM)).len(), 1);
+    }
+
+    #[test]
     fn a_deny_that_locks_kpr_out_is_a_warning() {
         let deny = |extra: Value| {
             let mut fields = json!({"Effect": "Deny"});
@@ -1039,6 +1136,27 @@ mod tests {
         assert_eq!(
             deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
                 {"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}})),
+            []
+        );
+        // Only through our VPC endpoint: kpr too, wherever it runs.
+        let f = deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+            {"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}}}));
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Principal",
+            "unless the call comes from the network its Condition names",
+        );
+        // Combined with a key about the caller, the Condition may well spare kpr.
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"},
+                 "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}})),
+            []
+        );
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"Bool": {"aws:SecureTransport": "false"}}})),
             []
         );
         let allow = run(
