@@ -500,34 +500,44 @@ impl Reconciler {
         declared: &Declared,
         now: Instant,
     ) -> Option<Incremental> {
-        let new = revision?;
-        let Some(applied) = &self.applied else {
+        if self.applied.is_none() {
             tracing::info!("no revision applied yet: full run");
-            return None;
-        };
-        let old = applied.revision.as_deref()?;
-        let changed = if old == new {
-            Vec::new()
-        } else if self.source.is_dir() {
-            declared.files.changed_since(&applied.files)
-        } else {
-            match self.source.changed_files(old, new).await? {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::warn!(error = %e, old, new, "cannot list the changed files: full run");
-                    return None;
-                }
-            }
-        };
+        }
+        let changed = self.changed_files(revision, declared).await?;
         Some(changed_scope(
             changed,
             desired,
             &declared.ids,
-            &applied.files,
+            &self.applied.as_ref()?.files,
             self.source.root(),
             &self.backoff.due(now).cloned().collect(),
             self.opts.prune,
         ))
+    }
+
+    /// The manifest files `revision` changed since the revision last applied; `None` when
+    /// that cannot be told (nothing applied yet, or git cannot say).
+    async fn changed_files(
+        &self,
+        revision: Option<&str>,
+        declared: &Declared,
+    ) -> Option<Vec<PathBuf>> {
+        let new = revision?;
+        let applied = self.applied.as_ref()?;
+        let old = applied.revision.as_deref()?;
+        if old == new {
+            Some(Vec::new())
+        } else if self.source.is_dir() {
+            Some(declared.files.changed_since(&applied.files))
+        } else {
+            match self.source.changed_files(old, new).await? {
+                Ok(c) => Some(c),
+                Err(e) => {
+                    tracing::warn!(error = %e, old, new, "cannot list the changed files: full run");
+                    None
+                }
+            }
+        }
     }
 
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
@@ -617,6 +627,21 @@ impl Reconciler {
             }
             None => {
                 skip = self.backoff.skipped(now);
+                // A resource still waiting out its backoff is taken all the same when this
+                // revision changed its manifest: the change may be its fix, and an incremental
+                // run would have taken it.
+                if !skip.is_empty()
+                    && let Some(changed) = self.changed_files(revision.as_deref(), &declared).await
+                {
+                    let changed: HashSet<&Path> = changed.iter().map(PathBuf::as_path).collect();
+                    let root = self.source.root();
+                    for r in &desired.resources {
+                        let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
+                        if changed.contains(file) {
+                            skip.remove(&r.arn.identity());
+                        }
+                    }
+                }
                 let opts = PlanOptions {
                     concurrency,
                     targets: Vec::new(),

@@ -1050,6 +1050,55 @@ fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
     serve.stop();
 }
 
+/// A failing resource is left out of full scans while it waits out its backoff, but not once its
+/// manifest changed: the change may be its fix, and it must not wait for the backoff (here an
+/// hour) to end.
+#[test]
+fn a_full_scan_takes_a_backed_off_resource_whose_manifest_changed() {
+    let emu = common::kinesis_mock();
+    let name = unique("serve-fixed");
+    let arn = emu.stream_arn(&name);
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    let dir = common::Manifests::new(&[("a.yaml", &manifest(&arn, &v1))]);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: owned(&[
+                "--dir",
+                &dir.arg(),
+                "--interval",
+                "1s",
+                "--retry-delay",
+                "1h",
+            ]),
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    // The stream does not exist yet: the first run fails it, for an hour.
+    serve.poll("the resource to back off", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["resources"]["backing_off"] == 1).then_some(())
+    });
+    let scans = serve.metric("kpr_reconcile_runs_total", &[("trigger", "schedule")]);
+    serve.poll(
+        "a scheduled scan that skips it",
+        Duration::from_secs(30),
+        |s| {
+            (s.metric("kpr_reconcile_runs_total", &[("trigger", "schedule")]) > scans).then_some(())
+        },
+    );
+    emu.create_stream(&name);
+    dir.write("a.yaml", &manifest(&arn, &v2));
+    wait_for(
+        "a scheduled scan to apply the edited manifest",
+        Duration::from_secs(30),
+        || live(&emu, &arn).filter(|p| same_grant(p, &v2)),
+    );
+    serve.stop();
+}
+
 /// A directory has no commits to diff, so kpr compares each file's content with what the last
 /// run read: a webhook reconciles only the files that changed, and nothing when none did.
 #[test]
