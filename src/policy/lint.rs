@@ -7,7 +7,8 @@ use super::actions::{
     split_action,
 };
 use super::{
-    Condition, Effect, PolicyDocument, Principal, PrincipalType, Statement, wildcard_match,
+    Condition, ConditionBlock, Effect, PolicyDocument, Principal, PrincipalType, Statement,
+    wildcard_match,
 };
 
 /// Policy versions IAM accepts.
@@ -215,11 +216,14 @@ fn confused_deputy_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str
     }
 }
 
-/// How an operator matches a value: literally, with `*` / `?` wildcards, or as a CIDR block.
+/// How an operator matches a value: literally; with `*` / `?` wildcards over the whole string
+/// (`StringLike`, where a `*` also spans `:`); with wildcards within each of an ARN's fields
+/// (`ArnLike`, `ArnEquals`); or as a CIDR block.
 #[derive(Clone, Copy, PartialEq, Eq)]
 enum Match {
     Exact,
     Pattern,
+    Arn,
     Cidr,
 }
 
@@ -244,7 +248,8 @@ fn limits(c: &Condition, counts: impl Fn(&str) -> bool) -> bool {
         let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
         let how = match op {
             "stringequals" | "stringequalsignorecase" => Match::Exact,
-            "stringlike" | "arnequals" | "arnlike" => Match::Pattern,
+            "stringlike" => Match::Pattern,
+            "arnequals" | "arnlike" => Match::Arn,
             "ipaddress" => Match::Cidr,
             _ => return false,
         };
@@ -276,9 +281,14 @@ fn fixed_caller_value(key: &str, how: Match, value: &str) -> bool {
         "aws:principalorgpaths" | "aws:sourceorgpaths" => value
             .split_once('/')
             .is_some_and(|(org, _)| org.starts_with("o-") && literal(org)),
-        // A wildcard may stand for a role or function, not for the account.
+        // A wildcard may stand for a role or function, not for the account. Under StringLike
+        // a `*` spans fields, so nothing before the account may be a wildcard either.
         "aws:principalarn" | "aws:sourcearn" => {
-            literal(value) || value.split(':').nth(4).is_some_and(account)
+            let fields: Vec<&str> = value.splitn(6, ':').collect();
+            literal(value)
+                || (fields.len() == 6
+                    && account(fields[4])
+                    && (how == Match::Arn || fields[..4].iter().all(|f| literal(f))))
         }
         // Every session of one role: `AROAEXAMPLEID:*`.
         "aws:userid" => {
@@ -350,14 +360,9 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     // A Deny unless the call comes from some network (a VPC endpoint, an address range) binds
     // kpr too, unless kpr's own calls come from there: a CI runner or a cluster elsewhere is
     // locked out by the apply that writes it.
-    let network_only = s.condition().is_some_and(|c| {
-        !c.blocks().is_empty()
-            && c.blocks().iter().all(|b| {
-                b.entries()
-                    .iter()
-                    .all(|(key, _)| NETWORK_KEYS.contains(&key.to_ascii_lowercase().as_str()))
-            })
-    });
+    let network_only = s
+        .condition()
+        .is_some_and(|c| !c.blocks().is_empty() && c.blocks().iter().all(denies_outside_a_network));
     if s.effect() != Effect::Deny || !(s.is_unconditional() || network_only) {
         return;
     }
@@ -412,6 +417,33 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
             denied.join(", ")
         ),
     );
+}
+
+/// Whether a Condition block holds for calls from outside some network: a negated operator
+/// (`StringNotEquals aws:SourceVpce ...`, `NotIpAddress aws:SourceIp ...`), or `Null` true
+/// (no VPC endpoint at all), on keys about the network only. A positive one (`IpAddress` of a
+/// blocked range) denies only calls from there.
+fn denies_outside_a_network(b: &ConditionBlock) -> bool {
+    let op = b.operator().to_ascii_lowercase();
+    let op = op
+        .strip_prefix("foranyvalue:")
+        .or_else(|| op.strip_prefix("forallvalues:"))
+        .unwrap_or(&op);
+    let op = op.strip_suffix("ifexists").unwrap_or(op);
+    let negated = matches!(
+        op,
+        "stringnotequals"
+            | "stringnotequalsignorecase"
+            | "stringnotlike"
+            | "arnnotequals"
+            | "arnnotlike"
+            | "notipaddress"
+    );
+    b.entries().iter().all(|(key, values)| {
+        NETWORK_KEYS.contains(&key.to_ascii_lowercase().as_str())
+            && (negated
+                || (op == "null" && values.iter().all(|v| v.as_canonical_string() == "true")))
+    })
 }
 
 /// Condition keys that say where a call comes from, not who makes it.
@@ -528,12 +560,13 @@ fn matches_some_epoch(pattern: &str, arn: &str) -> bool {
         }
         states = next;
     }
-    states.iter().any(|&s| {
-        s < p.len()
-            && p[s..]
-                .iter()
-                .all(|c| c.is_ascii_digit() || *c == '?' || *c == '*')
-    })
+    // digits_to_end[s]: the rest of the pattern from `s` can match a digit string.
+    let mut digits_to_end = vec![true; p.len() + 1];
+    for s in (0..p.len()).rev() {
+        digits_to_end[s] =
+            digits_to_end[s + 1] && (p[s].is_ascii_digit() || matches!(p[s], '?' | '*'));
+    }
+    states.iter().any(|&s| s < p.len() && digits_to_end[s])
 }
 
 fn is_consumer_without_epoch(arn: &str) -> bool {
@@ -950,6 +983,8 @@ mod tests {
                 json!({"StringLike": {"aws:SourceVpce": "vpce-*"}}),
                 json!({"StringEquals": {"aws:PrincipalServiceName": "lambda.amazonaws.com"}}),
                 json!({"StringEquals": {"aws:SourceIp": "203.0.113.7"}}),
+                // Under StringLike a `*` before the account spans fields: any account.
+                json!({"StringLike": {"aws:PrincipalArn": "arn:*:iam::111122223333:role/reader"}}),
             ] {
                 let d = with(weak.clone());
                 let f = run(&d, &ctx(STREAM));
@@ -971,6 +1006,8 @@ mod tests {
                 json!({"IpAddress": {"aws:SourceIp": ["203.0.113.7", "2001:db8::/48"]}}),
                 json!({"StringLike": {"aws:userid": "AROAEXAMPLEID:*"}}),
                 json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
+                json!({"ArnLike": {"aws:PrincipalArn": "arn:*:iam::111122223333:role/reader"}}),
+                json!({"StringLike": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
                 json!({"StringEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}}),
             ] {
                 assert_eq!(run(&with(strong.clone()), &ctx(STREAM)), [], "{strong}");
@@ -1158,6 +1195,19 @@ mod tests {
             deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
                 {"Bool": {"aws:SecureTransport": "false"}}})),
             []
+        );
+        // Denying a blocked range denies only calls from there.
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}})),
+            []
+        );
+        // No VPC endpoint at all: kpr too, unless it calls through one.
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"Null": {"aws:SourceVpce": "true"}}}))
+            .len(),
+            1
         );
         let allow = run(
             &policy(json!({"Principal": {"AWS": "111122223333"}, "Action": "kinesis:*"})),
