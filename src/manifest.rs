@@ -379,6 +379,13 @@ fn collect_files(
     }
 }
 
+/// Whether `line` is the document marker `marker` (`---` or `...`): at the start of the line,
+/// followed by nothing or by white space.
+fn is_marker(line: &str, marker: &str) -> bool {
+    line.strip_prefix(marker)
+        .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
+}
+
 /// Line numbers of each YAML document's start, and of top-level keys inside it: serde_norway
 /// reports positions only for syntax errors, but semantic errors must name a line too.
 struct LineIndex<'a> {
@@ -405,18 +412,29 @@ impl<'a> LineIndex<'a> {
             .collect();
         let mut doc_starts = Vec::new();
         let mut content_seen = false;
+        // After a `...` (document end), where the next document begins: its directives, if
+        // any, come before its `---` and belong to it; without a `---` it is a bare document.
+        let mut after_end = None;
         for (i, line) in lines.iter().enumerate() {
-            let is_marker = *line == "---" || line.starts_with("--- ");
-            if is_marker {
-                doc_starts.push(i);
+            if is_marker(line, "---") {
+                doc_starts.push(after_end.take().unwrap_or(i));
                 content_seen = false;
                 continue;
             }
+            if is_marker(line, "...") {
+                after_end = Some(i + 1);
+                continue;
+            }
             let t = line.trim();
-            if !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') && !content_seen {
-                content_seen = true;
-                if doc_starts.is_empty() {
-                    doc_starts.push(0);
+            if !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') {
+                if let Some(start) = after_end.take() {
+                    doc_starts.push(start);
+                    content_seen = true;
+                } else if !content_seen {
+                    content_seen = true;
+                    if doc_starts.is_empty() {
+                        doc_starts.push(0);
+                    }
                 }
             }
         }
@@ -465,8 +483,12 @@ impl<'a> LineIndex<'a> {
         }
         (start..end)
             .find(|&i| {
-                let t = self.lines[i].trim();
-                !t.is_empty() && !t.starts_with('#') && t != "---"
+                let line = self.lines[i];
+                let t = line.trim();
+                !t.is_empty()
+                    && !t.starts_with(['#', '%'])
+                    && !is_marker(line, "---")
+                    && !is_marker(line, "...")
             })
             .map_or(start + 1, |i| i + 1)
     }
@@ -894,6 +916,32 @@ policy:
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("b.yaml:3:"), "{}", errs[0]);
         assert!(errs[0].contains("a.yaml:1"), "{}", errs[0]);
+    }
+
+    /// A document ends at `...` too; the directives before the next `---` belong to that
+    /// document, and a document may follow `...` without any `---`. A `---` may be followed by
+    /// a tab.
+    #[test]
+    fn document_end_markers_and_directives_split_documents_as_yaml_does() {
+        let d = tempfile::tempdir().unwrap();
+        let other = GOOD.replace("stream/orders", "stream/billing");
+        let third = GOOD.replace("stream/orders", "stream/audit");
+        write(
+            d.path(),
+            "a.yaml",
+            &format!("{GOOD}...\n%YAML 1.1\n---\n{other}...\n# a bare document\n{third}"),
+        );
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.state.resources.len(), 3);
+        write(
+            d.path(),
+            "a.yaml",
+            "---\t\narn: [x]\n---\t# two\narn: a\nensure: gone\n",
+        );
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let lines: Vec<Option<usize>> = loaded.errors().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(2), Some(5)], "{:?}", loaded.diagnostics);
     }
 
     /// A declaration with errors of its own still counts as one: both problems in one run.
