@@ -5,9 +5,10 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
 use axum::Router;
-use axum::body::Body;
+use axum::body::{Body, Bytes};
 use axum::extract::{DefaultBodyLimit, State};
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -75,7 +76,7 @@ impl Shared {
     }
 }
 
-const BODY_READS: usize = 2;
+const BODY_READS: usize = 4;
 
 pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     let handle = PrometheusBuilder::new()
@@ -239,6 +240,70 @@ fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// How long a delivery waits for one of the [`BODY_READS`] slots, and how long its body may
+/// take to arrive (GitHub gives a delivery 10 s in all): a sender that stalls must not hold a
+/// slot, and so every webhook, for long.
+const BODY_WAIT: Duration = Duration::from_secs(5);
+const BODY_READ: Duration = Duration::from_secs(10);
+
+/// Reads a webhook body. Only a sender not yet authenticated (a GitHub signature covers the
+/// body) takes one of the slots; one whose token already matched does not wait for them.
+async fn read_body(s: &Shared, body: Body, authenticated: bool) -> Result<Bytes, Response> {
+    let _permit = if authenticated {
+        None
+    } else {
+        let Ok(Ok(permit)) = tokio::time::timeout(BODY_WAIT, s.body_reads.acquire()).await else {
+            return Err(reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "busy",
+                format!("{BODY_READS} webhook bodies are being read already; try again"),
+            ));
+        };
+        Some(permit)
+    };
+    match tokio::time::timeout(BODY_READ, axum::body::to_bytes(body, s.max_body)).await {
+        Err(_) => Err(reply(
+            StatusCode::REQUEST_TIMEOUT,
+            "timeout",
+            format!(
+                "the body did not arrive within {}",
+                humantime::format_duration(BODY_READ)
+            ),
+        )),
+        Ok(Ok(b)) => Ok(b),
+        Ok(Err(e))
+            if std::error::Error::source(&e)
+                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>()) =>
+        {
+            Err(reply(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "too_large",
+                format!(
+                    "body larger than {} bytes; ignored (raise --webhook-max-body): the push \
+                     is applied by the next scheduled run",
+                    s.max_body
+                ),
+            ))
+        }
+        Ok(Err(e)) => Err(reply(
+            StatusCode::BAD_REQUEST,
+            "bad_request",
+            format!("cannot read the body: {e}"),
+        )),
+    }
+}
+
+fn unauthorized(e: AuthError) -> Response {
+    let message = match e {
+        AuthError::Missing => {
+            "no signature: send X-Hub-Signature-256 (GitHub), X-Gitlab-Token (GitLab) or \
+             Authorization: Bearer"
+        }
+        AuthError::Invalid => "signature or token does not match the configured secret",
+    };
+    reply(StatusCode::UNAUTHORIZED, "unauthorized", message.into())
+}
+
 async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
     let Some(secret) = s.webhook_secret.current() else {
         return reply(
@@ -249,57 +314,20 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
                 .into(),
         );
     };
-    let body = {
-        let Ok(_permit) = s.body_reads.acquire().await else {
-            return reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "shutting_down",
-                "shutting down".into(),
-            );
-        };
-        match axum::body::to_bytes(body, s.max_body).await {
-            Ok(b) => b,
-            Err(e)
-                if std::error::Error::source(&e)
-                    .is_some_and(|e| e.is::<http_body_util::LengthLimitError>()) =>
-            {
-                return reply(
-                    StatusCode::PAYLOAD_TOO_LARGE,
-                    "too_large",
-                    format!(
-                        "body larger than {} bytes; ignored (raise --webhook-max-body): the \
-                         push is applied by the next scheduled run",
-                        s.max_body
-                    ),
-                );
-            }
-            Err(e) => {
-                return reply(
-                    StatusCode::BAD_REQUEST,
-                    "bad_request",
-                    format!("cannot read the body: {e}"),
-                );
-            }
-        }
+    let secret = secret.expose().as_bytes();
+    // A token (GitLab, Bearer) is checked before the body is read, so only a GitHub signature,
+    // which covers the body, makes kpr read one from a sender it does not know yet.
+    let signed = headers.contains_key("x-hub-signature-256");
+    if !signed && let Err(e) = webhook::authenticate(&headers, &[], secret) {
+        return unauthorized(e);
+    }
+    let body = match read_body(&s, body, !signed).await {
+        Ok(b) => b,
+        Err(response) => return response,
     };
-    let provider = match webhook::authenticate(&headers, &body, secret.expose().as_bytes()) {
+    let provider = match webhook::authenticate(&headers, &body, secret) {
         Ok(p) => p,
-        Err(AuthError::Missing) => {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "no signature: send X-Hub-Signature-256 (GitHub), X-Gitlab-Token (GitLab) or \
-                 Authorization: Bearer"
-                    .into(),
-            );
-        }
-        Err(AuthError::Invalid) => {
-            return reply(
-                StatusCode::UNAUTHORIZED,
-                "unauthorized",
-                "signature or token does not match the configured secret".into(),
-            );
-        }
+        Err(e) => return unauthorized(e),
     };
     let event = match webhook::parse_event(provider, &headers, &body) {
         Ok(e) => e,

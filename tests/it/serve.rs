@@ -619,6 +619,43 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     serve.stop();
 }
 
+/// Senders that open a signed delivery and never send its body hold the body slots only until
+/// their read times out, and never block a delivery whose token was checked up front.
+#[test]
+fn stalled_webhook_senders_block_nothing_for_long() {
+    let emu = common::kinesis_mock();
+    let (_, dir) = emu.stream_with_manifest("serve-stall");
+    let serve = Serve::dir(&emu, &dir, &["--interval", "1h"]);
+    let stalled: Vec<TcpStream> = (0..4)
+        .map(|_| {
+            let mut s = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+            s.write_all(
+                b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\
+                  X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n\r\n",
+            )
+            .unwrap();
+            s
+        })
+        .collect();
+    // A token is checked before the body: no slot needed.
+    let bearer = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+    assert_eq!(bearer.status, 202, "{bearer:?}");
+    // A signature covers the body: this one waits for a slot, briefly, then is turned away.
+    let signed = serve.github_push("main", "stalled-1");
+    assert_eq!(signed.status, 503, "{signed:?}");
+    assert!(signed.body.contains("busy"), "{signed:?}");
+    // The stalled senders get their answer once the read times out, and free the slots.
+    for mut s in stalled {
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let mut head = [0u8; 12];
+        s.read_exact(&mut head).unwrap();
+        assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
+    }
+    let signed = serve.github_push("main", "stalled-2");
+    assert_eq!(signed.status, 202, "{signed:?}");
+    serve.stop();
+}
+
 #[test]
 fn a_burst_of_webhooks_coalesces_into_at_most_two_runs() {
     let emu = common::kinesis_mock();
