@@ -77,6 +77,11 @@ impl Backoff {
     }
 
     pub fn succeeded(&mut self, id: &ResourceArn) {
+        self.forget(id);
+    }
+
+    /// Drops a resource that is no longer managed.
+    pub fn forget(&mut self, id: &ResourceArn) {
         self.entries.remove(id);
     }
 

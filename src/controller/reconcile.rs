@@ -297,10 +297,10 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
             },
         };
         shared.status.write().expect("status lock").next_retry = None;
-        let result = reconciler.run(trigger).await;
+        let (result, ran_full) = reconciler.run(trigger).await;
         shared.queue.finish();
         super::memory::release_freed_memory();
-        owed.after(trigger, result.completed());
+        owed.after(trigger, ran_full, result.completed());
         retry = match (owed.scope, retry) {
             // A queued run came before the retry and did not cover what it owes: the retry
             // keeps its time.
@@ -343,14 +343,12 @@ struct Owed {
 }
 
 impl Owed {
-    fn after(&mut self, run: Trigger, completed: bool) {
+    /// After a run for `trigger`; `ran_full`: it did scan everything, whatever it was for.
+    fn after(&mut self, trigger: Trigger, ran_full: bool, completed: bool) {
         if !completed {
-            self.scope = Some(Trigger::merge(self.scope, run));
+            self.scope = Some(Trigger::merge(self.scope, trigger));
             self.failed_runs += 1;
-        } else if self
-            .scope
-            .is_some_and(|owed| run.full_scan() || !owed.full_scan())
-        {
+        } else if self.scope.is_some_and(|owed| ran_full || !owed.full_scan()) {
             *self = Owed::default();
         }
     }
@@ -388,7 +386,9 @@ impl Reconciler {
         }
     }
 
-    pub async fn run(&mut self, trigger: Trigger) -> RunResult {
+    /// Runs once; returns how it ended, and whether it scanned everything (an incremental
+    /// trigger does when nothing was applied before, or git cannot list the changes).
+    pub async fn run(&mut self, trigger: Trigger) -> (RunResult, bool) {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let span = tracing::info_span!(
@@ -398,9 +398,9 @@ impl Reconciler {
         );
         let out = self.execute(trigger, &span).instrument(span.clone()).await;
         let _in_span = span.enter();
-        let result = out.result;
+        let (result, full) = (out.result, !out.incremental);
         self.record(trigger, started, started_at, out);
-        result
+        (result, full)
     }
 
     /// What to run next without being asked, and when: what runs that failed as a whole owe,
@@ -533,7 +533,7 @@ impl Reconciler {
             match self.source.changed_files(old, new).await? {
                 Ok(c) => Some(c),
                 Err(e) => {
-                    tracing::warn!(error = %e, old, new, "cannot list the changed files: full run");
+                    tracing::warn!(error = %e, old, new, "cannot list the changed files since the last applied revision");
                     None
                 }
             }
@@ -862,6 +862,11 @@ impl Reconciler {
                 for id in inc.removed.iter().chain(&inc.left_alone) {
                     self.states.remove(&state_key(&id.identity()));
                 }
+                // Left alone (no --prune) is no longer managed: nothing of it to retry, and a
+                // backoff entry kept for it would only call for a full scan to drop it.
+                for arn in &inc.left_alone {
+                    self.backoff.forget(&arn.identity());
+                }
             }
         }
         for item in &items {
@@ -1134,22 +1139,26 @@ mod tests {
     #[test]
     fn what_failed_runs_owe_is_paid_only_by_a_run_as_wide() {
         let mut owed = Owed::default();
-        owed.after(Trigger::Webhook, true);
+        owed.after(Trigger::Webhook, false, true);
         assert_eq!(owed, Owed::default());
-        owed.after(Trigger::Schedule, false);
-        owed.after(Trigger::Webhook, true);
+        owed.after(Trigger::Schedule, true, false);
+        owed.after(Trigger::Webhook, false, true);
         assert!(owed.scope.is_some_and(Trigger::full_scan), "{owed:?}");
         assert_eq!(owed.failed_runs, 1);
         // A failed incremental run after it does not shrink the debt.
-        owed.after(Trigger::Webhook, false);
+        owed.after(Trigger::Webhook, false, false);
         assert!(owed.scope.is_some_and(Trigger::full_scan), "{owed:?}");
         assert_eq!(owed.failed_runs, 2);
-        owed.after(Trigger::Retry { full: true }, true);
+        owed.after(Trigger::Retry { full: true }, true, true);
+        assert_eq!(owed, Owed::default());
+        // A webhook run that had to scan everything (nothing applied yet, say) pays it too.
+        owed.after(Trigger::Startup, true, false);
+        owed.after(Trigger::Webhook, true, true);
         assert_eq!(owed, Owed::default());
         // An incremental debt is paid by any run that completes.
-        owed.after(Trigger::Webhook, false);
+        owed.after(Trigger::Webhook, false, false);
         assert!(owed.scope.is_some_and(|t| !t.full_scan()), "{owed:?}");
-        owed.after(Trigger::Retry { full: false }, true);
+        owed.after(Trigger::Retry { full: false }, false, true);
         assert_eq!(owed, Owed::default());
     }
 
