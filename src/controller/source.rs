@@ -178,10 +178,13 @@ impl GitRepo {
             .stderr(Stdio::piped())
             .kill_on_drop(true);
         // Nor kpr's AWS credentials (keys, session token, web identity token file): git runs
-        // credential helpers, ssh and remote helpers with this environment.
-        for (key, _) in std::env::vars_os() {
-            if key.as_encoded_bytes().starts_with(b"AWS_") {
-                cmd.env_remove(key);
+        // credential helpers, ssh and remote helpers with this environment. Except for AWS
+        // CodeCommit, whose credential and remote helpers sign git's requests with them.
+        if !is_codecommit(&self.url) {
+            for (key, _) in std::env::vars_os() {
+                if key.as_encoded_bytes().starts_with(b"AWS_") {
+                    cmd.env_remove(key);
+                }
             }
         }
         let token = self.token.last();
@@ -429,6 +432,18 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
     })
 }
 
+/// A CodeCommit repository: `https://git-codecommit.REGION.amazonaws.com/...` (with the AWS
+/// CLI's credential helper) or `codecommit://...` (git-remote-codecommit), where AWS
+/// credentials are how git authenticates.
+fn is_codecommit(url: &str) -> bool {
+    url.starts_with("codecommit:")
+        || url.split_once("://").is_some_and(|(_, rest)| {
+            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+            let host = authority.rsplit('@').next().unwrap_or("");
+            host.starts_with("git-codecommit.")
+        })
+}
+
 /// `%XX` escapes, as in a URL's user name and password (RFC 3986): a `+` there is a `+`.
 pub fn percent_decode(s: &str) -> Option<String> {
     decode(s, false)
@@ -446,7 +461,10 @@ fn decode(s: &str, plus_is_space: bool) -> Option<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = s.get(i + 1..i + 3)?;
+                // from_str_radix alone would take a sign: "%+A".
+                let hex = s
+                    .get(i + 1..i + 3)
+                    .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))?;
                 out.push(u8::from_str_radix(hex, 16).ok()?);
                 i += 3;
             }
@@ -524,6 +542,22 @@ mod tests {
             ("https://h/r".into(), some("u"), some("a+b"))
         );
         assert_eq!(form_decode("a+b%2B").as_deref(), Some("a b+"));
+        // A sign is not a hex digit.
+        assert_eq!(percent_decode("%+A"), None);
+        assert_eq!(percent_decode("%-1"), None);
+    }
+
+    #[test]
+    fn codecommit_urls_are_told_apart() {
+        assert!(is_codecommit(
+            "https://git-codecommit.eu-west-1.amazonaws.com/v1/repos/policies"
+        ));
+        assert!(is_codecommit(
+            "https://u:p@git-codecommit.eu-west-1.amazonaws.com/v1/repos/policies"
+        ));
+        assert!(is_codecommit("codecommit::eu-west-1://policies"));
+        assert!(!is_codecommit("https://github.com/o/git-codecommit.x"));
+        assert!(!is_codecommit("file:///tmp/r"));
     }
 
     fn git(dir: &Path, args: &[&str]) -> String {
