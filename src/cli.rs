@@ -333,7 +333,7 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
             )
             .await
         }
-        Command::Policy(cmd) => Ok(policy_command(cmd)),
+        Command::Policy(cmd) => Ok(policy_command(cmd, &engine.load)),
         Command::Import { account, out } => {
             let region = match engine.client.region.clone() {
                 Some(region) => region,
@@ -698,7 +698,7 @@ fn read_input(name: &str) -> Result<String, String> {
 
 /// A policy JSON file, or a manifest (`*.yaml` / `*.yml`; on stdin, text that does not open
 /// with `{`), whose policy is then taken as kpr would apply it.
-fn load_policy(name: &str) -> Result<PolicyDocument, String> {
+fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String> {
     let text = read_input(name)?;
     let manifest = if name == "-" {
         !text.trim_start().starts_with('{')
@@ -706,7 +706,7 @@ fn load_policy(name: &str) -> Result<PolicyDocument, String> {
         name.ends_with(".yaml") || name.ends_with(".yml")
     };
     if manifest {
-        return policy_of_manifest(name, &text);
+        return policy_of_manifest(name, &text, opts);
     }
     PolicyDocument::from_json_str(&text).map_err(|e| match &e {
         crate::policy::PolicyError::Json(j) => format!("{name}:{}: {e}", j.line()),
@@ -714,13 +714,28 @@ fn load_policy(name: &str) -> Result<PolicyDocument, String> {
     })
 }
 
-fn policy_of_manifest(name: &str, text: &str) -> Result<PolicyDocument, String> {
-    let loaded = manifest::load_bytes(Path::new(name), text.as_bytes(), &LoadOptions::default());
+/// A manifest's policy, loaded and checked as `validate` would (its warnings printed).
+fn policy_of_manifest(
+    name: &str,
+    text: &str,
+    opts: &LoadOptions,
+) -> Result<PolicyDocument, String> {
+    let loaded = manifest::load_bytes(Path::new(name), text.as_bytes(), opts);
+    for warning in loaded.warnings() {
+        eprintln!("{warning}");
+    }
     let mut resources = match loaded.into_result() {
         Ok(state) => state.resources,
+        // The caller prefixes "error: ".
         Err(errors) => {
-            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
-            return Err(errors.join("\n"));
+            let errors: Vec<String> = errors
+                .iter()
+                .map(|d| match d.line {
+                    Some(line) => format!("{}:{line}: {}", d.file.display(), d.message),
+                    None => format!("{}: {}", d.file.display(), d.message),
+                })
+                .collect();
+            return Err(errors.join("\nerror: "));
         }
     };
     if resources.len() != 1 {
@@ -740,9 +755,9 @@ fn policy_of_manifest(name: &str, text: &str) -> Result<PolicyDocument, String> 
 }
 
 /// `policy diff` exits 0/1/2 like diff(1): equal, different, trouble.
-fn policy_command(cmd: PolicyCommand) -> u8 {
+fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
     match cmd {
-        PolicyCommand::Fmt { file } => match load_policy(&file) {
+        PolicyCommand::Fmt { file } => match load_policy(&file, opts) {
             Ok(doc) => {
                 out!("{}", doc.to_canonical_string());
                 EXIT_OK
@@ -757,7 +772,7 @@ fn policy_command(cmd: PolicyCommand) -> u8 {
                 eprintln!("error: only one side can be read from stdin");
                 return 2;
             }
-            let (da, db) = match (load_policy(&a), load_policy(&b)) {
+            let (da, db) = match (load_policy(&a, opts), load_policy(&b, opts)) {
                 (Ok(da), Ok(db)) => (da, db),
                 (Err(e), _) | (_, Err(e)) => {
                     eprintln!("error: {e}");

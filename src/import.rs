@@ -180,7 +180,7 @@ fn write_manifest(
     text.push_str(&format!("arn: {arn_text}\n"));
     if public {
         text.push_str(
-            "# REVIEW: this policy grants access to any principal without a condition.\n",
+            "# REVIEW: this policy grants access to any principal, with no condition that limits who calls.\n",
         );
         text.push_str("allowPublic: true\n");
     }

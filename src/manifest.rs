@@ -39,7 +39,8 @@ pub struct ManifestDoc {
     /// `absent`: the resource must have no policy (kpr deletes it). Use instead of `policy`.
     #[serde(default)]
     pub ensure: Option<Ensure>,
-    /// Accept an Allow statement with Principal "*" and no Condition (refused otherwise).
+    /// Accept an Allow statement with Principal "*" and no Condition, or a Condition that does
+    /// not limit who calls (refused otherwise).
     #[serde(default)]
     pub allow_public: bool,
 }

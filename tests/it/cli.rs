@@ -823,6 +823,32 @@ fn policy_diff_and_fmt_take_a_manifest() {
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("public.yaml:"), "{refused:?}");
     assert!(refused.stderr.contains("allowPublic"), "{refused:?}");
+    assert!(
+        !refused.stderr.contains(": error:"),
+        "one prefix: {refused:?}"
+    );
+    // With the same settings as validate: the size limit, and its warnings.
+    let small = run(
+        &[
+            "--max-policy-size",
+            "100",
+            "policy",
+            "fmt",
+            &p("orders.yaml"),
+        ],
+        None,
+    );
+    assert_eq!(small.code, 1, "{small:?}");
+    assert!(
+        small.stderr.contains("over the maximum of 100 bytes"),
+        "{small:?}"
+    );
+    let typo = manifest(arn, &read_policy(arn, "444455556666"))
+        .replace("kinesis:GetRecords", "kinesis:GetRecordz");
+    let warned = run(&["policy", "diff", "-", &p("live.json")], Some(&typo));
+    assert_eq!(warned.code, 1, "{warned:?}");
+    assert!(warned.stderr.contains("warning:"), "{warned:?}");
+    assert!(warned.stderr.contains("GetRecordz"), "{warned:?}");
 }
 
 #[test]
