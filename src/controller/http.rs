@@ -39,10 +39,8 @@ pub struct Shared {
     branch: Option<String>,
     replay: Mutex<ReplayGuard>,
     max_body: usize,
-    /// Webhook bodies read at once. The limit is GitHub's own (a push of thousands of files
-    /// is megabytes), and a body is read before it can be authenticated: this bounds what
-    /// unsigned senders can make kpr hold.
-    body_reads: tokio::sync::Semaphore,
+    /// Bytes of not yet authenticated webhook bodies held at once (see [`read_body`]).
+    body_budget: tokio::sync::Semaphore,
 }
 
 impl Shared {
@@ -71,12 +69,13 @@ impl Shared {
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
             max_body: settings.webhook_max_body,
-            body_reads: tokio::sync::Semaphore::new(BODY_READS),
+            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET),
         }
     }
 }
 
-const BODY_READS: usize = 4;
+/// Two bodies of GitHub's largest size, and then some.
+const BODY_BUDGET: usize = 64 << 20;
 
 pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     let handle = PrometheusBuilder::new()
@@ -240,57 +239,90 @@ fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
-/// How long a delivery waits for one of the [`BODY_READS`] slots, and how long its body may
-/// take to arrive (GitHub gives a delivery 10 s in all): a sender that stalls must not hold a
-/// slot, and so every webhook, for long.
-const BODY_WAIT: Duration = Duration::from_secs(5);
+/// How long a body may take to arrive, waits for the byte budget included: GitHub gives a
+/// delivery 10 s in all.
 const BODY_READ: Duration = Duration::from_secs(10);
 
-/// Reads a webhook body. Only a sender not yet authenticated (a GitHub signature covers the
-/// body) takes one of the slots; one whose token already matched does not wait for them.
-async fn read_body(s: &Shared, body: Body, authenticated: bool) -> Result<Bytes, Response> {
-    let _permit = if authenticated {
-        None
-    } else {
-        let Ok(Ok(permit)) = tokio::time::timeout(BODY_WAIT, s.body_reads.acquire()).await else {
-            return Err(reply(
-                StatusCode::SERVICE_UNAVAILABLE,
-                "busy",
-                format!("{BODY_READS} webhook bodies are being read already; try again"),
-            ));
-        };
-        Some(permit)
+/// Reads a webhook body within [`BODY_READ`] and the size limit. The bytes of bodies whose
+/// sender is not authenticated yet (a GitHub signature covers the body) count against
+/// [`BODY_BUDGET`] as they arrive, so senders that stall hold nothing, and senders that stream
+/// garbage hold at most the budget; a delivery whose token already matched does not wait.
+async fn read_body(
+    s: &Shared,
+    headers: &HeaderMap,
+    mut body: Body,
+    authenticated: bool,
+) -> Result<Bytes, Response> {
+    use http_body_util::BodyExt;
+    let too_large = || {
+        reply(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            format!(
+                "body larger than {} bytes; ignored (raise --webhook-max-body): the push is \
+                 applied by the next scheduled run",
+                s.max_body
+            ),
+        )
     };
-    match tokio::time::timeout(BODY_READ, axum::body::to_bytes(body, s.max_body)).await {
-        Err(_) => Err(reply(
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > s.max_body as u64) {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::now() + BODY_READ;
+    let timed_out = || {
+        reply(
             StatusCode::REQUEST_TIMEOUT,
             "timeout",
             format!(
                 "the body did not arrive within {}",
                 humantime::format_duration(BODY_READ)
             ),
-        )),
-        Ok(Ok(b)) => Ok(b),
-        Ok(Err(e))
-            if std::error::Error::source(&e)
-                .is_some_and(|e| e.is::<http_body_util::LengthLimitError>()) =>
-        {
-            Err(reply(
-                StatusCode::PAYLOAD_TOO_LARGE,
-                "too_large",
-                format!(
-                    "body larger than {} bytes; ignored (raise --webhook-max-body): the push \
-                     is applied by the next scheduled run",
-                    s.max_body
-                ),
-            ))
+        )
+    };
+    let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => return Err(timed_out()),
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(reply(
+                    StatusCode::BAD_REQUEST,
+                    "bad_request",
+                    format!("cannot read the body: {e}"),
+                ));
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue;
+        };
+        if buf.len() + data.len() > s.max_body {
+            return Err(too_large());
         }
-        Ok(Err(e)) => Err(reply(
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-            format!("cannot read the body: {e}"),
-        )),
+        if !authenticated && !data.is_empty() {
+            let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
+            match tokio::time::timeout_at(deadline, s.body_budget.acquire_many(n)).await {
+                Ok(Ok(permit)) => match &mut held {
+                    Some(h) => h.merge(permit),
+                    None => held = Some(permit),
+                },
+                _ => {
+                    return Err(reply(
+                        StatusCode::SERVICE_UNAVAILABLE,
+                        "busy",
+                        "other unauthenticated webhook bodies fill kpr's budget; try again".into(),
+                    ));
+                }
+            }
+        }
+        buf.extend_from_slice(&data);
     }
+    Ok(Bytes::from(buf))
 }
 
 fn unauthorized(e: AuthError) -> Response {
@@ -318,10 +350,13 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
     // A token (GitLab, Bearer) is checked before the body is read, so only a GitHub signature,
     // which covers the body, makes kpr read one from a sender it does not know yet.
     let signed = headers.contains_key("x-hub-signature-256");
+    if signed && !webhook::well_formed_signature(&headers) {
+        return unauthorized(AuthError::Invalid);
+    }
     if !signed && let Err(e) = webhook::authenticate(&headers, &[], secret) {
         return unauthorized(e);
     }
-    let body = match read_body(&s, body, !signed).await {
+    let body = match read_body(&s, &headers, body, !signed).await {
         Ok(b) => b,
         Err(response) => return response,
     };

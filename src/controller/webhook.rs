@@ -47,6 +47,16 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Which provider signed the request, if the signature holds.
+/// Whether `X-Hub-Signature-256` has the form GitHub sends (`sha256=` and 64 hex digits): only
+/// then is the body worth reading to check it.
+pub fn well_formed_signature(headers: &HeaderMap) -> bool {
+    headers
+        .get("x-hub-signature-256")
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().strip_prefix("sha256="))
+        .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
+}
+
 pub fn authenticate(
     headers: &HeaderMap,
     body: &[u8],
@@ -149,12 +159,13 @@ pub fn parse_event(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Resu
             "" => Err("missing X-Gitlab-Event header".into()),
             other => Ok(Event::Other(other.to_string())),
         },
-        // A generic caller may forward a push payload (then its ref is checked) or send nothing.
+        // A generic caller may forward a push payload (then its ref is checked), any JSON, or
+        // nothing; a body that is not JSON is a mistake to report, not a trigger.
         Provider::Bearer => {
             let git_ref = if body.iter().all(u8::is_ascii_whitespace) {
                 None
             } else {
-                json_body(headers, body).ok().as_ref().and_then(push_ref)
+                push_ref(&json_body(headers, body)?)
             };
             Ok(Event::Push { git_ref })
         }

@@ -619,40 +619,63 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     serve.stop();
 }
 
-/// Senders that open a signed delivery and never send its body hold the body slots only until
-/// their read times out, and never block a delivery whose token was checked up front.
+/// Senders that open a signed delivery and never send its body hold nothing while they wait:
+/// other deliveries go through, and theirs end with 408. A malformed signature or an oversize
+/// Content-Length is answered before any body is read.
 #[test]
-fn stalled_webhook_senders_block_nothing_for_long() {
+fn stalled_webhook_senders_block_nothing() {
     let emu = common::kinesis_mock();
     let (_, dir) = emu.stream_with_manifest("serve-stall");
     let serve = Serve::dir(&emu, &dir, &["--interval", "1h"]);
-    let stalled: Vec<TcpStream> = (0..4)
+    let wrong = format!("sha256={}", "0".repeat(64));
+    let stalled: Vec<TcpStream> = (0..8)
         .map(|_| {
             let mut s = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
             s.write_all(
-                b"POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\
-                  X-GitHub-Event: push\r\nX-Hub-Signature-256: sha256=00\r\n\r\n",
+                format!(
+                    "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 1000\r\n\
+                     X-GitHub-Event: push\r\nX-Hub-Signature-256: {wrong}\r\n\r\n"
+                )
+                .as_bytes(),
             )
             .unwrap();
             s
         })
         .collect();
-    // A token is checked before the body: no slot needed.
     let bearer = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
     assert_eq!(bearer.status, 202, "{bearer:?}");
-    // A signature covers the body: this one waits for a slot, briefly, then is turned away.
     let signed = serve.github_push("main", "stalled-1");
-    assert_eq!(signed.status, 503, "{signed:?}");
-    assert!(signed.body.contains("busy"), "{signed:?}");
-    // The stalled senders get their answer once the read times out, and free the slots.
+    assert_eq!(signed.status, 202, "{signed:?}");
+    let malformed = serve.webhook(
+        &[
+            ("X-GitHub-Event", "push"),
+            ("X-Hub-Signature-256", "garbage"),
+        ],
+        b"{}",
+    );
+    assert_eq!(malformed.status, 401, "{malformed:?}");
+    // The declared length alone says it is too large: no wait for the bytes.
+    let mut big = TcpStream::connect(("127.0.0.1", serve.port)).unwrap();
+    big.write_all(
+        format!(
+            "POST /webhook HTTP/1.1\r\nHost: x\r\nContent-Length: 999999999\r\n\
+             Authorization: Bearer {SECRET}\r\n\r\n"
+        )
+        .as_bytes(),
+    )
+    .unwrap();
+    big.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let mut head = [0u8; 12];
+    big.read_exact(&mut head).unwrap();
+    assert_eq!(&head, b"HTTP/1.1 413", "{}", String::from_utf8_lossy(&head));
+    // A body that is not JSON is a mistake, not a trigger.
+    let not_json = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"{\"ref");
+    assert_eq!(not_json.status, 400, "{not_json:?}");
     for mut s in stalled {
         s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let mut head = [0u8; 12];
         s.read_exact(&mut head).unwrap();
         assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
     }
-    let signed = serve.github_push("main", "stalled-2");
-    assert_eq!(signed.status, 202, "{signed:?}");
     serve.stop();
 }
 
