@@ -854,8 +854,10 @@ impl Reconciler {
                     let state = previous.get(&key).copied().unwrap_or(ResourceState::Failed);
                     self.states.insert(key, state);
                 }
+                // Without --prune an undeclared resource is not managed: nothing to retry.
+                let prune = self.opts.prune;
                 self.backoff.retain(|id| {
-                    declared.contains(id) || failed_now.contains(id) || skip.contains(id)
+                    declared.contains(id) || failed_now.contains(id) || (prune && skip.contains(id))
                 });
             }
             Some(inc) => {

@@ -151,7 +151,8 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
                  anyone who meets it is granted. Limit the caller with a positive operator on \
                  aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or aws:SourceArn \
                  with fixed values (no IfExists, no policy variable, no wildcard in the account \
-                 or org), or set `allowPublic: true`{sid}"
+                 or org, nor before the account under StringLike: use ArnLike), or set \
+                 `allowPublic: true`{sid}"
             ),
         );
         return;
@@ -419,31 +420,31 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     );
 }
 
-/// Whether a Condition block holds for calls from outside some network: a negated operator
-/// (`StringNotEquals aws:SourceVpce ...`, `NotIpAddress aws:SourceIp ...`), or `Null` true
-/// (no VPC endpoint at all), on keys about the network only. A positive one (`IpAddress` of a
-/// blocked range) denies only calls from there.
+/// Whether a Condition block, on keys about the network only, may hold for calls from
+/// elsewhere, kpr's among them: anything but a plain positive match (`IpAddress` of a blocked
+/// range, `StringEquals aws:SourceVpce`), which holds only for calls from the network it
+/// names. `...IfExists` holds when the key is missing (a call through no VPC endpoint),
+/// `ForAllValues:` on an empty set, and `Not...` and `Null` elsewhere by their nature.
 fn denies_outside_a_network(b: &ConditionBlock) -> bool {
     let op = b.operator().to_ascii_lowercase();
-    let op = op
-        .strip_prefix("foranyvalue:")
-        .or_else(|| op.strip_prefix("forallvalues:"))
-        .unwrap_or(&op);
-    let op = op.strip_suffix("ifexists").unwrap_or(op);
-    let negated = matches!(
-        op,
-        "stringnotequals"
-            | "stringnotequalsignorecase"
-            | "stringnotlike"
-            | "arnnotequals"
-            | "arnnotlike"
-            | "notipaddress"
-    );
-    b.entries().iter().all(|(key, values)| {
-        NETWORK_KEYS.contains(&key.to_ascii_lowercase().as_str())
-            && (negated
-                || (op == "null" && values.iter().all(|v| v.as_canonical_string() == "true")))
-    })
+    let (set, op) = match op.split_once(':') {
+        Some((set, op)) => (set.to_string(), op.to_string()),
+        None => (String::new(), op),
+    };
+    let plain_positive = set != "forallvalues"
+        && matches!(
+            op.as_str(),
+            "stringequals"
+                | "stringequalsignorecase"
+                | "stringlike"
+                | "arnequals"
+                | "arnlike"
+                | "ipaddress"
+        );
+    !plain_positive
+        && b.entries()
+            .iter()
+            .all(|(key, _)| NETWORK_KEYS.contains(&key.to_ascii_lowercase().as_str()))
 }
 
 /// Condition keys that say where a call comes from, not who makes it.
@@ -1201,6 +1202,13 @@ mod tests {
             deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
                 {"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}})),
             []
+        );
+        // IfExists holds when the key is missing: a call through no VPC endpoint, as kpr's.
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"StringEqualsIfExists": {"aws:SourceVpce": "vpce-1a2b3c4d"}}}))
+            .len(),
+            1
         );
         // No VPC endpoint at all: kpr too, unless it calls through one.
         assert_eq!(

@@ -1225,9 +1225,9 @@ fn a_directory_webhook_reconciles_only_the_edited_files() {
     serve.stop();
 }
 
-/// A failing resource whose manifest is then removed: an incremental retry cannot take it
-/// (it is no longer declared), so the retry after that is a full run, which forgets it. No
-/// retry is left pending, instead of an empty run every --retry-delay until the schedule.
+/// A failing resource whose manifest is then removed (no --prune): the run that sees it go
+/// leaves it alone and forgets its backoff. No retry is left pending, neither an empty run
+/// every --retry-delay until the schedule nor a full scan.
 #[test]
 fn a_failure_nobody_declares_any_more_stops_being_retried() {
     let emu = common::kinesis_mock();
