@@ -387,6 +387,17 @@ fn is_marker(line: &str, marker: &str) -> bool {
         .is_some_and(|rest| rest.is_empty() || rest.starts_with([' ', '\t']))
 }
 
+/// A `---` or `...` line with nothing after it but a comment: no content of its own. (A
+/// document may begin on its `---` line: `--- {arn: ...}`.)
+fn bare_marker(line: &str) -> bool {
+    (is_marker(line, "---") || is_marker(line, "..."))
+        && line[3..]
+            .trim_start()
+            .chars()
+            .next()
+            .is_none_or(|c| c == '#')
+}
+
 /// Line numbers of each YAML document's start, and of top-level keys inside it: serde_norway
 /// reports positions only for syntax errors, but semantic errors must name a line too.
 struct LineIndex<'a> {
@@ -414,7 +425,8 @@ impl<'a> LineIndex<'a> {
         let mut doc_starts = Vec::new();
         let mut content_seen = false;
         // After a `...` (document end), where the next document begins: its directives, if
-        // any, come before its `---` and belong to it; without a `---` it is a bare document.
+        // any, come before its `---` and belong to it. (Content with no `---` after `...` is
+        // left to the YAML parser, which refuses it, as libyaml and yamllint do.)
         let mut after_end = None;
         for (i, line) in lines.iter().enumerate() {
             if is_marker(line, "---") {
@@ -428,10 +440,8 @@ impl<'a> LineIndex<'a> {
             }
             let t = line.trim();
             if !t.is_empty() && !t.starts_with('#') && !t.starts_with('%') {
-                if let Some(start) = after_end.take() {
-                    doc_starts.push(start);
-                    content_seen = true;
-                } else if !content_seen {
+                after_end = None;
+                if !content_seen {
                     content_seen = true;
                     if doc_starts.is_empty() {
                         doc_starts.push(0);
@@ -486,10 +496,7 @@ impl<'a> LineIndex<'a> {
             .find(|&i| {
                 let line = self.lines[i];
                 let t = line.trim();
-                !t.is_empty()
-                    && !t.starts_with(['#', '%'])
-                    && !is_marker(line, "---")
-                    && !is_marker(line, "...")
+                !t.is_empty() && !t.starts_with(['#', '%']) && !bare_marker(line)
             })
             .map_or(start + 1, |i| i + 1)
     }
@@ -930,11 +937,24 @@ policy:
         write(
             d.path(),
             "a.yaml",
-            &format!("{GOOD}...\n%YAML 1.1\n---\n{other}...\n# a bare document\n{third}"),
+            &format!("{GOOD}...\n%YAML 1.1\n---\n{other}...\n# a comment\n---\n{third}"),
         );
         let loaded = load_dir(d.path(), &LoadOptions::default());
         assert!(!loaded.has_errors(), "{:?}", loaded.diagnostics);
         assert_eq!(loaded.state.resources.len(), 3);
+        // After `...` a document needs its `---`, as libyaml and yamllint have it.
+        write(d.path(), "a.yaml", &format!("{GOOD}...\n{other}"));
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        assert!(loaded.has_errors(), "{:?}", loaded.diagnostics);
+        // A document that begins on its `---` line is found there.
+        write(
+            d.path(),
+            "a.yaml",
+            "--- {arn: \"arn:aws:kinesis:us-east-1:111122223333:strem/z\", ensure: absent}\n",
+        );
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let lines: Vec<Option<usize>> = loaded.errors().map(|e| e.line).collect();
+        assert_eq!(lines, [Some(1)], "{:?}", loaded.diagnostics);
         write(
             d.path(),
             "a.yaml",
