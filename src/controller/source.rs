@@ -432,16 +432,27 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
     })
 }
 
-/// A CodeCommit repository: `https://git-codecommit.REGION.amazonaws.com/...` (with the AWS
-/// CLI's credential helper) or `codecommit://...` (git-remote-codecommit), where AWS
-/// credentials are how git authenticates.
+/// A CodeCommit repository over HTTPS (`https://git-codecommit[-fips].REGION.amazonaws.com/...`
+/// with the AWS CLI's credential helper, or a VPC endpoint's name for it) or through
+/// git-remote-codecommit (`codecommit::REGION://...`): AWS credentials are how git signs in.
+/// Over ssh it uses ssh keys, and gets no AWS credentials.
 fn is_codecommit(url: &str) -> bool {
-    url.starts_with("codecommit:")
-        || url.split_once("://").is_some_and(|(_, rest)| {
-            let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-            let host = authority.rsplit('@').next().unwrap_or("");
-            host.starts_with("git-codecommit.")
-        })
+    if url.starts_with("codecommit:") {
+        return true;
+    }
+    let Some(rest) = url
+        .strip_prefix("https://")
+        .or_else(|| url.strip_prefix("http://"))
+    else {
+        return false;
+    };
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit('@').next().unwrap_or("");
+    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
+    aws && host
+        .split('.')
+        .any(|label| label == "git-codecommit" || label == "git-codecommit-fips")
 }
 
 /// `%XX` escapes, as in a URL's user name and password (RFC 3986): a `+` there is a `+`.
@@ -556,7 +567,20 @@ mod tests {
             "https://u:p@git-codecommit.eu-west-1.amazonaws.com/v1/repos/policies"
         ));
         assert!(is_codecommit("codecommit::eu-west-1://policies"));
+        assert!(is_codecommit(
+            "https://git-codecommit-fips.us-east-1.amazonaws.com/v1/repos/p"
+        ));
+        assert!(is_codecommit(
+            "https://vpce-0123-abcd.git-codecommit.eu-west-1.vpce.amazonaws.com/v1/repos/p"
+        ));
+        assert!(is_codecommit(
+            "https://GIT-CODECOMMIT.eu-west-1.amazonaws.com:443/v1/repos/p"
+        ));
         assert!(!is_codecommit("https://github.com/o/git-codecommit.x"));
+        assert!(!is_codecommit("https://git-codecommit.example.com/r"));
+        assert!(!is_codecommit(
+            "ssh://git-codecommit.eu-west-1.amazonaws.com/v1/repos/p"
+        ));
         assert!(!is_codecommit("file:///tmp/r"));
     }
 
