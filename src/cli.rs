@@ -122,11 +122,13 @@ pub enum Command {
         #[arg(long)]
         no_verify: bool,
     },
-    /// Work with single policy documents (any IAM policy; equivalence rules only, no Kinesis lint).
+    /// Work with single policy documents: any IAM policy JSON (equivalence rules only, no
+    /// Kinesis lint), or a manifest's policy (validated and linted as `validate` does).
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Write a manifest for every stream and consumer that has a policy in one account/region.
-    /// Needs --region (or KPR_REGION / the config file's `region`).
+    /// The region: --region, KPR_REGION or the config file's `region`, else AWS_REGION,
+    /// AWS_DEFAULT_REGION or the AWS profile's.
     Import {
         /// Account id (default: learned from the first stream's ARN).
         #[arg(long)]
@@ -697,9 +699,10 @@ fn read_input(name: &str) -> Result<String, String> {
 }
 
 /// A policy JSON file, or a manifest (`*.yaml` / `*.yml`; on stdin, text that does not open
-/// with `{`), whose policy is then taken as kpr would apply it.
+/// with `{`), whose policy is then taken as kpr would apply it. Errors come as whole lines,
+/// `FILE[:LINE]: error: ...`, as `validate` prints them.
 fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String> {
-    let text = read_input(name)?;
+    let text = read_input(name).map_err(|e| format!("error: {e}"))?;
     let manifest = if name == "-" {
         !text.trim_start().starts_with('{')
     } else {
@@ -709,8 +712,8 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String>
         return policy_of_manifest(name, &text, opts);
     }
     PolicyDocument::from_json_str(&text).map_err(|e| match &e {
-        crate::policy::PolicyError::Json(j) => format!("{name}:{}: {e}", j.line()),
-        _ => format!("{name}: {e}"),
+        crate::policy::PolicyError::Json(j) => format!("{name}:{}: error: {e}", j.line()),
+        _ => format!("{name}: error: {e}"),
     })
 }
 
@@ -726,21 +729,14 @@ fn policy_of_manifest(
     }
     let mut resources = match loaded.into_result() {
         Ok(state) => state.resources,
-        // The caller prefixes "error: ".
         Err(errors) => {
-            let errors: Vec<String> = errors
-                .iter()
-                .map(|d| match d.line {
-                    Some(line) => format!("{}:{line}: {}", d.file.display(), d.message),
-                    None => format!("{}: {}", d.file.display(), d.message),
-                })
-                .collect();
-            return Err(errors.join("\nerror: "));
+            let errors: Vec<String> = errors.iter().map(ToString::to_string).collect();
+            return Err(errors.join("\n"));
         }
     };
     if resources.len() != 1 {
         return Err(format!(
-            "{name}: holds {} manifests; give a file with one",
+            "{name}: error: holds {} manifests; give a file with one",
             resources.len()
         ));
     }
@@ -748,7 +744,7 @@ fn policy_of_manifest(
     match resource.intent {
         manifest::Intent::Present { document, .. } => Ok(std::sync::Arc::unwrap_or_clone(document)),
         manifest::Intent::Absent => Err(format!(
-            "{}: the manifest of {} has `ensure: absent`: no policy to compare",
+            "{}: error: the manifest of {} has `ensure: absent`: no policy to compare",
             resource.source, resource.arn
         )),
     }
@@ -763,7 +759,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 EXIT_OK
             }
             Err(e) => {
-                eprintln!("error: {e}");
+                eprintln!("{e}");
                 EXIT_ERROR
             }
         },
@@ -772,13 +768,15 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 eprintln!("error: only one side can be read from stdin");
                 return 2;
             }
-            let (da, db) = match (load_policy(&a, opts), load_policy(&b, opts)) {
-                (Ok(da), Ok(db)) => (da, db),
-                (Err(e), _) | (_, Err(e)) => {
-                    eprintln!("error: {e}");
-                    return 2;
-                }
-            };
+            // One at a time: B's warnings are not printed when A already failed.
+            let (da, db) =
+                match load_policy(&a, opts).and_then(|da| Ok((da, load_policy(&b, opts)?))) {
+                    Ok(both) => both,
+                    Err(e) => {
+                        eprintln!("{e}");
+                        return 2;
+                    }
+                };
             if da.equivalent(&db) {
                 outln!("Equivalent: {a} and {b} grant the same access.");
                 return 0;

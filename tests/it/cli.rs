@@ -823,8 +823,13 @@ fn policy_diff_and_fmt_take_a_manifest() {
     assert_eq!(refused.code, 1, "{refused:?}");
     assert!(refused.stderr.contains("public.yaml:"), "{refused:?}");
     assert!(refused.stderr.contains("allowPublic"), "{refused:?}");
+    // As validate prints it: FILE:LINE: error: ..., with no second prefix.
     assert!(
-        !refused.stderr.contains(": error:"),
+        refused.stderr.contains("public.yaml:2: error: "),
+        "{refused:?}"
+    );
+    assert!(
+        !refused.stderr.contains("error: /"),
         "one prefix: {refused:?}"
     );
     // With the same settings as validate: the size limit, and its warnings.
