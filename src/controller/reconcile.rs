@@ -691,6 +691,34 @@ impl Reconciler {
         // writes, which for a large first apply are the longest phase; planned changes keep
         // only the policies they write.
         drop(desired);
+        let (items, interrupted) = self.apply_plan(plan, &mut out).await;
+        self.finish(&mut out, declared, revision, items, scope.as_ref(), &skip);
+        if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
+            out.result = RunResult::Partial;
+            let failed = out.summary.failed;
+            out.error = Some(format!(
+                "interrupted by {}: {} change(s) not started, left for the next run{}",
+                i.by,
+                i.not_started,
+                if failed > 0 {
+                    format!("; {failed} resource(s) failed")
+                } else {
+                    String::new()
+                }
+            ));
+        }
+        out
+    }
+
+    /// Applies a plan (or, in a dry run, reports it): one item per resource, and whether a
+    /// shutdown cut the apply short.
+    async fn apply_plan(
+        &mut self,
+        mut plan: plan::Plan,
+        out: &mut RunOutcome,
+    ) -> (Vec<Item>, Option<apply::Interrupted>) {
+        let concurrency = self.engine.concurrency;
+        let hidden = indicatif::ProgressBar::hidden();
         // Sources as the repository names them, in the change events' logs as in `/status`,
         // not under this instance's working copy. From here on every source is relative.
         let root = self.source.root();
@@ -766,22 +794,7 @@ impl Reconciler {
                 });
             }
         }
-        self.finish(&mut out, declared, revision, items, scope.as_ref(), &skip);
-        if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
-            out.result = RunResult::Partial;
-            let failed = out.summary.failed;
-            out.error = Some(format!(
-                "interrupted by {}: {} change(s) not started, left for the next run{}",
-                i.by,
-                i.not_started,
-                if failed > 0 {
-                    format!("; {failed} resource(s) failed")
-                } else {
-                    String::new()
-                }
-            ));
-        }
-        out
+        (items, interrupted)
     }
 
     fn declared(&self, desired: &DesiredState, digests: Vec<(PathBuf, u64)>) -> Declared {
