@@ -221,6 +221,23 @@ struct Incremental {
 }
 
 /// A run's validated manifests.
+/// A revision that failed validation.
+struct Invalid {
+    message: String,
+    revision: Option<String>,
+    untouched: Option<Untouched>,
+}
+
+/// What an invalid revision declares without error: its files that the revision did not
+/// change still say what the last good revision said.
+struct Untouched {
+    /// The resources of files without errors.
+    valid: DesiredState,
+    /// Files with errors (as the loader names them).
+    error_files: HashSet<PathBuf>,
+    digests: Vec<(PathBuf, u64)>,
+}
+
 struct Loaded {
     desired: DesiredState,
     /// The git commit, or a directory's content digest.
@@ -439,13 +456,17 @@ impl Reconciler {
 
     /// Loads and validates the manifests. A directory source has no revisions, so its
     /// revision is a digest of the files' content (`content-…`): equal content, equal revision.
-    async fn load(&self, revision: Option<String>) -> Result<Loaded, String> {
+    async fn load(&self, revision: Option<String>) -> Result<Loaded, Invalid> {
         let dir = self.source.manifest_dir();
         let mut opts = self.engine.load.clone();
         opts.digests = self.source.is_dir();
         let mut loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
             .await
-            .map_err(|e| format!("loading the manifests failed: {e}"))?;
+            .map_err(|e| Invalid {
+                message: format!("loading the manifests failed: {e}"),
+                revision: None,
+                untouched: None,
+            })?;
         let symlinks = loaded.symlinks;
         let mut digests = std::mem::take(&mut loaded.digests);
         for (file, _) in &mut digests {
@@ -461,6 +482,14 @@ impl Reconciler {
                 tracing::warn!(file = %self.rel(&d.file), line = d.line, "{}", d.message);
             }
         }
+        // What the revision still declares without error, for drift correction of the files
+        // it did not change (see `correct_untouched`).
+        let error_files: HashSet<PathBuf> = loaded.errors().map(|d| d.file.clone()).collect();
+        let valid = if error_files.is_empty() {
+            None
+        } else {
+            Some(std::mem::take(&mut loaded.state))
+        };
         let desired = loaded.into_result().map_err(|errors| {
             const SHOWN: usize = 10;
             let shown: Vec<String> = errors
@@ -482,7 +511,21 @@ impl Reconciler {
                     String::new()
                 }
             )
-        })?;
+        });
+        let desired = match desired {
+            Ok(desired) => desired,
+            Err(message) => {
+                return Err(Invalid {
+                    message,
+                    revision: revision.clone(),
+                    untouched: valid.map(|valid| Untouched {
+                        valid,
+                        error_files,
+                        digests,
+                    }),
+                });
+            }
+        };
         Ok(Loaded {
             desired,
             revision,
@@ -557,9 +600,20 @@ impl Reconciler {
             symlinks,
         } = match self.load(revision).await {
             Ok(l) => l,
-            Err(e) => {
-                tracing::error!(error = %e, "invalid manifests; nothing applied, the last good revision stays");
-                return out.fail(RunResult::Invalid, e);
+            Err(invalid) => {
+                tracing::error!(error = %invalid.message, "invalid manifests; nothing applied from this revision");
+                if invalid.revision.is_some() {
+                    out.revision = invalid.revision.clone();
+                }
+                return match invalid.untouched {
+                    // A scan on the schedule (or its retry) still corrects drift where the
+                    // bad revision changed nothing: one bad push must not switch off self-healing.
+                    Some(untouched) if trigger.full_scan() => {
+                        self.correct_untouched(out, invalid.message, invalid.revision, untouched)
+                            .await
+                    }
+                    _ => out.fail(RunResult::Invalid, invalid.message),
+                };
             }
         };
         if let Some(r) = &revision {
@@ -707,6 +761,83 @@ impl Reconciler {
                 }
             ));
         }
+        out
+    }
+
+    /// While the revision is invalid: reconciles the resources of the files it did not change
+    /// since the last good revision, which declare what that revision declared. No prune, no
+    /// applied revision recorded: the run stays `invalid`, and is retried as one.
+    async fn correct_untouched(
+        &mut self,
+        mut out: RunOutcome,
+        message: String,
+        revision: Option<String>,
+        untouched: Untouched,
+    ) -> RunOutcome {
+        let Untouched {
+            valid,
+            error_files,
+            digests,
+        } = untouched;
+        let declared = self.declared(&valid, digests);
+        let Some(changed) = self.changed_files(revision.as_deref(), &declared).await else {
+            return out.fail(RunResult::Invalid, message);
+        };
+        let changed: HashSet<&Path> = changed.iter().map(PathBuf::as_path).collect();
+        let root = self.source.root();
+        let resources: Vec<DesiredResource> = valid
+            .resources
+            .into_iter()
+            .filter(|r| {
+                let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
+                !changed.contains(file) && !error_files.contains(&r.source.file)
+            })
+            .collect();
+        if resources.is_empty() {
+            return out.fail(RunResult::Invalid, message);
+        }
+        let untouched = DesiredState { resources };
+        let skip = self.backoff.skipped(Instant::now());
+        let opts = PlanOptions {
+            concurrency: self.engine.concurrency,
+            targets: Vec::new(),
+            prune: false,
+            max_deletes: self.opts.max_deletes,
+        };
+        let hidden = indicatif::ProgressBar::hidden();
+        let plan = match plan::plan_skipping(&self.api, &untouched, &opts, &skip, &hidden).await {
+            Ok(p) => p,
+            Err(refused) => return out.fail(RunResult::Invalid, format!("{message}; {refused}")),
+        };
+        let n = untouched.resources.len();
+        drop(untouched);
+        tracing::info!(
+            resources = n,
+            "reconciling the files the invalid revision did not change, as the last good revision declares them"
+        );
+        let (items, _) = self.apply_plan(plan, &mut out).await;
+        let now = Instant::now();
+        for item in &items {
+            let Some(id) = &item.id else { continue };
+            if item.state == ResourceState::Failed {
+                let error = item.status.error.clone().unwrap_or_default();
+                self.backoff.failed(id.clone(), now, error);
+            } else {
+                self.backoff.succeeded(id);
+            }
+            self.states.insert(state_key(id), item.state);
+        }
+        out.resources.extend(
+            items
+                .into_iter()
+                .map(|i| i.status)
+                .filter(|s| !matches!(s.outcome, "unchanged" | "in_sync")),
+        );
+        out.result = RunResult::Invalid;
+        out.error = Some(format!(
+            "{message}; meanwhile the {n} resource(s) of files it did not change were reconciled \
+             as the last good revision declares them"
+        ));
         out
     }
 

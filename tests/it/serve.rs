@@ -1159,6 +1159,56 @@ fn a_full_scan_takes_a_backed_off_resource_whose_manifest_changed() {
     serve.stop();
 }
 
+/// While the manifests are invalid, nothing from the bad revision is applied, not even its
+/// valid changes; but scheduled scans still undo drift in the files it did not touch.
+#[test]
+fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
+    let emu = common::kinesis_mock();
+    let [a, b, c] =
+        ["serve-bad-a", "serve-bad-b", "serve-bad-c"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
+    let dir = common::Manifests::new(&[
+        ("a.yaml", &manifest(&a, &one(&a))),
+        ("b.yaml", &manifest(&b, &one(&b))),
+        ("c.yaml", &manifest(&c, &one(&c))),
+    ]);
+    let serve = Serve::dir(&emu, &dir, &["--interval", "1s", "--retry-delay", "1h"]);
+    wait_for("the startup run to apply", Duration::from_secs(20), || {
+        live(&emu, &c).filter(|p| same_grant(p, &one(&c)))
+    });
+    // A bad revision: a.yaml broken, c.yaml validly changed. And b's policy edited by hand.
+    dir.write(
+        "a.yaml",
+        &format!("{}polcy: {{}}\n", manifest(&a, &two(&a))),
+    );
+    dir.write("c.yaml", &manifest(&c, &two(&c)));
+    emu.put_policy_raw(
+        &b,
+        &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
+    );
+    wait_for(
+        "a scheduled scan to undo the hand edit",
+        Duration::from_secs(30),
+        || live(&emu, &b).filter(|p| same_grant(p, &one(&b))),
+    );
+    let st = serve.poll("the run to be recorded", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["last_run"]["result"] == "invalid" && st["last_run"]["summary"]["update"] == 1)
+            .then_some(st)
+    });
+    assert!(
+        st["last_run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("did not change")),
+        "{st:#}"
+    );
+    // Nothing of the bad revision: neither the broken file nor the valid change beside it.
+    assert!(same_grant(&live(&emu, &a).unwrap(), &one(&a)));
+    assert!(same_grant(&live(&emu, &c).unwrap(), &one(&c)));
+    serve.stop();
+}
+
 /// A directory has no commits to diff, so kpr compares each file's content with what the last
 /// run read: a webhook reconciles only the files that changed, and nothing when none did.
 #[test]
