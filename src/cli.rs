@@ -691,10 +691,10 @@ fn read_input(name: &str) -> Result<String, String> {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|e| format!("stdin: {e}"))?;
+            .map_err(|e| format!("stdin: error: {e}"))?;
         Ok(s)
     } else {
-        std::fs::read_to_string(name).map_err(|e| format!("{name}: {e}"))
+        std::fs::read_to_string(name).map_err(|e| format!("{name}: error: {e}"))
     }
 }
 
@@ -702,7 +702,7 @@ fn read_input(name: &str) -> Result<String, String> {
 /// with `{`), whose policy is then taken as kpr would apply it. Errors come as whole lines,
 /// `FILE[:LINE]: error: ...`, as `validate` prints them.
 fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String> {
-    let text = read_input(name).map_err(|e| format!("error: {e}"))?;
+    let text = read_input(name)?;
     let manifest = if name == "-" {
         !text.trim_start().starts_with('{')
     } else {

@@ -69,7 +69,10 @@ impl Shared {
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
             max_body: settings.webhook_max_body,
-            body_budget: tokio::sync::Semaphore::new(BODY_BUDGET),
+            // Room for two of the largest bodies allowed, at least.
+            body_budget: tokio::sync::Semaphore::new(
+                BODY_BUDGET.max(settings.webhook_max_body.saturating_mul(2)),
+            ),
         }
     }
 }
@@ -242,6 +245,8 @@ fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
 /// How long a body may take to arrive, waits for the byte budget included: GitHub gives a
 /// delivery 10 s in all.
 const BODY_READ: Duration = Duration::from_secs(10);
+/// How long a body that already holds part of the budget waits for more.
+const BUDGET_WAIT_HOLDING: Duration = Duration::from_secs(1);
 
 /// Reads a webhook body within [`BODY_READ`] and the size limit. The bytes of bodies whose
 /// sender is not authenticated yet (a GitHub signature covers the body) count against
@@ -284,7 +289,8 @@ async fn read_body(
         )
     };
     let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
-    let mut buf = Vec::with_capacity(declared.unwrap_or(0).min(1 << 20) as usize);
+    // Grown as bytes arrive: a sender that declares a length and stalls costs nothing.
+    let mut buf = Vec::new();
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(timed_out()),
@@ -306,7 +312,14 @@ async fn read_body(
         }
         if !authenticated && !data.is_empty() {
             let n = u32::try_from(data.len()).unwrap_or(u32::MAX);
-            match tokio::time::timeout_at(deadline, s.body_budget.acquire_many(n)).await {
+            // A body that holds part of the budget does not wait long for more: bodies that
+            // each hold some and wait for the rest would otherwise all wait out the deadline.
+            let wait_until = if held.is_some() {
+                deadline.min(tokio::time::Instant::now() + BUDGET_WAIT_HOLDING)
+            } else {
+                deadline
+            };
+            match tokio::time::timeout_at(wait_until, s.body_budget.acquire_many(n)).await {
                 Ok(Ok(permit)) => match &mut held {
                     Some(h) => h.merge(permit),
                     None => held = Some(permit),
@@ -315,7 +328,7 @@ async fn read_body(
                     return Err(reply(
                         StatusCode::SERVICE_UNAVAILABLE,
                         "busy",
-                        "other unauthenticated webhook bodies fill kpr's budget; try again".into(),
+                        "webhook bodies not yet authenticated fill kpr's budget; try again".into(),
                     ));
                 }
             }

@@ -449,10 +449,16 @@ fn is_codecommit(url: &str) -> bool {
     let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
     let host = authority.rsplit('@').next().unwrap_or("");
     let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
-    let aws = host.ends_with(".amazonaws.com") || host.ends_with(".amazonaws.com.cn");
-    aws && host
-        .split('.')
-        .any(|label| label == "git-codecommit" || label == "git-codecommit-fips")
+    let host = host
+        .strip_suffix(".amazonaws.com")
+        .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
+    let service = |label: &str| label == "git-codecommit" || label == "git-codecommit-fips";
+    // git-codecommit[-fips].REGION, or VPCE-ID.git-codecommit[-fips].REGION.vpce
+    match host.map(|h| h.split('.').collect::<Vec<_>>()).as_deref() {
+        Some([svc, _region]) => service(svc),
+        Some([_vpce, svc, _region, "vpce"]) => service(svc),
+        _ => false,
+    }
 }
 
 /// `%XX` escapes, as in a URL's user name and password (RFC 3986): a `+` there is a `+`.
@@ -578,6 +584,9 @@ mod tests {
         ));
         assert!(!is_codecommit("https://github.com/o/git-codecommit.x"));
         assert!(!is_codecommit("https://git-codecommit.example.com/r"));
+        assert!(!is_codecommit(
+            "https://git-codecommit.mybucket.s3.amazonaws.com/r.git"
+        ));
         assert!(!is_codecommit(
             "ssh://git-codecommit.eu-west-1.amazonaws.com/v1/repos/p"
         ));

@@ -46,7 +46,6 @@ fn ct_eq(a: &[u8], b: &[u8]) -> bool {
     tag(b).verify_slice(&expected).is_ok()
 }
 
-/// Which provider signed the request, if the signature holds.
 /// Whether `X-Hub-Signature-256` has the form GitHub sends (`sha256=` and 64 hex digits): only
 /// then is the body worth reading to check it.
 pub fn well_formed_signature(headers: &HeaderMap) -> bool {
@@ -57,6 +56,7 @@ pub fn well_formed_signature(headers: &HeaderMap) -> bool {
         .is_some_and(|hex| hex.len() == 64 && hex.bytes().all(|b| b.is_ascii_hexdigit()))
 }
 
+/// Which provider signed the request, if the signature holds.
 pub fn authenticate(
     headers: &HeaderMap,
     body: &[u8],

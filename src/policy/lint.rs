@@ -441,10 +441,31 @@ fn denies_outside_a_network(b: &ConditionBlock) -> bool {
                 | "arnlike"
                 | "ipaddress"
         );
-    !plain_positive
-        && b.entries()
-            .iter()
-            .all(|(key, _)| NETWORK_KEYS.contains(&key.to_ascii_lowercase().as_str()))
+    let how = if op == "stringlike" {
+        Match::Pattern
+    } else if op.starts_with("arn") {
+        Match::Arn
+    } else if op == "ipaddress" {
+        Match::Cidr
+    } else {
+        Match::Exact
+    };
+    b.entries().iter().all(|(key, values)| {
+        let key = key.to_ascii_lowercase();
+        // A positive match spares kpr only when it names one network: `0.0.0.0/0` or
+        // `vpce-*` name them all.
+        let narrow = || {
+            values.iter().all(|v| {
+                let v = v.as_canonical_string();
+                if key == "aws:vpcsourceip" {
+                    how == Match::Cidr && narrow_cidr(&v)
+                } else {
+                    fixed_caller_value(&key, how, &v)
+                }
+            })
+        };
+        NETWORK_KEYS.contains(&key.as_str()) && !(plain_positive && narrow())
+    })
 }
 
 /// Condition keys that say where a call comes from, not who makes it.
@@ -1203,6 +1224,17 @@ mod tests {
                 {"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}})),
             []
         );
+        // A positive match over every network is no exemption.
+        for broad in [
+            json!({"IpAddress": {"aws:SourceIp": ["0.0.0.0/0", "::/0"]}}),
+            json!({"StringLike": {"aws:SourceVpce": "vpce-*"}}),
+        ] {
+            assert_eq!(
+                deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition": broad})).len(),
+                1,
+                "{broad}"
+            );
+        }
         // IfExists holds when the key is missing: a call through no VPC endpoint, as kpr's.
         assert_eq!(
             deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":

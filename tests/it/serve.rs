@@ -1313,6 +1313,50 @@ fn a_failure_nobody_declares_any_more_stops_being_retried() {
     serve.stop();
 }
 
+/// The same on the schedule: a full scan that no longer sees the manifest of a resource still
+/// waiting out its backoff (here an hour) forgets it, without --prune, at once.
+#[test]
+fn a_full_scan_forgets_the_backoff_of_a_resource_nobody_declares() {
+    let emu = common::kinesis_mock();
+    let (_, dir) = emu.stream_with_manifest("serve-forget-full");
+    let ghost = emu.stream_arn(&unique("serve-forget-full-ghost"));
+    dir.write(
+        "ghost.yaml",
+        &manifest(&ghost, &read_policy(&ghost, "111122223333")),
+    );
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: owned(&[
+                "--dir",
+                &dir.arg(),
+                "--interval",
+                "1s",
+                "--retry-delay",
+                "1h",
+            ]),
+            secret: false,
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    serve.poll("the ghost to back off", Duration::from_secs(30), |s| {
+        (s.status()["resources"]["backing_off"] == 1).then_some(())
+    });
+    std::fs::remove_file(dir.path().join("ghost.yaml")).unwrap();
+    let st = serve.poll(
+        "a scheduled scan to forget it",
+        Duration::from_secs(30),
+        |s| {
+            let st = s.status();
+            (st["resources"]["backing_off"] == 0).then_some(st)
+        },
+    );
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    assert!(st["next_retry"].is_null(), "{st:#}");
+    serve.stop();
+}
+
 /// A webhook secret rotated in its file (a Kubernetes Secret update) works at once, and the
 /// old one stops working, without a restart.
 #[test]
