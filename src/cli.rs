@@ -691,7 +691,7 @@ fn read_input(name: &str) -> Result<String, String> {
         let mut s = String::new();
         std::io::stdin()
             .read_to_string(&mut s)
-            .map_err(|e| format!("stdin: error: {e}"))?;
+            .map_err(|e| format!("-: error: reading stdin: {e}"))?;
         Ok(s)
     } else {
         std::fs::read_to_string(name).map_err(|e| format!("{name}: error: {e}"))

@@ -211,6 +211,7 @@ pub const DEFAULT_LISTEN: &str = "0.0.0.0:8080";
 /// GitHub's own limit on a webhook payload: a larger default would never be needed, a smaller
 /// one drops the pushes that touch the most files.
 pub const DEFAULT_WEBHOOK_MAX_BODY: usize = 25 * 1024 * 1024;
+const MAX_WEBHOOK_MAX_BODY: usize = 1 << 30;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
@@ -335,6 +336,13 @@ impl Settings {
             .unwrap_or(DEFAULT_WEBHOOK_MAX_BODY);
         if webhook_max_body == 0 {
             return Err("webhook max body must be at least 1 byte".into());
+        }
+        // Far above any payload a git host sends (GitHub's cap is 25 MB).
+        if webhook_max_body > MAX_WEBHOOK_MAX_BODY {
+            return Err(format!(
+                "webhook max body {webhook_max_body} is over {} bytes (1 GiB)",
+                MAX_WEBHOOK_MAX_BODY
+            ));
         }
         Ok(Settings {
             source,

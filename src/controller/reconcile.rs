@@ -220,7 +220,6 @@ struct Incremental {
     left_alone: Vec<ResourceArn>,
 }
 
-/// A run's validated manifests.
 /// A revision that failed validation.
 struct Invalid {
     message: String,
@@ -236,8 +235,11 @@ struct Untouched {
     /// Files with errors (as the loader names them).
     error_files: HashSet<PathBuf>,
     digests: Vec<(PathBuf, u64)>,
+    /// Symlinks followed: `git diff` would not name what changed behind them.
+    symlinks: usize,
 }
 
+/// A run's validated manifests.
 struct Loaded {
     desired: DesiredState,
     /// The git commit, or a directory's content digest.
@@ -522,6 +524,7 @@ impl Reconciler {
                         valid,
                         error_files,
                         digests,
+                        symlinks,
                     }),
                 });
             }
@@ -625,7 +628,7 @@ impl Reconciler {
         let now = Instant::now();
         let scope = if trigger.full_scan() {
             None
-        } else if symlinks > 0 && !self.source.is_dir() {
+        } else if !self.source.is_dir() && (symlinks > 0 || self.source.manifest_dir_is_linked()) {
             // git diff names a link's target, or nothing when the target lies outside
             // --git-path, never the path kpr read: a changed file could go unseen.
             tracing::info!(
@@ -778,7 +781,13 @@ impl Reconciler {
             valid,
             error_files,
             digests,
+            symlinks,
         } = untouched;
+        // Behind a symlink, git diff names the link's target, not the path kpr read: a change
+        // of the bad revision could pass for an untouched file.
+        if !self.source.is_dir() && (symlinks > 0 || self.source.manifest_dir_is_linked()) {
+            return out.fail(RunResult::Invalid, message);
+        }
         let declared = self.declared(&valid, digests);
         let Some(changed) = self.changed_files(revision.as_deref(), &declared).await else {
             return out.fail(RunResult::Invalid, message);
@@ -835,8 +844,13 @@ impl Reconciler {
         );
         out.result = RunResult::Invalid;
         out.error = Some(format!(
-            "{message}; meanwhile the {n} resource(s) of files it did not change were reconciled \
-             as the last good revision declares them"
+            "{message}; meanwhile the {n} resource(s) of files it did not change were {} as \
+             the last good revision declares them",
+            if self.opts.dry_run {
+                "checked (dry run: nothing written)"
+            } else {
+                "reconciled"
+            }
         ));
         out
     }

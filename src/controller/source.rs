@@ -81,6 +81,19 @@ impl Source {
         matches!(self, Source::Dir(_))
     }
 
+    /// Whether the way to the manifests (`--git-path`) passes through a symlink in the
+    /// repository: `git diff` then names other paths than the ones kpr read.
+    pub fn manifest_dir_is_linked(&self) -> bool {
+        match self {
+            Source::Dir(_) => false,
+            Source::Git(g) => {
+                let dir = self.manifest_dir();
+                let real = |p: &Path| std::fs::canonicalize(p).ok();
+                real(&dir) != real(&g.checkout).map(|c| c.join(&g.path))
+            }
+        }
+    }
+
     /// The directory `manifest::load_dir` reads.
     pub fn manifest_dir(&self) -> PathBuf {
         match self {
@@ -454,9 +467,20 @@ fn is_codecommit(url: &str) -> bool {
         .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
     let service = |label: &str| label == "git-codecommit" || label == "git-codecommit-fips";
     // git-codecommit[-fips].REGION, or VPCE-ID.git-codecommit[-fips].REGION.vpce
+    // us-east-1, us-gov-west-1, cn-north-1: letters, words, a number.
+    let region = |label: &str| {
+        let parts: Vec<&str> = label.split('-').collect();
+        parts.len() >= 3
+            && parts[0].len() == 2
+            && parts[..parts.len() - 1]
+                .iter()
+                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
+            && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
+            && !parts[parts.len() - 1].is_empty()
+    };
     match host.map(|h| h.split('.').collect::<Vec<_>>()).as_deref() {
-        Some([svc, _region]) => service(svc),
-        Some([_vpce, svc, _region, "vpce"]) => service(svc),
+        Some([svc, r]) => service(svc) && region(r),
+        Some([_vpce, svc, r, "vpce"]) => service(svc) && region(r),
         _ => false,
     }
 }
@@ -586,6 +610,15 @@ mod tests {
         assert!(!is_codecommit("https://git-codecommit.example.com/r"));
         assert!(!is_codecommit(
             "https://git-codecommit.mybucket.s3.amazonaws.com/r.git"
+        ));
+        assert!(!is_codecommit(
+            "https://git-codecommit.s3.amazonaws.com/r.git"
+        ));
+        assert!(!is_codecommit(
+            "https://git-codecommit.s3-website-us-east-1.amazonaws.com/r.git"
+        ));
+        assert!(is_codecommit(
+            "https://git-codecommit.us-gov-west-1.amazonaws.com/v1/repos/p"
         ));
         assert!(!is_codecommit(
             "ssh://git-codecommit.eu-west-1.amazonaws.com/v1/repos/p"
