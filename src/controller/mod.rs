@@ -69,7 +69,8 @@ pub struct ServeArgs {
     /// Without a secret the webhook endpoint is disabled.
     #[arg(long, env = "KPR_WEBHOOK_SECRET_FILE", value_name = "FILE")]
     pub webhook_secret_file: Option<PathBuf>,
-    /// Largest webhook body accepted, in bytes [default: 26214400, 25 MiB: GitHub's limit].
+    /// Largest webhook body accepted, in bytes, at most 1 GiB [default: 26214400, 25 MiB:
+    /// GitHub's limit].
     #[arg(long, env = "KPR_WEBHOOK_MAX_BODY", value_name = "BYTES")]
     pub webhook_max_body: Option<usize>,
     /// Plan and report drift, write nothing.

@@ -786,7 +786,16 @@ impl Reconciler {
         // Behind a symlink, git diff names the link's target, not the path kpr read: a change
         // of the bad revision could pass for an untouched file.
         if !self.source.is_dir() && (symlinks > 0 || self.source.manifest_dir_is_linked()) {
-            return out.fail(RunResult::Invalid, message);
+            tracing::warn!(
+                "manifests are reached through a symlink, behind which git diff cannot tell an untouched file: no drift is corrected until the revision is valid"
+            );
+            return out.fail(
+                RunResult::Invalid,
+                format!(
+                    "{message}; no drift is corrected meanwhile: the manifests are reached \
+                     through a symlink, behind which git diff cannot tell an untouched file"
+                ),
+            );
         }
         let declared = self.declared(&valid, digests);
         let Some(changed) = self.changed_files(revision.as_deref(), &declared).await else {

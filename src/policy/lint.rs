@@ -403,8 +403,8 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     }
     let (when, unless) = if network_only {
         (
-            "unless the call comes from the network its Condition names",
-            "run kpr there, or exempt its role",
+            "with a Condition about the network that kpr's own calls may meet",
+            "make sure they do not, or exempt kpr's role",
         )
     } else {
         ("without a Condition", "exempt kpr's role")
@@ -455,15 +455,10 @@ fn denies_outside_a_network(b: &ConditionBlock) -> bool {
         // A positive match spares kpr only when it names one network: `0.0.0.0/0` or
         // `vpce-*` name them all.
         let narrow = || {
-            values.iter().all(|v| {
-                let v = v.as_canonical_string();
-                // Private addresses, inside some VPC: kpr's own are likely among them.
-                if key == "aws:vpcsourceip" {
-                    false
-                } else {
-                    fixed_caller_value(&key, how, &v)
-                }
-            })
+            // Never for aws:VpcSourceIp: private ranges, kpr's own likely among them.
+            values
+                .iter()
+                .all(|v| fixed_caller_value(&key, how, &v.as_canonical_string()))
         };
         NETWORK_KEYS.contains(&key.as_str()) && !(plain_positive && narrow())
     })
@@ -1205,7 +1200,7 @@ mod tests {
             &f,
             Severity::Warning,
             "Statement[0].Principal",
-            "unless the call comes from the network its Condition names",
+            "that kpr's own calls may meet",
         );
         // Combined with a key about the caller, the Condition may well spare kpr.
         assert_eq!(
@@ -1236,6 +1231,13 @@ mod tests {
                 "{broad}"
             );
         }
+        // A VPC's private range: kpr's own calls are likely among them.
+        assert_eq!(
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
+                {"IpAddress": {"aws:VpcSourceIp": "10.0.0.0/8"}}}))
+            .len(),
+            1
+        );
         // IfExists holds when the key is missing: a call through no VPC endpoint, as kpr's.
         assert_eq!(
             deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":

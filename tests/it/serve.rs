@@ -1210,40 +1210,58 @@ fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
 }
 
 /// Behind a symlink git diff names the link's target, not the path kpr read: an invalid
-/// revision's change there must not pass for an untouched file and be applied.
+/// revision's change there must not pass for an untouched file and be applied. Both a link in
+/// the tree and a `--git-path` that is itself a link.
 #[test]
 fn an_invalid_revision_applies_nothing_behind_a_symlink() {
     let emu = common::kinesis_mock();
-    let [a, c] = ["serve-badlink-a", "serve-badlink-c"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
-    let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
-    let repo = Repo::new();
-    repo.write("m/a.yaml", &manifest(&a, &one(&a)));
-    repo.write("shared/c.yaml", &manifest(&c, &one(&c)));
-    std::os::unix::fs::symlink("../shared/c.yaml", repo.work().join("m/link.yaml")).unwrap();
-    let first = repo.push("main", "a, and c through a link");
-    let serve = Serve::git(&emu, &repo, &["--git-path", "m", "--interval", "1s"]);
-    serve.applied(&first);
-    repo.write(
-        "m/a.yaml",
-        &format!("{}polcy: {{}}\n", manifest(&a, &two(&a))),
-    );
-    repo.write("shared/c.yaml", &manifest(&c, &two(&c)));
-    let bad = repo.push("main", "a broken, c changed behind the link");
-    serve.poll(
-        "a scheduled scan of the bad revision",
-        Duration::from_secs(30),
-        |s| {
-            let st = s.status();
-            (st["last_run"]["revision"] == bad.as_str()
-                && st["last_run"]["trigger"] == "schedule"
-                && st["last_run"]["result"] == "invalid")
-                .then_some(())
-        },
-    );
-    assert!(same_grant(&live(&emu, &c).unwrap(), &one(&c)));
-    assert!(same_grant(&live(&emu, &a).unwrap(), &one(&a)));
-    serve.stop();
+    for linked_path in [false, true] {
+        let [a, c] = ["serve-badlink-a", "serve-badlink-c"].map(|n| emu.create_stream(&unique(n)));
+        let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+        let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
+        let repo = Repo::new();
+        // Either m/link.yaml -> ../shared/c.yaml, or m -> real with both files in real/.
+        let (a_file, c_file) = if linked_path {
+            std::fs::create_dir_all(repo.work().join("real")).unwrap();
+            std::os::unix::fs::symlink("real", repo.work().join("m")).unwrap();
+            ("real/a.yaml", "real/c.yaml")
+        } else {
+            std::fs::create_dir_all(repo.work().join("m")).unwrap();
+            std::os::unix::fs::symlink("../shared/c.yaml", repo.work().join("m/link.yaml"))
+                .unwrap();
+            ("m/a.yaml", "shared/c.yaml")
+        };
+        repo.write(a_file, &manifest(&a, &one(&a)));
+        repo.write(c_file, &manifest(&c, &one(&c)));
+        let first = repo.push("main", "a and c, one of them through a link");
+        let serve = Serve::git(&emu, &repo, &["--git-path", "m", "--interval", "1s"]);
+        serve.applied(&first);
+        repo.write(a_file, &format!("{}polcy: {{}}\n", manifest(&a, &two(&a))));
+        repo.write(c_file, &manifest(&c, &two(&c)));
+        let bad = repo.push("main", "a broken, c changed behind the link");
+        let st = serve.poll(
+            "a scheduled scan of the bad revision",
+            Duration::from_secs(30),
+            |s| {
+                let st = s.status();
+                (st["last_run"]["revision"] == bad.as_str()
+                    && st["last_run"]["trigger"] == "schedule")
+                    .then_some(st)
+            },
+        );
+        assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
+        assert!(
+            st["last_run"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("reached through a symlink")),
+            "{st:#}"
+        );
+        assert!(
+            same_grant(&live(&emu, &c).unwrap(), &one(&c)),
+            "{linked_path}"
+        );
+        serve.stop();
+    }
 }
 
 /// A directory has no commits to diff, so kpr compares each file's content with what the last
