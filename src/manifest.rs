@@ -738,6 +738,10 @@ fn json_type(v: &serde_json::Value) -> &'static str {
     }
 }
 
+/// What the error of a second declaration of one resource says: the file's other manifests
+/// may be fine (`kpr serve` still corrects drift of theirs while the revision is invalid).
+pub const DECLARED_TWICE: &str = "is declared twice";
+
 /// Every document whose ARN parsed: the ones that passed every check, and the others, which
 /// still count when looking for a resource declared twice, so that one run tells that too.
 #[derive(Default)]
@@ -772,7 +776,7 @@ impl Declared {
                     line: Some(source.line),
                     severity: Severity::Error,
                     message: format!(
-                        "{arn} is declared twice: here and at {} (one manifest per resource)",
+                        "{arn} {DECLARED_TWICE}: here and at {} (one manifest per resource)",
                         entry(f).1
                     ),
                 });

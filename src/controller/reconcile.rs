@@ -486,12 +486,14 @@ impl Reconciler {
         }
         // What the revision still declares without error, for drift correction of the files
         // it did not change (see `correct_untouched`).
-        let error_files: HashSet<PathBuf> = loaded.errors().map(|d| d.file.clone()).collect();
-        let valid = if error_files.is_empty() {
-            None
-        } else {
-            Some(std::mem::take(&mut loaded.state))
-        };
+        // A second declaration spoils only itself (it is not in the state), not its file.
+        let error_files: HashSet<PathBuf> = loaded
+            .errors()
+            .filter(|d| !d.message.contains(manifest::DECLARED_TWICE))
+            .map(|d| d.file.clone())
+            .collect();
+        let invalid = loaded.has_errors();
+        let valid = invalid.then(|| std::mem::take(&mut loaded.state));
         let desired = loaded.into_result().map_err(|errors| {
             const SHOWN: usize = 10;
             let shown: Vec<String> = errors

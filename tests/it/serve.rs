@@ -1209,6 +1209,35 @@ fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
     serve.stop();
 }
 
+/// A bad revision that declares a resource a second time, in a new file that sorts first,
+/// puts the error on the unchanged file's declaration: that one resource is left out of the
+/// correction, not the rest of its file.
+#[test]
+fn a_duplicate_in_a_new_file_leaves_the_rest_of_the_old_file_corrected() {
+    let emu = common::kinesis_mock();
+    let [b, d] = ["serve-dup-b", "serve-dup-d"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let both = format!("{}---\n{}", manifest(&b, &one(&b)), manifest(&d, &one(&d)));
+    let dir = common::Manifests::new(&[("m.yaml", &both)]);
+    let serve = Serve::dir(&emu, &dir, &["--interval", "1s", "--retry-delay", "1h"]);
+    wait_for("the startup run to apply", Duration::from_secs(20), || {
+        live(&emu, &d).filter(|p| same_grant(p, &one(&d)))
+    });
+    dir.write("0dup.yaml", &manifest(&d, &one(&d)));
+    emu.put_policy_raw(
+        &b,
+        &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
+    );
+    wait_for(
+        "a scheduled scan to undo the hand edit",
+        Duration::from_secs(30),
+        || live(&emu, &b).filter(|p| same_grant(p, &one(&b))),
+    );
+    let st = serve.status();
+    assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
+    serve.stop();
+}
+
 /// Behind a symlink git diff names the link's target, not the path kpr read: an invalid
 /// revision's change there must not pass for an untouched file and be applied. Both a link in
 /// the tree and a `--git-path` that is itself a link.
