@@ -363,16 +363,22 @@ impl GitRepo {
     }
 }
 
+/// A URL's scheme, its user info (up to the authority's last `@`) and what follows:
+/// `https://u:p@host/r` -> `("https", Some("u:p"), "host/r")`.
+fn url_parts(url: &str) -> Option<(&str, Option<&str>, &str)> {
+    let (scheme, rest) = url.split_once("://")?;
+    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
+    Some(match rest[..authority_end].rfind('@') {
+        Some(at) => (scheme, Some(&rest[..at]), &rest[at + 1..]),
+        None => (scheme, None, rest),
+    })
+}
+
 /// `scheme://user:pass@host/...` -> `scheme://***@host/...`; anything else unchanged.
 pub fn redact_url(url: &str) -> String {
-    let Some(scheme_end) = url.find("://") else {
-        return url.to_string();
-    };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    match rest[..authority_end].rfind('@') {
-        Some(at) => format!("{}://***@{}", &url[..scheme_end], &rest[at + 1..]),
-        None => url.to_string(),
+    match url_parts(url) {
+        Some((scheme, Some(_), after)) => format!("{scheme}://***@{after}"),
+        _ => url.to_string(),
     }
 }
 
@@ -413,23 +419,18 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
         user: None,
         password: None,
     };
-    let Some(scheme_end) = url.find("://") else {
+    let Some((scheme, Some(userinfo), after)) = url_parts(url) else {
         return Ok(unchanged());
     };
-    let rest = &url[scheme_end + 3..];
-    let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-    let Some(at) = rest[..authority_end].rfind('@') else {
-        return Ok(unchanged());
-    };
-    let (user, password) = match rest[..at].split_once(':') {
+    let (user, password) = match userinfo.split_once(':') {
         Some((user, password)) => (user, Some(password)),
-        None => (&rest[..at], None),
+        None => (userinfo, None),
     };
     let password = password
         .map(|p| percent_decode(p).ok_or("the password in the git URL is not valid"))
         .transpose()?
         .filter(|p| !p.is_empty());
-    let http = url.starts_with("https://") || url.starts_with("http://");
+    let http = scheme == "https" || scheme == "http";
     let (user_part, user) = if http {
         let user = percent_decode(user).ok_or("the user name in the git URL is not valid")?;
         (String::new(), Some(user).filter(|u| !u.is_empty()))
@@ -439,7 +440,7 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
         (format!("{user}@"), None)
     };
     Ok(UrlCredentials {
-        url: format!("{}://{user_part}{}", &url[..scheme_end], &rest[at + 1..]),
+        url: format!("{scheme}://{user_part}{after}"),
         user,
         password,
     })
@@ -453,15 +454,15 @@ fn is_codecommit(url: &str) -> bool {
     if url.starts_with("codecommit:") {
         return true;
     }
-    let Some(rest) = url
-        .strip_prefix("https://")
-        .or_else(|| url.strip_prefix("http://"))
-    else {
+    let Some(("https" | "http", _, after)) = url_parts(url) else {
         return false;
     };
-    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
-    let host = authority.rsplit('@').next().unwrap_or("");
-    let host = host.split(':').next().unwrap_or("").to_ascii_lowercase();
+    let authority = after.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority
+        .split(':')
+        .next()
+        .unwrap_or("")
+        .to_ascii_lowercase();
     let host = host
         .strip_suffix(".amazonaws.com")
         .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
