@@ -245,14 +245,8 @@ fn names_the_caller(c: &Condition) -> bool {
 /// Whether some key `counts` accepts must match fixed values (see [`names_the_caller`]).
 fn limits(c: &Condition, counts: impl Fn(&str) -> bool) -> bool {
     c.blocks().iter().any(|b| {
-        let op = b.operator().to_ascii_lowercase();
-        let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
-        let how = match op {
-            "stringequals" | "stringequalsignorecase" => Match::Exact,
-            "stringlike" => Match::Pattern,
-            "arnequals" | "arnlike" => Match::Arn,
-            "ipaddress" => Match::Cidr,
-            _ => return false,
+        let Some(how) = positive_match(b.operator()) else {
+            return false;
         };
         b.entries().iter().any(|(key, values)| {
             let key = key.to_ascii_lowercase();
@@ -262,6 +256,21 @@ fn limits(c: &Condition, counts: impl Fn(&str) -> bool) -> bool {
                     .iter()
                     .all(|v| fixed_caller_value(&key, how, &v.as_canonical_string()))
         })
+    })
+}
+
+/// How a positive operator (`ForAnyValue:` allowed) matches its values; `None` for any other:
+/// a `Not...` operator, `...IfExists` (which holds when the key is absent), `ForAllValues:`
+/// (which holds on an empty set), `Null`, `Bool`.
+fn positive_match(operator: &str) -> Option<Match> {
+    let op = operator.to_ascii_lowercase();
+    let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
+    Some(match op {
+        "stringequals" | "stringequalsignorecase" => Match::Exact,
+        "stringlike" => Match::Pattern,
+        "arnequals" | "arnlike" => Match::Arn,
+        "ipaddress" => Match::Cidr,
+        _ => return None,
     })
 }
 
@@ -421,46 +430,22 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
 }
 
 /// Whether a Condition block, on keys about the network only, may hold for calls from
-/// elsewhere, kpr's among them: anything but a plain positive match (`IpAddress` of a blocked
-/// range, `StringEquals aws:SourceVpce`), which holds only for calls from the network it
-/// names. `...IfExists` holds when the key is missing (a call through no VPC endpoint),
+/// elsewhere, kpr's among them: anything but a [`positive_match`] of one network (`IpAddress`
+/// of a blocked range, `StringEquals aws:SourceVpce`), which holds only for calls from there. `...IfExists` holds when the key is missing (a call through no VPC endpoint),
 /// `ForAllValues:` on an empty set, and `Not...` and `Null` elsewhere by their nature.
 fn denies_outside_a_network(b: &ConditionBlock) -> bool {
-    let op = b.operator().to_ascii_lowercase();
-    let (set, op) = match op.split_once(':') {
-        Some((set, op)) => (set.to_string(), op.to_string()),
-        None => (String::new(), op),
-    };
-    let plain_positive = set != "forallvalues"
-        && matches!(
-            op.as_str(),
-            "stringequals"
-                | "stringequalsignorecase"
-                | "stringlike"
-                | "arnequals"
-                | "arnlike"
-                | "ipaddress"
-        );
-    let how = if op == "stringlike" {
-        Match::Pattern
-    } else if op.starts_with("arn") {
-        Match::Arn
-    } else if op == "ipaddress" {
-        Match::Cidr
-    } else {
-        Match::Exact
-    };
+    let how = positive_match(b.operator());
     b.entries().iter().all(|(key, values)| {
         let key = key.to_ascii_lowercase();
         // A positive match spares kpr only when it names one network: `0.0.0.0/0` or
-        // `vpce-*` name them all.
-        let narrow = || {
-            // Never for aws:VpcSourceIp: private ranges, kpr's own likely among them.
+        // `vpce-*` name them all. Never for aws:VpcSourceIp: private ranges, kpr's own
+        // likely among them.
+        let narrow = how.is_some_and(|how| {
             values
                 .iter()
                 .all(|v| fixed_caller_value(&key, how, &v.as_canonical_string()))
-        };
-        NETWORK_KEYS.contains(&key.as_str()) && !(plain_positive && narrow())
+        });
+        NETWORK_KEYS.contains(&key.as_str()) && !narrow
     })
 }
 
@@ -1176,7 +1161,7 @@ mod tests {
         let spared = deny(json!({"Principal": "*", "Action": null,
             "NotAction": "kinesis:*ResourcePolicy"}));
         assert_eq!(spared, []);
-        // What does not touch kpr's calls, names someone else, or carries a Condition is fine.
+        // What does not touch kpr's calls or names someone else is fine.
         assert_eq!(
             deny(json!({"Principal": "*", "Action": "kinesis:PutRecord*"})),
             []
@@ -1188,70 +1173,61 @@ mod tests {
             ),
             []
         );
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}})),
-            []
-        );
+        // Everything denied to everyone under a Condition: whether kpr's own calls may meet it.
+        let under = |condition: &Value| {
+            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition": condition}))
+        };
         // Only through our VPC endpoint: kpr too, wherever it runs.
-        let f = deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-            {"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}}}));
+        let f = under(&json!({"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}}));
         one_finding(
             &f,
             Severity::Warning,
             "Statement[0].Principal",
             "that kpr's own calls may meet",
         );
-        // Combined with a key about the caller, the Condition may well spare kpr.
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"},
-                 "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}})),
-            []
-        );
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"Bool": {"aws:SecureTransport": "false"}}})),
-            []
-        );
-        // Denying a blocked range denies only calls from there.
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}})),
-            []
-        );
-        // A positive match over every network is no exemption.
-        for broad in [
-            json!({"IpAddress": {"aws:SourceIp": ["0.0.0.0/0", "::/0"]}}),
-            json!({"StringLike": {"aws:SourceVpce": "vpce-*"}}),
+        for (condition, warned) in [
+            // A key about the caller may well spare kpr, alone or beside a network key.
+            (
+                json!({"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}),
+                false,
+            ),
+            (
+                json!({"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"},
+                       "ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/kpr"}}),
+                false,
+            ),
+            (json!({"Bool": {"aws:SecureTransport": "false"}}), false),
+            // Denying a blocked range denies only calls from there.
+            (
+                json!({"IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}),
+                false,
+            ),
+            // A positive match over every network is no exemption.
+            (
+                json!({"IpAddress": {"aws:SourceIp": ["0.0.0.0/0", "::/0"]}}),
+                true,
+            ),
+            (json!({"StringLike": {"aws:SourceVpce": "vpce-*"}}), true),
+            // A VPC's private range: kpr's own calls are likely among them.
+            (
+                json!({"IpAddress": {"aws:VpcSourceIp": "10.0.0.0/8"}}),
+                true,
+            ),
+            // IfExists holds when the key is missing: a call through no VPC endpoint, as kpr's.
+            (
+                json!({"StringEqualsIfExists": {"aws:SourceVpce": "vpce-1a2b3c4d"}}),
+                true,
+            ),
+            // No VPC endpoint at all: kpr too, unless it calls through one.
+            (json!({"Null": {"aws:SourceVpce": "true"}}), true),
         ] {
-            assert_eq!(
-                deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition": broad})).len(),
-                1,
-                "{broad}"
-            );
+            let f = under(&condition);
+            if warned {
+                assert_eq!(f.len(), 1, "{condition}");
+            } else {
+                assert_eq!(f, [], "{condition}");
+            }
         }
-        // A VPC's private range: kpr's own calls are likely among them.
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"IpAddress": {"aws:VpcSourceIp": "10.0.0.0/8"}}}))
-            .len(),
-            1
-        );
-        // IfExists holds when the key is missing: a call through no VPC endpoint, as kpr's.
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"StringEqualsIfExists": {"aws:SourceVpce": "vpce-1a2b3c4d"}}}))
-            .len(),
-            1
-        );
-        // No VPC endpoint at all: kpr too, unless it calls through one.
-        assert_eq!(
-            deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition":
-                {"Null": {"aws:SourceVpce": "true"}}}))
-            .len(),
-            1
-        );
         let allow = run(
             &policy(json!({"Principal": {"AWS": "111122223333"}, "Action": "kinesis:*"})),
             &ctx(STREAM),
