@@ -373,6 +373,16 @@ impl Owed {
     }
 }
 
+/// `/status` lists what happened to each resource; the in-sync majority is only counted.
+fn list_in_status(out: &mut RunOutcome, items: Vec<Item>) {
+    out.resources.extend(
+        items
+            .into_iter()
+            .map(|i| i.status)
+            .filter(|s| !matches!(s.outcome, "unchanged" | "in_sync")),
+    );
+}
+
 async fn sleep_until(at: Option<tokio::time::Instant>) {
     match at {
         Some(at) => tokio::time::sleep_until(at).await,
@@ -630,7 +640,7 @@ impl Reconciler {
         let now = Instant::now();
         let scope = if trigger.full_scan() {
             None
-        } else if !self.source.is_dir() && (symlinks > 0 || self.source.manifest_dir_is_linked()) {
+        } else if self.diff_misses_links(symlinks) {
             // git diff names a link's target, or nothing when the target lies outside
             // --git-path, never the path kpr read: a changed file could go unseen.
             tracing::info!(
@@ -785,9 +795,8 @@ impl Reconciler {
             digests,
             symlinks,
         } = untouched;
-        // Behind a symlink, git diff names the link's target, not the path kpr read: a change
-        // of the bad revision could pass for an untouched file.
-        if !self.source.is_dir() && (symlinks > 0 || self.source.manifest_dir_is_linked()) {
+        // A change of the bad revision behind a link could pass for an untouched file.
+        if self.diff_misses_links(symlinks) {
             tracing::warn!(
                 "manifests are reached through a symlink, behind which git diff cannot tell an untouched file: no drift is corrected until the revision is valid"
             );
@@ -836,23 +845,13 @@ impl Reconciler {
             "reconciling the files the invalid revision did not change, as the last good revision declares them"
         );
         let (items, _) = self.apply_plan(plan, &mut out).await;
-        let now = Instant::now();
+        self.back_off(&items);
         for item in &items {
-            let Some(id) = &item.id else { continue };
-            if item.state == ResourceState::Failed {
-                let error = item.status.error.clone().unwrap_or_default();
-                self.backoff.failed(id.clone(), now, error);
-            } else {
-                self.backoff.succeeded(id);
+            if let Some(id) = &item.id {
+                self.states.insert(state_key(id), item.state);
             }
-            self.states.insert(state_key(id), item.state);
         }
-        out.resources.extend(
-            items
-                .into_iter()
-                .map(|i| i.status)
-                .filter(|s| !matches!(s.outcome, "unchanged" | "in_sync")),
-        );
+        list_in_status(&mut out, items);
         out.result = RunResult::Invalid;
         out.error = Some(format!(
             "{message}; meanwhile the {n} resource(s) of files it did not change were {} as \
@@ -864,6 +863,30 @@ impl Reconciler {
             }
         ));
         out
+    }
+
+    /// For a git source: whether `git diff` may miss a change because the manifests are reached
+    /// through symlinks (it names a link's target, not the path kpr read).
+    fn diff_misses_links(&self, symlinks: usize) -> bool {
+        !self.source.is_dir() && (symlinks > 0 || self.source.manifest_dir_is_linked())
+    }
+
+    /// Backoff after a run's items: a failure waits longer, a success is forgotten. Returns
+    /// the resources that failed.
+    fn back_off(&mut self, items: &[Item]) -> HashSet<ResourceArn> {
+        let now = Instant::now();
+        let mut failed = HashSet::new();
+        for item in items {
+            let Some(id) = &item.id else { continue };
+            if item.state == ResourceState::Failed {
+                failed.insert(id.clone());
+                let error = item.status.error.clone().unwrap_or_default();
+                self.backoff.failed(id.clone(), now, error);
+            } else {
+                self.backoff.succeeded(id);
+            }
+        }
+        failed
     }
 
     /// Applies a plan (or, in a dry run, reports it): one item per resource, and whether a
@@ -993,21 +1016,8 @@ impl Reconciler {
         incremental: Option<&Incremental>,
         skip: &HashSet<ResourceArn>,
     ) {
+        let failed_now = self.back_off(&items);
         let now = Instant::now();
-        let mut failed_now = HashSet::new();
-        for item in &items {
-            let Some(id) = &item.id else { continue };
-            if item.state == ResourceState::Failed {
-                failed_now.insert(id.clone());
-                self.backoff.failed(
-                    id.clone(),
-                    now,
-                    item.status.error.clone().unwrap_or_default(),
-                );
-            } else {
-                self.backoff.succeeded(id);
-            }
-        }
         let Declared {
             ids: declared,
             files,
@@ -1077,13 +1087,7 @@ impl Reconciler {
             })
             .collect();
         out.skipped.sort_by(|a, b| a.arn.cmp(&b.arn));
-        // `/status` lists what happened; the in-sync majority is in the summary's counts.
-        out.resources.extend(
-            items
-                .into_iter()
-                .map(|i| i.status)
-                .filter(|s| !matches!(s.outcome, "unchanged" | "in_sync")),
-        );
+        list_in_status(out, items);
         out.resources.shrink_to_fit();
         self.applied = Some(Applied { revision, files });
     }
