@@ -950,23 +950,19 @@ policy:
         write(d.path(), "a.yaml", &format!("{GOOD}...\n{other}"));
         let loaded = load_dir(d.path(), &LoadOptions::default());
         assert!(loaded.has_errors(), "{:?}", loaded.diagnostics);
+        let error_lines = |text: &str| {
+            write(d.path(), "a.yaml", text);
+            let loaded = load_dir(d.path(), &LoadOptions::default());
+            let lines: Vec<Option<usize>> = loaded.errors().map(|e| e.line).collect();
+            (lines, loaded.diagnostics)
+        };
         // A document that begins on its `---` line is found there.
-        write(
-            d.path(),
-            "a.yaml",
+        let (lines, diags) = error_lines(
             "--- {arn: \"arn:aws:kinesis:us-east-1:111122223333:strem/z\", ensure: absent}\n",
         );
-        let loaded = load_dir(d.path(), &LoadOptions::default());
-        let lines: Vec<Option<usize>> = loaded.errors().map(|e| e.line).collect();
-        assert_eq!(lines, [Some(1)], "{:?}", loaded.diagnostics);
-        write(
-            d.path(),
-            "a.yaml",
-            "---\t\narn: [x]\n---\t# two\narn: a\nensure: gone\n",
-        );
-        let loaded = load_dir(d.path(), &LoadOptions::default());
-        let lines: Vec<Option<usize>> = loaded.errors().map(|e| e.line).collect();
-        assert_eq!(lines, [Some(2), Some(5)], "{:?}", loaded.diagnostics);
+        assert_eq!(lines, [Some(1)], "{diags:?}");
+        let (lines, diags) = error_lines("---\t\narn: [x]\n---\t# two\narn: a\nensure: gone\n");
+        assert_eq!(lines, [Some(2), Some(5)], "{diags:?}");
     }
 
     /// A declaration with errors of its own still counts as one: both problems in one run.

@@ -1359,18 +1359,25 @@ fn a_directory_webhook_reconciles_only_the_edited_files() {
     serve.stop();
 }
 
+/// A directory with one good manifest and `ghost.yaml`, whose stream does not exist: it
+/// fails, and backs off, until the file is removed.
+fn with_a_ghost(emu: &Emulator, prefix: &str) -> common::Manifests {
+    let (_, dir) = emu.stream_with_manifest(prefix);
+    let ghost = emu.stream_arn(&unique(&format!("{prefix}-ghost")));
+    dir.write(
+        "ghost.yaml",
+        &manifest(&ghost, &read_policy(&ghost, "111122223333")),
+    );
+    dir
+}
+
 /// A failing resource whose manifest is then removed (no --prune): the run that sees it go
 /// leaves it alone and forgets its backoff. No retry is left pending, neither an empty run
 /// every --retry-delay until the schedule nor a full scan.
 #[test]
 fn a_failure_nobody_declares_any_more_stops_being_retried() {
     let emu = common::kinesis_mock();
-    let (_, dir) = emu.stream_with_manifest("serve-forget");
-    let ghost = emu.stream_arn(&unique("serve-forget-ghost"));
-    dir.write(
-        "ghost.yaml",
-        &manifest(&ghost, &read_policy(&ghost, "111122223333")),
-    );
+    let dir = with_a_ghost(&emu, "serve-forget");
     let serve = Serve::start(
         &emu,
         Options {
@@ -1402,12 +1409,7 @@ fn a_failure_nobody_declares_any_more_stops_being_retried() {
 #[test]
 fn a_full_scan_forgets_the_backoff_of_a_resource_nobody_declares() {
     let emu = common::kinesis_mock();
-    let (_, dir) = emu.stream_with_manifest("serve-forget-full");
-    let ghost = emu.stream_arn(&unique("serve-forget-full-ghost"));
-    dir.write(
-        "ghost.yaml",
-        &manifest(&ghost, &read_policy(&ghost, "111122223333")),
-    );
+    let dir = with_a_ghost(&emu, "serve-forget-full");
     let serve = Serve::start(
         &emu,
         Options {
