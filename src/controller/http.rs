@@ -38,6 +38,10 @@ pub struct Shared {
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
     replay: Mutex<ReplayGuard>,
+    /// The commit the latest push named (its `after`), until a fetch serves it: a host's
+    /// replica may lag behind its webhook, and the run the push started would then apply the
+    /// commit before it (see [`super::reconcile`]).
+    pub awaited_commit: Mutex<Option<String>>,
     max_body: usize,
     /// Bytes of not yet authenticated webhook bodies held at once (see [`read_body`]).
     body_budget: tokio::sync::Semaphore,
@@ -68,6 +72,7 @@ impl Shared {
                 SourceSpec::Dir(_) => None,
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
+            awaited_commit: Mutex::new(None),
             max_body: settings.webhook_max_body,
             // Room for two of the largest bodies allowed, at least.
             body_budget: tokio::sync::Semaphore::new(
@@ -400,7 +405,7 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             "ignored",
             format!("event {name:?} ignored: only pushes trigger a run"),
         ),
-        Event::Push { git_ref } => {
+        Event::Push { git_ref, after } => {
             if let (Some(branch), Some(r)) = (&s.branch, &git_ref) {
                 let wanted = format!("refs/heads/{branch}");
                 if *r != wanted {
@@ -411,12 +416,19 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
                     );
                 }
             }
+            // Only a git source has commits to wait for. Set before the trigger, so the run it
+            // starts sees it. A push that names none leaves an earlier push's commit awaited.
+            let after = after.filter(|_| s.branch.is_some());
+            if let Some(commit) = &after {
+                *s.awaited_commit.lock().expect("awaited lock") = Some(commit.clone());
+            }
             if s.queue.push(Trigger::Webhook) {
                 reply(
                     StatusCode::ACCEPTED,
                     "accepted",
                     format!(
-                        "reconcile queued{}",
+                        "reconcile queued{}{}",
+                        after.map(|c| format!(" for {c}")).unwrap_or_default(),
                         delivery
                             .map(|d| format!(" (delivery {d})"))
                             .unwrap_or_default()

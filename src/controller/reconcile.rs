@@ -146,13 +146,17 @@ pub struct Status {
     pub last_error: Option<ErrorStatus>,
     /// The retry the worker will start unless a trigger comes first.
     pub next_retry: Option<RetryStatus>,
+    /// A commit a push named that the last fetch did not bring: kpr fetches again soon.
+    pub awaited_commit: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RetryStatus {
     pub at: String,
-    /// `full`, or `incremental` (failed resources whose wait is over).
+    /// `full`, or `incremental` (failed resources whose wait is over, and what changed).
     pub scan: &'static str,
+    /// `failure`, or `awaited_commit` (a fetch for a pushed commit not yet fetched).
+    pub reason: &'static str,
 }
 
 /// What the last applied revision declared, file by file (repository-relative): an
@@ -261,7 +265,19 @@ pub struct Reconciler {
     applied: Option<Applied>,
     /// Each managed resource's state, for the counts: keyed by [`state_key`].
     states: HashMap<u64, ResourceState>,
+    /// A pushed commit the last fetch did not bring (see [`Reconciler::check_awaited`]).
+    awaiting: Option<Awaiting>,
 }
+
+struct Awaiting {
+    commit: String,
+    /// Fetches in a row that came without it.
+    misses: u32,
+}
+
+/// How many fetches in a row may miss a pushed commit before kpr stops fetching for it: the
+/// waits between them double from one second, so it gives up about a minute after the push.
+const AWAIT_MISSES: u32 = 7;
 
 /// A resource's key in `Reconciler::states`: a 64-bit hash of its identity ARN, not the ARN.
 /// The states live as long as the controller and are only counted; 10,000 ARN keys were
@@ -331,6 +347,15 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
             )),
             _ => reconciler.next_retry(&owed),
         };
+        let mut reason = "failure";
+        // A fetch for a pushed commit still missing; any run sooner fetches too.
+        if let Some(wait) = reconciler.awaited_fetch() {
+            let at = tokio::time::Instant::now() + wait;
+            if retry.is_none_or(|(r, _)| at < r) {
+                retry = Some((at, Trigger::Retry { full: false }));
+                reason = "awaited_commit";
+            }
+        }
         if let Some((at, next)) = retry {
             let wait = at.saturating_duration_since(tokio::time::Instant::now());
             let scan = if next.full_scan() {
@@ -340,12 +365,14 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
             };
             tracing::info!(
                 scan,
+                reason,
                 after = %humantime::format_duration(round_ms(wait)),
                 "retry scheduled"
             );
             shared.status.write().expect("status lock").next_retry = Some(RetryStatus {
                 at: rfc3339(SystemTime::now() + wait),
                 scan,
+                reason,
             });
         }
     }
@@ -412,7 +439,70 @@ impl Reconciler {
             backoff: Backoff::starting_at(retry_delay),
             applied: None,
             states: HashMap::new(),
+            awaiting: None,
         }
+    }
+
+    /// A git host may deliver a push's webhook before a fetch can see the pushed commit (a
+    /// replica behind the one that took the push). The run applies what it fetched all the
+    /// same; while the commit is missing the worker fetches again ([`Self::awaited_fetch`]),
+    /// so the push is applied in seconds rather than at the next scheduled run.
+    async fn check_awaited(&mut self, head: &str) {
+        let wanted = self
+            .shared
+            .awaited_commit
+            .lock()
+            .expect("awaited lock")
+            .clone();
+        let Some(commit) = wanted else {
+            self.awaiting = None;
+            return;
+        };
+        let arrived = self.source.contains(&commit, head).await;
+        let misses = match &self.awaiting {
+            Some(a) if a.commit == commit => a.misses + 1,
+            _ => 1,
+        };
+        if arrived || misses >= AWAIT_MISSES {
+            if arrived && misses > 1 {
+                tracing::info!(commit, head, "the pushed commit has arrived");
+            } else if !arrived {
+                tracing::warn!(
+                    commit,
+                    head,
+                    fetches = misses,
+                    "giving up on the pushed commit: the branch never contained it (replaced \
+                     by a force-push?); the next push or scheduled run takes what is there"
+                );
+            }
+            let mut awaited = self.shared.awaited_commit.lock().expect("awaited lock");
+            // A newer push may have named another commit meanwhile: that one is still awaited.
+            if awaited.as_deref() == Some(commit.as_str()) {
+                *awaited = None;
+            }
+            self.awaiting = None;
+        } else {
+            tracing::warn!(
+                commit,
+                head,
+                "the branch does not contain the pushed commit yet (the git host's replica \
+                 is behind its webhook?): applying what was fetched, and fetching again soon"
+            );
+            self.awaiting = Some(Awaiting { commit, misses });
+        }
+        self.shared
+            .status
+            .write()
+            .expect("status lock")
+            .awaited_commit = self.awaiting.as_ref().map(|a| a.commit.clone());
+    }
+
+    /// How long after this run to fetch again for a pushed commit not yet seen: one second
+    /// after the first miss, doubling.
+    pub fn awaited_fetch(&self) -> Option<Duration> {
+        self.awaiting
+            .as_ref()
+            .map(|a| Duration::from_secs(1 << (a.misses - 1)))
     }
 
     /// Runs once; returns how it ended, and whether it scanned everything (an incremental
@@ -607,6 +697,9 @@ impl Reconciler {
                 return out.fail(RunResult::FetchFailed, e);
             }
         };
+        if let Some(head) = &revision {
+            self.check_awaited(head).await;
+        }
         out.revision = revision.clone();
         let Loaded {
             desired,

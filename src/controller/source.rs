@@ -120,6 +120,15 @@ impl Source {
         }
     }
 
+    /// Whether `commit` was fetched and is `head` or one of its ancestors. Always true for a
+    /// directory, which has no commits.
+    pub async fn contains(&self, commit: &str, head: &str) -> bool {
+        match self {
+            Source::Dir(_) => true,
+            Source::Git(g) => g.contains(commit, head).await,
+        }
+    }
+
     /// Repository-relative paths of the manifest files that differ between two commits,
     /// including deleted ones. `None` for a directory source.
     pub async fn changed_files(
@@ -331,6 +340,22 @@ impl GitRepo {
             tracing::warn!(lock = %path.display(), "removed a stale git lock, left by a git that was stopped");
         }
         Ok(())
+    }
+
+    async fn contains(&self, commit: &str, head: &str) -> bool {
+        if commit == head {
+            return true;
+        }
+        // Both exit non-zero quietly when the commit is unknown (`merge-base` alone would say
+        // "fatal"); a git that fails outright failed the fetch before this.
+        let object = format!("{commit}^{{commit}}");
+        self.git(["rev-parse", "--verify", "--quiet", &object])
+            .await
+            .is_ok()
+            && self
+                .git(["merge-base", "--is-ancestor", commit, head])
+                .await
+                .is_ok()
     }
 
     async fn changed_files(&self, old: &str, new: &str) -> Result<Vec<PathBuf>, String> {

@@ -109,12 +109,14 @@ pub fn delivery_id(headers: &HeaderMap) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
-#[derive(Debug, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Ping,
     /// `git_ref` is None when a generic caller sent no payload: it just asks for a run.
+    /// `after` is the commit the push moved the ref to, when the payload names one.
     Push {
         git_ref: Option<String>,
+        after: Option<String>,
     },
     /// An event kpr does not act on (issues, tags, ...), by name.
     Other(String),
@@ -138,36 +140,53 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Stri
     }
 }
 
-fn push_ref(v: &serde_json::Value) -> Option<String> {
-    v.get("ref").and_then(|r| r.as_str()).map(str::to_string)
+/// A push payload's ref and `after` commit. A deleted ref's `after` is all zeros: no commit
+/// to wait for.
+fn push(v: &serde_json::Value) -> Event {
+    let after = v
+        .get("after")
+        .and_then(|a| a.as_str())
+        .filter(|a| matches!(a.len(), 40 | 64))
+        .filter(|a| a.bytes().all(|b| b.is_ascii_hexdigit()) && a.bytes().any(|b| b != b'0'))
+        .map(str::to_ascii_lowercase);
+    Event::Push {
+        git_ref: v.get("ref").and_then(|r| r.as_str()).map(str::to_string),
+        after,
+    }
+}
+
+/// A git host's push, which always names its ref.
+fn hosted_push(headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
+    match push(&json_body(headers, body)?) {
+        Event::Push { git_ref: None, .. } => Err("push without ref".into()),
+        event => Ok(event),
+    }
 }
 
 pub fn parse_event(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Result<Event, String> {
     match provider {
         Provider::GitHub => match header(headers, "x-github-event").unwrap_or("") {
             "ping" => Ok(Event::Ping),
-            "push" => Ok(Event::Push {
-                git_ref: Some(push_ref(&json_body(headers, body)?).ok_or("push without ref")?),
-            }),
+            "push" => hosted_push(headers, body),
             "" => Err("missing X-GitHub-Event header".into()),
             other => Ok(Event::Other(other.to_string())),
         },
         Provider::GitLab => match header(headers, "x-gitlab-event").unwrap_or("") {
-            "Push Hook" => Ok(Event::Push {
-                git_ref: Some(push_ref(&json_body(headers, body)?).ok_or("push without ref")?),
-            }),
+            "Push Hook" => hosted_push(headers, body),
             "" => Err("missing X-Gitlab-Event header".into()),
             other => Ok(Event::Other(other.to_string())),
         },
         // A generic caller may forward a push payload (then its ref is checked), any JSON, or
         // nothing; a body that is not JSON is a mistake to report, not a trigger.
         Provider::Bearer => {
-            let git_ref = if body.iter().all(u8::is_ascii_whitespace) {
-                None
+            if body.iter().all(u8::is_ascii_whitespace) {
+                Ok(Event::Push {
+                    git_ref: None,
+                    after: None,
+                })
             } else {
-                push_ref(&json_body(headers, body)?)
-            };
-            Ok(Event::Push { git_ref })
+                Ok(push(&json_body(headers, body)?))
+            }
         }
     }
 }
@@ -318,13 +337,20 @@ mod tests {
 
     #[test]
     fn events_and_refs() {
-        let push = br#"{"ref":"refs/heads/main","after":"abc"}"#;
+        const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
+        let push = format!(
+            r#"{{"ref":"refs/heads/main","after":"{}"}}"#,
+            SHA.to_uppercase()
+        );
+        let push = push.as_bytes();
+        let main = Ok(Event::Push {
+            git_ref: Some("refs/heads/main".into()),
+            after: Some(SHA.into()),
+        });
         let gh = |event: &str| headers(&[("x-github-event", event)]);
         assert_eq!(
             parse_event(Provider::GitHub, &gh("push"), push),
-            Ok(Event::Push {
-                git_ref: Some("refs/heads/main".into())
-            })
+            main.clone()
         );
         assert_eq!(
             parse_event(Provider::GitHub, &gh("ping"), b"{}"),
@@ -339,12 +365,7 @@ mod tests {
             ("x-github-event", "push"),
             ("content-type", "application/x-www-form-urlencoded"),
         ]);
-        assert_eq!(
-            parse_event(Provider::GitHub, &curl, push),
-            Ok(Event::Push {
-                git_ref: Some("refs/heads/main".into())
-            })
-        );
+        assert_eq!(parse_event(Provider::GitHub, &curl, push), main.clone());
         let form = headers(&[
             ("x-github-event", "push"),
             ("content-type", "application/x-www-form-urlencoded"),
@@ -356,16 +377,12 @@ mod tests {
                 b"payload=%7B%22ref%22%3A%22refs%2Fheads%2Fdev%22%7D"
             ),
             Ok(Event::Push {
-                git_ref: Some("refs/heads/dev".into())
+                git_ref: Some("refs/heads/dev".into()),
+                after: None
             })
         );
         let gl = headers(&[("x-gitlab-event", "Push Hook")]);
-        assert_eq!(
-            parse_event(Provider::GitLab, &gl, push),
-            Ok(Event::Push {
-                git_ref: Some("refs/heads/main".into())
-            })
-        );
+        assert_eq!(parse_event(Provider::GitLab, &gl, push), main.clone());
         assert_eq!(
             parse_event(
                 Provider::GitLab,
@@ -376,14 +393,37 @@ mod tests {
         );
         assert_eq!(
             parse_event(Provider::Bearer, &HeaderMap::new(), b""),
-            Ok(Event::Push { git_ref: None })
+            Ok(Event::Push {
+                git_ref: None,
+                after: None
+            })
         );
         assert_eq!(
             parse_event(Provider::Bearer, &HeaderMap::new(), push),
-            Ok(Event::Push {
-                git_ref: Some("refs/heads/main".into())
-            })
+            main.clone()
         );
+        // Nothing to wait for: a deleted branch (all zeros), a short or non-hex `after`.
+        for after in [
+            "0000000000000000000000000000000000000000",
+            "0123456",
+            "0123456789abcdef0123456789abcdef0123456z",
+        ] {
+            let body = format!(r#"{{"ref":"refs/heads/main","after":"{after}"}}"#);
+            assert_eq!(
+                parse_event(Provider::GitHub, &gh("push"), body.as_bytes()),
+                Ok(Event::Push {
+                    git_ref: Some("refs/heads/main".into()),
+                    after: None
+                }),
+                "{after}"
+            );
+        }
+        let sha256 = "ab".repeat(32);
+        let body = format!(r#"{{"ref":"refs/heads/main","after":"{sha256}"}}"#);
+        assert!(matches!(
+            parse_event(Provider::GitLab, &gl, body.as_bytes()),
+            Ok(Event::Push { after: Some(a), .. }) if a == sha256
+        ));
     }
 
     #[test]

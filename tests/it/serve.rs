@@ -206,11 +206,22 @@ impl Repo {
 
     /// Commits everything and pushes it to `branch`; returns the commit.
     fn push(&self, branch: &str, message: &str) -> String {
+        self.commit(message);
+        self.push_head(branch)
+    }
+
+    /// Commits everything, without pushing; returns the commit.
+    fn commit(&self, message: &str) -> String {
         git(&self.work(), &["add", "-A"]);
         git(
             &self.work(),
             &["commit", "-q", "--allow-empty", "-m", message],
         );
+        git(&self.work(), &["rev-parse", "HEAD"])
+    }
+
+    /// Pushes the last commit to `branch`; returns it.
+    fn push_head(&self, branch: &str) -> String {
         git(
             &self.work(),
             &[
@@ -385,15 +396,19 @@ impl Serve {
 
     /// A correctly signed GitHub push to `branch`.
     fn github_push(&self, branch: &str, delivery: &str) -> Response {
-        let body = push_body(branch);
+        self.github_push_body(&push_body(branch), delivery)
+    }
+
+    /// A correctly signed GitHub push event with this payload.
+    fn github_push_body(&self, body: &[u8], delivery: &str) -> Response {
         self.webhook(
             &[
                 ("Content-Type", "application/json"),
                 ("X-GitHub-Event", "push"),
                 ("X-GitHub-Delivery", delivery),
-                ("X-Hub-Signature-256", &sign(&body)),
+                ("X-Hub-Signature-256", &sign(body)),
             ],
-            &body,
+            body,
         )
     }
 
@@ -1004,6 +1019,56 @@ fn a_one_file_merge_costs_only_that_resources_calls() {
     }
     // The scheduled scan still sees all three remaining resources.
     assert_eq!(st["resources"]["in_sync"], 3, "{st:#}");
+    serve.stop();
+}
+
+/// A push's webhook may come before the git host serves the pushed commit to a fetch (a
+/// replica behind the one that took the push). kpr applies what it fetched and fetches again
+/// on its own clock: the commit is applied when it arrives, not at the next scheduled run.
+#[test]
+fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-late"));
+    let repo = Repo::new();
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    repo.write("s.yaml", &manifest(&arn, &v1));
+    let first = repo.push("main", "v1");
+    let serve = Serve::git(&emu, &repo, &["--interval", "1h"]);
+    serve.applied(&first);
+
+    // The push's commit exists (in the clone that made it) before the remote serves it.
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    repo.write("s.yaml", &manifest(&arn, &v2));
+    let second = repo.commit("v2");
+    let body = serde_json::json!({"ref": "refs/heads/main", "after": second}).to_string();
+    let r = serve.github_push_body(body.as_bytes(), "late-1");
+    assert_eq!(r.status, 202, "{r:?}");
+    assert!(r.body.contains(&second), "{r:?}");
+    let st = serve.poll(
+        "the webhook's run to miss the commit and plan a fetch",
+        Duration::from_secs(20),
+        |s| {
+            let st = s.status();
+            (st["next_retry"]["reason"] == "awaited_commit").then_some(st)
+        },
+    );
+    assert_eq!(st["awaited_commit"], second.as_str(), "{st:#}");
+    assert_eq!(st["last_good_revision"], first.as_str(), "{st:#}");
+    assert!(live(&emu, &arn).is_some_and(|p| same_grant(&p, &v1)));
+    assert!(
+        serve
+            .logs()
+            .contains("does not contain the pushed commit yet"),
+        "{}",
+        serve.logs()
+    );
+
+    // The remote catches up; no other push, no schedule: kpr's own fetch applies it.
+    repo.push_head("main");
+    let st = serve.applied(&second);
+    assert!(st["awaited_commit"].is_null(), "{st:#}");
+    assert!(live(&emu, &arn).is_some_and(|p| same_grant(&p, &v2)));
+    assert!(serve.logs().contains("the pushed commit has arrived"));
     serve.stop();
 }
 
