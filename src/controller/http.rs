@@ -418,7 +418,8 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             }
             // Only a git source has commits to wait for. Set before the trigger, so the run it
             // starts sees it. A push that names none leaves an earlier push's commit awaited.
-            let after = after.filter(|_| s.branch.is_some());
+            // A payload without a ref may be from any branch: nothing to wait for.
+            let after = after.filter(|_| s.branch.is_some() && git_ref.is_some());
             if let Some(commit) = &after {
                 *s.awaited_commit.lock().expect("awaited lock") = Some(commit.clone());
             }

@@ -267,6 +267,11 @@ pub struct Reconciler {
     states: HashMap<u64, ResourceState>,
     /// A pushed commit the last fetch did not bring (see [`Reconciler::check_awaited`]).
     awaiting: Option<Awaiting>,
+    /// Until a run completes, the last good revision an earlier process recorded (git
+    /// sources): what drift correction on an invalid branch measures "untouched" against.
+    restored: Option<String>,
+    /// The last good revision known to be recorded in the working copy.
+    recorded: Option<String>,
 }
 
 struct Awaiting {
@@ -347,15 +352,16 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
             )),
             _ => reconciler.next_retry(&owed),
         };
-        let mut reason = "failure";
-        // A fetch for a pushed commit still missing; any run sooner fetches too.
-        if let Some(wait) = reconciler.awaited_fetch() {
-            let at = tokio::time::Instant::now() + wait;
-            if retry.is_none_or(|(r, _)| at < r) {
-                retry = Some((at, Trigger::Retry { full: false }));
-                reason = "awaited_commit";
-            }
-        }
+        let awaited = reconciler
+            .awaited_fetch()
+            .map(|wait| tokio::time::Instant::now() + wait);
+        let (next, brought_forward) = with_awaited_fetch(retry, awaited);
+        retry = next;
+        let reason = if brought_forward {
+            "awaited_commit"
+        } else {
+            "failure"
+        };
         if let Some((at, next)) = retry {
             let wait = at.saturating_duration_since(tokio::time::Instant::now());
             let scan = if next.full_scan() {
@@ -375,6 +381,20 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
                 reason,
             });
         }
+    }
+}
+
+/// The next retry, brought forward to `awaited` (a fetch for a pushed commit not yet seen)
+/// when that is sooner; true if it was. A retry keeps its scope: a full scan still owed stays
+/// one (every run fetches, so it serves the awaited commit as well).
+fn with_awaited_fetch(
+    retry: Option<(tokio::time::Instant, Trigger)>,
+    awaited: Option<tokio::time::Instant>,
+) -> (Option<(tokio::time::Instant, Trigger)>, bool) {
+    match (retry, awaited) {
+        (Some((at, trigger)), Some(fetch)) if fetch < at => (Some((fetch, trigger)), true),
+        (None, Some(fetch)) => (Some((fetch, Trigger::Retry { full: false })), true),
+        (retry, _) => (retry, false),
     }
 }
 
@@ -440,25 +460,43 @@ impl Reconciler {
             applied: None,
             states: HashMap::new(),
             awaiting: None,
+            restored: None,
+            recorded: None,
+        }
+    }
+
+    /// Records a completed run's revision in the working copy, for a restart on an invalid
+    /// branch (see `restored`). A failure costs only that: it is logged and the run stands.
+    async fn record_good(&mut self, revision: Option<&str>) {
+        let Some(revision) = revision.filter(|_| !self.source.is_dir()) else {
+            return;
+        };
+        if self.recorded.as_deref() == Some(revision) {
+            return;
+        }
+        match self.source.record_good(revision).await {
+            Ok(()) => self.recorded = Some(revision.to_string()),
+            Err(e) => {
+                tracing::warn!(error = %e, "cannot record the last good revision in the working copy")
+            }
         }
     }
 
     /// A git host may deliver a push's webhook before a fetch can see the pushed commit (a
     /// replica behind the one that took the push). The run applies what it fetched all the
     /// same; while the commit is missing the worker fetches again ([`Self::awaited_fetch`]),
-    /// so the push is applied in seconds rather than at the next scheduled run.
-    async fn check_awaited(&mut self, head: &str) {
-        let wanted = self
-            .shared
-            .awaited_commit
-            .lock()
-            .expect("awaited lock")
-            .clone();
+    /// so the push is applied in seconds rather than at the next scheduled run. `wanted` is
+    /// what was awaited when the run began; `head` the commit fetched, `None` when the fetch
+    /// failed: a miss all the same, or a git host that stays down would be asked every second.
+    async fn check_awaited(&mut self, wanted: Option<String>, head: Option<&str>) {
         let Some(commit) = wanted else {
             self.awaiting = None;
             return;
         };
-        let arrived = self.source.contains(&commit, head).await;
+        let arrived = match head {
+            Some(head) => self.source.contains(&commit, head).await,
+            None => false,
+        };
         let misses = match &self.awaiting {
             Some(a) if a.commit == commit => a.misses + 1,
             _ => 1,
@@ -471,8 +509,9 @@ impl Reconciler {
                     commit,
                     head,
                     fetches = misses,
-                    "giving up on the pushed commit: the branch never contained it (replaced \
-                     by a force-push?); the next push or scheduled run takes what is there"
+                    "giving up on the pushed commit: no fetch brought it (a replica far \
+                     behind, or a push replaced it); the next push or scheduled run takes \
+                     the branch as it is"
                 );
             }
             let mut awaited = self.shared.awaited_commit.lock().expect("awaited lock");
@@ -482,12 +521,15 @@ impl Reconciler {
             }
             self.awaiting = None;
         } else {
-            tracing::warn!(
-                commit,
-                head,
-                "the branch does not contain the pushed commit yet (the git host's replica \
-                 is behind its webhook?): applying what was fetched, and fetching again soon"
-            );
+            if head.is_some() {
+                tracing::warn!(
+                    commit,
+                    head,
+                    "the branch does not contain the pushed commit yet (the git host's \
+                     replica is behind its webhook?): applying what was fetched, and fetching \
+                     again soon"
+                );
+            }
             self.awaiting = Some(Awaiting { commit, misses });
         }
         self.shared
@@ -516,6 +558,11 @@ impl Reconciler {
             revision = tracing::field::Empty
         );
         let out = self.execute(trigger, &span).instrument(span.clone()).await;
+        if out.result.completed() {
+            self.record_good(out.revision.as_deref())
+                .instrument(span.clone())
+                .await;
+        }
         let _in_span = span.enter();
         let (result, full) = (out.result, !out.incremental);
         self.record(trigger, started, started_at, out);
@@ -648,15 +695,16 @@ impl Reconciler {
         declared: &Declared,
         now: Instant,
     ) -> Option<Incremental> {
-        if self.applied.is_none() {
+        let Some(applied) = &self.applied else {
             tracing::info!("no revision applied yet: full run");
-        }
+            return None;
+        };
         let changed = self.changed_files(revision, declared).await?;
         Some(changed_scope(
             changed,
             desired,
             &declared.ids,
-            &self.applied.as_ref()?.files,
+            &applied.files,
             self.source.root(),
             &self.backoff.due(now).cloned().collect(),
             self.opts.prune,
@@ -671,12 +719,15 @@ impl Reconciler {
         declared: &Declared,
     ) -> Option<Vec<PathBuf>> {
         let new = revision?;
-        let applied = self.applied.as_ref()?;
-        let old = applied.revision.as_deref()?;
+        let (old, files) = match &self.applied {
+            Some(applied) => (applied.revision.as_deref()?, Some(&applied.files)),
+            // No run completed since the restart: the revision an earlier process recorded.
+            None => (self.restored.as_deref()?, None),
+        };
         if old == new {
             Some(Vec::new())
         } else if self.source.is_dir() {
-            Some(declared.files.changed_since(&applied.files))
+            Some(declared.files.changed_since(files?))
         } else {
             match self.source.changed_files(old, new).await? {
                 Ok(c) => Some(c),
@@ -690,15 +741,27 @@ impl Reconciler {
 
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
         let mut out = RunOutcome::new();
+        // Taken before the fetch: a push that comes during it is checked by the run it queues.
+        let wanted = self
+            .shared
+            .awaited_commit
+            .lock()
+            .expect("awaited lock")
+            .clone();
         let revision = match self.source.sync().await {
             Ok(r) => r,
             Err(e) => {
                 tracing::error!(error = %e, "fetching the manifests failed; nothing applied, the last good revision stays");
+                self.check_awaited(wanted, None).await;
                 return out.fail(RunResult::FetchFailed, e);
             }
         };
         if let Some(head) = &revision {
-            self.check_awaited(head).await;
+            self.check_awaited(wanted, Some(head)).await;
+            if self.applied.is_none() && self.recorded.is_none() {
+                self.restored = self.source.recorded_good().await;
+                self.recorded.clone_from(&self.restored);
+            }
         }
         out.revision = revision.clone();
         let Loaded {
@@ -937,6 +1000,12 @@ impl Reconciler {
             resources = n,
             "reconciling the files the invalid revision did not change, as the last good revision declares them"
         );
+        if self.applied.is_none() {
+            tracing::info!(
+                last_good = self.restored.as_deref().unwrap_or_default(),
+                "no run has completed since the restart: the last good revision is the one recorded in the working copy before it"
+            );
+        }
         let (items, _) = self.apply_plan(plan, &mut out).await;
         self.back_off(&items);
         for item in &items {
@@ -1401,6 +1470,33 @@ fn changed_scope(
 mod tests {
     use super::*;
     use crate::policy::PolicyDocument;
+
+    /// A fetch for an awaited commit only ever brings the next retry forward, and never
+    /// narrows it: a full scan still owed stays a full scan.
+    #[test]
+    fn an_awaited_fetch_brings_a_retry_forward_and_keeps_its_scope() {
+        let now = tokio::time::Instant::now();
+        let secs = |n| now + Duration::from_secs(n);
+        let full = Trigger::Retry { full: true };
+        let incremental = Trigger::Retry { full: false };
+        assert_eq!(with_awaited_fetch(None, None), (None, false));
+        assert_eq!(
+            with_awaited_fetch(None, Some(secs(1))),
+            (Some((secs(1), incremental)), true)
+        );
+        assert_eq!(
+            with_awaited_fetch(Some((secs(30), full)), Some(secs(1))),
+            (Some((secs(1), full)), true)
+        );
+        assert_eq!(
+            with_awaited_fetch(Some((secs(1), full)), Some(secs(4))),
+            (Some((secs(1), full)), false)
+        );
+        assert_eq!(
+            with_awaited_fetch(Some((secs(2), incremental)), None),
+            (Some((secs(2), incremental)), false)
+        );
+    }
 
     /// A failed full scan stays owed through a webhook's incremental run that succeeds, and is
     /// paid by a full run; failed runs in a row lengthen the wait, and widen the scope.

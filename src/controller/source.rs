@@ -16,6 +16,9 @@ use super::{RotatingSecret, Secret, SourceSpec};
 /// A fetch of a large repository over a slow link can take minutes; a hung one must not stall
 /// the controller forever.
 const GIT_TIMEOUT: Duration = Duration::from_secs(300);
+/// Where a git source's working copy keeps the last good revision (see
+/// [`Source::record_good`]). Outside `refs/remotes`, so no fetch moves or prunes it.
+const LAST_GOOD_REF: &str = "refs/kpr/last-good";
 
 pub enum Source {
     Dir(PathBuf),
@@ -117,6 +120,35 @@ impl Source {
         match self {
             Source::Dir(_) => Ok(None),
             Source::Git(g) => g.sync().await.map(Some),
+        }
+    }
+
+    /// Keeps `revision` as the last good one where a restart finds it (git sources only): a
+    /// process that starts on an invalid branch still knows which files it may correct.
+    pub async fn record_good(&self, revision: &str) -> Result<(), String> {
+        match self {
+            Source::Dir(_) => Ok(()),
+            Source::Git(g) => g
+                .git(["update-ref", LAST_GOOD_REF, revision])
+                .await
+                .map(drop),
+        }
+    }
+
+    /// The last good revision an earlier process recorded, if it is still there.
+    pub async fn recorded_good(&self) -> Option<String> {
+        match self {
+            Source::Dir(_) => None,
+            Source::Git(g) => g
+                .git([
+                    "rev-parse",
+                    "--verify",
+                    "--quiet",
+                    &format!("{LAST_GOOD_REF}^{{commit}}"),
+                ])
+                .await
+                .ok()
+                .map(|s| s.trim().to_string()),
         }
     }
 

@@ -204,6 +204,13 @@ impl Repo {
         std::fs::remove_file(self.work().join(name)).unwrap();
     }
 
+    /// `kpr serve`'s arguments for this repository's `main`, then `extra`.
+    fn source_args(&self, extra: &[&str]) -> Vec<String> {
+        let mut args = owned(&["--git-url", &self.url(), "--git-branch", "main"]);
+        args.extend(owned(extra));
+        args
+    }
+
     /// Commits everything and pushes it to `branch`; returns the commit.
     fn push(&self, branch: &str, message: &str) -> String {
         self.commit(message);
@@ -267,6 +274,8 @@ struct Options<'a> {
     env: Vec<(&'a str, String)>,
     secret: bool,
     wait_ready: bool,
+    /// `--workdir`; a fresh one when `None`.
+    workdir: Option<&'a Path>,
 }
 
 impl Default for Options<'_> {
@@ -276,19 +285,14 @@ impl Default for Options<'_> {
             env: Vec::new(),
             secret: true,
             wait_ready: true,
+            workdir: None,
         }
     }
 }
 
 impl Serve {
     fn git(emu: &Emulator, repo: &Repo, extra: &[&str]) -> Self {
-        let args = vec![
-            "--git-url".to_string(),
-            repo.url(),
-            "--git-branch".into(),
-            "main".into(),
-        ];
-        Self::with_args(emu, args, extra)
+        Self::with_args(emu, repo.source_args(&[]), extra)
     }
 
     fn dir(emu: &Emulator, dir: &common::Manifests, extra: &[&str]) -> Self {
@@ -320,7 +324,10 @@ impl Serve {
             .args(["serve", "--log-format", "json", "--listen"])
             .arg(format!("127.0.0.1:{port}"))
             .arg("--workdir")
-            .arg(tmp.path().join("work"))
+            .arg(
+                opts.workdir
+                    .map_or_else(|| tmp.path().join("work"), Path::to_path_buf),
+            )
             .args(&opts.args)
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
@@ -883,14 +890,7 @@ fn git_and_its_helpers_never_see_kprs_credentials() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: owned(&[
-                "--git-url",
-                &repo.url(),
-                "--git-branch",
-                "main",
-                "--interval",
-                "1h",
-            ]),
+            args: repo.source_args(&["--interval", "1h"]),
             env: vec![
                 ("PATH", path),
                 ("AWS_SESSION_TOKEN", "session-token-xyz".into()),
@@ -945,11 +945,7 @@ fn a_one_file_merge_costs_only_that_resources_calls() {
     let serve = Serve::start(
         &emu,
         Options {
-            args: owned(&[
-                "--git-url",
-                &repo.url(),
-                "--git-branch",
-                "main",
+            args: repo.source_args(&[
                 "--git-path",
                 "m",
                 "--interval",
@@ -1069,6 +1065,54 @@ fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
     assert!(st["awaited_commit"].is_null(), "{st:#}");
     assert!(live(&emu, &arn).is_some_and(|p| same_grant(&p, &v2)));
     assert!(serve.logs().contains("the pushed commit has arrived"));
+    serve.stop();
+}
+
+/// A fetch that fails while a pushed commit is awaited counts as a miss: the fetches for it
+/// space out and end, rather than asking a git host that is down every second.
+#[test]
+fn a_failing_fetch_spaces_out_the_wait_for_a_pushed_commit() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-late-down"));
+    let repo = Repo::new();
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    repo.write("s.yaml", &manifest(&arn, &v1));
+    let first = repo.push("main", "v1");
+    let serve = Serve::git(&emu, &repo, &["--interval", "1h", "--retry-delay", "1h"]);
+    serve.applied(&first);
+    let unpushed = repo.commit("never served");
+    let body = serde_json::json!({"ref": "refs/heads/main", "after": unpushed}).to_string();
+    assert_eq!(
+        serve.github_push_body(body.as_bytes(), "down-1").status,
+        202
+    );
+    serve.poll("the commit to be awaited", Duration::from_secs(20), |s| {
+        (s.status()["awaited_commit"] == unpushed.as_str()).then_some(())
+    });
+    // The git host goes away.
+    let origin = repo.dir.path().join("origin.git");
+    std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
+    let waits = serve.poll(
+        "three failed fetches for the awaited commit",
+        Duration::from_secs(30),
+        |s| {
+            let waits: Vec<Duration> = s
+                .logs()
+                .lines()
+                .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+                .filter(|l| l["reason"] == "awaited_commit")
+                .map(|l| humantime::parse_duration(l["after"].as_str().unwrap()).unwrap())
+                .collect();
+            let failed = s.logs().matches("fetching the manifests failed").count();
+            (failed >= 3 && waits.len() >= 4).then_some(waits)
+        },
+    );
+    // One wait after the miss of the webhook's own run, then one per failed fetch, each longer.
+    assert!(
+        waits.windows(2).all(|w| w[1] > w[0]),
+        "{waits:?}\n{}",
+        serve.logs()
+    );
     serve.stop();
 }
 
@@ -1271,6 +1315,61 @@ fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
     // Nothing of the bad revision: neither the broken file nor the valid change beside it.
     assert!(same_grant(&live(&emu, &a).unwrap(), &one(&a)));
     assert!(same_grant(&live(&emu, &c).unwrap(), &one(&c)));
+    serve.stop();
+}
+
+/// The same after a restart: the last good revision is recorded in the working copy, so the
+/// first run of a new process, on a branch already invalid, still corrects the files the bad
+/// revision left alone.
+#[test]
+fn a_restart_on_an_invalid_branch_still_corrects_the_files_it_left_alone() {
+    let emu = common::kinesis_mock();
+    let [a, b] = ["serve-rbad-a", "serve-rbad-b"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&a, &one(&a)));
+    repo.write("b.yaml", &manifest(&b, &one(&b)));
+    let good = repo.push("main", "good");
+    let workdir = tempfile::tempdir().unwrap();
+    let start = || {
+        Serve::start(
+            &emu,
+            Options {
+                args: repo.source_args(&["--interval", "1h", "--retry-delay", "1h"]),
+                workdir: Some(workdir.path()),
+                wait_ready: false,
+                ..Options::default()
+            },
+        )
+    };
+    let serve = start();
+    serve.applied(&good);
+    serve.stop();
+
+    // While kpr is down: a bad push (a.yaml validly changed, then broken) and a hand edit of b.
+    repo.write(
+        "a.yaml",
+        &format!("{}polcy: {{}}\n", manifest(&a, &two(&a))),
+    );
+    repo.push("main", "bad");
+    emu.put_policy_raw(
+        &b,
+        &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
+    );
+    let serve = start();
+    let st = serve.poll("the startup run to end", Duration::from_secs(30), |s| {
+        let st = s.status();
+        (st["last_run"]["result"] == "invalid").then_some(st)
+    });
+    assert_eq!(st["last_run"]["summary"]["update"], 1, "{st:#}");
+    assert!(same_grant(&live(&emu, &b).unwrap(), &one(&b)), "{st:#}");
+    assert!(same_grant(&live(&emu, &a).unwrap(), &one(&a)));
+    assert!(
+        serve.logs().contains(&good) && serve.logs().contains("before it"),
+        "{}",
+        serve.logs()
+    );
     serve.stop();
 }
 
