@@ -524,7 +524,8 @@ async fn run_plan(
         Some(m) if !m.dry_run => m,
         dry => {
             if text {
-                out!("{}", render::plan_text(&plan, &style));
+                let targeted = (!targets.is_empty()).then_some(desired.resources.len());
+                out!("{}", render::plan_text(&plan, targeted, &style));
                 if dry.is_some() {
                     outln!("Dry run: nothing was written.");
                 }
@@ -554,6 +555,7 @@ async fn run_plan(
         settled.clone(),
         pb.clone(),
     ));
+    let planned = plan.planned();
     let report = apply::apply(
         &api,
         plan,
@@ -571,6 +573,12 @@ async fn run_plan(
     pb.finish_and_clear();
     if text {
         out!("{}", render::apply_text(&report, &style));
+        if !targets.is_empty() {
+            out!(
+                "{}",
+                render::targeted_note(planned, desired.resources.len(), &style)
+            );
+        }
     } else {
         out!("{}", render::apply_json(&report));
     }

@@ -198,6 +198,11 @@ pub struct Plan {
 }
 
 impl Plan {
+    /// Resources planned: a change (no-ops included) or a failure each.
+    pub fn planned(&self) -> usize {
+        self.changes.len() + self.failures.len()
+    }
+
     /// Whether the plan has anything for `arn` (any action, or a failure).
     pub fn covers(&self, arn: &ResourceArn) -> bool {
         self.changes.iter().any(|c| c.target.same_resource(arn))

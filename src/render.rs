@@ -15,7 +15,8 @@
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
-//! A run refused before planning (nothing read or written) has no summary or resources:
+//! A run refused before it wrote anything (invalid manifests or an unmatched target, before
+//! any call; the prune guard, after listing) has no summary or resources:
 //! ```text
 //! { "format_version": "1", "kind": "plan" | "apply",
 //!   "refused": { "reason": "invalid_manifests"|"unmatched_target"|"prune_guard", "message" },
@@ -97,14 +98,33 @@ fn symbol(action: Action, style: &Style) -> String {
 }
 
 /// One line per changed resource, its statement-level diff, failures, then the summary line.
-pub fn plan_text(plan: &Plan, style: &Style) -> String {
+/// `targeted`: how many resources the manifests declare, when `--target` planned only some.
+pub fn plan_text(plan: &Plan, targeted: Option<usize>, style: &Style) -> String {
     let mut out = changes_text(plan, style);
     failures_text(&mut out, &plan.failures, style);
     if !plan.has_changes() && plan.failures.is_empty() {
-        out.push_str("No changes. Every live policy is equivalent to its manifest.\n");
+        out.push_str(match targeted {
+            None => "No changes. Every live policy is equivalent to its manifest.\n",
+            Some(_) => "No changes in the targeted resources.\n",
+        });
     }
     let _ = writeln!(out, "{}", summary_line("Plan", &plan.summary(), style));
+    if let Some(declared) = targeted {
+        out.push_str(&targeted_note(plan.planned(), declared, style));
+    }
     out
+}
+
+/// Said under a plan or apply limited by `--target`, as Terraform does: the others were not
+/// even read, so "no changes" says nothing about them.
+pub fn targeted_note(planned: usize, declared: usize, style: &Style) -> String {
+    format!(
+        "{}\n",
+        style.yellow(&format!(
+            "Partial: --target planned {planned} of the {declared} declared resource(s); the \
+             others were not read."
+        ))
+    )
 }
 
 /// Each change of a plan with its reason and statement-level diff: what `plan` shows, and what
@@ -240,6 +260,8 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
         message: std::borrow::Cow<'a, str>,
         names_each: bool,
         members: Vec<&'a Failure>,
+        /// The fewest and most attempts among the members (retried errors).
+        attempts: Option<(u32, u32)>,
     }
     // In order of first appearance; indexed, since 10,000 distinct errors must not cost a
     // comparison with every group before.
@@ -247,17 +269,27 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
     let mut index: std::collections::HashMap<std::borrow::Cow<str>, usize> =
         std::collections::HashMap::new();
     for f in failures {
-        let masked = mask_arn(&f.message, &f.arn);
+        let (message, attempts) = crate::kinesis::split_attempts(&f.message);
+        let masked = mask_arn(message, &f.arn);
         let names_each = masked.is_some();
-        let key = masked.map_or(std::borrow::Cow::Borrowed(f.message.as_str()), Into::into);
+        let key = masked.map_or(std::borrow::Cow::Borrowed(message), Into::into);
+        let attempts = attempts.map(|n| (n, n));
         match index.get(&key) {
-            Some(&i) => groups[i].members.push(f),
+            Some(&i) => {
+                let g = &mut groups[i];
+                g.members.push(f);
+                g.attempts = match (g.attempts, attempts) {
+                    (Some((lo, hi)), Some((n, _))) => Some((lo.min(n), hi.max(n))),
+                    (a, b) => a.or(b),
+                };
+            }
             None => {
                 index.insert(key.clone(), groups.len());
                 groups.push(Group {
                     message: key,
                     names_each,
                     members: vec![f],
+                    attempts,
                 });
             }
         }
@@ -273,9 +305,14 @@ fn failures_text(out: &mut String, failures: &[Failure], style: &Style) {
             );
             continue;
         }
+        let attempts = match g.attempts {
+            Some((lo, hi)) if lo == hi => format!(" (after {hi} attempts)"),
+            Some((lo, hi)) => format!(" (after {lo} to {hi} attempts)"),
+            None => String::new(),
+        };
         let _ = writeln!(
             out,
-            "{} {} resources, all with the same error{}:\n    {}",
+            "{} {} resources, all with the same error{}:\n    {}{attempts}",
             style.red("! failed"),
             g.members.len(),
             if g.names_each {
@@ -518,6 +555,46 @@ mod tests {
              is not authorized to perform: kinesis:GetResourcePolicy on resource: {arn} because \
              no identity-based policy allows the kinesis:GetResourcePolicy action"
         )
+    }
+
+    /// How often an error was retried varies from resource to resource; it is still one
+    /// error, said once with the range.
+    #[test]
+    fn errors_that_differ_only_by_their_attempts_are_said_once() {
+        let style = Style { color: false };
+        let refused = "GetResourcePolicy: dispatch failure: io error: Connection refused";
+        let failures: Vec<Failure> = [2, 5, 3, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                let suffix = if *n > 1 {
+                    format!(" (after {n} attempts)")
+                } else {
+                    String::new()
+                };
+                failure(
+                    &format!("arn:aws:kinesis:us-east-1:1:stream/s{i}"),
+                    &format!("{refused}{suffix}"),
+                )
+            })
+            .collect();
+        let mut out = String::new();
+        failures_text(&mut out, &failures, &style);
+        assert!(
+            out.contains(&format!(
+                "! failed 4 resources, all with the same error:\n    {refused} (after 2 to 5 attempts)\n"
+            )),
+            "{out}"
+        );
+        assert_eq!(out.matches("! failed").count(), 1, "{out}");
+        assert_eq!(
+            crate::kinesis::split_attempts("x (after 12 attempts)"),
+            ("x", Some(12))
+        );
+        assert_eq!(
+            crate::kinesis::split_attempts("x (after many attempts)"),
+            ("x (after many attempts)", None)
+        );
     }
 
     #[test]

@@ -93,6 +93,19 @@ impl fmt::Display for ApiError {
     }
 }
 
+/// A message as [`ApiError`] displays it, split into the error and the attempts it ends with
+/// (`None` for one attempt): the same error after 2 and after 5 attempts is one error.
+pub fn split_attempts(message: &str) -> (&str, Option<u32>) {
+    message
+        .strip_suffix(" attempts)")
+        .and_then(|rest| {
+            let at = rest.rfind(" (after ")?;
+            let n = rest[at + " (after ".len()..].parse().ok()?;
+            Some((&message[..at], Some(n)))
+        })
+        .unwrap_or((message, None))
+}
+
 impl ApiError {
     pub fn is_retryable(&self) -> bool {
         self.class == ErrorClass::Retryable

@@ -640,6 +640,18 @@ fn target_limits_the_run() {
         emu.get_policy(&b).is_none(),
         "untargeted resource was written"
     );
+    let partial = "Partial: --target planned 1 of the 2 declared resource(s)";
+    assert!(run.stdout.contains(partial), "{run:?}");
+    // b has no policy yet: a targeted plan must not say all is well.
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--target", &a]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+    assert!(
+        plan.stdout
+            .contains("No changes in the targeted resources.")
+            && plan.stdout.contains(partial)
+            && !plan.stdout.contains("Every live policy"),
+        "{plan:?}"
+    );
     let bad = emu.kpr(&["plan", "--dir", &dir.arg(), "--target", "arn:aws:s3:::x"]);
     assert_eq!(bad.code, 1, "{bad:?}");
     // A target that names nothing is an error, not a silent "no changes".
