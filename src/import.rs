@@ -171,7 +171,7 @@ fn write_manifest(
     // Write the live document itself (as YAML), not the canonical form: reviewers should
     // recognise what they see in the console.
     let value: serde_json::Value = serde_json::from_str(raw).expect("parsed above");
-    let policy_yaml = serde_norway::to_string(&value).expect("JSON converts to YAML");
+    let policy_yaml = block_yaml(&value);
     let mut text = String::new();
     text.push_str(&format!(
         "# Imported by `kpr import` from the live policy of {}.\n",
@@ -206,6 +206,100 @@ fn write_manifest(
     }
 }
 
+/// `value` as block YAML that every YAML reader takes the same way. serde_norway writes YAML
+/// 1.2, where `2012-10-17`, `on` and `yes` are strings, and leaves them plain; a YAML 1.1
+/// reader (PyYAML, yamllint, many a pipeline's script) takes them for a date and booleans.
+/// Here a string is plain only when it cannot be read as anything else by either.
+fn block_yaml(value: &serde_json::Value) -> String {
+    let mut out = String::new();
+    write_block(&mut out, value, 0);
+    out
+}
+
+fn write_block(out: &mut String, value: &serde_json::Value, indent: usize) {
+    use serde_json::Value;
+    let pad = " ".repeat(indent);
+    match value {
+        Value::Object(map) if !map.is_empty() => {
+            for (k, v) in map {
+                out.push_str(&pad);
+                out.push_str(&yaml_scalar(k));
+                out.push(':');
+                write_child(out, v, indent);
+            }
+        }
+        Value::Array(items) if !items.is_empty() => {
+            for v in items {
+                out.push_str(&pad);
+                out.push('-');
+                match v {
+                    // A mapping in a list starts on the dash's line, its keys aligned after it.
+                    Value::Object(map) if !map.is_empty() => {
+                        let mut nested = String::new();
+                        write_block(&mut nested, v, indent + 2);
+                        out.push(' ');
+                        out.push_str(&nested[indent + 2..]);
+                    }
+                    _ => write_child(out, v, indent),
+                }
+            }
+        }
+        _ => {
+            out.push_str(&pad);
+            out.push_str(&inline(value));
+            out.push('\n');
+        }
+    }
+}
+
+/// What follows a key's colon or a list's dash: an inline value, or a nested block.
+fn write_child(out: &mut String, value: &serde_json::Value, indent: usize) {
+    use serde_json::Value;
+    match value {
+        Value::Object(m) if !m.is_empty() => {
+            out.push('\n');
+            write_block(out, value, indent + 2);
+        }
+        Value::Array(a) if !a.is_empty() => {
+            out.push('\n');
+            write_block(out, value, indent + 2);
+        }
+        _ => {
+            out.push(' ');
+            out.push_str(&inline(value));
+            out.push('\n');
+        }
+    }
+}
+
+fn inline(value: &serde_json::Value) -> String {
+    match value {
+        serde_json::Value::String(s) => yaml_scalar(s),
+        // Numbers, booleans, null, `{}` and `[]` read the same in JSON and YAML.
+        other => other.to_string(),
+    }
+}
+
+/// A string as a YAML scalar: plain when it is safe to be, else JSON's double-quoted form,
+/// which YAML reads the same.
+fn yaml_scalar(s: &str) -> String {
+    let first = s.bytes().next();
+    let plain = first.is_some_and(|b| b.is_ascii_alphabetic() || b == b'$')
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b":/_.*${}@=+,-".contains(&b))
+        && !s.contains("://")
+        // YAML 1.1's booleans and nulls (`y`, `On`, `NULL`, ...).
+        && !matches!(
+            s.to_ascii_lowercase().as_str(),
+            "y" | "yes" | "n" | "no" | "true" | "false" | "on" | "off" | "null"
+        );
+    if plain {
+        s.to_string()
+    } else {
+        serde_json::to_string(s).expect("a string serialises")
+    }
+}
+
 /// Shown after an import: what to do next.
 pub fn next_steps(out: &Path) -> String {
     format!(
@@ -217,6 +311,74 @@ pub fn next_steps(out: &Path) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn imported_yaml_reads_the_same_in_yaml_1_1_and_1_2() {
+        let policy = serde_json::json!({
+            "Version": "2012-10-17",
+            "Statement": [{
+                "Sid": "on",
+                "Effect": "Allow",
+                "Principal": {"AWS": ["111122223333", "arn:aws:iam::111122223333:root", "*"]},
+                "Action": "kinesis:GetRecords",
+                "Resource": "arn:aws:kinesis:us-east-1:111122223333:stream/${aws:username}",
+                "Condition": {
+                    "DateGreaterThan": {"aws:CurrentTime": "2019-07-16T12:00:00Z"},
+                    "Bool": {"aws:SecureTransport": "true"},
+                    "StringEquals": {"x": ["yes", "", "a: b", "#c", "-1", ".5", "1:20"]},
+                    "NumericLessThan": {"n": 10, "f": 1.5, "z": null, "e": {}, "l": []}
+                }
+            }]
+        });
+        let text = block_yaml(&policy);
+        for quoted in [
+            "Version: \"2012-10-17\"",
+            "Sid: \"on\"",
+            "- \"111122223333\"",
+            "- \"*\"",
+            "aws:CurrentTime: \"2019-07-16T12:00:00Z\"",
+            "aws:SecureTransport: \"true\"",
+            "- \"yes\"",
+        ] {
+            assert!(text.contains(quoted), "{quoted} in\n{text}");
+        }
+        assert!(
+            text.contains("- Sid: \"on\"\n    Effect: Allow\n"),
+            "{text}"
+        );
+        assert!(text.contains("Action: kinesis:GetRecords\n"), "{text}");
+        let back: serde_json::Value = serde_norway::from_str(&text).unwrap();
+        assert_eq!(back, policy, "{text}");
+    }
+
+    proptest::proptest! {
+        /// Whatever the live document holds, the YAML written for it reads back as it.
+        #[test]
+        fn imported_yaml_round_trips(value in json_value()) {
+            let text = block_yaml(&value);
+            let back: serde_json::Value = serde_norway::from_str(&text)
+                .map_err(|e| proptest::test_runner::TestCaseError::fail(format!("{e}\n{text}")))?;
+            proptest::prop_assert_eq!(back, value, "{}", text);
+        }
+    }
+
+    fn json_value() -> impl proptest::strategy::Strategy<Value = serde_json::Value> {
+        use proptest::prelude::*;
+        let leaf = prop_oneof![
+            Just(serde_json::Value::Null),
+            any::<bool>().prop_map(serde_json::Value::from),
+            any::<i64>().prop_map(serde_json::Value::from),
+            "[ -~]{0,12}".prop_map(serde_json::Value::from),
+            "\\PC{0,6}".prop_map(serde_json::Value::from),
+        ];
+        leaf.prop_recursive(4, 32, 5, |inner| {
+            prop_oneof![
+                proptest::collection::vec(inner.clone(), 0..4).prop_map(serde_json::Value::from),
+                proptest::collection::vec(("[ -~]{0,8}", inner), 0..4)
+                    .prop_map(|kv| { serde_json::Value::Object(kv.into_iter().collect()) }),
+            ]
+        })
+    }
 
     #[test]
     fn every_resource_gets_its_own_visible_file() {

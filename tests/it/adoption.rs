@@ -58,6 +58,27 @@ fn import_then_plan_is_in_sync() {
         std::fs::read_to_string(dir.join(format!("{}.yaml", b.rsplit('/').next().unwrap())))
             .unwrap();
     assert!(public_file.contains("allowPublic: true"), "{public_file}");
+    // A YAML 1.1 reader (PyYAML, as yamllint and many pipeline scripts use) reads each file as
+    // kpr does: `Version: 2012-10-17` unquoted would be a date to it.
+    for f in &files {
+        let path = dir.join(f);
+        let text = std::fs::read_to_string(&path).unwrap();
+        let ours: serde_json::Value = serde_norway::from_str(&text).unwrap();
+        let py = output(
+            std::process::Command::new(std::env::var("KPR_TEST_PYTHON").unwrap())
+                .args([
+                    "-c",
+                    "import json, sys, yaml; print(json.dumps(yaml.safe_load(open(sys.argv[1]))))",
+                ])
+                .arg(&path)
+                .output()
+                .unwrap(),
+        );
+        assert_eq!(py.code, 0, "{py:?}");
+        let theirs: serde_json::Value = serde_json::from_str(&py.stdout).unwrap();
+        assert_eq!(theirs, ours, "{text}");
+        assert!(text.contains("Version: \"2012-10-17\""), "{text}");
+    }
 
     let plan = kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);
     assert_eq!(
