@@ -210,17 +210,26 @@ pub fn statement_diff(
             Some(i) => {
                 let n = added.remove(i);
                 lines.push(format!("~ statement {}", o.0));
-                let diff = similar::TextDiff::from_lines(&o.1, &n.1);
-                for change in diff.iter_all_changes() {
+                // Lines compare without their trailing comma: removing a list's last item
+                // takes the comma off the one before, which is no change to show.
+                let (old_lines, new_lines): (Vec<&str>, Vec<&str>) =
+                    (o.1.lines().collect(), n.1.lines().collect());
+                let ops = similar::capture_diff_slices_by_key(
+                    similar::Algorithm::Myers,
+                    &old_lines,
+                    &new_lines,
+                    |l| l.trim_end_matches(','),
+                );
+                for change in ops
+                    .iter()
+                    .flat_map(|op| op.iter_changes(&old_lines, &new_lines))
+                {
                     let sign = match change.tag() {
                         similar::ChangeTag::Delete => '-',
                         similar::ChangeTag::Insert => '+',
                         similar::ChangeTag::Equal => ' ',
                     };
-                    lines.push(format!(
-                        "{sign}   {}",
-                        change.value().trim_end_matches('\n')
-                    ));
+                    lines.push(format!("{sign}   {}", change.value()));
                 }
             }
             None => {
@@ -555,6 +564,32 @@ mod tests {
              is not authorized to perform: kinesis:GetResourcePolicy on resource: {arn} because \
              no identity-based policy allows the kinesis:GetResourcePolicy action"
         )
+    }
+
+    /// Dropping a list's last item takes the comma off the item before it: not a change.
+    #[test]
+    fn a_moved_comma_is_no_change_in_a_statement_diff() {
+        let doc = |actions: &[&str]| {
+            PolicyDocument::from_value(&serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{"Sid": "Read", "Effect": "Allow",
+                    "Principal": {"AWS": "arn:aws:iam::111122223333:role/r"},
+                    "Action": actions, "Resource": "*"}]
+            }))
+            .unwrap()
+        };
+        let before = doc(&[
+            "kinesis:DescribeStream",
+            "kinesis:ListShards",
+            "kinesis:PutRecord",
+        ]);
+        let after = doc(&["kinesis:DescribeStream", "kinesis:ListShards"]);
+        let lines = statement_diff(Some(&before), None, Some(&after));
+        let changed: Vec<&String> = lines.iter().filter(|l| l.starts_with(['-', '+'])).collect();
+        assert!(
+            changed.len() == 1 && changed[0].contains("kinesis:PutRecord"),
+            "{lines:#?}"
+        );
     }
 
     /// How often an error was retried varies from resource to resource; it is still one
