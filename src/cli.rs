@@ -451,9 +451,12 @@ async fn run_plan(
     // Validation of the whole desired state happens before the first call.
     let loaded = manifest::load_dir(&args.dir, &engine.load);
     // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
-    if !loaded.has_errors() {
-        print_diagnostics(loaded.warnings());
-    }
+    let warnings: Vec<Diagnostic> = if loaded.has_errors() {
+        Vec::new()
+    } else {
+        loaded.warnings().cloned().collect()
+    };
+    print_diagnostics(&warnings);
     let kind = if mode.is_some() { "apply" } else { "plan" };
     // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
     // for JSON still gets a document on stdout, not nothing.
@@ -530,7 +533,7 @@ async fn run_plan(
                     outln!("Dry run: nothing was written.");
                 }
             } else {
-                out!("{}", render::plan_json(&plan));
+                out!("{}", render::plan_json(&plan, &warnings));
             }
             return Ok(if !plan.failures.is_empty() {
                 EXIT_ERROR
@@ -580,7 +583,7 @@ async fn run_plan(
             );
         }
     } else {
-        out!("{}", render::apply_json(&report));
+        out!("{}", render::apply_json(&report, &warnings));
     }
     Ok(if report.incomplete() {
         EXIT_ERROR

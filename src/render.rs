@@ -13,6 +13,7 @@
 //!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started",
 //!                    "error"?: failure } ],
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
+//!   "diagnostics": [ { "file", "line", "severity": "warning", "message" } ],  // lint warnings
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
 //! A run refused before it wrote anything (invalid manifests or an unmatched target, before
@@ -28,7 +29,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::apply::{Outcome, Report};
-use crate::manifest::Source;
+use crate::manifest::{Diagnostic, Source};
 use crate::plan::{Action, Change, Failure, Plan, Summary};
 use crate::policy::{PolicyDocument, canonical_statements};
 
@@ -505,15 +506,19 @@ struct PlanJson<'a> {
     summary: Summary,
     resources: &'a [Change],
     failures: &'a [Failure],
+    diagnostics: &'a [Diagnostic],
 }
 
-pub fn plan_json(plan: &Plan) -> String {
+/// `diagnostics`: the manifests' warnings (lint), which a pull-request comment built from the
+/// JSON must not lose.
+pub fn plan_json(plan: &Plan, diagnostics: &[Diagnostic]) -> String {
     let doc = PlanJson {
         format_version: FORMAT_VERSION,
         kind: "plan",
         summary: plan.summary(),
         resources: &plan.changes,
         failures: &plan.failures,
+        diagnostics,
     };
     serde_json::to_string_pretty(&doc).expect("plan serialises") + "\n"
 }
@@ -526,9 +531,10 @@ struct ApplyJson<'a> {
     resources: &'a [crate::apply::ResourceResult],
     failures: Vec<Failure>,
     interrupted: Option<&'a crate::apply::Interrupted>,
+    diagnostics: &'a [Diagnostic],
 }
 
-pub fn apply_json(report: &Report) -> String {
+pub fn apply_json(report: &Report, diagnostics: &[Diagnostic]) -> String {
     let doc = ApplyJson {
         format_version: FORMAT_VERSION,
         kind: "apply",
@@ -536,6 +542,7 @@ pub fn apply_json(report: &Report) -> String {
         resources: &report.results,
         failures: report.failures().cloned().collect(),
         interrupted: report.interrupted.as_ref(),
+        diagnostics,
     };
     serde_json::to_string_pretty(&doc).expect("report serialises") + "\n"
 }
@@ -724,7 +731,7 @@ mod tests {
             }),
         };
         assert!(report.incomplete());
-        let json: serde_json::Value = serde_json::from_str(&apply_json(&report)).unwrap();
+        let json: serde_json::Value = serde_json::from_str(&apply_json(&report, &[])).unwrap();
         assert_eq!(
             json["summary"],
             serde_json::json!({"create": 1, "update": 0, "delete": 0, "unchanged": 0,
@@ -737,7 +744,8 @@ mod tests {
             serde_json::json!({"by": "SIGTERM", "not_started": 1})
         );
         // A plan never has any: the key stays out of its summary.
-        let plan: serde_json::Value = serde_json::from_str(&plan_json(&Plan::default())).unwrap();
+        let plan: serde_json::Value =
+            serde_json::from_str(&plan_json(&Plan::default(), &[])).unwrap();
         assert!(plan["summary"].get("not_started").is_none(), "{plan}");
         let text = apply_text(&report, &Style { color: false });
         assert!(

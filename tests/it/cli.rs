@@ -498,6 +498,20 @@ fn public_principal_needs_allow_public() {
         "{run:?}"
     );
     assert!(!run.stdout.contains("warning"), "{run:?}");
+    // A pull-request comment built from the JSON has them too.
+    let json = emu
+        .kpr(&["plan", "--dir", &dir.arg(), "--output", "json"])
+        .json();
+    let diags = json["diagnostics"].as_array().expect("diagnostics");
+    assert!(
+        diags.iter().any(|d| d["severity"] == "warning"
+            && d["line"] == 3
+            && d["message"]
+                .as_str()
+                .unwrap()
+                .contains("kpr can no longer read")),
+        "{json:#}"
+    );
 }
 
 #[test]
