@@ -305,7 +305,15 @@ pub fn log_settings(g: &GlobalArgs, file: &FileConfig, serving: bool) -> (String
         .log_level
         .clone()
         .or_else(|| file.log_level.clone())
-        .unwrap_or_else(|| if serving { "info" } else { "warn" }.into());
+        .unwrap_or_else(|| {
+            if serving {
+                "info".into()
+            } else {
+                // A one-shot apply reports every failed change itself; the service's record of
+                // each (a warning) would say it all a second time.
+                "warn,kinesis_policy_reconciler::apply=error".into()
+            }
+        });
     let json = match g.log_format.or(file.log_format) {
         Some(f) => f == LogFormat::Json,
         None => serving && !std::io::stderr().is_terminal(),

@@ -409,6 +409,8 @@ fn errors_that_must_not_be_retried_are_tried_once() {
     let direct = agents.get("kpr").copied().unwrap_or(0);
     assert_eq!(direct, proxy.op(GET).seen - 1, "{agents:?}");
     let out = format!("{}\n{}", run.stdout, run.stderr);
+    // Each failure is reported once, in the report: not also as a log line.
+    assert!(!run.stderr.contains("change failed"), "{run:?}");
     for (group, code, gets, puts) in [
         (get_denied, "AccessDeniedException", 1, 0),
         (put_invalid, "InvalidArgumentException", 1, 1),
