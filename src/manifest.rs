@@ -17,6 +17,8 @@ use crate::arn::{ResourceArn, Scope};
 use crate::policy::lint::{self, LintContext, Severity as LintSeverity};
 use crate::policy::{PolicyDocument, PolicyError};
 
+mod locate;
+
 /// AWS does not document the maximum size of a Kinesis resource policy; 20 KiB is the limit of
 /// other resource policies (e.g. Lambda) and is configurable.
 pub const DEFAULT_MAX_POLICY_SIZE: usize = 20 * 1024;
@@ -591,7 +593,13 @@ fn parse_file(
                     continue;
                 }
             };
-            match resource_from_doc(doc, &arn, &index, doc_no, opts) {
+            let written = Written {
+                index: &index,
+                doc_no,
+                doc_text,
+                first_line,
+            };
+            match resource_from_doc(doc, &arn, &written, opts) {
                 Ok((intent, findings)) => {
                     let had_error = findings.iter().any(|f| f.1 == Severity::Error);
                     for (line, severity, message) in findings {
@@ -643,13 +651,32 @@ fn yaml_message(e: &serde_norway::Error) -> String {
 
 type Finding = (usize, Severity, String);
 
+/// Where a document is written: what its errors and warnings point into.
+struct Written<'a> {
+    index: &'a LineIndex<'a>,
+    doc_no: usize,
+    doc_text: &'a str,
+    /// Lines of the file before the document.
+    first_line: usize,
+}
+
+impl Written<'_> {
+    /// The line of a path inside the policy mapping (`Statement[2].Effect`), else of `policy:`.
+    fn policy_line(&self, path: &str) -> usize {
+        locate::line_of(self.doc_text, &format!("policy.{path}")).map_or_else(
+            || self.index.key_line(self.doc_no, "policy"),
+            |l| l + self.first_line,
+        )
+    }
+}
+
 fn resource_from_doc(
     doc: ManifestDoc,
     arn: &ResourceArn,
-    index: &LineIndex,
-    doc_no: usize,
+    written: &Written,
     opts: &LoadOptions,
 ) -> Result<(Intent, Vec<Finding>), (usize, String)> {
+    let (index, doc_no) = (written.index, written.doc_no);
     let arn_line = index.key_line(doc_no, "arn");
     let ensure = doc.ensure.unwrap_or(Ensure::Present);
     match (ensure, doc.policy) {
@@ -678,8 +705,13 @@ fn resource_from_doc(
                     (document, s.trim().to_string())
                 }
                 serde_json::Value::Object(_) => {
-                    let document = PolicyDocument::from_value(&value)
-                        .map_err(|e| (policy_line, format!("policy: {e}")))?;
+                    let document = PolicyDocument::from_value(&value).map_err(|e| {
+                        let line = match &e {
+                            PolicyError::Invalid { path, .. } => written.policy_line(path),
+                            PolicyError::Json(_) => policy_line,
+                        };
+                        (line, format!("policy: {e}"))
+                    })?;
                     // Into bytes directly: `Display` goes through `fmt::Write`, several times
                     // slower, and this runs once per manifest.
                     let json = serde_json::to_string(&value).expect("a JSON value serialises");
@@ -712,7 +744,7 @@ fn resource_from_doc(
                     LintSeverity::Warning => Severity::Warning,
                 };
                 (
-                    policy_line,
+                    written.policy_line(&f.path),
                     severity,
                     format!("policy {}: {}", f.path, f.message),
                 )

@@ -468,7 +468,8 @@ fn public_principal_needs_allow_public() {
     let run = emu.kpr(&["apply", "--dir", &dir.arg()]);
     assert_eq!(run.code, 1, "{run:?}");
     assert!(
-        run.stderr.contains("p.yaml:2:") && run.stderr.contains("allowPublic"),
+        // At the statement's Principal, not at `policy:`.
+        run.stderr.contains("p.yaml:6:") && run.stderr.contains("allowPublic"),
         "{run:?}"
     );
     assert_eq!(emu.get_policy(&arn), None);
@@ -494,7 +495,7 @@ fn public_principal_needs_allow_public() {
     let run = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
     assert_eq!(run.code, 2, "{run:?}");
     assert!(
-        run.stderr.contains("p.yaml:3: warning:") && run.stderr.contains("kpr can no longer read"),
+        run.stderr.contains("p.yaml:11: warning:") && run.stderr.contains("kpr can no longer read"),
         "{run:?}"
     );
     assert!(!run.stdout.contains("warning"), "{run:?}");
@@ -505,7 +506,7 @@ fn public_principal_needs_allow_public() {
     let diags = json["diagnostics"].as_array().expect("diagnostics");
     assert!(
         diags.iter().any(|d| d["severity"] == "warning"
-            && d["line"] == 3
+            && d["line"] == 11
             && d["message"]
                 .as_str()
                 .unwrap()
@@ -851,7 +852,7 @@ fn policy_diff_and_fmt_take_a_manifest() {
     assert!(refused.stderr.contains("allowPublic"), "{refused:?}");
     // As validate prints it: FILE:LINE: error: ..., with no second prefix.
     assert!(
-        refused.stderr.contains("public.yaml:2: error: "),
+        refused.stderr.contains("public.yaml:6: error: "),
         "{refused:?}"
     );
     assert!(

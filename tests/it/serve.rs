@@ -1839,7 +1839,7 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
             .contains("2 manifest(s) in 2 file(s), valid; 1 warning(s) below"),
         "{run:?}"
     );
-    assert!(run.stdout.contains("locked.yaml:2: warning:"), "{run:?}");
+    assert!(run.stdout.contains("locked.yaml:6: warning:"), "{run:?}");
     assert!(run.stdout.contains("kpr can no longer read"), "{run:?}");
     std::fs::remove_file(locked_file).unwrap();
     // A flag wins over the file, also across schedule/interval.

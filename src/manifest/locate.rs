@@ -1,0 +1,285 @@
+//! The line where a policy path (`Statement[2].Effect`) is written in a manifest document, so
+//! that an error or a warning about it points at that line rather than at `policy:`.
+//!
+//! serde_norway keeps no positions in its values, but it puts the position of the event it is
+//! reading into an error raised there. So the document is read again with a visitor that walks
+//! the path and raises a marker error where the path ends: at the key for a key, at the start
+//! of the element for an index. The same parser reads it, so the two cannot disagree about its
+//! shape; it only runs for documents that have something to report.
+
+use std::fmt;
+
+use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor};
+
+/// The marker error's message: anything else is the document's own error, not a find.
+const FOUND: &str = "kpr: path found";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Seg<'a> {
+    Key(&'a str),
+    Index(usize),
+}
+
+/// `policy.Statement[2].Effect` -> `[Key(policy), Key(Statement), Index(2), Key(Effect)]`.
+fn segments(path: &str) -> Vec<Seg<'_>> {
+    let mut out = Vec::new();
+    for part in path.split('.').filter(|p| !p.is_empty()) {
+        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
+        if !key.is_empty() {
+            out.push(Seg::Key(key));
+        }
+        while let Some((n, after)) = rest.split_once(']') {
+            match n.parse() {
+                Ok(i) => out.push(Seg::Index(i)),
+                Err(_) => return out,
+            }
+            rest = after.strip_prefix('[').unwrap_or(after);
+        }
+    }
+    out
+}
+
+/// The 1-based line, within `doc_text` (one YAML document), of the deepest part of `path`
+/// that is written there; `None` when not even its first part is.
+pub fn line_of(doc_text: &str, path: &str) -> Option<usize> {
+    let segs = segments(path);
+    (1..=segs.len()).rev().find_map(|k| {
+        let found = Find(&segs[..k]).deserialize(serde_norway::Deserializer::from_str(doc_text));
+        match found {
+            // serde_norway puts the path it was at before the message.
+            Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| l.line()),
+            _ => None,
+        }
+    })
+}
+
+/// Looks for what remains of the path (never empty) in the node it is given.
+struct Find<'p>(&'p [Seg<'p>]);
+
+impl<'de> DeserializeSeed<'de> for Find<'_> {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Find<'_> {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<(), A::Error> {
+        match self.0 {
+            // A statement given as one mapping, not a list, is `Statement[0]`.
+            [Seg::Index(0)] => Err(de::Error::custom(FOUND)),
+            [Seg::Index(0), rest @ ..] => Find(rest).visit_map(map),
+            [Seg::Key(key), rest @ ..] => {
+                while let Some(hit) = map.next_key_seed(IsKey(key, rest.is_empty()))? {
+                    if hit {
+                        map.next_value_seed(Find(rest))?;
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(())
+            }
+            _ => {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(())
+            }
+        }
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<(), A::Error> {
+        let mut i = 0;
+        loop {
+            let more = match self.0 {
+                [Seg::Index(n)] if *n == i => seq.next_element_seed(Here)?,
+                [Seg::Index(n), rest @ ..] if *n == i => seq.next_element_seed(Find(rest))?,
+                _ => seq.next_element::<IgnoredAny>()?.map(drop),
+            };
+            if more.is_none() {
+                return Ok(());
+            }
+            i += 1;
+        }
+    }
+
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_none<E: de::Error>(self) -> Result<(), E> {
+        Ok(())
+    }
+    fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        self.deserialize(d)
+    }
+}
+
+/// Whether a key is the one sought; the last part of a path is found at its key.
+struct IsKey<'k>(&'k str, bool);
+
+impl<'de> DeserializeSeed<'de> for IsKey<'_> {
+    type Value = bool;
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for IsKey<'_> {
+    type Value = bool;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a key")
+    }
+
+    fn visit_str<E: de::Error>(self, v: &str) -> Result<bool, E> {
+        match (v == self.0, self.1) {
+            (true, true) => Err(E::custom(FOUND)),
+            (hit, _) => Ok(hit),
+        }
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<bool, E> {
+        Ok(false)
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<bool, E> {
+        Ok(false)
+    }
+}
+
+/// Raises the marker where the node it is given starts: once its first event is read, or
+/// the error would carry the position of the list around it.
+struct Here;
+
+impl<'de> DeserializeSeed<'de> for Here {
+    type Value = ();
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
+        d.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for Here {
+    type Value = ();
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("any YAML node")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(FOUND))
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, _: A) -> Result<(), A::Error> {
+        Err(de::Error::custom(FOUND))
+    }
+    fn visit_bool<E: de::Error>(self, _: bool) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_i64<E: de::Error>(self, _: i64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_u64<E: de::Error>(self, _: u64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_f64<E: de::Error>(self, _: f64) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_str<E: de::Error>(self, _: &str) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+    fn visit_unit<E: de::Error>(self) -> Result<(), E> {
+        Err(E::custom(FOUND))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const DOC: &str = "\
+arn: arn:aws:kinesis:us-east-1:111122223333:stream/orders
+policy:
+  Version: \"2012-10-17\"
+  Statement:
+    - Sid: One
+      Effect: Allow
+      Principal: {AWS: \"111122223333\"}
+      Action: [kinesis:GetRecords, kinesis:ListShards]
+      Resource: '*'
+    - Sid: Two
+      Effect: Alow
+      Condtion:
+        StringEquals: {aws:SourceAccount: \"1\"}
+";
+
+    #[test]
+    fn paths_are_found_at_their_key_or_element() {
+        for (path, line) in [
+            ("policy", 2),
+            ("policy.Statement", 4),
+            ("policy.Statement[0]", 5),
+            ("policy.Statement[1]", 10),
+            ("policy.Statement[1].Effect", 11),
+            ("policy.Statement[1].Condtion", 12),
+            ("policy.Statement[0].Principal.AWS", 7),
+            ("policy.Statement[0].Action[1]", 8),
+            // The deepest part written: no third statement, no such key.
+            ("policy.Statement[2].Effect", 4),
+            ("policy.Statement[1].Nope", 10),
+        ] {
+            assert_eq!(line_of(DOC, path), Some(line), "{path}");
+        }
+        assert_eq!(line_of(DOC, "nope.Statement"), None);
+        // A parse error before the path: not found (after it: found, as written).
+        assert_eq!(line_of("a: [x\nb: 1\n", "b"), None);
+        assert_eq!(line_of("a: 1\nb: [x\n", "b"), Some(2));
+    }
+
+    #[test]
+    fn a_single_statement_mapping_is_statement_0() {
+        let doc = "policy:\n  Statement:\n    Effect: Allow\n    Action: x\n";
+        assert_eq!(line_of(doc, "policy.Statement[0]"), Some(3));
+        assert_eq!(line_of(doc, "policy.Statement[0].Action"), Some(4));
+    }
+
+    #[test]
+    fn path_segments() {
+        assert_eq!(
+            segments("policy.Statement[2].Condition.StringEquals[0][1]"),
+            [
+                Seg::Key("policy"),
+                Seg::Key("Statement"),
+                Seg::Index(2),
+                Seg::Key("Condition"),
+                Seg::Key("StringEquals"),
+                Seg::Index(0),
+                Seg::Index(1),
+            ]
+        );
+    }
+}
