@@ -485,15 +485,10 @@ impl<'a> LineIndex<'a> {
     /// 1-based line of a top-level `key:` in document `doc`, else the document's first content
     /// line.
     fn key_line(&self, doc: usize, key: &str) -> usize {
-        let (start, end) = self.doc_range(doc);
-        for i in start..end {
-            let line = self.lines[i];
-            if let Some(rest) = line.strip_prefix(key)
-                && (rest.starts_with(':') || rest.starts_with(" :"))
-            {
-                return i + 1;
-            }
+        if let Some(line) = self.key_lines(doc, key).next() {
+            return line;
         }
+        let (start, end) = self.doc_range(doc);
         (start..end)
             .find(|&i| {
                 let line = self.lines[i];
@@ -501,6 +496,19 @@ impl<'a> LineIndex<'a> {
                 !t.is_empty() && !t.starts_with(['#', '%']) && !bare_marker(line)
             })
             .map_or(start + 1, |i| i + 1)
+    }
+
+    /// 1-based lines of each top-level `key:` in document `doc` (more than one: a key given
+    /// twice).
+    fn key_lines<'k>(&'k self, doc: usize, key: &'k str) -> impl Iterator<Item = usize> + 'k {
+        let (start, end) = self.doc_range(doc);
+        (start..end)
+            .filter(move |&i| {
+                self.lines[i]
+                    .strip_prefix(key)
+                    .is_some_and(|rest| rest.starts_with(':') || rest.starts_with(" :"))
+            })
+            .map(|i| i + 1)
     }
 
     /// Whether `key:` opens a block scalar (`|` / `>`), whose content starts on the next line.
@@ -566,6 +574,13 @@ fn parse_file(
                         .map(|l| l.line() + first_line)
                         .unwrap_or_else(|| index.key_line(doc_no, "arn"));
                     let mut message = yaml_message(&e);
+                    // serde's derive tells a field given twice at the end of the mapping: point
+                    // at the second one.
+                    let line = message
+                        .strip_prefix("duplicate field `")
+                        .and_then(|rest| rest.split_once('`'))
+                        .and_then(|(key, _)| index.key_lines(doc_no, key).nth(1))
+                        .unwrap_or(line);
                     if index
                         .lines
                         .get(line.saturating_sub(1))

@@ -123,14 +123,39 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
-        while let Some(key) = map.next_key::<String>()? {
-            if out.contains_key(&key) {
-                return Err(de::Error::custom(format_args!("duplicate key \"{key}\"")));
-            }
+        while let Some(key) = map.next_key_seed(NewKey(&out))? {
             let value = map.next_value_seed(StrictValue)?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
+    }
+}
+
+/// A mapping's key, refused when the mapping has it already. Refused while the key is read, so
+/// the error carries the position of the second one, not of the mapping.
+struct NewKey<'m>(&'m Map<String, Value>);
+
+impl<'de> DeserializeSeed<'de> for NewKey<'_> {
+    type Value = String;
+
+    fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<String, D::Error> {
+        // Inside the visitor: an error raised there takes the key's position.
+        d.deserialize_string(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NewKey<'_> {
+    type Value = String;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a string key")
+    }
+
+    fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
+        if self.0.contains_key(key) {
+            return Err(E::custom(format_args!("duplicate key \"{key}\"")));
+        }
+        Ok(key.to_string())
     }
 }
 
