@@ -621,7 +621,24 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(http::serve(listener, shared.clone(), http_stopped));
 
-    let (signal, _) = signals.next().await;
+    let signal = tokio::select! {
+        (signal, _) = signals.next() => signal,
+        // The worker only ends on its own by a panic: nothing would run again. Exit, so that
+        // what supervises kpr starts it afresh; systemd and Docker do not probe /healthz.
+        _ = &mut worker => {
+            tracing::error!(
+                "the reconcile worker died (a panic, logged above): exiting so that kpr is \
+                 restarted"
+            );
+            shared.queue.close();
+            scheduler.abort();
+            let _ = stop_http.send(true);
+            if tokio::time::timeout(Duration::from_secs(1), &mut server).await.is_err() {
+                server.abort();
+            }
+            return Ok(EXIT_ERROR);
+        }
+    };
     shared.interrupt.set(signal);
     tracing::info!(
         signal,
