@@ -185,10 +185,10 @@ fn completions_and_man_page_cover_the_commands() {
     assert!(man.stdout.contains("validate"));
 }
 
-/// The Kubernetes Deployment's container args, with the ConfigMap's config.yaml, are accepted by
+/// The Kubernetes StatefulSet's container args, with the ConfigMap's config.yaml, are accepted by
 /// `kpr serve --check-config` (paths that only exist in the pod are pointed at temp files).
 #[test]
-fn kubernetes_deployment_args_pass_check_config() {
+fn kubernetes_statefulset_args_pass_check_config() {
     let root = env!("CARGO_MANIFEST_DIR");
     let read_yaml = |name: &str| -> serde_norway::Value {
         serde_norway::from_str(
@@ -196,8 +196,10 @@ fn kubernetes_deployment_args_pass_check_config() {
         )
         .unwrap()
     };
-    let deployment = read_yaml("deployment.yaml");
-    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    let workload = read_yaml("statefulset.yaml");
+    assert_eq!(workload["kind"].as_str(), Some("StatefulSet"));
+    assert_eq!(workload["spec"]["replicas"].as_u64(), Some(1));
+    let container = &workload["spec"]["template"]["spec"]["containers"][0];
     let args: Vec<String> = container["args"]
         .as_sequence()
         .expect("container args")
