@@ -288,6 +288,8 @@ fn yaml_scalar(s: &str) -> String {
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || b":/_.*${}@=+,-".contains(&b))
         && !s.contains("://")
+        // A colon at the end makes a key of it.
+        && !s.ends_with(':')
         // YAML 1.1's booleans and nulls (`y`, `On`, `NULL`, ...).
         && !matches!(
             s.to_ascii_lowercase().as_str(),
@@ -325,7 +327,7 @@ mod tests {
                 "Condition": {
                     "DateGreaterThan": {"aws:CurrentTime": "2019-07-16T12:00:00Z"},
                     "Bool": {"aws:SecureTransport": "true"},
-                    "StringEquals": {"x": ["yes", "", "a: b", "#c", "-1", ".5", "1:20"]},
+                    "StringEquals": {"x": ["yes", "", "a: b", "#c", "-1", ".5", "1:20", "A:"]},
                     "NumericLessThan": {"n": 10, "f": 1.5, "z": null, "e": {}, "l": []}
                 }
             }]
