@@ -275,7 +275,22 @@ fn write_child(out: &mut String, value: &serde_json::Value, indent: usize) {
 fn inline(value: &serde_json::Value) -> String {
     match value {
         serde_json::Value::String(s) => yaml_scalar(s),
-        // Numbers, booleans, null, `{}` and `[]` read the same in JSON and YAML.
+        // YAML 1.1 wants a dot and a signed exponent in a float: `1e16` would be a string to
+        // PyYAML, `1.0e+16` is a float to every reader.
+        serde_json::Value::Number(n) => {
+            let text = n.to_string();
+            let Some((mantissa, exponent)) = text.split_once(['e', 'E']) else {
+                return text;
+            };
+            let dot = if mantissa.contains('.') { "" } else { ".0" };
+            let sign = if exponent.starts_with(['+', '-']) {
+                ""
+            } else {
+                "+"
+            };
+            format!("{mantissa}{dot}e{sign}{exponent}")
+        }
+        // Booleans, null, `{}` and `[]` read the same in JSON and YAML.
         other => other.to_string(),
     }
 }
@@ -296,10 +311,28 @@ fn yaml_scalar(s: &str) -> String {
             "y" | "yes" | "n" | "no" | "true" | "false" | "on" | "off" | "null"
         );
     if plain {
-        s.to_string()
-    } else {
-        serde_json::to_string(s).expect("a string serialises")
+        return s.to_string();
     }
+    let quoted = serde_json::to_string(s).expect("a string serialises");
+    // JSON leaves these raw; YAML reads NEL and the Unicode line and paragraph separators as
+    // line breaks (folded to a space inside quotes) and refuses DEL and the C1 controls.
+    if !quoted.chars().any(|c| {
+        matches!(
+            c,
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
+        )
+    }) {
+        return quoted;
+    }
+    quoted
+        .chars()
+        .map(|c| match c {
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
+                format!("\\u{:04X}", c as u32)
+            }
+            c => c.to_string(),
+        })
+        .collect()
 }
 
 /// Shown after an import: what to do next.
@@ -327,8 +360,9 @@ mod tests {
                 "Condition": {
                     "DateGreaterThan": {"aws:CurrentTime": "2019-07-16T12:00:00Z"},
                     "Bool": {"aws:SecureTransport": "true"},
-                    "StringEquals": {"x": ["yes", "", "a: b", "#c", "-1", ".5", "1:20", "A:"]},
-                    "NumericLessThan": {"n": 10, "f": 1.5, "z": null, "e": {}, "l": []}
+                    "StringEquals": {"x": ["yes", "", "a: b", "#c", "-1", ".5", "1:20", "A:",
+                        "a\u{85}b\u{2028}c\u{7f}d"]},
+                    "NumericLessThan": {"n": 10, "f": 1.5, "z": null, "e": {}, "l": [], "x": 1e16}
                 }
             }]
         });
@@ -341,6 +375,8 @@ mod tests {
             "aws:CurrentTime: \"2019-07-16T12:00:00Z\"",
             "aws:SecureTransport: \"true\"",
             "- \"yes\"",
+            "x: 1.0e+16",
+            "- \"a\\u0085b\\u2028c\\u007Fd\"",
         ] {
             assert!(text.contains(quoted), "{quoted} in\n{text}");
         }
@@ -372,6 +408,9 @@ mod tests {
             any::<i64>().prop_map(serde_json::Value::from),
             "[ -~]{0,12}".prop_map(serde_json::Value::from),
             "\\PC{0,6}".prop_map(serde_json::Value::from),
+            any::<f64>()
+                .prop_filter("finite", |f| f.is_finite())
+                .prop_map(serde_json::Value::from),
         ];
         leaf.prop_recursive(4, 32, 5, |inner| {
             prop_oneof![

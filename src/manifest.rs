@@ -551,6 +551,8 @@ fn parse_file(
             return;
         }
     };
+    // Editors on Windows may start a UTF-8 file with a byte order mark; libyaml refuses it.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
     if text.trim().is_empty() {
         diags.push(error(
             Some(1),
@@ -613,6 +615,7 @@ fn parse_file(
                 doc_no,
                 doc_text,
                 first_line,
+                located: std::cell::Cell::new(0),
             };
             match resource_from_doc(doc, &arn, &written, opts) {
                 Ok((intent, findings)) => {
@@ -673,15 +676,24 @@ struct Written<'a> {
     doc_text: &'a str,
     /// Lines of the file before the document.
     first_line: usize,
+    /// Paths located so far (see [`Written::policy_line`]).
+    located: std::cell::Cell<usize>,
 }
+
+/// Each path located reads its document again: a policy with thousands of findings would take
+/// minutes. Past this many in one document, the rest point at `policy:`.
+const LOCATED_PER_DOCUMENT: usize = 20;
 
 impl Written<'_> {
     /// The line of a path inside the policy mapping (`Statement[2].Effect`), else of `policy:`.
     fn policy_line(&self, path: &str) -> usize {
-        locate::line_of(self.doc_text, &format!("policy.{path}")).map_or_else(
-            || self.index.key_line(self.doc_no, "policy"),
-            |l| l + self.first_line,
-        )
+        let policy = || self.index.key_line(self.doc_no, "policy");
+        if self.located.get() >= LOCATED_PER_DOCUMENT {
+            return policy();
+        }
+        self.located.set(self.located.get() + 1);
+        locate::line_of(self.doc_text, &format!("policy.{path}"))
+            .map_or_else(policy, |l| l + self.first_line)
     }
 }
 
@@ -706,6 +718,8 @@ fn resource_from_doc(
         )),
         (Ensure::Present, Some(value)) => {
             let policy_line = index.key_line(doc_no, "policy");
+            // A policy given as a JSON string: its paths are not YAML the locator can follow.
+            let yaml_policy = value.is_object();
             let (document, json) = match value {
                 serde_json::Value::String(s) => {
                     let document = PolicyDocument::from_json_str(&s).map_err(|e| {
@@ -759,7 +773,11 @@ fn resource_from_doc(
                     LintSeverity::Warning => Severity::Warning,
                 };
                 (
-                    written.policy_line(&f.path),
+                    if yaml_policy {
+                        written.policy_line(&f.path)
+                    } else {
+                        policy_line
+                    },
                     severity,
                     format!("policy {}: {}", f.path, f.message),
                 )
@@ -1179,5 +1197,15 @@ policy:
         let e = loaded.errors().next().unwrap();
         assert_eq!(e.line, Some(2));
         assert!(e.message.contains("UTF-8"));
+    }
+
+    /// As editors on Windows write it: the byte order mark is not part of the YAML.
+    #[test]
+    fn a_byte_order_mark_is_skipped() {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::write(d.path().join("bom.yaml"), format!("\u{feff}{GOOD}")).unwrap();
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.diagnostics);
+        assert_eq!(loaded.state.resources.len(), 1);
     }
 }

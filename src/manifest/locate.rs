@@ -21,27 +21,59 @@ enum Seg<'a> {
 }
 
 /// `policy.Statement[2].Effect` -> `[Key(policy), Key(Statement), Index(2), Key(Effect)]`.
+/// A condition key (`aws:PrincipalTag/team.name`) may hold dots and brackets of its own, and it
+/// is the last key of any policy path: from a key with a colon on, the rest is that one key,
+/// then its trailing indices.
 fn segments(path: &str) -> Vec<Seg<'_>> {
     let mut out = Vec::new();
-    for part in path.split('.').filter(|p| !p.is_empty()) {
-        let (key, mut rest) = part.split_once('[').map_or((part, ""), |(k, r)| (k, r));
-        if !key.is_empty() {
-            out.push(Seg::Key(key));
+    let mut rest = path;
+    while !rest.is_empty() {
+        let end = rest.find(['.', '[']).unwrap_or(rest.len());
+        let end = if rest[..end].contains(':') {
+            trailing_indices(rest)
+        } else {
+            end
+        };
+        if end > 0 {
+            out.push(Seg::Key(&rest[..end]));
         }
-        while let Some((n, after)) = rest.split_once(']') {
-            match n.parse() {
-                Ok(i) => out.push(Seg::Index(i)),
-                Err(_) => return out,
-            }
-            rest = after.strip_prefix('[').unwrap_or(after);
+        rest = &rest[end..];
+        while let Some(inner) = rest.strip_prefix('[') {
+            let Some((n, after)) = inner.split_once(']') else {
+                return out;
+            };
+            let Ok(i) = n.parse() else {
+                return out;
+            };
+            out.push(Seg::Index(i));
+            rest = after;
         }
+        rest = rest.strip_prefix('.').unwrap_or(rest);
     }
     out
 }
 
+/// Where the `[n]` indices at the end of `s` begin (`s.len()` when there are none).
+fn trailing_indices(s: &str) -> usize {
+    let mut end = s.len();
+    while let Some(open) = s[..end]
+        .strip_suffix(']')
+        .and_then(|body| body.rfind('['))
+        .filter(|&open| open + 2 < end && s[open + 1..end - 1].bytes().all(|b| b.is_ascii_digit()))
+    {
+        end = open;
+    }
+    end
+}
+
 /// The 1-based line, within `doc_text` (one YAML document), of the deepest part of `path`
-/// that is written there; `None` when not even its first part is.
+/// that is written there; `None` when not even its first part is, or when the document may
+/// use aliases: serde_norway replays an alias with its anchor's positions, which would point
+/// into another statement.
 pub fn line_of(doc_text: &str, path: &str) -> Option<usize> {
+    if doc_text.contains('&') && doc_text.contains('*') {
+        return None;
+    }
     let segs = segments(path);
     (1..=segs.len()).rev().find_map(|k| {
         let found = Find(&segs[..k]).deserialize(serde_norway::Deserializer::from_str(doc_text));
@@ -268,6 +300,23 @@ policy:
     }
 
     #[test]
+    fn an_alias_is_not_followed_into_its_anchor() {
+        let doc =
+            "policy:\n  Statement:\n    - &s {Sid: One, Effect: Allow}\n    - Sid: Two\n    - *s\n";
+        assert_eq!(line_of(doc, "policy.Statement[2].Effect"), None);
+    }
+
+    #[test]
+    fn a_condition_key_with_dots_is_one_key() {
+        let doc = "policy:\n  Condition:\n    StringEquals:\n      aws:PrincipalTag/team: a\n      aws:PrincipalTag/team.name: [x, y]\n";
+        let at = |p: &str| line_of(doc, &format!("policy.Condition.StringEquals.{p}"));
+        assert_eq!(at("aws:PrincipalTag/team.name"), Some(5));
+        assert_eq!(at("aws:PrincipalTag/team.name[1]"), Some(5));
+        // Not written: its operator, not the other key it begins like.
+        assert_eq!(at("aws:PrincipalTag/team.nam"), Some(3));
+    }
+
+    #[test]
     fn path_segments() {
         assert_eq!(
             segments("policy.Statement[2].Condition.StringEquals[0][1]"),
@@ -279,6 +328,15 @@ policy:
                 Seg::Key("StringEquals"),
                 Seg::Index(0),
                 Seg::Index(1),
+            ]
+        );
+        assert_eq!(
+            segments("Condition.StringLike.s3:x.y[z][3]"),
+            [
+                Seg::Key("Condition"),
+                Seg::Key("StringLike"),
+                Seg::Key("s3:x.y[z]"),
+                Seg::Index(3),
             ]
         );
     }
