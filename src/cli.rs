@@ -468,16 +468,17 @@ async fn run_plan(
     let kind = if mode.is_some() { "apply" } else { "plan" };
     // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
     // for JSON still gets a document on stdout, not nothing.
-    let refuse = |reason: &str, message: String, diagnostics: &[Diagnostic]| {
-        eprintln!("{message}");
-        if args.output == OutputFormat::Json {
-            outln!(
-                "{}",
-                render::refused_json(kind, reason, &message, diagnostics)
-            );
-        }
-        Ok(EXIT_ERROR)
-    };
+    let refuse =
+        |reason: &str, message: String, diagnostics: &[Diagnostic], plan: Option<&plan::Plan>| {
+            eprintln!("{message}");
+            if args.output == OutputFormat::Json {
+                outln!(
+                    "{}",
+                    render::refused_json(kind, reason, &message, diagnostics, plan)
+                );
+            }
+            Ok(EXIT_ERROR)
+        };
     let desired = match loaded.into_result() {
         Ok(d) => d,
         Err(errors) => {
@@ -487,7 +488,7 @@ async fn run_plan(
                 errors.len(),
                 args.dir.display()
             );
-            return refuse("invalid_manifests", message, &errors);
+            return refuse("invalid_manifests", message, &errors, None);
         }
     };
     // A target that names nothing would make the run a silent no-op: a typo in a pipeline's
@@ -502,7 +503,7 @@ async fn run_plan(
             "error: --target {t} matches no manifest in {}; nothing was planned",
             args.dir.display()
         );
-        return refuse("unmatched_target", message, &[]);
+        return refuse("unmatched_target", message, &[], None);
     }
     let api = engine.connect().await;
     let opts = PlanOptions {
@@ -518,7 +519,18 @@ async fn run_plan(
         Ok(p) => p,
         Err(refused) => {
             pb.finish_and_clear();
-            return refuse("prune_guard", format!("error: {refused}"), &[]);
+            let plan = match &refused {
+                plan::PlanRefused::TooManyDeletes { plan, .. } => plan.as_deref(),
+                plan::PlanRefused::PruneWithoutManifests => None,
+            };
+            // The whole plan it refused, as plan shows one: the deletes to review, and what
+            // else would change once the guard is raised.
+            if let Some(p) = plan
+                && text
+            {
+                out!("{}", render::changes_text(p, &style));
+            }
+            return refuse("prune_guard", format!("error: {refused}"), &warnings, plan);
         }
     };
     pb.finish_and_clear();

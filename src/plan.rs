@@ -285,6 +285,9 @@ pub enum PlanRefused {
         count: usize,
         max: usize,
         arns: String,
+        /// The whole plan it refused, deletes included, for a person to review (the CLI
+        /// shows it); `None` where only the count is known.
+        plan: Option<Box<Plan>>,
     },
 }
 
@@ -341,12 +344,25 @@ pub async fn plan_skipping<K: Kinesis>(
             Err(f) => plan.failures.push(f),
         }
     }
-    if opts.prune {
-        prune(api, desired, opts, skip, &mut plan).await?;
-    }
+    let refused = if opts.prune {
+        prune(api, desired, opts, skip, &mut plan).await.err()
+    } else {
+        None
+    };
     plan.changes.sort_by(|a, b| a.arn.cmp(&b.arn));
     plan.failures.sort_by(|a, b| a.arn.cmp(&b.arn));
-    Ok(plan)
+    match refused {
+        None => Ok(plan),
+        Some(PlanRefused::TooManyDeletes {
+            count, max, arns, ..
+        }) => Err(PlanRefused::TooManyDeletes {
+            count,
+            max,
+            arns,
+            plan: Some(Box::new(plan)),
+        }),
+        Some(other) => Err(other),
+    }
 }
 
 async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result<Change, Failure> {
@@ -491,20 +507,26 @@ async fn prune<K: Kinesis>(
             Err(f) => plan.failures.push(f),
         }
     }
-    if deletes.len() > opts.max_deletes {
-        deletes.sort_by(|a, b| a.arn.cmp(&b.arn));
-        return Err(PlanRefused::TooManyDeletes {
-            count: deletes.len(),
-            max: opts.max_deletes,
-            arns: deletes
-                .iter()
-                .map(|c| format!("  - {}", c.arn))
-                .collect::<Vec<_>>()
-                .join("\n"),
-        });
-    }
+    deletes.sort_by(|a, b| a.arn.cmp(&b.arn));
+    let arns = (deletes.len() > opts.max_deletes).then(|| {
+        deletes
+            .iter()
+            .map(|c| format!("  - {}", c.arn))
+            .collect::<Vec<_>>()
+            .join("\n")
+    });
+    let count = deletes.len();
+    // Into the plan even when refused: the refusal carries it, for a person to review.
     plan.changes.extend(deletes);
-    Ok(())
+    match arns {
+        Some(arns) => Err(PlanRefused::TooManyDeletes {
+            count,
+            max: opts.max_deletes,
+            arns,
+            plan: None,
+        }),
+        None => Ok(()),
+    }
 }
 
 /// Used by callers that report which operation a failure came from without an API error.

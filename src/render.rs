@@ -17,11 +17,13 @@
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
 //! A run refused before it wrote anything (invalid manifests or an unmatched target, before
-//! any call; the prune guard, after listing) has no summary or resources:
+//! any call; the prune guard, after listing) has no summary or resources, except the prune
+//! guard's, which has the plan it refused (deletes included) for review:
 //! ```text
 //! { "format_version": "1", "kind": "plan" | "apply",
 //!   "refused": { "reason": "invalid_manifests"|"unmatched_target"|"prune_guard", "message" },
-//!   "diagnostics": [ { "file", "line", "severity", "message" } ] }
+//!   "diagnostics": [ { "file", "line", "severity", "message" } ],
+//!   "summary"?, "resources"?, "failures"? }                          // prune_guard only
 //! ```
 
 use std::fmt::Write as _;
@@ -35,19 +37,36 @@ use crate::policy::{PolicyDocument, canonical_statements};
 
 pub const FORMAT_VERSION: &str = "1";
 
-/// The JSON document of a plan or apply refused before planning (see the module doc).
+/// The JSON document of a plan or apply refused before it wrote anything (see the module
+/// doc); with the `plan` it refused, when there is one to review (the prune guard's).
 pub fn refused_json(
     kind: &str,
     reason: &str,
     message: &str,
     diagnostics: &[crate::manifest::Diagnostic],
+    plan: Option<&Plan>,
 ) -> String {
-    let doc = serde_json::json!({
+    let mut doc = serde_json::json!({
         "format_version": FORMAT_VERSION,
         "kind": kind,
         "refused": {"reason": reason, "message": message},
         "diagnostics": diagnostics,
     });
+    if let (Some(plan), Some(obj)) = (plan, doc.as_object_mut()) {
+        let value = |v: serde_json::Result<serde_json::Value>| v.expect("a plan serialises");
+        obj.insert(
+            "summary".into(),
+            value(serde_json::to_value(plan.summary())),
+        );
+        obj.insert(
+            "resources".into(),
+            value(serde_json::to_value(&plan.changes)),
+        );
+        obj.insert(
+            "failures".into(),
+            value(serde_json::to_value(&plan.failures)),
+        );
+    }
     serde_json::to_string_pretty(&doc).expect("a json! value serialises")
 }
 

@@ -906,6 +906,7 @@ impl Reconciler {
                     count: deletes.len(),
                     max: self.opts.max_deletes,
                     arns: deletes.join("\n"),
+                    plan: None,
                 };
                 tracing::error!(error = %refused, "plan refused; nothing applied");
                 return out.fail(RunResult::Refused, refused.to_string());

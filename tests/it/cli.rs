@@ -558,7 +558,33 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         "json",
     ]);
     assert_eq!(json.code, 1, "{json:?}");
-    assert_eq!(json.json()["refused"]["reason"], "prune_guard", "{json:?}");
+    let doc = json.json();
+    assert_eq!(doc["refused"]["reason"], "prune_guard", "{json:?}");
+    // The plan it refused comes with it, as data: the three deletes, and the create beside them.
+    let actions = |want: &str| -> Vec<String> {
+        doc["resources"]
+            .as_array()
+            .expect("resources")
+            .iter()
+            .filter(|r| r["action"] == want)
+            .map(|r| r["arn"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let mut deletes = actions("delete");
+    deletes.sort();
+    let mut want = stray.clone();
+    want.sort();
+    assert_eq!(deletes, want, "{doc:#}");
+    assert_eq!(actions("create"), std::slice::from_ref(&kept), "{doc:#}");
+    assert_eq!(doc["summary"]["delete"], 3, "{doc:#}");
+    // And in text, as plan shows changes, before the refusal.
+    assert!(
+        refused
+            .stdout
+            .contains(&format!("- delete stream {}", stray[0]))
+            && refused.stdout.contains(&format!("+ create stream {kept}")),
+        "{refused:?}"
+    );
     assert!(
         emu.get_policy(&stray[0]).is_some(),
         "refused prune wrote nothing"
