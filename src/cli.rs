@@ -523,12 +523,14 @@ async fn run_plan(
                 plan::PlanRefused::TooManyDeletes { plan, .. } => plan.as_deref(),
                 plan::PlanRefused::PruneWithoutManifests => None,
             };
-            // The whole plan it refused, as plan shows one: the deletes to review, and what
-            // else would change once the guard is raised.
+            // The whole plan it refused, as plan shows one (failures and summary too): the
+            // deletes to review, and what else would change once the guard is raised.
             if let Some(p) = plan
                 && text
             {
-                out!("{}", render::changes_text(p, &style));
+                let targeted = (!targets.is_empty()).then_some(desired.resources.len());
+                out!("{}", render::plan_text(p, targeted, &style));
+                outln!("Refused by the prune guard: nothing was written.");
             }
             return refuse("prune_guard", format!("error: {refused}"), &warnings, plan);
         }

@@ -582,7 +582,11 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         refused
             .stdout
             .contains(&format!("- delete stream {}", stray[0]))
-            && refused.stdout.contains(&format!("+ create stream {kept}")),
+            && refused.stdout.contains(&format!("+ create stream {kept}"))
+            && refused.stdout.contains("Plan: 1 to create")
+            && refused
+                .stdout
+                .contains("Refused by the prune guard: nothing was written."),
         "{refused:?}"
     );
     assert!(
