@@ -638,6 +638,16 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
             }
             return Ok(EXIT_ERROR);
         }
+        // Nor does the HTTP server end on its own: without it no webhook arrives, and no
+        // probe can tell.
+        _ = &mut server => {
+            tracing::error!("the HTTP server stopped (logged above): exiting so that kpr is restarted");
+            shared.queue.close();
+            scheduler.abort();
+            worker.abort();
+            let _ = worker.await;
+            return Ok(EXIT_ERROR);
+        }
     };
     shared.interrupt.set(signal);
     tracing::info!(
@@ -647,8 +657,16 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     shared.queue.close();
     scheduler.abort();
     let mut deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    let mut code = EXIT_OK;
     tokio::select! {
-        _ = &mut worker => tracing::info!("reconcile worker stopped"),
+        ended = &mut worker => match ended {
+            // A panic during the last run: the exit status must not say all went well.
+            Err(e) if e.is_panic() => {
+                tracing::error!("the reconcile worker died (a panic, logged above) while stopping");
+                code = EXIT_ERROR;
+            }
+            _ => tracing::info!("reconcile worker stopped"),
+        },
         () = tokio::time::sleep_until(deadline) => {
             tracing::warn!(
                 timeout = %humantime::format_duration(settings.shutdown_timeout),
@@ -679,7 +697,7 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
         server.abort();
     }
     tracing::info!("kpr serve stopped");
-    Ok(EXIT_OK)
+    Ok(code)
 }
 
 #[cfg(test)]
