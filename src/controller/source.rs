@@ -19,6 +19,8 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 /// Where a git source's working copy keeps the last good revision (see
 /// [`Source::record_good`]). Outside `refs/remotes`, so no fetch moves or prunes it.
 const LAST_GOOD_REF: &str = "refs/kpr/last-good";
+/// Beside it, in the working copy's git config: which source it is the last good revision of.
+const LAST_GOOD_SOURCE: &str = "kpr.lastGoodSource";
 
 pub enum Source {
     Dir(PathBuf),
@@ -128,28 +130,38 @@ impl Source {
     pub async fn record_good(&self, revision: &str) -> Result<(), String> {
         match self {
             Source::Dir(_) => Ok(()),
-            Source::Git(g) => g
-                .git(["update-ref", LAST_GOOD_REF, revision])
-                .await
-                .map(drop),
+            Source::Git(g) => {
+                g.git(["config", LAST_GOOD_SOURCE, &g.identity()]).await?;
+                g.git(["update-ref", LAST_GOOD_REF, revision])
+                    .await
+                    .map(drop)
+            }
         }
     }
 
-    /// The last good revision an earlier process recorded, if it is still there.
+    /// The last good revision an earlier process recorded, if it is still there and was
+    /// recorded for the same repository, branch and path: one of another source would make
+    /// files that differ look untouched.
     pub async fn recorded_good(&self) -> Option<String> {
-        match self {
-            Source::Dir(_) => None,
-            Source::Git(g) => g
-                .git([
-                    "rev-parse",
-                    "--verify",
-                    "--quiet",
-                    &format!("{LAST_GOOD_REF}^{{commit}}"),
-                ])
-                .await
-                .ok()
-                .map(|s| s.trim().to_string()),
+        let Source::Git(g) = self else {
+            return None;
+        };
+        let source = g.git(["config", "--get", LAST_GOOD_SOURCE]).await.ok()?;
+        if source.trim_end_matches('\n') != g.identity() {
+            tracing::info!(
+                "the last good revision in the working copy was recorded for another repository, branch or path: not used"
+            );
+            return None;
         }
+        g.git([
+            "rev-parse",
+            "--verify",
+            "--quiet",
+            &format!("{LAST_GOOD_REF}^{{commit}}"),
+        ])
+        .await
+        .ok()
+        .map(|s| s.trim().to_string())
     }
 
     /// Whether `commit` was fetched and is `head` or one of its ancestors. Always true for a
@@ -196,6 +208,11 @@ async fn write_askpass(path: &Path) -> Result<(), String> {
 }
 
 impl GitRepo {
+    /// The repository (its URL without credentials), branch and path, as one string.
+    fn identity(&self) -> String {
+        format!("{} {} {}", self.url, self.branch, self.path.display())
+    }
+
     async fn git<I, S>(&self, args: I) -> Result<String, String>
     where
         I: IntoIterator<Item = S>,
@@ -779,6 +796,25 @@ mod tests {
                 .unwrap()
                 .is_err()
         );
+
+        // The last good revision survives a new process on the same working copy, and only
+        // for the same repository, branch and path.
+        assert_eq!(src.recorded_good().await, None);
+        src.record_good(&second).await.unwrap();
+        let again = Source::new(&spec).await.unwrap();
+        assert_eq!(
+            again.recorded_good().await.as_deref(),
+            Some(second.as_str())
+        );
+        let SourceSpec::Git(g) = &spec else {
+            unreachable!()
+        };
+        let other_path = SourceSpec::Git(super::super::GitSpec {
+            path: PathBuf::from("elsewhere"),
+            ..g.clone()
+        });
+        let other = Source::new(&other_path).await.unwrap();
+        assert_eq!(other.recorded_good().await, None);
     }
 
     #[tokio::test]
