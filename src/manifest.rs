@@ -573,7 +573,7 @@ fn parse_file(
                 Err(e) => {
                     let line = e
                         .location()
-                        .map(|l| l.line() + first_line)
+                        .map(|l| locate::line_at(doc_text, &l) + first_line)
                         .unwrap_or_else(|| index.key_line(doc_no, "arn"));
                     let mut message = yaml_message(&e);
                     // serde's derive tells a field given twice at the end of the mapping: point

@@ -79,10 +79,23 @@ pub fn line_of(doc_text: &str, path: &str) -> Option<usize> {
         let found = Find(&segs[..k]).deserialize(serde_norway::Deserializer::from_str(doc_text));
         match found {
             // serde_norway puts the path it was at before the message.
-            Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| l.line()),
+            Err(e) if e.to_string().contains(FOUND) => e.location().map(|l| line_at(doc_text, &l)),
             _ => None,
         }
     })
+}
+
+/// The 1-based line of a position serde_norway reports in `text`, counted as editors, git and
+/// grep count lines. libyaml also breaks lines at NEL, U+2028 and U+2029, so its own line
+/// number is one too many for each of them before the position; its byte index is exact.
+pub fn line_at(text: &str, at: &serde_norway::Location) -> usize {
+    let before = text.as_bytes().get(..at.index()).unwrap_or(text.as_bytes());
+    let breaks = before
+        .iter()
+        .enumerate()
+        .filter(|&(i, &b)| b == b'\n' || (b == b'\r' && before.get(i + 1) != Some(&b'\n')))
+        .count();
+    breaks + 1
 }
 
 /// Looks for what remains of the path (never empty) in the node it is given.
@@ -290,6 +303,15 @@ policy:
         // A parse error before the path: not found (after it: found, as written).
         assert_eq!(line_of("a: [x\nb: 1\n", "b"), None);
         assert_eq!(line_of("a: 1\nb: [x\n", "b"), Some(2));
+    }
+
+    /// U+2028 inside a string is a line break to libyaml, not to an editor.
+    #[test]
+    fn lines_are_counted_as_editors_count_them() {
+        let doc = "a: \"x\u{2028}y\"\r\nb: 1\rc: 2\nd: 3\n";
+        assert_eq!(line_of(doc, "b"), Some(2));
+        assert_eq!(line_of(doc, "c"), Some(3));
+        assert_eq!(line_of(doc, "d"), Some(4));
     }
 
     #[test]
