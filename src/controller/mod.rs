@@ -621,80 +621,96 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
     let (stop_http, http_stopped) = tokio::sync::watch::channel(false);
     let mut server = tokio::spawn(http::serve(listener, shared.clone(), http_stopped));
 
-    let signal = tokio::select! {
-        (signal, _) = signals.next() => signal,
-        // The worker only ends on its own by a panic: nothing would run again. Exit, so that
-        // what supervises kpr starts it afresh; systemd and Docker do not probe /healthz.
-        _ = &mut worker => {
+    // What ends the service: a stop signal; or a worker or HTTP server that ended on its own,
+    // which exits 1 for what supervises kpr (systemd and Docker do not probe /healthz) to
+    // start it afresh.
+    enum End {
+        Signal(&'static str),
+        /// The worker only ends on its own by a panic: nothing would run again.
+        WorkerDied,
+        /// Without the HTTP server no webhook arrives, and no probe can tell.
+        HttpDied,
+    }
+    let end = tokio::select! {
+        (signal, _) = signals.next() => End::Signal(signal),
+        _ = &mut worker => End::WorkerDied,
+        _ = &mut server => End::HttpDied,
+    };
+    shared.queue.close();
+    scheduler.abort();
+    let mut deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
+    let code = match end {
+        End::Signal(signal) => {
+            shared.interrupt.set(signal);
+            tracing::info!(
+                signal,
+                "shutting down: no new triggers accepted; a running apply starts no more changes"
+            );
+            tokio::select! {
+                ended = &mut worker => match ended {
+                    // A panic during the last run: the exit status must not say all went well.
+                    Err(e) if e.is_panic() => {
+                        tracing::error!(
+                            "the reconcile worker died (a panic, logged above) while stopping"
+                        );
+                        EXIT_ERROR
+                    }
+                    _ => {
+                        tracing::info!("reconcile worker stopped");
+                        EXIT_OK
+                    }
+                },
+                () = tokio::time::sleep_until(deadline) => {
+                    tracing::warn!(
+                        timeout = %humantime::format_duration(settings.shutdown_timeout),
+                        "the running reconcile did not finish in time; cancelling it (the next \
+                         start reconciles again)"
+                    );
+                    worker.abort();
+                    let _ = worker.await;
+                    EXIT_OK
+                }
+                // As the CLI's apply does: whoever sends a second signal wants out now.
+                (second, _) = signals.next() => {
+                    tracing::warn!(
+                        signal = second,
+                        "second stop signal: cancelling the running reconcile now (the next \
+                         start reconciles again)"
+                    );
+                    worker.abort();
+                    let _ = worker.await;
+                    deadline = tokio::time::Instant::now();
+                    EXIT_OK
+                }
+            }
+        }
+        End::WorkerDied => {
             tracing::error!(
                 "the reconcile worker died (a panic, logged above): exiting so that kpr is \
                  restarted"
             );
-            shared.queue.close();
-            scheduler.abort();
-            let _ = stop_http.send(true);
-            if tokio::time::timeout(Duration::from_secs(1), &mut server).await.is_err() {
-                server.abort();
-            }
-            return Ok(EXIT_ERROR);
+            deadline = tokio::time::Instant::now();
+            EXIT_ERROR
         }
-        // Nor does the HTTP server end on its own: without it no webhook arrives, and no
-        // probe can tell.
-        _ = &mut server => {
-            tracing::error!("the HTTP server stopped (logged above): exiting so that kpr is restarted");
-            shared.queue.close();
-            scheduler.abort();
+        End::HttpDied => {
+            tracing::error!(
+                "the HTTP server stopped (logged above): exiting so that kpr is restarted"
+            );
             worker.abort();
             let _ = worker.await;
-            return Ok(EXIT_ERROR);
+            EXIT_ERROR
         }
     };
-    shared.interrupt.set(signal);
-    tracing::info!(
-        signal,
-        "shutting down: no new triggers accepted; a running apply starts no more changes"
-    );
-    shared.queue.close();
-    scheduler.abort();
-    let mut deadline = tokio::time::Instant::now() + settings.shutdown_timeout;
-    let mut code = EXIT_OK;
-    tokio::select! {
-        ended = &mut worker => match ended {
-            // A panic during the last run: the exit status must not say all went well.
-            Err(e) if e.is_panic() => {
-                tracing::error!("the reconcile worker died (a panic, logged above) while stopping");
-                code = EXIT_ERROR;
-            }
-            _ => tracing::info!("reconcile worker stopped"),
-        },
-        () = tokio::time::sleep_until(deadline) => {
-            tracing::warn!(
-                timeout = %humantime::format_duration(settings.shutdown_timeout),
-                "the running reconcile did not finish in time; cancelling it (the next start \
-                 reconciles again)"
-            );
-            worker.abort();
-            let _ = worker.await;
+    // A finished server's handle must not be polled again.
+    if !matches!(end, End::HttpDied) {
+        let _ = stop_http.send(true);
+        // Idle keep-alive connections close at once; a stuck client must not hold the exit.
+        let grace = deadline
+            .saturating_duration_since(tokio::time::Instant::now())
+            .max(Duration::from_secs(1));
+        if tokio::time::timeout(grace, &mut server).await.is_err() {
+            server.abort();
         }
-        // As the CLI's apply does: whoever sends a second signal wants out now.
-        (second, _) = signals.next() => {
-            tracing::warn!(
-                signal = second,
-                "second stop signal: cancelling the running reconcile now (the next start \
-                 reconciles again)"
-            );
-            worker.abort();
-            let _ = worker.await;
-            deadline = tokio::time::Instant::now();
-        }
-    }
-    let _ = stop_http.send(true);
-    // Idle keep-alive connections close at once; a stuck client must not hold the exit.
-    let grace = deadline
-        .saturating_duration_since(tokio::time::Instant::now())
-        .max(Duration::from_secs(1));
-    if tokio::time::timeout(grace, &mut server).await.is_err() {
-        server.abort();
     }
     tracing::info!("kpr serve stopped");
     Ok(code)
