@@ -861,8 +861,7 @@ impl Reconciler {
                     let changed: HashSet<&Path> = changed.iter().map(PathBuf::as_path).collect();
                     let root = self.source.root();
                     for r in &desired.resources {
-                        let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
-                        if changed.contains(file) {
+                        if changed.contains(declaring_file(r, root)) {
                             skip.remove(&r.arn.identity());
                         }
                     }
@@ -975,8 +974,7 @@ impl Reconciler {
             .resources
             .into_iter()
             .filter(|r| {
-                let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
-                !changed.contains(file) && !error_files.contains(&r.source.file)
+                !changed.contains(declaring_file(r, root)) && !error_files.contains(&r.source.file)
             })
             .collect();
         if resources.is_empty() {
@@ -1369,13 +1367,18 @@ impl Reconciler {
     }
 }
 
+/// The file that declares `r`, relative to the source's root: the path `git diff` and the file
+/// index name.
+fn declaring_file<'r>(r: &'r DesiredResource, root: &Path) -> &'r Path {
+    r.source.file.strip_prefix(root).unwrap_or(&r.source.file)
+}
+
 /// Source-relative manifest file -> its digest (directory sources) and the resources it
 /// declares.
 fn index_files(desired: &DesiredState, root: &Path, digests: Vec<(PathBuf, u64)>) -> FileIndex {
     let declared = desired.resources.iter().map(|r| {
-        let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
         let arn = (r.arn.to_string(), r.source.line);
-        (file.to_path_buf(), 0, vec![arn])
+        (declaring_file(r, root).to_path_buf(), 0, vec![arn])
     });
     // FileIndex merges the entries of one file: its digest with what it declares.
     let read = digests
@@ -1415,8 +1418,7 @@ fn changed_scope(
         .resources
         .iter()
         .filter(|r| {
-            let file = r.source.file.strip_prefix(root).unwrap_or(&r.source.file);
-            changed_set.contains(file) || due.contains(&r.arn.identity())
+            changed_set.contains(declaring_file(r, root)) || due.contains(&r.arn.identity())
         })
         .cloned()
         .collect();
