@@ -153,15 +153,7 @@ impl Source {
             );
             return None;
         }
-        g.git([
-            "rev-parse",
-            "--verify",
-            "--quiet",
-            &format!("{LAST_GOOD_REF}^{{commit}}"),
-        ])
-        .await
-        .ok()
-        .map(|s| s.trim().to_string())
+        g.commit_of(LAST_GOOD_REF).await.ok()
     }
 
     /// Whether `commit` was fetched and is `head` or one of its ancestors. Always true for a
@@ -211,6 +203,15 @@ impl GitRepo {
     /// The repository (its URL without credentials), branch and path, as one string.
     fn identity(&self) -> String {
         format!("{} {} {}", self.url, self.branch, self.path.display())
+    }
+
+    /// The commit a revision (a ref, a SHA) names; an error, quietly, when it names none.
+    async fn commit_of(&self, revision: &str) -> Result<String, String> {
+        let object = format!("{revision}^{{commit}}");
+        let sha = self
+            .git(["rev-parse", "--verify", "--quiet", &object])
+            .await?;
+        Ok(sha.trim().to_string())
     }
 
     async fn git<I, S>(&self, args: I) -> Result<String, String>
@@ -330,16 +331,7 @@ impl GitRepo {
             &format!("+refs/heads/{}:{tracking}", self.branch),
         ])
         .await?;
-        let sha = self
-            .git([
-                "rev-parse",
-                "--verify",
-                "--quiet",
-                &format!("{tracking}^{{commit}}"),
-            ])
-            .await?
-            .trim()
-            .to_string();
+        let sha = self.commit_of(&tracking).await?;
         let head = self
             .git(["rev-parse", "--verify", "--quiet", "HEAD"])
             .await
@@ -397,10 +389,7 @@ impl GitRepo {
         }
         // Both exit non-zero quietly when the commit is unknown (`merge-base` alone would say
         // "fatal"); a git that fails outright failed the fetch before this.
-        let object = format!("{commit}^{{commit}}");
-        self.git(["rev-parse", "--verify", "--quiet", &object])
-            .await
-            .is_ok()
+        self.commit_of(commit).await.is_ok()
             && self
                 .git(["merge-base", "--is-ancestor", commit, head])
                 .await
