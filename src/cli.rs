@@ -514,6 +514,8 @@ async fn run_plan(
     };
     let text = args.output == OutputFormat::Text;
     let style = Style::detect(std::io::stdout().is_terminal());
+    // How many resources the manifests declare, when --target plans only some of them.
+    let targeted = (!targets.is_empty()).then_some(desired.resources.len());
     let pb = progress_bar(text, "reading live policies");
     let plan = match plan::plan(&api, &desired, &opts, &pb).await {
         Ok(p) => p,
@@ -528,7 +530,6 @@ async fn run_plan(
             if let Some(p) = plan
                 && text
             {
-                let targeted = (!targets.is_empty()).then_some(desired.resources.len());
                 out!("{}", render::plan_text(p, targeted, &style));
                 outln!("Refused by the prune guard: nothing was written.");
             }
@@ -549,7 +550,6 @@ async fn run_plan(
         Some(m) if !m.dry_run => m,
         dry => {
             if text {
-                let targeted = (!targets.is_empty()).then_some(desired.resources.len());
                 out!("{}", render::plan_text(&plan, targeted, &style));
                 if dry.is_some() {
                     outln!("Dry run: nothing was written.");
@@ -598,11 +598,8 @@ async fn run_plan(
     pb.finish_and_clear();
     if text {
         out!("{}", render::apply_text(&report, &style));
-        if !targets.is_empty() {
-            out!(
-                "{}",
-                render::targeted_note(planned, desired.resources.len(), &style)
-            );
+        if let Some(declared) = targeted {
+            out!("{}", render::targeted_note(planned, declared, &style));
         }
     } else {
         out!("{}", render::apply_json(&report, &warnings));
@@ -757,9 +754,7 @@ fn policy_of_manifest(
     opts: &LoadOptions,
 ) -> Result<PolicyDocument, String> {
     let loaded = manifest::load_bytes(Path::new(name), text.as_bytes(), opts);
-    for warning in loaded.warnings() {
-        eprintln!("{warning}");
-    }
+    print_diagnostics(loaded.warnings());
     let mut resources = match loaded.into_result() {
         Ok(state) => state.resources,
         Err(errors) => {

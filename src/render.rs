@@ -53,19 +53,9 @@ pub fn refused_json(
         "diagnostics": diagnostics,
     });
     if let (Some(plan), Some(obj)) = (plan, doc.as_object_mut()) {
-        let value = |v: serde_json::Result<serde_json::Value>| v.expect("a plan serialises");
-        obj.insert(
-            "summary".into(),
-            value(serde_json::to_value(plan.summary())),
-        );
-        obj.insert(
-            "resources".into(),
-            value(serde_json::to_value(&plan.changes)),
-        );
-        obj.insert(
-            "failures".into(),
-            value(serde_json::to_value(&plan.failures)),
-        );
+        obj.insert("summary".into(), serde_json::json!(plan.summary()));
+        obj.insert("resources".into(), serde_json::json!(plan.changes));
+        obj.insert("failures".into(), serde_json::json!(plan.failures));
     }
     serde_json::to_string_pretty(&doc).expect("a json! value serialises")
 }
