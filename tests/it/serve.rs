@@ -435,27 +435,33 @@ impl Serve {
         serde_json::from_str(&r.body).unwrap()
     }
 
+    /// Polls `/status` until `ready` holds for it; returns that status.
+    fn status_when(
+        &self,
+        what: &str,
+        timeout: Duration,
+        ready: impl Fn(&serde_json::Value) -> bool,
+    ) -> serde_json::Value {
+        self.poll(what, timeout, |s| Some(s.status()).filter(|st| ready(st)))
+    }
+
     fn runs(&self) -> u64 {
         self.status()["runs"].as_u64().unwrap()
     }
 
     /// Waits until no run is in flight or queued; returns the status.
     fn idle(&self) -> serde_json::Value {
-        self.poll("the service to be idle", Duration::from_secs(30), |s| {
-            let st = s.status();
-            (st["running"] == false && st["pending"].is_null()).then_some(st)
+        self.status_when("the service to be idle", Duration::from_secs(30), |st| {
+            st["running"] == false && st["pending"].is_null()
         })
     }
 
     /// Waits until a completed run has applied `revision`.
     fn applied(&self, revision: &str) -> serde_json::Value {
-        self.poll(
+        self.status_when(
             &format!("revision {revision} to be applied"),
             Duration::from_secs(30),
-            |s| {
-                let st = s.status();
-                (st["last_good_revision"] == revision && st["running"] == false).then_some(st)
-            },
+            |st| st["last_good_revision"] == revision && st["running"] == false,
         )
     }
 
@@ -779,9 +785,8 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
             ..Options::default()
         },
     );
-    let st = serve.poll("the first run", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["runs"] == 1).then_some(st)
+    let st = serve.status_when("the first run", Duration::from_secs(30), |st| {
+        st["runs"] == 1
     });
     assert_eq!(st["last_run"]["result"], "invalid");
     assert_eq!(st["last_run"]["revision"], broken_at_start);
@@ -810,13 +815,10 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     let broken = repo.push("main", "broken");
     let runs = serve.runs();
     assert_eq!(serve.github_push("main", "broken").status, 202);
-    let st = serve.poll(
+    let st = serve.status_when(
         "the broken push to be rejected",
         Duration::from_secs(30),
-        |s| {
-            let st = s.status();
-            (st["runs"].as_u64().unwrap() > runs && st["running"] == false).then_some(st)
-        },
+        |st| st["runs"].as_u64().unwrap() > runs && st["running"] == false,
     );
     assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
     assert_eq!(st["last_run"]["revision"], broken);
@@ -1040,13 +1042,10 @@ fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
     let r = serve.github_push_body(body.as_bytes(), "late-1");
     assert_eq!(r.status, 202, "{r:?}");
     assert!(r.body.contains(&second), "{r:?}");
-    let st = serve.poll(
+    let st = serve.status_when(
         "the webhook's run to miss the commit and plan a fetch",
         Duration::from_secs(20),
-        |s| {
-            let st = s.status();
-            (st["next_retry"]["reason"] == "awaited_commit").then_some(st)
-        },
+        |st| st["next_retry"]["reason"] == "awaited_commit",
     );
     assert_eq!(st["awaited_commit"], second.as_str(), "{st:#}");
     assert_eq!(st["last_good_revision"], first.as_str(), "{st:#}");
@@ -1189,19 +1188,19 @@ fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
         &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
     );
     dir.write("a.yaml", &format!("{}polcy: {{}}\n", manifest(&a, &pa)));
-    let st = serve.poll("the scheduled scan to fail", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["last_run"]["trigger"] == "schedule").then_some(st)
-    });
+    let st = serve.status_when(
+        "the scheduled scan to fail",
+        Duration::from_secs(30),
+        |st| st["last_run"]["trigger"] == "schedule",
+    );
     assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
     assert_eq!(st["next_retry"]["scan"], "full", "{st:#}");
     // Fixed, and a webhook reconciles the edited file before the retry is due.
     dir.write("a.yaml", &manifest(&a, &pa));
     let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
     assert_eq!(r.status, 202, "{r:?}");
-    let st = serve.poll("the webhook run", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["last_run"]["trigger"] == "webhook").then_some(st)
+    let st = serve.status_when("the webhook run", Duration::from_secs(30), |st| {
+        st["last_run"]["trigger"] == "webhook"
     });
     assert_eq!(st["last_run"]["result"], "success", "{st:#}");
     assert_eq!(st["next_retry"]["scan"], "full", "still owed: {st:#}");
@@ -1210,9 +1209,8 @@ fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
         Duration::from_secs(30),
         || live(&emu, &b).filter(|p| same_grant(p, &pb)),
     );
-    let st = serve.poll("the retry to be counted", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["last_run"]["trigger"] == "retry").then_some(st)
+    let st = serve.status_when("the retry to be counted", Duration::from_secs(30), |st| {
+        st["last_run"]["trigger"] == "retry"
     });
     assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
     assert!(st["next_retry"].is_null(), "paid: {st:#}");
@@ -1246,9 +1244,8 @@ fn a_full_scan_takes_a_backed_off_resource_whose_manifest_changed() {
         },
     );
     // The stream does not exist yet: the first run fails it, for an hour.
-    serve.poll("the resource to back off", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["resources"]["backing_off"] == 1).then_some(())
+    serve.status_when("the resource to back off", Duration::from_secs(30), |st| {
+        st["resources"]["backing_off"] == 1
     });
     let scans = serve.metric("kpr_reconcile_runs_total", &[("trigger", "schedule")]);
     serve.poll(
@@ -1301,10 +1298,8 @@ fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
         Duration::from_secs(30),
         || live(&emu, &b).filter(|p| same_grant(p, &one(&b))),
     );
-    let st = serve.poll("the run to be recorded", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["last_run"]["result"] == "invalid" && st["last_run"]["summary"]["update"] == 1)
-            .then_some(st)
+    let st = serve.status_when("the run to be recorded", Duration::from_secs(30), |st| {
+        st["last_run"]["result"] == "invalid" && st["last_run"]["summary"]["update"] == 1
     });
     assert!(
         st["last_run"]["error"]
@@ -1358,9 +1353,8 @@ fn a_restart_on_an_invalid_branch_still_corrects_the_files_it_left_alone() {
         &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
     );
     let serve = start();
-    let st = serve.poll("the startup run to end", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["last_run"]["result"] == "invalid").then_some(st)
+    let st = serve.status_when("the startup run to end", Duration::from_secs(30), |st| {
+        st["last_run"]["result"] == "invalid"
     });
     assert_eq!(st["last_run"]["summary"]["update"], 1, "{st:#}");
     assert!(same_grant(&live(&emu, &b).unwrap(), &one(&b)), "{st:#}");
@@ -1432,14 +1426,12 @@ fn an_invalid_revision_applies_nothing_behind_a_symlink() {
         repo.write(a_file, &format!("{}polcy: {{}}\n", manifest(&a, &two(&a))));
         repo.write(c_file, &manifest(&c, &two(&c)));
         let bad = repo.push("main", "a broken, c changed behind the link");
-        let st = serve.poll(
+        let st = serve.status_when(
             "a scheduled scan of the bad revision",
             Duration::from_secs(30),
-            |s| {
-                let st = s.status();
-                (st["last_run"]["revision"] == bad.as_str()
-                    && st["last_run"]["trigger"] == "schedule")
-                    .then_some(st)
+            |st| {
+                st["last_run"]["revision"] == bad.as_str()
+                    && st["last_run"]["trigger"] == "schedule"
             },
         );
         assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
@@ -1553,12 +1545,8 @@ fn a_failure_nobody_declares_any_more_stops_being_retried() {
     let st = serve.idle();
     assert_eq!(st["last_run"]["result"], "partial", "{st:#}");
     std::fs::remove_file(dir.path().join("ghost.yaml")).unwrap();
-    let st = serve.poll("the retries to end", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["running"] == false
-            && st["next_retry"].is_null()
-            && st["last_run"]["trigger"] == "retry")
-            .then_some(st)
+    let st = serve.status_when("the retries to end", Duration::from_secs(30), |st| {
+        st["running"] == false && st["next_retry"].is_null() && st["last_run"]["trigger"] == "retry"
     });
     // The run that saw the manifest go (without --prune: left alone) drops its backoff too;
     // no full scan is needed to forget it.
@@ -1594,13 +1582,10 @@ fn a_full_scan_forgets_the_backoff_of_a_resource_nobody_declares() {
         (s.status()["resources"]["backing_off"] == 1).then_some(())
     });
     std::fs::remove_file(dir.path().join("ghost.yaml")).unwrap();
-    let st = serve.poll(
+    let st = serve.status_when(
         "a scheduled scan to forget it",
         Duration::from_secs(30),
-        |s| {
-            let st = s.status();
-            (st["resources"]["backing_off"] == 0).then_some(st)
-        },
+        |st| st["resources"]["backing_off"] == 0,
     );
     assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
     assert!(st["next_retry"].is_null(), "{st:#}");
@@ -1681,18 +1666,16 @@ fn failures_are_retried_on_their_own_clock_not_the_schedules() {
             ..Options::default()
         },
     );
-    let st = serve.poll("the first run to fail", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["runs"].as_u64() >= Some(1) && st["running"] == false).then_some(st)
+    let st = serve.status_when("the first run to fail", Duration::from_secs(30), |st| {
+        st["runs"].as_u64() >= Some(1) && st["running"] == false
     });
     assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
     assert_eq!(serve.get("/readyz").status, 503);
 
     // Fixed on disk; nothing triggers a run but the retry.
     dir.write("a.yaml", &manifest(&arn, &policy));
-    let st = serve.poll("a retry to apply the fix", Duration::from_secs(30), |s| {
-        let st = s.status();
-        (st["last_run"]["result"] == "partial").then_some(st)
+    let st = serve.status_when("a retry to apply the fix", Duration::from_secs(30), |st| {
+        st["last_run"]["result"] == "partial"
     });
     assert_eq!(st["last_run"]["trigger"], "retry", "{st:#}");
     assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
@@ -1701,13 +1684,10 @@ fn failures_are_retried_on_their_own_clock_not_the_schedules() {
 
     // The missing stream appears; a retry for the failed resource alone applies it.
     emu.create_stream(later.rsplit('/').next().unwrap());
-    let st = serve.poll(
+    let st = serve.status_when(
         "a retry to apply the late resource",
         Duration::from_secs(60),
-        |s| {
-            let st = s.status();
-            (st["last_run"]["result"] == "success").then_some(st)
-        },
+        |st| st["last_run"]["result"] == "success",
     );
     assert_eq!(st["last_run"]["trigger"], "retry", "{st:#}");
     assert_eq!(st["last_run"]["scope"], "incremental", "{st:#}");
