@@ -353,15 +353,15 @@ pub async fn plan_skipping<K: Kinesis>(
     plan.failures.sort_by(|a, b| a.arn.cmp(&b.arn));
     match refused {
         None => Ok(plan),
-        Some(PlanRefused::TooManyDeletes {
-            count, max, arns, ..
-        }) => Err(PlanRefused::TooManyDeletes {
-            count,
-            max,
-            arns,
-            plan: Some(Box::new(plan)),
-        }),
-        Some(other) => Err(other),
+        Some(mut refused) => {
+            if let PlanRefused::TooManyDeletes {
+                plan: refused_plan, ..
+            } = &mut refused
+            {
+                *refused_plan = Some(Box::new(plan));
+            }
+            Err(refused)
+        }
     }
 }
 
@@ -507,26 +507,25 @@ async fn prune<K: Kinesis>(
             Err(f) => plan.failures.push(f),
         }
     }
-    deletes.sort_by(|a, b| a.arn.cmp(&b.arn));
-    let arns = (deletes.len() > opts.max_deletes).then(|| {
-        deletes
-            .iter()
-            .map(|c| format!("  - {}", c.arn))
-            .collect::<Vec<_>>()
-            .join("\n")
-    });
     let count = deletes.len();
-    // Into the plan even when refused: the refusal carries it, for a person to review.
-    plan.changes.extend(deletes);
-    match arns {
-        Some(arns) => Err(PlanRefused::TooManyDeletes {
+    let refused = (count > opts.max_deletes).then(|| {
+        let mut arns: Vec<&str> = deletes.iter().map(|c| c.arn.as_str()).collect();
+        arns.sort_unstable();
+        PlanRefused::TooManyDeletes {
             count,
             max: opts.max_deletes,
-            arns,
+            arns: arns
+                .iter()
+                .map(|a| format!("  - {a}"))
+                .collect::<Vec<_>>()
+                .join("\n"),
+            // The caller puts in the plan, once it is sorted.
             plan: None,
-        }),
-        None => Ok(()),
-    }
+        }
+    });
+    // Into the plan even when refused: the refusal carries it, for a person to review.
+    plan.changes.extend(deletes);
+    refused.map_or(Ok(()), Err)
 }
 
 /// Used by callers that report which operation a failure came from without an API error.
