@@ -676,7 +676,7 @@ struct Written<'a> {
     doc_text: &'a str,
     /// Lines of the file before the document.
     first_line: usize,
-    /// Paths located so far (see [`Written::policy_line`]).
+    /// Paths located so far (see [`Written::locate`]).
     located: std::cell::Cell<usize>,
 }
 
@@ -685,15 +685,14 @@ struct Written<'a> {
 const LOCATED_PER_DOCUMENT: usize = 20;
 
 impl Written<'_> {
-    /// The line of a path inside the policy mapping (`Statement[2].Effect`), else of `policy:`.
-    fn policy_line(&self, path: &str) -> usize {
-        let policy = || self.index.key_line(self.doc_no, "policy");
+    /// The line of a path inside the policy mapping (`Statement[2].Effect`); `None` when it
+    /// cannot be told (the caller then points at `policy:`).
+    fn locate(&self, path: &str) -> Option<usize> {
         if self.located.get() >= LOCATED_PER_DOCUMENT {
-            return policy();
+            return None;
         }
         self.located.set(self.located.get() + 1);
-        locate::line_of(self.doc_text, &format!("policy.{path}"))
-            .map_or_else(policy, |l| l + self.first_line)
+        locate::line_of(self.doc_text, &format!("policy.{path}")).map(|l| l + self.first_line)
     }
 }
 
@@ -736,7 +735,9 @@ fn resource_from_doc(
                 serde_json::Value::Object(_) => {
                     let document = PolicyDocument::from_value(&value).map_err(|e| {
                         let line = match &e {
-                            PolicyError::Invalid { path, .. } => written.policy_line(path),
+                            PolicyError::Invalid { path, .. } => {
+                                written.locate(path).unwrap_or(policy_line)
+                            }
                             PolicyError::Json(_) => policy_line,
                         };
                         (line, format!("policy: {e}"))
@@ -774,7 +775,7 @@ fn resource_from_doc(
                 };
                 (
                     if yaml_policy {
-                        written.policy_line(&f.path)
+                        written.locate(&f.path).unwrap_or(policy_line)
                     } else {
                         policy_line
                     },
