@@ -316,23 +316,24 @@ fn yaml_scalar(s: &str) -> String {
     let quoted = serde_json::to_string(s).expect("a string serialises");
     // JSON leaves these raw; YAML reads NEL and the Unicode line and paragraph separators as
     // line breaks (folded to a space inside quotes) and refuses DEL and the C1 controls.
-    if !quoted.chars().any(|c| {
+    let raw_in_yaml = |c: char| {
         matches!(
             c,
             '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
         )
-    }) {
+    };
+    if !quoted.contains(raw_in_yaml) {
         return quoted;
     }
-    quoted
-        .chars()
-        .map(|c| match c {
-            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' => {
-                format!("\\u{:04X}", c as u32)
-            }
-            c => c.to_string(),
-        })
-        .collect()
+    let mut escaped = String::with_capacity(quoted.len() + 8);
+    for c in quoted.chars() {
+        if raw_in_yaml(c) {
+            escaped.push_str(&format!("\\u{:04X}", c as u32));
+        } else {
+            escaped.push(c);
+        }
+    }
+    escaped
 }
 
 /// Shown after an import: what to do next.
