@@ -1,6 +1,6 @@
 //! The CPU floor of one GetResourcePolicy exchange on kpr's HTTP stack, for `scripts/bench`.
 //!
-//! It sends the same requests kpr's direct read path sends, through the same connector, at the
+//! It sends the same requests kpr's direct read path sends, through the same transport, at the
 //! same concurrency, and does nothing else: no manifests, no signing (a fixed Authorization
 //! header; the emulator does not check it), no parsing beyond the status line. What kpr spends
 //! per resource above this figure is kpr's own work.
@@ -11,7 +11,7 @@ use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_types::body::SdkBody;
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use kinesis_policy_reconciler::kinesis::concurrently;
+use kinesis_policy_reconciler::kinesis::{Transport, concurrently};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -43,7 +43,7 @@ fn main() {
     let total = arns.len();
     // A spawned task, as kpr runs its commands (see src/main.rs).
     let failed = runtime.block_on(runtime.spawn(async move {
-        let connector = aws_smithy_http_client::Connector::builder().build_http();
+        let transport = Transport::new(std::time::Duration::from_secs(5));
         // The fan-out kpr's plan uses, so calls are in flight the same way.
         concurrently(arns, concurrency, |arn| {
             let body = serde_json::json!({ "ResourceARN": &arn }).to_string();
@@ -63,7 +63,7 @@ fn main() {
                 .expect("request");
             let request =
                 aws_smithy_runtime_api::http::Request::try_from(request).expect("request");
-            let call = connector.call(request);
+            let call = transport.call(request);
             async move {
                 let response = call.await.expect("exchange");
                 let ok = response.status().is_success();

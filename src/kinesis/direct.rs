@@ -24,16 +24,14 @@ use aws_sdk_kinesis::config::interceptors::BeforeTransmitInterceptorContextRef;
 use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
-use aws_smithy_http_client::Connector;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::http::{HttpConnector, HttpConnectorSettings};
+use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
 use http_body_util::{BodyExt, Limited};
 
-use super::{ApiError, ErrorClass, Op, dispatch_class, none_if_empty};
+use super::{ApiError, ErrorClass, Op, Transport, dispatch_class, none_if_empty};
 
 const TARGET: &str = "Kinesis_20131202.GetResourcePolicy";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
@@ -233,42 +231,17 @@ impl ProvideCredentials for SharedCache {
     }
 }
 
-/// The shared HTTP side: one connection pool for all scopes, like one SDK HTTP client.
+/// The HTTP side: kpr's one [`Transport`], shared with the SDK clients.
 pub(super) struct DirectReader {
-    connect_timeout: Duration,
+    transport: Transport,
     attempt_timeout: Duration,
-    /// Built on first use: the TLS one loads the system's root certificates (~4 ms of CPU),
-    /// which a run against a plain-HTTP endpoint (an emulator, a VPC proxy) never needs.
-    plain: OnceLock<Connector>,
-    tls: OnceLock<Connector>,
 }
 
 impl DirectReader {
-    pub(super) fn new(connect_timeout: Duration, attempt_timeout: Duration) -> Self {
+    pub(super) fn new(transport: Transport, attempt_timeout: Duration) -> Self {
         Self {
-            connect_timeout,
+            transport,
             attempt_timeout,
-            plain: OnceLock::new(),
-            tls: OnceLock::new(),
-        }
-    }
-
-    fn connector(&self, route: &Route) -> &Connector {
-        let builder = || {
-            Connector::builder().connector_settings(
-                HttpConnectorSettings::builder()
-                    .connect_timeout(self.connect_timeout)
-                    .build(),
-            )
-        };
-        if route.uri.scheme() == Some(&http::uri::Scheme::HTTP) {
-            self.plain.get_or_init(|| builder().build_http())
-        } else {
-            self.tls.get_or_init(|| {
-                builder()
-                    .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
-                    .build()
-            })
         }
     }
 
@@ -290,7 +263,7 @@ impl DirectReader {
         };
         let exchange = async {
             let response = self
-                .connector(route)
+                .transport
                 .call(request)
                 .await
                 .map_err(|e| connector_error(&e))?;
@@ -767,53 +740,72 @@ mod tests {
 
     /// One scope, two reads: the first through the SDK, the second direct. Both must use the
     /// credentials of a single fetch (an assumed role would otherwise cost two STS calls).
+    /// The SDK's first read and the direct reads after it: one credentials fetch, one
+    /// connection (one pool), and no root certificates for a plain-HTTP endpoint.
     #[tokio::test]
-    async fn the_sdk_and_the_direct_path_share_one_credentials_fetch() {
+    async fn the_sdk_and_the_direct_path_share_credentials_and_connection() {
         use crate::kinesis::{AwsKinesis, ClientOptions, Kinesis};
-        let agents = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
-        let seen = Arc::clone(&agents);
-        let app = axum::Router::new().fallback(move |headers: http::HeaderMap| {
-            let agent = headers
-                .get("user-agent")
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_string();
-            seen.lock().unwrap().push(agent);
-            async { r#"{"Policy":""}"# }
-        });
+        use axum::extract::ConnectInfo;
+        use std::net::SocketAddr;
+        let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, SocketAddr)>::new()));
+        let log = Arc::clone(&seen);
+        let app = axum::Router::new().fallback(
+            move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: http::HeaderMap| {
+                let agent = headers
+                    .get("user-agent")
+                    .and_then(|v| v.to_str().ok())
+                    .unwrap_or("")
+                    .to_string();
+                log.lock().unwrap().push((agent, peer));
+                async { r#"{"Policy":""}"# }
+            },
+        );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        tokio::spawn(async move {
+            axum::serve(
+                listener,
+                app.into_make_service_with_connect_info::<SocketAddr>(),
+            )
+            .await
+        });
         let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
         let provider = Counting {
             fetches: Arc::clone(&fetches),
             ttl: Duration::from_secs(3600),
         };
+        let transport = Transport::new(Duration::from_secs(5));
         let base = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))
             .endpoint_url(&url)
             .credentials_provider(SharedCredentialsProvider::new(provider))
-            .http_client(aws_smithy_http_client::Builder::new().build_http())
+            .http_client(transport.clone())
             .build();
-        let api = AwsKinesis::with_config(base, ClientOptions::default());
+        let api = AwsKinesis::with_config(base, ClientOptions::default(), transport.clone());
         let arn =
             crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
                 .unwrap();
-        for _ in 0..2 {
+        for _ in 0..3 {
             assert_eq!(api.get_policy(&arn).await.unwrap(), None);
         }
-        let agents = agents.lock().unwrap().clone();
-        assert_eq!(agents.len(), 2, "{agents:?}");
+        let seen = seen.lock().unwrap().clone();
+        let agents: Vec<&str> = seen.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(agents.len(), 3, "{agents:?}");
         assert!(
             !agents[0].starts_with("kpr/"),
             "first read via the SDK: {agents:?}"
         );
         assert!(
-            agents[1].starts_with("kpr/"),
-            "second read direct: {agents:?}"
+            agents[1..].iter().all(|a| a.starts_with("kpr/")),
+            "later reads direct: {agents:?}"
+        );
+        assert!(
+            seen.iter().all(|(_, peer)| *peer == seen[0].1),
+            "one connection for both paths: {seen:?}"
         );
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert!(!transport.loaded_tls(), "no TLS for an http:// endpoint");
     }
 
     #[test]

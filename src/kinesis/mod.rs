@@ -25,7 +25,9 @@ use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 use crate::arn::{ConsumerRef, ResourceArn, Scope};
 
 mod direct;
+mod transport;
 use direct::{CredentialCache, DirectReader, RouteRecorder, SharedCache};
+pub use transport::Transport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Op {
@@ -602,18 +604,16 @@ impl AwsKinesis {
         }
         if let Some(url) = &opts.endpoint_url {
             loader = loader.endpoint_url(url.clone());
-            // An emulator or a plain-HTTP proxy needs no TLS, so no root certificates: loading
-            // them was ~60% of a one-resource run's CPU (~4 ms).
-            if url.starts_with("http://") {
-                loader = loader.http_client(aws_smithy_http_client::Builder::new().build_http());
-            }
         }
-        Self::with_config(loader.load().await, opts)
+        let transport = Transport::new(CONNECT_TIMEOUT);
+        loader = loader.http_client(transport.clone());
+        Self::with_config(loader.load().await, opts, transport)
     }
 
-    /// On a configuration already loaded (tests give their own credentials provider).
-    pub(crate) fn with_config(base: SdkConfig, opts: ClientOptions) -> Self {
-        let reader = DirectReader::new(CONNECT_TIMEOUT, opts.attempt_timeout());
+    /// On a configuration already loaded (tests give their own credentials provider), whose
+    /// HTTP client should be `transport`: the direct path sends through it.
+    pub(crate) fn with_config(base: SdkConfig, opts: ClientOptions, transport: Transport) -> Self {
+        let reader = DirectReader::new(transport, opts.attempt_timeout());
         Self {
             base,
             opts,
