@@ -741,9 +741,18 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String>
     if manifest {
         return policy_of_manifest(name, &text, opts);
     }
-    PolicyDocument::from_json_str(&text).map_err(|e| match &e {
-        crate::policy::PolicyError::Json(j) => format!("{name}:{}: error: {e}", j.line()),
-        _ => format!("{name}: error: {e}"),
+    PolicyDocument::from_json_str(&text).map_err(|e| {
+        let line = match &e {
+            crate::policy::PolicyError::Json(j) => Some(j.line()),
+            // JSON is YAML: the manifest's locator finds the line of a path in it too.
+            crate::policy::PolicyError::Invalid { path, .. } => {
+                manifest::locate::line_of(&text, path)
+            }
+        };
+        match line {
+            Some(line) => format!("{name}:{line}: error: {e}"),
+            None => format!("{name}: error: {e}"),
+        }
     })
 }
 

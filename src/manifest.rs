@@ -17,7 +17,7 @@ use crate::arn::{ResourceArn, Scope};
 use crate::policy::lint::{self, LintContext, Severity as LintSeverity};
 use crate::policy::{PolicyDocument, PolicyError};
 
-mod locate;
+pub(crate) mod locate;
 
 /// AWS does not document the maximum size of a Kinesis resource policy; 20 KiB is the limit of
 /// other resource policies (e.g. Lambda) and is configurable.

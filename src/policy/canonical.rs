@@ -102,12 +102,10 @@ fn statement(s: &Statement) -> Value {
 fn principal(p: &Principal) -> Option<Value> {
     let mut by_type: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     match p {
-        Principal::Anyone => {
-            by_type
-                .entry(PrincipalType::Aws.as_str())
-                .or_default()
-                .insert("*".into());
-        }
+        // Not `{"AWS": "*"}`: that is every principal of an AWS account, while "*" is anyone,
+        // service principals too. Merging them would let a live "*" pass for a narrower grant,
+        // or a narrower Deny pass for a live "*" one.
+        Principal::Anyone => return Some(Value::String("*".into())),
         Principal::Typed(entries) => {
             for (kind, ids) in entries {
                 let set = by_type.entry(kind.as_str()).or_default();
@@ -254,7 +252,7 @@ mod tests {
             "Version": "2012-10-17",
             "Statement": {
                 "Sid": "",
-                "Effect": "allow",
+                "Effect": "Allow",
                 "Principal": {"AWS": ["arn:aws:iam::111122223333:root", "444455556666", "111122223333"]},
                 "Action": ["KINESIS:getrecords", "kinesis:DescribeStream"],
                 "Resource": "r",
@@ -369,12 +367,7 @@ mod tests {
     }
 
     #[test]
-    fn effect_is_case_insensitive_but_compared() {
-        same(&one(json!({})), &one(json!({"Effect": "allow"})));
-        same(
-            &one(json!({"Effect": "DENY"})),
-            &one(json!({"Effect": "Deny"})),
-        );
+    fn effect_is_compared() {
         differ(&one(json!({})), &one(json!({"Effect": "Deny"})));
     }
 
@@ -426,18 +419,20 @@ mod tests {
     }
 
     #[test]
-    fn star_principal_equals_aws_star() {
+    fn star_principal_is_not_aws_star() {
+        for aws_star in [json!({"AWS": "*"}), json!({"AWS": ["*"]})] {
+            differ(
+                &one(json!({"Principal": "*"})),
+                &one(json!({"Principal": aws_star})),
+            );
+            differ(
+                &one(json!({"NotPrincipal": "*", "Principal": null})),
+                &one(json!({"NotPrincipal": aws_star, "Principal": null})),
+            );
+        }
         same(
-            &one(json!({"Principal": "*"})),
             &one(json!({"Principal": {"AWS": "*"}})),
-        );
-        same(
-            &one(json!({"Principal": "*"})),
             &one(json!({"Principal": {"AWS": ["*"]}})),
-        );
-        same(
-            &one(json!({"NotPrincipal": "*", "Principal": null})),
-            &one(json!({"NotPrincipal": {"AWS": "*"}, "Principal": null})),
         );
         differ(
             &one(json!({"Principal": "*"})),
@@ -446,7 +441,7 @@ mod tests {
         differ(&one(json!({"Principal": "*"})), &one(json!({})));
         assert_eq!(
             one(json!({"Principal": "*"})).canonical()["Statement"][0]["Principal"],
-            json!({"AWS": "*"})
+            json!("*")
         );
     }
 
@@ -650,7 +645,7 @@ mod tests {
         )
         .unwrap();
         let b = PolicyDocument::from_json_str(
-            "{\n  \"Statement\": {\n    \"Resource\": [\"r\"],\n    \"Action\": \"kinesis:getRecords\",\n    \"Principal\": {\"AWS\": \"arn:aws:iam::111122223333:root\"},\n    \"Effect\": \"allow\"\n  },\n  \"Version\": \"2012-10-17\"\n}\n",
+            "{\n  \"Statement\": {\n    \"Resource\": [\"r\"],\n    \"Action\": \"kinesis:getRecords\",\n    \"Principal\": {\"AWS\": \"arn:aws:iam::111122223333:root\"},\n    \"Effect\": \"Allow\"\n  },\n  \"Version\": \"2012-10-17\"\n}\n",
         )
         .unwrap();
         same(&a, &b);
@@ -684,7 +679,7 @@ mod tests {
         );
         // Same policy written differently gives the same list.
         let reordered = doc(json!({"Version": "2012-10-17", "Statement": [
-            {"Sid": "Dup", "Effect": "deny", "Action": ["kinesis:listshards"]},
+            {"Sid": "Dup", "Effect": "Deny", "Action": ["kinesis:listshards"]},
             {"Effect": "Allow", "Action": "kinesis:PutRecord", "Sid": ""},
             {"Sid": "Dup", "Effect": "Allow", "Action": "kinesis:ListShards"},
             {"Sid": "Read", "Effect": "Allow", "Action": "kinesis:GetRecords"}

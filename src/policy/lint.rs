@@ -131,6 +131,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
         );
         return;
     }
+    partition_rule(out, s, path, sid, ctx);
     confused_deputy_rule(out, s, path, sid);
     if ctx.allow_public {
         return;
@@ -175,6 +176,38 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
                  resource public; add a Condition or set `allowPublic: true`{sid}"
             ),
         );
+    }
+}
+
+/// IAM matches a principal within the resource's own partition: an ARN of another partition
+/// names nobody here. It is refused rather than sent, also because kpr's comparison reads
+/// `arn:<partition>:iam::ID:root` as the account ID in any partition, which is sound only for
+/// principals a policy can hold.
+fn partition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
+    let Some(own) = ctx.resource_arn.split(':').nth(1) else {
+        return;
+    };
+    for (key, p) in [
+        ("Principal", s.principal()),
+        ("NotPrincipal", s.not_principal()),
+    ] {
+        for id in p
+            .map(|p| p.identifiers(PrincipalType::Aws))
+            .unwrap_or_default()
+        {
+            let Some(other) = id.strip_prefix("arn:").and_then(|r| r.split(':').next()) else {
+                continue;
+            };
+            if other != own {
+                out.error(
+                    &format!("{path}.{key}.AWS"),
+                    format!(
+                        "\"{id}\" is in partition {other}, the resource in {own}: IAM matches \
+                         principals within the resource's partition only{sid}"
+                    ),
+                );
+            }
+        }
     }
 }
 
@@ -747,6 +780,29 @@ mod tests {
             json!({"Principal": null, "Effect": "Deny", "NotPrincipal": {"AWS": "444455556666"}}),
         );
         assert_eq!(run(&d, &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn principals_of_another_partition_are_refused() {
+        for (key, effect) in [("Principal", "Allow"), ("NotPrincipal", "Deny")] {
+            let mut extra = json!({"Principal": null, "Effect": effect});
+            extra[key] = json!({"AWS": ["444455556666", "arn:aws-cn:iam::444455556666:root"]});
+            let f = run(&policy(extra), &ctx(STREAM));
+            one_finding(
+                &f,
+                Severity::Error,
+                &format!("Statement[0].{key}.AWS"),
+                "\"arn:aws-cn:iam::444455556666:root\" is in partition aws-cn, the resource in aws",
+            );
+        }
+        let own = json!({"Principal": {"AWS": "arn:aws:iam::444455556666:role/r"}});
+        assert_eq!(run(&policy(own), &ctx(STREAM)), []);
+        let china = "arn:aws-cn:kinesis:cn-north-1:111122223333:stream/orders";
+        let doc = PolicyDocument::from_value(&json!({"Version": "2012-10-17", "Statement": {
+            "Effect": "Allow", "Principal": {"AWS": "arn:aws-cn:iam::444455556666:root"},
+            "Action": "kinesis:GetRecords", "Resource": china}}))
+        .unwrap();
+        assert_eq!(run(&doc, &ctx(china)), []);
     }
 
     #[test]

@@ -418,7 +418,7 @@ mod tests {
     #[test]
     fn getters_expose_the_document_as_written() {
         let doc = PolicyDocument::from_json_str(
-            r#"{"Version":"2012-10-17","Id":"p1","Statement":{"Sid":"","Effect":"deny",
+            r#"{"Version":"2012-10-17","Id":"p1","Statement":{"Sid":"","Effect":"Deny",
                 "Principal":"*","Action":"kinesis:GetRecords","Resource":["a","b"],
                 "Condition":{"Bool":{"aws:SecureTransport":false}}}}"#,
         )

@@ -217,8 +217,26 @@ fn statement(v: &Value, path: &str) -> Result<Statement, PolicyError> {
                 "missing (expected \"Allow\" or \"Deny\")",
             ));
         }
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("allow") => Effect::Allow,
-        Some(Value::String(s)) if s.eq_ignore_ascii_case("deny") => Effect::Deny,
+        Some(Value::String(s)) if s == "Allow" => Effect::Allow,
+        Some(Value::String(s)) if s == "Deny" => Effect::Deny,
+        // IAM reads Effect case-sensitively: "deny" is not a Deny. A manifest so written is
+        // refused, and a live policy so written does not parse, so it is rewritten, never
+        // found in sync.
+        Some(Value::String(s))
+            if s.eq_ignore_ascii_case("allow") || s.eq_ignore_ascii_case("deny") =>
+        {
+            let want = if s.eq_ignore_ascii_case("allow") {
+                "Allow"
+            } else {
+                "Deny"
+            };
+            return Err(PolicyError::invalid(
+                effect_path,
+                format!(
+                    "\"{s}\" is not a valid Effect: IAM reads it case-sensitively; write \"{want}\""
+                ),
+            ));
+        }
         Some(other) => {
             return Err(PolicyError::invalid(
                 effect_path,
@@ -567,8 +585,16 @@ mod tests {
 
     #[test]
     fn effect_rules() {
-        for ok in ["Allow", "allow", "ALLOW", "Deny", "deny"] {
+        for ok in ["Allow", "Deny"] {
             PolicyDocument::from_value(&stmt(json!({"Effect": ok}))).unwrap();
+        }
+        for (bad, want) in [("allow", "Allow"), ("ALLOW", "Allow"), ("deny", "Deny")] {
+            let (path, msg) = invalid(stmt(json!({"Effect": bad})));
+            assert_eq!(path, "Statement[0].Effect");
+            assert!(
+                msg.contains("case-sensitively") && msg.contains(&format!("write \"{want}\"")),
+                "{msg}"
+            );
         }
         let (path, msg) = invalid(stmt(json!({"Effect": "Permit"})));
         assert_eq!(path, "Statement[0].Effect");

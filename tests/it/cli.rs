@@ -111,14 +111,14 @@ fn formatting_only(emu: &Emulator) {
     let arn = emu.create_stream(&unique("fmt"));
     let acct = "444455556666";
     // Live: JSON with reordered keys, list order, single values, account id as root ARN,
-    // lower-case effect, a condition number.
+    // a condition number.
     let live = json!({
         "Statement": {
             "Resource": arn,
             "Condition": {"NumericLessThan": {"aws:MultiFactorAuthAge": 3600}},
             "Action": ["kinesis:GetShardIterator", "kinesis:GetRecords"],
             "Principal": {"AWS": [format!("arn:aws:iam::{acct}:root")]},
-            "Effect": "allow",
+            "Effect": "Allow",
             "Sid": ""
         },
         "Version": "2012-10-17"
@@ -133,6 +133,14 @@ fn formatting_only(emu: &Emulator) {
         plan.code, 0,
         "formatting-only difference must be no change: {plan:?}"
     );
+    // IAM reads Effect case-sensitively: a live "allow" is not this grant, and is rewritten.
+    let lower = serde_json::to_string_pretty(&live)
+        .unwrap()
+        .replace("\"Allow\"", "\"allow\"");
+    emu.put_policy_raw(&arn, &lower);
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "a live \"allow\" is a change: {plan:?}");
+    emu.put_policy_raw(&arn, &serde_json::to_string_pretty(&live).unwrap());
 
     // ... while one real difference in the condition value is a change.
     dir.write("f.yaml", &yaml.replace("'3600'", "'7200'"));
@@ -767,7 +775,11 @@ fn policy_diff_and_fmt() {
         ),
         (
             "b.json",
-            r#"{"Statement":{"Resource":["arn:aws:s3:::b/*"],"Action":["s3:ListBucket","s3:GetObject"],"Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Effect":"allow"},"Version":"2012-10-17"}"#,
+            r#"{"Statement":{"Resource":["arn:aws:s3:::b/*"],"Action":["s3:ListBucket","s3:GetObject"],"Principal":{"AWS":"arn:aws:iam::111122223333:root"},"Effect":"Allow"},"Version":"2012-10-17"}"#,
+        ),
+        (
+            "lower.json",
+            "{\"Version\": \"2012-10-17\",\n \"Statement\": {\"Effect\": \"allow\", \"Principal\": \"*\", \"Action\": \"s3:GetObject\", \"Resource\": \"r\"}}",
         ),
         (
             "c.json",
@@ -798,6 +810,12 @@ fn policy_diff_and_fmt() {
     let broken = run(&["policy", "diff", &p("a.json"), &p("bad.json")]);
     assert_eq!(broken.code, 2, "{broken:?}");
     assert!(broken.stderr.contains("bad.json:2:"), "{broken:?}");
+    let lower = run(&["policy", "diff", &p("a.json"), &p("lower.json")]);
+    assert_eq!(lower.code, 2, "{lower:?}");
+    assert!(
+        lower.stderr.contains("lower.json:2:") && lower.stderr.contains("write \"Allow\""),
+        "{lower:?}"
+    );
     let fmt_a = run(&["policy", "fmt", &p("a.json")]);
     let fmt_b = run(&["policy", "fmt", &p("b.json")]);
     assert_eq!(fmt_a.code, 0);
