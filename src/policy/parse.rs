@@ -356,7 +356,17 @@ fn condition(v: &Value, path: &str) -> Result<Condition, PolicyError> {
 fn condition_value(v: &Value, path: &str) -> Result<ConditionValue, PolicyError> {
     match v {
         Value::String(s) => Ok(ConditionValue::String(s.clone())),
-        Value::Number(n) => Ok(ConditionValue::Number(n.clone())),
+        // IAM compares condition values as text. An integer has one way to be written; any
+        // other number is held here as a float, in which `1e2` and `100.0`, or two integers
+        // past 2^64, become one value though their texts differ.
+        Value::Number(n) if n.is_i64() || n.is_u64() => Ok(ConditionValue::Number(n.clone())),
+        Value::Number(n) => Err(PolicyError::invalid(
+            path,
+            format!(
+                "the number {n} is not an integer kpr can keep exactly; write the value IAM \
+                 should compare as a string (put it in quotes)"
+            ),
+        )),
         Value::Bool(b) => Ok(ConditionValue::Bool(*b)),
         other => Err(PolicyError::invalid(
             path,
@@ -624,6 +634,32 @@ mod tests {
     }
 
     #[test]
+    fn condition_numbers_are_integers_or_quoted() {
+        for text in ["1.5", "1e2", "100.0", "18446744073709551616"] {
+            let doc = format!(
+                r#"{{"Statement":{{"Effect":"Allow","Principal":"*","Action":"a:b","Resource":"r",
+                    "Condition":{{"NumericLessThan":{{"k":[1,{text}]}}}}}}}}"#
+            );
+            let Err(PolicyError::Invalid { path, message }) = PolicyDocument::from_json_str(&doc)
+            else {
+                panic!("{text} accepted");
+            };
+            assert_eq!(
+                path, "Statement[0].Condition.NumericLessThan.k[1]",
+                "{text}"
+            );
+            assert!(message.contains("quotes"), "{message}");
+        }
+        for text in ["-5", "18446744073709551615", "\"1.5\""] {
+            let doc = format!(
+                r#"{{"Statement":{{"Effect":"Allow","Principal":"*","Action":"a:b","Resource":"r",
+                    "Condition":{{"NumericLessThan":{{"k":{text}}}}}}}}}"#
+            );
+            PolicyDocument::from_json_str(&doc).unwrap();
+        }
+    }
+
+    #[test]
     fn principal_rules() {
         let (path, msg) = invalid(stmt(json!({"Principal": {"AWS": "1", "Servise": "x"}})));
         assert_eq!(path, "Statement[0].Principal.Servise");
@@ -676,7 +712,7 @@ mod tests {
             json!({"Condition": {"StringEquals": {"k": ["a", ["b"]]}}}),
         ));
         assert_eq!(path, "Statement[0].Condition.StringEquals.k[1]");
-        PolicyDocument::from_value(&stmt(json!({"Condition": {"NumericLessThan": {"k": 1.5}}})))
+        PolicyDocument::from_value(&stmt(json!({"Condition": {"NumericLessThan": {"k": 2}}})))
             .unwrap();
     }
 
