@@ -21,6 +21,7 @@ import argparse
 import asyncio
 import json
 import os
+import ssl
 import statistics
 import sys
 import time
@@ -370,6 +371,13 @@ def report(a):
                 f"{excl_us:.0f} µs per resource")
             target(f"kpr CPU < 100 µs per resource, plan in sync (N={n}; start-up excluded)", excl_us < 100,
                    f"{excl_us:.0f} µs (start-up {startup_s * 1e3:.1f} ms)")
+        tls_ones = [r["cpu_s"] for r in by("plan_one_tls") if r["n"] == n]
+        if tls_ones and ones:
+            exchange_notes.append(
+                f"N={n}: start-up over TLS (a plan of one resource through a TLS-terminating proxy, "
+                f"the system's root certificates trusted, least of {len(tls_ones)}, median "
+                f"{statistics.median(tls_ones) * 1e3:.1f} ms) {min(tls_ones) * 1e3:.1f} ms against "
+                f"{min(ones) * 1e3:.1f} ms over plain HTTP")
         if xf:
             xf_us = min(xf) / n * 1e6
             load = min((r["cpu_s"] for r in vals), default=None)
@@ -415,7 +423,7 @@ def report(a):
         w("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
         out.extend(rows)
     if exchange_notes:
-        w("\nCPU floor (src/bin/exchange_floor.rs: the same requests through kpr's HTTP connector at the same "
+        w("\nCPU floor (src/bin/exchange_floor.rs: the same requests through kpr's HTTP transport at the same "
           "concurrency, nothing else; run in rounds interleaved with kpr's): " + "; ".join(exchange_notes) + ".")
     if len(sizes) >= 2:
         n1, n2 = sizes[-2], sizes[-1]
@@ -563,8 +571,13 @@ class Proxy:
 
 async def proxy(a):
     p = Proxy(a.upstream, a.rate, a.burst or a.rate)
-    server = await asyncio.start_server(p.handle, "127.0.0.1", a.port)
-    print(f"proxy listening on 127.0.0.1:{a.port} -> {a.upstream}", flush=True)
+    tls = None
+    if a.tls_cert:
+        tls = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        tls.load_cert_chain(a.tls_cert, a.tls_key)
+    server = await asyncio.start_server(p.handle, "127.0.0.1", a.port, ssl=tls)
+    scheme = "https" if tls else "http"
+    print(f"proxy listening on {scheme}://127.0.0.1:{a.port} -> {a.upstream}", flush=True)
     async with server:
         await server.serve_forever()
 
@@ -606,6 +619,8 @@ def main():
     s.add_argument("--port", type=int, required=True)
     s.add_argument("--rate", type=float, default=0, help="requests/s allowed (0: no limit)")
     s.add_argument("--burst", type=float, default=0, help="token bucket size [default: rate]")
+    s.add_argument("--tls-cert", help="serve TLS with this certificate (PEM) ...")
+    s.add_argument("--tls-key", help="... and this key")
     s = sub.add_parser("run")
     s.add_argument("--stdout", required=True)
     s.add_argument("--stderr", required=True)

@@ -606,7 +606,14 @@ impl AwsKinesis {
             loader = loader.endpoint_url(url.clone());
         }
         let transport = Transport::new(CONNECT_TIMEOUT);
-        loader = loader.http_client(transport.clone());
+        // The clients the configuration builds for credentials (STS for a role or web
+        // identity, SSO) then ask for the transport's own settings and share its pool and
+        // its root certificates, instead of getting a transport of their own.
+        loader = loader.http_client(transport.clone()).timeout_config(
+            aws_config::timeout::TimeoutConfig::builder()
+                .connect_timeout(CONNECT_TIMEOUT)
+                .build(),
+        );
         Self::with_config(loader.load().await, opts, transport)
     }
 

@@ -102,9 +102,14 @@ impl HttpClient for Transport {
             return SharedHttpConnector::new(self.clone());
         }
         let mut others = self.0.others.lock().expect("transports");
-        let other = others
-            .entry(wanted)
-            .or_insert_with(|| Self::with_settings(settings.clone()));
+        let other = others.entry(wanted).or_insert_with(|| {
+            tracing::debug!(
+                connect_timeout = ?wanted.0,
+                read_timeout = ?wanted.1,
+                "an HTTP transport of its own for a client with other timeouts"
+            );
+            Self::with_settings(settings.clone())
+        });
         SharedHttpConnector::new(other.clone())
     }
 

@@ -1048,11 +1048,20 @@ if sys.argv[1:] == ["read"]:
     let with = emu.kpr(&[
         "--config",
         &config.to_string_lossy(),
+        "--log-level",
+        "debug",
         "apply",
         "--dir",
         &dir.arg(),
     ]);
     assert_eq!(with.code, 0, "{with:?}");
+    // STS sends through kpr's one transport (its pool, its root certificates), not one built
+    // for other timeouts.
+    assert!(
+        !with.stderr.contains("an HTTP transport of its own"),
+        "{}",
+        with.stderr
+    );
     let live = python(&["read"]);
     assert_eq!(live.code, 0, "{live:?}");
     assert!(same_grant(live.stdout.trim(), &policy), "{live:?}");
