@@ -7,6 +7,8 @@
 //! connection the SDK opened for a scope's first read, where it was a second TLS handshake
 //! before), the roots loaded once, on the first `https` request, and never for a plain-HTTP
 //! endpoint however it was named (`--endpoint-url`, `AWS_ENDPOINT_URL`, a profile setting).
+//! Both connectors take the proxy from the environment, as the SDK's default client does: the
+//! direct path used to ignore it, so behind a proxy its reads went elsewhere than the SDK's.
 
 use std::borrow::Cow;
 use std::collections::HashMap;
@@ -14,6 +16,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
 use aws_smithy_http_client::Connector;
+use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
@@ -63,7 +66,13 @@ impl Transport {
 
     fn connector(&self, uri: &str) -> &Connector {
         let inner = &*self.0;
-        let builder = || Connector::builder().connector_settings(inner.settings.clone());
+        // The proxy from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as the SDK's own
+        // client takes it under kpr's behavior version.
+        let builder = || {
+            Connector::builder()
+                .connector_settings(inner.settings.clone())
+                .proxy_config(ProxyConfig::from_env())
+        };
         let plain = uri
             .get(..7)
             .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));

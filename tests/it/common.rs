@@ -99,6 +99,10 @@ pub fn kpr_cmd(endpoint: &str) -> Command {
         .env("KPR_RATE_LIMIT", "0")
         .env("KPR_ENDPOINT_URL", endpoint)
         .stdin(Stdio::null());
+    // kpr honours a proxy from the environment; the emulators are on loopback.
+    for var in ["HTTP_PROXY", "HTTPS_PROXY", "ALL_PROXY", "NO_PROXY"] {
+        c.env_remove(var).env_remove(var.to_lowercase());
+    }
     c
 }
 

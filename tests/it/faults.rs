@@ -299,6 +299,33 @@ fn assert_no_panic(run: &Run) {
     );
 }
 
+/// Behind a forward proxy named in the environment every call goes through it: the SDK's and
+/// the direct path's alike (the direct path once went straight to the endpoint).
+#[test]
+fn calls_go_through_the_proxy_the_environment_names() {
+    let emu = common::kinesis_mock();
+    let (arn, dir) = emu.stream_with_manifest("viaproxy");
+    let proxy = Proxy::start(&emu.url);
+    let run = |args: &[&str]| {
+        // Nothing listens at the endpoint: only the proxy, which forwards to the emulator
+        // whatever host a request names, can answer.
+        let mut cmd = emu.kpr_cmd();
+        cmd.env("KPR_ENDPOINT_URL", "http://127.0.0.1:9")
+            .env("HTTP_PROXY", proxy.url())
+            .args(args);
+        run_bounded(cmd, Duration::from_secs(60)).0
+    };
+    let applied = run(&["apply", "--dir", &dir.arg()]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    let planned = run(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(planned.code, 0, "{planned:?}");
+    let agents = proxy.agents(GET);
+    // apply: the SDK's first read, then the direct verifying read; plan: the SDK's first read.
+    assert_eq!(agents.get("aws-sdk-rust"), Some(&2), "{agents:?}");
+    assert_eq!(agents.get("kpr"), Some(&1), "{agents:?}");
+    assert_eq!(proxy.op_on(PUT, &arn).forwarded, 1);
+}
+
 #[test]
 fn mixed_faults_converge_within_the_retry_bound() {
     let emu = common::kinesis_mock();
