@@ -11,7 +11,7 @@ use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_types::body::SdkBody;
 use futures::StreamExt;
 use http_body_util::BodyExt;
-use kinesis_policy_reconciler::kinesis::{Transport, concurrently};
+use kinesis_policy_reconciler::kinesis::{CONNECT_TIMEOUT, Transport, concurrently};
 
 fn main() {
     let mut args = std::env::args().skip(1);
@@ -43,7 +43,7 @@ fn main() {
     let total = arns.len();
     // A spawned task, as kpr runs its commands (see src/main.rs).
     let failed = runtime.block_on(runtime.spawn(async move {
-        let transport = Transport::new(std::time::Duration::from_secs(5));
+        let transport = Transport::new(CONNECT_TIMEOUT);
         // The fan-out kpr's plan uses, so calls are in flight the same way.
         concurrently(arns, concurrency, |arn| {
             let body = serde_json::json!({ "ResourceARN": &arn }).to_string();

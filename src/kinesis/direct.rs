@@ -774,7 +774,7 @@ mod tests {
             fetches: Arc::clone(&fetches),
             ttl: Duration::from_secs(3600),
         };
-        let transport = Transport::new(Duration::from_secs(5));
+        let transport = Transport::without_proxy(Duration::from_secs(5));
         let base = aws_config::SdkConfig::builder()
             .behavior_version(aws_config::BehaviorVersion::latest())
             .region(aws_config::Region::new("us-east-1"))

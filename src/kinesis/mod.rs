@@ -581,7 +581,8 @@ struct ScopeClient {
     credentials: Option<Arc<CredentialCache>>,
 }
 
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+/// Every connector's: one value, so every client asks for the same transport settings.
+pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
 impl AwsKinesis {
     pub async fn new(opts: ClientOptions) -> Self {

@@ -35,6 +35,10 @@ pub struct Transport(Arc<Inner>);
 #[derive(Debug)]
 struct Inner {
     settings: HttpConnectorSettings,
+    proxy: ProxyConfig,
+    /// A plain-HTTP request whose proxy is an `https://` one needs the TLS connector to reach
+    /// it, as the SDK's client (TLS for every scheme) would.
+    plain_needs_tls: bool,
     plain: OnceLock<Connector>,
     tls: OnceLock<Connector>,
     /// For SDK clients that ask for other timeouts than kpr's (the IMDS credential client
@@ -42,22 +46,52 @@ struct Inner {
     others: Mutex<HashMap<Timeouts, Transport>>,
 }
 
+/// The proxy variables that apply to plain-HTTP requests.
+const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+
 impl Transport {
+    /// With the proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
+    /// `NO_PROXY`), as the SDK's own client takes it under kpr's behavior version.
     pub fn new(connect_timeout: Duration) -> Self {
-        Self::with_settings(
-            HttpConnectorSettings::builder()
-                .connect_timeout(connect_timeout)
-                .build(),
+        let plain_needs_tls = HTTP_PROXY_VARS
+            .iter()
+            .any(|var| std::env::var(var).is_ok_and(|url| has_scheme(url.trim(), "https://")));
+        Self::with(
+            Self::settings(connect_timeout),
+            ProxyConfig::from_env(),
+            plain_needs_tls,
         )
     }
 
-    fn with_settings(settings: HttpConnectorSettings) -> Self {
+    /// With no proxy, whatever the environment says: for tests on loopback.
+    pub fn without_proxy(connect_timeout: Duration) -> Self {
+        Self::with(
+            Self::settings(connect_timeout),
+            ProxyConfig::disabled(),
+            false,
+        )
+    }
+
+    fn settings(connect_timeout: Duration) -> HttpConnectorSettings {
+        HttpConnectorSettings::builder()
+            .connect_timeout(connect_timeout)
+            .build()
+    }
+
+    fn with(settings: HttpConnectorSettings, proxy: ProxyConfig, plain_needs_tls: bool) -> Self {
         Self(Arc::new(Inner {
             settings,
+            proxy,
+            plain_needs_tls,
             plain: OnceLock::new(),
             tls: OnceLock::new(),
             others: Mutex::new(HashMap::new()),
         }))
+    }
+
+    /// Another transport, the same but for its connector settings.
+    fn with_settings(&self, settings: HttpConnectorSettings) -> Self {
+        Self::with(settings, self.0.proxy.clone(), self.0.plain_needs_tls)
     }
 
     fn timeouts(settings: &HttpConnectorSettings) -> Timeouts {
@@ -66,19 +100,16 @@ impl Transport {
 
     fn connector(&self, uri: &str) -> &Connector {
         let inner = &*self.0;
-        // The proxy from the environment (HTTP_PROXY, HTTPS_PROXY, NO_PROXY), as the SDK's own
-        // client takes it under kpr's behavior version.
         let builder = || {
             Connector::builder()
                 .connector_settings(inner.settings.clone())
-                .proxy_config(ProxyConfig::from_env())
+                .proxy_config(inner.proxy.clone())
         };
-        let plain = uri
-            .get(..7)
-            .is_some_and(|scheme| scheme.eq_ignore_ascii_case("http://"));
+        let plain = !inner.plain_needs_tls && has_scheme(uri, "http://");
         if plain {
             inner.plain.get_or_init(|| builder().build_http())
         } else {
+            // hyper-rustls speaks plain HTTP to an `http://` URL too.
             inner.tls.get_or_init(|| {
                 builder()
                     .tls_provider(Provider::Rustls(CryptoMode::AwsLc))
@@ -92,6 +123,11 @@ impl Transport {
     pub(super) fn loaded_tls(&self) -> bool {
         self.0.tls.get().is_some()
     }
+}
+
+fn has_scheme(url: &str, scheme: &str) -> bool {
+    url.get(..scheme.len())
+        .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
 }
 
 impl HttpConnector for Transport {
@@ -117,7 +153,7 @@ impl HttpClient for Transport {
                 read_timeout = ?wanted.1,
                 "an HTTP transport of its own for a client with other timeouts"
             );
-            Self::with_settings(settings.clone())
+            self.with_settings(settings.clone())
         });
         SharedHttpConnector::new(other.clone())
     }
@@ -135,11 +171,43 @@ mod tests {
     use super::*;
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponentsBuilder;
 
+    #[test]
+    fn schemes() {
+        assert!(has_scheme("HTTPS://proxy:3128", "https://"));
+        assert!(has_scheme("http://127.0.0.1:4567/", "http://"));
+        assert!(!has_scheme("https://x", "http://"));
+        assert!(!has_scheme("http://x", "https://"));
+        assert!(!has_scheme("htt", "http://"));
+    }
+
+    /// Behind an `https://` proxy a plain-HTTP request goes through the TLS connector (only it
+    /// can reach such a proxy); otherwise through the plain one, loading no root certificates.
+    #[tokio::test]
+    async fn plain_http_takes_the_tls_connector_only_behind_a_tls_proxy() {
+        let app = axum::Router::new().fallback(|| async { "{}" });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        for needs_tls in [false, true] {
+            let transport = Transport::with(
+                Transport::settings(Duration::from_secs(5)),
+                ProxyConfig::disabled(),
+                needs_tls,
+            );
+            let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::from("{}"));
+            *request.uri_mut() = url.as_str().try_into().unwrap();
+            let response = transport.call(request).await.unwrap();
+            assert_eq!(response.status().as_u16(), 200);
+            assert_eq!(transport.loaded_tls(), needs_tls);
+            assert_eq!(transport.0.plain.get().is_some(), !needs_tls);
+        }
+    }
+
     /// kpr's own clients share one pool; a client with other timeouts gets a connector that
     /// keeps them, built once.
     #[test]
     fn a_connector_per_timeouts() {
-        let transport = Transport::new(Duration::from_secs(5));
+        let transport = Transport::without_proxy(Duration::from_secs(5));
         let components = RuntimeComponentsBuilder::for_tests().build().unwrap();
         let ours = HttpConnectorSettings::builder()
             .connect_timeout(Duration::from_secs(5))
