@@ -141,49 +141,60 @@ fn write_manifest(
         report.skipped_existing.push(path);
         return;
     }
-    let doc = match PolicyDocument::from_json_str(raw) {
-        Ok(d) => d,
-        Err(e) => {
-            report.errors.push(format!(
-                "{arn}: live policy is not a valid policy document: {e}"
-            ));
-            return;
-        }
-    };
     let arn_text = arn.to_string();
-    let findings = lint::lint(
-        &doc,
-        &LintContext {
-            resource_arn: &arn_text,
-            allow_public: true,
-            max_size: opts.max_policy_size,
-            size: raw.len(),
-        },
-    );
-    // Importing states what is live today: a public grant is kept, and marked as deliberate
-    // only so the manifest validates; a reviewer sees the flag in the pull request.
-    let public = doc.statements().iter().any(lint::grants_public);
-    for f in findings {
-        report
-            .warnings
-            .push(format!("{}: {}: {}", path.display(), f.path, f.message));
-    }
-    // Write the live document itself (as YAML), not the canonical form: reviewers should
-    // recognise what they see in the console.
-    let value: serde_json::Value = serde_json::from_str(raw).expect("parsed above");
-    let policy_yaml = block_yaml(&value);
     let mut text = String::new();
     text.push_str(&format!(
         "# Imported by `kpr import` from the live policy of {}.\n",
         arn_text
     ));
     text.push_str(&format!("arn: {arn_text}\n"));
-    if public {
-        text.push_str(
-            "# REVIEW: this policy grants access to any principal, with no condition that limits who calls.\n",
-        );
-        text.push_str("allowPublic: true\n");
-    }
+    let mut invalid = None;
+    let policy_yaml = match PolicyDocument::from_json_str(raw) {
+        Ok(doc) => {
+            let findings = lint::lint(
+                &doc,
+                &LintContext {
+                    resource_arn: &arn_text,
+                    allow_public: true,
+                    max_size: opts.max_policy_size,
+                    size: raw.len(),
+                },
+            );
+            for f in findings {
+                report
+                    .warnings
+                    .push(format!("{}: {}: {}", path.display(), f.path, f.message));
+            }
+            // Importing states what is live today: a public grant is kept, and marked as
+            // deliberate only so the manifest validates; a reviewer sees the flag in the pull
+            // request.
+            if doc.statements().iter().any(lint::grants_public) {
+                text.push_str(
+                    "# REVIEW: this policy grants access to any principal, with no condition that limits who calls.\n",
+                );
+                text.push_str("allowPublic: true\n");
+            }
+            // The live document itself (as YAML), not the canonical form: reviewers should
+            // recognise what they see in the console.
+            block_yaml(&serde_json::from_str(raw).expect("parsed above"))
+        }
+        // Written all the same: without a manifest, a later `apply --prune` would delete the
+        // policy, while this one stops every kpr run on the directory until someone fixes it.
+        Err(e) => {
+            invalid = Some(format!(
+                "{arn}: live policy is not a valid policy document: {e}"
+            ));
+            text.push_str(&format!(
+                "# REVIEW: the live policy is not valid for kpr: {}\n# Fix it here: until then \
+                 kpr refuses this directory (so no --prune can delete this policy).\n",
+                e.to_string().replace('\n', " ")
+            ));
+            match serde_json::from_str::<serde_json::Value>(raw) {
+                Ok(value) => block_yaml(&value),
+                Err(_) => format!("{}\n", yaml_scalar(raw)),
+            }
+        }
+    };
     text.push_str("policy:\n");
     for line in policy_yaml.lines() {
         text.push_str("  ");
@@ -197,6 +208,16 @@ fn write_manifest(
         .create_new(true)
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
+    if let Some(invalid) = invalid {
+        report.errors.push(match &written {
+            Ok(()) => format!(
+                "{invalid}; written to {} for review: kpr refuses the directory until it is \
+                 fixed",
+                path.display()
+            ),
+            Err(_) => invalid,
+        });
+    }
     match written {
         Ok(()) => report.written.push(path),
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
@@ -420,6 +441,57 @@ mod tests {
                     .prop_map(|kv| { serde_json::Value::Object(kv.into_iter().collect()) }),
             ]
         })
+    }
+
+    /// A live policy kpr cannot read still gets its manifest, marked for review: without one,
+    /// a later `apply --prune` would delete the policy; with it, kpr refuses the directory.
+    #[test]
+    fn a_live_policy_kpr_refuses_is_written_for_review() {
+        let dir = tempfile::tempdir().unwrap();
+        let arn =
+            ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders").unwrap();
+        let opts = ImportOptions {
+            region: "us-east-1".into(),
+            account: None,
+            out: dir.path().into(),
+            concurrency: 1,
+            max_policy_size: 20_480,
+        };
+        let lower = r#"{"Version":"2012-10-17","Statement":[{"Effect":"allow","Principal":{"AWS":"444455556666"},"Action":"kinesis:GetRecords","Resource":"arn:aws:kinesis:us-east-1:111122223333:stream/orders"}]}"#;
+        for (name, raw, why) in [
+            ("lower.yaml", lower, "\"allow\" is not a valid Effect"),
+            (
+                "broken.yaml",
+                "{\"Version\": \"2012-10-17\",\n",
+                "not valid JSON",
+            ),
+        ] {
+            let path = dir.path().join(name);
+            let mut report = ImportReport::default();
+            write_manifest(&arn, &path, raw, &opts, &mut report);
+            assert_eq!(report.written, std::slice::from_ref(&path));
+            assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+            assert!(
+                report.errors[0].contains(why) && report.errors[0].contains("for review"),
+                "{:?}",
+                report.errors
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            assert!(
+                text.contains("# REVIEW: the live policy is not valid for kpr"),
+                "{text}"
+            );
+            let loaded = crate::manifest::load_bytes(
+                &path,
+                text.as_bytes(),
+                &crate::manifest::LoadOptions::default(),
+            );
+            let errors = loaded.into_result().expect_err("kpr refuses it");
+            assert!(
+                errors.iter().any(|e| e.to_string().contains(why)),
+                "{errors:?}"
+            );
+        }
     }
 
     #[test]
