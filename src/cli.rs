@@ -744,9 +744,10 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String>
     PolicyDocument::from_json_str(&text).map_err(|e| {
         let line = match &e {
             crate::policy::PolicyError::Json(j) => Some(j.line()),
-            // JSON is YAML: the manifest's locator finds the line of a path in it too.
+            // JSON is YAML (without aliases): the manifest's locator finds the line of a
+            // path in it too.
             crate::policy::PolicyError::Invalid { path, .. } => {
-                manifest::locate::line_of(&text, path)
+                manifest::locate::line_of_unaliased(&text, path)
             }
         };
         match line {

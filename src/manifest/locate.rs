@@ -74,6 +74,12 @@ pub fn line_of(doc_text: &str, path: &str) -> Option<usize> {
     if doc_text.contains('&') && doc_text.contains('*') {
         return None;
     }
+    line_of_unaliased(doc_text, path)
+}
+
+/// [`line_of`] for a text that has no aliases, whatever characters it holds: JSON, where `&`
+/// and `*` can only be inside strings.
+pub fn line_of_unaliased(doc_text: &str, path: &str) -> Option<usize> {
     let segs = segments(path);
     (1..=segs.len()).rev().find_map(|k| {
         let found = Find(&segs[..k]).deserialize(serde_norway::Deserializer::from_str(doc_text));

@@ -360,12 +360,10 @@ fn condition_value(v: &Value, path: &str) -> Result<ConditionValue, PolicyError>
         // other number is held here as a float, in which `1e2` and `100.0`, or two integers
         // past 2^64, become one value though their texts differ.
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(ConditionValue::Number(n.clone())),
-        Value::Number(n) => Err(PolicyError::invalid(
+        Value::Number(_) => Err(PolicyError::invalid(
             path,
-            format!(
-                "the number {n} is not an integer kpr can keep exactly; write the value IAM \
-                 should compare as a string (put it in quotes)"
-            ),
+            "a number that is not an integer: IAM compares condition values as text, which \
+             kpr cannot keep for such a number; write the value as a string (put it in quotes)",
         )),
         Value::Bool(b) => Ok(ConditionValue::Bool(*b)),
         other => Err(PolicyError::invalid(

@@ -779,7 +779,7 @@ fn policy_diff_and_fmt() {
         ),
         (
             "lower.json",
-            "{\"Version\": \"2012-10-17\",\n \"Statement\": {\"Effect\": \"allow\", \"Principal\": \"*\", \"Action\": \"s3:GetObject\", \"Resource\": \"r\"}}",
+            "{\"Version\": \"2012-10-17\",\n \"Statement\": {\"Principal\": \"*\", \"Action\": \"s3:*\",\n  \"Effect\": \"allow\", \"Resource\": \"a&b\"}}",
         ),
         (
             "c.json",
@@ -813,7 +813,7 @@ fn policy_diff_and_fmt() {
     let lower = run(&["policy", "diff", &p("a.json"), &p("lower.json")]);
     assert_eq!(lower.code, 2, "{lower:?}");
     assert!(
-        lower.stderr.contains("lower.json:2:") && lower.stderr.contains("write \"Allow\""),
+        lower.stderr.contains("lower.json:3:") && lower.stderr.contains("write \"Allow\""),
         "{lower:?}"
     );
     let fmt_a = run(&["policy", "fmt", &p("a.json")]);
