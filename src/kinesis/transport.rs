@@ -48,6 +48,15 @@ struct Inner {
 
 /// The proxy variables that apply to plain-HTTP requests.
 const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
+/// Every variable that can name a proxy.
+const PROXY_VARS: [&str; 6] = [
+    "HTTP_PROXY",
+    "http_proxy",
+    "HTTPS_PROXY",
+    "https_proxy",
+    "ALL_PROXY",
+    "all_proxy",
+];
 
 impl Transport {
     /// With the proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
@@ -56,11 +65,17 @@ impl Transport {
         let plain_needs_tls = HTTP_PROXY_VARS
             .iter()
             .any(|var| std::env::var(var).is_ok_and(|url| has_scheme(url.trim(), "https://")));
-        Self::with(
-            Self::settings(connect_timeout),
-            ProxyConfig::from_env(),
-            plain_needs_tls,
-        )
+        // Without a proxy variable, none: the same answer as from_env, minus the proxy check
+        // (NO_PROXY, host parsing) on every request.
+        let named = PROXY_VARS
+            .iter()
+            .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
+        let proxy = if named {
+            ProxyConfig::from_env()
+        } else {
+            ProxyConfig::disabled()
+        };
+        Self::with(Self::settings(connect_timeout), proxy, plain_needs_tls)
     }
 
     /// With no proxy, whatever the environment says: for tests on loopback.
