@@ -36,8 +36,9 @@ pub struct Transport(Arc<Inner>);
 struct Inner {
     settings: HttpConnectorSettings,
     proxy: ProxyConfig,
-    /// A plain-HTTP request whose proxy is an `https://` one needs the TLS connector to reach
-    /// it, as the SDK's client (TLS for every scheme) would.
+    /// Plain-HTTP requests take the TLS connector when a proxy variable names an `https://`
+    /// proxy: only it can reach one (the SDK's client, TLS for every scheme, would), and the
+    /// plain connector warns at any such variable, even one that applies only to `https` URLs.
     plain_needs_tls: bool,
     plain: OnceLock<Connector>,
     tls: OnceLock<Connector>,
@@ -46,8 +47,6 @@ struct Inner {
     others: Mutex<HashMap<Timeouts, Transport>>,
 }
 
-/// The proxy variables that apply to plain-HTTP requests.
-const HTTP_PROXY_VARS: [&str; 4] = ["HTTP_PROXY", "http_proxy", "ALL_PROXY", "all_proxy"];
 /// Every variable that can name a proxy.
 const PROXY_VARS: [&str; 6] = [
     "HTTP_PROXY",
@@ -62,19 +61,7 @@ impl Transport {
     /// With the proxy from the environment (`HTTP_PROXY`, `HTTPS_PROXY`, `ALL_PROXY`,
     /// `NO_PROXY`), as the SDK's own client takes it under kpr's behavior version.
     pub fn new(connect_timeout: Duration) -> Self {
-        let plain_needs_tls = HTTP_PROXY_VARS
-            .iter()
-            .any(|var| std::env::var(var).is_ok_and(|url| has_scheme(url.trim(), "https://")));
-        // Without a proxy variable, none: the same answer as from_env, minus the proxy check
-        // (NO_PROXY, host parsing) on every request.
-        let named = PROXY_VARS
-            .iter()
-            .any(|var| std::env::var_os(var).is_some_and(|v| !v.is_empty()));
-        let proxy = if named {
-            ProxyConfig::from_env()
-        } else {
-            ProxyConfig::disabled()
-        };
+        let (proxy, plain_needs_tls) = proxy_from(|var| std::env::var(var).ok());
         Self::with(Self::settings(connect_timeout), proxy, plain_needs_tls)
     }
 
@@ -140,6 +127,22 @@ impl Transport {
     }
 }
 
+/// The proxy configuration for the variables `var` reads, and whether plain HTTP needs the TLS
+/// connector. With no proxy variable, no proxy: the same answer as `from_env`, minus its check
+/// (NO_PROXY, parsing the host) on every request.
+fn proxy_from(var: impl Fn(&str) -> Option<String>) -> (ProxyConfig, bool) {
+    let values: Vec<String> = PROXY_VARS
+        .iter()
+        .filter_map(|name| var(name))
+        .filter(|v| !v.trim().is_empty())
+        .collect();
+    if values.is_empty() {
+        return (ProxyConfig::disabled(), false);
+    }
+    let tls = values.iter().any(|v| has_scheme(v.trim(), "https://"));
+    (ProxyConfig::from_env(), tls)
+}
+
 fn has_scheme(url: &str, scheme: &str) -> bool {
     url.get(..scheme.len())
         .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
@@ -187,6 +190,37 @@ mod tests {
     use aws_smithy_runtime_api::client::runtime_components::RuntimeComponentsBuilder;
 
     #[test]
+    fn proxy_variables() {
+        fn env(pairs: &[(&str, &str)]) -> impl Fn(&str) -> Option<String> {
+            let pairs: Vec<(String, String)> = pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect();
+            move |name| {
+                pairs
+                    .iter()
+                    .find(|(k, _)| k == name)
+                    .map(|(_, v)| v.clone())
+            }
+        }
+        let (proxy, tls) = proxy_from(env(&[]));
+        assert!(proxy.is_disabled() && !tls);
+        let (proxy, tls) = proxy_from(env(&[("NO_PROXY", "*"), ("HTTP_PROXY", " ")]));
+        assert!(proxy.is_disabled() && !tls);
+        let (proxy, tls) = proxy_from(env(&[("http_proxy", "http://proxy:3128")]));
+        assert!(!proxy.is_disabled() && !tls);
+        for (name, url) in [
+            ("HTTPS_PROXY", "HTTPS://proxy:3129"),
+            ("https_proxy", "https://proxy:3129"),
+            ("ALL_PROXY", " https://proxy:3129"),
+            ("HTTP_PROXY", "https://proxy:3129"),
+        ] {
+            let (proxy, tls) = proxy_from(env(&[(name, url)]));
+            assert!(!proxy.is_disabled() && tls, "{name}");
+        }
+    }
+
+    #[test]
     fn schemes() {
         assert!(has_scheme("HTTPS://proxy:3128", "https://"));
         assert!(has_scheme("http://127.0.0.1:4567/", "http://"));
@@ -222,7 +256,11 @@ mod tests {
     /// keeps them, built once.
     #[test]
     fn a_connector_per_timeouts() {
-        let transport = Transport::without_proxy(Duration::from_secs(5));
+        let transport = Transport::with(
+            Transport::settings(Duration::from_secs(5)),
+            ProxyConfig::http("http://proxy:3128").unwrap(),
+            true,
+        );
         let components = RuntimeComponentsBuilder::for_tests().build().unwrap();
         let ours = HttpConnectorSettings::builder()
             .connect_timeout(Duration::from_secs(5))
@@ -242,6 +280,12 @@ mod tests {
         assert_eq!(
             Transport::timeouts(&other.0.settings),
             Transport::timeouts(&imds)
+        );
+        // ... and the same proxy.
+        assert!(other.0.plain_needs_tls);
+        assert_eq!(
+            format!("{:?}", other.0.proxy),
+            format!("{:?}", transport.0.proxy)
         );
     }
 }
