@@ -129,6 +129,18 @@ impl FileNames {
     }
 }
 
+/// Whether the manifest file at `path` declares `arn`.
+fn declares(path: &Path, arn: &ResourceArn) -> bool {
+    let Ok(bytes) = std::fs::read(path) else {
+        return false;
+    };
+    let loaded =
+        crate::manifest::load_bytes(path, &bytes, &crate::manifest::LoadOptions::default());
+    loaded
+        .into_result()
+        .is_ok_and(|state| state.resources.iter().any(|r| r.arn == *arn))
+}
+
 fn write_manifest(
     arn: &ResourceArn,
     path: &Path,
@@ -138,6 +150,14 @@ fn write_manifest(
 ) {
     let path = path.to_path_buf();
     if std::fs::symlink_metadata(&path).is_ok() {
+        if !declares(&path, arn) {
+            report.errors.push(format!(
+                "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
+                 manifest and a later `apply --prune` would delete its policy: import into an \
+                 empty directory",
+                path.display()
+            ));
+        }
         report.skipped_existing.push(path);
         return;
     }
@@ -148,7 +168,11 @@ fn write_manifest(
         arn_text
     ));
     text.push_str(&format!("arn: {arn_text}\n"));
-    let mut invalid = None;
+    // What keeps this manifest from validating: each said in a REVIEW comment and as an
+    // error. The file is written all the same: without a manifest a later `apply --prune`
+    // would delete the policy, while this one stops every kpr run on the directory until
+    // someone fixes it.
+    let mut problems = Vec::new();
     let policy_yaml = match PolicyDocument::from_json_str(raw) {
         Ok(doc) => {
             let findings = lint::lint(
@@ -161,9 +185,15 @@ fn write_manifest(
                 },
             );
             for f in findings {
-                report
-                    .warnings
-                    .push(format!("{}: {}: {}", path.display(), f.path, f.message));
+                match f.severity {
+                    lint::Severity::Error => problems.push(format!("{}: {}", f.path, f.message)),
+                    lint::Severity::Warning => report.warnings.push(format!(
+                        "{}: {}: {}",
+                        path.display(),
+                        f.path,
+                        f.message
+                    )),
+                }
             }
             // Importing states what is live today: a public grant is kept, and marked as
             // deliberate only so the manifest validates; a reviewer sees the flag in the pull
@@ -178,23 +208,27 @@ fn write_manifest(
             // recognise what they see in the console.
             block_yaml(&serde_json::from_str(raw).expect("parsed above"))
         }
-        // Written all the same: without a manifest, a later `apply --prune` would delete the
-        // policy, while this one stops every kpr run on the directory until someone fixes it.
         Err(e) => {
-            invalid = Some(format!(
-                "{arn}: live policy is not a valid policy document: {e}"
-            ));
-            text.push_str(&format!(
-                "# REVIEW: the live policy is not valid for kpr: {}\n# Fix it here: until then \
-                 kpr refuses this directory (so no --prune can delete this policy).\n",
-                e.to_string().replace('\n', " ")
-            ));
-            match serde_json::from_str::<serde_json::Value>(raw) {
-                Ok(value) => block_yaml(&value),
-                Err(_) => format!("{}\n", yaml_scalar(raw)),
+            problems.push(format!("not a valid policy document: {e}"));
+            // As YAML only when it is a JSON object read strictly: a lenient reader keeps the
+            // last of a key given twice, which would make a document kpr accepts out of one
+            // it refuses. Anything else goes in as the text itself, which the loader refuses
+            // the same way.
+            match crate::policy::strict_json(raw) {
+                Ok(value @ serde_json::Value::Object(_)) => block_yaml(&value),
+                _ => format!("{}\n", yaml_scalar(raw)),
             }
         }
     };
+    if !problems.is_empty() {
+        text.push_str(
+            "# REVIEW: kpr refuses this live policy as it is. Fix it here; until then kpr refuses\n\
+             # this directory, so no `apply --prune` can delete the policy.\n",
+        );
+        for p in &problems {
+            text.push_str(&format!("#   {}\n", one_line(p)));
+        }
+    }
     text.push_str("policy:\n");
     for line in policy_yaml.lines() {
         text.push_str("  ");
@@ -208,14 +242,19 @@ fn write_manifest(
         .create_new(true)
         .open(&path)
         .and_then(|mut f| std::io::Write::write_all(&mut f, text.as_bytes()));
-    if let Some(invalid) = invalid {
+    if !problems.is_empty() {
+        // One line on a terminal too: the errors may quote the live policy's own keys.
+        let refused = format!(
+            "{arn}: live policy refused: {}",
+            one_line(&problems.join("; "))
+        );
         report.errors.push(match &written {
             Ok(()) => format!(
-                "{invalid}; written to {} for review: kpr refuses the directory until it is \
+                "{refused}; written to {} for review: kpr refuses the directory until it is \
                  fixed",
                 path.display()
             ),
-            Err(_) => invalid,
+            Err(_) => refused,
         });
     }
     match written {
@@ -225,6 +264,20 @@ fn write_manifest(
         }
         Err(e) => report.errors.push(format!("{}: {e}", path.display())),
     }
+}
+
+/// `s` on one line of a YAML comment: YAML also ends a line at CR, NEL, U+2028 and U+2029, and
+/// the text (an error quoting the live policy) must not end the comment early.
+fn one_line(s: &str) -> String {
+    s.chars()
+        .map(|c| {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+                ' '
+            } else {
+                c
+            }
+        })
+        .collect()
 }
 
 /// `value` as block YAML that every YAML reader takes the same way. serde_norway writes YAML
@@ -457,14 +510,45 @@ mod tests {
             concurrency: 1,
             max_policy_size: 20_480,
         };
-        let lower = r#"{"Version":"2012-10-17","Statement":[{"Effect":"allow","Principal":{"AWS":"444455556666"},"Action":"kinesis:GetRecords","Resource":"arn:aws:kinesis:us-east-1:111122223333:stream/orders"}]}"#;
+        let stmt = |sid: &str| {
+            format!(
+                r#"{{"Sid":"{sid}","Effect":"Allow","Principal":{{"AWS":"444455556666"}},"Action":"kinesis:GetRecords","Resource":"arn:aws:kinesis:us-east-1:111122223333:stream/orders"}}"#
+            )
+        };
+        let lower = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{}]}}"#,
+            stmt("a").replace("\"Allow\"", "\"allow\"")
+        );
+        let twice = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{}],"Statement":[{}]}}"#,
+            stmt("first"),
+            stmt("second")
+        );
+        let quoted = serde_json::to_string(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[{}]}}"#,
+            stmt("a")
+        ))
+        .unwrap();
+        let no_version = format!(r#"{{"Statement":[{}]}}"#, stmt("a"));
+        let injected = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{}],"X\rallowPublic: yes":1}}"#,
+            stmt("a")
+        );
         for (name, raw, why) in [
-            ("lower.yaml", lower, "\"allow\" is not a valid Effect"),
+            (
+                "lower.yaml",
+                lower.as_str(),
+                "\"allow\" is not a valid Effect",
+            ),
             (
                 "broken.yaml",
                 "{\"Version\": \"2012-10-17\",\n",
                 "not valid JSON",
             ),
+            ("twice.yaml", twice.as_str(), "duplicate"),
+            ("quoted.yaml", quoted.as_str(), "expected an object"),
+            ("no-version.yaml", no_version.as_str(), "Version"),
+            ("injected.yaml", injected.as_str(), "X allowPublic"),
         ] {
             let path = dir.path().join(name);
             let mut report = ImportReport::default();
@@ -478,7 +562,7 @@ mod tests {
             );
             let text = std::fs::read_to_string(&path).unwrap();
             assert!(
-                text.contains("# REVIEW: the live policy is not valid for kpr"),
+                text.contains("# REVIEW: kpr refuses this live policy as it is."),
                 "{text}"
             );
             let loaded = crate::manifest::load_bytes(
@@ -488,10 +572,57 @@ mod tests {
             );
             let errors = loaded.into_result().expect_err("kpr refuses it");
             assert!(
-                errors.iter().any(|e| e.to_string().contains(why)),
-                "{errors:?}"
+                !errors
+                    .iter()
+                    .any(|e| e.to_string().contains("error: allowPublic")),
+                "{name}: the comment ended early: {errors:?}\n{text}"
             );
         }
+    }
+
+    /// A file of that name that declares another resource (say, the same stream name in
+    /// another region, imported before into the same directory) is kept, and said to leave
+    /// this resource without a manifest.
+    #[test]
+    fn an_existing_file_for_another_resource_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = ImportOptions {
+            region: "us-west-2".into(),
+            account: None,
+            out: dir.path().into(),
+            concurrency: 1,
+            max_policy_size: 20_480,
+        };
+        let raw = |arn: &str| {
+            format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"444455556666"}},"Action":"kinesis:GetRecords","Resource":"{arn}"}}]}}"#
+            )
+        };
+        let east = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+        let west = "arn:aws:kinesis:us-west-2:111122223333:stream/orders";
+        let path = dir.path().join("orders.yaml");
+        let mut report = ImportReport::default();
+        let mut import = |arn: &str| {
+            write_manifest(
+                &ResourceArn::parse(arn).unwrap(),
+                &path,
+                &raw(arn),
+                &opts,
+                &mut report,
+            );
+            report.errors.clone()
+        };
+        assert_eq!(import(east), Vec::<String>::new());
+        // The same resource again: skipped, no error.
+        assert_eq!(import(east), Vec::<String>::new());
+        import(west);
+        assert_eq!(report.skipped_existing.len(), 2);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert!(
+            report.errors[0].starts_with(west) && report.errors[0].contains("--prune"),
+            "{:?}",
+            report.errors
+        );
     }
 
     #[test]

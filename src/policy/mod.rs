@@ -13,7 +13,7 @@ mod parse;
 mod proptests;
 
 pub use canonical::canonical_statements;
-pub use parse::{STATEMENT_KEYS, strict_value_opt};
+pub use parse::{STATEMENT_KEYS, strict_json, strict_value_opt};
 
 use serde_json::Value;
 

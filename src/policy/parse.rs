@@ -31,7 +31,7 @@ pub const STATEMENT_KEYS: &[&str] = &[
 
 /// Parses JSON like `serde_json::from_str::<Value>`, but rejects duplicate object keys. The
 /// error is a `serde_json::Error`, so callers still get a line and column.
-pub(super) fn strict_json(s: &str) -> Result<Value, serde_json::Error> {
+pub fn strict_json(s: &str) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(s);
     let value = StrictValue.deserialize(&mut de)?;
     de.end()?;
