@@ -129,16 +129,26 @@ impl FileNames {
     }
 }
 
-/// Whether the manifest file at `path` declares `arn`.
+/// Whether the file at `path` declares `arn` in one of its documents, valid or not (a file
+/// import wrote for review declares its resource, and blocks prune as it is). Only a regular
+/// file the loader would read: not a FIFO, a device, or more than it reads.
 fn declares(path: &Path, arn: &ResourceArn) -> bool {
-    let Ok(bytes) = std::fs::read(path) else {
+    use serde::Deserialize;
+    let regular = std::fs::metadata(path)
+        .is_ok_and(|m| m.is_file() && m.len() <= crate::manifest::MAX_FILE_BYTES);
+    let Some(text) = regular
+        .then(|| std::fs::read_to_string(path).ok())
+        .flatten()
+    else {
         return false;
     };
-    let loaded =
-        crate::manifest::load_bytes(path, &bytes, &crate::manifest::LoadOptions::default());
-    loaded
-        .into_result()
-        .is_ok_and(|state| state.resources.iter().any(|r| r.arn == *arn))
+    serde_norway::Deserializer::from_str(&text).any(|doc| {
+        serde_norway::Value::deserialize(doc)
+            .ok()
+            .and_then(|v| v.get("arn")?.as_str().map(str::to_string))
+            .and_then(|a| ResourceArn::parse(&a).ok())
+            .is_some_and(|a| a.same_resource(arn))
+    })
 }
 
 fn write_manifest(
@@ -168,6 +178,10 @@ fn write_manifest(
         arn_text
     ));
     text.push_str(&format!("arn: {arn_text}\n"));
+    let load = crate::manifest::LoadOptions {
+        max_policy_size: opts.max_policy_size,
+        ..Default::default()
+    };
     // What keeps this manifest from validating: each said in a REVIEW comment and as an
     // error. The file is written all the same: without a manifest a later `apply --prune`
     // would delete the policy, while this one stops every kpr run on the directory until
@@ -175,24 +189,26 @@ fn write_manifest(
     let mut problems = Vec::new();
     let policy_yaml = match PolicyDocument::from_json_str(raw) {
         Ok(doc) => {
+            let value: serde_json::Value = serde_json::from_str(raw).expect("parsed above");
             let findings = lint::lint(
                 &doc,
                 &LintContext {
                     resource_arn: &arn_text,
                     allow_public: true,
                     max_size: opts.max_policy_size,
-                    size: raw.len(),
+                    // Measured as the loader will measure the manifest: compact JSON.
+                    size: serde_json::to_string(&value).map_or(raw.len(), |j| j.len()),
                 },
             );
             for f in findings {
                 match f.severity {
                     lint::Severity::Error => problems.push(format!("{}: {}", f.path, f.message)),
-                    lint::Severity::Warning => report.warnings.push(format!(
+                    lint::Severity::Warning => report.warnings.push(one_line(&format!(
                         "{}: {}: {}",
                         path.display(),
                         f.path,
                         f.message
-                    )),
+                    ))),
                 }
             }
             // Importing states what is live today: a public grant is kept, and marked as
@@ -206,7 +222,7 @@ fn write_manifest(
             }
             // The live document itself (as YAML), not the canonical form: reviewers should
             // recognise what they see in the console.
-            block_yaml(&serde_json::from_str(raw).expect("parsed above"))
+            block_yaml(&value)
         }
         Err(e) => {
             problems.push(format!("not a valid policy document: {e}"));
@@ -220,6 +236,25 @@ fn write_manifest(
             }
         }
     };
+    let mut body = String::from("policy:\n");
+    for line in policy_yaml.lines() {
+        body.push_str("  ");
+        body.push_str(line);
+        body.push('\n');
+    }
+    // The file as kpr will read it: what the loader refuses that the checks above let through
+    // (a character or a key YAML cannot carry as written) is a problem too.
+    if problems.is_empty() {
+        let whole = format!("{text}{body}");
+        if let Err(errors) =
+            crate::manifest::load_bytes(&path, whole.as_bytes(), &load).into_result()
+        {
+            problems.extend(errors.iter().map(|e| match e.line {
+                Some(line) => format!("line {line}: {}", e.message),
+                None => e.message.clone(),
+            }));
+        }
+    }
     if !problems.is_empty() {
         text.push_str(
             "# REVIEW: kpr refuses this live policy as it is. Fix it here; until then kpr refuses\n\
@@ -229,12 +264,7 @@ fn write_manifest(
             text.push_str(&format!("#   {}\n", one_line(p)));
         }
     }
-    text.push_str("policy:\n");
-    for line in policy_yaml.lines() {
-        text.push_str("  ");
-        text.push_str(line);
-        text.push('\n');
-    }
+    text.push_str(&body);
     // create_new: never overwrite, not even a file that appeared since the check, and never
     // write through a symlink.
     let written = std::fs::OpenOptions::new()
@@ -393,7 +423,7 @@ fn yaml_scalar(s: &str) -> String {
     let raw_in_yaml = |c: char| {
         matches!(
             c,
-            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}'
+            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
         )
     };
     if !quoted.contains(raw_in_yaml) {
@@ -496,6 +526,16 @@ mod tests {
         })
     }
 
+    fn options(out: &Path, region: &str, max_policy_size: usize) -> ImportOptions {
+        ImportOptions {
+            region: region.into(),
+            account: None,
+            out: out.into(),
+            concurrency: 1,
+            max_policy_size,
+        }
+    }
+
     /// A live policy kpr cannot read still gets its manifest, marked for review: without one,
     /// a later `apply --prune` would delete the policy; with it, kpr refuses the directory.
     #[test]
@@ -503,13 +543,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let arn =
             ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders").unwrap();
-        let opts = ImportOptions {
-            region: "us-east-1".into(),
-            account: None,
-            out: dir.path().into(),
-            concurrency: 1,
-            max_policy_size: 20_480,
-        };
+        let opts = options(dir.path(), "us-east-1", 20_480);
         let stmt = |sid: &str| {
             format!(
                 r#"{{"Sid":"{sid}","Effect":"Allow","Principal":{{"AWS":"444455556666"}},"Action":"kinesis:GetRecords","Resource":"arn:aws:kinesis:us-east-1:111122223333:stream/orders"}}"#
@@ -586,13 +620,7 @@ mod tests {
     #[test]
     fn an_existing_file_for_another_resource_is_an_error() {
         let dir = tempfile::tempdir().unwrap();
-        let opts = ImportOptions {
-            region: "us-west-2".into(),
-            account: None,
-            out: dir.path().into(),
-            concurrency: 1,
-            max_policy_size: 20_480,
-        };
+        let opts = options(dir.path(), "us-west-2", 20_480);
         let raw = |arn: &str| {
             format!(
                 r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"444455556666"}},"Action":"kinesis:GetRecords","Resource":"{arn}"}}]}}"#
@@ -623,6 +651,92 @@ mod tests {
             "{:?}",
             report.errors
         );
+    }
+
+    /// Re-importing over import's own files, or over a manifest naming a consumer with its
+    /// creation time, finds the resource declared; a FIFO at the name is not read (it would
+    /// block) and declares nothing.
+    #[test]
+    fn an_existing_file_declares_what_its_documents_name() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), "us-east-1", 20_480);
+        let stream =
+            ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders").unwrap();
+        let refused = r#"{"Statement":[{"Effect":"allow"}]}"#;
+        let path = dir.path().join("orders.yaml");
+        let mut first = ImportReport::default();
+        write_manifest(&stream, &path, refused, &opts, &mut first);
+        assert_eq!(first.errors.len(), 1, "{:?}", first.errors);
+        // Again over the file written for review: kept, and no claim that it declares
+        // something else.
+        let mut again = ImportReport::default();
+        write_manifest(&stream, &path, refused, &opts, &mut again);
+        assert_eq!(again.skipped_existing, std::slice::from_ref(&path));
+        assert_eq!(again.errors, Vec::<String>::new());
+        let consumer = "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app";
+        let with_time = dir.path().join("app.yaml");
+        std::fs::write(
+            &with_time,
+            format!("arn: {consumer}:1700000000\nensure: absent\n"),
+        )
+        .unwrap();
+        assert!(declares(&with_time, &ResourceArn::parse(consumer).unwrap()));
+        assert!(!declares(&with_time, &stream));
+        let fifo = dir.path().join("fifo.yaml");
+        let made = std::process::Command::new("mkfifo").arg(&fifo).status();
+        if made.is_ok_and(|s| s.success()) {
+            assert!(!declares(&fifo, &stream));
+        }
+    }
+
+    /// The written file is checked as kpr will load it: a character YAML must escape is, a
+    /// key YAML cannot carry as written is a problem like any other, and the size is the
+    /// loader's (compact JSON), not the live text's.
+    #[test]
+    fn the_written_file_is_what_the_loader_accepts() {
+        let dir = tempfile::tempdir().unwrap();
+        let arn =
+            ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders").unwrap();
+        let opts = options(dir.path(), "us-east-1", 2_000);
+        let policy = |condition: serde_json::Value| {
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"AWS": "444455556666"}, "Action": "kinesis:GetRecords",
+                "Resource": arn.to_string(), "Condition": condition}]})
+        };
+        let noncharacter =
+            policy(serde_json::json!({"StringEquals": {"aws:userid": "a\u{fffe}b\u{ffff}"}}));
+        let long_key = policy(serde_json::json!({"StringEquals": {"k".repeat(1100): "v"}}));
+        // Pretty, over 2,000 bytes; compact, well under.
+        let pretty = serde_json::to_string_pretty(&policy(serde_json::json!({})))
+            .unwrap()
+            .replace("\n", &format!("\n{}", " ".repeat(400)));
+        assert!(pretty.len() > 2_000);
+        for (name, raw, refused) in [
+            ("nonchar.yaml", noncharacter.to_string(), false),
+            ("long.yaml", long_key.to_string(), true),
+            ("pretty.yaml", pretty, false),
+        ] {
+            let path = dir.path().join(name);
+            let mut report = ImportReport::default();
+            write_manifest(&arn, &path, &raw, &opts, &mut report);
+            assert_eq!(report.written, std::slice::from_ref(&path));
+            assert_eq!(
+                !report.errors.is_empty(),
+                refused,
+                "{name}: {:?}",
+                report.errors
+            );
+            let text = std::fs::read_to_string(&path).unwrap();
+            let loaded = crate::manifest::load_bytes(
+                &path,
+                text.as_bytes(),
+                &crate::manifest::LoadOptions {
+                    max_policy_size: 2_000,
+                    ..Default::default()
+                },
+            );
+            assert_eq!(loaded.into_result().is_err(), refused, "{name}:\n{text}");
+        }
     }
 
     #[test]

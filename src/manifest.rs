@@ -211,7 +211,7 @@ impl Loaded {
 }
 
 /// Far above any real manifest file (10,000 manifests in one file are ~4 MiB).
-const MAX_FILE_BYTES: u64 = 64 << 20;
+pub(crate) const MAX_FILE_BYTES: u64 = 64 << 20;
 
 /// Load and validate every `*.yaml` / `*.yml` below `dir`.
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
