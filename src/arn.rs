@@ -75,7 +75,8 @@ pub struct ArnError {
 
 const MAX_ARN_LEN: usize = 2048;
 
-fn valid_name(s: &str) -> bool {
+/// A stream or consumer name as Kinesis allows it: 1 to 128 of `[a-zA-Z0-9_.-]`.
+pub fn valid_name(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 128
         && s.bytes()

@@ -129,10 +129,18 @@ impl FileNames {
     }
 }
 
-/// Whether the file at `path` declares `arn` in one of its documents, valid or not (a file
-/// import wrote for review declares its resource, and blocks prune as it is). Only a regular
-/// file the loader would read: not a FIFO, a device, or more than it reads.
-fn declares(path: &Path, arn: &ResourceArn) -> bool {
+/// How the file at `path` declares `arn`, in one of its documents, valid or not (a file import
+/// wrote for review declares its resource, and blocks prune as it is). Only a regular file the
+/// loader would read: not a FIFO, a device, or more than it reads.
+#[derive(Debug, PartialEq, Eq)]
+enum Declared {
+    No,
+    Present,
+    /// `ensure: absent`: apply would delete the policy import found.
+    Absent,
+}
+
+fn declares(path: &Path, arn: &ResourceArn) -> Declared {
     use serde::Deserialize;
     let regular = std::fs::metadata(path)
         .is_ok_and(|m| m.is_file() && m.len() <= crate::manifest::MAX_FILE_BYTES);
@@ -140,15 +148,23 @@ fn declares(path: &Path, arn: &ResourceArn) -> bool {
         .then(|| std::fs::read_to_string(path).ok())
         .flatten()
     else {
-        return false;
+        return Declared::No;
     };
-    serde_norway::Deserializer::from_str(&text).any(|doc| {
-        serde_norway::Value::deserialize(doc)
-            .ok()
-            .and_then(|v| v.get("arn")?.as_str().map(str::to_string))
-            .and_then(|a| ResourceArn::parse(&a).ok())
-            .is_some_and(|a| a.same_resource(arn))
-    })
+    serde_norway::Deserializer::from_str(&text)
+        .filter_map(|doc| serde_norway::Value::deserialize(doc).ok())
+        .find(|v| {
+            v.get("arn")
+                .and_then(|a| a.as_str())
+                .and_then(|a| ResourceArn::parse(a).ok())
+                .is_some_and(|a| a.same_resource(arn))
+        })
+        .map_or(Declared::No, |v| {
+            if v.get("ensure").and_then(|e| e.as_str()) == Some("absent") {
+                Declared::Absent
+            } else {
+                Declared::Present
+            }
+        })
 }
 
 fn write_manifest(
@@ -160,13 +176,20 @@ fn write_manifest(
 ) {
     let path = path.to_path_buf();
     if std::fs::symlink_metadata(&path).is_ok() {
-        if !declares(&path, arn) {
-            report.errors.push(format!(
+        match declares(&path, arn) {
+            Declared::Present => {}
+            Declared::No => report.errors.push(format!(
                 "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
                  manifest and a later `apply --prune` would delete its policy: import into an \
                  empty directory",
                 path.display()
-            ));
+            )),
+            Declared::Absent => report.errors.push(format!(
+                "{arn}: {} exists and declares it `ensure: absent`; not overwritten, so `kpr \
+                 apply` would delete the live policy import found: remove the file, or import \
+                 into an empty directory",
+                path.display()
+            )),
         }
         report.skipped_existing.push(path);
         return;
@@ -680,12 +703,31 @@ mod tests {
             format!("arn: {consumer}:1700000000\nensure: absent\n"),
         )
         .unwrap();
-        assert!(declares(&with_time, &ResourceArn::parse(consumer).unwrap()));
-        assert!(!declares(&with_time, &stream));
+        assert_eq!(
+            declares(&with_time, &ResourceArn::parse(consumer).unwrap()),
+            Declared::Absent
+        );
+        assert_eq!(declares(&with_time, &stream), Declared::No);
+        assert_eq!(declares(&path, &stream), Declared::Present);
+        // Importing the consumer's live policy over it: apply would delete that policy.
+        let mut over_absent = ImportReport::default();
+        write_manifest(
+            &ResourceArn::parse(consumer).unwrap(),
+            &with_time,
+            r#"{"Version":"2012-10-17","Statement":[]}"#,
+            &opts,
+            &mut over_absent,
+        );
+        assert_eq!(over_absent.errors.len(), 1, "{:?}", over_absent.errors);
+        assert!(
+            over_absent.errors[0].contains("`ensure: absent`"),
+            "{:?}",
+            over_absent.errors
+        );
         let fifo = dir.path().join("fifo.yaml");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
-            assert!(!declares(&fifo, &stream));
+            assert_eq!(declares(&fifo, &stream), Declared::No);
         }
     }
 

@@ -699,11 +699,11 @@ fn listed_streams(
 ) -> Result<Vec<ResourceArn>, ApiError> {
     let op = Op::ListStreams;
     if out.stream_summaries().is_empty() {
-        return Ok(out
+        return out
             .stream_names()
             .iter()
-            .map(|n| stream_in(scope, n))
-            .collect());
+            .map(|n| Ok(stream_in(scope, listed_name(op, "stream", n)?)))
+            .collect();
     }
     let mut items = Vec::with_capacity(out.stream_summaries().len());
     for summary in out.stream_summaries() {
@@ -726,6 +726,25 @@ fn listed_streams(
         items.push(arn);
     }
     Ok(items)
+}
+
+/// A name a listing returned, checked as a manifest's would be: it goes into ARNs, prune
+/// candidates and `kpr import`'s file names, so a `/` or a newline from an odd endpoint must
+/// not reach them.
+fn listed_name<'a>(op: Op, kind: &str, name: &'a str) -> Result<&'a str, ApiError> {
+    if crate::arn::valid_name(name) {
+        Ok(name)
+    } else {
+        Err(ApiError::new(
+            op,
+            ErrorClass::Fatal,
+            None,
+            format!(
+                "the service listed a {kind} named {name:?}, which is not a Kinesis name \
+                 (1 to 128 of a-z A-Z 0-9 _ . -)"
+            ),
+        ))
+    }
 }
 
 fn stream_in(scope: &Scope, name: &str) -> ResourceArn {
@@ -882,7 +901,7 @@ impl Kinesis for AwsKinesis {
                 .and_then(|c| c.created);
             items.push(ResourceArn {
                 consumer: Some(ConsumerRef {
-                    name: c.consumer_name().to_string(),
+                    name: listed_name(op, "consumer", c.consumer_name())?.to_string(),
                     created,
                 }),
                 ..stream.clone()
@@ -945,6 +964,32 @@ pub(crate) use calls_a_test_does_not_make;
 mod tests {
     use super::*;
     use aws_sdk_kinesis::operation::get_resource_policy::GetResourcePolicyOutput;
+    use aws_sdk_kinesis::operation::list_streams::ListStreamsOutput;
+
+    /// A listed name goes into ARNs and import's file names: one Kinesis would not allow
+    /// is an error, never a path.
+    #[test]
+    fn listed_names_are_kinesis_names() {
+        let scope = Scope {
+            partition: "aws".into(),
+            region: "us-east-1".into(),
+            account: "111122223333".into(),
+        };
+        let listing = |names: &[&str]| {
+            let mut out = ListStreamsOutput::builder().has_more_streams(false);
+            for n in names {
+                out = out.stream_names(*n);
+            }
+            listed_streams(&scope, &out.build().unwrap())
+        };
+        let ok = listing(&["orders", "a.b_c-1"]).unwrap();
+        assert_eq!(ok.len(), 2);
+        for bad in ["../../etc/x", "a/b", "with space", "line\nbreak", ""] {
+            let e = listing(&["orders", bad]).unwrap_err();
+            assert!(e.to_string().contains("not a Kinesis name"), "{bad:?}: {e}");
+        }
+        assert!(listed_name(Op::ListStreamConsumers, "consumer", &"c".repeat(129)).is_err());
+    }
     use aws_sdk_kinesis::operation::put_resource_policy::PutResourcePolicyOutput;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
 
