@@ -130,41 +130,34 @@ impl FileNames {
 }
 
 /// How the file at `path` declares `arn`, in one of its documents, valid or not (a file import
-/// wrote for review declares its resource, and blocks prune as it is). Only a regular file the
-/// loader would read: not a FIFO, a device, or more than it reads.
+/// wrote for review declares its resource, and blocks prune as it is), read as the loader reads
+/// it. Only a regular file the loader would read: not a FIFO, a device, or more than it reads.
 #[derive(Debug, PartialEq, Eq)]
 enum Declared {
     No,
+    /// Some document could not be read, and none readable names `arn`.
+    Unreadable,
     Present,
     /// `ensure: absent`: apply would delete the policy import found.
     Absent,
 }
 
 fn declares(path: &Path, arn: &ResourceArn) -> Declared {
-    use serde::Deserialize;
     let regular = std::fs::metadata(path)
         .is_ok_and(|m| m.is_file() && m.len() <= crate::manifest::MAX_FILE_BYTES);
-    let Some(text) = regular
-        .then(|| std::fs::read_to_string(path).ok())
-        .flatten()
-    else {
-        return Declared::No;
+    let Some(bytes) = regular.then(|| std::fs::read(path).ok()).flatten() else {
+        return Declared::Unreadable;
     };
-    serde_norway::Deserializer::from_str(&text)
-        .filter_map(|doc| serde_norway::Value::deserialize(doc).ok())
-        .find(|v| {
-            v.get("arn")
-                .and_then(|a| a.as_str())
-                .and_then(|a| ResourceArn::parse(a).ok())
-                .is_some_and(|a| a.same_resource(arn))
-        })
-        .map_or(Declared::No, |v| {
-            if v.get("ensure").and_then(|e| e.as_str()) == Some("absent") {
-                Declared::Absent
-            } else {
-                Declared::Present
-            }
-        })
+    let (named, unreadable) = crate::manifest::declared_in(&bytes);
+    let ours = named
+        .into_iter()
+        .find(|(text, _)| ResourceArn::parse(text).is_ok_and(|a| a.same_resource(arn)));
+    match ours {
+        Some((_, crate::manifest::Ensure::Absent)) => Declared::Absent,
+        Some(_) => Declared::Present,
+        None if unreadable => Declared::Unreadable,
+        None => Declared::No,
+    }
 }
 
 fn write_manifest(
@@ -177,7 +170,30 @@ fn write_manifest(
     let path = path.to_path_buf();
     if std::fs::symlink_metadata(&path).is_ok() {
         match declares(&path, arn) {
-            Declared::Present => {}
+            Declared::Present => {
+                // Most likely import's own file for review, from an earlier run: still refused.
+                let bytes = std::fs::read(&path).unwrap_or_default();
+                let load = crate::manifest::LoadOptions {
+                    max_policy_size: opts.max_policy_size,
+                    ..Default::default()
+                };
+                if crate::manifest::load_bytes(&path, &bytes, &load)
+                    .into_result()
+                    .is_err()
+                {
+                    report.errors.push(format!(
+                        "{arn}: {} exists and declares it, but kpr refuses the file: fix it \
+                         (`kpr validate --dir` says why)",
+                        path.display()
+                    ));
+                }
+            }
+            Declared::Unreadable => report.errors.push(format!(
+                "{arn}: {} exists and kpr cannot read what it declares; not overwritten, so \
+                 {arn} may have no manifest, and a later `apply --prune` would delete its \
+                 policy: fix or move the file, or import into an empty directory",
+                path.display()
+            )),
             Declared::No => report.errors.push(format!(
                 "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
                  manifest and a later `apply --prune` would delete its policy: import into an \
@@ -272,8 +288,11 @@ fn write_manifest(
         if let Err(errors) =
             crate::manifest::load_bytes(&path, whole.as_bytes(), &load).into_result()
         {
+            // Lines as in the file written: after the REVIEW comment's two lines and one per
+            // problem.
+            let shift = 2 + errors.len();
             problems.extend(errors.iter().map(|e| match e.line {
-                Some(line) => format!("line {line}: {}", e.message),
+                Some(line) => format!("line {}: {}", line + shift, e.message),
                 None => e.message.clone(),
             }));
         }
@@ -320,11 +339,12 @@ fn write_manifest(
 }
 
 /// `s` on one line of a YAML comment: YAML also ends a line at CR, NEL, U+2028 and U+2029, and
-/// the text (an error quoting the live policy) must not end the comment early.
+/// the text (an error quoting the live policy) must not end the comment early; nor hold U+FFFE
+/// or U+FFFF, which libyaml refuses even in a comment.
 fn one_line(s: &str) -> String {
     s.chars()
         .map(|c| {
-            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}') {
+            if c.is_control() || matches!(c, '\u{2028}' | '\u{2029}' | '\u{fffe}' | '\u{ffff}') {
                 ' '
             } else {
                 c
@@ -695,7 +715,12 @@ mod tests {
         let mut again = ImportReport::default();
         write_manifest(&stream, &path, refused, &opts, &mut again);
         assert_eq!(again.skipped_existing, std::slice::from_ref(&path));
-        assert_eq!(again.errors, Vec::<String>::new());
+        assert_eq!(again.errors.len(), 1, "{:?}", again.errors);
+        assert!(
+            again.errors[0].contains("declares it, but kpr refuses the file"),
+            "{:?}",
+            again.errors
+        );
         let consumer = "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/app";
         let with_time = dir.path().join("app.yaml");
         std::fs::write(
@@ -727,7 +752,53 @@ mod tests {
         let fifo = dir.path().join("fifo.yaml");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
-            assert_eq!(declares(&fifo, &stream), Declared::No);
+            assert_eq!(declares(&fifo, &stream), Declared::Unreadable);
+        }
+        // Read as the loader reads: a BOM before `ensure: absent`, or the variant as a tag,
+        // still says absent; a broken document is unreadable, without hanging or panicking.
+        let orders = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+        for (name, text, want) in [
+            (
+                "bom.yaml",
+                format!("\u{feff}arn: {orders}\nensure: absent\n"),
+                Declared::Absent,
+            ),
+            (
+                "tag.yaml",
+                format!("arn: {orders}\nensure: !absent\n"),
+                Declared::Absent,
+            ),
+            (
+                "open.yaml",
+                format!("arn: {orders}x\npolicy: {{\n"),
+                Declared::Unreadable,
+            ),
+            (
+                "anchor.yaml",
+                format!("arn: {orders}x\npolicy: *nope\n"),
+                Declared::Unreadable,
+            ),
+            (
+                "second.yaml",
+                format!("arn: {orders}x\nensure: absent\n---\narn: {orders}\npolicy: [\n"),
+                Declared::Unreadable,
+            ),
+        ] {
+            let file = dir.path().join(name);
+            std::fs::write(&file, &text).unwrap();
+            assert_eq!(declares(&file, &stream), want, "{name}");
+            if want == Declared::Absent {
+                let loaded = crate::manifest::load_bytes(
+                    &file,
+                    text.as_bytes(),
+                    &crate::manifest::LoadOptions::default(),
+                );
+                let state = loaded.into_result().unwrap();
+                assert!(
+                    matches!(state.resources[0].intent, crate::manifest::Intent::Absent),
+                    "{name}: the loader reads it as absent too"
+                );
+            }
         }
     }
 

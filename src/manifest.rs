@@ -523,6 +523,45 @@ impl<'a> LineIndex<'a> {
     }
 }
 
+/// What a manifest file says of each resource it names, read as the loader reads it (UTF-8,
+/// the BOM, one document at a time, stopping a document at its first error) but without
+/// checking the rest: `(arn, ensure)` of every document whose `arn` and `ensure` read, and
+/// whether some document could not be read at all. For `kpr import`, which must know what an
+/// existing file declares even when kpr refuses it.
+pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
+    #[derive(Deserialize)]
+    struct Head {
+        arn: Option<String>,
+        ensure: Option<Ensure>,
+    }
+    let Ok(text) = std::str::from_utf8(bytes) else {
+        return (Vec::new(), true);
+    };
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let index = LineIndex::new(text);
+    let mut out = Vec::new();
+    let mut unreadable = false;
+    for doc_no in 0..index.doc_starts.len() {
+        let (_, doc_text) = index.doc_text(text, doc_no);
+        for document in serde_norway::Deserializer::from_str(doc_text) {
+            match Option::<Head>::deserialize(document) {
+                Ok(Some(Head {
+                    arn: Some(arn),
+                    ensure,
+                })) => out.push((arn, ensure.unwrap_or(Ensure::Present))),
+                Ok(_) => {}
+                // As the loader does: what follows an error in this piece would be read out
+                // of place (and serde_norway repeats the error forever).
+                Err(_) => {
+                    unreadable = true;
+                    break;
+                }
+            }
+        }
+    }
+    (out, unreadable)
+}
+
 fn parse_file(
     file: &Path,
     bytes: &[u8],

@@ -892,26 +892,36 @@ impl Kinesis for AwsKinesis {
             .boxed()
             .await
             .map_err(|e| classify(op, &e))?;
-        let mut items = Vec::new();
-        for c in out.consumers() {
+        Ok(Page {
+            items: listed_consumers(stream, &out)?,
+            next: out.next_token().map(str::to_string),
+        })
+    }
+}
+
+/// The consumers a ListStreamConsumers page names, in `stream`.
+fn listed_consumers(
+    stream: &ResourceArn,
+    out: &aws_sdk_kinesis::operation::list_stream_consumers::ListStreamConsumersOutput,
+) -> Result<Vec<ResourceArn>, ApiError> {
+    out.consumers()
+        .iter()
+        .map(|c| {
             // Trust the name over the ARN's text: build the ARN from the stream we asked about.
             let created = ResourceArn::parse(c.consumer_arn())
                 .ok()
                 .and_then(|a| a.consumer)
                 .and_then(|c| c.created);
-            items.push(ResourceArn {
+            let name = listed_name(Op::ListStreamConsumers, "consumer", c.consumer_name())?;
+            Ok(ResourceArn {
                 consumer: Some(ConsumerRef {
-                    name: listed_name(op, "consumer", c.consumer_name())?.to_string(),
+                    name: name.to_string(),
                     created,
                 }),
                 ..stream.clone()
-            });
-        }
-        Ok(Page {
-            items,
-            next: out.next_token().map(str::to_string),
+            })
         })
-    }
+        .collect()
 }
 
 /// Shared handle used by plan, apply and the controller.
@@ -988,7 +998,32 @@ mod tests {
             let e = listing(&["orders", bad]).unwrap_err();
             assert!(e.to_string().contains("not a Kinesis name"), "{bad:?}: {e}");
         }
-        assert!(listed_name(Op::ListStreamConsumers, "consumer", &"c".repeat(129)).is_err());
+        let stream = stream_in(&scope, "orders");
+        let consumers = |names: &[&str]| {
+            let mut out =
+                aws_sdk_kinesis::operation::list_stream_consumers::ListStreamConsumersOutput::builder();
+            for n in names {
+                out = out.consumers(
+                    aws_sdk_kinesis::types::Consumer::builder()
+                        .consumer_name(*n)
+                        .consumer_arn(format!("{stream}/consumer/{n}:1700000000"))
+                        .consumer_status(aws_sdk_kinesis::types::ConsumerStatus::Active)
+                        .consumer_creation_timestamp(aws_smithy_types::DateTime::from_secs(0))
+                        .build()
+                        .unwrap(),
+                );
+            }
+            listed_consumers(&stream, &out.build())
+        };
+        let ok = consumers(&["app", "b.c"]).unwrap();
+        assert_eq!(
+            ok[0].to_string(),
+            format!("{stream}/consumer/app:1700000000")
+        );
+        for bad in ["c/d", "../x", &"c".repeat(129)] {
+            let e = consumers(&["app", bad]).unwrap_err();
+            assert!(e.to_string().contains("not a Kinesis name"), "{bad:?}: {e}");
+        }
     }
     use aws_sdk_kinesis::operation::put_resource_policy::PutResourcePolicyOutput;
     use aws_smithy_mocks::{RuleMode, mock, mock_client};
