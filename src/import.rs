@@ -160,6 +160,55 @@ fn declares(path: &Path, arn: &ResourceArn) -> Declared {
     }
 }
 
+/// A file is already at `path`: it is kept, and it is an error unless it declares `arn` as
+/// present and kpr accepts it.
+fn keep_existing(
+    arn: &ResourceArn,
+    path: PathBuf,
+    opts: &ImportOptions,
+    report: &mut ImportReport,
+) {
+    match declares(&path, arn) {
+        Declared::Present => {
+            // Most likely import's own file for review, from an earlier run: still refused.
+            let bytes = std::fs::read(&path).unwrap_or_default();
+            let load = crate::manifest::LoadOptions {
+                max_policy_size: opts.max_policy_size,
+                ..Default::default()
+            };
+            if crate::manifest::load_bytes(&path, &bytes, &load)
+                .into_result()
+                .is_err()
+            {
+                report.errors.push(format!(
+                    "{arn}: {} exists and declares it, but kpr refuses the file: fix it \
+                     (`kpr validate --dir` says why)",
+                    path.display()
+                ));
+            }
+        }
+        Declared::Unreadable => report.errors.push(format!(
+            "{arn}: {} exists and kpr cannot read what it declares; not overwritten, so {arn} \
+             may have no manifest, and a later `apply --prune` would delete its policy: fix or \
+             move the file, or import into an empty directory",
+            path.display()
+        )),
+        Declared::No => report.errors.push(format!(
+            "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
+             manifest and a later `apply --prune` would delete its policy: import into an empty \
+             directory",
+            path.display()
+        )),
+        Declared::Absent => report.errors.push(format!(
+            "{arn}: {} exists and declares it `ensure: absent`; not overwritten, so `kpr apply` \
+             would delete the live policy import found: remove the file, or import into an \
+             empty directory",
+            path.display()
+        )),
+    }
+    report.skipped_existing.push(path);
+}
+
 fn write_manifest(
     arn: &ResourceArn,
     path: &Path,
@@ -169,45 +218,7 @@ fn write_manifest(
 ) {
     let path = path.to_path_buf();
     if std::fs::symlink_metadata(&path).is_ok() {
-        match declares(&path, arn) {
-            Declared::Present => {
-                // Most likely import's own file for review, from an earlier run: still refused.
-                let bytes = std::fs::read(&path).unwrap_or_default();
-                let load = crate::manifest::LoadOptions {
-                    max_policy_size: opts.max_policy_size,
-                    ..Default::default()
-                };
-                if crate::manifest::load_bytes(&path, &bytes, &load)
-                    .into_result()
-                    .is_err()
-                {
-                    report.errors.push(format!(
-                        "{arn}: {} exists and declares it, but kpr refuses the file: fix it \
-                         (`kpr validate --dir` says why)",
-                        path.display()
-                    ));
-                }
-            }
-            Declared::Unreadable => report.errors.push(format!(
-                "{arn}: {} exists and kpr cannot read what it declares; not overwritten, so \
-                 {arn} may have no manifest, and a later `apply --prune` would delete its \
-                 policy: fix or move the file, or import into an empty directory",
-                path.display()
-            )),
-            Declared::No => report.errors.push(format!(
-                "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
-                 manifest and a later `apply --prune` would delete its policy: import into an \
-                 empty directory",
-                path.display()
-            )),
-            Declared::Absent => report.errors.push(format!(
-                "{arn}: {} exists and declares it `ensure: absent`; not overwritten, so `kpr \
-                 apply` would delete the live policy import found: remove the file, or import \
-                 into an empty directory",
-                path.display()
-            )),
-        }
-        report.skipped_existing.push(path);
+        keep_existing(arn, path, opts, report);
         return;
     }
     let arn_text = arn.to_string();
@@ -288,11 +299,13 @@ fn write_manifest(
         if let Err(errors) =
             crate::manifest::load_bytes(&path, whole.as_bytes(), &load).into_result()
         {
-            // Lines as in the file written: after the REVIEW comment's two lines and one per
-            // problem.
+            // Lines as in the file written: below the header, after the REVIEW comment's two
+            // lines and one per problem.
+            let header = text.lines().count();
             let shift = 2 + errors.len();
             problems.extend(errors.iter().map(|e| match e.line {
-                Some(line) => format!("line {}: {}", line + shift, e.message),
+                Some(line) if line > header => format!("line {}: {}", line + shift, e.message),
+                Some(line) => format!("line {line}: {}", e.message),
                 None => e.message.clone(),
             }));
         }
@@ -331,8 +344,9 @@ fn write_manifest(
     }
     match written {
         Ok(()) => report.written.push(path),
+        // Appeared since the check above: judged as any file already there.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            report.skipped_existing.push(path)
+            keep_existing(arn, path, opts, report)
         }
         Err(e) => report.errors.push(format!("{}: {e}", path.display())),
     }
@@ -778,6 +792,8 @@ mod tests {
                 format!("arn: {orders}x\npolicy: *nope\n"),
                 Declared::Unreadable,
             ),
+            ("empty.yaml", String::new(), Declared::No),
+            ("bom-only.yaml", "\u{feff}".to_string(), Declared::No),
             (
                 "second.yaml",
                 format!("arn: {orders}x\nensure: absent\n---\narn: {orders}\npolicy: [\n"),

@@ -538,6 +538,10 @@ pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
         return (Vec::new(), true);
     };
     let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    // As the loader, which refuses it as an empty file; LineIndex has no line to split.
+    if text.trim().is_empty() {
+        return (Vec::new(), false);
+    }
     let index = LineIndex::new(text);
     let mut out = Vec::new();
     let mut unreadable = false;
