@@ -706,9 +706,25 @@ async fn handle(
     let s = shared.clone();
     let forwarded = tokio::spawn(async move {
         let _under_way = under_way;
-        let resp = s.client.request(upstream_req).await.ok()?;
+        // A failed forward drops kpr's connection too, which kpr sees as a dropped call:
+        // counted apart from the injected drops, so a failure says which it was.
+        let upstream_failed = || {
+            *s.stats
+                .lock()
+                .unwrap()
+                .faults
+                .entry("upstream error (not injected)")
+                .or_insert(0) += 1;
+        };
+        let Ok(resp) = s.client.request(upstream_req).await else {
+            upstream_failed();
+            return None;
+        };
         let (parts, body) = resp.into_parts();
-        let bytes = body.collect().await.ok()?.to_bytes();
+        let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
+            upstream_failed();
+            return None;
+        };
         s.stats
             .lock()
             .unwrap()
