@@ -21,6 +21,16 @@ pub struct ImportOptions {
     pub max_policy_size: usize,
 }
 
+impl ImportOptions {
+    /// How kpr will load what import writes.
+    fn load_options(&self) -> crate::manifest::LoadOptions {
+        crate::manifest::LoadOptions {
+            max_policy_size: self.max_policy_size,
+            ..Default::default()
+        }
+    }
+}
+
 #[derive(Debug, Default, Serialize)]
 pub struct ImportReport {
     pub written: Vec<PathBuf>,
@@ -142,13 +152,19 @@ enum Declared {
     Absent,
 }
 
-fn declares(path: &Path, arn: &ResourceArn) -> Declared {
+/// The file at `path`, when it is one the loader would read: a regular file within its size
+/// limit (not a FIFO, a device, or more than it reads).
+fn existing(path: &Path) -> Option<Vec<u8>> {
     let regular = std::fs::metadata(path)
         .is_ok_and(|m| m.is_file() && m.len() <= crate::manifest::MAX_FILE_BYTES);
-    let Some(bytes) = regular.then(|| std::fs::read(path).ok()).flatten() else {
+    regular.then(|| std::fs::read(path).ok()).flatten()
+}
+
+fn declares(bytes: Option<&[u8]>, arn: &ResourceArn) -> Declared {
+    let Some(bytes) = bytes else {
         return Declared::Unreadable;
     };
-    let (named, unreadable) = crate::manifest::declared_in(&bytes);
+    let (named, unreadable) = crate::manifest::declared_in(bytes);
     let ours = named
         .into_iter()
         .find(|(text, _)| ResourceArn::parse(text).is_ok_and(|a| a.same_resource(arn)));
@@ -168,15 +184,12 @@ fn keep_existing(
     opts: &ImportOptions,
     report: &mut ImportReport,
 ) {
-    match declares(&path, arn) {
+    let bytes = existing(&path);
+    match declares(bytes.as_deref(), arn) {
         Declared::Present => {
             // Most likely import's own file for review, from an earlier run: still refused.
-            let bytes = std::fs::read(&path).unwrap_or_default();
-            let load = crate::manifest::LoadOptions {
-                max_policy_size: opts.max_policy_size,
-                ..Default::default()
-            };
-            if crate::manifest::load_bytes(&path, &bytes, &load)
+            let bytes = bytes.unwrap_or_default();
+            if crate::manifest::load_bytes(&path, &bytes, &opts.load_options())
                 .into_result()
                 .is_err()
             {
@@ -228,18 +241,21 @@ fn write_manifest(
         arn_text
     ));
     text.push_str(&format!("arn: {arn_text}\n"));
-    let load = crate::manifest::LoadOptions {
-        max_policy_size: opts.max_policy_size,
-        ..Default::default()
-    };
     // What keeps this manifest from validating: each said in a REVIEW comment and as an
     // error. The file is written all the same: without a manifest a later `apply --prune`
     // would delete the policy, while this one stops every kpr run on the directory until
     // someone fixes it.
     let mut problems = Vec::new();
-    let policy_yaml = match PolicyDocument::from_json_str(raw) {
-        Ok(doc) => {
-            let value: serde_json::Value = serde_json::from_str(raw).expect("parsed above");
+    // Read once, strictly (a key given twice is refused, not reduced to its last value), then
+    // as a policy: PolicyDocument::from_json_str is these two steps.
+    let value = crate::policy::strict_json(raw).map_err(crate::policy::PolicyError::from);
+    let read = value.as_ref().map_err(ToString::to_string).and_then(|v| {
+        PolicyDocument::from_value(v)
+            .map(|doc| (v, doc))
+            .map_err(|e| e.to_string())
+    });
+    let policy_yaml = match read {
+        Ok((value, doc)) => {
             let findings = lint::lint(
                 &doc,
                 &LintContext {
@@ -247,7 +263,7 @@ fn write_manifest(
                     allow_public: true,
                     max_size: opts.max_policy_size,
                     // Measured as the loader will measure the manifest: compact JSON.
-                    size: serde_json::to_string(&value).map_or(raw.len(), |j| j.len()),
+                    size: serde_json::to_string(value).map_or(raw.len(), |j| j.len()),
                 },
             );
             for f in findings {
@@ -272,7 +288,7 @@ fn write_manifest(
             }
             // The live document itself (as YAML), not the canonical form: reviewers should
             // recognise what they see in the console.
-            block_yaml(&value)
+            block_yaml(value)
         }
         Err(e) => {
             problems.push(format!("not a valid policy document: {e}"));
@@ -280,8 +296,8 @@ fn write_manifest(
             // last of a key given twice, which would make a document kpr accepts out of one
             // it refuses. Anything else goes in as the text itself, which the loader refuses
             // the same way.
-            match crate::policy::strict_json(raw) {
-                Ok(value @ serde_json::Value::Object(_)) => block_yaml(&value),
+            match &value {
+                Ok(value @ serde_json::Value::Object(_)) => block_yaml(value),
                 _ => format!("{}\n", yaml_scalar(raw)),
             }
         }
@@ -297,7 +313,7 @@ fn write_manifest(
     if problems.is_empty() {
         let whole = format!("{text}{body}");
         if let Err(errors) =
-            crate::manifest::load_bytes(&path, whole.as_bytes(), &load).into_result()
+            crate::manifest::load_bytes(&path, whole.as_bytes(), &opts.load_options()).into_result()
         {
             // Lines as in the file written: below the header, after the REVIEW comment's two
             // lines and one per problem.
@@ -743,11 +759,20 @@ mod tests {
         )
         .unwrap();
         assert_eq!(
-            declares(&with_time, &ResourceArn::parse(consumer).unwrap()),
+            declares(
+                existing(&with_time).as_deref(),
+                &ResourceArn::parse(consumer).unwrap()
+            ),
             Declared::Absent
         );
-        assert_eq!(declares(&with_time, &stream), Declared::No);
-        assert_eq!(declares(&path, &stream), Declared::Present);
+        assert_eq!(
+            declares(existing(&with_time).as_deref(), &stream),
+            Declared::No
+        );
+        assert_eq!(
+            declares(existing(&path).as_deref(), &stream),
+            Declared::Present
+        );
         // Importing the consumer's live policy over it: apply would delete that policy.
         let mut over_absent = ImportReport::default();
         write_manifest(
@@ -766,7 +791,10 @@ mod tests {
         let fifo = dir.path().join("fifo.yaml");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
         if made.is_ok_and(|s| s.success()) {
-            assert_eq!(declares(&fifo, &stream), Declared::Unreadable);
+            assert_eq!(
+                declares(existing(&fifo).as_deref(), &stream),
+                Declared::Unreadable
+            );
         }
         // Read as the loader reads: a BOM before `ensure: absent`, or the variant as a tag,
         // still says absent; a broken document is unreadable, without hanging or panicking.
@@ -802,7 +830,11 @@ mod tests {
         ] {
             let file = dir.path().join(name);
             std::fs::write(&file, &text).unwrap();
-            assert_eq!(declares(&file, &stream), want, "{name}");
+            assert_eq!(
+                declares(existing(&file).as_deref(), &stream),
+                want,
+                "{name}"
+            );
             if want == Declared::Absent {
                 let loaded = crate::manifest::load_bytes(
                     &file,
