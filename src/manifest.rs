@@ -523,6 +523,42 @@ impl<'a> LineIndex<'a> {
     }
 }
 
+/// Why a file holds no manifest text.
+enum NoText {
+    /// The 1-based line where its UTF-8 breaks.
+    NotUtf8 {
+        line: usize,
+    },
+    Empty,
+}
+
+impl NoText {
+    fn line_and_message(&self) -> (usize, &'static str) {
+        match self {
+            NoText::NotUtf8 { line } => (*line, "not valid UTF-8 text (binary file?)"),
+            NoText::Empty => (1, "empty file: expected at least one manifest"),
+        }
+    }
+}
+
+/// A manifest file's text as both readers below take it: UTF-8, without a byte order mark
+/// (editors on Windows may start a file with one; libyaml refuses it), and not blank (LineIndex
+/// has no line to split in an empty text).
+fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
+    let text = std::str::from_utf8(bytes).map_err(|e| NoText::NotUtf8 {
+        line: bytes[..e.valid_up_to()]
+            .iter()
+            .filter(|&&b| b == b'\n')
+            .count()
+            + 1,
+    })?;
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    if text.trim().is_empty() {
+        return Err(NoText::Empty);
+    }
+    Ok(text)
+}
+
 /// What a manifest file says of each resource it names, read as the loader reads it (UTF-8,
 /// the BOM, one document at a time, stopping a document at its first error) but without
 /// checking the rest: `(arn, ensure)` of every document whose `arn` and `ensure` read, and
@@ -534,14 +570,11 @@ pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
         arn: Option<String>,
         ensure: Option<Ensure>,
     }
-    let Ok(text) = std::str::from_utf8(bytes) else {
-        return (Vec::new(), true);
+    let text = match manifest_text(bytes) {
+        Ok(text) => text,
+        // Nothing in it to read; binary, what it holds cannot be read.
+        Err(refused) => return (Vec::new(), matches!(refused, NoText::NotUtf8 { .. })),
     };
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    // As the loader, which refuses it as an empty file; LineIndex has no line to split.
-    if text.trim().is_empty() {
-        return (Vec::new(), false);
-    }
     let index = LineIndex::new(text);
     let mut out = Vec::new();
     let mut unreadable = false;
@@ -579,30 +612,14 @@ fn parse_file(
         severity: Severity::Error,
         message,
     };
-    let text = match std::str::from_utf8(bytes) {
-        Ok(t) => t,
-        Err(e) => {
-            let line = bytes[..e.valid_up_to()]
-                .iter()
-                .filter(|&&b| b == b'\n')
-                .count()
-                + 1;
-            diags.push(error(
-                Some(line),
-                "not valid UTF-8 text (binary file?)".into(),
-            ));
+    let text = match manifest_text(bytes) {
+        Ok(text) => text,
+        Err(refused) => {
+            let (line, message) = refused.line_and_message();
+            diags.push(error(Some(line), message.into()));
             return;
         }
     };
-    // Editors on Windows may start a UTF-8 file with a byte order mark; libyaml refuses it.
-    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
-    if text.trim().is_empty() {
-        diags.push(error(
-            Some(1),
-            "empty file: expected at least one manifest".into(),
-        ));
-        return;
-    }
     let index = LineIndex::new(text);
     let mut found = 0usize;
     // Each document is parsed on its own, from its `---` to the next. An error, even one that
