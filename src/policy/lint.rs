@@ -522,26 +522,39 @@ fn resource_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx:
         );
     }
     for r in resources {
-        if !resource_matches(r, ctx.resource_arn) {
-            out.error(
-                &rpath,
-                format!(
-                    "\"{r}\" does not match this manifest's resource {}{sid}",
-                    ctx.resource_arn
-                ),
-            );
+        if resource_matches(r, ctx.resource_arn) {
+            continue;
         }
+        // The ARN as written in the manifest: matching it is not enough when it names a
+        // consumer without its epoch, as no live consumer ARN ends there.
+        let hint = if is_consumer_without_epoch(ctx.resource_arn)
+            && (r == ctx.resource_arn || wildcard_match(r, ctx.resource_arn))
+        {
+            format!(
+                ": a consumer's ARN always ends in :<creation-epoch>, so this grant would \
+                 match nothing; write \"{}:*\"",
+                ctx.resource_arn
+            )
+        } else {
+            String::new()
+        };
+        out.error(
+            &rpath,
+            format!(
+                "\"{r}\" does not match this manifest's resource {}{sid}{hint}",
+                ctx.resource_arn
+            ),
+        );
     }
 }
 
 /// Whether a policy Resource covers the manifest ARN. A consumer ARN in a manifest may omit its
-/// `:<creation epoch>` suffix (it changes on re-registration), so then any suffix is accepted.
+/// `:<creation epoch>` suffix (it changes on re-registration); the live ARN the policy is put on,
+/// and that IAM matches the Resource against, always has one, so then the Resource must match
+/// `<arn>:<epoch>` for some epoch, and matching the bare `<arn>` is not enough.
 fn resource_matches(resource: &str, arn: &str) -> bool {
-    if resource == arn || wildcard_match(resource, arn) {
-        return true;
-    }
     if !is_consumer_without_epoch(arn) {
-        return false;
+        return resource == arn || wildcard_match(resource, arn);
     }
     let exact_with_epoch = resource
         .strip_prefix(arn)
@@ -859,7 +872,6 @@ mod tests {
     fn consumer_arn_without_epoch_accepts_any_epoch() {
         let c = ctx(CONSUMER);
         for ok in [
-            CONSUMER.to_string(),
             format!("{CONSUMER}:1700000000"),
             format!("{CONSUMER}:*"),
             "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/*".to_string(),
@@ -872,6 +884,10 @@ mod tests {
             assert_eq!(run(&policy(json!({"Resource": ok})), &c), [], "{ok}");
         }
         for bad in [
+            // The live ARN always has an epoch: these match no live consumer.
+            CONSUMER.to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/ap?".to_string(),
+            "arn:aws:kinesis:us-east-1:111122223333:stream/orders/consumer/a?p".to_string(),
             format!("{CONSUMER}:"),
             format!("{CONSUMER}:12a"),
             format!("{CONSUMER}2:1700000000"),
@@ -890,6 +906,13 @@ mod tests {
                 "does not match",
             );
         }
+        let f = run(&policy(json!({"Resource": CONSUMER})), &c);
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Resource",
+            &format!("match nothing; write \"{CONSUMER}:*\""),
+        );
         // With the epoch in the manifest, only that epoch matches.
         let with_epoch = format!("{CONSUMER}:1700000000");
         let c = ctx(&with_epoch);
