@@ -218,14 +218,30 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
     let mut loaded = Loaded::default();
     let mut files = Vec::new();
     let mut seen_dirs = HashSet::new();
-    // Sorted already: each listing is sorted by name and walked depth-first.
-    collect_files(
-        dir,
-        &mut files,
-        &mut seen_dirs,
-        &mut loaded.diagnostics,
-        &mut loaded.symlinks,
-    );
+    // When `dir` cannot be resolved, collect_files says so.
+    let root = link_bound(dir).unwrap_or_else(|| dir.to_path_buf());
+    if std::fs::canonicalize(dir).is_ok_and(|real| !real.starts_with(&root)) {
+        loaded.diagnostics.push(Diagnostic {
+            file: dir.to_path_buf(),
+            line: None,
+            severity: Severity::Error,
+            message: format!(
+                "the manifest directory is a symlink to a place outside the git work tree {} \
+                 that holds it; refusing to read it",
+                root.display()
+            ),
+        });
+    } else {
+        // Sorted already: each listing is sorted by name and walked depth-first.
+        collect_files(
+            dir,
+            &root,
+            &mut files,
+            &mut seen_dirs,
+            &mut loaded.diagnostics,
+            &mut loaded.symlinks,
+        );
+    }
     loaded.files = files.len();
     if files.is_empty() && loaded.diagnostics.is_empty() {
         loaded.diagnostics.push(Diagnostic {
@@ -292,8 +308,11 @@ pub fn load_bytes(file: &Path, bytes: &[u8], opts: &LoadOptions) -> Loaded {
     loaded
 }
 
+/// Lists the manifest files below `dir`, following symlinks that stay below `root` (see
+/// [`link_bound`]).
 fn collect_files(
     dir: &Path,
+    root: &Path,
     out: &mut Vec<PathBuf>,
     seen: &mut HashSet<PathBuf>,
     diags: &mut Vec<Diagnostic>,
@@ -352,9 +371,25 @@ fn collect_files(
         }
         let link = file_type.is_some_and(|t| t.is_symlink());
         match std::fs::metadata(&path) {
+            Ok(meta) if link && (meta.is_dir() || is_yaml) && escapes(&path, root) => {
+                // The files a manifest set is read from are the ones under review: a link
+                // that a pull request adds must not make kpr read, and quote in its errors,
+                // a file of the machine it runs on (a token, a webhook secret).
+                diags.push(Diagnostic {
+                    file: path.clone(),
+                    line: None,
+                    severity: Severity::Error,
+                    message: format!(
+                        "symlink to a place outside {}; refusing to follow it (links may lead \
+                         anywhere in the git work tree that holds the manifests, or, outside \
+                         one, below the manifest directory)",
+                        root.display()
+                    ),
+                });
+            }
             Ok(meta) if meta.is_dir() => {
                 *symlinks += usize::from(link);
-                collect_files(&path, out, seen, diags, symlinks);
+                collect_files(&path, root, out, seen, diags, symlinks);
             }
             Ok(meta) if is_yaml => {
                 if meta.is_file() {
@@ -380,6 +415,22 @@ fn collect_files(
             }),
         }
     }
+}
+
+/// Where symlinks met in a walk of `dir` may lead (resolved): the git work tree that holds it,
+/// which is what a review of a change covers (a link from `policies/prod` to `envs/prod` is
+/// part of the repository), else `dir` itself. The work tree is found from the path as given,
+/// before links: `dir` may itself be a link the repository holds.
+fn link_bound(dir: &Path) -> Option<PathBuf> {
+    let absolute = std::path::absolute(dir).ok()?;
+    let tree = absolute.ancestors().find(|d| d.join(".git").exists());
+    std::fs::canonicalize(tree.unwrap_or(dir)).ok()
+}
+
+/// Whether the symlink `path` resolves to a place outside `root`. One that cannot be resolved
+/// is left to the caller's stat, which reports it.
+fn escapes(path: &Path, root: &Path) -> bool {
+    std::fs::canonicalize(path).is_ok_and(|real| !real.starts_with(root))
 }
 
 /// Whether `line` is the document marker `marker` (`---` or `...`): at the start of the line,
@@ -716,15 +767,18 @@ fn parse_file(
 fn yaml_message(e: &serde_norway::Error) -> String {
     // serde_norway appends " at line L column C"; the diagnostic already carries the line.
     let msg = e.to_string();
-    let msg = match msg.find(" at line ") {
+    let msg = match msg.rfind(" at line ") {
         Some(pos) => msg[..pos].to_string(),
         None => msg,
     };
     // Speak of what the user wrote, not of kpr's type names.
-    msg.replace(
-        "struct ManifestDoc",
-        "a manifest (a mapping with `arn` and `policy` or `ensure: absent`)",
-    )
+    const MANIFEST: &str = "a manifest (a mapping with `arn` and `policy` or `ensure: absent`)";
+    // A document that is one string is a file of some other kind (a token, a key): quoting it
+    // would print the file whole.
+    if msg.starts_with("invalid type: string ") && msg.ends_with(", expected struct ManifestDoc") {
+        return format!("the document is a string, not {MANIFEST}");
+    }
+    msg.replace("struct ManifestDoc", MANIFEST)
 }
 
 type Finding = (usize, Severity, String);
@@ -944,6 +998,52 @@ policy:
       Resource: arn:aws:kinesis:us-east-1:111122223333:stream/orders
 ";
 
+    /// A link must not make kpr read, and quote in its errors, a file beyond what a review of
+    /// the manifests covers; within the git work tree that holds them, links are followed.
+    #[test]
+    fn symlinks_are_followed_only_within_the_work_tree() {
+        use std::os::unix::fs::symlink;
+        const SECRET: &str = "ghp_0123456789abcdefSECRET";
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "token", &format!("{SECRET}\n"));
+        write(d.path(), "elsewhere/ok.yaml", GOOD);
+        let m = d.path().join("m");
+        write(&m, "a.yaml", &GOOD.replace("orders", "a"));
+        symlink("../token", m.join("token.yaml")).unwrap();
+        symlink("../elsewhere", m.join("linked")).unwrap();
+        let loaded = load_dir(&m, &LoadOptions::default());
+        let errors: Vec<_> = loaded.errors().collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        for (e, name) in errors.iter().zip(["linked", "token.yaml"]) {
+            assert_eq!(e.file, m.join(name));
+            assert!(e.message.contains("symlink to a place outside"), "{e:?}");
+        }
+        assert!(!format!("{:?}", loaded.diagnostics).contains(SECRET));
+        // In a git work tree, the tree is the bound: both links are followed, and the token,
+        // now read, is still not quoted.
+        std::fs::create_dir(d.path().join(".git")).unwrap();
+        let loaded = load_dir(&m, &LoadOptions::default());
+        let errors: Vec<_> = loaded.errors().collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].file, m.join("token.yaml"));
+        assert!(errors[0].message.contains("the document is a string"));
+        assert!(!format!("{:?}", loaded.diagnostics).contains(SECRET));
+        assert_eq!(loaded.files, 3);
+        // The manifest directory itself a link the work tree holds, to a place outside it.
+        let outside = tempfile::tempdir().unwrap();
+        write(outside.path(), "token.yaml", &format!("{SECRET}\n"));
+        symlink(outside.path(), d.path().join("linked-out")).unwrap();
+        let loaded = load_dir(&d.path().join("linked-out"), &LoadOptions::default());
+        let errors: Vec<_> = loaded.errors().collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert!(
+            errors[0]
+                .message
+                .contains("the manifest directory is a symlink")
+        );
+        assert_eq!(loaded.files, 0);
+    }
+
     #[test]
     fn loads_multi_document_files_recursively() {
         let d = tempfile::tempdir().unwrap();
@@ -1002,6 +1102,7 @@ policy:
         let mut files = Vec::new();
         collect_files(
             d.path(),
+            &link_bound(d.path()).unwrap(),
             &mut files,
             &mut HashSet::new(),
             &mut Vec::new(),
@@ -1125,12 +1226,12 @@ policy:
     #[test]
     fn consumer_by_name_and_by_timestamp_are_the_same_resource() {
         let d = tempfile::tempdir().unwrap();
+        let base = "arn:aws:kinesis:us-east-1:111122223333:stream/o/consumer/c";
         let body = |arn: &str| {
             format!(
-                "arn: {arn}\nallowPublic: false\npolicy:\n  Version: \"2012-10-17\"\n  Statement:\n  - Effect: Allow\n    Principal: {{AWS: \"111122223333\"}}\n    Action: kinesis:SubscribeToShard\n    Resource: {arn}\n"
+                "arn: {arn}\nallowPublic: false\npolicy:\n  Version: \"2012-10-17\"\n  Statement:\n  - Effect: Allow\n    Principal: {{AWS: \"111122223333\"}}\n    Action: kinesis:SubscribeToShard\n    Resource: \"{base}:*\"\n"
             )
         };
-        let base = "arn:aws:kinesis:us-east-1:111122223333:stream/o/consumer/c";
         write(d.path(), "a.yaml", &body(base));
         write(d.path(), "b.yaml", &body(&format!("{base}:1700000000")));
         let loaded = load_dir(d.path(), &LoadOptions::default());

@@ -183,6 +183,19 @@ fn sets_git_cannot_store_are_refused_before_any_call() {
             |d| symlink("self.yaml", d.join("self.yaml")).unwrap(),
             "self.yaml | cannot stat | Too many levels of symbolic links",
         ),
+        // The set's directory is in a temporary directory, not a git work tree: a link may not
+        // leave it.
+        runtime_case(
+            &proxy,
+            "symlink-outside",
+            |d| {
+                std::fs::write(d.join("ok.yaml"), VALID).unwrap();
+                let outside = d.parent().unwrap().join("outside.yaml");
+                std::fs::write(&outside, VALID).unwrap();
+                symlink(&outside, d.join("x.yaml")).unwrap();
+            },
+            "x.yaml | symlink to a place outside",
+        ),
         runtime_case(&proxy, "empty-directory", |_| {}, ". | no manifests"),
         runtime_case(
             &proxy,
