@@ -192,6 +192,9 @@ struct RunOutcome {
     changed_files: Option<Vec<String>>,
     resources: Vec<ResourceStatus>,
     skipped: Vec<SkippedStatus>,
+    /// A listing (ListStreams, ListStreamConsumers: what prune deletes from) failed. It has
+    /// no resource to back off, so the full scan it was part of stays owed.
+    listing_failed: bool,
 }
 
 impl RunOutcome {
@@ -205,6 +208,7 @@ impl RunOutcome {
             changed_files: None,
             resources: Vec::new(),
             skipped: Vec::new(),
+            listing_failed: false,
         }
     }
 
@@ -337,10 +341,10 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
             },
         };
         shared.status.write().expect("status lock").next_retry = None;
-        let (result, ran_full) = reconciler.run(trigger).await;
+        let (result, ran_full, listing_failed) = reconciler.run(trigger).await;
         shared.queue.finish();
         super::memory::release_freed_memory();
-        owed.after(trigger, ran_full, result.completed());
+        owed.after(trigger, ran_full, result.completed() && !listing_failed);
         retry = match (owed.scope, retry) {
             // A queued run came before the retry and did not cover what it owes: the retry
             // keeps its time.
@@ -418,6 +422,14 @@ impl Owed {
             *self = Owed::default();
         }
     }
+}
+
+/// A failed listing of a scope's streams or a stream's consumers, not a call about one policy.
+fn is_listing(f: &plan::Failure) -> bool {
+    matches!(
+        f.operation,
+        Some(op) if op == Op::ListStreams.as_str() || op == Op::ListStreamConsumers.as_str()
+    )
 }
 
 /// `/status` lists what happened to each resource; the in-sync majority is only counted.
@@ -549,7 +561,9 @@ impl Reconciler {
 
     /// Runs once; returns how it ended, and whether it scanned everything (an incremental
     /// trigger does when nothing was applied before, or git cannot list the changes).
-    pub async fn run(&mut self, trigger: Trigger) -> (RunResult, bool) {
+    /// One run: its result, whether it scanned everything, and whether a listing failed (see
+    /// [`RunOutcome::listing_failed`]).
+    pub async fn run(&mut self, trigger: Trigger) -> (RunResult, bool, bool) {
         let started = Instant::now();
         let started_at = SystemTime::now();
         let span = tracing::info_span!(
@@ -564,9 +578,9 @@ impl Reconciler {
                 .await;
         }
         let _in_span = span.enter();
-        let (result, full) = (out.result, !out.incremental);
+        let (result, full, listing_failed) = (out.result, !out.incremental, out.listing_failed);
         self.record(trigger, started, started_at, out);
-        (result, full)
+        (result, full, listing_failed)
     }
 
     /// What to run next without being asked, and when: what runs that failed as a whole owe,
@@ -1072,6 +1086,11 @@ impl Reconciler {
         let mut items = Vec::new();
         let mut interrupted = None;
         for f in &plan.failures {
+            // A failure while planning is an event of its own, as a failed write is (apply).
+            let source = f.source.as_ref().map(ToString::to_string);
+            let operation = f.operation.unwrap_or("");
+            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %f.message, "planning failed");
+            out.listing_failed |= is_listing(f);
             items.push(self.failure_item(f));
         }
         if self.opts.dry_run {
@@ -1147,10 +1166,7 @@ impl Reconciler {
     fn failure_item(&self, f: &plan::Failure) -> Item {
         // A listing failure concerns a whole scope or stream, not one policy: backing the
         // stream's own policy off for it would be wrong.
-        let about_one = !matches!(
-            f.operation,
-            Some(op) if op == Op::ListStreams.as_str() || op == Op::ListStreamConsumers.as_str()
-        );
+        let about_one = !is_listing(f);
         Item {
             id: about_one
                 .then(|| ResourceArn::parse(&f.arn).ok().map(|a| a.identity()))
@@ -1226,13 +1242,18 @@ impl Reconciler {
         self.states.shrink_to_fit();
         if items.iter().any(|i| i.state == ResourceState::Failed) {
             out.result = RunResult::Partial;
-            out.error = Some(format!(
-                "{} resource(s) failed; they are retried with backoff",
-                items
-                    .iter()
-                    .filter(|i| i.state == ResourceState::Failed)
-                    .count()
-            ));
+            let failed = items
+                .iter()
+                .filter(|i| i.state == ResourceState::Failed)
+                .count();
+            out.error = Some(if out.listing_failed {
+                format!(
+                    "{failed} resource(s) failed, a listing among them: a full scan is retried \
+                     with backoff"
+                )
+            } else {
+                format!("{failed} resource(s) failed; they are retried with backoff")
+            });
         }
         let wall_now = SystemTime::now();
         out.skipped = skip

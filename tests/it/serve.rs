@@ -920,6 +920,65 @@ fn git_and_its_helpers_never_see_kprs_credentials() {
     }
 }
 
+/// A failed listing (what --prune deletes from) concerns no one resource, so nothing backs it
+/// off: the full scan it was part of stays owed and is retried on its own clock (the schedule
+/// here is an hour away), and the failure is logged as it happens.
+#[test]
+fn a_failed_prune_listing_is_retried_by_a_full_scan() {
+    use crate::proxy::{Fault, Proxy};
+    let emu = common::kinesis_mock_private();
+    let arn = emu.create_stream(&unique("serve-list"));
+    let stray = emu.create_stream(&unique("serve-list-stray"));
+    emu.put_policy_raw(
+        &stray,
+        &read_policy(&stray, "arn:aws:iam::111122223333:role/stray").to_string(),
+    );
+    let dir = common::Manifests::new(&[(
+        "a.yaml",
+        &manifest(
+            &arn,
+            &read_policy(&arn, "arn:aws:iam::111122223333:role/one"),
+        ),
+    )]);
+    let proxy = Proxy::start(&emu.url);
+    proxy
+        .fault_ops(&["ListStreams"])
+        .random_faults(1, 1.0, &[Fault::AccessDenied]);
+    let via = Emulator {
+        url: proxy.url(),
+        ..emu.clone()
+    };
+    let mut args = retrying(&dir);
+    args.extend(owned(&["--prune", "--max-deletes", "1"]));
+    let serve = Serve::start(
+        &via,
+        Options {
+            args,
+            env: vec![("AWS_ACCESS_KEY_ID", emu.account.clone())],
+            ..Options::default()
+        },
+    );
+    let st = serve.status_when("the first run to end", Duration::from_secs(30), |st| {
+        st["runs"].as_u64() >= Some(1) && st["running"] == false
+    });
+    assert_eq!(st["last_run"]["result"], "partial", "{st:#}");
+    assert!(emu.get_policy(&stray).is_some());
+    assert!(proxy.op("ListStreams").seen >= 1, "{}", proxy.describe());
+
+    proxy.random_faults(1, 0.0, &[]);
+    let st = serve.status_when("a full retry to prune", Duration::from_secs(30), |st| {
+        st["last_run"]["trigger"] == "retry" && st["last_run"]["result"] == "success"
+    });
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    assert_eq!(emu.get_policy(&stray), None);
+    let logs = serve.stop();
+    let failed = logs
+        .lines()
+        .find(|l| l.contains("\"planning failed\""))
+        .unwrap_or_else(|| panic!("no planning failed event:\n{logs}"));
+    assert!(failed.contains("ListStreams"), "{failed}");
+}
+
 #[test]
 fn a_one_file_merge_costs_only_that_resources_calls() {
     // A private account keeps the prune listing away from every other test's streams.
