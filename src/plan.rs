@@ -198,9 +198,15 @@ pub struct Plan {
 }
 
 impl Plan {
-    /// Resources planned: a change (no-ops included) or a failure each.
+    /// Declared resources the plan took up (each has a change or a failure): what `--target`
+    /// reports against the number declared. Prune's deletes and failures, of resources no
+    /// manifest declares, are not among them.
     pub fn planned(&self) -> usize {
-        self.changes.len() + self.failures.len()
+        let changes = self
+            .changes
+            .iter()
+            .filter(|c| c.delete_cause != Some(DeleteCause::Prune));
+        changes.count() + self.failures.iter().filter(|f| f.source.is_some()).count()
     }
 
     /// Whether the plan has anything for `arn` (any action, or a failure).
@@ -572,5 +578,47 @@ mod future_size {
         };
         let size = std::mem::size_of_val(&super::plan_one(&api, &r));
         assert!(size < 8 * 1024, "plan_one's future is {size} bytes");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// `--target ... --prune` reported prune's delete as one of the declared resources it
+    /// planned.
+    #[test]
+    fn planned_counts_only_declared_resources() {
+        let arn = |n: &str| {
+            ResourceArn::parse(&format!(
+                "arn:aws:kinesis:us-east-1:111122223333:stream/{n}"
+            ))
+            .unwrap()
+        };
+        let source = Source {
+            file: "a.yaml".into(),
+            line: 1,
+        };
+        let mut pruned = Change::new(arn("stray"));
+        pruned.action = Action::Delete;
+        pruned.delete_cause = Some(DeleteCause::Prune);
+        let mut absent = Change::new(arn("gone"));
+        absent.action = Action::Delete;
+        absent.delete_cause = Some(DeleteCause::EnsureAbsent);
+        absent.source = Some(source.clone());
+        let failure = |arn: &str, source: Option<Source>| {
+            local_failure(arn.into(), source, None, "failed".into())
+        };
+        let plan = Plan {
+            changes: vec![pruned, absent, Change::new(arn("kept"))],
+            failures: vec![
+                failure("scope aws/111122223333/us-east-1", None),
+                failure(
+                    "arn:aws:kinesis:us-east-1:111122223333:stream/x",
+                    Some(source),
+                ),
+            ],
+        };
+        assert_eq!(plan.planned(), 3);
     }
 }
