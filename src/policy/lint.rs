@@ -168,7 +168,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
             ),
         );
     }
-    if principal_is_everyone_but(s) {
+    if grants_everyone_but(s) {
         out.error(
             &format!("{path}.NotPrincipal"),
             format!(
@@ -372,16 +372,25 @@ pub fn grants_public(s: &Statement) -> bool {
 
 /// An Allow to principal "*" or to everyone but a few, whatever its Condition.
 fn allows_everyone(s: &Statement) -> bool {
-    s.effect() == Effect::Allow && (principal_is_anyone(s) || principal_is_everyone_but(s))
+    s.effect() == Effect::Allow && (principal_is_anyone(s) || grants_everyone_but(s))
+}
+
+/// Allow + NotPrincipal grants everyone except the listed principals: just as public. Only the
+/// bare `"*"` leaves no one: `AWS: "*"` excludes the principals of every AWS account, yet not
+/// service principals (kpr tells `"*"` and `{"AWS": "*"}` apart, see `canonical`), and a `"*"`
+/// of another type excludes only that type.
+fn grants_everyone_but(s: &Statement) -> bool {
+    s.not_principal()
+        .is_some_and(|p| !p.is_empty() && *p != Principal::Anyone)
 }
 
 fn principal_is_anyone(s: &Statement) -> bool {
     s.principal().is_some_and(|p| p.includes_anyone())
 }
 
-/// Allow + NotPrincipal grants everyone except the listed principals: just as public. Only an
-/// AWS `"*"` excludes everyone; a `"*"` of another type (`Service: "*"`) excludes only that
-/// type, and leaves every other AWS account and anonymous callers granted.
+/// A NotPrincipal that leaves out some AWS principals, kpr's own role among them unless listed
+/// (for the lockout rule; an AWS `"*"` leaves out none). A `"*"` of another type (`Service:
+/// "*"`) excludes only that type.
 fn principal_is_everyone_but(s: &Statement) -> bool {
     s.not_principal()
         .is_some_and(|p| !p.is_empty() && !p.identifiers(PrincipalType::Aws).contains(&"*"))
@@ -1128,11 +1137,13 @@ mod tests {
             let deny = policy(json!({"Principal": principal, "Effect": "Deny"}));
             assert_eq!(run(&deny, &ctx(STREAM)), []);
         }
-        // Everyone but the listed, whatever else the list holds: only an AWS "*" excludes all.
+        // Everyone but the listed, whatever else the list holds: only the bare "*" excludes
+        // all. An AWS "*" leaves service principals granted.
         for not_principal in [
             json!({"AWS": "444455556666"}),
             json!({"AWS": "444455556666", "Service": "*"}),
             json!({"Federated": "*", "CanonicalUser": "*"}),
+            json!({"AWS": ["444455556666", "*"]}),
         ] {
             let f = run(
                 &policy(json!({"Principal": null, "NotPrincipal": not_principal})),
@@ -1145,7 +1156,7 @@ mod tests {
                 "`allowPublic: true`",
             );
         }
-        for excludes_all in [json!("*"), json!({"AWS": ["444455556666", "*"]})] {
+        for excludes_all in [json!("*")] {
             let f = run(
                 &policy(json!({"Principal": null, "NotPrincipal": excludes_all})),
                 &ctx(STREAM),
