@@ -102,9 +102,10 @@ pub enum OutputFormat {
 pub enum Command {
     /// Check every manifest offline (syntax, ARNs, policy lint, duplicates); exit 0 or 1.
     Validate {
-        /// Directory of manifests, searched recursively for *.yaml / *.yml.
+        /// Directory of manifests, searched recursively for *.yaml / *.yml (or `dir` in the
+        /// config file).
         #[arg(long, env = "KPR_DIR")]
-        dir: PathBuf,
+        dir: Option<PathBuf>,
         /// text for people; json for pipelines (a stable schema, see `format_version`).
         #[arg(long, value_enum, default_value_t)]
         output: OutputFormat,
@@ -115,9 +116,17 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         plan: PlanArgs,
-        /// Plan and print, write nothing.
-        #[arg(long)]
-        dry_run: bool,
+        /// Plan and print, write nothing (or `dryRun` in the config file).
+        #[arg(
+            long,
+            env = "KPR_DRY_RUN",
+            num_args = 0..=1,
+            require_equals = true,
+            default_missing_value = "true",
+            value_parser = clap::builder::BoolishValueParser::new(),
+            value_name = "BOOL"
+        )]
+        dry_run: Option<bool>,
         /// Skip reading each policy back after writing it.
         #[arg(long)]
         no_verify: bool,
@@ -152,9 +161,10 @@ pub enum Command {
 
 #[derive(Debug, Clone, Args)]
 pub struct PlanArgs {
-    /// Directory of manifests, searched recursively for *.yaml / *.yml.
+    /// Directory of manifests, searched recursively for *.yaml / *.yml (or `dir` in the
+    /// config file).
     #[arg(long, env = "KPR_DIR")]
-    pub dir: PathBuf,
+    pub dir: Option<PathBuf>,
     /// text for people; json for pipelines (a stable schema, see `format_version`).
     #[arg(long, value_enum, default_value_t)]
     pub output: OutputFormat,
@@ -166,12 +176,54 @@ pub struct PlanArgs {
     #[arg(long = "target", value_name = "ARN")]
     pub targets: Vec<String>,
     /// Delete policies of resources, in the accounts/regions the manifests cover, that no
-    /// manifest declares.
-    #[arg(long, env = "KPR_PRUNE")]
-    pub prune: bool,
-    /// With --prune: refuse to delete more than this many policies.
-    #[arg(long, env = "KPR_MAX_DELETES", default_value_t = plan::DEFAULT_MAX_DELETES)]
-    pub max_deletes: usize,
+    /// manifest declares (or `prune` in the config file).
+    #[arg(
+        long,
+        env = "KPR_PRUNE",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub prune: Option<bool>,
+    /// With --prune: refuse to delete more than this many policies [default: 3] (or
+    /// `maxDeletes` in the config file).
+    #[arg(long, env = "KPR_MAX_DELETES", value_name = "N")]
+    pub max_deletes: Option<usize>,
+}
+
+/// [`PlanArgs`] with the config file's keys filled in where flags and variables left them
+/// unset: the config file serves `plan` and `apply` as it serves `serve`.
+struct PlanSettings<'a> {
+    args: &'a PlanArgs,
+    dir: PathBuf,
+    prune: bool,
+    max_deletes: usize,
+}
+
+impl PlanArgs {
+    fn settle(&self, file: &FileConfig) -> Result<PlanSettings<'_>, CliError> {
+        Ok(PlanSettings {
+            args: self,
+            dir: manifest_dir(self.dir.as_ref(), file)?,
+            prune: self.prune.or(file.prune).unwrap_or(false),
+            max_deletes: self
+                .max_deletes
+                .or(file.max_deletes)
+                .unwrap_or(plan::DEFAULT_MAX_DELETES),
+        })
+    }
+}
+
+/// `--dir`, `KPR_DIR`, else the config file's `dir`.
+fn manifest_dir(flag: Option<&PathBuf>, file: &FileConfig) -> Result<PathBuf, CliError> {
+    flag.or(file.dir.as_ref()).cloned().ok_or_else(|| {
+        CliError::Usage(
+            "no manifest directory: give --dir DIR (or KPR_DIR, or `dir` in the config file)"
+                .into(),
+        )
+    })
 }
 
 #[derive(Debug, Subcommand)]
@@ -326,18 +378,22 @@ pub fn log_settings(g: &GlobalArgs, file: &FileConfig, serving: bool) -> (String
 pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
     let engine = Engine::resolve(&cli.global, &file);
     match cli.command {
-        Command::Validate { dir, output } => Ok(validate(&dir, output, &engine)),
-        Command::Plan(args) => run_plan(&args, &engine, None).await,
+        Command::Validate { dir, output } => Ok(validate(
+            &manifest_dir(dir.as_ref(), &file)?,
+            output,
+            &engine,
+        )),
+        Command::Plan(args) => run_plan(&args.settle(&file)?, &engine, None).await,
         Command::Apply {
             plan,
             dry_run,
             no_verify,
         } => {
             run_plan(
-                &plan,
+                &plan.settle(&file)?,
                 &engine,
                 Some(ApplyMode {
-                    dry_run,
+                    dry_run: dry_run.or(file.dry_run).unwrap_or(false),
                     verify: !no_verify,
                 }),
             )
@@ -447,17 +503,18 @@ fn progress_bar(enabled: bool, msg: &'static str) -> indicatif::ProgressBar {
 }
 
 async fn run_plan(
-    args: &PlanArgs,
+    settings: &PlanSettings<'_>,
     engine: &Engine,
     mode: Option<ApplyMode>,
 ) -> Result<u8, CliError> {
+    let args = settings.args;
     let targets = args
         .targets
         .iter()
         .map(|t| ResourceArn::parse(t).map_err(|e| CliError::Usage(format!("--target: {e}"))))
         .collect::<Result<Vec<_>, _>>()?;
     // Validation of the whole desired state happens before the first call.
-    let loaded = manifest::load_dir(&args.dir, &engine.load);
+    let loaded = manifest::load_dir(&settings.dir, &engine.load);
     // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
     let warnings: Vec<Diagnostic> = if loaded.has_errors() {
         Vec::new()
@@ -486,7 +543,7 @@ async fn run_plan(
             let message = format!(
                 "{} error(s) in {}; nothing was planned or applied.",
                 errors.len(),
-                args.dir.display()
+                settings.dir.display()
             );
             return refuse("invalid_manifests", message, &errors, None);
         }
@@ -494,14 +551,14 @@ async fn run_plan(
     // A target that names nothing would make the run a silent no-op: a typo in a pipeline's
     // --target must not pass as "no changes". Without --prune only a manifest can match, so
     // this is known before any call; with it, after planning (it may name a policy to delete).
-    if !args.prune
+    if !settings.prune
         && let Some(t) = targets
             .iter()
             .find(|t| !desired.resources.iter().any(|r| r.arn.same_resource(t)))
     {
         let message = format!(
             "error: --target {t} matches no manifest in {}; nothing was planned",
-            args.dir.display()
+            settings.dir.display()
         );
         return refuse("unmatched_target", message, &[], None);
     }
@@ -509,8 +566,8 @@ async fn run_plan(
     let opts = PlanOptions {
         concurrency: engine.concurrency,
         targets: targets.clone(),
-        prune: args.prune,
-        max_deletes: args.max_deletes,
+        prune: settings.prune,
+        max_deletes: settings.max_deletes,
     };
     let text = args.output == OutputFormat::Text;
     let style = Style::detect(std::io::stdout().is_terminal());
@@ -543,7 +600,7 @@ async fn run_plan(
         eprintln!(
             "warning: --target {t} matched nothing: no manifest in {}, and no policy to prune \
              (already deleted, or a typo?)",
-            args.dir.display()
+            settings.dir.display()
         );
     }
     let apply_mode = match mode {

@@ -360,6 +360,57 @@ fn the_config_file_sets_how_kpr_logs() {
     );
 }
 
+/// The config file serves `plan` and `apply` as it serves `serve` (one file for both is what
+/// the README and the workflow suggest): `dir`, `dryRun`, `prune` and `maxDeletes`, each below a
+/// flag or a `KPR_*` variable. A `dryRun: true` that `apply` ignored would write.
+#[test]
+fn the_config_file_settles_plan_and_apply() {
+    let emu = common::kinesis_mock_private();
+    let a = emu.create_stream(&unique("cfg-a"));
+    let stray = emu.create_stream(&unique("cfg-stray"));
+    let stray_policy = read_policy(&stray, "arn:aws:iam::111122223333:role/stray");
+    emu.put_policy_raw(&stray, &stray_policy.to_string());
+    let dir = Manifests::new(&[("a.yaml", &manifest(&a, &read_policy(&a, "111122223333")))]);
+    let files = Manifests::new(&[(
+        "kpr.yaml",
+        &format!(
+            "dir: {}\ndryRun: true\nprune: true\nmaxDeletes: 1\n",
+            dir.arg()
+        ),
+    )]);
+    let config = files.path().join("kpr.yaml").to_string_lossy().into_owned();
+    let kpr = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = emu.kpr_cmd();
+        c.arg("--config").arg(&config).args(args);
+        c.envs(env.iter().copied());
+        common::output(c.output().expect("run kpr"))
+    };
+
+    let dry = kpr(&["apply"], &[]);
+    assert_eq!(dry.code, 0, "{dry:?}");
+    assert!(emu.get_policy(&a).is_none(), "dryRun: true wrote: {dry:?}");
+    assert!(emu.get_policy(&stray).is_some());
+    assert!(
+        dry.stdout.contains("1 to create") && dry.stdout.contains("1 to delete"),
+        "{dry:?}"
+    );
+    // The file's maxDeletes guards a prune the variable asks for.
+    let zero = kpr(&["plan"], &[("KPR_MAX_DELETES", "0")]);
+    assert_eq!(zero.code, 1, "{zero:?}");
+    let no_prune = kpr(&["plan", "--prune=false"], &[]);
+    assert!(no_prune.stdout.contains("0 to delete"), "{no_prune:?}");
+
+    let applied = kpr(&["apply"], &[("KPR_DRY_RUN", "false")]);
+    assert_eq!(applied.code, 0, "{applied:?}");
+    assert!(emu.get_policy(&a).is_some(), "{applied:?}");
+    assert!(emu.get_policy(&stray).is_none(), "{applied:?}");
+
+    let mut c = emu.kpr_cmd();
+    let none = common::output(c.args(["validate"]).output().expect("run kpr"));
+    assert_eq!(none.code, 1, "{none:?}");
+    assert!(none.stderr.contains("no manifest directory"), "{none:?}");
+}
+
 /// Keys in the environment let kpr skip building the rest of the default credential chain; without
 /// them the whole chain must still run. Here its profile-file link finds the keys, and with no
 /// file either, each resource fails naming every link tried, before any write.
