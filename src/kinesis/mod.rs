@@ -9,7 +9,7 @@ use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 use aws_config::environment::EnvironmentVariableCredentialsProvider;
@@ -345,13 +345,16 @@ impl Default for RetryPolicy {
     }
 }
 
-struct FullJitter {
+struct FullJitter<'a> {
     policy: RetryPolicy,
     retries: u32,
-    started: Instant,
+    /// When the first attempt was sent: set once the rate limiter let it go, as time queued
+    /// behind other calls is not time spent retrying (a queue longer than `max_elapsed` would
+    /// otherwise leave a throttled call no retry at all).
+    started: &'a OnceLock<Instant>,
 }
 
-impl Iterator for FullJitter {
+impl Iterator for FullJitter<'_> {
     type Item = Duration;
     fn next(&mut self) -> Option<Duration> {
         if self.retries + 1 >= self.policy.max_attempts {
@@ -363,7 +366,8 @@ impl Iterator for FullJitter {
             .saturating_mul(1u32.checked_shl(self.retries).unwrap_or(u32::MAX))
             .min(self.policy.max_delay);
         let delay = cap.mul_f64(fastrand::f64());
-        if self.started.elapsed() + delay > self.policy.max_elapsed {
+        let elapsed = self.started.get().map_or(Duration::ZERO, Instant::elapsed);
+        if elapsed + delay > self.policy.max_elapsed {
             return None;
         }
         self.retries += 1;
@@ -422,13 +426,16 @@ impl<K: Kinesis> Resilient<K> {
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let attempts = AtomicU32::new(0);
+        let first_sent = OnceLock::new();
         let attempt = || {
             attempts.fetch_add(1, Ordering::Relaxed);
             let fut = call();
+            let first_sent = &first_sent;
             async move {
                 if let Some(limiter) = &self.limiter {
                     limiter.until_key_ready(&scope.account).await;
                 }
+                first_sent.get_or_init(Instant::now);
                 let result = fut.await;
                 let outcome = match &result {
                     Ok(_) => "ok",
@@ -442,7 +449,7 @@ impl<K: Kinesis> Resilient<K> {
         let backoff = FullJitter {
             policy: self.retry.clone(),
             retries: 0,
-            started: Instant::now(),
+            started: &first_sent,
         };
         attempt
             .retry(backoff)
@@ -1218,7 +1225,7 @@ mod tests {
         let delays: Vec<Duration> = FullJitter {
             policy,
             retries: 0,
-            started: Instant::now(),
+            started: &OnceLock::from(Instant::now()),
         }
         .collect();
         assert_eq!(delays.len(), 5);
@@ -1236,12 +1243,34 @@ mod tests {
             max_delay: Duration::from_secs(10),
             max_elapsed: Duration::from_millis(0),
         };
+        let started = OnceLock::from(Instant::now() - Duration::from_secs(1));
         let mut it = FullJitter {
             policy,
             retries: 0,
-            started: Instant::now() - Duration::from_secs(1),
+            started: &started,
         };
         assert_eq!(it.next(), None);
+    }
+
+    /// `--max-retry-time` counts from the first attempt sent, not from when the call began to
+    /// wait for the rate limiter: here the call queues ~1 s behind another, three times the
+    /// bound, and its throttled first attempt must still be retried.
+    #[tokio::test]
+    async fn time_in_the_rate_limiters_queue_is_not_retry_time() {
+        let rule = mock!(aws_sdk_kinesis::Client::put_resource_policy)
+            .sequence()
+            .output(|| PutResourcePolicyOutput::builder().build())
+            .http_response(|| service_error("LimitExceededException"))
+            .output(|| PutResourcePolicyOutput::builder().build())
+            .build();
+        let retry = RetryPolicy {
+            max_elapsed: Duration::from_millis(300),
+            ..fast_retry(3)
+        };
+        let k = Resilient::new(Mocked(client(&[&rule])), retry, 1);
+        k.put_policy(&arn(), "{}").await.unwrap();
+        k.put_policy(&arn(), "{}").await.unwrap();
+        assert_eq!(rule.num_calls(), 3);
     }
 
     /// The most calls `concurrently` had in flight at once, over `n` calls at `limit`.
