@@ -247,28 +247,58 @@ async fn apply_one<K: Kinesis>(
     opts: &ApplyOptions,
 ) -> Result<(), Failure> {
     let fail = |e: &ApiError| Failure::from_api(change.arn.clone(), change.source.clone(), e);
-    match change.action {
+    let written = match change.action {
         Action::NoOp => return Ok(()),
         Action::Create | Action::Update => {
             let json = change
                 .put_json
                 .as_deref()
                 .expect("create/update always carries the policy to put");
-            api.put_policy(&change.target, json)
-                .await
-                .map_err(|e| fail(&e))?;
+            api.put_policy(&change.target, json).await
         }
         Action::Delete => match api.delete_policy(&change.target).await {
             // Already gone (AWS and moto answer NotFound when there is no policy): the goal
             // state holds, as Terraform treats it.
-            Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => {}
-            other => other.map_err(|e| fail(&e))?,
+            Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => Ok(()),
+            other => other,
         },
+    };
+    if let Err(e) = written {
+        // Retries spent on errors that may have come after the write took effect (a dropped
+        // connection, a 5xx, a timeout): one read tells whether it did. A policy in place is
+        // not a failure, and a pipeline must not go red for want of an answer.
+        if !(e.is_retryable() && read_back_holds(api, change).await) {
+            return Err(fail(&e));
+        }
+        tracing::info!(arn = %change.arn, error = %e, "the write's answer was lost, but the policy reads back as written");
+        return Ok(());
     }
     if opts.verify {
         verify(api, change, opts.verify_timeout).await?;
     }
     Ok(())
+}
+
+/// Whether `live` is what `change` set out to make.
+fn holds(change: &Change, live: Option<&str>) -> bool {
+    match (&change.desired, live) {
+        (None, None) => true,
+        // The text just written, back unchanged: no parse needed.
+        (Some(_), Some(raw)) if change.put_json.as_deref() == Some(raw) => true,
+        (Some(want), Some(raw)) => {
+            crate::policy::PolicyDocument::from_json_str(raw).is_ok_and(|got| got.equivalent(want))
+        }
+        _ => false,
+    }
+}
+
+/// One read, after a failed write: whether the change took effect all the same.
+async fn read_back_holds<K: Kinesis>(api: &Resilient<K>, change: &Change) -> bool {
+    match api.get_policy(&change.target).await {
+        Ok(live) => holds(change, live.as_deref()),
+        // A delete whose resource is gone as well.
+        Err(e) => change.desired.is_none() && e.class == crate::kinesis::ErrorClass::NotFound,
+    }
 }
 
 /// Read the policy back until it matches, tolerating a short window of eventual consistency.
@@ -296,15 +326,7 @@ async fn verify<K: Kinesis>(
                 f
             })?,
         };
-        let ok = match (&change.desired, live.as_deref()) {
-            (None, None) => true,
-            // The text just written, back unchanged: no parse needed.
-            (Some(_), Some(raw)) if change.put_json.as_deref() == Some(raw) => true,
-            (Some(want), Some(raw)) => crate::policy::PolicyDocument::from_json_str(raw)
-                .is_ok_and(|got| got.equivalent(want)),
-            _ => false,
-        };
-        if ok {
+        if holds(change, live.as_deref()) {
             return Ok(());
         }
         if waited >= timeout {
@@ -329,7 +351,7 @@ async fn verify<K: Kinesis>(
 mod tests {
     use super::*;
     use crate::arn::ResourceArn;
-    use crate::kinesis::{ApiError, RetryPolicy};
+    use crate::kinesis::{ApiError, ErrorClass, RetryPolicy};
     use crate::policy::PolicyDocument;
     use std::sync::Arc;
     use std::sync::atomic::{AtomicU32, Ordering};
@@ -397,6 +419,59 @@ mod tests {
             .await
             .unwrap();
         assert_eq!(slow.inner().reads.load(Ordering::SeqCst), 2);
+    }
+
+    /// A put that lands or not, then answers with `error` (its answer lost on the way).
+    struct LostAnswers {
+        lands: bool,
+        error: ErrorClass,
+        live: std::sync::Mutex<Option<String>>,
+        reads: AtomicU32,
+    }
+
+    impl Kinesis for LostAnswers {
+        async fn get_policy(&self, _: &ResourceArn) -> Result<Option<String>, ApiError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.live.lock().unwrap().clone())
+        }
+        async fn put_policy(&self, _: &ResourceArn, policy: &str) -> Result<(), ApiError> {
+            if self.lands {
+                *self.live.lock().unwrap() = Some(policy.to_string());
+            }
+            Err(ApiError {
+                op: crate::kinesis::Op::PutResourcePolicy,
+                class: self.error,
+                code: None,
+                message: "connection closed before message completed".into(),
+                attempts: 1,
+            })
+        }
+        crate::kinesis::calls_a_test_does_not_make!();
+    }
+
+    #[tokio::test]
+    async fn a_write_whose_answer_was_lost_is_settled_by_a_read() {
+        for (lands, error, applied, reads) in [
+            (true, ErrorClass::Retryable, true, 1),
+            (false, ErrorClass::Retryable, false, 1),
+            // An error that is not retried says the write was refused: nothing to read.
+            (true, ErrorClass::Fatal, false, 0),
+        ] {
+            let lost = LostAnswers {
+                lands,
+                error,
+                live: std::sync::Mutex::new(None),
+                reads: AtomicU32::new(0),
+            };
+            let retry = RetryPolicy {
+                max_attempts: 1,
+                ..RetryPolicy::default()
+            };
+            let api = Resilient::new(lost, retry, 0);
+            let result = apply_one(&api, &written(), &ApplyOptions::default()).await;
+            assert_eq!(result.is_ok(), applied, "{lands} {error:?}: {result:?}");
+            assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads);
+        }
     }
 
     #[tokio::test]
