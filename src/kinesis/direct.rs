@@ -526,27 +526,15 @@ fn connector_error(e: &ConnectorError) -> ApiError {
 
 #[derive(serde::Deserialize)]
 struct Output {
-    /// Absent reads as no policy, as on the SDK path (its output defaults the field to ""):
-    /// both paths must see the same answer the same way.
+    /// Absent or null reads as no policy, as on the SDK path (its output defaults the field to
+    /// ""): both paths must see the same answer the same way.
     #[serde(rename = "Policy", default)]
-    policy: String,
+    policy: Option<String>,
 }
 
-#[derive(serde::Deserialize, Default)]
-struct ErrorBody {
-    #[serde(rename = "__type")]
-    kind: Option<String>,
-    #[serde(alias = "Message", alias = "errorMessage")]
-    message: Option<String>,
-}
-
-/// awsJson1.1 error codes may carry a namespace (`aws.kinesis#Code`) or a suffix
-/// (`Code:http://...`): the code is what sits between.
-fn sanitize_code(raw: &str) -> &str {
-    let code = raw.rsplit('#').next().unwrap_or(raw);
-    code.split(':').next().unwrap_or(code)
-}
-
+/// Reads a response as the SDK's awsJson1.1 protocol does (`aws-smithy-json`'s error
+/// envelope): the test `answers_read_as_the_sdk_reads_them` holds the two paths to the same
+/// reading of each shape.
 fn parse_response(
     status: u16,
     error_type: Option<&str>,
@@ -554,6 +542,10 @@ fn parse_response(
 ) -> Result<Option<String>, ApiError> {
     let op = Op::GetResourcePolicy;
     if (200..300).contains(&status) {
+        // An empty body is an empty output to the SDK.
+        if body.trim_ascii().is_empty() {
+            return Ok(None);
+        }
         let out: Output = serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
                 op,
@@ -562,11 +554,20 @@ fn parse_response(
                 format!("bad response: {e}"),
             )
         })?;
-        return Ok(none_if_empty(out.policy));
+        return Ok(out.policy.and_then(none_if_empty));
     }
-    let parsed: ErrorBody = serde_json::from_slice(body).unwrap_or_default();
-    let code = error_type.or(parsed.kind.as_deref()).map(sanitize_code);
-    let message = parsed.message.unwrap_or_else(|| format!("HTTP {status}"));
+    // The header, else the body's `code`, else its `__type`; a body that is not a JSON object
+    // (a proxy's HTML page) has neither. Duplicate keys are no reason to drop the code.
+    let parsed: serde_json::Value = serde_json::from_slice(body).unwrap_or_default();
+    let field = |key: &str| parsed.get(key).and_then(serde_json::Value::as_str);
+    let code = error_type
+        .or_else(|| field("code"))
+        .or_else(|| field("__type"))
+        .map(aws_smithy_schema::error_envelope::sanitize_error_code);
+    let message = ["message", "Message", "errorMessage"]
+        .into_iter()
+        .find_map(field)
+        .map_or_else(|| format!("HTTP {status}"), str::to_string);
     ApiError::from_service(op, code, status, message).or_no_policy()
 }
 
@@ -608,6 +609,60 @@ mod tests {
         let e = credentials_error(&missing);
         assert_eq!(e.class, ErrorClass::Fatal);
         assert!(e.message.starts_with("no credentials: "), "{}", e.message);
+    }
+
+    /// Each shape of answer, read by the direct path and by the SDK (its real deserializer,
+    /// behind aws-smithy-mocks): the same policy or none, the same error class and code. A
+    /// scope's first read goes through the SDK and the rest do not, so a difference would
+    /// make one resource's answer mean something else than its neighbour's.
+    #[tokio::test]
+    async fn answers_read_as_the_sdk_reads_them() {
+        use aws_smithy_mocks::{RuleMode, mock, mock_client};
+        let shapes: &[(u16, Option<&str>, &[u8])] = &[
+            (200, None, br#"{"Policy":"{\"Version\":\"2012-10-17\"}"}"#),
+            (200, None, br#"{"Policy":"{}"}"#),
+            (200, None, b"{}"),
+            (200, None, b""),
+            (200, None, br#"{"Policy":null}"#),
+            (400, None, br#"{"__type":"LimitExceededException","message":"Rate exceeded"}"#),
+            (400, None, br#"{"code":"LimitExceededException","message":"Rate exceeded"}"#),
+            (400, None, br#"{"__type":"AccessDeniedException","code":"LimitExceededException"}"#),
+            (400, None, br#"{"__type":"LimitExceededException","message":"a","Message":"b"}"#),
+            (400, None, br#"{"__type":"com.amazonaws.kinesis#AccessDeniedException","Message":"no"}"#),
+            (400, None, br#"{"__type":"ResourceNotFoundException","message":"No resource policy exists for arn"}"#),
+            (400, None, br#"{"__type":"ResourceNotFoundException","message":"Stream x not found"}"#),
+            (400, Some("InvalidArgumentException:http://x"), b""),
+            (400, Some("a:http://x#y"), b""),
+            (500, None, br#"{"__type":"InternalFailure","message":"oops"}"#),
+            (503, None, b"<html>busy</html>"),
+        ];
+        let reading = |r: Result<Option<String>, ApiError>| match r {
+            Ok(policy) => format!("policy {policy:?}"),
+            Err(e) => format!("{:?} {:?}", e.class, e.code),
+        };
+        for &(status, header, body) in shapes {
+            let rule =
+                mock!(aws_sdk_kinesis::Client::get_resource_policy).then_http_response(move || {
+                    let mut r = aws_smithy_runtime_api::http::Response::new(
+                        aws_smithy_runtime_api::http::StatusCode::try_from(status).unwrap(),
+                        SdkBody::from(body),
+                    );
+                    if let Some(h) = header {
+                        r.headers_mut().insert("x-amzn-errortype", h.to_string());
+                    }
+                    r
+                });
+            let sdk = mock_client!(aws_sdk_kinesis, RuleMode::MatchAny, [&rule], |c| c
+                .retry_config(aws_config::retry::RetryConfig::disabled()));
+            let arn = "arn:aws:kinesis:us-east-1:111122223333:stream/s";
+            let sent = sdk.get_resource_policy().resource_arn(arn).send().await;
+            assert_eq!(
+                reading(parse_response(status, header, body)),
+                reading(super::super::sdk_answer(sent)),
+                "{status} {header:?} {}",
+                String::from_utf8_lossy(body)
+            );
+        }
     }
 
     #[test]

@@ -201,6 +201,23 @@ fn none_if_empty(policy: String) -> Option<String> {
     (!crate::policy::is_empty_policy(&policy)).then_some(policy)
 }
 
+type GetPolicySent = Result<
+    aws_sdk_kinesis::operation::get_resource_policy::GetResourcePolicyOutput,
+    SdkError<
+        aws_sdk_kinesis::operation::get_resource_policy::GetResourcePolicyError,
+        aws_sdk_kinesis::config::http::HttpResponse,
+    >,
+>;
+
+/// A GetResourcePolicy answer as the SDK path reads it; the direct path reads the same bytes
+/// the same way (`direct::parse_response`).
+fn sdk_answer(sent: GetPolicySent) -> Result<Option<String>, ApiError> {
+    match sent {
+        Ok(out) => Ok(none_if_empty(out.policy)),
+        Err(e) => classify(Op::GetResourcePolicy, &e).or_no_policy(),
+    }
+}
+
 /// Classify an SDK error.
 pub fn classify<E>(
     op: Op,
@@ -781,10 +798,7 @@ impl Kinesis for AwsKinesis {
             .send()
             .boxed()
             .await;
-        match sent {
-            Ok(out) => Ok(none_if_empty(out.policy)),
-            Err(e) => classify(Op::GetResourcePolicy, &e).or_no_policy(),
-        }
+        sdk_answer(sent)
     }
 
     async fn put_policy(&self, arn: &ResourceArn, policy: &str) -> Result<(), ApiError> {
