@@ -210,8 +210,9 @@ impl Loaded {
     }
 }
 
-/// Far above any real manifest file (10,000 manifests in one file are ~4 MiB).
-pub(crate) const MAX_FILE_BYTES: u64 = 64 << 20;
+/// Far above any real manifest file (10,000 manifests in one file are ~4 MiB), and a bound on
+/// what loading one costs: kpr holds the file and 4 bytes for each of its lines.
+pub(crate) const MAX_FILE_BYTES: u64 = 16 << 20;
 
 /// Load and validate every `*.yaml` / `*.yml` below `dir`.
 pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
@@ -454,9 +455,10 @@ fn bare_marker(line: &str) -> bool {
 /// Line numbers of each YAML document's start, and of top-level keys inside it: serde_norway
 /// reports positions only for syntax errors, but semantic errors must name a line too.
 struct LineIndex<'a> {
-    lines: Vec<&'a str>,
-    /// Byte offset in the text of each line.
-    offsets: Vec<usize>,
+    text: &'a str,
+    /// Byte offset in the text of each line's start: 4 bytes a line (a file is at most
+    /// [`MAX_FILE_BYTES`]), as a file of empty lines has millions of them.
+    offsets: Vec<u32>,
     /// 0-based index of the first line of each document.
     doc_starts: Vec<usize>,
 }
@@ -466,22 +468,23 @@ impl<'a> LineIndex<'a> {
         // As `str::lines` splits, keeping where each line starts.
         let mut offsets = Vec::new();
         let mut at = 0;
-        let lines: Vec<&str> = text
-            .split_inclusive('\n')
-            .map(|line| {
-                offsets.push(at);
-                at += line.len();
-                let line = line.strip_suffix('\n').unwrap_or(line);
-                line.strip_suffix('\r').unwrap_or(line)
-            })
-            .collect();
+        for line in text.split_inclusive('\n') {
+            offsets.push(u32::try_from(at).expect("a manifest file is smaller than 4 GiB"));
+            at += line.len();
+        }
+        let mut index = Self {
+            text,
+            offsets,
+            doc_starts: Vec::new(),
+        };
         let mut doc_starts = Vec::new();
         let mut content_seen = false;
         // After a `...` (document end), where the next document begins: its directives, if
         // any, come before its `---` and belong to it. (Content with no `---` after `...` is
         // left to the YAML parser, which refuses it, as libyaml and yamllint do.)
         let mut after_end = None;
-        for (i, line) in lines.iter().enumerate() {
+        for i in 0..index.len() {
+            let line = index.line(i);
             if is_marker(line, "---") {
                 doc_starts.push(after_end.take().unwrap_or(i));
                 content_seen = false;
@@ -505,31 +508,40 @@ impl<'a> LineIndex<'a> {
         if doc_starts.is_empty() {
             doc_starts.push(0);
         }
-        Self {
-            lines,
-            offsets,
-            doc_starts,
-        }
+        index.doc_starts = doc_starts;
+        index
+    }
+
+    fn len(&self) -> usize {
+        self.offsets.len()
+    }
+
+    /// Line `i` (0-based) without its line ending.
+    fn line(&self, i: usize) -> &'a str {
+        let start = self.offsets[i] as usize;
+        let end = self
+            .offsets
+            .get(i + 1)
+            .map_or(self.text.len(), |&o| o as usize);
+        let line = &self.text[start..end];
+        let line = line.strip_suffix('\n').unwrap_or(line);
+        line.strip_suffix('\r').unwrap_or(line)
     }
 
     /// Document `doc`'s text, and the 0-based number of its first line. The first document
     /// also holds what comes before it (comments, directives).
-    fn doc_text(&self, text: &'a str, doc: usize) -> (usize, &'a str) {
+    fn doc_text(&self, doc: usize) -> (usize, &'a str) {
         let first = if doc == 0 { 0 } else { self.doc_starts[doc] };
         let end = self
             .doc_starts
             .get(doc + 1)
-            .map_or(text.len(), |&line| self.offsets[line]);
-        (first, &text[self.offsets[first]..end])
+            .map_or(self.text.len(), |&line| self.offsets[line] as usize);
+        (first, &self.text[self.offsets[first] as usize..end])
     }
 
     fn doc_range(&self, doc: usize) -> (usize, usize) {
         let start = self.doc_starts.get(doc).copied().unwrap_or(0);
-        let end = self
-            .doc_starts
-            .get(doc + 1)
-            .copied()
-            .unwrap_or(self.lines.len());
+        let end = self.doc_starts.get(doc + 1).copied().unwrap_or(self.len());
         (start, end)
     }
 
@@ -542,7 +554,7 @@ impl<'a> LineIndex<'a> {
         let (start, end) = self.doc_range(doc);
         (start..end)
             .find(|&i| {
-                let line = self.lines[i];
+                let line = self.line(i);
                 let t = line.trim();
                 !t.is_empty() && !t.starts_with(['#', '%']) && !bare_marker(line)
             })
@@ -555,7 +567,7 @@ impl<'a> LineIndex<'a> {
         let (start, end) = self.doc_range(doc);
         (start..end)
             .filter(move |&i| {
-                self.lines[i]
+                self.line(i)
                     .strip_prefix(key)
                     .is_some_and(|rest| rest.starts_with(':') || rest.starts_with(" :"))
             })
@@ -564,8 +576,8 @@ impl<'a> LineIndex<'a> {
 
     /// Whether `key:` opens a block scalar (`|` / `>`), whose content starts on the next line.
     fn is_block_scalar(&self, line: usize) -> bool {
-        self.lines
-            .get(line - 1)
+        (line >= 1 && line <= self.len())
+            .then(|| self.line(line - 1))
             .and_then(|l| l.split_once(':'))
             .is_some_and(|(_, v)| {
                 let v = v.trim_start();
@@ -580,6 +592,10 @@ enum NoText {
     NotUtf8 {
         line: usize,
     },
+    /// The 1-based line (as editors count) that ends in a carriage return alone.
+    LoneCr {
+        line: usize,
+    },
     Empty,
 }
 
@@ -587,6 +603,13 @@ impl NoText {
     fn line_and_message(&self) -> (usize, &'static str) {
         match self {
             NoText::NotUtf8 { line } => (*line, "not valid UTF-8 text (binary file?)"),
+            // kpr counts lines by line feeds, as git does; libyaml would take a lone CR as a
+            // line break and every line kpr names would be wrong.
+            NoText::LoneCr { line } => (
+                *line,
+                "line ends in a carriage return without a line feed (classic Mac line \
+                 endings?): save the file with LF or CRLF line endings",
+            ),
             NoText::Empty => (1, "empty file: expected at least one manifest"),
         }
     }
@@ -607,7 +630,60 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
     if text.trim().is_empty() {
         return Err(NoText::Empty);
     }
+    let bytes = text.as_bytes();
+    if let Some(at) = memchr_lone_cr(bytes) {
+        let before = &bytes[..at];
+        let breaks = before.iter().filter(|&&b| b == b'\n').count()
+            + before
+                .iter()
+                .enumerate()
+                .filter(|&(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+                .count();
+        return Err(NoText::LoneCr { line: breaks + 1 });
+    }
     Ok(text)
+}
+
+/// Where the first carriage return not followed by a line feed is.
+fn memchr_lone_cr(bytes: &[u8]) -> Option<usize> {
+    bytes
+        .iter()
+        .enumerate()
+        .position(|(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
+}
+
+/// The largest document kpr hands to the YAML parser. libyaml's loader holds every event of a
+/// document at once, ~64 bytes for each byte of text, so a file of a few MiB could exhaust
+/// `kpr serve`'s memory; a manifest (a policy is at most tens of KiB) is far below this.
+const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// The most flow collections (`[`, `{`) in one document. libyaml's scanner spends time on
+/// every token for each level of flow nesting, so deep nesting costs time with the square of
+/// the size: 200 KB of `[[[...` took 51 s. Counted in all of the text, quoted or not, so that
+/// nothing can hide nesting from the count; a manifest has a few dozen.
+const MAX_FLOW_COLLECTIONS: usize = 2_000;
+
+/// The most documents in one file: each is parsed on its own, which costs a few µs even when
+/// empty, and a file of `---` lines holds millions.
+const MAX_DOCUMENTS: usize = 100_000;
+
+/// Why a document is not given to the YAML parser at all, if it is not.
+fn too_costly(doc_text: &str) -> Option<String> {
+    if doc_text.len() > MAX_DOCUMENT_BYTES {
+        return Some(format!(
+            "document larger than {} MiB; refusing to parse it (a manifest is a few KiB)",
+            MAX_DOCUMENT_BYTES >> 20
+        ));
+    }
+    let flows = doc_text
+        .bytes()
+        .filter(|b| matches!(b, b'[' | b'{'))
+        .count();
+    (flows > MAX_FLOW_COLLECTIONS).then(|| {
+        format!(
+            "{flows} '[' and '{{' in one document, more than {MAX_FLOW_COLLECTIONS}; refusing to \
+             parse it (a manifest has a few dozen)"
+        )
+    })
 }
 
 /// What a manifest file says of each resource it names, read as the loader reads it (UTF-8,
@@ -624,13 +700,20 @@ pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
     let text = match manifest_text(bytes) {
         Ok(text) => text,
         // Nothing in it to read; binary, what it holds cannot be read.
-        Err(refused) => return (Vec::new(), matches!(refused, NoText::NotUtf8 { .. })),
+        Err(refused) => return (Vec::new(), !matches!(refused, NoText::Empty)),
     };
     let index = LineIndex::new(text);
+    if index.doc_starts.len() > MAX_DOCUMENTS {
+        return (Vec::new(), true);
+    }
     let mut out = Vec::new();
     let mut unreadable = false;
     for doc_no in 0..index.doc_starts.len() {
-        let (_, doc_text) = index.doc_text(text, doc_no);
+        let (_, doc_text) = index.doc_text(doc_no);
+        if too_costly(doc_text).is_some() {
+            unreadable = true;
+            continue;
+        }
         for document in serde_norway::Deserializer::from_str(doc_text) {
             match Option::<Head>::deserialize(document) {
                 Ok(Some(Head {
@@ -672,12 +755,26 @@ fn parse_file(
         }
     };
     let index = LineIndex::new(text);
+    if index.doc_starts.len() > MAX_DOCUMENTS {
+        diags.push(error(
+            Some(1),
+            format!(
+                "{} documents in one file, more than {MAX_DOCUMENTS}; refusing to parse it",
+                index.doc_starts.len()
+            ),
+        ));
+        return;
+    }
     let mut found = 0usize;
     // Each document is parsed on its own, from its `---` to the next. An error, even one that
     // leaves the YAML parser mid-document (an unknown anchor), then spoils only its document,
     // and one run tells the errors of them all.
     for doc_no in 0..index.doc_starts.len() {
-        let (first_line, doc_text) = index.doc_text(text, doc_no);
+        let (first_line, doc_text) = index.doc_text(doc_no);
+        if let Some(why) = too_costly(doc_text) {
+            diags.push(error(Some(index.doc_starts[doc_no] + 1), why));
+            continue;
+        }
         for document in serde_norway::Deserializer::from_str(doc_text) {
             let doc: Option<ManifestDoc> = match Option::<ManifestDoc>::deserialize(document) {
                 Ok(doc) => doc,
@@ -694,10 +791,11 @@ fn parse_file(
                         .and_then(|rest| rest.split_once('`'))
                         .and_then(|(key, _)| index.key_lines(doc_no, key).nth(1))
                         .unwrap_or(line);
-                    if index
-                        .lines
-                        .get(line.saturating_sub(1))
-                        .is_some_and(|l| l.trim_start_matches(' ').starts_with('\t'))
+                    if (1..=index.len()).contains(&line)
+                        && index
+                            .line(line - 1)
+                            .trim_start_matches(' ')
+                            .starts_with('\t')
                     {
                         message.push_str(" (YAML cannot be indented with tabs: use spaces)");
                     }
@@ -767,17 +865,20 @@ fn parse_file(
 fn yaml_message(e: &serde_norway::Error) -> String {
     // serde_norway appends " at line L column C"; the diagnostic already carries the line.
     let msg = e.to_string();
-    let msg = match msg.rfind(" at line ") {
-        Some(pos) => msg[..pos].to_string(),
-        None => msg,
-    };
     // Speak of what the user wrote, not of kpr's type names.
     const MANIFEST: &str = "a manifest (a mapping with `arn` and `policy` or `ensure: absent`)";
     // A document that is one string is a file of some other kind (a token, a key): quoting it
-    // would print the file whole.
-    if msg.starts_with("invalid type: string ") && msg.ends_with(", expected struct ManifestDoc") {
+    // would print the file whole. Checked on the whole message: the string may itself hold
+    // " at line ".
+    if msg.starts_with("invalid type: string ") && msg.contains(", expected struct ManifestDoc") {
         return format!("the document is a string, not {MANIFEST}");
     }
+    // From the first position on, libyaml's positions count from the document's start, not
+    // the file's: the diagnostic's own line replaces them.
+    let msg = match msg.find(" at line ") {
+        Some(pos) => msg[..pos].to_string(),
+        None => msg,
+    };
     msg.replace("struct ManifestDoc", MANIFEST)
 }
 
@@ -1074,13 +1175,13 @@ policy:
     fn a_huge_file_is_refused() {
         let d = tempfile::tempdir().unwrap();
         write(d.path(), "a.yaml", GOOD);
-        // Sparse: no disk space, and only the first 64 MiB + 1 byte are ever read.
+        // Sparse: no disk space, and only the first 16 MiB + 1 byte are ever read.
         let f = std::fs::File::create(d.path().join("huge.yaml")).unwrap();
         f.set_len(MAX_FILE_BYTES * 2).unwrap();
         let loaded = load_dir(d.path(), &LoadOptions::default());
         let errs: Vec<String> = loaded.errors().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 1, "{errs:?}");
-        assert!(errs[0].contains("huge.yaml") && errs[0].contains("larger than 64 MiB"));
+        assert!(errs[0].contains("huge.yaml") && errs[0].contains("larger than 16 MiB"));
         assert_eq!(loaded.state.resources.len(), 1);
     }
 
@@ -1238,6 +1339,68 @@ policy:
         let errs: Vec<String> = loaded.errors().map(|e| e.to_string()).collect();
         assert_eq!(errs.len(), 1, "{errs:?}");
         assert!(errs[0].contains("declared twice"));
+    }
+
+    /// libyaml's positions count from the document's start: left in a message about a later
+    /// document, they would name a second, wrong line. And a string document is never quoted,
+    /// even one that holds " at line ".
+    #[test]
+    fn yaml_messages_name_no_line_of_their_own() {
+        let d = tempfile::tempdir().unwrap();
+        write(
+            d.path(),
+            "m.yaml",
+            &format!("{GOOD}---\narn: x\npolicy: {{a: [b\n"),
+        );
+        write(d.path(), "s.yaml", "token at line 3 column 4 secret\n");
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errors: Vec<_> = loaded.errors().collect();
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        for e in errors {
+            assert!(!e.message.contains(" at line "), "{e:?}");
+            assert!(!e.message.contains("secret"), "{e:?}");
+        }
+    }
+
+    /// What would cost libyaml unbounded memory or time is refused before it parses: a huge
+    /// document (~64 bytes of memory per byte), deep flow nesting (time with the square of
+    /// the size), with the other documents of the file still read. A file of lone carriage
+    /// returns, whose lines kpr would name wrongly, is refused at its first one.
+    #[test]
+    fn documents_too_costly_to_parse_are_refused() {
+        let d = tempfile::tempdir().unwrap();
+        let deep = format!("arn: {}\n", "[".repeat(MAX_FLOW_COLLECTIONS + 1));
+        write(d.path(), "deep.yaml", &format!("{GOOD}---\n{deep}"));
+        let huge = format!("# {}\n{GOOD}", "x".repeat(MAX_DOCUMENT_BYTES));
+        write(d.path(), "huge.yaml", &huge);
+        write(d.path(), "cr.yaml", &GOOD.replace('\n', "\r"));
+        write(
+            d.path(),
+            "crlf.yaml",
+            &GOOD.replace("orders", "o2").replace('\n', "\r\n"),
+        );
+        write(d.path(), "mixed.yaml", "# a\r\n# b\n# c\rarn: x\n");
+        write(d.path(), "many.yaml", &"---\n".repeat(MAX_DOCUMENTS + 1));
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let mut errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
+        errors.sort();
+        assert_eq!(errors.len(), 5, "{errors:#?}");
+        let at = |file: &str, line: usize, text: &str| {
+            let want = format!("{}:{line}: error: ", d.path().join(file).display());
+            assert!(
+                errors
+                    .iter()
+                    .any(|e| e.starts_with(&want) && e.contains(text)),
+                "{want} {text}: {errors:#?}"
+            );
+        };
+        at("cr.yaml", 1, "carriage return without a line feed");
+        at("mixed.yaml", 3, "carriage return without a line feed");
+        at("deep.yaml", 9, "refusing to parse it");
+        at("huge.yaml", 1, "larger than 1 MiB");
+        at("many.yaml", 1, "documents in one file");
+        // The first document of deep.yaml, and the CRLF file, load.
+        assert_eq!(loaded.state.resources.len(), 2, "{errors:#?}");
     }
 
     #[test]
