@@ -86,7 +86,13 @@ pub fn valid_name(s: &str) -> bool {
 impl ResourceArn {
     pub fn parse(text: &str) -> Result<Self, ArnError> {
         let err = |reason: &str| ArnError {
-            arn: text.to_string(),
+            // Quoted in the error: a value far past any ARN's length is cut, not printed whole.
+            arn: if text.len() > MAX_ARN_LEN {
+                let cut = text.char_indices().nth(200).map_or(text.len(), |(i, _)| i);
+                format!("{}…", &text[..cut])
+            } else {
+                text.to_string()
+            },
             reason: reason.to_string(),
         };
         if text.is_empty() || text.len() > MAX_ARN_LEN {
@@ -376,5 +382,13 @@ mod tests {
             let e = ResourceArn::parse(bad).unwrap_err().to_string();
             assert!(e.contains(needle), "{bad}: {e}");
         }
+    }
+
+    #[test]
+    fn an_overlong_value_is_not_quoted_whole() {
+        let long = format!("arn:aws:kinesis:{}", "é".repeat(100_000));
+        let e = ResourceArn::parse(&long).unwrap_err().to_string();
+        assert!(e.len() < 600, "{}", e.len());
+        assert!(e.contains("must be 1 to 2048 characters"), "{e}");
     }
 }

@@ -47,7 +47,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         ),
         Some(v) if !VERSIONS.contains(&v) => out.error(
             "Version",
-            format!("\"{v}\" is not a policy language version; use \"2012-10-17\""),
+            format!("{v:?} is not a policy language version; use \"2012-10-17\""),
         ),
         Some(_) => {}
     }
@@ -79,14 +79,14 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         let path = format!("Statement[{i}]");
         let sid = s
             .sid()
-            .map(|sid| format!(" (Sid \"{sid}\")"))
+            .map(|sid| format!(" (Sid {sid:?})"))
             .unwrap_or_default();
         if let Some(own) = s.sid()
             && let Some(&j) = first_of_sid.get(own).filter(|&&j| j != i)
         {
             out.warning(
                 &format!("{path}.Sid"),
-                format!("Sid \"{own}\" is also used by Statement[{j}]; Sids should be unique"),
+                format!("Sid {own:?} is also used by Statement[{j}]; Sids should be unique"),
             );
         }
         principal_rules(&mut out, s, &path, &sid, ctx);
@@ -202,7 +202,7 @@ fn partition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx:
                 out.error(
                     &format!("{path}.{key}.AWS"),
                     format!(
-                        "\"{id}\" is in partition {other}, the resource in {own}: IAM matches \
+                        "{id:?} is in partition {other}, the resource in {own}: IAM matches \
                          principals within the resource's partition only{sid}"
                     ),
                 );
@@ -550,7 +550,7 @@ fn resource_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx:
         out.error(
             &rpath,
             format!(
-                "\"{r}\" does not match this manifest's resource {}{sid}{hint}",
+                "{r:?} does not match this manifest's resource {}{sid}{hint}",
                 ctx.resource_arn
             ),
         );
@@ -654,7 +654,7 @@ fn action_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
                         if !pattern_matches_known_action(action) {
                             out.warning(
                                 &apath,
-                                format!("\"{action}\" matches no known Kinesis action{sid}"),
+                                format!("{action:?} matches no known Kinesis action{sid}"),
                             );
                         }
                     } else if official_name(name).is_none() {
@@ -663,7 +663,7 @@ fn action_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
                             .unwrap_or_default();
                         out.warning(
                             &apath,
-                            format!("\"{action}\" is not a known Kinesis action{hint}{sid}"),
+                            format!("{action:?} is not a known Kinesis action{hint}{sid}"),
                         );
                     }
                 }
@@ -677,7 +677,7 @@ fn action_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
                 _ => out.error(
                     &apath,
                     format!(
-                        "\"{action}\" is not a Kinesis action; a Kinesis resource policy can \
+                        "{action:?} is not a Kinesis action; a Kinesis resource policy can \
                          only grant kinesis: actions{sid}"
                     ),
                 ),
@@ -875,6 +875,15 @@ mod tests {
             &ctx(STREAM),
         );
         one_finding(&f, Severity::Error, "Statement[0].Resource", "\"arn:x\"");
+        // A value is quoted escaped: a line break in it cannot forge a line of kpr's output,
+        // nor a zero-width space hide.
+        for odd in [
+            format!("{STREAM}\nm.yaml:1: error: forged"),
+            format!("{STREAM}\u{200b}"),
+        ] {
+            let f = run(&policy(json!({"Resource": odd})), &ctx(STREAM));
+            assert!(!f[0].message.contains(['\n', '\u{200b}']), "{f:?}");
+        }
     }
 
     #[test]

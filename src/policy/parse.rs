@@ -153,7 +153,7 @@ impl<'de> Visitor<'de> for NewKey<'_> {
 
     fn visit_str<E: de::Error>(self, key: &str) -> Result<String, E> {
         if self.0.contains_key(key) {
-            return Err(E::custom(format_args!("duplicate key \"{key}\"")));
+            return Err(E::custom(format_args!("duplicate key {key:?}")));
         }
         Ok(key.to_string())
     }
@@ -205,7 +205,7 @@ fn statement(v: &Value, path: &str) -> Result<Statement, PolicyError> {
         if obj.contains_key(a) && obj.contains_key(b) {
             return Err(PolicyError::invalid(
                 path,
-                format!("has both \"{a}\" and \"{b}\"; IAM allows only one of them"),
+                format!("has both {a:?} and {b:?}; IAM allows only one of them"),
             ));
         }
     }
@@ -233,7 +233,7 @@ fn statement(v: &Value, path: &str) -> Result<Statement, PolicyError> {
             return Err(PolicyError::invalid(
                 effect_path,
                 format!(
-                    "\"{s}\" is not a valid Effect: IAM reads it case-sensitively; write \"{want}\""
+                    "{s:?} is not a valid Effect: IAM reads it case-sensitively; write \"{want}\""
                 ),
             ));
         }
@@ -285,7 +285,7 @@ fn principal(v: &Value, path: &str) -> Result<Principal, PolicyError> {
                     PolicyError::invalid(
                         &key_path,
                         format!(
-                            "unknown principal type \"{key}\"{}; expected one of {}",
+                            "unknown principal type {key:?}{}; expected one of {}",
                             hint(key, &names),
                             names.join(", ")
                         ),
@@ -440,7 +440,7 @@ fn check_keys(obj: &Map<String, Value>, allowed: &[&str], path: &str) -> Result<
         Some(key) => Err(PolicyError::invalid(
             join(path, key),
             format!(
-                "unknown key \"{key}\"{}; expected one of {}",
+                "unknown key {key:?}{}; expected one of {}",
                 hint(key, allowed),
                 allowed.join(", ")
             ),
