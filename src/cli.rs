@@ -773,16 +773,29 @@ async fn run_import(
     })
 }
 
+/// A policy or manifest to compare: at most as large as a manifest file may be, and without
+/// a byte order mark (editors on Windows write one; serde_json refuses it).
 fn read_input(name: &str) -> Result<String, String> {
-    if name == "-" {
-        let mut s = String::new();
-        std::io::stdin()
-            .read_to_string(&mut s)
-            .map_err(|e| format!("-: error: reading stdin: {e}"))?;
-        Ok(s)
+    let limit = manifest::MAX_FILE_BYTES;
+    let mut bytes = Vec::new();
+    let read = if name == "-" {
+        std::io::stdin().take(limit + 1).read_to_end(&mut bytes)
     } else {
-        std::fs::read_to_string(name).map_err(|e| format!("{name}: error: {e}"))
+        std::fs::File::open(name).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+    };
+    read.map_err(|e| format!("{name}: error: {e}"))?;
+    if bytes.len() as u64 > limit {
+        return Err(format!(
+            "{name}: error: larger than {} MiB: not a policy",
+            limit >> 20
+        ));
     }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{name}: error: not valid UTF-8 text (binary file?)"))?;
+    Ok(match text.strip_prefix('\u{feff}') {
+        Some(rest) => rest.to_string(),
+        None => text,
+    })
 }
 
 /// A policy JSON file, or a manifest (`*.yaml` / `*.yml`; on stdin, text that does not open

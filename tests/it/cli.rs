@@ -874,6 +874,13 @@ fn policy_diff_and_fmt() {
         fmt_a.stdout, fmt_b.stdout,
         "equivalent documents have one canonical form"
     );
+    // Saved by an editor that starts files with a byte order mark.
+    let bom = dir.write(
+        "bom.json",
+        &format!("\u{feff}{}", std::fs::read_to_string(p("a.json")).unwrap()),
+    );
+    let fmt_bom = run(&["policy", "fmt", &bom.to_string_lossy()]);
+    assert_eq!(fmt_bom.stdout, fmt_a.stdout, "{fmt_bom:?}");
 }
 
 /// A manifest stands for its policy, so the live policy can be compared with the file in git.
