@@ -779,11 +779,22 @@ fn parse_file(
             let doc: Option<ManifestDoc> = match Option::<ManifestDoc>::deserialize(document) {
                 Ok(doc) => doc,
                 Err(e) => {
-                    let line = e
-                        .location()
-                        .map(|l| locate::line_at(doc_text, &l) + first_line)
-                        .unwrap_or_else(|| index.key_line(doc_no, "arn"));
                     let mut message = yaml_message(&e);
+                    // libyaml's reader errors (a control character) give a byte offset in the
+                    // document, and a location at its start.
+                    let at_offset = message.rsplit_once(" at position ").and_then(|(text, at)| {
+                        let before = doc_text.as_bytes().get(..at.parse().ok()?)?;
+                        let line = before.iter().filter(|&&b| b == b'\n').count() + 1;
+                        Some((text.to_string(), line + first_line))
+                    });
+                    let line = if let Some((text, line)) = at_offset {
+                        message = text;
+                        line
+                    } else {
+                        e.location()
+                            .map(|l| locate::line_at(doc_text, &l) + first_line)
+                            .unwrap_or_else(|| index.key_line(doc_no, "arn"))
+                    };
                     // serde's derive tells a field given twice at the end of the mapping: point
                     // at the second one.
                     let line = message
@@ -1353,13 +1364,23 @@ policy:
             &format!("{GOOD}---\narn: x\npolicy: {{a: [b\n"),
         );
         write(d.path(), "s.yaml", "token at line 3 column 4 secret\n");
+        let other = GOOD.replace("orders", "other");
+        write(
+            d.path(),
+            "c.yaml",
+            &format!("{other}---\n# a\nfoo: a\u{1}b\n"),
+        );
         let loaded = load_dir(d.path(), &LoadOptions::default());
         let errors: Vec<_> = loaded.errors().collect();
-        assert_eq!(errors.len(), 2, "{errors:#?}");
-        for e in errors {
+        assert_eq!(errors.len(), 3, "{errors:#?}");
+        for e in &errors {
             assert!(!e.message.contains(" at line "), "{e:?}");
+            assert!(!e.message.contains(" at position "), "{e:?}");
             assert!(!e.message.contains("secret"), "{e:?}");
         }
+        // The control character is on the file's line 11.
+        let control = errors.iter().find(|e| e.file.ends_with("c.yaml")).unwrap();
+        assert_eq!(control.line, Some(11), "{control:?}");
     }
 
     /// What would cost libyaml unbounded memory or time is refused before it parses: a huge
