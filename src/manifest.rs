@@ -567,9 +567,14 @@ impl<'a> LineIndex<'a> {
         let (start, end) = self.doc_range(doc);
         (start..end)
             .filter(move |&i| {
-                self.line(i)
-                    .strip_prefix(key)
-                    .is_some_and(|rest| rest.starts_with(':') || rest.starts_with(" :"))
+                let line = self.line(i);
+                // The key as written: plain, or quoted either way.
+                let rest = line.strip_prefix(key).or_else(|| {
+                    ['"', '\'']
+                        .into_iter()
+                        .find_map(|q| line.strip_prefix(q)?.strip_prefix(key)?.strip_prefix(q))
+                });
+                rest.is_some_and(|rest| rest.starts_with(':') || rest.starts_with(" :"))
             })
             .map(|i| i + 1)
     }
@@ -1378,6 +1383,16 @@ policy:
             assert!(!e.message.contains(" at position "), "{e:?}");
             assert!(!e.message.contains("secret"), "{e:?}");
         }
+        // A key given twice, quoted the second time: the error names that line.
+        write(
+            d.path(),
+            "q.yaml",
+            &format!("{}\"arn\": x\n", GOOD.replace("orders", "q")),
+        );
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errors: Vec<_> = loaded.errors().collect();
+        let twice = errors.iter().find(|e| e.file.ends_with("q.yaml")).unwrap();
+        assert_eq!(twice.line, Some(9), "{twice:?}");
         // The control character is on the file's line 11.
         let control = errors.iter().find(|e| e.file.ends_with("c.yaml")).unwrap();
         assert_eq!(control.line, Some(11), "{control:?}");
