@@ -579,15 +579,14 @@ impl<'a> LineIndex<'a> {
             .map(|i| i + 1)
     }
 
-    /// Whether `key:` opens a block scalar (`|` / `>`), whose content starts on the next line.
-    fn is_block_scalar(&self, line: usize) -> bool {
+    /// Whether `key:` opens a literal block scalar (`|`), whose content starts on the next line
+    /// and keeps its line breaks, so that a line of the text in it is a line of the file. (A
+    /// folded one, `>`, joins its lines.)
+    fn is_literal_block(&self, line: usize) -> bool {
         (line >= 1 && line <= self.len())
             .then(|| self.line(line - 1))
             .and_then(|l| l.split_once(':'))
-            .is_some_and(|(_, v)| {
-                let v = v.trim_start();
-                v.starts_with('|') || v.starts_with('>')
-            })
+            .is_some_and(|(_, v)| v.trim_start().starts_with('|'))
     }
 }
 
@@ -954,7 +953,7 @@ fn resource_from_doc(
                 serde_json::Value::String(s) => {
                     let document = PolicyDocument::from_json_str(&s).map_err(|e| {
                         let line = match &e {
-                            PolicyError::Json(j) if index.is_block_scalar(policy_line) => {
+                            PolicyError::Json(j) if index.is_literal_block(policy_line) => {
                                 policy_line + j.line()
                             }
                             _ => policy_line,
@@ -1393,6 +1392,23 @@ policy:
         let errors: Vec<_> = loaded.errors().collect();
         let twice = errors.iter().find(|e| e.file.ends_with("q.yaml")).unwrap();
         assert_eq!(twice.line, Some(9), "{twice:?}");
+        // JSON in a block scalar: a literal one (`|`) keeps its lines, so the error's line in
+        // the JSON is a line of the file; a folded one (`>`) joins them, so only the key's line
+        // is sure.
+        let json = "  {\"Version\": \"2012-10-17\",\n  \"Statement\": [,]}\n";
+        let arn = "arn: arn:aws:kinesis:us-east-1:111122223333:stream/j";
+        for (style, want) in [("|", 4), (">", 2)] {
+            let j = tempfile::tempdir().unwrap();
+            write(
+                j.path(),
+                "j.yaml",
+                &format!("{arn}\npolicy: {style}\n{json}"),
+            );
+            let loaded = load_dir(j.path(), &LoadOptions::default());
+            let e: Vec<_> = loaded.errors().collect();
+            assert_eq!(e.len(), 1, "{e:?}");
+            assert_eq!(e[0].line, Some(want), "{style} {e:?}");
+        }
         // The control character is on the file's line 11.
         let control = errors.iter().find(|e| e.file.ends_with("c.yaml")).unwrap();
         assert_eq!(control.line, Some(11), "{control:?}");
