@@ -79,7 +79,12 @@ fn path_text<S: serde::Serializer>(path: &Path, s: S) -> Result<S::Ok, S::Error>
 
 impl fmt::Display for Source {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}:{}", self.file.display(), self.line)
+        write!(
+            f,
+            "{}:{}",
+            one_line(&self.file.to_string_lossy()),
+            self.line
+        )
     }
 }
 
@@ -141,11 +146,37 @@ impl fmt::Display for Diagnostic {
             Severity::Error => "error",
             Severity::Warning => "warning",
         };
+        // One line each, whatever a file name or a value quoted in the message holds: a line
+        // break in a key or a file name must not forge a line of kpr's output (a pull
+        // request's plan comment prints these).
+        let file = one_line(&self.file.to_string_lossy()).into_owned();
+        let message = one_line(&self.message);
         match self.line {
-            Some(line) => write!(f, "{}:{line}: {sev}: {}", self.file.display(), self.message),
-            None => write!(f, "{}: {sev}: {}", self.file.display(), self.message),
+            Some(line) => write!(f, "{file}:{line}: {sev}: {message}"),
+            None => write!(f, "{file}: {sev}: {message}"),
         }
     }
+}
+
+/// `text` with its control characters (line breaks, escapes) and invisible format characters
+/// escaped as Rust writes them (`\n`, `\u{200b}`).
+pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
+    let odd = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+    };
+    if !text.contains(odd) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if odd(c) {
+            out.extend(c.escape_debug());
+        } else {
+            out.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(out)
 }
 
 #[derive(Debug, Clone)]
@@ -423,8 +454,19 @@ fn collect_files(
 /// part of the repository), else `dir` itself. The work tree is found from the path as given,
 /// before links: `dir` may itself be a link the repository holds.
 fn link_bound(dir: &Path) -> Option<PathBuf> {
-    let absolute = std::path::absolute(dir).ok()?;
-    let tree = absolute.ancestors().find(|d| d.join(".git").exists());
+    // `..` taken as written (`repo/../other` is `other`, not inside `repo`): a `..` after a
+    // link could only make the bound narrower than the real one, never wider.
+    let mut path = PathBuf::new();
+    for part in std::path::absolute(dir).ok()?.components() {
+        match part {
+            std::path::Component::ParentDir => {
+                path.pop();
+            }
+            std::path::Component::CurDir => {}
+            other => path.push(other),
+        }
+    }
+    let tree = path.ancestors().find(|d| d.join(".git").exists());
     std::fs::canonicalize(tree.unwrap_or(dir)).ok()
 }
 
@@ -600,6 +642,8 @@ enum NoText {
     LoneCr {
         line: usize,
     },
+    /// More than [`MAX_LINES`].
+    TooManyLines,
     Empty,
 }
 
@@ -613,6 +657,10 @@ impl NoText {
                 *line,
                 "line ends in a carriage return without a line feed (classic Mac line \
                  endings?): save the file with LF or CRLF line endings",
+            ),
+            NoText::TooManyLines => (
+                1,
+                "more than 1,000,000 lines in one file; refusing to parse it",
             ),
             NoText::Empty => (1, "empty file: expected at least one manifest"),
         }
@@ -635,6 +683,9 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
         return Err(NoText::Empty);
     }
     let bytes = text.as_bytes();
+    if bytes.iter().filter(|&&b| b == b'\n').count() > MAX_LINES {
+        return Err(NoText::TooManyLines);
+    }
     if let Some(at) = memchr_lone_cr(bytes) {
         let before = &bytes[..at];
         let breaks = before.iter().filter(|&&b| b == b'\n').count()
@@ -657,9 +708,12 @@ fn memchr_lone_cr(bytes: &[u8]) -> Option<usize> {
 }
 
 /// The largest document kpr hands to the YAML parser. libyaml's loader holds every event of a
-/// document at once, ~64 bytes for each byte of text, so a file of a few MiB could exhaust
-/// `kpr serve`'s memory; a manifest (a policy is at most tens of KiB) is far below this.
-const MAX_DOCUMENT_BYTES: usize = 1 << 20;
+/// document at once, 64 to 220 bytes for each byte of text (`? ? ? ...` is the dearest), so a
+/// file of a few MiB could exhaust `kpr serve`'s memory; a manifest (a policy is at most tens
+/// of KiB) is far below this.
+const MAX_DOCUMENT_BYTES: usize = 256 << 10;
+/// The most lines in one file: kpr indexes them (4 bytes each) before it parses any document.
+const MAX_LINES: usize = 1_000_000;
 /// The most flow collections (`[`, `{`) in one document. libyaml's scanner spends time on
 /// every token for each level of flow nesting, so deep nesting costs time with the square of
 /// the size: 200 KB of `[[[...` took 51 s. Counted in all of the text, quoted or not, so that
@@ -674,8 +728,8 @@ const MAX_DOCUMENTS: usize = 100_000;
 fn too_costly(doc_text: &str) -> Option<String> {
     if doc_text.len() > MAX_DOCUMENT_BYTES {
         return Some(format!(
-            "document larger than {} MiB; refusing to parse it (a manifest is a few KiB)",
-            MAX_DOCUMENT_BYTES >> 20
+            "document larger than {} KiB; refusing to parse it (a manifest is a few KiB)",
+            MAX_DOCUMENT_BYTES >> 10
         ));
     }
     let flows = doc_text
@@ -1145,6 +1199,16 @@ policy:
         assert!(errors[0].message.contains("the document is a string"));
         assert!(!format!("{:?}", loaded.diagnostics).contains(SECRET));
         assert_eq!(loaded.files, 3);
+        // A directory beside the work tree, named through it with `..`: not a link, read.
+        let beside = tempfile::tempdir().unwrap();
+        write(beside.path(), "b.yaml", GOOD);
+        let mut relative = d.path().to_path_buf();
+        for _ in d.path().components().skip(1) {
+            relative.push("..");
+        }
+        let relative = relative.join(beside.path().strip_prefix("/").unwrap());
+        let loaded = load_dir(&relative, &LoadOptions::default());
+        assert_eq!(loaded.errors().count(), 0, "{:?}", loaded.diagnostics);
         // The manifest directory itself a link the work tree holds, to a place outside it.
         let outside = tempfile::tempdir().unwrap();
         write(outside.path(), "token.yaml", &format!("{SECRET}\n"));
@@ -1433,10 +1497,15 @@ policy:
         );
         write(d.path(), "mixed.yaml", "# a\r\n# b\n# c\rarn: x\n");
         write(d.path(), "many.yaml", &"---\n".repeat(MAX_DOCUMENTS + 1));
+        write(
+            d.path(),
+            "lines.yaml",
+            &format!("{GOOD}{}", "\n".repeat(MAX_LINES)),
+        );
         let loaded = load_dir(d.path(), &LoadOptions::default());
         let mut errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
         errors.sort();
-        assert_eq!(errors.len(), 5, "{errors:#?}");
+        assert_eq!(errors.len(), 6, "{errors:#?}");
         let at = |file: &str, line: usize, text: &str| {
             let want = format!("{}:{line}: error: ", d.path().join(file).display());
             assert!(
@@ -1449,10 +1518,27 @@ policy:
         at("cr.yaml", 1, "carriage return without a line feed");
         at("mixed.yaml", 3, "carriage return without a line feed");
         at("deep.yaml", 9, "refusing to parse it");
-        at("huge.yaml", 1, "larger than 1 MiB");
+        at("huge.yaml", 1, "larger than 256 KiB");
+        at("lines.yaml", 1, "lines in one file");
         at("many.yaml", 1, "documents in one file");
         // The first document of deep.yaml, and the CRLF file, load.
         assert_eq!(loaded.state.resources.len(), 2, "{errors:#?}");
+    }
+
+    #[test]
+    fn a_diagnostic_is_one_line_whatever_it_quotes() {
+        let d = Diagnostic {
+            file: PathBuf::from("a\nb.yaml:1: error: forged.yaml"),
+            line: Some(2),
+            severity: Severity::Error,
+            message: "unknown field `x\nc.yaml:1: error: FORGED\u{200b}`".into(),
+        };
+        let shown = d.to_string();
+        assert_eq!(shown.lines().count(), 1, "{shown}");
+        assert!(
+            shown.contains("a\\nb.yaml") && shown.contains("\\u{200b}"),
+            "{shown}"
+        );
     }
 
     #[test]

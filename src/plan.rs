@@ -285,7 +285,7 @@ pub enum PlanRefused {
     #[error("--prune with an empty manifest set would delete every policy in reach; refusing")]
     PruneWithoutManifests,
     #[error(
-        "--prune would delete {count} policies, more than --max-deletes {max}; review the plan and raise --max-deletes if this is intended:\n{arns}"
+        "--prune would delete {count} policies, more than the limit of {max} (--max-deletes, KPR_MAX_DELETES or maxDeletes); review the plan and raise the limit if this is intended:\n{arns}"
     )]
     TooManyDeletes {
         count: usize,

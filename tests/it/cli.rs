@@ -603,7 +603,7 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     assert!(
         refused
             .stderr
-            .contains("would delete 3 policies, more than --max-deletes 2"),
+            .contains("would delete 3 policies, more than the limit of 2"),
         "{refused:?}"
     );
     let json = kpr(&[
