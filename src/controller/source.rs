@@ -33,10 +33,9 @@ pub struct GitRepo {
     path: PathBuf,
     /// Read again from its file, if it has one, before each fetch.
     token: RotatingSecret,
-    /// The URL's user name, answered through `GIT_ASKPASS` like the token.
+    /// The URL's user name, answered by [`CREDENTIAL_HELPER`] like the token.
     user: Option<Secret>,
     checkout: PathBuf,
-    askpass: PathBuf,
 }
 
 impl Source {
@@ -51,10 +50,8 @@ impl Source {
                 let workdir = tokio::fs::canonicalize(&g.workdir)
                     .await
                     .map_err(|e| format!("workdir {}: {e}", g.workdir.display()))?;
-                let askpass = workdir.join("askpass.sh");
-                if g.token.is_some() || g.user.is_some() {
-                    write_askpass(&askpass).await?;
-                }
+                // Left by versions that answered git's prompts with a script.
+                let _ = tokio::fs::remove_file(workdir.join("askpass.sh")).await;
                 Ok(Source::Git(GitRepo {
                     url: g.url.clone(),
                     branch: g.branch.clone(),
@@ -62,7 +59,6 @@ impl Source {
                     token: RotatingSecret::new("git token", g.token.clone(), g.token_file.clone()),
                     user: g.user.clone(),
                     checkout: workdir.join("repo"),
-                    askpass,
                 }))
             }
         }
@@ -179,25 +175,14 @@ impl Source {
     }
 }
 
-async fn write_askpass(path: &Path) -> Result<(), String> {
-    // Static text: the secret itself only ever lives in the git child's environment.
-    let script = "#!/bin/sh\n\
-                  case \"$1\" in\n\
-                  Username*) printf '%s\\n' \"${KPR_GIT_USERNAME:-x-access-token}\" ;;\n\
-                  *) printf '%s\\n' \"$KPR_GIT_PASSWORD\" ;;\n\
-                  esac\n";
-    tokio::fs::write(path, script)
-        .await
-        .map_err(|e| format!("{}: {e}", path.display()))?;
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        tokio::fs::set_permissions(path, std::fs::Permissions::from_mode(0o700))
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
-    }
-    Ok(())
-}
+/// How git gets the token and user name: a credential helper that reads them from its own
+/// environment. Static text (the secret itself only ever lives in the git child's
+/// environment), and `printf` is a shell builtin, so neither value is ever in a process's
+/// argv. An askpass program was handed git's prompt as its argument, and git's password
+/// prompt quotes the user name, which in the `https://TOKEN@host` form is the token.
+const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; \
+    printf 'username=%s\\npassword=%s\\n' \"${KPR_GIT_USERNAME:-x-access-token}\" \
+    \"$KPR_GIT_PASSWORD\"; }; f";
 
 impl GitRepo {
     /// The repository (its URL without credentials), branch and path, as one string.
@@ -235,10 +220,17 @@ impl GitRepo {
             .first()
             .map(|a| a.to_string_lossy().into_owned())
             .unwrap_or_default();
+        let token = self.token.last();
+        let credentials = token.is_some() || self.user.is_some();
         let mut cmd = tokio::process::Command::new("git");
-        cmd.arg("-C")
-            .arg(&self.checkout)
-            .args(&args)
+        cmd.arg("-C").arg(&self.checkout);
+        if credentials {
+            // The empty value first empties the list: no helper of the machine's (a `store`
+            // helper writes what it is given to ~/.git-credentials) sees or keeps the token.
+            cmd.args(["-c", "credential.helper=", "-c"])
+                .arg(format!("credential.helper={CREDENTIAL_HELPER}"));
+        }
+        cmd.args(&args)
             // Never wait for a human at a password prompt: fail and report instead.
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
@@ -259,9 +251,8 @@ impl GitRepo {
                 }
             }
         }
-        let token = self.token.last();
-        if token.is_some() || self.user.is_some() {
-            cmd.env("GIT_ASKPASS", &self.askpass).env(
+        if credentials {
+            cmd.env(
                 "KPR_GIT_PASSWORD",
                 token.as_ref().map_or("", Secret::expose),
             );
@@ -473,7 +464,7 @@ pub struct UrlCredentials {
     pub password: Option<String>,
 }
 
-/// Moves credentials out of a git URL, so they reach git only through `GIT_ASKPASS`, never its
+/// Moves credentials out of a git URL, so they reach git only through [`CREDENTIAL_HELPER`], never its
 /// argv or `.git/config`. An http(s) URL loses its whole `user:password@`; any other keeps its
 /// user name, which ssh needs in the URL (`ssh://git@host/...`), and loses a password.
 pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
@@ -588,6 +579,46 @@ fn decode(s: &str, plus_is_space: bool) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
+    /// The helper answers git with the token and user name from its environment, and only
+    /// them: run through git's own credential machinery, with a `store` helper configured that
+    /// must never be asked.
+    #[test]
+    fn the_credential_helper_answers_from_the_environment() {
+        use std::io::Write;
+        let home = tempfile::tempdir().unwrap();
+        let credential = |action: &str, input: &[u8]| {
+            let mut child = std::process::Command::new("git")
+                .env("HOME", home.path())
+                .env("GIT_CONFIG_NOSYSTEM", "1")
+                .args([
+                    "-c",
+                    "credential.helper=store",
+                    "-c",
+                    "credential.helper=",
+                    "-c",
+                ])
+                .arg(format!("credential.helper={CREDENTIAL_HELPER}"))
+                .args(["credential", action])
+                .env("KPR_GIT_USERNAME", "ghp_user_is_the_token")
+                .env("KPR_GIT_PASSWORD", "")
+                .env("GIT_TERMINAL_PROMPT", "0")
+                .stdin(std::process::Stdio::piped())
+                .stdout(std::process::Stdio::piped())
+                .spawn()
+                .unwrap();
+            child.stdin.take().unwrap().write_all(input).unwrap();
+            let out = child.wait_with_output().unwrap();
+            assert!(out.status.success(), "{out:?}");
+            String::from_utf8(out.stdout).unwrap()
+        };
+        let out = credential("fill", b"protocol=https\nhost=git.example.com\n\n");
+        assert!(out.contains("username=ghp_user_is_the_token\n"), "{out}");
+        assert!(out.contains("password=\n"), "{out}");
+        // What git does after a fetch that signed in: no helper but kpr's hears of it.
+        credential("approve", out.as_bytes());
+        assert!(!home.path().join(".git-credentials").exists());
+    }
+
     use super::*;
 
     #[test]
