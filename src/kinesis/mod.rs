@@ -298,7 +298,26 @@ pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
 #[derive(Debug, Default)]
 pub struct Page {
     pub items: Vec<ResourceArn>,
-    pub next: Option<String>,
+    pub next: Option<Cursor>,
+}
+
+/// Where a listing goes on from.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Cursor {
+    /// The service's `NextToken`.
+    Token(String),
+    /// ListStreams' `ExclusiveStartStreamName`: an endpoint that says `HasMoreStreams` but
+    /// sends no token (kinesis-mock, and so LocalStack) pages by the last name listed.
+    After(String),
+}
+
+impl Cursor {
+    fn token(self) -> Option<String> {
+        match self {
+            Cursor::Token(t) => Some(t),
+            Cursor::After(_) => None,
+        }
+    }
 }
 
 /// The calls kpr makes. One attempt each; implementations must not retry.
@@ -324,7 +343,7 @@ pub trait Kinesis: Send + Sync {
     fn list_streams_page(
         &self,
         scope: &Scope,
-        next: Option<String>,
+        next: Option<Cursor>,
     ) -> impl Future<Output = Result<Page, ApiError>> + Send;
     /// A stream's ARN as the service reports it: how `import` learns the account id when it
     /// was not given (the scope's account may be a placeholder here).
@@ -336,7 +355,7 @@ pub trait Kinesis: Send + Sync {
     fn list_consumers_page(
         &self,
         stream: &ResourceArn,
-        next: Option<String>,
+        next: Option<Cursor>,
     ) -> impl Future<Output = Result<Page, ApiError>> + Send;
 }
 
@@ -499,7 +518,7 @@ impl<K: Kinesis> Resilient<K> {
 /// so an empty page ends the listing too.
 async fn all_pages<F, Fut>(mut page: F) -> Result<Vec<ResourceArn>, ApiError>
 where
-    F: FnMut(Option<String>) -> Fut,
+    F: FnMut(Option<Cursor>) -> Fut,
     Fut: Future<Output = Result<Page, ApiError>>,
 {
     let mut all = Vec::new();
@@ -543,7 +562,7 @@ impl<K: Kinesis> Kinesis for Resilient<K> {
     async fn list_streams_page(
         &self,
         scope: &Scope,
-        next: Option<String>,
+        next: Option<Cursor>,
     ) -> Result<Page, ApiError> {
         self.run(Op::ListStreams, scope, || {
             self.inner.list_streams_page(scope, next.clone())
@@ -563,7 +582,7 @@ impl<K: Kinesis> Kinesis for Resilient<K> {
     async fn list_consumers_page(
         &self,
         stream: &ResourceArn,
-        next: Option<String>,
+        next: Option<Cursor>,
     ) -> Result<Page, ApiError> {
         self.run(Op::ListStreamConsumers, &stream.scope, || {
             self.inner.list_consumers_page(stream, next.clone())
@@ -854,24 +873,42 @@ impl Kinesis for AwsKinesis {
     async fn list_streams_page(
         &self,
         scope: &Scope,
-        next: Option<String>,
+        next: Option<Cursor>,
     ) -> Result<Page, ApiError> {
+        let op = Op::ListStreams;
+        let (token, after) = match next {
+            Some(Cursor::Token(t)) => (Some(t), None),
+            Some(Cursor::After(name)) => (None, Some(name)),
+            None => (None, None),
+        };
         let out = self
             .client(scope)
             .await
             .list_streams()
-            .set_next_token(next)
+            .set_next_token(token)
+            .set_exclusive_start_stream_name(after)
             .send()
             .boxed()
             .await
-            .map_err(|e| classify(Op::ListStreams, &e))?;
-        Ok(Page {
-            items: listed_streams(scope, &out)?,
-            next: out
-                .has_more_streams()
-                .then(|| out.next_token().map(str::to_string))
-                .flatten(),
-        })
+            .map_err(|e| classify(op, &e))?;
+        let items = listed_streams(scope, &out)?;
+        // A listing that stops short would pass for the whole: prune would miss policies,
+        // import would leave resources out, and both would say nothing.
+        let next = match (out.has_more_streams(), out.next_token(), items.last()) {
+            (false, _, _) => None,
+            (true, Some(token), _) => Some(Cursor::Token(token.to_string())),
+            (true, None, Some(last)) => Some(Cursor::After(last.stream.clone())),
+            (true, None, None) => {
+                return Err(ApiError::new(
+                    op,
+                    ErrorClass::Fatal,
+                    None,
+                    "the endpoint says more streams exist but sends neither a NextToken nor a \
+                     stream to go on from",
+                ));
+            }
+        };
+        Ok(Page { items, next })
     }
 
     async fn describe_stream_arn(
@@ -900,7 +937,7 @@ impl Kinesis for AwsKinesis {
     async fn list_consumers_page(
         &self,
         stream: &ResourceArn,
-        next: Option<String>,
+        next: Option<Cursor>,
     ) -> Result<Page, ApiError> {
         let op = Op::ListStreamConsumers;
         let out = self
@@ -908,14 +945,14 @@ impl Kinesis for AwsKinesis {
             .await
             .list_stream_consumers()
             .stream_arn(stream.to_string())
-            .set_next_token(next)
+            .set_next_token(next.and_then(Cursor::token))
             .send()
             .boxed()
             .await
             .map_err(|e| classify(op, &e))?;
         Ok(Page {
             items: listed_consumers(stream, &out)?,
-            next: out.next_token().map(str::to_string),
+            next: out.next_token().map(|t| Cursor::Token(t.to_string())),
         })
     }
 }
@@ -968,14 +1005,14 @@ macro_rules! calls_a_test_does_not_make {
         async fn list_streams_page(
             &self,
             _: &$crate::arn::Scope,
-            _: Option<String>,
+            _: Option<$crate::kinesis::Cursor>,
         ) -> Result<$crate::kinesis::Page, $crate::kinesis::ApiError> {
             unimplemented!()
         }
         async fn list_consumers_page(
             &self,
             _: &$crate::arn::ResourceArn,
-            _: Option<String>,
+            _: Option<$crate::kinesis::Cursor>,
         ) -> Result<$crate::kinesis::Page, $crate::kinesis::ApiError> {
             unimplemented!()
         }

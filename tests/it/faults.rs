@@ -23,7 +23,8 @@ struct Bulk {
 }
 
 impl Bulk {
-    fn new(url: &str) -> Bulk {
+    /// For the emulator's account: kinesis-mock takes a private one from the access key id.
+    fn new(emu: &Emulator) -> Bulk {
         use aws_sdk_kinesis::config::{BehaviorVersion, Credentials, Region};
         let rt = tokio::runtime::Builder::new_multi_thread()
             .worker_threads(2)
@@ -33,8 +34,18 @@ impl Bulk {
         let conf = aws_sdk_kinesis::Config::builder()
             .behavior_version(BehaviorVersion::latest())
             .region(Region::new(common::REGION))
-            .endpoint_url(url)
-            .credentials_provider(Credentials::new("test", "test", None, None, "t"))
+            .endpoint_url(&emu.url)
+            .credentials_provider(Credentials::new(
+                if emu.private {
+                    emu.account.as_str()
+                } else {
+                    "test"
+                },
+                "test",
+                None,
+                None,
+                "t",
+            ))
             .build();
         Bulk {
             rt,
@@ -329,7 +340,7 @@ fn calls_go_through_the_proxy_the_environment_names() {
 #[test]
 fn mixed_faults_converge_within_the_retry_bound() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     let arns = streams(&emu, &bulk, "flt-mix", 200);
     // A quarter of the streams start with a stale policy, the rest with none.
     bulk.put_policies(
@@ -398,7 +409,7 @@ fn mixed_faults_converge_within_the_retry_bound() {
 #[test]
 fn errors_that_must_not_be_retried_are_tried_once() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     let arns = streams(&emu, &bulk, "flt-fatal", 30);
     let (m, want) = manifests(&arns);
     let proxy = Proxy::start(&emu.url);
@@ -518,7 +529,7 @@ fn assert_converged_subset(emu: &Emulator, arns: &[String], want: &[serde_json::
 #[test]
 fn a_rate_limiting_backend_slows_kpr_down_without_failures() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     let arns = streams(&emu, &bulk, "flt-rate", 40);
     let (m, want) = manifests(&arns);
     let proxy = Proxy::start(&emu.url);
@@ -569,7 +580,7 @@ fn a_rate_limiting_backend_slows_kpr_down_without_failures() {
 #[test]
 fn sigkill_mid_apply_then_rerun_converges_with_nothing_lost() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     let arns = streams(&emu, &bulk, "flt-kill", 200);
     let (m, want) = manifests(&arns);
     let proxy = Proxy::start(&emu.url);
@@ -630,7 +641,7 @@ fn sigkill_mid_apply_then_rerun_converges_with_nothing_lost() {
 #[test]
 fn backend_gone_mid_run_fails_cleanly_then_recovers() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     for (how, prefix) in [(Gone::Refuse, "flt-refuse"), (Gone::Drop, "flt-drop")] {
         let arns = streams(&emu, &bulk, prefix, 40);
         let (m, want) = manifests(&arns);
@@ -776,7 +787,7 @@ impl Running {
 #[test]
 fn sigint_mid_apply_finishes_the_writes_under_way_and_reports_the_rest() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     let arns = streams(&emu, &bulk, "flt-int", 60);
     let (m, want) = manifests(&arns);
     let proxy = Proxy::start(&emu.url);
@@ -847,7 +858,7 @@ fn sigint_mid_apply_finishes_the_writes_under_way_and_reports_the_rest() {
 #[test]
 fn a_second_sigint_stops_at_once() {
     let emu = common::kinesis_mock();
-    let bulk = Bulk::new(&emu.url);
+    let bulk = Bulk::new(&emu);
     let arns = streams(&emu, &bulk, "flt-int2", 20);
     let (m, _) = manifests(&arns);
     let proxy = Proxy::start(&emu.url);
@@ -877,5 +888,37 @@ fn a_second_sigint_stops_at_once() {
             && l.ends_with(" under way, which may or may not have been applied")
             && !l.starts_with("0 failed; 0 under way")),
         "{stderr:?}"
+    );
+}
+
+/// kinesis-mock answers ListStreams 100 streams at a time with HasMoreStreams and no
+/// NextToken: a listing that stopped there passed for the whole, and `--prune` (like `import`)
+/// never saw the streams after the hundredth. The stray policy here is on the 105th.
+#[test]
+fn prune_lists_every_stream_past_the_first_page() {
+    let emu = common::kinesis_mock_private();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "page", 105);
+    let mut sorted = arns.clone();
+    sorted.sort();
+    let last = sorted.last().unwrap().clone();
+    bulk.put_policies(&[(last.clone(), stale(&last))]);
+    let m = common::Manifests::new(&[(
+        "a.yaml",
+        &common::manifest(&sorted[0], &desired(&sorted[0], 0)),
+    )]);
+    let run = emu.kpr(&[
+        "plan",
+        "--dir",
+        &m.arg(),
+        "--prune",
+        "--detailed-exitcode",
+        "--rate-limit",
+        "0",
+    ]);
+    assert_eq!(run.code, 2, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!("- delete stream {last}")),
+        "{run:?}"
     );
 }
