@@ -551,6 +551,17 @@ impl Reconciler {
             .awaited_commit = self.awaiting.as_ref().map(|a| a.commit.clone());
     }
 
+    /// The revision last applied (or recorded as good), when `head` is one of its ancestors
+    /// and not itself: the branch went back. Taking it as is would undo applied commits, and
+    /// with `--prune` delete the policies they added.
+    async fn behind(&self, head: &str) -> Option<String> {
+        let last = match &self.applied {
+            Some(applied) => applied.revision.clone()?,
+            None => self.recorded.clone()?,
+        };
+        (last != head && self.source.contains(head, &last).await).then_some(last)
+    }
+
     /// How long after this run to fetch again for a pushed commit not yet seen: one second
     /// after the first miss, doubling.
     pub fn awaited_fetch(&self) -> Option<Duration> {
@@ -771,10 +782,26 @@ impl Reconciler {
             }
         };
         if let Some(head) = &revision {
+            // Whether a push's webhook named a commit this fetch brought: then the branch is
+            // where its owner put it, even behind what was applied (a reset, force-pushed).
+            let named = match &wanted {
+                Some(commit) => self.source.contains(commit, head).await,
+                None => false,
+            };
             self.check_awaited(wanted, Some(head)).await;
             if self.applied.is_none() && self.recorded.is_none() {
                 self.restored = self.source.recorded_good().await;
                 self.recorded.clone_from(&self.restored);
+            }
+            if !named && let Some(ahead) = self.behind(head).await {
+                let message = format!(
+                    "the fetched branch head {head} is behind {ahead}, which was already \
+                     applied (a replica behind its webhook, or a reset no webhook announced): \
+                     nothing applied, so as not to undo what was applied; a push, or the \
+                     webhook of a reset, that names the head applies it"
+                );
+                tracing::warn!(head, applied = ahead, "{message}");
+                return out.fail(RunResult::FetchFailed, message);
             }
         }
         out.revision = revision.clone();

@@ -1126,6 +1126,70 @@ fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
     serve.stop();
 }
 
+/// A replica behind its webhook may serve a branch head older than what kpr already applied.
+/// Taking it would undo applied commits (and, with --prune, delete the policies they added):
+/// kpr applies nothing until the branch is back, while a reset that a webhook names (the
+/// branch moved back on purpose) is applied.
+#[test]
+fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
+    let emu = common::kinesis_mock_private();
+    let [a, b] = ["serve-lag-a", "serve-lag-b"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&a, &one(&a)));
+    let first = repo.push("main", "a");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", "300ms"]),
+            env: vec![("AWS_ACCESS_KEY_ID", emu.account.clone())],
+            ..Options::default()
+        },
+    );
+    serve.applied(&first);
+    repo.write("b.yaml", &manifest(&b, &one(&b)));
+    let second = repo.push("main", "b");
+    assert_eq!(serve.github_push("main", "lag-1").status, 202);
+    serve.applied(&second);
+    assert!(live(&emu, &b).is_some());
+
+    // The replica serves the first commit again; a webhook names a third, not served yet.
+    git(
+        &repo.dir.path().join("origin.git"),
+        &["update-ref", "refs/heads/main", &first],
+    );
+    let body = serde_json::json!({"ref": "refs/heads/main", "after": "f".repeat(40)});
+    let r = serve.github_push_body(body.to_string().as_bytes(), "lag-2");
+    assert_eq!(r.status, 202, "{r:?}");
+    let st = serve.status_when(
+        "the run that fetched the old head",
+        Duration::from_secs(20),
+        |st| st["last_run"]["trigger"] == "webhook" && st["last_run"]["result"] == "fetch_failed",
+    );
+    assert!(
+        st["last_run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("is behind")),
+        "{st:#}"
+    );
+    assert_eq!(st["last_good_revision"], second.as_str(), "{st:#}");
+    assert!(live(&emu, &b).is_some(), "b's policy was pruned: {st:#}");
+
+    // A reset its webhook names is the branch's owner moving it back: applied, b pruned.
+    let body = serde_json::json!({"ref": "refs/heads/main", "after": first});
+    assert_eq!(
+        serve
+            .github_push_body(body.to_string().as_bytes(), "lag-3")
+            .status,
+        202
+    );
+    serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
+        st["last_good_revision"] == first.as_str()
+    });
+    assert!(live(&emu, &b).is_none());
+    serve.stop();
+}
+
 /// A fetch that fails while a pushed commit is awaited counts as a miss: the fetches for it
 /// space out and end, rather than asking a git host that is down every second.
 #[test]
