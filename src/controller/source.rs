@@ -214,6 +214,15 @@ impl GitRepo {
         I: IntoIterator<Item = S>,
         S: AsRef<OsStr>,
     {
+        self.run_git(&self.checkout, args).await
+    }
+
+    /// git in `dir`, with kpr's credentials and environment rules.
+    async fn run_git<I, S>(&self, dir: &Path, args: I) -> Result<Vec<u8>, String>
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
         let args: Vec<std::ffi::OsString> =
             args.into_iter().map(|a| a.as_ref().to_owned()).collect();
         let what = args
@@ -223,7 +232,7 @@ impl GitRepo {
         let token = self.token.last();
         let credentials = token.is_some() || self.user.is_some();
         let mut cmd = tokio::process::Command::new("git");
-        cmd.arg("-C").arg(&self.checkout);
+        cmd.arg("-C").arg(dir);
         if credentials {
             // The empty value first empties the list: no helper of the machine's (a `store`
             // helper writes what it is given to ~/.git-credentials) sees or keeps the token.
@@ -300,7 +309,61 @@ impl GitRepo {
         out
     }
 
+    /// Fetches and checks out the branch head. A working copy that git can no longer use
+    /// (objects emptied by a crash or a full disk, a garbled HEAD) would fail every run from
+    /// then on, restarts included: when the remote answers for the branch, the failure is the
+    /// copy's, which is moved aside and cloned afresh, keeping its last good revision.
     async fn sync(&self) -> Result<String, String> {
+        let failed = match self.sync_once().await {
+            Ok(sha) => return Ok(sha),
+            Err(e) => e,
+        };
+        if !self.checkout.join(".git").exists()
+            || failed.contains("no answer after")
+            || !self.remote_has_branch().await
+        {
+            return Err(failed);
+        }
+        tracing::warn!(error = %failed, "the git working copy is damaged: moving it aside and fetching afresh");
+        let last_good = tokio::fs::read_to_string(self.checkout.join(".git").join(LAST_GOOD_REF))
+            .await
+            .ok();
+        let aside = self.checkout.with_extension("damaged");
+        let _ = tokio::fs::remove_dir_all(&aside).await;
+        tokio::fs::rename(&self.checkout, &aside)
+            .await
+            .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
+        let sha = self.sync_once().await?;
+        if let Some(good) = last_good.map(|g| g.trim().to_string())
+            && self.commit_of(&good).await.is_ok()
+        {
+            let kept = async {
+                self.git(["config", LAST_GOOD_SOURCE, &self.identity()])
+                    .await?;
+                self.git(["update-ref", LAST_GOOD_REF, &good]).await
+            };
+            if let Err(e) = kept.await {
+                tracing::warn!(error = %e, "cannot keep the last good revision in the new working copy");
+            }
+        }
+        Ok(sha)
+    }
+
+    /// Whether the remote answers, and has the branch: `git ls-remote`, which needs no
+    /// working copy.
+    async fn remote_has_branch(&self) -> bool {
+        let branch = format!("refs/heads/{}", self.branch);
+        // Run from the workdir, outside the (damaged) working copy.
+        let workdir = self.checkout.parent().unwrap_or(&self.checkout);
+        self.run_git(
+            workdir,
+            ["ls-remote", "--heads", self.url.as_str(), branch.as_str()],
+        )
+        .await
+        .is_ok_and(|out| !out.trim_ascii().is_empty())
+    }
+
+    async fn sync_once(&self) -> Result<String, String> {
         if !self.checkout.join(".git").is_dir() {
             tokio::fs::create_dir_all(&self.checkout)
                 .await

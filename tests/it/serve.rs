@@ -1190,6 +1190,61 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     serve.stop();
 }
 
+/// A working copy git can no longer use (a crash or a full disk empties object files) failed
+/// every run from then on, restarts included. kpr moves it aside and fetches afresh, and keeps
+/// its last good revision.
+#[test]
+fn a_damaged_working_copy_is_replaced() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-damaged"));
+    let repo = Repo::new();
+    repo.write(
+        "s.yaml",
+        &manifest(
+            &arn,
+            &read_policy(&arn, "arn:aws:iam::111122223333:role/one"),
+        ),
+    );
+    let first = repo.push("main", "v1");
+    let workdir = tempfile::tempdir().unwrap();
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: repo.source_args(&["--interval", "1h"]),
+            workdir: Some(workdir.path()),
+            ..Options::default()
+        },
+    );
+    serve.applied(&first);
+    let mut emptied = 0;
+    let mut dirs = vec![workdir.path().join("repo/.git/objects")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                std::fs::write(&path, b"").unwrap();
+                emptied += 1;
+            }
+        }
+    }
+    assert!(emptied > 0);
+
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    repo.write("s.yaml", &manifest(&arn, &v2));
+    let second = repo.push("main", "v2");
+    assert_eq!(serve.github_push("main", "damaged").status, 202);
+    let st = serve.applied(&second);
+    assert!(
+        live(&emu, &arn).is_some_and(|p| same_grant(&p, &v2)),
+        "{st:#}"
+    );
+    assert!(serve.logs().contains("the git working copy is damaged"));
+    assert!(workdir.path().join("repo.damaged").is_dir());
+    serve.stop();
+}
+
 /// A fetch that fails while a pushed commit is awaited counts as a miss: the fetches for it
 /// space out and end, rather than asking a git host that is down every second.
 #[test]
