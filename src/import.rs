@@ -94,14 +94,36 @@ pub async fn import<K: Kinesis>(
         .await;
     let mut policies: Vec<_> = policies.into_iter().collect();
     policies.sort_by(|a, b| a.0.cmp(&b.0));
+    // What --out already declares, in any file: a re-run, or files a team renamed or moved
+    // since, must not get a second manifest for one resource (the set would not validate).
+    let mut declared = std::collections::HashMap::new();
     let mut names = FileNames::default();
+    for (file, named) in crate::manifest::declarations_below(&opts.out) {
+        if file.parent() == Some(opts.out.as_path())
+            && let Some(name) = file.file_name()
+        {
+            names.used.insert(name.to_string_lossy().to_lowercase());
+        }
+        for (text, _) in named {
+            if let Ok(arn) = ResourceArn::parse(&text) {
+                declared
+                    .entry(arn.identity())
+                    .or_insert_with(|| file.clone());
+            }
+        }
+    }
     for (arn, policy) in policies {
         match policy {
             Ok(None) => report.without_policy += 1,
             Ok(Some(raw)) => {
                 let id = arn.identity();
-                let path = opts.out.join(names.next(&id));
-                write_manifest(&id, &path, &raw, opts, &mut report);
+                match declared.get(&id) {
+                    Some(file) => keep_existing(&id, file.clone(), opts, &mut report),
+                    None => {
+                        let path = opts.out.join(names.next(&id));
+                        write_manifest(&id, &path, &raw, opts, &mut report);
+                    }
+                }
             }
             Err(e) => report.errors.push(format!("{arn}: {e}")),
         }
@@ -115,6 +137,9 @@ pub async fn import<K: Kinesis>(
 /// names meet (stream `a.consumer.b` and consumer `b` of stream `a`) or differ only in case
 /// (on a case-insensitive disk). `@` is in no stream or consumer name, so the marks it makes
 /// cannot collide with another resource's name.
+/// The longest name before `.yaml` and an `@N` mark, within the 255 bytes of a file name.
+const MAX_BASE: usize = 200;
+
 #[derive(Default)]
 struct FileNames {
     used: std::collections::HashSet<String>,
@@ -128,6 +153,15 @@ impl FileNames {
         };
         if base.starts_with('.') {
             base.insert(0, '@');
+        }
+        // File systems take 255 bytes a name, and a stream and a consumer name may have 128
+        // each: a long name keeps its start and a digest of the whole, which stays unique.
+        if base.len() > MAX_BASE {
+            use sha2::Digest;
+            let digest = sha2::Sha256::digest(base.as_bytes());
+            let hex: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+            base.truncate(MAX_BASE - 20);
+            base = format!("{base}@{hex}");
         }
         let mut name = format!("{base}.yaml");
         let mut n = 1;
@@ -364,7 +398,11 @@ fn write_manifest(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             keep_existing(arn, path, opts, report)
         }
-        Err(e) => report.errors.push(format!("{}: {e}", path.display())),
+        Err(e) => report.errors.push(format!(
+            "{arn}: writing {}: {e}; {arn} has no manifest, and a later `apply --prune` would \
+             delete its policy",
+            path.display()
+        )),
     }
 }
 
@@ -898,6 +936,25 @@ mod tests {
             );
             assert_eq!(loaded.into_result().is_err(), refused, "{name}:\n{text}");
         }
+    }
+
+    /// A stream and a consumer name may have 128 characters each: their file name must stay
+    /// within the 255 bytes a file system takes, and two that differ only at the end apart.
+    #[test]
+    fn a_long_name_fits_a_file_name_and_stays_unique() {
+        let stream = "s".repeat(128);
+        let consumer = |last: char| {
+            let name = format!("{}{last}", "c".repeat(127));
+            ResourceArn::parse(&format!(
+                "arn:aws:kinesis:us-east-1:111122223333:stream/{stream}/consumer/{name}"
+            ))
+            .unwrap()
+        };
+        let mut names = FileNames::default();
+        let (a, b) = (names.next(&consumer('a')), names.next(&consumer('b')));
+        assert_ne!(a, b);
+        assert!(a.len() <= 255 && b.len() <= 255, "{a} {b}");
+        assert!(a.ends_with(".yaml") && a.starts_with("sss"), "{a}");
     }
 
     #[test]

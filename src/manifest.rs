@@ -791,6 +791,34 @@ pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
     (out, unreadable)
 }
 
+/// Every manifest file below `dir`, as the loader finds them, with what each declares (read as
+/// [`declared_in`] reads it): for `kpr import`, which must not declare a resource a second time
+/// in another file, whatever the file is called or where it was moved.
+pub(crate) fn declarations_below(dir: &Path) -> Vec<(PathBuf, Vec<(String, Ensure)>)> {
+    let mut files = Vec::new();
+    let root = link_bound(dir).unwrap_or_else(|| dir.to_path_buf());
+    collect_files(
+        dir,
+        &root,
+        &mut files,
+        &mut HashSet::new(),
+        &mut Vec::new(),
+        &mut 0,
+    );
+    files
+        .into_iter()
+        .filter_map(|file| {
+            let bytes = std::fs::File::open(&file).ok().and_then(|f| {
+                let mut bytes = Vec::new();
+                f.take(MAX_FILE_BYTES).read_to_end(&mut bytes).ok()?;
+                Some(bytes)
+            })?;
+            let (named, _) = declared_in(&bytes);
+            Some((file, named))
+        })
+        .collect()
+}
+
 fn parse_file(
     file: &Path,
     bytes: &[u8],

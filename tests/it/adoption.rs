@@ -109,6 +109,36 @@ fn import_then_plan_is_in_sync() {
     );
 }
 
+/// A re-run finds what --out declares in any file, whatever it is called or where a team moved
+/// it: a resource gets no second manifest (the set would no longer validate), and a name taken
+/// by another resource's file (streams `Orders` and `orders`) gives way.
+#[test]
+fn a_re_import_declares_nothing_twice() {
+    let emu = common::kinesis_mock_private();
+    let upper = emu.create_stream(&unique("Imp"));
+    let lower_name = upper.rsplit('/').next().unwrap().to_lowercase();
+    let lower = emu.create_stream(&lower_name);
+    emu.put_policy_raw(&lower, &read_policy(&lower, "444455556666").to_string());
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("estate");
+    let dir_s = dir.to_string_lossy().into_owned();
+    let import = || emu.kpr(&["--region", "us-east-1", "import", "--out", &dir_s]);
+    let first = import();
+    assert_eq!(first.code, 0, "{first:?}");
+    std::fs::create_dir(dir.join("team")).unwrap();
+    let file = format!("{lower_name}.yaml");
+    std::fs::rename(dir.join(&file), dir.join("team").join(&file)).unwrap();
+
+    emu.put_policy_raw(&upper, &read_policy(&upper, "444455556666").to_string());
+    let again = import();
+    assert_eq!(again.code, 0, "{again:?}");
+    assert!(again.stdout.contains("Imported 1 policies"), "{again:?}");
+    let validate = emu.kpr(&["validate", "--dir", &dir_s]);
+    assert_eq!(validate.code, 0, "{validate:?}");
+    let plan = emu.kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);
+    assert_eq!(plan.code, 0, "{plan:?}");
+}
+
 #[test]
 fn import_without_any_region_says_where_one_can_come_from() {
     let out = tempfile::tempdir().unwrap();
