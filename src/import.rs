@@ -98,8 +98,16 @@ pub async fn import<K: Kinesis>(
     // since, must not get a second manifest for one resource (the set would not validate).
     let mut declared = std::collections::HashMap::new();
     let mut names = FileNames::default();
-    for (file, named) in crate::manifest::declarations_below(&opts.out) {
-        if file.parent() == Some(opts.out.as_path())
+    for crate::manifest::FileDeclarations {
+        file,
+        named,
+        unreadable,
+    } in crate::manifest::declarations_below(&opts.out)
+    {
+        // A file kpr cannot read all of may declare the resource its name is for: that
+        // resource's write then finds it in the way and says so, rather than going elsewhere.
+        if !unreadable
+            && file.parent() == Some(opts.out.as_path())
             && let Some(name) = file.file_name()
         {
             names.used.insert(name.to_string_lossy().to_lowercase());

@@ -791,10 +791,19 @@ pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
     (out, unreadable)
 }
 
-/// Every manifest file below `dir`, as the loader finds them, with what each declares (read as
-/// [`declared_in`] reads it): for `kpr import`, which must not declare a resource a second time
-/// in another file, whatever the file is called or where it was moved.
-pub(crate) fn declarations_below(dir: &Path) -> Vec<(PathBuf, Vec<(String, Ensure)>)> {
+/// What one manifest file declares: `(arn, ensure)` of each document whose `arn` reads, and
+/// whether some document could not be read.
+pub(crate) struct FileDeclarations {
+    pub file: PathBuf,
+    pub named: Vec<(String, Ensure)>,
+    pub unreadable: bool,
+}
+
+/// Every manifest file below `dir`, as the loader finds them, with what each declares and
+/// whether some document of it could not be read (as [`declared_in`] reads it): for `kpr
+/// import`, which must not declare a resource a second time in another file, whatever the
+/// file is called or where it was moved.
+pub(crate) fn declarations_below(dir: &Path) -> Vec<FileDeclarations> {
     let mut files = Vec::new();
     let root = link_bound(dir).unwrap_or_else(|| dir.to_path_buf());
     collect_files(
@@ -813,8 +822,12 @@ pub(crate) fn declarations_below(dir: &Path) -> Vec<(PathBuf, Vec<(String, Ensur
                 f.take(MAX_FILE_BYTES).read_to_end(&mut bytes).ok()?;
                 Some(bytes)
             })?;
-            let (named, _) = declared_in(&bytes);
-            Some((file, named))
+            let (named, unreadable) = declared_in(&bytes);
+            Some(FileDeclarations {
+                file,
+                named,
+                unreadable,
+            })
         })
         .collect()
 }

@@ -506,6 +506,9 @@ impl Reconciler {
             return;
         };
         let arrived = match head {
+            // A commit behind what was applied (a reset) has arrived only as the head itself:
+            // the head before the reset contains it too.
+            Some(head) if commit != head && self.behind(&commit).await.is_some() => false,
             Some(head) => self.source.contains(&commit, head).await,
             None => false,
         };
@@ -782,12 +785,10 @@ impl Reconciler {
             }
         };
         if let Some(head) = &revision {
-            // Whether a push's webhook named a commit this fetch brought: then the branch is
-            // where its owner put it, even behind what was applied (a reset, force-pushed).
-            let named = match &wanted {
-                Some(commit) => self.source.contains(commit, head).await,
-                None => false,
-            };
+            // Whether a push's webhook named this very head: then the branch is where its
+            // owner put it, even behind what was applied (a reset, force-pushed). Containing
+            // the commit is not enough: the head before a reset contains the older commit too.
+            let named = wanted.as_deref() == Some(head.as_str());
             self.check_awaited(wanted, Some(head)).await;
             if self.applied.is_none() && self.recorded.is_none() {
                 self.restored = self.source.recorded_good().await;

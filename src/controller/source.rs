@@ -311,8 +311,10 @@ impl GitRepo {
 
     /// Fetches and checks out the branch head. A working copy that git can no longer use
     /// (objects emptied by a crash or a full disk, a garbled HEAD) would fail every run from
-    /// then on, restarts included: when the remote answers for the branch, the failure is the
-    /// copy's, which is moved aside and cloned afresh, keeping its last good revision.
+    /// then on, restarts included: when git's own check finds the copy broken and the remote
+    /// answers for the branch, it is moved aside and cloned afresh, keeping its last good
+    /// revision. Any other failure (the server's, a commit that cannot be checked out here)
+    /// leaves the copy as it is: a fresh clone would fail the same way, every run.
     async fn sync(&self) -> Result<String, String> {
         let failed = match self.sync_once().await {
             Ok(sha) => return Ok(sha),
@@ -320,21 +322,20 @@ impl GitRepo {
         };
         if !self.checkout.join(".git").exists()
             || failed.contains("no answer after")
+            || self.intact().await
             || !self.remote_has_branch().await
         {
             return Err(failed);
         }
         tracing::warn!(error = %failed, "the git working copy is damaged: moving it aside and fetching afresh");
-        let last_good = tokio::fs::read_to_string(self.checkout.join(".git").join(LAST_GOOD_REF))
-            .await
-            .ok();
+        let last_good = self.last_good_ref().await;
         let aside = self.checkout.with_extension("damaged");
         let _ = tokio::fs::remove_dir_all(&aside).await;
         tokio::fs::rename(&self.checkout, &aside)
             .await
             .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
         let sha = self.sync_once().await?;
-        if let Some(good) = last_good.map(|g| g.trim().to_string())
+        if let Some(good) = last_good
             && self.commit_of(&good).await.is_ok()
         {
             let kept = async {
@@ -347,6 +348,36 @@ impl GitRepo {
             }
         }
         Ok(sha)
+    }
+
+    /// Whether git finds the working copy sound: its repository opens and every object it
+    /// refers to is there and readable (`git fsck --connectivity-only`: no hashing of file
+    /// contents, quick for a repository of manifests).
+    async fn intact(&self) -> bool {
+        self.git([
+            "fsck",
+            "--connectivity-only",
+            "--no-dangling",
+            "--no-progress",
+        ])
+        .await
+        .is_ok()
+    }
+
+    /// What `refs/kpr/last-good` holds in the working copy, read as files (loose, or packed by
+    /// git's housekeeping): git itself may not open a damaged copy.
+    async fn last_good_ref(&self) -> Option<String> {
+        let git_dir = self.checkout.join(".git");
+        if let Ok(loose) = tokio::fs::read_to_string(git_dir.join(LAST_GOOD_REF)).await {
+            return Some(loose.trim().to_string());
+        }
+        let packed = tokio::fs::read_to_string(git_dir.join("packed-refs"))
+            .await
+            .ok()?;
+        packed.lines().find_map(|line| {
+            let (sha, name) = line.split_once(' ')?;
+            (name == LAST_GOOD_REF).then(|| sha.to_string())
+        })
     }
 
     /// Whether the remote answers, and has the branch: `git ls-remote`, which needs no

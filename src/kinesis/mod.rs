@@ -4,7 +4,7 @@
 //! own retries switched off) and [`Resilient`] wraps any implementation with the one retry layer,
 //! the per-account rate limit and the API metrics. Plan and apply only ever see a `Resilient`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
@@ -522,12 +522,16 @@ where
     Fut: Future<Output = Result<Page, ApiError>>,
 {
     let mut all = Vec::new();
+    let mut seen = HashSet::new();
     let mut next = None;
     loop {
         let Page { items, next: token } = page(next).await?;
-        let done = items.is_empty() || token.is_none();
-        all.extend(items);
-        if done {
+        let before = all.len();
+        // Each resource once: moto sends every stream's summary on every page, and an
+        // endpoint may repeat a page. A page with nothing new ends the listing, or such an
+        // endpoint would be asked forever.
+        all.extend(items.into_iter().filter(|a| seen.insert(a.identity())));
+        if all.len() == before || token.is_none() {
             return Ok(all);
         }
         next = token;
@@ -1263,6 +1267,38 @@ mod tests {
             Some("{\"a\":1}")
         );
         assert_eq!(rule.num_calls(), 2);
+    }
+
+    /// An endpoint that repeats its page (or, as moto, sends every stream on every page) must
+    /// neither list a resource twice (import would write it twice, prune count it twice) nor
+    /// be asked forever.
+    #[tokio::test]
+    async fn a_listing_ends_when_a_page_brings_nothing_new() {
+        let stream = |n: &str| {
+            ResourceArn::parse(&format!(
+                "arn:aws:kinesis:us-east-1:111122223333:stream/{n}"
+            ))
+            .unwrap()
+        };
+        let calls = AtomicU32::new(0);
+        let all = all_pages(|_| {
+            let n = calls.fetch_add(1, Ordering::SeqCst);
+            async move {
+                // Every page: all streams so far, and one more on the second.
+                let mut items = vec![stream("a"), stream("b")];
+                if n >= 1 {
+                    items.push(stream("c"));
+                }
+                Ok(Page {
+                    items,
+                    next: Some(Cursor::After("b".into())),
+                })
+            }
+        })
+        .await
+        .unwrap();
+        assert_eq!(all, [stream("a"), stream("b"), stream("c")]);
+        assert_eq!(calls.load(Ordering::SeqCst), 3);
     }
 
     #[test]

@@ -137,6 +137,26 @@ fn a_re_import_declares_nothing_twice() {
     assert_eq!(validate.code, 0, "{validate:?}");
     let plan = emu.kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);
     assert_eq!(plan.code, 0, "{plan:?}");
+
+    // A file kpr cannot read, at a resource's own name, may declare it: in the way, an error.
+    let written: Vec<_> = std::fs::read_dir(&dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.is_file())
+        .collect();
+    assert_eq!(written.len(), 1, "{written:?}");
+    std::fs::write(&written[0], format!("arn: {upper}\npolicy: [broken\n")).unwrap();
+    let third = import();
+    assert_eq!(third.code, 1, "{third:?}");
+    assert!(
+        third.stderr.contains("cannot read what it declares"),
+        "{third:?}"
+    );
+    assert_eq!(
+        std::fs::read_dir(&dir).unwrap().count(),
+        2,
+        "a second file was written"
+    );
 }
 
 #[test]

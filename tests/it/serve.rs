@@ -1175,7 +1175,11 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     assert_eq!(st["last_good_revision"], second.as_str(), "{st:#}");
     assert!(live(&emu, &b).is_some(), "b's policy was pruned: {st:#}");
 
-    // A reset its webhook names is the branch's owner moving it back: applied, b pruned.
+    // A reset its webhook names is the branch's owner moving it back: applied, b pruned. Its
+    // webhook comes while the host still serves the head before the reset, which contains
+    // the older commit too: the reset is awaited until the head is that commit.
+    let origin = repo.dir.path().join("origin.git");
+    git(&origin, &["update-ref", "refs/heads/main", &second]);
     let body = serde_json::json!({"ref": "refs/heads/main", "after": first});
     assert_eq!(
         serve
@@ -1183,6 +1187,11 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
             .status,
         202
     );
+    let st = serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
+        st["awaited_commit"] == first.as_str() && st["running"] == false
+    });
+    assert!(live(&emu, &b).is_some(), "{st:#}");
+    git(&origin, &["update-ref", "refs/heads/main", &first]);
     serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
         st["last_good_revision"] == first.as_str()
     });
@@ -1241,7 +1250,33 @@ fn a_damaged_working_copy_is_replaced() {
         "{st:#}"
     );
     assert!(serve.logs().contains("the git working copy is damaged"));
-    assert!(workdir.path().join("repo.damaged").is_dir());
+    let aside = workdir.path().join("repo.damaged");
+    assert!(aside.is_dir());
+
+    // A failure that is not the copy's (a commit this file system cannot check out) leaves
+    // the copy alone: a fresh clone would fail the same way, on every run.
+    std::fs::remove_dir_all(&aside).unwrap();
+    let work = repo.work();
+    let blob = git(&work, &["hash-object", "-w", "s.yaml"]);
+    let entry = format!("100644,{},{}.txt", blob.trim(), "n".repeat(300));
+    git(&work, &["update-index", "--add", "--cacheinfo", &entry]);
+    git(
+        &work,
+        &["commit", "-q", "-m", "a file name too long to check out"],
+    );
+    let third = repo.push_head("main");
+    assert_eq!(serve.github_push("main", "too-long").status, 202);
+    let st = serve.status_when(
+        "the run that cannot check out",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "fetch_failed" && st["last_run"]["revision"].is_null(),
+    );
+    assert_eq!(st["last_good_revision"], second.as_str(), "{st:#}");
+    assert!(
+        !aside.exists(),
+        "an intact working copy was moved aside: {st:#}"
+    );
+    let _ = third;
     serve.stop();
 }
 
