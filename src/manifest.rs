@@ -683,10 +683,14 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
         return Err(NoText::Empty);
     }
     let bytes = text.as_bytes();
-    if bytes.iter().filter(|&&b| b == b'\n').count() > MAX_LINES {
+    // Only a file longer than the limit can have more lines: most are never counted.
+    if bytes.len() > MAX_LINES && bytes.iter().filter(|&&b| b == b'\n').count() > MAX_LINES {
         return Err(NoText::TooManyLines);
     }
-    if let Some(at) = memchr_lone_cr(bytes) {
+    // `contains` is a memchr: the common file has no CR at all.
+    if bytes.contains(&b'\r')
+        && let Some(at) = memchr_lone_cr(bytes)
+    {
         let before = &bytes[..at];
         let breaks = before.iter().filter(|&&b| b == b'\n').count()
             + before
@@ -732,10 +736,15 @@ fn too_costly(doc_text: &str) -> Option<String> {
             MAX_DOCUMENT_BYTES >> 10
         ));
     }
-    let flows = doc_text
-        .bytes()
-        .filter(|b| matches!(b, b'[' | b'{'))
-        .count();
+    // As for lines: only a document longer than the limit is counted.
+    let flows = if doc_text.len() > MAX_FLOW_COLLECTIONS {
+        doc_text
+            .bytes()
+            .filter(|b| matches!(b, b'[' | b'{'))
+            .count()
+    } else {
+        0
+    };
     (flows > MAX_FLOW_COLLECTIONS).then(|| {
         format!(
             "{flows} '[' and '{{' in one document, more than {MAX_FLOW_COLLECTIONS}; refusing to \
