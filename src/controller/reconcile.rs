@@ -505,10 +505,14 @@ impl Reconciler {
             self.awaiting = None;
             return;
         };
+        // A commit behind what was applied (a reset) has arrived only as the head itself: the
+        // head before the reset contains it too. And it is never given up: the branch could
+        // then never go back to it without another webhook, and what the reset revokes would
+        // stay granted. (A late webhook of a push already superseded looks the same; it costs
+        // a fetch every few minutes until the next push.)
+        let reset = self.behind(&commit).await.is_some();
         let arrived = match head {
-            // A commit behind what was applied (a reset) has arrived only as the head itself:
-            // the head before the reset contains it too.
-            Some(head) if commit != head && self.behind(&commit).await.is_some() => false,
+            Some(head) if commit != head && reset => false,
             Some(head) => self.source.contains(&commit, head).await,
             None => false,
         };
@@ -516,7 +520,7 @@ impl Reconciler {
             Some(a) if a.commit == commit => a.misses + 1,
             _ => 1,
         };
-        if arrived || misses >= AWAIT_MISSES {
+        if arrived || (misses >= AWAIT_MISSES && !reset) {
             if arrived && misses > 1 {
                 tracing::info!(commit, head, "the pushed commit has arrived");
             } else if !arrived {
@@ -536,7 +540,14 @@ impl Reconciler {
             }
             self.awaiting = None;
         } else {
-            if head.is_some() {
+            if head.is_some() && reset {
+                tracing::warn!(
+                    commit,
+                    head,
+                    "the pushed commit is behind what was applied (a reset): applied once the \
+                     branch head is that commit; fetching again until then"
+                );
+            } else if head.is_some() {
                 tracing::warn!(
                     commit,
                     head,
@@ -568,9 +579,10 @@ impl Reconciler {
     /// How long after this run to fetch again for a pushed commit not yet seen: one second
     /// after the first miss, doubling.
     pub fn awaited_fetch(&self) -> Option<Duration> {
+        // Capped: a reset is awaited for as long as it takes.
         self.awaiting
             .as_ref()
-            .map(|a| Duration::from_secs(1 << (a.misses - 1)))
+            .map(|a| Duration::from_secs(1 << (a.misses - 1).min(8)))
     }
 
     /// Runs once; returns how it ended, and whether it scanned everything (an incremental
@@ -776,6 +788,12 @@ impl Reconciler {
             .lock()
             .expect("awaited lock")
             .clone();
+        // Before the awaited commit is judged, even on a failed fetch: whether it is behind
+        // what was applied depends on it, on the first runs after a restart too.
+        if self.applied.is_none() && self.recorded.is_none() {
+            self.restored = self.source.recorded_good().await;
+            self.recorded.clone_from(&self.restored);
+        }
         let revision = match self.source.sync().await {
             Ok(r) => r,
             Err(e) => {
@@ -790,10 +808,6 @@ impl Reconciler {
             // the commit is not enough: the head before a reset contains the older commit too.
             let named = wanted.as_deref() == Some(head.as_str());
             self.check_awaited(wanted, Some(head)).await;
-            if self.applied.is_none() && self.recorded.is_none() {
-                self.restored = self.source.recorded_good().await;
-                self.recorded.clone_from(&self.restored);
-            }
             if !named && let Some(ahead) = self.behind(head).await {
                 let message = format!(
                     "the fetched branch head {head} is behind {ahead}, which was already \

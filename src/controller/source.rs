@@ -320,9 +320,15 @@ impl GitRepo {
             Ok(sha) => return Ok(sha),
             Err(e) => e,
         };
+        // git names a broken object file in its error; fsck finds the rest (a garbled HEAD,
+        // a missing object), but not an object file emptied after its fetch: it checks that
+        // objects exist, not what they hold.
+        let broken_object = ["object file", "loose object", "is corrupt"]
+            .iter()
+            .any(|said| failed.contains(said));
         if !self.checkout.join(".git").exists()
             || failed.contains("no answer after")
-            || self.intact().await
+            || (!broken_object && self.intact().await)
             || !self.remote_has_branch().await
         {
             return Err(failed);

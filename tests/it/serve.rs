@@ -1253,6 +1253,26 @@ fn a_damaged_working_copy_is_replaced() {
     let aside = workdir.path().join("repo.damaged");
     assert!(aside.is_dir());
 
+    // One blob emptied after its fetch (a crash before it reached the disk): fsck finds every
+    // object present, git names the empty file, and the copy is replaced all the same.
+    std::fs::remove_dir_all(&aside).unwrap();
+    let v3 = read_policy(&arn, "arn:aws:iam::111122223333:role/three");
+    repo.write("s.yaml", &manifest(&arn, &v3));
+    let fourth = repo.push("main", "v3");
+    let copy = workdir.path().join("repo");
+    git(&copy, &["fetch", "-q", "origin", "main"]);
+    let blob = git(&copy, &["rev-parse", &format!("{fourth}:s.yaml")]);
+    let blob = blob.trim();
+    std::fs::write(
+        copy.join(".git/objects").join(&blob[..2]).join(&blob[2..]),
+        b"",
+    )
+    .unwrap();
+    assert_eq!(serve.github_push("main", "empty-blob").status, 202);
+    serve.applied(&fourth);
+    assert!(live(&emu, &arn).is_some_and(|p| same_grant(&p, &v3)));
+    assert!(aside.is_dir());
+
     // A failure that is not the copy's (a commit this file system cannot check out) leaves
     // the copy alone: a fresh clone would fail the same way, on every run.
     std::fs::remove_dir_all(&aside).unwrap();
@@ -1271,7 +1291,7 @@ fn a_damaged_working_copy_is_replaced() {
         Duration::from_secs(20),
         |st| st["last_run"]["result"] == "fetch_failed" && st["last_run"]["revision"].is_null(),
     );
-    assert_eq!(st["last_good_revision"], second.as_str(), "{st:#}");
+    assert_eq!(st["last_good_revision"], fourth.as_str(), "{st:#}");
     assert!(
         !aside.exists(),
         "an intact working copy was moved aside: {st:#}"
