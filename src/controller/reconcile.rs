@@ -271,6 +271,10 @@ pub struct Reconciler {
     states: HashMap<u64, ResourceState>,
     /// A pushed commit the last fetch did not bring (see [`Reconciler::check_awaited`]).
     awaiting: Option<Awaiting>,
+    /// A commit behind what was applied that a push's webhook named (a reset): it may be
+    /// applied as the branch head until a run has applied it or another push names another
+    /// commit, whatever became of the run the webhook started (refused, invalid).
+    reset_named: Option<String>,
     /// Until a run completes, the last good revision an earlier process recorded (git
     /// sources): what drift correction on an invalid branch measures "untouched" against.
     restored: Option<String>,
@@ -472,6 +476,7 @@ impl Reconciler {
             applied: None,
             states: HashMap::new(),
             awaiting: None,
+            reset_named: None,
             restored: None,
             recorded: None,
         }
@@ -483,6 +488,10 @@ impl Reconciler {
         let Some(revision) = revision.filter(|_| !self.source.is_dir()) else {
             return;
         };
+        if self.reset_named.as_deref() == Some(revision) {
+            self.reset_named = None;
+            self.source.note_reset(None).await;
+        }
         if self.recorded.as_deref() == Some(revision) {
             return;
         }
@@ -793,6 +802,7 @@ impl Reconciler {
         if self.applied.is_none() && self.recorded.is_none() {
             self.restored = self.source.recorded_good().await;
             self.recorded.clone_from(&self.restored);
+            self.reset_named = self.source.noted_reset().await;
         }
         let revision = match self.source.sync().await {
             Ok(r) => r,
@@ -806,7 +816,14 @@ impl Reconciler {
             // Whether a push's webhook named this very head: then the branch is where its
             // owner put it, even behind what was applied (a reset, force-pushed). Containing
             // the commit is not enough: the head before a reset contains the older commit too.
-            let named = wanted.as_deref() == Some(head.as_str());
+            if let Some(commit) = &wanted
+                && self.reset_named.as_ref() != Some(commit)
+            {
+                self.reset_named = self.behind(commit).await.is_some().then(|| commit.clone());
+                self.source.note_reset(self.reset_named.as_deref()).await;
+            }
+            let named = wanted.as_deref() == Some(head.as_str())
+                || self.reset_named.as_deref() == Some(head.as_str());
             self.check_awaited(wanted, Some(head)).await;
             if !named && let Some(ahead) = self.behind(head).await {
                 let message = format!(

@@ -21,6 +21,7 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 const LAST_GOOD_REF: &str = "refs/kpr/last-good";
 /// Beside it, in the working copy's git config: which source it is the last good revision of.
 const LAST_GOOD_SOURCE: &str = "kpr.lastGoodSource";
+const RESET_NAMED: &str = "kpr.resetNamed";
 
 pub enum Source {
     Dir(PathBuf),
@@ -133,6 +134,30 @@ impl Source {
                     .map(drop)
             }
         }
+    }
+
+    /// Keeps (or, `None`, drops) the commit a reset's webhook named, where a restart finds it:
+    /// the webhook is not sent again, and without it the branch could not go back.
+    pub async fn note_reset(&self, commit: Option<&str>) {
+        let Source::Git(g) = self else { return };
+        let kept = match commit {
+            Some(c) => g.git(["config", RESET_NAMED, c]).await.map(drop),
+            None => g
+                .git(["config", "--unset-all", RESET_NAMED])
+                .await
+                .map(drop)
+                .or(Ok::<(), String>(())),
+        };
+        if let Err(e) = kept {
+            tracing::warn!(error = %e, "cannot keep the reset a webhook named in the working copy");
+        }
+    }
+
+    /// What [`Self::note_reset`] kept.
+    pub async fn noted_reset(&self) -> Option<String> {
+        let Source::Git(g) = self else { return None };
+        let c = g.git(["config", "--get", RESET_NAMED]).await.ok()?;
+        Some(c.trim().to_string()).filter(|c| !c.is_empty())
     }
 
     /// The last good revision an earlier process recorded, if it is still there and was
@@ -323,9 +348,13 @@ impl GitRepo {
         // git names a broken object file in its error; fsck finds the rest (a garbled HEAD,
         // a missing object), but not an object file emptied after its fetch: it checks that
         // objects exist, not what they hold.
+        // Not the remote's corruption, which git relays as `remote: ...`, nor a full disk
+        // ("unable to write loose object file"): a fresh clone would fail the same way.
         let broken_object = ["object file", "loose object", "is corrupt"]
             .iter()
-            .any(|said| failed.contains(said));
+            .any(|said| failed.contains(said))
+            && !failed.contains("remote")
+            && !failed.contains("unable to write");
         if !self.checkout.join(".git").exists()
             || failed.contains("no answer after")
             || (!broken_object && self.intact().await)

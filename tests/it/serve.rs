@@ -1300,6 +1300,67 @@ fn a_damaged_working_copy_is_replaced() {
     serve.stop();
 }
 
+/// A reset's webhook run that could not apply it (here its prune was refused) must not lose
+/// the reset: the commit the webhook named is kept, across a restart too, and applied once
+/// the run can go through.
+#[test]
+fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
+    let emu = common::kinesis_mock_private();
+    let [a, b] = ["serve-rst-a", "serve-rst-b"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&a, &one(&a)));
+    let first = repo.push("main", "a");
+    repo.write("b.yaml", &manifest(&b, &one(&b)));
+    let second = repo.push("main", "b");
+    let workdir = tempfile::tempdir().unwrap();
+    let start = |max_deletes: &str| {
+        Serve::start(
+            &emu,
+            Options {
+                args: repo.source_args(&[
+                    "--interval",
+                    "1h",
+                    "--prune",
+                    "--max-deletes",
+                    max_deletes,
+                ]),
+                env: vec![("AWS_ACCESS_KEY_ID", emu.account.clone())],
+                workdir: Some(workdir.path()),
+                wait_ready: false,
+                ..Options::default()
+            },
+        )
+    };
+    let serve = start("0");
+    serve.applied(&second);
+    git(
+        &repo.dir.path().join("origin.git"),
+        &["update-ref", "refs/heads/main", &first],
+    );
+    let body = serde_json::json!({"ref": "refs/heads/main", "after": first});
+    assert_eq!(
+        serve
+            .github_push_body(body.to_string().as_bytes(), "rst-1")
+            .status,
+        202
+    );
+    let st = serve.status_when(
+        "the reset's run to be refused",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "refused",
+    );
+    assert!(live(&emu, &b).is_some(), "{st:#}");
+    serve.stop();
+
+    let serve = start("5");
+    serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
+        st["last_good_revision"] == first.as_str()
+    });
+    assert!(live(&emu, &b).is_none());
+    serve.stop();
+}
+
 /// A fetch that fails while a pushed commit is awaited counts as a miss: the fetches for it
 /// space out and end, rather than asking a git host that is down every second.
 #[test]
