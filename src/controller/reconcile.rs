@@ -1066,7 +1066,14 @@ impl Reconciler {
             Ok(p) => p,
             Err(refused) => return out.fail(RunResult::Invalid, format!("{message}; {refused}")),
         };
-        let n = untouched.resources.len();
+        // What the run took: a resource waiting out its backoff is left to its own retry.
+        let left: HashSet<ResourceArn> = untouched
+            .resources
+            .iter()
+            .map(|r| r.arn.identity())
+            .filter(|id| skip.contains(id))
+            .collect();
+        let n = untouched.resources.len() - left.len();
         drop(untouched);
         tracing::info!(
             resources = n,
@@ -1086,17 +1093,45 @@ impl Reconciler {
             }
         }
         list_in_status(&mut out, items);
+        out.skipped = self.skipped_status(&left, Instant::now());
         out.result = RunResult::Invalid;
         out.error = Some(format!(
             "{message}; meanwhile the {n} resource(s) of files it did not change were {} as \
-             the last good revision declares them",
+             the last good revision declares them{}",
             if self.opts.dry_run {
                 "checked (dry run: nothing written)"
             } else {
                 "reconciled"
+            },
+            if left.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " ({} more wait out their backoff: see `skipped`)",
+                    left.len()
+                )
             }
         ));
         out
+    }
+
+    /// `/status`'s list of the resources a run left to their backoff.
+    fn skipped_status(&self, skip: &HashSet<ResourceArn>, now: Instant) -> Vec<SkippedStatus> {
+        let wall_now = SystemTime::now();
+        let mut skipped: Vec<SkippedStatus> = skip
+            .iter()
+            .filter_map(|id| {
+                let e = self.backoff.get(id)?;
+                Some(SkippedStatus {
+                    arn: id.to_string(),
+                    consecutive_failures: e.failures,
+                    retry_after: rfc3339(wall_now + e.not_before.saturating_duration_since(now)),
+                    last_error: e.last_error.clone(),
+                })
+            })
+            .collect();
+        skipped.sort_by(|a, b| a.arn.cmp(&b.arn));
+        skipped
     }
 
     /// For a git source: whether `git diff` may miss a change because the manifests are reached
@@ -1314,20 +1349,7 @@ impl Reconciler {
                 format!("{failed} resource(s) failed; they are retried with backoff")
             });
         }
-        let wall_now = SystemTime::now();
-        out.skipped = skip
-            .iter()
-            .filter_map(|id| {
-                let e = self.backoff.get(id)?;
-                Some(SkippedStatus {
-                    arn: id.to_string(),
-                    consecutive_failures: e.failures,
-                    retry_after: rfc3339(wall_now + e.not_before.saturating_duration_since(now)),
-                    last_error: e.last_error.clone(),
-                })
-            })
-            .collect();
-        out.skipped.sort_by(|a, b| a.arn.cmp(&b.arn));
+        out.skipped = self.skipped_status(skip, now);
         list_in_status(out, items);
         out.resources.shrink_to_fit();
         self.applied = Some(Applied { revision, files });

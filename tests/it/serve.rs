@@ -1361,6 +1361,42 @@ fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
     serve.stop();
 }
 
+/// While a revision is invalid, a scheduled scan corrects the files it did not change, but
+/// not the resources waiting out their backoff: its report counts only what it took, and
+/// lists the others as skipped.
+#[test]
+fn an_invalid_scan_reports_what_it_left_to_backoff() {
+    let emu = common::kinesis_mock();
+    let a = emu.create_stream(&unique("serve-inv-a"));
+    let missing = emu.stream_arn(&unique("serve-inv-missing"));
+    let dir = common::Manifests::new(&[
+        ("a.yaml", &manifest(&a, &read_policy(&a, "111122223333"))),
+        (
+            "m.yaml",
+            &manifest(&missing, &read_policy(&missing, "111122223333")),
+        ),
+    ]);
+    let serve = Serve::dir(&emu, &dir, &["--interval", "1s", "--retry-delay", "1h"]);
+    serve.status_when("the first run", Duration::from_secs(20), |st| {
+        st["last_run"]["result"] == "partial"
+    });
+    dir.write("bad.yaml", "arn: x\n");
+    let st = serve.status_when("a scan of the invalid set", Duration::from_secs(20), |st| {
+        st["last_run"]["result"] == "invalid" && st["last_run"]["trigger"] == "schedule"
+    });
+    let error = st["last_run"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("the 1 resource(s)") && error.contains("1 more wait out their backoff"),
+        "{st:#}"
+    );
+    assert_eq!(
+        st["last_run"]["skipped"][0]["arn"],
+        missing.as_str(),
+        "{st:#}"
+    );
+    serve.stop();
+}
+
 /// A fetch that fails while a pushed commit is awaited counts as a miss: the fetches for it
 /// space out and end, rather than asking a git host that is down every second.
 #[test]
