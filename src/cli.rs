@@ -612,7 +612,7 @@ async fn run_plan(
                     outln!("Dry run: nothing was written.");
                 }
             } else {
-                out!("{}", render::plan_json(&plan, &warnings));
+                out!("{}", render::plan_json(&plan, &warnings, targeted));
             }
             return Ok(if !plan.failures.is_empty() {
                 EXIT_ERROR
@@ -659,7 +659,8 @@ async fn run_plan(
             out!("{}", render::targeted_note(planned, declared, &style));
         }
     } else {
-        out!("{}", render::apply_json(&report, &warnings));
+        let targeted = targeted.map(|declared| render::Targeted { planned, declared });
+        out!("{}", render::apply_json(&report, &warnings, targeted));
     }
     Ok(if report.incomplete() {
         EXIT_ERROR

@@ -14,6 +14,7 @@
 //!                    "error"?: failure } ],
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
 //!   "diagnostics": [ { "file", "line", "severity": "warning", "message" } ],  // lint warnings
+//!   "targeted"?: { "planned", "declared" },   // with --target: the others were not read
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
 //! ```
 //! A run refused before it wrote anything (invalid manifests or an unmatched target, before
@@ -516,11 +517,21 @@ struct PlanJson<'a> {
     resources: &'a [Change],
     failures: &'a [Failure],
     diagnostics: &'a [Diagnostic],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    targeted: Option<Targeted>,
+}
+
+/// With `--target`: how many declared resources the run took, of how many the manifests
+/// declare. Without it a pipeline could take a targeted "no changes" for the whole set.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct Targeted {
+    pub planned: usize,
+    pub declared: usize,
 }
 
 /// `diagnostics`: the manifests' warnings (lint), which a pull-request comment built from the
 /// JSON must not lose.
-pub fn plan_json(plan: &Plan, diagnostics: &[Diagnostic]) -> String {
+pub fn plan_json(plan: &Plan, diagnostics: &[Diagnostic], targeted: Option<usize>) -> String {
     let doc = PlanJson {
         format_version: FORMAT_VERSION,
         kind: "plan",
@@ -528,6 +539,10 @@ pub fn plan_json(plan: &Plan, diagnostics: &[Diagnostic]) -> String {
         resources: &plan.changes,
         failures: &plan.failures,
         diagnostics,
+        targeted: targeted.map(|declared| Targeted {
+            planned: plan.planned(),
+            declared,
+        }),
     };
     serde_json::to_string_pretty(&doc).expect("plan serialises") + "\n"
 }
@@ -541,9 +556,15 @@ struct ApplyJson<'a> {
     failures: Vec<Failure>,
     interrupted: Option<&'a crate::apply::Interrupted>,
     diagnostics: &'a [Diagnostic],
+    #[serde(skip_serializing_if = "Option::is_none")]
+    targeted: Option<Targeted>,
 }
 
-pub fn apply_json(report: &Report, diagnostics: &[Diagnostic]) -> String {
+pub fn apply_json(
+    report: &Report,
+    diagnostics: &[Diagnostic],
+    targeted: Option<Targeted>,
+) -> String {
     let doc = ApplyJson {
         format_version: FORMAT_VERSION,
         kind: "apply",
@@ -552,6 +573,7 @@ pub fn apply_json(report: &Report, diagnostics: &[Diagnostic]) -> String {
         failures: report.failures().cloned().collect(),
         interrupted: report.interrupted.as_ref(),
         diagnostics,
+        targeted,
     };
     serde_json::to_string_pretty(&doc).expect("report serialises") + "\n"
 }
@@ -740,7 +762,8 @@ mod tests {
             }),
         };
         assert!(report.incomplete());
-        let json: serde_json::Value = serde_json::from_str(&apply_json(&report, &[])).unwrap();
+        let json: serde_json::Value =
+            serde_json::from_str(&apply_json(&report, &[], None)).unwrap();
         assert_eq!(
             json["summary"],
             serde_json::json!({"create": 1, "update": 0, "delete": 0, "unchanged": 0,
@@ -754,7 +777,7 @@ mod tests {
         );
         // A plan never has any: the key stays out of its summary.
         let plan: serde_json::Value =
-            serde_json::from_str(&plan_json(&Plan::default(), &[])).unwrap();
+            serde_json::from_str(&plan_json(&Plan::default(), &[], None)).unwrap();
         assert!(plan["summary"].get("not_started").is_none(), "{plan}");
         let text = apply_text(&report, &Style { color: false });
         assert!(

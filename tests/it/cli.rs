@@ -756,6 +756,25 @@ fn target_limits_the_run() {
             && !plan.stdout.contains("Every live policy"),
         "{plan:?}"
     );
+    // A pipeline reading the JSON must see the run was partial, too.
+    let json = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--target",
+        &a,
+        "--output",
+        "json",
+    ]);
+    let doc: serde_json::Value = serde_json::from_str(&json.stdout).unwrap();
+    assert_eq!(
+        doc["targeted"],
+        json!({"planned": 1, "declared": 2}),
+        "{json:?}"
+    );
+    let whole = emu.kpr(&["plan", "--dir", &dir.arg(), "--output", "json"]);
+    let doc: serde_json::Value = serde_json::from_str(&whole.stdout).unwrap();
+    assert!(doc.get("targeted").is_none(), "{whole:?}");
     let bad = emu.kpr(&["plan", "--dir", &dir.arg(), "--target", "arn:aws:s3:::x"]);
     assert_eq!(bad.code, 1, "{bad:?}");
     // A target that names nothing is an error, not a silent "no changes".
