@@ -516,12 +516,7 @@ async fn run_plan(
     // Validation of the whole desired state happens before the first call.
     let loaded = manifest::load_dir(&settings.dir, &engine.load);
     // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
-    let warnings: Vec<Diagnostic> = if loaded.has_errors() {
-        Vec::new()
-    } else {
-        loaded.warnings().cloned().collect()
-    };
-    print_diagnostics(&warnings);
+    let warnings: Vec<Diagnostic> = loaded.warnings().cloned().collect();
     let kind = if mode.is_some() { "apply" } else { "plan" };
     // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
     // for JSON still gets a document on stdout, not nothing.
@@ -536,18 +531,18 @@ async fn run_plan(
             }
             Ok(EXIT_ERROR)
         };
-    let desired = match loaded.into_result() {
-        Ok(d) => d,
-        Err(errors) => {
-            print_diagnostics(&errors);
-            let message = format!(
-                "{} error(s) in {}; nothing was planned or applied.",
-                errors.len(),
-                settings.dir.display()
-            );
-            return refuse("invalid_manifests", message, &errors, None);
-        }
-    };
+    if loaded.has_errors() {
+        // Errors and warnings together, in the order of the files, as `validate` shows them.
+        print_diagnostics(&loaded.diagnostics);
+        let message = format!(
+            "{} error(s) in {}; nothing was planned or applied.",
+            loaded.errors().count(),
+            settings.dir.display()
+        );
+        return refuse("invalid_manifests", message, &loaded.diagnostics, None);
+    }
+    print_diagnostics(&warnings);
+    let desired = loaded.state;
     // A target that names nothing would make the run a silent no-op: a typo in a pipeline's
     // --target must not pass as "no changes". Without --prune only a manifest can match, so
     // this is known before any call; with it, after planning (it may name a policy to delete).
@@ -560,7 +555,7 @@ async fn run_plan(
             "error: --target {t} matches no manifest in {}; nothing was planned",
             settings.dir.display()
         );
-        return refuse("unmatched_target", message, &[], None);
+        return refuse("unmatched_target", message, &warnings, None);
     }
     let api = engine.connect().await;
     let opts = PlanOptions {

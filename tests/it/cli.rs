@@ -473,6 +473,15 @@ fn invalid_manifest_means_zero_writes() {
             "bad.yaml",
             "arn: arn:aws:kinesis:us-east-1:000000000000:stream/x\nensure: absent\nalowPublic: true\n",
         ),
+        (
+            "warn.yaml",
+            &common::manifest(
+                "arn:aws:kinesis:us-east-1:000000000000:stream/w",
+                &json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                    "Principal": {"AWS": "444455556666"}, "Action": "kinesis:GetRecordz",
+                    "Resource": "arn:aws:kinesis:us-east-1:000000000000:stream/w"}]}),
+            ),
+        ),
     ]);
     for cmd in ["plan", "apply"] {
         let run = emu.kpr(&[cmd, "--dir", &dir.arg()]);
@@ -500,6 +509,9 @@ fn invalid_manifest_means_zero_writes() {
                 && diagnostic["line"] == 3,
             "{doc}"
         );
+        // The set's warnings are not lost for its errors, in the document or on stderr.
+        assert_eq!(doc["diagnostics"][1]["severity"], "warning", "{doc}");
+        assert!(json.stderr.contains("warn.yaml"), "{json:?}");
     }
     assert_eq!(
         emu.get_policy(&arn),
@@ -509,6 +521,7 @@ fn invalid_manifest_means_zero_writes() {
     let validate = emu.kpr(&["validate", "--dir", &dir.arg()]);
     assert_eq!(validate.code, 1);
     std::fs::remove_file(dir.path().join("bad.yaml")).unwrap();
+    std::fs::remove_file(dir.path().join("warn.yaml")).unwrap();
     let validate = emu.kpr(&["validate", "--dir", &dir.arg()]);
     assert_eq!(validate.code, 0, "{validate:?}");
     assert!(
