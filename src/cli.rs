@@ -116,17 +116,8 @@ pub enum Command {
     Apply {
         #[command(flatten)]
         plan: PlanArgs,
-        /// Plan and print, write nothing (or `dryRun` in the config file).
-        #[arg(
-            long,
-            env = "KPR_DRY_RUN",
-            num_args = 0..=1,
-            require_equals = true,
-            default_missing_value = "true",
-            value_parser = clap::builder::BoolishValueParser::new(),
-            value_name = "BOOL"
-        )]
-        dry_run: Option<bool>,
+        #[command(flatten)]
+        dry_run: DryRunArg,
         /// Skip reading each policy back after writing it.
         #[arg(long)]
         no_verify: bool,
@@ -175,6 +166,36 @@ pub struct PlanArgs {
     /// Only this resource (repeatable). A consumer may be given with or without its timestamp.
     #[arg(long = "target", value_name = "ARN")]
     pub targets: Vec<String>,
+    #[command(flatten)]
+    pub deletes: PruneArgs,
+}
+
+/// `--dry-run`, as `apply` and `serve` take it.
+#[derive(Debug, Clone, Args)]
+pub struct DryRunArg {
+    /// Plan and report what differs, write nothing (or `dryRun` in the config file).
+    #[arg(
+        long = "dry-run",
+        env = "KPR_DRY_RUN",
+        num_args = 0..=1,
+        require_equals = true,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new(),
+        value_name = "BOOL"
+    )]
+    pub value: Option<bool>,
+}
+
+impl DryRunArg {
+    /// Flag, then `KPR_DRY_RUN`, then the config file's `dryRun`, else off.
+    pub fn settle(&self, file: &FileConfig) -> bool {
+        self.value.or(file.dry_run).unwrap_or(false)
+    }
+}
+
+/// `--prune` and `--max-deletes`, as `plan`, `apply` and `serve` take them.
+#[derive(Debug, Clone, Args)]
+pub struct PruneArgs {
     /// Delete policies of resources, in the accounts/regions the manifests cover, that no
     /// manifest declares (or `prune` in the config file).
     #[arg(
@@ -187,10 +208,23 @@ pub struct PlanArgs {
         value_name = "BOOL"
     )]
     pub prune: Option<bool>,
-    /// With --prune: refuse to delete more than this many policies [default: 3] (or
+    /// With --prune: refuse to delete more than this many policies in a run [default: 3] (or
     /// `maxDeletes` in the config file).
     #[arg(long, env = "KPR_MAX_DELETES", value_name = "N")]
     pub max_deletes: Option<usize>,
+}
+
+impl PruneArgs {
+    /// Whether to prune, and the most deletes a run may make: flag, then `KPR_*`, then the
+    /// config file, else off and [`plan::DEFAULT_MAX_DELETES`].
+    pub fn settle(&self, file: &FileConfig) -> (bool, usize) {
+        (
+            self.prune.or(file.prune).unwrap_or(false),
+            self.max_deletes
+                .or(file.max_deletes)
+                .unwrap_or(plan::DEFAULT_MAX_DELETES),
+        )
+    }
 }
 
 /// [`PlanArgs`] with the config file's keys filled in where flags and variables left them
@@ -204,14 +238,12 @@ struct PlanSettings<'a> {
 
 impl PlanArgs {
     fn settle(&self, file: &FileConfig) -> Result<PlanSettings<'_>, CliError> {
+        let (prune, max_deletes) = self.deletes.settle(file);
         Ok(PlanSettings {
             args: self,
             dir: manifest_dir(self.dir.as_ref(), file)?,
-            prune: self.prune.or(file.prune).unwrap_or(false),
-            max_deletes: self
-                .max_deletes
-                .or(file.max_deletes)
-                .unwrap_or(plan::DEFAULT_MAX_DELETES),
+            prune,
+            max_deletes,
         })
     }
 }
@@ -393,7 +425,7 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
                 &plan.settle(&file)?,
                 &engine,
                 Some(ApplyMode {
-                    dry_run: dry_run.or(file.dry_run).unwrap_or(false),
+                    dry_run: dry_run.settle(&file),
                     verify: !no_verify,
                 }),
             )

@@ -73,31 +73,10 @@ pub struct ServeArgs {
     /// GitHub's limit].
     #[arg(long, env = "KPR_WEBHOOK_MAX_BODY", value_name = "BYTES")]
     pub webhook_max_body: Option<usize>,
-    /// Plan and report drift, write nothing.
-    #[arg(
-        long,
-        env = "KPR_DRY_RUN",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        value_name = "BOOL"
-    )]
-    pub dry_run: Option<bool>,
-    /// Delete policies no manifest declares (with the same guards as `kpr apply --prune`).
-    #[arg(
-        long,
-        env = "KPR_PRUNE",
-        num_args = 0..=1,
-        require_equals = true,
-        default_missing_value = "true",
-        value_parser = clap::builder::BoolishValueParser::new(),
-        value_name = "BOOL"
-    )]
-    pub prune: Option<bool>,
-    /// With --prune: refuse a run that would delete more than N policies [default: 3].
-    #[arg(long, env = "KPR_MAX_DELETES", value_name = "N")]
-    pub max_deletes: Option<usize>,
+    #[command(flatten)]
+    pub dry_run: crate::cli::DryRunArg,
+    #[command(flatten)]
+    pub deletes: crate::cli::PruneArgs,
     /// After a failure, try again this long after: a run that failed as a whole (fetch,
     /// invalid manifests, a refused prune) and each failed resource, doubling on each further
     /// failure up to 30m, whatever the schedule [default: 30s].
@@ -345,6 +324,7 @@ impl Settings {
                 MAX_WEBHOOK_MAX_BODY
             ));
         }
+        let (prune, max_deletes) = args.deletes.settle(file);
         Ok(Settings {
             source,
             schedule,
@@ -353,12 +333,9 @@ impl Settings {
             webhook_secret,
             webhook_secret_file,
             webhook_max_body,
-            dry_run: args.dry_run.or(file.dry_run).unwrap_or(false),
-            prune: args.prune.or(file.prune).unwrap_or(false),
-            max_deletes: args
-                .max_deletes
-                .or(file.max_deletes)
-                .unwrap_or(crate::plan::DEFAULT_MAX_DELETES),
+            dry_run: args.dry_run.settle(file),
+            prune,
+            max_deletes,
             retry_delay: match args.retry_delay.or(file.retry_delay) {
                 // Zero would mean runs back to back, each with a fetch and AWS calls.
                 Some(d) if d < Duration::from_millis(100) => {
@@ -751,10 +728,10 @@ mod tests {
         assert_eq!(s.max_deletes, 7);
         assert!(!s.dry_run);
         assert_eq!(s.shutdown_timeout, DEFAULT_SHUTDOWN_TIMEOUT);
-        assert_eq!(args(&["--dry-run"]).dry_run, Some(true));
-        assert_eq!(args(&["--dry-run=no"]).dry_run, Some(false));
-        assert_eq!(args(&["--prune=1"]).prune, Some(true));
-        assert_eq!(args(&[]).prune, None);
+        assert_eq!(args(&["--dry-run"]).dry_run.value, Some(true));
+        assert_eq!(args(&["--dry-run=no"]).dry_run.value, Some(false));
+        assert_eq!(args(&["--prune=1"]).deletes.prune, Some(true));
+        assert_eq!(args(&[]).deletes.prune, None);
         let s = Settings::resolve(&args(&["--prune=false"]), &file).unwrap();
         assert!(!s.prune);
         assert_eq!(s.schedule.to_string(), "every 1m");

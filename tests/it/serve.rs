@@ -318,7 +318,8 @@ impl Serve {
             .unwrap()
             .port();
         let log = tmp.path().join("serve.log");
-        let mut cmd = common::kpr_cmd(&emu.url);
+        // A private emulator account comes with the command (its access key id).
+        let mut cmd = emu.kpr_cmd();
         cmd.env_remove("KPR_WEBHOOK_SECRET")
             .env_remove("KPR_GIT_TOKEN")
             .args(["serve", "--log-format", "json", "--listen"])
@@ -954,7 +955,6 @@ fn a_failed_prune_listing_is_retried_by_a_full_scan() {
         &via,
         Options {
             args,
-            env: vec![("AWS_ACCESS_KEY_ID", emu.account.clone())],
             ..Options::default()
         },
     );
@@ -983,7 +983,6 @@ fn a_failed_prune_listing_is_retried_by_a_full_scan() {
 fn a_one_file_merge_costs_only_that_resources_calls() {
     // A private account keeps the prune listing away from every other test's streams.
     let emu = common::kinesis_mock_private();
-    let account = emu.account.clone();
     let admin = |args: &[&str]| emu.admin(args, &[3]);
     let repo = Repo::new();
     let mut arns = Vec::new();
@@ -1015,7 +1014,6 @@ fn a_one_file_merge_costs_only_that_resources_calls() {
                 "--max-deletes",
                 "1",
             ]),
-            env: vec![("AWS_ACCESS_KEY_ID", account.clone())],
             ..Options::default()
         },
     );
@@ -1142,7 +1140,6 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
         &emu,
         Options {
             args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", "300ms"]),
-            env: vec![("AWS_ACCESS_KEY_ID", emu.account.clone())],
             ..Options::default()
         },
     );
@@ -1325,7 +1322,6 @@ fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
                     "--max-deletes",
                     max_deletes,
                 ]),
-                env: vec![("AWS_ACCESS_KEY_ID", emu.account.clone())],
                 workdir: Some(workdir.path()),
                 wait_ready: false,
                 ..Options::default()
