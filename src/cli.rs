@@ -4,7 +4,7 @@
 //! 2 changes present (`plan --detailed-exitcode`; with `apply`, changes made). `policy diff`
 //! is diff(1)'s: 0 equivalent, 1 different, 2 trouble.
 
-use std::io::{IsTerminal, Read};
+use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -804,18 +804,16 @@ async fn run_import(
 /// A policy or manifest to compare: at most as large as a manifest file may be, and without
 /// a byte order mark (editors on Windows write one; serde_json refuses it).
 fn read_input(name: &str) -> Result<String, String> {
-    let limit = manifest::MAX_FILE_BYTES;
     let mut bytes = Vec::new();
-    let read = if name == "-" {
-        std::io::stdin().take(limit + 1).read_to_end(&mut bytes)
+    let fits = if name == "-" {
+        manifest::read_bounded(std::io::stdin(), &mut bytes)
     } else {
-        std::fs::File::open(name).and_then(|f| f.take(limit + 1).read_to_end(&mut bytes))
+        std::fs::File::open(name).and_then(|f| manifest::read_bounded(f, &mut bytes))
     };
-    read.map_err(|e| format!("{name}: error: {e}"))?;
-    if bytes.len() as u64 > limit {
+    if !fits.map_err(|e| format!("{name}: error: {e}"))? {
         return Err(format!(
             "{name}: error: larger than {} MiB: not a policy",
-            limit >> 20
+            manifest::MAX_FILE_BYTES >> 20
         ));
     }
     let text = String::from_utf8(bytes)

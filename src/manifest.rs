@@ -286,15 +286,11 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
         });
     }
     let mut declared = Declared::default();
-    // One buffer for every file. Reading through `take` skips `fs::read`'s size probe (a stat
-    // and a seek per file, two fifths of the system calls of loading small manifests) and
-    // bounds what a stray huge file can cost.
+    // One buffer for every file.
     let mut bytes = Vec::new();
     for file in &files {
-        bytes.clear();
-        let read = std::fs::File::open(file)
-            .and_then(|f| f.take(MAX_FILE_BYTES + 1).read_to_end(&mut bytes));
-        if read.as_ref().is_ok_and(|&n| n as u64 > MAX_FILE_BYTES) {
+        let read = std::fs::File::open(file).and_then(|f| read_bounded(f, &mut bytes));
+        if read.as_ref().is_ok_and(|&fits| !fits) {
             loaded.diagnostics.push(Diagnostic {
                 file: file.clone(),
                 line: None,
@@ -325,6 +321,16 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
     }
     loaded.state = declared.dedupe(&mut loaded.diagnostics);
     loaded
+}
+
+/// Reads `from` into `buf` (cleared first), at most [`MAX_FILE_BYTES`]: `Ok(false)` when there
+/// was more, which no manifest file has. Reading through `take` skips `fs::read`'s size probe
+/// (a stat and a seek per file, two fifths of the system calls of loading small manifests) and
+/// bounds what a stray huge file can cost.
+pub(crate) fn read_bounded(from: impl std::io::Read, buf: &mut Vec<u8>) -> std::io::Result<bool> {
+    buf.clear();
+    let n = from.take(MAX_FILE_BYTES + 1).read_to_end(buf)?;
+    Ok(n as u64 <= MAX_FILE_BYTES)
 }
 
 /// Loads the manifests of one file's bytes as [`load_dir`] does with each file it reads
@@ -826,12 +832,16 @@ pub(crate) fn declarations_below(dir: &Path) -> Vec<FileDeclarations> {
     files
         .into_iter()
         .filter_map(|file| {
-            let bytes = std::fs::File::open(&file).ok().and_then(|f| {
-                let mut bytes = Vec::new();
-                f.take(MAX_FILE_BYTES).read_to_end(&mut bytes).ok()?;
-                Some(bytes)
-            })?;
-            let (named, unreadable) = declared_in(&bytes);
+            let mut bytes = Vec::new();
+            let fits = std::fs::File::open(&file)
+                .and_then(|f| read_bounded(f, &mut bytes))
+                .ok()?;
+            // As the loader: a file past the limit is refused, not read in part.
+            let (named, unreadable) = if fits {
+                declared_in(&bytes)
+            } else {
+                (Vec::new(), true)
+            };
             Some(FileDeclarations {
                 file,
                 named,
