@@ -519,7 +519,7 @@ impl Reconciler {
         // then never go back to it without another webhook, and what the reset revokes would
         // stay granted. (A late webhook of a push already superseded looks the same; it costs
         // a fetch every few minutes until the next push.)
-        let reset = self.behind(&commit).await.is_some();
+        let reset = self.reset_named.as_deref() == Some(commit.as_str());
         let arrived = match head {
             Some(head) if commit != head && reset => false,
             Some(head) => self.source.contains(&commit, head).await,
@@ -804,6 +804,14 @@ impl Reconciler {
             self.recorded.clone_from(&self.restored);
             self.reset_named = self.source.noted_reset().await;
         }
+        // A commit a webhook names that is behind what was applied is a reset. Known before
+        // the fetch: what was applied, and its history, are in the working copy already.
+        if let Some(commit) = &wanted
+            && self.reset_named.as_ref() != Some(commit)
+        {
+            self.reset_named = self.behind(commit).await.is_some().then(|| commit.clone());
+            self.source.note_reset(self.reset_named.as_deref()).await;
+        }
         let revision = match self.source.sync().await {
             Ok(r) => r,
             Err(e) => {
@@ -816,12 +824,6 @@ impl Reconciler {
             // Whether a push's webhook named this very head: then the branch is where its
             // owner put it, even behind what was applied (a reset, force-pushed). Containing
             // the commit is not enough: the head before a reset contains the older commit too.
-            if let Some(commit) = &wanted
-                && self.reset_named.as_ref() != Some(commit)
-            {
-                self.reset_named = self.behind(commit).await.is_some().then(|| commit.clone());
-                self.source.note_reset(self.reset_named.as_deref()).await;
-            }
             let named = wanted.as_deref() == Some(head.as_str())
                 || self.reset_named.as_deref() == Some(head.as_str());
             self.check_awaited(wanted, Some(head)).await;

@@ -140,16 +140,14 @@ impl Source {
     /// the webhook is not sent again, and without it the branch could not go back.
     pub async fn note_reset(&self, commit: Option<&str>) {
         let Source::Git(g) = self else { return };
-        let kept = match commit {
-            Some(c) => g.git(["config", RESET_NAMED, c]).await.map(drop),
-            None => g
-                .git(["config", "--unset-all", RESET_NAMED])
-                .await
-                .map(drop)
-                .or(Ok::<(), String>(())),
-        };
-        if let Err(e) = kept {
-            tracing::warn!(error = %e, "cannot keep the reset a webhook named in the working copy");
+        match commit {
+            Some(c) => {
+                if let Err(e) = g.git(["config", RESET_NAMED, c]).await {
+                    tracing::warn!(error = %e, "cannot keep the reset a webhook named in the working copy");
+                }
+            }
+            // Fails only when there is nothing to drop.
+            None => drop(g.git(["config", "--unset-all", RESET_NAMED]).await),
         }
     }
 
