@@ -695,22 +695,17 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
     }
     // `contains` is a memchr: the common file has no CR at all.
     if bytes.contains(&b'\r')
-        && let Some(at) = memchr_lone_cr(bytes)
+        && let Some(at) = first_lone_cr(bytes)
     {
-        let before = &bytes[..at];
-        let breaks = before.iter().filter(|&&b| b == b'\n').count()
-            + before
-                .iter()
-                .enumerate()
-                .filter(|&(i, &b)| b == b'\r' && bytes.get(i + 1) != Some(&b'\n'))
-                .count();
+        // Being the first, no lone CR before it ends a line: only line feeds do.
+        let breaks = bytes[..at].iter().filter(|&&b| b == b'\n').count();
         return Err(NoText::LoneCr { line: breaks + 1 });
     }
     Ok(text)
 }
 
 /// Where the first carriage return not followed by a line feed is.
-fn memchr_lone_cr(bytes: &[u8]) -> Option<usize> {
+fn first_lone_cr(bytes: &[u8]) -> Option<usize> {
     bytes
         .iter()
         .enumerate()
