@@ -650,12 +650,14 @@ enum NoText {
     },
     /// More than [`MAX_LINES`].
     TooManyLines,
+    /// More than [`MAX_DOCUMENTS`]: how many.
+    TooManyDocuments(usize),
     Empty,
 }
 
 impl NoText {
-    fn line_and_message(&self) -> (usize, &'static str) {
-        match self {
+    fn line_and_message(&self) -> (usize, std::borrow::Cow<'static, str>) {
+        let (line, message) = match self {
             NoText::NotUtf8 { line } => (*line, "not valid UTF-8 text (binary file?)"),
             // kpr counts lines by line feeds, as git does; libyaml would take a lone CR as a
             // line break and every line kpr names would be wrong.
@@ -668,8 +670,29 @@ impl NoText {
                 1,
                 "more than 1,000,000 lines in one file; refusing to parse it",
             ),
+            NoText::TooManyDocuments(n) => {
+                return (
+                    1,
+                    format!(
+                        "{n} documents in one file, more than {MAX_DOCUMENTS}; refusing to \
+                         parse it"
+                    )
+                    .into(),
+                );
+            }
             NoText::Empty => (1, "empty file: expected at least one manifest"),
-        }
+        };
+        (line, message.into())
+    }
+}
+
+/// A manifest file's documents as both readers below take them: its text (see
+/// [`manifest_text`]), split into documents, no more of them than [`MAX_DOCUMENTS`].
+fn manifest_index(bytes: &[u8]) -> Result<LineIndex<'_>, NoText> {
+    let index = LineIndex::new(manifest_text(bytes)?);
+    match index.doc_starts.len() {
+        n if n > MAX_DOCUMENTS => Err(NoText::TooManyDocuments(n)),
+        _ => Ok(index),
     }
 }
 
@@ -765,15 +788,11 @@ pub(crate) fn declared_in(bytes: &[u8]) -> (Vec<(String, Ensure)>, bool) {
         arn: Option<String>,
         ensure: Option<Ensure>,
     }
-    let text = match manifest_text(bytes) {
-        Ok(text) => text,
-        // Nothing in it to read; binary, what it holds cannot be read.
+    let index = match manifest_index(bytes) {
+        Ok(index) => index,
+        // Nothing in it to read; otherwise what it holds cannot be read.
         Err(refused) => return (Vec::new(), !matches!(refused, NoText::Empty)),
     };
-    let index = LineIndex::new(text);
-    if index.doc_starts.len() > MAX_DOCUMENTS {
-        return (Vec::new(), true);
-    }
     let mut out = Vec::new();
     let mut unreadable = false;
     for doc_no in 0..index.doc_starts.len() {
@@ -859,25 +878,14 @@ fn parse_file(
         severity: Severity::Error,
         message,
     };
-    let text = match manifest_text(bytes) {
-        Ok(text) => text,
+    let index = match manifest_index(bytes) {
+        Ok(index) => index,
         Err(refused) => {
             let (line, message) = refused.line_and_message();
-            diags.push(error(Some(line), message.into()));
+            diags.push(error(Some(line), message.into_owned()));
             return;
         }
     };
-    let index = LineIndex::new(text);
-    if index.doc_starts.len() > MAX_DOCUMENTS {
-        diags.push(error(
-            Some(1),
-            format!(
-                "{} documents in one file, more than {MAX_DOCUMENTS}; refusing to parse it",
-                index.doc_starts.len()
-            ),
-        ));
-        return;
-    }
     let mut found = 0usize;
     // Each document is parsed on its own, from its `---` to the next. An error, even one that
     // leaves the YAML parser mid-document (an unknown anchor), then spoils only its document,
