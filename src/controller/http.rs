@@ -18,7 +18,7 @@ use serde::Serialize;
 
 use super::reconcile::Status;
 use super::trigger::{Queue, Trigger};
-use super::webhook::{self, AuthError, Event, ReplayGuard};
+use super::webhook::{self, AuthError, Event, Pushed, ReplayGuard};
 use super::{RotatingSecret, Settings, SourceSpec};
 use crate::cli::CliError;
 
@@ -41,7 +41,7 @@ pub struct Shared {
     /// The commit the latest push named (its `after`), until a fetch serves it: a host's
     /// replica may lag behind its webhook, and the run the push started would then apply the
     /// commit before it (see [`super::reconcile`]).
-    pub awaited_commit: Mutex<Option<String>>,
+    pub awaited_commit: Mutex<Option<Pushed>>,
     max_body: usize,
     /// Bytes of not yet authenticated webhook bodies held at once (see [`read_body`]).
     body_budget: tokio::sync::Semaphore,
@@ -405,7 +405,7 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             "ignored",
             format!("event {name:?} ignored: only pushes trigger a run"),
         ),
-        Event::Push { git_ref, after } => {
+        Event::Push { git_ref, pushed } => {
             if let (Some(branch), Some(r)) = (&s.branch, &git_ref) {
                 let wanted = format!("refs/heads/{branch}");
                 if *r != wanted {
@@ -419,9 +419,10 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             // Only a git source has commits to wait for. Set before the trigger, so the run it
             // starts sees it. A push that names none leaves an earlier push's commit awaited.
             // A payload without a ref may be from any branch: nothing to wait for.
-            let after = after.filter(|_| s.branch.is_some() && git_ref.is_some());
-            if let Some(commit) = &after {
-                *s.awaited_commit.lock().expect("awaited lock") = Some(commit.clone());
+            let pushed = pushed.filter(|_| s.branch.is_some() && git_ref.is_some());
+            let after = pushed.as_ref().map(|p| p.commit.clone());
+            if pushed.is_some() {
+                *s.awaited_commit.lock().expect("awaited lock") = pushed;
             }
             if s.queue.push(Trigger::Webhook) {
                 reply(

@@ -27,6 +27,7 @@ use super::file_index::FileIndex;
 use super::http::Shared;
 use super::source::Source;
 use super::trigger::Trigger;
+use super::webhook::Pushed;
 
 #[derive(Debug, Clone)]
 pub struct RunOptions {
@@ -542,11 +543,7 @@ impl Reconciler {
                      the branch as it is"
                 );
             }
-            let mut awaited = self.shared.awaited_commit.lock().expect("awaited lock");
-            // A newer push may have named another commit meanwhile: that one is still awaited.
-            if awaited.as_deref() == Some(commit.as_str()) {
-                *awaited = None;
-            }
+            self.forget_pushed(&commit, None);
             self.awaiting = None;
         } else {
             if head.is_some() && reset {
@@ -572,6 +569,31 @@ impl Reconciler {
             .write()
             .expect("status lock")
             .awaited_commit = self.awaiting.as_ref().map(|a| a.commit.clone());
+    }
+
+    /// Stops awaiting a pushed commit (for `instead`), unless a newer push named another
+    /// meanwhile: that one is still awaited.
+    fn forget_pushed(&self, commit: &str, instead: Option<Pushed>) {
+        let mut awaited = self.shared.awaited_commit.lock().expect("awaited lock");
+        if awaited.as_ref().is_some_and(|p| p.commit == commit) {
+            *awaited = instead;
+        }
+    }
+
+    /// Whether a push that named a commit behind what was applied moved the branch forward:
+    /// then a later push, already applied, contains it, and its webhook merely came late.
+    /// Taken for a reset, it would be awaited, and a replica serving exactly that commit
+    /// would roll the branch back to it. A push that rewrote history, created the branch, or
+    /// went on from a reset kpr was told of is the owner moving the branch back.
+    async fn superseded(&self, pushed: &Pushed) -> bool {
+        let Some(from) = pushed.from.as_deref() else {
+            return false;
+        };
+        if pushed.forced == Some(true) || self.reset_named.as_deref() == Some(from) {
+            return false;
+        }
+        // GitLab does not say whether a push was forced; git does, when it has `before`.
+        pushed.forced == Some(false) || self.source.contains(from, &pushed.commit).await
     }
 
     /// The revision last applied (or recorded as good), when `head` is one of its ancestors
@@ -791,7 +813,7 @@ impl Reconciler {
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
         let mut out = RunOutcome::new();
         // Taken before the fetch: a push that comes during it is checked by the run it queues.
-        let wanted = self
+        let mut wanted = self
             .shared
             .awaited_commit
             .lock()
@@ -804,14 +826,37 @@ impl Reconciler {
             self.recorded.clone_from(&self.restored);
             self.reset_named = self.source.noted_reset().await;
         }
-        // A commit a webhook names that is behind what was applied is a reset. Known before
-        // the fetch: what was applied, and its history, are in the working copy already.
-        if let Some(commit) = &wanted
-            && self.reset_named.as_ref() != Some(commit)
+        // A commit a webhook names that is behind what was applied is a reset, or a late
+        // webhook. Known before the fetch: what was applied, and its history, are in the
+        // working copy already.
+        if let Some(pushed) = &wanted
+            && self.reset_named.as_ref() != Some(&pushed.commit)
         {
-            self.reset_named = self.behind(commit).await.is_some().then(|| commit.clone());
-            self.source.note_reset(self.reset_named.as_deref()).await;
+            let behind = self.behind(&pushed.commit).await;
+            if let Some(applied) = behind.as_deref()
+                && self.superseded(pushed).await
+            {
+                tracing::info!(
+                    commit = pushed.commit,
+                    applied,
+                    "a late webhook: its push moved the branch forward to a commit that \
+                     what was applied already contains; nothing to wait for"
+                );
+                // It displaced a commit awaited before it (a reset not served yet, say):
+                // that one still is.
+                let earlier = self.awaiting.as_ref().map(|a| Pushed {
+                    commit: a.commit.clone(),
+                    from: None,
+                    forced: None,
+                });
+                self.forget_pushed(&pushed.commit, earlier.clone());
+                wanted = earlier;
+            } else {
+                self.reset_named = behind.map(|_| pushed.commit.clone());
+                self.source.note_reset(self.reset_named.as_deref()).await;
+            }
         }
+        let wanted = wanted.map(|p| p.commit);
         let revision = match self.source.sync().await {
             Ok(r) => r,
             Err(e) => {

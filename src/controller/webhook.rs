@@ -109,14 +109,25 @@ pub fn delivery_id(headers: &HeaderMap) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+/// What a push's payload says of the commit it moved the branch to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Pushed {
+    /// `after`: the branch's new head.
+    pub commit: String,
+    /// `before`: the head the push replaced; none for a branch the push created.
+    pub from: Option<String>,
+    /// GitHub's `forced`: whether the push rewrote history (GitLab does not say).
+    pub forced: Option<bool>,
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Ping,
     /// `git_ref` is None when a generic caller sent no payload: it just asks for a run.
-    /// `after` is the commit the push moved the ref to, when the payload names one.
+    /// `pushed` is the commit the push moved the ref to, when the payload names one.
     Push {
         git_ref: Option<String>,
-        after: Option<String>,
+        pushed: Option<Pushed>,
     },
     /// An event kpr does not act on (issues, tags, ...), by name.
     Other(String),
@@ -140,18 +151,25 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Stri
     }
 }
 
-/// A push payload's ref and `after` commit. A deleted ref's `after` is all zeros: no commit
-/// to wait for.
-fn push(v: &serde_json::Value) -> Event {
-    let after = v
-        .get("after")
+/// A commit id in a payload: 40 or 64 hex digits, not all zeros (what a host sends for "no
+/// commit": the `after` of a deleted branch, the `before` of a created one).
+fn commit_id(v: &serde_json::Value, key: &str) -> Option<String> {
+    v.get(key)
         .and_then(|a| a.as_str())
         .filter(|a| matches!(a.len(), 40 | 64))
         .filter(|a| a.bytes().all(|b| b.is_ascii_hexdigit()) && a.bytes().any(|b| b != b'0'))
-        .map(str::to_ascii_lowercase);
+        .map(str::to_ascii_lowercase)
+}
+
+/// A push payload's ref, and the commits it moved the ref from and to.
+fn push(v: &serde_json::Value) -> Event {
     Event::Push {
         git_ref: v.get("ref").and_then(|r| r.as_str()).map(str::to_string),
-        after,
+        pushed: commit_id(v, "after").map(|commit| Pushed {
+            commit,
+            from: commit_id(v, "before"),
+            forced: v.get("forced").and_then(|f| f.as_bool()),
+        }),
     }
 }
 
@@ -182,7 +200,7 @@ pub fn parse_event(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Resu
             if body.iter().all(u8::is_ascii_whitespace) {
                 Ok(Event::Push {
                     git_ref: None,
-                    after: None,
+                    pushed: None,
                 })
             } else {
                 Ok(push(&json_body(headers, body)?))
@@ -345,7 +363,11 @@ mod tests {
         let push = push.as_bytes();
         let main = Ok(Event::Push {
             git_ref: Some("refs/heads/main".into()),
-            after: Some(SHA.into()),
+            pushed: Some(Pushed {
+                commit: SHA.into(),
+                from: None,
+                forced: None,
+            }),
         });
         let gh = |event: &str| headers(&[("x-github-event", event)]);
         assert_eq!(
@@ -378,7 +400,7 @@ mod tests {
             ),
             Ok(Event::Push {
                 git_ref: Some("refs/heads/dev".into()),
-                after: None
+                pushed: None
             })
         );
         let gl = headers(&[("x-gitlab-event", "Push Hook")]);
@@ -395,7 +417,7 @@ mod tests {
             parse_event(Provider::Bearer, &HeaderMap::new(), b""),
             Ok(Event::Push {
                 git_ref: None,
-                after: None
+                pushed: None
             })
         );
         assert_eq!(
@@ -413,7 +435,7 @@ mod tests {
                 parse_event(Provider::GitHub, &gh("push"), body.as_bytes()),
                 Ok(Event::Push {
                     git_ref: Some("refs/heads/main".into()),
-                    after: None
+                    pushed: None
                 }),
                 "{after}"
             );
@@ -422,7 +444,39 @@ mod tests {
         let body = format!(r#"{{"ref":"refs/heads/main","after":"{sha256}"}}"#);
         assert!(matches!(
             parse_event(Provider::GitLab, &gl, body.as_bytes()),
-            Ok(Event::Push { after: Some(a), .. }) if a == sha256
+            Ok(Event::Push { pushed: Some(p), .. }) if p.commit == sha256
+        ));
+        // GitHub's force push: from the head it replaced; a created branch replaced nothing.
+        let before = "fe".repeat(20);
+        let body = format!(
+            r#"{{"ref":"refs/heads/main","before":"{}","after":"{SHA}","forced":true}}"#,
+            before.to_uppercase()
+        );
+        assert_eq!(
+            parse_event(Provider::GitHub, &gh("push"), body.as_bytes()),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/main".into()),
+                pushed: Some(Pushed {
+                    commit: SHA.into(),
+                    from: Some(before),
+                    forced: Some(true),
+                }),
+            })
+        );
+        let body = format!(
+            r#"{{"ref":"refs/heads/main","before":"{}","after":"{SHA}","forced":false}}"#,
+            "0".repeat(40)
+        );
+        assert!(matches!(
+            parse_event(Provider::GitLab, &gl, body.as_bytes()),
+            Ok(Event::Push {
+                pushed: Some(Pushed {
+                    from: None,
+                    forced: Some(false),
+                    ..
+                }),
+                ..
+            })
         ));
     }
 

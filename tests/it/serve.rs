@@ -1177,7 +1177,9 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     // the older commit too: the reset is awaited until the head is that commit.
     let origin = repo.dir.path().join("origin.git");
     git(&origin, &["update-ref", "refs/heads/main", &second]);
-    let body = serde_json::json!({"ref": "refs/heads/main", "after": first});
+    let body = serde_json::json!({
+        "ref": "refs/heads/main", "before": second, "after": first, "forced": true
+    });
     assert_eq!(
         serve
             .github_push_body(body.to_string().as_bytes(), "lag-3")
@@ -1193,6 +1195,68 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
         st["last_good_revision"] == first.as_str()
     });
     assert!(live(&emu, &b).is_none());
+    serve.stop();
+}
+
+/// A push's webhook may come after a later push was applied. It names a commit behind what
+/// was applied, as a reset's does, but its push moved the branch forward: kpr must not await
+/// it, nor take a replica that serves exactly that commit for the branch moved back.
+#[test]
+fn a_late_webhook_is_not_taken_for_a_reset() {
+    let emu = common::kinesis_mock_private();
+    let [a, b] = ["serve-late-a", "serve-late-b"].map(|n| emu.create_stream(&unique(n)));
+    let role =
+        |arn: &str, name: &str| read_policy(arn, &format!("arn:aws:iam::111122223333:role/{name}"));
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&a, &role(&a, "one")));
+    let first = repo.push("main", "a");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            // No retry during the test: each run seen is the one a webhook started.
+            args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", "1h"]),
+            ..Options::default()
+        },
+    );
+    serve.applied(&first);
+    repo.write("b.yaml", &manifest(&b, &role(&b, "one")));
+    let second = repo.push("main", "b");
+    let v2 = role(&a, "two");
+    repo.write("a.yaml", &manifest(&a, &v2));
+    let third = repo.push("main", "a v2");
+    assert_eq!(serve.github_push("main", "late-3").status, 202);
+    serve.applied(&third);
+
+    // The replica serves the second commit when that push's webhook arrives, from GitLab
+    // (which does not say whether a push was forced) and from GitHub.
+    let origin = repo.dir.path().join("origin.git");
+    git(&origin, &["update-ref", "refs/heads/main", &second]);
+    let late = serde_json::json!({"ref": "refs/heads/main", "before": first, "after": second});
+    let mut github = late.clone();
+    github["forced"] = false.into();
+    for (delivery, body) in [("late-2", late), ("late-2-github", github)] {
+        let runs = serve.status()["runs"].as_u64().unwrap();
+        let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
+        assert_eq!(r.status, 202, "{r:?}");
+        let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
+            st["runs"].as_u64() > Some(runs) && st["running"] == false
+        });
+        assert_eq!(
+            st["last_run"]["result"], "fetch_failed",
+            "{delivery}: {st:#}"
+        );
+        assert_eq!(
+            st["last_good_revision"],
+            third.as_str(),
+            "{delivery}: {st:#}"
+        );
+        assert!(st["awaited_commit"].is_null(), "{delivery}: {st:#}");
+        assert!(
+            live(&emu, &a).is_some_and(|p| same_grant(&p, &v2)),
+            "{delivery}: rolled back: {st:#}"
+        );
+    }
+    assert!(serve.logs().contains("a late webhook"));
     serve.stop();
 }
 
