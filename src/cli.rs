@@ -356,6 +356,16 @@ pub enum CliError {
     },
 }
 
+impl Cli {
+    /// The exit code for trouble: `policy diff` keeps 2, as diff(1) does (1 means "differ").
+    pub fn error_code(&self) -> u8 {
+        match self.command {
+            Command::Policy(PolicyCommand::Diff { .. }) => 2,
+            _ => EXIT_ERROR,
+        }
+    }
+}
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CHANGES: u8 = 2;
@@ -384,7 +394,11 @@ where
 /// The log level and whether to log JSON: a flag or `KPR_*` variable, then the config file,
 /// then the command's default. The service logs what it does, as JSON for a collector unless
 /// on a terminal; one-shot commands print their result and log only problems.
-pub fn log_settings(g: &GlobalArgs, file: &FileConfig, serving: bool) -> (String, bool) {
+pub fn log_settings(
+    g: &GlobalArgs,
+    file: &FileConfig,
+    serving: bool,
+) -> Result<(tracing_subscriber::EnvFilter, bool), String> {
     let level = g
         .log_level
         .clone()
@@ -402,7 +416,34 @@ pub fn log_settings(g: &GlobalArgs, file: &FileConfig, serving: bool) -> (String
         Some(f) => f == LogFormat::Json,
         None => serving && !std::io::stderr().is_terminal(),
     };
-    (level, json)
+    Ok((log_filter(&level)?, json))
+}
+
+/// The filter a log level names. tracing reads a bare word that is not a level as a target
+/// to log alone: `warning` would silence every event, errors included, without a word.
+fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let problem = |why: String| {
+        Err(format!(
+            "invalid log level {level:?}: {why} (a level is one of {}; a filter is \
+             comma-separated target=level directives)",
+            LEVELS.join(", ")
+        ))
+    };
+    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        let bare = !directive.contains(['=', '[', '{']);
+        if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
+            return problem(format!("{directive:?} is not a level"));
+        }
+    }
+    // The credential chain warns of each provider that failed, with the error's whole Debug
+    // form; kpr's own error for the call already says the same in words. A bare level up to
+    // info leaves it out; debug, trace or a filter of the user's own keeps everything.
+    let filter = match level {
+        "error" | "warn" | "info" => format!("{level},aws_config::meta::credentials::chain=error"),
+        other => other.to_string(),
+    };
+    tracing_subscriber::EnvFilter::try_new(filter).or_else(|e| problem(e.to_string()))
 }
 
 /// Runs a command to its end: one-shot commands return their exit code, `serve` returns when
@@ -926,16 +967,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
 }
 
 /// Logs go to stderr, so stdout stays a clean plan or JSON document.
-pub fn init_logging(level: &str, json: bool) {
-    // The credential chain warns of each provider that failed, with the error's whole Debug
-    // form; kpr's own error for the call already says the same in words. A bare level up to
-    // info leaves it out; debug, trace or a filter of the user's own keeps everything.
-    let filter = match level {
-        "error" | "warn" | "info" => format!("{level},aws_config::meta::credentials::chain=error"),
-        other => other.to_string(),
-    };
-    let filter = tracing_subscriber::EnvFilter::try_new(filter)
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn"));
+pub fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);

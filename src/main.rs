@@ -19,17 +19,23 @@ fn main() -> ExitCode {
             });
         }
     };
+    let error_code = cli.error_code();
     // Read before anything else: it may set how to log.
     let file = match FileConfig::load_opt(cli.global.config.as_deref()) {
         Ok(file) => file,
         Err(e) => {
             eprintln!("error: {:#}", anyhow::Error::from(e));
-            return ExitCode::from(cli::EXIT_ERROR);
+            return ExitCode::from(error_code);
         }
     };
     let serving = matches!(cli.command, Command::Serve(_));
-    let (level, json) = cli::log_settings(&cli.global, &file, serving);
-    cli::init_logging(&level, json);
+    match cli::log_settings(&cli.global, &file, serving) {
+        Ok((filter, json)) => cli::init_logging(filter, json),
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(error_code);
+        }
+    }
     // A one-shot command is I/O-bound: one thread drives it with no cross-thread wake-ups
     // (measured on `plan` of 1,000 resources: about 10% less CPU, same wall time). The service
     // keeps worker threads so HTTP stays responsive during a reconcile.
@@ -43,7 +49,7 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::from(cli::EXIT_ERROR);
+            return ExitCode::from(error_code);
         }
     };
     // The command runs as a spawned task, not as `block_on`'s own future: a task woken by the
@@ -59,7 +65,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             eprintln!("error: {e:#}");
-            ExitCode::from(cli::EXIT_ERROR)
+            ExitCode::from(error_code)
         }
     }
 }

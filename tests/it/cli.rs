@@ -302,6 +302,29 @@ fn usage_errors_exit_1_not_the_changes_code() {
 
     let diff = run(&["policy", "diff", "only-one.json"], &[]);
     assert_eq!(diff.code, 2, "{diff:?}");
+    // A config file that cannot be read is trouble too, not "the policies differ".
+    let same = ["policy", "diff", "README.md", "README.md"];
+    let config = run(&same, &[("KPR_CONFIG", "no-such-config.yaml")]);
+    assert_eq!(config.code, 2, "{config:?}");
+
+    // tracing reads a bare word as a target to log alone: `warning` would silence every event.
+    for level in ["warning", "Verbose", "info,debg"] {
+        let bad = run(
+            &["validate", "--dir", "policies"],
+            &[("KPR_LOG_LEVEL", level)],
+        );
+        assert_eq!(bad.code, 1, "{bad:?}");
+        assert!(bad.stderr.contains("invalid log level"), "{bad:?}");
+        let bad = run(&same, &[("KPR_LOG_LEVEL", level)]);
+        assert_eq!(bad.code, 2, "{bad:?}");
+    }
+    for level in ["WARN", "info,kinesis_policy_reconciler=debug", "off"] {
+        let good = run(
+            &["validate", "--dir", "policies"],
+            &[("KPR_LOG_LEVEL", level)],
+        );
+        assert_eq!(good.code, 0, "{level}: {good:?}");
+    }
 
     let help = run(&["plan", "--help"], &[]);
     assert_eq!(help.code, 0, "{help:?}");
