@@ -25,10 +25,11 @@ pub(super) fn document(doc: &PolicyDocument) -> Value {
 
 /// Canonical statements, sorted by their serialisation, exact duplicates removed.
 fn statement_values(doc: &PolicyDocument) -> Vec<Value> {
+    let partition = partition(doc);
     doc.statements
         .iter()
         .map(|s| {
-            let v = statement(s);
+            let v = statement(s, partition);
             (v.to_string(), v)
         })
         .collect::<BTreeMap<_, _>>()
@@ -68,7 +69,21 @@ pub fn canonical_statements(doc: &PolicyDocument) -> Vec<(String, String)> {
         .collect()
 }
 
-fn statement(s: &Statement) -> Value {
+/// The partition of a document's first Resource or NotResource ARN; `aws` when it names none.
+/// A resource policy names its own resource, so this is the partition its bare account ids
+/// are in, and lint holds a manifest's Resource to its ARN.
+fn partition(doc: &PolicyDocument) -> &str {
+    doc.statements
+        .iter()
+        .flat_map(|s| s.resource.iter().chain(&s.not_resource).flatten())
+        .find_map(|r| {
+            let (partition, _) = r.strip_prefix("arn:")?.split_once(':')?;
+            (!partition.is_empty()).then_some(partition)
+        })
+        .unwrap_or("aws")
+}
+
+fn statement(s: &Statement, partition: &str) -> Value {
     let mut out = BTreeMap::new();
     if let Some(sid) = s.sid() {
         out.insert("Sid", Value::String(sid.to_string()));
@@ -78,8 +93,8 @@ fn statement(s: &Statement) -> Value {
         ("Principal", &s.principal),
         ("NotPrincipal", &s.not_principal),
     ] {
-        if let Some(v) = p.as_ref().and_then(principal) {
-            out.insert(key, v);
+        if let Some(p) = p {
+            out.insert(key, principal(p, partition));
         }
     }
     for (key, actions) in [("Action", &s.action), ("NotAction", &s.not_action)] {
@@ -98,20 +113,21 @@ fn statement(s: &Statement) -> Value {
     object(out)
 }
 
-/// `None` when the principal names nobody, which IAM treats like a missing element.
-fn principal(p: &Principal) -> Option<Value> {
+/// A principal that names nobody is `{}`, kept apart from a missing one: `NotPrincipal: {}`
+/// in an Allow would be everyone but nobody, `Principal: {}` nobody at all.
+fn principal(p: &Principal, partition: &str) -> Value {
     let mut by_type: BTreeMap<&str, BTreeSet<String>> = BTreeMap::new();
     match p {
         // Not `{"AWS": "*"}`: that is every principal of an AWS account, while "*" is anyone,
         // service principals too. Merging them would let a live "*" pass for a narrower grant,
         // or a narrower Deny pass for a live "*" one.
-        Principal::Anyone => return Some(Value::String("*".into())),
+        Principal::Anyone => return Value::String("*".into()),
         Principal::Typed(entries) => {
             for (kind, ids) in entries {
                 let set = by_type.entry(kind.as_str()).or_default();
                 for id in ids {
                     set.insert(if *kind == PrincipalType::Aws {
-                        canonical_aws_principal(id)
+                        canonical_aws_principal(id, partition)
                     } else {
                         id.clone()
                     });
@@ -120,30 +136,24 @@ fn principal(p: &Principal) -> Option<Value> {
         }
     }
     by_type.retain(|_, ids| !ids.is_empty());
-    if by_type.is_empty() {
-        return None;
-    }
-    Some(object(
+    object(
         by_type
             .into_iter()
             .map(|(k, ids)| (k, string_set(ids)))
             .collect(),
-    ))
+    )
 }
 
-/// An account's root ARN means the account itself, whatever the partition: both forms become
-/// the bare 12-digit id.
-fn canonical_aws_principal(id: &str) -> String {
-    root_account(id).unwrap_or(id).to_string()
+/// An account's root ARN in the policy's own partition means the account itself: both forms
+/// become the bare 12-digit id. One of another partition names nobody here (lint refuses it in
+/// a manifest), so a live policy holding it must not pass for one naming the account.
+fn canonical_aws_principal(id: &str, partition: &str) -> String {
+    root_account(id, partition).unwrap_or(id).to_string()
 }
 
-fn root_account(arn: &str) -> Option<&str> {
-    let rest = arn.strip_prefix("arn:")?;
-    let (partition, rest) = rest.split_once(':')?;
-    if partition.is_empty() {
-        return None;
-    }
-    let account = rest.strip_prefix("iam::")?.strip_suffix(":root")?;
+fn root_account<'a>(arn: &'a str, partition: &str) -> Option<&'a str> {
+    let rest = arn.strip_prefix("arn:")?.strip_prefix(partition)?;
+    let account = rest.strip_prefix(":iam::")?.strip_suffix(":root")?;
     is_account_id(account).then_some(account)
 }
 
@@ -380,15 +390,44 @@ mod tests {
     }
 
     #[test]
-    fn account_id_equals_root_arn_in_any_partition() {
+    fn account_id_equals_root_arn_in_the_policys_partition() {
         let id = one(json!({"Principal": {"AWS": "111122223333"}}));
+        same(
+            &id,
+            &one(json!({"Principal": {"AWS": "arn:aws:iam::111122223333:root"}})),
+        );
+        // A root ARN of another partition names nobody here.
         for arn in [
-            "arn:aws:iam::111122223333:root",
             "arn:aws-cn:iam::111122223333:root",
             "arn:aws-us-gov:iam::111122223333:root",
+            "arn:x:iam::111122223333:root",
+            "arn:aws-cn-x:iam::111122223333:root",
         ] {
-            same(&id, &one(json!({"Principal": {"AWS": arn}})));
+            differ(&id, &one(json!({"Principal": {"AWS": arn}})));
         }
+        // In aws-cn, its own root ARN is the account, and the commercial one is not.
+        let cn = |principal: &str| {
+            one(json!({
+                "Principal": {"AWS": principal},
+                "Resource": "arn:aws-cn:kinesis:cn-north-1:111122223333:stream/s"
+            }))
+        };
+        same(
+            &cn("111122223333"),
+            &cn("arn:aws-cn:iam::111122223333:root"),
+        );
+        differ(&cn("111122223333"), &cn("arn:aws:iam::111122223333:root"));
+        // A policy naming no resource ARN is read as commercial.
+        let anywhere =
+            |principal: &str| one(json!({"Principal": {"AWS": principal}, "Resource": "*"}));
+        same(
+            &anywhere("111122223333"),
+            &anywhere("arn:aws:iam::111122223333:root"),
+        );
+        differ(
+            &anywhere("111122223333"),
+            &anywhere("arn:aws-cn:iam::111122223333:root"),
+        );
         same(
             &one(json!({"Principal": {"AWS": ["111122223333", "arn:aws:iam::111122223333:root"]}})),
             &id,
@@ -446,18 +485,19 @@ mod tests {
     }
 
     #[test]
-    fn empty_principal_equals_missing() {
+    fn an_empty_principal_is_kept_apart() {
         let missing = one(json!({"Principal": null}));
-        same(&missing, &one(json!({"Principal": {}})));
-        same(&missing, &one(json!({"Principal": {"AWS": []}})));
+        let empty = one(json!({"Principal": {}}));
+        same(&empty, &one(json!({"Principal": {"AWS": []}})));
         same(
-            &missing,
+            &empty,
             &one(json!({"Principal": {"AWS": [], "Service": []}})),
         );
-        same(
-            &missing,
-            &one(json!({"Principal": null, "NotPrincipal": {}})),
-        );
+        // In an Allow, `NotPrincipal: {}` is everyone but nobody: public, not nobody.
+        let not_empty = one(json!({"Principal": null, "NotPrincipal": {"AWS": []}}));
+        differ(&empty, &not_empty);
+        differ(&missing, &empty);
+        differ(&missing, &not_empty);
         same(
             &one(json!({"Principal": {"Service": "x"}})),
             &one(json!({"Principal": {"AWS": [], "Service": ["x"]}})),

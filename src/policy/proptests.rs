@@ -255,9 +255,10 @@ fn render_action(rng: &mut Rng, action: &str) -> String {
 
 fn render_aws_id(rng: &mut Rng, id: &str) -> String {
     if ACCOUNTS.contains(&id) {
-        match rng.below(4) {
+        // The generated resources are commercial (or none): only that partition's root ARN is
+        // the account.
+        match rng.below(3) {
             0 => format!("arn:aws:iam::{id}:root"),
-            1 => format!("arn:aws-cn:iam::{id}:root"),
             _ => id.to_string(),
         }
     } else {
@@ -277,9 +278,9 @@ fn render_principal(
 ) -> Option<Value> {
     let named: Vec<_> = p.iter().filter(|(_, ids)| !ids.is_empty()).collect();
     if named.is_empty() {
-        return match rng.below(3) {
-            0 => None,
-            1 => Some(json!({})),
+        // Named nobody, which is not the same as missing.
+        return match rng.below(2) {
+            0 => Some(json!({})),
             _ => Some(json!({"AWS": [], "Service": []})),
         };
     }
