@@ -8,7 +8,7 @@ use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use clap::{Args, CommandFactory, Parser, Subcommand, ValueEnum};
+use clap::{Args, CommandFactory, FromArgMatches, Parser, Subcommand, ValueEnum};
 
 use crate::apply::{self, ApplyOptions};
 use crate::arn::ResourceArn;
@@ -357,6 +357,26 @@ pub enum CliError {
 }
 
 impl Cli {
+    /// The command line (and `KPR_*` variables), noting where a flag and a variable of two
+    /// one-choice settings meet (see [`crate::controller::ServeArgs::from_env`]).
+    pub fn parse_args() -> Result<Self, clap::Error> {
+        let mut matches = Self::command().try_get_matches()?;
+        // Read before the values are taken out of the matches.
+        let from_env: Vec<&'static str> = match matches.subcommand() {
+            Some(("serve", m)) => ["dir", "git_url", "schedule", "interval"]
+                .into_iter()
+                .filter(|id| m.value_source(id) == Some(clap::parser::ValueSource::EnvVariable))
+                .collect(),
+            _ => Vec::new(),
+        };
+        let mut cli =
+            Self::from_arg_matches_mut(&mut matches).map_err(|e| e.format(&mut Self::command()))?;
+        if let Command::Serve(args) = &mut cli.command {
+            args.from_env = from_env;
+        }
+        Ok(cli)
+    }
+
     /// The exit code for trouble: `policy diff` keeps 2, as diff(1) does (1 means "differ").
     pub fn error_code(&self) -> u8 {
         match self.command {

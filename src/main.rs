@@ -2,12 +2,11 @@
 
 use std::process::ExitCode;
 
-use clap::Parser;
 use kinesis_policy_reconciler::cli::{self, Cli, Command};
 use kinesis_policy_reconciler::config::FileConfig;
 
 fn main() -> ExitCode {
-    let cli = match Cli::try_parse() {
+    let cli = match Cli::parse_args() {
         Ok(cli) => cli,
         // Help and --version come this way too, bound for stdout.
         Err(e) => {

@@ -86,6 +86,10 @@ pub struct ServeArgs {
     /// [default: 30s].
     #[arg(long, env = "KPR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
+    /// Which of the one-choice settings (`dir`/`git_url`, `schedule`/`interval`) came from a
+    /// `KPR_*` variable rather than a flag (see [`crate::cli::Cli::parse_args`]).
+    #[arg(skip)]
+    pub from_env: Vec<&'static str>,
 }
 
 /// A secret kept out of `Debug` output, so no log line or error can print it by accident.
@@ -276,12 +280,35 @@ fn valid_branch(b: &str) -> bool {
             .all(|c| c.is_ascii_graphic() && !b"~^:?*[\\".contains(&c))
 }
 
+/// Two settings that are one choice, each with whether it came from a `KPR_*` variable: a
+/// flag beats a variable, as it does for any one setting (a `KPR_DIR` left set for `kpr plan`
+/// must not stop `kpr serve --git-url`). Both from the same layer stay both, a mistake to report.
+fn flag_over_env<A, B>(
+    (a, a_env): (Option<A>, bool),
+    (b, b_env): (Option<B>, bool),
+) -> (Option<A>, Option<B>) {
+    match (a, b) {
+        (Some(a), Some(b)) if a_env != b_env => {
+            if a_env {
+                (None, Some(b))
+            } else {
+                (Some(a), None)
+            }
+        }
+        other => other,
+    }
+}
+
 impl Settings {
     pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<Self, String> {
         let source = Self::resolve_source(args, file)?;
         // Schedule and interval are one choice: the highest layer that sets either wins, so a
         // `--interval` flag overrides a `schedule:` in the file instead of conflicting with it.
-        let schedule = match (&args.schedule, args.interval) {
+        let (cron, interval) = flag_over_env(
+            (args.schedule.as_ref(), args.from_env.contains(&"schedule")),
+            (args.interval, args.from_env.contains(&"interval")),
+        );
+        let schedule = match (cron, interval) {
             (Some(_), Some(_)) => {
                 return Err("set either --schedule or --interval, not both".into());
             }
@@ -358,7 +385,11 @@ impl Settings {
         let file_git = file.git.clone().unwrap_or_default();
         // Like the schedule, the source is one choice made by the highest layer that sets one.
         let (dir, git_url) = if args.dir.is_some() || args.git_url.is_some() {
-            (args.dir.clone(), args.git_url.clone())
+            let (dir, url) = flag_over_env(
+                (args.dir.as_ref(), args.from_env.contains(&"dir")),
+                (args.git_url.as_ref(), args.from_env.contains(&"git_url")),
+            );
+            (dir.cloned(), url.cloned())
         } else {
             (file.dir.clone(), file_git.url.clone())
         };

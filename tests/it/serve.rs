@@ -2219,6 +2219,40 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     assert!(run.stdout.contains("listen: 0.0.0.0:7000"), "{run:?}");
     let run = check(&good, &["--interval", "2m", "--schedule", "0 0 * * * *"]);
     assert_eq!(run.code, 1, "{run:?}");
+    // ... and over a KPR_* variable, also across schedule/interval and dir/git-url; a variable
+    // for each of the two is still a conflict.
+    let with_env = |env: &[(&str, &str)], extra: &[&str]| {
+        let mut cmd = common::kpr_cmd(&emu.url);
+        cmd.args(["serve", "--check-config"]).args(extra);
+        common::output(cmd.envs(env.iter().copied()).output().unwrap())
+    };
+    let dir_arg = dir.arg();
+    let dir_flag = ["--dir", dir_arg.as_str()];
+    let run = with_env(
+        &[("KPR_SCHEDULE", "0 * * * *")],
+        &[&dir_flag[..], &["--interval", "2m"]].concat(),
+    );
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(run.stdout.contains("schedule: every 2m"), "{run:?}");
+    let git = [
+        "--git-url",
+        "https://git.example.com/p.git",
+        "--git-branch",
+        "main",
+    ];
+    let run = with_env(&[("KPR_DIR", dir_arg.as_str())], &git);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert!(
+        run.stdout
+            .contains("source: git https://git.example.com/p.git"),
+        "{run:?}"
+    );
+    let run = with_env(
+        &[("KPR_DIR", dir_arg.as_str()), ("KPR_GIT_URL", git[1])],
+        &git[2..],
+    );
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(run.stderr.contains("not both"), "{run:?}");
 
     let cases: &[(&str, String, &str)] = &[
         (
