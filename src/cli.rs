@@ -601,15 +601,6 @@ async fn run_plan(
     mode: Option<ApplyMode>,
 ) -> Result<u8, CliError> {
     let args = settings.args;
-    let targets = args
-        .targets
-        .iter()
-        .map(|t| ResourceArn::parse(t).map_err(|e| CliError::Usage(format!("--target: {e}"))))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Validation of the whole desired state happens before the first call.
-    let loaded = manifest::load_dir(&settings.dir, &engine.load);
-    // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
-    let warnings: Vec<Diagnostic> = loaded.warnings().cloned().collect();
     let kind = if mode.is_some() { "apply" } else { "plan" };
     // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
     // for JSON still gets a document on stdout, not nothing.
@@ -624,6 +615,23 @@ async fn run_plan(
             }
             Ok(EXIT_ERROR)
         };
+    // A target that is not an ARN matches nothing either.
+    let targets: Vec<ResourceArn> =
+        match args.targets.iter().map(|t| ResourceArn::parse(t)).collect() {
+            Ok(targets) => targets,
+            Err(e) => {
+                return refuse(
+                    "unmatched_target",
+                    format!("error: --target: {e}"),
+                    &[],
+                    None,
+                );
+            }
+        };
+    // Validation of the whole desired state happens before the first call.
+    let loaded = manifest::load_dir(&settings.dir, &engine.load);
+    // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
+    let warnings: Vec<Diagnostic> = loaded.warnings().cloned().collect();
     if loaded.has_errors() {
         // Errors and warnings together, in the order of the files, as `validate` shows them.
         print_diagnostics(&loaded.diagnostics);
@@ -725,7 +733,7 @@ async fn run_plan(
         settled.clone(),
         pb.clone(),
     ));
-    let planned = plan.planned();
+    let (planned, pruned) = (plan.planned(), plan.pruned());
     let report = apply::apply(
         &api,
         plan,
@@ -744,7 +752,10 @@ async fn run_plan(
     if text {
         out!("{}", render::apply_text(&report, &style));
         if let Some(declared) = targeted {
-            out!("{}", render::targeted_note(planned, declared, &style));
+            out!(
+                "{}",
+                render::targeted_note(planned, pruned, declared, &style)
+            );
         }
     } else {
         let targeted = targeted.map(|declared| render::Targeted { planned, declared });

@@ -209,6 +209,14 @@ impl Plan {
         changes.count() + self.failures.iter().filter(|f| f.source.is_some()).count()
     }
 
+    /// Deletes of resources no manifest declares (`--prune`).
+    pub fn pruned(&self) -> usize {
+        let pruned = self.changes.iter();
+        pruned
+            .filter(|c| c.delete_cause == Some(DeleteCause::Prune))
+            .count()
+    }
+
     /// Whether the plan has anything for `arn` (any action, or a failure).
     pub fn covers(&self, arn: &ResourceArn) -> bool {
         self.changes.iter().any(|c| c.target.same_resource(arn))

@@ -121,19 +121,28 @@ pub fn plan_text(plan: &Plan, targeted: Option<usize>, style: &Style) -> String 
     }
     let _ = writeln!(out, "{}", summary_line("Plan", &plan.summary(), style));
     if let Some(declared) = targeted {
-        out.push_str(&targeted_note(plan.planned(), declared, style));
+        out.push_str(&targeted_note(
+            plan.planned(),
+            plan.pruned(),
+            declared,
+            style,
+        ));
     }
     out
 }
 
 /// Said under a plan or apply limited by `--target`, as Terraform does: the others were not
 /// even read, so "no changes" says nothing about them.
-pub fn targeted_note(planned: usize, declared: usize, style: &Style) -> String {
+pub fn targeted_note(planned: usize, pruned: usize, declared: usize, style: &Style) -> String {
+    let pruned = match pruned {
+        0 => String::new(),
+        n => format!(", and {n} undeclared one(s) to delete (--prune)"),
+    };
     format!(
         "{}\n",
         style.yellow(&format!(
-            "Partial: --target planned {planned} of the {declared} declared resource(s); the \
-             others were not read."
+            "Partial: --target planned {planned} of the {declared} declared resource(s){pruned}; \
+             the others were not read."
         ))
     )
 }

@@ -97,7 +97,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
         .map_err(|e| CliError::Usage(format!("cannot set up metrics: {e}")))?;
     metrics::describe_counter!(
         "kpr_reconcile_runs_total",
-        "Reconcile runs by trigger (startup, schedule, webhook) and result"
+        "Reconcile runs by trigger (startup, schedule, webhook, retry) and result"
     );
     metrics::describe_histogram!(
         "kpr_reconcile_duration_seconds",

@@ -549,10 +549,8 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
         }
     ));
     if problems.is_empty() {
-        for l in lines {
-            println!("{l}");
-        }
-        println!("configuration OK");
+        lines.push("configuration OK".into());
+        crate::cli::emit_bytes((lines.join("\n") + "\n").as_bytes());
         EXIT_OK
     } else {
         for p in &problems {

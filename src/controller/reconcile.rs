@@ -1240,7 +1240,7 @@ impl Reconciler {
                 let drifted = c.action != Action::NoOp;
                 if drifted {
                     let source = c.source_label();
-                    tracing::info!(arn = %c.arn, action = c.action.as_str(), reason = %c.reason, source, "drift (dry run: not applied)");
+                    tracing::info!(arn = %c.arn, action = c.action.as_str(), outcome = "dry_run", reason = %c.reason, source, "drift (dry run: not applied)");
                 }
                 items.push(Item {
                     id: Some(c.target.identity()),

@@ -842,6 +842,26 @@ fn target_limits_the_run() {
     assert_eq!(miss.code, 0, "{miss:?}");
     assert!(miss.stderr.contains("matched nothing"), "{miss:?}");
     assert!(own.get_policy(&own_arn).is_none(), "a targeted miss wrote");
+    // A target no manifest declares, whose policy --prune deletes: the note counts it.
+    let stray = own.create_stream(&unique("tp-stray"));
+    own.put_policy_raw(&stray, &read_policy(&stray, "111122223333").to_string());
+    let args = [
+        "plan",
+        "--dir",
+        &own_dir.arg(),
+        "--target",
+        &stray,
+        "--prune",
+    ];
+    let pruned = own.kpr(&args);
+    assert_eq!(pruned.code, 0, "{pruned:?}");
+    assert!(
+        pruned.stdout.contains(
+            "Partial: --target planned 0 of the 1 declared resource(s), and 1 undeclared \
+             one(s) to delete (--prune)"
+        ),
+        "{pruned:?}"
+    );
     let json = emu.kpr(&[
         "plan",
         "--dir",
@@ -854,6 +874,18 @@ fn target_limits_the_run() {
     assert_eq!(
         json.json()["refused"]["reason"],
         "unmatched_target",
+        "{json:?}"
+    );
+    // A target that is not an ARN at all: still a document for the pipeline.
+    let args = ["plan", "--dir", &dir.arg(), "--target", "orders-stream"];
+    let json = emu.kpr(&[&args[..], &["--output", "json"]].concat());
+    assert_eq!(json.code, 1, "{json:?}");
+    let doc = json.json();
+    assert_eq!(doc["refused"]["reason"], "unmatched_target", "{json:?}");
+    assert!(
+        doc["refused"]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("invalid Kinesis ARN")),
         "{json:?}"
     );
 }
