@@ -825,6 +825,14 @@ impl Reconciler {
             self.restored = self.source.recorded_good().await;
             self.recorded.clone_from(&self.restored);
             self.reset_named = self.source.noted_reset().await;
+            // What an earlier process applied stays the last good revision until a run of
+            // this one completes: /status must not say "none" while kpr measures against it.
+            if let Some(restored) = &self.restored {
+                let mut status = self.shared.status.write().expect("status lock");
+                status
+                    .last_good_revision
+                    .get_or_insert_with(|| restored.clone());
+            }
         }
         // A commit a webhook names that is behind what was applied is a reset, or a late
         // webhook. Known before the fetch: what was applied, and its history, are in the

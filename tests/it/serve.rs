@@ -1747,6 +1747,9 @@ fn a_restart_on_an_invalid_branch_still_corrects_the_files_it_left_alone() {
         st["last_run"]["result"] == "invalid"
     });
     assert_eq!(st["last_run"]["summary"]["update"], 1, "{st:#}");
+    // What the earlier process applied, not "none".
+    assert_eq!(st["last_good_revision"], good.as_str(), "{st:#}");
+    assert!(st["last_success_at"].is_null(), "{st:#}");
     assert!(same_grant(&live(&emu, &b).unwrap(), &one(&b)), "{st:#}");
     assert!(same_grant(&live(&emu, &a).unwrap(), &one(&a)));
     assert!(
