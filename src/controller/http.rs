@@ -3,6 +3,7 @@
 //! Handlers only read shared state or push a trigger; they never wait for a reconcile, so a
 //! slow AWS call cannot make a webhook delivery time out (GitHub gives up after 10 s).
 
+use std::collections::VecDeque;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
@@ -25,6 +26,9 @@ use crate::cli::CliError;
 /// Enough to cover GitHub's redelivery window for any realistic push rate.
 const REPLAY_MEMORY: usize = 4096;
 
+/// Pushes kept for the next run: more than a run is likely to see come in.
+const MAX_PENDING_PUSHES: usize = 1024;
+
 pub struct Shared {
     pub queue: Queue,
     pub status: RwLock<Status>,
@@ -38,10 +42,10 @@ pub struct Shared {
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
     replay: Mutex<ReplayGuard>,
-    /// The commit the latest push named (its `after`), until a fetch serves it: a host's
-    /// replica may lag behind its webhook, and the run the push started would then apply the
-    /// commit before it (see [`super::reconcile`]).
-    pub awaited_commit: Mutex<Option<Pushed>>,
+    /// The pushes webhooks announced since a run last took them, oldest first: the next run
+    /// judges each in turn (a push forward, a reset, or a late delivery), so none of them is
+    /// lost to the one after it (see [`super::reconcile`]).
+    pub pushes: Mutex<VecDeque<Pushed>>,
     max_body: usize,
     /// Bytes of not yet authenticated webhook bodies held at once (see [`read_body`]).
     body_budget: tokio::sync::Semaphore,
@@ -72,7 +76,7 @@ impl Shared {
                 SourceSpec::Dir(_) => None,
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
-            awaited_commit: Mutex::new(None),
+            pushes: Mutex::new(VecDeque::new()),
             max_body: settings.webhook_max_body,
             // Room for two of the largest bodies allowed, at least.
             body_budget: tokio::sync::Semaphore::new(
@@ -421,8 +425,13 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             // A payload without a ref may be from any branch: nothing to wait for.
             let pushed = pushed.filter(|_| s.branch.is_some() && git_ref.is_some());
             let after = pushed.as_ref().map(|p| p.commit.clone());
-            if pushed.is_some() {
-                *s.awaited_commit.lock().expect("awaited lock") = pushed;
+            if let Some(pushed) = pushed {
+                let mut pushes = s.pushes.lock().expect("pushes lock");
+                // Bounded, for a flood of deliveries during a long run: the oldest go first.
+                if pushes.len() >= MAX_PENDING_PUSHES {
+                    pushes.pop_front();
+                }
+                pushes.push_back(pushed);
             }
             if s.queue.push(Trigger::Webhook) {
                 reply(

@@ -489,7 +489,11 @@ impl Reconciler {
         let Some(revision) = revision.filter(|_| !self.source.is_dir()) else {
             return;
         };
-        if self.reset_named.as_deref() == Some(revision) {
+        // Applied, or moved on from (a push on top of it whose webhook never came): either way
+        // the branch is no longer to go back to it.
+        if let Some(reset) = self.reset_named.clone()
+            && self.source.contains(&reset, revision).await
+        {
             self.reset_named = None;
             self.source.note_reset(None).await;
         }
@@ -543,7 +547,6 @@ impl Reconciler {
                      the branch as it is"
                 );
             }
-            self.forget_pushed(&commit, None);
             self.awaiting = None;
         } else {
             if head.is_some() && reset {
@@ -571,29 +574,63 @@ impl Reconciler {
             .awaited_commit = self.awaiting.as_ref().map(|a| a.commit.clone());
     }
 
-    /// Stops awaiting a pushed commit (for `instead`), unless a newer push named another
-    /// meanwhile: that one is still awaited.
-    fn forget_pushed(&self, commit: &str, instead: Option<Pushed>) {
-        let mut awaited = self.shared.awaited_commit.lock().expect("awaited lock");
-        if awaited.as_ref().is_some_and(|p| p.commit == commit) {
-            *awaited = instead;
-        }
-    }
-
-    /// Whether a push that named a commit behind what was applied moved the branch forward:
-    /// then a later push, already applied, contains it, and its webhook merely came late.
-    /// Taken for a reset, it would be awaited, and a replica serving exactly that commit
-    /// would roll the branch back to it. A push that rewrote history, created the branch, or
-    /// went on from a reset kpr was told of is the owner moving the branch back.
-    async fn superseded(&self, pushed: &Pushed) -> bool {
+    /// Whether a push that named a commit behind `applied` is only a late delivery: it moved
+    /// the branch from a commit that does not contain `applied` (from before it, or aside of
+    /// it), so a later push, already applied, superseded it. A reset moves the branch from
+    /// `applied` or beyond. Taken for a reset, a late delivery would be awaited, and a replica
+    /// serving exactly that commit would roll the branch back to it. A push that created the
+    /// branch, or came from a commit this copy lacks, is taken for a reset: nothing says
+    /// otherwise, and a reset lost would leave what it revokes granted.
+    async fn superseded(&self, pushed: &Pushed, applied: &str) -> bool {
         let Some(from) = pushed.from.as_deref() else {
             return false;
         };
-        if pushed.forced == Some(true) || self.reset_named.as_deref() == Some(from) {
-            return false;
+        self.source.has_commit(from).await && !self.source.contains(applied, from).await
+    }
+
+    /// Judges the pushes webhooks announced since the last run, in the order they came: the
+    /// commit to await (the latest push's), and a reset among them. A push behind what was
+    /// applied is a reset, unless it is a late delivery (see [`Self::superseded`]), which
+    /// changes nothing. A push forward ends an earlier reset: the branch moved on from it.
+    async fn take_pushes(&mut self) -> Option<String> {
+        let pushes: Vec<Pushed> = self
+            .shared
+            .pushes
+            .lock()
+            .expect("pushes lock")
+            .drain(..)
+            .collect();
+        let mut wanted = self
+            .awaiting
+            .as_ref()
+            .map(|a| a.commit.clone())
+            .or_else(|| self.reset_named.clone());
+        let reset_before = self.reset_named.clone();
+        for pushed in pushes {
+            if self.reset_named.as_ref() == Some(&pushed.commit) {
+                wanted = Some(pushed.commit);
+                continue;
+            }
+            match self.behind(&pushed.commit).await {
+                Some(applied) if self.superseded(&pushed, &applied).await => {
+                    tracing::info!(
+                        commit = pushed.commit,
+                        from = pushed.from,
+                        applied,
+                        "a late webhook: its push came from before what was applied, which \
+                         superseded it; nothing to wait for"
+                    );
+                }
+                behind => {
+                    self.reset_named = behind.map(|_| pushed.commit.clone());
+                    wanted = Some(pushed.commit);
+                }
+            }
         }
-        // GitLab does not say whether a push was forced; git does, when it has `before`.
-        pushed.forced == Some(false) || self.source.contains(from, &pushed.commit).await
+        if self.reset_named != reset_before {
+            self.source.note_reset(self.reset_named.as_deref()).await;
+        }
+        wanted
     }
 
     /// The revision last applied (or recorded as good), when `head` is one of its ancestors
@@ -812,13 +849,6 @@ impl Reconciler {
 
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
         let mut out = RunOutcome::new();
-        // Taken before the fetch: a push that comes during it is checked by the run it queues.
-        let mut wanted = self
-            .shared
-            .awaited_commit
-            .lock()
-            .expect("awaited lock")
-            .clone();
         // Before the awaited commit is judged, even on a failed fetch: whether it is behind
         // what was applied depends on it, on the first runs after a restart too.
         if self.applied.is_none() && self.recorded.is_none() {
@@ -834,37 +864,9 @@ impl Reconciler {
                     .get_or_insert_with(|| restored.clone());
             }
         }
-        // A commit a webhook names that is behind what was applied is a reset, or a late
-        // webhook. Known before the fetch: what was applied, and its history, are in the
-        // working copy already.
-        if let Some(pushed) = &wanted
-            && self.reset_named.as_ref() != Some(&pushed.commit)
-        {
-            let behind = self.behind(&pushed.commit).await;
-            if let Some(applied) = behind.as_deref()
-                && self.superseded(pushed).await
-            {
-                tracing::info!(
-                    commit = pushed.commit,
-                    applied,
-                    "a late webhook: its push moved the branch forward to a commit that \
-                     what was applied already contains; nothing to wait for"
-                );
-                // It displaced a commit awaited before it (a reset not served yet, say):
-                // that one still is.
-                let earlier = self.awaiting.as_ref().map(|a| Pushed {
-                    commit: a.commit.clone(),
-                    from: None,
-                    forced: None,
-                });
-                self.forget_pushed(&pushed.commit, earlier.clone());
-                wanted = earlier;
-            } else {
-                self.reset_named = behind.map(|_| pushed.commit.clone());
-                self.source.note_reset(self.reset_named.as_deref()).await;
-            }
-        }
-        let wanted = wanted.map(|p| p.commit);
+        // Taken before the fetch (a push that comes during it is judged by the run it queues),
+        // and judged before it: what was applied, and its history, are in the working copy.
+        let wanted = self.take_pushes().await;
         let revision = match self.source.sync().await {
             Ok(r) => r,
             Err(e) => {

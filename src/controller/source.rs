@@ -184,6 +184,14 @@ impl Source {
         }
     }
 
+    /// Whether the working copy has this commit.
+    pub async fn has_commit(&self, commit: &str) -> bool {
+        match self {
+            Source::Dir(_) => false,
+            Source::Git(g) => g.commit_of(commit).await.is_ok(),
+        }
+    }
+
     /// Repository-relative paths of the manifest files that differ between two commits,
     /// including deleted ones. `None` for a directory source.
     pub async fn changed_files(

@@ -116,8 +116,6 @@ pub struct Pushed {
     pub commit: String,
     /// `before`: the head the push replaced; none for a branch the push created.
     pub from: Option<String>,
-    /// GitHub's `forced`: whether the push rewrote history (GitLab does not say).
-    pub forced: Option<bool>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -168,7 +166,6 @@ fn push(v: &serde_json::Value) -> Event {
         pushed: commit_id(v, "after").map(|commit| Pushed {
             commit,
             from: commit_id(v, "before"),
-            forced: v.get("forced").and_then(|f| f.as_bool()),
         }),
     }
 }
@@ -366,7 +363,6 @@ mod tests {
             pushed: Some(Pushed {
                 commit: SHA.into(),
                 from: None,
-                forced: None,
             }),
         });
         let gh = |event: &str| headers(&[("x-github-event", event)]);
@@ -446,7 +442,7 @@ mod tests {
             parse_event(Provider::GitLab, &gl, body.as_bytes()),
             Ok(Event::Push { pushed: Some(p), .. }) if p.commit == sha256
         ));
-        // GitHub's force push: from the head it replaced; a created branch replaced nothing.
+        // The head the push replaced; a created branch replaced nothing.
         let before = "fe".repeat(20);
         let body = format!(
             r#"{{"ref":"refs/heads/main","before":"{}","after":"{SHA}","forced":true}}"#,
@@ -459,22 +455,17 @@ mod tests {
                 pushed: Some(Pushed {
                     commit: SHA.into(),
                     from: Some(before),
-                    forced: Some(true),
                 }),
             })
         );
         let body = format!(
-            r#"{{"ref":"refs/heads/main","before":"{}","after":"{SHA}","forced":false}}"#,
+            r#"{{"ref":"refs/heads/main","before":"{}","after":"{SHA}"}}"#,
             "0".repeat(40)
         );
         assert!(matches!(
             parse_event(Provider::GitLab, &gl, body.as_bytes()),
             Ok(Event::Push {
-                pushed: Some(Pushed {
-                    from: None,
-                    forced: Some(false),
-                    ..
-                }),
+                pushed: Some(Pushed { from: None, .. }),
                 ..
             })
         ));

@@ -1234,7 +1234,16 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let late = serde_json::json!({"ref": "refs/heads/main", "before": first, "after": second});
     let mut github = late.clone();
     github["forced"] = false.into();
-    for (delivery, body) in [("late-2", late), ("late-2-github", github)] {
+    // A force-push back to the first commit from the second, superseded too: the third was
+    // applied since, and the push did not come from it.
+    let forced = serde_json::json!({
+        "ref": "refs/heads/main", "before": second, "after": first, "forced": true
+    });
+    for (delivery, body) in [
+        ("late-2", late.clone()),
+        ("late-2-github", github),
+        ("late-forced", forced),
+    ] {
         let runs = serve.status()["runs"].as_u64().unwrap();
         let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
         assert_eq!(r.status, 202, "{r:?}");
@@ -1257,6 +1266,29 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
         );
     }
     assert!(serve.logs().contains("a late webhook"));
+
+    // A real reset (from what was applied), then a late webhook of a push from the commit the
+    // reset goes back to: the late one neither replaces the reset nor is taken for one.
+    let reset = serde_json::json!({
+        "ref": "refs/heads/main", "before": third, "after": first, "forced": true
+    });
+    for (delivery, body) in [("reset", reset), ("late-again", late)] {
+        let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+    let st = serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
+        st["awaited_commit"] == first.as_str() && st["running"] == false && st["pending"].is_null()
+    });
+    assert_eq!(st["last_good_revision"], third.as_str(), "{st:#}");
+    git(&origin, &["update-ref", "refs/heads/main", &first]);
+    serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
+        st["last_good_revision"] == first.as_str()
+    });
+    assert!(
+        live(&emu, &b).is_none(),
+        "b was added after the first commit: pruned"
+    );
+    assert!(live(&emu, &a).is_some_and(|p| same_grant(&p, &role(&a, "one"))));
     serve.stop();
 }
 
