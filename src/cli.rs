@@ -419,10 +419,11 @@ pub fn log_settings(
     file: &FileConfig,
     serving: bool,
 ) -> Result<(tracing_subscriber::EnvFilter, bool), String> {
-    let level = g
-        .log_level
-        .clone()
-        .or_else(|| file.log_level.clone())
+    // An empty value (`KPR_LOG_LEVEL=` in an env file) is no value: tracing would read it as
+    // a filter that enables nothing.
+    let given = |l: &Option<String>| l.clone().filter(|l| !l.trim().is_empty());
+    let level = given(&g.log_level)
+        .or_else(|| given(&file.log_level))
         .unwrap_or_else(|| {
             if serving {
                 "info".into()
@@ -442,15 +443,26 @@ pub fn log_settings(
 /// The filter a log level names. tracing reads a bare word that is not a level as a target
 /// to log alone: `warning` would silence every event, errors included, without a word.
 fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    // tracing also takes 0 (off) to 5 (trace).
+    const LEVELS: [&str; 12] = [
+        "off", "error", "warn", "info", "debug", "trace", "0", "1", "2", "3", "4", "5",
+    ];
     let problem = |why: String| {
         Err(format!(
             "invalid log level {level:?}: {why} (a level is one of {}; a filter is \
              comma-separated target=level directives)",
-            LEVELS.join(", ")
+            LEVELS[..6].join(", ")
         ))
     };
-    for directive in level.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+    let directives: Vec<&str> = level
+        .split(',')
+        .map(str::trim)
+        .filter(|d| !d.is_empty())
+        .collect();
+    if directives.is_empty() {
+        return problem("it names no level".into());
+    }
+    for directive in directives {
         let bare = !directive.contains(['=', '[', '{']);
         if bare && !LEVELS.iter().any(|l| l.eq_ignore_ascii_case(directive)) {
             return problem(format!("{directive:?} is not a level"));

@@ -308,7 +308,7 @@ fn usage_errors_exit_1_not_the_changes_code() {
     assert_eq!(config.code, 2, "{config:?}");
 
     // tracing reads a bare word as a target to log alone: `warning` would silence every event.
-    for level in ["warning", "Verbose", "info,debg"] {
+    for level in ["warning", "Verbose", "info,debg", ","] {
         let bad = run(
             &["validate", "--dir", "policies"],
             &[("KPR_LOG_LEVEL", level)],
@@ -318,7 +318,14 @@ fn usage_errors_exit_1_not_the_changes_code() {
         let bad = run(&same, &[("KPR_LOG_LEVEL", level)]);
         assert_eq!(bad.code, 2, "{bad:?}");
     }
-    for level in ["WARN", "info,kinesis_policy_reconciler=debug", "off"] {
+    // An empty variable is unset: the default level.
+    for level in [
+        "WARN",
+        "info,kinesis_policy_reconciler=debug",
+        "off",
+        "2",
+        "",
+    ] {
         let good = run(
             &["validate", "--dir", "policies"],
             &[("KPR_LOG_LEVEL", level)],
