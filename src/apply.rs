@@ -285,9 +285,8 @@ fn holds(change: &Change, live: Option<&str>) -> bool {
         (None, None) => true,
         // The text just written, back unchanged: no parse needed.
         (Some(_), Some(raw)) if change.put_json.as_deref() == Some(raw) => true,
-        (Some(want), Some(raw)) => {
-            crate::policy::PolicyDocument::from_json_str(raw).is_ok_and(|got| got.equivalent(want))
-        }
+        (Some(want), Some(raw)) => crate::policy::PolicyDocument::from_json_str(raw)
+            .is_ok_and(|got| got.equivalent_in(want, &change.target.scope.partition)),
         _ => false,
     }
 }

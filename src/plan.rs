@@ -130,7 +130,7 @@ impl Change {
     /// The live policy in canonical form, or its raw text when it is not a valid document.
     pub fn before(&self) -> Option<serde_json::Value> {
         match (&self.live, &self.live_raw) {
-            (Some(doc), _) => Some(doc.canonical()),
+            (Some(doc), _) => Some(doc.canonical_in(&self.target.scope.partition)),
             (None, Some(raw)) => Some(serde_json::Value::String(raw.clone())),
             (None, None) => None,
         }
@@ -138,7 +138,8 @@ impl Change {
 
     /// The desired policy in canonical form.
     pub fn after(&self) -> Option<serde_json::Value> {
-        self.desired.as_deref().map(PolicyDocument::canonical)
+        let partition = &self.target.scope.partition;
+        self.desired.as_deref().map(|d| d.canonical_in(partition))
     }
 
     /// Records the live policy (`None`: there is none). Returns the parse outcome.
@@ -428,7 +429,11 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
                     Action::Update,
                     format!("live policy is not a valid policy document ({e})"),
                 ),
-                Some(Ok(_)) if change.live.as_ref().is_some_and(|l| l.equivalent(document)) => {
+                Some(Ok(_))
+                    if change.live.as_ref().is_some_and(|l| {
+                        l.equivalent_in(document, &change.target.scope.partition)
+                    }) =>
+                {
                     (Action::NoOp, "in sync".into())
                 }
                 Some(Ok(_)) => (Action::Update, "live policy differs".into()),

@@ -11,7 +11,9 @@ use serde_json::{Map, Value};
 use super::actions::canonical_action;
 use super::{Condition, PolicyDocument, Principal, PrincipalType, Statement};
 
-pub(super) fn document(doc: &PolicyDocument) -> Value {
+/// `partition`: the partition of the resource the policy is on; `None` when unknown (two
+/// documents compared on their own), then read from the document (see [`partition`]).
+pub(super) fn document(doc: &PolicyDocument, partition: Option<&str>) -> Value {
     let mut out = BTreeMap::new();
     if let Some(version) = &doc.version {
         out.insert("Version", Value::String(version.clone()));
@@ -19,13 +21,13 @@ pub(super) fn document(doc: &PolicyDocument) -> Value {
     if let Some(id) = &doc.id {
         out.insert("Id", Value::String(id.clone()));
     }
-    out.insert("Statement", Value::Array(statement_values(doc)));
+    let partition = partition.unwrap_or_else(|| self::partition(doc));
+    out.insert("Statement", Value::Array(statement_values(doc, partition)));
     object(out)
 }
 
 /// Canonical statements, sorted by their serialisation, exact duplicates removed.
-fn statement_values(doc: &PolicyDocument) -> Vec<Value> {
-    let partition = partition(doc);
+fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
     doc.statements
         .iter()
         .map(|s| {
@@ -42,7 +44,7 @@ fn statement_values(doc: &PolicyDocument) -> Vec<Value> {
 /// labels are made unique by appending ` #n` where they would collide. Each text is pretty JSON
 /// with a trailing newline.
 pub fn canonical_statements(doc: &PolicyDocument) -> Vec<(String, String)> {
-    let values = statement_values(doc);
+    let values = statement_values(doc, partition(doc));
     let base: Vec<String> = values
         .iter()
         .enumerate()
@@ -70,8 +72,8 @@ pub fn canonical_statements(doc: &PolicyDocument) -> Vec<(String, String)> {
 }
 
 /// The partition of a document's first Resource or NotResource ARN; `aws` when it names none.
-/// A resource policy names its own resource, so this is the partition its bare account ids
-/// are in, and lint holds a manifest's Resource to its ARN.
+/// Only a guess, for documents compared without their resource (`kpr policy diff`): a
+/// Resource may be `"*"`, so plan and apply pass the resource's own partition.
 fn partition(doc: &PolicyDocument) -> &str {
     doc.statements
         .iter()
@@ -417,7 +419,18 @@ mod tests {
             &cn("arn:aws-cn:iam::111122223333:root"),
         );
         differ(&cn("111122223333"), &cn("arn:aws:iam::111122223333:root"));
-        // A policy naming no resource ARN is read as commercial.
+        // The resource's partition, when known, beats the guess from Resource ARNs.
+        let star = |principal: &str| one(json!({"Principal": {"AWS": principal}, "Resource": "*"}));
+        let acct = "111122223333";
+        let cn_root = "arn:aws-cn:iam::111122223333:root";
+        assert_eq!(
+            star(acct).canonical_in("aws-cn"),
+            star(cn_root).canonical_in("aws-cn")
+        );
+        assert!(star(acct).equivalent_in(&star(cn_root), "aws-cn"));
+        assert!(!star(acct).equivalent_in(&star("arn:aws:iam::111122223333:root"), "aws-cn"));
+        assert!(!star(acct).equivalent_in(&star(cn_root), "aws"));
+        // A policy naming no resource ARN is read as commercial without its resource.
         let anywhere =
             |principal: &str| one(json!({"Principal": {"AWS": principal}, "Resource": "*"}));
         same(

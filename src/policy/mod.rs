@@ -262,9 +262,16 @@ impl PolicyDocument {
         parse::document(v)
     }
 
-    /// The canonical form as a JSON value: equivalent documents give identical values.
+    /// The canonical form as a JSON value: equivalent documents give identical values. The
+    /// partition the policy's bare account ids are in is read from its Resource ARNs; see
+    /// [`Self::canonical_in`] when the resource is known.
     pub fn canonical(&self) -> Value {
-        canonical::document(self)
+        canonical::document(self, None)
+    }
+
+    /// The canonical form of the policy of a resource in `partition`.
+    pub fn canonical_in(&self, partition: &str) -> Value {
+        canonical::document(self, Some(partition))
     }
 
     /// Pretty-printed canonical JSON (2-space indent, trailing newline).
@@ -280,11 +287,18 @@ impl PolicyDocument {
         self.canonical().to_string()
     }
 
+    /// Whether two documents grant the same, each read in the partition its Resource ARNs
+    /// name (see [`Self::equivalent_in`] when the resource is known).
     pub fn equivalent(&self, other: &Self) -> bool {
+        self == other || self.canonical() == other.canonical()
+    }
+
+    /// Whether two policies of a resource in `partition` grant the same.
+    pub fn equivalent_in(&self, other: &Self, partition: &str) -> bool {
         // Equal models first: a policy another tool wrote usually differs from the manifest only
         // in layout (key order, spacing, escapes), which parsing already removed. Building two
         // canonical forms costs ~60k instructions per resource on every plan of such a policy.
-        self == other || self.canonical() == other.canonical()
+        self == other || self.canonical_in(partition) == other.canonical_in(partition)
     }
 
     /// Statements in the order written.
