@@ -10,6 +10,7 @@ Commands:
     delete-stream NAME                   idempotent (no error if absent); does not wait
     stream-arn NAME                      prints the stream ARN
     register-consumer STREAM_ARN NAME    idempotent; waits until ACTIVE; prints the consumer ARN
+    deregister-consumer STREAM_ARN NAME  idempotent; waits until it is gone
     get-policy ARN                       prints the policy JSON exactly as returned (no newline added);
                                          prints nothing and exits 3 when there is no policy
                                          (kinesis-mock: ResourceNotFoundException "No resource policy
@@ -162,6 +163,26 @@ def cmd_register_consumer(client, args) -> int:
     return 0
 
 
+def cmd_deregister_consumer(client, args) -> int:
+    try:
+        client.deregister_stream_consumer(StreamARN=args.stream_arn, ConsumerName=args.name)
+    except ClientError as exc:
+        if error_code(exc) != "ResourceNotFoundException":
+            raise
+
+    def gone_probe():
+        try:
+            desc = client.describe_stream_consumer(StreamARN=args.stream_arn, ConsumerName=args.name)
+            return None, desc["ConsumerDescription"].get("ConsumerStatus")
+        except ClientError as exc:
+            if error_code(exc) != "ResourceNotFoundException":
+                raise
+            return True, "gone"
+
+    wait_until(f"consumer {args.name} to be deregistered", gone_probe)
+    return 0
+
+
 # ------------------------------------------------------------------ policies
 
 
@@ -247,6 +268,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("stream_arn", metavar="STREAM_ARN")
     p.add_argument("name")
     p.set_defaults(func=cmd_register_consumer)
+
+    p = sub.add_parser("deregister-consumer", help="deregister a consumer (idempotent), wait until gone")
+    p.add_argument("stream_arn", metavar="STREAM_ARN")
+    p.add_argument("name")
+    p.set_defaults(func=cmd_deregister_consumer)
 
     p = sub.add_parser("get-policy", help="print the resource policy (exit 3 if none)")
     p.add_argument("arn", metavar="ARN")

@@ -264,6 +264,19 @@ fn keep_existing(
     report.skipped_existing.push(path);
 }
 
+/// A Resource of `doc` that names one registration (`<consumer>:<digits>`) of `consumer`.
+fn pinned_epoch<'a>(doc: &'a PolicyDocument, consumer: &str) -> Option<&'a str> {
+    doc.statements()
+        .iter()
+        .flat_map(|s| s.resources().unwrap_or_default())
+        .map(String::as_str)
+        .find(|r| {
+            r.strip_prefix(consumer)
+                .and_then(|rest| rest.strip_prefix(':'))
+                .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
+        })
+}
+
 fn write_manifest(
     arn: &ResourceArn,
     path: &Path,
@@ -327,6 +340,20 @@ fn write_manifest(
                     "# REVIEW: this policy grants access to any principal, with no condition that limits who calls.\n",
                 );
                 text.push_str("allowPublic: true\n");
+            }
+            // The manifest names the consumer without its epoch, so that it follows
+            // re-registration; a Resource pinned to today's epoch would then grant nothing (and
+            // plan refuses it). The policy is imported as it is, for a reviewer to widen.
+            if let Some(pinned) = arn
+                .needs_resolution()
+                .then(|| pinned_epoch(&doc, &arn_text))
+                .flatten()
+            {
+                text.push_str(&format!(
+                    "# REVIEW: Resource {pinned:?} names this registration of the consumer: once it \
+                     is re-registered the grant matches nothing and kpr plan fails. Write \
+                     \"{arn_text}:*\" to follow re-registration.\n"
+                ));
             }
             // The live document itself (as YAML), not the canonical form: reviewers should
             // recognise what they see in the console.

@@ -380,6 +380,38 @@ pub async fn plan_skipping<K: Kinesis>(
     }
 }
 
+/// A consumer named without its epoch follows re-registration, but a policy Resource pinned to
+/// the epoch it had when written grants nothing on the consumer registered now: kpr would put
+/// it, and every later plan would call it in sync. (Lint can only check that the Resource names
+/// some registration of the consumer; which one is registered is known here.)
+fn stale_consumer_resource(r: &DesiredResource, resolved: &ResourceArn) -> Option<Failure> {
+    let Intent::Present { document, .. } = &r.intent else {
+        return None;
+    };
+    if !r.arn.needs_resolution() {
+        return None;
+    }
+    let resolved = resolved.to_string();
+    let stale = document
+        .statements()
+        .iter()
+        .flat_map(|s| s.resources().unwrap_or_default())
+        .find(|res| **res != resolved && !crate::policy::wildcard_match(res, &resolved))?;
+    Some(Failure {
+        arn: r.arn.to_string(),
+        source: Some(r.source.clone()),
+        operation: None,
+        code: None,
+        retryable: false,
+        message: format!(
+            "the policy's Resource {stale:?} is not the consumer as registered now ({resolved}): \
+             the grant would match nothing. Write \"{}:*\" to follow re-registration, or put the \
+             epoch in the manifest's arn",
+            r.arn
+        ),
+    })
+}
+
 async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result<Change, Failure> {
     let declared = r.arn.to_string();
     let fail = |e: &ApiError| Failure::from_api(declared.clone(), Some(r.source.clone()), e);
@@ -403,6 +435,9 @@ async fn plan_one<K: Kinesis>(api: &Resilient<K>, r: &DesiredResource) -> Result
     } else {
         r.arn.clone()
     };
+    if let Some(failure) = stale_consumer_resource(r, &target) {
+        return Err(failure);
+    }
     // Also for `ensure: absent`: a resource that does not exist has no policy, but a name
     // mistyped in a manifest meant to remove one must not pass as done.
     let live_raw = api.get_policy(&target).await.map_err(|e| {

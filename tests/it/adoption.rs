@@ -54,6 +54,13 @@ fn import_then_plan_is_in_sync() {
         text.contains(&format!("arn: {a}/consumer/reader\n")),
         "consumer by name, no timestamp:\n{text}"
     );
+    // Its Resource names this registration: kept as live, flagged for the reviewer.
+    assert!(
+        text.contains(&format!(
+            "# REVIEW: Resource {consumer:?} names this registration of the consumer"
+        )) && text.contains(&format!("\"{a}/consumer/reader:*\"")),
+        "{text}"
+    );
     let public_file =
         std::fs::read_to_string(dir.join(format!("{}.yaml", b.rsplit('/').next().unwrap())))
             .unwrap();

@@ -233,6 +233,41 @@ fn consumer_by_name_resolves_to_the_live_registration() {
         0
     );
 
+    // A Resource pinned to this registration grants nothing once the consumer is registered
+    // again (a new creation epoch): plan says so instead of calling it in sync.
+    let pinned = json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::444455556666:role/lambda"},
+            "Action": "kinesis:SubscribeToShard",
+            "Resource": live_arn,
+        }]
+    });
+    dir.write("c.yaml", &manifest(&by_name, &pinned));
+    assert_eq!(emu.kpr(&["apply", "--dir", &dir.arg()]).code, 0);
+    // The epoch is in seconds: registered again until it differs.
+    let again = (0..20)
+        .map(|_| {
+            emu.admin(&["deregister-consumer", &stream, "analytics"], &[]);
+            emu.register_consumer(&stream, "analytics")
+        })
+        .find(|arn| *arn != live_arn)
+        .expect("a new registration");
+    let plan = emu.kpr(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(plan.code, 1, "{plan:?}");
+    assert!(
+        plan.stdout.contains(&format!(
+            "the policy's Resource \"{live_arn}\" is not the consumer as registered now ({again})"
+        )),
+        "{plan:?}"
+    );
+    assert!(
+        emu.get_policy(&again).is_none(),
+        "a stale grant was written"
+    );
+    dir.write("c.yaml", &manifest(&by_name, &policy));
+
     // Unknown consumer name: an error for that resource, naming it.
     let missing = format!("{stream}/consumer/nobody");
     let policy2 = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kinesis:SubscribeToShard","Resource":format!("{missing}:*")}]});
