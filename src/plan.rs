@@ -307,7 +307,19 @@ pub enum PlanRefused {
 }
 
 fn targeted(targets: &[ResourceArn], arn: &ResourceArn) -> bool {
-    targets.is_empty() || targets.iter().any(|t| t.same_resource(arn))
+    targets.is_empty() || targets.iter().any(|t| names(t, arn))
+}
+
+/// Whether a `--target` names `arn`: the same resource and, when both carry a consumer's
+/// creation epoch, the same registration. A target naming a past registration must not act on
+/// the one registered now (with --prune, delete its policy).
+fn names(target: &ResourceArn, arn: &ResourceArn) -> bool {
+    let epoch = |a: &ResourceArn| a.consumer.as_ref().and_then(|c| c.created);
+    target.same_resource(arn)
+        && match (epoch(target), epoch(arn)) {
+            (Some(t), Some(a)) => t == a,
+            _ => true,
+        }
 }
 
 pub async fn plan<K: Kinesis>(
@@ -355,6 +367,20 @@ pub async fn plan_skipping<K: Kinesis>(
     let mut results = std::pin::pin!(results);
     while let Some(r) = results.next().await {
         match r {
+            // A consumer declared by name is resolved only now: a target may name another
+            // registration of it.
+            Ok(c) if !targeted(&opts.targets, &c.target) => plan.failures.push(Failure {
+                arn: c.declared_arn.clone().unwrap_or_else(|| c.arn.clone()),
+                source: c.source.clone(),
+                operation: None,
+                code: None,
+                retryable: false,
+                message: format!(
+                    "--target names another registration of this consumer than the one \
+                     registered now ({}): nothing planned for it",
+                    c.target
+                ),
+            }),
             Ok(c) => plan.changes.push(c),
             Err(f) => plan.failures.push(f),
         }
@@ -632,6 +658,29 @@ mod future_size {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A target with a consumer's epoch names that registration only; without one, any.
+    #[test]
+    fn a_target_with_an_epoch_names_that_registration() {
+        let consumer = |suffix: &str| {
+            ResourceArn::parse(&format!(
+                "arn:aws:kinesis:us-east-1:111122223333:stream/s/consumer/c{suffix}"
+            ))
+            .unwrap()
+        };
+        let (now, past, any) = (
+            consumer(":1700000002"),
+            consumer(":1700000001"),
+            consumer(""),
+        );
+        assert!(targeted(&[], &now));
+        assert!(targeted(std::slice::from_ref(&now), &now));
+        assert!(!targeted(std::slice::from_ref(&past), &now));
+        assert!(targeted(std::slice::from_ref(&any), &now));
+        assert!(targeted(std::slice::from_ref(&past), &any));
+        assert!(targeted(&[past, now.clone()], &now));
+        assert!(!targeted(&[consumer("x")], &now));
+    }
 
     /// `--target ... --prune` reported prune's delete as one of the declared resources it
     /// planned.

@@ -267,6 +267,17 @@ fn consumer_by_name_resolves_to_the_live_registration() {
         "a stale grant was written"
     );
     dir.write("c.yaml", &manifest(&by_name, &policy));
+    // A target naming the past registration does not act on the one registered now.
+    let stale = emu.kpr(&["apply", "--dir", &dir.arg(), "--target", &live_arn]);
+    assert_eq!(stale.code, 1, "{stale:?}");
+    assert!(
+        stale.stdout.contains("--target names another registration"),
+        "{stale:?}"
+    );
+    assert!(
+        emu.get_policy(&again).is_none(),
+        "the current registration was written"
+    );
 
     // Unknown consumer name: an error for that resource, naming it.
     let missing = format!("{stream}/consumer/nobody");
