@@ -281,7 +281,22 @@ pub struct Reconciler {
     restored: Option<String>,
     /// The last good revision known to be recorded in the working copy.
     recorded: Option<String>,
+    /// The `before` of each push judged, latest last (see [`Reconciler::judge`]).
+    moved_from: std::collections::VecDeque<String>,
 }
+
+/// What a push's webhook means (see [`Reconciler::judge`]).
+enum Judged {
+    /// The branch moved to a commit not behind what was applied.
+    Forward,
+    /// The branch moved back, behind what was applied, on purpose.
+    Reset,
+    /// Superseded by what was applied or by a push seen before it: nothing to do.
+    Late(&'static str),
+}
+
+/// The `before` commits of the pushes a process has seen, for telling a late webhook.
+const MOVED_FROM_MEMORY: usize = 64;
 
 struct Awaiting {
     commit: String,
@@ -480,6 +495,7 @@ impl Reconciler {
             reset_named: None,
             restored: None,
             recorded: None,
+            moved_from: std::collections::VecDeque::new(),
         }
     }
 
@@ -489,11 +505,7 @@ impl Reconciler {
         let Some(revision) = revision.filter(|_| !self.source.is_dir()) else {
             return;
         };
-        // Applied, or moved on from (a push on top of it whose webhook never came): either way
-        // the branch is no longer to go back to it.
-        if let Some(reset) = self.reset_named.clone()
-            && self.source.contains(&reset, revision).await
-        {
+        if self.reset_named.as_deref() == Some(revision) {
             self.reset_named = None;
             self.source.note_reset(None).await;
         }
@@ -588,10 +600,12 @@ impl Reconciler {
         self.source.has_commit(from).await && !self.source.contains(applied, from).await
     }
 
-    /// Judges the pushes webhooks announced since the last run, in the order they came: the
-    /// commit to await (the latest push's), and a reset among them. A push behind what was
-    /// applied is a reset, unless it is a late delivery (see [`Self::superseded`]), which
-    /// changes nothing. A push forward ends an earlier reset: the branch moved on from it.
+    /// Judges the pushes webhooks announced since the last run, in the order they came, and
+    /// returns the commit to await. A webhook can come late, after pushes that followed its
+    /// own; taking it as news could end a reset that came later, replace a newer commit
+    /// awaited, or, taken for a reset, let a replica serving its commit roll the branch back.
+    /// Where the payloads leave it open, a push is not made a reset: a reset lets kpr apply a
+    /// head behind what was applied, while a reset missed only leaves a run refused, loudly.
     async fn take_pushes(&mut self) -> Option<String> {
         let pushes: Vec<Pushed> = self
             .shared
@@ -607,24 +621,28 @@ impl Reconciler {
             .or_else(|| self.reset_named.clone());
         let reset_before = self.reset_named.clone();
         for pushed in pushes {
-            if self.reset_named.as_ref() == Some(&pushed.commit) {
-                wanted = Some(pushed.commit);
-                continue;
-            }
-            match self.behind(&pushed.commit).await {
-                Some(applied) if self.superseded(&pushed, &applied).await => {
+            match self.judge(&pushed).await {
+                Judged::Late(why) => {
                     tracing::info!(
                         commit = pushed.commit,
                         from = pushed.from,
-                        applied,
-                        "a late webhook: its push came from before what was applied, which \
-                         superseded it; nothing to wait for"
+                        "a late webhook: {why}; nothing to wait for"
                     );
                 }
-                behind => {
-                    self.reset_named = behind.map(|_| pushed.commit.clone());
-                    wanted = Some(pushed.commit);
+                Judged::Forward => {
+                    self.reset_named = None;
+                    wanted = Some(pushed.commit.clone());
                 }
+                Judged::Reset => {
+                    self.reset_named = Some(pushed.commit.clone());
+                    wanted = Some(pushed.commit.clone());
+                }
+            }
+            if let Some(from) = pushed.from {
+                if self.moved_from.len() >= MOVED_FROM_MEMORY {
+                    self.moved_from.pop_front();
+                }
+                self.moved_from.push_back(from);
             }
         }
         if self.reset_named != reset_before {
@@ -633,14 +651,63 @@ impl Reconciler {
         wanted
     }
 
+    /// What one push's webhook means, given what was applied (`last`), the reset pending, and
+    /// the pushes seen before it.
+    async fn judge(&self, pushed: &Pushed) -> Judged {
+        let commit = pushed.commit.as_str();
+        let from = pushed.from.as_deref();
+        let reset = self.reset_named.as_deref();
+        if reset == Some(commit) {
+            return Judged::Reset;
+        }
+        let behind = self.behind(commit).await;
+        if from.is_some() && from == reset {
+            // From the reset's commit: the branch moved on from it, unless to a commit behind
+            // what was applied, which may as well be the push the reset undid, delivered late.
+            return match behind {
+                Some(_) => Judged::Late(
+                    "its push came from the pending reset to a commit behind what was applied (or was the push that reset undid)",
+                ),
+                None => Judged::Forward,
+            };
+        }
+        // A commit a push seen before moved the branch on from. Behind what was applied, only
+        // a push forward to it is that push's past: a reset goes back to such commits too.
+        // Ahead of it, an error costs little: the head is applied as fetched either way.
+        if self.moved_from.iter().any(|m| m == commit)
+            && match (&behind, from) {
+                (None, _) => true,
+                (Some(_), Some(from)) => self.source.contains(from, commit).await,
+                (Some(_), None) => false,
+            }
+        {
+            return Judged::Late("a push seen before it moved the branch on from its commit");
+        }
+        if self.last_good().as_deref() == Some(commit) {
+            return Judged::Late("it names what was applied");
+        }
+        match behind {
+            Some(applied) if self.superseded(pushed, &applied).await => {
+                Judged::Late("its push came from before what was applied, which superseded it")
+            }
+            Some(_) => Judged::Reset,
+            None => Judged::Forward,
+        }
+    }
+
+    /// The revision last applied, or recorded as good by an earlier process.
+    fn last_good(&self) -> Option<String> {
+        match &self.applied {
+            Some(applied) => applied.revision.clone(),
+            None => self.recorded.clone(),
+        }
+    }
+
     /// The revision last applied (or recorded as good), when `head` is one of its ancestors
     /// and not itself: the branch went back. Taking it as is would undo applied commits, and
     /// with `--prune` delete the policies they added.
     async fn behind(&self, head: &str) -> Option<String> {
-        let last = match &self.applied {
-            Some(applied) => applied.revision.clone()?,
-            None => self.recorded.clone()?,
-        };
+        let last = self.last_good()?;
         (last != head && self.source.contains(head, &last).await).then_some(last)
     }
 
@@ -876,6 +943,23 @@ impl Reconciler {
             }
         };
         if let Some(head) = &revision {
+            // The branch moved on from a pending reset (a push on top of it whose webhook never
+            // came): no run is to go back to it. Not so the head before the reset, what was
+            // applied, which contains the reset's commit too: a replica may still serve it.
+            if let Some(reset) = self.reset_named.clone()
+                && reset != *head
+                && self.last_good().as_deref() != Some(head.as_str())
+                && self.behind(head).await.is_none()
+                && self.source.contains(&reset, head).await
+            {
+                tracing::info!(
+                    reset,
+                    head,
+                    "the branch moved on from the reset it was awaited for"
+                );
+                self.reset_named = None;
+                self.source.note_reset(None).await;
+            }
             // Whether a push's webhook named this very head: then the branch is where its
             // owner put it, even behind what was applied (a reset, force-pushed). Containing
             // the commit is not enough: the head before a reset contains the older commit too.

@@ -1190,6 +1190,15 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
         st["awaited_commit"] == first.as_str() && st["running"] == false
     });
     assert!(live(&emu, &b).is_some(), "{st:#}");
+    // Still awaited after the awaited fetches that find the old head (what was applied, which
+    // contains the reset's commit too): the reset's own runs complete, and must not end it.
+    let runs = st["runs"].as_u64().unwrap();
+    let st = serve.status_when(
+        "two more fetches of the old head",
+        Duration::from_secs(20),
+        |st| st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false,
+    );
+    assert_eq!(st["awaited_commit"], first.as_str(), "{st:#}");
     git(&origin, &["update-ref", "refs/heads/main", &first]);
     serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
         st["last_good_revision"] == first.as_str()
@@ -1272,7 +1281,14 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let reset = serde_json::json!({
         "ref": "refs/heads/main", "before": third, "after": first, "forced": true
     });
-    for (delivery, body) in [("reset", reset), ("late-again", late)] {
+    // A late webhook of the push to what was applied, too: the reset came from it.
+    let to_applied =
+        serde_json::json!({"ref": "refs/heads/main", "before": second, "after": third});
+    for (delivery, body) in [
+        ("reset", reset),
+        ("late-again", late),
+        ("late-applied", to_applied),
+    ] {
         let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
         assert_eq!(r.status, 202, "{r:?}");
     }
@@ -1289,6 +1305,39 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
         "b was added after the first commit: pruned"
     );
     assert!(live(&emu, &a).is_some_and(|p| same_grant(&p, &role(&a, "one"))));
+
+    // Two pushes on top of the reset; the second's webhook comes first, while the replica
+    // still serves the reset, then the first's, late: the newer commit stays awaited.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &first]);
+    let v3 = role(&a, "three");
+    repo.write("a.yaml", &manifest(&a, &v3));
+    let fourth = repo.push("main", "a v3");
+    let v4 = role(&a, "four");
+    repo.write("a.yaml", &manifest(&a, &v4));
+    let fifth = repo.push("main", "a v4");
+    git(&origin, &["update-ref", "refs/heads/main", &first]);
+    let push = |before: &str, after: &str, delivery: &str| {
+        let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
+        let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
+        assert_eq!(r.status, 202, "{r:?}");
+    };
+    push(&fourth, &fifth, "fifth");
+    serve.status_when(
+        "the fifth commit to be awaited",
+        Duration::from_secs(20),
+        |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
+    );
+    git(&origin, &["update-ref", "refs/heads/main", &fourth]);
+    push(&first, &fourth, "fourth-late");
+    serve.applied(&fourth);
+    let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
+        st["running"] == false && st["pending"].is_null()
+    });
+    assert_eq!(st["awaited_commit"], fifth.as_str(), "{st:#}\n{}", serve.logs());
+    git(&origin, &["update-ref", "refs/heads/main", &fifth]);
+    serve.applied(&fifth);
+    assert!(live(&emu, &a).is_some_and(|p| same_grant(&p, &v4)));
     serve.stop();
 }
 
