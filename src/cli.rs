@@ -660,9 +660,12 @@ async fn run_plan(
     // --target must not pass as "no changes". Without --prune only a manifest can match, so
     // this is known before any call; with it, after planning (it may name a policy to delete).
     if !settings.prune
-        && let Some(t) = targets
-            .iter()
-            .find(|t| !desired.resources.iter().any(|r| r.arn.same_resource(t)))
+        && let Some(t) = targets.iter().find(|t| {
+            !desired
+                .resources
+                .iter()
+                .any(|r| plan::target_names(t, &r.arn))
+        })
     {
         let message = format!(
             "error: --target {t} matches no manifest in {}; nothing was planned",
@@ -1001,7 +1004,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
             }
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
-            for line in render::statement_diff(Some(&da), None, Some(&db)) {
+            for line in render::statement_diff(Some(&da), None, Some(&db), None) {
                 outln!("{}", render::diff_line(line, &style));
             }
             1

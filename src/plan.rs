@@ -307,13 +307,13 @@ pub enum PlanRefused {
 }
 
 fn targeted(targets: &[ResourceArn], arn: &ResourceArn) -> bool {
-    targets.is_empty() || targets.iter().any(|t| names(t, arn))
+    targets.is_empty() || targets.iter().any(|t| target_names(t, arn))
 }
 
 /// Whether a `--target` names `arn`: the same resource and, when both carry a consumer's
 /// creation epoch, the same registration. A target naming a past registration must not act on
 /// the one registered now (with --prune, delete its policy).
-fn names(target: &ResourceArn, arn: &ResourceArn) -> bool {
+pub fn target_names(target: &ResourceArn, arn: &ResourceArn) -> bool {
     let epoch = |a: &ResourceArn| a.consumer.as_ref().and_then(|c| c.created);
     target.same_resource(arn)
         && match (epoch(target), epoch(arn)) {
@@ -532,7 +532,20 @@ async fn prune<K: Kinesis>(
     let declared: HashSet<ResourceArn> =
         desired.resources.iter().map(|r| r.arn.identity()).collect();
     let mut candidates = Vec::new();
-    for scope in desired.scopes() {
+    // Under --target, only where a target is: a one-resource run in a large estate neither
+    // lists every account nor fails for another account's broken role.
+    let in_reach = |stream: &ResourceArn| {
+        opts.targets.is_empty()
+            || opts
+                .targets
+                .iter()
+                .any(|t| t.scope == stream.scope && t.stream == stream.stream)
+    };
+    let scopes = desired
+        .scopes()
+        .into_iter()
+        .filter(|scope| opts.targets.is_empty() || opts.targets.iter().any(|t| t.scope == *scope));
+    for scope in scopes {
         let streams = match api.list_streams(&scope).await {
             Ok(s) => s,
             Err(e) => {
@@ -541,7 +554,8 @@ async fn prune<K: Kinesis>(
                 continue;
             }
         };
-        let consumer_lists: Vec<_> = concurrently(&streams, opts.concurrency, |s| async move {
+        let reached = streams.iter().filter(|s| in_reach(s));
+        let consumer_lists: Vec<_> = concurrently(reached, opts.concurrency, |s| async move {
             (s, api.list_consumers(s).await)
         })
         .collect()

@@ -171,7 +171,13 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
         let _ = writeln!(out, "    {}", style.dim(&format!("declared as {declared}")));
     }
     let _ = writeln!(out, "    {}", style.dim(&format!("reason: {}", c.reason)));
-    for line in statement_diff(c.live.as_ref(), c.live_raw.as_deref(), c.desired.as_deref()) {
+    let partition = Some(c.target.scope.partition.as_str());
+    for line in statement_diff(
+        c.live.as_ref(),
+        c.live_raw.as_deref(),
+        c.desired.as_deref(),
+        partition,
+    ) {
         let _ = writeln!(out, "    {}", diff_line(line, style));
     }
     let _ = writeln!(out);
@@ -187,10 +193,12 @@ pub fn diff_line(line: String, style: &Style) -> String {
 }
 
 /// Statements matched by Sid (or by identical content); only what differs is printed.
+/// `partition`: the resource's, when known (see [`PolicyDocument::canonical_in`]).
 pub fn statement_diff(
     before: Option<&PolicyDocument>,
     before_raw: Option<&str>,
     after: Option<&PolicyDocument>,
+    partition: Option<&str>,
 ) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(raw) = before_raw {
@@ -210,8 +218,12 @@ pub fn statement_diff(
         lines.push(format!("- {}", hb.unwrap_or_default()));
         lines.push(format!("+ {}", ha.unwrap_or_default()));
     }
-    let old = before.map(canonical_statements).unwrap_or_default();
-    let new = after.map(canonical_statements).unwrap_or_default();
+    let old = before
+        .map(|d| canonical_statements(d, partition))
+        .unwrap_or_default();
+    let new = after
+        .map(|d| canonical_statements(d, partition))
+        .unwrap_or_default();
     let mut new_left: Vec<Option<&(String, String)>> = new.iter().map(Some).collect();
     let mut removed = Vec::new();
     for o in &old {
@@ -613,6 +625,28 @@ mod tests {
         )
     }
 
+    /// The text diff reads bare account ids in the resource's partition, as plan compares:
+    /// an update must show what differs.
+    #[test]
+    fn a_statement_diff_reads_principals_in_the_resources_partition() {
+        let deny = |principal: &str| {
+            PolicyDocument::from_value(&serde_json::json!({
+                "Version": "2012-10-17",
+                "Statement": [{"Effect": "Deny", "Principal": {"AWS": principal},
+                    "Action": "kinesis:*", "Resource": "*"}]
+            }))
+            .unwrap()
+        };
+        let (live, want) = (deny("arn:aws:iam::444455556666:root"), deny("444455556666"));
+        let diff = |partition| statement_diff(Some(&live), None, Some(&want), partition);
+        assert!(diff(Some("aws")).is_empty());
+        let lines = diff(Some("aws-cn")).join("\n");
+        assert!(
+            lines.contains("arn:aws:iam::444455556666:root") && lines.contains("\"444455556666\""),
+            "{lines}"
+        );
+    }
+
     /// Dropping a list's last item takes the comma off the item before it: not a change.
     #[test]
     fn a_moved_comma_is_no_change_in_a_statement_diff() {
@@ -631,7 +665,7 @@ mod tests {
             "kinesis:PutRecord",
         ]);
         let after = doc(&["kinesis:DescribeStream", "kinesis:ListShards"]);
-        let lines = statement_diff(Some(&before), None, Some(&after));
+        let lines = statement_diff(Some(&before), None, Some(&after), None);
         let changed: Vec<&String> = lines.iter().filter(|l| l.starts_with(['-', '+'])).collect();
         assert!(
             changed.len() == 1 && changed[0].contains("kinesis:PutRecord"),

@@ -43,8 +43,11 @@ fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
 /// statement. The label is the Sid, or `#n` (1-based position in canonical order) without one;
 /// labels are made unique by appending ` #n` where they would collide. Each text is pretty JSON
 /// with a trailing newline.
-pub fn canonical_statements(doc: &PolicyDocument) -> Vec<(String, String)> {
-    let values = statement_values(doc, partition(doc));
+pub fn canonical_statements(
+    doc: &PolicyDocument,
+    partition: Option<&str>,
+) -> Vec<(String, String)> {
+    let values = statement_values(doc, partition.unwrap_or_else(|| self::partition(doc)));
     let base: Vec<String> = values
         .iter()
         .enumerate()
@@ -714,7 +717,7 @@ mod tests {
             {"Sid": "Dup", "Effect": "Allow", "Action": "kinesis:ListShards"},
             {"Sid": "Dup", "Effect": "Deny", "Action": "kinesis:ListShards"}
         ]}));
-        let stmts = canonical_statements(&d);
+        let stmts = canonical_statements(&d, None);
         let labels: Vec<&str> = stmts.iter().map(|(l, _)| l.as_str()).collect();
         assert_eq!(stmts.len(), 4, "{labels:?}");
         let unique: BTreeSet<&str> = labels.iter().copied().collect();
@@ -737,6 +740,6 @@ mod tests {
             {"Sid": "Dup", "Effect": "Allow", "Action": "kinesis:ListShards"},
             {"Sid": "Read", "Effect": "Allow", "Action": "kinesis:GetRecords"}
         ]}));
-        assert_eq!(canonical_statements(&reordered), stmts);
+        assert_eq!(canonical_statements(&reordered, None), stmts);
     }
 }

@@ -423,7 +423,7 @@ proptest! {
         let (x, y) = (render(&spec, a), render(&spec, b));
         prop_assert!(x.equivalent(&y), "\n{}\n{}", x.to_canonical_string(), y.to_canonical_string());
         prop_assert_eq!(x.to_canonical_string(), y.to_canonical_string());
-        prop_assert_eq!(super::canonical_statements(&x), super::canonical_statements(&y));
+        prop_assert_eq!(super::canonical_statements(&x, None), super::canonical_statements(&y, None));
     }
 
     /// `equivalent` takes a short cut when the models are equal; it must never change the answer.

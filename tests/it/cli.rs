@@ -279,6 +279,12 @@ fn consumer_by_name_resolves_to_the_live_registration() {
         "the current registration was written"
     );
 
+    // A manifest naming one registration, and a target naming another: matches nothing.
+    let pinned_dir = Manifests::new(&[("p.yaml", &manifest(&again, &policy))]);
+    let typo = emu.kpr(&["plan", "--dir", &pinned_dir.arg(), "--target", &live_arn]);
+    assert_eq!(typo.code, 1, "{typo:?}");
+    assert!(typo.stderr.contains("matches no manifest"), "{typo:?}");
+
     // Unknown consumer name: an error for that resource, naming it.
     let missing = format!("{stream}/consumer/nobody");
     let policy2 = json!({"Version":"2012-10-17","Statement":[{"Effect":"Allow","Principal":{"AWS":"111122223333"},"Action":"kinesis:SubscribeToShard","Resource":format!("{missing}:*")}]});

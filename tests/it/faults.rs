@@ -922,3 +922,31 @@ fn prune_lists_every_stream_past_the_first_page() {
         "{run:?}"
     );
 }
+
+/// `--target` with `--prune` lists only where a target is: a one-resource run in a large
+/// estate does not list every stream's consumers (nor every account).
+#[test]
+fn a_targeted_prune_lists_only_the_targets_streams() {
+    let emu = common::kinesis_mock_private();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "tprune", 3);
+    let m =
+        common::Manifests::new(&[("a.yaml", &common::manifest(&arns[0], &desired(&arns[0], 0)))]);
+    let proxy = Proxy::start(&emu.url);
+    let plan = |extra: &[&str]| {
+        let mut cmd = kpr_via(&proxy);
+        cmd.env("AWS_ACCESS_KEY_ID", &emu.account)
+            .args(["plan", "--dir", &m.arg(), "--prune"])
+            .args(extra);
+        common::output(cmd.output().expect("run kpr"))
+    };
+    let run = plan(&["--target", &arns[1]]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let listed = proxy.op("ListStreamConsumers").forwarded;
+    assert_eq!(listed, 1, "{}", proxy.describe());
+    proxy.reset_counts();
+    let run = plan(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    let listed = proxy.op("ListStreamConsumers").forwarded;
+    assert_eq!(listed, 3, "{}", proxy.describe());
+}

@@ -1334,7 +1334,12 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
         st["running"] == false && st["pending"].is_null()
     });
-    assert_eq!(st["awaited_commit"], fifth.as_str(), "{st:#}\n{}", serve.logs());
+    assert_eq!(
+        st["awaited_commit"],
+        fifth.as_str(),
+        "{st:#}\n{}",
+        serve.logs()
+    );
     git(&origin, &["update-ref", "refs/heads/main", &fifth]);
     serve.applied(&fifth);
     assert!(live(&emu, &a).is_some_and(|p| same_grant(&p, &v4)));
