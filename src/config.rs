@@ -108,12 +108,26 @@ impl FileConfig {
                     path.display()
                 )));
             }
-            if !a.role_arn.starts_with("arn:") || !a.role_arn.contains(":role/") {
-                return Err(ConfigError::Invalid(format!(
-                    "{}: accounts.{account}.roleArn {:?} is not an IAM role ARN",
-                    path.display(),
-                    a.role_arn
-                )));
+            // Only an identity of the owning account may manage a resource's policy: a role
+            // of any other account would fail every call, as "does not exist" or denied.
+            match role_account(&a.role_arn) {
+                None => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: accounts.{account}.roleArn {:?} is not an IAM role ARN \
+                         (arn:PARTITION:iam::ACCOUNT:role/NAME)",
+                        path.display(),
+                        a.role_arn
+                    )));
+                }
+                Some(owner) if owner != account => {
+                    return Err(ConfigError::Invalid(format!(
+                        "{}: accounts.{account}.roleArn {:?} is a role of account {owner}: only \
+                         an identity of account {account} can manage its streams' policies",
+                        path.display(),
+                        a.role_arn
+                    )));
+                }
+                Some(_) => {}
             }
         }
         Ok(cfg)
@@ -122,6 +136,15 @@ impl FileConfig {
     pub fn load_opt(path: Option<&Path>) -> Result<Self, ConfigError> {
         path.map_or_else(|| Ok(Self::default()), Self::load)
     }
+}
+
+/// The account of an IAM role ARN (`arn:PARTITION:iam::ACCOUNT:role/PATH/NAME`).
+fn role_account(arn: &str) -> Option<&str> {
+    let rest = arn.strip_prefix("arn:")?;
+    let (partition, rest) = rest.split_once(':')?;
+    let (account, name) = rest.strip_prefix("iam::")?.split_once(":role/")?;
+    let id = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+    (!partition.is_empty() && id && !name.is_empty() && !name.ends_with('/')).then_some(account)
 }
 
 /// Durations as humans write them: `30s`, `5m`, `1h 30m`.
@@ -133,5 +156,46 @@ mod opt_duration {
         let s: Option<String> = Option::deserialize(d)?;
         s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
             .transpose()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load(text: &str) -> Result<FileConfig, String> {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("kpr.yaml");
+        std::fs::write(&path, text).unwrap();
+        FileConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_role_must_be_of_the_account_it_serves() {
+        let role = |arn: &str| {
+            load(&format!(
+                "accounts:\n  \"222233334444\":\n    roleArn: {arn}\n"
+            ))
+        };
+        for good in [
+            "arn:aws:iam::222233334444:role/kpr",
+            "arn:aws-cn:iam::222233334444:role/path/kpr",
+        ] {
+            assert!(role(good).is_ok(), "{good}");
+        }
+        let other = role("arn:aws:iam::999999999999:role/kpr").unwrap_err();
+        assert!(
+            other.contains("is a role of account 999999999999"),
+            "{other}"
+        );
+        for bad in [
+            "arn:role/",
+            "arn:aws:iam::2222:role/kpr",
+            "arn:aws:iam::222233334444:role/",
+            "arn:aws:iam::222233334444:user/kpr",
+        ] {
+            let e = role(bad).unwrap_err();
+            assert!(e.contains("is not an IAM role ARN"), "{bad}: {e}");
+        }
     }
 }
