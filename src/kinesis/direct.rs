@@ -131,7 +131,18 @@ pub(super) struct CredentialCache {
     /// starting their own.
     refresh: tokio::sync::Mutex<()>,
     signing_key: std::sync::Mutex<Option<SigningKey>>,
+    /// What the provider does, for its errors ("assuming role R for account A"); `None` for
+    /// the default chain, whose errors say it themselves.
+    label: Option<String>,
+    /// The last failure and when, replayed for [`FAILURE_MEMORY`] instead of asking again:
+    /// with a role that cannot be assumed, every resource of the scope would call STS, each a
+    /// denied AssumeRole in CloudTrail, which security alerting watches for.
+    failed: std::sync::Mutex<Option<(std::time::Instant, String)>>,
 }
+
+/// How long a failed credentials fetch is replayed: a run's calls share one, and the next
+/// run (a retry comes 30 s later by default) asks again.
+const FAILURE_MEMORY: Duration = Duration::from_secs(10);
 
 struct SigningKey {
     date: String,
@@ -146,7 +157,23 @@ impl CredentialCache {
             current: std::sync::Mutex::new(None),
             refresh: tokio::sync::Mutex::new(()),
             signing_key: std::sync::Mutex::new(None),
+            label: None,
+            failed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Names what the provider does in its errors.
+    pub(super) fn labelled(mut self, label: String) -> Self {
+        self.label = Some(label);
+        self
+    }
+
+    fn recent_failure(&self) -> Option<CredentialsError> {
+        let failed = self.failed.lock().expect("credentials failure");
+        failed
+            .as_ref()
+            .filter(|(at, _)| at.elapsed() < FAILURE_MEMORY)
+            .map(|(_, message)| CredentialsError::provider_error(message.clone()))
     }
 
     fn fresh(&self) -> Option<Arc<Credentials>> {
@@ -163,14 +190,39 @@ impl CredentialCache {
         if let Some(creds) = self.fresh() {
             return Ok(creds);
         }
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
         let _fetching = self.refresh.lock().await;
-        // Another call may have fetched while this one waited.
+        // Another call may have fetched (or failed) while this one waited.
         if let Some(creds) = self.fresh() {
             return Ok(creds);
         }
-        let creds = Arc::new(self.provider.provide_credentials().await?);
-        *self.current.lock().expect("credentials") = Some(Arc::clone(&creds));
-        Ok(creds)
+        if let Some(e) = self.recent_failure() {
+            return Err(e);
+        }
+        match self.provider.provide_credentials().await {
+            Ok(creds) => {
+                let creds = Arc::new(creds);
+                *self.current.lock().expect("credentials") = Some(Arc::clone(&creds));
+                Ok(creds)
+            }
+            // A timeout stays itself: it is retried.
+            Err(e @ CredentialsError::ProviderTimedOut(_)) => Err(e),
+            Err(e) => {
+                // Its own text is "an error occurred while loading credentials", which the
+                // error made of the message says again.
+                let chain = std::error::Error::source(&e)
+                    .map_or_else(|| e.to_string(), super::error_chain);
+                let message = match &self.label {
+                    Some(label) => format!("{label}: {chain}"),
+                    None => chain,
+                };
+                *self.failed.lock().expect("credentials failure") =
+                    Some((std::time::Instant::now(), message.clone()));
+                Err(CredentialsError::provider_error(message))
+            }
+        }
     }
 
     async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
@@ -738,6 +790,40 @@ mod tests {
             req.body().bytes(),
             Some(&br#"{"ResourceARN":"arn:aws:kinesis:x"}"#[..])
         );
+    }
+
+    /// Refuses every fetch, counting them (a role that cannot be assumed).
+    #[derive(Debug)]
+    struct Refusing(Arc<std::sync::atomic::AtomicU32>);
+
+    impl ProvideCredentials for Refusing {
+        fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
+        where
+            Self: 'a,
+        {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ProvideCredentialsFuture::ready(Err(CredentialsError::provider_error(
+                "AccessDenied: not authorized to perform sts:AssumeRole",
+            )))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_failed_fetch_is_shared_and_names_the_role() {
+        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(Refusing(Arc::clone(
+            &fetches,
+        ))))
+        .labelled("assuming arn:aws:iam::222233334444:role/kpr for account 222233334444".into());
+        let all = futures::future::join_all((0..8).map(|_| cache.credentials())).await;
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        for r in all {
+            let e = r.unwrap_err().to_string();
+            assert!(
+                e.contains("assuming arn:aws:iam::222233334444:role/kpr for account 222233334444: AccessDenied"),
+                "{e}"
+            );
+        }
     }
 
     /// Counts fetches; its credentials expire `ttl` from the fetch.

@@ -701,6 +701,7 @@ impl AwsKinesis {
             )
             .interceptor(route.clone());
         let mut provider = self.base.credentials_provider();
+        let mut label = None;
         if let Some(role) = self.opts.roles.get(&scope.account) {
             let assumed = aws_config::sts::AssumeRoleProvider::builder(role.clone())
                 .session_name("kpr")
@@ -709,8 +710,15 @@ impl AwsKinesis {
                 .build()
                 .await;
             provider = Some(SharedCredentialsProvider::new(assumed));
+            label = Some(format!("assuming {role} for account {}", scope.account));
         }
-        let credentials = provider.map(|p| Arc::new(CredentialCache::new(p)));
+        let credentials = provider.map(|p| {
+            let cache = CredentialCache::new(p);
+            Arc::new(match label {
+                Some(label) => cache.labelled(label),
+                None => cache,
+            })
+        });
         if let Some(cache) = &credentials {
             conf = conf
                 .credentials_provider(SharedCache(Arc::clone(cache)))
