@@ -35,6 +35,15 @@ pub fn partition_of(region: &str) -> &'static str {
     .map_or("aws", |(_, partition)| partition)
 }
 
+/// Whether `region` is spelled as region names are (`us-east-1`): lowercase letters, digits
+/// and dashes. A region is part of every ARN kpr builds and compares.
+pub fn is_region_name(region: &str) -> bool {
+    !region.is_empty()
+        && region
+            .bytes()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+}
+
 /// Where a resource lives: one API client serves exactly one scope, because only the owning
 /// account can manage a resource's policy.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -128,11 +137,7 @@ impl ResourceArn {
                 "service is {service:?}, not \"kinesis\" (only data streams and consumers have these policies)"
             )));
         }
-        if region.is_empty()
-            || !region
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
-        {
+        if !is_region_name(region) {
             return Err(err(&format!("region {region:?} is not a region name")));
         }
         // The client is picked by region: an ARN whose partition is not the region's would

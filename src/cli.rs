@@ -846,6 +846,12 @@ async fn run_import(
             "--account {a:?} is not a 12-digit account id"
         )));
     }
+    // It goes into every ARN import lists and writes.
+    if !crate::arn::is_region_name(&region) {
+        return Err(CliError::Usage(format!(
+            "--region {region:?} is not a region name (such as us-east-1)"
+        )));
+    }
     std::fs::create_dir_all(&out).map_err(|source| CliError::Io {
         path: out.display().to_string(),
         source,

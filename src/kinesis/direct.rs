@@ -212,8 +212,8 @@ impl CredentialCache {
             Err(e) => {
                 // Its own text is "an error occurred while loading credentials", which the
                 // error made of the message says again.
-                let chain = std::error::Error::source(&e)
-                    .map_or_else(|| e.to_string(), super::error_chain);
+                let chain =
+                    std::error::Error::source(&e).map_or_else(|| e.to_string(), super::error_chain);
                 let message = match &self.label {
                     Some(label) => format!("{label}: {chain}"),
                     None => chain,

@@ -114,6 +114,10 @@ fn import_then_plan_is_in_sync() {
         3,
         "{again:?}"
     );
+    // A region not spelled as one would go into every ARN import lists: refused first.
+    let upper = kpr(&["--region", "US-EAST-1", "import", "--out", &dir_s]);
+    assert_eq!(upper.code, 1, "{upper:?}");
+    assert!(upper.stderr.contains("is not a region name"), "{upper:?}");
 }
 
 /// A re-run finds what --out declares in any file, whatever it is called or where a team moved
