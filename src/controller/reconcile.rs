@@ -651,8 +651,8 @@ impl Reconciler {
         wanted
     }
 
-    /// What one push's webhook means, given what was applied (`last`), the reset pending, and
-    /// the pushes seen before it.
+    /// What one push's webhook means, given what was applied, the reset pending, and the
+    /// pushes seen before it.
     async fn judge(&self, pushed: &Pushed) -> Judged {
         let commit = pushed.commit.as_str();
         let from = pushed.from.as_deref();
@@ -720,10 +720,9 @@ impl Reconciler {
             .map(|a| Duration::from_secs(1 << (a.misses - 1).min(8)))
     }
 
-    /// Runs once; returns how it ended, and whether it scanned everything (an incremental
-    /// trigger does when nothing was applied before, or git cannot list the changes).
-    /// One run: its result, whether it scanned everything, and whether a listing failed (see
-    /// [`RunOutcome::listing_failed`]).
+    /// One run: how it ended, whether it scanned everything (an incremental trigger does when
+    /// nothing was applied before, or git cannot list the changes), and whether a listing
+    /// failed (see [`RunOutcome::listing_failed`]).
     pub async fn run(&mut self, trigger: Trigger) -> (RunResult, bool, bool) {
         let started = Instant::now();
         let started_at = SystemTime::now();
