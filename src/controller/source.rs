@@ -3,7 +3,8 @@
 //!
 //! Git runs as a child process (the git CLI handles every transport and credential mechanism
 //! users already have). A token never reaches git's argv, `.git/config` or a log line: git
-//! asks for it through a `GIT_ASKPASS` script that reads it from the child's environment.
+//! asks for it through a credential helper, given on the command line as static text, that
+//! reads it from the child's environment (see [`CREDENTIAL_HELPER`]).
 
 use std::ffi::OsStr;
 use std::os::unix::ffi::OsStrExt;
