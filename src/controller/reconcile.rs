@@ -275,7 +275,7 @@ pub struct Reconciler {
     /// A commit behind what was applied that a push's webhook named (a reset): it may be
     /// applied as the branch head until a run has applied it or another push names another
     /// commit, whatever became of the run the webhook started (refused, invalid).
-    reset_named: Option<String>,
+    reset_named: Option<Reset>,
     /// Until a run completes, the last good revision an earlier process recorded (git
     /// sources): what drift correction on an invalid branch measures "untouched" against.
     restored: Option<String>,
@@ -283,6 +283,14 @@ pub struct Reconciler {
     recorded: Option<String>,
     /// The `before` of each push judged, latest last (see [`Reconciler::judge`]).
     moved_from: std::collections::VecDeque<String>,
+}
+
+/// A reset a webhook announced, pending until a run applies it: its commit, and the head it
+/// replaced when the payload named it (see [`Reconciler::execute`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Reset {
+    commit: String,
+    from: Option<String>,
 }
 
 /// What a push's webhook means (see [`Reconciler::judge`]).
@@ -505,9 +513,13 @@ impl Reconciler {
         let Some(revision) = revision.filter(|_| !self.source.is_dir()) else {
             return;
         };
-        if self.reset_named.as_deref() == Some(revision) {
+        if self
+            .reset_named
+            .as_ref()
+            .is_some_and(|r| r.commit == revision)
+        {
             self.reset_named = None;
-            self.source.note_reset(None).await;
+            self.note_reset().await;
         }
         if self.recorded.as_deref() == Some(revision) {
             return;
@@ -536,7 +548,10 @@ impl Reconciler {
         // then never go back to it without another webhook, and what the reset revokes would
         // stay granted. (A late webhook of a push already superseded looks the same; it costs
         // a fetch every few minutes until the next push.)
-        let reset = self.reset_named.as_deref() == Some(commit.as_str());
+        let reset = self
+            .reset_named
+            .as_ref()
+            .is_some_and(|r| r.commit == commit);
         let arrived = match head {
             Some(head) if commit != head && reset => false,
             Some(head) => self.source.contains(&commit, head).await,
@@ -618,10 +633,10 @@ impl Reconciler {
             .awaiting
             .as_ref()
             .map(|a| a.commit.clone())
-            .or_else(|| self.reset_named.clone());
+            .or_else(|| self.reset_named.as_ref().map(|r| r.commit.clone()));
         let reset_before = self.reset_named.clone();
         for pushed in pushes {
-            match self.judge(&pushed).await {
+            match self.judge(&pushed, wanted.as_deref()).await {
                 Judged::Late(why) => {
                     tracing::info!(
                         commit = pushed.commit,
@@ -634,7 +649,10 @@ impl Reconciler {
                     wanted = Some(pushed.commit.clone());
                 }
                 Judged::Reset => {
-                    self.reset_named = Some(pushed.commit.clone());
+                    self.reset_named = Some(Reset {
+                        commit: pushed.commit.clone(),
+                        from: pushed.from.clone(),
+                    });
                     wanted = Some(pushed.commit.clone());
                 }
             }
@@ -646,19 +664,37 @@ impl Reconciler {
             }
         }
         if self.reset_named != reset_before {
-            self.source.note_reset(self.reset_named.as_deref()).await;
+            self.note_reset().await;
         }
         wanted
     }
 
-    /// What one push's webhook means, given what was applied, the reset pending, and the
-    /// pushes seen before it.
-    async fn judge(&self, pushed: &Pushed) -> Judged {
+    /// What one push's webhook means, given what was applied, the reset pending, the commit
+    /// awaited (`awaited`) and the pushes seen before it.
+    async fn judge(&self, pushed: &Pushed, awaited: Option<&str>) -> Judged {
         let commit = pushed.commit.as_str();
         let from = pushed.from.as_deref();
-        let reset = self.reset_named.as_deref();
+        let reset = self.reset_named.as_ref().map(|r| r.commit.as_str());
         if reset == Some(commit) {
             return Judged::Reset;
+        }
+        if self.last_good().as_deref() == Some(commit) {
+            // Back to what was applied, from a commit after it (one awaited, or fetched): a
+            // reset all the same, so that a replica still serving the commit it replaced is
+            // not applied. Going forward to it, the push is one already applied, come late
+            // (also when it went on from a pending reset: it may be the push that reset undid).
+            let back = match from {
+                Some(from) => {
+                    (awaited == Some(from) && reset != Some(from))
+                        || (from != commit && self.source.contains(commit, from).await)
+                }
+                None => false,
+            };
+            return if back {
+                Judged::Reset
+            } else {
+                Judged::Late("it names what was applied")
+            };
         }
         let behind = self.behind(commit).await;
         if from.is_some() && from == reset {
@@ -683,9 +719,6 @@ impl Reconciler {
         {
             return Judged::Late("a push seen before it moved the branch on from its commit");
         }
-        if self.last_good().as_deref() == Some(commit) {
-            return Judged::Late("it names what was applied");
-        }
         match behind {
             Some(applied) if self.superseded(pushed, &applied).await => {
                 Judged::Late("its push came from before what was applied, which superseded it")
@@ -693,6 +726,14 @@ impl Reconciler {
             Some(_) => Judged::Reset,
             None => Judged::Forward,
         }
+    }
+
+    /// Keeps the pending reset (or its absence) where a restart finds it.
+    async fn note_reset(&self) {
+        let reset = self.reset_named.as_ref();
+        self.source
+            .note_reset(reset.map(|r| (r.commit.as_str(), r.from.as_deref())))
+            .await;
     }
 
     /// The revision last applied, or recorded as good by an earlier process.
@@ -920,7 +961,11 @@ impl Reconciler {
         if self.applied.is_none() && self.recorded.is_none() {
             self.restored = self.source.recorded_good().await;
             self.recorded.clone_from(&self.restored);
-            self.reset_named = self.source.noted_reset().await;
+            self.reset_named = self
+                .source
+                .noted_reset()
+                .await
+                .map(|(commit, from)| Reset { commit, from });
             // What an earlier process applied stays the last good revision until a run of
             // this one completes: /status must not say "none" while kpr measures against it.
             if let Some(restored) = &self.restored {
@@ -942,28 +987,44 @@ impl Reconciler {
             }
         };
         if let Some(head) = &revision {
-            // The branch moved on from a pending reset (a push on top of it whose webhook never
-            // came): no run is to go back to it. Not so the head before the reset, what was
-            // applied, which contains the reset's commit too: a replica may still serve it.
+            // With a reset pending, a head after the reset's commit is either the branch moved
+            // on from it (a push on top of it whose webhook never came: no run is to go back to
+            // it), or the head the reset replaced, or one before that, still served by a
+            // replica: that one must not be applied, it is what the reset took away.
             if let Some(reset) = self.reset_named.clone()
-                && reset != *head
+                && reset.commit != *head
                 && self.last_good().as_deref() != Some(head.as_str())
                 && self.behind(head).await.is_none()
-                && self.source.contains(&reset, head).await
+                && self.source.contains(&reset.commit, head).await
             {
+                let replaced = match &reset.from {
+                    Some(from) => self.source.contains(head, from).await,
+                    None => false,
+                };
+                if replaced {
+                    let message = format!(
+                        "the fetched branch head {head} is what the reset to {} replaced (a \
+                         replica behind the reset's webhook): nothing applied; fetching again \
+                         until the head is the reset's commit",
+                        reset.commit
+                    );
+                    tracing::warn!(head, reset = reset.commit, "{message}");
+                    self.check_awaited(wanted, Some(head)).await;
+                    return out.fail(RunResult::FetchFailed, message);
+                }
                 tracing::info!(
-                    reset,
+                    reset = reset.commit,
                     head,
                     "the branch moved on from the reset it was awaited for"
                 );
                 self.reset_named = None;
-                self.source.note_reset(None).await;
+                self.note_reset().await;
             }
             // Whether a push's webhook named this very head: then the branch is where its
             // owner put it, even behind what was applied (a reset, force-pushed). Containing
             // the commit is not enough: the head before a reset contains the older commit too.
             let named = wanted.as_deref() == Some(head.as_str())
-                || self.reset_named.as_deref() == Some(head.as_str());
+                || self.reset_named.as_ref().is_some_and(|r| r.commit == *head);
             self.check_awaited(wanted, Some(head)).await;
             if !named && let Some(ahead) = self.behind(head).await {
                 let message = format!(

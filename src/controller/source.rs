@@ -139,11 +139,13 @@ impl Source {
 
     /// Keeps (or, `None`, drops) the commit a reset's webhook named, where a restart finds it:
     /// the webhook is not sent again, and without it the branch could not go back.
-    pub async fn note_reset(&self, commit: Option<&str>) {
+    pub async fn note_reset(&self, reset: Option<(&str, Option<&str>)>) {
         let Source::Git(g) = self else { return };
-        match commit {
-            Some(c) => {
-                if let Err(e) = g.git(["config", RESET_NAMED, c]).await {
+        match reset {
+            // The commit, then the head it replaced when known: "COMMIT [FROM]".
+            Some((commit, from)) => {
+                let value = from.map_or_else(|| commit.to_string(), |f| format!("{commit} {f}"));
+                if let Err(e) = g.git(["config", RESET_NAMED, &value]).await {
                     tracing::warn!(error = %e, "cannot keep the reset a webhook named in the working copy");
                 }
             }
@@ -152,11 +154,12 @@ impl Source {
         }
     }
 
-    /// What [`Self::note_reset`] kept.
-    pub async fn noted_reset(&self) -> Option<String> {
+    /// What [`Self::note_reset`] kept: the commit, and the head it replaced when known.
+    pub async fn noted_reset(&self) -> Option<(String, Option<String>)> {
         let Source::Git(g) = self else { return None };
-        let c = g.git(["config", "--get", RESET_NAMED]).await.ok()?;
-        Some(c.trim().to_string()).filter(|c| !c.is_empty())
+        let value = g.git(["config", "--get", RESET_NAMED]).await.ok()?;
+        let mut words = value.split_whitespace().map(str::to_string);
+        Some((words.next()?, words.next()))
     }
 
     /// The last good revision an earlier process recorded, if it is still there and was

@@ -242,6 +242,20 @@ impl Repo {
     }
 }
 
+/// `kpr serve` on `repo`'s main with --prune, no scheduled scan within a test, and this retry
+/// delay; returns once `first` is applied.
+fn serve_pruning(emu: &Emulator, repo: &Repo, retry_delay: &str, first: &str) -> Serve {
+    let serve = Serve::start(
+        emu,
+        Options {
+            args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", retry_delay]),
+            ..Options::default()
+        },
+    );
+    serve.applied(first);
+    serve
+}
+
 /// Owned arguments for [`Options::args`].
 fn owned(args: &[&str]) -> Vec<String> {
     args.iter().map(|s| s.to_string()).collect()
@@ -1136,14 +1150,7 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &one(&a)));
     let first = repo.push("main", "a");
-    let serve = Serve::start(
-        &emu,
-        Options {
-            args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", "300ms"]),
-            ..Options::default()
-        },
-    );
-    serve.applied(&first);
+    let serve = serve_pruning(&emu, &repo, "300ms", &first);
     repo.write("b.yaml", &manifest(&b, &one(&b)));
     let second = repo.push("main", "b");
     assert_eq!(serve.github_push("main", "lag-1").status, 202);
@@ -1219,15 +1226,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &role(&a, "one")));
     let first = repo.push("main", "a");
-    let serve = Serve::start(
-        &emu,
-        Options {
-            // No retry during the test: each run seen is the one a webhook started.
-            args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", "1h"]),
-            ..Options::default()
-        },
-    );
-    serve.applied(&first);
+    let serve = serve_pruning(&emu, &repo, "1h", &first);
     repo.write("b.yaml", &manifest(&b, &role(&b, "one")));
     let second = repo.push("main", "b");
     let v2 = role(&a, "two");
@@ -1343,6 +1342,110 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     git(&origin, &["update-ref", "refs/heads/main", &fifth]);
     serve.applied(&fifth);
     assert!(live(&emu, &a).is_some_and(|p| same_grant(&p, &v4)));
+    serve.stop();
+}
+
+/// A reset must survive what comes around it: the late webhook of the very push it undid, a
+/// replica still serving the head it replaced (never applied), and a reset back to what was
+/// applied away from a commit still awaited.
+#[test]
+fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
+    let emu = common::kinesis_mock_private();
+    let [a, b, c, d] = ["rs-a", "rs-b", "rs-c", "rs-d"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let repo = Repo::new();
+    let origin = repo.dir.path().join("origin.git");
+    let serve_at = |commit: &str| git(&origin, &["update-ref", "refs/heads/main", commit]);
+    repo.write("a.yaml", &manifest(&a, &one(&a)));
+    let first = repo.push("main", "a");
+    let serve = serve_pruning(&emu, &repo, "1h", &first);
+    let mut deliveries = 0;
+    let mut push = |before: &str, after: &str| {
+        deliveries += 1;
+        let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
+        let r = serve.github_push_body(body.to_string().as_bytes(), &format!("rs-{deliveries}"));
+        assert_eq!(r.status, 202, "{r:?}");
+    };
+    let settled = |what: &str| {
+        serve.status_when(what, Duration::from_secs(20), |st| {
+            st["running"] == false && st["pending"].is_null()
+        })
+    };
+
+    // 1. Undo the last push; that push's own webhook comes after the reset's.
+    repo.write("b.yaml", &manifest(&b, &one(&b)));
+    let second = repo.push("main", "b");
+    push(&first, &second);
+    serve.applied(&second);
+    push(&second, &first);
+    push(&first, &second);
+    let st = settled("the reset and the late webhook");
+    assert_eq!(
+        st["awaited_commit"],
+        first.as_str(),
+        "{st:#}\n{}",
+        serve.logs()
+    );
+    serve_at(&first);
+    serve.applied(&first);
+    assert!(live(&emu, &b).is_none(), "the reset was lost");
+
+    // 2. The head a reset replaced was never applied (its webhook was lost): a replica still
+    //    serving it is refused, not taken for the branch moved on.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &first]);
+    repo.write("b.yaml", &manifest(&b, &one(&b)));
+    let third = repo.push("main", "b again");
+    push(&first, &third);
+    serve.applied(&third);
+    repo.write("c.yaml", &manifest(&c, &one(&c)));
+    let fourth = repo.push("main", "c, whose webhook is lost");
+    push(&fourth, &first);
+    let st = serve.status_when(
+        "the head the reset replaced to be refused",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "fetch_failed" && st["running"] == false,
+    );
+    assert!(
+        st["last_run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("replaced")),
+        "{st:#}"
+    );
+    assert!(
+        live(&emu, &c).is_none(),
+        "the commit the reset replaced was applied"
+    );
+    serve_at(&first);
+    serve.applied(&first);
+    assert!(live(&emu, &b).is_none() && live(&emu, &c).is_none());
+
+    // 3. A push not fetched yet, then a reset back to what was applied: the replica then
+    //    serving the push's commit is refused.
+    git(&work, &["reset", "-q", "--hard", &first]);
+    repo.write("d.yaml", &manifest(&d, &one(&d)));
+    let fifth = repo.push("main", "d");
+    serve_at(&first);
+    push(&first, &fifth);
+    serve.status_when(
+        "the pushed commit to be awaited",
+        Duration::from_secs(20),
+        |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
+    );
+    push(&fifth, &first);
+    serve_at(&fifth);
+    let st = serve.status_when(
+        "the replaced head to be refused",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "fetch_failed" && st["running"] == false,
+    );
+    assert!(live(&emu, &d).is_none(), "{st:#}");
+    serve_at(&first);
+    let st = serve.status_when("the reset to be settled", Duration::from_secs(30), |st| {
+        st["awaited_commit"].is_null() && st["last_run"]["result"] == "success"
+    });
+    assert_eq!(st["last_good_revision"], first.as_str(), "{st:#}");
+    assert!(live(&emu, &d).is_none());
     serve.stop();
 }
 
