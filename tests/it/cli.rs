@@ -1015,7 +1015,18 @@ fn policy_diff_and_fmt() {
     );
     let fmt_a = run(&["policy", "fmt", &p("a.json")]);
     let fmt_b = run(&["policy", "fmt", &p("b.json")]);
-    assert_eq!(fmt_a.code, 0);
+    assert_eq!(fmt_a.code, 0, "{fmt_a:?}");
+    assert_eq!(fmt_b.code, 0, "{fmt_b:?}");
+    // The canonical form: sorted keys and lists, one value unwrapped, the root ARN as the
+    // account id.
+    let canonical = json!({"Statement": [{"Action": ["s3:GetObject", "s3:ListBucket"],
+        "Effect": "Allow", "Principal": {"AWS": "111122223333"},
+        "Resource": "arn:aws:s3:::b/*"}], "Version": "2012-10-17"});
+    assert_eq!(
+        fmt_a.stdout,
+        format!("{}\n", serde_json::to_string_pretty(&canonical).unwrap()),
+        "{fmt_a:?}"
+    );
     assert_eq!(
         fmt_a.stdout, fmt_b.stdout,
         "equivalent documents have one canonical form"
@@ -1087,10 +1098,16 @@ fn policy_diff_and_fmt_take_a_manifest() {
         Some(&manifest(arn, &policy)),
     );
     assert_eq!(piped.code, 0, "{piped:?}");
-    assert_eq!(
-        run(&["policy", "fmt", &p("orders.yaml")], None).stdout,
-        run(&["policy", "fmt", &p("live.json")], None).stdout
+    let (from_manifest, from_live) = (
+        run(&["policy", "fmt", &p("orders.yaml")], None),
+        run(&["policy", "fmt", &p("live.json")], None),
     );
+    assert_eq!(from_manifest.code, 0, "{from_manifest:?}");
+    assert!(
+        from_manifest.stdout.starts_with("{\n  \"Statement\": ["),
+        "{from_manifest:?}"
+    );
+    assert_eq!(from_manifest.stdout, from_live.stdout);
     let gone = run(&["policy", "diff", &p("live.json"), &p("gone.yaml")], None);
     assert_eq!(gone.code, 2, "{gone:?}");
     assert!(
