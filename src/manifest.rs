@@ -56,11 +56,34 @@ enum PolicySchema {
     Json(String),
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, schemars::JsonSchema)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]
 #[serde(rename_all = "lowercase")]
 pub enum Ensure {
     Present,
     Absent,
+}
+
+/// Read as a word. A derived enum also takes a YAML `!tag`, and serde's message for any other
+/// shape ("expected a YAML tag starting with '!'") sent people looking for tags when they had
+/// left a bracket open.
+impl<'de> Deserialize<'de> for Ensure {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct Word;
+        impl serde::de::Visitor<'_> for Word {
+            type Value = Ensure;
+            fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                f.write_str("`present` or `absent`")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Ensure, E> {
+                match v {
+                    "present" => Ok(Ensure::Present),
+                    "absent" => Ok(Ensure::Absent),
+                    other => Err(E::unknown_variant(other, &["present", "absent"])),
+                }
+            }
+        }
+        d.deserialize_str(Word)
+    }
 }
 
 /// Where a manifest came from: shown in every error and in the plan.
