@@ -669,6 +669,58 @@ fn public_principal_needs_allow_public() {
     );
 }
 
+/// Prune lists consumers too: an undeclared consumer's policy goes, while one declared by name
+/// (no timestamp), which the listing returns with its timestamp, stays.
+#[test]
+fn prune_deletes_an_undeclared_consumers_policy_and_keeps_one_declared_by_name() {
+    let emu = common::kinesis_mock_private();
+    let stream = emu.create_stream(&unique("prune-cons"));
+    let kept = emu.register_consumer(&stream, "kept");
+    let stray = emu.register_consumer(&stream, "stray");
+    let grant = |arn: &str| {
+        json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::444455556666:role/reader"},
+            "Action": "kinesis:SubscribeToShard", "Resource": arn}]})
+    };
+    let by_name = format!("{stream}/consumer/kept");
+    let kept_policy = grant(&format!("{by_name}:*"));
+    emu.put_policy_raw(&kept, &kept_policy.to_string());
+    emu.put_policy_raw(&stray, &grant(&stray).to_string());
+    let dir = Manifests::new(&[("kept.yaml", &manifest(&by_name, &kept_policy))]);
+    let plan = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--prune",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(
+        plan.stdout.contains(&format!("- delete consumer {stray}")),
+        "{plan:?}"
+    );
+    assert!(
+        !plan.stdout.contains(&format!("delete consumer {kept}")),
+        "{plan:?}"
+    );
+    let apply = emu.kpr(&["apply", "--dir", &dir.arg(), "--prune"]);
+    assert_eq!(apply.code, 0, "{apply:?}");
+    assert!(emu.get_policy(&stray).is_none(), "{apply:?}");
+    assert!(
+        emu.get_policy(&kept)
+            .is_some_and(|p| same_grant(&p, &kept_policy)),
+        "{apply:?}"
+    );
+    let again = emu.kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--prune",
+        "--detailed-exitcode",
+    ]);
+    assert_eq!(again.code, 0, "{again:?}");
+}
+
 #[test]
 fn prune_deletes_undeclared_policies_within_its_guards() {
     // A private account keeps other tests' streams out of this one's reach.

@@ -56,6 +56,18 @@ fn check(proxy: &Proxy, dir: &Path, expects: &[Expect]) -> Result<(), String> {
             proxy.describe()
         ));
     }
+    // Exactly the expected diagnostics: one blaming a good file too would be a bug.
+    let errors = run
+        .stderr
+        .lines()
+        .filter(|l| l.contains(": error: "))
+        .count();
+    if errors != expects.len() {
+        problems.push(format!(
+            "{errors} error diagnostic(s), want {}",
+            expects.len()
+        ));
+    }
     for e in expects {
         let path = if e.path == "." {
             dir.to_path_buf()

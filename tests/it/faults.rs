@@ -561,15 +561,10 @@ fn a_rate_limiting_backend_slows_kpr_down_without_failures() {
         accepted
     );
     assert_eq!(accepted, 3 * arns.len() as u64, "{}", proxy.describe());
-    // The bucket starts full, so the ideal is (calls - burst) / rate.
-    let ideal = Duration::from_secs_f64((accepted as f64 - RATE) / RATE);
-    assert!(
-        took >= ideal.mul_f64(0.9),
-        "{took:?} is faster than the limit allows ({ideal:?})"
-    );
     // Slowed down rather than hammering: kpr's limiter and backoff keep the throttled calls a
-    // minority (measured: 31 against 120 accepted). A count, not a clock, so a loaded host
-    // cannot fail it.
+    // minority (measured: 31 against 120 accepted; 106 with --rate-limit 40, 161 with no
+    // limiter). A count, not a clock: the proxy's own bucket bounds the time taken whatever
+    // kpr does, so a duration would prove nothing.
     assert!(
         throttled <= accepted / 2,
         "{throttled} throttled against {accepted} accepted"

@@ -911,6 +911,11 @@ fn git_and_its_helpers_never_see_kprs_credentials() {
             env: vec![
                 ("PATH", path),
                 ("AWS_SESSION_TOKEN", "session-token-xyz".into()),
+                ("AWS_WEB_IDENTITY_TOKEN_FILE", "/var/run/irsa/token".into()),
+                (
+                    "AWS_CONTAINER_AUTHORIZATION_TOKEN",
+                    "container-token-xyz".into(),
+                ),
                 ("KPR_WEBHOOK_SECRET", "webhook-secret-xyz".into()),
             ],
             ..Options::default()
@@ -924,10 +929,12 @@ fn git_and_its_helpers_never_see_kprs_credentials() {
         .collect();
     assert!(!envs.is_empty(), "the wrapper never ran");
     for env in &envs {
+        // No AWS_* variable at all, whatever its name: a list would miss the next one.
+        let aws: Vec<&str> = env.lines().filter(|l| l.starts_with("AWS_")).collect();
+        assert!(aws.is_empty(), "git saw {aws:?}");
         for secret in [
-            "AWS_SECRET_ACCESS_KEY",
-            "AWS_ACCESS_KEY_ID",
             "session-token-xyz",
+            "container-token-xyz",
             "webhook-secret-xyz",
         ] {
             assert!(!env.contains(secret), "git saw {secret}:\n{env}");
@@ -1750,16 +1757,20 @@ fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
         ("a.yaml", &manifest(&a, &pa)),
         ("b.yaml", &manifest(&b, &pb)),
     ]);
-    // One scheduled scan, 12 s from now (the schedule is daily, in UTC); none after it.
-    let fire = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs()
-        + 12;
+    // One scheduled scan, 20 s from now (the schedule is daily, in UTC); none after it. The
+    // start and the edits below must come before it, and the webhook before the retry 12 s
+    // after it: margins for a loaded 2-core machine, checked below rather than assumed.
+    let now = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs()
+    };
+    let fire = now() + 20;
     let day = fire % 86_400;
     let cron = format!("{} {} {} * * *", day % 60, day / 60 % 60, day / 3600);
-    let serve = Serve::dir(&emu, &dir, &["--schedule", &cron, "--retry-delay", "6s"]);
-    wait_for("the startup run to apply", Duration::from_secs(10), || {
+    let serve = Serve::dir(&emu, &dir, &["--schedule", &cron, "--retry-delay", "12s"]);
+    wait_for("the startup run to apply", Duration::from_secs(15), || {
         live(&emu, &b).filter(|p| same_grant(p, &pb))
     });
     emu.put_policy_raw(
@@ -1767,6 +1778,10 @@ fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
         &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
     );
     dir.write("a.yaml", &format!("{}polcy: {{}}\n", manifest(&a, &pa)));
+    assert!(
+        now() < fire,
+        "the machine was too slow to set up before the scheduled scan"
+    );
     let st = serve.status_when(
         "the scheduled scan to fail",
         Duration::from_secs(30),
@@ -1964,17 +1979,23 @@ fn a_duplicate_in_a_new_file_leaves_the_rest_of_the_old_file_corrected() {
         live(&emu, &d).filter(|p| same_grant(p, &one(&d)))
     });
     dir.write("0dup.yaml", &manifest(&d, &one(&d)));
-    emu.put_policy_raw(
-        &b,
-        &read_policy(&b, "arn:aws:iam::999999999999:role/intruder").to_string(),
-    );
+    let intruder = |arn: &str| read_policy(arn, "arn:aws:iam::999999999999:role/intruder");
+    emu.put_policy_raw(&b, &intruder(&b).to_string());
+    emu.put_policy_raw(&d, &intruder(&d).to_string());
     wait_for(
         "a scheduled scan to undo the hand edit",
         Duration::from_secs(30),
         || live(&emu, &b).filter(|p| same_grant(p, &one(&b))),
     );
-    let st = serve.status();
-    assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
+    // The write lands before the run records its result: wait for that, not the first look.
+    let st = serve.status_when("the invalid scan to end", Duration::from_secs(20), |st| {
+        st["last_run"]["result"] == "invalid" && st["running"] == false
+    });
+    // The resource declared twice is the one left alone: which declaration would apply?
+    assert!(
+        live(&emu, &d).is_some_and(|p| same_grant(&p, &intruder(&d))),
+        "{st:#}"
+    );
     serve.stop();
 }
 
@@ -2450,7 +2471,7 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
         (
             "bad-cron.yaml",
             format!("dir: {}\nschedule: \"61 * * * *\"\n", dir.arg()),
-            "cron",
+            "cron expression \"0 61 * * * *\" does not parse",
         ),
         (
             "no-source.yaml",
@@ -2468,12 +2489,12 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
         (
             "no-branch.yaml",
             "git:\n  url: https://example.com/r.git\n".into(),
-            "--git-branch",
+            "--git-branch is required",
         ),
         (
             "bad-listen.yaml",
             format!("dir: {}\nlisten: localhost\n", dir.arg()),
-            "listen",
+            "listen address \"localhost\" is not HOST:PORT",
         ),
         (
             "no-secret-file.yaml",
