@@ -849,7 +849,8 @@ async fn run_import(
     // It goes into every ARN import lists and writes.
     if !crate::arn::is_region_name(&region) {
         return Err(CliError::Usage(format!(
-            "--region {region:?} is not a region name (such as us-east-1)"
+            "region {region:?} (from --region, AWS_REGION or the AWS profile) is not a region \
+             name (such as us-east-1)"
         )));
     }
     std::fs::create_dir_all(&out).map_err(|source| CliError::Io {
