@@ -69,7 +69,7 @@ pub enum Ensure {
 impl<'de> Deserialize<'de> for Ensure {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         struct Word;
-        impl serde::de::Visitor<'_> for Word {
+        impl<'de> serde::de::Visitor<'de> for Word {
             type Value = Ensure;
             fn expecting(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
                 f.write_str("`present` or `absent`")
@@ -81,8 +81,18 @@ impl<'de> Deserialize<'de> for Ensure {
                     other => Err(E::unknown_variant(other, &["present", "absent"])),
                 }
             }
+            // `ensure: !absent`, YAML's spelling of an enum, as before.
+            fn visit_enum<A: serde::de::EnumAccess<'de>>(
+                self,
+                data: A,
+            ) -> Result<Ensure, A::Error> {
+                use serde::de::VariantAccess;
+                let (word, variant): (String, _) = data.variant()?;
+                variant.unit_variant()?;
+                self.visit_str(&word)
+            }
         }
-        d.deserialize_str(Word)
+        d.deserialize_any(Word)
     }
 }
 
