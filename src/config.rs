@@ -45,6 +45,8 @@ pub struct FileConfig {
     #[serde(default, with = "opt_duration")]
     pub retry_delay: Option<Duration>,
     #[serde(default, with = "opt_duration")]
+    pub reset_settle: Option<Duration>,
+    #[serde(default, with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
 }
 

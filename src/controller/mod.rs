@@ -82,6 +82,10 @@ pub struct ServeArgs {
     /// failure up to 30m, whatever the schedule [default: 30s].
     #[arg(long, env = "KPR_RETRY_DELAY", value_name = "DURATION", value_parser = humantime::parse_duration)]
     pub retry_delay: Option<Duration>,
+    /// A branch head kpr refuses (behind what was applied with no webhook naming it, or the
+    /// head a reset replaced) is applied once it has stayed the head this long [default: 2m].
+    #[arg(long, env = "KPR_RESET_SETTLE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub reset_settle: Option<Duration>,
     /// On SIGTERM/SIGINT, wait this long for a running reconcile before cancelling it
     /// [default: 30s].
     #[arg(long, env = "KPR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
@@ -186,6 +190,7 @@ pub struct Settings {
     pub prune: bool,
     pub max_deletes: usize,
     pub retry_delay: Duration,
+    pub reset_settle: Duration,
     pub shutdown_timeout: Duration,
 }
 
@@ -363,6 +368,10 @@ impl Settings {
             dry_run: args.dry_run.settle(file),
             prune,
             max_deletes,
+            reset_settle: args
+                .reset_settle
+                .or(file.reset_settle)
+                .unwrap_or(reconcile::RESET_SETTLE),
             retry_delay: match args.retry_delay.or(file.retry_delay) {
                 // Zero would mean runs back to back, each with a fetch and AWS calls.
                 Some(d) if d < Duration::from_millis(100) => {
@@ -530,6 +539,10 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
         humantime::format_duration(settings.retry_delay),
         humantime::format_duration(backoff::cap(settings.retry_delay))
     ));
+    lines.push(format!(
+        "a refused branch head is applied after staying the head for {}",
+        humantime::format_duration(settings.reset_settle)
+    ));
     lines.push(format!("listen: {}", settings.listen));
     lines.push(format!(
         "webhook: {}",
@@ -612,6 +625,7 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
             prune: settings.prune,
             max_deletes: settings.max_deletes,
             retry_delay: settings.retry_delay,
+            reset_settle: settings.reset_settle,
         },
         shared.clone(),
     );

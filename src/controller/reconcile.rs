@@ -36,6 +36,9 @@ pub struct RunOptions {
     pub max_deletes: usize,
     /// The first wait after a failure (see [`super::backoff`]).
     pub retry_delay: Duration,
+    /// How long a refused branch head must stay the head to be applied (see
+    /// [`Reconciler::admit`]).
+    pub reset_settle: Duration,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -283,7 +286,17 @@ pub struct Reconciler {
     recorded: Option<String>,
     /// The `before` of each push judged, latest last (see [`Reconciler::judge`]).
     moved_from: std::collections::VecDeque<String>,
+    /// The head the latest reset replaced, refused while a replica may still serve it: kept
+    /// after the reset is applied, until a push moves the branch on (see [`Reconciler::admit`]).
+    replaced: Option<String>,
+    /// A head refused since then, fetched again and again (see [`RESET_SETTLE`]).
+    refused_since: Option<(String, Instant)>,
 }
+
+/// How long the branch must stay at a head kpr refused (behind what was applied, or what a
+/// reset replaced) before kpr takes it as where the branch is, by default: far longer than a
+/// git host's replica lags, and the cure for a reset whose webhook was lost or judged late.
+pub const RESET_SETTLE: Duration = Duration::from_secs(120);
 
 /// A reset a webhook announced, pending until a run applies it: its commit, and the head it
 /// replaced when the payload named it (see [`Reconciler::execute`]).
@@ -504,6 +517,8 @@ impl Reconciler {
             restored: None,
             recorded: None,
             moved_from: std::collections::VecDeque::new(),
+            replaced: None,
+            refused_since: None,
         }
     }
 
@@ -520,6 +535,12 @@ impl Reconciler {
         {
             self.reset_named = None;
             self.note_reset().await;
+        }
+        // A revision outside what the last reset replaced: the branch moved on from it.
+        if let Some(replaced) = &self.replaced
+            && !self.source.contains(revision, replaced).await
+        {
+            self.replaced = None;
         }
         if self.recorded.as_deref() == Some(revision) {
             return;
@@ -646,6 +667,7 @@ impl Reconciler {
                 }
                 Judged::Forward => {
                     self.reset_named = None;
+                    self.replaced = None;
                     wanted = Some(pushed.commit.clone());
                 }
                 Judged::Reset => {
@@ -653,6 +675,7 @@ impl Reconciler {
                         commit: pushed.commit.clone(),
                         from: pushed.from.clone(),
                     });
+                    self.replaced.clone_from(&pushed.from);
                     wanted = Some(pushed.commit.clone());
                 }
             }
@@ -675,19 +698,37 @@ impl Reconciler {
         let commit = pushed.commit.as_str();
         let from = pushed.from.as_deref();
         let reset = self.reset_named.as_ref().map(|r| r.commit.as_str());
+        // Whether `from` is a commit after `commit` on the branch (so the push went back): one
+        // the working copy lacks is, since every ancestor of what was applied was fetched.
+        let went_back = async |from: &str| {
+            from != commit
+                && (!self.source.has_commit(from).await || self.source.contains(commit, from).await)
+        };
         if reset == Some(commit) {
-            return Judged::Reset;
+            // Again the reset's commit: the same push delivered twice, or a reset to it again;
+            // not a push that went forward to it, which is older history come late (taken for
+            // the reset, its `before` would replace the head the reset replaced).
+            let same = self
+                .reset_named
+                .as_ref()
+                .is_some_and(|r| r.from.as_deref() == from);
+            return match from {
+                Some(from) if !same && !went_back(from).await => {
+                    Judged::Late("it went forward to the pending reset's commit")
+                }
+                _ => Judged::Reset,
+            };
         }
         if self.last_good().as_deref() == Some(commit) {
-            // Back to what was applied, from a commit after it (one awaited, or fetched): a
-            // reset all the same, so that a replica still serving the commit it replaced is
-            // not applied. Going forward to it, the push is one already applied, come late
-            // (also when it went on from a pending reset: it may be the push that reset undid).
+            // Back to what was applied, from a commit after it: a reset all the same, so that a
+            // replica still serving the commit it replaced is not applied. From a commit kpr
+            // awaits, that is what it is; otherwise, if a push seen before moved on from what
+            // was applied, this one is older (a redelivery). Going forward to it, it is the
+            // push that was applied, come late.
             let back = match from {
-                Some(from) => {
-                    (awaited == Some(from) && reset != Some(from))
-                        || (from != commit && self.source.contains(commit, from).await)
-                }
+                Some(from) if awaited == Some(from) && reset != Some(from) => true,
+                Some(_) if self.moved_from.iter().any(|m| m == commit) => false,
+                Some(from) => went_back(from).await,
                 None => false,
             };
             return if back {
@@ -697,10 +738,14 @@ impl Reconciler {
             };
         }
         let behind = self.behind(commit).await;
-        if from.is_some() && from == reset {
-            // From the reset's commit: the branch moved on from it, unless to a commit behind
-            // what was applied, which may as well be the push the reset undid, delivered late.
+        if let (Some(from), Some(reset)) = (from, reset)
+            && from == reset
+        {
+            // From the reset's commit: further back is a second reset; forward, the branch
+            // moved on from the reset, unless to a commit still behind what was applied, which
+            // may as well be the push the reset undid, delivered late.
             return match behind {
+                Some(_) if self.source.contains(commit, reset).await => Judged::Reset,
                 Some(_) => Judged::Late(
                     "its push came from the pending reset to a commit behind what was applied (or was the push that reset undid)",
                 ),
@@ -954,6 +999,104 @@ impl Reconciler {
         }
     }
 
+    /// Whether the fetched branch head may be applied. Not a head behind what was applied,
+    /// unless a webhook named it (a reset); nor the head a reset replaced, or one before it
+    /// and after the reset's commit, which a replica behind the reset's webhook may still
+    /// serve. Either refusal is a guess about replicas, and a webhook can be lost or come out
+    /// of order: a head that stays the one fetched for `--reset-settle` is where the branch
+    /// is, and is applied.
+    async fn admit(&mut self, head: &str, wanted: Option<String>) -> Result<(), String> {
+        let last = self.last_good();
+        let ahead = last.as_deref() != Some(head) && self.behind(head).await.is_none();
+        // With a reset pending, a new head built on the reset's commit (outside what it
+        // replaced) is the branch moved on from it: no run is to go back to it.
+        if let Some(reset) = self.reset_named.clone()
+            && reset.commit != head
+            && ahead
+            && self.source.contains(&reset.commit, head).await
+            && !self.in_replaced(head).await
+        {
+            tracing::info!(
+                reset = reset.commit,
+                head,
+                "the branch moved on from the reset it was awaited for"
+            );
+            self.reset_named = None;
+            self.replaced = None;
+            self.note_reset().await;
+        }
+        // Whether a push's webhook named this very head: then the branch is where its owner
+        // put it, even behind what was applied (a reset, force-pushed). Containing the commit
+        // is not enough: the head before a reset contains the older commit too.
+        let named = wanted.as_deref() == Some(head)
+            || self.reset_named.as_ref().is_some_and(|r| r.commit == head);
+        self.check_awaited(wanted, Some(head)).await;
+        let refusal = if ahead && self.in_replaced(head).await {
+            Some(format!(
+                "the fetched branch head {head} is what a reset replaced{} (a replica behind \
+                 the reset's webhook): nothing applied",
+                self.reset_named
+                    .as_ref()
+                    .map(|r| format!(" (the reset to {})", r.commit))
+                    .unwrap_or_default(),
+            ))
+        } else {
+            self.behind(head).await.filter(|_| !named).map(|applied| {
+                format!(
+                    "the fetched branch head {head} is behind {applied}, which was already \
+                     applied (a replica behind its webhook, or a reset no webhook announced): \
+                     nothing applied, so as not to undo what was applied; a push, or the \
+                     webhook of a reset, that names the head applies it"
+                )
+            })
+        };
+        let Some(refusal) = refusal else {
+            self.refused_since = None;
+            return Ok(());
+        };
+        let since = match &self.refused_since {
+            Some((refused, since)) if refused == head => *since,
+            _ => {
+                self.refused_since = Some((head.to_string(), Instant::now()));
+                Instant::now()
+            }
+        };
+        let settle = self.opts.reset_settle;
+        if since.elapsed() < settle {
+            let message = format!(
+                "{refusal}; applied if the branch stays there for {}",
+                humantime::format_duration(settle)
+            );
+            tracing::warn!(head, "{message}");
+            return Err(message);
+        }
+        tracing::warn!(
+            head,
+            settled = %humantime::format_duration(settle),
+            "the branch has stayed at a head kpr refused ({refusal}): taken as where its owner put it"
+        );
+        self.refused_since = None;
+        self.replaced = None;
+        if let Some(applied) = self.behind(head).await {
+            // A reset no webhook announced (or one judged late): kept as one until applied.
+            self.reset_named = Some(Reset {
+                commit: head.to_string(),
+                from: Some(applied.clone()),
+            });
+            self.replaced = Some(applied);
+            self.note_reset().await;
+        }
+        Ok(())
+    }
+
+    /// Whether `head` is the head a reset replaced, or between it and the reset's commit.
+    async fn in_replaced(&self, head: &str) -> bool {
+        match &self.replaced {
+            Some(replaced) => self.source.contains(head, replaced).await,
+            None => false,
+        }
+    }
+
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
         let mut out = RunOutcome::new();
         // Before the awaited commit is judged, even on a failed fetch: whether it is behind
@@ -966,6 +1109,7 @@ impl Reconciler {
                 .noted_reset()
                 .await
                 .map(|(commit, from)| Reset { commit, from });
+            self.replaced = self.reset_named.as_ref().and_then(|r| r.from.clone());
             // What an earlier process applied stays the last good revision until a run of
             // this one completes: /status must not say "none" while kpr measures against it.
             if let Some(restored) = &self.restored {
@@ -986,56 +1130,10 @@ impl Reconciler {
                 return out.fail(RunResult::FetchFailed, e);
             }
         };
-        if let Some(head) = &revision {
-            // With a reset pending, a head after the reset's commit is either the branch moved
-            // on from it (a push on top of it whose webhook never came: no run is to go back to
-            // it), or the head the reset replaced, or one before that, still served by a
-            // replica: that one must not be applied, it is what the reset took away.
-            if let Some(reset) = self.reset_named.clone()
-                && reset.commit != *head
-                && self.last_good().as_deref() != Some(head.as_str())
-                && self.behind(head).await.is_none()
-                && self.source.contains(&reset.commit, head).await
-            {
-                let replaced = match &reset.from {
-                    Some(from) => self.source.contains(head, from).await,
-                    None => false,
-                };
-                if replaced {
-                    let message = format!(
-                        "the fetched branch head {head} is what the reset to {} replaced (a \
-                         replica behind the reset's webhook): nothing applied; fetching again \
-                         until the head is the reset's commit",
-                        reset.commit
-                    );
-                    tracing::warn!(head, reset = reset.commit, "{message}");
-                    self.check_awaited(wanted, Some(head)).await;
-                    return out.fail(RunResult::FetchFailed, message);
-                }
-                tracing::info!(
-                    reset = reset.commit,
-                    head,
-                    "the branch moved on from the reset it was awaited for"
-                );
-                self.reset_named = None;
-                self.note_reset().await;
-            }
-            // Whether a push's webhook named this very head: then the branch is where its
-            // owner put it, even behind what was applied (a reset, force-pushed). Containing
-            // the commit is not enough: the head before a reset contains the older commit too.
-            let named = wanted.as_deref() == Some(head.as_str())
-                || self.reset_named.as_ref().is_some_and(|r| r.commit == *head);
-            self.check_awaited(wanted, Some(head)).await;
-            if !named && let Some(ahead) = self.behind(head).await {
-                let message = format!(
-                    "the fetched branch head {head} is behind {ahead}, which was already \
-                     applied (a replica behind its webhook, or a reset no webhook announced): \
-                     nothing applied, so as not to undo what was applied; a push, or the \
-                     webhook of a reset, that names the head applies it"
-                );
-                tracing::warn!(head, applied = ahead, "{message}");
-                return out.fail(RunResult::FetchFailed, message);
-            }
+        if let Some(head) = &revision
+            && let Err(message) = self.admit(head, wanted).await
+        {
+            return out.fail(RunResult::FetchFailed, message);
         }
         out.revision = revision.clone();
         let Loaded {

@@ -242,18 +242,58 @@ impl Repo {
     }
 }
 
-/// `kpr serve` on `repo`'s main with --prune, no scheduled scan within a test, and this retry
-/// delay; returns once `first` is applied.
-fn serve_pruning(emu: &Emulator, repo: &Repo, retry_delay: &str, first: &str) -> Serve {
+/// `kpr serve` on `repo`'s main with --prune, no scheduled scan within a test, and `extra`
+/// (a retry delay, say); returns once `first` is applied.
+fn serve_pruning(emu: &Emulator, repo: &Repo, extra: &[&str], first: &str) -> Serve {
+    let mut args = vec!["--interval", "1h", "--prune"];
+    args.extend_from_slice(extra);
     let serve = Serve::start(
         emu,
         Options {
-            args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", retry_delay]),
+            args: repo.source_args(&args),
             ..Options::default()
         },
     );
     serve.applied(first);
     serve
+}
+
+/// A read grant to `role/one` on `arn`.
+fn role_one(arn: &str) -> serde_json::Value {
+    read_policy(arn, "arn:aws:iam::111122223333:role/one")
+}
+
+/// Streams of these names (made unique), and a repository whose main grants on each in turn:
+/// `a.yaml` in the first commit, `b.yaml` added in the second, and so on.
+fn granted_in_turn<const N: usize>(
+    emu: &Emulator,
+    names: [&str; N],
+) -> ([String; N], Repo, [String; N]) {
+    let arns = names.map(|n| emu.create_stream(&unique(n)));
+    let repo = Repo::new();
+    let commits = std::array::from_fn(|i| {
+        let file = format!("{}.yaml", (b'a' + i as u8) as char);
+        repo.write(&file, &manifest(&arns[i], &role_one(&arns[i])));
+        repo.push("main", &file)
+    });
+    (arns, repo, commits)
+}
+
+/// Makes the origin serve `commit` as main's head: a replica behind (or a force-push).
+fn serve_at(repo: &Repo, commit: &str) {
+    git(
+        &repo.dir.path().join("origin.git"),
+        &["update-ref", "refs/heads/main", commit],
+    );
+}
+
+/// A signed GitHub webhook for a push of main from `before` to `after`, each its own delivery.
+fn push_hook(serve: &Serve, before: &str, after: &str) {
+    static DELIVERIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
+    let r = serve.github_push_body(body.to_string().as_bytes(), &format!("hook-{n}"));
+    assert_eq!(r.status, 202, "{r:?}");
 }
 
 /// Owned arguments for [`Options::args`].
@@ -1157,7 +1197,7 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &one(&a)));
     let first = repo.push("main", "a");
-    let serve = serve_pruning(&emu, &repo, "300ms", &first);
+    let serve = serve_pruning(&emu, &repo, &["--retry-delay", "300ms"], &first);
     repo.write("b.yaml", &manifest(&b, &one(&b)));
     let second = repo.push("main", "b");
     assert_eq!(serve.github_push("main", "lag-1").status, 202);
@@ -1233,7 +1273,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &role(&a, "one")));
     let first = repo.push("main", "a");
-    let serve = serve_pruning(&emu, &repo, "1h", &first);
+    let serve = serve_pruning(&emu, &repo, &["--retry-delay", "1h"], &first);
     repo.write("b.yaml", &manifest(&b, &role(&b, "one")));
     let second = repo.push("main", "b");
     let v2 = role(&a, "two");
@@ -1361,18 +1401,9 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     let [a, b, c, d] = ["rs-a", "rs-b", "rs-c", "rs-d"].map(|n| emu.create_stream(&unique(n)));
     let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
     let repo = Repo::new();
-    let origin = repo.dir.path().join("origin.git");
-    let serve_at = |commit: &str| git(&origin, &["update-ref", "refs/heads/main", commit]);
     repo.write("a.yaml", &manifest(&a, &one(&a)));
     let first = repo.push("main", "a");
-    let serve = serve_pruning(&emu, &repo, "1h", &first);
-    let mut deliveries = 0;
-    let mut push = |before: &str, after: &str| {
-        deliveries += 1;
-        let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
-        let r = serve.github_push_body(body.to_string().as_bytes(), &format!("rs-{deliveries}"));
-        assert_eq!(r.status, 202, "{r:?}");
-    };
+    let serve = serve_pruning(&emu, &repo, &["--retry-delay", "1h"], &first);
     let settled = |what: &str| {
         serve.status_when(what, Duration::from_secs(20), |st| {
             st["running"] == false && st["pending"].is_null()
@@ -1382,10 +1413,10 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     // 1. Undo the last push; that push's own webhook comes after the reset's.
     repo.write("b.yaml", &manifest(&b, &one(&b)));
     let second = repo.push("main", "b");
-    push(&first, &second);
+    push_hook(&serve, &first, &second);
     serve.applied(&second);
-    push(&second, &first);
-    push(&first, &second);
+    push_hook(&serve, &second, &first);
+    push_hook(&serve, &first, &second);
     let st = settled("the reset and the late webhook");
     assert_eq!(
         st["awaited_commit"],
@@ -1393,7 +1424,7 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
         "{st:#}\n{}",
         serve.logs()
     );
-    serve_at(&first);
+    serve_at(&repo, &first);
     serve.applied(&first);
     assert!(live(&emu, &b).is_none(), "the reset was lost");
 
@@ -1403,11 +1434,11 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     git(&work, &["reset", "-q", "--hard", &first]);
     repo.write("b.yaml", &manifest(&b, &one(&b)));
     let third = repo.push("main", "b again");
-    push(&first, &third);
+    push_hook(&serve, &first, &third);
     serve.applied(&third);
     repo.write("c.yaml", &manifest(&c, &one(&c)));
     let fourth = repo.push("main", "c, whose webhook is lost");
-    push(&fourth, &first);
+    push_hook(&serve, &fourth, &first);
     let st = serve.status_when(
         "the head the reset replaced to be refused",
         Duration::from_secs(20),
@@ -1423,7 +1454,7 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
         live(&emu, &c).is_none(),
         "the commit the reset replaced was applied"
     );
-    serve_at(&first);
+    serve_at(&repo, &first);
     serve.applied(&first);
     assert!(live(&emu, &b).is_none() && live(&emu, &c).is_none());
 
@@ -1432,27 +1463,147 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     git(&work, &["reset", "-q", "--hard", &first]);
     repo.write("d.yaml", &manifest(&d, &one(&d)));
     let fifth = repo.push("main", "d");
-    serve_at(&first);
-    push(&first, &fifth);
+    serve_at(&repo, &first);
+    push_hook(&serve, &first, &fifth);
     serve.status_when(
         "the pushed commit to be awaited",
         Duration::from_secs(20),
         |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
     );
-    push(&fifth, &first);
-    serve_at(&fifth);
+    push_hook(&serve, &fifth, &first);
+    serve_at(&repo, &fifth);
     let st = serve.status_when(
         "the replaced head to be refused",
         Duration::from_secs(20),
         |st| st["last_run"]["result"] == "fetch_failed" && st["running"] == false,
     );
     assert!(live(&emu, &d).is_none(), "{st:#}");
-    serve_at(&first);
+    serve_at(&repo, &first);
     let st = serve.status_when("the reset to be settled", Duration::from_secs(30), |st| {
         st["awaited_commit"].is_null() && st["last_run"]["result"] == "success"
     });
     assert_eq!(st["last_good_revision"], first.as_str(), "{st:#}");
     assert!(live(&emu, &d).is_none());
+    serve.stop();
+}
+
+/// More ways a reset must hold: back to what was applied away from a head kpr never saw; two
+/// resets in a row; and an old webhook redelivered while a newer push is awaited.
+#[test]
+fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
+    let emu = common::kinesis_mock_private();
+    let [a, b, c, x] = ["rh-a", "rh-b", "rh-c", "rh-x"].map(|n| emu.create_stream(&unique(n)));
+    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&a, &one(&a)));
+    let first = repo.push("main", "a");
+    repo.write("b.yaml", &manifest(&b, &one(&b)));
+    let second = repo.push("main", "b");
+    let serve = serve_pruning(&emu, &repo, &["--retry-delay", "1h"], &second);
+    let refused = |what: &str| {
+        serve.status_when(what, Duration::from_secs(20), |st| {
+            st["last_run"]["result"] == "fetch_failed"
+                && st["running"] == false
+                && st["pending"].is_null()
+        })
+    };
+
+    // 1. A push whose webhook is lost, undone at once: the undo's webhook names what was
+    //    applied, from a commit kpr never saw. A replica still serving that commit is refused.
+    repo.write("x.yaml", &manifest(&x, &one(&x)));
+    let mistake = repo.push("main", "x, by mistake");
+    push_hook(&serve, &mistake, &second);
+    let st = refused("the undone head to be refused");
+    assert!(live(&emu, &x).is_none(), "{st:#}");
+    serve_at(&repo, &second);
+
+    // 2. Two resets in a row, in order, while the replica still serves the first's old head.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &second]);
+    repo.write("c.yaml", &manifest(&c, &one(&c)));
+    let third = repo.push("main", "c");
+    push_hook(&serve, &second, &third);
+    serve.applied(&third);
+    push_hook(&serve, &third, &second);
+    push_hook(&serve, &second, &first);
+    serve_at(&repo, &first);
+    let st = serve.status_when(
+        "the second reset to be applied",
+        Duration::from_secs(30),
+        |st| st["last_good_revision"] == first.as_str(),
+    );
+    assert!(
+        live(&emu, &b).is_none() && live(&emu, &c).is_none(),
+        "{st:#}"
+    );
+
+    // 3. A push awaited (the replica lags), and meanwhile an old reset's webhook redelivered:
+    //    the awaited push still arrives and is applied.
+    git(&work, &["reset", "-q", "--hard", &first]);
+    repo.write("c.yaml", &manifest(&c, &one(&c)));
+    let fourth = repo.push("main", "c again");
+    serve_at(&repo, &first);
+    push_hook(&serve, &first, &fourth);
+    serve.status_when("the push to be awaited", Duration::from_secs(20), |st| {
+        st["awaited_commit"] == fourth.as_str() && st["running"] == false
+    });
+    push_hook(&serve, &second, &first);
+    serve_at(&repo, &fourth);
+    serve.applied(&fourth);
+    assert!(live(&emu, &c).is_some());
+    serve.stop();
+}
+
+/// A refused head that stays the branch head is where its owner put it: a reset whose webhook
+/// never came is applied after --reset-settle. And once a reset is applied, a replica still
+/// serving the head it replaced is refused, not applied.
+#[test]
+fn a_refused_head_that_stays_is_applied_after_the_settle_time() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["st-a", "st-b"]);
+    let extra = ["--retry-delay", "500ms", "--reset-settle", "3s"];
+    let serve = serve_pruning(&emu, &repo, &extra, &second);
+    // Reset with no webhook; a payload-less trigger fetches it.
+    serve_at(&repo, &first);
+    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    let st = serve.status_when(
+        "the head behind to be refused",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "fetch_failed",
+    );
+    assert!(
+        st["last_run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("applied if the branch stays there for 3s")),
+        "{st:#}"
+    );
+    assert!(
+        live(&emu, &b).is_some(),
+        "applied before the settle time: {st:#}"
+    );
+    serve.status_when(
+        "the settled reset to be applied",
+        Duration::from_secs(30),
+        |st| st["last_good_revision"] == first.as_str(),
+    );
+    assert!(live(&emu, &b).is_none());
+    assert!(serve.logs().contains("taken as where its owner put it"));
+    // The replica serves the head the reset replaced again: refused, until it settles.
+    serve_at(&repo, &second);
+    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+    assert_eq!(r.status, 202, "{r:?}");
+    let st = serve.status_when(
+        "the replaced head to be refused",
+        Duration::from_secs(20),
+        |st| {
+            st["last_run"]["result"] == "fetch_failed"
+                && st["last_run"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("what a reset replaced"))
+        },
+    );
+    assert!(live(&emu, &b).is_none(), "{st:#}");
     serve.stop();
 }
 
@@ -1563,13 +1714,7 @@ fn a_damaged_working_copy_is_replaced() {
 #[test]
 fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
     let emu = common::kinesis_mock_private();
-    let [a, b] = ["serve-rst-a", "serve-rst-b"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
-    let repo = Repo::new();
-    repo.write("a.yaml", &manifest(&a, &one(&a)));
-    let first = repo.push("main", "a");
-    repo.write("b.yaml", &manifest(&b, &one(&b)));
-    let second = repo.push("main", "b");
+    let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["serve-rst-a", "serve-rst-b"]);
     let workdir = tempfile::tempdir().unwrap();
     let start = |max_deletes: &str| {
         Serve::start(
