@@ -27,7 +27,7 @@ pub fn emit_bytes(bytes: &[u8]) {
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        eprintln!("error: cannot write to stdout: {e}");
+        crate::errln!("error: cannot write to stdout: {e}");
     }
 }
 
@@ -553,7 +553,7 @@ pub fn manifest_schema() -> String {
 
 fn print_diagnostics<'a>(diags: impl IntoIterator<Item = &'a Diagnostic>) {
     for d in diags {
-        eprintln!("{d}");
+        crate::errln!("{d}");
     }
 }
 
@@ -581,7 +581,7 @@ fn validate(dir: &Path, output: OutputFormat, engine: &Engine) -> u8 {
                     loaded.files
                 );
             } else {
-                eprintln!("{errors} error(s); nothing was checked against AWS.");
+                crate::errln!("{errors} error(s); nothing was checked against AWS.");
             }
         }
     }
@@ -618,7 +618,7 @@ async fn run_plan(
     // for JSON still gets a document on stdout, not nothing.
     let refuse =
         |reason: &str, message: String, diagnostics: &[Diagnostic], plan: Option<&plan::Plan>| {
-            eprintln!("{message}");
+            crate::errln!("{message}");
             if args.output == OutputFormat::Json {
                 outln!(
                     "{}",
@@ -708,7 +708,7 @@ async fn run_plan(
     // With --prune a target may name an undeclared resource whose policy is already gone
     // (a repeated run): nothing to do is then the right answer, so only a warning.
     for t in targets.iter().filter(|t| !plan.covers(t)) {
-        eprintln!(
+        crate::errln!(
             "warning: --target {t} matched nothing: no manifest in {}, and no policy to prune \
              (already deleted, or a typo?)",
             settings.dir.display()
@@ -801,7 +801,7 @@ async fn stop_gracefully(
     let (first, _) = signals.next().await;
     interrupt.set(first);
     pb.suspend(|| {
-        eprintln!(
+        crate::errln!(
             "{first}: starting no more changes; waiting for the ones under way to finish \
              ({first} again stops at once)"
         )
@@ -810,12 +810,14 @@ async fn stop_gracefully(
     // A CI runner's cancel sends SIGTERM a few seconds after SIGINT: the report never comes,
     // so say here what is known.
     pb.suspend(|| {
-        eprintln!(
+        crate::errln!(
             "{second}: stopping at once, before the end of the apply. So far: {}\n\
              (`kpr plan` shows where things stand)",
             settled.describe()
         )
     });
+    // On a terminal the bar would stay drawn above the shell's prompt.
+    pb.finish_and_clear();
     std::process::exit(status.into());
 }
 
@@ -868,18 +870,18 @@ async fn run_import(
     let report = match crate::import::import(&api, &opts).await {
         Ok(r) => r,
         Err(e) => {
-            eprintln!("error: {e}");
+            crate::errln!("error: {e}");
             return Ok(EXIT_ERROR);
         }
     };
     for w in &report.warnings {
-        eprintln!("warning: {w}");
+        crate::errln!("warning: {w}");
     }
     for p in &report.skipped_existing {
-        eprintln!("skipped: {} exists (never overwritten)", p.display());
+        crate::errln!("skipped: {} exists (never overwritten)", p.display());
     }
     for e in &report.errors {
-        eprintln!("error: {e}");
+        crate::errln!("error: {e}");
     }
     outln!(
         "Imported {} policies into {} ({} resources have no policy).",
@@ -987,13 +989,13 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 EXIT_OK
             }
             Err(e) => {
-                eprintln!("{e}");
+                crate::errln!("{e}");
                 EXIT_ERROR
             }
         },
         PolicyCommand::Diff { a, b } => {
             if a == "-" && b == "-" {
-                eprintln!("error: only one side can be read from stdin");
+                crate::errln!("error: only one side can be read from stdin");
                 return 2;
             }
             // One at a time: B's warnings are not printed when A already failed.
@@ -1001,7 +1003,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 match load_policy(&a, opts).and_then(|da| Ok((da, load_policy(&b, opts)?))) {
                     Ok(both) => both,
                     Err(e) => {
-                        eprintln!("{e}");
+                        crate::errln!("{e}");
                         return 2;
                     }
                 };

@@ -23,7 +23,7 @@ fn main() -> ExitCode {
     let file = match FileConfig::load_opt(cli.global.config.as_deref()) {
         Ok(file) => file,
         Err(e) => {
-            eprintln!("error: {:#}", anyhow::Error::from(e));
+            kinesis_policy_reconciler::errln!("error: {:#}", anyhow::Error::from(e));
             return ExitCode::from(error_code);
         }
     };
@@ -31,7 +31,7 @@ fn main() -> ExitCode {
     match cli::log_settings(&cli.global, &file, serving) {
         Ok((filter, json)) => cli::init_logging(filter, json),
         Err(e) => {
-            eprintln!("error: {e}");
+            kinesis_policy_reconciler::errln!("error: {e}");
             return ExitCode::from(error_code);
         }
     }
@@ -47,7 +47,7 @@ fn main() -> ExitCode {
     let runtime = match builder.enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
+            kinesis_policy_reconciler::errln!("error: cannot start the async runtime: {e}");
             return ExitCode::from(error_code);
         }
     };
@@ -63,7 +63,7 @@ fn main() -> ExitCode {
     match outcome.map_err(anyhow::Error::from) {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("error: {e:#}");
+            kinesis_policy_reconciler::errln!("error: {e:#}");
             ExitCode::from(error_code)
         }
     }

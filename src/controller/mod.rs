@@ -567,9 +567,9 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
         EXIT_OK
     } else {
         for p in &problems {
-            eprintln!("{p}");
+            crate::errln!("{p}");
         }
-        eprintln!("configuration invalid: {} problem(s)", problems.len());
+        crate::errln!("configuration invalid: {} problem(s)", problems.len());
         EXIT_ERROR
     }
 }
@@ -578,7 +578,7 @@ pub async fn serve(global: &GlobalArgs, file: FileConfig, args: ServeArgs) -> Re
     let settings = match Settings::resolve(&args, &file) {
         Ok(s) => s,
         Err(e) if args.check_config => {
-            eprintln!("configuration invalid: {e}");
+            crate::errln!("configuration invalid: {e}");
             return Ok(EXIT_ERROR);
         }
         Err(e) => return Err(CliError::Usage(e)),

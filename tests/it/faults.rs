@@ -850,6 +850,42 @@ fn sigint_mid_apply_finishes_the_writes_under_way_and_reports_the_rest() {
     assert_converged(&emu, &m, &arns, &want);
 }
 
+/// With stderr a pipe nobody reads any more (`kpr apply 2>&1 | head`), the note kpr writes on
+/// a stop signal cannot be written: the apply must still finish its writes and report, not
+/// crash (it panicked, poisoned the progress bar and exited 101 with no report).
+#[test]
+fn a_stop_signal_with_stderr_closed_still_reports() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "flt-int-epipe", 40);
+    let (m, _) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    proxy.delay(Some(Duration::from_millis(20)));
+    let mut cmd = kpr_via(&proxy);
+    cmd.args(["apply", "--dir", &m.arg(), "--concurrency", "4"]);
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kpr");
+    drop(child.stderr.take());
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 4),
+        "{}",
+        proxy.describe()
+    );
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = wait_bounded(child, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("Interrupted by SIGINT"), "{stdout}");
+}
+
 #[test]
 fn a_second_sigint_stops_at_once() {
     let emu = common::kinesis_mock();
