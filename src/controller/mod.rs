@@ -368,10 +368,18 @@ impl Settings {
             dry_run: args.dry_run.settle(file),
             prune,
             max_deletes,
-            reset_settle: args
-                .reset_settle
-                .or(file.reset_settle)
-                .unwrap_or(reconcile::RESET_SETTLE),
+            reset_settle: match args.reset_settle.or(file.reset_settle) {
+                // Zero would take every stale replica's head at once: no protection at all.
+                Some(d) if d < Duration::from_secs(1) => {
+                    return Err(format!(
+                        "reset settle time {} is too short (at least 1s; it must outlast how far \
+                         a git host's replicas lag)",
+                        humantime::format_duration(d)
+                    ));
+                }
+                Some(d) => d,
+                None => reconcile::RESET_SETTLE,
+            },
             retry_delay: match args.retry_delay.or(file.retry_delay) {
                 // Zero would mean runs back to back, each with a fetch and AWS calls.
                 Some(d) if d < Duration::from_millis(100) => {

@@ -286,9 +286,10 @@ pub struct Reconciler {
     recorded: Option<String>,
     /// The `before` of each push judged, latest last (see [`Reconciler::judge`]).
     moved_from: std::collections::VecDeque<String>,
-    /// The head the latest reset replaced, refused while a replica may still serve it: kept
-    /// after the reset is applied, until a push moves the branch on (see [`Reconciler::admit`]).
-    replaced: Option<String>,
+    /// The heads resets replaced (none an ancestor of another), refused while a replica may
+    /// still serve them, also after the reset is applied, until a revision built on one is
+    /// applied (see [`Reconciler::admit`]). Kept in the working copy for a restart.
+    replaced: Vec<String>,
     /// A head refused since then, fetched again and again (see [`RESET_SETTLE`]).
     refused_since: Option<(String, Instant)>,
 }
@@ -318,6 +319,9 @@ enum Judged {
 
 /// The `before` commits of the pushes a process has seen, for telling a late webhook.
 const MOVED_FROM_MEMORY: usize = 64;
+
+/// Heads resets replaced, kept at most.
+const MAX_REPLACED: usize = 16;
 
 struct Awaiting {
     commit: String,
@@ -517,7 +521,7 @@ impl Reconciler {
             restored: None,
             recorded: None,
             moved_from: std::collections::VecDeque::new(),
-            replaced: None,
+            replaced: Vec::new(),
             refused_since: None,
         }
     }
@@ -536,11 +540,17 @@ impl Reconciler {
             self.reset_named = None;
             self.note_reset().await;
         }
-        // A revision outside what the last reset replaced: the branch moved on from it.
-        if let Some(replaced) = &self.replaced
-            && !self.source.contains(revision, replaced).await
-        {
-            self.replaced = None;
+        // A revision built on a replaced head: a replica serving that head is behind now, and
+        // refused as such.
+        let mut kept = Vec::new();
+        for head in &self.replaced {
+            if !self.source.contains(head, revision).await {
+                kept.push(head.clone());
+            }
+        }
+        if kept.len() != self.replaced.len() {
+            self.replaced = kept;
+            self.source.note_replaced(&self.replaced).await;
         }
         if self.recorded.as_deref() == Some(revision) {
             return;
@@ -667,7 +677,6 @@ impl Reconciler {
                 }
                 Judged::Forward => {
                     self.reset_named = None;
-                    self.replaced = None;
                     wanted = Some(pushed.commit.clone());
                 }
                 Judged::Reset => {
@@ -675,7 +684,9 @@ impl Reconciler {
                         commit: pushed.commit.clone(),
                         from: pushed.from.clone(),
                     });
-                    self.replaced.clone_from(&pushed.from);
+                    if let Some(from) = &pushed.from {
+                        self.add_replaced(from).await;
+                    }
                     wanted = Some(pushed.commit.clone());
                 }
             }
@@ -725,8 +736,20 @@ impl Reconciler {
             // awaits, that is what it is; otherwise, if a push seen before moved on from what
             // was applied, this one is older (a redelivery). Going forward to it, it is the
             // push that was applied, come late.
+            // From the pending reset's commit: the reset undone by its owner, unless a push from
+            // that commit was seen before (this is then that push, the one the reset undid,
+            // come late).
+            if let (Some(from), Some(reset)) = (from, reset)
+                && from == reset
+            {
+                return if self.moved_from.iter().any(|m| m == from) {
+                    Judged::Late("it is the push the pending reset undid, come late")
+                } else {
+                    Judged::Forward
+                };
+            }
             let back = match from {
-                Some(from) if awaited == Some(from) && reset != Some(from) => true,
+                Some(from) if awaited == Some(from) => true,
                 Some(_) if self.moved_from.iter().any(|m| m == commit) => false,
                 Some(from) => went_back(from).await,
                 None => false,
@@ -801,9 +824,21 @@ impl Reconciler {
     /// after the first miss, doubling.
     pub fn awaited_fetch(&self) -> Option<Duration> {
         // Capped: a reset is awaited for as long as it takes.
-        self.awaiting
+        let awaited = self
+            .awaiting
             .as_ref()
-            .map(|a| Duration::from_secs(1 << (a.misses - 1).min(8)))
+            .map(|a| Duration::from_secs(1 << (a.misses - 1).min(8)));
+        // A refused head is fetched again when its settle time is up, not at the next retry.
+        let settling = self.refused_since.as_ref().map(|(_, since)| {
+            self.opts
+                .reset_settle
+                .saturating_sub(since.elapsed())
+                .max(Duration::from_secs(1))
+        });
+        match (awaited, settling) {
+            (Some(a), Some(s)) => Some(a.min(s)),
+            (a, s) => a.or(s),
+        }
     }
 
     /// One run: how it ended, whether it scanned everything (an incremental trigger does when
@@ -1022,7 +1057,6 @@ impl Reconciler {
                 "the branch moved on from the reset it was awaited for"
             );
             self.reset_named = None;
-            self.replaced = None;
             self.note_reset().await;
         }
         // Whether a push's webhook named this very head: then the branch is where its owner
@@ -1031,10 +1065,10 @@ impl Reconciler {
         let named = wanted.as_deref() == Some(head)
             || self.reset_named.as_ref().is_some_and(|r| r.commit == head);
         self.check_awaited(wanted, Some(head)).await;
-        let refusal = if ahead && self.in_replaced(head).await {
+        let refusal = if ahead && !named && self.in_replaced(head).await {
             Some(format!(
-                "the fetched branch head {head} is what a reset replaced{} (a replica behind \
-                 the reset's webhook): nothing applied",
+                "the fetched branch head {head} is what a reset replaced{} (a replica not \
+                 caught up with the reset, or the commit pushed again): nothing applied",
                 self.reset_named
                     .as_ref()
                     .map(|r| format!(" (the reset to {})", r.commit))
@@ -1076,25 +1110,57 @@ impl Reconciler {
             "the branch has stayed at a head kpr refused ({refusal}): taken as where its owner put it"
         );
         self.refused_since = None;
-        self.replaced = None;
+        // Taken: no longer refused as replaced (what it is an ancestor of still is).
+        let mut kept = Vec::new();
+        for replaced in &self.replaced {
+            if replaced != head {
+                kept.push(replaced.clone());
+            }
+        }
+        if kept.len() != self.replaced.len() {
+            self.replaced = kept;
+            self.source.note_replaced(&self.replaced).await;
+        }
         if let Some(applied) = self.behind(head).await {
             // A reset no webhook announced (or one judged late): kept as one until applied.
             self.reset_named = Some(Reset {
                 commit: head.to_string(),
                 from: Some(applied.clone()),
             });
-            self.replaced = Some(applied);
+            self.add_replaced(&applied).await;
             self.note_reset().await;
         }
         Ok(())
     }
 
-    /// Whether `head` is the head a reset replaced, or between it and the reset's commit.
+    /// Whether `head` is a head a reset replaced, or one of its ancestors (those after what
+    /// was applied: the caller checks that).
     async fn in_replaced(&self, head: &str) -> bool {
-        match &self.replaced {
-            Some(replaced) => self.source.contains(head, replaced).await,
-            None => false,
+        for replaced in &self.replaced {
+            if self.source.contains(head, replaced).await {
+                return true;
+            }
         }
+        false
+    }
+
+    /// Adds a head a reset replaced, unless one already kept covers it; drops those it covers.
+    async fn add_replaced(&mut self, head: &str) {
+        if self.in_replaced(head).await {
+            return;
+        }
+        let mut kept = Vec::new();
+        for replaced in &self.replaced {
+            if !self.source.contains(replaced, head).await {
+                kept.push(replaced.clone());
+            }
+        }
+        kept.push(head.to_string());
+        // Bounded: the oldest go first.
+        let excess = kept.len().saturating_sub(MAX_REPLACED);
+        kept.drain(..excess);
+        self.replaced = kept;
+        self.source.note_replaced(&self.replaced).await;
     }
 
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {
@@ -1109,7 +1175,7 @@ impl Reconciler {
                 .noted_reset()
                 .await
                 .map(|(commit, from)| Reset { commit, from });
-            self.replaced = self.reset_named.as_ref().and_then(|r| r.from.clone());
+            self.replaced = self.source.noted_replaced().await;
             // What an earlier process applied stays the last good revision until a run of
             // this one completes: /status must not say "none" while kpr measures against it.
             if let Some(restored) = &self.restored {

@@ -23,6 +23,8 @@ const LAST_GOOD_REF: &str = "refs/kpr/last-good";
 /// Beside it, in the working copy's git config: which source it is the last good revision of.
 const LAST_GOOD_SOURCE: &str = "kpr.lastGoodSource";
 const RESET_NAMED: &str = "kpr.resetNamed";
+/// Where the heads resets replaced are kept (space-separated), for a restart.
+const REPLACED: &str = "kpr.replaced";
 
 pub enum Source {
     Dir(PathBuf),
@@ -151,6 +153,27 @@ impl Source {
             }
             // Fails only when there is nothing to drop.
             None => drop(g.git(["config", "--unset-all", RESET_NAMED]).await),
+        }
+    }
+
+    /// Keeps the heads resets replaced where a restart finds them.
+    pub async fn note_replaced(&self, heads: &[String]) {
+        let Source::Git(g) = self else { return };
+        if heads.is_empty() {
+            drop(g.git(["config", "--unset-all", REPLACED]).await);
+        } else if let Err(e) = g.git(["config", REPLACED, &heads.join(" ")]).await {
+            tracing::warn!(error = %e, "cannot keep the heads resets replaced in the working copy");
+        }
+    }
+
+    /// What [`Self::note_replaced`] kept.
+    pub async fn noted_replaced(&self) -> Vec<String> {
+        let Source::Git(g) = self else {
+            return Vec::new();
+        };
+        match g.git(["config", "--get", REPLACED]).await {
+            Ok(v) => v.split_whitespace().map(str::to_string).collect(),
+            Err(_) => Vec::new(),
         }
     }
 

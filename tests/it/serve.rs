@@ -1561,7 +1561,9 @@ fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
 fn a_refused_head_that_stays_is_applied_after_the_settle_time() {
     let emu = common::kinesis_mock_private();
     let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["st-a", "st-b"]);
-    let extra = ["--retry-delay", "500ms", "--reset-settle", "3s"];
+    // Retries far apart: the refused head must be fetched again when the settle time is up,
+    // not at the next retry (the wait below would run out first).
+    let extra = ["--retry-delay", "1m", "--reset-settle", "3s"];
     let serve = serve_pruning(&emu, &repo, &extra, &second);
     // Reset with no webhook; a payload-less trigger fetches it.
     serve_at(&repo, &first);
@@ -1604,6 +1606,86 @@ fn a_refused_head_that_stays_is_applied_after_the_settle_time() {
         },
     );
     assert!(live(&emu, &b).is_none(), "{st:#}");
+    serve.stop();
+}
+
+/// The heads resets replaced stay refused: through a second reset, a push on top of the reset,
+/// and a restart. (A replica still serving one of them would re-grant what the reset revoked.)
+#[test]
+fn the_heads_resets_replaced_stay_refused() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b, c, d], repo, [first, second, third, _]) =
+        granted_in_turn(&emu, ["hr-a", "hr-b", "hr-c", "hr-d"]);
+    // The fourth commit is not wanted yet: main starts at the third.
+    serve_at(&repo, &third);
+    let workdir = tempfile::tempdir().unwrap();
+    let start = |wait_ready: bool| {
+        Serve::start(
+            &emu,
+            Options {
+                args: repo.source_args(&["--interval", "1h", "--prune", "--retry-delay", "1h"]),
+                workdir: Some(workdir.path()),
+                wait_ready,
+                ..Options::default()
+            },
+        )
+    };
+    let serve = start(true);
+    serve.applied(&third);
+    let refused = |serve: &Serve, what: &str| {
+        let st = serve.status_when(what, Duration::from_secs(20), |st| {
+            st["last_run"]["result"] == "fetch_failed" && st["running"] == false
+        });
+        assert!(
+            st["last_run"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("what a reset replaced")),
+            "{st:#}"
+        );
+        assert!(
+            live(&emu, &c).is_none(),
+            "what the reset revoked is granted again: {st:#}"
+        );
+    };
+    let trigger = |serve: &Serve| {
+        let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+        assert_eq!(r.status, 202, "{r:?}");
+    };
+
+    // A reset, applied; then a second one, while a replica serves the first's old head.
+    serve_at(&repo, &second);
+    push_hook(&serve, &third, &second);
+    serve.applied(&second);
+    serve_at(&repo, &third);
+    push_hook(&serve, &second, &first);
+    refused(&serve, "the first reset's old head to be refused");
+    serve_at(&repo, &first);
+    serve.status_when(
+        "the second reset to be applied",
+        Duration::from_secs(30),
+        |st| st["last_good_revision"] == first.as_str(),
+    );
+    assert!(live(&emu, &b).is_none());
+
+    // A push on top of the reset; a replica then serves the old head again.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &first]);
+    repo.write("d.yaml", &manifest(&d, &role_one(&d)));
+    let fresh = repo.push("main", "d on the reset");
+    push_hook(&serve, &first, &fresh);
+    serve.applied(&fresh);
+    serve_at(&repo, &third);
+    trigger(&serve);
+    refused(&serve, "the old head to be refused after a push");
+
+    // And after a restart (whose first run is refused: not ready).
+    serve.stop();
+    let serve = start(false);
+    refused(&serve, "the old head to be refused after a restart");
+    serve_at(&repo, &fresh);
+    trigger(&serve);
+    serve.applied(&fresh);
+    assert!(live(&emu, &d).is_some());
     serve.stop();
 }
 
