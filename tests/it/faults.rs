@@ -886,6 +886,46 @@ fn a_stop_signal_with_stderr_closed_still_reports() {
     assert!(stdout.contains("Interrupted by SIGINT"), "{stdout}");
 }
 
+/// Started with SIGINT ignored (a background job of a shell script), kpr leaves it so: a
+/// Ctrl-C meant for the foreground does not interrupt its apply.
+#[test]
+fn an_inherited_ignored_sigint_stays_ignored() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "flt-int-ign", 30);
+    let (m, want) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    proxy.delay(Some(Duration::from_millis(20)));
+    let plain = kpr_via(&proxy);
+    // The same command and environment, through a shell that ignores SIGINT before exec.
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", "trap '' INT; exec \"$0\" \"$@\""])
+        .arg(plain.get_program())
+        .args(["apply", "--dir", &m.arg(), "--concurrency", "4"])
+        .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))));
+    let child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kpr");
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 4),
+        "{}",
+        proxy.describe()
+    );
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok);
+    let out = wait_bounded(child, Duration::from_secs(60));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    assert!(!stdout.contains("Interrupted"), "{stdout}");
+    assert_converged(&emu, &m, &arns, &want);
+}
+
 #[test]
 fn a_second_sigint_stops_at_once() {
     let emu = common::kinesis_mock();
