@@ -850,6 +850,35 @@ fn sigint_mid_apply_finishes_the_writes_under_way_and_reports_the_rest() {
     assert_converged(&emu, &m, &arns, &want);
 }
 
+/// Spawns `cmd` (an apply through `proxy`), sends it SIGINT once 4 writes reached the proxy,
+/// and returns its exit code and stdout. `stderr_closed`: nobody reads its stderr.
+fn sigint_after_some_writes(mut cmd: Command, proxy: &Proxy, stderr_closed: bool) -> (i32, String) {
+    let mut child = cmd
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn kpr");
+    if stderr_closed {
+        drop(child.stderr.take());
+    }
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 4),
+        "{}",
+        proxy.describe()
+    );
+    let ok = Command::new("kill")
+        .args(["-INT", &child.id().to_string()])
+        .status()
+        .unwrap()
+        .success();
+    assert!(ok, "kill -INT");
+    let out = wait_bounded(child, Duration::from_secs(60));
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
 /// With stderr a pipe nobody reads any more (`kpr apply 2>&1 | head`), the note kpr writes on
 /// a stop signal cannot be written: the apply must still finish its writes and report, not
 /// crash (it panicked, poisoned the progress bar and exited 101 with no report).
@@ -863,26 +892,8 @@ fn a_stop_signal_with_stderr_closed_still_reports() {
     proxy.delay(Some(Duration::from_millis(20)));
     let mut cmd = kpr_via(&proxy);
     cmd.args(["apply", "--dir", &m.arg(), "--concurrency", "4"]);
-    let mut child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kpr");
-    drop(child.stderr.take());
-    assert!(
-        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 4),
-        "{}",
-        proxy.describe()
-    );
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let out = wait_bounded(child, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    let (code, stdout) = sigint_after_some_writes(cmd, &proxy, true);
+    assert_eq!(code, 1, "{stdout}");
     assert!(stdout.contains("Interrupted by SIGINT"), "{stdout}");
 }
 
@@ -903,25 +914,8 @@ fn an_inherited_ignored_sigint_stays_ignored() {
         .arg(plain.get_program())
         .args(["apply", "--dir", &m.arg(), "--concurrency", "4"])
         .envs(plain.get_envs().filter_map(|(k, v)| Some((k, v?))));
-    let child = cmd
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .expect("spawn kpr");
-    assert!(
-        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 4),
-        "{}",
-        proxy.describe()
-    );
-    let ok = Command::new("kill")
-        .args(["-INT", &child.id().to_string()])
-        .status()
-        .unwrap()
-        .success();
-    assert!(ok);
-    let out = wait_bounded(child, Duration::from_secs(60));
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(out.status.code(), Some(0), "{stdout}");
+    let (code, stdout) = sigint_after_some_writes(cmd, &proxy, false);
+    assert_eq!(code, 0, "{stdout}");
     assert!(!stdout.contains("Interrupted"), "{stdout}");
     assert_converged(&emu, &m, &arns, &want);
 }
