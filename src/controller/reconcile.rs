@@ -286,6 +286,9 @@ pub struct Reconciler {
     recorded: Option<String>,
     /// The `before` of each push judged, latest last (see [`Reconciler::judge`]).
     moved_from: std::collections::VecDeque<String>,
+    /// Each push judged, as `(before, after)`, latest last: one seen again is a new push of
+    /// the same move (see [`Reconciler::judge`]).
+    seen_pushes: std::collections::VecDeque<(String, String)>,
     /// The heads resets replaced (none an ancestor of another), refused while a replica may
     /// still serve them, also after the reset is applied, until a revision built on one is
     /// applied (see [`Reconciler::admit`]). Kept in the working copy for a restart.
@@ -521,6 +524,7 @@ impl Reconciler {
             restored: None,
             recorded: None,
             moved_from: std::collections::VecDeque::new(),
+            seen_pushes: std::collections::VecDeque::new(),
             replaced: Vec::new(),
             refused_since: None,
         }
@@ -544,7 +548,9 @@ impl Reconciler {
         // refused as such.
         let mut kept = Vec::new();
         for head in &self.replaced {
-            if !self.source.contains(head, revision).await {
+            // Not the head itself: while a reset is pending, a run that fetched the old head
+            // (what was applied) completes too.
+            if head == revision || !self.source.contains(head, revision).await {
                 kept.push(head.clone());
             }
         }
@@ -693,7 +699,10 @@ impl Reconciler {
             if let Some(from) = pushed.from {
                 if self.moved_from.len() >= MOVED_FROM_MEMORY {
                     self.moved_from.pop_front();
+                    self.seen_pushes.pop_front();
                 }
+                self.seen_pushes
+                    .push_back((from.clone(), pushed.commit.clone()));
                 self.moved_from.push_back(from);
             }
         }
@@ -715,6 +724,27 @@ impl Reconciler {
             from != commit
                 && (!self.source.has_commit(from).await || self.source.contains(commit, from).await)
         };
+        // A push from where the branch is known to be is current: from what was applied (no
+        // push from there is older than it), from the commit awaited, or, made again, from the
+        // pending reset's commit. A git host names each event once (GitHub's X-GitHub-Delivery
+        // is kept by its redeliveries, which kpr drops as duplicates), so a move seen before,
+        // under a new delivery, is a new push: its owner undoing the reset. Only where it went
+        // then decides: back behind (or from after) what was applied is a reset.
+        let repeated = from.is_some_and(|f| {
+            self.seen_pushes
+                .iter()
+                .any(|(b, a)| b.as_str() == f && a.as_str() == commit)
+        });
+        let current = async |from: &str| {
+            let back = self.behind(commit).await.is_some()
+                || (self.last_good().as_deref() == Some(commit) && went_back(from).await);
+            if back { Judged::Reset } else { Judged::Forward }
+        };
+        if let Some(f) = from
+            && ((awaited == Some(f) && reset != Some(f)) || (reset == Some(f) && repeated))
+        {
+            return current(f).await;
+        }
         if reset == Some(commit) {
             // Again the reset's commit: the same push delivered twice, or a reset to it again;
             // not a push that went forward to it, which is older history come late (taken for
@@ -786,6 +816,12 @@ impl Reconciler {
             }
         {
             return Judged::Late("a push seen before it moved the branch on from its commit");
+        }
+        // From what was applied: no push from there is older than it.
+        if let Some(f) = from
+            && self.last_good().as_deref() == Some(f)
+        {
+            return current(f).await;
         }
         match behind {
             Some(applied) if self.superseded(pushed, &applied).await => {
@@ -1191,6 +1227,9 @@ impl Reconciler {
         let revision = match self.source.sync().await {
             Ok(r) => r,
             Err(e) => {
+                // The head refused before is not known to be the head any more: its settle
+                // time starts again, and the retry backs off as for any failed fetch.
+                self.refused_since = None;
                 tracing::error!(error = %e, "fetching the manifests failed; nothing applied, the last good revision stays");
                 self.check_awaited(wanted, None).await;
                 return out.fail(RunResult::FetchFailed, e);

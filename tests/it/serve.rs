@@ -287,13 +287,21 @@ fn serve_at(repo: &Repo, commit: &str) {
     );
 }
 
-/// A signed GitHub webhook for a push of main from `before` to `after`, each its own delivery.
-fn push_hook(serve: &Serve, before: &str, after: &str) {
+/// A signed GitHub webhook for a push of main from `before` to `after`, each its own event
+/// (delivery id), which it returns.
+fn push_hook(serve: &Serve, before: &str, after: &str) -> String {
     static DELIVERIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
-    let r = serve.github_push_body(body.to_string().as_bytes(), &format!("hook-{n}"));
+    let delivery = format!("hook-{n}");
+    let r = delivered(serve, before, after, &delivery);
     assert_eq!(r.status, 202, "{r:?}");
+    delivery
+}
+
+/// The webhook of a push delivered as `delivery`: GitHub's redeliveries keep the event's id.
+fn delivered(serve: &Serve, before: &str, after: &str, delivery: &str) -> Response {
+    let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
+    serve.github_push_body(body.to_string().as_bytes(), delivery)
 }
 
 /// Owned arguments for [`Options::args`].
@@ -457,6 +465,22 @@ impl Serve {
     }
 
     /// A correctly signed GitHub push to `branch`.
+    /// A run, asked for by a webhook with no payload.
+    fn trigger(&self) {
+        let r = self.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
+        assert_eq!(r.status, 202, "{r:?}");
+    }
+
+    /// Waits for a run refused for fetching a head a reset replaced.
+    fn refused_as_replaced(&self, what: &str) -> serde_json::Value {
+        self.status_when(what, Duration::from_secs(20), |st| {
+            st["last_run"]["result"] == "fetch_failed"
+                && st["last_run"]["error"]
+                    .as_str()
+                    .is_some_and(|e| e.contains("what a reset replaced"))
+        })
+    }
+
     fn github_push(&self, branch: &str, delivery: &str) -> Response {
         self.github_push_body(&push_body(branch), delivery)
     }
@@ -1258,6 +1282,12 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
         st["last_good_revision"] == first.as_str()
     });
     assert!(live(&emu, &b).is_none());
+    // The head the reset replaced, fetched (and so completed) while the reset was pending, is
+    // still refused when a replica serves it again.
+    serve_at(&repo, &second);
+    serve.trigger();
+    let st = serve.refused_as_replaced("the replaced head to be refused");
+    assert!(live(&emu, &b).is_none(), "{st:#}");
     serve.stop();
 }
 
@@ -1322,22 +1352,22 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     }
     assert!(serve.logs().contains("a late webhook"));
 
-    // A real reset (from what was applied), then a late webhook of a push from the commit the
-    // reset goes back to: the late one neither replaces the reset nor is taken for one.
+    // A real reset (from what was applied), then late webhooks: of the push to what was
+    // applied, and one redelivered: neither replaces the reset nor is taken for one.
     let reset = serde_json::json!({
         "ref": "refs/heads/main", "before": third, "after": first, "forced": true
     });
     // A late webhook of the push to what was applied, too: the reset came from it.
     let to_applied =
         serde_json::json!({"ref": "refs/heads/main", "before": second, "after": third});
-    for (delivery, body) in [
-        ("reset", reset),
-        ("late-again", late),
-        ("late-applied", to_applied),
-    ] {
+    for (delivery, body) in [("reset", reset), ("late-applied", to_applied)] {
         let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
         assert_eq!(r.status, 202, "{r:?}");
     }
+    // An old push's webhook again: the same event, so a duplicate (GitHub's redeliveries keep
+    // the delivery id).
+    let again = serve.github_push_body(late.to_string().as_bytes(), "late-2");
+    assert_eq!(again.status, 200, "{again:?}");
     let st = serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
         st["awaited_commit"] == first.as_str() && st["running"] == false && st["pending"].is_null()
     });
@@ -1410,14 +1440,16 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
         })
     };
 
-    // 1. Undo the last push; that push's own webhook comes after the reset's.
+    // 1. Undo the last push; that push's webhook is then redelivered (same event id): a
+    //    duplicate, which changes nothing.
     repo.write("b.yaml", &manifest(&b, &one(&b)));
     let second = repo.push("main", "b");
-    push_hook(&serve, &first, &second);
+    let pushed = push_hook(&serve, &first, &second);
     serve.applied(&second);
     push_hook(&serve, &second, &first);
-    push_hook(&serve, &first, &second);
-    let st = settled("the reset and the late webhook");
+    let again = delivered(&serve, &first, &second, &pushed);
+    assert_eq!(again.status, 200, "a redelivery is a duplicate: {again:?}");
+    let st = settled("the reset and the redelivery");
     assert_eq!(
         st["awaited_commit"],
         first.as_str(),
@@ -1525,7 +1557,7 @@ fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
     push_hook(&serve, &second, &third);
     serve.applied(&third);
     push_hook(&serve, &third, &second);
-    push_hook(&serve, &second, &first);
+    let second_reset = push_hook(&serve, &second, &first);
     serve_at(&repo, &first);
     let st = serve.status_when(
         "the second reset to be applied",
@@ -1547,10 +1579,32 @@ fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
     serve.status_when("the push to be awaited", Duration::from_secs(20), |st| {
         st["awaited_commit"] == fourth.as_str() && st["running"] == false
     });
-    push_hook(&serve, &second, &first);
+    let again = delivered(&serve, &second, &first, &second_reset);
+    assert_eq!(again.status, 200, "a redelivery is a duplicate: {again:?}");
     serve_at(&repo, &fourth);
     serve.applied(&fourth);
     assert!(live(&emu, &c).is_some());
+
+    // 4. A reset, pending while the replica lags, undone at once by its owner: the same move
+    //    as the push before, as a new event. The branch is where the undo put it: the reset's
+    //    commit is no longer awaited, and a replica serving it is refused.
+    push_hook(&serve, &fourth, &first);
+    serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
+        st["awaited_commit"] == first.as_str() && st["running"] == false
+    });
+    push_hook(&serve, &first, &fourth);
+    let st = serve.status_when("the undo to settle", Duration::from_secs(20), |st| {
+        st["awaited_commit"].is_null() && st["running"] == false && st["pending"].is_null()
+    });
+    assert_eq!(st["last_good_revision"], fourth.as_str(), "{st:#}");
+    serve_at(&repo, &first);
+    serve.trigger();
+    let st = serve.status_when(
+        "the undone reset's commit to be refused",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "fetch_failed",
+    );
+    assert!(live(&emu, &c).is_some(), "{st:#}");
     serve.stop();
 }
 
@@ -1567,8 +1621,7 @@ fn a_refused_head_that_stays_is_applied_after_the_settle_time() {
     let serve = serve_pruning(&emu, &repo, &extra, &second);
     // Reset with no webhook; a payload-less trigger fetches it.
     serve_at(&repo, &first);
-    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
-    assert_eq!(r.status, 202, "{r:?}");
+    serve.trigger();
     let st = serve.status_when(
         "the head behind to be refused",
         Duration::from_secs(20),
@@ -1593,18 +1646,8 @@ fn a_refused_head_that_stays_is_applied_after_the_settle_time() {
     assert!(serve.logs().contains("taken as where its owner put it"));
     // The replica serves the head the reset replaced again: refused, until it settles.
     serve_at(&repo, &second);
-    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
-    assert_eq!(r.status, 202, "{r:?}");
-    let st = serve.status_when(
-        "the replaced head to be refused",
-        Duration::from_secs(20),
-        |st| {
-            st["last_run"]["result"] == "fetch_failed"
-                && st["last_run"]["error"]
-                    .as_str()
-                    .is_some_and(|e| e.contains("what a reset replaced"))
-        },
-    );
+    serve.trigger();
+    let st = serve.refused_as_replaced("the replaced head to be refused");
     assert!(live(&emu, &b).is_none(), "{st:#}");
     serve.stop();
 }
@@ -1633,23 +1676,11 @@ fn the_heads_resets_replaced_stay_refused() {
     let serve = start(true);
     serve.applied(&third);
     let refused = |serve: &Serve, what: &str| {
-        let st = serve.status_when(what, Duration::from_secs(20), |st| {
-            st["last_run"]["result"] == "fetch_failed" && st["running"] == false
-        });
-        assert!(
-            st["last_run"]["error"]
-                .as_str()
-                .is_some_and(|e| e.contains("what a reset replaced")),
-            "{st:#}"
-        );
+        let st = serve.refused_as_replaced(what);
         assert!(
             live(&emu, &c).is_none(),
             "what the reset revoked is granted again: {st:#}"
         );
-    };
-    let trigger = |serve: &Serve| {
-        let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
-        assert_eq!(r.status, 202, "{r:?}");
     };
 
     // A reset, applied; then a second one, while a replica serves the first's old head.
@@ -1675,7 +1706,7 @@ fn the_heads_resets_replaced_stay_refused() {
     push_hook(&serve, &first, &fresh);
     serve.applied(&fresh);
     serve_at(&repo, &third);
-    trigger(&serve);
+    serve.trigger();
     refused(&serve, "the old head to be refused after a push");
 
     // And after a restart (whose first run is refused: not ready).
@@ -1683,7 +1714,7 @@ fn the_heads_resets_replaced_stay_refused() {
     let serve = start(false);
     refused(&serve, "the old head to be refused after a restart");
     serve_at(&repo, &fresh);
-    trigger(&serve);
+    serve.trigger();
     serve.applied(&fresh);
     assert!(live(&emu, &d).is_some());
     serve.stop();
@@ -1962,8 +1993,7 @@ fn a_scheduled_run_undoes_a_hand_edit() {
     );
     // With a directory source a webhook triggers a run too (incremental: see below).
     let runs = serve.metric("kpr_reconcile_runs_total", &[("trigger", "webhook")]);
-    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
-    assert_eq!(r.status, 202, "{r:?}");
+    serve.trigger();
     serve.poll("the webhook run", Duration::from_secs(20), |s| {
         (s.metric("kpr_reconcile_runs_total", &[("trigger", "webhook")]) > runs).then_some(())
     });
@@ -2018,8 +2048,7 @@ fn a_failed_scheduled_scan_is_retried_even_after_a_webhook_run_succeeds() {
     assert_eq!(st["next_retry"]["scan"], "full", "{st:#}");
     // Fixed, and a webhook reconciles the edited file before the retry is due.
     dir.write("a.yaml", &manifest(&a, &pa));
-    let r = serve.webhook(&[("Authorization", &format!("Bearer {SECRET}"))], b"");
-    assert_eq!(r.status, 202, "{r:?}");
+    serve.trigger();
     let st = serve.status_when("the webhook run", Duration::from_secs(30), |st| {
         st["last_run"]["trigger"] == "webhook"
     });
