@@ -745,6 +745,14 @@ impl Reconciler {
         {
             return current(f).await;
         }
+        // From what was applied back to a head a reset replaced: the reset redone by its
+        // owner (the chain check below would take it for the push the reset undid).
+        if let Some(f) = from
+            && self.last_good().as_deref() == Some(f)
+            && self.in_replaced(commit).await
+        {
+            return current(f).await;
+        }
         if reset == Some(commit) {
             // Again the reset's commit: the same push delivered twice, or a reset to it again;
             // not a push that went forward to it, which is older history come late (taken for
@@ -766,16 +774,16 @@ impl Reconciler {
             // awaits, that is what it is; otherwise, if a push seen before moved on from what
             // was applied, this one is older (a redelivery). Going forward to it, it is the
             // push that was applied, come late.
-            // From the pending reset's commit: the reset undone by its owner, unless a push from
-            // that commit was seen before (this is then that push, the one the reset undid,
-            // come late).
+            // From the pending reset's commit: the reset undone by its owner, if a push seen
+            // before brought what was applied (this move then is not that push). If none did,
+            // it may be the push that brought it, which the reset undid, come late.
             if let (Some(from), Some(reset)) = (from, reset)
                 && from == reset
             {
-                return if self.moved_from.iter().any(|m| m == from) {
-                    Judged::Late("it is the push the pending reset undid, come late")
-                } else {
+                return if self.seen_pushes.iter().any(|(_, a)| a == commit) {
                     Judged::Forward
+                } else {
+                    Judged::Late("it may be the push the pending reset undid, come late")
                 };
             }
             let back = match from {
@@ -805,16 +813,20 @@ impl Reconciler {
                 None => Judged::Forward,
             };
         }
-        // A commit a push seen before moved the branch on from. Behind what was applied, only
-        // a push forward to it is that push's past: a reset goes back to such commits too.
-        // Ahead of it, an error costs little: the head is applied as fetched either way.
-        if self.moved_from.iter().any(|m| m == commit)
-            && match (&behind, from) {
-                (None, _) => true,
-                (Some(_), Some(from)) => self.source.contains(from, commit).await,
-                (Some(_), None) => false,
-            }
-        {
+        // A push to a commit a push seen before moved the branch on from, unless it came from
+        // where the pushes seen since led (a force-push back to an earlier head): that push's
+        // past, come late. Behind what was applied, only a push forward to it: a reset goes
+        // back to such commits too, and a push kpr missed would break the chain.
+        let left_behind = match from {
+            Some(from) => self.left_behind(commit, from),
+            None => false,
+        };
+        let forward = match (&behind, from) {
+            (None, _) => true,
+            (Some(_), Some(from)) => self.source.contains(from, commit).await,
+            (Some(_), None) => false,
+        };
+        if left_behind && forward {
             return Judged::Late("a push seen before it moved the branch on from its commit");
         }
         // From what was applied: no push from there is older than it.
@@ -830,6 +842,32 @@ impl Reconciler {
             Some(_) => Judged::Reset,
             None => Judged::Forward,
         }
+    }
+
+    /// Whether a push seen moved the branch on from `commit` and the pushes seen after it do
+    /// not lead to `from`: a push from `from` to `commit` is then older than that move.
+    fn left_behind(&self, commit: &str, from: &str) -> bool {
+        let next = |at: &str| {
+            self.seen_pushes
+                .iter()
+                .rev()
+                .find(|(b, _)| b == at)
+                .map(|(_, a)| a.as_str())
+        };
+        let Some(mut at) = next(commit) else {
+            return false;
+        };
+        // Bounded by the pushes kept: a cycle (the branch back and forth) ends it too.
+        for _ in 0..self.seen_pushes.len() {
+            if at == from {
+                return false;
+            }
+            match next(at) {
+                Some(a) => at = a,
+                None => break,
+            }
+        }
+        at != from
     }
 
     /// Keeps the pending reset (or its absence) where a restart finds it.

@@ -1720,6 +1720,86 @@ fn the_heads_resets_replaced_stay_refused() {
     serve.stop();
 }
 
+/// Ordinary moves around a reset take effect at once, in order and with one lagging fetch:
+/// a reset redone after it was applied, a pending reset of two pushes undone, and a force-push
+/// back to the head before an amend. (The settle time is an hour: none of this may wait for it.)
+#[test]
+fn ordinary_moves_around_a_reset_take_effect_at_once() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b, c, d], repo, [first, second, third, fourth]) =
+        granted_in_turn(&emu, ["om-a", "om-b", "om-c", "om-d"]);
+    serve_at(&repo, &second);
+    let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
+    let serve = serve_pruning(&emu, &repo, &extra, &second);
+    let settled = |what: &str| {
+        serve.status_when(what, Duration::from_secs(20), |st| {
+            st["running"] == false && st["pending"].is_null()
+        })
+    };
+
+    // A push, a reset of it (applied), and the push again as a new event: applied at once.
+    serve_at(&repo, &third);
+    push_hook(&serve, &second, &third);
+    serve.applied(&third);
+    serve_at(&repo, &second);
+    push_hook(&serve, &third, &second);
+    serve.applied(&second);
+    serve_at(&repo, &third);
+    push_hook(&serve, &second, &third);
+    serve.applied(&third);
+    assert!(live(&emu, &c).is_some());
+
+    // Two pushes, a reset of both (pending: the replica lags), undone at once: the branch is
+    // where the undo put it, nothing awaited, and a fetch of the reset's commit is refused.
+    serve_at(&repo, &fourth);
+    push_hook(&serve, &third, &fourth);
+    serve.applied(&fourth);
+    push_hook(&serve, &fourth, &second);
+    push_hook(&serve, &second, &fourth);
+    let st = settled("the reset and its undo");
+    assert!(st["awaited_commit"].is_null(), "{st:#}\n{}", serve.logs());
+    serve_at(&repo, &second);
+    serve.trigger();
+    let st = serve.status_when(
+        "the undone reset's commit to be refused",
+        Duration::from_secs(20),
+        |st| st["last_run"]["result"] == "fetch_failed",
+    );
+    assert!(
+        live(&emu, &c).is_some() && live(&emu, &d).is_some(),
+        "{st:#}"
+    );
+
+    // An amend force-pushed, then a force-push back to the head before it, while one fetch
+    // still serves the amend: the head before is awaited and applied when served.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &third]);
+    repo.write(
+        "d.yaml",
+        &manifest(&d, &read_policy(&d, "arn:aws:iam::111122223333:role/two")),
+    );
+    let amended = repo.commit("d, amended");
+    git(
+        &work,
+        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    );
+    push_hook(&serve, &fourth, &amended);
+    serve.applied(&amended);
+    push_hook(&serve, &amended, &fourth);
+    serve.status_when(
+        "the head before the amend to be awaited",
+        Duration::from_secs(20),
+        |st| st["awaited_commit"] == fourth.as_str() && st["running"] == false,
+    );
+    serve_at(&repo, &fourth);
+    serve.applied(&fourth);
+    assert!(
+        live(&emu, &b).is_some() && live(&emu, &d).is_some_and(|p| same_grant(&p, &role_one(&d)))
+    );
+    let _ = first;
+    serve.stop();
+}
+
 /// A working copy git can no longer use (a crash or a full disk empties object files) failed
 /// every run from then on, restarts included. kpr moves it aside and fetches afresh, and keeps
 /// its last good revision.
