@@ -683,6 +683,13 @@ impl Reconciler {
                 }
                 Judged::Forward => {
                     self.reset_named = None;
+                    // A forced push (an amend, a rebase) took its `before` away: a replica
+                    // still serving it must not bring it back.
+                    if pushed.forced
+                        && let Some(from) = &pushed.from
+                    {
+                        self.add_replaced(from).await;
+                    }
                     wanted = Some(pushed.commit.clone());
                 }
                 Judged::Reset => {
@@ -1142,7 +1149,8 @@ impl Reconciler {
         let refusal = if ahead && !named && self.in_replaced(head).await {
             Some(format!(
                 "the fetched branch head {head} is what a reset replaced{} (a replica not \
-                 caught up with the reset, or the commit pushed again): nothing applied",
+                 caught up with the reset or force-push, or the commit pushed again): nothing \
+                 applied",
                 self.reset_named
                     .as_ref()
                     .map(|r| format!(" (the reset to {})", r.commit))

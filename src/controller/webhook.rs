@@ -116,6 +116,9 @@ pub struct Pushed {
     pub commit: String,
     /// `before`: the head the push replaced; none for a branch the push created.
     pub from: Option<String>,
+    /// GitHub's `forced`: the push rewrote history, so `from` is a head it took away (GitLab
+    /// does not say).
+    pub forced: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -166,6 +169,7 @@ fn push(v: &serde_json::Value) -> Event {
         pushed: commit_id(v, "after").map(|commit| Pushed {
             commit,
             from: commit_id(v, "before"),
+            forced: v.get("forced").and_then(|f| f.as_bool()) == Some(true),
         }),
     }
 }
@@ -363,6 +367,7 @@ mod tests {
             pushed: Some(Pushed {
                 commit: SHA.into(),
                 from: None,
+                forced: false,
             }),
         });
         let gh = |event: &str| headers(&[("x-github-event", event)]);
@@ -455,6 +460,7 @@ mod tests {
                 pushed: Some(Pushed {
                     commit: SHA.into(),
                     from: Some(before),
+                    forced: true,
                 }),
             })
         );

@@ -290,10 +290,21 @@ fn serve_at(repo: &Repo, commit: &str) {
 /// A signed GitHub webhook for a push of main from `before` to `after`, each its own event
 /// (delivery id), which it returns.
 fn push_hook(serve: &Serve, before: &str, after: &str) -> String {
+    hook(serve, before, after, false)
+}
+
+/// The same for a forced push (an amend, a rebase).
+fn forced_hook(serve: &Serve, before: &str, after: &str) -> String {
+    hook(serve, before, after, true)
+}
+
+fn hook(serve: &Serve, before: &str, after: &str, forced: bool) -> String {
     static DELIVERIES: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = DELIVERIES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let delivery = format!("hook-{n}");
-    let r = delivered(serve, before, after, &delivery);
+    let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after,
+        "forced": forced});
+    let r = serve.github_push_body(body.to_string().as_bytes(), &delivery);
     assert_eq!(r.status, 202, "{r:?}");
     delivery
 }
@@ -1797,6 +1808,39 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
         live(&emu, &b).is_some() && live(&emu, &d).is_some_and(|p| same_grant(&p, &role_one(&d)))
     );
     let _ = first;
+    serve.stop();
+}
+
+/// An amend force-pushed takes the old head away like a reset: the next push's fetch, served
+/// by a replica still at the old head, is refused rather than bringing it back.
+#[test]
+fn a_head_a_forced_push_took_away_is_refused() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b], repo, [_, second]) = granted_in_turn(&emu, ["fp-a", "fp-b"]);
+    let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
+    let serve = serve_pruning(&emu, &repo, &extra, &second);
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--soft", "HEAD~1"]);
+    let two = read_policy(&b, "arn:aws:iam::111122223333:role/two");
+    repo.write("b.yaml", &manifest(&b, &two));
+    let amended = repo.commit("b, amended");
+    git(
+        &work,
+        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    );
+    forced_hook(&serve, &second, &amended);
+    serve.applied(&amended);
+    repo.write("b.yaml", &format!("# reviewed\n{}", manifest(&b, &two)));
+    let next = repo.push("main", "a note");
+    serve_at(&repo, &second);
+    push_hook(&serve, &amended, &next);
+    let st = serve.refused_as_replaced("the amended-away head to be refused");
+    assert!(
+        live(&emu, &b).is_some_and(|p| same_grant(&p, &two)),
+        "{st:#}"
+    );
+    serve_at(&repo, &next);
+    serve.applied(&next);
     serve.stop();
 }
 
