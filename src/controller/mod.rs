@@ -304,6 +304,23 @@ fn flag_over_env<A, B>(
     }
 }
 
+/// A duration setting, refused below `min`: "{what} 0s is too short (at least {min}{why})".
+fn at_least(
+    value: Option<Duration>,
+    min: Duration,
+    what: &str,
+    why: &str,
+) -> Result<Option<Duration>, String> {
+    match value {
+        Some(d) if d < min => Err(format!(
+            "{what} {} is too short (at least {}{why})",
+            humantime::format_duration(d),
+            humantime::format_duration(min)
+        )),
+        other => Ok(other),
+    }
+}
+
 impl Settings {
     pub fn resolve(args: &ServeArgs, file: &FileConfig) -> Result<Self, String> {
         let source = Self::resolve_source(args, file)?;
@@ -368,29 +385,22 @@ impl Settings {
             dry_run: args.dry_run.settle(file),
             prune,
             max_deletes,
-            reset_settle: match args.reset_settle.or(file.reset_settle) {
-                // Zero would take every stale replica's head at once: no protection at all.
-                Some(d) if d < Duration::from_secs(1) => {
-                    return Err(format!(
-                        "reset settle time {} is too short (at least 1s; it must outlast how far \
-                         a git host's replicas lag)",
-                        humantime::format_duration(d)
-                    ));
-                }
-                Some(d) => d,
-                None => reconcile::RESET_SETTLE,
-            },
-            retry_delay: match args.retry_delay.or(file.retry_delay) {
-                // Zero would mean runs back to back, each with a fetch and AWS calls.
-                Some(d) if d < Duration::from_millis(100) => {
-                    return Err(format!(
-                        "retry delay {} is too short (at least 100ms)",
-                        humantime::format_duration(d)
-                    ));
-                }
-                Some(d) => d,
-                None => backoff::BASE_DELAY,
-            },
+            // Zero would take every stale replica's head at once: no protection at all.
+            reset_settle: at_least(
+                args.reset_settle.or(file.reset_settle),
+                Duration::from_secs(1),
+                "reset settle time",
+                "; it must outlast how far a git host's replicas lag",
+            )?
+            .unwrap_or(reconcile::RESET_SETTLE),
+            // Zero would mean runs back to back, each with a fetch and AWS calls.
+            retry_delay: at_least(
+                args.retry_delay.or(file.retry_delay),
+                Duration::from_millis(100),
+                "retry delay",
+                "",
+            )?
+            .unwrap_or(backoff::BASE_DELAY),
             shutdown_timeout: args
                 .shutdown_timeout
                 .or(file.shutdown_timeout)

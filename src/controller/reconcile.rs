@@ -284,10 +284,9 @@ pub struct Reconciler {
     restored: Option<String>,
     /// The last good revision known to be recorded in the working copy.
     recorded: Option<String>,
-    /// The `before` of each push judged, latest last (see [`Reconciler::judge`]).
-    moved_from: std::collections::VecDeque<String>,
-    /// Each push judged, as `(before, after)`, latest last: one seen again is a new push of
-    /// the same move (see [`Reconciler::judge`]).
+    /// Each push judged, as `(before, after)`, latest last: the chain of moves a late webhook
+    /// is told by, and one seen again is a new push of the same move (see
+    /// [`Reconciler::judge`]).
     seen_pushes: std::collections::VecDeque<(String, String)>,
     /// The heads resets replaced (none an ancestor of another), refused while a replica may
     /// still serve them, also after the reset is applied, until a revision built on one is
@@ -320,8 +319,8 @@ enum Judged {
     Late(&'static str),
 }
 
-/// The `before` commits of the pushes a process has seen, for telling a late webhook.
-const MOVED_FROM_MEMORY: usize = 64;
+/// The pushes a process remembers, for telling a late webhook.
+const SEEN_PUSHES: usize = 64;
 
 /// Heads resets replaced, kept at most.
 const MAX_REPLACED: usize = 16;
@@ -523,7 +522,6 @@ impl Reconciler {
             reset_named: None,
             restored: None,
             recorded: None,
-            moved_from: std::collections::VecDeque::new(),
             seen_pushes: std::collections::VecDeque::new(),
             replaced: Vec::new(),
             refused_since: None,
@@ -554,10 +552,7 @@ impl Reconciler {
                 kept.push(head.clone());
             }
         }
-        if kept.len() != self.replaced.len() {
-            self.replaced = kept;
-            self.source.note_replaced(&self.replaced).await;
-        }
+        self.set_replaced(kept).await;
         if self.recorded.as_deref() == Some(revision) {
             return;
         }
@@ -704,13 +699,10 @@ impl Reconciler {
                 }
             }
             if let Some(from) = pushed.from {
-                if self.moved_from.len() >= MOVED_FROM_MEMORY {
-                    self.moved_from.pop_front();
+                if self.seen_pushes.len() >= SEEN_PUSHES {
                     self.seen_pushes.pop_front();
                 }
-                self.seen_pushes
-                    .push_back((from.clone(), pushed.commit.clone()));
-                self.moved_from.push_back(from);
+                self.seen_pushes.push_back((from, pushed.commit));
             }
         }
         if self.reset_named != reset_before {
@@ -725,6 +717,8 @@ impl Reconciler {
         let commit = pushed.commit.as_str();
         let from = pushed.from.as_deref();
         let reset = self.reset_named.as_ref().map(|r| r.commit.as_str());
+        let last = self.last_good();
+        let last = last.as_deref();
         // Whether `from` is a commit after `commit` on the branch (so the push went back): one
         // the working copy lacks is, since every ancestor of what was applied was fetched.
         let went_back = async |from: &str| {
@@ -744,7 +738,7 @@ impl Reconciler {
         });
         let current = async |from: &str| {
             let back = self.behind(commit).await.is_some()
-                || (self.last_good().as_deref() == Some(commit) && went_back(from).await);
+                || (last == Some(commit) && went_back(from).await);
             if back { Judged::Reset } else { Judged::Forward }
         };
         if let Some(f) = from
@@ -755,7 +749,7 @@ impl Reconciler {
         // From what was applied back to a head a reset replaced: the reset redone by its
         // owner (the chain check below would take it for the push the reset undid).
         if let Some(f) = from
-            && self.last_good().as_deref() == Some(f)
+            && last == Some(f)
             && self.in_replaced(commit).await
         {
             return current(f).await;
@@ -775,12 +769,7 @@ impl Reconciler {
                 _ => Judged::Reset,
             };
         }
-        if self.last_good().as_deref() == Some(commit) {
-            // Back to what was applied, from a commit after it: a reset all the same, so that a
-            // replica still serving the commit it replaced is not applied. From a commit kpr
-            // awaits, that is what it is; otherwise, if a push seen before moved on from what
-            // was applied, this one is older (a redelivery). Going forward to it, it is the
-            // push that was applied, come late.
+        if last == Some(commit) {
             // From the pending reset's commit: the reset undone by its owner, if a push seen
             // before brought what was applied (this move then is not that push). If none did,
             // it may be the push that brought it, which the reset undid, come late.
@@ -793,9 +782,14 @@ impl Reconciler {
                     Judged::Late("it may be the push the pending reset undid, come late")
                 };
             }
+            // Back to what was applied, from a commit after it: a reset all the same, so that a
+            // replica still serving the commit it replaced is not applied. From a commit kpr
+            // awaits, that is what it is; otherwise, if a push seen before moved on from what
+            // was applied, this one is older (a redelivery). Going forward to it, it is the
+            // push that was applied, come late.
             let back = match from {
                 Some(from) if awaited == Some(from) => true,
-                Some(_) if self.moved_from.iter().any(|m| m == commit) => false,
+                Some(_) if self.seen_pushes.iter().any(|(b, _)| b == commit) => false,
                 Some(from) => went_back(from).await,
                 None => false,
             };
@@ -838,7 +832,7 @@ impl Reconciler {
         }
         // From what was applied: no push from there is older than it.
         if let Some(f) = from
-            && self.last_good().as_deref() == Some(f)
+            && last == Some(f)
         {
             return current(f).await;
         }
@@ -1122,8 +1116,9 @@ impl Reconciler {
     /// of order: a head that stays the one fetched for `--reset-settle` is where the branch
     /// is, and is applied.
     async fn admit(&mut self, head: &str, wanted: Option<String>) -> Result<(), String> {
-        let last = self.last_good();
-        let ahead = last.as_deref() != Some(head) && self.behind(head).await.is_none();
+        // What was applied, when `head` is behind it (nothing below changes either).
+        let behind = self.behind(head).await;
+        let ahead = self.last_good().as_deref() != Some(head) && behind.is_none();
         // With a reset pending, a new head built on the reset's commit (outside what it
         // replaced) is the branch moved on from it: no run is to go back to it.
         if let Some(reset) = self.reset_named.clone()
@@ -1157,7 +1152,7 @@ impl Reconciler {
                     .unwrap_or_default(),
             ))
         } else {
-            self.behind(head).await.filter(|_| !named).map(|applied| {
+            behind.as_ref().filter(|_| !named).map(|applied| {
                 format!(
                     "the fetched branch head {head} is behind {applied}, which was already \
                      applied (a replica behind its webhook, or a reset no webhook announced): \
@@ -1193,17 +1188,10 @@ impl Reconciler {
         );
         self.refused_since = None;
         // Taken: no longer refused as replaced (what it is an ancestor of still is).
-        let mut kept = Vec::new();
-        for replaced in &self.replaced {
-            if replaced != head {
-                kept.push(replaced.clone());
-            }
-        }
-        if kept.len() != self.replaced.len() {
-            self.replaced = kept;
-            self.source.note_replaced(&self.replaced).await;
-        }
-        if let Some(applied) = self.behind(head).await {
+        let mut kept = self.replaced.clone();
+        kept.retain(|r| r != head);
+        self.set_replaced(kept).await;
+        if let Some(applied) = behind {
             // A reset no webhook announced (or one judged late): kept as one until applied.
             self.reset_named = Some(Reset {
                 commit: head.to_string(),
@@ -1241,8 +1229,15 @@ impl Reconciler {
         // Bounded: the oldest go first.
         let excess = kept.len().saturating_sub(MAX_REPLACED);
         kept.drain(..excess);
-        self.replaced = kept;
-        self.source.note_replaced(&self.replaced).await;
+        self.set_replaced(kept).await;
+    }
+
+    /// The heads resets replaced, kept in the working copy when they changed.
+    async fn set_replaced(&mut self, heads: Vec<String>) {
+        if heads != self.replaced {
+            self.replaced = heads;
+            self.source.note_replaced(&self.replaced).await;
+        }
     }
 
     async fn execute(&mut self, trigger: Trigger, span: &tracing::Span) -> RunOutcome {

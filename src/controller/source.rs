@@ -139,50 +139,56 @@ impl Source {
         }
     }
 
-    /// Keeps (or, `None`, drops) the commit a reset's webhook named, where a restart finds it:
-    /// the webhook is not sent again, and without it the branch could not go back.
+    /// Keeps (or, `None`, drops) the commit a reset's webhook named, and the head it replaced
+    /// when known, where a restart finds them: the webhook is not sent again, and without it
+    /// the branch could not go back.
     pub async fn note_reset(&self, reset: Option<(&str, Option<&str>)>) {
-        let Source::Git(g) = self else { return };
-        match reset {
-            // The commit, then the head it replaced when known: "COMMIT [FROM]".
-            Some((commit, from)) => {
-                let value = from.map_or_else(|| commit.to_string(), |f| format!("{commit} {f}"));
-                if let Err(e) = g.git(["config", RESET_NAMED, &value]).await {
-                    tracing::warn!(error = %e, "cannot keep the reset a webhook named in the working copy");
-                }
-            }
-            // Fails only when there is nothing to drop.
-            None => drop(g.git(["config", "--unset-all", RESET_NAMED]).await),
-        }
+        let words: Vec<&str> = reset
+            .map(|(commit, from)| std::iter::once(commit).chain(from).collect())
+            .unwrap_or_default();
+        self.keep_words(RESET_NAMED, &words, "the reset a webhook named")
+            .await;
+    }
+
+    /// What [`Self::note_reset`] kept.
+    pub async fn noted_reset(&self) -> Option<(String, Option<String>)> {
+        let mut words = self.kept_words(RESET_NAMED).await.into_iter();
+        Some((words.next()?, words.next()))
     }
 
     /// Keeps the heads resets replaced where a restart finds them.
     pub async fn note_replaced(&self, heads: &[String]) {
-        let Source::Git(g) = self else { return };
-        if heads.is_empty() {
-            drop(g.git(["config", "--unset-all", REPLACED]).await);
-        } else if let Err(e) = g.git(["config", REPLACED, &heads.join(" ")]).await {
-            tracing::warn!(error = %e, "cannot keep the heads resets replaced in the working copy");
-        }
+        let words: Vec<&str> = heads.iter().map(String::as_str).collect();
+        self.keep_words(REPLACED, &words, "the heads resets replaced")
+            .await;
     }
 
     /// What [`Self::note_replaced`] kept.
     pub async fn noted_replaced(&self) -> Vec<String> {
-        let Source::Git(g) = self else {
-            return Vec::new();
-        };
-        match g.git(["config", "--get", REPLACED]).await {
-            Ok(v) => v.split_whitespace().map(str::to_string).collect(),
-            Err(_) => Vec::new(),
+        self.kept_words(REPLACED).await
+    }
+
+    /// Keeps words under `key` in the working copy's git config (none: drops the key). A
+    /// failure costs only a restart's memory of them: it is logged.
+    async fn keep_words(&self, key: &str, words: &[&str], what: &str) {
+        let Source::Git(g) = self else { return };
+        if words.is_empty() {
+            // Fails only when there is nothing to drop.
+            drop(g.git(["config", "--unset-all", key]).await);
+        } else if let Err(e) = g.git(["config", key, &words.join(" ")]).await {
+            tracing::warn!(error = %e, "cannot keep {what} in the working copy");
         }
     }
 
-    /// What [`Self::note_reset`] kept: the commit, and the head it replaced when known.
-    pub async fn noted_reset(&self) -> Option<(String, Option<String>)> {
-        let Source::Git(g) = self else { return None };
-        let value = g.git(["config", "--get", RESET_NAMED]).await.ok()?;
-        let mut words = value.split_whitespace().map(str::to_string);
-        Some((words.next()?, words.next()))
+    /// What [`Self::keep_words`] kept under `key`.
+    async fn kept_words(&self, key: &str) -> Vec<String> {
+        let Source::Git(g) = self else {
+            return Vec::new();
+        };
+        match g.git(["config", "--get", key]).await {
+            Ok(v) => v.split_whitespace().map(str::to_string).collect(),
+            Err(_) => Vec::new(),
+        }
     }
 
     /// The last good revision an earlier process recorded, if it is still there and was
