@@ -380,7 +380,7 @@ impl Cli {
     /// The exit code for trouble: `policy diff` keeps 2, as diff(1) does (1 means "differ").
     pub fn error_code(&self) -> u8 {
         match self.command {
-            Command::Policy(PolicyCommand::Diff { .. }) => 2,
+            Command::Policy(PolicyCommand::Diff { .. }) => EXIT_DIFF_TROUBLE,
             _ => EXIT_ERROR,
         }
     }
@@ -389,6 +389,8 @@ impl Cli {
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CHANGES: u8 = 2;
+/// `policy diff`'s code for trouble (1 means "the policies differ"), as diff(1) has it.
+pub const EXIT_DIFF_TROUBLE: u8 = 2;
 
 /// The exit code for arguments clap rejected. clap's own is 2, which `plan --detailed-exitcode`
 /// means as "changes present": a pipeline would take a plan that never ran (a mistyped flag, a
@@ -408,7 +410,11 @@ where
             Some(("policy", sub)) => sub.subcommand_name() == Some("diff"),
             _ => false,
         });
-    if policy_diff { 2 } else { EXIT_ERROR }
+    if policy_diff {
+        EXIT_DIFF_TROUBLE
+    } else {
+        EXIT_ERROR
+    }
 }
 
 /// The log level and whether to log JSON: a flag or `KPR_*` variable, then the config file,
@@ -996,7 +1002,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
         PolicyCommand::Diff { a, b } => {
             if a == "-" && b == "-" {
                 crate::errln!("error: only one side can be read from stdin");
-                return 2;
+                return EXIT_DIFF_TROUBLE;
             }
             // One at a time: B's warnings are not printed when A already failed.
             let (da, db) =
@@ -1004,7 +1010,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                     Ok(both) => both,
                     Err(e) => {
                         crate::errln!("{e}");
-                        return 2;
+                        return EXIT_DIFF_TROUBLE;
                     }
                 };
             if da.equivalent(&db) {

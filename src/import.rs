@@ -270,11 +270,7 @@ fn pinned_epoch<'a>(doc: &'a PolicyDocument, consumer: &str) -> Option<&'a str> 
         .iter()
         .flat_map(|s| s.resources().unwrap_or_default())
         .map(String::as_str)
-        .find(|r| {
-            r.strip_prefix(consumer)
-                .and_then(|rest| rest.strip_prefix(':'))
-                .is_some_and(|e| !e.is_empty() && e.bytes().all(|b| b.is_ascii_digit()))
-        })
+        .find(|r| lint::names_one_registration(r, consumer))
 }
 
 fn write_manifest(

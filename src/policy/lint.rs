@@ -565,11 +565,16 @@ fn resource_matches(resource: &str, arn: &str) -> bool {
     if !is_consumer_without_epoch(arn) {
         return resource == arn || wildcard_match(resource, arn);
     }
-    let exact_with_epoch = resource
-        .strip_prefix(arn)
+    names_one_registration(resource, arn) || matches_some_epoch(resource, arn)
+}
+
+/// Whether `resource` is `<consumer>:<digits>`: one registration of a consumer named without
+/// its epoch.
+pub fn names_one_registration(resource: &str, consumer: &str) -> bool {
+    resource
+        .strip_prefix(consumer)
         .and_then(|rest| rest.strip_prefix(':'))
-        .is_some_and(|epoch| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()));
-    exact_with_epoch || matches_some_epoch(resource, arn)
+        .is_some_and(|epoch| !epoch.is_empty() && epoch.bytes().all(|b| b.is_ascii_digit()))
 }
 
 /// Whether the pattern matches `<arn>:<digits>` for at least one non-empty digit string. Runs
