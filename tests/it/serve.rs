@@ -1228,7 +1228,7 @@ fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
 fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     let emu = common::kinesis_mock_private();
     let [a, b] = ["serve-lag-a", "serve-lag-b"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let one = role_one;
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &one(&a)));
     let first = repo.push("main", "a");
@@ -1240,10 +1240,7 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     assert!(live(&emu, &b).is_some());
 
     // The replica serves the first commit again; a webhook names a third, not served yet.
-    git(
-        &repo.dir.path().join("origin.git"),
-        &["update-ref", "refs/heads/main", &first],
-    );
+    serve_at(&repo, &first);
     let body = serde_json::json!({"ref": "refs/heads/main", "after": "f".repeat(40)});
     let r = serve.github_push_body(body.to_string().as_bytes(), "lag-2");
     assert_eq!(r.status, 202, "{r:?}");
@@ -1264,17 +1261,8 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     // A reset its webhook names is the branch's owner moving it back: applied, b pruned. Its
     // webhook comes while the host still serves the head before the reset, which contains
     // the older commit too: the reset is awaited until the head is that commit.
-    let origin = repo.dir.path().join("origin.git");
-    git(&origin, &["update-ref", "refs/heads/main", &second]);
-    let body = serde_json::json!({
-        "ref": "refs/heads/main", "before": second, "after": first, "forced": true
-    });
-    assert_eq!(
-        serve
-            .github_push_body(body.to_string().as_bytes(), "lag-3")
-            .status,
-        202
-    );
+    serve_at(&repo, &second);
+    forced_hook(&serve, &second, &first);
     let st = serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
         st["awaited_commit"] == first.as_str() && st["running"] == false
     });
@@ -1288,7 +1276,7 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
         |st| st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false,
     );
     assert_eq!(st["awaited_commit"], first.as_str(), "{st:#}");
-    git(&origin, &["update-ref", "refs/heads/main", &first]);
+    serve_at(&repo, &first);
     serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
         st["last_good_revision"] == first.as_str()
     });
@@ -1325,8 +1313,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
 
     // The replica serves the second commit when that push's webhook arrives, from GitLab
     // (which does not say whether a push was forced) and from GitHub.
-    let origin = repo.dir.path().join("origin.git");
-    git(&origin, &["update-ref", "refs/heads/main", &second]);
+    serve_at(&repo, &second);
     let late = serde_json::json!({"ref": "refs/heads/main", "before": first, "after": second});
     let mut github = late.clone();
     github["forced"] = false.into();
@@ -1383,7 +1370,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
         st["awaited_commit"] == first.as_str() && st["running"] == false && st["pending"].is_null()
     });
     assert_eq!(st["last_good_revision"], third.as_str(), "{st:#}");
-    git(&origin, &["update-ref", "refs/heads/main", &first]);
+    serve_at(&repo, &first);
     serve.status_when("the reset to be applied", Duration::from_secs(30), |st| {
         st["last_good_revision"] == first.as_str()
     });
@@ -1403,31 +1390,24 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let v4 = role(&a, "four");
     repo.write("a.yaml", &manifest(&a, &v4));
     let fifth = repo.push("main", "a v4");
-    git(&origin, &["update-ref", "refs/heads/main", &first]);
-    let push = |before: &str, after: &str, delivery: &str| {
-        let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
-        let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
-        assert_eq!(r.status, 202, "{r:?}");
-    };
-    push(&fourth, &fifth, "fifth");
+    serve_at(&repo, &first);
+    push_hook(&serve, &fourth, &fifth);
     serve.status_when(
         "the fifth commit to be awaited",
         Duration::from_secs(20),
         |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
     );
-    git(&origin, &["update-ref", "refs/heads/main", &fourth]);
-    push(&first, &fourth, "fourth-late");
+    serve_at(&repo, &fourth);
+    push_hook(&serve, &first, &fourth);
     serve.applied(&fourth);
-    let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
-        st["running"] == false && st["pending"].is_null()
-    });
+    let st = serve.idle();
     assert_eq!(
         st["awaited_commit"],
         fifth.as_str(),
         "{st:#}\n{}",
         serve.logs()
     );
-    git(&origin, &["update-ref", "refs/heads/main", &fifth]);
+    serve_at(&repo, &fifth);
     serve.applied(&fifth);
     assert!(live(&emu, &a).is_some_and(|p| same_grant(&p, &v4)));
     serve.stop();
@@ -1440,16 +1420,11 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
 fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     let emu = common::kinesis_mock_private();
     let [a, b, c, d] = ["rs-a", "rs-b", "rs-c", "rs-d"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let one = role_one;
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &one(&a)));
     let first = repo.push("main", "a");
     let serve = serve_pruning(&emu, &repo, &["--retry-delay", "1h"], &first);
-    let settled = |what: &str| {
-        serve.status_when(what, Duration::from_secs(20), |st| {
-            st["running"] == false && st["pending"].is_null()
-        })
-    };
 
     // 1. Undo the last push; that push's webhook is then redelivered (same event id): a
     //    duplicate, which changes nothing.
@@ -1460,7 +1435,7 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     push_hook(&serve, &second, &first);
     let again = delivered(&serve, &first, &second, &pushed);
     assert_eq!(again.status, 200, "a redelivery is a duplicate: {again:?}");
-    let st = settled("the reset and the redelivery");
+    let st = serve.idle();
     assert_eq!(
         st["awaited_commit"],
         first.as_str(),
@@ -1536,7 +1511,7 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
 fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
     let emu = common::kinesis_mock_private();
     let [a, b, c, x] = ["rh-a", "rh-b", "rh-c", "rh-x"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let one = role_one;
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &one(&a)));
     let first = repo.push("main", "a");
@@ -1742,11 +1717,6 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
     serve_at(&repo, &second);
     let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
     let serve = serve_pruning(&emu, &repo, &extra, &second);
-    let settled = |what: &str| {
-        serve.status_when(what, Duration::from_secs(20), |st| {
-            st["running"] == false && st["pending"].is_null()
-        })
-    };
 
     // A push, a reset of it (applied), and the push again as a new event: applied at once.
     serve_at(&repo, &third);
@@ -1767,7 +1737,7 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
     serve.applied(&fourth);
     push_hook(&serve, &fourth, &second);
     push_hook(&serve, &second, &fourth);
-    let st = settled("the reset and its undo");
+    let st = serve.idle();
     assert!(st["awaited_commit"].is_null(), "{st:#}\n{}", serve.logs());
     serve_at(&repo, &second);
     serve.trigger();
@@ -1972,10 +1942,7 @@ fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
     };
     let serve = start("0");
     serve.applied(&second);
-    git(
-        &repo.dir.path().join("origin.git"),
-        &["update-ref", "refs/heads/main", &first],
-    );
+    serve_at(&repo, &first);
     let body = serde_json::json!({"ref": "refs/heads/main", "after": first});
     assert_eq!(
         serve
@@ -2246,7 +2213,7 @@ fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
     let emu = common::kinesis_mock();
     let [a, b, c] =
         ["serve-bad-a", "serve-bad-b", "serve-bad-c"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let one = role_one;
     let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
     let dir = common::Manifests::new(&[
         ("a.yaml", &manifest(&a, &one(&a))),
@@ -2294,7 +2261,7 @@ fn an_invalid_revision_does_not_stop_self_healing_of_the_files_it_left_alone() {
 fn a_restart_on_an_invalid_branch_still_corrects_the_files_it_left_alone() {
     let emu = common::kinesis_mock();
     let [a, b] = ["serve-rbad-a", "serve-rbad-b"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let one = role_one;
     let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
     let repo = Repo::new();
     repo.write("a.yaml", &manifest(&a, &one(&a)));
@@ -2351,7 +2318,7 @@ fn a_restart_on_an_invalid_branch_still_corrects_the_files_it_left_alone() {
 fn a_duplicate_in_a_new_file_leaves_the_rest_of_the_old_file_corrected() {
     let emu = common::kinesis_mock();
     let [b, d] = ["serve-dup-b", "serve-dup-d"].map(|n| emu.create_stream(&unique(n)));
-    let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+    let one = role_one;
     let both = format!("{}---\n{}", manifest(&b, &one(&b)), manifest(&d, &one(&d)));
     let dir = common::Manifests::new(&[("m.yaml", &both)]);
     let serve = Serve::dir(&emu, &dir, &["--interval", "1s", "--retry-delay", "1h"]);
@@ -2387,7 +2354,7 @@ fn an_invalid_revision_applies_nothing_behind_a_symlink() {
     let emu = common::kinesis_mock();
     for linked_path in [false, true] {
         let [a, c] = ["serve-badlink-a", "serve-badlink-c"].map(|n| emu.create_stream(&unique(n)));
-        let one = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/one");
+        let one = role_one;
         let two = |arn: &str| read_policy(arn, "arn:aws:iam::111122223333:role/two");
         let repo = Repo::new();
         // Either m/link.yaml -> ../shared/c.yaml, or m -> real with both files in real/.
