@@ -361,8 +361,12 @@ fn write_manifest(
             // last of a key given twice, which would make a document kpr accepts out of one
             // it refuses. Anything else goes in as the text itself, which the loader refuses
             // the same way.
+            // A number JSON reads as a float (a decimal, an integer past 2^64) would be written
+            // as the float's text, not the live one; IAM compares condition values as text.
             match &value {
-                Ok(value @ serde_json::Value::Object(_)) => block_yaml(value),
+                Ok(value @ serde_json::Value::Object(_)) if !has_inexact_number(value) => {
+                    block_yaml(value)
+                }
                 _ => format!("{}\n", yaml_scalar(raw)),
             }
         }
@@ -495,6 +499,17 @@ fn write_block(out: &mut String, value: &serde_json::Value, indent: usize) {
             out.push_str(&inline(value));
             out.push('\n');
         }
+    }
+}
+
+/// Whether a number in `value` was read as a float, whose text may differ from the source's.
+fn has_inexact_number(value: &serde_json::Value) -> bool {
+    use serde_json::Value;
+    match value {
+        Value::Number(n) => !(n.is_i64() || n.is_u64()),
+        Value::Array(a) => a.iter().any(has_inexact_number),
+        Value::Object(m) => m.values().any(has_inexact_number),
+        _ => false,
     }
 }
 
@@ -710,7 +725,15 @@ mod tests {
             r#"{{"Version":"2012-10-17","Statement":[{}],"X\rallowPublic: yes":1}}"#,
             stmt("a")
         );
+        // Written as the live text: read as floats, they would turn into `1.5`, `100.0` and
+        // `1.2345678901234568e+29`, which a reviewer would then quote.
+        let decimals = stmt("a").replace(
+            "\"Resource\"",
+            r#""Condition":{"StringEquals":{"aws:PrincipalTag/v":[1.50,1e2,123456789012345678901234567890]}},"Resource""#,
+        );
+        let decimals = format!(r#"{{"Version":"2012-10-17","Statement":[{decimals}]}}"#);
         for (name, raw, why) in [
+            ("decimals.yaml", decimals.as_str(), "not an integer"),
             (
                 "lower.yaml",
                 lower.as_str(),
@@ -754,6 +777,11 @@ mod tests {
                 "{name}: the comment ended early: {errors:?}\n{text}"
             );
         }
+        let text = std::fs::read_to_string(dir.path().join("decimals.yaml")).unwrap();
+        assert!(
+            text.contains("[1.50,1e2,123456789012345678901234567890]"),
+            "{text}"
+        );
     }
 
     /// A file of that name that declares another resource (say, the same stream name in

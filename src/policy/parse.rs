@@ -362,8 +362,9 @@ fn condition_value(v: &Value, path: &str) -> Result<ConditionValue, PolicyError>
         Value::Number(n) if n.is_i64() || n.is_u64() => Ok(ConditionValue::Number(n.clone())),
         Value::Number(_) => Err(PolicyError::invalid(
             path,
-            "a number that is not an integer: IAM compares condition values as text, which \
-             kpr cannot keep for such a number; write the value as a string (put it in quotes)",
+            "a number that is not an integer, or an integer too large for 64 bits: IAM compares \
+             condition values as text, which kpr cannot keep for such a number; write the value \
+             as a string (put it in quotes)",
         )),
         Value::Bool(b) => Ok(ConditionValue::Bool(*b)),
         other => Err(PolicyError::invalid(
