@@ -202,7 +202,9 @@ pub fn statement_diff(
 ) -> Vec<String> {
     let mut lines = Vec::new();
     if let Some(raw) = before_raw {
-        lines.push(format!("- (unparsable live policy) {raw}"));
+        // Every line marked: what a revoke takes away must not read as unchanged context.
+        lines.push("- (unparsable live policy)".to_string());
+        lines.extend(raw.lines().map(|l| format!("-   {}", printable(l))));
     }
     let header = |d: Option<&PolicyDocument>| {
         d.map(|d| {
@@ -235,13 +237,18 @@ pub fn statement_diff(
     }
     let mut added: Vec<&(String, String)> = new_left.into_iter().flatten().collect();
     for o in removed {
-        let sid_match = (!o.0.starts_with('#'))
-            .then(|| added.iter().position(|n| n.0 == o.0))
-            .flatten();
-        match sid_match {
+        match counterpart(o, &added) {
             Some(i) => {
                 let n = added.remove(i);
-                lines.push(format!("~ statement {}", o.0));
+                if n.0 == o.0 {
+                    lines.push(format!("~ statement {}", printable(&o.0)));
+                } else {
+                    lines.push(format!(
+                        "~ statement {} -> {}",
+                        printable(&o.0),
+                        printable(&n.0)
+                    ));
+                }
                 // Lines compare without their trailing comma: removing a list's last item
                 // takes the comma off the one before, which is no change to show.
                 let (old_lines, new_lines): (Vec<&str>, Vec<&str>) =
@@ -252,29 +259,71 @@ pub fn statement_diff(
                     &new_lines,
                     |l| l.trim_end_matches(','),
                 );
-                for change in ops
-                    .iter()
-                    .flat_map(|op| op.iter_changes(&old_lines, &new_lines))
-                {
-                    let sign = match change.tag() {
-                        similar::ChangeTag::Delete => '-',
-                        similar::ChangeTag::Insert => '+',
-                        similar::ChangeTag::Equal => ' ',
-                    };
-                    lines.push(format!("{sign}   {}", change.value()));
+                // Three lines of context around each change, as `diff -u`: a long statement
+                // with one principal changed reads as that principal.
+                // A gap of one line is shown, not said: `...` would be no shorter.
+                let gap = |lines: &mut Vec<String>, from: usize, to: usize| match to - from {
+                    0 => {}
+                    1 => lines.push(format!("    {}", old_lines[from])),
+                    _ => lines.push("    ...".to_string()),
+                };
+                let mut shown = 0;
+                for group in similar::group_diff_ops(ops, 3) {
+                    let start = group.first().map_or(0, |op| op.old_range().start);
+                    gap(&mut lines, shown, start.max(shown));
+                    for op in &group {
+                        shown = op.old_range().end;
+                        for change in op.iter_changes(&old_lines, &new_lines) {
+                            let sign = match change.tag() {
+                                similar::ChangeTag::Delete => '-',
+                                similar::ChangeTag::Insert => '+',
+                                similar::ChangeTag::Equal => ' ',
+                            };
+                            lines.push(format!("{sign}   {}", change.value()));
+                        }
+                    }
                 }
+                gap(&mut lines, shown, old_lines.len().max(shown));
             }
             None => {
-                lines.push(format!("- statement {}", o.0));
+                lines.push(format!("- statement {}", printable(&o.0)));
                 lines.extend(o.1.lines().map(|l| format!("-   {l}")));
             }
         }
     }
     for n in added {
-        lines.push(format!("+ statement {}", n.0));
+        lines.push(format!("+ statement {}", printable(&n.0)));
         lines.extend(n.1.lines().map(|l| format!("+   {l}")));
     }
     lines
+}
+
+/// The added statement a removed one became: the one with its Sid, else (no Sid, or a renamed
+/// one) the most alike by lines, if mostly alike, so an edit shows as the lines it changed
+/// rather than as a whole statement taken away and another granted.
+fn counterpart(removed: &(String, String), added: &[&(String, String)]) -> Option<usize> {
+    if !removed.0.starts_with('#')
+        && let Some(i) = added.iter().position(|n| n.0 == removed.0)
+    {
+        return Some(i);
+    }
+    added
+        .iter()
+        .enumerate()
+        .map(|(i, n)| (i, similar::TextDiff::from_lines(&removed.1, &n.1).ratio()))
+        .filter(|(_, ratio)| *ratio >= 0.6)
+        .max_by(|a, b| a.1.total_cmp(&b.1).then(b.0.cmp(&a.0)))
+        .map(|(i, _)| i)
+}
+
+/// Text from a policy (a Sid, an unparsable live document) as it may be printed: control
+/// characters escaped, so it cannot forge or overwrite plan lines on a terminal.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    if text.chars().any(char::is_control) {
+        text.escape_debug().to_string().into()
+    } else {
+        text.into()
+    }
 }
 
 /// A resource's ARN and, when a manifest declared it, where: `ARN  (file:line)`.
@@ -644,6 +693,88 @@ mod tests {
         assert!(
             lines.contains("arn:aws:iam::444455556666:root") && lines.contains("\"444455556666\""),
             "{lines}"
+        );
+    }
+
+    fn statements(statements: serde_json::Value) -> PolicyDocument {
+        PolicyDocument::from_value(&serde_json::json!({
+            "Version": "2012-10-17", "Statement": statements
+        }))
+        .unwrap()
+    }
+
+    fn read_by(role: &str, sid: Option<&str>) -> serde_json::Value {
+        let mut s = serde_json::json!({"Effect": "Allow",
+            "Principal": {"AWS": [format!("arn:aws:iam::111122223333:role/{role}"),
+                "arn:aws:iam::111122223333:role/audit"]},
+            "Action": ["kinesis:GetRecords", "kinesis:GetShardIterator"], "Resource": "*"});
+        if let Some(sid) = sid {
+            s["Sid"] = sid.into();
+        }
+        s
+    }
+
+    /// An edit of a statement without a Sid, or one that renames its Sid, shows the lines it
+    /// changed; a statement unlike any other is still shown whole.
+    #[test]
+    fn an_edited_statement_shows_its_changed_lines_with_or_without_a_sid() {
+        let deny = serde_json::json!({"Effect": "Deny", "Principal": "*",
+            "Action": "kinesis:DeleteStream", "Resource": "*"});
+        let before = statements(serde_json::json!([read_by("etl", None), deny]));
+        let after = statements(serde_json::json!([read_by("billing", None)]));
+        let lines = statement_diff(Some(&before), None, Some(&after), None);
+        let headers: Vec<&String> = lines.iter().filter(|l| l.contains(" statement ")).collect();
+        assert!(
+            headers.len() == 2
+                && headers.iter().any(|h| h.starts_with("~ statement #"))
+                && headers.iter().any(|h| h.starts_with("- statement #")),
+            "{lines:#?}"
+        );
+        let added: Vec<&String> = lines.iter().filter(|l| l.starts_with("+   ")).collect();
+        assert!(
+            added.len() == 1 && added[0].contains("role/billing"),
+            "{lines:#?}"
+        );
+
+        let before = statements(serde_json::json!([read_by("etl", Some("Etl"))]));
+        let after = statements(serde_json::json!([read_by("etl", Some("Pipeline"))]));
+        let lines = statement_diff(Some(&before), None, Some(&after), None);
+        assert_eq!(lines[0], "~ statement Etl -> Pipeline", "{lines:#?}");
+        let changed: Vec<&String> = lines[1..]
+            .iter()
+            .filter(|l| l.starts_with(['-', '+']))
+            .collect();
+        assert!(
+            changed.len() == 2 && changed.iter().all(|l| l.contains("\"Sid\"")),
+            "{lines:#?}"
+        );
+        // The Action lines are more than three lines away: left out.
+        assert!(
+            lines[1] == "    ..." && !lines.iter().any(|l| l.contains("kinesis:GetRecords")),
+            "{lines:#?}"
+        );
+    }
+
+    /// Text taken from a policy cannot forge plan lines: a Sid's control characters are
+    /// escaped, and every line of an unparsable live policy is marked as removed.
+    #[test]
+    fn text_from_a_policy_cannot_pass_for_plan_lines() {
+        let forged = "Audit\r~ statement Audit (comment only)\n\nPlan: 0 to create.\n\u{1b}[8m";
+        let after = statements(serde_json::json!([read_by("etl", Some(forged))]));
+        let raw = "{\n  \"Statement\": [\n    {\"Principal\": \"*\"}\n  ]\n}";
+        let lines = statement_diff(None, Some(raw), Some(&after), None);
+        assert!(
+            lines.iter().all(|l| !l.chars().any(char::is_control)),
+            "{lines:#?}"
+        );
+        assert!(
+            lines.iter().all(|l| l.starts_with(['-', '+'])),
+            "{lines:#?}"
+        );
+        assert_eq!(
+            lines.iter().filter(|l| l.starts_with('-')).count(),
+            6,
+            "{lines:#?}"
         );
     }
 
