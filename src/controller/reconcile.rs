@@ -785,11 +785,18 @@ impl Reconciler {
             // Back to what was applied, from a commit after it: a reset all the same, so that a
             // replica still serving the commit it replaced is not applied. From a commit kpr
             // awaits, that is what it is; otherwise, if a push seen before moved on from what
-            // was applied, this one is older (a redelivery). Going forward to it, it is the
-            // push that was applied, come late.
+            // was applied and none since brought the branch back, this one is older (a
+            // redelivery). Brought back, the branch left it again unseen and this push returns
+            // it: a reset (were it older still, the head it names as replaced was left all
+            // the same). Going forward to it, it is the push that was applied, come late.
             let back = match from {
                 Some(from) if awaited == Some(from) => true,
-                Some(_) if self.seen_pushes.iter().any(|(b, _)| b == commit) => false,
+                Some(_)
+                    if self.seen_pushes.iter().any(|(b, _)| b == commit)
+                        && self.seen_pushes.back().is_none_or(|(_, a)| a != commit) =>
+                {
+                    false
+                }
                 Some(from) => went_back(from).await,
                 None => false,
             };

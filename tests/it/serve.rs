@@ -1781,6 +1781,38 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
     serve.stop();
 }
 
+/// A push nobody announced, then reset away while a replica still serves it: the reset's
+/// webhook names what was applied, as a late one would, but the pushes seen had brought the
+/// branch back there, so it is a reset and the unannounced head is refused.
+#[test]
+fn a_reset_of_an_unannounced_push_is_not_taken_for_a_late_webhook() {
+    let emu = common::kinesis_mock_private();
+    let ([_, _, c], repo, [_, second, third]) = granted_in_turn(&emu, ["ru-a", "ru-b", "ru-c"]);
+    serve_at(&repo, &second);
+    let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
+    let serve = serve_pruning(&emu, &repo, &extra, &second);
+    serve_at(&repo, &third);
+    push_hook(&serve, &second, &third);
+    serve.applied(&third);
+    serve_at(&repo, &second);
+    push_hook(&serve, &third, &second);
+    serve.applied(&second);
+    assert!(live(&emu, &c).is_none());
+
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &second]);
+    repo.write("c.yaml", &manifest(&c, &role_one(&c)));
+    let unannounced = repo.commit("c again, its webhook lost");
+    git(
+        &work,
+        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    );
+    forced_hook(&serve, &unannounced, &second);
+    let st = serve.refused_as_replaced("the unannounced head to be refused");
+    assert!(live(&emu, &c).is_none(), "{st:#}\n{}", serve.logs());
+    serve.stop();
+}
+
 /// An amend force-pushed takes the old head away like a reset: the next push's fetch, served
 /// by a replica still at the old head, is refused rather than bringing it back.
 #[test]
