@@ -122,6 +122,10 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     );
     metrics::describe_counter!("kpr_webhooks_total", "Webhook deliveries by result");
     metrics::describe_counter!(
+        "kpr_http_connections_refused_total",
+        "HTTP connections closed as they came, the connection limit reached"
+    );
+    metrics::describe_counter!(
         "kpr_api_calls_total",
         "Kinesis API calls by operation and outcome"
     );
@@ -132,6 +136,49 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     );
     Ok(handle)
 }
+
+/// Connections served at once, at most. One more is closed as it comes, so that clients
+/// holding connections cannot spend the descriptors git, the manifests and AWS need: with them
+/// spent, every run failed and `/healthz` stopped answering. A quarter of the open-file limit
+/// when that is lower.
+const MAX_CONNECTIONS: usize = 256;
+
+/// Raises the soft limit on open files to the hard one, as Go's runtime does for every
+/// program (systemd starts services at a soft 1024 under a hard 524288), and returns the soft
+/// limit then in force.
+pub fn raise_open_files() -> Option<libc::rlim_t> {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read or write the struct passed, which lives on
+    // this stack frame for the duration of the call.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 {
+            return None;
+        }
+        if limit.rlim_cur < limit.rlim_max {
+            let raised = libc::rlimit {
+                rlim_cur: limit.rlim_max,
+                rlim_max: limit.rlim_max,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &raised) == 0 {
+                limit = raised;
+            }
+        }
+    }
+    Some(limit.rlim_cur)
+}
+
+fn max_connections(open_files: Option<libc::rlim_t>) -> usize {
+    open_files.map_or(MAX_CONNECTIONS, |n| {
+        MAX_CONNECTIONS.min(usize::try_from(n / 4).unwrap_or(usize::MAX).max(4))
+    })
+}
+
+/// How long a client may take to send a request's head, and how long a kept-alive connection
+/// may sit idle before it: a git host sends its webhook at once, a probe or scraper too.
+const HEADER_READ: Duration = Duration::from_secs(10);
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
@@ -149,15 +196,56 @@ pub async fn serve(
             post(webhook).layer(DefaultBodyLimit::disable()),
         )
         .with_state(shared);
-    let shutdown = async move {
+    // axum::serve sets no header-read timeout and no connection limit: hyper's own builder,
+    // with a timer, does the first; a semaphore the second.
+    let mut http = hyper::server::conn::http1::Builder::new();
+    http.timer(hyper_util::rt::TokioTimer::new())
+        .header_read_timeout(HEADER_READ);
+    let max = max_connections(raise_open_files());
+    let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
     };
-    if let Err(e) = axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
-        .await
-    {
-        tracing::error!(error = %e, "HTTP server failed");
+    tokio::pin!(stopped);
+    const WARN_EVERY: Duration = Duration::from_secs(60);
+    let mut last_warned = None;
+    loop {
+        let stream = tokio::select! {
+            accepted = listener.accept() => match accepted {
+                Ok((stream, _)) => stream,
+                Err(e) => {
+                    // Out of descriptors, say: accepting again at once would spin.
+                    tracing::error!(error = %e, "cannot accept an HTTP connection");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                    continue;
+                }
+            },
+            () = &mut stopped => break,
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            // Once a minute at most: a flood of connections must not flood the log too.
+            if last_warned.is_none_or(|at: tokio::time::Instant| at.elapsed() >= WARN_EVERY) {
+                tracing::warn!(
+                    max,
+                    "too many HTTP connections open: closing new ones (logged once a minute)"
+                );
+                last_warned = Some(tokio::time::Instant::now());
+            }
+            metrics::counter!("kpr_http_connections_refused_total").increment(1);
+            continue;
+        };
+        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        let conn =
+            graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
+        tokio::spawn(async move {
+            // A client that went away or timed out: nothing to report.
+            let _ = conn.await;
+            drop(slot);
+        });
     }
+    // Idle keep-alive connections close at once; the caller bounds the wait for the others.
+    graceful.shutdown().await;
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {

@@ -349,6 +349,8 @@ struct Options<'a> {
     wait_ready: bool,
     /// `--workdir`; a fresh one when `None`.
     workdir: Option<&'a Path>,
+    /// The limit on open files, soft and hard (`ulimit -n`).
+    open_files: Option<u32>,
 }
 
 impl Default for Options<'_> {
@@ -359,6 +361,7 @@ impl Default for Options<'_> {
             secret: true,
             wait_ready: true,
             workdir: None,
+            open_files: None,
         }
     }
 }
@@ -402,7 +405,23 @@ impl Serve {
                 opts.workdir
                     .map_or_else(|| tmp.path().join("work"), Path::to_path_buf),
             )
-            .args(&opts.args)
+            .args(&opts.args);
+        if let Some(n) = opts.open_files {
+            let mut limited = Command::new("sh");
+            limited
+                .arg("-c")
+                .arg(format!("ulimit -n {n} && exec \"$0\" \"$@\""))
+                .arg(cmd.get_program())
+                .args(cmd.get_args());
+            for (k, v) in cmd.get_envs() {
+                match v {
+                    Some(v) => limited.env(k, v),
+                    None => limited.env_remove(k),
+                };
+            }
+            cmd = limited;
+        }
+        cmd.stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(std::fs::File::create(&log).unwrap());
         if opts.secret {
@@ -795,6 +814,63 @@ fn stalled_webhook_senders_block_nothing() {
         assert_eq!(&head, b"HTTP/1.1 408", "{}", String::from_utf8_lossy(&head));
     }
     serve.stop();
+}
+
+/// Clients that open connections and send nothing cannot spend the descriptors runs need:
+/// past a quarter of the open-file limit new connections are closed as they come, and a
+/// connection that sends no request head within 10 s is closed.
+#[test]
+fn idle_connections_are_capped_and_closed() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["ic-a", "ic-b"]);
+    serve_at(&repo, &first);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            // Scheduled runs go on while every connection the service takes is held.
+            args: repo.source_args(&["--interval", "1s"]),
+            open_files: Some(64),
+            ..Options::default()
+        },
+    );
+    serve.applied(&first);
+    serve_at(&repo, &second);
+    let held: Vec<TcpStream> = (0..40)
+        .map(|_| TcpStream::connect(("127.0.0.1", serve.port)).unwrap())
+        .collect();
+    wait_for(
+        "the connections past 16 to be closed",
+        Duration::from_secs(5),
+        || (held.iter().filter(|c| is_closed(c)).count() >= 24).then_some(()),
+    );
+    wait_for("the held ones to time out", Duration::from_secs(30), || {
+        held.iter().all(is_closed).then_some(())
+    });
+    let st = serve.applied(&second);
+    assert!(live(&emu, &b).is_some(), "{st:#}");
+    let logs = serve.logs();
+    assert!(
+        logs.contains("too many HTTP connections open") && !logs.contains("Too many open files"),
+        "{logs}"
+    );
+    assert_eq!(
+        serve.metric("kpr_reconcile_runs_total", &[("result", "fetch_failed")]),
+        0.0
+    );
+    serve.stop();
+}
+
+/// Whether the server closed `c`: a read finds the end of the stream (or a reset) rather than
+/// nothing yet.
+fn is_closed(c: &TcpStream) -> bool {
+    c.set_read_timeout(Some(Duration::from_millis(5))).unwrap();
+    match (&*c).read_to_end(&mut Vec::new()) {
+        Ok(_) => true,
+        Err(e) => !matches!(
+            e.kind(),
+            std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+        ),
+    }
 }
 
 #[test]
