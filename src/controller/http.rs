@@ -41,6 +41,8 @@ pub struct Shared {
     webhook_secret: RotatingSecret,
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
+    /// And only of this repository, when the payload names one ([`webhook::repository_path`]).
+    repository: Option<String>,
     replay: Mutex<ReplayGuard>,
     /// The pushes webhooks announced since a run last took them, oldest first: the next run
     /// judges each in turn (a push forward, a reset, or a late delivery), so none of them is
@@ -73,6 +75,10 @@ impl Shared {
             ),
             branch: match &settings.source {
                 SourceSpec::Git(g) => Some(g.branch.clone()),
+                SourceSpec::Dir(_) => None,
+            },
+            repository: match &settings.source {
+                SourceSpec::Git(g) => Some(webhook::repository_path(&g.url)),
                 SourceSpec::Dir(_) => None,
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
@@ -497,7 +503,20 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             "ignored",
             format!("event {name:?} ignored: only pushes trigger a run"),
         ),
-        Event::Push { git_ref, pushed } => {
+        Event::Push {
+            git_ref,
+            pushed,
+            repository,
+        } => {
+            if let (Some(path), Some(named)) = (&s.repository, &repository)
+                && !webhook::same_repository(path, named)
+            {
+                return reply(
+                    StatusCode::OK,
+                    "ignored",
+                    format!("push to {named} ignored: the git URL names {path}"),
+                );
+            }
             if let (Some(branch), Some(r)) = (&s.branch, &git_ref) {
                 let wanted = format!("refs/heads/{branch}");
                 if *r != wanted {

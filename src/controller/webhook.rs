@@ -129,6 +129,8 @@ pub enum Event {
     Push {
         git_ref: Option<String>,
         pushed: Option<Pushed>,
+        /// The repository the payload names (`owner/name`), when it names one.
+        repository: Option<String>,
     },
     /// An event kpr does not act on (issues, tags, ...), by name.
     Other(String),
@@ -136,8 +138,10 @@ pub enum Event {
 
 /// Body formats GitHub can send: JSON, or a form with the JSON in `payload`.
 fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, String> {
-    let form = header(headers, "content-type")
-        .is_some_and(|c| c.starts_with("application/x-www-form-urlencoded"));
+    let form = header(headers, "content-type").is_some_and(|c| {
+        c.to_ascii_lowercase()
+            .starts_with("application/x-www-form-urlencoded")
+    });
     // `curl -d` labels raw JSON as a form too: without a payload field, read the body as is.
     let payload = form
         .then(|| std::str::from_utf8(body).ok())
@@ -164,7 +168,16 @@ fn commit_id(v: &serde_json::Value, key: &str) -> Option<String> {
 
 /// A push payload's ref, and the commits it moved the ref from and to.
 fn push(v: &serde_json::Value) -> Event {
+    let named = |object: &str, key: &str| {
+        v.get(object)
+            .and_then(|o| o.get(key))
+            .and_then(|n| n.as_str())
+            .map(str::to_string)
+    };
     Event::Push {
+        // GitHub's, then GitLab's.
+        repository: named("repository", "full_name")
+            .or_else(|| named("project", "path_with_namespace")),
         git_ref: v.get("ref").and_then(|r| r.as_str()).map(str::to_string),
         pushed: commit_id(v, "after").map(|commit| Pushed {
             commit,
@@ -202,12 +215,45 @@ pub fn parse_event(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Resu
                 Ok(Event::Push {
                     git_ref: None,
                     pushed: None,
+                    repository: None,
                 })
             } else {
                 Ok(push(&json_body(headers, body)?))
             }
         }
     }
+}
+
+/// The repository a git URL names, as a payload's `owner/name` ends it: its path without
+/// `.git`, lower-case (GitHub and GitLab paths are not case-sensitive). `https://host/o/r.git`,
+/// `ssh://git@host/o/r`, `git@host:o/r.git` all give `o/r`; a mirror's longer path ends in it.
+pub fn repository_path(url: &str) -> String {
+    let path = match url.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
+        // scp-like `user@host:path`, or a local path.
+        None => match url.split_once(':') {
+            Some((host, p)) if !host.contains('/') => p,
+            _ => url,
+        },
+    };
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let path = path.trim_matches('/');
+    path.strip_suffix(".git")
+        .unwrap_or(path)
+        .trim_matches('/')
+        .to_ascii_lowercase()
+}
+
+/// Whether a payload's repository (`owner/name`, or a GitLab group path) is the one at
+/// `path` ([`repository_path`]): another repository sharing the secret (an organisation's
+/// webhook, a fork) must not move what kpr awaits or take a head for a reset.
+pub fn same_repository(path: &str, named: &str) -> bool {
+    let named = named.trim_matches('/').to_ascii_lowercase();
+    !named.is_empty()
+        && (path == named
+            || path
+                .strip_suffix(named.as_str())
+                .is_some_and(|p| p.ends_with('/')))
 }
 
 /// The most recent delivery ids, oldest forgotten first.
@@ -354,6 +400,39 @@ mod tests {
         assert!(ct_eq(b"", b""));
     }
 
+    /// A push of another repository sharing the secret (an organisation's webhook, a fork)
+    /// is told apart by the name the payload gives, GitHub's or GitLab's.
+    #[test]
+    fn a_push_names_its_repository() {
+        for url in [
+            "https://github.com/Acme/Policies.git",
+            "https://x-access-token@github.com/acme/policies/",
+            "ssh://git@github.com/acme/policies.git",
+            "git@github.com:acme/policies.git",
+            "https://git-cache.internal/github/acme/policies.git",
+        ] {
+            let path = repository_path(url);
+            assert!(same_repository(&path, "acme/policies"), "{url}: {path}");
+            assert!(same_repository(&path, "ACME/Policies"), "{url}: {path}");
+            for other in ["someone/policies", "acme/policies-fork", "cme/policies", ""] {
+                assert!(!same_repository(&path, other), "{url}: {other}");
+            }
+        }
+        let gh = headers(&[("x-github-event", "push")]);
+        let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/policies"}}"#;
+        assert!(matches!(
+            parse_event(Provider::GitHub, &gh, body),
+            Ok(Event::Push { repository: Some(r), .. }) if r == "acme/policies"
+        ));
+        let gl = headers(&[("x-gitlab-event", "Push Hook")]);
+        let body =
+            br#"{"ref":"refs/heads/main","project":{"path_with_namespace":"group/sub/policies"}}"#;
+        assert!(matches!(
+            parse_event(Provider::GitLab, &gl, body),
+            Ok(Event::Push { repository: Some(r), .. }) if r == "group/sub/policies"
+        ));
+    }
+
     #[test]
     fn events_and_refs() {
         const SHA: &str = "0123456789abcdef0123456789abcdef01234567";
@@ -369,6 +448,7 @@ mod tests {
                 from: None,
                 forced: false,
             }),
+            repository: None,
         });
         let gh = |event: &str| headers(&[("x-github-event", event)]);
         assert_eq!(
@@ -391,7 +471,7 @@ mod tests {
         assert_eq!(parse_event(Provider::GitHub, &curl, push), main.clone());
         let form = headers(&[
             ("x-github-event", "push"),
-            ("content-type", "application/x-www-form-urlencoded"),
+            ("content-type", "Application/X-WWW-Form-Urlencoded"),
         ]);
         assert_eq!(
             parse_event(
@@ -401,7 +481,8 @@ mod tests {
             ),
             Ok(Event::Push {
                 git_ref: Some("refs/heads/dev".into()),
-                pushed: None
+                pushed: None,
+                repository: None,
             })
         );
         let gl = headers(&[("x-gitlab-event", "Push Hook")]);
@@ -418,7 +499,8 @@ mod tests {
             parse_event(Provider::Bearer, &HeaderMap::new(), b""),
             Ok(Event::Push {
                 git_ref: None,
-                pushed: None
+                pushed: None,
+                repository: None,
             })
         );
         assert_eq!(
@@ -436,7 +518,8 @@ mod tests {
                 parse_event(Provider::GitHub, &gh("push"), body.as_bytes()),
                 Ok(Event::Push {
                     git_ref: Some("refs/heads/main".into()),
-                    pushed: None
+                    pushed: None,
+                    repository: None,
                 }),
                 "{after}"
             );
@@ -462,6 +545,7 @@ mod tests {
                     from: Some(before),
                     forced: true,
                 }),
+                repository: None,
             })
         );
         let body = format!(

@@ -684,6 +684,14 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     let other_branch = serve.github_push("feature", "delivery-2");
     assert_eq!(other_branch.status, 200, "{other_branch:?}");
     assert!(other_branch.body.contains("ignored"), "{other_branch:?}");
+    // Signed with the same secret (an organisation's webhook), of another repository.
+    let fork = serde_json::json!({"ref": "refs/heads/main", "after": "ab".repeat(20),
+        "repository": {"full_name": "someone/kinesis-policies-fork"}});
+    let fork = serve.github_push_body(fork.to_string().as_bytes(), "delivery-fork");
+    assert!(
+        fork.status == 200 && fork.body.contains("ignored"),
+        "{fork:?}"
+    );
     let big = vec![b' '; 1024 * 1024 + 1];
     let too_large = serve.webhook(
         &[
