@@ -211,15 +211,37 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
     if trimmed.is_empty() {
         return Err(format!("{what} file {} is empty", path.display()));
     }
+    spaced(trimmed).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     Ok(Secret(trimmed.to_string()))
 }
 
-fn env_secret(var: &str) -> Option<Secret> {
-    std::env::var(var)
+/// A secret with spaces or tabs around it can never be presented: HTTP drops them from a
+/// header's value, so a GitLab token or a Bearer caller would get 401 forever while GitHub's
+/// signatures still pass. Said at start, not found out at the first push.
+fn spaced(secret: &str) -> Result<(), String> {
+    if secret.trim().is_empty() {
+        return Err("holds only spaces".into());
+    }
+    if secret.trim() != secret {
+        return Err(
+            "begins or ends with a space or a tab, which no HTTP header can carry: \
+                    remove it (from the git host's settings too)"
+                .into(),
+        );
+    }
+    Ok(())
+}
+
+fn env_secret(var: &str) -> Result<Option<Secret>, String> {
+    let Some(v) = std::env::var(var)
         .ok()
         .map(|v| v.trim_end_matches(['\n', '\r']).to_string())
         .filter(|v| !v.is_empty())
-        .map(Secret)
+    else {
+        return Ok(None);
+    };
+    spaced(&v).map_err(|e| format!("{var} {e}"))?;
+    Ok(Some(Secret(v)))
 }
 
 /// A file path, a `KPR_*` variable holding the secret itself, or the config file's path.
@@ -235,7 +257,7 @@ fn resolve_secret(
     if let Some(p) = flag_file {
         return Ok((Some(read_secret(p, what)?), Some(p.to_path_buf())));
     }
-    if let Some(s) = env_secret(env_var) {
+    if let Some(s) = env_secret(env_var)? {
         return Ok((Some(s), None));
     }
     match file_cfg {
@@ -861,6 +883,16 @@ mod tests {
         assert_eq!(read_secret(&p, "x").unwrap().expose(), "hunter2");
         std::fs::write(&p, "\n").unwrap();
         assert!(read_secret(&p, "x").unwrap_err().contains("empty"));
+        std::fs::write(&p, "  \n").unwrap();
+        assert!(read_secret(&p, "x").unwrap_err().contains("only spaces"));
+        std::fs::write(&p, "tok-with-space \n").unwrap();
+        assert!(
+            read_secret(&p, "x")
+                .unwrap_err()
+                .contains("ends with a space")
+        );
+        std::fs::write(&p, "\ttok\n").unwrap();
+        assert!(read_secret(&p, "x").is_err());
         assert!(read_secret(&d.path().join("none"), "x").is_err());
     }
 }
