@@ -54,6 +54,15 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// Delivery ids an earlier process saw (kept in the working copy): their redeliveries
+    /// are duplicates after a restart too.
+    pub fn remember_deliveries(&self, ids: &[String]) {
+        let mut replay = self.replay.lock().expect("replay lock");
+        for id in ids {
+            replay.first_time(id);
+        }
+    }
+
     pub fn new(settings: &Settings, metrics: PrometheusHandle, source: String) -> Self {
         Self {
             queue: Queue::new(),
@@ -530,7 +539,17 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             // Only a git source has commits to wait for. Set before the trigger, so the run it
             // starts sees it. A push that names none leaves an earlier push's commit awaited.
             // A payload without a ref may be from any branch: nothing to wait for.
-            let pushed = pushed.filter(|_| s.branch.is_some() && git_ref.is_some());
+            let pushed = pushed
+                .filter(|_| s.branch.is_some() && git_ref.is_some())
+                .map(|p| webhook::Pushed {
+                    // Kept in the working copy's git config: a plain word only.
+                    delivery: delivery.clone().filter(|d| {
+                        d.len() <= 128
+                            && d.bytes()
+                                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
+                    }),
+                    ..p
+                });
             let after = pushed.as_ref().map(|p| p.commit.clone());
             if let Some(pushed) = pushed {
                 let mut pushes = s.pushes.lock().expect("pushes lock");

@@ -288,6 +288,11 @@ pub struct Reconciler {
     /// is told by, and one seen again is a new push of the same move (see
     /// [`Reconciler::judge`]).
     seen_pushes: std::collections::VecDeque<(String, String)>,
+    /// The delivery ids of the webhooks judged, latest last: one seen again is a redelivery.
+    /// Both are kept in the working copy, so a restart tells late webhooks as before.
+    seen_deliveries: std::collections::VecDeque<String>,
+    /// Whether the pushes seen and the commit awaited were read from the working copy.
+    memory_read: bool,
     /// The heads resets replaced (none an ancestor of another), refused while a replica may
     /// still serve them, also after the reset is applied, until a revision built on one is
     /// applied (see [`Reconciler::admit`]). Kept in the working copy for a restart.
@@ -523,6 +528,8 @@ impl Reconciler {
             restored: None,
             recorded: None,
             seen_pushes: std::collections::VecDeque::new(),
+            seen_deliveries: std::collections::VecDeque::new(),
+            memory_read: false,
             replaced: Vec::new(),
             refused_since: None,
         }
@@ -571,8 +578,11 @@ impl Reconciler {
     /// what was awaited when the run began; `head` the commit fetched, `None` when the fetch
     /// failed: a miss all the same, or a git host that stays down would be asked every second.
     async fn check_awaited(&mut self, wanted: Option<String>, head: Option<&str>) {
+        let wanted_before = self.awaiting.as_ref().map(|a| a.commit.clone());
         let Some(commit) = wanted else {
-            self.awaiting = None;
+            if self.awaiting.take().is_some() {
+                self.source.note_awaited(None).await;
+            }
             return;
         };
         // A commit behind what was applied (a reset) has arrived only as the head itself: the
@@ -626,11 +636,15 @@ impl Reconciler {
             }
             self.awaiting = Some(Awaiting { commit, misses });
         }
+        let awaited = self.awaiting.as_ref().map(|a| a.commit.clone());
+        if awaited.as_deref() != wanted_before.as_deref() {
+            self.source.note_awaited(awaited.as_deref()).await;
+        }
         self.shared
             .status
             .write()
             .expect("status lock")
-            .awaited_commit = self.awaiting.as_ref().map(|a| a.commit.clone());
+            .awaited_commit = awaited;
     }
 
     /// Whether a push that named a commit behind `applied` is only a late delivery: it moved
@@ -667,7 +681,24 @@ impl Reconciler {
             .map(|a| a.commit.clone())
             .or_else(|| self.reset_named.as_ref().map(|r| r.commit.clone()));
         let reset_before = self.reset_named.clone();
+        let judged_any = !pushes.is_empty();
         for pushed in pushes {
+            // The HTTP side drops a redelivery too, but one that came before a restarted
+            // process read the deliveries kept is only told here.
+            if let Some(d) = &pushed.delivery {
+                if self.seen_deliveries.contains(d) {
+                    tracing::info!(
+                        commit = pushed.commit,
+                        delivery = d,
+                        "a redelivered webhook: its push was judged before; nothing to wait for"
+                    );
+                    continue;
+                }
+                if self.seen_deliveries.len() >= SEEN_PUSHES {
+                    self.seen_deliveries.pop_front();
+                }
+                self.seen_deliveries.push_back(d.clone());
+            }
             match self.judge(&pushed, wanted.as_deref()).await {
                 Judged::Late(why) => {
                     tracing::info!(
@@ -707,6 +738,11 @@ impl Reconciler {
         }
         if self.reset_named != reset_before {
             self.note_reset().await;
+        }
+        if judged_any {
+            self.source
+                .note_seen(self.seen_pushes.iter(), self.seen_deliveries.iter())
+                .await;
         }
         wanted
     }
@@ -1267,6 +1303,22 @@ impl Reconciler {
                 status
                     .last_good_revision
                     .get_or_insert_with(|| restored.clone());
+            }
+        }
+        // What an earlier process judged and awaited, read once, before this one judges.
+        if !self.memory_read {
+            self.memory_read = true;
+            let (pushes, deliveries) = self.source.noted_seen().await;
+            self.shared.remember_deliveries(&deliveries);
+            self.seen_pushes = pushes.into();
+            self.seen_deliveries = deliveries.into();
+            if let Some(commit) = self.source.noted_awaited().await {
+                self.shared
+                    .status
+                    .write()
+                    .expect("status lock")
+                    .awaited_commit = Some(commit.clone());
+                self.awaiting = Some(Awaiting { commit, misses: 0 });
             }
         }
         // Taken before the fetch (a push that comes during it is judged by the run it queues),

@@ -25,6 +25,12 @@ const LAST_GOOD_SOURCE: &str = "kpr.lastGoodSource";
 const RESET_NAMED: &str = "kpr.resetNamed";
 /// Where the heads resets replaced are kept (space-separated), for a restart.
 const REPLACED: &str = "kpr.replaced";
+/// The pushes judged (`before:after`), and the delivery ids of the webhooks that named them:
+/// after a restart a late or redelivered webhook is told as before it.
+const SEEN_PUSHES: &str = "kpr.seenPushes";
+const SEEN_DELIVERIES: &str = "kpr.seenDeliveries";
+/// A pushed commit kpr waits for a fetch to bring.
+const AWAITED: &str = "kpr.awaited";
 
 pub enum Source {
     Dir(PathBuf),
@@ -166,6 +172,48 @@ impl Source {
     /// What [`Self::note_replaced`] kept.
     pub async fn noted_replaced(&self) -> Vec<String> {
         self.kept_words(REPLACED).await
+    }
+
+    /// Keeps the pushes judged and the deliveries that named them where a restart finds them.
+    pub async fn note_seen<'a>(
+        &self,
+        pushes: impl Iterator<Item = &'a (String, String)>,
+        deliveries: impl Iterator<Item = &'a String>,
+    ) {
+        let pushes: Vec<String> = pushes.map(|(b, a)| format!("{b}:{a}")).collect();
+        let pushes: Vec<&str> = pushes.iter().map(String::as_str).collect();
+        self.keep_words(SEEN_PUSHES, &pushes, "the pushes seen")
+            .await;
+        let deliveries: Vec<&str> = deliveries.map(String::as_str).collect();
+        self.keep_words(SEEN_DELIVERIES, &deliveries, "the webhook deliveries seen")
+            .await;
+    }
+
+    /// What [`Self::note_seen`] kept.
+    pub async fn noted_seen(&self) -> (Vec<(String, String)>, Vec<String>) {
+        let pushes = self
+            .kept_words(SEEN_PUSHES)
+            .await
+            .into_iter()
+            .filter_map(|w| {
+                w.split_once(':')
+                    .map(|(b, a)| (b.to_string(), a.to_string()))
+            })
+            .collect();
+        (pushes, self.kept_words(SEEN_DELIVERIES).await)
+    }
+
+    /// Keeps (or drops) the pushed commit awaited where a restart finds it: its webhook is
+    /// not sent again.
+    pub async fn note_awaited(&self, commit: Option<&str>) {
+        let words: Vec<&str> = commit.into_iter().collect();
+        self.keep_words(AWAITED, &words, "the pushed commit awaited")
+            .await;
+    }
+
+    /// What [`Self::note_awaited`] kept.
+    pub async fn noted_awaited(&self) -> Option<String> {
+        self.kept_words(AWAITED).await.into_iter().next()
     }
 
     /// Keeps words under `key` in the working copy's git config (none: drops the key). A

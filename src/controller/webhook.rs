@@ -119,6 +119,9 @@ pub struct Pushed {
     /// GitHub's `forced`: the push rewrote history, so `from` is a head it took away (GitLab
     /// does not say).
     pub forced: bool,
+    /// The webhook's delivery id ([`delivery_id`]), when it is a plain word (a UUID): what
+    /// tells a redelivery after a restart.
+    pub delivery: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -183,6 +186,7 @@ fn push(v: &serde_json::Value) -> Event {
             commit,
             from: commit_id(v, "before"),
             forced: v.get("forced").and_then(|f| f.as_bool()) == Some(true),
+            delivery: None,
         }),
     }
 }
@@ -447,6 +451,7 @@ mod tests {
                 commit: SHA.into(),
                 from: None,
                 forced: false,
+                delivery: None,
             }),
             repository: None,
         });
@@ -544,6 +549,7 @@ mod tests {
                     commit: SHA.into(),
                     from: Some(before),
                     forced: true,
+                    delivery: None,
                 }),
                 repository: None,
             })

@@ -228,6 +228,18 @@ impl Repo {
     }
 
     /// Pushes the last commit to `branch`; returns it.
+    /// Amends the last commit with `name` written as `text` and force-pushes it as main.
+    fn amend(&self, name: &str, text: &str) -> String {
+        git(&self.work(), &["reset", "-q", "--soft", "HEAD~1"]);
+        self.write(name, text);
+        let amended = self.commit("amended");
+        git(
+            &self.work(),
+            &["push", "-q", "--force", &self.url(), "HEAD:refs/heads/main"],
+        );
+        amended
+    }
+
     fn push_head(&self, branch: &str) -> String {
         git(
             &self.work(),
@@ -256,6 +268,20 @@ fn serve_pruning(emu: &Emulator, repo: &Repo, extra: &[&str], first: &str) -> Se
     );
     serve.applied(first);
     serve
+}
+
+/// `kpr serve` on `repo` with `args`, keeping its working copy in `workdir` for the next
+/// start; returns at once (no wait for a first run).
+fn restartable(emu: &Emulator, repo: &Repo, workdir: &Path, args: &[&str]) -> Serve {
+    Serve::start(
+        emu,
+        Options {
+            args: repo.source_args(args),
+            workdir: Some(workdir),
+            wait_ready: false,
+            ..Options::default()
+        },
+    )
 }
 
 /// A read grant to `role/one` on `arn`.
@@ -1905,15 +1931,8 @@ fn a_head_a_forced_push_took_away_is_refused() {
     let ([_, b], repo, [_, second]) = granted_in_turn(&emu, ["fp-a", "fp-b"]);
     let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
     let serve = serve_pruning(&emu, &repo, &extra, &second);
-    let work = repo.work();
-    git(&work, &["reset", "-q", "--soft", "HEAD~1"]);
     let two = read_policy(&b, "arn:aws:iam::111122223333:role/two");
-    repo.write("b.yaml", &manifest(&b, &two));
-    let amended = repo.commit("b, amended");
-    git(
-        &work,
-        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
-    );
+    let amended = repo.amend("b.yaml", &manifest(&b, &two));
     forced_hook(&serve, &second, &amended);
     serve.applied(&amended);
     repo.write("b.yaml", &format!("# reviewed\n{}", manifest(&b, &two)));
@@ -2040,20 +2059,11 @@ fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
     let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["serve-rst-a", "serve-rst-b"]);
     let workdir = tempfile::tempdir().unwrap();
     let start = |max_deletes: &str| {
-        Serve::start(
+        restartable(
             &emu,
-            Options {
-                args: repo.source_args(&[
-                    "--interval",
-                    "1h",
-                    "--prune",
-                    "--max-deletes",
-                    max_deletes,
-                ]),
-                workdir: Some(workdir.path()),
-                wait_ready: false,
-                ..Options::default()
-            },
+            &repo,
+            workdir.path(),
+            &["--interval", "1h", "--prune", "--max-deletes", max_deletes],
         )
     };
     let serve = start("0");
@@ -2079,6 +2089,76 @@ fn a_reset_whose_run_was_refused_is_applied_after_a_restart() {
         st["last_good_revision"] == first.as_str()
     });
     assert!(live(&emu, &b).is_none());
+    serve.stop();
+}
+
+/// What the service judged and awaits survives a restart: the late webhook of a push an
+/// amend replaced does not bring the replaced head back, a redelivery is still a duplicate,
+/// and a pushed commit a replica had not served yet is still awaited.
+#[test]
+fn what_was_judged_and_awaited_survives_a_restart() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b, c], repo, [first, second, _]) = granted_in_turn(&emu, ["rm-a", "rm-b", "rm-c"]);
+    let workdir = tempfile::tempdir().unwrap();
+    let start = || {
+        let args = [
+            "--interval",
+            "1h",
+            "--retry-delay",
+            "1h",
+            "--reset-settle",
+            "1h",
+        ];
+        restartable(&emu, &repo, workdir.path(), &args)
+    };
+    serve_at(&repo, &first);
+    let serve = start();
+    serve.applied(&first);
+    // `second` is pushed, its webhook late; an amend replaces it, announced at once.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &second]);
+    let two = read_policy(&b, "arn:aws:iam::111122223333:role/two");
+    let amended = repo.amend("b.yaml", &manifest(&b, &two));
+    let amend = forced_hook(&serve, &second, &amended);
+    serve.applied(&amended);
+    serve.stop();
+
+    // Restarted while a replica serves the replaced head: refused, and still refused when
+    // the replaced push's webhook comes at last.
+    serve_at(&repo, &second);
+    let serve = start();
+    serve.refused_as_replaced("the replaced head to be refused after the restart");
+    let runs = serve.runs();
+    push_hook(&serve, &first, &second);
+    let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
+        st["runs"].as_u64() > Some(runs) && st["running"] == false
+    });
+    assert!(
+        st["last_run"]["result"] == "fetch_failed"
+            && live(&emu, &b).is_some_and(|p| same_grant(&p, &two)),
+        "{st:#}\n{}",
+        serve.logs()
+    );
+    let again = delivered(&serve, &second, &amended, &amend);
+    assert!(again.body.contains("duplicate"), "{again:?}");
+
+    // A push announced while the replica lags, then a restart: still awaited, and applied
+    // once served, with no webhook or scheduled run to bring it.
+    serve_at(&repo, &amended);
+    git(&work, &["reset", "-q", "--hard", &amended]);
+    repo.write("c.yaml", &manifest(&c, &role_one(&c)));
+    let next = repo.commit("c");
+    git(&work, &["push", "-q", &repo.url(), "HEAD:refs/heads/next"]);
+    push_hook(&serve, &amended, &next);
+    serve.status_when("the push to be awaited", Duration::from_secs(20), |st| {
+        st["awaited_commit"] == next.as_str() && st["running"] == false
+    });
+    serve.stop();
+    let serve = start();
+    serve.applied(&amended);
+    serve_at(&repo, &next);
+    serve.applied(&next);
+    assert!(live(&emu, &c).is_some());
     serve.stop();
 }
 
