@@ -133,7 +133,7 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     );
     metrics::describe_gauge!(
         "kpr_last_success_timestamp_seconds",
-        "When a reconcile last completed (success or partial)"
+        "When a reconcile last completed (success or partial) with a resource not failed"
     );
     metrics::describe_counter!("kpr_webhooks_total", "Webhook deliveries by result");
     metrics::describe_counter!(

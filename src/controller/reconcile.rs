@@ -1892,16 +1892,22 @@ impl Reconciler {
         metrics::gauge!("kpr_resources", "state" => "failed").set(counts.failed as f64);
         metrics::gauge!("kpr_resources_backing_off").set(counts.backing_off as f64);
         let finished = SystemTime::now();
-        if result.completed() {
+        // A run in which every resource it took failed (AWS unreachable, say) completed, but
+        // converged nothing: the "stopped converging" alert must still see the time pass.
+        let s = &out.summary;
+        let all_failed = s.failed > 0 && s.create + s.update + s.delete + s.unchanged == 0;
+        let converged = result.completed() && !all_failed;
+        if converged {
             metrics::gauge!("kpr_last_success_timestamp_seconds").set(
                 finished
                     .duration_since(UNIX_EPOCH)
                     .map(|d| d.as_secs_f64())
                     .unwrap_or(0.0),
             );
+        }
+        if result.completed() {
             self.shared.ready.store(true, Ordering::SeqCst);
         }
-        let s = &out.summary;
         let scope = if out.incremental {
             "incremental"
         } else {
@@ -1942,6 +1948,8 @@ impl Reconciler {
         status.resources = counts;
         if result.completed() {
             status.last_good_revision = out.revision.clone();
+        }
+        if converged {
             status.last_success_at = Some(rfc3339(finished));
         }
         if let (Some(message), false) = (&out.error, result == RunResult::Success) {

@@ -2162,6 +2162,48 @@ fn what_was_judged_and_awaited_survives_a_restart() {
     serve.stop();
 }
 
+/// With AWS unreachable every resource fails: the run completes (ready, its revision the last
+/// good one) but converged nothing, so the time of the last success does not move.
+#[test]
+fn a_run_where_every_resource_failed_is_no_success() {
+    let emu = common::kinesis_mock_private();
+    let arn = emu.create_stream(&unique("af"));
+    let dir = common::Manifests::new(&[("s.yaml", &manifest(&arn, &role_one(&arn)))]);
+    let closed = TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: owned(&[
+                "--dir",
+                &dir.arg(),
+                "--interval",
+                "1h",
+                "--retry-delay",
+                "1h",
+            ]),
+            env: vec![("KPR_ENDPOINT_URL", format!("http://127.0.0.1:{port}"))],
+            ..Options::default()
+        },
+    );
+    let st = serve.idle();
+    assert!(
+        st["last_run"]["result"] == "partial"
+            && st["last_run"]["summary"]["failed"] == 1
+            && st["last_success_at"].is_null(),
+        "{st:#}"
+    );
+    assert_eq!(serve.get("/readyz").status, 200);
+    assert_eq!(
+        serve.metric("kpr_last_success_timestamp_seconds", &[]),
+        0.0,
+        "{}",
+        serve.metrics()
+    );
+    serve.stop();
+}
+
 /// While a revision is invalid, a scheduled scan corrects the files it did not change, but
 /// not the resources waiting out their backoff: its report counts only what it took, and
 /// lists the others as skipped.
