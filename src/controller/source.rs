@@ -644,19 +644,29 @@ fn url_parts(url: &str) -> Option<(&str, Option<&str>, &str)> {
     })
 }
 
-/// `scheme://user:pass@host/...` -> `scheme://***@host/...`; anything else unchanged.
+/// `scheme://user:pass@host/...` -> `scheme://***@host/...`, and a query string (which may
+/// carry a token: `?access_token=...`) -> `?***`; anything else unchanged.
 pub fn redact_url(url: &str) -> String {
-    match url_parts(url) {
-        Some((scheme, Some(_), after)) => format!("{scheme}://***@{after}"),
-        _ => url.to_string(),
+    let Some((scheme, userinfo, after)) = url_parts(url) else {
+        return url.to_string();
+    };
+    let after = match after.split_once('?') {
+        Some((path, _)) => format!("{path}?***"),
+        None => after.to_string(),
+    };
+    match userinfo {
+        Some(_) => format!("{scheme}://***@{after}"),
+        None => format!("{scheme}://{after}"),
     }
 }
 
 fn redact_urls_in(text: &str) -> String {
-    text.split_inclusive(|c: char| c.is_whitespace() || c == '\'' || c == '"')
+    let delimiter = |c: char| c.is_whitespace() || c == '\'' || c == '"';
+    text.split_inclusive(delimiter)
         .map(|word| {
             if word.contains("://") {
-                redact_url(word)
+                let url = word.trim_end_matches(delimiter);
+                format!("{}{}", redact_url(url), &word[url.len()..])
             } else {
                 word.to_string()
             }
@@ -854,6 +864,10 @@ mod tests {
         assert_eq!(
             redact_urls_in("fatal: unable to access 'https://u:p@h/r/': 403"),
             "fatal: unable to access 'https://***@h/r/': 403"
+        );
+        assert_eq!(
+            redact_urls_in("fatal: unable to access 'https://h/r.git?access_token=tok': 403"),
+            "fatal: unable to access 'https://h/r.git?***': 403"
         );
     }
 
