@@ -100,13 +100,19 @@ pub fn authenticate(
     Err(AuthError::Missing)
 }
 
-/// The provider's id of this delivery (the same on a redelivery).
+/// The provider's id of this delivery (the same on a redelivery): GitHub's delivery id;
+/// GitLab's `Idempotency-Key`, which its retries keep (recent GitLab versions), else its
+/// event UUID.
 pub fn delivery_id(headers: &HeaderMap) -> Option<String> {
-    ["x-github-delivery", "x-gitlab-event-uuid"]
-        .iter()
-        .find_map(|h| header(headers, h))
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty())
+    [
+        "x-github-delivery",
+        "idempotency-key",
+        "x-gitlab-event-uuid",
+    ]
+    .iter()
+    .find_map(|h| header(headers, h))
+    .map(|s| s.trim().to_string())
+    .filter(|s| !s.is_empty())
 }
 
 /// What a push's payload says of the commit it moved the branch to.
@@ -589,6 +595,13 @@ mod tests {
         assert_eq!(
             delivery_id(&headers(&[("x-gitlab-event-uuid", "u-1")])),
             Some("u-1".into())
+        );
+        assert_eq!(
+            delivery_id(&headers(&[
+                ("x-gitlab-event-uuid", "u-1"),
+                ("idempotency-key", "k-1")
+            ])),
+            Some("k-1".into())
         );
         assert_eq!(delivery_id(&HeaderMap::new()), None);
     }
