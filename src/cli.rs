@@ -1019,6 +1019,9 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
             }
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
+            for line in render::access_summary(Some(&da), Some(&db), None) {
+                outln!("{}", render::summary_style(line, &style));
+            }
             for line in render::statement_diff(Some(&da), None, Some(&db), None) {
                 outln!("{}", render::diff_line(line, &style));
             }

@@ -34,7 +34,7 @@ use serde::Serialize;
 use crate::apply::{Outcome, Report};
 use crate::manifest::{Diagnostic, Source};
 use crate::plan::{Action, Change, Failure, Plan, Summary};
-use crate::policy::{PolicyDocument, canonical_statements};
+use crate::policy::{PolicyDocument, canonical_statements, principals_named};
 
 pub const FORMAT_VERSION: &str = "1";
 
@@ -172,6 +172,11 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
     }
     let _ = writeln!(out, "    {}", style.dim(&format!("reason: {}", c.reason)));
     let partition = Some(c.target.scope.partition.as_str());
+    if c.live_raw.is_none() {
+        for line in access_summary(c.live.as_ref(), c.desired.as_deref(), partition) {
+            let _ = writeln!(out, "    {}", summary_style(line, style));
+        }
+    }
     for line in statement_diff(
         c.live.as_ref(),
         c.live_raw.as_deref(),
@@ -181,6 +186,45 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
         let _ = writeln!(out, "    {}", diff_line(line, style));
     }
     let _ = writeln!(out);
+}
+
+/// Whom a change starts or stops naming, by effect, in a line each: `allows now: ...`,
+/// `allows no longer: ...` (and `denies ...`). What a reader of a plan asks first; the
+/// statement diff below it says under which actions and conditions.
+pub fn access_summary(
+    before: Option<&PolicyDocument>,
+    after: Option<&PolicyDocument>,
+    partition: Option<&str>,
+) -> Vec<String> {
+    let named = |d: Option<&PolicyDocument>| {
+        d.map(|d| principals_named(d, partition))
+            .unwrap_or_default()
+    };
+    let (old, new) = (named(before), named(after));
+    let mut lines = Vec::new();
+    for (effect, verb) in [("Allow", "allows"), ("Deny", "denies")] {
+        for (label, from, to) in [("now", &new, &old), ("no longer", &old, &new)] {
+            let who: Vec<String> = from
+                .difference(to)
+                .filter(|(e, _)| e == effect)
+                .map(|(_, who)| printable(who).into_owned())
+                .collect();
+            if !who.is_empty() {
+                lines.push(format!("{verb} {label}: {}", who.join(", ")));
+            }
+        }
+    }
+    lines
+}
+
+/// A line of [`access_summary`], coloured as the diff below it: green for a principal the
+/// policy now names, red for one it no longer does.
+pub fn summary_style(line: String, style: &Style) -> String {
+    if line.contains(" now: ") {
+        style.green(&line)
+    } else {
+        style.red(&line)
+    }
 }
 
 /// A line of [`statement_diff`], green when added and red when removed.
@@ -753,6 +797,32 @@ mod tests {
             lines[1] == "    ..." && !lines.iter().any(|l| l.contains("kinesis:GetRecords")),
             "{lines:#?}"
         );
+    }
+
+    /// Whom a change starts and stops naming, by effect, in canonical form (an account's
+    /// root as its id); a principal kept is not mentioned.
+    #[test]
+    fn the_access_summary_names_whom_a_change_adds_and_drops() {
+        let deny_anyone = serde_json::json!({"Effect": "Deny", "Principal": "*",
+            "Action": "kinesis:DeleteStream", "Resource": "*"});
+        let service = serde_json::json!({"Effect": "Allow",
+            "Principal": {"Service": "firehose.amazonaws.com"},
+            "Action": "kinesis:GetRecords", "Resource": "*"});
+        let before = statements(serde_json::json!([read_by("etl", None), deny_anyone]));
+        let mut billing = read_by("billing", None);
+        billing["Principal"]["AWS"][1] = "111122223333".into();
+        let after = statements(serde_json::json!([billing, service]));
+        assert_eq!(
+            access_summary(Some(&before), Some(&after), Some("aws")),
+            [
+                "allows now: 111122223333, Service firehose.amazonaws.com, \
+                 arn:aws:iam::111122223333:role/billing",
+                "allows no longer: arn:aws:iam::111122223333:role/audit, \
+                 arn:aws:iam::111122223333:role/etl",
+                "denies no longer: *",
+            ]
+        );
+        assert!(access_summary(Some(&after), Some(&after), None).is_empty());
     }
 
     /// Text taken from a policy cannot forge plan lines: a Sid's control characters are

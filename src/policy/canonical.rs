@@ -39,6 +39,46 @@ fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
         .collect()
 }
 
+/// Who the statements name, as `(effect, who)` in the canonical form: `*`, an AWS principal
+/// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`;
+/// under `NotPrincipal`, prefixed `all but`. For a plan's one-line summary of whom a change
+/// grants or stops granting; the statement diff stays the full account.
+pub fn principals_named(
+    doc: &PolicyDocument,
+    partition: Option<&str>,
+) -> std::collections::BTreeSet<(String, String)> {
+    let mut out = std::collections::BTreeSet::new();
+    for v in statement_values(doc, partition.unwrap_or_else(|| self::partition(doc))) {
+        let effect = v.get("Effect").and_then(Value::as_str).unwrap_or_default();
+        for (key, prefix) in [("Principal", ""), ("NotPrincipal", "all but ")] {
+            match v.get(key) {
+                Some(Value::String(who)) => {
+                    out.insert((effect.to_string(), format!("{prefix}{who}")));
+                }
+                Some(Value::Object(kinds)) => {
+                    for (kind, ids) in kinds {
+                        let ids = match ids {
+                            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+                            Value::String(id) => vec![id.as_str()],
+                            _ => Vec::new(),
+                        };
+                        for id in ids {
+                            let who = if kind == "AWS" {
+                                id.to_string()
+                            } else {
+                                format!("{kind} {id}")
+                            };
+                            out.insert((effect.to_string(), format!("{prefix}{who}")));
+                        }
+                    }
+                }
+                _ => {}
+            }
+        }
+    }
+    out
+}
+
 /// Statement-by-statement canonical JSON, in canonical order, for renderers that diff per
 /// statement. The label is the Sid, or `#n` (1-based position in canonical order) without one;
 /// labels are made unique by appending ` #n` where they would collide. Each text is pretty JSON
