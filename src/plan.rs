@@ -83,6 +83,8 @@ impl Serialize for Change {
             before: Option<serde_json::Value>,
             after: Option<serde_json::Value>,
             #[serde(skip_serializing_if = "Option::is_none")]
+            access: Option<crate::policy::AccessChange>,
+            #[serde(skip_serializing_if = "Option::is_none")]
             delete_cause: Option<DeleteCause>,
         }
         Out {
@@ -94,6 +96,7 @@ impl Serialize for Change {
             source: self.source.as_ref(),
             before: self.before(),
             after: self.after(),
+            access: self.access(),
             delete_cause: self.delete_cause,
         }
         .serialize(s)
@@ -125,6 +128,18 @@ impl Change {
             live: None,
             live_raw: None,
         }
+    }
+
+    /// Whom the change starts and stops naming; `None` for a no-op, or when the live policy
+    /// could not be read as one (its raw text is in `before`).
+    pub fn access(&self) -> Option<crate::policy::AccessChange> {
+        (self.action != Action::NoOp && self.live_raw.is_none()).then(|| {
+            crate::policy::AccessChange::between(
+                self.live.as_ref(),
+                self.desired.as_deref(),
+                Some(&self.target.scope.partition),
+            )
+        })
     }
 
     /// The live policy in canonical form, or its raw text when it is not a valid document.

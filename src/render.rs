@@ -9,6 +9,8 @@
 //!                    "action": "create"|"update"|"delete"|"no-op", "reason",
 //!                    "source": {"file","line"}|null,
 //!                    "before": policy|null, "after": policy|null,   // null for no-ops
+//!                    "access"?: { "allows_now", "allows_no_longer", "denies_now",
+//!                                 "denies_no_longer" },  // principals; changes only
 //!                    "delete_cause"?: "ensure_absent"|"prune",
 //!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started",
 //!                    "error"?: failure } ],
@@ -34,7 +36,7 @@ use serde::Serialize;
 use crate::apply::{Outcome, Report};
 use crate::manifest::{Diagnostic, Source};
 use crate::plan::{Action, Change, Failure, Plan, Summary};
-use crate::policy::{PolicyDocument, canonical_statements, principals_named};
+use crate::policy::{AccessChange, PolicyDocument, canonical_statements};
 
 pub const FORMAT_VERSION: &str = "1";
 
@@ -196,25 +198,20 @@ pub fn access_summary(
     after: Option<&PolicyDocument>,
     partition: Option<&str>,
 ) -> Vec<String> {
-    let named = |d: Option<&PolicyDocument>| {
-        d.map(|d| principals_named(d, partition))
-            .unwrap_or_default()
-    };
-    let (old, new) = (named(before), named(after));
-    let mut lines = Vec::new();
-    for (effect, verb) in [("Allow", "allows"), ("Deny", "denies")] {
-        for (label, from, to) in [("now", &new, &old), ("no longer", &old, &new)] {
-            let who: Vec<String> = from
-                .difference(to)
-                .filter(|(e, _)| e == effect)
-                .map(|(_, who)| printable(who).into_owned())
-                .collect();
-            if !who.is_empty() {
-                lines.push(format!("{verb} {label}: {}", who.join(", ")));
-            }
-        }
-    }
-    lines
+    let a = AccessChange::between(before, after, partition);
+    [
+        ("allows now", &a.allows_now),
+        ("allows no longer", &a.allows_no_longer),
+        ("denies now", &a.denies_now),
+        ("denies no longer", &a.denies_no_longer),
+    ]
+    .into_iter()
+    .filter(|(_, who)| !who.is_empty())
+    .map(|(label, who)| {
+        let who: Vec<_> = who.iter().map(|w| printable(w)).collect();
+        format!("{label}: {}", who.join(", "))
+    })
+    .collect()
 }
 
 /// A line of [`access_summary`], coloured as the diff below it: green for a principal the

@@ -79,6 +79,47 @@ pub fn principals_named(
     out
 }
 
+/// Whom a change starts and stops naming, by effect ([`principals_named`]), each list sorted.
+#[derive(Debug, Default, PartialEq, Eq, serde::Serialize)]
+pub struct AccessChange {
+    pub allows_now: Vec<String>,
+    pub allows_no_longer: Vec<String>,
+    pub denies_now: Vec<String>,
+    pub denies_no_longer: Vec<String>,
+}
+
+impl AccessChange {
+    pub fn between(
+        before: Option<&PolicyDocument>,
+        after: Option<&PolicyDocument>,
+        partition: Option<&str>,
+    ) -> Self {
+        let named = |d: Option<&PolicyDocument>| {
+            d.map(|d| principals_named(d, partition))
+                .unwrap_or_default()
+        };
+        let (old, new) = (named(before), named(after));
+        let only = |from: &std::collections::BTreeSet<(String, String)>,
+                    to: &std::collections::BTreeSet<(String, String)>,
+                    effect: &str| {
+            from.difference(to)
+                .filter(|(e, _)| e == effect)
+                .map(|(_, who)| who.clone())
+                .collect()
+        };
+        AccessChange {
+            allows_now: only(&new, &old, "Allow"),
+            allows_no_longer: only(&old, &new, "Allow"),
+            denies_now: only(&new, &old, "Deny"),
+            denies_no_longer: only(&old, &new, "Deny"),
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
+}
+
 /// Statement-by-statement canonical JSON, in canonical order, for renderers that diff per
 /// statement. The label is the Sid, or `#n` (1-based position in canonical order) without one;
 /// labels are made unique by appending ` #n` where they would collide. Each text is pretty JSON

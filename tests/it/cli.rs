@@ -78,6 +78,24 @@ fn lifecycle(emu: &Emulator) {
         !diff_line('+', "kinesis:GetRecords"),
         "unchanged lines are not marked: {plan:?}"
     );
+    // Whom the change adds and drops, before the diff.
+    assert!(
+        plan.stdout
+            .contains("allows now: arn:aws:iam::444455556666:role/other\n")
+            && plan
+                .stdout
+                .contains("allows no longer: arn:aws:iam::444455556666:role/reader\n"),
+        "{plan:?}"
+    );
+    let j = emu
+        .kpr(&["plan", "--dir", &dir.arg(), "--output", "json"])
+        .json();
+    assert_eq!(
+        j["resources"][0]["access"],
+        json!({"allows_now": ["arn:aws:iam::444455556666:role/other"],
+            "allows_no_longer": ["arn:aws:iam::444455556666:role/reader"],
+            "denies_now": [], "denies_no_longer": []})
+    );
     assert!(
         plan.stdout
             .contains("Plan: 0 to create, 1 to update, 0 to delete, 0 unchanged.")
