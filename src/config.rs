@@ -70,6 +70,8 @@ pub struct GitConfig {
     pub branch: Option<String>,
     pub path: Option<PathBuf>,
     pub token_file: Option<PathBuf>,
+    /// The repository as webhooks name it, when the URL does not end in it.
+    pub repository: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -41,8 +41,8 @@ pub struct Shared {
     webhook_secret: RotatingSecret,
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
-    /// And only of this repository, when the payload names one ([`webhook::repository_path`]).
-    repository: Option<String>,
+    /// And only of this repository, when the payload names one.
+    repository: Option<webhook::Repository>,
     replay: Mutex<ReplayGuard>,
     /// The pushes webhooks announced since a run last took them, oldest first: the next run
     /// judges each in turn (a push forward, a reset, or a late delivery), so none of them is
@@ -87,7 +87,10 @@ impl Shared {
                 SourceSpec::Dir(_) => None,
             },
             repository: match &settings.source {
-                SourceSpec::Git(g) => Some(webhook::repository_path(&g.url)),
+                SourceSpec::Git(g) => Some(webhook::Repository::from_settings(
+                    &g.url,
+                    g.repository.as_deref(),
+                )),
                 SourceSpec::Dir(_) => None,
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
@@ -517,13 +520,20 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
             pushed,
             repository,
         } => {
-            if let (Some(path), Some(named)) = (&s.repository, &repository)
-                && !webhook::same_repository(path, named)
+            if let (Some(ours), Some(named)) = (&s.repository, &repository)
+                && !ours.matches(named)
             {
+                // Loud: after a rename, or behind a mirror, every push would be ignored.
+                tracing::warn!(
+                    pushed = %named,
+                    watching = %ours,
+                    "a push of another repository ignored (after a rename or behind a mirror, \
+                     name the repository with --git-repository)"
+                );
                 return reply(
                     StatusCode::OK,
                     "ignored",
-                    format!("push to {named} ignored: the git URL names {path}"),
+                    format!("push to {named} ignored: watching {ours}"),
                 );
             }
             if let (Some(branch), Some(r)) = (&s.branch, &git_ref) {

@@ -46,6 +46,11 @@ pub struct ServeArgs {
     /// Directory of the manifests inside the repository [default: the whole repository].
     #[arg(long, env = "KPR_GIT_PATH", value_name = "PATH")]
     pub git_path: Option<PathBuf>,
+    /// The repository as its git host's webhooks name it (GitHub: owner/name; GitLab:
+    /// group/subgroup/name), when --git-url does not end in that path (a mirror, a proxy, a
+    /// renamed repository) [default: --git-url's path].
+    #[arg(long, env = "KPR_GIT_REPOSITORY", value_name = "NAME")]
+    pub git_repository: Option<String>,
     /// File holding an https token for the repository (KPR_GIT_TOKEN may hold the token itself).
     #[arg(long, env = "KPR_GIT_TOKEN_FILE", value_name = "FILE")]
     pub git_token_file: Option<PathBuf>,
@@ -173,6 +178,8 @@ pub struct GitSpec {
     /// (`https://TOKEN@github.com/...`).
     pub user: Option<Secret>,
     pub workdir: PathBuf,
+    /// The name webhooks give the repository, when set (see [`webhook::Repository`]).
+    pub repository: Option<String>,
 }
 
 /// Everything `kpr serve` runs with, after flags, env, the config file and defaults are merged.
@@ -513,6 +520,11 @@ impl Settings {
                         .clone()
                         .or(file.workdir.clone())
                         .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKDIR)),
+                    repository: args
+                        .git_repository
+                        .clone()
+                        .or(file_git.repository.clone())
+                        .filter(|r| !r.trim_matches('/').is_empty()),
                 }))
             }
         }
@@ -585,11 +597,18 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
     ));
     lines.push(format!("listen: {}", settings.listen));
     lines.push(format!(
-        "webhook: {}",
+        "webhook: {}{}",
         if settings.webhook_secret.is_some() {
             "enabled (secret set)"
         } else {
             "disabled (no secret)"
+        },
+        match &settings.source {
+            SourceSpec::Git(g) => format!(
+                "; pushes of {}",
+                webhook::Repository::from_settings(&g.url, g.repository.as_deref())
+            ),
+            SourceSpec::Dir(_) => String::new(),
         }
     ));
     lines.push(format!(

@@ -989,6 +989,7 @@ mod tests {
             token_file: None,
             user: None,
             workdir: work.path().to_path_buf(),
+            repository: None,
         });
         let src = Source::new(&spec).await.unwrap();
         let first = src.sync().await.unwrap().unwrap();
@@ -1080,6 +1081,7 @@ mod tests {
             token_file: Some(token_file.clone()),
             user: Some(Secret("ghp_0123456789abcdef".into())),
             workdir: work.path().to_path_buf(),
+            repository: None,
         });
         let src = Source::new(&spec).await.unwrap();
         // Rotated in place after start: the next fetch uses the new token.

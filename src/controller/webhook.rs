@@ -138,8 +138,8 @@ pub enum Event {
     Push {
         git_ref: Option<String>,
         pushed: Option<Pushed>,
-        /// The repository the payload names (`owner/name`), when it names one.
-        repository: Option<String>,
+        /// The repository the payload names, when it names one.
+        repository: Option<Named>,
     },
     /// An event kpr does not act on (issues, tags, ...), by name.
     Other(String),
@@ -183,10 +183,22 @@ fn push(v: &serde_json::Value) -> Event {
             .and_then(|n| n.as_str())
             .map(str::to_string)
     };
+    let urls: Vec<String> = [
+        ("repository", "clone_url"),
+        ("repository", "ssh_url"),
+        ("repository", "git_url"),
+        ("repository", "html_url"),
+        ("project", "git_http_url"),
+        ("project", "git_ssh_url"),
+        ("project", "web_url"),
+    ]
+    .iter()
+    .filter_map(|(o, k)| named(o, k))
+    .collect();
+    // GitHub's name, then GitLab's.
+    let name = named("repository", "full_name").or_else(|| named("project", "path_with_namespace"));
     Event::Push {
-        // GitHub's, then GitLab's.
-        repository: named("repository", "full_name")
-            .or_else(|| named("project", "path_with_namespace")),
+        repository: (name.is_some() || !urls.is_empty()).then_some(Named { name, urls }),
         git_ref: v.get("ref").and_then(|r| r.as_str()).map(str::to_string),
         pushed: commit_id(v, "after").map(|commit| Pushed {
             commit,
@@ -234,36 +246,108 @@ pub fn parse_event(provider: Provider, headers: &HeaderMap, body: &[u8]) -> Resu
     }
 }
 
-/// The repository a git URL names, as a payload's `owner/name` ends it: its path without
-/// `.git`, lower-case (GitHub and GitLab paths are not case-sensitive). `https://host/o/r.git`,
-/// `ssh://git@host/o/r`, `git@host:o/r.git` all give `o/r`; a mirror's longer path ends in it.
-pub fn repository_path(url: &str) -> String {
-    let path = match url.split_once("://") {
-        Some((_, rest)) => rest.split_once('/').map_or("", |(_, p)| p),
-        // scp-like `user@host:path`, or a local path.
-        None => match url.split_once(':') {
-            Some((host, p)) if !host.contains('/') => p,
-            _ => url,
-        },
-    };
-    let path = path.split(['?', '#']).next().unwrap_or_default();
-    let path = path.trim_matches('/');
-    path.strip_suffix(".git")
-        .unwrap_or(path)
-        .trim_matches('/')
-        .to_ascii_lowercase()
+/// What a push payload says of its repository: GitHub's `full_name` or GitLab's
+/// `path_with_namespace`, and the URLs it gives for it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Named {
+    pub name: Option<String>,
+    pub urls: Vec<String>,
 }
 
-/// Whether a payload's repository (`owner/name`, or a GitLab group path) is the one at
-/// `path` ([`repository_path`]): another repository sharing the secret (an organisation's
-/// webhook, a fork) must not move what kpr awaits or take a head for a reset.
-pub fn same_repository(path: &str, named: &str) -> bool {
-    let named = named.trim_matches('/').to_ascii_lowercase();
-    !named.is_empty()
-        && (path == named
-            || path
-                .strip_suffix(named.as_str())
-                .is_some_and(|p| p.ends_with('/')))
+impl std::fmt::Display for Named {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match (&self.name, self.urls.first()) {
+            (Some(name), _) => f.write_str(name),
+            (None, Some(url)) => f.write_str(url),
+            (None, None) => f.write_str("an unnamed repository"),
+        }
+    }
+}
+
+/// The repository whose pushes count. Another repository that shares the secret (an
+/// organisation's webhook, a GitLab group's, a fork) must not move what kpr awaits or pass for
+/// a reset, so the match is exact: no suffix (GitLab's `team/policies` is not
+/// `org/team/policies`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Repository {
+    /// From `--git-url`: a payload URL with its host and path, or a name equal to its path.
+    Url {
+        host_path: Option<String>,
+        path: String,
+    },
+    /// Named with `--git-repository` (a mirror, a proxy, a renamed repository).
+    Named(String),
+}
+
+impl Repository {
+    pub fn from_settings(git_url: &str, named: Option<&str>) -> Self {
+        match named {
+            Some(name) => Repository::Named(normal_path(name)),
+            None => Repository::Url {
+                host_path: host_path(git_url),
+                path: host_path(git_url)
+                    .map(|hp| hp.split_once('/').map_or(String::new(), |(_, p)| p.into()))
+                    .unwrap_or_else(|| normal_path(git_url)),
+            },
+        }
+    }
+
+    pub fn matches(&self, named: &Named) -> bool {
+        let name = named.name.as_deref().map(normal_path);
+        match self {
+            Repository::Named(want) => name.as_ref() == Some(want),
+            Repository::Url {
+                host_path: hp,
+                path,
+            } => {
+                name.as_ref() == Some(path)
+                    || hp.as_ref().is_some_and(|hp| {
+                        named.urls.iter().any(|u| host_path(u).as_ref() == Some(hp))
+                    })
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for Repository {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Repository::Named(name) => f.write_str(name),
+            Repository::Url { path, .. } => f.write_str(path),
+        }
+    }
+}
+
+/// A repository path as hosts compare it: percent-escapes decoded, no slashes around it,
+/// lower-case (GitHub and GitLab paths are not case-sensitive), without `.git`.
+fn normal_path(path: &str) -> String {
+    let path = path.split(['?', '#']).next().unwrap_or_default();
+    let decoded = super::source::percent_decode(path).unwrap_or_else(|| path.to_string());
+    let lower = decoded.trim_matches('/').to_ascii_lowercase();
+    lower
+        .strip_suffix(".git")
+        .unwrap_or(&lower)
+        .trim_matches('/')
+        .to_string()
+}
+
+/// `host/path` of a repository URL, without user, port or `.git`: `https://h:443/o/r.git`,
+/// `ssh://git@h/o/r`, `git@h:o/r.git` all give `h/o/r`. `None` for a local path or `file://`.
+fn host_path(url: &str) -> Option<String> {
+    let (authority, path) = match url.split_once("://") {
+        Some((_, rest)) => rest.split_once('/').unwrap_or((rest, "")),
+        None => match url.split_once(':') {
+            Some((host, p)) if !host.contains('/') && !host.is_empty() => (host, p),
+            _ => return None,
+        },
+    };
+    let host = authority.rsplit('@').next().unwrap_or_default();
+    let host = host
+        .split(':')
+        .next()
+        .unwrap_or_default()
+        .to_ascii_lowercase();
+    (!host.is_empty()).then(|| format!("{host}/{}", normal_path(path)))
 }
 
 /// The most recent delivery ids, oldest forgotten first.
@@ -410,36 +494,61 @@ mod tests {
         assert!(ct_eq(b"", b""));
     }
 
-    /// A push of another repository sharing the secret (an organisation's webhook, a fork)
-    /// is told apart by the name the payload gives, GitHub's or GitLab's.
+    /// A push of another repository sharing the secret (an organisation's webhook, a fork,
+    /// a GitLab group's project of the same name) is told apart, exactly; ours is known by its
+    /// name or any of its URLs, whatever the form of `--git-url`.
     #[test]
     fn a_push_names_its_repository() {
+        let named = |name: &str| Named {
+            name: Some(name.into()),
+            urls: Vec::new(),
+        };
         for url in [
-            "https://github.com/Acme/Policies.git",
-            "https://x-access-token@github.com/acme/policies/",
-            "ssh://git@github.com/acme/policies.git",
+            "https://github.com/Acme/Policies.GIT",
+            "https://github.com:443/acme/policies/",
+            "ssh://git@github.com:22/acme/policies.git",
             "git@github.com:acme/policies.git",
-            "https://git-cache.internal/github/acme/policies.git",
+            "https://github.com/acme/%70olicies.git",
         ] {
-            let path = repository_path(url);
-            assert!(same_repository(&path, "acme/policies"), "{url}: {path}");
-            assert!(same_repository(&path, "ACME/Policies"), "{url}: {path}");
-            for other in ["someone/policies", "acme/policies-fork", "cme/policies", ""] {
-                assert!(!same_repository(&path, other), "{url}: {other}");
+            let ours = Repository::from_settings(url, None);
+            assert!(ours.matches(&named("acme/policies")), "{url}: {ours:?}");
+            assert!(ours.matches(&named("ACME/Policies")), "{url}");
+            for other in ["someone/policies", "acme/policies-fork", "policies", ""] {
+                assert!(!ours.matches(&named(other)), "{url}: {other}");
             }
         }
+        let gitlab = Repository::from_settings("https://gitlab.com/org/team/policies.git", None);
+        assert!(gitlab.matches(&named("org/team/policies")));
+        for other in ["team/policies", "policies", "org/team"] {
+            assert!(!gitlab.matches(&named(other)), "{other}");
+        }
+        // By URL: a payload's ssh URL for an ssh --git-url.
+        let by_url = Named {
+            name: Some("renamed/elsewhere".into()),
+            urls: vec!["git@gitlab.com:org/team/policies.git".into()],
+        };
+        assert!(gitlab.matches(&by_url));
+        // A mirror or a renamed repository is named.
+        let mirror = Repository::from_settings(
+            "https://git-cache.internal/github/acme/policies.git",
+            Some("acme/policies"),
+        );
+        assert!(mirror.matches(&named("Acme/Policies")));
+        assert!(!mirror.matches(&named("github/acme/policies")));
         let gh = headers(&[("x-github-event", "push")]);
-        let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/policies"}}"#;
+        let body = br#"{"ref":"refs/heads/main","repository":{"full_name":"acme/policies","clone_url":"https://github.com/acme/policies.git"}}"#;
         assert!(matches!(
             parse_event(Provider::GitHub, &gh, body),
-            Ok(Event::Push { repository: Some(r), .. }) if r == "acme/policies"
+            Ok(Event::Push { repository: Some(r), .. })
+                if r.name.as_deref() == Some("acme/policies") && r.urls.len() == 1
         ));
         let gl = headers(&[("x-gitlab-event", "Push Hook")]);
         let body =
             br#"{"ref":"refs/heads/main","project":{"path_with_namespace":"group/sub/policies"}}"#;
         assert!(matches!(
             parse_event(Provider::GitLab, &gl, body),
-            Ok(Event::Push { repository: Some(r), .. }) if r == "group/sub/policies"
+            Ok(Event::Push { repository: Some(r), .. })
+                if r.name.as_deref() == Some("group/sub/policies")
         ));
     }
 

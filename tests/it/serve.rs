@@ -718,6 +718,12 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
         fork.status == 200 && fork.body.contains("ignored"),
         "{fork:?}"
     );
+    assert!(
+        serve
+            .logs()
+            .contains("a push of another repository ignored"),
+        "a repository renamed or mirrored would lose every push: say so"
+    );
     let big = vec![b' '; 1024 * 1024 + 1];
     let too_large = serve.webhook(
         &[
