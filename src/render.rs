@@ -258,8 +258,14 @@ pub fn statement_diff(
     };
     let (hb, ha) = (header(before), header(after));
     if before.is_some() && after.is_some() && hb != ha {
-        lines.push(format!("- {}", hb.unwrap_or_default()));
-        lines.push(format!("+ {}", ha.unwrap_or_default()));
+        lines.push(format!(
+            "- {}",
+            printable(&hb.unwrap_or_default().to_string())
+        ));
+        lines.push(format!(
+            "+ {}",
+            printable(&ha.unwrap_or_default().to_string())
+        ));
     }
     let old = before
         .map(|d| canonical_statements(d, partition))
@@ -281,11 +287,13 @@ pub fn statement_diff(
         match counterpart(o, &added) {
             Some(i) => {
                 let n = added.remove(i);
+                // The effect, which the context may leave out, says whether a `+` grants.
+                let effect = effect_of(&n.1).map_or(String::new(), |e| format!(" ({e})"));
                 if n.0 == o.0 {
-                    lines.push(format!("~ statement {}", printable(&o.0)));
+                    lines.push(format!("~ statement {}{effect}", printable(&o.0)));
                 } else {
                     lines.push(format!(
-                        "~ statement {} -> {}",
+                        "~ statement {} -> {}{effect}",
                         printable(&o.0),
                         printable(&n.0)
                     ));
@@ -303,10 +311,19 @@ pub fn statement_diff(
                 // Three lines of context around each change, as `diff -u`: a long statement
                 // with one principal changed reads as that principal.
                 // A gap of one line is shown, not said: `...` would be no shorter.
+                // A gap of more says which keys the next lines are under, as `diff -p` names
+                // the function: `... "Condition": { "ArnNotLike": {`.
                 let gap = |lines: &mut Vec<String>, from: usize, to: usize| match to - from {
                     0 => {}
-                    1 => lines.push(format!("    {}", old_lines[from])),
-                    _ => lines.push("    ...".to_string()),
+                    1 => lines.push(format!("    {}", printable(old_lines[from]))),
+                    _ => {
+                        let keys = enclosing_keys(&old_lines[from..to], old_lines.get(to));
+                        let keys = printable(&keys);
+                        lines.push(format!(
+                            "    ...{}{keys}",
+                            if keys.is_empty() { "" } else { " " }
+                        ));
+                    }
                 };
                 let mut shown = 0;
                 for group in similar::group_diff_ops(ops, 3) {
@@ -320,7 +337,7 @@ pub fn statement_diff(
                                 similar::ChangeTag::Insert => '+',
                                 similar::ChangeTag::Equal => ' ',
                             };
-                            lines.push(format!("{sign}   {}", change.value()));
+                            lines.push(format!("{sign}   {}", printable(change.value())));
                         }
                     }
                 }
@@ -328,13 +345,13 @@ pub fn statement_diff(
             }
             None => {
                 lines.push(format!("- statement {}", printable(&o.0)));
-                lines.extend(o.1.lines().map(|l| format!("-   {l}")));
+                lines.extend(o.1.lines().map(|l| format!("-   {}", printable(l))));
             }
         }
     }
     for n in added {
         lines.push(format!("+ statement {}", printable(&n.0)));
-        lines.extend(n.1.lines().map(|l| format!("+   {l}")));
+        lines.extend(n.1.lines().map(|l| format!("+   {}", printable(l))));
     }
     lines
 }
@@ -357,14 +374,55 @@ fn counterpart(removed: &(String, String), added: &[&(String, String)]) -> Optio
         .map(|(i, _)| i)
 }
 
-/// Text from a policy (a Sid, an unparsable live document) as it may be printed: control
-/// characters escaped, so it cannot forge or overwrite plan lines on a terminal.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    if text.chars().any(char::is_control) {
-        text.escape_debug().to_string().into()
-    } else {
-        text.into()
+/// A canonical statement's `Effect`, from its pretty JSON.
+fn effect_of(text: &str) -> Option<&str> {
+    text.lines()
+        .find_map(|l| l.trim().strip_prefix("\"Effect\": \""))
+        .and_then(|rest| rest.split('"').next())
+}
+
+/// The keys that open the blocks `next` sits in, among the `elided` lines before it (pretty
+/// JSON: an opener ends in `{` or `[`, and each level is indented further).
+fn enclosing_keys(elided: &[&str], next: Option<&&str>) -> String {
+    let indent = |l: &str| l.len() - l.trim_start().len();
+    let mut depth = next.map_or(0, |l| indent(l));
+    let mut keys = Vec::new();
+    for l in elided.iter().rev() {
+        let t = l.trim();
+        if indent(l) < depth && (t.ends_with('{') || t.ends_with('[')) && t.starts_with('"') {
+            depth = indent(l);
+            keys.push(t);
+        }
     }
+    keys.reverse();
+    keys.join(" ")
+}
+
+/// Text from a policy (a Sid, a principal, a line of a statement, an unparsable live
+/// document) as it may be printed: control characters (C0 and C1) and the invisible ones that
+/// reorder or hide text (bidi overrides, zero-width characters) escaped, so that it can neither
+/// forge or overwrite plan lines on a terminal nor read otherwise in a CI log's web view.
+fn printable(text: &str) -> std::borrow::Cow<'_, str> {
+    let hidden = |c: char| {
+        c.is_control()
+            || matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}')
+    };
+    if !text.chars().any(hidden) {
+        return text.into();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
+        }
+    }
+    out.into()
 }
 
 /// A resource's ARN and, when a manifest declared it, where: `ARN  (file:line)`.
@@ -780,7 +838,10 @@ mod tests {
         let before = statements(serde_json::json!([read_by("etl", Some("Etl"))]));
         let after = statements(serde_json::json!([read_by("etl", Some("Pipeline"))]));
         let lines = statement_diff(Some(&before), None, Some(&after), None);
-        assert_eq!(lines[0], "~ statement Etl -> Pipeline", "{lines:#?}");
+        assert_eq!(
+            lines[0], "~ statement Etl -> Pipeline (Allow)",
+            "{lines:#?}"
+        );
         let changed: Vec<&String> = lines[1..]
             .iter()
             .filter(|l| l.starts_with(['-', '+']))
@@ -789,9 +850,11 @@ mod tests {
             changed.len() == 2 && changed.iter().all(|l| l.contains("\"Sid\"")),
             "{lines:#?}"
         );
-        // The Action lines are more than three lines away: left out.
+        // The Action lines are more than three lines away: left out, the key the next lines
+        // are under said.
         assert!(
-            lines[1] == "    ..." && !lines.iter().any(|l| l.contains("kinesis:GetRecords")),
+            lines[1] == "    ... \"Principal\": {"
+                && !lines.iter().any(|l| l.contains("kinesis:GetRecords")),
             "{lines:#?}"
         );
     }
@@ -826,12 +889,15 @@ mod tests {
     /// escaped, and every line of an unparsable live policy is marked as removed.
     #[test]
     fn text_from_a_policy_cannot_pass_for_plan_lines() {
-        let forged = "Audit\r~ statement Audit (comment only)\n\nPlan: 0 to create.\n\u{1b}[8m";
+        let forged = "Audit\r~ statement Audit (comment only)\n\nPlan: 0 to create.\n\u{1b}[8m\
+                      \u{9b}2K\u{85}\u{202e}desrever";
         let after = statements(serde_json::json!([read_by("etl", Some(forged))]));
         let raw = "{\n  \"Statement\": [\n    {\"Principal\": \"*\"}\n  ]\n}";
         let lines = statement_diff(None, Some(raw), Some(&after), None);
         assert!(
-            lines.iter().all(|l| !l.chars().any(char::is_control)),
+            lines
+                .iter()
+                .all(|l| !l.chars().any(|c| c.is_control() || c == '\u{202e}')),
             "{lines:#?}"
         );
         assert!(
