@@ -367,6 +367,15 @@ fn write_manifest(
                 Ok(value @ serde_json::Value::Object(_)) if !has_inexact_number(value) => {
                     block_yaml(value)
                 }
+                Ok(value) if has_inexact_number(value) => {
+                    problems.push(
+                        "it holds numbers kpr cannot keep as written (a decimal, an integer past \
+                         64 bits), so the policy below is the live JSON text: quote each such \
+                         number in it (1.50 as \\\"1.50\\\"), as IAM compares them as text"
+                            .into(),
+                    );
+                    format!("{}\n", yaml_scalar(raw))
+                }
                 _ => format!("{}\n", yaml_scalar(raw)),
             }
         }
@@ -779,7 +788,8 @@ mod tests {
         }
         let text = std::fs::read_to_string(dir.path().join("decimals.yaml")).unwrap();
         assert!(
-            text.contains("[1.50,1e2,123456789012345678901234567890]"),
+            text.contains("[1.50,1e2,123456789012345678901234567890]")
+                && text.contains("quote each such number"),
             "{text}"
         );
     }
