@@ -706,6 +706,14 @@ impl Reconciler {
                         from = pushed.from,
                         "a late webhook: {why}; nothing to wait for"
                     );
+                    // Late or not, a forced push took its `before` away; unless what was
+                    // applied holds it, a replica still serving it must not bring it back.
+                    if pushed.forced
+                        && let Some(from) = &pushed.from
+                        && !self.holds_applied(from).await
+                    {
+                        self.add_replaced(from).await;
+                    }
                 }
                 Judged::Forward => {
                     self.reset_named = None;
@@ -725,6 +733,12 @@ impl Reconciler {
                     });
                     if let Some(from) = &pushed.from {
                         self.add_replaced(from).await;
+                    }
+                    // The heads pushes seen brought the branch to since it was last at the
+                    // reset's commit, and that it does not hold, are left too: the head
+                    // replaced may be one kpr never fetched, whose ancestors it cannot tell.
+                    for head in self.left_by_reset(&pushed.commit).await {
+                        self.add_replaced(&head).await;
                     }
                     wanted = Some(pushed.commit.clone());
                 }
@@ -782,8 +796,27 @@ impl Reconciler {
         {
             return current(f).await;
         }
-        // From what was applied back to a head a reset replaced: the reset redone by its
-        // owner (the chain check below would take it for the push the reset undid).
+        // Forward to a head a reset (or a forced push) replaced, a head no push seen brought:
+        // the push that brought it, come late after the reset that undid it, reads the same
+        // as its owner pushing it again. Not granted: a head pushed again is applied after
+        // --reset-settle, while one taken back by a late webhook would re-grant what the reset
+        // revoked. (A head a seen push brought has had its push; not forward, as an amend
+        // undone by a force-push back, it is news.)
+        if let Some(f) = from
+            && !repeated
+            && !self.seen_pushes.iter().any(|(_, a)| a == commit)
+            && self.in_replaced(commit).await
+            && (!self.source.has_commit(commit).await || self.source.contains(f, commit).await)
+        {
+            return Judged::Late(
+                "it brings back a head a reset or a forced push replaced, by a move not seen \
+                 before (the push that reset undid, come late?); if pushed again, it is \
+                 applied after --reset-settle",
+            );
+        }
+        // From what was applied back to a head a reset replaced, a move seen before: pushed
+        // again by its owner (the chain check below would take it for the push the reset
+        // undid).
         if let Some(f) = from
             && last == Some(f)
             && self.in_replaced(commit).await
@@ -891,9 +924,16 @@ impl Reconciler {
     /// Whether a push seen moved the branch on from `commit` and the pushes seen after it do
     /// not lead to `from`: a push from `from` to `commit` is then older than that move.
     fn left_behind(&self, commit: &str, from: &str) -> bool {
+        // Only a move after the branch last came to `from` is later than a push from there:
+        // one before it is older history, not what supersedes this push.
+        let since = self
+            .seen_pushes
+            .iter()
+            .rposition(|(_, a)| a == from)
+            .map_or(0, |i| i + 1);
         let next = |at: &str| {
             self.seen_pushes
-                .iter()
+                .range(since..)
                 .rev()
                 .find(|(b, _)| b == at)
                 .map(|(_, a)| a.as_str())
@@ -1250,11 +1290,37 @@ impl Reconciler {
     /// was applied: the caller checks that).
     async fn in_replaced(&self, head: &str) -> bool {
         for replaced in &self.replaced {
-            if self.source.contains(head, replaced).await {
+            // Equal first: a replaced head the working copy lacks has no ancestry to ask.
+            if head == replaced || self.source.contains(head, replaced).await {
                 return true;
             }
         }
         false
+    }
+
+    /// Whether what was applied holds `commit` (it is an ancestor of it, or it).
+    async fn holds_applied(&self, commit: &str) -> bool {
+        match self.last_good() {
+            Some(last) => last == commit || self.source.contains(commit, &last).await,
+            None => false,
+        }
+    }
+
+    /// The heads pushes seen brought the branch to since it was last at `commit`, that
+    /// `commit` does not hold: what a reset to `commit` leaves behind.
+    async fn left_by_reset(&self, commit: &str) -> Vec<String> {
+        let since = self
+            .seen_pushes
+            .iter()
+            .rposition(|(_, a)| a == commit)
+            .map_or(0, |i| i + 1);
+        let mut left = Vec::new();
+        for (_, head) in self.seen_pushes.range(since..) {
+            if head != commit && !left.contains(head) && !self.source.contains(head, commit).await {
+                left.push(head.clone());
+            }
+        }
+        left
     }
 
     /// Adds a head a reset replaced, unless one already kept covers it; drops those it covers.

@@ -1929,6 +1929,74 @@ fn a_reset_of_an_unannounced_push_is_not_taken_for_a_late_webhook() {
     serve.stop();
 }
 
+/// A push whose webhook comes only after the reset that undid it: the head it brought stays
+/// refused (a push of it again would be applied after the settle time), and the reset stands.
+#[test]
+fn a_push_announced_after_the_reset_that_undid_it_stays_undone() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["pa-a", "pa-b"]);
+    serve_at(&repo, &first);
+    let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
+    let serve = serve_pruning(&emu, &repo, &extra, &first);
+    // `second` pushed, its webhook delayed; reset away, announced at once, while a replica
+    // still serves it.
+    serve_at(&repo, &second);
+    forced_hook(&serve, &second, &first);
+    serve.refused_as_replaced("the reset-away head to be refused");
+    let runs = serve.runs();
+    push_hook(&serve, &first, &second);
+    let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
+        st["runs"].as_u64() > Some(runs) && st["running"] == false
+    });
+    assert!(
+        st["last_run"]["result"] == "fetch_failed" && live(&emu, &b).is_none(),
+        "{st:#}\n{}",
+        serve.logs()
+    );
+    serve.stop();
+}
+
+/// A force-push from what was applied back to an earlier head is the owner's move, even when
+/// a webhook before it was lost: awaited, and applied once a replica serves it.
+#[test]
+fn a_force_push_back_from_what_was_applied_is_taken_with_a_webhook_missing() {
+    let emu = common::kinesis_mock_private();
+    let ([_, _, c, d], repo, [first, second, third, _]) =
+        granted_in_turn(&emu, ["fb-a", "fb-b", "fb-c", "fb-d"]);
+    serve_at(&repo, &first);
+    let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
+    let serve = serve_pruning(&emu, &repo, &extra, &first);
+    serve_at(&repo, &second);
+    push_hook(&serve, &first, &second);
+    serve.applied(&second);
+    serve_at(&repo, &third);
+    push_hook(&serve, &second, &third);
+    serve.applied(&third);
+    // Reset to `first`, its webhook lost; then a new commit on it, announced.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &first]);
+    repo.write("d.yaml", &manifest(&d, &role_one(&d)));
+    let other = repo.commit("d on first");
+    git(
+        &work,
+        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    );
+    push_hook(&serve, &first, &other);
+    serve.applied(&other);
+    // The owner force-pushes back to `second`, while a replica still serves `other`.
+    serve_at(&repo, &other);
+    forced_hook(&serve, &other, &second);
+    serve.status_when(
+        "the force-push's head to be awaited",
+        Duration::from_secs(20),
+        |st| st["awaited_commit"] == second.as_str() && st["running"] == false,
+    );
+    serve_at(&repo, &second);
+    serve.applied(&second);
+    assert!(live(&emu, &c).is_none() && live(&emu, &d).is_none());
+    serve.stop();
+}
+
 /// An amend force-pushed takes the old head away like a reset: the next push's fetch, served
 /// by a replica still at the old head, is refused rather than bringing it back.
 #[test]
