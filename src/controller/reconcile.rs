@@ -1958,11 +1958,13 @@ impl Reconciler {
         metrics::gauge!("kpr_resources", "state" => "failed").set(counts.failed as f64);
         metrics::gauge!("kpr_resources_backing_off").set(counts.backing_off as f64);
         let finished = SystemTime::now();
-        // A run in which every resource it took failed (AWS unreachable, say) completed, but
-        // converged nothing: the "stopped converging" alert must still see the time pass.
+        // A run in which every resource failed or was left to its backoff (AWS unreachable,
+        // say) completed, but converged nothing: the "stopped converging" alert must still
+        // see the time pass. A run with nothing to do at all did converge.
         let s = &out.summary;
-        let all_failed = s.failed > 0 && s.create + s.update + s.delete + s.unchanged == 0;
-        let converged = result.completed() && !all_failed;
+        let none_ok = s.create + s.update + s.delete + s.unchanged == 0;
+        let converged =
+            result.completed() && !(none_ok && (s.failed > 0 || !out.skipped.is_empty()));
         if converged {
             metrics::gauge!("kpr_last_success_timestamp_seconds").set(
                 finished
