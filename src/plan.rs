@@ -130,10 +130,10 @@ impl Change {
         }
     }
 
-    /// Whom the change starts and stops naming; `None` for a no-op, or when the live policy
-    /// could not be read as one (its raw text is in `before`).
+    /// Whom the change starts and stops naming; `None` for a no-op. A live policy that could
+    /// not be read names nobody kpr can tell: all the manifest names counts as new.
     pub fn access(&self) -> Option<crate::policy::AccessChange> {
-        (self.action != Action::NoOp && self.live_raw.is_none()).then(|| {
+        (self.action != Action::NoOp).then(|| {
             crate::policy::AccessChange::between(
                 self.live.as_ref(),
                 self.desired.as_deref(),

@@ -10,7 +10,7 @@
 //!                    "source": {"file","line"}|null,
 //!                    "before": policy|null, "after": policy|null,   // null for no-ops
 //!                    "access"?: { "allows_now", "allows_no_longer", "denies_now",
-//!                                 "denies_no_longer" },  // principals; changes only
+//!                                 "denies_no_longer" },  // principals; not for no-ops
 //!                    "delete_cause"?: "ensure_absent"|"prune",
 //!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started",
 //!                    "error"?: failure } ],
@@ -172,12 +172,15 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
     {
         let _ = writeln!(out, "    {}", style.dim(&format!("declared as {declared}")));
     }
-    let _ = writeln!(out, "    {}", style.dim(&format!("reason: {}", c.reason)));
+    let _ = writeln!(
+        out,
+        "    {}",
+        style.dim(&format!("reason: {}", indented(&c.reason)))
+    );
     let partition = Some(c.target.scope.partition.as_str());
-    if c.live_raw.is_none() {
-        for line in access_summary(c.live.as_ref(), c.desired.as_deref(), partition) {
-            let _ = writeln!(out, "    {}", summary_style(line, style));
-        }
+    // An unparsable live policy counts as naming nobody: all the manifest names is new.
+    for line in access_summary(c.live.as_ref(), c.desired.as_deref(), partition) {
+        let _ = writeln!(out, "    {}", summary_style(line, style));
     }
     for line in statement_diff(
         c.live.as_ref(),
@@ -541,8 +544,14 @@ fn list_some<'a>(
 
 /// The SDK's errors can run over several lines (each credential source it tried); they stay
 /// indented under the first, apart from the resources listed below.
+/// A message's lines, indented under its header; each escaped as [`printable`], since a
+/// message may quote a policy (a key kpr refused, say).
 fn indented(message: &str) -> String {
-    message.replace('\n', "\n    ")
+    message
+        .split('\n')
+        .map(printable)
+        .collect::<Vec<_>>()
+        .join("\n    ")
 }
 
 /// `message` with each mention of the resource `arn` replaced by [`EACH_ARN`], or `None` when
@@ -856,6 +865,15 @@ mod tests {
             lines[1] == "    ... \"Principal\": {"
                 && !lines.iter().any(|l| l.contains("kinesis:GetRecords")),
             "{lines:#?}"
+        );
+    }
+
+    /// A message may quote a policy: its lines stay lines, each escaped.
+    #[test]
+    fn a_quoted_message_cannot_forge_plan_lines() {
+        assert_eq!(
+            indented("key \"Bo\u{202e}gus\u{1b}[31m\nPlan: 0 to create\""),
+            "key \"Bo\\u{202e}gus\\u{1b}[31m\n    Plan: 0 to create\""
         );
     }
 

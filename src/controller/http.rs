@@ -465,7 +465,21 @@ fn unauthorized(e: AuthError) -> Response {
 }
 
 async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
-    let Some(secret) = s.webhook_secret.current() else {
+    // Fails closed: a secret file rotated to something unreadable must not leave the old
+    // secret (perhaps leaked) working.
+    let secret = match s.webhook_secret.read_now() {
+        Ok(secret) => secret,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot read the webhook secret: deliveries refused until it is fixed");
+            return reply(
+                StatusCode::SERVICE_UNAVAILABLE,
+                "secret_unreadable",
+                "the webhook secret cannot be read: deliveries are refused until it is fixed"
+                    .into(),
+            );
+        }
+    };
+    let Some(secret) = secret else {
         return reply(
             StatusCode::NOT_FOUND,
             "disabled",

@@ -135,19 +135,23 @@ impl RotatingSecret {
         }
     }
 
-    /// Read from its file now, if it has one.
+    /// Read from its file now, if it has one; the one read before when that fails (a file
+    /// being replaced, say).
     pub fn current(&self) -> Option<Secret> {
+        self.read_now().unwrap_or_else(|e| {
+            tracing::warn!(error = %e, "re-reading the {} failed; using the one read before", self.what);
+            self.last()
+        })
+    }
+
+    /// Read from its file now, if it has one, failing when that fails: for a secret whose
+    /// rotation must end the old one (a leaked webhook secret), no fallback.
+    pub fn read_now(&self) -> Result<Option<Secret>, String> {
         if let Some(path) = &self.file {
-            match read_secret(path, self.what) {
-                Ok(secret) => *self.last.write().expect("secret lock") = Some(secret),
-                Err(e) => tracing::warn!(
-                    error = %e,
-                    "re-reading the {} failed; using the one read before",
-                    self.what
-                ),
-            }
+            let secret = read_secret(path, self.what)?;
+            *self.last.write().expect("secret lock") = Some(secret);
         }
-        self.last()
+        Ok(self.last())
     }
 
     /// As last read.
@@ -520,11 +524,20 @@ impl Settings {
                         .clone()
                         .or(file.workdir.clone())
                         .unwrap_or_else(|| PathBuf::from(DEFAULT_WORKDIR)),
-                    repository: args
+                    repository: match args
                         .git_repository
                         .clone()
                         .or(file_git.repository.clone())
-                        .filter(|r| !r.trim_matches('/').is_empty()),
+                        .filter(|r| !r.trim_matches('/').is_empty())
+                    {
+                        Some(r) if r.contains([':', '@']) => {
+                            return Err(format!(
+                                "git repository {r:?}: name it as its webhooks do \
+                                 (owner/name; GitLab: group/subgroup/name), not as a URL"
+                            ));
+                        }
+                        r => r,
+                    },
                 }))
             }
         }

@@ -2877,6 +2877,15 @@ fn a_rotated_webhook_secret_file_takes_effect_without_a_restart() {
     std::fs::write(serve._tmp.path().join("secret"), format!("{rotated}\n")).unwrap();
     assert_eq!(bearer(SECRET), 401, "the old secret still works");
     assert_eq!(bearer(rotated), 202, "the new secret does not work");
+    // Rotated to something kpr refuses: no secret works, the one before included.
+    std::fs::write(serve._tmp.path().join("secret"), "spaced \n").unwrap();
+    assert_eq!(
+        bearer(rotated),
+        503,
+        "a refused rotation left the old secret working"
+    );
+    std::fs::write(serve._tmp.path().join("secret"), format!("{rotated}\n")).unwrap();
+    assert_eq!(bearer(rotated), 202);
     serve.stop();
 }
 
