@@ -861,6 +861,9 @@ async fn run_import(
              name (such as us-east-1)"
         )));
     }
+    // Made before any call, so an unwritable place fails first; removed again (when still
+    // empty) if the import fails, so a retry does not find a directory it did not fill.
+    let created = !out.exists();
     std::fs::create_dir_all(&out).map_err(|source| CliError::Io {
         path: out.display().to_string(),
         source,
@@ -877,6 +880,10 @@ async fn run_import(
         Ok(r) => r,
         Err(e) => {
             crate::errln!("error: {e}");
+            if created {
+                // Only an empty directory goes: remove_dir refuses any other.
+                let _ = std::fs::remove_dir(&out);
+            }
             return Ok(EXIT_ERROR);
         }
     };

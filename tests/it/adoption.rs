@@ -118,6 +118,20 @@ fn import_then_plan_is_in_sync() {
     let upper = kpr(&["--region", "US-EAST-1", "import", "--out", &dir_s]);
     assert_eq!(upper.code, 1, "{upper:?}");
     assert!(upper.stderr.contains("is not a region name"), "{upper:?}");
+    // An import that fails leaves no directory it made and did not fill.
+    let fresh = out.path().join("never-filled");
+    let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = closed.local_addr().unwrap().port();
+    drop(closed);
+    let failed = output(
+        common::kpr_cmd(&format!("http://127.0.0.1:{port}"))
+            .args(["import", "--out"])
+            .arg(&fresh)
+            .output()
+            .unwrap(),
+    );
+    assert_eq!(failed.code, 1, "{failed:?}");
+    assert!(!fresh.exists(), "{failed:?}");
 }
 
 /// A re-run finds what --out declares in any file, whatever it is called or where a team moved
