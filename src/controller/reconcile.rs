@@ -926,14 +926,8 @@ impl Reconciler {
     fn left_behind(&self, commit: &str, from: &str) -> bool {
         // Only a move after the branch last came to `from` is later than a push from there:
         // one before it is older history, not what supersedes this push.
-        let since = self
-            .seen_pushes
-            .iter()
-            .rposition(|(_, a)| a == from)
-            .map_or(0, |i| i + 1);
         let next = |at: &str| {
-            self.seen_pushes
-                .range(since..)
+            self.seen_since(from)
                 .rev()
                 .find(|(b, _)| b == at)
                 .map(|(_, a)| a.as_str())
@@ -1298,6 +1292,16 @@ impl Reconciler {
         false
     }
 
+    /// The pushes seen since one last brought the branch to `commit` (all, when none did).
+    fn seen_since(&self, commit: &str) -> std::collections::vec_deque::Iter<'_, (String, String)> {
+        let since = self
+            .seen_pushes
+            .iter()
+            .rposition(|(_, a)| a == commit)
+            .map_or(0, |i| i + 1);
+        self.seen_pushes.range(since..)
+    }
+
     /// Whether what was applied holds `commit` (it is an ancestor of it, or it).
     async fn holds_applied(&self, commit: &str) -> bool {
         match self.last_good() {
@@ -1309,13 +1313,8 @@ impl Reconciler {
     /// The heads pushes seen brought the branch to since it was last at `commit`, that
     /// `commit` does not hold: what a reset to `commit` leaves behind.
     async fn left_by_reset(&self, commit: &str) -> Vec<String> {
-        let since = self
-            .seen_pushes
-            .iter()
-            .rposition(|(_, a)| a == commit)
-            .map_or(0, |i| i + 1);
         let mut left = Vec::new();
-        for (_, head) in self.seen_pushes.range(since..) {
+        for (_, head) in self.seen_since(commit) {
             if head != commit && !left.contains(head) && !self.source.contains(head, commit).await {
                 left.push(head.clone());
             }
