@@ -293,6 +293,9 @@ pub struct Reconciler {
     seen_deliveries: std::collections::VecDeque<String>,
     /// Whether the pushes seen and the commit awaited were read from the working copy.
     memory_read: bool,
+    /// Pushes judged forward whose payload did not say whether they were forced (GitLab),
+    /// as `(before, after)`, until the working copy has both commits to tell.
+    unsure_forced: Vec<(String, String)>,
     /// The heads resets replaced (none an ancestor of another), refused while a replica may
     /// still serve them, also after the reset is applied, until a revision built on one is
     /// applied (see [`Reconciler::admit`]). Kept in the working copy for a restart.
@@ -530,6 +533,7 @@ impl Reconciler {
             seen_pushes: std::collections::VecDeque::new(),
             seen_deliveries: std::collections::VecDeque::new(),
             memory_read: false,
+            unsure_forced: Vec::new(),
             replaced: Vec::new(),
             refused_since: None,
         }
@@ -708,7 +712,7 @@ impl Reconciler {
                     );
                     // Late or not, a forced push took its `before` away; unless what was
                     // applied holds it, a replica still serving it must not bring it back.
-                    if pushed.forced
+                    if pushed.forced == Some(true)
                         && let Some(from) = &pushed.from
                         && !self.holds_applied(from).await
                     {
@@ -719,10 +723,19 @@ impl Reconciler {
                     self.reset_named = None;
                     // A forced push (an amend, a rebase) took its `before` away: a replica
                     // still serving it must not bring it back.
-                    if pushed.forced
-                        && let Some(from) = &pushed.from
-                    {
-                        self.add_replaced(from).await;
+                    if let Some(from) = &pushed.from {
+                        match pushed.forced {
+                            Some(true) => self.add_replaced(from).await,
+                            Some(false) => {}
+                            // Told once both commits are here (see `tell_forced`).
+                            None => {
+                                if self.unsure_forced.len() >= MAX_REPLACED {
+                                    self.unsure_forced.remove(0);
+                                }
+                                self.unsure_forced
+                                    .push((from.clone(), pushed.commit.clone()));
+                            }
+                        }
                     }
                     wanted = Some(pushed.commit.clone());
                 }
@@ -1292,6 +1305,27 @@ impl Reconciler {
         false
     }
 
+    /// A push a payload did not say was forced (GitLab's) rewrote history when its `before`
+    /// is not an ancestor of its `after`: told once a fetch brought both, its `before` is a
+    /// head taken away, refused like one a reset replaced.
+    async fn tell_forced(&mut self) {
+        for (from, commit) in std::mem::take(&mut self.unsure_forced) {
+            if !(self.source.has_commit(&from).await && self.source.has_commit(&commit).await) {
+                self.unsure_forced.push((from, commit));
+                continue;
+            }
+            if !self.source.contains(&from, &commit).await {
+                tracing::info!(
+                    from,
+                    commit,
+                    "the push rewrote history (its before is not an ancestor of its after): \
+                     its before is refused as replaced"
+                );
+                self.add_replaced(&from).await;
+            }
+        }
+    }
+
     /// The pushes seen since one last brought the branch to `commit` (all, when none did).
     fn seen_since(&self, commit: &str) -> std::collections::vec_deque::Iter<'_, (String, String)> {
         let since = self
@@ -1400,6 +1434,7 @@ impl Reconciler {
                 return out.fail(RunResult::FetchFailed, e);
             }
         };
+        self.tell_forced().await;
         if let Some(head) = &revision
             && let Err(message) = self.admit(head, wanted).await
         {

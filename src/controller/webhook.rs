@@ -122,9 +122,10 @@ pub struct Pushed {
     pub commit: String,
     /// `before`: the head the push replaced; none for a branch the push created.
     pub from: Option<String>,
-    /// GitHub's `forced`: the push rewrote history, so `from` is a head it took away (GitLab
-    /// does not say).
-    pub forced: bool,
+    /// GitHub's `forced`: the push rewrote history, so `from` is a head it took away. `None`
+    /// when the payload does not say (GitLab): kpr tells it by ancestry once it has both
+    /// commits.
+    pub forced: Option<bool>,
     /// The webhook's delivery id ([`delivery_id`]), when it is a plain word (a UUID): what
     /// tells a redelivery after a restart.
     pub delivery: Option<String>,
@@ -203,7 +204,7 @@ fn push(v: &serde_json::Value) -> Event {
         pushed: commit_id(v, "after").map(|commit| Pushed {
             commit,
             from: commit_id(v, "before"),
-            forced: v.get("forced").and_then(|f| f.as_bool()) == Some(true),
+            forced: v.get("forced").and_then(|f| f.as_bool()),
             delivery: None,
         }),
     }
@@ -565,7 +566,7 @@ mod tests {
             pushed: Some(Pushed {
                 commit: SHA.into(),
                 from: None,
-                forced: false,
+                forced: None,
                 delivery: None,
             }),
             repository: None,
@@ -663,7 +664,7 @@ mod tests {
                 pushed: Some(Pushed {
                     commit: SHA.into(),
                     from: Some(before),
-                    forced: true,
+                    forced: Some(true),
                     delivery: None,
                 }),
                 repository: None,

@@ -2001,18 +2001,40 @@ fn a_force_push_back_from_what_was_applied_is_taken_with_a_webhook_missing() {
 /// by a replica still at the old head, is refused rather than bringing it back.
 #[test]
 fn a_head_a_forced_push_took_away_is_refused() {
+    amended_away_is_refused("fp", |serve, before, after, amend| {
+        if amend {
+            forced_hook(serve, before, after);
+        } else {
+            push_hook(serve, before, after);
+        }
+    });
+}
+
+/// GitLab's payload does not say whether a push was forced: an amend pushed there takes the
+/// old head away all the same, told by ancestry once the amend is fetched.
+#[test]
+fn a_head_an_amend_pushed_to_gitlab_took_away_is_refused() {
+    amended_away_is_refused("gl", |serve, before, after, _| {
+        gitlab_hook(serve, before, after)
+    });
+}
+
+/// An amend announced by `hook` (its last argument says whether the push is the amend), then
+/// a push whose fetch a replica still at the old head serves: refused.
+fn amended_away_is_refused(prefix: &str, hook: impl Fn(&Serve, &str, &str, bool)) {
     let emu = common::kinesis_mock_private();
-    let ([_, b], repo, [_, second]) = granted_in_turn(&emu, ["fp-a", "fp-b"]);
+    let names = [format!("{prefix}-a"), format!("{prefix}-b")];
+    let ([_, b], repo, [_, second]) = granted_in_turn(&emu, names.each_ref().map(|n| n.as_str()));
     let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
     let serve = serve_pruning(&emu, &repo, &extra, &second);
     let two = read_policy(&b, "arn:aws:iam::111122223333:role/two");
     let amended = repo.amend("b.yaml", &manifest(&b, &two));
-    forced_hook(&serve, &second, &amended);
+    hook(&serve, &second, &amended, true);
     serve.applied(&amended);
     repo.write("b.yaml", &format!("# reviewed\n{}", manifest(&b, &two)));
     let next = repo.push("main", "a note");
     serve_at(&repo, &second);
-    push_hook(&serve, &amended, &next);
+    hook(&serve, &amended, &next, false);
     let st = serve.refused_as_replaced("the amended-away head to be refused");
     assert!(
         live(&emu, &b).is_some_and(|p| same_grant(&p, &two)),
@@ -2021,6 +2043,22 @@ fn a_head_a_forced_push_took_away_is_refused() {
     serve_at(&repo, &next);
     serve.applied(&next);
     serve.stop();
+}
+
+/// A GitLab push hook for main from `before` to `after`: no `forced` in it.
+fn gitlab_hook(serve: &Serve, before: &str, after: &str) {
+    static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = EVENTS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let body = serde_json::json!({"ref": "refs/heads/main", "before": before, "after": after});
+    let r = serve.webhook(
+        &[
+            ("X-Gitlab-Event", "Push Hook"),
+            ("X-Gitlab-Token", SECRET),
+            ("X-Gitlab-Event-UUID", &format!("gl-{n}")),
+        ],
+        body.to_string().as_bytes(),
+    );
+    assert_eq!(r.status, 202, "{r:?}");
 }
 
 /// A working copy git can no longer use (a crash or a full disk empties object files) failed
