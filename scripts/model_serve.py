@@ -196,7 +196,9 @@ policy:
                                       "--listen", f"127.0.0.1:{self.port}",
                                       "--webhook-secret-file", f"{self.d}/secret",
                                       "--reset-settle", f"{self.settle}s", "--retry-delay", "2s",
-                                      "--log-format", "json"],
+                                      "--log-format", "json"]
+                                     # A file:// URL has no owner/name for payloads to match.
+                                     + (["--git-repository", f"run-{self.seed}/replica"] if WITH_REPO else []),
                                      env=env(), stdout=self.log, stderr=self.log)
         for _ in range(200):
             try:
