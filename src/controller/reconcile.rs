@@ -293,6 +293,11 @@ pub struct Reconciler {
     seen_deliveries: std::collections::VecDeque<String>,
     /// Whether the pushes seen and the commit awaited were read from the working copy.
     memory_read: bool,
+    /// Pushes judged so far, and how many had been when the revision applied last changed
+    /// with nothing awaited: the pushes judged before that are older than the branch's coming
+    /// to that revision, however it came there (a fetch after a push kpr never heard of).
+    judged_total: usize,
+    applied_after_judged: usize,
     /// Pushes judged forward whose payload did not say whether they were forced (GitLab),
     /// as `(before, after)`, until the working copy has both commits to tell.
     unsure_forced: Vec<(String, String)>,
@@ -534,6 +539,8 @@ impl Reconciler {
             seen_deliveries: std::collections::VecDeque::new(),
             memory_read: false,
             unsure_forced: Vec::new(),
+            judged_total: 0,
+            applied_after_judged: 0,
             replaced: Vec::new(),
             refused_since: None,
         }
@@ -761,6 +768,7 @@ impl Reconciler {
                     self.seen_pushes.pop_front();
                 }
                 self.seen_pushes.push_back((from, pushed.commit));
+                self.judged_total += 1;
             }
         }
         if self.reset_named != reset_before {
@@ -832,6 +840,7 @@ impl Reconciler {
         // undid).
         if let Some(f) = from
             && last == Some(f)
+            && !self.left_behind(commit, f)
             && self.in_replaced(commit).await
         {
             return current(f).await;
@@ -938,9 +947,16 @@ impl Reconciler {
     /// not lead to `from`: a push from `from` to `commit` is then older than that move.
     fn left_behind(&self, commit: &str, from: &str) -> bool {
         // Only a move after the branch last came to `from` is later than a push from there:
-        // one before it is older history, not what supersedes this push.
+        // one before it is older history, not what supersedes this push. The branch came to
+        // what was applied by a fetch, also when no push seen brought it there.
+        let mut start = self.seen_start(from);
+        if self.last_good().as_deref() == Some(from) {
+            let forgotten = self.judged_total.saturating_sub(self.seen_pushes.len());
+            start = start.max(self.applied_after_judged.saturating_sub(forgotten));
+        }
         let next = |at: &str| {
-            self.seen_since(from)
+            self.seen_pushes
+                .range(start.min(self.seen_pushes.len())..)
                 .rev()
                 .find(|(b, _)| b == at)
                 .map(|(_, a)| a.as_str())
@@ -1326,14 +1342,13 @@ impl Reconciler {
         }
     }
 
-    /// The pushes seen since one last brought the branch to `commit` (all, when none did).
-    fn seen_since(&self, commit: &str) -> std::collections::vec_deque::Iter<'_, (String, String)> {
-        let since = self
-            .seen_pushes
+    /// Where the pushes seen since one last brought the branch to `commit` begin (all, when
+    /// none did).
+    fn seen_start(&self, commit: &str) -> usize {
+        self.seen_pushes
             .iter()
             .rposition(|(_, a)| a == commit)
-            .map_or(0, |i| i + 1);
-        self.seen_pushes.range(since..)
+            .map_or(0, |i| i + 1)
     }
 
     /// Whether what was applied holds `commit` (it is an ancestor of it, or it).
@@ -1348,7 +1363,7 @@ impl Reconciler {
     /// `commit` does not hold: what a reset to `commit` leaves behind.
     async fn left_by_reset(&self, commit: &str) -> Vec<String> {
         let mut left = Vec::new();
-        for (_, head) in self.seen_since(commit) {
+        for (_, head) in self.seen_pushes.range(self.seen_start(commit)..) {
             if head != commit && !left.contains(head) && !self.source.contains(head, commit).await {
                 left.push(head.clone());
             }
@@ -1410,6 +1425,7 @@ impl Reconciler {
             let (pushes, deliveries) = self.source.noted_seen().await;
             self.shared.remember_deliveries(&deliveries);
             self.seen_pushes = pushes.into();
+            self.judged_total = self.seen_pushes.len();
             self.seen_deliveries = deliveries.into();
             if let Some(commit) = self.source.noted_awaited().await {
                 self.shared
@@ -1956,6 +1972,11 @@ impl Reconciler {
         out.skipped = self.skipped_status(skip, now);
         list_in_status(out, items);
         out.resources.shrink_to_fit();
+        let moved =
+            self.applied.as_ref().map(|a| a.revision.as_deref()) != Some(revision.as_deref());
+        if moved && self.awaiting.is_none() {
+            self.applied_after_judged = self.judged_total;
+        }
         self.applied = Some(Applied { revision, files });
     }
 

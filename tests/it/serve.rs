@@ -527,6 +527,13 @@ impl Serve {
         assert_eq!(r.status, 202, "{r:?}");
     }
 
+    /// Waits for a run after the `runs` counted before to end.
+    fn run_after(&self, runs: u64, what: &str) -> serde_json::Value {
+        self.status_when(what, Duration::from_secs(20), |st| {
+            st["runs"].as_u64() > Some(runs) && st["running"] == false
+        })
+    }
+
     /// Waits for a run refused for fetching a head a reset replaced.
     fn refused_as_replaced(&self, what: &str) -> serde_json::Value {
         self.status_when(what, Duration::from_secs(20), |st| {
@@ -1446,9 +1453,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
         let runs = serve.status()["runs"].as_u64().unwrap();
         let r = serve.github_push_body(body.to_string().as_bytes(), delivery);
         assert_eq!(r.status, 202, "{r:?}");
-        let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
-            st["runs"].as_u64() > Some(runs) && st["running"] == false
-        });
+        let st = serve.run_after(runs, "the late webhook's run");
         assert_eq!(
             st["last_run"]["result"], "fetch_failed",
             "{delivery}: {st:#}"
@@ -1945,9 +1950,7 @@ fn a_push_announced_after_the_reset_that_undid_it_stays_undone() {
     serve.refused_as_replaced("the reset-away head to be refused");
     let runs = serve.runs();
     push_hook(&serve, &first, &second);
-    let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
-        st["runs"].as_u64() > Some(runs) && st["running"] == false
-    });
+    let st = serve.run_after(runs, "the late webhook's run");
     assert!(
         st["last_run"]["result"] == "fetch_failed" && live(&emu, &b).is_none(),
         "{st:#}\n{}",
@@ -1985,6 +1988,100 @@ fn a_force_push_back_from_what_was_applied_is_taken_with_a_webhook_missing() {
     serve.applied(&other);
     // The owner force-pushes back to `second`, while a replica still serves `other`.
     serve_at(&repo, &other);
+    forced_hook(&serve, &other, &second);
+    serve.status_when(
+        "the force-push's head to be awaited",
+        Duration::from_secs(20),
+        |st| st["awaited_commit"] == second.as_str() && st["running"] == false,
+    );
+    serve_at(&repo, &second);
+    serve.applied(&second);
+    assert!(live(&emu, &c).is_none() && live(&emu, &d).is_none());
+    serve.stop();
+}
+
+/// An amend undone by a force-push back, whose webhook comes only after a second amend: it is
+/// older than that amend's push, so the head both amends replaced stays refused and the second
+/// amend stays awaited.
+#[test]
+fn a_late_force_push_back_does_not_undo_a_later_amend() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["la-a", "la-b"]);
+    let _ = first;
+    let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
+    let serve = serve_pruning(&emu, &repo, &extra, &second);
+    let two = read_policy(&b, "arn:aws:iam::111122223333:role/two");
+    let amended = repo.amend("b.yaml", &manifest(&b, &two));
+    forced_hook(&serve, &second, &amended);
+    serve.applied(&amended);
+    // Back to `second` (its webhook delayed), then amended again, announced while a replica
+    // still serves `second`.
+    serve_at(&repo, &second);
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &second]);
+    let three = read_policy(&b, "arn:aws:iam::111122223333:role/three");
+    let again = repo.amend("b.yaml", &manifest(&b, &three));
+    serve_at(&repo, &second);
+    forced_hook(&serve, &second, &again);
+    serve.status_when(
+        "the second amend to be awaited",
+        Duration::from_secs(20),
+        |st| st["awaited_commit"] == again.as_str() && st["running"] == false,
+    );
+    let runs = serve.runs();
+    forced_hook(&serve, &amended, &second);
+    let st = serve.run_after(runs, "the late webhook's run");
+    assert!(
+        st["awaited_commit"] == again.as_str()
+            && live(&emu, &b).is_some_and(|p| same_grant(&p, &two)),
+        "{st:#}\n{}",
+        serve.logs()
+    );
+    serve_at(&repo, &again);
+    serve.applied(&again);
+    assert!(live(&emu, &b).is_some_and(|p| same_grant(&p, &three)));
+    serve.stop();
+}
+
+/// A force-push from what was applied back to an earlier head, after a reset and a push that
+/// no webhook announced (a restart applied the push): the owner's move, awaited and applied.
+#[test]
+fn a_force_push_from_a_head_no_webhook_announced_is_taken() {
+    let emu = common::kinesis_mock_private();
+    let ([_, _, c, d], repo, [first, second, third, _]) =
+        granted_in_turn(&emu, ["fh-a", "fh-b", "fh-c", "fh-d"]);
+    let workdir = tempfile::tempdir().unwrap();
+    let args = [
+        "--interval",
+        "1h",
+        "--prune",
+        "--retry-delay",
+        "1h",
+        "--reset-settle",
+        "1h",
+    ];
+    serve_at(&repo, &first);
+    let serve = restartable(&emu, &repo, workdir.path(), &args);
+    serve.applied(&first);
+    serve_at(&repo, &second);
+    push_hook(&serve, &first, &second);
+    serve.applied(&second);
+    serve_at(&repo, &third);
+    push_hook(&serve, &second, &third);
+    serve.applied(&third);
+    serve.stop();
+    // Reset to `first` and a push on it, neither announced; a restart applies the push.
+    let work = repo.work();
+    git(&work, &["reset", "-q", "--hard", &first]);
+    repo.write("d.yaml", &manifest(&d, &role_one(&d)));
+    let other = repo.commit("d on first");
+    git(
+        &work,
+        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    );
+    let serve = restartable(&emu, &repo, workdir.path(), &args);
+    serve.applied(&other);
+    // The owner force-pushes back to `second`, announced a fetch ahead of the replica.
     forced_hook(&serve, &other, &second);
     serve.status_when(
         "the force-push's head to be awaited",
@@ -2242,9 +2339,7 @@ fn what_was_judged_and_awaited_survives_a_restart() {
     serve.refused_as_replaced("the replaced head to be refused after the restart");
     let runs = serve.runs();
     push_hook(&serve, &first, &second);
-    let st = serve.status_when("the late webhook's run", Duration::from_secs(20), |st| {
-        st["runs"].as_u64() > Some(runs) && st["running"] == false
-    });
+    let st = serve.run_after(runs, "the late webhook's run");
     assert!(
         st["last_run"]["result"] == "fetch_failed"
             && live(&emu, &b).is_some_and(|p| same_grant(&p, &two)),
