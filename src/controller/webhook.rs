@@ -284,12 +284,14 @@ impl Repository {
     pub fn from_settings(git_url: &str, named: Option<&str>) -> Self {
         match named {
             Some(name) => Repository::Named(normal_path(name)),
-            None => Repository::Url {
-                host_path: host_path(git_url),
-                path: host_path(git_url)
-                    .map(|hp| hp.split_once('/').map_or(String::new(), |(_, p)| p.into()))
-                    .unwrap_or_else(|| normal_path(git_url)),
-            },
+            None => {
+                let host_path = host_path(git_url);
+                let path = host_path.as_ref().map_or_else(
+                    || normal_path(git_url),
+                    |hp| hp.split_once('/').map_or(String::new(), |(_, p)| p.into()),
+                );
+                Repository::Url { host_path, path }
+            }
         }
     }
 

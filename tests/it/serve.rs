@@ -227,19 +227,32 @@ impl Repo {
         git(&self.work(), &["rev-parse", "HEAD"])
     }
 
-    /// Pushes the last commit to `branch`; returns it.
     /// Amends the last commit with `name` written as `text` and force-pushes it as main.
     fn amend(&self, name: &str, text: &str) -> String {
         git(&self.work(), &["reset", "-q", "--soft", "HEAD~1"]);
         self.write(name, text);
-        let amended = self.commit("amended");
+        self.force_main("amended")
+    }
+
+    /// A commit on `base` with `name` written as `text`, force-pushed as main: the branch
+    /// reset to `base` and moved on from there.
+    fn commit_on(&self, base: &str, name: &str, text: &str, message: &str) -> String {
+        git(&self.work(), &["reset", "-q", "--hard", base]);
+        self.write(name, text);
+        self.force_main(message)
+    }
+
+    /// Commits everything and force-pushes it as main; returns the commit.
+    fn force_main(&self, message: &str) -> String {
+        let commit = self.commit(message);
         git(
             &self.work(),
             &["push", "-q", "--force", &self.url(), "HEAD:refs/heads/main"],
         );
-        amended
+        commit
     }
 
+    /// Pushes the last commit to `branch`; returns it.
     fn push_head(&self, branch: &str) -> String {
         git(
             &self.work(),
@@ -317,6 +330,14 @@ fn serve_at(repo: &Repo, commit: &str) {
 /// (delivery id), which it returns.
 fn push_hook(serve: &Serve, before: &str, after: &str) -> String {
     hook(serve, before, after, false)
+}
+
+/// A push from `before` to `after` that the origin serves at once, its webhook delivered:
+/// returns once `after` is applied.
+fn pushed_and_applied(serve: &Serve, repo: &Repo, before: &str, after: &str) {
+    serve_at(repo, after);
+    push_hook(serve, before, after);
+    serve.applied(after);
 }
 
 /// The same for a forced push (an amend, a rebase).
@@ -1518,9 +1539,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
         Duration::from_secs(20),
         |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
     );
-    serve_at(&repo, &fourth);
-    push_hook(&serve, &first, &fourth);
-    serve.applied(&fourth);
+    pushed_and_applied(&serve, &repo, &first, &fourth);
     let st = serve.idle();
     assert_eq!(
         st["awaited_commit"],
@@ -1791,9 +1810,7 @@ fn the_heads_resets_replaced_stay_refused() {
     };
 
     // A reset, applied; then a second one, while a replica serves the first's old head.
-    serve_at(&repo, &second);
-    push_hook(&serve, &third, &second);
-    serve.applied(&second);
+    pushed_and_applied(&serve, &repo, &third, &second);
     serve_at(&repo, &third);
     push_hook(&serve, &second, &first);
     refused(&serve, "the first reset's old head to be refused");
@@ -1840,22 +1857,14 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
     let serve = serve_pruning(&emu, &repo, &extra, &second);
 
     // A push, a reset of it (applied), and the push again as a new event: applied at once.
-    serve_at(&repo, &third);
-    push_hook(&serve, &second, &third);
-    serve.applied(&third);
-    serve_at(&repo, &second);
-    push_hook(&serve, &third, &second);
-    serve.applied(&second);
-    serve_at(&repo, &third);
-    push_hook(&serve, &second, &third);
-    serve.applied(&third);
+    pushed_and_applied(&serve, &repo, &second, &third);
+    pushed_and_applied(&serve, &repo, &third, &second);
+    pushed_and_applied(&serve, &repo, &second, &third);
     assert!(live(&emu, &c).is_some());
 
     // Two pushes, a reset of both (pending: the replica lags), undone at once: the branch is
     // where the undo put it, nothing awaited, and a fetch of the reset's commit is refused.
-    serve_at(&repo, &fourth);
-    push_hook(&serve, &third, &fourth);
-    serve.applied(&fourth);
+    pushed_and_applied(&serve, &repo, &third, &fourth);
     push_hook(&serve, &fourth, &second);
     push_hook(&serve, &second, &fourth);
     let st = serve.idle();
@@ -1874,16 +1883,11 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
 
     // An amend force-pushed, then a force-push back to the head before it, while one fetch
     // still serves the amend: the head before is awaited and applied when served.
-    let work = repo.work();
-    git(&work, &["reset", "-q", "--hard", &third]);
-    repo.write(
+    let amended = repo.commit_on(
+        &third,
         "d.yaml",
         &manifest(&d, &read_policy(&d, "arn:aws:iam::111122223333:role/two")),
-    );
-    let amended = repo.commit("d, amended");
-    git(
-        &work,
-        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+        "d, amended",
     );
     push_hook(&serve, &fourth, &amended);
     serve.applied(&amended);
@@ -1912,21 +1916,15 @@ fn a_reset_of_an_unannounced_push_is_not_taken_for_a_late_webhook() {
     serve_at(&repo, &second);
     let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
     let serve = serve_pruning(&emu, &repo, &extra, &second);
-    serve_at(&repo, &third);
-    push_hook(&serve, &second, &third);
-    serve.applied(&third);
-    serve_at(&repo, &second);
-    push_hook(&serve, &third, &second);
-    serve.applied(&second);
+    pushed_and_applied(&serve, &repo, &second, &third);
+    pushed_and_applied(&serve, &repo, &third, &second);
     assert!(live(&emu, &c).is_none());
 
-    let work = repo.work();
-    git(&work, &["reset", "-q", "--hard", &second]);
-    repo.write("c.yaml", &manifest(&c, &role_one(&c)));
-    let unannounced = repo.commit("c again, its webhook lost");
-    git(
-        &work,
-        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    let unannounced = repo.commit_on(
+        &second,
+        "c.yaml",
+        &manifest(&c, &role_one(&c)),
+        "c again, its webhook lost",
     );
     forced_hook(&serve, &unannounced, &second);
     let st = serve.refused_as_replaced("the unannounced head to be refused");
@@ -1969,21 +1967,10 @@ fn a_force_push_back_from_what_was_applied_is_taken_with_a_webhook_missing() {
     serve_at(&repo, &first);
     let extra = ["--retry-delay", "1h", "--reset-settle", "1h"];
     let serve = serve_pruning(&emu, &repo, &extra, &first);
-    serve_at(&repo, &second);
-    push_hook(&serve, &first, &second);
-    serve.applied(&second);
-    serve_at(&repo, &third);
-    push_hook(&serve, &second, &third);
-    serve.applied(&third);
+    pushed_and_applied(&serve, &repo, &first, &second);
+    pushed_and_applied(&serve, &repo, &second, &third);
     // Reset to `first`, its webhook lost; then a new commit on it, announced.
-    let work = repo.work();
-    git(&work, &["reset", "-q", "--hard", &first]);
-    repo.write("d.yaml", &manifest(&d, &role_one(&d)));
-    let other = repo.commit("d on first");
-    git(
-        &work,
-        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
-    );
+    let other = repo.commit_on(&first, "d.yaml", &manifest(&d, &role_one(&d)), "d on first");
     push_hook(&serve, &first, &other);
     serve.applied(&other);
     // The owner force-pushes back to `second`, while a replica still serves `other`.
@@ -2063,22 +2050,11 @@ fn a_force_push_from_a_head_no_webhook_announced_is_taken() {
     serve_at(&repo, &first);
     let serve = restartable(&emu, &repo, workdir.path(), &args);
     serve.applied(&first);
-    serve_at(&repo, &second);
-    push_hook(&serve, &first, &second);
-    serve.applied(&second);
-    serve_at(&repo, &third);
-    push_hook(&serve, &second, &third);
-    serve.applied(&third);
+    pushed_and_applied(&serve, &repo, &first, &second);
+    pushed_and_applied(&serve, &repo, &second, &third);
     serve.stop();
     // Reset to `first` and a push on it, neither announced; a restart applies the push.
-    let work = repo.work();
-    git(&work, &["reset", "-q", "--hard", &first]);
-    repo.write("d.yaml", &manifest(&d, &role_one(&d)));
-    let other = repo.commit("d on first");
-    git(
-        &work,
-        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
-    );
+    let other = repo.commit_on(&first, "d.yaml", &manifest(&d, &role_one(&d)), "d on first");
     let serve = restartable(&emu, &repo, workdir.path(), &args);
     serve.applied(&other);
     // The owner force-pushes back to `second`, announced a fetch ahead of the replica.
