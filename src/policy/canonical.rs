@@ -43,7 +43,7 @@ fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
 /// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`;
 /// under `NotPrincipal`, prefixed `all but`. For a plan's one-line summary of whom a change
 /// grants or stops granting; the statement diff stays the full account.
-pub fn principals_named(
+fn principals_named(
     doc: &PolicyDocument,
     partition: Option<&str>,
 ) -> std::collections::BTreeSet<(String, String)> {
