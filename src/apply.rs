@@ -70,21 +70,41 @@ impl Settled {
     }
 }
 
-/// A request to stop an apply part-way (a signal). Changes already started finish, write and
-/// read-back, so that each is reported as it really ended; the rest are reported as not
-/// started, so the next run does them. Stopping a write half-way would leave its outcome
-/// unknown.
+/// A request to stop an apply part-way (a signal, or a push that replaced the revision being
+/// applied). Changes already started finish, write and read-back, so that each is reported as
+/// it really ended; the rest are reported as not started, so the next run does them. Stopping
+/// a write half-way would leave its outcome unknown.
 #[derive(Debug, Clone, Default)]
-pub struct Interrupt(Arc<OnceLock<&'static str>>);
+pub struct Interrupt(Arc<InterruptState>);
+
+#[derive(Debug, Default)]
+struct InterruptState {
+    reason: OnceLock<&'static str>,
+    /// Set, it stops this one too (see [`Interrupt::child`]).
+    parent: Option<Interrupt>,
+}
 
 impl Interrupt {
     /// The first reason given is kept.
     pub fn set(&self, reason: &'static str) {
-        let _ = self.0.set(reason);
+        let _ = self.0.reason.set(reason);
     }
 
+    /// Its own reason, else its parent's.
     pub fn reason(&self) -> Option<&'static str> {
-        self.0.get().copied()
+        self.0
+            .reason
+            .get()
+            .copied()
+            .or_else(|| self.0.parent.as_ref()?.reason())
+    }
+
+    /// One of its own that this one stops as well: a run's, under the process's shutdown.
+    pub fn child(&self) -> Interrupt {
+        Interrupt(Arc::new(InterruptState {
+            reason: OnceLock::new(),
+            parent: Some(self.clone()),
+        }))
     }
 }
 
@@ -393,6 +413,23 @@ mod tests {
             reads: AtomicU32::new(0),
         };
         Resilient::new(reads, RetryPolicy::default(), 0)
+    }
+
+    #[test]
+    fn a_run_stops_on_its_own_interrupt_or_the_process_one_and_the_process_on_its_own() {
+        let process = Interrupt::default();
+        let run = process.child();
+        let next = process.child();
+        run.set("replaced");
+        assert_eq!(
+            (run.reason(), process.reason(), next.reason()),
+            (Some("replaced"), None, None)
+        );
+        process.set("SIGTERM");
+        assert_eq!(
+            (run.reason(), next.reason()),
+            (Some("replaced"), Some("SIGTERM"))
+        );
     }
 
     #[test]

@@ -21,6 +21,7 @@ use super::reconcile::Status;
 use super::trigger::{Queue, Trigger};
 use super::webhook::{self, AuthError, Event, Pushed, ReplayGuard};
 use super::{RotatingSecret, Settings, SourceSpec};
+use crate::apply::Interrupt;
 use crate::cli::CliError;
 
 /// Enough to cover GitHub's redelivery window for any realistic push rate.
@@ -37,7 +38,7 @@ pub struct Shared {
     pub worker_panicked: AtomicBool,
     pub metrics: PrometheusHandle,
     /// Set on shutdown: the running reconcile starts no more changes.
-    pub interrupt: crate::apply::Interrupt,
+    pub interrupt: Interrupt,
     webhook_secret: RotatingSecret,
     /// Only pushes to this branch trigger; `None` for a directory source.
     branch: Option<String>,
@@ -48,12 +49,72 @@ pub struct Shared {
     /// judges each in turn (a push forward, a reset, or a late delivery), so none of them is
     /// lost to the one after it (see [`super::reconcile`]).
     pub pushes: Mutex<VecDeque<Pushed>>,
+    /// The revision a run is applying, while it applies it (see [`Shared::applying`]).
+    under_way: Mutex<Option<Applying>>,
     max_body: usize,
     /// Bytes of not yet authenticated webhook bodies held at once (see [`read_body`]).
     body_budget: tokio::sync::Semaphore,
 }
 
+/// A run's writes under way: what they take live, and what stops them.
+struct Applying {
+    revision: String,
+    interrupt: Interrupt,
+}
+
+/// Ends [`Shared::applying`] when dropped, whichever way the run ends.
+pub struct ApplyingGuard(Arc<Shared>);
+
+impl Drop for ApplyingGuard {
+    fn drop(&mut self) {
+        *self.0.under_way.lock().expect("applying lock") = None;
+    }
+}
+
+/// [`Applying::interrupt`]'s reason when a forced push took the revision away.
+pub const REPLACED_UNDER_WAY: &str = "a forced push that replaced the revision being applied";
+
 impl Shared {
+    /// A forced push took away the revision a run is applying: the run starts no more of its
+    /// changes (those under way finish), so a head withdrawn, a grant made by mistake, say,
+    /// goes no further live than it already had. The push's own run applies what replaced
+    /// it, scanning everything, as what was left undone and what was done differ per file.
+    /// A push forward does not stop a run: what it applies is still history, and stopping
+    /// every run a new push comes during would starve a busy branch.
+    fn stop_replaced(&self, pushed: &Pushed) {
+        if pushed.forced != Some(true) {
+            return;
+        }
+        let applying = self.under_way.lock().expect("applying lock");
+        if let Some(a) = applying.as_ref()
+            && pushed.from.as_deref() == Some(a.revision.as_str())
+        {
+            a.interrupt.set(REPLACED_UNDER_WAY);
+            tracing::info!(
+                revision = a.revision,
+                commit = pushed.commit,
+                "a forced push replaced the revision being applied: its changes not yet started are dropped"
+            );
+        }
+    }
+
+    /// From now until the guard is dropped, a run applies `revision`, stopped by `interrupt`;
+    /// a forced push that took `revision` away and is already queued stops it at once.
+    pub fn applying(self: &Arc<Self>, revision: String, interrupt: &Interrupt) -> ApplyingGuard {
+        let pushes = self.pushes.lock().expect("pushes lock");
+        let applying = Applying {
+            revision,
+            interrupt: interrupt.clone(),
+        };
+        let mut slot = self.under_way.lock().expect("applying lock");
+        *slot = Some(applying);
+        drop(slot);
+        for pushed in pushes.iter() {
+            self.stop_replaced(pushed);
+        }
+        ApplyingGuard(self.clone())
+    }
+
     /// Delivery ids an earlier process saw (kept in the working copy): their redeliveries
     /// are duplicates after a restart too.
     pub fn remember_deliveries(&self, ids: &[String]) {
@@ -75,7 +136,7 @@ impl Shared {
             ready: AtomicBool::new(false),
             worker_panicked: AtomicBool::new(false),
             metrics,
-            interrupt: crate::apply::Interrupt::default(),
+            interrupt: Interrupt::default(),
             // Read again on each delivery: a rotated secret works without a restart.
             webhook_secret: RotatingSecret::new(
                 "webhook secret",
@@ -95,6 +156,7 @@ impl Shared {
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
             pushes: Mutex::new(VecDeque::new()),
+            under_way: Mutex::new(None),
             max_body: settings.webhook_max_body,
             // Room for two of the largest bodies allowed, at least.
             body_budget: tokio::sync::Semaphore::new(
@@ -576,7 +638,10 @@ async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -
                 });
             let after = pushed.as_ref().map(|p| p.commit.clone());
             if let Some(pushed) = pushed {
+                // Under the queue's lock, which a run takes to start applying (see
+                // [`Shared::applying`]): the push is either queued before it looks or seen here.
                 let mut pushes = s.pushes.lock().expect("pushes lock");
+                s.stop_replaced(&pushed);
                 // Bounded, for a flood of deliveries during a long run: the oldest go first.
                 if pushes.len() >= MAX_PENDING_PUSHES {
                     pushes.pop_front();

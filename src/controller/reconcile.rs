@@ -24,7 +24,7 @@ use crate::plan::{self, Action, DeleteCause, PlanOptions, PlanRefused, Summary};
 
 use super::backoff::Backoff;
 use super::file_index::FileIndex;
-use super::http::Shared;
+use super::http::{REPLACED_UNDER_WAY, Shared};
 use super::source::Source;
 use super::trigger::Trigger;
 use super::webhook::Pushed;
@@ -307,6 +307,9 @@ pub struct Reconciler {
     replaced: Vec<String>,
     /// A head refused since then, fetched again and again (see [`RESET_SETTLE`]).
     refused_since: Option<(String, Instant)>,
+    /// A run was stopped part-way by a push that replaced its revision: until a full run
+    /// completes, no diff between revisions tells what is live.
+    stopped_part_way: bool,
 }
 
 /// How long the branch must stay at a head kpr refused (behind what was applied, or what a
@@ -543,6 +546,7 @@ impl Reconciler {
             applied_after_judged: 0,
             replaced: Vec::new(),
             refused_since: None,
+            stopped_part_way: false,
         }
     }
 
@@ -1456,6 +1460,12 @@ impl Reconciler {
         {
             return out.fail(RunResult::FetchFailed, message);
         }
+        // From the head admitted on, a forced push that takes it away stops the run's writes.
+        let interrupt = self.shared.interrupt.child();
+        let _applying = revision
+            .as_ref()
+            .filter(|_| !self.source.is_dir())
+            .map(|head| self.shared.applying(head.clone(), &interrupt));
         out.revision = revision.clone();
         let Loaded {
             desired,
@@ -1488,6 +1498,11 @@ impl Reconciler {
         let declared = self.declared(&desired, digests);
         let now = Instant::now();
         let scope = if trigger.full_scan() {
+            None
+        } else if self.stopped_part_way {
+            tracing::info!(
+                "the run before was stopped part-way: what it left undone is in no diff, full run"
+            );
             None
         } else if self.diff_misses_links(symlinks) {
             // git diff names a link's target, or nothing when the target lies outside
@@ -1609,21 +1624,31 @@ impl Reconciler {
         // writes, which for a large first apply are the longest phase; planned changes keep
         // only the policies they write.
         drop(desired);
-        let (items, interrupted) = self.apply_plan(plan, &mut out).await;
+        let (items, interrupted) = self.apply_plan(plan, &interrupt, &mut out).await;
         self.finish(&mut out, declared, revision, items, scope.as_ref(), &skip);
+        if scope.is_none() {
+            self.stopped_part_way = false;
+        }
         if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
             out.result = RunResult::Partial;
-            let failed = out.summary.failed;
-            out.error = Some(format!(
-                "interrupted by {}: {} change(s) not started, left for the next run{}",
-                i.by,
-                i.not_started,
-                if failed > 0 {
-                    format!("; {failed} resource(s) failed")
-                } else {
-                    String::new()
-                }
-            ));
+            let failed = match out.summary.failed {
+                0 => String::new(),
+                n => format!("; {n} resource(s) failed"),
+            };
+            out.error = Some(if i.by == REPLACED_UNDER_WAY {
+                // Some of the revision is live and some not: only a full scan can tell which.
+                self.stopped_part_way = true;
+                format!(
+                    "stopped by {}: {} of its change(s) not started; the next run, a full \
+                     scan, applies the branch's new head{failed}",
+                    i.by, i.not_started
+                )
+            } else {
+                format!(
+                    "interrupted by {}: {} change(s) not started, left for the next run{failed}",
+                    i.by, i.not_started
+                )
+            });
         }
         out
     }
@@ -1705,7 +1730,10 @@ impl Reconciler {
                 "no run has completed since the restart: the last good revision is the one recorded in the working copy before it"
             );
         }
-        let (items, _) = self.apply_plan(plan, &mut out).await;
+        // What the last good revision declares, not the head: a push replacing the head
+        // does not stop it.
+        let interrupt = self.shared.interrupt.clone();
+        let (items, _) = self.apply_plan(plan, &interrupt, &mut out).await;
         self.back_off(&items);
         for item in &items {
             if let Some(id) = &item.id {
@@ -1783,6 +1811,7 @@ impl Reconciler {
     async fn apply_plan(
         &mut self,
         mut plan: plan::Plan,
+        interrupt: &apply::Interrupt,
         out: &mut RunOutcome,
     ) -> (Vec<Item>, Option<apply::Interrupted>) {
         let concurrency = self.engine.concurrency;
@@ -1836,7 +1865,7 @@ impl Reconciler {
             let plan_failures = std::mem::take(&mut plan.failures);
             let opts = ApplyOptions {
                 concurrency,
-                interrupt: self.shared.interrupt.clone(),
+                interrupt: interrupt.clone(),
                 ..ApplyOptions::default()
             };
             let report = apply::apply(&self.api, plan, &opts, &hidden).await;

@@ -147,6 +147,8 @@ struct Config {
     /// Switch to `gone` once this many calls have been seen.
     gone_after: Option<(u64, Gone)>,
     gone: Option<Gone>,
+    /// Calls of these operations wait, counted as seen, until [`Proxy::release`].
+    held: Vec<String>,
 }
 
 struct Shared {
@@ -159,6 +161,8 @@ struct Shared {
     handle: tokio::runtime::Handle,
     /// Connections open plus forwards under way; see [`Busy`].
     busy: std::sync::atomic::AtomicU64,
+    /// Wakes held calls when a hold is released.
+    gate: tokio::sync::Notify,
 }
 
 /// Counted in `Shared::busy` while it lives. A connection counts until it closes, so a request
@@ -220,6 +224,7 @@ impl Proxy {
             accept_task: Mutex::new(None),
             handle: runtime.handle().clone(),
             busy: Default::default(),
+            gate: tokio::sync::Notify::new(),
         });
         spawn_accept(&shared, listener);
         Proxy {
@@ -267,6 +272,19 @@ impl Proxy {
         self
     }
 
+    /// Calls of `op` wait before they are forwarded until [`Proxy::release`]: a test acts
+    /// while the caller is mid-call, with no timing to guess.
+    pub fn hold(&self, op: &str) -> &Self {
+        self.config().held.push(op.to_string());
+        self
+    }
+
+    /// Every held call goes on, and none is held from now on.
+    pub fn release(&self) {
+        self.config().held.clear();
+        self.shared.gate.notify_waiters();
+    }
+
     /// Token bucket: `rate` calls per second, bursts of `burst`; calls above it get
     /// LimitExceededException. None removes the limit.
     pub fn rate_limit(&self, limit: Option<(f64, f64)>) -> &Self {
@@ -301,6 +319,7 @@ impl Proxy {
             };
             was
         };
+        self.shared.gate.notify_waiters();
         if was_refusing {
             let listener = self
                 .shared
@@ -689,6 +708,14 @@ async fn handle(
     // Counted from before the injected delay: a request waiting it out is under way too, and
     // quiet() must not report calm while it may still be forwarded.
     let under_way = Busy::new(&shared);
+    loop {
+        // Created before the check: a release between the two still wakes it.
+        let released = shared.gate.notified();
+        if !shared.config.lock().unwrap().held.contains(&op) {
+            break;
+        }
+        released.await;
+    }
     if let Some(d) = delay {
         tokio::time::sleep(d).await;
     }

@@ -2118,6 +2118,62 @@ fn amended_away_is_refused(prefix: &str, hook: impl Fn(&Serve, &str, &str, bool)
     serve.stop();
 }
 
+/// A forced push that takes away the head a run is applying stops that run's writes: a grant
+/// withdrawn by an amend goes no further live than the write under way when the webhook came,
+/// and the push's own run, a full scan, puts back what the new head declares.
+#[test]
+fn a_forced_push_stops_the_apply_of_the_head_it_replaced() {
+    use crate::proxy::Proxy;
+    let emu = common::kinesis_mock_private();
+    let ([a, b], repo, [_, base]) = granted_in_turn(&emu, ["serve-stop-a", "serve-stop-b"]);
+    let proxy = Proxy::start(&emu.url);
+    let via = Emulator {
+        url: proxy.url(),
+        ..emu.clone()
+    };
+    // One write at a time: the second waits for the first.
+    let serve = serve_pruning(&via, &repo, &["--concurrency", "1"], &base);
+    let mistake = |arn: &str| read_policy(arn, "arn:aws:iam::444455556666:role/mistake");
+    repo.write("a.yaml", &manifest(&a, &mistake(&a)));
+    repo.write("b.yaml", &manifest(&b, &mistake(&b)));
+    let granted = repo.push("main", "a grant by mistake");
+    proxy.reset_counts();
+    proxy.hold("PutResourcePolicy");
+    push_hook(&serve, &base, &granted);
+    assert!(
+        proxy.wait_for(Duration::from_secs(30), |p| p.op("PutResourcePolicy").seen
+            >= 1),
+        "no write came: {}",
+        proxy.describe()
+    );
+    let withdrawn = repo.commit_on(&base, "NOTES.md", "the grant was a mistake\n", "withdrawn");
+    forced_hook(&serve, &granted, &withdrawn);
+    proxy.release();
+    let st = serve.applied(&withdrawn);
+    assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
+    let written = |arn: &str| proxy.op_on("PutResourcePolicy", arn).seen;
+    let (first, second) = if written(&a) > 0 { (&a, &b) } else { (&b, &a) };
+    // The first write was under way: it went through, and the full run took it back.
+    assert_eq!(written(first), 2, "{}", proxy.describe());
+    assert_eq!(written(second), 0, "{}", proxy.describe());
+    for arn in [&a, &b] {
+        assert!(
+            live(&emu, arn).is_some_and(|p| same_grant(&p, &role_one(arn))),
+            "{arn}: {:?}",
+            live(&emu, arn)
+        );
+    }
+    let logs = serve.stop();
+    let stopped = logs
+        .lines()
+        .find(|l| l.contains("stopped by a forced push"))
+        .unwrap_or_else(|| panic!("no run stopped:\n{logs}"));
+    assert!(
+        stopped.contains("1 of its change(s) not started"),
+        "{stopped}"
+    );
+}
+
 /// A GitLab push hook for main from `before` to `after`: no `forced` in it.
 fn gitlab_hook(serve: &Serve, before: &str, after: &str) {
     static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
