@@ -681,6 +681,12 @@ enum NoText {
     LoneCr {
         line: usize,
     },
+    /// The 1-based line (as editors count) of a character libyaml takes for a line break and
+    /// nothing else does, and which it is.
+    UnicodeBreak {
+        line: usize,
+        name: &'static str,
+    },
     /// More than [`MAX_LINES`].
     TooManyLines,
     /// More than [`MAX_DOCUMENTS`]: how many.
@@ -699,6 +705,18 @@ impl NoText {
                 "line ends in a carriage return without a line feed (classic Mac line \
                  endings?): save the file with LF or CRLF line endings",
             ),
+            NoText::UnicodeBreak { line, name } => {
+                return (
+                    *line,
+                    format!(
+                        "holds {name}, which YAML reads as a line break though editors, git \
+                         diffs and kpr's line numbers do not: what follows it on this line, \
+                         in a comment or a string to a reader, would be read as YAML. Remove \
+                         it (in a double-quoted string, an escape such as \\u2028 keeps it)"
+                    )
+                    .into(),
+                );
+            }
             NoText::TooManyLines => (
                 1,
                 "more than 1,000,000 lines in one file; refusing to parse it",
@@ -756,6 +774,21 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
         // Being the first, no lone CR before it ends a line: only line feeds do.
         let breaks = bytes[..at].iter().filter(|&&b| b == b'\n').count();
         return Err(NoText::LoneCr { line: breaks + 1 });
+    }
+    // Their UTF-8 starts with 0xC2 or 0xE2: most files, ASCII, are passed by two memchrs.
+    if (bytes.contains(&0xC2) || bytes.contains(&0xE2))
+        && let Some((at, name)) = text.char_indices().find_map(|(i, c)| {
+            let name = match c {
+                '\u{85}' => "U+0085 (NEXT LINE)",
+                '\u{2028}' => "U+2028 (LINE SEPARATOR)",
+                '\u{2029}' => "U+2029 (PARAGRAPH SEPARATOR)",
+                _ => return None,
+            };
+            Some((i, name))
+        })
+    {
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(NoText::UnicodeBreak { line, name });
     }
     Ok(text)
 }
