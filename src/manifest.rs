@@ -435,7 +435,19 @@ fn collect_files(
         if name.starts_with(b".") {
             continue;
         }
-        let is_yaml = name.ends_with(b".yaml") || name.ends_with(b".yml");
+        let is_yaml = is_manifest_name(name);
+        if !is_yaml
+            && let Some(why) = near_manifest_name(name)
+            && file_type.is_some_and(|t| t.is_file() || t.is_symlink())
+        {
+            // Its resource would count as undeclared, and --prune would delete its policy.
+            diags.push(Diagnostic {
+                file: path.clone(),
+                line: None,
+                severity: Severity::Warning,
+                message: format!("not read: {why}; only *.yaml and *.yml files are manifests"),
+            });
+        }
         if is_yaml && file_type.is_some_and(|t| t.is_file()) {
             out.push(path);
             continue;
@@ -485,6 +497,26 @@ fn collect_files(
                 message: format!("cannot stat: {e} (dangling or looping symlink?)"),
             }),
         }
+    }
+}
+
+/// Whether a file of this name is read as manifests: `*.yaml` or `*.yml`, in any case (a
+/// file saved as `orders.YAML` is as much a manifest to its author).
+pub fn is_manifest_name(name: &[u8]) -> bool {
+    let ends = |ext: &[u8]| {
+        name.len() > ext.len() && name[name.len() - ext.len()..].eq_ignore_ascii_case(ext)
+    };
+    ends(b".yaml") || ends(b".yml")
+}
+
+/// Why a file that is not read looks like it was meant to be: said, not guessed at.
+fn near_manifest_name(name: &[u8]) -> Option<&'static str> {
+    if is_manifest_name(name.trim_ascii_end()) {
+        Some("its name ends in white space after .yaml or .yml")
+    } else if name.len() > 5 && name[name.len() - 5..].eq_ignore_ascii_case(b".json") {
+        Some("a .json file")
+    } else {
+        None
     }
 }
 
@@ -1296,6 +1328,28 @@ policy:
       Action: [kinesis:GetRecords, kinesis:GetShardIterator]
       Resource: arn:aws:kinesis:us-east-1:111122223333:stream/orders
 ";
+
+    /// A manifest the walk skipped would count as undeclared, and --prune would delete its
+    /// policy: the extension's case does not matter, and a near miss is said.
+    #[test]
+    fn manifests_are_found_in_any_case_and_near_misses_are_said() {
+        let d = tempfile::tempdir().unwrap();
+        write(d.path(), "a.YAML", &GOOD.replace("orders", "a"));
+        write(d.path(), "b.Yml", &GOOD.replace("orders", "b"));
+        write(d.path(), "c.json", "{}");
+        write(d.path(), "d.yaml ", GOOD);
+        write(d.path(), "NOTES.md", "not a manifest");
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let warned: Vec<_> = loaded.warnings().map(|w| w.file.clone()).collect();
+        assert_eq!(warned, [d.path().join("c.json"), d.path().join("d.yaml ")]);
+        let state = loaded.into_result().unwrap();
+        let names: Vec<_> = state.resources.iter().map(|r| r.arn.to_string()).collect();
+        assert_eq!(names.len(), 2, "{names:?}");
+        assert!(
+            names.iter().all(|n| n.ends_with("/a") || n.ends_with("/b")),
+            "{names:?}"
+        );
+    }
 
     /// A link must not make kpr read, and quote in its errors, a file beyond what a review of
     /// the manifests covers; within the git work tree that holds them, links are followed.
