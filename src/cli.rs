@@ -936,17 +936,19 @@ fn read_input(name: &str) -> Result<String, String> {
 /// A policy JSON file, or a manifest (`*.yaml` / `*.yml`; on stdin, text that does not open
 /// with `{`), whose policy is then taken as kpr would apply it. Errors come as whole lines,
 /// `FILE[:LINE]: error: ...`, as `validate` prints them.
-fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String> {
+///
+/// With a manifest, also the partition of its resource: what the policy is read in.
+fn load_policy(name: &str, opts: &LoadOptions) -> Result<(PolicyDocument, Option<String>), String> {
     let text = read_input(name)?;
     let manifest = if name == "-" {
         !text.trim_start().starts_with('{')
     } else {
-        name.ends_with(".yaml") || name.ends_with(".yml")
+        manifest::is_manifest_name(name.as_bytes())
     };
     if manifest {
         return policy_of_manifest(name, &text, opts);
     }
-    PolicyDocument::from_json_str(&text).map_err(|e| {
+    let doc = PolicyDocument::from_json_str(&text).map_err(|e| {
         let line = match &e {
             crate::policy::PolicyError::Json(j) => Some(j.line()),
             // JSON is YAML (without aliases): the manifest's locator finds the line of a
@@ -959,7 +961,8 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<PolicyDocument, String>
             Some(line) => format!("{name}:{line}: error: {e}"),
             None => format!("{name}: error: {e}"),
         }
-    })
+    })?;
+    Ok((doc, None))
 }
 
 /// A manifest's policy, loaded and checked as `validate` would (its warnings printed).
@@ -967,7 +970,7 @@ fn policy_of_manifest(
     name: &str,
     text: &str,
     opts: &LoadOptions,
-) -> Result<PolicyDocument, String> {
+) -> Result<(PolicyDocument, Option<String>), String> {
     let loaded = manifest::load_bytes(Path::new(name), text.as_bytes(), opts);
     print_diagnostics(loaded.warnings());
     let mut resources = match loaded.into_result() {
@@ -985,7 +988,10 @@ fn policy_of_manifest(
     }
     let resource = resources.remove(0);
     match resource.intent {
-        manifest::Intent::Present { document, .. } => Ok(std::sync::Arc::unwrap_or_clone(document)),
+        manifest::Intent::Present { document, .. } => Ok((
+            std::sync::Arc::unwrap_or_clone(document),
+            Some(resource.arn.scope.partition.clone()),
+        )),
         manifest::Intent::Absent => Err(format!(
             "{}: error: the manifest of {} has `ensure: absent`: no policy to compare",
             resource.source, resource.arn
@@ -997,8 +1003,8 @@ fn policy_of_manifest(
 fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
     match cmd {
         PolicyCommand::Fmt { file } => match load_policy(&file, opts) {
-            Ok(doc) => {
-                out!("{}", doc.to_canonical_string());
+            Ok((doc, partition)) => {
+                out!("{}", doc.to_canonical_string_in(partition.as_deref()));
                 EXIT_OK
             }
             Err(e) => {
@@ -1012,7 +1018,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 return EXIT_DIFF_TROUBLE;
             }
             // One at a time: B's warnings are not printed when A already failed.
-            let (da, db) =
+            let ((da, pa), (db, pb)) =
                 match load_policy(&a, opts).and_then(|da| Ok((da, load_policy(&b, opts)?))) {
                     Ok(both) => both,
                     Err(e) => {
@@ -1020,16 +1026,22 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                         return EXIT_DIFF_TROUBLE;
                     }
                 };
-            if da.equivalent(&db) {
+            // A manifest names its resource, and so the partition an account's root ARN and
+            // its bare id are the same principal in; two policy files can only be read in
+            // the one their Resource ARNs name.
+            let partition = pa
+                .or(pb)
+                .unwrap_or_else(|| PolicyDocument::partition_named(&[&da, &db]).to_string());
+            if da.equivalent_in(&db, &partition) {
                 outln!("Equivalent: {a} and {b} grant the same access.");
                 return 0;
             }
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
-            for line in render::access_summary(Some(&da), Some(&db), None) {
+            for line in render::access_summary(Some(&da), Some(&db), Some(&partition)) {
                 outln!("{}", render::summary_style(line, &style));
             }
-            for line in render::statement_diff(Some(&da), None, Some(&db), None) {
+            for line in render::statement_diff(Some(&da), None, Some(&db), Some(&partition)) {
                 outln!("{}", render::diff_line(line, &style));
             }
             1

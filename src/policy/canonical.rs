@@ -11,8 +11,8 @@ use serde_json::{Map, Value};
 use super::actions::canonical_action;
 use super::{Condition, PolicyDocument, Principal, PrincipalType, Statement};
 
-/// `partition`: the partition of the resource the policy is on; `None` when unknown (two
-/// documents compared on their own), then read from the document (see [`partition`]).
+/// `partition`: the partition of the resource the policy is on; `None` when unknown (a
+/// document on its own), then read from the document (see [`named_partition`]).
 pub(super) fn document(doc: &PolicyDocument, partition: Option<&str>) -> Value {
     let mut out = BTreeMap::new();
     if let Some(version) = &doc.version {
@@ -21,7 +21,7 @@ pub(super) fn document(doc: &PolicyDocument, partition: Option<&str>) -> Value {
     if let Some(id) = &doc.id {
         out.insert("Id", Value::String(id.clone()));
     }
-    let partition = partition.unwrap_or_else(|| self::partition(doc));
+    let partition = partition.unwrap_or_else(|| own_partition(doc));
     out.insert("Statement", Value::Array(statement_values(doc, partition)));
     object(out)
 }
@@ -48,7 +48,7 @@ fn principals_named(
     partition: Option<&str>,
 ) -> std::collections::BTreeSet<(String, String)> {
     let mut out = std::collections::BTreeSet::new();
-    for v in statement_values(doc, partition.unwrap_or_else(|| self::partition(doc))) {
+    for v in statement_values(doc, partition.unwrap_or_else(|| own_partition(doc))) {
         let effect = v.get("Effect").and_then(Value::as_str).unwrap_or_default();
         for (key, prefix) in [("Principal", ""), ("NotPrincipal", "all but ")] {
             match v.get(key) {
@@ -128,7 +128,7 @@ pub fn canonical_statements(
     doc: &PolicyDocument,
     partition: Option<&str>,
 ) -> Vec<(String, String)> {
-    let values = statement_values(doc, partition.unwrap_or_else(|| self::partition(doc)));
+    let values = statement_values(doc, partition.unwrap_or_else(|| own_partition(doc)));
     let base: Vec<String> = values
         .iter()
         .enumerate()
@@ -155,18 +155,30 @@ pub fn canonical_statements(
         .collect()
 }
 
-/// The partition of a document's first Resource or NotResource ARN; `aws` when it names none.
-/// Only a guess, for documents compared without their resource (`kpr policy diff`): a
-/// Resource may be `"*"`, so plan and apply pass the resource's own partition.
-fn partition(doc: &PolicyDocument) -> &str {
-    doc.statements
+/// The partition that every Resource and NotResource ARN of `docs` names: `aws` when they
+/// name none (a Resource may be `"*"`), `None` when they disagree. Only a guess, for
+/// documents compared without their resource (`kpr policy diff` of two JSON files): plan and
+/// apply pass the resource's own partition. Read from both documents at once, so that two
+/// documents are compared in one partition, whatever order their statements come in.
+pub(super) fn named_partition<'a>(docs: &[&'a PolicyDocument]) -> Option<&'a str> {
+    let mut named = docs
         .iter()
+        .flat_map(|d| &d.statements)
         .flat_map(|s| s.resource.iter().chain(&s.not_resource).flatten())
-        .find_map(|r| {
+        .filter_map(|r| {
             let (partition, _) = r.strip_prefix("arn:")?.split_once(':')?;
             (!partition.is_empty()).then_some(partition)
-        })
-        .unwrap_or("aws")
+        });
+    let first = named.next().unwrap_or("aws");
+    named.all(|p| p == first).then_some(first)
+}
+
+/// Stands for a partition that cannot be told: no account's root ARN is read as the account,
+/// so two documents are never taken as equal by reading them in the wrong one.
+pub(super) const UNKNOWN_PARTITION: &str = "";
+
+fn own_partition(doc: &PolicyDocument) -> &str {
+    named_partition(&[doc]).unwrap_or(UNKNOWN_PARTITION)
 }
 
 fn statement(s: &Statement, partition: &str) -> Value {
@@ -238,6 +250,9 @@ fn canonical_aws_principal(id: &str, partition: &str) -> String {
 }
 
 fn root_account<'a>(arn: &'a str, partition: &str) -> Option<&'a str> {
+    if partition == UNKNOWN_PARTITION {
+        return None;
+    }
     let rest = arn.strip_prefix("arn:")?.strip_prefix(partition)?;
     let account = rest.strip_prefix(":iam::")?.strip_suffix(":root")?;
     is_account_id(account).then_some(account)
@@ -473,6 +488,37 @@ mod tests {
         differ(&one(json!({})), &one(json!({"Sid": "A"})));
         differ(&one(json!({"Sid": "A"})), &one(json!({"Sid": "B"})));
         differ(&one(json!({"Sid": "A"})), &one(json!({"Sid": "a"})));
+    }
+
+    /// Without their resource, two documents are read in one partition: when their Resource
+    /// ARNs name two, an account's root ARN is read as the account in neither, whatever order
+    /// their statements come in.
+    #[test]
+    fn two_documents_are_read_in_one_partition() {
+        let cn_stream = "arn:aws-cn:kinesis:cn-north-1:111122223333:stream/s";
+        let stream = "arn:aws:kinesis:us-east-1:111122223333:stream/s";
+        let statement = |sid: &str, who: &str, resource: &str| {
+            json!({"Sid": sid, "Effect": "Allow", "Principal": {"AWS": who},
+                "Action": "kinesis:GetRecords", "Resource": resource})
+        };
+        let policy =
+            |statements: Vec<Value>| doc(json!({"Version": "2012-10-17", "Statement": statements}));
+        let cn_root = "arn:aws-cn:iam::999988887777:root";
+        let first = policy(vec![
+            statement("A", "111122223333", cn_stream),
+            statement("B", cn_root, stream),
+        ]);
+        let second = policy(vec![
+            statement("B", "999988887777", stream),
+            statement("A", "111122223333", cn_stream),
+        ]);
+        differ(&first, &second);
+        differ(&second, &first);
+        let reordered = policy(vec![
+            statement("B", cn_root, stream),
+            statement("A", "111122223333", cn_stream),
+        ]);
+        same(&first, &reordered);
     }
 
     #[test]

@@ -276,7 +276,12 @@ impl PolicyDocument {
 
     /// Pretty-printed canonical JSON (2-space indent, trailing newline).
     pub fn to_canonical_string(&self) -> String {
-        let mut s = serde_json::to_string_pretty(&self.canonical())
+        self.to_canonical_string_in(None)
+    }
+
+    /// The same, for a resource in `partition` when it is known.
+    pub fn to_canonical_string_in(&self, partition: Option<&str>) -> String {
+        let mut s = serde_json::to_string_pretty(&canonical::document(self, partition))
             .expect("a serde_json::Value always serialises");
         s.push('\n');
         s
@@ -287,10 +292,18 @@ impl PolicyDocument {
         self.canonical().to_string()
     }
 
-    /// Whether two documents grant the same, each read in the partition its Resource ARNs
-    /// name (see [`Self::equivalent_in`] when the resource is known).
+    /// Whether two documents grant the same, read in the one partition their Resource ARNs
+    /// name (see [`Self::partition_named`]; [`Self::equivalent_in`] when the resource is
+    /// known).
     pub fn equivalent(&self, other: &Self) -> bool {
-        self == other || self.canonical() == other.canonical()
+        self.equivalent_in(other, Self::partition_named(&[self, other]))
+    }
+
+    /// The partition all of the documents' Resource and NotResource ARNs name, `aws` when
+    /// they name none; when they disagree, one in which no account's root ARN is read as the
+    /// account (never a false equality).
+    pub fn partition_named<'a>(docs: &[&'a Self]) -> &'a str {
+        canonical::named_partition(docs).unwrap_or(canonical::UNKNOWN_PARTITION)
     }
 
     /// Whether two policies of a resource in `partition` grant the same.

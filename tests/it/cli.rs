@@ -1222,6 +1222,43 @@ fn policy_diff_and_fmt_take_a_manifest() {
     assert!(warned.stderr.contains("GetRecordz"), "{warned:?}");
 }
 
+/// A manifest's policy is read in its resource's partition, as plan reads it: with `Resource:
+/// "*"`, only the manifest says that the stream is in aws-cn, where the commercial root ARN
+/// names nobody.
+#[test]
+fn policy_diff_reads_a_manifest_in_its_partition() {
+    let arn = "arn:aws-cn:kinesis:cn-north-1:111122223333:stream/orders";
+    let grant = |who: &str| read_policy("*", who);
+    let dir = Manifests::new(&[
+        ("m.yaml", &manifest(arn, &grant("444455556666"))),
+        (
+            "commercial.json",
+            &grant("arn:aws:iam::444455556666:root").to_string(),
+        ),
+        (
+            "china.json",
+            &grant("arn:aws-cn:iam::444455556666:root").to_string(),
+        ),
+    ]);
+    let p = |n: &str| dir.path().join(n).to_string_lossy().into_owned();
+    let diff = |a: &str, b: &str| {
+        common::output(
+            common::kpr_cmd("http://127.0.0.1:9")
+                .args(["policy", "diff", &p(a), &p(b)])
+                .output()
+                .unwrap(),
+        )
+    };
+    let commercial = diff("commercial.json", "m.yaml");
+    assert_eq!(commercial.code, 1, "{commercial:?}");
+    assert!(
+        commercial.stdout.contains("allows now: 444455556666"),
+        "{commercial:?}"
+    );
+    let china = diff("m.yaml", "china.json");
+    assert_eq!(china.code, 0, "{china:?}");
+}
+
 #[test]
 fn unreachable_endpoint_fails_cleanly() {
     // Nothing listens on port 9 of loopback: connection refused, retried, then a clean error.
