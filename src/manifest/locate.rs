@@ -71,10 +71,32 @@ fn trailing_indices(s: &str) -> usize {
 /// use aliases: serde_norway replays an alias with its anchor's positions, which would point
 /// into another statement.
 pub fn line_of(doc_text: &str, path: &str) -> Option<usize> {
-    if doc_text.contains('&') && doc_text.contains('*') {
+    if may_hold_an_alias(doc_text) {
         return None;
     }
     line_of_unaliased(doc_text, path)
+}
+
+/// Whether a `*` in the text may start an alias: an alias is a whole node, so its `*` opens a
+/// line's content, or follows `- `, `: `, `? `, `[`, `{` or `,`, and a name follows it. The
+/// `*` of `"*"`, `kinesis:*` or `stream/*` never does, so the usual policy keeps its lines. A
+/// `*` in a comment or a quoted string may pass for one: that only costs the line.
+fn may_hold_an_alias(text: &str) -> bool {
+    let bytes = text.as_bytes();
+    (0..bytes.len()).filter(|&at| bytes[at] == b'*').any(|at| {
+        let named = bytes
+            .get(at + 1)
+            .is_some_and(|b| !b.is_ascii_whitespace() && !b",[]{}".contains(b));
+        // What comes before it on its line, spaces and tabs aside.
+        let last = bytes[..at].iter().rposition(|&b| b != b' ' && b != b'\t');
+        let spaced = last.map_or(0, |i| i + 1) < at;
+        named
+            && match last.map(|i| bytes[i]) {
+                None | Some(b'\n' | b'[' | b'{' | b',') => true,
+                Some(b'-' | b':' | b'?') => spaced,
+                Some(_) => false,
+            }
+    })
 }
 
 /// [`line_of`] for a text that has no aliases, whatever characters it holds: JSON, where `&`
@@ -332,6 +354,22 @@ policy:
         let doc =
             "policy:\n  Statement:\n    - &s {Sid: One, Effect: Allow}\n    - Sid: Two\n    - *s\n";
         assert_eq!(line_of(doc, "policy.Statement[2].Effect"), None);
+    }
+
+    /// Only a `*` that can start an alias gives up the line: one in `"*"` or `kinesis:*`,
+    /// with an `&` anywhere (`# Sales & Marketing`), does not.
+    #[test]
+    fn stars_that_start_no_node_keep_the_line() {
+        let doc = "# Owner: Sales & Marketing\npolicy:\n  Statement:\n    - Principal: \"*\"\n      \
+                   Action: [kinesis:*, 'x']\n      Resource: arn:aws:kinesis:*:1:stream/*\n      \
+                   Efect: Allow\n";
+        assert_eq!(line_of(doc, "policy.Statement[0].Efect"), Some(7));
+        for alias in ["- *s", "x: *s", "[a, *s]", "{a: *s}", "[*s]", "? *s", "*s"] {
+            assert!(may_hold_an_alias(&format!("a:\n  {alias}\n")), "{alias}");
+        }
+        for not in ["\"*\"", "kinesis:*", "a:*b", "'*'", "- * ", "x: *", "a-*b"] {
+            assert!(!may_hold_an_alias(&format!("a:\n  {not}\n")), "{not}");
+        }
     }
 
     #[test]
