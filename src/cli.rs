@@ -65,13 +65,13 @@ pub struct GlobalArgs {
     pub endpoint_url: Option<String>,
     /// Resources processed at once [default: 8].
     #[arg(long, global = true, env = "KPR_CONCURRENCY")]
-    pub concurrency: Option<usize>,
+    pub concurrency: Option<std::num::NonZeroUsize>,
     /// Requests per second per AWS account, 0 for no limit [default: 5].
     #[arg(long, global = true, env = "KPR_RATE_LIMIT")]
     pub rate_limit: Option<u32>,
     /// Attempts per API call, counting the first [default: 8].
     #[arg(long, global = true, env = "KPR_MAX_ATTEMPTS")]
-    pub max_attempts: Option<u32>,
+    pub max_attempts: Option<std::num::NonZeroU32>,
     /// No retry starts after this long since a call's first attempt [default: 2m].
     #[arg(long, global = true, env = "KPR_MAX_RETRY_TIME", value_parser = humantime::parse_duration)]
     pub max_retry_time: Option<Duration>,
@@ -307,8 +307,7 @@ impl Engine {
                 max_attempts: g
                     .max_attempts
                     .or(file.max_attempts)
-                    .unwrap_or(defaults.max_attempts)
-                    .max(1),
+                    .map_or(defaults.max_attempts, std::num::NonZeroU32::get),
                 max_elapsed: g
                     .max_retry_time
                     .or(file.max_retry_time)
@@ -322,8 +321,7 @@ impl Engine {
             concurrency: g
                 .concurrency
                 .or(file.concurrency)
-                .unwrap_or(DEFAULT_CONCURRENCY)
-                .max(1),
+                .map_or(DEFAULT_CONCURRENCY, std::num::NonZeroUsize::get),
             load: LoadOptions {
                 max_policy_size: g
                     .max_policy_size

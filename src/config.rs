@@ -14,16 +14,16 @@ use serde::Deserialize;
 pub struct FileConfig {
     pub region: Option<String>,
     pub endpoint_url: Option<String>,
-    pub concurrency: Option<usize>,
+    pub concurrency: Option<std::num::NonZeroUsize>,
     pub rate_limit: Option<u32>,
-    pub max_attempts: Option<u32>,
+    pub max_attempts: Option<std::num::NonZeroU32>,
     #[serde(default, with = "opt_duration")]
     pub max_retry_time: Option<Duration>,
     pub max_policy_size: Option<usize>,
     pub log_level: Option<String>,
     pub log_format: Option<LogFormat>,
     /// Account id -> how to reach it.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_accounts")]
     pub accounts: BTreeMap<String, AccountConfig>,
 
     // `kpr serve`
@@ -100,10 +100,37 @@ impl FileConfig {
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
-        let cfg: FileConfig = serde_norway::from_str(&text).map_err(|e| ConfigError::Parse {
+        let parse_error = |line, message| ConfigError::Parse {
             path: path.to_path_buf(),
-            line: e.location().map_or(1, |l| l.line()),
-            message: e.to_string(),
+            line,
+            message,
+        };
+        if let Some((line, name)) = crate::manifest::unicode_line_break(&text) {
+            return Err(parse_error(
+                line,
+                crate::manifest::unicode_line_break_message(name),
+            ));
+        }
+        let cfg: FileConfig = serde_norway::from_str(&text).map_err(|e| {
+            let mut message = e.to_string();
+            // The line is told once, before the message.
+            if let Some(at) = message.find(" at line ") {
+                message.truncate(at);
+            }
+            let line = e
+                .location()
+                .map_or(1, |l| crate::manifest::locate::line_at(&text, &l));
+            // serde tells a key given twice at the end of its mapping: the second is meant.
+            let twice = message
+                .strip_prefix("duplicate field `")
+                .and_then(|rest| rest.split_once('`'))
+                .map(|(key, _)| key)
+                .or_else(|| {
+                    let (_, rest) = message.split_once(TWICE_PREFIX)?;
+                    rest.split_once(' ').map(|(id, _)| id)
+                })
+                .and_then(|key| second_key_line(&text, key));
+            parse_error(twice.unwrap_or(line), message)
         })?;
         for (account, a) in &cfg.accounts {
             if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
@@ -151,6 +178,55 @@ fn role_account(arn: &str) -> Option<&str> {
     (!partition.is_empty() && id && !name.is_empty() && !name.ends_with('/')).then_some(account)
 }
 
+/// The accounts, each once: written twice (`"111122223333"` and `111122223333` are one id),
+/// the last would win without a word, and with it its role.
+fn unique_accounts<'de, D: serde::Deserializer<'de>>(
+    d: D,
+) -> Result<BTreeMap<String, AccountConfig>, D::Error> {
+    struct Accounts;
+    impl<'de> serde::de::Visitor<'de> for Accounts {
+        type Value = BTreeMap<String, AccountConfig>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a mapping of account ids to their settings")
+        }
+        fn visit_map<A: serde::de::MapAccess<'de>>(
+            self,
+            mut map: A,
+        ) -> Result<Self::Value, A::Error> {
+            let mut out = BTreeMap::new();
+            while let Some((id, account)) = map.next_entry::<String, AccountConfig>()? {
+                if out.insert(id.clone(), account).is_some() {
+                    return Err(serde::de::Error::custom(format!(
+                        "{TWICE_PREFIX}{id} is given twice"
+                    )));
+                }
+            }
+            Ok(out)
+        }
+    }
+    d.deserialize_map(Accounts)
+}
+
+const TWICE_PREFIX: &str = "account ";
+
+/// The 1-based line where `key` (plain or quoted) is written as a key the second time.
+fn second_key_line(text: &str, key: &str) -> Option<usize> {
+    let is_key = |line: &str| {
+        let line = line.trim_start();
+        [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
+            .iter()
+            .any(|k| {
+                line.strip_prefix(k.as_str())
+                    .is_some_and(|r| r.trim_start().starts_with(':'))
+            })
+    };
+    text.lines()
+        .enumerate()
+        .filter(|(_, l)| is_key(l))
+        .nth(1)
+        .map(|(i, _)| i + 1)
+}
+
 /// Durations as humans write them: `30s`, `5m`, `1h 30m`.
 mod opt_duration {
     use serde::{Deserialize, Deserializer};
@@ -172,6 +248,41 @@ mod tests {
         let path = dir.path().join("kpr.yaml");
         std::fs::write(&path, text).unwrap();
         FileConfig::load(&path).map_err(|e| e.to_string())
+    }
+
+    /// Each problem once, at the line it is on: a key given twice at its second place, an
+    /// account written twice (quoted and not) refused rather than the last winning.
+    #[test]
+    fn mistakes_are_told_at_their_line() {
+        let cases = [
+            (
+                "region: a\r\nregion: b\r\n",
+                "kpr.yaml:2: duplicate field `region`",
+            ),
+            (
+                "accounts:\n  \"111122223333\":\n    roleArn: arn:aws:iam::111122223333:role/a\n  \
+                 111122223333:\n    roleArn: arn:aws:iam::111122223333:role/b\n",
+                "kpr.yaml:4: accounts: account 111122223333 is given twice",
+            ),
+            (
+                "maxAttempts: 0\n",
+                "kpr.yaml:1: maxAttempts: invalid value: integer `0`",
+            ),
+            (
+                "concurrency: 0\n",
+                "kpr.yaml:1: concurrency: invalid value: integer `0`",
+            ),
+            (
+                "region: a # note\u{2028}endpointUrl: x\n",
+                "kpr.yaml:1: holds U+2028",
+            ),
+        ];
+        for (text, want) in cases {
+            let got = load(text).unwrap_err();
+            let got = &got[got.rfind("kpr.yaml").unwrap()..];
+            assert!(got.starts_with(want), "{text:?}: {got}");
+            assert!(!got.contains(" at line "), "{got}");
+        }
     }
 
     #[test]

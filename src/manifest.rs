@@ -738,16 +738,7 @@ impl NoText {
                  endings?): save the file with LF or CRLF line endings",
             ),
             NoText::UnicodeBreak { line, name } => {
-                return (
-                    *line,
-                    format!(
-                        "holds {name}, which YAML reads as a line break though editors, git \
-                         diffs and kpr's line numbers do not: what follows it on this line, \
-                         in a comment or a string to a reader, would be read as YAML. Remove \
-                         it (in a double-quoted string, an escape such as \\u2028 keeps it)"
-                    )
-                    .into(),
-                );
+                return (*line, unicode_line_break_message(name).into());
             }
             NoText::TooManyLines => (
                 1,
@@ -767,6 +758,38 @@ impl NoText {
         };
         (line, message.into())
     }
+}
+
+/// The first character in `text` that libyaml takes for a line break and editors, git and
+/// kpr's line numbers do not, with its 1-based line: NEL, U+2028 or U+2029.
+pub(crate) fn unicode_line_break(text: &str) -> Option<(usize, &'static str)> {
+    let bytes = text.as_bytes();
+    // Their UTF-8 starts with 0xC2 or 0xE2: most files, ASCII, are passed by two memchrs.
+    if !bytes.contains(&0xC2) && !bytes.contains(&0xE2) {
+        return None;
+    }
+    let (at, name) = text.char_indices().find_map(|(i, c)| {
+        let name = match c {
+            '\u{85}' => "U+0085 (NEXT LINE)",
+            '\u{2028}' => "U+2028 (LINE SEPARATOR)",
+            '\u{2029}' => "U+2029 (PARAGRAPH SEPARATOR)",
+            _ => return None,
+        };
+        Some((i, name))
+    })?;
+    Some((
+        bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1,
+        name,
+    ))
+}
+
+pub(crate) fn unicode_line_break_message(name: &str) -> String {
+    format!(
+        "holds {name}, which YAML reads as a line break though editors, git diffs and kpr's \
+         line numbers do not: what follows it on this line, in a comment or a string to a \
+         reader, would be read as YAML. Remove it (in a double-quoted string, an escape such \
+         as \\u2028 keeps it)"
+    )
 }
 
 /// A manifest file's documents as both readers below take them: its text (see
@@ -807,19 +830,7 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
         let breaks = bytes[..at].iter().filter(|&&b| b == b'\n').count();
         return Err(NoText::LoneCr { line: breaks + 1 });
     }
-    // Their UTF-8 starts with 0xC2 or 0xE2: most files, ASCII, are passed by two memchrs.
-    if (bytes.contains(&0xC2) || bytes.contains(&0xE2))
-        && let Some((at, name)) = text.char_indices().find_map(|(i, c)| {
-            let name = match c {
-                '\u{85}' => "U+0085 (NEXT LINE)",
-                '\u{2028}' => "U+2028 (LINE SEPARATOR)",
-                '\u{2029}' => "U+2029 (PARAGRAPH SEPARATOR)",
-                _ => return None,
-            };
-            Some((i, name))
-        })
-    {
-        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+    if let Some((line, name)) = unicode_line_break(text) {
         return Err(NoText::UnicodeBreak { line, name });
     }
     Ok(text)
