@@ -35,13 +35,23 @@ pub fn partition_of(region: &str) -> &'static str {
     .map_or("aws", |(_, partition)| partition)
 }
 
-/// Whether `region` is spelled as region names are (`us-east-1`): lowercase letters, digits
-/// and dashes. A region is part of every ARN kpr builds and compares.
+/// Whether `region` is spelled as region names are: a 2-4 letter area, words, a number
+/// (`us-east-1`, `us-gov-west-1`, `eu-isoe-west-1`, `eusc-de-east-1`). A region is part of
+/// every ARN kpr builds and compares, and a typo (`us-east1`) would otherwise pass validation
+/// and fail only at plan time, after other resources were written.
 pub fn is_region_name(region: &str) -> bool {
-    !region.is_empty()
-        && region
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+    let parts: Vec<&str> = region.split('-').collect();
+    let letters = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    match parts.as_slice() {
+        [area, words @ .., number] if !words.is_empty() => {
+            (2..=4).contains(&area.len())
+                && letters(area)
+                && words.iter().all(letters)
+                && (1..=2).contains(&number.len())
+                && number.bytes().all(|b| b.is_ascii_digit())
+        }
+        _ => false,
+    }
 }
 
 /// Where a resource lives: one API client serves exactly one scope, because only the owning
@@ -168,6 +178,15 @@ impl ResourceArn {
                         if epoch.is_empty() || !epoch.bytes().all(|b| b.is_ascii_digit()) {
                             return Err(err(&format!(
                                 "consumer suffix {epoch:?} is not a creation timestamp (digits)"
+                            )));
+                        }
+                        // Kept as a number: `:0017…` would be printed, and compared, as
+                        // `:17…`, which is not what the manifest's own Resource says.
+                        if epoch.len() > 1 && epoch.starts_with('0') {
+                            return Err(err(&format!(
+                                "consumer creation timestamp {epoch:?} has a leading zero; \
+                                 AWS writes it without one ({:?})",
+                                epoch.trim_start_matches('0')
                             )));
                         }
                         let epoch = epoch
@@ -336,6 +355,24 @@ mod tests {
     }
 
     #[test]
+    fn region_names_of_every_partition_pass() {
+        for region in [
+            "us-east-1",
+            "ap-southeast-5",
+            "cn-north-1",
+            "us-gov-west-1",
+            "us-iso-east-1",
+            "us-isob-east-1",
+            "eu-isoe-west-1",
+            "us-isof-south-1",
+            "eusc-de-east-1",
+            "mx-central-1",
+        ] {
+            assert!(is_region_name(region), "{region}");
+        }
+    }
+
+    #[test]
     fn rejects_foreign_and_malformed() {
         for (bad, needle) in [
             ("arn:aws:s3:::bucket", "service is \"s3\""),
@@ -366,6 +403,22 @@ mod tests {
                 "timestamp",
             ),
             ("arn:aws:kinesis:US-EAST-1:111122223333:stream/o", "region"),
+            (
+                "arn:aws:kinesis:us-east1:111122223333:stream/o",
+                "not a region name",
+            ),
+            (
+                "arn:aws:kinesis:-:111122223333:stream/o",
+                "not a region name",
+            ),
+            (
+                "arn:aws:kinesis:useast-1:111122223333:stream/o",
+                "not a region name",
+            ),
+            (
+                "arn:aws:kinesis:us-east-1:111122223333:stream/o/consumer/c:0017",
+                "leading zero; AWS writes it without one (\"17\")",
+            ),
             ("nope", "expected arn:"),
             (
                 "arn:awsx:kinesis:us-east-1:111122223333:stream/x",
