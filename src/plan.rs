@@ -544,8 +544,22 @@ async fn prune<K: Kinesis>(
     skip: &HashSet<ResourceArn>,
     plan: &mut Plan,
 ) -> Result<(), PlanRefused> {
-    let declared: HashSet<ResourceArn> =
-        desired.resources.iter().map(|r| r.arn.identity()).collect();
+    // A consumer declared by name covers every registration; one pinned to a registration
+    // (`NAME:EPOCH`) covers that one only: the policy of a later registration of the same
+    // name is undeclared. A live consumer listed without its epoch (moto) cannot be told
+    // apart, and counts as declared by either.
+    let is_pinned = |a: &ResourceArn| a.consumer.as_ref().is_some_and(|c| c.created.is_some());
+    let (pinned, by_name): (HashSet<&ResourceArn>, HashSet<&ResourceArn>) = desired
+        .resources
+        .iter()
+        .map(|r| &r.arn)
+        .partition(|a| is_pinned(a));
+    let pinned_ids: HashSet<ResourceArn> = pinned.iter().map(|a| a.identity()).collect();
+    let is_declared = |live: &ResourceArn, id: &ResourceArn| {
+        by_name.contains(id)
+            || pinned.contains(live)
+            || (!is_pinned(live) && pinned_ids.contains(id))
+    };
     let mut candidates = Vec::new();
     // Under --target, only where a target is: a one-resource run in a large estate neither
     // lists every account nor fails for another account's broken role.
@@ -587,7 +601,7 @@ async fn prune<K: Kinesis>(
     }
     candidates.retain(|a| {
         let id = a.identity();
-        !declared.contains(&id) && !skip.contains(&id) && targeted(&opts.targets, a)
+        !is_declared(a, &id) && !skip.contains(&id) && targeted(&opts.targets, a)
     });
     let found: Vec<Result<Option<Change>, Failure>> =
         concurrently(candidates, opts.concurrency, |arn| async move {

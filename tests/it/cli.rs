@@ -313,6 +313,29 @@ fn consumer_by_name_resolves_to_the_live_registration() {
         plan.stdout.contains("\"nobody\" is not registered"),
         "{plan:?}"
     );
+
+    // Pinned to a registration that is gone, a manifest covers nothing live: under --prune,
+    // the policy of the consumer registered now by that name is undeclared.
+    emu.put_policy_raw(&again, &policy.to_string());
+    let old_pin = Manifests::new(&[("p.yaml", &manifest(&live_arn, &pinned))]);
+    let prune = emu.kpr(&[
+        "plan",
+        "--dir",
+        &old_pin.arg(),
+        "--prune",
+        "--target",
+        &again,
+        "--output",
+        "json",
+    ]);
+    let deletes: Vec<_> = prune.json()["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["action"] == "delete")
+        .map(|r| r["arn"].as_str().unwrap().to_string())
+        .collect();
+    assert_eq!(deletes, std::slice::from_ref(&again), "{prune:?}");
 }
 
 fn nonexistent_stream(emu: &Emulator) {
