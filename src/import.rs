@@ -126,10 +126,10 @@ pub async fn import<K: Kinesis>(
             Ok(Some(raw)) => {
                 let id = arn.identity();
                 match declared.get(&id) {
-                    Some(file) => keep_existing(&id, file.clone(), opts, &mut report),
+                    Some(file) => keep_existing(&arn, file.clone(), opts, &mut report),
                     None => {
                         let path = opts.out.join(names.next(&id));
-                        write_manifest(&id, &path, &raw, opts, &mut report);
+                        write_manifest(&arn, &path, &raw, opts, &mut report);
                     }
                 }
             }
@@ -192,6 +192,9 @@ enum Declared {
     Present,
     /// `ensure: absent`: apply would delete the policy import found.
     Absent,
+    /// Pinned to a registration of the consumer other than the live one, written so: plan
+    /// fails for it, and the live registration's policy has no manifest.
+    OtherRegistration(String),
 }
 
 /// The file at `path`, when it is one the loader would read: a regular file within its size
@@ -207,11 +210,22 @@ fn declares(bytes: Option<&[u8]>, arn: &ResourceArn) -> Declared {
         return Declared::Unreadable;
     };
     let (named, unreadable) = crate::manifest::declared_in(bytes);
-    let ours = named
-        .into_iter()
-        .find(|(text, _)| ResourceArn::parse(text).is_ok_and(|a| a.same_resource(arn)));
+    let ours = named.into_iter().find_map(|(text, ensure)| {
+        let declared = ResourceArn::parse(&text).ok()?;
+        declared
+            .same_resource(arn)
+            .then_some((text, declared, ensure))
+    });
+    let created = |a: &ResourceArn| a.consumer.as_ref().and_then(|c| c.created);
     match ours {
-        Some((_, crate::manifest::Ensure::Absent)) => Declared::Absent,
+        Some((text, declared, _))
+            if created(&declared).is_some()
+                && created(arn).is_some()
+                && created(&declared) != created(arn) =>
+        {
+            Declared::OtherRegistration(text)
+        }
+        Some((_, _, crate::manifest::Ensure::Absent)) => Declared::Absent,
         Some(_) => Declared::Present,
         None if unreadable => Declared::Unreadable,
         None => Declared::No,
@@ -220,14 +234,17 @@ fn declares(bytes: Option<&[u8]>, arn: &ResourceArn) -> Declared {
 
 /// A file is already at `path`: it is kept, and it is an error unless it declares `arn` as
 /// present and kpr accepts it.
+///
+/// `live`: the resource as listed (a consumer with its registration's epoch).
 fn keep_existing(
-    arn: &ResourceArn,
+    live: &ResourceArn,
     path: PathBuf,
     opts: &ImportOptions,
     report: &mut ImportReport,
 ) {
+    let arn = &live.identity();
     let bytes = existing(&path);
-    match declares(bytes.as_deref(), arn) {
+    match declares(bytes.as_deref(), live) {
         Declared::Present => {
             // Most likely import's own file for review, from an earlier run: still refused.
             let bytes = bytes.unwrap_or_default();
@@ -254,6 +271,12 @@ fn keep_existing(
              directory",
             path.display()
         )),
+        Declared::OtherRegistration(declared) => report.errors.push(format!(
+            "{arn}: {} exists and declares {declared}, a registration that is gone (the \
+             consumer is registered now as {live}): plan fails for it, and the live policy has \
+             no manifest. Declare the consumer by name ({arn}) to follow re-registration",
+            path.display()
+        )),
         Declared::Absent => report.errors.push(format!(
             "{arn}: {} exists and declares it `ensure: absent`; not overwritten, so `kpr apply` \
              would delete the live policy import found: remove the file, or import into an \
@@ -273,16 +296,19 @@ fn pinned_epoch<'a>(doc: &'a PolicyDocument, consumer: &str) -> Option<&'a str> 
         .find(|r| lint::names_one_registration(r, consumer))
 }
 
+/// `live`: the resource as listed, a consumer with its registration's epoch; the manifest
+/// names it by its identity.
 fn write_manifest(
-    arn: &ResourceArn,
+    live: &ResourceArn,
     path: &Path,
     raw: &str,
     opts: &ImportOptions,
     report: &mut ImportReport,
 ) {
+    let arn = &live.identity();
     let path = path.to_path_buf();
     if std::fs::symlink_metadata(&path).is_ok() {
-        keep_existing(arn, path, opts, report);
+        keep_existing(live, path, opts, report);
         return;
     }
     let arn_text = arn.to_string();
@@ -345,11 +371,28 @@ fn write_manifest(
                 .then(|| pinned_epoch(&doc, &arn_text))
                 .flatten()
             {
-                text.push_str(&format!(
-                    "# REVIEW: Resource {pinned:?} names this registration of the consumer: once it \
-                     is re-registered the grant matches nothing and kpr plan fails. Write \
-                     \"{arn_text}:*\" to follow re-registration.\n"
-                ));
+                let registered = live.consumer.as_ref().and_then(|c| c.created);
+                let gone = registered.is_some_and(|now| !pinned.ends_with(&format!(":{now}")));
+                if gone {
+                    // It validates, but plan refuses it: said here, not found at plan time.
+                    let message = format!(
+                        "Resource {pinned:?} names a registration of the consumer that is gone \
+                         (registered now as {live}): the grant matches nothing, and kpr plan \
+                         fails for it. Write \"{arn_text}:*\" to follow re-registration"
+                    );
+                    text.push_str(&format!("# REVIEW: {}.\n", one_line(&message)));
+                    report.errors.push(format!(
+                        "{arn}: {}; written to {} for review",
+                        one_line(&message),
+                        path.display()
+                    ));
+                } else {
+                    text.push_str(&format!(
+                        "# REVIEW: Resource {pinned:?} names this registration of the consumer: \
+                         once it is re-registered the grant matches nothing and kpr plan \
+                         fails. Write \"{arn_text}:*\" to follow re-registration.\n"
+                    ));
+                }
             }
             // The live document itself (as YAML), not the canonical form: reviewers should
             // recognise what they see in the console.
@@ -440,7 +483,7 @@ fn write_manifest(
         Ok(()) => report.written.push(path),
         // Appeared since the check above: judged as any file already there.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            keep_existing(arn, path, opts, report)
+            keep_existing(live, path, opts, report)
         }
         Err(e) => report.errors.push(format!(
             "{arn}: writing {}: {e}; {arn} has no manifest, and a later `apply --prune` would \
@@ -955,6 +998,61 @@ mod tests {
                 );
             }
         }
+    }
+
+    /// A consumer's policy whose Resource pins a registration other than the live one grants
+    /// nothing, and plan fails for it: import says so, as an error, not as advice.
+    #[test]
+    fn a_resource_pinned_to_a_gone_registration_is_an_error() {
+        let dir = tempfile::tempdir().unwrap();
+        let opts = options(dir.path(), "us-east-1", 20_000);
+        let stream = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+        let live = ResourceArn::parse(&format!("{stream}/consumer/c:1700000002")).unwrap();
+        let pinned_to = |epoch: &str| {
+            serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+                "Principal": {"AWS": "444455556666"}, "Action": "kinesis:SubscribeToShard",
+                "Resource": format!("{stream}/consumer/c:{epoch}")}]})
+            .to_string()
+        };
+        let mut report = ImportReport::default();
+        write_manifest(
+            &live,
+            &dir.path().join("now.yaml"),
+            &pinned_to("1700000002"),
+            &opts,
+            &mut report,
+        );
+        assert!(report.errors.is_empty(), "{:?}", report.errors);
+        write_manifest(
+            &live,
+            &dir.path().join("gone.yaml"),
+            &pinned_to("1700000001"),
+            &opts,
+            &mut report,
+        );
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert!(report.errors[0].contains("a registration of the consumer that is gone"));
+        let text = std::fs::read_to_string(dir.path().join("gone.yaml")).unwrap();
+        assert!(
+            text.contains(&format!(
+                "# REVIEW: Resource \"{stream}/consumer/c:1700000001\" names a registration"
+            )),
+            "{text}"
+        );
+        assert!(
+            text.contains(&format!("arn: {stream}/consumer/c\n")),
+            "{text}"
+        );
+        // A manifest already there, pinned to the gone registration, covers nothing live.
+        let mine = dir.path().join("mine.yaml");
+        let pinned = format!("{stream}/consumer/c:1700000001");
+        let declared = format!("arn: {pinned}\npolicy: {}\n", pinned_to("1700000001"));
+        std::fs::write(&mine, declared).unwrap();
+        let mut report = ImportReport::default();
+        keep_existing(&live, mine, &opts, &mut report);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        let gone = format!("declares {pinned}, a registration that is gone");
+        assert!(report.errors[0].contains(&gone), "{:?}", report.errors);
     }
 
     /// The written file is checked as kpr will load it: a character YAML must escape is, a
