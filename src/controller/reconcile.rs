@@ -52,6 +52,10 @@ pub enum RunResult {
     Invalid,
     /// Planning refused as a whole (a prune guard): nothing was applied.
     Refused,
+    /// A forced push took away the revision while it was being applied: what was under way
+    /// finished, the rest was not started. Not a revision applied (see
+    /// [`Reconciler::admit`]).
+    Stopped,
 }
 
 impl RunResult {
@@ -62,6 +66,7 @@ impl RunResult {
             RunResult::FetchFailed => "fetch_failed",
             RunResult::Invalid => "invalid",
             RunResult::Refused => "refused",
+            RunResult::Stopped => "stopped",
         }
     }
 
@@ -1229,6 +1234,10 @@ impl Reconciler {
         // What was applied, when `head` is behind it (nothing below changes either).
         let behind = self.behind(head).await;
         let ahead = self.last_good().as_deref() != Some(head) && behind.is_none();
+        // The head a stopped run was applying is only partly live: fetched again from a
+        // replica behind the forced push that stopped it, it is refused like any head that
+        // push replaced, not taken as what was applied.
+        let partly_applied = self.stopped_part_way && self.last_good().as_deref() == Some(head);
         // With a reset pending, a new head built on the reset's commit (outside what it
         // replaced) is the branch moved on from it: no run is to go back to it.
         if let Some(reset) = self.reset_named.clone()
@@ -1251,7 +1260,7 @@ impl Reconciler {
         let named = wanted.as_deref() == Some(head)
             || self.reset_named.as_ref().is_some_and(|r| r.commit == head);
         self.check_awaited(wanted, Some(head)).await;
-        let refusal = if ahead && !named && self.in_replaced(head).await {
+        let refusal = if (ahead || partly_applied) && !named && self.in_replaced(head).await {
             Some(format!(
                 "the fetched branch head {head} is what a reset replaced{} (a replica not \
                  caught up with the reset or force-push, or the commit pushed again): nothing \
@@ -1630,25 +1639,28 @@ impl Reconciler {
             self.stopped_part_way = false;
         }
         if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
-            out.result = RunResult::Partial;
             let failed = match out.summary.failed {
                 0 => String::new(),
                 n => format!("; {n} resource(s) failed"),
             };
-            out.error = Some(if i.by == REPLACED_UNDER_WAY {
-                // Some of the revision is live and some not: only a full scan can tell which.
+            if i.by == REPLACED_UNDER_WAY {
+                // Some of the revision is live and some not: only a full scan can tell which,
+                // and the revision must not count as applied, nor be taken again from a
+                // replica still serving it (see `admit`).
                 self.stopped_part_way = true;
-                format!(
-                    "stopped by {}: {} of its change(s) not started; the next run, a full \
-                     scan, applies the branch's new head{failed}",
+                out.result = RunResult::Stopped;
+                out.error = Some(format!(
+                    "stopped by {}: {} of its change(s) not started; the next run scans \
+                     everything, from the head the branch holds then{failed}",
                     i.by, i.not_started
-                )
+                ));
             } else {
-                format!(
+                out.result = RunResult::Partial;
+                out.error = Some(format!(
                     "interrupted by {}: {} change(s) not started, left for the next run{failed}",
                     i.by, i.not_started
-                )
-            });
+                ));
+            }
         }
         out
     }

@@ -2120,7 +2120,8 @@ fn amended_away_is_refused(prefix: &str, hook: impl Fn(&Serve, &str, &str, bool)
 
 /// A forced push that takes away the head a run is applying stops that run's writes: a grant
 /// withdrawn by an amend goes no further live than the write under way when the webhook came,
-/// and the push's own run, a full scan, puts back what the new head declares.
+/// not even when a replica still serves the withdrawn head, and the first run of the new
+/// head, a full scan, puts back what it declares.
 #[test]
 fn a_forced_push_stops_the_apply_of_the_head_it_replaced() {
     use crate::proxy::Proxy;
@@ -2147,8 +2148,16 @@ fn a_forced_push_stops_the_apply_of_the_head_it_replaced() {
         proxy.describe()
     );
     let withdrawn = repo.commit_on(&base, "NOTES.md", "the grant was a mistake\n", "withdrawn");
+    // A replica behind the force-push still serves the head it took away.
+    serve_at(&repo, &granted);
     forced_hook(&serve, &granted, &withdrawn);
     proxy.release();
+    let st = serve.refused_as_replaced("the withdrawn head, still served, to be refused");
+    // Stopped part-way, it was never the revision applied.
+    assert_eq!(st["last_good_revision"], base.as_str(), "{st:#}");
+    let stopped = serve.metric("kpr_reconcile_runs_total", &[("result", "stopped")]);
+    assert_eq!(stopped, 1.0, "{st:#}");
+    serve_at(&repo, &withdrawn);
     let st = serve.applied(&withdrawn);
     assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
     let written = |arn: &str| proxy.op_on("PutResourcePolicy", arn).seen;
