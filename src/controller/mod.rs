@@ -228,10 +228,19 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
 
 /// A secret with spaces or tabs around it can never be presented: HTTP drops them from a
 /// header's value, so a GitLab token or a Bearer caller would get 401 forever while GitHub's
-/// signatures still pass. Said at start, not found out at the first push.
+/// signatures still pass. Said at start, not found out at the first push. Nor may it hold a
+/// control character: a line break in a git token ends the credential helper's line, and git
+/// quotes what follows it in its errors, into the logs.
 fn spaced(secret: &str) -> Result<(), String> {
     if secret.trim().is_empty() {
         return Err("holds only spaces".into());
+    }
+    if secret.chars().any(char::is_control) {
+        return Err(
+            "holds a control character (a line break inside it?), which no HTTP header or \
+             credential line can carry"
+                .into(),
+        );
     }
     if secret.trim() != secret {
         return Err(
@@ -917,6 +926,10 @@ mod tests {
         assert!(read_secret(&p, "x").unwrap_err().contains("empty"));
         std::fs::write(&p, "  \n").unwrap();
         assert!(read_secret(&p, "x").unwrap_err().contains("only spaces"));
+        std::fs::write(&p, "first\nLEAKED\n").unwrap();
+        let broken = read_secret(&p, "x").unwrap_err();
+        assert!(broken.contains("control character"), "{broken}");
+        assert!(!broken.contains("LEAKED"), "{broken}");
         std::fs::write(&p, "tok-with-space \n").unwrap();
         assert!(
             read_secret(&p, "x")

@@ -699,6 +699,18 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
         user: None,
         password: None,
     };
+    if let Some(("https" | "http", _, after)) = url_parts(url)
+        && after.split('#').next().unwrap_or("").contains('?')
+    {
+        // Left in, it would sit in .git/config and on git's command line (`ps`); git's smart
+        // HTTP takes no parameters of its own, so one there is most likely a token.
+        return Err(
+            "the git URL has a query string (?access_token=... ?): git would keep it in \
+             .git/config and on its command line. Give a token with --git-token-file or \
+             KPR_GIT_TOKEN instead"
+                .into(),
+        );
+    }
     let Some((scheme, Some(userinfo), after)) = url_parts(url) else {
         return Ok(unchanged());
     };
@@ -706,13 +718,24 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
         Some((user, password)) => (user, Some(password)),
         None => (userinfo, None),
     };
+    // A control character (`%0A`) would end the credential helper's line: git would read
+    // the rest as another field, and quote it in its errors.
+    let decoded = |text: &str, what: &str| {
+        percent_decode(text)
+            .filter(|t| !t.chars().any(char::is_control))
+            .ok_or_else(|| {
+                format!(
+                    "the {what} in the git URL is not valid (bad escapes, or a control character)"
+                )
+            })
+    };
     let password = password
-        .map(|p| percent_decode(p).ok_or("the password in the git URL is not valid"))
+        .map(|p| decoded(p, "password"))
         .transpose()?
         .filter(|p| !p.is_empty());
     let http = scheme == "https" || scheme == "http";
     let (user_part, user) = if http {
-        let user = percent_decode(user).ok_or("the user name in the git URL is not valid")?;
+        let user = decoded(user, "user name")?;
         (String::new(), Some(user).filter(|u| !u.is_empty()))
     } else if user.is_empty() {
         (String::new(), None)
@@ -902,6 +925,15 @@ mod tests {
         );
         assert_eq!(split("file:///tmp/r"), ("file:///tmp/r".into(), None, None));
         assert!(split_credentials("https://a%zz@h/r").is_err());
+        // Nothing that would end the credential helper's line, nor a token in a query.
+        for bad in [
+            "https://u:a%0Ab@h/r",
+            "https://a%0Db@h/r",
+            "http://h/r.git?access_token=t",
+        ] {
+            let e = split_credentials(bad).unwrap_err();
+            assert!(!e.contains("a%0") && !e.contains("=t"), "{e}");
+        }
         // A `+` in userinfo is itself, as git and curl read it; only forms make it a space.
         assert_eq!(
             split("https://u:a+b@h/r"),
