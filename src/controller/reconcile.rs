@@ -1458,15 +1458,17 @@ impl Reconciler {
                 // The head refused before is not known to be the head any more: its settle
                 // time starts again, and the retry backs off as for any failed fetch.
                 self.refused_since = None;
-                tracing::error!(error = %e, "fetching the manifests failed; nothing applied, the last good revision stays");
+                tracing::error!(error = %e, "fetching the manifests failed; nothing applied from the branch, the last good revision stays");
                 self.check_awaited(wanted, None).await;
-                return out.fail(RunResult::FetchFailed, e);
+                return self.correct_from_last_good(out, trigger, e).await;
             }
         };
         self.tell_forced().await;
         if let Some(head) = &revision
             && let Err(message) = self.admit(head, wanted).await
         {
+            // Not corrected from the last good revision: a reset or force-push pending may
+            // be taking it back.
             return out.fail(RunResult::FetchFailed, message);
         }
         // From the head admitted on, a forced push that takes it away stops the run's writes.
@@ -1670,7 +1672,7 @@ impl Reconciler {
     /// applied revision recorded: the run stays `invalid`, and is retried as one.
     async fn correct_untouched(
         &mut self,
-        mut out: RunOutcome,
+        out: RunOutcome,
         message: String,
         revision: Option<String>,
         untouched: Untouched,
@@ -1711,6 +1713,77 @@ impl Reconciler {
             return out.fail(RunResult::Invalid, message);
         }
         let untouched = DesiredState { resources };
+        self.correct_meanwhile(
+            out,
+            RunResult::Invalid,
+            message,
+            untouched,
+            "of files the invalid revision did not change",
+        )
+        .await
+    }
+
+    /// While the branch cannot be fetched (a git host down, a token expired): a full scan
+    /// still corrects drift, as the last good revision declares it, checked out again from
+    /// the working copy. Self-healing must not wait for the git host: a hand-made grant would
+    /// stay live for the whole outage. The run stays failed. Not while a reset or force-push
+    /// is taking that revision back: a grant it withdrew, removed by hand meanwhile, would be
+    /// put back.
+    async fn correct_from_last_good(
+        &mut self,
+        out: RunOutcome,
+        trigger: Trigger,
+        message: String,
+    ) -> RunOutcome {
+        // Not the head of a stopped run (still the one applied, to judge late webhooks by):
+        // the one recorded before it.
+        let good = if self.stopped_part_way {
+            self.recorded.clone()
+        } else {
+            self.last_good()
+        };
+        let Some(good) = good.filter(|_| trigger.full_scan()) else {
+            return out.fail(RunResult::FetchFailed, message);
+        };
+        if self.reset_named.is_some() || self.replaced.contains(&good) {
+            tracing::info!(
+                revision = good,
+                "a reset or force-push is taking the last good revision back: no drift is corrected until a fetch succeeds"
+            );
+            return out.fail(RunResult::FetchFailed, message);
+        }
+        if let Err(e) = self.source.check_out(&good).await {
+            tracing::warn!(error = %e, revision = good, "cannot check out the last good revision: no drift is corrected until a fetch succeeds");
+            return out.fail(RunResult::FetchFailed, message);
+        }
+        let desired = match self.load(Some(good.clone())).await {
+            Ok(loaded) => loaded.desired,
+            Err(invalid) => {
+                tracing::warn!(error = %invalid.message, revision = good, "the last good revision does not load: no drift is corrected until a fetch succeeds");
+                return out.fail(RunResult::FetchFailed, message);
+            }
+        };
+        self.correct_meanwhile(
+            out,
+            RunResult::FetchFailed,
+            message,
+            desired,
+            &format!("of the last good revision {good}"),
+        )
+        .await
+    }
+
+    /// Reconciles `desired`, what the last good revision declares, in a run that fails for
+    /// `message` all the same: no prune, no revision recorded, retried as a failed run.
+    /// `which`: what the resources are, for the log and the run's message.
+    async fn correct_meanwhile(
+        &mut self,
+        mut out: RunOutcome,
+        result: RunResult,
+        message: String,
+        untouched: DesiredState,
+        which: &str,
+    ) -> RunOutcome {
         let skip = self.backoff.skipped(Instant::now());
         let opts = PlanOptions {
             concurrency: self.engine.concurrency,
@@ -1721,7 +1794,7 @@ impl Reconciler {
         let hidden = indicatif::ProgressBar::hidden();
         let plan = match plan::plan_skipping(&self.api, &untouched, &opts, &skip, &hidden).await {
             Ok(p) => p,
-            Err(refused) => return out.fail(RunResult::Invalid, format!("{message}; {refused}")),
+            Err(refused) => return out.fail(result, format!("{message}; {refused}")),
         };
         // What the run took: a resource waiting out its backoff is left to its own retry.
         let left: HashSet<ResourceArn> = untouched
@@ -1734,7 +1807,7 @@ impl Reconciler {
         drop(untouched);
         tracing::info!(
             resources = n,
-            "reconciling the files the invalid revision did not change, as the last good revision declares them"
+            "meanwhile reconciling the resources {which}, as the last good revision declares them"
         );
         if self.applied.is_none() {
             tracing::info!(
@@ -1754,10 +1827,10 @@ impl Reconciler {
         }
         list_in_status(&mut out, items);
         out.skipped = self.skipped_status(&left, Instant::now());
-        out.result = RunResult::Invalid;
+        out.result = result;
         out.error = Some(format!(
-            "{message}; meanwhile the {n} resource(s) of files it did not change were {} as \
-             the last good revision declares them{}",
+            "{message}; meanwhile the {n} resource(s) {which} were {} as the last good \
+             revision declares them{}",
             if self.opts.dry_run {
                 "checked (dry run: nothing written)"
             } else {

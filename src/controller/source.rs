@@ -131,6 +131,15 @@ impl Source {
         }
     }
 
+    /// Puts `revision`, a commit the working copy has, in the work tree, as a sync would
+    /// (git sources; a directory has only what it holds).
+    pub async fn check_out(&self, revision: &str) -> Result<(), String> {
+        match self {
+            Source::Dir(_) => Ok(()),
+            Source::Git(g) => g.check_out(revision).await,
+        }
+    }
+
     /// Keeps `revision` as the last good one where a restart finds it (git sources only): a
     /// process that starts on an invalid branch still knows which files it may correct.
     pub async fn record_good(&self, revision: &str) -> Result<(), String> {
@@ -539,21 +548,26 @@ impl GitRepo {
         ])
         .await?;
         let sha = self.commit_of(&tracking).await?;
+        self.check_out(&sha).await?;
+        Ok(sha)
+    }
+
+    /// The work tree at `sha`, exactly as committed.
+    async fn check_out(&self, sha: &str) -> Result<(), String> {
         let head = self
             .git(["rev-parse", "--verify", "--quiet", "HEAD"])
             .await
             .map(|s| s.trim().to_string())
             .unwrap_or_default();
         if head != sha {
-            self.git(["checkout", "--quiet", "--force", "--detach", &sha])
+            self.git(["checkout", "--quiet", "--force", "--detach", sha])
                 .await?;
         } else {
             // Same commit: a tracked file edited in place (by a person) would still be read.
             self.git(["reset", "--quiet", "--hard"]).await?;
         }
         // Stray files (from an interrupted checkout, or a person) would become manifests.
-        self.git(["clean", "-ffdxq"]).await?;
-        Ok(sha)
+        self.git(["clean", "-ffdxq"]).await.map(drop)
     }
 
     /// A git killed mid-write (its timeout, a shutdown, the OOM killer) leaves its lock files

@@ -2803,6 +2803,49 @@ fn a_restart_on_an_invalid_branch_still_corrects_the_files_it_left_alone() {
     serve.stop();
 }
 
+/// While the git host is down, self-healing goes on: a full scan corrects drift as the last
+/// good revision declares it, after a restart too, and the run still fails (it is retried,
+/// and "stopped converging" still fires).
+#[test]
+fn a_git_host_down_does_not_stop_self_healing() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-gitdown"));
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
+    let good = repo.push("main", "good");
+    let workdir = tempfile::tempdir().unwrap();
+    let args = ["--interval", "1h", "--retry-delay", "1h"];
+    let serve = restartable(&emu, &repo, workdir.path(), &args);
+    serve.applied(&good);
+    serve.stop();
+
+    let origin = repo.dir.path().join("origin.git");
+    std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
+    emu.put_policy_raw(
+        &arn,
+        &read_policy(&arn, "arn:aws:iam::999999999999:role/intruder").to_string(),
+    );
+    let serve = restartable(&emu, &repo, workdir.path(), &args);
+    let st = serve.status_when("the startup run to end", Duration::from_secs(30), |st| {
+        st["last_run"]["result"] == "fetch_failed"
+    });
+    assert!(
+        same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)),
+        "{st:#}"
+    );
+    assert_eq!(st["last_run"]["summary"]["update"], 1, "{st:#}");
+    let error = st["last_run"]["error"].as_str().unwrap();
+    assert!(
+        error.contains(&format!(
+            "1 resource(s) of the last good revision {good} were reconciled"
+        )),
+        "{error}"
+    );
+    assert!(st["last_success_at"].is_null(), "{st:#}");
+    assert_eq!(st["resources"]["in_sync"], 1, "{st:#}");
+    serve.stop();
+}
+
 /// A bad revision that declares a resource a second time, in a new file that sorts first,
 /// puts the error on the unchanged file's declaration: that one resource is left out of the
 /// correction, not the rest of its file.
