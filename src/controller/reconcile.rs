@@ -1596,8 +1596,11 @@ impl Reconciler {
         };
         let mut plan = match planned {
             Ok(p) => p,
-            Err(refused) => {
+            Err(mut refused) => {
                 tracing::error!(error = %refused, "plan refused; nothing applied");
+                if let PlanRefused::TooManyDeletes { plan: Some(p), .. } = &mut refused {
+                    self.record_refused(&mut out, p);
+                }
                 return out.fail(RunResult::Refused, refused.to_string());
             }
         };
@@ -1620,6 +1623,7 @@ impl Reconciler {
                 }
             }
             if deletes.len() > self.opts.max_deletes {
+                self.record_refused(&mut out, &mut plan);
                 let refused = PlanRefused::TooManyDeletes {
                     count: deletes.len(),
                     max: self.opts.max_deletes,
@@ -1665,6 +1669,44 @@ impl Reconciler {
             }
         }
         out
+    }
+
+    /// Sources as the repository names them, in the change events' logs as in `/status`,
+    /// not under this instance's working copy.
+    fn relative_sources(&self, plan: &mut plan::Plan) {
+        let root = self.source.root();
+        let changes = plan.changes.iter_mut().filter_map(|c| c.source.as_mut());
+        let failures = plan.failures.iter_mut().filter_map(|f| f.source.as_mut());
+        for source in changes.chain(failures) {
+            if let Ok(rel) = source.file.strip_prefix(root) {
+                source.file = rel.to_path_buf();
+            }
+        }
+    }
+
+    /// What a plan refused as a whole (too many deletes) would have changed: nothing is
+    /// applied, but each drift is logged, listed in `/status` and counted, as a dry run does.
+    /// A hand-made grant on a declared resource must not go unseen while the guard holds.
+    fn record_refused(&mut self, out: &mut RunOutcome, plan: &mut plan::Plan) {
+        self.relative_sources(plan);
+        for c in &plan.changes {
+            let drifted = c.action != Action::NoOp;
+            let state = if drifted {
+                let source = c.source_label();
+                tracing::warn!(arn = %c.arn, action = c.action.as_str(), outcome = "refused", reason = %c.reason, source, "drift not corrected: the plan was refused");
+                out.resources.push(ResourceStatus {
+                    arn: c.arn.clone(),
+                    action: Some(c.action.as_str()),
+                    outcome: "refused",
+                    error: None,
+                    source: c.source.as_ref().map(ToString::to_string),
+                });
+                ResourceState::Drifted
+            } else {
+                ResourceState::InSync
+            };
+            self.states.insert(state_key(&c.target.identity()), state);
+        }
     }
 
     /// While the revision is invalid: reconciles the resources of the files it did not change
@@ -1901,16 +1943,7 @@ impl Reconciler {
     ) -> (Vec<Item>, Option<apply::Interrupted>) {
         let concurrency = self.engine.concurrency;
         let hidden = indicatif::ProgressBar::hidden();
-        // Sources as the repository names them, in the change events' logs as in `/status`,
-        // not under this instance's working copy. From here on every source is relative.
-        let root = self.source.root();
-        let changes = plan.changes.iter_mut().filter_map(|c| c.source.as_mut());
-        let failures = plan.failures.iter_mut().filter_map(|f| f.source.as_mut());
-        for source in changes.chain(failures) {
-            if let Ok(rel) = source.file.strip_prefix(root) {
-                source.file = rel.to_path_buf();
-            }
-        }
+        self.relative_sources(&mut plan);
         let mut items = Vec::new();
         let mut interrupted = None;
         for f in &plan.failures {

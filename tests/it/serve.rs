@@ -2300,6 +2300,58 @@ fn a_damaged_working_copy_is_replaced() {
     serve.stop();
 }
 
+/// A run whose prune is refused applies nothing, but what it would have changed is not
+/// hidden: a hand-made grant on a declared resource is logged, listed and counted as drift.
+#[test]
+fn a_refused_prune_still_shows_the_drift_it_leaves() {
+    let emu = common::kinesis_mock_private();
+    let [a, x, y] =
+        ["serve-rp-a", "serve-rp-x", "serve-rp-y"].map(|n| emu.create_stream(&unique(n)));
+    for arn in [&x, &y] {
+        emu.put_policy_raw(arn, &role_one(arn).to_string());
+    }
+    let intruder = read_policy(&a, "arn:aws:iam::999999999999:role/intruder");
+    emu.put_policy_raw(&a, &intruder.to_string());
+    let dir = common::Manifests::new(&[("a.yaml", &manifest(&a, &role_one(&a)))]);
+    let mut args = vec!["--dir".to_string(), dir.arg()];
+    args.extend(owned(&[
+        "--interval",
+        "1h",
+        "--prune",
+        "--max-deletes",
+        "1",
+    ]));
+    // Never ready: no run completes.
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args,
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    let st = serve.status_when("the run to be refused", Duration::from_secs(30), |st| {
+        st["last_run"]["result"] == "refused"
+    });
+    assert!(same_grant(&live(&emu, &a).unwrap(), &intruder), "{st:#}");
+    let listed: Vec<(&str, &str)> = st["last_run"]["resources"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| (r["arn"].as_str().unwrap(), r["action"].as_str().unwrap()))
+        .collect();
+    for (arn, action) in [(&a, "update"), (&x, "delete"), (&y, "delete")] {
+        assert!(listed.contains(&(arn.as_str(), action)), "{arn}: {st:#}");
+    }
+    assert_eq!(st["resources"]["drifted"], 3, "{st:#}");
+    let logs = serve.stop();
+    assert!(
+        logs.lines()
+            .any(|l| l.contains("drift not corrected") && l.contains(&a) && l.contains("a.yaml:1")),
+        "{logs}"
+    );
+}
+
 /// A reset's webhook run that could not apply it (here its prune was refused) must not lose
 /// the reset: the commit the webhook named is kept, across a restart too, and applied once
 /// the run can go through.
