@@ -194,7 +194,9 @@ struct Item {
 
 struct RunOutcome {
     result: RunResult,
-    incremental: bool,
+    /// Whether the run scanned only what a push changed; `None` when it ended before that
+    /// was decided (its trigger's scope is reported).
+    incremental: Option<bool>,
     revision: Option<String>,
     error: Option<String>,
     summary: Summary,
@@ -210,7 +212,7 @@ impl RunOutcome {
     fn new() -> Self {
         RunOutcome {
             result: RunResult::Success,
-            incremental: false,
+            incremental: None,
             revision: None,
             error: None,
             summary: Summary::default(),
@@ -1049,7 +1051,11 @@ impl Reconciler {
                 .await;
         }
         let _in_span = span.enter();
-        let (result, full, listing_failed) = (out.result, !out.incremental, out.listing_failed);
+        let (result, full, listing_failed) = (
+            out.result,
+            out.incremental == Some(false),
+            out.listing_failed,
+        );
         self.record(trigger, started, started_at, out);
         (result, full, listing_failed)
     }
@@ -1463,6 +1469,9 @@ impl Reconciler {
                 return self.correct_from_last_good(out, trigger, e).await;
             }
         };
+        if let Some(head) = &revision {
+            span.record("revision", head.as_str());
+        }
         self.tell_forced().await;
         if let Some(head) = &revision
             && let Err(message) = self.admit(head, wanted).await
@@ -1486,6 +1495,10 @@ impl Reconciler {
         } = match self.load(revision).await {
             Ok(l) => l,
             Err(invalid) => {
+                // A directory's revision is known only now, from its content.
+                if let Some(r) = &invalid.revision {
+                    span.record("revision", r.as_str());
+                }
                 tracing::error!(error = %invalid.message, "invalid manifests; nothing applied from this revision");
                 if invalid.revision.is_some() {
                     out.revision = invalid.revision.clone();
@@ -1530,9 +1543,9 @@ impl Reconciler {
         let concurrency = self.engine.concurrency;
         let hidden = indicatif::ProgressBar::hidden();
         let mut skip = HashSet::new();
+        out.incremental = Some(scope.is_some());
         let planned = match &scope {
             Some(inc) => {
-                out.incremental = true;
                 out.changed_files = Some(
                     inc.changed
                         .iter()
@@ -2178,7 +2191,7 @@ impl Reconciler {
         if result.completed() {
             self.shared.ready.store(true, Ordering::SeqCst);
         }
-        let scope = if out.incremental {
+        let scope = if out.incremental.unwrap_or(!trigger.full_scan()) {
             "incremental"
         } else {
             "full"

@@ -1056,6 +1056,8 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     );
     assert_eq!(st["last_run"]["result"], "invalid", "{st:#}");
     assert_eq!(st["last_run"]["revision"], broken);
+    // As its retry will be: the webhook's scope, not a full scan it never made.
+    assert_eq!(st["last_run"]["scope"], "incremental", "{st:#}");
     assert_eq!(st["last_good_revision"], good);
     assert_eq!(st["last_error"]["revision"], broken);
     let message = st["last_error"]["message"].as_str().unwrap();
@@ -1076,7 +1078,13 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     )));
     assert_eq!(serve.get("/healthz").status, 200);
     assert_eq!(serve.get("/readyz").status, 200);
-    serve.stop();
+    let logs = serve.stop();
+    // The run's span names the revision it refused, as every run's does.
+    assert!(
+        logs.lines().any(|l| l.contains("invalid manifests")
+            && l.contains(&format!("\"revision\":\"{broken}\""))),
+        "{logs}"
+    );
 }
 
 /// Git runs credential helpers, ssh and remote helpers with its own environment: kpr's AWS
