@@ -2640,7 +2640,13 @@ fn a_scheduled_run_undoes_a_hand_edit() {
     serve.poll("the webhook run", Duration::from_secs(20), |s| {
         (s.metric("kpr_reconcile_runs_total", &[("trigger", "webhook")]) > runs).then_some(())
     });
-    serve.stop();
+    let logs = serve.stop();
+    // The log says whom the correction stopped granting, not only that the policy differed.
+    assert!(
+        logs.lines().any(|l| l.contains("\"change applied\"")
+            && l.contains("allows no longer: arn:aws:iam::999999999999:role/intruder")),
+        "{logs}"
+    );
 }
 
 /// A scheduled scan that fails (here: an invalid file) is owed: a webhook's incremental run
