@@ -16,6 +16,7 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
+use tracing::Instrument;
 
 use super::reconcile::Status;
 use super::trigger::{Queue, Trigger};
@@ -291,9 +292,9 @@ pub async fn serve(
     const WARN_EVERY: Duration = Duration::from_secs(60);
     let mut last_warned = None;
     loop {
-        let stream = tokio::select! {
+        let (stream, peer) = tokio::select! {
             accepted = listener.accept() => match accepted {
-                Ok((stream, _)) => stream,
+                Ok(accepted) => accepted,
                 Err(e) => {
                     // Out of descriptors, say: accepting again at once would spin.
                     tracing::error!(error = %e, "cannot accept an HTTP connection");
@@ -315,7 +316,11 @@ pub async fn serve(
             metrics::counter!("kpr_http_connections_refused_total").increment(1);
             continue;
         };
-        let service = hyper_util::service::TowerToHyperService::new(app.clone());
+        // Who sent a refused webhook goes in its log (behind a proxy: the proxy).
+        let app = app
+            .clone()
+            .layer(axum::Extension(axum::extract::ConnectInfo(peer)));
+        let service = hyper_util::service::TowerToHyperService::new(app);
         let conn =
             graceful.watch(http.serve_connection(hyper_util::rt::TokioIo::new(stream), service));
         tokio::spawn(async move {
@@ -526,7 +531,17 @@ fn unauthorized(e: AuthError) -> Response {
     reply(StatusCode::UNAUTHORIZED, "unauthorized", message.into())
 }
 
-async fn webhook(State(s): State<Arc<Shared>>, headers: HeaderMap, body: Body) -> Response {
+async fn webhook(
+    State(s): State<Arc<Shared>>,
+    axum::extract::ConnectInfo(peer): axum::extract::ConnectInfo<std::net::SocketAddr>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let span = tracing::info_span!("webhook", peer = %peer);
+    delivery(s, headers, body).instrument(span).await
+}
+
+async fn delivery(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     // Fails closed: a secret file rotated to something unreadable must not leave the old
     // secret (perhaps leaked) working.
     let secret = match s.webhook_secret.read_now() {

@@ -735,6 +735,13 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
         &body,
     );
     assert_eq!(wrong_token.status, 401, "{wrong_token:?}");
+    // Who probes the webhook can be traced: each refusal's log names the peer.
+    let refusals = serve
+        .logs()
+        .lines()
+        .filter(|l| l.contains("\"status\":401") && l.contains("\"peer\":\"127.0.0.1:"))
+        .count();
+    assert_eq!(refusals, 3, "{}", serve.logs());
     let other_branch = serve.github_push("feature", "delivery-2");
     assert_eq!(other_branch.status, 200, "{other_branch:?}");
     assert!(other_branch.body.contains("ignored"), "{other_branch:?}");
