@@ -14,6 +14,8 @@ pub struct Entry {
     pub failures: u32,
     pub not_before: Instant,
     pub last_error: String,
+    /// The manifest (`file:line`) that declared it when it last failed, when one did.
+    pub source: Option<String>,
     /// Whether the last run's manifests declare it: only then does an incremental run, which
     /// reconciles what the manifests declare, retry it.
     pub declared: bool,
@@ -64,16 +66,18 @@ impl Backoff {
 
     /// `id` must be an identity ([`ResourceArn::identity`]): a consumer keeps its backoff
     /// across re-registrations.
-    pub fn failed(&mut self, id: ResourceArn, now: Instant, error: String) {
+    pub fn failed(&mut self, id: ResourceArn, now: Instant, error: String, source: Option<String>) {
         let e = self.entries.entry(id).or_insert(Entry {
             failures: 0,
             not_before: now,
             last_error: String::new(),
+            source: None,
             declared: true,
         });
         e.failures = e.failures.saturating_add(1);
         e.not_before = now + doubling(self.base, self.max, e.failures);
         e.last_error = error;
+        e.source = source;
     }
 
     pub fn succeeded(&mut self, id: &ResourceArn) {
@@ -152,7 +156,7 @@ mod tests {
         let a = arn("a");
         let mut delays = Vec::new();
         for _ in 0..7 {
-            b.failed(a.clone(), t0, "boom".into());
+            b.failed(a.clone(), t0, "boom".into(), None);
             delays.push(b.get(&a).unwrap().not_before - t0);
         }
         let secs: Vec<u64> = delays.iter().map(Duration::as_secs).collect();
@@ -160,7 +164,7 @@ mod tests {
         assert_eq!(b.get(&a).unwrap().failures, 7);
         b.succeeded(&a);
         assert!(b.get(&a).is_none());
-        b.failed(a.clone(), t0, "again".into());
+        b.failed(a.clone(), t0, "again".into(), None);
         assert_eq!(b.get(&a).unwrap().not_before - t0, Duration::from_secs(30));
     }
 
@@ -168,7 +172,7 @@ mod tests {
     fn skipped_until_not_before_then_due() {
         let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(1800));
         let t0 = Instant::now();
-        b.failed(arn("broken"), t0, "AccessDenied".into());
+        b.failed(arn("broken"), t0, "AccessDenied".into(), None);
         assert!(b.skipped(t0).contains(&arn("broken")));
         assert!(!b.skipped(t0).contains(&arn("fine")));
         assert_eq!(b.due(t0).count(), 0);
@@ -183,8 +187,8 @@ mod tests {
     fn a_due_resource_no_manifest_declares_is_told_apart() {
         let mut b = Backoff::new(Duration::from_secs(30), Duration::from_secs(1800));
         let t0 = Instant::now();
-        b.failed(arn("kept"), t0, "x".into());
-        b.failed(arn("gone"), t0, "x".into());
+        b.failed(arn("kept"), t0, "x".into(), None);
+        b.failed(arn("gone"), t0, "x".into(), None);
         let later = t0 + Duration::from_secs(31);
         assert!(!b.undeclared_due(later), "declared until told otherwise");
         b.mark_declared(|id| id == &arn("kept"));
@@ -199,7 +203,7 @@ mod tests {
         let mut b = Backoff::default();
         let t0 = Instant::now();
         for _ in 0..100 {
-            b.failed(arn("x"), t0, String::new());
+            b.failed(arn("x"), t0, String::new(), None);
         }
         assert_eq!(b.get(&arn("x")).unwrap().not_before - t0, MAX_DELAY);
     }

@@ -111,6 +111,9 @@ pub struct SkippedStatus {
     pub consecutive_failures: u32,
     pub retry_after: String,
     pub last_error: String,
+    /// The manifest line that declared it when it last failed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub source: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -1915,6 +1918,7 @@ impl Reconciler {
                     consecutive_failures: e.failures,
                     retry_after: rfc3339(wall_now + e.not_before.saturating_duration_since(now)),
                     last_error: e.last_error.clone(),
+                    source: e.source.clone(),
                 })
             })
             .collect();
@@ -1938,7 +1942,8 @@ impl Reconciler {
             if item.state == ResourceState::Failed {
                 failed.insert(id.clone());
                 let error = item.status.error.clone().unwrap_or_default();
-                self.backoff.failed(id.clone(), now, error);
+                let source = item.status.source.clone();
+                self.backoff.failed(id.clone(), now, error, source);
             } else {
                 self.backoff.succeeded(id);
             }

@@ -2558,6 +2558,8 @@ fn an_invalid_scan_reports_what_it_left_to_backoff() {
         missing.as_str(),
         "{st:#}"
     );
+    // Where to look: the manifest that declares it.
+    assert_eq!(st["last_run"]["skipped"][0]["source"], "m.yaml:1", "{st:#}");
     serve.stop();
 }
 
