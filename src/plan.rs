@@ -429,7 +429,14 @@ fn stale_consumer_resource(r: &DesiredResource, resolved: &ResourceArn) -> Optio
     let Intent::Present { document, .. } = &r.intent else {
         return None;
     };
-    if !r.arn.needs_resolution() {
+    // Described without its epoch (moto), the consumer's registration cannot be told: a
+    // Resource `NAME:*`, the advice below, would be refused as well.
+    if !r.arn.needs_resolution()
+        || resolved
+            .consumer
+            .as_ref()
+            .is_some_and(|c| c.created.is_none())
+    {
         return None;
     }
     let resolved = resolved.to_string();
@@ -723,6 +730,38 @@ mod tests {
         assert!(targeted(std::slice::from_ref(&past), &any));
         assert!(targeted(&[past, now.clone()], &now));
         assert!(!targeted(&[consumer("x")], &now));
+    }
+
+    /// A by-name consumer's Resource must name the registration described; one described
+    /// without its epoch (moto) cannot be told, and is not refused (the advice, `NAME:*`,
+    /// would be refused too).
+    #[test]
+    fn a_stale_consumer_resource_is_told_only_against_a_known_registration() {
+        let consumer = "arn:aws:kinesis:us-east-1:111122223333:stream/s/consumer/c";
+        let declared = |resource: &str| {
+            let document = crate::policy::PolicyDocument::from_json_str(&format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"111122223333"}},"Action":"kinesis:SubscribeToShard","Resource":"{resource}"}}]}}"#
+            ))
+            .unwrap();
+            DesiredResource {
+                arn: ResourceArn::parse(consumer).unwrap(),
+                intent: Intent::Present {
+                    document: std::sync::Arc::new(document),
+                    json: String::new().into(),
+                },
+                source: Source {
+                    file: "c.yaml".into(),
+                    line: 1,
+                },
+            }
+        };
+        let live = |suffix: &str| ResourceArn::parse(&format!("{consumer}{suffix}")).unwrap();
+        let following = declared(&format!("{consumer}:*"));
+        assert!(stale_consumer_resource(&following, &live(":1700000002")).is_none());
+        assert!(stale_consumer_resource(&following, &live("")).is_none());
+        let pinned = declared(&format!("{consumer}:1700000001"));
+        assert!(stale_consumer_resource(&pinned, &live(":1700000002")).is_some());
+        assert!(stale_consumer_resource(&pinned, &live(":1700000001")).is_none());
     }
 
     /// `--target ... --prune` reported prune's delete as one of the declared resources it
