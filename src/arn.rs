@@ -40,18 +40,18 @@ pub fn partition_of(region: &str) -> &'static str {
 /// every ARN kpr builds and compares, and a typo (`us-east1`) would otherwise pass validation
 /// and fail only at plan time, after other resources were written.
 pub fn is_region_name(region: &str) -> bool {
-    let parts: Vec<&str> = region.split('-').collect();
-    let letters = |p: &&str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    match parts.as_slice() {
-        [area, words @ .., number] if !words.is_empty() => {
-            (2..=4).contains(&area.len())
-                && letters(area)
-                && words.iter().all(letters)
-                && (1..=2).contains(&number.len())
-                && number.bytes().all(|b| b.is_ascii_digit())
-        }
-        _ => false,
-    }
+    let letters = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
+    let Some((head, number)) = region.rsplit_once('-') else {
+        return false;
+    };
+    let Some((area, words)) = head.split_once('-') else {
+        return false;
+    };
+    (2..=4).contains(&area.len())
+        && letters(area)
+        && words.split('-').all(letters)
+        && (1..=2).contains(&number.len())
+        && number.bytes().all(|b| b.is_ascii_digit())
 }
 
 /// Where a resource lives: one API client serves exactly one scope, because only the owning

@@ -785,17 +785,7 @@ fn is_codecommit(url: &str) -> bool {
         .or_else(|| host.strip_suffix(".amazonaws.com.cn"));
     let service = |label: &str| label == "git-codecommit" || label == "git-codecommit-fips";
     // git-codecommit[-fips].REGION, or VPCE-ID.git-codecommit[-fips].REGION.vpce
-    // us-east-1, us-gov-west-1, cn-north-1: letters, words, a number.
-    let region = |label: &str| {
-        let parts: Vec<&str> = label.split('-').collect();
-        parts.len() >= 3
-            && parts[0].len() == 2
-            && parts[..parts.len() - 1]
-                .iter()
-                .all(|p| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase()))
-            && parts[parts.len() - 1].bytes().all(|b| b.is_ascii_digit())
-            && !parts[parts.len() - 1].is_empty()
-    };
+    let region = crate::arn::is_region_name;
     match host.map(|h| h.split('.').collect::<Vec<_>>()).as_deref() {
         Some([svc, r]) => service(svc) && region(r),
         Some([_vpce, svc, r, "vpce"]) => service(svc) && region(r),
