@@ -317,6 +317,10 @@ pub struct Reconciler {
     replaced: Vec<String>,
     /// A head refused since then, fetched again and again (see [`RESET_SETTLE`]).
     refused_since: Option<(String, Instant)>,
+    /// The last head fetched was refused: the branch may be going back from the last good
+    /// revision, which must not then be put back while fetches fail (see
+    /// [`Reconciler::correct_from_last_good`]). Cleared when a fetched head is taken.
+    head_refused: bool,
     /// A run was stopped part-way by a push that replaced its revision: until a full run
     /// completes, no diff between revisions tells what is live.
     stopped_part_way: bool,
@@ -557,6 +561,7 @@ impl Reconciler {
             replaced: Vec::new(),
             refused_since: None,
             stopped_part_way: false,
+            head_refused: false,
         }
     }
 
@@ -1289,6 +1294,7 @@ impl Reconciler {
                 )
             })
         };
+        self.head_refused = refusal.is_some();
         let Some(refusal) = refusal else {
             self.refused_since = None;
             return Ok(());
@@ -1315,6 +1321,7 @@ impl Reconciler {
             "the branch has stayed at a head kpr refused ({refusal}): taken as where its owner put it"
         );
         self.refused_since = None;
+        self.head_refused = false;
         // Taken: no longer refused as replaced (what it is an ancestor of still is).
         let mut kept = self.replaced.clone();
         kept.retain(|r| r != head);
@@ -1803,13 +1810,14 @@ impl Reconciler {
         let Some(good) = good.filter(|_| trigger.full_scan()) else {
             return out.fail(RunResult::FetchFailed, message);
         };
-        if self.reset_named.is_some() || self.replaced.contains(&good) {
+        if self.reset_named.is_some() || self.replaced.contains(&good) || self.head_refused {
             tracing::info!(
                 revision = good,
-                "a reset or force-push is taking the last good revision back: no drift is corrected until a fetch succeeds"
+                "a reset or force-push may be taking the last good revision back (one is pending, or the last head fetched was refused): no drift is corrected until a fetch succeeds"
             );
             return out.fail(RunResult::FetchFailed, message);
         }
+        tracing::Span::current().record("revision", good.as_str());
         if let Err(e) = self.source.check_out(&good).await {
             tracing::warn!(error = %e, revision = good, "cannot check out the last good revision: no drift is corrected until a fetch succeeds");
             return out.fail(RunResult::FetchFailed, message);

@@ -2921,6 +2921,59 @@ fn a_git_host_down_does_not_stop_self_healing() {
     serve.stop();
 }
 
+/// Not while the branch may be going back from the last good revision: a head fetched behind
+/// it (a reset no webhook announced) was refused, and the owner removed by hand the grant the
+/// reset withdraws. The outage that follows must not put it back.
+#[test]
+fn a_git_host_down_after_a_refused_head_puts_nothing_back() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-gitdown-reset"));
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
+    let base = repo.push("main", "base");
+    let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
+    repo.write("a.yaml", &manifest(&arn, &intruder));
+    let granted = repo.push("main", "a grant by mistake");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
+            ..Options::default()
+        },
+    );
+    serve.applied(&granted);
+    serve_at(&repo, &base);
+    serve.status_when(
+        "the reset-away head to be refused",
+        Duration::from_secs(20),
+        |st| {
+            st["last_run"]["error"]
+                .as_str()
+                .is_some_and(|e| e.contains("is behind"))
+        },
+    );
+    emu.put_policy_raw(&arn, &role_one(&arn).to_string());
+    let origin = repo.dir.path().join("origin.git");
+    std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
+    let runs = serve.runs();
+    let st = serve.status_when(
+        "two scans during the outage",
+        Duration::from_secs(20),
+        |st| st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false,
+    );
+    assert!(
+        st["last_run"]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("git fetch failed")),
+        "{st:#}"
+    );
+    assert!(
+        same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)),
+        "{st:#}"
+    );
+    serve.stop();
+}
+
 /// A bad revision that declares a resource a second time, in a new file that sorts first,
 /// puts the error on the unchanged file's declaration: that one resource is left out of the
 /// correction, not the rest of its file.
