@@ -1027,9 +1027,12 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
             // A manifest names its resource, and so the partition an account's root ARN and
             // its bare id are the same principal in; two policy files can only be read in
             // the one their Resource ARNs name.
-            let partition = pa
-                .or(pb)
-                .unwrap_or_else(|| PolicyDocument::partition_named(&[&da, &db]).to_string());
+            let partition = match (pa, pb) {
+                // Resources of two partitions: read in neither, whichever comes first.
+                (Some(a), Some(b)) if a != b => crate::policy::UNKNOWN_PARTITION.to_string(),
+                (Some(p), _) | (None, Some(p)) => p,
+                (None, None) => PolicyDocument::partition_named(&[&da, &db]).to_string(),
+            };
             if da.equivalent_in(&db, &partition) {
                 outln!("Equivalent: {a} and {b} grant the same access.");
                 return 0;

@@ -120,16 +120,17 @@ impl FileConfig {
             let line = e
                 .location()
                 .map_or(1, |l| crate::manifest::locate::line_at(&text, &l));
-            // serde tells a key given twice at the end of its mapping: the second is meant.
+            // serde tells a key given twice at the start of its mapping (a nested one's path
+            // before the message): the second below that is meant.
             let twice = message
-                .strip_prefix("duplicate field `")
-                .and_then(|rest| rest.split_once('`'))
+                .split_once("duplicate field `")
+                .and_then(|(_, rest)| rest.split_once('`'))
                 .map(|(key, _)| key)
                 .or_else(|| {
                     let (_, rest) = message.split_once(TWICE_PREFIX)?;
                     rest.split_once(' ').map(|(id, _)| id)
                 })
-                .and_then(|key| second_key_line(&text, key));
+                .and_then(|key| second_key_line(&text, key, line));
             parse_error(twice.unwrap_or(line), message)
         })?;
         for (account, a) in &cfg.accounts {
@@ -209,8 +210,9 @@ fn unique_accounts<'de, D: serde::Deserializer<'de>>(
 
 const TWICE_PREFIX: &str = "account ";
 
-/// The 1-based line where `key` (plain or quoted) is written as a key the second time.
-fn second_key_line(text: &str, key: &str) -> Option<usize> {
+/// The 1-based line where `key` (plain or quoted) is written as a key the second time, from
+/// line `from` on.
+fn second_key_line(text: &str, key: &str, from: usize) -> Option<usize> {
     let is_key = |line: &str| {
         let line = line.trim_start();
         [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
@@ -222,6 +224,7 @@ fn second_key_line(text: &str, key: &str) -> Option<usize> {
     };
     text.lines()
         .enumerate()
+        .skip(from.saturating_sub(1))
         .filter(|(_, l)| is_key(l))
         .nth(1)
         .map(|(i, _)| i + 1)
@@ -263,6 +266,16 @@ mod tests {
                 "accounts:\n  \"111122223333\":\n    roleArn: arn:aws:iam::111122223333:role/a\n  \
                  111122223333:\n    roleArn: arn:aws:iam::111122223333:role/b\n",
                 "kpr.yaml:4: accounts: account 111122223333 is given twice",
+            ),
+            (
+                "git:\n  branch: main\n  url: a\n  url: b\nregion: x\n",
+                "kpr.yaml:4: git: duplicate field `url`",
+            ),
+            (
+                "accounts:\n  \"111122223333\":\n    roleArn: arn:aws:iam::111122223333:role/a\n  \
+                 \"222233334444\":\n    roleArn: arn:aws:iam::222233334444:role/a\n    \
+                 roleArn: arn:aws:iam::222233334444:role/b\n",
+                "kpr.yaml:6: accounts.222233334444: duplicate field `roleArn`",
             ),
             (
                 "maxAttempts: 0\n",

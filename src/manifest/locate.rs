@@ -78,9 +78,10 @@ pub fn line_of(doc_text: &str, path: &str) -> Option<usize> {
 }
 
 /// Whether a `*` in the text may start an alias: an alias is a whole node, so its `*` opens a
-/// line's content, or follows `- `, `: `, `? `, `[`, `{` or `,`, and a name follows it. The
-/// `*` of `"*"`, `kinesis:*` or `stream/*` never does, so the usual policy keeps its lines. A
-/// `*` in a comment or a quoted string may pass for one: that only costs the line.
+/// line's content, or follows `- `, `: ` (`:` alone after a quoted key), `? `, `[`, `{` or `,`,
+/// and a name follows it. The `*` of `"*"`, `kinesis:*` or `stream/*` never does, so the
+/// usual policy keeps its lines. A `*` in a comment or a quoted string may pass for one: that
+/// only costs the line.
 fn may_hold_an_alias(text: &str) -> bool {
     let bytes = text.as_bytes();
     (0..bytes.len()).filter(|&at| bytes[at] == b'*').any(|at| {
@@ -90,10 +91,13 @@ fn may_hold_an_alias(text: &str) -> bool {
         // What comes before it on its line, spaces and tabs aside.
         let last = bytes[..at].iter().rposition(|&b| b != b' ' && b != b'\t');
         let spaced = last.map_or(0, |i| i + 1) < at;
+        // After a quoted key, `:` needs no space (`"Principal":*p`, in flow style).
+        let after_quoted_key =
+            last.is_some_and(|i| bytes[i] == b':' && i > 0 && matches!(bytes[i - 1], b'"' | b'\''));
         named
             && match last.map(|i| bytes[i]) {
                 None | Some(b'\n' | b'[' | b'{' | b',') => true,
-                Some(b'-' | b':' | b'?') => spaced,
+                Some(b'-' | b':' | b'?') => spaced || after_quoted_key,
                 Some(_) => false,
             }
     })
@@ -364,7 +368,17 @@ policy:
                    Action: [kinesis:*, 'x']\n      Resource: arn:aws:kinesis:*:1:stream/*\n      \
                    Efect: Allow\n";
         assert_eq!(line_of(doc, "policy.Statement[0].Efect"), Some(7));
-        for alias in ["- *s", "x: *s", "[a, *s]", "{a: *s}", "[*s]", "? *s", "*s"] {
+        for alias in [
+            "- *s",
+            "x: *s",
+            "[a, *s]",
+            "{a: *s}",
+            "[*s]",
+            "? *s",
+            "*s",
+            "{\"a\":*s}",
+            "{'a':*s}",
+        ] {
             assert!(may_hold_an_alias(&format!("a:\n  {alias}\n")), "{alias}");
         }
         for not in ["\"*\"", "kinesis:*", "a:*b", "'*'", "- * ", "x: *", "a-*b"] {

@@ -175,7 +175,7 @@ pub(super) fn named_partition<'a>(docs: &[&'a PolicyDocument]) -> Option<&'a str
 
 /// Stands for a partition that cannot be told: no account's root ARN is read as the account,
 /// so two documents are never taken as equal by reading them in the wrong one.
-pub(super) const UNKNOWN_PARTITION: &str = "";
+pub const UNKNOWN_PARTITION: &str = "";
 
 fn own_partition(doc: &PolicyDocument) -> &str {
     named_partition(&[doc]).unwrap_or(UNKNOWN_PARTITION)

@@ -12,7 +12,7 @@ mod parse;
 #[cfg(test)]
 mod proptests;
 
-pub use canonical::{AccessChange, canonical_statements};
+pub use canonical::{AccessChange, UNKNOWN_PARTITION, canonical_statements};
 pub use parse::{STATEMENT_KEYS, strict_json, strict_value_opt};
 
 use serde_json::Value;

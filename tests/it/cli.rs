@@ -1280,6 +1280,16 @@ fn policy_diff_reads_a_manifest_in_its_partition() {
     );
     let china = diff("m.yaml", "china.json");
     assert_eq!(china.code, 0, "{china:?}");
+    // Manifests of two partitions: read in neither, the same answer both ways.
+    let stream = "arn:aws:kinesis:us-east-1:111122223333:stream/orders";
+    dir.write(
+        "com.yaml",
+        &manifest(stream, &grant("arn:aws:iam::444455556666:root")),
+    );
+    for (a, b) in [("m.yaml", "com.yaml"), ("com.yaml", "m.yaml")] {
+        let two = diff(a, b);
+        assert_eq!(two.code, 1, "{a} {b}: {two:?}");
+    }
 }
 
 #[test]
