@@ -321,6 +321,10 @@ pub struct Reconciler {
     /// revision, which must not then be put back while fetches fail (see
     /// [`Reconciler::correct_from_last_good`]). Cleared when a fetched head is taken.
     head_refused: bool,
+    /// A push judged since the last good revision was recorded rewrote history, or may have
+    /// (GitLab's do not say): that revision may be on its way out, and is not put back while
+    /// fetches fail. Commits a fetch never brought have no ancestry to ask.
+    forced_since_good: bool,
     /// A run was stopped part-way by a push that replaced its revision: until a full run
     /// completes, no diff between revisions tells what is live.
     stopped_part_way: bool,
@@ -562,6 +566,7 @@ impl Reconciler {
             refused_since: None,
             stopped_part_way: false,
             head_refused: false,
+            forced_since_good: false,
         }
     }
 
@@ -571,6 +576,11 @@ impl Reconciler {
         let Some(revision) = revision.filter(|_| !self.source.is_dir()) else {
             return;
         };
+        // Fetched after the forced pushes judged so far (unless a replica behind them served
+        // it: a commit they announced is then still awaited).
+        if self.awaiting.is_none() {
+            self.forced_since_good = false;
+        }
         if self
             .reset_named
             .as_ref()
@@ -583,8 +593,8 @@ impl Reconciler {
         // refused as such.
         let mut kept = Vec::new();
         for head in &self.replaced {
-            // Not the head itself: while a reset is pending, a run that fetched the old head
-            // (what was applied) completes too.
+            // Not the head itself: fetched again from a replica behind the reset, it is
+            // refused (see `admit`).
             if head == revision || !self.source.contains(head, revision).await {
                 kept.push(head.clone());
             }
@@ -728,6 +738,9 @@ impl Reconciler {
                     self.seen_deliveries.pop_front();
                 }
                 self.seen_deliveries.push_back(d.clone());
+            }
+            if pushed.forced != Some(false) {
+                self.forced_since_good = true;
             }
             match self.judge(&pushed, wanted.as_deref()).await {
                 Judged::Late(why) => {
@@ -1248,10 +1261,6 @@ impl Reconciler {
         // What was applied, when `head` is behind it (nothing below changes either).
         let behind = self.behind(head).await;
         let ahead = self.last_good().as_deref() != Some(head) && behind.is_none();
-        // The head a stopped run was applying is only partly live: fetched again from a
-        // replica behind the forced push that stopped it, it is refused like any head that
-        // push replaced, not taken as what was applied.
-        let partly_applied = self.stopped_part_way && self.last_good().as_deref() == Some(head);
         // With a reset pending, a new head built on the reset's commit (outside what it
         // replaced) is the branch moved on from it: no run is to go back to it.
         if let Some(reset) = self.reset_named.clone()
@@ -1274,7 +1283,10 @@ impl Reconciler {
         let named = wanted.as_deref() == Some(head)
             || self.reset_named.as_ref().is_some_and(|r| r.commit == head);
         self.check_awaited(wanted, Some(head)).await;
-        let refusal = if (ahead || partly_applied) && !named && self.in_replaced(head).await {
+        // What was applied counts too: a reset or force-push took it away (a stopped run's
+        // head is only partly live), and taken again from a replica behind that push it
+        // would undo what the owner did meanwhile to match the push (a grant removed by hand).
+        let refusal = if behind.is_none() && !named && self.in_replaced(head).await {
             Some(format!(
                 "the fetched branch head {head} is what a reset replaced{} (a replica not \
                  caught up with the reset or force-push, or the commit pushed again): nothing \
@@ -1810,7 +1822,11 @@ impl Reconciler {
         let Some(good) = good.filter(|_| trigger.full_scan()) else {
             return out.fail(RunResult::FetchFailed, message);
         };
-        if self.reset_named.is_some() || self.replaced.contains(&good) || self.head_refused {
+        if self.reset_named.is_some()
+            || self.head_refused
+            || self.forced_since_good
+            || self.in_replaced(&good).await
+        {
             tracing::info!(
                 revision = good,
                 "a reset or force-push may be taking the last good revision back (one is pending, or the last head fetched was refused): no drift is corrected until a fetch succeeds"

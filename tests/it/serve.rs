@@ -2921,6 +2921,93 @@ fn a_git_host_down_does_not_stop_self_healing() {
     serve.stop();
 }
 
+/// A reset's webhook came while a replica still serves the head it replaced, which is what
+/// was applied, and the owner removed by hand the grant the reset withdraws: scans must not
+/// put it back while the replica lags.
+#[test]
+fn a_scan_does_not_reapply_the_head_a_pending_reset_replaced() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-reset-lag"));
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
+    let base = repo.push("main", "base");
+    let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
+    repo.write("a.yaml", &manifest(&arn, &intruder));
+    let granted = repo.push("main", "a grant by mistake");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
+            ..Options::default()
+        },
+    );
+    serve.applied(&granted);
+    // The reset's webhook; the replica still serves `granted`.
+    forced_hook(&serve, &granted, &base);
+    emu.put_policy_raw(&arn, &role_one(&arn).to_string());
+    let st = serve.refused_as_replaced("the replaced head to be refused");
+    let runs = st["runs"].as_u64().unwrap();
+    serve.status_when("two more scans", Duration::from_secs(20), |st| {
+        st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false
+    });
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)));
+    serve_at(&repo, &base);
+    serve.applied(&base);
+    serve.stop();
+}
+
+/// A force-push announced during an outage, from a commit kpr never fetched, may take the
+/// last good revision back: it is not put back while the git host is down.
+#[test]
+fn a_git_host_down_after_a_forced_push_puts_nothing_back() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-gitdown-forced"));
+    let repo = Repo::new();
+    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
+    let base = repo.push("main", "base");
+    let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
+    repo.write("a.yaml", &manifest(&arn, &intruder));
+    let granted = repo.push("main", "a grant by mistake");
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
+            ..Options::default()
+        },
+    );
+    serve.applied(&granted);
+    let origin = repo.dir.path().join("origin.git");
+    let gone = repo.dir.path().join("gone.git");
+    std::fs::rename(&origin, &gone).unwrap();
+    // Pushed while kpr cannot fetch: a commit on `granted`, then the branch rewritten from it.
+    repo.write("NOTES.md", "more\n");
+    let next = repo.commit("more");
+    push_hook(&serve, &granted, &next);
+    git(&repo.work(), &["reset", "-q", "--hard", &base]);
+    repo.write("NOTES.md", "the grant was a mistake\n");
+    let rewritten = repo.commit("withdrawn");
+    forced_hook(&serve, &next, &rewritten);
+    emu.put_policy_raw(&arn, &role_one(&arn).to_string());
+    let runs = serve.runs();
+    let st = serve.status_when(
+        "two scans during the outage",
+        Duration::from_secs(20),
+        |st| st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false,
+    );
+    assert_eq!(st["last_run"]["result"], "fetch_failed", "{st:#}");
+    assert!(
+        same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)),
+        "{st:#}"
+    );
+    std::fs::rename(&gone, &origin).unwrap();
+    git(
+        &repo.work(),
+        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
+    );
+    serve.applied(&rewritten);
+    serve.stop();
+}
+
 /// Not while the branch may be going back from the last good revision: a head fetched behind
 /// it (a reset no webhook announced) was refused, and the owner removed by hand the grant the
 /// reset withdraws. The outage that follows must not put it back.
