@@ -2921,27 +2921,57 @@ fn a_git_host_down_does_not_stop_self_healing() {
     serve.stop();
 }
 
+/// A stream granted to `role/one` at `base`, and to an intruder at `granted` (a grant by
+/// mistake), served every second with resets refused for an hour; returned once `granted`
+/// is applied.
+struct Mistake {
+    arn: String,
+    repo: Repo,
+    base: String,
+    granted: String,
+    serve: Serve,
+}
+
+impl Mistake {
+    fn applied(emu: &Emulator, name: &str) -> Mistake {
+        let arn = emu.create_stream(&unique(name));
+        let repo = Repo::new();
+        repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
+        let base = repo.push("main", "base");
+        let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
+        repo.write("a.yaml", &manifest(&arn, &intruder));
+        let granted = repo.push("main", "a grant by mistake");
+        let serve = Serve::start(
+            emu,
+            Options {
+                args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
+                ..Options::default()
+            },
+        );
+        serve.applied(&granted);
+        Mistake {
+            arn,
+            repo,
+            base,
+            granted,
+            serve,
+        }
+    }
+}
+
 /// A reset's webhook came while a replica still serves the head it replaced, which is what
 /// was applied, and the owner removed by hand the grant the reset withdraws: scans must not
 /// put it back while the replica lags.
 #[test]
 fn a_scan_does_not_reapply_the_head_a_pending_reset_replaced() {
     let emu = common::kinesis_mock();
-    let arn = emu.create_stream(&unique("serve-reset-lag"));
-    let repo = Repo::new();
-    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
-    let base = repo.push("main", "base");
-    let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
-    repo.write("a.yaml", &manifest(&arn, &intruder));
-    let granted = repo.push("main", "a grant by mistake");
-    let serve = Serve::start(
-        &emu,
-        Options {
-            args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
-            ..Options::default()
-        },
-    );
-    serve.applied(&granted);
+    let Mistake {
+        arn,
+        repo,
+        base,
+        granted,
+        serve,
+    } = Mistake::applied(&emu, "serve-reset-lag");
     // The reset's webhook; the replica still serves `granted`.
     forced_hook(&serve, &granted, &base);
     emu.put_policy_raw(&arn, &role_one(&arn).to_string());
@@ -2961,21 +2991,13 @@ fn a_scan_does_not_reapply_the_head_a_pending_reset_replaced() {
 #[test]
 fn a_git_host_down_after_a_forced_push_puts_nothing_back() {
     let emu = common::kinesis_mock();
-    let arn = emu.create_stream(&unique("serve-gitdown-forced"));
-    let repo = Repo::new();
-    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
-    let base = repo.push("main", "base");
-    let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
-    repo.write("a.yaml", &manifest(&arn, &intruder));
-    let granted = repo.push("main", "a grant by mistake");
-    let serve = Serve::start(
-        &emu,
-        Options {
-            args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
-            ..Options::default()
-        },
-    );
-    serve.applied(&granted);
+    let Mistake {
+        arn,
+        repo,
+        base,
+        granted,
+        serve,
+    } = Mistake::applied(&emu, "serve-gitdown-forced");
     let origin = repo.dir.path().join("origin.git");
     let gone = repo.dir.path().join("gone.git");
     std::fs::rename(&origin, &gone).unwrap();
@@ -3014,21 +3036,13 @@ fn a_git_host_down_after_a_forced_push_puts_nothing_back() {
 #[test]
 fn a_git_host_down_after_a_refused_head_puts_nothing_back() {
     let emu = common::kinesis_mock();
-    let arn = emu.create_stream(&unique("serve-gitdown-reset"));
-    let repo = Repo::new();
-    repo.write("a.yaml", &manifest(&arn, &role_one(&arn)));
-    let base = repo.push("main", "base");
-    let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
-    repo.write("a.yaml", &manifest(&arn, &intruder));
-    let granted = repo.push("main", "a grant by mistake");
-    let serve = Serve::start(
-        &emu,
-        Options {
-            args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
-            ..Options::default()
-        },
-    );
-    serve.applied(&granted);
+    let Mistake {
+        arn,
+        repo,
+        base,
+        serve,
+        ..
+    } = Mistake::applied(&emu, "serve-gitdown-reset");
     serve_at(&repo, &base);
     serve.status_when(
         "the reset-away head to be refused",
