@@ -40,18 +40,32 @@ pub fn partition_of(region: &str) -> &'static str {
 /// every ARN kpr builds and compares, and a typo (`us-east1`) would otherwise pass validation
 /// and fail only at plan time, after other resources were written.
 pub fn is_region_name(region: &str) -> bool {
-    let letters = |p: &str| !p.is_empty() && p.bytes().all(|b| b.is_ascii_lowercase());
-    let Some((head, number)) = region.rsplit_once('-') else {
-        return false;
+    // One pass over the bytes: it runs for every ARN parsed.
+    let b = region.as_bytes();
+    let letters = |from: usize| {
+        b[from..]
+            .iter()
+            .take_while(|c| c.is_ascii_lowercase())
+            .count()
     };
-    let Some((area, words)) = head.split_once('-') else {
+    let area = letters(0);
+    if !(2..=4).contains(&area) || b.get(area) != Some(&b'-') {
         return false;
-    };
-    (2..=4).contains(&area.len())
-        && letters(area)
-        && words.split('-').all(letters)
-        && (1..=2).contains(&number.len())
-        && number.bytes().all(|b| b.is_ascii_digit())
+    }
+    let (mut at, mut words) = (area + 1, 0);
+    loop {
+        let word = letters(at);
+        if word == 0 {
+            break;
+        }
+        if b.get(at + word) != Some(&b'-') {
+            return false;
+        }
+        at += word + 1;
+        words += 1;
+    }
+    let number = &b[at..];
+    words > 0 && (1..=2).contains(&number.len()) && number.iter().all(u8::is_ascii_digit)
 }
 
 /// Where a resource lives: one API client serves exactly one scope, because only the owning
@@ -369,6 +383,20 @@ mod tests {
             "mx-central-1",
         ] {
             assert!(is_region_name(region), "{region}");
+        }
+        for typo in [
+            "us-east1",
+            "us-east-",
+            "us--east-1",
+            "-us-east-1",
+            "us-east-123",
+            "u-east-1",
+            "useast-1",
+            "us-East-1",
+            "us-east-1 ",
+            "",
+        ] {
+            assert!(!is_region_name(typo), "{typo:?}");
         }
     }
 
