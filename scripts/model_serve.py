@@ -8,6 +8,11 @@ restarts, checked after each step against the branch's true history:
         documented --reset-settle rule;
   INV3  no crash, no stuck run, every failed run reported in /status.
 
+With --outage the replica also goes down and comes back, and the owner fixes the live policy
+by hand to what the branch says; kpr's scheduled scans (--interval, 3s) heal from the last good
+revision meanwhile, and are checked for it: never a revision a delivered reset or force-push
+abandoned (INV2-outage), and no run reported a success while the replica is down.
+
 Run by hand, not in CI (a seed of 40 steps takes about a minute):
 
   EMULATOR_TAG=model KINESIS_MOCK_PORT=4850 KINESIS_MOCK_TLS_PORT=4851 MOTO_PORT=4852 \
@@ -15,6 +20,7 @@ Run by hand, not in CI (a seed of 40 steps takes about a minute):
   .venv/bin/python scripts/model_serve.py --endpoint http://127.0.0.1:4850 --seed 3000 --runs 20
   .venv/bin/python scripts/model_serve.py --endpoint http://127.0.0.1:4850 \
       --replay 'push:late:sync,reset:1:now:lag,deliver:0'
+  .venv/bin/python scripts/model_serve.py --endpoint http://127.0.0.1:4850 --outage --seed 500
   EMULATOR_TAG=model ... scripts/emulators stop kinesis-mock
 
 Each run keeps its git repositories (origin.git = truth, replica.git = what kpr fetches), its
@@ -36,7 +42,9 @@ def env():
 
 
 SECRET = b"model-secret"
+INTERVAL = "24h"
 WITH_REPO = False
+OUTAGE = False
 
 
 def sh(*args, cwd=None, check=True):
@@ -94,6 +102,7 @@ class World:
         self.log = open(f"{self.d}/serve.log", "ab")
         self.abandoned_informed = {}  # commit -> time the webhook abandoning it was delivered
         self.moves = {}       # delivery -> payload dict
+        self.down = False
         self.commit("r0")
         self.set_head(self.last)
         self.sync()
@@ -128,8 +137,11 @@ policy:
     def head(self):
         return sh("git", "--git-dir", self.origin, "rev-parse", "main", check=False) or None
 
+    def rpath(self):
+        return self.replica + ".off" if getattr(self, "down", False) else self.replica
+
     def rhead(self):
-        return sh("git", "--git-dir", self.replica, "rev-parse", "main", check=False) or None
+        return sh("git", "--git-dir", self.rpath(), "rev-parse", "main", check=False) or None
 
     def set_head(self, c):
         sh("git", "--git-dir", self.origin, "update-ref", "refs/heads/main", c)
@@ -137,7 +149,7 @@ policy:
 
     def serve(self, c):
         if self.rhead() != c:
-            sh("git", "--git-dir", self.replica, "update-ref", "refs/heads/main", c)
+            sh("git", "--git-dir", self.rpath(), "update-ref", "refs/heads/main", c)
             self.served.append((time.time(), c))
 
     def sync(self):
@@ -192,7 +204,7 @@ policy:
         self.log.write(f"\n===== start {time.time()} =====\n".encode())
         self.log.flush()
         self.proc = subprocess.Popen([KPR, "serve", "--git-url", f"file://{self.replica}", "--git-branch", "main",
-                                      "--workdir", f"{self.d}/wd", "--interval", "24h",
+                                      "--workdir", f"{self.d}/wd", "--interval", INTERVAL,
                                       "--listen", f"127.0.0.1:{self.port}",
                                       "--webhook-secret-file", f"{self.d}/secret",
                                       "--reset-settle", f"{self.settle}s", "--retry-delay", "2s",
@@ -279,6 +291,16 @@ policy:
 
 # ---------------- the model ----------------
 def gen_op(rng, v2=False):
+    if OUTAGE:
+        r = rng.random()
+        if r < 0.14:
+            return "down"
+        if r < 0.26:
+            return "up"
+        if r < 0.34:
+            return "hand"
+        if r < 0.40:
+            return f"wait:{rng.choice([2, 4])}"
     r = rng.random()
     if v2 == 4:   # seeds >= 3000: restarts weighted higher (about 1 step in 5)
         r = rng.random()
@@ -353,6 +375,7 @@ class Model:
         self.hooked_at = None
         self.truth_hooked = None  # truth commit whose webhook came while the replica served it
         self.violations = []
+        self.down_since = None
 
     def move(self, new, forced, mode, rep):
         w = self.w
@@ -416,6 +439,19 @@ class Model:
             w.serve(hs[max(0, len(hs) - 1 - int(a[1]))])
         elif a[0] == "sync":
             w.sync()
+        elif a[0] == "down":
+            if not w.down:
+                os.rename(w.replica, w.replica + ".off"); w.down = True; self.down_since = time.time()
+        elif a[0] == "up":
+            if w.down:
+                os.rename(w.replica + ".off", w.replica); w.down = False
+                self.hooked_at = None
+        elif a[0] == "hand":   # the owner makes the live policy what the branch now says, by hand
+            role = w.role[w.head()]
+            doc = {"Version": "2012-10-17", "Statement": [{"Sid": "Read", "Effect": "Allow",
+                   "Principal": {"AWS": f"arn:aws:iam::111122223333:role/{role}"},
+                   "Action": ["kinesis:GetRecords"], "Resource": w.arn}]}
+            kin().put_resource_policy(ResourceARN=w.arn, Policy=json.dumps(doc))
         elif a[0] == "restart":
             w.stop()
             w.start()
@@ -449,6 +485,15 @@ class Model:
             msg = e.get("message", "")
             if e.get("level") in ("ERROR",) or "panic" in msg.lower():
                 w.note(f"  LOG {e.get('level')} {msg[:200]}")
+            if msg.startswith("meanwhile reconciling the resources of the last good revision"):
+                good = msg.split("revision ")[1].split(",")[0]
+                from datetime import datetime
+                t = datetime.fromisoformat(e["timestamp"].replace("Z", "+00:00")).timestamp()
+                truth = self.truth_at(t)
+                w.note(f"  LOG meanwhile {w.short(good)} truth={w.short(truth)}")
+                if good in w.abandoned_informed and w.abandoned_informed[good] < t and not w.is_anc(good, truth):
+                    v = f"INV2-outage reconciled {w.short(good)} meanwhile, abandoned by a delivered force-push/reset; truth={w.short(truth)}"
+                    w.note("  !! " + v); self.violations.append(v)
             if msg != "reconcile finished":
                 if "taken as where its owner put it" in msg or "late webhook" in msg or "refused" in msg or "behind" in msg:
                     w.note(f"  LOG {msg[:220]}")
@@ -488,7 +533,12 @@ class Model:
             v = f"INV3 last_run {lr.get('result')} but no last_error"
             w.note("  !! " + v); self.violations.append(v)
         truth = w.head()
-        if self.truth_hooked == truth and w.rhead() == truth:
+        from datetime import datetime
+        if w.down and lr.get("result") in ("success", "partial") and self.down_since and \
+                datetime.fromisoformat(lr["started_at"].replace("Z", "+00:00")).timestamp() > self.down_since + 0.5:
+            v = f"STATUS last_run {lr.get('result')} during the outage"
+            w.note("  !! " + v); self.violations.append(v)
+        if self.truth_hooked == truth and w.rhead() == truth and not w.down:
             want = w.role[truth]
             t0 = time.time()
             while True:
@@ -550,7 +600,12 @@ if __name__ == "__main__":
     ap.add_argument("--keep-going", action="store_true", help="do not stop at the first violation")
     ap.add_argument("--replay", default=None, help="comma-separated op list (see ops.txt of a run)")
     ap.add_argument("--with-repo", action="store_true", help="payloads carry repository.full_name (this repo's)")
+    ap.add_argument("--outage", action="store_true",
+                    help="also take the replica down and up, and fix live by hand (needs scans: --interval)")
+    ap.add_argument("--interval", default=None, help="kpr's schedule [24h; 3s with --outage]")
     a = ap.parse_args()
+    OUTAGE = a.outage
+    INTERVAL = a.interval or ("3s" if a.outage else "24h")
     WITH_REPO = a.with_repo
     ENDPOINT, KPR, H = a.endpoint, a.kpr, a.work
     # Any violation makes the exit status 1, for a loop that runs seeds until one fails.
