@@ -322,9 +322,12 @@ pub struct Reconciler {
     /// [`Reconciler::correct_from_last_good`]). Cleared when a fetched head is taken.
     head_refused: bool,
     /// A push judged since the last good revision was recorded rewrote history, or may have
-    /// (GitLab's do not say): that revision may be on its way out, and is not put back while
-    /// fetches fail. Commits a fetch never brought have no ancestry to ask.
-    forced_since_good: bool,
+    /// (GitLab's do not say), or an earlier process left it so: that revision may be on its
+    /// way out, and is not put back while fetches fail. Commits a fetch never brought have
+    /// no ancestry to ask. Kept in the working copy, with `head_refused`.
+    good_in_doubt: bool,
+    /// What the working copy holds of the two above.
+    doubt_noted: bool,
     /// A run was stopped part-way by a push that replaced its revision: until a full run
     /// completes, no diff between revisions tells what is live.
     stopped_part_way: bool,
@@ -566,7 +569,8 @@ impl Reconciler {
             refused_since: None,
             stopped_part_way: false,
             head_refused: false,
-            forced_since_good: false,
+            good_in_doubt: false,
+            doubt_noted: false,
         }
     }
 
@@ -579,7 +583,7 @@ impl Reconciler {
         // Fetched after the forced pushes judged so far (unless a replica behind them served
         // it: a commit they announced is then still awaited).
         if self.awaiting.is_none() {
-            self.forced_since_good = false;
+            self.good_in_doubt = false;
         }
         if self
             .reset_named
@@ -593,9 +597,8 @@ impl Reconciler {
         // refused as such.
         let mut kept = Vec::new();
         for head in &self.replaced {
-            // Not the head itself: fetched again from a replica behind the reset, it is
-            // refused (see `admit`).
-            if head == revision || !self.source.contains(head, revision).await {
+            // The head itself too: recorded good, it was named by a push or settled.
+            if !self.source.contains(head, revision).await {
                 kept.push(head.clone());
             }
         }
@@ -740,7 +743,7 @@ impl Reconciler {
                 self.seen_deliveries.push_back(d.clone());
             }
             if pushed.forced != Some(false) {
-                self.forced_since_good = true;
+                self.good_in_doubt = true;
             }
             match self.judge(&pushed, wanted.as_deref()).await {
                 Judged::Late(why) => {
@@ -1071,6 +1074,11 @@ impl Reconciler {
                 .instrument(span.clone())
                 .await;
         }
+        let doubt = self.head_refused || self.good_in_doubt;
+        if doubt != self.doubt_noted {
+            self.source.note_in_doubt(doubt).await;
+            self.doubt_noted = doubt;
+        }
         let _in_span = span.enter();
         let (result, full, listing_failed) = (
             out.result,
@@ -1283,10 +1291,25 @@ impl Reconciler {
         let named = wanted.as_deref() == Some(head)
             || self.reset_named.as_ref().is_some_and(|r| r.commit == head);
         self.check_awaited(wanted, Some(head)).await;
-        // What was applied counts too: a reset or force-push took it away (a stopped run's
-        // head is only partly live), and taken again from a replica behind that push it
-        // would undo what the owner did meanwhile to match the push (a grant removed by hand).
-        let refusal = if behind.is_none() && !named && self.in_replaced(head).await {
+        // What was applied counts too, when a reset or force-push took that very head away
+        // (a stopped run's head is only partly live), or a force-push announced since has
+        // not arrived: taken again from a replica behind the push, it would undo what the
+        // owner did meanwhile to match it (a grant removed by hand). Not its ancestors: a
+        // reset's own commit is one of the head it replaced.
+        let applied_again = !ahead && behind.is_none();
+        let replaced = if ahead {
+            self.in_replaced(head).await
+        } else {
+            applied_again && self.replaced.iter().any(|r| r == head)
+        };
+        let forced_pending = applied_again && self.good_in_doubt && self.awaiting.is_some();
+        let refusal = if !named && forced_pending && !replaced {
+            Some(format!(
+                "the fetched branch head {head} is what was applied, and a force-push announced \
+                 since ({}) has not arrived (a replica behind it): nothing applied",
+                self.awaiting.as_ref().map_or("", |a| a.commit.as_str())
+            ))
+        } else if !named && replaced {
             Some(format!(
                 "the fetched branch head {head} is what a reset replaced{} (a replica not \
                  caught up with the reset or force-push, or the commit pushed again): nothing \
@@ -1468,6 +1491,10 @@ impl Reconciler {
             self.seen_pushes = pushes.into();
             self.judged_total = self.seen_pushes.len();
             self.seen_deliveries = deliveries.into();
+            if self.source.noted_in_doubt().await {
+                self.good_in_doubt = true;
+                self.doubt_noted = true;
+            }
             if let Some(commit) = self.source.noted_awaited().await {
                 self.shared
                     .status
@@ -1824,7 +1851,7 @@ impl Reconciler {
         };
         if self.reset_named.is_some()
             || self.head_refused
-            || self.forced_since_good
+            || self.good_in_doubt
             || self.in_replaced(&good).await
         {
             tracing::info!(

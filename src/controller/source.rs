@@ -31,6 +31,8 @@ const SEEN_PUSHES: &str = "kpr.seenPushes";
 const SEEN_DELIVERIES: &str = "kpr.seenDeliveries";
 /// A pushed commit kpr waits for a fetch to bring.
 const AWAITED: &str = "kpr.awaited";
+/// Present when the last good revision may be on its way out (see `Reconciler::good_in_doubt`).
+const IN_DOUBT: &str = "kpr.lastGoodInDoubt";
 
 pub enum Source {
     Dir(PathBuf),
@@ -223,6 +225,20 @@ impl Source {
     /// What [`Self::note_awaited`] kept.
     pub async fn noted_awaited(&self) -> Option<String> {
         self.kept_words(AWAITED).await.into_iter().next()
+    }
+
+    /// Keeps (or drops) the mark that the last good revision may be on its way out, where a
+    /// restart finds it: what put it there (a refused head, a force-push announced while
+    /// fetches failed) is not told again.
+    pub async fn note_in_doubt(&self, doubt: bool) {
+        let words: &[&str] = if doubt { &["true"] } else { &[] };
+        self.keep_words(IN_DOUBT, words, "the doubt about the last good revision")
+            .await;
+    }
+
+    /// What [`Self::note_in_doubt`] kept.
+    pub async fn noted_in_doubt(&self) -> bool {
+        !self.kept_words(IN_DOUBT).await.is_empty()
     }
 
     /// Keeps words under `key` in the working copy's git config (none: drops the key). A

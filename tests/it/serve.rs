@@ -245,11 +245,16 @@ impl Repo {
     /// Commits everything and force-pushes it as main; returns the commit.
     fn force_main(&self, message: &str) -> String {
         let commit = self.commit(message);
+        self.force_main_as_is();
+        commit
+    }
+
+    /// Force-pushes the work tree's commit as main.
+    fn force_main_as_is(&self) {
         git(
             &self.work(),
             &["push", "-q", "--force", &self.url(), "HEAD:refs/heads/main"],
         );
-        commit
     }
 
     /// Pushes the last commit to `branch`; returns it.
@@ -2930,6 +2935,8 @@ struct Mistake {
     base: String,
     granted: String,
     serve: Serve,
+    /// Its working copy, kept for [`Mistake::restart`].
+    workdir: tempfile::TempDir,
 }
 
 impl Mistake {
@@ -2941,13 +2948,8 @@ impl Mistake {
         let intruder = read_policy(&arn, "arn:aws:iam::999999999999:role/intruder");
         repo.write("a.yaml", &manifest(&arn, &intruder));
         let granted = repo.push("main", "a grant by mistake");
-        let serve = Serve::start(
-            emu,
-            Options {
-                args: repo.source_args(&["--interval", "1s", "--reset-settle", "1h"]),
-                ..Options::default()
-            },
-        );
+        let workdir = tempfile::tempdir().unwrap();
+        let serve = Self::serve(emu, &repo, workdir.path());
         serve.applied(&granted);
         Mistake {
             arn,
@@ -2955,8 +2957,88 @@ impl Mistake {
             base,
             granted,
             serve,
+            workdir,
         }
     }
+
+    fn serve(emu: &Emulator, repo: &Repo, workdir: &Path) -> Serve {
+        restartable(
+            emu,
+            repo,
+            workdir,
+            &["--interval", "1s", "--reset-settle", "1h"],
+        )
+    }
+
+    /// The service stopped and started again on the same working copy; returns once its
+    /// start-up run has ended.
+    fn restart(self, emu: &Emulator) -> Mistake {
+        self.serve.stop();
+        let serve = Self::serve(emu, &self.repo, self.workdir.path());
+        serve.status_when("the start-up run to end", Duration::from_secs(30), |st| {
+            st["runs"].as_u64() >= Some(1) && st["running"] == false
+        });
+        Mistake { serve, ..self }
+    }
+
+    /// Waits for two more runs (scans, every second) to end; returns the status.
+    fn two_scans(&self) -> serde_json::Value {
+        let runs = self.serve.runs();
+        self.serve
+            .status_when("two more scans", Duration::from_secs(20), |st| {
+                st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false
+            })
+    }
+
+    /// Webhooks, not the commits, of a push on `granted` and of the branch then rewritten
+    /// from it onto `base`, the grant withdrawn; the owner puts the live policy back by hand.
+    /// Two scans later, nothing has put the grant back. Returns the rewritten head.
+    fn rewritten_unserved(&self, emu: &Emulator) -> String {
+        self.repo.write("NOTES.md", "more\n");
+        let next = self.repo.commit("more");
+        push_hook(&self.serve, &self.granted, &next);
+        git(&self.repo.work(), &["reset", "-q", "--hard", &self.base]);
+        self.repo.write("NOTES.md", "the grant was a mistake\n");
+        let rewritten = self.repo.commit("withdrawn");
+        forced_hook(&self.serve, &next, &rewritten);
+        emu.put_policy_raw(&self.arn, &role_one(&self.arn).to_string());
+        let st = self.two_scans();
+        assert_eq!(st["last_run"]["result"], "fetch_failed", "{st:#}");
+        assert!(self.as_base(emu), "{st:#}");
+        rewritten
+    }
+
+    /// Whether the live policy is `base`'s, as the owner put it back by hand.
+    fn as_base(&self, emu: &Emulator) -> bool {
+        live(emu, &self.arn).is_some_and(|p| same_grant(&p, &role_one(&self.arn)))
+    }
+}
+
+/// Once a reset is applied, the scans that follow take the branch's head: the reset's commit
+/// is an ancestor of the head it replaced, not that head.
+#[test]
+fn scans_after_an_applied_reset_take_the_head() {
+    let emu = common::kinesis_mock();
+    let m = Mistake::applied(&emu, "serve-reset-then-scan");
+    serve_at(&m.repo, &m.base);
+    forced_hook(&m.serve, &m.granted, &m.base);
+    m.serve.applied(&m.base);
+    let st = m.two_scans();
+    assert_eq!(st["last_run"]["result"], "success", "{st:#}");
+    assert!(m.as_base(&emu), "{st:#}");
+    m.serve.stop();
+}
+
+/// A replica still serves what was applied while a force-push announced since, from a commit
+/// kpr never fetched, has not arrived: the owner's hand fix to match it is not undone.
+#[test]
+fn a_force_push_not_yet_served_keeps_what_was_applied_from_coming_back() {
+    let emu = common::kinesis_mock();
+    let m = Mistake::applied(&emu, "serve-forced-lag");
+    let rewritten = m.rewritten_unserved(&emu);
+    m.repo.force_main_as_is();
+    m.serve.applied(&rewritten);
+    m.serve.stop();
 }
 
 /// A reset's webhook came while a replica still serves the head it replaced, which is what
@@ -2965,86 +3047,48 @@ impl Mistake {
 #[test]
 fn a_scan_does_not_reapply_the_head_a_pending_reset_replaced() {
     let emu = common::kinesis_mock();
-    let Mistake {
-        arn,
-        repo,
-        base,
-        granted,
-        serve,
-    } = Mistake::applied(&emu, "serve-reset-lag");
+    let m = Mistake::applied(&emu, "serve-reset-lag");
     // The reset's webhook; the replica still serves `granted`.
-    forced_hook(&serve, &granted, &base);
-    emu.put_policy_raw(&arn, &role_one(&arn).to_string());
-    let st = serve.refused_as_replaced("the replaced head to be refused");
-    let runs = st["runs"].as_u64().unwrap();
-    serve.status_when("two more scans", Duration::from_secs(20), |st| {
-        st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false
-    });
-    assert!(same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)));
-    serve_at(&repo, &base);
-    serve.applied(&base);
-    serve.stop();
+    forced_hook(&m.serve, &m.granted, &m.base);
+    emu.put_policy_raw(&m.arn, &role_one(&m.arn).to_string());
+    m.serve
+        .refused_as_replaced("the replaced head to be refused");
+    let st = m.two_scans();
+    assert!(m.as_base(&emu), "{st:#}");
+    serve_at(&m.repo, &m.base);
+    m.serve.applied(&m.base);
+    m.serve.stop();
 }
 
 /// A force-push announced during an outage, from a commit kpr never fetched, may take the
-/// last good revision back: it is not put back while the git host is down.
+/// last good revision back: it is not put back while the git host is down, nor by the
+/// start-up run of a restart during the outage.
 #[test]
 fn a_git_host_down_after_a_forced_push_puts_nothing_back() {
     let emu = common::kinesis_mock();
-    let Mistake {
-        arn,
-        repo,
-        base,
-        granted,
-        serve,
-    } = Mistake::applied(&emu, "serve-gitdown-forced");
-    let origin = repo.dir.path().join("origin.git");
-    let gone = repo.dir.path().join("gone.git");
+    let m = Mistake::applied(&emu, "serve-gitdown-forced");
+    let origin = m.repo.dir.path().join("origin.git");
+    let gone = m.repo.dir.path().join("gone.git");
     std::fs::rename(&origin, &gone).unwrap();
     // Pushed while kpr cannot fetch: a commit on `granted`, then the branch rewritten from it.
-    repo.write("NOTES.md", "more\n");
-    let next = repo.commit("more");
-    push_hook(&serve, &granted, &next);
-    git(&repo.work(), &["reset", "-q", "--hard", &base]);
-    repo.write("NOTES.md", "the grant was a mistake\n");
-    let rewritten = repo.commit("withdrawn");
-    forced_hook(&serve, &next, &rewritten);
-    emu.put_policy_raw(&arn, &role_one(&arn).to_string());
-    let runs = serve.runs();
-    let st = serve.status_when(
-        "two scans during the outage",
-        Duration::from_secs(20),
-        |st| st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false,
-    );
-    assert_eq!(st["last_run"]["result"], "fetch_failed", "{st:#}");
-    assert!(
-        same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)),
-        "{st:#}"
-    );
+    let rewritten = m.rewritten_unserved(&emu);
+    let m = m.restart(&emu);
+    assert!(m.as_base(&emu), "{}", m.serve.logs());
     std::fs::rename(&gone, &origin).unwrap();
-    git(
-        &repo.work(),
-        &["push", "-q", "--force", &repo.url(), "HEAD:refs/heads/main"],
-    );
-    serve.applied(&rewritten);
-    serve.stop();
+    m.repo.force_main_as_is();
+    m.serve.applied(&rewritten);
+    m.serve.stop();
 }
 
 /// Not while the branch may be going back from the last good revision: a head fetched behind
 /// it (a reset no webhook announced) was refused, and the owner removed by hand the grant the
-/// reset withdraws. The outage that follows must not put it back.
+/// reset withdraws. The outage that follows must not put it back, nor a restart during it.
 #[test]
 fn a_git_host_down_after_a_refused_head_puts_nothing_back() {
     let emu = common::kinesis_mock();
-    let Mistake {
-        arn,
-        repo,
-        base,
-        serve,
-        ..
-    } = Mistake::applied(&emu, "serve-gitdown-reset");
-    serve_at(&repo, &base);
-    serve.status_when(
+    let m = Mistake::applied(&emu, "serve-gitdown-reset");
+    serve_at(&m.repo, &m.base);
+    m.serve.status_when(
         "the reset-away head to be refused",
         Duration::from_secs(20),
         |st| {
@@ -3053,26 +3097,20 @@ fn a_git_host_down_after_a_refused_head_puts_nothing_back() {
                 .is_some_and(|e| e.contains("is behind"))
         },
     );
-    emu.put_policy_raw(&arn, &role_one(&arn).to_string());
-    let origin = repo.dir.path().join("origin.git");
-    std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
-    let runs = serve.runs();
-    let st = serve.status_when(
-        "two scans during the outage",
-        Duration::from_secs(20),
-        |st| st["runs"].as_u64() >= Some(runs + 2) && st["running"] == false,
-    );
+    emu.put_policy_raw(&m.arn, &role_one(&m.arn).to_string());
+    let origin = m.repo.dir.path().join("origin.git");
+    std::fs::rename(&origin, m.repo.dir.path().join("gone.git")).unwrap();
+    let st = m.two_scans();
     assert!(
         st["last_run"]["error"]
             .as_str()
             .is_some_and(|e| e.contains("git fetch failed")),
         "{st:#}"
     );
-    assert!(
-        same_grant(&live(&emu, &arn).unwrap(), &role_one(&arn)),
-        "{st:#}"
-    );
-    serve.stop();
+    assert!(m.as_base(&emu), "{st:#}");
+    let m = m.restart(&emu);
+    assert!(m.as_base(&emu), "{}", m.serve.logs());
+    m.serve.stop();
 }
 
 /// A bad revision that declares a resource a second time, in a new file that sorts first,
