@@ -94,7 +94,7 @@ impl Shared {
             tracing::info!(
                 revision = a.revision,
                 commit = pushed.commit,
-                "a forced push replaced the revision being applied: its changes not yet started are dropped"
+                "a forced push replaced the revision being applied: the run starts no more of its changes (any not started yet are dropped)"
             );
         }
     }
