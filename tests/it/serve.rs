@@ -624,6 +624,13 @@ impl Serve {
         })
     }
 
+    /// Waits until no run is in flight and `commit`, pushed, is awaited; returns the status.
+    fn awaits(&self, commit: &str, what: &str) -> serde_json::Value {
+        self.status_when(what, Duration::from_secs(20), |st| {
+            st["awaited_commit"] == commit && st["running"] == false
+        })
+    }
+
     /// Waits until a completed run has applied `revision`.
     fn applied(&self, revision: &str) -> serde_json::Value {
         self.status_when(
@@ -1427,9 +1434,7 @@ fn a_branch_served_behind_what_was_applied_is_not_rolled_back() {
     // the older commit too: the reset is awaited until the head is that commit.
     serve_at(&repo, &second);
     forced_hook(&serve, &second, &first);
-    let st = serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
-        st["awaited_commit"] == first.as_str() && st["running"] == false
-    });
+    let st = serve.awaits(&first, "the reset to be awaited");
     assert!(live(&emu, &b).is_some(), "{st:#}");
     // Still awaited after the awaited fetches that find the old head (what was applied, which
     // contains the reset's commit too): the reset's own runs complete, and must not end it.
@@ -1554,11 +1559,7 @@ fn a_late_webhook_is_not_taken_for_a_reset() {
     let fifth = repo.push("main", "a v4");
     serve_at(&repo, &first);
     push_hook(&serve, &fourth, &fifth);
-    serve.status_when(
-        "the fifth commit to be awaited",
-        Duration::from_secs(20),
-        |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
-    );
+    serve.awaits(&fifth, "the fifth commit to be awaited");
     pushed_and_applied(&serve, &repo, &first, &fourth);
     let st = serve.idle();
     assert_eq!(
@@ -1643,11 +1644,7 @@ fn a_reset_survives_late_webhooks_and_the_head_it_replaced() {
     let fifth = repo.push("main", "d");
     serve_at(&repo, &first);
     push_hook(&serve, &first, &fifth);
-    serve.status_when(
-        "the pushed commit to be awaited",
-        Duration::from_secs(20),
-        |st| st["awaited_commit"] == fifth.as_str() && st["running"] == false,
-    );
+    serve.awaits(&fifth, "the pushed commit to be awaited");
     push_hook(&serve, &fifth, &first);
     serve_at(&repo, &fifth);
     let st = serve.status_when(
@@ -1722,9 +1719,7 @@ fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
     let fourth = repo.push("main", "c again");
     serve_at(&repo, &first);
     push_hook(&serve, &first, &fourth);
-    serve.status_when("the push to be awaited", Duration::from_secs(20), |st| {
-        st["awaited_commit"] == fourth.as_str() && st["running"] == false
-    });
+    serve.awaits(&fourth, "the push to be awaited");
     let again = delivered(&serve, &second, &first, &second_reset);
     assert_eq!(again.status, 200, "a redelivery is a duplicate: {again:?}");
     serve_at(&repo, &fourth);
@@ -1735,9 +1730,7 @@ fn resets_hold_against_unseen_heads_second_resets_and_redeliveries() {
     //    as the push before, as a new event. The branch is where the undo put it: the reset's
     //    commit is no longer awaited, and a replica serving it is refused.
     push_hook(&serve, &fourth, &first);
-    serve.status_when("the reset to be awaited", Duration::from_secs(20), |st| {
-        st["awaited_commit"] == first.as_str() && st["running"] == false
-    });
+    serve.awaits(&first, "the reset to be awaited");
     push_hook(&serve, &first, &fourth);
     let st = serve.status_when("the undo to settle", Duration::from_secs(20), |st| {
         st["awaited_commit"].is_null() && st["running"] == false && st["pending"].is_null()
@@ -1912,11 +1905,7 @@ fn ordinary_moves_around_a_reset_take_effect_at_once() {
     push_hook(&serve, &fourth, &amended);
     serve.applied(&amended);
     push_hook(&serve, &amended, &fourth);
-    serve.status_when(
-        "the head before the amend to be awaited",
-        Duration::from_secs(20),
-        |st| st["awaited_commit"] == fourth.as_str() && st["running"] == false,
-    );
+    serve.awaits(&fourth, "the head before the amend to be awaited");
     serve_at(&repo, &fourth);
     serve.applied(&fourth);
     assert!(
@@ -1996,11 +1985,7 @@ fn a_force_push_back_from_what_was_applied_is_taken_with_a_webhook_missing() {
     // The owner force-pushes back to `second`, while a replica still serves `other`.
     serve_at(&repo, &other);
     forced_hook(&serve, &other, &second);
-    serve.status_when(
-        "the force-push's head to be awaited",
-        Duration::from_secs(20),
-        |st| st["awaited_commit"] == second.as_str() && st["running"] == false,
-    );
+    serve.awaits(&second, "the force-push's head to be awaited");
     serve_at(&repo, &second);
     serve.applied(&second);
     assert!(live(&emu, &c).is_none() && live(&emu, &d).is_none());
@@ -2030,11 +2015,7 @@ fn a_late_force_push_back_does_not_undo_a_later_amend() {
     let again = repo.amend("b.yaml", &manifest(&b, &three));
     serve_at(&repo, &second);
     forced_hook(&serve, &second, &again);
-    serve.status_when(
-        "the second amend to be awaited",
-        Duration::from_secs(20),
-        |st| st["awaited_commit"] == again.as_str() && st["running"] == false,
-    );
+    serve.awaits(&again, "the second amend to be awaited");
     let runs = serve.runs();
     forced_hook(&serve, &amended, &second);
     let st = serve.run_after(runs, "the late webhook's run");
@@ -2079,11 +2060,7 @@ fn a_force_push_from_a_head_no_webhook_announced_is_taken() {
     serve.applied(&other);
     // The owner force-pushes back to `second`, announced a fetch ahead of the replica.
     forced_hook(&serve, &other, &second);
-    serve.status_when(
-        "the force-push's head to be awaited",
-        Duration::from_secs(20),
-        |st| st["awaited_commit"] == second.as_str() && st["running"] == false,
-    );
+    serve.awaits(&second, "the force-push's head to be awaited");
     serve_at(&repo, &second);
     serve.applied(&second);
     assert!(live(&emu, &c).is_none() && live(&emu, &d).is_none());
@@ -2470,9 +2447,7 @@ fn what_was_judged_and_awaited_survives_a_restart() {
     let next = repo.commit("c");
     git(&work, &["push", "-q", &repo.url(), "HEAD:refs/heads/next"]);
     push_hook(&serve, &amended, &next);
-    serve.status_when("the push to be awaited", Duration::from_secs(20), |st| {
-        st["awaited_commit"] == next.as_str() && st["running"] == false
-    });
+    serve.awaits(&next, "the push to be awaited");
     serve.stop();
     let serve = start();
     serve.applied(&amended);
