@@ -290,81 +290,64 @@ policy:
 
 
 # ---------------- the model ----------------
+def pick(r, table, default=None):
+    """The op of the first (limit, op) in `table` whose limit `r` is under, else `default`. An
+    op is a string, or a function that draws its arguments: only the one chosen draws, as the
+    op list of every seed depends on it."""
+    for limit, op in table:
+        if r < limit:
+            return op() if callable(op) else op
+    return default
+
+
+def move_op(rng, r, mode_weights, rep_weights, limits, tail):
+    """A move of the branch, or a delivery, or the replica moved: `limits` are the thresholds
+    of push, reset, amend, reheads, deliver, dup, lag and sync; `tail`, more (limit, op) after
+    them; then settle."""
+    mode = rng.choices(["now", "late", "never", "twice"], mode_weights)[0]
+    rep = rng.choices(["sync", "lag"], rep_weights)[0]
+    ops = [
+        f"push:{mode}:{rep}",
+        lambda: f"reset:{rng.randint(1, 3)}:{mode}:{rep}",
+        f"amend:{mode}:{rep}",
+        # a force-push back to an earlier head (maybe abandoned)
+        lambda: f"reheads:{rng.randint(1, 6)}:{mode}:{rep}",
+        lambda: f"deliver:{rng.randint(0, 9)}",
+        "dup",
+        lambda: f"lag:{rng.randint(1, 4)}",
+        "sync",
+    ]
+    return pick(r, list(zip(limits, ops)) + tail, "settle")
+
+
 def gen_op(rng, v2=False):
     if OUTAGE:
-        r = rng.random()
-        if r < 0.14:
-            return "down"
-        if r < 0.26:
-            return "up"
-        if r < 0.34:
-            return "hand"
-        if r < 0.40:
-            return f"wait:{rng.choice([2, 4])}"
+        op = pick(rng.random(), [(0.14, "down"), (0.26, "up"), (0.34, "hand"),
+                                 (0.40, lambda: f"wait:{rng.choice([2, 4])}")])
+        if op:
+            return op
     r = rng.random()
     if v2 == 4:   # seeds >= 3000: restarts weighted higher (about 1 step in 5)
-        r = rng.random()
-        if r < 0.18:
-            return "restart"
-        if r < 0.26:
-            return f"lag:{rng.randint(1, 3)}"
-        if r < 0.31:
-            return f"wait:{rng.choice([1, 2, 4])}"
-        if r < 0.37:
-            return f"redeliver:{rng.randint(0, 5)}"
-        r = rng.random()
-        mode = rng.choices(["now", "late", "never", "twice"], [55, 20, 15, 10])[0]
-        rep = rng.choices(["sync", "lag"], [70, 30])[0]
-        if r < 0.25:
-            return f"push:{mode}:{rep}"
-        if r < 0.40:
-            return f"reset:{rng.randint(1, 3)}:{mode}:{rep}"
-        if r < 0.52:
-            return f"amend:{mode}:{rep}"
-        if r < 0.58:
-            return f"reheads:{rng.randint(1, 6)}:{mode}:{rep}"
-        if r < 0.73:
-            return f"deliver:{rng.randint(0, 9)}"
-        if r < 0.77:
-            return "dup"
-        if r < 0.85:
-            return f"lag:{rng.randint(1, 4)}"
-        if r < 0.95:
-            return "sync"
-        return "settle"
+        op = pick(rng.random(), [(0.18, "restart"),
+                                 (0.26, lambda: f"lag:{rng.randint(1, 3)}"),
+                                 (0.31, lambda: f"wait:{rng.choice([1, 2, 4])}"),
+                                 (0.37, lambda: f"redeliver:{rng.randint(0, 5)}")])
+        if op:
+            return op
+        return move_op(rng, rng.random(), [55, 20, 15, 10], [70, 30],
+                       [0.25, 0.40, 0.52, 0.58, 0.73, 0.77, 0.85, 0.95], [])
     if v2 == 3:
         r = rng.random()
-        if r < 0.10:
-            return "restart"
-        if r < 0.20:
-            return f"lag:{rng.randint(1, 3)}"
-        if r < 0.25:
-            return f"wait:{rng.choice([1, 2, 4])}"
+        op = pick(r, [(0.10, "restart"), (0.20, lambda: f"lag:{rng.randint(1, 3)}"),
+                      (0.25, lambda: f"wait:{rng.choice([1, 2, 4])}")])
+        if op:
+            return op
     if v2 and r < 0.08:
         return f"redeliver:{rng.randint(0, 5)}"
     if v2:
         r = rng.random()
-    mode = rng.choices(["now", "late", "never", "twice"], [60, 20, 10, 10])[0]
-    rep = rng.choices(["sync", "lag"], [75, 25])[0]
-    if r < 0.25:
-        return f"push:{mode}:{rep}"
-    if r < 0.37:
-        return f"reset:{rng.randint(1, 3)}:{mode}:{rep}"
-    if r < 0.49:
-        return f"amend:{mode}:{rep}"
-    if r < 0.54:
-        return f"reheads:{rng.randint(1, 6)}:{mode}:{rep}"   # force-push back to an earlier head (maybe abandoned)
-    if r < 0.69:
-        return f"deliver:{rng.randint(0, 9)}"
-    if r < 0.74:
-        return "dup"
-    if r < 0.82:
-        return f"lag:{rng.randint(1, 4)}"
-    if r < 0.90:
-        return "sync"
-    if r < 0.95:
-        return "restart"
-    return "settle"
+    return move_op(rng, r, [60, 20, 10, 10], [75, 25],
+                   [0.25, 0.37, 0.49, 0.54, 0.69, 0.74, 0.82, 0.90], [(0.95, "restart")])
 
 
 class Model:
