@@ -508,6 +508,53 @@ impl Owed {
     }
 }
 
+/// Why a plan's changes were not applied: a dry run, or a plan refused as a whole.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Unapplied {
+    DryRun,
+    Refused,
+}
+
+/// One item per change of a plan not applied, each drift logged: in sync, or drifted (its
+/// outcome says why it stays so).
+fn unapplied(changes: &[plan::Change], why: Unapplied) -> Vec<Item> {
+    changes
+        .iter()
+        .map(|c| {
+            let drifted = c.action != Action::NoOp;
+            if drifted {
+                let (arn, action, reason, source) =
+                    (&c.arn, c.action.as_str(), &c.reason, c.source_label());
+                match why {
+                    Unapplied::DryRun => tracing::info!(%arn, action, outcome = "dry_run", %reason, source, "drift (dry run: not applied)"),
+                    Unapplied::Refused => tracing::warn!(%arn, action, outcome = "refused", %reason, source, "drift not corrected: the plan was refused"),
+                }
+            }
+            let outcome = match (drifted, why) {
+                (false, _) => "in_sync",
+                (true, Unapplied::DryRun) => "drifted",
+                (true, Unapplied::Refused) => "refused",
+            };
+            Item {
+                id: Some(c.target.identity()),
+                status: ResourceStatus {
+                    arn: c.arn.clone(),
+                    action: Some(c.action.as_str()),
+                    outcome,
+                    error: None,
+                    source: c.source.as_ref().map(ToString::to_string),
+                },
+                state: if drifted {
+                    ResourceState::Drifted
+                } else {
+                    ResourceState::InSync
+                },
+                released: false,
+            }
+        })
+        .collect()
+}
+
 /// A failed listing of a scope's streams or a stream's consumers, not a call about one policy.
 fn is_listing(f: &plan::Failure) -> bool {
     matches!(
@@ -1751,23 +1798,17 @@ impl Reconciler {
     /// A hand-made grant on a declared resource must not go unseen while the guard holds.
     fn record_refused(&mut self, out: &mut RunOutcome, plan: &mut plan::Plan) {
         self.relative_sources(plan);
-        for c in &plan.changes {
-            let drifted = c.action != Action::NoOp;
-            let state = if drifted {
-                let source = c.source_label();
-                tracing::warn!(arn = %c.arn, action = c.action.as_str(), outcome = "refused", reason = %c.reason, source, "drift not corrected: the plan was refused");
-                out.resources.push(ResourceStatus {
-                    arn: c.arn.clone(),
-                    action: Some(c.action.as_str()),
-                    outcome: "refused",
-                    error: None,
-                    source: c.source.as_ref().map(ToString::to_string),
-                });
-                ResourceState::Drifted
-            } else {
-                ResourceState::InSync
-            };
-            self.states.insert(state_key(&c.target.identity()), state);
+        let items = unapplied(&plan.changes, Unapplied::Refused);
+        self.record_states(&items);
+        list_in_status(out, items);
+    }
+
+    /// Each item's state, for the counts.
+    fn record_states(&mut self, items: &[Item]) {
+        for item in items {
+            if let Some(id) = &item.id {
+                self.states.insert(state_key(id), item.state);
+            }
         }
     }
 
@@ -1929,11 +1970,7 @@ impl Reconciler {
         let interrupt = self.shared.interrupt.clone();
         let (items, _) = self.apply_plan(plan, &interrupt, &mut out).await;
         self.back_off(&items);
-        for item in &items {
-            if let Some(id) = &item.id {
-                self.states.insert(state_key(id), item.state);
-            }
-        }
+        self.record_states(&items);
         list_in_status(&mut out, items);
         out.skipped = self.skipped_status(&left, Instant::now());
         out.result = result;
@@ -2025,29 +2062,7 @@ impl Reconciler {
         }
         if self.opts.dry_run {
             out.summary = plan.summary();
-            for c in &plan.changes {
-                let drifted = c.action != Action::NoOp;
-                if drifted {
-                    let source = c.source_label();
-                    tracing::info!(arn = %c.arn, action = c.action.as_str(), outcome = "dry_run", reason = %c.reason, source, "drift (dry run: not applied)");
-                }
-                items.push(Item {
-                    id: Some(c.target.identity()),
-                    status: ResourceStatus {
-                        arn: c.arn.clone(),
-                        action: Some(c.action.as_str()),
-                        outcome: if drifted { "drifted" } else { "in_sync" },
-                        error: None,
-                        source: c.source.as_ref().map(ToString::to_string),
-                    },
-                    state: if drifted {
-                        ResourceState::Drifted
-                    } else {
-                        ResourceState::InSync
-                    },
-                    released: false,
-                });
-            }
+            items.extend(unapplied(&plan.changes, Unapplied::DryRun));
         } else {
             let plan_failures = std::mem::take(&mut plan.failures);
             let opts = ApplyOptions {
