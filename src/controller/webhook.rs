@@ -152,8 +152,11 @@ fn json_body(headers: &HeaderMap, body: &[u8]) -> Result<serde_json::Value, Stri
         c.to_ascii_lowercase()
             .starts_with("application/x-www-form-urlencoded")
     });
-    // `curl -d` labels raw JSON as a form too: without a payload field, read the body as is.
-    let payload = form
+    // `curl -d` labels raw JSON as a form too. Such a body is JSON, never a form: a
+    // `&payload=` inside one of its strings (a commit message, a branch name) is text, not a
+    // field, or whoever can push to any branch would choose the push kpr sees.
+    let raw_json = body.trim_ascii_start().starts_with(b"{");
+    let payload = (form && !raw_json)
         .then(|| std::str::from_utf8(body).ok())
         .flatten()
         .and_then(|text| text.split('&').find_map(|kv| kv.strip_prefix("payload=")));
@@ -592,6 +595,17 @@ mod tests {
             ("content-type", "application/x-www-form-urlencoded"),
         ]);
         assert_eq!(parse_event(Provider::GitHub, &curl, push), main.clone());
+        // Raw JSON labelled as a form: a `&payload=` in a commit message is text, not a field
+        // that replaces the push (a push to `dev` must not pass for one to `main`).
+        let smuggled = br#"{"ref":"refs/heads/dev","commits":[{"message":"x&payload=%7B%22ref%22%3A%22refs%2Fheads%2Fmain%22%7D&y"}]}"#;
+        assert_eq!(
+            parse_event(Provider::GitHub, &curl, smuggled),
+            Ok(Event::Push {
+                git_ref: Some("refs/heads/dev".into()),
+                pushed: None,
+                repository: None,
+            })
+        );
         let form = headers(&[
             ("x-github-event", "push"),
             ("content-type", "Application/X-WWW-Form-Urlencoded"),
