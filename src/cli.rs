@@ -1,8 +1,8 @@
 //! The `kpr` command line: argument definitions and the one-shot commands.
 //!
-//! Exit codes: 0 success (no changes with `--detailed-exitcode`), 1 error (a usage error too),
-//! 2 changes present (`plan --detailed-exitcode`; with `apply`, changes made). `policy diff`
-//! is diff(1)'s: 0 equivalent, 1 different, 2 trouble.
+//! Exit codes: 0 success (no changes with `--detailed-exitcode`), 1 error (a usage error, and
+//! output lost to a write error, too), 2 changes present (`plan --detailed-exitcode`; with
+//! `apply`, changes made). `policy diff` is diff(1)'s: 0 equivalent, 1 different, 2 trouble.
 
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
@@ -19,6 +19,9 @@ use crate::plan::{self, PlanOptions};
 use crate::policy::PolicyDocument;
 use crate::render::{self, Style};
 
+/// Set when stdout refused a write for any reason but a closed pipe (see [`stdout_failed`]).
+static STDOUT_FAILED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
 /// Writes to stdout; a closed pipe (`kpr plan | head`) means the reader has what it wanted,
 /// so it ends the output quietly instead of panicking as `print!` does.
 pub fn emit_bytes(bytes: &[u8]) {
@@ -27,8 +30,15 @@ pub fn emit_bytes(bytes: &[u8]) {
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
+        STDOUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
         crate::errln!("error: cannot write to stdout: {e}");
     }
+}
+
+/// Whether some output was lost (a full disk under `> plan.json`): the run must then fail,
+/// or a pipeline would read exit 0 or 2 and an empty or cut document as the plan.
+pub fn stdout_failed() -> bool {
+    STDOUT_FAILED.load(std::sync::atomic::Ordering::Relaxed)
 }
 
 macro_rules! out {

@@ -61,6 +61,7 @@ fn main() -> ExitCode {
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
     match outcome.map_err(anyhow::Error::from) {
+        Ok(_) if cli::stdout_failed() => ExitCode::from(error_code),
         Ok(code) => ExitCode::from(code),
         Err(e) => {
             kinesis_policy_reconciler::errln!("error: {e:#}");

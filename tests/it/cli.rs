@@ -1,5 +1,7 @@
 //! `kpr validate / plan / apply / policy` against real emulators, read back with boto3.
 
+use std::process::Stdio;
+
 use serde_json::json;
 
 use crate::common::{self, Emulator, Manifests, absent, manifest, read_policy, same_grant, unique};
@@ -435,6 +437,50 @@ fn usage_errors_exit_1_not_the_changes_code() {
         version.stdout.contains(env!("CARGO_PKG_VERSION")),
         "{version:?}"
     );
+}
+
+/// Output lost to a full disk fails the run: `kpr plan --output json > plan.json` must not
+/// read as "no changes" (or "changes") with an empty file. A reader that closed the pipe
+/// (`kpr schema | head`) has what it wanted: that is not an error.
+#[test]
+fn lost_output_fails_the_run_and_a_closed_pipe_does_not() {
+    let run = |args: &[&str], stdout: Stdio| {
+        let mut c = common::kpr_cmd("http://127.0.0.1:9");
+        c.args(args).stdout(stdout).stderr(Stdio::piped());
+        let out = c.output().expect("run kpr");
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let full = || Stdio::from(std::fs::File::create("/dev/full").expect("open /dev/full"));
+    for (args, code) in [
+        (
+            &["validate", "--dir", "policies", "--output", "json"][..],
+            1,
+        ),
+        (&["schema"][..], 1),
+        (
+            &["policy", "fmt", "policies/orders-cross-account-reader.yaml"][..],
+            1,
+        ),
+        (&["policy", "diff", "README.md", "README.md"][..], 2),
+    ] {
+        let (got, stderr) = run(args, full());
+        assert_eq!(got, Some(code), "{args:?}: {stderr}");
+        if code == 1 {
+            assert!(
+                stderr.contains("cannot write to stdout"),
+                "{args:?}: {stderr}"
+            );
+        }
+    }
+    // Its reader closed before kpr starts: every write meets a closed pipe.
+    let (reader, writer) = std::io::pipe().expect("pipe");
+    drop(reader);
+    let (got, stderr) = run(&["schema"], Stdio::from(writer));
+    assert_eq!(got, Some(0), "{stderr}");
+    assert!(stderr.is_empty(), "{stderr}");
 }
 
 /// `logLevel` and `logFormat` in the config file set the logs, below a flag or `KPR_*`
