@@ -627,7 +627,12 @@ async fn run_plan(
     mode: Option<ApplyMode>,
 ) -> Result<u8, CliError> {
     let args = settings.args;
-    let kind = if mode.is_some() { "apply" } else { "plan" };
+    // A dry run's document is a plan's, also when it is refused.
+    let kind = if mode.as_ref().is_some_and(|m| !m.dry_run) {
+        "apply"
+    } else {
+        "plan"
+    };
     // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
     // for JSON still gets a document on stdout, not nothing.
     let refuse =
@@ -720,11 +725,23 @@ async fn run_plan(
     };
     pb.finish_and_clear();
     // With --prune a target may name an undeclared resource whose policy is already gone
-    // (a repeated run): nothing to do is then the right answer, so only a warning.
+    // (a repeated run): nothing to do is then the right answer, so only a warning. One that
+    // names no resource at all is a typo, refused as it is without --prune.
+    if let Some(t) = targets
+        .iter()
+        .find(|t| !plan.covers(t) && plan.unlisted_targets.contains(t))
+    {
+        let message = format!(
+            "error: --target {t} matches no manifest in {} and no stream or consumer in \
+             reach; nothing was applied",
+            settings.dir.display()
+        );
+        return refuse("unmatched_target", message, &warnings, None);
+    }
     for t in targets.iter().filter(|t| !plan.covers(t)) {
         crate::errln!(
-            "warning: --target {t} matched nothing: no manifest in {}, and no policy to prune \
-             (already deleted, or a typo?)",
+            "warning: --target {t} matched nothing: no manifest in {}, and it has no policy \
+             to prune (already deleted?)",
             settings.dir.display()
         );
     }

@@ -211,6 +211,10 @@ pub struct Plan {
     /// Sorted by ARN; includes no-ops so callers can count and report them.
     pub changes: Vec<Change>,
     pub failures: Vec<Failure>,
+    /// With `--prune`, the targets no resource listed in reach matched, when every listing
+    /// succeeded: they name nothing that exists (a typo), not a policy already deleted.
+    #[serde(skip)]
+    pub unlisted_targets: Vec<ResourceArn>,
 }
 
 impl Plan {
@@ -568,6 +572,7 @@ async fn prune<K: Kinesis>(
             || (!is_pinned(live) && pinned_ids.contains(id))
     };
     let mut candidates = Vec::new();
+    let mut listing_failed = false;
     // Under --target, only where a target is: a one-resource run in a large estate neither
     // lists every account nor fails for another account's broken role.
     let in_reach = |stream: &ResourceArn| {
@@ -587,6 +592,7 @@ async fn prune<K: Kinesis>(
             Err(e) => {
                 plan.failures
                     .push(Failure::from_api(format!("scope {scope}"), None, &e));
+                listing_failed = true;
                 continue;
             }
         };
@@ -600,11 +606,21 @@ async fn prune<K: Kinesis>(
         for (stream, consumers) in consumer_lists {
             match consumers {
                 Ok(c) => candidates.extend(c),
-                Err(e) => plan
-                    .failures
-                    .push(Failure::from_api(stream.to_string(), None, &e)),
+                Err(e) => {
+                    plan.failures
+                        .push(Failure::from_api(stream.to_string(), None, &e));
+                    listing_failed = true;
+                }
             }
         }
+    }
+    if !listing_failed {
+        plan.unlisted_targets = opts
+            .targets
+            .iter()
+            .filter(|t| !candidates.iter().any(|a| target_names(t, a)))
+            .cloned()
+            .collect();
     }
     candidates.retain(|a| {
         let id = a.identity();
@@ -797,6 +813,7 @@ mod tests {
                     Some(source),
                 ),
             ],
+            ..Plan::default()
         };
         assert_eq!(plan.planned(), 3);
     }

@@ -1036,10 +1036,46 @@ fn target_limits_the_run() {
         &own_typo,
         "--prune",
     ]);
-    // Under --prune it may name a policy already deleted: a warning, and nothing done.
-    assert_eq!(miss.code, 0, "{miss:?}");
-    assert!(miss.stderr.contains("matched nothing"), "{miss:?}");
+    // Under --prune a target that names no stream at all is a typo too, and a dry run's
+    // refusal is a plan's document.
+    assert_eq!(miss.code, 1, "{miss:?}");
+    assert!(
+        miss.stderr
+            .contains("matches no manifest in ")
+            .then(|| miss.stderr.contains("and no stream or consumer in reach"))
+            == Some(true),
+        "{miss:?}"
+    );
     assert!(own.get_policy(&own_arn).is_none(), "a targeted miss wrote");
+    let dry = [&own_dir.arg(), "--target", &own_typo, "--prune"];
+    let json = own.kpr(
+        &[
+            &["apply", "--dry-run", "--dir"],
+            &dry[..],
+            &["--output", "json"],
+        ]
+        .concat(),
+    );
+    assert_eq!(json.code, 1, "{json:?}");
+    let doc = json.json();
+    assert_eq!(
+        (doc["kind"].as_str(), doc["refused"]["reason"].as_str()),
+        (Some("plan"), Some("unmatched_target")),
+        "{json:?}"
+    );
+    // One that names a stream with no manifest and no policy (pruned by an earlier run):
+    // nothing to do, with a warning.
+    let bare = own.create_stream(&unique("tp-bare"));
+    let done = own.kpr(&[
+        "apply",
+        "--dir",
+        &own_dir.arg(),
+        "--target",
+        &bare,
+        "--prune",
+    ]);
+    assert_eq!(done.code, 0, "{done:?}");
+    assert!(done.stderr.contains("matched nothing"), "{done:?}");
     // A target no manifest declares, whose policy --prune deletes: the note counts it.
     let stray = own.create_stream(&unique("tp-stray"));
     own.put_policy_raw(&stray, &read_policy(&stray, "111122223333").to_string());
