@@ -88,7 +88,7 @@ pub struct GlobalArgs {
     /// Largest policy, in bytes of JSON, that validation accepts [default: 20480].
     #[arg(long, global = true, env = "KPR_MAX_POLICY_SIZE")]
     pub max_policy_size: Option<usize>,
-    /// error, warn, info, debug or trace (or a tracing filter) [default: warn; serve: info].
+    /// off, error, warn, info, debug or trace (or a tracing filter) [default: warn; serve: info].
     #[arg(long, global = true, env = "KPR_LOG_LEVEL")]
     pub log_level: Option<String>,
     /// Log format; default: text on a terminal, JSON otherwise (serve) / text (other commands).

@@ -482,6 +482,13 @@ impl Settings {
                 if !valid_branch(&branch) {
                     return Err(format!("git branch {branch:?} is not a valid branch name"));
                 }
+                // A full ref would be fetched as refs/heads/refs/heads/main, and every push
+                // compared with that and ignored.
+                if let Some(name) = branch.strip_prefix("refs/heads/") {
+                    return Err(format!(
+                        "git branch {branch:?} is a ref, not a branch name: write {name:?}"
+                    ));
+                }
                 let path = normalize_git_path(
                     args.git_path
                         .as_deref()
@@ -881,6 +888,10 @@ mod tests {
         assert!(err(&["--dir", "d", "--git-url", "https://h/r.git"]).contains("not both"));
         assert!(err(&["--git-url", "https://h/r.git"]).contains("--git-branch"));
         assert!(err(&["--git-url", "https://h/r", "--git-branch", "a..b"]).contains("not a valid"));
+        assert!(
+            err(&["--git-url", "h", "--git-branch", "refs/heads/main"])
+                .contains("a ref, not a branch name: write \"main\"")
+        );
         assert!(
             err(&["--git-url", "f", "--git-branch", "m", "--git-path", "../x"])
                 .contains("inside the repository")
