@@ -137,6 +137,7 @@ pub enum Command {
     #[command(subcommand)]
     Policy(PolicyCommand),
     /// Write a manifest for every stream and consumer that has a policy in one account/region.
+    ///
     /// The region: --region, KPR_REGION or the config file's `region`, else AWS_REGION,
     /// AWS_DEFAULT_REGION or the AWS profile's.
     Import {
@@ -154,8 +155,13 @@ pub enum Command {
         #[arg(value_enum)]
         shell: clap_complete::Shell,
     },
-    /// Print the man page (roff).
-    Man,
+    /// Print the man page kpr(1) (roff), or with --dir write it and one page per subcommand
+    /// (kpr-plan(1), ...), which it refers to.
+    Man {
+        /// Directory to write kpr.1 and kpr-*.1 into.
+        #[arg(long)]
+        dir: Option<PathBuf>,
+    },
     /// Print the JSON Schema of the manifest format.
     Schema,
 }
@@ -394,6 +400,22 @@ impl Cli {
     }
 }
 
+/// kpr(1)'s EXIT STATUS section, as the module's header and the README give the codes.
+const EXIT_STATUS_ROFF: &str = r#".SH "EXIT STATUS"
+.TP
+0
+Success; with \fB\-\-detailed\-exitcode\fR, no changes.
+.TP
+1
+An error: invalid manifests, a failed resource, a refused prune, a usage error, or output that
+could not be written.
+.TP
+2
+Changes present (\fBplan \-\-detailed\-exitcode\fR, \fBapply \-\-dry\-run
+\-\-detailed\-exitcode\fR), or made (\fBapply \-\-detailed\-exitcode\fR).
+\fBpolicy diff\fR is diff(1)'s: 0 equivalent, 1 different, 2 trouble.
+"#;
+
 pub const EXIT_OK: u8 = 0;
 pub const EXIT_ERROR: u8 = 1;
 pub const EXIT_CHANGES: u8 = 2;
@@ -540,16 +562,28 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
             emit_bytes(&buf);
             Ok(EXIT_OK)
         }
-        Command::Man => {
+        Command::Man { dir } => {
             let cmd = <Cli as clap::CommandFactory>::command();
-            let mut buf = Vec::new();
-            clap_mangen::Man::new(cmd)
-                .render(&mut buf)
-                .map_err(|source| CliError::Io {
+            let mut page = Vec::new();
+            let rendered = clap_mangen::Man::new(cmd.clone()).render(&mut page);
+            page.extend_from_slice(EXIT_STATUS_ROFF.as_bytes());
+            let Some(dir) = dir else {
+                rendered.map_err(|source| CliError::Io {
                     path: "man page".into(),
                     source,
                 })?;
-            emit_bytes(&buf);
+                emit_bytes(&page);
+                return Ok(EXIT_OK);
+            };
+            // Every page, then kpr.1 again with its EXIT STATUS section.
+            clap_mangen::generate_to(cmd, &dir)
+                .and(rendered)
+                .and_then(|()| std::fs::write(dir.join("kpr.1"), &page))
+                .map_err(|source| CliError::Io {
+                    path: dir.display().to_string(),
+                    source,
+                })?;
+            outln!("man pages written to {}", dir.display());
             Ok(EXIT_OK)
         }
         Command::Schema => {

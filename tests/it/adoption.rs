@@ -258,6 +258,33 @@ fn completions_and_man_page_cover_the_commands() {
         &man.stdout[..man.stdout.len().min(200)]
     );
     assert!(man.stdout.contains("validate"));
+    assert!(man.stdout.contains(".SH \"EXIT STATUS\""), "{}", man.stdout);
+    // The pages kpr(1) refers to (kpr-plan(1), ...) exist: `man --dir` writes them all.
+    let dir = tempfile::tempdir().unwrap();
+    let written = kpr_offline(&["man", "--dir", &dir.path().display().to_string()]);
+    assert_eq!(written.code, 0, "{written:?}");
+    for sub in [
+        "validate",
+        "plan",
+        "apply",
+        "serve",
+        "import",
+        "policy-diff",
+    ] {
+        let page = format!("kpr-{sub}(1)");
+        // A nested one (kpr-policy-diff) is named in its parent's page.
+        let named = man.stdout.contains(&page.replace('-', "\\-"));
+        assert!(named || sub.contains('-'), "kpr(1) names no {page}");
+        let file = dir.path().join(format!("kpr-{sub}.1"));
+        let text = std::fs::read_to_string(&file).unwrap_or_default();
+        assert!(
+            text.contains(".TH kpr-"),
+            "{} is not a man page",
+            file.display()
+        );
+    }
+    let main = std::fs::read_to_string(dir.path().join("kpr.1")).unwrap();
+    assert_eq!(main, man.stdout, "kpr.1 differs from `kpr man`");
 }
 
 /// The Kubernetes StatefulSet's container args, with the ConfigMap's config.yaml, are accepted by
