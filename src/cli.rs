@@ -370,6 +370,25 @@ pub enum CliError {
     },
 }
 
+impl CliError {
+    /// The `refused.reason` of the JSON document that reports it.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            CliError::Config(_) => "invalid_config",
+            CliError::Usage(_) => "usage",
+            CliError::Io { .. } => "io_error",
+        }
+    }
+}
+
+/// For a command that ends in an error before printing its JSON document (`kind`, see
+/// [`Cli::json_kind`]): the refusal document instead, so stdout is never empty.
+pub fn refused_document(kind: Option<&str>, reason: &str, message: &str) {
+    if let Some(kind) = kind {
+        outln!("{}", render::refused_json(kind, reason, message, &[], None));
+    }
+}
+
 impl Cli {
     /// The command line (and `KPR_*` variables), noting where a flag and a variable of two
     /// one-choice settings meet (see [`crate::controller::ServeArgs::from_env`]).
@@ -389,6 +408,22 @@ impl Cli {
             args.from_env = from_env;
         }
         Ok(cli)
+    }
+
+    /// The `kind` of the JSON document this command prints, when it prints one: what an error
+    /// that ends it before its document (a config file that does not load) is reported as, so
+    /// a pipeline that asked for JSON still reads one. `file`: the config, when it loaded.
+    pub fn json_kind(&self, file: Option<&FileConfig>) -> Option<&'static str> {
+        let json = |o: OutputFormat| o == OutputFormat::Json;
+        match &self.command {
+            Command::Validate { output, .. } if json(*output) => Some("validate"),
+            Command::Plan(p) if json(p.output) => Some("plan"),
+            Command::Apply { plan, dry_run, .. } if json(plan.output) => {
+                let dry = dry_run.value.or(file.and_then(|f| f.dry_run));
+                Some(if dry == Some(true) { "plan" } else { "apply" })
+            }
+            _ => None,
+        }
     }
 
     /// The exit code for trouble: `policy diff` keeps 2, as diff(1) does (1 means "differ").

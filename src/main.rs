@@ -23,15 +23,20 @@ fn main() -> ExitCode {
     let file = match FileConfig::load_opt(cli.global.config.as_deref()) {
         Ok(file) => file,
         Err(e) => {
-            kinesis_policy_reconciler::errln!("error: {:#}", anyhow::Error::from(e));
+            let message = format!("error: {:#}", anyhow::Error::from(e));
+            kinesis_policy_reconciler::errln!("{message}");
+            cli::refused_document(cli.json_kind(None), "invalid_config", &message);
             return ExitCode::from(error_code);
         }
     };
     let serving = matches!(cli.command, Command::Serve(_));
+    let json_kind = cli.json_kind(Some(&file));
     match cli::log_settings(&cli.global, &file, serving) {
         Ok((filter, json)) => cli::init_logging(filter, json),
         Err(e) => {
-            kinesis_policy_reconciler::errln!("error: {e}");
+            let message = format!("error: {e}");
+            kinesis_policy_reconciler::errln!("{message}");
+            cli::refused_document(json_kind, "usage", &message);
             return ExitCode::from(error_code);
         }
     }
@@ -60,11 +65,14 @@ fn main() -> ExitCode {
         // A panic keeps its own message and exit status, as it would outside a task.
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     };
-    match outcome.map_err(anyhow::Error::from) {
+    match outcome {
         Ok(_) if cli::stdout_failed() => ExitCode::from(error_code),
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            kinesis_policy_reconciler::errln!("error: {e:#}");
+            let reason = e.reason();
+            let message = format!("error: {:#}", anyhow::Error::from(e));
+            kinesis_policy_reconciler::errln!("{message}");
+            cli::refused_document(json_kind, reason, &message);
             ExitCode::from(error_code)
         }
     }

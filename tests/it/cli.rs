@@ -413,6 +413,49 @@ fn usage_errors_exit_1_not_the_changes_code() {
         let bad = run(&same, &[("KPR_LOG_LEVEL", level)]);
         assert_eq!(bad.code, 2, "{bad:?}");
     }
+    // A pipeline that asked for JSON reads a document for these too, not an empty stdout.
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "bogus: 1\n").unwrap();
+    let config = cfg.path().display().to_string();
+    let dir = ["--dir", "policies"];
+    let with_dir = |args: &[&'static str]| [args, &dir[..]].concat();
+    for (args, env, kind, reason) in [
+        (
+            with_dir(&["plan", "--output", "json"]),
+            ("KPR_CONFIG", &*config),
+            "plan",
+            "invalid_config",
+        ),
+        (
+            with_dir(&["apply", "--dry-run", "--output", "json"]),
+            ("KPR_LOG_LEVEL", "warning"),
+            "plan",
+            "usage",
+        ),
+        // No --dir at all.
+        (
+            vec!["apply", "--output", "json"],
+            ("KPR_LOG_LEVEL", "warn"),
+            "apply",
+            "usage",
+        ),
+        (
+            with_dir(&["validate", "--output", "json"]),
+            ("KPR_CONFIG", &*config),
+            "validate",
+            "invalid_config",
+        ),
+    ] {
+        let got = run(&args, &[env]);
+        assert_eq!(got.code, 1, "{args:?}: {got:?}");
+        let doc: serde_json::Value = serde_json::from_str(&got.stdout)
+            .unwrap_or_else(|e| panic!("{args:?}: not a JSON document ({e}): {got:?}"));
+        assert_eq!(
+            (doc["kind"].as_str(), doc["refused"]["reason"].as_str()),
+            (Some(kind), Some(reason)),
+            "{args:?}: {got:?}"
+        );
+    }
     // An empty variable is unset: the default level.
     for level in [
         "WARN",
