@@ -878,8 +878,21 @@ impl Kinesis for AwsKinesis {
             .ok_or_else(|| {
                 ApiError::new(op, ErrorClass::Fatal, None, "response has no consumer")
             })?;
-        ResourceArn::parse(&live)
-            .map_err(|e| ApiError::new(op, ErrorClass::Fatal, None, e.to_string()))
+        let resolved = ResourceArn::parse(&live)
+            .map_err(|e| ApiError::new(op, ErrorClass::Fatal, None, e.to_string()))?;
+        // The answer only adds the registration's epoch: reads and writes go where it points,
+        // so one naming another account, stream or consumer must not redirect them.
+        if !resolved.same_resource(arn) {
+            return Err(ApiError::new(
+                op,
+                ErrorClass::Fatal,
+                None,
+                format!(
+                    "the service answered with {live}, which is not {arn}: nothing is done there"
+                ),
+            ));
+        }
+        Ok(resolved)
     }
 
     async fn list_streams_page(

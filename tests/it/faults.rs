@@ -1015,3 +1015,41 @@ fn a_targeted_prune_lists_only_the_targets_streams() {
     let listed = proxy.op("ListStreamConsumers").forwarded;
     assert_eq!(listed, 3, "{}", proxy.describe());
 }
+
+/// A consumer declared by name is read and written where DescribeStreamConsumer says it is
+/// registered; an answer naming another account (or stream, or consumer) must not send the
+/// write there.
+#[test]
+fn a_consumer_resolved_to_another_resource_is_refused() {
+    let emu = common::kinesis_mock_private();
+    let stream = emu.create_stream(&common::unique("elsewhere"));
+    emu.register_consumer(&stream, "analytics");
+    let by_name = format!("{stream}/consumer/analytics");
+    let policy = serde_json::json!({
+        "Version": "2012-10-17",
+        "Statement": [{
+            "Effect": "Allow",
+            "Principal": {"AWS": "arn:aws:iam::444455556666:role/reader"},
+            "Action": "kinesis:SubscribeToShard",
+            "Resource": "*",
+        }]
+    });
+    let dir = common::Manifests::new(&[("c.yaml", &common::manifest(&by_name, &policy))]);
+    let proxy = Proxy::start(&emu.url);
+    let other = "999999999999";
+    proxy.rewrite(
+        "DescribeStreamConsumer",
+        &format!(":{}:stream/", emu.account),
+        &format!(":{other}:stream/"),
+    );
+    let mut cmd = kpr_via(&proxy);
+    cmd.env("AWS_ACCESS_KEY_ID", &emu.account)
+        .args(["apply", "--dir", &dir.arg()]);
+    let (run, _) = run_bounded(cmd, Duration::from_secs(60));
+    assert_eq!(run.code, 1, "{run:?}");
+    assert!(
+        run.stdout.contains(&format!(":{other}:stream/")) && run.stdout.contains("which is not"),
+        "{run:?}"
+    );
+    assert_eq!(proxy.writes(), 0, "{}", proxy.describe());
+}

@@ -149,6 +149,8 @@ struct Config {
     gone: Option<Gone>,
     /// Calls of these operations wait, counted as seen, until [`Proxy::release`].
     held: Vec<String>,
+    /// (operation, from, to): text replaced in that operation's forwarded answers.
+    rewrites: Vec<(String, String, String)>,
 }
 
 struct Shared {
@@ -276,6 +278,15 @@ impl Proxy {
     /// while the caller is mid-call, with no timing to guess.
     pub fn hold(&self, op: &str) -> &Self {
         self.config().held.push(op.to_string());
+        self
+    }
+
+    /// In every answer to `op` the backend sends, `from` is replaced by `to`: a service that
+    /// answers with something other than what was asked.
+    pub fn rewrite(&self, op: &str, from: &str, to: &str) -> &Self {
+        self.config()
+            .rewrites
+            .push((op.to_string(), from.to_string(), to.to_string()));
         self
     }
 
@@ -747,11 +758,17 @@ async fn handle(
             upstream_failed();
             return None;
         };
-        let (parts, body) = resp.into_parts();
-        let Ok(bytes) = body.collect().await.map(|b| b.to_bytes()) else {
+        let (mut parts, body) = resp.into_parts();
+        let Ok(mut bytes) = body.collect().await.map(|b| b.to_bytes()) else {
             upstream_failed();
             return None;
         };
+        let rewrites = s.config.lock().unwrap().rewrites.clone();
+        for (_, from, to) in rewrites.iter().filter(|(o, _, _)| *o == key.0) {
+            let text = String::from_utf8_lossy(&bytes).replace(from.as_str(), to);
+            bytes = Bytes::from(text);
+            parts.headers.remove(hyper::header::CONTENT_LENGTH);
+        }
         s.stats
             .lock()
             .unwrap()
