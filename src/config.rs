@@ -176,7 +176,16 @@ fn role_account(arn: &str) -> Option<&str> {
     let (partition, rest) = rest.split_once(':')?;
     let (account, name) = rest.strip_prefix("iam::")?.split_once(":role/")?;
     let id = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
-    (!partition.is_empty() && id && !name.is_empty() && !name.ends_with('/')).then_some(account)
+    // IAM's own rules for a role's path and name: a typo (a space, a line break, a partition
+    // that does not exist) is told here, not as an AssumeRole failure at the first call.
+    let name_ok = !name.is_empty()
+        && !name.ends_with('/')
+        && name.len() <= 512
+        && name.rsplit('/').next().is_some_and(|n| (1..=64).contains(&n.len()))
+        && name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b));
+    (crate::arn::PARTITIONS.contains(&partition) && id && name_ok).then_some(account)
 }
 
 /// The accounts, each once: written twice (`"111122223333"` and `111122223333` are one id),
@@ -321,6 +330,10 @@ mod tests {
             "arn:aws:iam::2222:role/kpr",
             "arn:aws:iam::222233334444:role/",
             "arn:aws:iam::222233334444:user/kpr",
+            "arn:bogus:iam::222233334444:role/kpr",
+            "arn:aws:iam::222233334444:role/kpr target",
+            // A YAML escape: a line break in the role's name.
+            "\"arn:aws:iam::222233334444:role/kpr\\nx\"",
         ] {
             let e = role(bad).unwrap_err();
             assert!(e.contains("is not an IAM role ARN"), "{bad}: {e}");
