@@ -357,7 +357,17 @@ fn narrow_cidr(value: &str) -> bool {
     };
     match addr.parse::<std::net::IpAddr>() {
         Ok(std::net::IpAddr::V4(_)) => (8..=32).contains(&bits),
-        Ok(std::net::IpAddr::V6(_)) => (32..=128).contains(&bits),
+        // A range over the IPv4-mapped (::ffff:0:0/96) or IPv4-compatible (::/96) addresses
+        // is, for an IPv4 caller, the IPv4 range in its last 32 bits: `::ffff:0:0/96` would
+        // be the whole IPv4 internet, `::/32` contains both. It is held to the IPv4 bound.
+        Ok(std::net::IpAddr::V6(v6)) if (32..=128).contains(&bits) => {
+            let mask = |bits: u8| u128::MAX.checked_shl(128 - u32::from(bits)).unwrap_or(0);
+            let over_v4 = [0xffff_u128 << 32, 0]
+                .iter()
+                .any(|&v4| u128::from(v6) & mask(bits.min(96)) == v4 & mask(bits.min(96)));
+            !over_v4 || bits >= 96 + 8
+        }
+        Ok(std::net::IpAddr::V6(_)) => false,
         Err(_) => false,
     }
 }
@@ -1084,6 +1094,11 @@ mod tests {
                 json!({"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}),
                 json!({"IpAddress": {"aws:SourceIp": "::/0"}}),
                 json!({"IpAddress": {"aws:SourceIp": "0.0.0.0/1"}}),
+                // Every IPv4 caller, in IPv6 notation.
+                json!({"IpAddress": {"aws:SourceIp": "::ffff:0.0.0.0/96"}}),
+                json!({"IpAddress": {"aws:SourceIp": "::/32"}}),
+                json!({"IpAddress": {"aws:SourceIp": "::ffff:0.0.0.0/100"}}),
+                json!({"IpAddress": {"aws:SourceIp": "2001:db8::/300"}}),
                 json!({"IpAddress": {"aws:VpcSourceIp": "10.0.0.0/8"}}),
                 json!({"StringLike": {"aws:SourceVpce": "vpce-*"}}),
                 json!({"StringEquals": {"aws:PrincipalServiceName": "lambda.amazonaws.com"}}),
@@ -1109,6 +1124,7 @@ mod tests {
                 json!({"ForAnyValue:StringLike": {"aws:PrincipalOrgPaths": "o-a/r-b/*"}}),
                 json!({"IpAddress": {"aws:SourceIp": "203.0.113.0/24"}}),
                 json!({"IpAddress": {"aws:SourceIp": ["203.0.113.7", "2001:db8::/48"]}}),
+                json!({"IpAddress": {"aws:SourceIp": "::ffff:203.0.113.0/120"}}),
                 json!({"StringLike": {"aws:userid": "AROAEXAMPLEID:*"}}),
                 json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
                 json!({"ArnLike": {"aws:PrincipalArn": "arn:*:iam::111122223333:role/reader"}}),
