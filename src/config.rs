@@ -181,7 +181,10 @@ fn role_account(arn: &str) -> Option<&str> {
     let name_ok = !name.is_empty()
         && !name.ends_with('/')
         && name.len() <= 512
-        && name.rsplit('/').next().is_some_and(|n| (1..=64).contains(&n.len()))
+        && name
+            .rsplit('/')
+            .next()
+            .is_some_and(|n| (1..=64).contains(&n.len()))
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b));

@@ -132,6 +132,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
         return;
     }
     partition_rule(out, s, path, sid, ctx);
+    principal_wildcard_rule(out, s, path, sid);
     confused_deputy_rule(out, s, path, sid);
     if ctx.allow_public {
         return;
@@ -187,28 +188,52 @@ fn partition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx:
     let Some(own) = ctx.resource_arn.split(':').nth(1) else {
         return;
     };
-    for (key, p) in [
-        ("Principal", s.principal()),
-        ("NotPrincipal", s.not_principal()),
-    ] {
-        for id in p
-            .map(|p| p.identifiers(PrincipalType::Aws))
-            .unwrap_or_default()
-        {
-            let Some(other) = id.strip_prefix("arn:").and_then(|r| r.split(':').next()) else {
-                continue;
-            };
-            if other != own {
-                out.error(
-                    &format!("{path}.{key}.AWS"),
-                    format!(
-                        "{id:?} is in partition {other}, the resource in {own}: IAM matches \
-                         principals within the resource's partition only{sid}"
-                    ),
-                );
-            }
+    for (key, id) in aws_principal_ids(s) {
+        let Some(other) = id.strip_prefix("arn:").and_then(|r| r.split(':').next()) else {
+            continue;
+        };
+        if other != own {
+            out.error(
+                &format!("{path}.{key}.AWS"),
+                format!(
+                    "{id:?} is in partition {other}, the resource in {own}: IAM matches \
+                     principals within the resource's partition only{sid}"
+                ),
+            );
         }
     }
+}
+
+/// IAM matches no part of a principal with a wildcard (only the whole `"*"`) and refuses a
+/// policy that tries: told here, before any call, rather than as a failed write at apply.
+fn principal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    for (key, id) in aws_principal_ids(s) {
+        if id != "*" && id.contains(['*', '?']) {
+            out.error(
+                &format!("{path}.{key}.AWS"),
+                format!(
+                    "{id:?} holds a wildcard: IAM matches no part of a principal with one, and \
+                     refuses the policy. Name each principal, or use \"*\" with a Condition on \
+                     aws:PrincipalArn (ArnLike) or aws:PrincipalAccount{sid}"
+                ),
+            );
+        }
+    }
+}
+
+/// The AWS identifiers of a statement's Principal and NotPrincipal, with the key of each.
+fn aws_principal_ids(s: &Statement) -> impl Iterator<Item = (&'static str, &str)> {
+    [
+        ("Principal", s.principal()),
+        ("NotPrincipal", s.not_principal()),
+    ]
+    .into_iter()
+    .flat_map(|(key, p)| {
+        p.map(|p| p.identifiers(PrincipalType::Aws))
+            .unwrap_or_default()
+            .into_iter()
+            .map(move |id| (key, id))
+    })
 }
 
 /// An Allow to an AWS service acts for whichever account the service works for, unless a
@@ -817,6 +842,29 @@ mod tests {
             json!({"Principal": null, "Effect": "Deny", "NotPrincipal": {"AWS": "444455556666"}}),
         );
         assert_eq!(run(&d, &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn a_wildcard_in_part_of_a_principal_is_refused() {
+        for id in [
+            "arn:aws:iam::*:root",
+            "arn:aws:iam::111122223333:role/*",
+            "1111222233?3",
+        ] {
+            for key in ["Principal", "NotPrincipal"] {
+                let mut extra = json!({"Principal": null, "Effect": "Deny"});
+                extra[key] = json!({"AWS": ["444455556666", id]});
+                let f = run(&policy(extra), &ctx(STREAM));
+                one_finding(
+                    &f,
+                    Severity::Error,
+                    &format!("Statement[0].{key}.AWS"),
+                    &format!("{id:?} holds a wildcard"),
+                );
+            }
+        }
+        let whole = json!({"Principal": {"AWS": "*"}, "Effect": "Deny"});
+        assert_eq!(run(&policy(whole), &ctx(STREAM)), []);
     }
 
     #[test]
