@@ -100,9 +100,16 @@ impl Source {
         match self {
             Source::Dir(_) => false,
             Source::Git(g) => {
-                let dir = self.manifest_dir();
-                let real = |p: &Path| std::fs::canonicalize(p).ok();
-                real(&dir) != real(&g.checkout).map(|c| c.join(&g.path))
+                // A directory that is not there (a mistyped --git-path, a revision that
+                // renamed it) is reported as missing: it is behind no link, and holds no
+                // file a diff could miss.
+                let Ok(real) = std::fs::canonicalize(self.manifest_dir()) else {
+                    return false;
+                };
+                std::fs::canonicalize(&g.checkout)
+                    .map(|c| c.join(&g.path))
+                    .ok()
+                    != Some(real)
             }
         }
     }

@@ -3176,6 +3176,37 @@ fn an_invalid_revision_applies_nothing_behind_a_symlink() {
     }
 }
 
+/// A `--git-path` the repository does not have is reported as missing, not as a symlink
+/// (a path that cannot be resolved is behind no link).
+#[test]
+fn a_mistyped_git_path_is_reported_as_missing() {
+    let emu = common::kinesis_mock();
+    let a = emu.create_stream(&unique("serve-nopath"));
+    let repo = Repo::new();
+    repo.write("policies/a.yaml", &manifest(&a, &role_one(&a)));
+    let first = repo.push("main", "a");
+    let args = repo.source_args(&["--git-path", "policy", "--interval", "1h"]);
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args,
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    let st = serve.status_when("the first run", Duration::from_secs(30), |st| {
+        st["last_run"]["revision"] == first.as_str() && st["running"] == false
+    });
+    let error = st["last_run"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("policy") && !error.contains("symlink"),
+        "{st:#}\n{}",
+        serve.logs()
+    );
+    assert!(!serve.logs().contains("symlink"), "{}", serve.logs());
+    serve.stop();
+}
+
 /// A directory has no commits to diff, so kpr compares each file's content with what the last
 /// run read: a webhook reconciles only the files that changed, and nothing when none did.
 #[test]
