@@ -580,8 +580,10 @@ async fn sleep_until(at: Option<tokio::time::Instant>) {
     }
 }
 
+/// A wait as a person reads it: up to the next millisecond, so a 30 s delay measured a
+/// moment after it was set reads "30s", not "29s 999ms".
 fn round_ms(d: Duration) -> Duration {
-    Duration::from_millis(d.as_millis() as u64)
+    Duration::from_millis(d.as_micros().div_ceil(1000) as u64)
 }
 
 impl Reconciler {
