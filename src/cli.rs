@@ -496,12 +496,15 @@ pub fn log_settings(
     let level = given(&g.log_level)
         .or_else(|| given(&file.log_level))
         .unwrap_or_else(|| {
+            // The SDK's credential chain warns of each link that found nothing, with the
+            // error's whole Debug form; kpr's own error for the calls says it once, readably.
+            let chain = "aws_config::meta::credentials::chain=error";
             if serving {
-                "info".into()
+                format!("info,{chain}")
             } else {
                 // A one-shot apply reports every failed change itself; the service's record of
                 // each (a warning) would say it all a second time.
-                "warn,kinesis_policy_reconciler::apply=error".into()
+                format!("warn,kinesis_policy_reconciler::apply=error,{chain}")
             }
         });
     let json = match g.log_format.or(file.log_format) {

@@ -216,7 +216,14 @@ impl CredentialCache {
                     std::error::Error::source(&e).map_or_else(|| e.to_string(), super::error_chain);
                 let message = match &self.label {
                     Some(label) => format!("{label}: {chain}"),
-                    None => chain,
+                    // The default chain, tried because the environment holds no keys: its last
+                    // link's failure (the instance metadata service, off EC2) hides the cause.
+                    None => format!(
+                        "no AWS credentials: none in the environment, and the default chain \
+                         (profile, SSO, web identity, container, instance metadata) found none \
+                         ({chain}). Set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
+                         AWS_SECRET_ACCESS_KEY; against a local emulator any values do"
+                    ),
                 };
                 *self.failed.lock().expect("credentials failure") =
                     Some((std::time::Instant::now(), message.clone()));

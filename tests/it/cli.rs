@@ -670,6 +670,12 @@ fn without_keys_in_the_environment_the_default_credential_chain_runs() {
     ] {
         assert!(message.contains(link), "{link} not tried: {message}");
     }
+    // Said once, with what to do, and not again in the SDK's warnings (its Debug dumps).
+    assert!(
+        message.contains("no AWS credentials") && message.contains("AWS_ACCESS_KEY_ID"),
+        "{message}"
+    );
+    assert!(!none.stderr.contains("provider failed"), "{none:?}");
     assert_eq!(emu.get_policy(&arn), None, "a plan wrote a policy");
 }
 
