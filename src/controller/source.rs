@@ -260,12 +260,14 @@ impl Source {
         }
     }
 
-    /// What [`Self::keep_words`] kept under `key`.
+    /// What [`Self::keep_words`] kept under `key`. Read from the config file itself: a working
+    /// copy git no longer opens (a garbled HEAD) still tells what it kept, before the copy is
+    /// moved aside and cloned afresh.
     async fn kept_words(&self, key: &str) -> Vec<String> {
         let Source::Git(g) = self else {
             return Vec::new();
         };
-        match g.git(["config", "--get", key]).await {
+        match g.kept_config(&g.checkout, &["--get", key]).await {
             Ok(v) => v.split_whitespace().map(str::to_string).collect(),
             Err(_) => Vec::new(),
         }
@@ -483,25 +485,53 @@ impl GitRepo {
         }
         tracing::warn!(error = %failed, "the git working copy is damaged: moving it aside and fetching afresh");
         let last_good = self.last_good_ref().await;
+        // Everything kpr keeps beside it (the heads resets replaced, the pushes seen, a reset
+        // pending, the doubt about the last good revision): without it, a replica serving a
+        // replaced head would have that head applied again.
+        let kept = self
+            .kept_config(&self.checkout, &["--get-regexp", r"^kpr\."])
+            .await
+            .unwrap_or_default();
         let aside = self.checkout.with_extension("damaged");
         let _ = tokio::fs::remove_dir_all(&aside).await;
         tokio::fs::rename(&self.checkout, &aside)
             .await
             .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
         let sha = self.sync_once().await?;
-        if let Some(good) = last_good
-            && self.commit_of(&good).await.is_ok()
-        {
-            let kept = async {
+        let good = match last_good {
+            Some(good) if self.commit_of(&good).await.is_ok() => Some(good),
+            _ => None,
+        };
+        let carried = async {
+            for (key, value) in kept.lines().filter_map(|l| l.split_once(' ')) {
+                // The last good revision's source only with the revision itself.
+                if good.is_some() || !key.eq_ignore_ascii_case(LAST_GOOD_SOURCE) {
+                    self.git(["config", key, value]).await?;
+                }
+            }
+            if let Some(good) = &good {
                 self.git(["config", LAST_GOOD_SOURCE, &self.identity()])
                     .await?;
-                self.git(["update-ref", LAST_GOOD_REF, &good]).await
-            };
-            if let Err(e) = kept.await {
-                tracing::warn!(error = %e, "cannot keep the last good revision in the new working copy");
+                self.git(["update-ref", LAST_GOOD_REF, good]).await?;
             }
+            Ok::<_, String>(())
+        };
+        if let Err(e) = carried.await {
+            tracing::warn!(error = %e, "cannot keep what the damaged working copy kept in the new one");
         }
         Ok(sha)
+    }
+
+    /// `git config --file CHECKOUT/.git/config ARGS`, run from the workdir: it reads the file
+    /// whether or not git can open the repository around it.
+    async fn kept_config(&self, checkout: &Path, args: &[&str]) -> Result<String, String> {
+        let file = checkout.join(".git").join("config");
+        let mut all: Vec<&OsStr> =
+            vec![OsStr::new("config"), OsStr::new("--file"), file.as_os_str()];
+        all.extend(args.iter().map(OsStr::new));
+        let workdir = self.checkout.parent().unwrap_or(&self.checkout);
+        let out = self.run_git(workdir, all).await?;
+        Ok(String::from_utf8_lossy(&out).into_owned())
     }
 
     /// Whether git finds the working copy sound: its repository opens and every object it

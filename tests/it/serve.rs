@@ -1854,6 +1854,19 @@ fn the_heads_resets_replaced_stay_refused() {
     serve.trigger();
     serve.applied(&fresh);
     assert!(live(&emu, &d).is_some());
+
+    // And after a restart that finds the working copy damaged, moves it aside and clones
+    // afresh: what the old copy kept comes along.
+    serve.stop();
+    std::fs::write(workdir.path().join("repo/.git/HEAD"), "garbage\n").unwrap();
+    serve_at(&repo, &third);
+    let serve = start(false);
+    refused(&serve, "the old head to be refused after a fresh clone");
+    assert!(
+        serve.logs().contains("the git working copy is damaged"),
+        "{}",
+        serve.logs()
+    );
     serve.stop();
 }
 
