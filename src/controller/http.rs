@@ -30,6 +30,8 @@ const REPLAY_MEMORY: usize = 4096;
 
 /// Pushes kept for the next run: more than a run is likely to see come in.
 const MAX_PENDING_PUSHES: usize = 1024;
+/// In the workdir, beside the working copy (which a damaged copy's recovery moves aside).
+const PENDING_PUSHES: &str = "pending-pushes";
 
 pub struct Shared {
     pub queue: Queue,
@@ -50,6 +52,12 @@ pub struct Shared {
     /// judges each in turn (a push forward, a reset, or a late delivery), so none of them is
     /// lost to the one after it (see [`super::reconcile`]).
     pub pushes: Mutex<VecDeque<Pushed>>,
+    /// The pushes a run took from `pushes` and is judging: kept on disk with the queue
+    /// until their judgement is (see [`Shared::keep_pending`]).
+    judging: Mutex<Vec<Pushed>>,
+    /// Where the pushes not yet judged are kept across a restart (git sources): a push
+    /// answered 202 must not be lost to a stop or a crash before a run judged it.
+    pending_file: Option<std::path::PathBuf>,
     /// The revision a run is applying, while it applies it (see [`Shared::applying`]).
     under_way: Mutex<Option<Applying>>,
     max_body: usize,
@@ -116,6 +124,80 @@ impl Shared {
         ApplyingGuard(self.clone())
     }
 
+    /// Queues a push for the next run to judge, and keeps it on disk before the webhook is
+    /// answered. Under the queue's lock, which a run takes to start applying (see
+    /// [`Shared::applying`]): the push is either queued before it looks or seen here.
+    pub fn queue_push(&self, pushed: Pushed) {
+        let mut pushes = self.pushes.lock().expect("pushes lock");
+        self.stop_replaced(&pushed);
+        // Bounded, for a flood of deliveries during a long run: the oldest go first.
+        if pushes.len() >= MAX_PENDING_PUSHES {
+            pushes.pop_front();
+        }
+        pushes.push_back(pushed);
+        self.keep_pending(&pushes);
+    }
+
+    /// Takes the queued pushes for a run to judge; they stay on disk until
+    /// [`Shared::judged`].
+    pub fn take_pushes(&self) -> Vec<Pushed> {
+        let mut pushes = self.pushes.lock().expect("pushes lock");
+        let taken: Vec<Pushed> = pushes.drain(..).collect();
+        self.judging
+            .lock()
+            .expect("judging lock")
+            .clone_from(&taken);
+        taken
+    }
+
+    /// The pushes taken last are judged, and their judgement kept: only the queue stays on
+    /// disk.
+    pub fn judged(&self) {
+        let pushes = self.pushes.lock().expect("pushes lock");
+        self.judging.lock().expect("judging lock").clear();
+        self.keep_pending(&pushes);
+    }
+
+    /// Pushes an earlier process had not judged, queued for the first run.
+    fn restore_pending(&self) -> usize {
+        let Some(file) = &self.pending_file else {
+            return 0;
+        };
+        let Ok(text) = std::fs::read_to_string(file) else {
+            return 0;
+        };
+        let mut pushes = self.pushes.lock().expect("pushes lock");
+        pushes.extend(text.lines().filter_map(Pushed::from_line));
+        pushes.len()
+    }
+
+    /// Writes the pushes being judged and those queued (`pushes`, whose lock the caller holds)
+    /// to the pending file, replacing it whole (a new file renamed over the old): a crash
+    /// leaves the old list or the new, never half of one.
+    fn keep_pending(&self, pushes: &VecDeque<Pushed>) {
+        let Some(file) = &self.pending_file else {
+            return;
+        };
+        let judging = self.judging.lock().expect("judging lock");
+        let text: String = judging
+            .iter()
+            .chain(pushes.iter())
+            .map(|p| p.to_line() + "\n")
+            .collect();
+        let tmp = file.with_extension("new");
+        let kept = if text.is_empty() {
+            std::fs::remove_file(file).or_else(|e| match e.kind() {
+                std::io::ErrorKind::NotFound => Ok(()),
+                _ => Err(e),
+            })
+        } else {
+            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file))
+        };
+        if let Err(e) = kept {
+            tracing::warn!(file = %file.display(), error = %e, "cannot keep the pushes not yet judged: a restart before the next run would not know them");
+        }
+    }
+
     /// Delivery ids an earlier process saw (kept in the working copy): their redeliveries
     /// are duplicates after a restart too.
     pub fn remember_deliveries(&self, ids: &[String]) {
@@ -126,7 +208,7 @@ impl Shared {
     }
 
     pub fn new(settings: &Settings, metrics: PrometheusHandle, source: String) -> Self {
-        Self {
+        let shared = Self {
             queue: Queue::new(),
             status: RwLock::new(Status {
                 source,
@@ -157,13 +239,27 @@ impl Shared {
             },
             replay: Mutex::new(ReplayGuard::new(REPLAY_MEMORY)),
             pushes: Mutex::new(VecDeque::new()),
+            judging: Mutex::new(Vec::new()),
+            pending_file: match &settings.source {
+                SourceSpec::Git(g) => Some(g.workdir.join(PENDING_PUSHES)),
+                SourceSpec::Dir(_) => None,
+            },
             under_way: Mutex::new(None),
             max_body: settings.webhook_max_body,
             // Room for two of the largest bodies allowed, at least.
             body_budget: tokio::sync::Semaphore::new(
                 BODY_BUDGET.max(settings.webhook_max_body.saturating_mul(2)),
             ),
+        };
+        // Before the server listens: a webhook queued first would write the file over them.
+        let restored = shared.restore_pending();
+        if restored > 0 {
+            tracing::info!(
+                pushes = restored,
+                "pushes an earlier process answered but had not judged: the first run judges them"
+            );
         }
+        shared
     }
 }
 
@@ -653,15 +749,7 @@ async fn delivery(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
                 });
             let after = pushed.as_ref().map(|p| p.commit.clone());
             if let Some(pushed) = pushed {
-                // Under the queue's lock, which a run takes to start applying (see
-                // [`Shared::applying`]): the push is either queued before it looks or seen here.
-                let mut pushes = s.pushes.lock().expect("pushes lock");
-                s.stop_replaced(&pushed);
-                // Bounded, for a flood of deliveries during a long run: the oldest go first.
-                if pushes.len() >= MAX_PENDING_PUSHES {
-                    pushes.pop_front();
-                }
-                pushes.push_back(pushed);
+                s.queue_push(pushed);
             }
             if s.queue.push(Trigger::Webhook) {
                 reply(

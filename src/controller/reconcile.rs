@@ -760,13 +760,7 @@ impl Reconciler {
     /// Where the payloads leave it open, a push is not made a reset: a reset lets kpr apply a
     /// head behind what was applied, while a reset missed only leaves a run refused, loudly.
     async fn take_pushes(&mut self) -> Option<String> {
-        let pushes: Vec<Pushed> = self
-            .shared
-            .pushes
-            .lock()
-            .expect("pushes lock")
-            .drain(..)
-            .collect();
+        let pushes = self.shared.take_pushes();
         let mut wanted = self
             .awaiting
             .as_ref()
@@ -862,8 +856,21 @@ impl Reconciler {
             self.source
                 .note_seen(self.seen_pushes.iter(), self.seen_deliveries.iter())
                 .await;
+            // Now, not when the run ends: a stop or a crash during the fetch must not lose it.
+            self.note_doubt().await;
+            self.shared.judged();
         }
         wanted
+    }
+
+    /// Keeps the doubt about the last good revision (see `good_in_doubt`) in the working
+    /// copy when it changed.
+    async fn note_doubt(&mut self) {
+        let doubt = self.head_refused || self.good_in_doubt;
+        if doubt != self.doubt_noted {
+            self.source.note_in_doubt(doubt).await;
+            self.doubt_noted = doubt;
+        }
     }
 
     /// What one push's webhook means, given what was applied, the reset pending, the commit
@@ -1123,11 +1130,7 @@ impl Reconciler {
                 .instrument(span.clone())
                 .await;
         }
-        let doubt = self.head_refused || self.good_in_doubt;
-        if doubt != self.doubt_noted {
-            self.source.note_in_doubt(doubt).await;
-            self.doubt_noted = doubt;
-        }
+        self.note_doubt().await;
         let _in_span = span.enter();
         let (result, full, listing_failed) = (
             out.result,

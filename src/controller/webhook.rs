@@ -131,6 +131,47 @@ pub struct Pushed {
     pub delivery: Option<String>,
 }
 
+impl Pushed {
+    /// One line of the pending-push file (see `Shared::keep_pending`): `AFTER BEFORE FORCED
+    /// DELIVERY`, `-` for what the payload did not say. Every field is a plain word.
+    pub fn to_line(&self) -> String {
+        let forced = match self.forced {
+            Some(true) => "t",
+            Some(false) => "f",
+            None => "-",
+        };
+        format!(
+            "{} {} {forced} {}",
+            self.commit,
+            self.from.as_deref().unwrap_or("-"),
+            self.delivery.as_deref().unwrap_or("-")
+        )
+    }
+
+    /// The push a [`Self::to_line`] line holds; `None` for anything else.
+    pub fn from_line(line: &str) -> Option<Pushed> {
+        let word = |w: &str| (w != "-").then(|| w.to_string());
+        let hex = |w: &str| matches!(w.len(), 40 | 64) && w.bytes().all(|b| b.is_ascii_hexdigit());
+        let mut words = line.split(' ');
+        let (commit, from, forced, delivery) =
+            (words.next()?, words.next()?, words.next()?, words.next()?);
+        if words.next().is_some() || !hex(commit) || (from != "-" && !hex(from)) {
+            return None;
+        }
+        Some(Pushed {
+            commit: commit.to_string(),
+            from: word(from),
+            forced: match forced {
+                "t" => Some(true),
+                "f" => Some(false),
+                "-" => None,
+                _ => return None,
+            },
+            delivery: word(delivery),
+        })
+    }
+}
+
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Event {
     Ping,
@@ -402,6 +443,42 @@ mod tests {
             h.insert(*k, HeaderValue::from_str(v).unwrap());
         }
         h
+    }
+
+    #[test]
+    fn a_pending_push_is_kept_as_one_line_and_read_back() {
+        let a = "a".repeat(40);
+        let b = "b".repeat(64);
+        for pushed in [
+            Pushed {
+                commit: a.clone(),
+                from: Some(b.clone()),
+                forced: Some(true),
+                delivery: Some("72d3162e-cc78-11e3-81ab-4c9367dc0958".into()),
+            },
+            Pushed {
+                commit: b.clone(),
+                from: None,
+                forced: None,
+                delivery: None,
+            },
+            Pushed {
+                commit: a.clone(),
+                from: Some(a.clone()),
+                forced: Some(false),
+                delivery: None,
+            },
+        ] {
+            assert_eq!(Pushed::from_line(&pushed.to_line()), Some(pushed));
+        }
+        for bad in [
+            "",
+            "x - - -",
+            &format!("{a} - - - extra"),
+            &format!("{a} - maybe -"),
+        ] {
+            assert_eq!(Pushed::from_line(bad), None, "{bad:?}");
+        }
     }
 
     fn github_sig(secret: &[u8], body: &[u8]) -> String {

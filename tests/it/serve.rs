@@ -288,6 +288,18 @@ fn serve_pruning(emu: &Emulator, repo: &Repo, extra: &[&str], first: &str) -> Se
     serve
 }
 
+/// Pruning, with no schedule, retry or settle time that could act within a test: every run
+/// comes from the test.
+const PRUNING_NO_TIMERS: [&str; 7] = [
+    "--interval",
+    "1h",
+    "--prune",
+    "--retry-delay",
+    "1h",
+    "--reset-settle",
+    "1h",
+];
+
 /// `kpr serve` on `repo` with `args`, keeping its working copy in `workdir` for the next
 /// start; returns at once (no wait for a first run).
 fn restartable(emu: &Emulator, repo: &Repo, workdir: &Path, args: &[&str]) -> Serve {
@@ -2052,15 +2064,7 @@ fn a_force_push_from_a_head_no_webhook_announced_is_taken() {
     let ([_, _, c, d], repo, [first, second, third, _]) =
         granted_in_turn(&emu, ["fh-a", "fh-b", "fh-c", "fh-d"]);
     let workdir = tempfile::tempdir().unwrap();
-    let args = [
-        "--interval",
-        "1h",
-        "--prune",
-        "--retry-delay",
-        "1h",
-        "--reset-settle",
-        "1h",
-    ];
+    let args = PRUNING_NO_TIMERS;
     serve_at(&repo, &first);
     let serve = restartable(&emu, &repo, workdir.path(), &args);
     serve.applied(&first);
@@ -2191,6 +2195,59 @@ fn a_forced_push_stops_the_apply_of_the_head_it_replaced() {
         stopped.contains("1 of its change(s) not started"),
         "{stopped}"
     );
+}
+
+/// A push answered 202 is kept until a run has judged it: a crash before that does not lose
+/// it. Here a force-push back, announced while a run is busy writing, then kpr killed: the
+/// restarted kpr still refuses the head it took away, which a replica behind serves.
+#[test]
+fn a_push_answered_but_not_yet_judged_survives_a_kill() {
+    use crate::proxy::Proxy;
+    let emu = common::kinesis_mock_private();
+    let ([_, _, c], repo, [_, second, third]) =
+        granted_in_turn(&emu, ["serve-pend-a", "serve-pend-b", "serve-pend-c"]);
+    serve_at(&repo, &second);
+    let proxy = Proxy::start(&emu.url);
+    let via = Emulator {
+        url: proxy.url(),
+        ..emu.clone()
+    };
+    let workdir = tempfile::tempdir().unwrap();
+    // One write at a time: the run stays busy behind the one held.
+    let args = [&PRUNING_NO_TIMERS[..], &["--concurrency", "1"]].concat();
+    let serve = restartable(&via, &repo, workdir.path(), &args);
+    serve.applied(&second);
+    serve_at(&repo, &third);
+    proxy.hold("PutResourcePolicy");
+    push_hook(&serve, &second, &third);
+    assert!(
+        proxy.wait_for(Duration::from_secs(30), |p| p.op("PutResourcePolicy").seen
+            >= 1),
+        "no write came: {}",
+        proxy.describe()
+    );
+    // The owner force-pushes back: answered while the run is busy, then kpr dies.
+    serve_at(&repo, &second);
+    forced_hook(&serve, &third, &second);
+    let pending = std::fs::read_to_string(workdir.path().join("pending-pushes"));
+    assert!(
+        pending
+            .as_deref()
+            .is_ok_and(|p| p.contains(&format!("{second} {third} t"))),
+        "{pending:?}"
+    );
+    drop(serve);
+    proxy.release();
+    // A replica behind the force-push serves the head it took away.
+    serve_at(&repo, &third);
+    let serve = restartable(&via, &repo, workdir.path(), &args);
+    let st = serve.refused_as_replaced("the head taken away to be refused after the restart");
+    assert_eq!(st["last_good_revision"], second.as_str(), "{st:#}");
+    serve_at(&repo, &second);
+    serve.trigger();
+    serve.applied(&second);
+    assert!(live(&emu, &c).is_none(), "the head taken away was applied");
+    serve.stop();
 }
 
 /// A GitLab push hook for main from `before` to `after`: no `forced` in it.
