@@ -133,6 +133,7 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
     }
     partition_rule(out, s, path, sid, ctx);
     principal_wildcard_rule(out, s, path, sid);
+    principal_shape_rule(out, s, path, sid);
     confused_deputy_rule(out, s, path, sid);
     if ctx.allow_public {
         return;
@@ -215,6 +216,53 @@ fn principal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &
                     "{id:?} holds a wildcard: IAM matches no part of a principal with one, and \
                      refuses the policy. Name each principal, or use \"*\" with a Condition on \
                      aws:PrincipalArn (ArnLike) or aws:PrincipalAccount{sid}"
+                ),
+            );
+        }
+    }
+}
+
+/// An AWS principal is `"*"`, a 12-digit account id, or an IAM or STS ARN of an account:
+/// anything else (a colon missing, an 11-digit id) names nobody, and the service refuses the
+/// policy at apply, after a plan that looked fine. A unique id (`AROA...`), which AWS shows
+/// in place of a principal deleted since, is flagged too: it names nobody any more.
+fn principal_shape_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    for (key, id) in aws_principal_ids(s) {
+        let arn_ok = id.strip_prefix("arn:").is_some_and(|rest| {
+            let mut parts = rest.splitn(5, ':');
+            let (_partition, service, region, acct, resource) = (
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+                parts.next(),
+            );
+            matches!(service, Some("iam" | "sts"))
+                && region == Some("")
+                && acct.is_some_and(account)
+                && resource.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+        });
+        let unique_id = id.len() >= 16
+            && id.starts_with('A')
+            && id
+                .bytes()
+                .all(|b| b.is_ascii_uppercase() || b.is_ascii_digit());
+        if unique_id {
+            out.warning(
+                &format!("{path}.{key}.AWS"),
+                format!(
+                    "{id:?} is a unique id, which AWS shows in place of a user or role deleted \
+                     since: it names nobody. Name the principal again, or remove it{sid}"
+                ),
+            );
+        } else if id != "*" && !account(id) && !arn_ok && !id.contains(['*', '?']) {
+            out.error(
+                &format!("{path}.{key}.AWS"),
+                format!(
+                    "{id:?} is not an AWS principal: write a 12-digit account id, \
+                     \"arn:aws:iam::ACCOUNT:root\", \"arn:aws:iam::ACCOUNT:role/NAME\" (or \
+                     user/NAME), or an STS assumed-role ARN{sid}"
                 ),
             );
         }
@@ -865,6 +913,44 @@ mod tests {
         }
         let whole = json!({"Principal": {"AWS": "*"}, "Effect": "Deny"});
         assert_eq!(run(&policy(whole), &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn an_aws_principal_of_no_known_shape_is_refused() {
+        for id in [
+            "arn:aws:iam:444455556666:role/x",
+            "44445555666",
+            "arn:aws:s3:::bucket",
+            "arn:aws:iam::444455556666:",
+            "reader",
+        ] {
+            let extra = json!({"Principal": {"AWS": ["444455556666", id]}, "Effect": "Deny"});
+            let f = run(&policy(extra), &ctx(STREAM));
+            one_finding(
+                &f,
+                Severity::Error,
+                "Statement[0].Principal.AWS",
+                &format!("{id:?} is not an AWS principal"),
+            );
+        }
+        let deleted = json!({"Principal": {"AWS": "AROAEXAMPLEID1234567"}, "Effect": "Deny"});
+        let f = run(&policy(deleted), &ctx(STREAM));
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Principal.AWS",
+            "unique id",
+        );
+        for good in [
+            "arn:aws:iam::444455556666:root",
+            "arn:aws:iam::444455556666:role/path/reader",
+            "arn:aws:iam::444455556666:user/u",
+            "arn:aws:sts::444455556666:assumed-role/reader/session",
+            "444455556666",
+        ] {
+            let extra = json!({"Principal": {"AWS": good}, "Effect": "Deny"});
+            assert_eq!(run(&policy(extra), &ctx(STREAM)), [], "{good}");
+        }
     }
 
     #[test]
