@@ -993,11 +993,13 @@ async fn run_import(
     for e in &report.errors {
         crate::errln!("error: {e}");
     }
+    let plural = |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
+    let (written, bare) = (report.written.len(), report.without_policy);
     outln!(
-        "Imported {} policies into {} ({} resources have no policy).",
-        report.written.len(),
+        "Imported {written} {} into {} ({bare} {} no policy).",
+        plural(written, "policy", "policies"),
         out.display(),
-        report.without_policy
+        plural(bare, "resource has", "resources have")
     );
     outln!("{}", crate::import::next_steps(&out));
     Ok(if report.errors.is_empty() {

@@ -32,7 +32,7 @@ fn import_then_plan_is_in_sync() {
     let run = kpr(&["--region", "us-east-1", "import", "--out", &dir_s]);
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("Imported 3 policies"), "{run:?}");
-    assert!(run.stdout.contains("1 resources have no policy"), "{run:?}");
+    assert!(run.stdout.contains("1 resource has no policy"), "{run:?}");
     let mut files: Vec<String> = std::fs::read_dir(&dir)
         .unwrap()
         .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
