@@ -620,9 +620,50 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
         humantime::format_duration(settings.retry_delay),
         humantime::format_duration(backoff::cap(settings.retry_delay))
     ));
+    if let SourceSpec::Git(_) = &settings.source {
+        lines.push(format!(
+            "a refused branch head is applied after staying the head for {}",
+            humantime::format_duration(settings.reset_settle)
+        ));
+    }
+    // Where the calls go, so an emulator's endpoint (or its absence) shows before any call.
+    let client = &engine.client;
+    let mut roles: Vec<&String> = client.roles.keys().collect();
+    roles.sort();
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let region = match (
+        &client.region,
+        env("AWS_REGION").or_else(|| env("AWS_DEFAULT_REGION")),
+    ) {
+        (Some(r), _) => r.clone(),
+        (None, Some(r)) => format!("{r} (from the environment)"),
+        (None, None) => {
+            "us-east-1 (the fallback; a call addressed by an ARN takes its region)".into()
+        }
+    };
     lines.push(format!(
-        "a refused branch head is applied after staying the head for {}",
-        humantime::format_duration(settings.reset_settle)
+        "AWS: endpoint {}, region {region}, {}, concurrency {}{}",
+        client.endpoint_url.as_deref().map_or(
+            "the SDK's (AWS_ENDPOINT_URL*, the profile, or AWS's)".into(),
+            redact_url
+        ),
+        match engine.rate_limit {
+            0 => "no rate limit".to_string(),
+            n => format!("{n} request(s)/s per account"),
+        },
+        engine.concurrency,
+        if roles.is_empty() {
+            String::new()
+        } else {
+            format!(
+                "; roles assumed for account(s) {}",
+                roles
+                    .iter()
+                    .map(|r| r.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )
+        }
     ));
     lines.push(format!("listen: {}", settings.listen));
     lines.push(format!(

@@ -3644,6 +3644,10 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     assert!(run.stdout.contains("1 manifest(s)"), "{run:?}");
     assert!(run.stdout.contains("0 */5 * * * *"), "{run:?}");
     assert!(run.stdout.contains("webhook: enabled"), "{run:?}");
+    // Where the calls go, and nothing about git for a directory.
+    let endpoint = format!("AWS: endpoint {}, region ", emu.url);
+    assert!(run.stdout.contains(&endpoint), "{run:?}");
+    assert!(!run.stdout.contains("branch head"), "{run:?}");
     // Warnings do not fail the check, but it shows them.
     let locked = emu.stream_arn("check-config-locked");
     let lock = serde_json::json!({"Version": "2012-10-17", "Statement": [{"Effect": "Deny",
