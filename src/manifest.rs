@@ -1144,11 +1144,25 @@ impl Written<'_> {
     /// The line of a path inside the policy mapping (`Statement[2].Effect`); `None` when it
     /// cannot be told (the caller then points at `policy:`).
     fn locate(&self, path: &str) -> Option<usize> {
-        if self.located.get() >= LOCATED_PER_DOCUMENT {
+        if !self.may_locate() {
             return None;
         }
-        self.located.set(self.located.get() + 1);
         locate::line_of(self.doc_text, &format!("policy.{path}")).map(|l| l + self.first_line)
+    }
+
+    /// The same for a policy written as JSON in a literal block (`policy: |`) starting on the
+    /// line after `policy_line`: its lines are the file's, one for one.
+    fn locate_in_json(&self, json: &str, policy_line: usize, path: &str) -> Option<usize> {
+        if !self.may_locate() {
+            return None;
+        }
+        locate::line_of_unaliased(json, path).map(|l| l + policy_line)
+    }
+
+    fn may_locate(&self) -> bool {
+        let n = self.located.get();
+        self.located.set(n + 1);
+        n < LOCATED_PER_DOCUMENT
     }
 }
 
@@ -1173,20 +1187,37 @@ fn resource_from_doc(
         )),
         (Ensure::Present, Some(value)) => {
             let policy_line = index.key_line(doc_no, "policy");
-            // A policy given as a JSON string: its paths are not YAML the locator can follow.
+            // A policy given as a JSON string is located in the string, when a literal block
+            // keeps its lines the file's; otherwise its findings point at `policy:`.
+            let mut json_block = None;
             let yaml_policy = value.is_object();
             let (document, json) = match value {
                 serde_json::Value::String(s) => {
-                    let document = PolicyDocument::from_json_str(&s).map_err(|e| {
-                        let line = match &e {
-                            PolicyError::Json(j) if index.is_literal_block(policy_line) => {
-                                policy_line + j.line()
-                            }
-                            _ => policy_line,
-                        };
-                        (line, format!("policy: {e}"))
+                    let in_block = index.is_literal_block(policy_line);
+                    let document = PolicyDocument::from_json_str(&s).map_err(|e| match &e {
+                        PolicyError::Json(j) if in_block => {
+                            // serde_json's own position counts the string's lines: the
+                            // diagnostic's line, the file's, replaces it.
+                            let text = j.to_string();
+                            let cut = text.find(" at line ").map_or(&text[..], |i| &text[..i]);
+                            (
+                                policy_line + j.line(),
+                                format!("policy: policy is not valid JSON: {cut}"),
+                            )
+                        }
+                        PolicyError::Invalid { path, .. } if in_block => (
+                            written
+                                .locate_in_json(&s, policy_line, path)
+                                .unwrap_or(policy_line),
+                            format!("policy: {e}"),
+                        ),
+                        _ => (policy_line, format!("policy: {e}")),
                     })?;
-                    (document, s.trim().to_string())
+                    let json = s.trim().to_string();
+                    if in_block {
+                        json_block = Some(s);
+                    }
+                    (document, json)
                 }
                 serde_json::Value::Object(_) => {
                     let document = PolicyDocument::from_value(&value).map_err(|e| {
@@ -1229,12 +1260,13 @@ fn resource_from_doc(
                     LintSeverity::Error => Severity::Error,
                     LintSeverity::Warning => Severity::Warning,
                 };
+                let line = match &json_block {
+                    None if !yaml_policy => None,
+                    None => written.locate(&f.path),
+                    Some(json) => written.locate_in_json(json, policy_line, &f.path),
+                };
                 (
-                    if yaml_policy {
-                        written.locate(&f.path).unwrap_or(policy_line)
-                    } else {
-                        policy_line
-                    },
+                    line.unwrap_or(policy_line),
                     severity,
                     format!("policy {}: {}", f.path, f.message),
                 )
@@ -1774,6 +1806,20 @@ policy:
                 "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\npolicy: |\n  {\"Version\": \"2012-10-17\",\n   \"Statement\": [ oops ]}\n",
                 4,
                 "not valid JSON",
+            ),
+            // In a literal block the JSON's lines are the file's: a key, and a lint finding,
+            // point at their own line, not at `policy:`.
+            (
+                "jsonkey.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\npolicy: |\n  {\"Version\": \"2012-10-17\",\n   \"Statement\": [{\"Effect\": \"Allow\",\n     \"Princpal\": \"*\"}]}\n",
+                5,
+                "unknown key \"Princpal\"",
+            ),
+            (
+                "jsonpublic.yaml",
+                "arn: arn:aws:kinesis:us-east-1:111122223333:stream/o\npolicy: |\n  {\"Version\": \"2012-10-17\",\n   \"Statement\": [{\"Effect\": \"Allow\", \"Action\": \"kinesis:GetRecords\",\n     \"Resource\": \"arn:aws:kinesis:us-east-1:111122223333:stream/o\",\n     \"Principal\": \"*\"}]}\n",
+                6,
+                "makes the resource public",
             ),
             (
                 "wrongtype.yaml",
