@@ -157,7 +157,7 @@ fn a_re_import_declares_nothing_twice() {
     emu.put_policy_raw(&upper, &read_policy(&upper, "444455556666").to_string());
     let again = import();
     assert_eq!(again.code, 0, "{again:?}");
-    assert!(again.stdout.contains("Imported 1 policies"), "{again:?}");
+    assert!(again.stdout.contains("Imported 1 policy "), "{again:?}");
     let validate = emu.kpr(&["validate", "--dir", &dir_s]);
     assert_eq!(validate.code, 0, "{validate:?}");
     let plan = emu.kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);

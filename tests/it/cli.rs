@@ -656,6 +656,40 @@ fn without_keys_in_the_environment_the_default_credential_chain_runs() {
     assert_eq!(from_file.code, 0, "{from_file:?}");
     assert_eq!(from_file.json()["resources"][0]["action"], "create");
 
+    // A profile whose keys come from a program (aws-vault, a company's login tool), as the
+    // AWS CLI runs it.
+    let program = files.path().join("creds.sh");
+    std::fs::write(
+        &program,
+        "#!/bin/sh\necho '{\"Version\": 1, \"AccessKeyId\": \"fromprocess\", \"SecretAccessKey\": \"x\"}'\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(
+        &program,
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let process_config = files.path().join("process-config");
+    std::fs::write(
+        &process_config,
+        format!(
+            "[profile tool]\ncredential_process = {}\n",
+            program.display()
+        ),
+    )
+    .unwrap();
+    let mut c = emu.kpr_cmd();
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_CONFIG_FILE", &process_config)
+        .env("AWS_SHARED_CREDENTIALS_FILE", files.path().join("absent"))
+        .env("AWS_PROFILE", "tool")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["plan", "--dir", &dir.arg(), "--output", "json"]);
+    let from_process = common::output(c.output().expect("run kpr"));
+    assert_eq!(from_process.code, 0, "{from_process:?}");
+
     let none = plan(&files.path().join("absent"));
     assert_eq!(none.code, 1, "{none:?}");
     let message = none.json()["failures"][0]["message"]
