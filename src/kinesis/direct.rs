@@ -218,12 +218,17 @@ impl CredentialCache {
                     Some(label) => format!("{label}: {chain}"),
                     // The default chain, tried because the environment holds no keys: its last
                     // link's failure (the instance metadata service, off EC2) hides the cause.
-                    None => format!(
-                        "no AWS credentials: none in the environment, and the default chain \
-                         (profile, SSO, web identity, container, instance metadata) found none \
-                         ({chain}). Set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
-                         AWS_SECRET_ACCESS_KEY; against a local emulator any values do"
-                    ),
+                    None => match std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
+                        Some(profile) => format!(
+                            "no AWS credentials from profile {profile:?} (AWS_PROFILE): {chain}"
+                        ),
+                        None => format!(
+                            "no AWS credentials: none in the environment, and the default chain \
+                             (profile, SSO, web identity, container, instance metadata) found \
+                             none ({chain}). Set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
+                             AWS_SECRET_ACCESS_KEY; against a local emulator any values do"
+                        ),
+                    },
                 };
                 *self.failed.lock().expect("credentials failure") =
                     Some((std::time::Instant::now(), message.clone()));
