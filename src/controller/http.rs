@@ -57,7 +57,9 @@ pub struct Shared {
     judging: Mutex<Vec<Pushed>>,
     /// Where the pushes not yet judged are kept across a restart (git sources): a push
     /// answered 202 must not be lost to a stop or a crash before a run judged it.
-    pending_file: Option<std::path::PathBuf>,
+    /// With the source it is for: pushes of another (a changed `--git-branch`) are not
+    /// restored.
+    pending_file: Option<(std::path::PathBuf, String)>,
     /// The revision a run is applying, while it applies it (see [`Shared::applying`]).
     under_way: Mutex<Option<Applying>>,
     max_body: usize,
@@ -160,14 +162,19 @@ impl Shared {
 
     /// Pushes an earlier process had not judged, queued for the first run.
     fn restore_pending(&self) -> usize {
-        let Some(file) = &self.pending_file else {
+        let Some((file, source)) = &self.pending_file else {
             return 0;
         };
         let Ok(text) = std::fs::read_to_string(file) else {
             return 0;
         };
+        let mut lines = text.lines();
+        if lines.next().and_then(|l| l.strip_prefix("source ")) != Some(source.as_str()) {
+            tracing::info!(file = %file.display(), "pushes kept for another repository, branch or path: not restored");
+            return 0;
+        }
         let mut pushes = self.pushes.lock().expect("pushes lock");
-        pushes.extend(text.lines().filter_map(Pushed::from_line));
+        pushes.extend(lines.filter_map(Pushed::from_line));
         pushes.len()
     }
 
@@ -175,7 +182,7 @@ impl Shared {
     /// to the pending file, replacing it whole (a new file renamed over the old): a crash
     /// leaves the old list or the new, never half of one.
     fn keep_pending(&self, pushes: &VecDeque<Pushed>) {
-        let Some(file) = &self.pending_file else {
+        let Some((file, source)) = &self.pending_file else {
             return;
         };
         let judging = self.judging.lock().expect("judging lock");
@@ -185,6 +192,11 @@ impl Shared {
             .map(|p| p.to_line() + "\n")
             .collect();
         let tmp = file.with_extension("new");
+        let text = if text.is_empty() {
+            text
+        } else {
+            format!("source {source}\n{text}")
+        };
         let kept = if text.is_empty() {
             std::fs::remove_file(file).or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),
@@ -194,7 +206,7 @@ impl Shared {
             std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file))
         };
         if let Err(e) = kept {
-            tracing::warn!(file = %file.display(), error = %e, "cannot keep the pushes not yet judged: a restart before the next run would not know them");
+            tracing::warn!(file = %file.display(), temporary = %tmp.display(), error = %e, "cannot keep the pushes not yet judged: a restart before the next run would not know them");
         }
     }
 
@@ -241,7 +253,10 @@ impl Shared {
             pushes: Mutex::new(VecDeque::new()),
             judging: Mutex::new(Vec::new()),
             pending_file: match &settings.source {
-                SourceSpec::Git(g) => Some(g.workdir.join(PENDING_PUSHES)),
+                SourceSpec::Git(g) => Some((
+                    g.workdir.join(PENDING_PUSHES),
+                    super::source::identity(&g.url, &g.branch, &g.path),
+                )),
                 SourceSpec::Dir(_) => None,
             },
             under_way: Mutex::new(None),

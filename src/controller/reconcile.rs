@@ -328,6 +328,8 @@ pub struct Reconciler {
     good_in_doubt: bool,
     /// What the working copy holds of the two above.
     doubt_noted: bool,
+    /// The commit awaited as the working copy holds it (see [`Reconciler::note_awaited`]).
+    awaited_noted: Option<String>,
     /// A run was stopped part-way by a push that replaced its revision: until a full run
     /// completes, no diff between revisions tells what is live.
     stopped_part_way: bool,
@@ -620,6 +622,7 @@ impl Reconciler {
             head_refused: false,
             good_in_doubt: false,
             doubt_noted: false,
+            awaited_noted: None,
         }
     }
 
@@ -670,11 +673,9 @@ impl Reconciler {
     /// what was awaited when the run began; `head` the commit fetched, `None` when the fetch
     /// failed: a miss all the same, or a git host that stays down would be asked every second.
     async fn check_awaited(&mut self, wanted: Option<String>, head: Option<&str>) {
-        let wanted_before = self.awaiting.as_ref().map(|a| a.commit.clone());
         let Some(commit) = wanted else {
-            if self.awaiting.take().is_some() {
-                self.source.note_awaited(None).await;
-            }
+            self.awaiting = None;
+            self.note_awaited(None).await;
             return;
         };
         // A commit behind what was applied (a reset) has arrived only as the head itself: the
@@ -729,9 +730,7 @@ impl Reconciler {
             self.awaiting = Some(Awaiting { commit, misses });
         }
         let awaited = self.awaiting.as_ref().map(|a| a.commit.clone());
-        if awaited.as_deref() != wanted_before.as_deref() {
-            self.source.note_awaited(awaited.as_deref()).await;
-        }
+        self.note_awaited(awaited.clone()).await;
         self.shared
             .status
             .write()
@@ -856,11 +855,23 @@ impl Reconciler {
             self.source
                 .note_seen(self.seen_pushes.iter(), self.seen_deliveries.iter())
                 .await;
-            // Now, not when the run ends: a stop or a crash during the fetch must not lose it.
+            // Now, not when the run ends: a stop or a crash during the fetch must not lose it,
+            // nor the commit to await (a redelivery of its webhook is a duplicate by then).
             self.note_doubt().await;
+            if wanted.is_some() {
+                self.note_awaited(wanted.clone()).await;
+            }
             self.shared.judged();
         }
         wanted
+    }
+
+    /// Keeps the commit awaited in the working copy when it is not what is kept there.
+    async fn note_awaited(&mut self, commit: Option<String>) {
+        if commit != self.awaited_noted {
+            self.source.note_awaited(commit.as_deref()).await;
+            self.awaited_noted = commit;
+        }
     }
 
     /// Keeps the doubt about the last good revision (see `good_in_doubt`) in the working
@@ -1517,6 +1528,9 @@ impl Reconciler {
         let mut out = RunOutcome::new();
         // Before the awaited commit is judged, even on a failed fetch: whether it is behind
         // what was applied depends on it, on the first runs after a restart too.
+        if self.applied.is_none() && self.recorded.is_none() && !self.memory_read {
+            self.source.forget_foreign_state().await;
+        }
         if self.applied.is_none() && self.recorded.is_none() {
             self.restored = self.source.recorded_good().await;
             self.recorded.clone_from(&self.restored);
@@ -1547,7 +1561,8 @@ impl Reconciler {
                 self.good_in_doubt = true;
                 self.doubt_noted = true;
             }
-            if let Some(commit) = self.source.noted_awaited().await {
+            self.awaited_noted = self.source.noted_awaited().await;
+            if let Some(commit) = self.awaited_noted.clone() {
                 self.shared
                     .status
                     .write()

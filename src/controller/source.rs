@@ -39,6 +39,12 @@ pub enum Source {
     Git(GitRepo),
 }
 
+/// What a git source's kept state is of: the repository, branch and path. State kept for
+/// another (a changed `--git-branch`) would judge this one's pushes by that one's history.
+pub fn identity(url: &str, branch: &str, path: &Path) -> String {
+    format!("{url} {branch} {}", path.display())
+}
+
 pub struct GitRepo {
     url: String,
     branch: String,
@@ -187,6 +193,25 @@ impl Source {
             .await;
     }
 
+    /// Whether the working copy's kept state was kept for another source (the last good
+    /// revision's source says so); it is then dropped, not used.
+    pub async fn forget_foreign_state(&self) -> bool {
+        let Source::Git(g) = self else {
+            return false;
+        };
+        let kept = g
+            .kept_config(&g.checkout, &["--get", LAST_GOOD_SOURCE])
+            .await;
+        let foreign = kept.is_ok_and(|k| k.trim_end_matches('\n') != g.identity());
+        if foreign {
+            tracing::info!(
+                "what the working copy kept (last good revision, pushes seen, replaced heads) was kept for another repository, branch or path: not used"
+            );
+            drop(g.git(["config", "--remove-section", "kpr"]).await);
+        }
+        foreign
+    }
+
     /// What [`Self::note_replaced`] kept.
     pub async fn noted_replaced(&self) -> Vec<String> {
         self.kept_words(REPLACED).await
@@ -280,14 +305,22 @@ impl Source {
         let Source::Git(g) = self else {
             return None;
         };
-        let source = g.git(["config", "--get", LAST_GOOD_SOURCE]).await.ok()?;
+        let source = g
+            .kept_config(&g.checkout, &["--get", LAST_GOOD_SOURCE])
+            .await
+            .ok()?;
         if source.trim_end_matches('\n') != g.identity() {
             tracing::info!(
                 "the last good revision in the working copy was recorded for another repository, branch or path: not used"
             );
             return None;
         }
-        g.commit_of(LAST_GOOD_REF).await.ok()
+        // Read as files when git no longer opens the copy (a garbled HEAD): its recovery
+        // carries the revision into the fresh clone.
+        match g.commit_of(LAST_GOOD_REF).await {
+            Ok(sha) => Some(sha),
+            Err(_) => g.last_good_ref().await,
+        }
     }
 
     /// Whether `commit` was fetched and is `head` or one of its ancestors. Always true for a
@@ -333,7 +366,7 @@ const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; \
 impl GitRepo {
     /// The repository (its URL without credentials), branch and path, as one string.
     fn identity(&self) -> String {
-        format!("{} {} {}", self.url, self.branch, self.path.display())
+        identity(&self.url, &self.branch, &self.path)
     }
 
     /// The commit a revision (a ref, a SHA) names; an error, quietly, when it names none.

@@ -2250,6 +2250,54 @@ fn a_push_answered_but_not_yet_judged_survives_a_kill() {
     serve.stop();
 }
 
+/// What a working copy kept for one branch (heads a force-push replaced, pushes not yet
+/// judged) is not used for another: after `--git-branch` changes, the new branch's head is
+/// applied, not refused as a head the old branch's force-push replaced.
+#[test]
+fn state_kept_for_another_branch_is_not_used() {
+    let emu = common::kinesis_mock_private();
+    let ([_, b], repo, [first, second]) = granted_in_turn(&emu, ["serve-other-a", "serve-other-b"]);
+    let workdir = tempfile::tempdir().unwrap();
+    let serve = restartable(&emu, &repo, workdir.path(), &PRUNING_NO_TIMERS);
+    serve.applied(&second);
+    // An amend of main: `second` is what a force-push replaced.
+    serve_at(&repo, &first);
+    forced_hook(&serve, &second, &first);
+    serve.applied(&first);
+    serve.stop();
+    // And a push of main never judged, left on disk.
+    let pending = workdir.path().join("pending-pushes");
+    let url = repo.source_args(&[])[1].clone();
+    std::fs::write(
+        &pending,
+        format!("source {url} main \n{second} {first} t -\n"),
+    )
+    .unwrap();
+    // The same workdir now follows `release`, whose head is `second`.
+    git(
+        &repo.dir.path().join("origin.git"),
+        &["update-ref", "refs/heads/release", &second],
+    );
+    let mut args = owned(&["--git-url", &url, "--git-branch", "release"]);
+    args.extend(owned(&PRUNING_NO_TIMERS));
+    let serve = Serve::start(
+        &emu,
+        Options {
+            args,
+            workdir: Some(workdir.path()),
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    serve.applied(&second);
+    assert!(live(&emu, &b).is_some(), "{}", serve.logs());
+    let logs = serve.stop();
+    assert!(
+        logs.contains("kept for another repository, branch or path"),
+        "{logs}"
+    );
+}
+
 /// A GitLab push hook for main from `before` to `after`: no `forced` in it.
 fn gitlab_hook(serve: &Serve, before: &str, after: &str) {
     static EVENTS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
