@@ -178,16 +178,15 @@ fn role_account(arn: &str) -> Option<&str> {
     let id = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
     // IAM's own rules for a role's path and name: a typo (a space, a line break, a partition
     // that does not exist) is told here, not as an AssumeRole failure at the first call.
-    let name_ok = !name.is_empty()
-        && !name.ends_with('/')
-        && name.len() <= 512
-        && name
-            .rsplit('/')
-            .next()
-            .is_some_and(|n| (1..=64).contains(&n.len()))
-        && name
+    // The name: 1 to 64 of [A-Za-z0-9+=,.@_-]; a path before it, any printable ASCII
+    // (`/team~ops/`), 512 at most.
+    let (path, last) = name.rsplit_once('/').unwrap_or(("", name));
+    let name_ok = (1..=64).contains(&last.len())
+        && last
             .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-/".contains(&b));
+            .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
+        && path.len() < 512
+        && path.bytes().all(|b| b.is_ascii_graphic());
     (crate::arn::PARTITIONS.contains(&partition) && id && name_ok).then_some(account)
 }
 
@@ -320,6 +319,7 @@ mod tests {
         for good in [
             "arn:aws:iam::222233334444:role/kpr",
             "arn:aws-cn:iam::222233334444:role/path/kpr",
+            "arn:aws:iam::222233334444:role/team~ops/a!b/kpr",
         ] {
             assert!(role(good).is_ok(), "{good}");
         }

@@ -238,10 +238,21 @@ fn principal_shape_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str
                 parts.next(),
                 parts.next(),
             );
-            matches!(service, Some("iam" | "sts"))
-                && region == Some("")
+            // What IAM takes as an AWS principal: an account's root, a role or a user, or
+            // an STS session (not a group, nor a SAML provider, which is Federated).
+            let kinds: &[&str] = match service {
+                Some("iam") => &["root", "role/", "user/"],
+                Some("sts") => &["assumed-role/", "federated-user/"],
+                _ => &[],
+            };
+            region == Some("")
                 && acct.is_some_and(account)
-                && resource.is_some_and(|r| !r.is_empty() && !r.contains(char::is_whitespace))
+                && resource.is_some_and(|r| {
+                    kinds.iter().any(|k| {
+                        r == "root" && *k == "root"
+                            || k.ends_with('/') && r.len() > k.len() && r.starts_with(k)
+                    }) && !r.contains(char::is_whitespace)
+                })
         });
         let unique_id = id.len() >= 16
             && id.starts_with('A')
@@ -923,6 +934,10 @@ mod tests {
             "arn:aws:s3:::bucket",
             "arn:aws:iam::444455556666:",
             "reader",
+            "arn:aws:iam::444455556666:group/devs",
+            "arn:aws:sts::444455556666:role/x",
+            "arn:aws:iam::444455556666:saml-provider/okta",
+            "arn:aws:iam::444455556666:role/",
         ] {
             let extra = json!({"Principal": {"AWS": ["444455556666", id]}, "Effect": "Deny"});
             let f = run(&policy(extra), &ctx(STREAM));
