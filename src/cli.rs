@@ -30,8 +30,10 @@ pub fn emit_bytes(bytes: &[u8]) {
     if let Err(e) = out.write_all(bytes).and_then(|()| out.flush())
         && e.kind() != std::io::ErrorKind::BrokenPipe
     {
-        STDOUT_FAILED.store(true, std::sync::atomic::Ordering::Relaxed);
-        crate::errln!("error: cannot write to stdout: {e}");
+        // Said once: the writes after it fail the same way.
+        if !STDOUT_FAILED.swap(true, std::sync::atomic::Ordering::Relaxed) {
+            crate::errln!("error: cannot write to stdout: {e}");
+        }
     }
 }
 
@@ -601,7 +603,8 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
             Ok(EXIT_OK)
         }
         Command::Man { dir } => {
-            let cmd = <Cli as clap::CommandFactory>::command();
+            // As generate_to renders the others: `help` is a subcommand only on the command line.
+            let cmd = <Cli as clap::CommandFactory>::command().disable_help_subcommand(true);
             let mut page = Vec::new();
             let rendered = clap_mangen::Man::new(cmd.clone()).render(&mut page);
             page.extend_from_slice(EXIT_STATUS_ROFF.as_bytes());

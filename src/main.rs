@@ -10,7 +10,13 @@ fn main() -> ExitCode {
         Ok(cli) => cli,
         // Help and --version come this way too, bound for stdout.
         Err(e) => {
-            let _ = e.print();
+            // `--help > /dev/full` must not pass for help printed; a closed pipe may.
+            if let Err(io) = e.print()
+                && io.kind() != std::io::ErrorKind::BrokenPipe
+            {
+                kinesis_policy_reconciler::errln!("error: cannot write to stdout: {io}");
+                return ExitCode::from(cli::EXIT_ERROR);
+            }
             return ExitCode::from(if e.use_stderr() {
                 cli::usage_error_code(std::env::args_os())
             } else {

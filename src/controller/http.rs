@@ -160,8 +160,9 @@ impl Shared {
         self.keep_pending(&pushes);
     }
 
-    /// Pushes an earlier process had not judged, queued for the first run.
-    fn restore_pending(&self) -> usize {
+    /// Pushes an earlier process had not judged, queued for the first run. Called before the
+    /// server takes webhooks: one queued first would write the file over them.
+    pub fn restore_pending(&self) -> usize {
         let Some((file, source)) = &self.pending_file else {
             return 0;
         };
@@ -220,7 +221,7 @@ impl Shared {
     }
 
     pub fn new(settings: &Settings, metrics: PrometheusHandle, source: String) -> Self {
-        let shared = Self {
+        Self {
             queue: Queue::new(),
             status: RwLock::new(Status {
                 source,
@@ -265,16 +266,7 @@ impl Shared {
             body_budget: tokio::sync::Semaphore::new(
                 BODY_BUDGET.max(settings.webhook_max_body.saturating_mul(2)),
             ),
-        };
-        // Before the server listens: a webhook queued first would write the file over them.
-        let restored = shared.restore_pending();
-        if restored > 0 {
-            tracing::info!(
-                pushes = restored,
-                "pushes an earlier process answered but had not judged: the first run judges them"
-            );
         }
-        shared
     }
 }
 

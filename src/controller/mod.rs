@@ -743,6 +743,13 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
         webhook = settings.webhook_secret.is_some(),
         "kpr serve starting"
     );
+    let restored = shared.restore_pending();
+    if restored > 0 {
+        tracing::info!(
+            pushes = restored,
+            "pushes an earlier process answered but had not judged: the first run judges them"
+        );
+    }
 
     let api = engine.connect().await;
     let reconciler = reconcile::Reconciler::new(

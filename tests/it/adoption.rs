@@ -259,6 +259,8 @@ fn completions_and_man_page_cover_the_commands() {
     );
     assert!(man.stdout.contains("validate"));
     assert!(man.stdout.contains(".SH \"EXIT STATUS\""), "{}", man.stdout);
+    // No page for `help`, which is a subcommand only on the command line.
+    assert!(!man.stdout.contains("kpr\\-help"), "{}", man.stdout);
     // The pages kpr(1) refers to (kpr-plan(1), ...) exist: `man --dir` writes them all.
     let dir = tempfile::tempdir().unwrap();
     let written = kpr_offline(&["man", "--dir", &dir.path().display().to_string()]);
