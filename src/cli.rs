@@ -468,7 +468,14 @@ where
     I: IntoIterator<Item = T>,
     T: Into<std::ffi::OsString> + Clone,
 {
-    // Parsed again, leniently, only to learn which command was meant.
+    // Parsed again, leniently, only to learn which command was meant; without the help and
+    // version flags, which end any parse (`policy diff --help > /dev/full`).
+    let args = args
+        .into_iter()
+        .map(Into::into)
+        .filter(|a: &std::ffi::OsString| {
+            !matches!(a.to_str(), Some("-h" | "--help" | "-V" | "--version"))
+        });
     let policy_diff = Cli::command()
         .ignore_errors(true)
         .try_get_matches_from(args)

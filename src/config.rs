@@ -179,13 +179,14 @@ fn role_account(arn: &str) -> Option<&str> {
     // IAM's own rules for a role's path and name: a typo (a space, a line break, a partition
     // that does not exist) is told here, not as an AssumeRole failure at the first call.
     // The name: 1 to 64 of [A-Za-z0-9+=,.@_-]; a path before it, any printable ASCII
-    // (`/team~ops/`), 512 at most.
+    // (`/team~ops/`), 512 at most with its slashes (the split drops the last one and `role/`
+    // holds the first).
     let (path, last) = name.rsplit_once('/').unwrap_or(("", name));
     let name_ok = (1..=64).contains(&last.len())
         && last
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"+=,.@_-".contains(&b))
-        && path.len() < 512
+        && path.len() <= 510
         && path.bytes().all(|b| b.is_ascii_graphic());
     (crate::arn::PARTITIONS.contains(&partition) && id && name_ok).then_some(account)
 }

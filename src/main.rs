@@ -14,8 +14,9 @@ fn main() -> ExitCode {
             if let Err(io) = e.print()
                 && io.kind() != std::io::ErrorKind::BrokenPipe
             {
-                kinesis_policy_reconciler::errln!("error: cannot write to stdout: {io}");
-                return ExitCode::from(cli::EXIT_ERROR);
+                let stream = if e.use_stderr() { "stderr" } else { "stdout" };
+                kinesis_policy_reconciler::errln!("error: cannot write to {stream}: {io}");
+                return ExitCode::from(cli::usage_error_code(std::env::args_os()));
             }
             return ExitCode::from(if e.use_stderr() {
                 cli::usage_error_code(std::env::args_os())

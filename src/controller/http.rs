@@ -170,8 +170,11 @@ impl Shared {
             return 0;
         };
         let mut lines = text.lines();
-        if lines.next().and_then(|l| l.strip_prefix("source ")) != Some(source.as_str()) {
-            tracing::info!(file = %file.display(), "pushes kept for another repository, branch or path: not restored");
+        let kept_for = lines.next().and_then(|l| l.strip_prefix("source "));
+        if !kept_for.is_some_and(|k| super::source::same_source(k, source)) {
+            tracing::info!(file = %file.display(), "pushes kept for another repository, branch or path: dropped");
+            // Not kept for later either: back on that source they would be long out of date.
+            let _ = std::fs::remove_file(file);
             return 0;
         }
         let mut pushes = self.pushes.lock().expect("pushes lock");

@@ -45,6 +45,24 @@ pub fn identity(url: &str, branch: &str, path: &Path) -> String {
     format!("{url} {branch} {}", path.display())
 }
 
+/// Whether two [`identity`] texts name the same source: the same repository however its URL
+/// is spelt (`file://` or a bare path, a trailing `/` or `.git`), branch and path. An edit of
+/// the URL's spelling must not drop what kpr kept (the heads resets replaced among it).
+pub fn same_source(a: &str, b: &str) -> bool {
+    fn parts(id: &str) -> Option<(&str, &str, &str)> {
+        let (url, rest) = id.split_once(' ')?;
+        let (branch, path) = rest.split_once(' ')?;
+        let url = url.strip_prefix("file://").unwrap_or(url);
+        let url = url.trim_end_matches('/');
+        let url = url
+            .strip_suffix(".git")
+            .unwrap_or(url)
+            .trim_end_matches('/');
+        Some((url, branch, path))
+    }
+    a == b || parts(a).is_some_and(|pa| parts(b) == Some(pa))
+}
+
 pub struct GitRepo {
     url: String,
     branch: String,
@@ -202,12 +220,12 @@ impl Source {
         let kept = g
             .kept_config(&g.checkout, &["--get", LAST_GOOD_SOURCE])
             .await;
-        let foreign = kept.is_ok_and(|k| k.trim_end_matches('\n') != g.identity());
+        let foreign = kept.is_ok_and(|k| !same_source(k.trim_end_matches('\n'), &g.identity()));
         if foreign {
             tracing::info!(
                 "what the working copy kept (last good revision, pushes seen, replaced heads) was kept for another repository, branch or path: not used"
             );
-            drop(g.git(["config", "--remove-section", "kpr"]).await);
+            drop(g.keep_config(&["--remove-section", "kpr"]).await);
         }
         foreign
     }
@@ -277,10 +295,11 @@ impl Source {
     /// failure costs only a restart's memory of them: it is logged.
     async fn keep_words(&self, key: &str, words: &[&str], what: &str) {
         let Source::Git(g) = self else { return };
+        let joined = words.join(" ");
         if words.is_empty() {
             // Fails only when there is nothing to drop.
-            drop(g.git(["config", "--unset-all", key]).await);
-        } else if let Err(e) = g.git(["config", key, &words.join(" ")]).await {
+            drop(g.keep_config(&["--unset-all", key]).await);
+        } else if let Err(e) = g.keep_config(&[key, &joined]).await {
             tracing::warn!(error = %e, "cannot keep {what} in the working copy");
         }
     }
@@ -309,7 +328,7 @@ impl Source {
             .kept_config(&g.checkout, &["--get", LAST_GOOD_SOURCE])
             .await
             .ok()?;
-        if source.trim_end_matches('\n') != g.identity() {
+        if !same_source(source.trim_end_matches('\n'), &g.identity()) {
             tracing::info!(
                 "the last good revision in the working copy was recorded for another repository, branch or path: not used"
             );
@@ -531,8 +550,16 @@ impl GitRepo {
             .await
             .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
         let sha = self.sync_once().await?;
+        // State kept for another source (a changed branch) is not carried, nor relabelled as
+        // this one's: its last good revision would be healed from.
+        let kept_for = kept.lines().find_map(|l| {
+            let (key, value) = l.split_once(' ')?;
+            key.eq_ignore_ascii_case(LAST_GOOD_SOURCE).then_some(value)
+        });
+        let ours = kept_for.is_none_or(|k| same_source(k, &self.identity()));
+        let kept = if ours { kept } else { String::new() };
         let good = match last_good {
-            Some(good) if self.commit_of(&good).await.is_ok() => Some(good),
+            Some(good) if ours && self.commit_of(&good).await.is_ok() => Some(good),
             _ => None,
         };
         let carried = async {
@@ -553,6 +580,18 @@ impl GitRepo {
             tracing::warn!(error = %e, "cannot keep what the damaged working copy kept in the new one");
         }
         Ok(sha)
+    }
+
+    /// Writes kept state into the working copy's config file itself, as [`Self::kept_config`]
+    /// reads it: a copy git no longer opens (a garbled HEAD) still takes it, and its recovery
+    /// carries it into the fresh clone. Before the first clone there is no file to write.
+    async fn keep_config(&self, args: &[&str]) -> Result<String, String> {
+        if !self.checkout.join(".git").join("config").is_file() {
+            let mut all = vec!["config"];
+            all.extend_from_slice(args);
+            return self.git(all).await;
+        }
+        self.kept_config(&self.checkout, args).await
     }
 
     /// `git config --file CHECKOUT/.git/config ARGS`, run from the workdir: it reads the file
@@ -921,6 +960,42 @@ mod tests {
     /// The helper answers git with the token and user name from its environment, and only
     /// them: run through git's own credential machinery, with a `store` helper configured that
     /// must never be asked.
+    #[test]
+    fn a_source_is_the_same_however_its_url_is_spelt() {
+        let id = |url: &str, branch: &str| identity(url, branch, Path::new("policies"));
+        let base = id("file:///srv/git/policies.git", "main");
+        for same in [
+            "file:///srv/git/policies.git/",
+            "/srv/git/policies.git",
+            "file:///srv/git/policies",
+            "/srv/git/policies/",
+        ] {
+            assert!(same_source(&base, &id(same, "main")), "{same}");
+        }
+        assert!(!same_source(
+            &base,
+            &id("file:///srv/git/other.git", "main")
+        ));
+        assert!(!same_source(
+            &base,
+            &id("file:///srv/git/policies.git", "release")
+        ));
+        assert!(!same_source(
+            &base,
+            &identity("file:///srv/git/policies.git", "main", Path::new("other"))
+        ));
+        // A path with spaces stays one path.
+        let spaced = identity("https://h/r.git", "main", Path::new("a b"));
+        assert!(same_source(
+            &spaced,
+            &identity("https://h/r", "main", Path::new("a b"))
+        ));
+        assert!(!same_source(
+            &spaced,
+            &identity("https://h/r", "main", Path::new("a"))
+        ));
+    }
+
     #[test]
     fn the_credential_helper_answers_from_the_environment() {
         use std::io::Write;

@@ -2265,9 +2265,26 @@ fn state_kept_for_another_branch_is_not_used() {
     forced_hook(&serve, &second, &first);
     serve.applied(&first);
     serve.stop();
+    // The same repository spelt otherwise (a trailing slash) keeps what was kept: a replica
+    // behind the amend still serves `second`, refused.
+    let url = repo.source_args(&[])[1].clone();
+    serve_at(&repo, &second);
+    let mut args = owned(&["--git-url", &format!("{url}/"), "--git-branch", "main"]);
+    args.extend(owned(&PRUNING_NO_TIMERS));
+    let respelt = Serve::start(
+        &emu,
+        Options {
+            args,
+            workdir: Some(workdir.path()),
+            wait_ready: false,
+            ..Options::default()
+        },
+    );
+    respelt.refused_as_replaced("the amended head to stay refused under a respelt URL");
+    respelt.stop();
+    serve_at(&repo, &first);
     // And a push of main never judged, left on disk.
     let pending = workdir.path().join("pending-pushes");
-    let url = repo.source_args(&[])[1].clone();
     std::fs::write(
         &pending,
         format!("source {url} main \n{second} {first} t -\n"),
