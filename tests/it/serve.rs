@@ -2268,18 +2268,22 @@ fn state_kept_for_another_branch_is_not_used() {
     // The same repository spelt otherwise (a trailing slash) keeps what was kept: a replica
     // behind the amend still serves `second`, refused.
     let url = repo.source_args(&[])[1].clone();
+    // On `branch` of `url`, in the same workdir, not waiting for a first run.
+    let start_on = |url: &str, branch: &str| {
+        let mut args = owned(&["--git-url", url, "--git-branch", branch]);
+        args.extend(owned(&PRUNING_NO_TIMERS));
+        Serve::start(
+            &emu,
+            Options {
+                args,
+                workdir: Some(workdir.path()),
+                wait_ready: false,
+                ..Options::default()
+            },
+        )
+    };
     serve_at(&repo, &second);
-    let mut args = owned(&["--git-url", &format!("{url}/"), "--git-branch", "main"]);
-    args.extend(owned(&PRUNING_NO_TIMERS));
-    let respelt = Serve::start(
-        &emu,
-        Options {
-            args,
-            workdir: Some(workdir.path()),
-            wait_ready: false,
-            ..Options::default()
-        },
-    );
+    let respelt = start_on(&format!("{url}/"), "main");
     respelt.refused_as_replaced("the amended head to stay refused under a respelt URL");
     respelt.stop();
     serve_at(&repo, &first);
@@ -2295,17 +2299,7 @@ fn state_kept_for_another_branch_is_not_used() {
         &repo.dir.path().join("origin.git"),
         &["update-ref", "refs/heads/release", &second],
     );
-    let mut args = owned(&["--git-url", &url, "--git-branch", "release"]);
-    args.extend(owned(&PRUNING_NO_TIMERS));
-    let serve = Serve::start(
-        &emu,
-        Options {
-            args,
-            workdir: Some(workdir.path()),
-            wait_ready: false,
-            ..Options::default()
-        },
-    );
+    let serve = start_on(&url, "release");
     serve.applied(&second);
     assert!(live(&emu, &b).is_some(), "{}", serve.logs());
     let logs = serve.stop();
