@@ -46,18 +46,24 @@ pub fn identity(url: &str, branch: &str, path: &Path) -> String {
 }
 
 /// Whether two [`identity`] texts name the same source: the same repository however its URL
-/// is spelt (`file://` or a bare path, a trailing `/` or `.git`), branch and path. An edit of
+/// is spelt (`file://` or a bare path, a trailing `/`, a hosted one with or without `.git`),
+/// branch and path. An edit of
 /// the URL's spelling must not drop what kpr kept (the heads resets replaced among it).
 pub fn same_source(a: &str, b: &str) -> bool {
     fn parts(id: &str) -> Option<(&str, &str, &str)> {
         let (url, rest) = id.split_once(' ')?;
         let (branch, path) = rest.split_once(' ')?;
-        let url = url.strip_prefix("file://").unwrap_or(url);
-        let url = url.trim_end_matches('/');
-        let url = url
-            .strip_suffix(".git")
-            .unwrap_or(url)
-            .trim_end_matches('/');
+        let local = url.strip_prefix("file://");
+        let url = local.unwrap_or(url).trim_end_matches('/');
+        // A git host serves `r` and `r.git` as one repository; on disk they are two
+        // directories.
+        let url = if local.is_some() || url.starts_with('/') {
+            url
+        } else {
+            url.strip_suffix(".git")
+                .unwrap_or(url)
+                .trim_end_matches('/')
+        };
         Some((url, branch, path))
     }
     a == b || parts(a).is_some_and(|pa| parts(b) == Some(pa))
@@ -964,13 +970,17 @@ mod tests {
     fn a_source_is_the_same_however_its_url_is_spelt() {
         let id = |url: &str, branch: &str| identity(url, branch, Path::new("policies"));
         let base = id("file:///srv/git/policies.git", "main");
-        for same in [
-            "file:///srv/git/policies.git/",
-            "/srv/git/policies.git",
-            "file:///srv/git/policies",
-            "/srv/git/policies/",
-        ] {
+        for same in ["file:///srv/git/policies.git/", "/srv/git/policies.git"] {
             assert!(same_source(&base, &id(same, "main")), "{same}");
+        }
+        // On disk `policies` and `policies.git` are two directories.
+        assert!(!same_source(&base, &id("/srv/git/policies", "main")));
+        let hosted = id("https://github.com/acme/policies.git", "main");
+        for same in [
+            "https://github.com/acme/policies",
+            "https://github.com/acme/policies/",
+        ] {
+            assert!(same_source(&hosted, &id(same, "main")), "{same}");
         }
         assert!(!same_source(
             &base,
