@@ -47,8 +47,8 @@ pub fn identity(url: &str, branch: &str, path: &Path) -> String {
 
 /// Whether two [`identity`] texts name the same source: the same repository however its URL
 /// is spelt (`file://` or a bare path, a trailing `/`, a hosted one with or without `.git`),
-/// branch and path. An edit of
-/// the URL's spelling must not drop what kpr kept (the heads resets replaced among it).
+/// branch and path. An edit of the URL's spelling must not drop what kpr kept (the heads
+/// resets replaced among it).
 pub fn same_source(a: &str, b: &str) -> bool {
     fn parts(id: &str) -> Option<(&str, &str, &str)> {
         let (url, rest) = id.split_once(' ')?;
