@@ -50,23 +50,56 @@ pub fn identity(url: &str, branch: &str, path: &Path) -> String {
 /// branch and path. An edit of the URL's spelling must not drop what kpr kept (the heads
 /// resets replaced among it).
 pub fn same_source(a: &str, b: &str) -> bool {
-    fn parts(id: &str) -> Option<(&str, &str, &str)> {
+    fn parts(id: &str) -> Option<(String, &str, &str)> {
         let (url, rest) = id.split_once(' ')?;
         let (branch, path) = rest.split_once(' ')?;
-        let local = url.strip_prefix("file://");
-        let url = local.unwrap_or(url).trim_end_matches('/');
-        // A git host serves `r` and `r.git` as one repository; on disk they are two
-        // directories.
-        let url = if local.is_some() || url.starts_with('/') {
-            url
-        } else {
-            url.strip_suffix(".git")
-                .unwrap_or(url)
-                .trim_end_matches('/')
-        };
-        Some((url, branch, path))
+        Some((repository_key(url), branch, path))
     }
     a == b || parts(a).is_some_and(|pa| parts(b) == Some(pa))
+}
+
+/// One text per repository, however its URL is spelt: a local one by its real path (`file://`
+/// or not, slashes doubled or trailing, through a symlink); a hosted one with its scheme and
+/// host in lower case, scp syntax (`git@host:org/r`) as `ssh://`, and `.git` optional, as
+/// git hosts serve `r` and `r.git` alike (on disk they are two directories).
+fn repository_key(url: &str) -> String {
+    let collapse = |p: &str| {
+        let mut out = String::with_capacity(p.len());
+        for c in p.chars() {
+            if !(c == '/' && out.ends_with('/')) {
+                out.push(c);
+            }
+        }
+        out.trim_end_matches('/').to_string()
+    };
+    let local = url
+        .strip_prefix("file://")
+        .or(url.starts_with('/').then_some(url));
+    if let Some(path) = local {
+        return std::fs::canonicalize(path)
+            .map(|p| p.display().to_string())
+            .unwrap_or_else(|_| collapse(path));
+    }
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest.to_string()),
+        // scp syntax: `[user@]host:path`.
+        None => match url.split_once(':') {
+            Some((host, path)) if !host.contains('/') => (
+                "ssh".to_string(),
+                format!("{host}/{}", path.trim_start_matches('/')),
+            ),
+            _ => (String::new(), url.to_string()),
+        },
+    };
+    let (authority, path) = rest.split_once('/').unwrap_or((&rest, ""));
+    // The host's case, not the user's.
+    let authority = match authority.rsplit_once('@') {
+        Some((user, host)) => format!("{user}@{}", host.to_ascii_lowercase()),
+        None => authority.to_ascii_lowercase(),
+    };
+    let path = collapse(path);
+    let path = path.strip_suffix(".git").unwrap_or(&path);
+    format!("{scheme}://{authority}/{}", path.trim_end_matches('/'))
 }
 
 pub struct GitRepo {
@@ -550,12 +583,6 @@ impl GitRepo {
             .kept_config(&self.checkout, &["--get-regexp", r"^kpr\."])
             .await
             .unwrap_or_default();
-        let aside = self.checkout.with_extension("damaged");
-        let _ = tokio::fs::remove_dir_all(&aside).await;
-        tokio::fs::rename(&self.checkout, &aside)
-            .await
-            .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
-        let sha = self.sync_once().await?;
         // State kept for another source (a changed branch) is not carried, nor relabelled as
         // this one's: its last good revision would be healed from.
         let kept_for = kept.lines().find_map(|l| {
@@ -564,39 +591,62 @@ impl GitRepo {
         });
         let ours = kept_for.is_none_or(|k| same_source(k, &self.identity()));
         let kept = if ours { kept } else { String::new() };
-        let good = match last_good {
-            Some(good) if ours && self.commit_of(&good).await.is_ok() => Some(good),
-            _ => None,
-        };
+        let aside = self.checkout.with_extension("damaged");
+        let _ = tokio::fs::remove_dir_all(&aside).await;
+        tokio::fs::rename(&self.checkout, &aside)
+            .await
+            .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
+        // Into the new copy before its fetch, which may take long: a stop during it must not
+        // leave a copy that kept nothing (the last good revision's source goes with the
+        // revision, once fetched).
         let carried = async {
+            self.init().await?;
             for (key, value) in kept.lines().filter_map(|l| l.split_once(' ')) {
-                // The last good revision's source only with the revision itself.
-                if good.is_some() || !key.eq_ignore_ascii_case(LAST_GOOD_SOURCE) {
-                    self.git(["config", key, value]).await?;
+                if !key.eq_ignore_ascii_case(LAST_GOOD_SOURCE) {
+                    self.keep_config(&[key, value]).await?;
                 }
-            }
-            if let Some(good) = &good {
-                self.git(["config", LAST_GOOD_SOURCE, &self.identity()])
-                    .await?;
-                self.git(["update-ref", LAST_GOOD_REF, good]).await?;
             }
             Ok::<_, String>(())
         };
         if let Err(e) = carried.await {
             tracing::warn!(error = %e, "cannot keep what the damaged working copy kept in the new one");
         }
+        let sha = self.sync_once().await?;
+        let good = match last_good {
+            Some(good) if ours && self.commit_of(&good).await.is_ok() => Some(good),
+            _ => None,
+        };
+        if let Some(good) = &good {
+            let kept = async {
+                self.keep_config(&[LAST_GOOD_SOURCE, &self.identity()])
+                    .await?;
+                self.git(["update-ref", LAST_GOOD_REF, good]).await
+            };
+            if let Err(e) = kept.await {
+                tracing::warn!(error = %e, "cannot keep the last good revision in the new working copy");
+            }
+        }
         Ok(sha)
+    }
+
+    /// An empty repository where the working copy goes, unless there is one.
+    async fn init(&self) -> Result<(), String> {
+        if !self.checkout.join(".git").is_dir() {
+            tokio::fs::create_dir_all(&self.checkout)
+                .await
+                .map_err(|e| format!("{}: {e}", self.checkout.display()))?;
+            self.git(["init", "--quiet"]).await?;
+        }
+        Ok(())
     }
 
     /// Writes kept state into the working copy's config file itself, as [`Self::kept_config`]
     /// reads it: a copy git no longer opens (a garbled HEAD) still takes it, and its recovery
-    /// carries it into the fresh clone. Before the first clone there is no file to write.
+    /// carries it into the fresh clone.
     async fn keep_config(&self, args: &[&str]) -> Result<String, String> {
-        if !self.checkout.join(".git").join("config").is_file() {
-            let mut all = vec!["config"];
-            all.extend_from_slice(args);
-            return self.git(all).await;
-        }
+        // Before the first clone: the repository it will fetch into, as `sync` makes it. Never
+        // a `git config` git would send up to an enclosing repository.
+        self.init().await?;
         self.kept_config(&self.checkout, args).await
     }
 
@@ -657,12 +707,7 @@ impl GitRepo {
     }
 
     async fn sync_once(&self) -> Result<String, String> {
-        if !self.checkout.join(".git").is_dir() {
-            tokio::fs::create_dir_all(&self.checkout)
-                .await
-                .map_err(|e| format!("{}: {e}", self.checkout.display()))?;
-            self.git(["init", "--quiet"]).await?;
-        }
+        self.init().await?;
         self.remove_stale_locks().await?;
         // A rotated token is picked up here, once per run.
         self.token.current();
@@ -975,13 +1020,38 @@ mod tests {
         }
         // On disk `policies` and `policies.git` are two directories.
         assert!(!same_source(&base, &id("/srv/git/policies", "main")));
+        assert!(same_source(
+            &base,
+            &id("file:///srv//git/policies.git", "main")
+        ));
         let hosted = id("https://github.com/acme/policies.git", "main");
         for same in [
             "https://github.com/acme/policies",
             "https://github.com/acme/policies/",
+            "HTTPS://GitHub.com/acme/policies.git",
         ] {
             assert!(same_source(&hosted, &id(same, "main")), "{same}");
         }
+        // Only the host's case: a path's is the repository's.
+        assert!(!same_source(
+            &hosted,
+            &id("https://github.com/Acme/Policies", "main")
+        ));
+        let ssh = id("ssh://git@github.com/acme/policies.git", "main");
+        for same in [
+            "git@github.com:acme/policies.git",
+            "git@GitHub.com:/acme/policies",
+        ] {
+            assert!(same_source(&ssh, &id(same, "main")), "{same}");
+        }
+        assert!(!same_source(&ssh, &id("git@github.com:acme/other", "main")));
+        // A local repository through a symlink is the repository itself.
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real.git");
+        std::fs::create_dir(&real).unwrap();
+        std::os::unix::fs::symlink(&real, dir.path().join("link.git")).unwrap();
+        let at = |p: &Path| id(&format!("file://{}", p.display()), "main");
+        assert!(same_source(&at(&real), &at(&dir.path().join("link.git"))));
         assert!(!same_source(
             &base,
             &id("file:///srv/git/other.git", "main")
