@@ -136,8 +136,8 @@ impl Shared {
         if pushes.len() >= MAX_PENDING_PUSHES {
             pushes.pop_front();
         }
+        self.append_pending(&pushed);
         pushes.push_back(pushed);
-        self.keep_pending(&pushes);
     }
 
     /// Takes the queued pushes for a run to judge; they stay on disk until
@@ -166,25 +166,74 @@ impl Shared {
         let Some((file, source)) = &self.pending_file else {
             return 0;
         };
+        // A rewrite a stop cut short left its temporary file: the old list stands.
+        let _ = std::fs::remove_file(file.with_extension("new"));
         let Ok(text) = std::fs::read_to_string(file) else {
             return 0;
         };
         let mut lines = text.lines();
         let kept_for = lines.next().and_then(|l| l.strip_prefix("source "));
         if !kept_for.is_some_and(|k| super::source::same_source(k, source)) {
-            tracing::info!(file = %file.display(), "pushes kept for another repository, branch or path: dropped");
+            if !text.trim().is_empty() {
+                tracing::info!(file = %file.display(), "pushes kept for another repository, branch or path: dropped");
+            }
             // Not kept for later either: back on that source they would be long out of date.
             let _ = std::fs::remove_file(file);
             return 0;
         }
+        // The newest, within the queue's bound: the file is appended to, and a process that
+        // stopped mid-judgement kept those it was judging too. A line cut short by a crash
+        // reads as none.
+        let restored: Vec<Pushed> = lines.filter_map(Pushed::from_line).collect();
+        let skip = restored.len().saturating_sub(MAX_PENDING_PUSHES);
         let mut pushes = self.pushes.lock().expect("pushes lock");
-        pushes.extend(lines.filter_map(Pushed::from_line));
-        pushes.len()
+        pushes.extend(restored.into_iter().skip(skip));
+        let restored = pushes.len();
+        // Written again whole, so the file holds no more than the queue.
+        self.keep_pending(&pushes);
+        restored
+    }
+
+    /// Adds one push to the pending file: one short write, whatever the queue's length (a
+    /// flood of webhooks must not rewrite the whole queue each time). The caller holds the
+    /// queue's lock, so lines go in the queue's order.
+    fn append_pending(&self, pushed: &Pushed) {
+        use std::io::{Read, Seek, SeekFrom, Write};
+        let Some((file, source)) = &self.pending_file else {
+            return;
+        };
+        let appended = std::fs::OpenOptions::new()
+            .create(true)
+            .read(true)
+            .append(true)
+            .open(file)
+            .and_then(|mut f| {
+                let len = f.metadata()?.len();
+                let mut text = String::new();
+                if len == 0 {
+                    text = format!("source {source}\n");
+                } else {
+                    // After a line a crash cut short, on a line of its own.
+                    let mut last = [0u8];
+                    f.seek(SeekFrom::Start(len - 1))?;
+                    f.read_exact(&mut last)?;
+                    if last[0] != b'\n' {
+                        text.push('\n');
+                    }
+                }
+                text.push_str(&pushed.to_line());
+                text.push('\n');
+                f.write_all(text.as_bytes())
+            });
+        if let Err(e) = appended {
+            tracing::warn!(file = %file.display(), error = %e, "cannot keep a push not yet judged: a restart before the next run would not know it");
+        }
     }
 
     /// Writes the pushes being judged and those queued (`pushes`, whose lock the caller holds)
     /// to the pending file, replacing it whole (a new file renamed over the old): a crash
-    /// leaves the old list or the new, never half of one.
+    /// leaves the old list or the new, never half of one. Once a judgement is kept, and at
+    /// start-up; each push in between is appended ([`Shared::append_pending`]).
     fn keep_pending(&self, pushes: &VecDeque<Pushed>) {
         let Some((file, source)) = &self.pending_file else {
             return;
@@ -207,7 +256,14 @@ impl Shared {
                 _ => Err(e),
             })
         } else {
-            std::fs::write(&tmp, text).and_then(|()| std::fs::rename(&tmp, file))
+            // On disk before the rename: a power loss must not leave an empty file in place
+            // of the list.
+            std::fs::File::create(&tmp)
+                .and_then(|mut f| {
+                    std::io::Write::write_all(&mut f, text.as_bytes())?;
+                    f.sync_all()
+                })
+                .and_then(|()| std::fs::rename(&tmp, file))
         };
         if let Err(e) = kept {
             tracing::warn!(file = %file.display(), temporary = %tmp.display(), error = %e, "cannot keep the pushes not yet judged: a restart before the next run would not know them");

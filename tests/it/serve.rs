@@ -2250,6 +2250,36 @@ fn a_push_answered_but_not_yet_judged_survives_a_kill() {
     serve.stop();
 }
 
+/// The pending-push file is appended to, one line per push: after a crash it may hold more
+/// than the queue's bound, and a line cut short. A restart takes the newest within the bound
+/// and skips the cut line.
+#[test]
+fn pending_pushes_are_restored_within_the_bound() {
+    let emu = common::kinesis_mock_private();
+    let ([_], repo, _) = granted_in_turn(&emu, ["serve-bound-a"]);
+    let workdir = tempfile::tempdir().unwrap();
+    let url = repo.source_args(&[])[1].clone();
+    let hex = |i: usize| format!("{i:040x}");
+    let mut text = format!("source {url} main \n");
+    for i in 1..=1100 {
+        text.push_str(&format!("{} {} f d{i}\n", hex(i + 1), hex(i)));
+    }
+    text.push_str(&hex(5000)[..20]);
+    std::fs::write(workdir.path().join("pending-pushes"), text).unwrap();
+    let serve = restartable(&emu, &repo, workdir.path(), &PRUNING_NO_TIMERS);
+    serve.poll(
+        "the restored pushes to be judged",
+        Duration::from_secs(120),
+        |s| s.logs().contains("reconcile finished").then_some(()),
+    );
+    let logs = serve.stop();
+    let restored = logs
+        .lines()
+        .find(|l| l.contains("had not judged"))
+        .unwrap_or_else(|| panic!("nothing restored:\n{logs}"));
+    assert!(restored.contains("\"pushes\":1024"), "{restored}");
+}
+
 /// What a working copy kept for one branch (heads a force-push replaced, pushes not yet
 /// judged) is not used for another: after `--git-branch` changes, the new branch's head is
 /// applied, not refused as a head the old branch's force-push replaced.
