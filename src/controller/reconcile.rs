@@ -1329,8 +1329,17 @@ impl Reconciler {
     /// of order: a head that stays the one fetched for `--reset-settle` is where the branch
     /// is, and is applied.
     async fn admit(&mut self, head: &str, wanted: Option<String>) -> Result<(), String> {
-        // What was applied, when `head` is behind it (nothing below changes either).
-        let behind = self.behind(head).await;
+        // What was applied, when `head` is behind it (nothing below changes either). Also
+        // when what was applied is not in the working copy at all (cloned afresh, after a
+        // damaged copy, from a replica that lacks it): a head that held it would have brought
+        // it, so this one may go back from it.
+        let behind = match self.behind(head).await {
+            Some(last) => Some(last),
+            None => match self.last_good() {
+                Some(last) if last != head && !self.source.has_commit(&last).await => Some(last),
+                _ => None,
+            },
+        };
         let ahead = self.last_good().as_deref() != Some(head) && behind.is_none();
         // With a reset pending, a new head built on the reset's commit (outside what it
         // replaced) is the branch moved on from it: no run is to go back to it.

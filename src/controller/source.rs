@@ -22,6 +22,9 @@ const GIT_TIMEOUT: Duration = Duration::from_secs(300);
 const LAST_GOOD_REF: &str = "refs/kpr/last-good";
 /// Beside it, in the working copy's git config: which source it is the last good revision of.
 const LAST_GOOD_SOURCE: &str = "kpr.lastGoodSource";
+/// The last good revision of a working copy recovered afresh, until a fetch has brought it
+/// and it is the ref again (the recovery in `GitRepo::sync`).
+const LAST_GOOD_PENDING: &str = "kpr.lastGoodPending";
 const RESET_NAMED: &str = "kpr.resetNamed";
 /// Where the heads resets replaced are kept (space-separated), for a restart.
 const REPLACED: &str = "kpr.replaced";
@@ -60,7 +63,8 @@ pub fn same_source(a: &str, b: &str) -> bool {
 
 /// One text per repository, however its URL is spelt: a local one by its real path (`file://`
 /// or not, slashes doubled or trailing, through a symlink); a hosted one with its scheme and
-/// host in lower case, scp syntax (`git@host:org/r`) as `ssh://`, and `.git` optional, as
+/// host in lower case, scp syntax (`git@host:org/r`) as `ssh://` (`/~/` where relative), and
+/// `.git` optional, as
 /// git hosts serve `r` and `r.git` alike (on disk they are two directories).
 fn repository_key(url: &str) -> String {
     let collapse = |p: &str| {
@@ -82,12 +86,13 @@ fn repository_key(url: &str) -> String {
     }
     let (scheme, rest) = match url.split_once("://") {
         Some((scheme, rest)) => (scheme.to_ascii_lowercase(), rest.to_string()),
-        // scp syntax: `[user@]host:path`.
+        // scp syntax: `[user@]host:path`, relative to the user's home unless absolute, as
+        // `ssh://host/~/path` is.
         None => match url.split_once(':') {
-            Some((host, path)) if !host.contains('/') => (
-                "ssh".to_string(),
-                format!("{host}/{}", path.trim_start_matches('/')),
-            ),
+            Some((host, path)) if !host.contains('/') => match path.strip_prefix('/') {
+                Some(absolute) => ("ssh".to_string(), format!("{host}/{absolute}")),
+                None => ("ssh".to_string(), format!("{host}/~/{path}")),
+            },
             _ => (String::new(), url.to_string()),
         },
     };
@@ -219,9 +224,10 @@ impl Source {
             Source::Dir(_) => Ok(()),
             Source::Git(g) => {
                 g.git(["config", LAST_GOOD_SOURCE, &g.identity()]).await?;
-                g.git(["update-ref", LAST_GOOD_REF, revision])
-                    .await
-                    .map(drop)
+                g.git(["update-ref", LAST_GOOD_REF, revision]).await?;
+                // A recovery's, now superseded.
+                drop(g.keep_config(&["--unset-all", LAST_GOOD_PENDING]).await);
+                Ok(())
             }
         }
     }
@@ -597,8 +603,11 @@ impl GitRepo {
             .await
             .map_err(|e| format!("{failed}; moving the working copy aside: {e}"))?;
         // Into the new copy before its fetch, which may take long: a stop during it must not
-        // leave a copy that kept nothing (the last good revision's source goes with the
-        // revision, once fetched).
+        // leave a copy that kept nothing. The last good revision too: not as its ref, which
+        // would point at a commit not fetched yet (git's fetch then fails on it), but in
+        // `kpr.lastGoodPending`, which a restart reads (see `recorded_good`); made the ref once
+        // fetched, or dropped if the remote has it no more.
+        let good = last_good.filter(|_| ours);
         let carried = async {
             self.init().await?;
             for (key, value) in kept.lines().filter_map(|l| l.split_once(' ')) {
@@ -606,25 +615,26 @@ impl GitRepo {
                     self.keep_config(&[key, value]).await?;
                 }
             }
+            if let Some(good) = &good {
+                self.keep_config(&[LAST_GOOD_PENDING, good]).await?;
+                self.keep_config(&[LAST_GOOD_SOURCE, &self.identity()])
+                    .await?;
+            }
             Ok::<_, String>(())
         };
         if let Err(e) = carried.await {
             tracing::warn!(error = %e, "cannot keep what the damaged working copy kept in the new one");
         }
         let sha = self.sync_once().await?;
-        let good = match last_good {
-            Some(good) if ours && self.commit_of(&good).await.is_ok() => Some(good),
-            _ => None,
-        };
         if let Some(good) = &good {
-            let kept = async {
-                self.keep_config(&[LAST_GOOD_SOURCE, &self.identity()])
-                    .await?;
-                self.git(["update-ref", LAST_GOOD_REF, good]).await
+            let kept = match self.commit_of(good).await {
+                Ok(_) => self.git(["update-ref", LAST_GOOD_REF, good]).await,
+                Err(_) => self.keep_config(&["--unset-all", LAST_GOOD_SOURCE]).await,
             };
-            if let Err(e) = kept.await {
+            if let Err(e) = kept {
                 tracing::warn!(error = %e, "cannot keep the last good revision in the new working copy");
             }
+            drop(self.keep_config(&["--unset-all", LAST_GOOD_PENDING]).await);
         }
         Ok(sha)
     }
@@ -685,11 +695,21 @@ impl GitRepo {
         }
         let packed = tokio::fs::read_to_string(git_dir.join("packed-refs"))
             .await
-            .ok()?;
-        packed.lines().find_map(|line| {
+            .unwrap_or_default();
+        let packed = packed.lines().find_map(|line| {
             let (sha, name) = line.split_once(' ')?;
             (name == LAST_GOOD_REF).then(|| sha.to_string())
-        })
+        });
+        match packed {
+            Some(sha) => Some(sha),
+            // A recovery stopped before its fetch brought the revision.
+            None => self
+                .kept_config(&self.checkout, &["--get", LAST_GOOD_PENDING])
+                .await
+                .ok()
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty()),
+        }
     }
 
     /// Whether the remote answers, and has the branch: `git ls-remote`, which needs no
@@ -1038,13 +1058,24 @@ mod tests {
             &id("https://github.com/Acme/Policies", "main")
         ));
         let ssh = id("ssh://git@github.com/acme/policies.git", "main");
-        for same in [
-            "git@github.com:acme/policies.git",
-            "git@GitHub.com:/acme/policies",
-        ] {
-            assert!(same_source(&ssh, &id(same, "main")), "{same}");
-        }
-        assert!(!same_source(&ssh, &id("git@github.com:acme/other", "main")));
+        assert!(same_source(
+            &ssh,
+            &id("git@GitHub.com:/acme/policies", "main")
+        ));
+        assert!(!same_source(
+            &ssh,
+            &id("git@github.com:/acme/other", "main")
+        ));
+        // Relative to the user's home: another path on a server of one's own.
+        let home = id("git@gitsrv:policies.git", "main");
+        assert!(!same_source(
+            &home,
+            &id("ssh://git@gitsrv/policies.git", "main")
+        ));
+        assert!(same_source(
+            &home,
+            &id("ssh://git@gitsrv/~/policies", "main")
+        ));
         // A local repository through a symlink is the repository itself.
         let dir = tempfile::tempdir().unwrap();
         let real = dir.path().join("real.git");
