@@ -1873,7 +1873,30 @@ fn the_heads_resets_replaced_stay_refused() {
     std::fs::write(workdir.path().join("repo/.git/HEAD"), "garbage\n").unwrap();
     serve_at(&repo, &third);
     let serve = start(false);
-    refused(&serve, "the old head to be refused after a fresh clone");
+    // Refused as what a reset replaced, or (the fresh clone could not fetch what was applied
+    // from a replica serving the old head) as a head that cannot hold what was applied.
+    let st = serve.status_when(
+        "the old head to be refused after a fresh clone",
+        Duration::from_secs(20),
+        |st| {
+            st["last_run"]["result"] == "fetch_failed"
+                && st["last_run"]["error"].as_str().is_some_and(|e| {
+                    e.contains("what a reset replaced") || e.contains("which was already applied")
+                })
+        },
+    );
+    assert!(
+        live(&emu, &c).is_none(),
+        "what the reset revoked is granted again: {st:#}"
+    );
+    // The heads resets replaced came along into the fresh clone.
+    let config = std::fs::read_to_string(workdir.path().join("repo/.git/config")).unwrap();
+    assert!(
+        config
+            .lines()
+            .any(|l| l.trim_start().starts_with("replaced") && l.contains(&third)),
+        "{config}"
+    );
     assert!(
         serve.logs().contains("the git working copy is damaged"),
         "{}",
