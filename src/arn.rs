@@ -20,6 +20,12 @@ pub const PARTITIONS: &[&str] = &[
 
 /// The partition a region belongs to, by its name; any region not of a special partition is
 /// in `aws` (new commercial regions keep appearing).
+/// A 12-digit AWS account id: what an ARN, a principal, a condition value or a config key
+/// must hold where an account is meant.
+pub fn is_account_id(s: &str) -> bool {
+    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+}
+
 pub fn partition_of(region: &str) -> &'static str {
     [
         ("cn-", "aws-cn"),
@@ -173,7 +179,7 @@ impl ResourceArn {
                 partition_of(region)
             )));
         }
-        if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+        if !is_account_id(account) {
             return Err(err(&format!(
                 "account {account:?} is not a 12-digit account id"
             )));

@@ -955,7 +955,7 @@ async fn run_import(
     out: PathBuf,
 ) -> Result<u8, CliError> {
     if let Some(a) = &account
-        && (a.len() != 12 || !a.bytes().all(|b| b.is_ascii_digit()))
+        && !crate::arn::is_account_id(a)
     {
         return Err(CliError::Usage(format!(
             "--account {a:?} is not a 12-digit account id"

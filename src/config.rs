@@ -134,7 +134,7 @@ impl FileConfig {
             parse_error(twice.unwrap_or(line), message)
         })?;
         for (account, a) in &cfg.accounts {
-            if account.len() != 12 || !account.bytes().all(|b| b.is_ascii_digit()) {
+            if !crate::arn::is_account_id(account) {
                 return Err(ConfigError::Invalid(format!(
                     "{}: accounts: {account:?} is not a 12-digit account id",
                     path.display()
@@ -175,7 +175,7 @@ fn role_account(arn: &str) -> Option<&str> {
     let rest = arn.strip_prefix("arn:")?;
     let (partition, rest) = rest.split_once(':')?;
     let (account, name) = rest.strip_prefix("iam::")?.split_once(":role/")?;
-    let id = account.len() == 12 && account.bytes().all(|b| b.is_ascii_digit());
+    let id = crate::arn::is_account_id(account);
     // IAM's own rules for a role's path and name: a typo (a space, a line break, a partition
     // that does not exist) is told here, not as an AssumeRole failure at the first call.
     // The name: 1 to 64 of [A-Za-z0-9+=,.@_-]; a path before it, any printable ASCII

@@ -255,11 +255,7 @@ fn root_account<'a>(arn: &'a str, partition: &str) -> Option<&'a str> {
     }
     let rest = arn.strip_prefix("arn:")?.strip_prefix(partition)?;
     let account = rest.strip_prefix(":iam::")?.strip_suffix(":root")?;
-    is_account_id(account).then_some(account)
-}
-
-fn is_account_id(s: &str) -> bool {
-    s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit())
+    crate::arn::is_account_id(account).then_some(account)
 }
 
 /// `None` when no condition key is given: such a Condition constrains nothing. A key with an

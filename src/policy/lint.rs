@@ -227,7 +227,7 @@ fn principal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &
 /// policy at apply, after a plan that looked fine. A unique id (`AROA...`), which AWS shows
 /// in place of a principal deleted since, is flagged too: it names nobody any more.
 fn principal_shape_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
-    let account = |a: &str| a.len() == 12 && a.bytes().all(|b| b.is_ascii_digit());
+    let account = crate::arn::is_account_id;
     for (key, id) in aws_principal_ids(s) {
         let arn_ok = id.strip_prefix("arn:").is_some_and(|rest| {
             let mut parts = rest.splitn(5, ':');
@@ -240,19 +240,20 @@ fn principal_shape_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str
             );
             // What IAM takes as an AWS principal: an account's root, a role or a user, or
             // an STS session (not a group, nor a SAML provider, which is Federated).
-            let kinds: &[&str] = match service {
-                Some("iam") => &["root", "role/", "user/"],
+            let named: &[&str] = match service {
+                Some("iam") => &["role/", "user/"],
                 Some("sts") => &["assumed-role/", "federated-user/"],
                 _ => &[],
             };
+            let kind_ok = |r: &str| {
+                (service == Some("iam") && r == "root")
+                    || named
+                        .iter()
+                        .any(|k| r.strip_prefix(k).is_some_and(|name| !name.is_empty()))
+            };
             region == Some("")
                 && acct.is_some_and(account)
-                && resource.is_some_and(|r| {
-                    kinds.iter().any(|k| {
-                        r == "root" && *k == "root"
-                            || k.ends_with('/') && r.len() > k.len() && r.starts_with(k)
-                    }) && !r.contains(char::is_whitespace)
-                })
+                && resource.is_some_and(|r| kind_ok(r) && !r.contains(char::is_whitespace))
         });
         let unique_id = id.len() >= 16
             && id.starts_with('A')
@@ -398,7 +399,7 @@ fn fixed_caller_value(key: &str, how: Match, value: &str) -> bool {
         return false;
     }
     let literal = |s: &str| how == Match::Exact || !s.contains(['*', '?']);
-    let account = |s: &str| s.len() == 12 && s.bytes().all(|b| b.is_ascii_digit());
+    let account = crate::arn::is_account_id;
     match key {
         _ if (how == Match::Cidr) != (key == "aws:sourceip") => false,
         "aws:sourceip" => narrow_cidr(value),
