@@ -64,8 +64,8 @@ pub fn same_source(a: &str, b: &str) -> bool {
 /// One text per repository, however its URL is spelt: a local one by its real path (`file://`
 /// or not, slashes doubled or trailing, through a symlink); a hosted one with its scheme and
 /// host in lower case, scp syntax (`git@host:org/r`) as `ssh://` (`/~/` where relative), and
-/// `.git` optional, as
-/// git hosts serve `r` and `r.git` alike (on disk they are two directories).
+/// `.git` optional, as git hosts serve `r` and `r.git` alike (on disk they are two
+/// directories).
 fn repository_key(url: &str) -> String {
     let collapse = |p: &str| {
         let mut out = String::with_capacity(p.len());
@@ -223,7 +223,7 @@ impl Source {
         match self {
             Source::Dir(_) => Ok(()),
             Source::Git(g) => {
-                g.git(["config", LAST_GOOD_SOURCE, &g.identity()]).await?;
+                g.keep_config(&[LAST_GOOD_SOURCE, &g.identity()]).await?;
                 g.git(["update-ref", LAST_GOOD_REF, revision]).await?;
                 // A recovery's, now superseded.
                 drop(g.keep_config(&["--unset-all", LAST_GOOD_PENDING]).await);
@@ -256,23 +256,18 @@ impl Source {
             .await;
     }
 
-    /// Whether the working copy's kept state was kept for another source (the last good
-    /// revision's source says so); it is then dropped, not used.
-    pub async fn forget_foreign_state(&self) -> bool {
+    /// Drops the working copy's kept state when it was kept for another source (the last
+    /// good revision's source says so): it is not used.
+    pub async fn forget_foreign_state(&self) {
         let Source::Git(g) = self else {
-            return false;
+            return;
         };
-        let kept = g
-            .kept_config(&g.checkout, &["--get", LAST_GOOD_SOURCE])
-            .await;
-        let foreign = kept.is_ok_and(|k| !same_source(k.trim_end_matches('\n'), &g.identity()));
-        if foreign {
+        if g.kept_for().await == Some(false) {
             tracing::info!(
                 "what the working copy kept (last good revision, pushes seen, replaced heads) was kept for another repository, branch or path: not used"
             );
             drop(g.keep_config(&["--remove-section", "kpr"]).await);
         }
-        foreign
     }
 
     /// What [`Self::note_replaced`] kept.
@@ -356,7 +351,7 @@ impl Source {
         let Source::Git(g) = self else {
             return Vec::new();
         };
-        match g.kept_config(&g.checkout, &["--get", key]).await {
+        match g.kept_config(&["--get", key]).await {
             Ok(v) => v.split_whitespace().map(str::to_string).collect(),
             Err(_) => Vec::new(),
         }
@@ -369,11 +364,7 @@ impl Source {
         let Source::Git(g) = self else {
             return None;
         };
-        let source = g
-            .kept_config(&g.checkout, &["--get", LAST_GOOD_SOURCE])
-            .await
-            .ok()?;
-        if !same_source(source.trim_end_matches('\n'), &g.identity()) {
+        if !g.kept_for().await? {
             tracing::info!(
                 "the last good revision in the working copy was recorded for another repository, branch or path: not used"
             );
@@ -585,18 +576,16 @@ impl GitRepo {
         // Everything kpr keeps beside it (the heads resets replaced, the pushes seen, a reset
         // pending, the doubt about the last good revision): without it, a replica serving a
         // replaced head would have that head applied again.
-        let kept = self
-            .kept_config(&self.checkout, &["--get-regexp", r"^kpr\."])
-            .await
-            .unwrap_or_default();
         // State kept for another source (a changed branch) is not carried, nor relabelled as
         // this one's: its last good revision would be healed from.
-        let kept_for = kept.lines().find_map(|l| {
-            let (key, value) = l.split_once(' ')?;
-            key.eq_ignore_ascii_case(LAST_GOOD_SOURCE).then_some(value)
-        });
-        let ours = kept_for.is_none_or(|k| same_source(k, &self.identity()));
-        let kept = if ours { kept } else { String::new() };
+        let ours = self.kept_for().await != Some(false);
+        let kept = match ours {
+            true => self
+                .kept_config(&["--get-regexp", r"^kpr\."])
+                .await
+                .unwrap_or_default(),
+            false => String::new(),
+        };
         let aside = self.checkout.with_extension("damaged");
         let _ = tokio::fs::remove_dir_all(&aside).await;
         tokio::fs::rename(&self.checkout, &aside)
@@ -657,13 +646,20 @@ impl GitRepo {
         // Before the first clone: the repository it will fetch into, as `sync` makes it. Never
         // a `git config` git would send up to an enclosing repository.
         self.init().await?;
-        self.kept_config(&self.checkout, args).await
+        self.kept_config(args).await
+    }
+
+    /// Whether what the working copy kept is this source's, as its last good revision's source
+    /// says; `None` when it names none.
+    async fn kept_for(&self) -> Option<bool> {
+        let source = self.kept_config(&["--get", LAST_GOOD_SOURCE]).await.ok()?;
+        Some(same_source(source.trim_end_matches('\n'), &self.identity()))
     }
 
     /// `git config --file CHECKOUT/.git/config ARGS`, run from the workdir: it reads the file
     /// whether or not git can open the repository around it.
-    async fn kept_config(&self, checkout: &Path, args: &[&str]) -> Result<String, String> {
-        let file = checkout.join(".git").join("config");
+    async fn kept_config(&self, args: &[&str]) -> Result<String, String> {
+        let file = self.checkout.join(".git").join("config");
         let mut all: Vec<&OsStr> =
             vec![OsStr::new("config"), OsStr::new("--file"), file.as_os_str()];
         all.extend(args.iter().map(OsStr::new));
@@ -704,7 +700,7 @@ impl GitRepo {
             Some(sha) => Some(sha),
             // A recovery stopped before its fetch brought the revision.
             None => self
-                .kept_config(&self.checkout, &["--get", LAST_GOOD_PENDING])
+                .kept_config(&["--get", LAST_GOOD_PENDING])
                 .await
                 .ok()
                 .map(|s| s.trim().to_string())
@@ -1028,9 +1024,6 @@ fn decode(s: &str, plus_is_space: bool) -> Option<String> {
 
 #[cfg(test)]
 mod tests {
-    /// The helper answers git with the token and user name from its environment, and only
-    /// them: run through git's own credential machinery, with a `store` helper configured that
-    /// must never be asked.
     #[test]
     fn a_source_is_the_same_however_its_url_is_spelt() {
         let id = |url: &str, branch: &str| identity(url, branch, Path::new("policies"));
@@ -1107,6 +1100,9 @@ mod tests {
         ));
     }
 
+    /// The helper answers git with the token and user name from its environment, and only
+    /// them: run through git's own credential machinery, with a `store` helper configured that
+    /// must never be asked.
     #[test]
     fn the_credential_helper_answers_from_the_environment() {
         use std::io::Write;
