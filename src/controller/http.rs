@@ -32,6 +32,8 @@ const REPLAY_MEMORY: usize = 4096;
 const MAX_PENDING_PUSHES: usize = 1024;
 /// In the workdir, beside the working copy (which a damaged copy's recovery moves aside).
 const PENDING_PUSHES: &str = "pending-pushes";
+/// Its first line: the source its pushes are of (see [`super::source::identity`]).
+const PENDING_SOURCE: &str = "source ";
 
 pub struct Shared {
     pub queue: Queue,
@@ -172,7 +174,7 @@ impl Shared {
             return 0;
         };
         let mut lines = text.lines();
-        let kept_for = lines.next().and_then(|l| l.strip_prefix("source "));
+        let kept_for = lines.next().and_then(|l| l.strip_prefix(PENDING_SOURCE));
         if !kept_for.is_some_and(|k| super::source::same_source(k, source)) {
             if !text.trim().is_empty() {
                 tracing::info!(file = %file.display(), "pushes kept for another repository, branch or path: dropped");
@@ -211,7 +213,7 @@ impl Shared {
                 let len = f.metadata()?.len();
                 let mut text = String::new();
                 if len == 0 {
-                    text = format!("source {source}\n");
+                    text = format!("{PENDING_SOURCE}{source}\n");
                 } else {
                     // After a line a crash cut short, on a line of its own.
                     let mut last = [0u8];
@@ -239,18 +241,13 @@ impl Shared {
             return;
         };
         let judging = self.judging.lock().expect("judging lock");
-        let text: String = judging
+        let lines: String = judging
             .iter()
             .chain(pushes.iter())
             .map(|p| p.to_line() + "\n")
             .collect();
         let tmp = file.with_extension("new");
-        let text = if text.is_empty() {
-            text
-        } else {
-            format!("source {source}\n{text}")
-        };
-        let kept = if text.is_empty() {
+        let kept = if lines.is_empty() {
             std::fs::remove_file(file).or_else(|e| match e.kind() {
                 std::io::ErrorKind::NotFound => Ok(()),
                 _ => Err(e),
@@ -258,6 +255,7 @@ impl Shared {
         } else {
             // On disk before the rename: a power loss must not leave an empty file in place
             // of the list.
+            let text = format!("{PENDING_SOURCE}{source}\n{lines}");
             std::fs::File::create(&tmp)
                 .and_then(|mut f| {
                     std::io::Write::write_all(&mut f, text.as_bytes())?;
