@@ -1115,34 +1115,29 @@ fn target_limits_the_run() {
     let own = common::kinesis_mock_private();
     let (own_arn, own_dir) = own.stream_with_manifest("tp");
     let own_typo = format!("{own_arn}-typo");
-    let miss = own.kpr(&[
-        "apply",
-        "--dir",
-        &own_dir.arg(),
-        "--target",
-        &own_typo,
-        "--prune",
-    ]);
+    // `apply --prune --target TARGET` on the private account, with `extra` flags.
+    let pruning = |target: &str, extra: &[&str]| {
+        let args = [
+            "apply",
+            "--dir",
+            &own_dir.arg(),
+            "--target",
+            target,
+            "--prune",
+        ];
+        own.kpr(&[&args[..], extra].concat())
+    };
+    let miss = pruning(&own_typo, &[]);
     // Under --prune a target that names no stream at all is a typo too, and a dry run's
     // refusal is a plan's document.
     assert_eq!(miss.code, 1, "{miss:?}");
+    assert!(miss.stderr.contains("matches no manifest in "), "{miss:?}");
     assert!(
-        miss.stderr
-            .contains("matches no manifest in ")
-            .then(|| miss.stderr.contains("and no stream or consumer in reach"))
-            == Some(true),
+        miss.stderr.contains("and no stream or consumer in reach"),
         "{miss:?}"
     );
     assert!(own.get_policy(&own_arn).is_none(), "a targeted miss wrote");
-    let dry = [&own_dir.arg(), "--target", &own_typo, "--prune"];
-    let json = own.kpr(
-        &[
-            &["apply", "--dry-run", "--dir"],
-            &dry[..],
-            &["--output", "json"],
-        ]
-        .concat(),
-    );
+    let json = pruning(&own_typo, &["--dry-run", "--output", "json"]);
     assert_eq!(json.code, 1, "{json:?}");
     let doc = json.json();
     assert_eq!(
@@ -1153,14 +1148,7 @@ fn target_limits_the_run() {
     // One that names a stream with no manifest and no policy (pruned by an earlier run):
     // nothing to do, with a warning.
     let bare = own.create_stream(&unique("tp-bare"));
-    let done = own.kpr(&[
-        "apply",
-        "--dir",
-        &own_dir.arg(),
-        "--target",
-        &bare,
-        "--prune",
-    ]);
+    let done = pruning(&bare, &[]);
     assert_eq!(done.code, 0, "{done:?}");
     assert!(done.stderr.contains("matched nothing"), "{done:?}");
     // A target no manifest declares, whose policy --prune deletes: the note counts it.

@@ -698,6 +698,14 @@ impl Drop for Serve {
     }
 }
 
+/// The first line of `logs` that holds `needle`; the test fails, with the logs, when none
+/// does.
+fn log_line<'a>(logs: &'a str, needle: &str) -> &'a str {
+    logs.lines()
+        .find(|l| l.contains(needle))
+        .unwrap_or_else(|| panic!("no log line with {needle:?}:\n{logs}"))
+}
+
 fn live(emu: &Emulator, arn: &str) -> Option<String> {
     emu.get_policy(arn)
 }
@@ -1251,10 +1259,7 @@ fn a_failed_prune_listing_is_retried_by_a_full_scan() {
     assert_eq!(st["last_run"]["scope"], "full", "{st:#}");
     assert_eq!(emu.get_policy(&stray), None);
     let logs = serve.stop();
-    let failed = logs
-        .lines()
-        .find(|l| l.contains("\"planning failed\""))
-        .unwrap_or_else(|| panic!("no planning failed event:\n{logs}"));
+    let failed = log_line(&logs, "\"planning failed\"");
     assert!(failed.contains("ListStreams"), "{failed}");
 }
 
@@ -2210,10 +2215,7 @@ fn a_forced_push_stops_the_apply_of_the_head_it_replaced() {
         );
     }
     let logs = serve.stop();
-    let stopped = logs
-        .lines()
-        .find(|l| l.contains("stopped by a forced push"))
-        .unwrap_or_else(|| panic!("no run stopped:\n{logs}"));
+    let stopped = log_line(&logs, "stopped by a forced push");
     assert!(
         stopped.contains("1 of its change(s) not started"),
         "{stopped}"
@@ -2296,10 +2298,7 @@ fn pending_pushes_are_restored_within_the_bound() {
         |s| s.logs().contains("reconcile finished").then_some(()),
     );
     let logs = serve.stop();
-    let restored = logs
-        .lines()
-        .find(|l| l.contains("had not judged"))
-        .unwrap_or_else(|| panic!("nothing restored:\n{logs}"));
+    let restored = log_line(&logs, "had not judged");
     assert!(restored.contains("\"pushes\":1024"), "{restored}");
 }
 
@@ -3992,10 +3991,7 @@ fn sigterm_mid_apply_drains_the_changes_under_way_and_starts_no_more() {
     assert_eq!(applied, written, "{}\n{logs}", proxy.describe());
     assert!(written >= 1 && written < arns.len() as u64, "{written}");
     // The run says why it stopped short, and does not call the rest failures.
-    let finished = logs
-        .lines()
-        .find(|l| l.contains("\"reconcile finished\""))
-        .unwrap_or_else(|| panic!("no reconcile finished event:\n{logs}"));
+    let finished = log_line(&logs, "\"reconcile finished\"");
     let not_started = arns.len() as u64 - written;
     assert!(finished.contains("\"result\":\"partial\""), "{finished}");
     assert!(finished.contains("\"failed\":0"), "{finished}");
