@@ -1,7 +1,7 @@
 //! Executes a plan: bounded concurrency, each write followed by a read-back that proves the live
 //! policy is now equivalent to the manifest. One resource failing never stops the others.
 
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures::StreamExt;
@@ -9,6 +9,7 @@ use serde::Serialize;
 
 use crate::kinesis::{ApiError, Kinesis, Resilient, concurrently};
 use crate::plan::{Action, Change, Failure, Plan, Summary};
+use crate::signals::Interrupt;
 
 #[derive(Debug, Clone)]
 pub struct ApplyOptions {
@@ -40,6 +41,11 @@ impl Settled {
         self.0.lock().expect("settled").under_way += 1;
     }
 
+    /// Started, but stopped before its write was sent.
+    fn withheld(&self) {
+        self.0.lock().expect("settled").under_way -= 1;
+    }
+
     fn finished(&self, arn: &str, ok: bool) {
         let mut s = self.0.lock().expect("settled");
         s.under_way -= 1;
@@ -67,44 +73,6 @@ impl Settled {
             s.failed, s.under_way
         ));
         out
-    }
-}
-
-/// A request to stop an apply part-way (a signal, or a push that replaced the revision being
-/// applied). Changes already started finish, write and read-back, so that each is reported as
-/// it really ended; the rest are reported as not started, so the next run does them. Stopping
-/// a write half-way would leave its outcome unknown.
-#[derive(Debug, Clone, Default)]
-pub struct Interrupt(Arc<InterruptState>);
-
-#[derive(Debug, Default)]
-struct InterruptState {
-    reason: OnceLock<&'static str>,
-    /// Set, it stops this one too (see [`Interrupt::child`]).
-    parent: Option<Interrupt>,
-}
-
-impl Interrupt {
-    /// The first reason given is kept.
-    pub fn set(&self, reason: &'static str) {
-        let _ = self.0.reason.set(reason);
-    }
-
-    /// Its own reason, else its parent's.
-    pub fn reason(&self) -> Option<&'static str> {
-        self.0
-            .reason
-            .get()
-            .copied()
-            .or_else(|| self.0.parent.as_ref()?.reason())
-    }
-
-    /// One of its own that this one stops as well: a run's, under the process's shutdown.
-    pub fn child(&self) -> Interrupt {
-        Interrupt(Arc::new(InterruptState {
-            reason: OnceLock::new(),
-            parent: Some(self.clone()),
-        }))
     }
 }
 
@@ -220,7 +188,14 @@ pub async fn apply<K: Kinesis>(
                 };
             }
             opts.settled.started();
-            let result = apply_one(api, &change, opts).await;
+            let Some(result) = apply_one(api, &change, opts).await else {
+                opts.settled.withheld();
+                return ResourceResult {
+                    change,
+                    outcome: Outcome::NotStarted,
+                    error: None,
+                };
+            };
             opts.settled.finished(&change.arn, result.is_ok());
             if shown {
                 progress.inc(1);
@@ -268,22 +243,27 @@ pub async fn apply<K: Kinesis>(
     }
 }
 
+/// `None`: stopped before its write was sent, so nothing was tried.
 async fn apply_one<K: Kinesis>(
     api: &Resilient<K>,
     change: &Change,
     opts: &ApplyOptions,
-) -> Result<(), Failure> {
+) -> Option<Result<(), Failure>> {
     let fail = |e: &ApiError| Failure::from_api(change.arn.clone(), change.source.clone(), e);
     let written = match change.action {
-        Action::NoOp => return Ok(()),
+        Action::NoOp => return Some(Ok(())),
         Action::Create | Action::Update => {
             let json = change
                 .put_json
                 .as_deref()
                 .expect("create/update always carries the policy to put");
-            api.put_policy(&change.target, json).await
+            api.put_policy_unless(&change.target, json, &opts.interrupt)
+                .await?
         }
-        Action::Delete => match api.delete_policy(&change.target).await {
+        Action::Delete => match api
+            .delete_policy_unless(&change.target, &opts.interrupt)
+            .await?
+        {
             // Already gone (AWS and moto answer NotFound when there is no policy): the goal
             // state holds, as Terraform treats it.
             Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => Ok(()),
@@ -295,15 +275,15 @@ async fn apply_one<K: Kinesis>(
         // connection, a 5xx, a timeout): one read tells whether it did. A policy in place is
         // not a failure, and a pipeline must not go red for want of an answer.
         if !(e.is_retryable() && read_back_holds(api, change).await) {
-            return Err(fail(&e));
+            return Some(Err(fail(&e)));
         }
         tracing::info!(arn = %change.arn, error = %e, "the write's answer was lost, but the policy reads back as written");
-        return Ok(());
+        return Some(Ok(()));
     }
     if opts.verify {
-        verify(api, change, opts.verify_timeout).await?;
+        return Some(verify(api, change, opts.verify_timeout).await);
     }
-    Ok(())
+    Some(Ok(()))
 }
 
 /// Whether `live` is what `change` set out to make.
@@ -423,23 +403,6 @@ mod tests {
     }
 
     #[test]
-    fn a_run_stops_on_its_own_interrupt_or_the_process_one_and_the_process_on_its_own() {
-        let process = Interrupt::default();
-        let run = process.child();
-        let next = process.child();
-        run.set("replaced");
-        assert_eq!(
-            (run.reason(), process.reason(), next.reason()),
-            (Some("replaced"), None, None)
-        );
-        process.set("SIGTERM");
-        assert_eq!(
-            (run.reason(), next.reason()),
-            (Some("replaced"), Some("SIGTERM"))
-        );
-    }
-
-    #[test]
     fn settled_says_what_finished_and_what_was_under_way() {
         let settled = Settled::default();
         for _ in 0..3 {
@@ -511,7 +474,9 @@ mod tests {
                 ..RetryPolicy::default()
             };
             let api = Resilient::new(lost, retry, 0);
-            let result = apply_one(&api, &written(), &ApplyOptions::default()).await;
+            let result = apply_one(&api, &written(), &ApplyOptions::default())
+                .await
+                .expect("sent");
             assert_eq!(result.is_ok(), applied, "{lands} {error:?}: {result:?}");
             assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads);
         }
@@ -532,5 +497,68 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
         // 50, 100, then the 50 left of the window: each wait followed by a read.
         assert_eq!(never.inner().reads.load(Ordering::SeqCst), 4);
+    }
+
+    /// Counts puts; the first one stops the apply as it ends.
+    struct StopsAtFirstPut {
+        puts: AtomicU32,
+        interrupt: Interrupt,
+    }
+
+    impl Kinesis for StopsAtFirstPut {
+        async fn get_policy(&self, _: &ResourceArn) -> Result<Option<String>, ApiError> {
+            Ok(Some(POLICY.to_string()))
+        }
+        async fn put_policy(&self, _: &ResourceArn, _: &str) -> Result<(), ApiError> {
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            // The others start meanwhile, and wait their turn.
+            tokio::task::yield_now().await;
+            self.interrupt.set("a forced push");
+            Ok(())
+        }
+        crate::kinesis::calls_a_test_does_not_make!();
+    }
+
+    #[tokio::test]
+    async fn a_stop_withholds_the_writes_still_waiting_for_the_rate_limit() {
+        let interrupt = Interrupt::default();
+        let inner = StopsAtFirstPut {
+            puts: AtomicU32::new(0),
+            interrupt: interrupt.clone(),
+        };
+        // One request a second: the first write goes at once, the other two wait their turn
+        // with their tasks already started.
+        let api = Resilient::new(inner, RetryPolicy::default(), 1);
+        let changes = ["a", "b", "c"].map(|name| {
+            let target = ResourceArn::parse(&format!(
+                "arn:aws:kinesis:us-east-1:111122223333:stream/{name}"
+            ))
+            .unwrap();
+            Change {
+                target,
+                ..written()
+            }
+        });
+        let plan = Plan {
+            changes: changes.to_vec(),
+            failures: Vec::new(),
+            unlisted_targets: Vec::new(),
+        };
+        let opts = ApplyOptions {
+            concurrency: 3,
+            verify: false,
+            interrupt,
+            ..ApplyOptions::default()
+        };
+        let report = apply(&api, plan, &opts, &indicatif::ProgressBar::hidden()).await;
+        assert_eq!(api.inner().puts.load(Ordering::SeqCst), 1);
+        let outcomes: Vec<_> = report.results.iter().map(|r| r.outcome).collect();
+        assert_eq!(
+            outcomes.iter().filter(|o| **o == Outcome::Applied).count(),
+            1,
+            "{outcomes:?}"
+        );
+        assert_eq!(report.interrupted.map(|i| i.not_started), Some(2));
+        assert!(opts.settled.describe().contains("0 under way"));
     }
 }

@@ -852,7 +852,7 @@ async fn run_plan(
         out!("{}", render::changes_text(&plan, &style));
     }
     let pb = progress_bar(text, "applying");
-    let interrupt = apply::Interrupt::default();
+    let interrupt = crate::signals::Interrupt::default();
     let settled = apply::Settled::default();
     // Only from here: until the first write, a stop signal may end the process as usual.
     let on_signal = tokio::spawn(stop_gracefully(
@@ -907,7 +907,7 @@ async fn run_plan(
 /// finish and report, so the log says what was changed; a second one stops at once.
 async fn stop_gracefully(
     mut signals: crate::signals::StopSignals,
-    interrupt: apply::Interrupt,
+    interrupt: crate::signals::Interrupt,
     settled: apply::Settled,
     pb: indicatif::ProgressBar,
 ) {

@@ -22,8 +22,8 @@ use super::reconcile::Status;
 use super::trigger::{Queue, Trigger};
 use super::webhook::{self, AuthError, Event, Pushed, ReplayGuard};
 use super::{RotatingSecret, Settings, SourceSpec};
-use crate::apply::Interrupt;
 use crate::cli::CliError;
+use crate::signals::Interrupt;
 
 /// Enough to cover GitHub's redelivery window for any realistic push rate.
 const REPLAY_MEMORY: usize = 4096;

@@ -2073,7 +2073,7 @@ impl Reconciler {
     async fn apply_plan(
         &mut self,
         mut plan: plan::Plan,
-        interrupt: &apply::Interrupt,
+        interrupt: &crate::signals::Interrupt,
         out: &mut RunOutcome,
     ) -> (Vec<Item>, Option<apply::Interrupted>) {
         let concurrency = self.engine.concurrency;

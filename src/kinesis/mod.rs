@@ -8,7 +8,7 @@ use std::collections::{HashMap, HashSet};
 use std::fmt;
 use std::future::Future;
 use std::num::NonZeroU32;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
@@ -23,6 +23,7 @@ use futures::FutureExt;
 use governor::{DefaultKeyedRateLimiter, Quota, RateLimiter};
 
 use crate::arn::{ConsumerRef, ResourceArn, Scope};
+use crate::signals::Interrupt;
 
 mod direct;
 mod transport;
@@ -456,20 +457,66 @@ impl<K: Kinesis> Resilient<K> {
         &self.inner
     }
 
-    async fn run<T, F, Fut>(&self, op: Op, scope: &Scope, mut call: F) -> Result<T, ApiError>
+    async fn run<T, F, Fut>(&self, op: Op, scope: &Scope, call: F) -> Result<T, ApiError>
+    where
+        F: FnMut() -> Fut,
+        Fut: Future<Output = Result<T, ApiError>>,
+    {
+        match self.run_unless(op, scope, None, call).await {
+            Some(result) => result,
+            None => unreachable!("only a stop withholds a call"),
+        }
+    }
+
+    /// A call with the rate limit and retries; `None` if `stop` came before its first attempt
+    /// was sent (while it waited its turn at the rate limit, say): nothing was sent. Once sent,
+    /// a call runs to its end, retries included, whatever `stop` says: its outcome must be
+    /// known.
+    async fn run_unless<T, F, Fut>(
+        &self,
+        op: Op,
+        scope: &Scope,
+        stop: Option<&Interrupt>,
+        mut call: F,
+    ) -> Option<Result<T, ApiError>>
     where
         F: FnMut() -> Fut,
         Fut: Future<Output = Result<T, ApiError>>,
     {
         let attempts = AtomicU32::new(0);
         let first_sent = OnceLock::new();
+        let withheld = AtomicBool::new(false);
         let attempt = || {
-            attempts.fetch_add(1, Ordering::Relaxed);
+            let first = attempts.fetch_add(1, Ordering::Relaxed) == 0;
             let fut = call();
-            let first_sent = &first_sent;
+            let (first_sent, withheld) = (&first_sent, &withheld);
             async move {
-                if let Some(limiter) = &self.limiter {
-                    limiter.until_key_ready(&scope.account).await;
+                let stop = stop.filter(|_| first);
+                let ready = async {
+                    if let Some(limiter) = &self.limiter {
+                        limiter.until_key_ready(&scope.account).await;
+                    }
+                };
+                let go_ahead = match stop {
+                    Some(stop) => tokio::select! {
+                        biased;
+                        () = stop.stopped() => false,
+                        () = ready => stop.reason().is_none(),
+                    },
+                    None => {
+                        ready.await;
+                        true
+                    }
+                };
+                if !go_ahead {
+                    withheld.store(true, Ordering::Relaxed);
+                    // Not retryable: ends the retry loop at once, and is never reported.
+                    return Err(ApiError::new(
+                        op,
+                        ErrorClass::Fatal,
+                        None,
+                        "withheld: stopped before it was sent",
+                    ));
                 }
                 first_sent.get_or_init(Instant::now);
                 let result = fut.await;
@@ -487,7 +534,7 @@ impl<K: Kinesis> Resilient<K> {
             retries: 0,
             started: &first_sent,
         };
-        attempt
+        let result = attempt
             .retry(backoff)
             .sleep(tokio::time::sleep)
             .when(ApiError::is_retryable)
@@ -500,7 +547,33 @@ impl<K: Kinesis> Resilient<K> {
             .map_err(|mut e| {
                 e.attempts = attempts.load(Ordering::Relaxed);
                 e
-            })
+            });
+        (!withheld.load(Ordering::Relaxed)).then_some(result)
+    }
+
+    /// PutResourcePolicy, unless `stop` comes before it is sent: `None`, not sent.
+    pub async fn put_policy_unless(
+        &self,
+        arn: &ResourceArn,
+        policy: &str,
+        stop: &Interrupt,
+    ) -> Option<Result<(), ApiError>> {
+        self.run_unless(Op::PutResourcePolicy, &arn.scope, Some(stop), || {
+            self.inner.put_policy(arn, policy)
+        })
+        .await
+    }
+
+    /// DeleteResourcePolicy, unless `stop` comes before it is sent: `None`, not sent.
+    pub async fn delete_policy_unless(
+        &self,
+        arn: &ResourceArn,
+        stop: &Interrupt,
+    ) -> Option<Result<(), ApiError>> {
+        self.run_unless(Op::DeleteResourcePolicy, &arn.scope, Some(stop), || {
+            self.inner.delete_policy(arn)
+        })
+        .await
     }
 
     /// Every stream in a scope, across pages.

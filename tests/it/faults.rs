@@ -850,6 +850,41 @@ fn sigint_mid_apply_finishes_the_writes_under_way_and_reports_the_rest() {
     assert_converged(&emu, &m, &arns, &want);
 }
 
+/// A write waiting its turn at `--rate-limit` when the signal comes has not started: it is
+/// reported not started and never sent. It used to go out when its turn came, after the stop.
+#[test]
+fn sigint_withholds_the_writes_waiting_for_the_rate_limit() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "flt-int-rate", 10);
+    let (m, _) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    // One request a second: the first write goes at once, the other seven of the first
+    // eight started wait their turn, a second apart.
+    let mut cmd = kpr_via(&proxy);
+    cmd.args(["apply", "--dir", &m.arg(), "--concurrency", "8"])
+        .args(["--rate-limit", "1"]);
+    let run = Running::start(cmd);
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).seen >= 1),
+        "{}",
+        proxy.describe()
+    );
+    run.signal("INT");
+    let (code, out, _) = run.finish(Duration::from_secs(60));
+    assert_eq!(code, 1, "{out}");
+    let writes = proxy.op(PUT).seen;
+    // A second write could go out if the signal took over a second to arrive; seven did.
+    assert!(writes <= 2, "{}", proxy.describe());
+    assert!(
+        out.contains(&format!(
+            "Interrupted by SIGINT: {} change(s) not started",
+            arns.len() as u64 - writes
+        )),
+        "{out}"
+    );
+}
+
 /// Spawns `cmd` (an apply through `proxy`), sends it SIGINT once 4 writes reached the proxy,
 /// and returns its exit code and stdout. `stderr_closed`: nobody reads its stderr.
 fn sigint_after_some_writes(mut cmd: Command, proxy: &Proxy, stderr_closed: bool) -> (i32, String) {
