@@ -40,7 +40,8 @@ fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
 }
 
 /// Who the statements name, as `(effect, who)` in the canonical form: `*`, an AWS principal
-/// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`;
+/// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`
+/// (and any AWS principal as `AWS *`);
 /// under `NotPrincipal`, prefixed `all but`. For a plan's one-line summary of whom a change
 /// grants or stops granting; the statement diff stays the full account.
 fn principals_named(
@@ -63,7 +64,9 @@ fn principals_named(
                             _ => Vec::new(),
                         };
                         for id in ids {
-                            let who = if kind == "AWS" {
+                            // `AWS *` (any AWS principal) apart from `*` (anyone, service
+                            // principals too): a change between the two widens or narrows.
+                            let who = if kind == "AWS" && id != "*" {
                                 id.to_string()
                             } else {
                                 format!("{kind} {id}")
