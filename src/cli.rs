@@ -73,7 +73,7 @@ pub struct GlobalArgs {
     pub region: Option<String>,
     /// Send every Kinesis (and STS) call to this endpoint, e.g. a local emulator.
     /// AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_KINESIS are honoured too.
-    #[arg(long, global = true, env = "KPR_ENDPOINT_URL")]
+    #[arg(long, global = true, env = "KPR_ENDPOINT_URL", hide_env_values = true)]
     pub endpoint_url: Option<String>,
     /// Resources processed at once [default: 8].
     #[arg(long, global = true, env = "KPR_CONCURRENCY")]

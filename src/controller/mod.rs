@@ -38,7 +38,7 @@ pub struct ServeArgs {
     pub dir: Option<PathBuf>,
     /// Manifests from this git repository (https, ssh or file URL). Put no token in it: use
     /// --git-token-file or KPR_GIT_TOKEN.
-    #[arg(long, env = "KPR_GIT_URL", value_name = "URL")]
+    #[arg(long, env = "KPR_GIT_URL", value_name = "URL", hide_env_values = true)]
     pub git_url: Option<String>,
     /// Branch whose head is applied; only pushes to it trigger a run.
     #[arg(long, env = "KPR_GIT_BRANCH", value_name = "BRANCH")]
@@ -513,8 +513,9 @@ impl Settings {
                 {
                     tracing::warn!(
                         "the git URL carries a password or token; kpr moved it out of the URL, \
-                         but a token in a flag shows in process lists: prefer --git-token-file \
-                         or KPR_GIT_TOKEN"
+                         but where the URL is written it is in plain sight (a flag in process \
+                         lists, a variable in a pod spec, a config file): prefer \
+                         --git-token-file or KPR_GIT_TOKEN"
                     );
                 }
                 if token.is_none() {

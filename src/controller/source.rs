@@ -853,9 +853,16 @@ fn url_parts(url: &str) -> Option<(&str, Option<&str>, &str)> {
 /// `scheme://user:pass@host/...` -> `scheme://***@host/...`, and a query string (which may
 /// carry a token: `?access_token=...`) -> `?***`; anything else unchanged.
 pub fn redact_url(url: &str) -> String {
-    let Some((scheme, userinfo, after)) = url_parts(url) else {
+    let Some((scheme, mut userinfo, mut after)) = url_parts(url) else {
         return url.to_string();
     };
+    // A password holding a raw '/', '?' or '#' ends the authority early: anything up to an
+    // '@' after it may be one.
+    if userinfo.is_none()
+        && let Some(at) = after.rfind('@')
+    {
+        (userinfo, after) = (Some(&after[..at]), &after[at + 1..]);
+    }
     let after = match after.split_once('?') {
         Some((path, _)) => format!("{path}?***"),
         None => after.to_string(),
@@ -913,6 +920,18 @@ pub fn split_credentials(url: &str) -> Result<UrlCredentials, String> {
         return Err(
             "the git URL has a query string (?access_token=... ?): git would keep it in \
              .git/config and on its command line. Give a token with --git-token-file or \
+             KPR_GIT_TOKEN instead"
+                .into(),
+        );
+    }
+    if let Some(("https" | "http", None, after)) = url_parts(url)
+        && after.contains('@')
+    {
+        // User info cannot hold a raw '/', '?' or '#' (RFC 3986): with one, the password
+        // reads as the path, and would be shown wherever the URL is.
+        return Err(
+            "the git URL has an '@' after its host: a user name or password holding '/', '?' \
+             or '#' must be percent-encoded (%2F, %3F, %23), or given with --git-token-file or \
              KPR_GIT_TOKEN instead"
                 .into(),
         );
@@ -1197,6 +1216,12 @@ mod tests {
         );
         assert_eq!(split("file:///tmp/r"), ("file:///tmp/r".into(), None, None));
         assert!(split_credentials("https://a%zz@h/r").is_err());
+        // A password with a raw '/' or '#' ends the authority early: refused, not shown.
+        for bad in ["https://u:ab/SECRET=@h/r.git", "http://u:Pa#SECRET@h/r"] {
+            let e = split_credentials(bad).unwrap_err();
+            assert!(!e.contains("SECRET"), "{e}");
+            assert!(!redact_url(bad).contains("SECRET"), "{}", redact_url(bad));
+        }
         // Nothing that would end the credential helper's line, nor a token in a query.
         for bad in [
             "https://u:a%0Ab@h/r",

@@ -474,6 +474,16 @@ fn usage_errors_exit_1_not_the_changes_code() {
     let help = run(&["plan", "--help"], &[]);
     assert_eq!(help.code, 0, "{help:?}");
     assert!(help.stdout.contains("--detailed-exitcode"), "{help:?}");
+    // Help names the variables, never their values: a URL may carry a token.
+    for (args, var) in [
+        (&["serve", "--help"][..], "KPR_GIT_URL"),
+        (&["plan", "--help"][..], "KPR_ENDPOINT_URL"),
+    ] {
+        let help = run(args, &[(var, "https://u:HELPTOKEN@h/r.git")]);
+        assert_eq!(help.code, 0, "{help:?}");
+        assert!(help.stdout.contains(var), "{help:?}");
+        assert!(!help.stdout.contains("HELPTOKEN"), "{help:?}");
+    }
     let version = run(&["--version"], &[]);
     assert_eq!(version.code, 0, "{version:?}");
     assert!(
