@@ -191,22 +191,29 @@ impl fmt::Display for Diagnostic {
     }
 }
 
-/// `text` with its control characters (line breaks, escapes) and invisible format characters
-/// escaped as Rust writes them (`\n`, `\u{200b}`).
+/// `text` as it may be printed: control characters (C0 and C1: line breaks, escapes) and the
+/// invisible ones that reorder or hide text (bidi overrides, zero-width characters) escaped as
+/// Rust writes them (`\n`, `\u{200b}`), so that text from a file, its name or a policy can
+/// neither forge or overwrite output lines on a terminal nor read otherwise in a CI log's web
+/// view.
 pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    let odd = |c: char| {
+    let hidden = |c: char| {
         c.is_control()
-            || matches!(c, '\u{200b}'..='\u{200f}' | '\u{2028}'..='\u{202e}' | '\u{2060}'..='\u{2064}' | '\u{feff}')
+            || matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+                | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+                | '\u{FFF9}'..='\u{FFFB}')
     };
-    if !text.contains(odd) {
+    if !text.contains(hidden) {
         return std::borrow::Cow::Borrowed(text);
     }
     let mut out = String::with_capacity(text.len() + 8);
     for c in text.chars() {
-        if odd(c) {
-            out.extend(c.escape_debug());
-        } else {
-            out.push(c);
+        match c {
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            c if hidden(c) => out.extend(c.escape_unicode()),
+            c => out.push(c),
         }
     }
     std::borrow::Cow::Owned(out)

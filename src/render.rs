@@ -34,7 +34,7 @@ use std::fmt::Write as _;
 use serde::Serialize;
 
 use crate::apply::{Outcome, Report};
-use crate::manifest::{Diagnostic, Source};
+use crate::manifest::{Diagnostic, Source, one_line};
 use crate::plan::{Action, Change, Failure, Plan, Summary};
 use crate::policy::{AccessChange, PolicyDocument, canonical_statements};
 
@@ -211,7 +211,7 @@ pub fn access_summary(
     .into_iter()
     .filter(|(_, who)| !who.is_empty())
     .map(|(label, who)| {
-        let who: Vec<_> = who.iter().map(|w| printable(w)).collect();
+        let who: Vec<_> = who.iter().map(|w| one_line(w)).collect();
         format!("{label}: {}", who.join(", "))
     })
     .collect()
@@ -248,7 +248,7 @@ pub fn statement_diff(
     if let Some(raw) = before_raw {
         // Every line marked: what a revoke takes away must not read as unchanged context.
         lines.push("- (unparsable live policy)".to_string());
-        lines.extend(raw.lines().map(|l| format!("-   {}", printable(l))));
+        lines.extend(raw.lines().map(|l| format!("-   {}", one_line(l))));
     }
     let header = |d: Option<&PolicyDocument>| {
         d.map(|d| {
@@ -263,11 +263,11 @@ pub fn statement_diff(
     if before.is_some() && after.is_some() && hb != ha {
         lines.push(format!(
             "- {}",
-            printable(&hb.unwrap_or_default().to_string())
+            one_line(&hb.unwrap_or_default().to_string())
         ));
         lines.push(format!(
             "+ {}",
-            printable(&ha.unwrap_or_default().to_string())
+            one_line(&ha.unwrap_or_default().to_string())
         ));
     }
     let old = before
@@ -293,12 +293,12 @@ pub fn statement_diff(
                 // The effect, which the context may leave out, says whether a `+` grants.
                 let effect = effect_of(&n.1).map_or(String::new(), |e| format!(" ({e})"));
                 if n.0 == o.0 {
-                    lines.push(format!("~ statement {}{effect}", printable(&o.0)));
+                    lines.push(format!("~ statement {}{effect}", one_line(&o.0)));
                 } else {
                     lines.push(format!(
                         "~ statement {} -> {}{effect}",
-                        printable(&o.0),
-                        printable(&n.0)
+                        one_line(&o.0),
+                        one_line(&n.0)
                     ));
                 }
                 // Lines compare without their trailing comma: removing a list's last item
@@ -318,10 +318,10 @@ pub fn statement_diff(
                 // the function: `... "Condition": { "ArnNotLike": {`.
                 let gap = |lines: &mut Vec<String>, from: usize, to: usize| match to - from {
                     0 => {}
-                    1 => lines.push(format!("    {}", printable(old_lines[from]))),
+                    1 => lines.push(format!("    {}", one_line(old_lines[from]))),
                     _ => {
                         let keys = enclosing_keys(&old_lines[from..to], old_lines.get(to));
-                        let keys = printable(&keys);
+                        let keys = one_line(&keys);
                         lines.push(format!(
                             "    ...{}{keys}",
                             if keys.is_empty() { "" } else { " " }
@@ -340,21 +340,21 @@ pub fn statement_diff(
                                 similar::ChangeTag::Insert => '+',
                                 similar::ChangeTag::Equal => ' ',
                             };
-                            lines.push(format!("{sign}   {}", printable(change.value())));
+                            lines.push(format!("{sign}   {}", one_line(change.value())));
                         }
                     }
                 }
                 gap(&mut lines, shown, old_lines.len().max(shown));
             }
             None => {
-                lines.push(format!("- statement {}", printable(&o.0)));
-                lines.extend(o.1.lines().map(|l| format!("-   {}", printable(l))));
+                lines.push(format!("- statement {}", one_line(&o.0)));
+                lines.extend(o.1.lines().map(|l| format!("-   {}", one_line(l))));
             }
         }
     }
     for n in added {
-        lines.push(format!("+ statement {}", printable(&n.0)));
-        lines.extend(n.1.lines().map(|l| format!("+   {}", printable(l))));
+        lines.push(format!("+ statement {}", one_line(&n.0)));
+        lines.extend(n.1.lines().map(|l| format!("+   {}", one_line(l))));
     }
     lines
 }
@@ -399,33 +399,6 @@ fn enclosing_keys(elided: &[&str], next: Option<&&str>) -> String {
     }
     keys.reverse();
     keys.join(" ")
-}
-
-/// Text from a policy (a Sid, a principal, a line of a statement, an unparsable live
-/// document) as it may be printed: control characters (C0 and C1) and the invisible ones that
-/// reorder or hide text (bidi overrides, zero-width characters) escaped, so that it can neither
-/// forge or overwrite plan lines on a terminal nor read otherwise in a CI log's web view.
-fn printable(text: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}')
-    };
-    if !text.chars().any(hidden) {
-        return text.into();
-    }
-    let mut out = String::with_capacity(text.len() + 8);
-    for c in text.chars() {
-        match c {
-            '\n' => out.push_str("\\n"),
-            '\r' => out.push_str("\\r"),
-            '\t' => out.push_str("\\t"),
-            c if hidden(c) => out.extend(c.escape_unicode()),
-            c => out.push(c),
-        }
-    }
-    out.into()
 }
 
 /// A resource's ARN and, when a manifest declared it, where: `ARN  (file:line)`.
@@ -544,12 +517,12 @@ fn list_some<'a>(
 
 /// The SDK's errors can run over several lines (each credential source it tried); they stay
 /// indented under the first, apart from the resources listed below.
-/// A message's lines, indented under its header; each escaped as [`printable`], since a
+/// A message's lines, indented under its header; each escaped as [`one_line`], since a
 /// message may quote a policy (a key kpr refused, say).
 fn indented(message: &str) -> String {
     message
         .split('\n')
-        .map(printable)
+        .map(one_line)
         .collect::<Vec<_>>()
         .join("\n    ")
 }

@@ -1179,11 +1179,11 @@ impl Reconciler {
         Some((now + self.backoff.delay(1), Trigger::Retry { full: true }))
     }
 
+    /// A manifest's path below the source's root, as it may be logged (a file name can hold a
+    /// line break or a terminal escape).
     fn rel(&self, p: &Path) -> String {
-        p.strip_prefix(self.source.root())
-            .unwrap_or(p)
-            .display()
-            .to_string()
+        let rel = p.strip_prefix(self.source.root()).unwrap_or(p);
+        manifest::one_line(&rel.to_string_lossy()).into_owned()
     }
 
     /// Loads and validates the manifests. A directory source has no revisions, so its
@@ -1211,7 +1211,7 @@ impl Reconciler {
         let new_revision = self.applied.as_ref().is_none_or(|a| a.revision != revision);
         if new_revision {
             for d in loaded.warnings() {
-                tracing::warn!(file = %self.rel(&d.file), line = d.line, "{}", d.message);
+                tracing::warn!(file = %self.rel(&d.file), line = d.line, "{}", manifest::one_line(&d.message));
             }
         }
         // What the revision still declares without error, for drift correction of the files
@@ -1230,8 +1230,12 @@ impl Reconciler {
                 .iter()
                 .take(SHOWN)
                 .map(|d| match d.line {
-                    Some(l) => format!("{}:{l}: {}", self.rel(&d.file), d.message),
-                    None => format!("{}: {}", self.rel(&d.file), d.message),
+                    Some(l) => format!(
+                        "{}:{l}: {}",
+                        self.rel(&d.file),
+                        manifest::one_line(&d.message)
+                    ),
+                    None => format!("{}: {}", self.rel(&d.file), manifest::one_line(&d.message)),
                 })
                 .collect();
             let more = errors.len().saturating_sub(SHOWN);

@@ -1079,10 +1079,11 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     assert_eq!(serve.get("/readyz").status, 200);
     assert!(same_grant(&live(&emu, &arn).unwrap(), &v1));
 
-    // A broken push: v2 in one document, a bad ARN in another file.
+    // A broken push: v2 in one document, a bad ARN in another file, whose name would start
+    // a new log line and clear it on a terminal if it were printed as it is.
     repo.write("s.yaml", &manifest(&arn, &v2));
     repo.write(
-        "bad.yaml",
+        "bad\n\u{1b}[2K.yaml",
         "arn: arn:aws:kinesis:us-east-1:12:stream/x\nensure: absent\n",
     );
     let broken = repo.push("main", "broken");
@@ -1100,7 +1101,7 @@ fn invalid_manifests_are_never_applied_and_the_last_good_revision_stays() {
     assert_eq!(st["last_good_revision"], good);
     assert_eq!(st["last_error"]["revision"], broken);
     let message = st["last_error"]["message"].as_str().unwrap();
-    assert!(message.contains("bad.yaml:1"), "{message}");
+    assert!(message.contains("bad\\n\\u{1b}[2K.yaml:1"), "{message}");
     assert!(
         same_grant(&live(&emu, &arn).unwrap(), &v1),
         "v2 leaked from an invalid revision"
