@@ -18,11 +18,13 @@ use std::time::Duration;
 use aws_smithy_http_client::Connector;
 use aws_smithy_http_client::proxy::ProxyConfig;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::box_error::BoxError;
 use aws_smithy_runtime_api::client::connector_metadata::ConnectorMetadata;
 use aws_smithy_runtime_api::client::http::{
     HttpClient, HttpConnector, HttpConnectorFuture, HttpConnectorSettings, SharedHttpConnector,
 };
 use aws_smithy_runtime_api::client::orchestrator::HttpRequest;
+use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_runtime_api::client::runtime_components::RuntimeComponents;
 
 /// A connect and a read timeout: what distinguishes one connector's settings from another's.
@@ -150,7 +152,59 @@ fn has_scheme(url: &str, scheme: &str) -> bool {
 
 impl HttpConnector for Transport {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        self.connector(request.uri()).call(request)
+        let to = endpoint_of(request.uri());
+        let sent = self.connector(request.uri()).call(request);
+        // hyper's errors do not say where they were going ("tcp connect error: Connection
+        // refused"); with an endpoint from a flag, a variable or a profile, that is the first
+        // thing a reader needs.
+        HttpConnectorFuture::new(async move { sent.await.map_err(|e| naming(e, to)) })
+    }
+}
+
+/// `scheme://host[:port]` of a URL, without user info.
+fn endpoint_of(uri: &str) -> String {
+    let (scheme, rest) = uri.split_once("://").unwrap_or(("", uri));
+    let authority = rest.split(['/', '?', '#']).next().unwrap_or("");
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    format!("{scheme}://{host}")
+}
+
+/// A connector's error, said to be on the way to `to`; its kind (what decides a retry) and
+/// connection are kept.
+fn naming(e: ConnectorError, to: String) -> ConnectorError {
+    #[derive(Debug)]
+    struct Sending {
+        to: String,
+        source: BoxError,
+    }
+    impl std::fmt::Display for Sending {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "sending to {}", self.to)
+        }
+    }
+    impl std::error::Error for Sending {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(self.source.as_ref())
+        }
+    }
+    let connection = e.connection_metadata().cloned();
+    let (io, timeout, user, other) = (e.is_io(), e.is_timeout(), e.is_user(), e.as_other());
+    let source = Box::new(Sending {
+        to,
+        source: e.into_source(),
+    });
+    let named = if io {
+        ConnectorError::io(source)
+    } else if timeout {
+        ConnectorError::timeout(source)
+    } else if user {
+        ConnectorError::user(source)
+    } else {
+        ConnectorError::other(source, other)
+    };
+    match connection {
+        Some(c) => named.with_connection(c),
+        None => named,
     }
 }
 
@@ -231,6 +285,34 @@ mod tests {
 
     /// Behind an `https://` proxy a plain-HTTP request goes through the TLS connector (only it
     /// can reach such a proxy); otherwise through the plain one, loading no root certificates.
+    /// A connection refused says where it was going, and stays retryable.
+    #[tokio::test]
+    async fn a_failed_connection_names_its_endpoint() {
+        // A port just freed: nothing listens there.
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let transport = Transport::without_proxy(Duration::from_secs(5));
+        let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::from("{}"));
+        *request.uri_mut() = format!("http://u:PW@127.0.0.1:{port}/")
+            .as_str()
+            .try_into()
+            .unwrap();
+        let e = transport.call(request).await.unwrap_err();
+        let text = crate::kinesis::error_chain(&e);
+        assert!(
+            text.contains(&format!("sending to http://127.0.0.1:{port}: ")) && !text.contains("PW"),
+            "{text}"
+        );
+        assert!(text.contains("Connection refused"), "{text}");
+        assert_eq!(
+            crate::kinesis::dispatch_class(&e),
+            crate::kinesis::ErrorClass::Retryable
+        );
+    }
+
     #[tokio::test]
     async fn plain_http_takes_the_tls_connector_only_behind_a_tls_proxy() {
         let app = axum::Router::new().fallback(|| async { "{}" });
