@@ -13,7 +13,9 @@ by hand to what the branch says; kpr's scheduled scans (--interval, 3s) heal fro
 revision meanwhile, and are checked for it: never a revision a delivered reset or force-push
 abandoned (INV2-outage), and no run reported a success while the replica is down.
 
-Run by hand, not in CI (a seed of 40 steps takes about a minute):
+Seeds from 5000 also SIGKILL kpr soon after a webhook was answered, and start it again.
+
+Run by hand (a seed of 40 steps takes about a minute); scripts/test runs two seeds of 5000 up:
 
   EMULATOR_TAG=model KINESIS_MOCK_PORT=4850 KINESIS_MOCK_TLS_PORT=4851 MOTO_PORT=4852 \
       scripts/emulators start kinesis-mock
@@ -235,6 +237,15 @@ policy:
                 raise Fail(f"kpr exited {rc} on SIGTERM")
         self.proc = None
 
+    def kill_restart(self, after):
+        """SIGKILL, `after` seconds from now (mid-run, or not), and start again: a push answered
+        202 must still be applied (INV1), a head taken away still refused (INV2)."""
+        time.sleep(after)
+        self.proc.kill()
+        self.proc.wait()
+        self.note(f"  killed after {after}s")
+        self.start()
+
     def status(self):
         with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/status", timeout=5) as r:
             return json.load(r)
@@ -304,7 +315,9 @@ def move_op(rng, r, mode_weights, rep_weights, limits, tail):
     """A move of the branch, or a delivery, or the replica moved: `limits` are the thresholds
     of push, reset, amend, reheads, deliver, dup, lag and sync; `tail`, more (limit, op) after
     them; then settle."""
-    mode = rng.choices(["now", "late", "never", "twice"], mode_weights)[0]
+    mode = rng.choices(["now", "late", "never", "twice", "kill"][:len(mode_weights)], mode_weights)[0]
+    if mode == "kill":  # SIGKILL this many ms after the webhook was answered, then start again
+        mode = f"kill{rng.choice([0, 20, 60, 150, 400])}"
     rep = rng.choices(["sync", "lag"], rep_weights)[0]
     ops = [
         f"push:{mode}:{rep}",
@@ -327,6 +340,15 @@ def gen_op(rng, v2=False):
         if op:
             return op
     r = rng.random()
+    if v2 == 5:   # seeds >= 5000: kpr killed (SIGKILL) soon after a webhook, about 1 move in 6
+        op = pick(rng.random(), [(0.08, "restart"),
+                                 (0.16, lambda: f"lag:{rng.randint(1, 3)}"),
+                                 (0.21, lambda: f"wait:{rng.choice([1, 2, 4])}"),
+                                 (0.26, lambda: f"redeliver:{rng.randint(0, 5)}")])
+        if op:
+            return op
+        return move_op(rng, rng.random(), [45, 20, 10, 8, 17], [70, 30],
+                       [0.25, 0.40, 0.52, 0.58, 0.73, 0.77, 0.85, 0.95], [])
     if v2 == 4:   # seeds >= 3000: restarts weighted higher (about 1 step in 5)
         op = pick(rng.random(), [(0.18, "restart"),
                                  (0.26, lambda: f"lag:{rng.randint(1, 3)}"),
@@ -371,11 +393,13 @@ class Model:
         p = w.payload(old, new, forced)
         if rep == "sync":
             w.sync()
-        if mode in ("now", "twice"):
+        if mode in ("now", "twice") or mode.startswith("kill"):
             self.hook(p)
             if mode == "twice":
                 self.w.idle()
                 self.hook(p)
+            if mode.startswith("kill"):
+                w.kill_restart(int(mode[4:]) / 1000)
         elif mode == "late":
             w.pending.append(p)
 
@@ -547,7 +571,8 @@ def run(seed, steps, settle, port, ops=None, stop_on_fail=True):
     rng = random.Random(seed)
     w = World(seed, settle, port, f"m{seed}")
     m = Model(w)
-    ops = ops if ops is not None else [gen_op(rng, 4 if seed >= 3000 else 3 if seed >= 2000 else seed >= 1000) for _ in range(steps)]
+    gen = 5 if seed >= 5000 else 4 if seed >= 3000 else 3 if seed >= 2000 else seed >= 1000
+    ops = ops if ops is not None else [gen_op(rng, gen) for _ in range(steps)]
     with open(f"{w.d}/ops.txt", "w") as f:
         f.write(",".join(ops) + "\n")
     done = 0
@@ -590,7 +615,7 @@ if __name__ == "__main__":
     OUTAGE = a.outage
     INTERVAL = a.interval or ("3s" if a.outage else "24h")
     WITH_REPO = a.with_repo
-    ENDPOINT, KPR, H = a.endpoint, a.kpr, a.work
+    ENDPOINT, KPR, H = a.endpoint, a.kpr, os.path.abspath(a.work)
     # Any violation makes the exit status 1, for a loop that runs seeds until one fails.
     failed = False
     total = 0
