@@ -315,13 +315,15 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
         );
     }
     loaded.files = files.len();
-    if files.is_empty() && loaded.diagnostics.is_empty() {
+    // Files skipped with a warning (`x.json`) are not manifests: a directory of only those
+    // declares nothing, and would pass as an estate in sync.
+    if files.is_empty() && !loaded.has_errors() {
         loaded.diagnostics.push(Diagnostic {
             file: dir.to_path_buf(),
             line: None,
             severity: Severity::Error,
-            message: "no manifests (*.yaml, *.yml) found; refusing to treat an empty directory as \
-                      the desired state"
+            message: "no manifests (*.yaml, *.yml) found; refusing to treat a directory without \
+                      any as the desired state"
                 .into(),
         });
     }
