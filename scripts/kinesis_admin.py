@@ -240,8 +240,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument(
         "--endpoint-url",
-        default=os.environ.get("AWS_ENDPOINT_URL") or "http://127.0.0.1:4568",
-        help="Kinesis endpoint (default: $AWS_ENDPOINT_URL or http://127.0.0.1:4568)",
+        # As kpr: its own variable first.
+        default=os.environ.get("KPR_ENDPOINT_URL") or os.environ.get("AWS_ENDPOINT_URL")
+        or "http://127.0.0.1:4568",
+        help="Kinesis endpoint (default: $KPR_ENDPOINT_URL, $AWS_ENDPOINT_URL or http://127.0.0.1:4568)",
     )
     parser.add_argument("--region", default="us-east-1", help="region (default: us-east-1)")
     parser.add_argument(
