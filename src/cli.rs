@@ -1047,8 +1047,13 @@ fn read_input(name: &str) -> Result<String, String> {
 /// `FILE[:LINE]: error: ...`, as `validate` prints them.
 ///
 /// With a manifest, also the partition of its resource: what the policy is read in.
-fn load_policy(name: &str, opts: &LoadOptions) -> Result<(PolicyDocument, Option<String>), String> {
+fn load_policy(name: &str, opts: &LoadOptions) -> Result<Compared, String> {
     let text = read_input(name)?;
+    // What `aws kinesis get-resource-policy --query Policy --output text` writes for a
+    // resource without a policy.
+    if text.trim() == "{}" {
+        return Ok((None, None));
+    }
     let manifest = if name == "-" {
         !text.trim_start().starts_with('{')
     } else {
@@ -1071,15 +1076,15 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<(PolicyDocument, Option
             None => format!("{name}: error: {e}"),
         }
     })?;
-    Ok((doc, None))
+    Ok((Some(doc), None))
 }
 
 /// A manifest's policy, loaded and checked as `validate` would (its warnings printed).
-fn policy_of_manifest(
-    name: &str,
-    text: &str,
-    opts: &LoadOptions,
-) -> Result<(PolicyDocument, Option<String>), String> {
+/// A policy to compare: `None` for no policy (`{}`, as AWS shows a resource without one, or a
+/// manifest with `ensure: absent`); and the partition of the resource a manifest names.
+type Compared = (Option<PolicyDocument>, Option<String>);
+
+fn policy_of_manifest(name: &str, text: &str, opts: &LoadOptions) -> Result<Compared, String> {
     let loaded = manifest::load_bytes(Path::new(name), text.as_bytes(), opts);
     print_diagnostics(loaded.warnings());
     let mut resources = match loaded.into_result() {
@@ -1096,24 +1101,25 @@ fn policy_of_manifest(
         ));
     }
     let resource = resources.remove(0);
-    match resource.intent {
-        manifest::Intent::Present { document, .. } => Ok((
-            std::sync::Arc::unwrap_or_clone(document),
-            Some(resource.arn.scope.partition.clone()),
-        )),
-        manifest::Intent::Absent => Err(format!(
-            "{}: error: the manifest of {} has `ensure: absent`: no policy to compare",
-            resource.source, resource.arn
-        )),
-    }
+    let document = match resource.intent {
+        manifest::Intent::Present { document, .. } => {
+            Some(std::sync::Arc::unwrap_or_clone(document))
+        }
+        manifest::Intent::Absent => None,
+    };
+    Ok((document, Some(resource.arn.scope.partition.clone())))
 }
 
 /// `policy diff` exits 0/1/2 like diff(1): equal, different, trouble.
 fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
     match cmd {
         PolicyCommand::Fmt { file } => match load_policy(&file, opts) {
-            Ok((doc, partition)) => {
+            Ok((Some(doc), partition)) => {
                 out!("{}", doc.to_canonical_string_in(partition.as_deref()));
+                EXIT_OK
+            }
+            Ok((None, _)) => {
+                outln!("{{}}");
                 EXIT_OK
             }
             Err(e) => {
@@ -1142,18 +1148,27 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 // Resources of two partitions: read in neither, whichever comes first.
                 (Some(a), Some(b)) if a != b => crate::policy::UNKNOWN_PARTITION.to_string(),
                 (Some(p), _) | (None, Some(p)) => p,
-                (None, None) => PolicyDocument::partition_named(&[&da, &db]).to_string(),
+                (None, None) => {
+                    let docs: Vec<_> = [&da, &db].into_iter().flatten().collect();
+                    PolicyDocument::partition_named(&docs).to_string()
+                }
             };
-            if da.equivalent_in(&db, &partition) {
+            let equivalent = match (&da, &db) {
+                (Some(da), Some(db)) => da.equivalent_in(db, &partition),
+                (None, None) => true,
+                _ => false,
+            };
+            if equivalent {
                 outln!("Equivalent: {a} and {b} grant the same access.");
                 return 0;
             }
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
-            for line in render::access_summary(Some(&da), Some(&db), Some(&partition)) {
+            let (da, db) = (da.as_ref(), db.as_ref());
+            for line in render::access_summary(da, db, Some(&partition)) {
                 outln!("{}", render::summary_style(line, &style));
             }
-            for line in render::statement_diff(Some(&da), None, Some(&db), Some(&partition)) {
+            for line in render::statement_diff(da, None, db, Some(&partition)) {
                 outln!("{}", render::diff_line(line, &style));
             }
             1

@@ -1264,6 +1264,16 @@ fn policy_diff_and_fmt() {
         differ.stdout.contains("+     \"Effect\": \"Deny\""),
         "{differ:?}"
     );
+    // `{}`: a resource without a policy, as the AWS CLI prints it.
+    let none = dir.write("none.json", "{}\n");
+    let none = none.to_string_lossy();
+    let added = run(&["policy", "diff", &none, &p("a.json")]);
+    assert_eq!(added.code, 1, "{added:?}");
+    assert!(
+        added.stdout.contains("allows now: 111122223333") && added.stdout.contains("+ statement"),
+        "{added:?}"
+    );
+    assert_eq!(run(&["policy", "diff", &none, &none]).code, 0);
     let broken = run(&["policy", "diff", &p("a.json"), &p("bad.json")]);
     assert_eq!(broken.code, 2, "{broken:?}");
     assert!(broken.stderr.contains("bad.json:2:"), "{broken:?}");
@@ -1368,12 +1378,14 @@ fn policy_diff_and_fmt_take_a_manifest() {
         "{from_manifest:?}"
     );
     assert_eq!(from_manifest.stdout, from_live.stdout);
+    // `ensure: absent` asks for no policy: all of the live one goes.
     let gone = run(&["policy", "diff", &p("live.json"), &p("gone.yaml")], None);
-    assert_eq!(gone.code, 2, "{gone:?}");
+    assert_eq!(gone.code, 1, "{gone:?}");
     assert!(
-        gone.stderr.contains("gone.yaml:1:") && gone.stderr.contains("ensure: absent"),
+        gone.stdout.contains("allows no longer: ") && gone.stdout.contains("- statement"),
         "{gone:?}"
     );
+    assert!(!gone.stdout.contains("+ statement"), "{gone:?}");
     // A manifest kpr would refuse is refused here too, with its file and line.
     let refused = run(&["policy", "fmt", &p("public.yaml")], None);
     assert_eq!(refused.code, 1, "{refused:?}");
