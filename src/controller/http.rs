@@ -18,11 +18,12 @@ use metrics_exporter_prometheus::{Matcher, PrometheusBuilder, PrometheusHandle};
 use serde::Serialize;
 use tracing::Instrument;
 
-use super::reconcile::Status;
+use super::reconcile::{RunResult, Status};
 use super::trigger::{Queue, Trigger};
 use super::webhook::{self, AuthError, Event, Pushed, ReplayGuard};
 use super::{RotatingSecret, Settings, SourceSpec};
 use crate::cli::CliError;
+use crate::plan::Action;
 use crate::signals::Interrupt;
 
 /// Enough to cover GitHub's redelivery window for any realistic push rate.
@@ -375,6 +376,25 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
         "kpr_changes_total",
         "Changes applied, by action and outcome"
     );
+    // Each counter an alert watches is exported at 0 from the start: a series that first
+    // appears at 1 has no increase() in Prometheus, so the first invalid revision, refused
+    // webhook or failed change after a start would raise no alert.
+    for result in RunResult::ALL.map(RunResult::label) {
+        for trigger in Trigger::ALL.map(Trigger::label) {
+            metrics::counter!("kpr_reconcile_runs_total", "trigger" => trigger, "result" => result)
+                .absolute(0);
+        }
+    }
+    for result in WEBHOOK_RESULTS {
+        metrics::counter!("kpr_webhooks_total", "result" => result).absolute(0);
+    }
+    for action in [Action::Create, Action::Update, Action::Delete].map(Action::as_str) {
+        for outcome in ["applied", "failed"] {
+            metrics::counter!("kpr_changes_total", "action" => action, "outcome" => outcome)
+                .absolute(0);
+        }
+    }
+    metrics::counter!("kpr_http_connections_refused_total").absolute(0);
     Ok(handle)
 }
 
@@ -572,7 +592,25 @@ async fn status(State(s): State<Arc<Shared>>) -> Response {
     ([(header::CONTENT_TYPE, "application/json")], body).into_response()
 }
 
+/// Every `result` of `kpr_webhooks_total`, each exported from the start (see
+/// [`install_metrics`]).
+const WEBHOOK_RESULTS: [&str; 12] = [
+    "accepted",
+    "unauthorized",
+    "too_large",
+    "timeout",
+    "busy",
+    "duplicate",
+    "ignored",
+    "ping",
+    "disabled",
+    "secret_unreadable",
+    "bad_request",
+    "shutting_down",
+];
+
 fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
+    debug_assert!(WEBHOOK_RESULTS.contains(&result), "{result} not listed");
     metrics::counter!("kpr_webhooks_total", "result" => result).increment(1);
     let level_info = code.is_success();
     if level_info {

@@ -59,6 +59,15 @@ pub enum RunResult {
 }
 
 impl RunResult {
+    pub const ALL: [RunResult; 6] = [
+        RunResult::Success,
+        RunResult::Partial,
+        RunResult::FetchFailed,
+        RunResult::Invalid,
+        RunResult::Refused,
+        RunResult::Stopped,
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             RunResult::Success => "success",

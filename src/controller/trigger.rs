@@ -24,6 +24,14 @@ pub enum Trigger {
 }
 
 impl Trigger {
+    /// One of each label.
+    pub const ALL: [Trigger; 4] = [
+        Trigger::Startup,
+        Trigger::Schedule,
+        Trigger::Webhook,
+        Trigger::Retry { full: false },
+    ];
+
     pub fn label(self) -> &'static str {
         match self {
             Trigger::Startup => "startup",

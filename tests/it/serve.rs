@@ -863,6 +863,44 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     serve.stop();
 }
 
+/// Counters that alerts watch are exported at 0 from the start: a series that first appears
+/// at 1 has no `increase()`, and the first invalid revision after a start would alert no one.
+#[test]
+fn alerted_counters_are_exported_at_zero_from_the_start() {
+    let emu = common::kinesis_mock();
+    let (_, dir) = emu.stream_with_manifest("serve-zero");
+    let serve = Serve::dir(&emu, &dir, &["--interval", "1h"]);
+    let metrics = serve.metrics();
+    for (name, labels) in [
+        (
+            "kpr_reconcile_runs_total",
+            &[("trigger", "webhook"), ("result", "invalid")][..],
+        ),
+        (
+            "kpr_reconcile_runs_total",
+            &[("trigger", "schedule"), ("result", "fetch_failed")],
+        ),
+        ("kpr_webhooks_total", &[("result", "unauthorized")]),
+        (
+            "kpr_changes_total",
+            &[("action", "delete"), ("outcome", "failed")],
+        ),
+        ("kpr_http_connections_refused_total", &[]),
+    ] {
+        let series = metrics.lines().find(|l| {
+            l.split(['{', ' ']).next() == Some(name)
+                && labels
+                    .iter()
+                    .all(|(k, v)| l.contains(&format!("{k}=\"{v}\"")))
+        });
+        assert!(
+            series.is_some_and(|l| l.ends_with(" 0")),
+            "{name} {labels:?}: {series:?}\n{metrics}"
+        );
+    }
+    serve.stop();
+}
+
 /// Senders that open a signed delivery and never send its body hold nothing while they wait:
 /// other deliveries go through, and theirs end with 408. A malformed signature or an oversize
 /// Content-Length is answered before any body is read.
