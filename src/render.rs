@@ -874,19 +874,6 @@ mod tests {
             ]
         );
         assert!(access_summary(Some(&after), Some(&after), None).is_empty());
-        // Anyone is more than any AWS principal: service principals too.
-        let mut any_aws = read_by("etl", None);
-        any_aws["Principal"] = serde_json::json!({"AWS": "*"});
-        let mut anyone = any_aws.clone();
-        anyone["Principal"] = "*".into();
-        assert_eq!(
-            access_summary(
-                Some(&statements(serde_json::json!([any_aws]))),
-                Some(&statements(serde_json::json!([anyone]))),
-                Some("aws")
-            ),
-            ["allows now: *", "allows no longer: AWS *"]
-        );
     }
 
     /// Text taken from a policy cannot forge plan lines: a Sid's control characters are

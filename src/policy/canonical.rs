@@ -40,8 +40,7 @@ fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
 }
 
 /// Who the statements name, as `(effect, who)` in the canonical form: `*`, an AWS principal
-/// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`
-/// (and any AWS principal as `AWS *`);
+/// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`;
 /// under `NotPrincipal`, prefixed `all but`. For a plan's one-line summary of whom a change
 /// grants or stops granting; the statement diff stays the full account.
 fn principals_named(
@@ -64,9 +63,7 @@ fn principals_named(
                             _ => Vec::new(),
                         };
                         for id in ids {
-                            // `AWS *` (any AWS principal) apart from `*` (anyone, service
-                            // principals too): a change between the two widens or narrows.
-                            let who = if kind == "AWS" && id != "*" {
+                            let who = if kind == "AWS" {
                                 id.to_string()
                             } else {
                                 format!("{kind} {id}")
