@@ -874,6 +874,14 @@ mod tests {
             ]
         );
         assert!(access_summary(Some(&after), Some(&after), None).is_empty());
+        // Any AWS principal reads `*`, as anyone does: JSON gates refuse a plan whose
+        // `allows_now` holds "*" (README), and format_version 1 keeps that.
+        let mut any_aws = read_by("etl", None);
+        any_aws["Principal"] = serde_json::json!({"AWS": "*"});
+        assert_eq!(
+            access_summary(None, Some(&statements(serde_json::json!([any_aws]))), None),
+            ["allows now: *"]
+        );
     }
 
     /// Text taken from a policy cannot forge plan lines: a Sid's control characters are
