@@ -152,12 +152,15 @@ fn has_scheme(url: &str, scheme: &str) -> bool {
 
 impl HttpConnector for Transport {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
-        let to = endpoint_of(request.uri());
+        // Read only on an error: this is every request's path.
+        let uri = request.uri().to_owned();
         let sent = self.connector(request.uri()).call(request);
         // hyper's errors do not say where they were going ("tcp connect error: Connection
         // refused"); with an endpoint from a flag, a variable or a profile, that is the first
         // thing a reader needs.
-        HttpConnectorFuture::new(async move { sent.await.map_err(|e| naming(e, to)) })
+        HttpConnectorFuture::new(
+            async move { sent.await.map_err(|e| naming(e, endpoint_of(&uri))) },
+        )
     }
 }
 
