@@ -248,15 +248,34 @@ fn keep_existing(
         Declared::Present => {
             // Most likely import's own file for review, from an earlier run: still refused.
             let bytes = bytes.unwrap_or_default();
-            if crate::manifest::load_bytes(&path, &bytes, &opts.load_options())
-                .into_result()
-                .is_err()
-            {
-                report.errors.push(format!(
+            match crate::manifest::load_bytes(&path, &bytes, &opts.load_options()).into_result() {
+                Err(_) => report.errors.push(format!(
                     "{arn}: {} exists and declares it, but kpr refuses the file: fix it \
                      (`kpr validate --dir` says why)",
                     path.display()
-                ));
+                )),
+                // Valid, yet plan fails for a registration that is gone: as the run that
+                // wrote it said.
+                Ok(state) => {
+                    let gone = state.resources.iter().find_map(|r| match &r.intent {
+                        crate::manifest::Intent::Present { document, .. }
+                            if r.arn.same_resource(live) =>
+                        {
+                            match pinned_registration(document, live) {
+                                Some(Pinned::Gone(message)) => Some(message),
+                                _ => None,
+                            }
+                        }
+                        _ => None,
+                    });
+                    if let Some(message) = gone {
+                        report.errors.push(format!(
+                            "{arn}: {} declares it, and its {}",
+                            path.display(),
+                            one_line(&message)
+                        ));
+                    }
+                }
             }
         }
         Declared::Unreadable => report.errors.push(format!(
@@ -294,6 +313,34 @@ fn pinned_epoch<'a>(doc: &'a PolicyDocument, consumer: &str) -> Option<&'a str> 
         .flat_map(|s| s.resources().unwrap_or_default())
         .map(String::as_str)
         .find(|r| lint::names_one_registration(r, consumer))
+}
+
+/// A consumer's policy whose Resource names one registration (`<consumer>:<epoch>`).
+enum Pinned<'a> {
+    /// The live one: it grants nothing once the consumer is registered again.
+    Live(&'a str),
+    /// One that is gone: the grant matches nothing, and plan fails for it (the message).
+    Gone(String),
+}
+
+/// Whether `doc`, the policy of consumer `live` (as listed, with its registration's epoch),
+/// names one registration in its Resource, and which.
+fn pinned_registration<'a>(doc: &'a PolicyDocument, live: &ResourceArn) -> Option<Pinned<'a>> {
+    let arn = live.identity();
+    let arn_text = arn.to_string();
+    let pinned = arn
+        .needs_resolution()
+        .then(|| pinned_epoch(doc, &arn_text))
+        .flatten()?;
+    let registered = live.consumer.as_ref().and_then(|c| c.created);
+    if registered.is_some_and(|now| !pinned.ends_with(&format!(":{now}"))) {
+        return Some(Pinned::Gone(format!(
+            "Resource {pinned:?} names a registration of the consumer that is gone \
+             (registered now as {live}): the grant matches nothing, and kpr plan fails for it. \
+             Write \"{arn_text}:*\" to follow re-registration"
+        )));
+    }
+    Some(Pinned::Live(pinned))
 }
 
 /// `live`: the resource as listed, a consumer with its registration's epoch; the manifest
@@ -366,33 +413,22 @@ fn write_manifest(
             // The manifest names the consumer without its epoch, so that it follows
             // re-registration; a Resource pinned to today's epoch would then grant nothing (and
             // plan refuses it). The policy is imported as it is, for a reviewer to widen.
-            if let Some(pinned) = arn
-                .needs_resolution()
-                .then(|| pinned_epoch(&doc, &arn_text))
-                .flatten()
-            {
-                let registered = live.consumer.as_ref().and_then(|c| c.created);
-                let gone = registered.is_some_and(|now| !pinned.ends_with(&format!(":{now}")));
-                if gone {
+            match pinned_registration(&doc, live) {
+                Some(Pinned::Gone(message)) => {
                     // It validates, but plan refuses it: said here, not found at plan time.
-                    let message = format!(
-                        "Resource {pinned:?} names a registration of the consumer that is gone \
-                         (registered now as {live}): the grant matches nothing, and kpr plan \
-                         fails for it. Write \"{arn_text}:*\" to follow re-registration"
-                    );
                     text.push_str(&format!("# REVIEW: {}.\n", one_line(&message)));
                     report.errors.push(format!(
                         "{arn}: {}; written to {} for review",
                         one_line(&message),
                         path.display()
                     ));
-                } else {
-                    text.push_str(&format!(
-                        "# REVIEW: Resource {pinned:?} names this registration of the consumer: \
-                         once it is re-registered the grant matches nothing and kpr plan \
-                         fails. Write \"{arn_text}:*\" to follow re-registration.\n"
-                    ));
                 }
+                Some(Pinned::Live(pinned)) => text.push_str(&format!(
+                    "# REVIEW: Resource {pinned:?} names this registration of the consumer: \
+                     once it is re-registered the grant matches nothing and kpr plan fails. \
+                     Write \"{arn_text}:*\" to follow re-registration.\n"
+                )),
+                None => {}
             }
             // The live document itself (as YAML), not the canonical form: reviewers should
             // recognise what they see in the console.
@@ -1053,6 +1089,15 @@ mod tests {
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         let gone = format!("declares {pinned}, a registration that is gone");
         assert!(report.errors[0].contains(&gone), "{:?}", report.errors);
+        // The file an earlier run wrote for review, run again: still an error, as plan fails.
+        let mut report = ImportReport::default();
+        keep_existing(&live, dir.path().join("gone.yaml"), &opts, &mut report);
+        assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
+        assert!(
+            report.errors[0].contains("a registration of the consumer that is gone"),
+            "{:?}",
+            report.errors
+        );
     }
 
     /// The written file is checked as kpr will load it: a character YAML must escape is, a
