@@ -970,7 +970,12 @@ async fn run_import(
     }
     // Made before any call, so an unwritable place fails first; removed again (when still
     // empty) if the import fails, so a retry does not find a directory it did not fill.
-    let created = !out.exists();
+    // Every level made here, deepest first.
+    let created: Vec<PathBuf> = out
+        .ancestors()
+        .take_while(|p| !p.as_os_str().is_empty() && !p.exists())
+        .map(Path::to_path_buf)
+        .collect();
     std::fs::create_dir_all(&out).map_err(|source| CliError::Io {
         path: out.display().to_string(),
         source,
@@ -987,9 +992,9 @@ async fn run_import(
         Ok(r) => r,
         Err(e) => {
             crate::errln!("error: {e}");
-            if created {
+            for dir in &created {
                 // Only an empty directory goes: remove_dir refuses any other.
-                let _ = std::fs::remove_dir(&out);
+                let _ = std::fs::remove_dir(dir);
             }
             return Ok(EXIT_ERROR);
         }

@@ -120,17 +120,19 @@ fn import_then_plan_is_in_sync() {
     assert!(upper.stderr.contains("is not a region name"), "{upper:?}");
     // An import that fails leaves no directory it made and did not fill.
     let fresh = out.path().join("never-filled");
+    let nested = fresh.join("a/b");
     let closed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = closed.local_addr().unwrap().port();
     drop(closed);
     let failed = output(
         common::kpr_cmd(&format!("http://127.0.0.1:{port}"))
             .args(["import", "--out"])
-            .arg(&fresh)
+            .arg(&nested)
             .output()
             .unwrap(),
     );
     assert_eq!(failed.code, 1, "{failed:?}");
+    // Nor any level above it that it made.
     assert!(!fresh.exists(), "{failed:?}");
 }
 
