@@ -13,9 +13,9 @@ by hand to what the branch says; kpr's scheduled scans (--interval, 3s) heal fro
 revision meanwhile, and are checked for it: never a revision a delivered reset or force-push
 abandoned (INV2-outage), and no run reported a success while the replica is down.
 
-Seeds from 5000 also SIGKILL kpr soon after a webhook was answered, and start it again.
+Seeds from 50000 also SIGKILL kpr soon after a webhook was answered, and start it again.
 
-Run by hand (a seed of 40 steps takes about a minute); scripts/test runs two seeds of 5000 up:
+Run by hand (a seed of 40 steps takes about a minute); scripts/test runs two seeds of 50000 up:
 
   EMULATOR_TAG=model KINESIS_MOCK_PORT=4850 KINESIS_MOCK_TLS_PORT=4851 MOTO_PORT=4852 \
       scripts/emulators start kinesis-mock
@@ -340,7 +340,7 @@ def gen_op(rng, v2=False):
         if op:
             return op
     r = rng.random()
-    if v2 == 5:   # seeds >= 5000: kpr killed (SIGKILL) soon after a webhook, about 1 move in 6
+    if v2 == 5:   # seeds >= 50000 (older seeds keep their op lists): kpr killed (SIGKILL) soon after a webhook, about 1 move in 6
         op = pick(rng.random(), [(0.08, "restart"),
                                  (0.16, lambda: f"lag:{rng.randint(1, 3)}"),
                                  (0.21, lambda: f"wait:{rng.choice([1, 2, 4])}"),
@@ -571,7 +571,7 @@ def run(seed, steps, settle, port, ops=None, stop_on_fail=True):
     rng = random.Random(seed)
     w = World(seed, settle, port, f"m{seed}")
     m = Model(w)
-    gen = 5 if seed >= 5000 else 4 if seed >= 3000 else 3 if seed >= 2000 else seed >= 1000
+    gen = 5 if seed >= 50000 else 4 if seed >= 3000 else 3 if seed >= 2000 else seed >= 1000
     ops = ops if ops is not None else [gen_op(rng, gen) for _ in range(steps)]
     with open(f"{w.d}/ops.txt", "w") as f:
         f.write(",".join(ops) + "\n")
