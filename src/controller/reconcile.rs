@@ -1906,6 +1906,7 @@ impl Reconciler {
             message,
             untouched,
             "of files the invalid revision did not change",
+            &self.shared.interrupt.clone(),
         )
         .await
     }
@@ -1955,12 +1956,17 @@ impl Reconciler {
                 return out.fail(RunResult::FetchFailed, message);
             }
         };
+        // A forced push that takes the last good revision away, queued or arriving while this
+        // runs, stops its writes: what that revision granted may be what the push withdrew.
+        let interrupt = self.shared.interrupt.child();
+        let _applying = self.shared.applying(good.clone(), &interrupt);
         self.correct_meanwhile(
             out,
             RunResult::FetchFailed,
             message,
             desired,
             &format!("of the last good revision {good}"),
+            &interrupt,
         )
         .await
     }
@@ -1975,6 +1981,7 @@ impl Reconciler {
         message: String,
         untouched: DesiredState,
         which: &str,
+        interrupt: &crate::signals::Interrupt,
     ) -> RunOutcome {
         let skip = self.backoff.skipped(Instant::now());
         let opts = PlanOptions {
@@ -2007,10 +2014,15 @@ impl Reconciler {
                 "no run has completed since the restart: the last good revision is the one recorded in the working copy before it"
             );
         }
-        // What the last good revision declares, not the head: a push replacing the head
-        // does not stop it.
-        let interrupt = self.shared.interrupt.clone();
-        let (items, _) = self.apply_plan(plan, &interrupt, &mut out).await;
+        let (items, interrupted) = self.apply_plan(plan, interrupt, &mut out).await;
+        if let Some(i) = interrupted.filter(|i| i.not_started > 0) {
+            tracing::info!(
+                not_started = i.not_started,
+                "interrupted by {}: {} change(s) not started",
+                i.by,
+                i.not_started
+            );
+        }
         self.back_off(&items);
         self.record_states(&items);
         list_in_status(&mut out, items);

@@ -3308,6 +3308,68 @@ fn a_git_host_down_after_a_refused_head_puts_nothing_back() {
     m.serve.stop();
 }
 
+/// A forced push that takes the last good revision away, arriving while an outage's scan
+/// heals from that revision, stops the scan's writes: what the revision granted may be what
+/// the push withdrew. The writes already sent finish; those waiting their turn are not sent.
+#[test]
+fn a_forced_push_during_an_outage_heal_stops_its_writes() {
+    let emu = common::kinesis_mock();
+    let arns: Vec<String> = (0..6)
+        .map(|i| emu.create_stream(&unique(&format!("serve-heal-stop-{i}"))))
+        .collect();
+    let repo = Repo::new();
+    for (i, arn) in arns.iter().enumerate() {
+        repo.write(&format!("s{i}.yaml"), &manifest(arn, &role_one(arn)));
+    }
+    let good = repo.push("main", "granted");
+    // Two requests a second: the heal's reads, then its writes and read-backs, one change
+    // about every second.
+    let serve = Serve::git(
+        &emu,
+        &repo,
+        &[
+            "--interval",
+            "5s",
+            "--retry-delay",
+            "1h",
+            "--rate-limit",
+            "2",
+        ],
+    );
+    serve.applied(&good);
+    let origin = repo.dir.path().join("origin.git");
+    std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
+    serve.status_when("a scan to find git down", Duration::from_secs(30), |st| {
+        st["last_run"]["result"] == "fetch_failed" && st["running"] == false
+    });
+    for arn in &arns {
+        emu.admin(&["delete-policy", arn], &[]);
+    }
+    let applied = |logs: &str| logs.matches("\"change applied\"").count();
+    let before = applied(&serve.logs());
+    wait_for("the heal's first write", Duration::from_secs(30), || {
+        (applied(&serve.logs()) > before).then_some(())
+    });
+    forced_hook(&serve, &good, &"1".repeat(40));
+    let logs = wait_for("the heal to end", Duration::from_secs(30), || {
+        let logs = serve.logs();
+        let hooked = logs.find("webhook: reconcile queued")?;
+        logs[hooked..]
+            .contains("\"reconcile finished\"")
+            .then_some(logs)
+    });
+    // After the push, only the writes already sent finish (their read-backs wait their turn
+    // too); the rest are left.
+    let hooked = logs.find("webhook: reconcile queued").unwrap();
+    let end = hooked + logs[hooked..].find("\"reconcile finished\"").unwrap();
+    assert!(
+        logs[hooked..end].contains("interrupted by a forced push that replaced the revision"),
+        "the heal went on:\n{logs}"
+    );
+    assert!(applied(&logs) - before < arns.len(), "{logs}");
+    serve.stop();
+}
+
 /// A bad revision that declares a resource a second time, in a new file that sorts first,
 /// puts the error on the unchanged file's declaration: that one resource is left out of the
 /// correction, not the rest of its file.
