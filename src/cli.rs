@@ -71,7 +71,8 @@ pub struct GlobalArgs {
     /// Region for API calls that are not addressed by an ARN (ARNs carry their own region).
     #[arg(long, global = true, env = "KPR_REGION")]
     pub region: Option<String>,
-    /// Send every Kinesis (and STS) call to this endpoint, e.g. a local emulator.
+    /// Send every Kinesis call (and the STS calls of roles mapped under `accounts`) to this
+    /// endpoint, e.g. a local emulator.
     /// AWS_ENDPOINT_URL / AWS_ENDPOINT_URL_KINESIS are honoured too.
     #[arg(long, global = true, env = "KPR_ENDPOINT_URL", hide_env_values = true)]
     pub endpoint_url: Option<String>,

@@ -38,8 +38,23 @@ const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const USER_AGENT: &str = concat!("kpr/", env!("CARGO_PKG_VERSION"));
 /// A policy is at most a few tens of KiB; anything far larger is not a Kinesis answer.
 const MAX_RESPONSE: usize = 1 << 20;
-/// Refresh credentials this long before they expire, as the SDK's identity cache does.
+/// Refresh credentials this long before they expire, when the provider gives that long.
 const CREDENTIALS_BUFFER: Duration = Duration::from_secs(300);
+/// Credentials with less time left than [`CREDENTIALS_BUFFER`] (a `credential_process` that
+/// hands out its own cached session to the end) are used this long at most before asking
+/// again, and never closer than [`EXPIRY_MARGIN`] to their expiry: asking on every request
+/// spawned the process once a read.
+const SHORT_LIVED_REUSE: Duration = Duration::from_secs(60);
+const EXPIRY_MARGIN: Duration = Duration::from_secs(10);
+/// Credentials without an expiry are asked for again after this long, as the SDK's identity
+/// cache does.
+const NO_EXPIRY_REUSE: Duration = Duration::from_secs(15 * 60);
+/// How long a call waits for the provider: the SDK's identity cache waits as long. The load
+/// itself goes on (see [`CredentialCache::fetch`]).
+const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
+/// A load still unanswered after this long is given up for a new one: a provider stuck for
+/// good (a hung `credential_process`) must not stop every later refresh.
+const LOAD_ABANDONED: Duration = Duration::from_secs(120);
 
 /// Where and how the SDK sent a scope's GetResourcePolicy: all this path needs to send its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -125,11 +140,10 @@ impl Intercept for RouteRecorder {
 /// fetches them once (one STS call for an assumed role), not once per path.
 pub(super) struct CredentialCache {
     provider: SharedCredentialsProvider,
-    /// Shared, not cloned per call: a `Credentials` clone copies its property map.
-    current: std::sync::Mutex<Option<Arc<Credentials>>>,
-    /// Held while fetching, so that concurrent calls wait for one fetch instead of each
-    /// starting their own.
-    refresh: tokio::sync::Mutex<()>,
+    current: std::sync::Mutex<Option<Cached>>,
+    /// The provider's load under way, which every call that needs credentials waits on
+    /// instead of starting its own.
+    loading: std::sync::Mutex<Option<Loading>>,
     signing_key: std::sync::Mutex<Option<SigningKey>>,
     /// What the provider does, for its errors ("assuming role R for account A"); `None` for
     /// the default chain, whose errors say it themselves.
@@ -144,6 +158,49 @@ pub(super) struct CredentialCache {
 /// run (a retry comes 30 s later by default) asks again.
 const FAILURE_MEMORY: Duration = Duration::from_secs(10);
 
+/// Credentials as loaded. Shared, not cloned per call: a `Credentials` clone copies its
+/// property map.
+struct Cached {
+    creds: Arc<Credentials>,
+    /// Asked for again from then on.
+    refresh_at: SystemTime,
+    loaded_at: tokio::time::Instant,
+}
+
+impl Cached {
+    fn new(creds: Arc<Credentials>) -> Self {
+        let now = SystemTime::now();
+        let refresh_at = match creds.expiry() {
+            None => now + NO_EXPIRY_REUSE,
+            Some(expiry) => expiry
+                .checked_sub(CREDENTIALS_BUFFER)
+                .filter(|ahead| *ahead > now)
+                .unwrap_or_else(|| {
+                    let margin = expiry.checked_sub(EXPIRY_MARGIN).unwrap_or(now);
+                    (now + SHORT_LIVED_REUSE)
+                        .min(margin)
+                        .max(now + Duration::from_secs(1))
+                }),
+        };
+        Cached {
+            creds,
+            refresh_at,
+            loaded_at: tokio::time::Instant::now(),
+        }
+    }
+}
+
+type Loaded = Result<Arc<Credentials>, Arc<CredentialsError>>;
+
+/// A load of the provider, run as a task of its own: a call that stops waiting for it (its
+/// timeout) does not drop it. Dropped, a `credential_process` child stays behind, hung, and
+/// every retry would start one more.
+struct Loading {
+    started: tokio::time::Instant,
+    result: futures::future::Shared<futures::future::BoxFuture<'static, Loaded>>,
+    task: tokio::task::AbortHandle,
+}
+
 struct SigningKey {
     date: String,
     access_key_id: String,
@@ -155,7 +212,7 @@ impl CredentialCache {
         Self {
             provider,
             current: std::sync::Mutex::new(None),
-            refresh: tokio::sync::Mutex::new(()),
+            loading: std::sync::Mutex::new(None),
             signing_key: std::sync::Mutex::new(None),
             label: None,
             failed: std::sync::Mutex::new(None),
@@ -179,11 +236,57 @@ impl CredentialCache {
     fn fresh(&self) -> Option<Arc<Credentials>> {
         let slot = self.current.lock().expect("credentials");
         slot.as_ref()
-            .filter(|c| {
-                c.expiry()
-                    .is_none_or(|e| SystemTime::now() + CREDENTIALS_BUFFER < e)
+            .filter(|c| SystemTime::now() < c.refresh_at)
+            .map(|c| Arc::clone(&c.creds))
+    }
+
+    /// The service refused the credentials (expired, or revoked): the next call asks the
+    /// provider again, unless they were loaded just now (it has nothing newer).
+    pub(super) fn forget(&self) {
+        let mut slot = self.current.lock().expect("credentials");
+        if slot
+            .as_ref()
+            .is_some_and(|c| c.loaded_at.elapsed() >= FAILURE_MEMORY)
+        {
+            *slot = None;
+        }
+    }
+
+    /// The load under way, or a new one.
+    fn loading(&self) -> futures::future::Shared<futures::future::BoxFuture<'static, Loaded>> {
+        use futures::FutureExt;
+        let mut slot = self.loading.lock().expect("credentials load");
+        if let Some(l) = slot.as_ref() {
+            if l.result.peek().is_some() || l.started.elapsed() < LOAD_ABANDONED {
+                return l.result.clone();
+            }
+            l.task.abort();
+        }
+        let provider = self.provider.clone();
+        let task = tokio::spawn(async move {
+            provider
+                .provide_credentials()
+                .await
+                .map(Arc::new)
+                .map_err(Arc::new)
+        });
+        let abort = task.abort_handle();
+        let result = async move {
+            task.await.unwrap_or_else(|e| {
+                Err(Arc::new(CredentialsError::provider_error(format!(
+                    "the credentials provider did not answer within {}s ({e})",
+                    LOAD_ABANDONED.as_secs()
+                ))))
             })
-            .cloned()
+        }
+        .boxed()
+        .shared();
+        *slot = Some(Loading {
+            started: tokio::time::Instant::now(),
+            result: result.clone(),
+            task: abort,
+        });
+        result
     }
 
     async fn fetch(&self) -> Result<Arc<Credentials>, CredentialsError> {
@@ -193,48 +296,53 @@ impl CredentialCache {
         if let Some(e) = self.recent_failure() {
             return Err(e);
         }
-        let _fetching = self.refresh.lock().await;
-        // Another call may have fetched (or failed) while this one waited.
-        if let Some(creds) = self.fresh() {
-            return Ok(creds);
+        let load = self.loading();
+        // A timeout is retried; the load goes on, for the next call to take up.
+        let loaded = tokio::time::timeout(LOAD_TIMEOUT, load.clone())
+            .await
+            .map_err(|_| CredentialsError::provider_timed_out(LOAD_TIMEOUT))?;
+        {
+            let mut slot = self.loading.lock().expect("credentials load");
+            if slot
+                .as_ref()
+                .is_some_and(|l| futures::future::Shared::ptr_eq(&l.result, &load))
+            {
+                *slot = None;
+            }
         }
-        if let Some(e) = self.recent_failure() {
-            return Err(e);
-        }
-        match self.provider.provide_credentials().await {
+        let e = match loaded {
             Ok(creds) => {
-                let creds = Arc::new(creds);
-                *self.current.lock().expect("credentials") = Some(Arc::clone(&creds));
-                Ok(creds)
+                *self.current.lock().expect("credentials") = Some(Cached::new(Arc::clone(&creds)));
+                return Ok(creds);
             }
-            // A timeout stays itself: it is retried.
-            Err(e @ CredentialsError::ProviderTimedOut(_)) => Err(e),
-            Err(e) => {
-                // Its own text is "an error occurred while loading credentials", which the
-                // error made of the message says again.
-                let chain =
-                    std::error::Error::source(&e).map_or_else(|| e.to_string(), super::error_chain);
-                let message = match &self.label {
-                    Some(label) => format!("{label}: {chain}"),
-                    // The default chain, tried because the environment holds no keys: its last
-                    // link's failure (the instance metadata service, off EC2) hides the cause.
-                    None => match std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
-                        Some(profile) => format!(
-                            "no AWS credentials from profile {profile:?} (AWS_PROFILE): {chain}"
-                        ),
-                        None => format!(
-                            "no AWS credentials: none in the environment, and the default chain \
-                             (profile, SSO, web identity, container, instance metadata) found \
-                             none ({chain}). Set AWS_PROFILE or AWS_ACCESS_KEY_ID and \
-                             AWS_SECRET_ACCESS_KEY; against a local emulator any values do"
-                        ),
-                    },
-                };
-                *self.failed.lock().expect("credentials failure") =
-                    Some((std::time::Instant::now(), message.clone()));
-                Err(CredentialsError::provider_error(message))
-            }
+            Err(e) => e,
+        };
+        if let CredentialsError::ProviderTimedOut(_) = &*e {
+            return Err(CredentialsError::provider_timed_out(LOAD_TIMEOUT));
         }
+        // Its own text is "an error occurred while loading credentials", which the error made
+        // of the message says again.
+        let chain =
+            std::error::Error::source(&*e).map_or_else(|| e.to_string(), super::error_chain);
+        let message = match &self.label {
+            Some(label) => format!("{label}: {chain}"),
+            // The default chain, tried because the environment holds no keys: its last link's
+            // failure (the instance metadata service, off EC2) hides the cause.
+            None => match std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
+                Some(profile) => {
+                    format!("no AWS credentials from profile {profile:?} (AWS_PROFILE): {chain}")
+                }
+                None => format!(
+                    "no AWS credentials: none in the environment, and the default chain \
+                     (profile, SSO, web identity, container, instance metadata) found none \
+                     ({chain}). Set AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; \
+                     against a local emulator any values do"
+                ),
+            },
+        };
+        *self.failed.lock().expect("credentials failure") =
+            Some((std::time::Instant::now(), message.clone()));
+        Err(CredentialsError::provider_error(message))
     }
 
     async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
@@ -881,14 +989,154 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn credentials_near_expiry_are_fetched_again() {
-        // Inside the refresh buffer from the start: every call must fetch anew.
+    async fn credentials_near_expiry_are_reused_a_while_not_fetched_per_call() {
+        // Inside the refresh buffer from the start (a credential_process that hands out its
+        // session to the end): fetched once, not once a call.
         let (fetches, cache) = counting(CREDENTIALS_BUFFER / 2);
-        let first = cache.credentials().await.unwrap();
-        let second = cache.credentials().await.unwrap();
-        assert_eq!(first.access_key_id(), "AKID0");
-        assert_eq!(second.access_key_id(), "AKID1");
+        for _ in 0..5 {
+            assert_eq!(cache.credentials().await.unwrap().access_key_id(), "AKID0");
+        }
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+    }
+
+    #[test]
+    fn when_credentials_are_asked_for_again() {
+        let at = |ttl: Option<Duration>| {
+            let expiry = ttl.map(|t| SystemTime::now() + t);
+            let cached = Cached::new(Arc::new(Credentials::new("a", "s", None, expiry, "t")));
+            cached
+                .refresh_at
+                .duration_since(SystemTime::now())
+                .unwrap_or_default()
+        };
+        let near =
+            |got: Duration, want: Duration| got <= want && want - got < Duration::from_secs(2);
+        let hour = Duration::from_secs(3600);
+        // The buffer ahead of expiry when there is room; a minute, or up to ten seconds
+        // before expiry, when there is not; a second at least.
+        assert!(near(at(Some(hour)), hour - CREDENTIALS_BUFFER));
+        assert!(near(at(Some(Duration::from_secs(120))), SHORT_LIVED_REUSE));
+        assert!(near(
+            at(Some(Duration::from_secs(30))),
+            Duration::from_secs(20)
+        ));
+        assert!(near(
+            at(Some(Duration::from_secs(3))),
+            Duration::from_secs(1)
+        ));
+        assert!(near(at(None), NO_EXPIRY_REUSE));
+    }
+
+    /// Never answers, counting the loads started (a hung credential_process).
+    #[derive(Debug)]
+    struct Hanging(Arc<std::sync::atomic::AtomicU32>);
+
+    impl ProvideCredentials for Hanging {
+        fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
+        where
+            Self: 'a,
+        {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            ProvideCredentialsFuture::new(std::future::pending())
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_provider_that_never_answers_times_out_and_is_not_started_again_and_again() {
+        let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cache =
+            CredentialCache::new(SharedCredentialsProvider::new(Hanging(Arc::clone(&loads))));
+        for _ in 0..3 {
+            let e = cache.credentials().await.unwrap_err();
+            // Retried, as any timeout: the provider may answer next time.
+            assert!(e.is_retryable(), "{e}");
+        }
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        // Given up after a while for a new load, so a provider stuck once is not stuck for good.
+        tokio::time::advance(LOAD_ABANDONED).await;
+        let _ = cache.credentials().await;
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn refused_credentials_are_forgotten_unless_just_loaded() {
+        let (fetches, cache) = counting(Duration::from_secs(3600));
+        cache.credentials().await.unwrap();
+        // Just loaded: the provider has nothing newer.
+        cache.forget();
+        cache.credentials().await.unwrap();
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        tokio::time::advance(FAILURE_MEMORY).await;
+        cache.forget();
+        assert_eq!(cache.credentials().await.unwrap().access_key_id(), "AKID1");
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// A read or a write whose credentials the service refused makes the scope load them
+    /// again: a session revoked or rotated early is not used until its stated expiry.
+    #[tokio::test]
+    async fn credentials_the_service_refuses_are_loaded_again() {
+        use crate::kinesis::{AwsKinesis, ClientOptions, Kinesis};
+        let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let refuse = Arc::clone(&refusing);
+        let app = axum::Router::new().fallback(move || {
+            let refused = refuse.load(std::sync::atomic::Ordering::SeqCst);
+            async move {
+                if refused {
+                    (
+                        http::StatusCode::BAD_REQUEST,
+                        [("x-amzn-errortype", "ExpiredTokenException")],
+                        r#"{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}"#,
+                    )
+                } else {
+                    (http::StatusCode::OK, [("x-amzn-requestid", "1")], r#"{"Policy":""}"#)
+                }
+            }
+        });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let provider = Counting {
+            fetches: Arc::clone(&fetches),
+            ttl: Duration::from_secs(3600),
+        };
+        let transport = Transport::without_proxy(Duration::from_secs(5));
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(&url)
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .http_client(transport.clone())
+            .build();
+        let api = AwsKinesis::with_config(base, ClientOptions::default(), transport);
+        let arn =
+            crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
+                .unwrap();
+        let loads = || fetches.load(std::sync::atomic::Ordering::SeqCst);
+        // The SDK's read, then a direct one.
+        api.get_policy(&arn).await.unwrap();
+        api.get_policy(&arn).await.unwrap();
+        assert_eq!(loads(), 1);
+        let refused = async |write: bool| {
+            // Loaded a while ago: the provider may well have newer ones by now.
+            tokio::time::pause();
+            tokio::time::advance(FAILURE_MEMORY).await;
+            tokio::time::resume();
+            refusing.store(true, std::sync::atomic::Ordering::SeqCst);
+            let e = if write {
+                api.put_policy(&arn, "{}").await.unwrap_err()
+            } else {
+                api.get_policy(&arn).await.unwrap_err()
+            };
+            assert!(e.refuses_credentials(), "{e}");
+            refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+            api.get_policy(&arn).await.unwrap();
+        };
+        refused(false).await;
+        assert_eq!(loads(), 2, "after a refused direct read");
+        refused(true).await;
+        assert_eq!(loads(), 3, "after a refused write through the SDK");
     }
 
     /// One scope, two reads: the first through the SDK, the second direct. Both must use the

@@ -110,6 +110,20 @@ pub fn split_attempts(message: &str) -> (&str, Option<u32>) {
 }
 
 impl ApiError {
+    /// The service refused the request's credentials: expired, revoked, or unknown to it.
+    pub fn refuses_credentials(&self) -> bool {
+        matches!(
+            self.code.as_deref(),
+            Some(
+                "ExpiredTokenException"
+                    | "ExpiredToken"
+                    | "UnrecognizedClientException"
+                    | "InvalidClientTokenId"
+                    | "InvalidSignatureException"
+            )
+        )
+    }
+
     pub fn is_retryable(&self) -> bool {
         self.class == ErrorClass::Retryable
     }
@@ -814,6 +828,23 @@ impl AwsKinesis {
     async fn client(&self, scope: &Scope) -> aws_sdk_kinesis::Client {
         self.scope(scope).await.sdk.clone()
     }
+
+    /// `e`, once the scope's credentials are forgotten if the service refused them: cached
+    /// until near their expiry, credentials revoked or replaced (a rotated key, a session
+    /// ended early) would fail every call until then, though new ones are a load away.
+    fn noting(&self, scope: &Scope, e: ApiError) -> ApiError {
+        if e.refuses_credentials()
+            && let Some(cache) = self
+                .clients
+                .lock()
+                .expect("client map")
+                .get(scope)
+                .and_then(|c| c.credentials.clone())
+        {
+            cache.forget();
+        }
+        e
+    }
 }
 
 /// The streams a ListStreams page names: by the ARNs of its StreamSummaries where the service
@@ -893,7 +924,8 @@ impl Kinesis for AwsKinesis {
             return self
                 .reader
                 .get_policy(route, credentials, &arn.to_string())
-                .await;
+                .await
+                .map_err(|e| self.noting(&arn.scope, e));
         }
         let sent = client
             .sdk
@@ -902,7 +934,7 @@ impl Kinesis for AwsKinesis {
             .send()
             .boxed()
             .await;
-        sdk_answer(sent)
+        sdk_answer(sent).map_err(|e| self.noting(&arn.scope, e))
     }
 
     async fn put_policy(&self, arn: &ResourceArn, policy: &str) -> Result<(), ApiError> {
@@ -915,7 +947,7 @@ impl Kinesis for AwsKinesis {
             .boxed()
             .await
             .map(|_| ())
-            .map_err(|e| classify(Op::PutResourcePolicy, &e))
+            .map_err(|e| self.noting(&arn.scope, classify(Op::PutResourcePolicy, &e)))
     }
 
     async fn delete_policy(&self, arn: &ResourceArn) -> Result<(), ApiError> {
@@ -927,7 +959,7 @@ impl Kinesis for AwsKinesis {
             .boxed()
             .await
             .map(|_| ())
-            .map_err(|e| classify(Op::DeleteResourcePolicy, &e))
+            .map_err(|e| self.noting(&arn.scope, classify(Op::DeleteResourcePolicy, &e)))
     }
 
     async fn describe_consumer(&self, arn: &ResourceArn) -> Result<ResourceArn, ApiError> {
@@ -944,7 +976,7 @@ impl Kinesis for AwsKinesis {
             .send()
             .boxed()
             .await
-            .map_err(|e| classify(op, &e))?;
+            .map_err(|e| self.noting(&arn.scope, classify(op, &e)))?;
         let live = out
             .consumer_description()
             .map(|d| d.consumer_arn().to_string())
@@ -988,7 +1020,7 @@ impl Kinesis for AwsKinesis {
             .send()
             .boxed()
             .await
-            .map_err(|e| classify(op, &e))?;
+            .map_err(|e| self.noting(scope, classify(op, &e)))?;
         let items = listed_streams(scope, &out)?;
         // A listing that stops short would pass for the whole: prune would miss policies,
         // import would leave resources out, and both would say nothing.
@@ -1023,7 +1055,7 @@ impl Kinesis for AwsKinesis {
             .send()
             .boxed()
             .await
-            .map_err(|e| classify(op, &e))?;
+            .map_err(|e| self.noting(scope, classify(op, &e)))?;
         let arn = out
             .stream_description_summary()
             .map(|d| d.stream_arn().to_string())
@@ -1047,7 +1079,7 @@ impl Kinesis for AwsKinesis {
             .send()
             .boxed()
             .await
-            .map_err(|e| classify(op, &e))?;
+            .map_err(|e| self.noting(&stream.scope, classify(op, &e)))?;
         Ok(Page {
             items: listed_consumers(stream, &out)?,
             next: out.next_token().map(|t| Cursor::Token(t.to_string())),
