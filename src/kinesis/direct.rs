@@ -1072,11 +1072,41 @@ mod tests {
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
+    /// kpr's client for an endpoint at `url`, its credentials from a [`Counting`] provider
+    /// (an hour each); with the count of loads, and its transport.
+    fn against(
+        url: &str,
+    ) -> (
+        crate::kinesis::AwsKinesis,
+        Arc<std::sync::atomic::AtomicU32>,
+        Transport,
+    ) {
+        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let provider = Counting {
+            fetches: Arc::clone(&fetches),
+            ttl: Duration::from_secs(3600),
+        };
+        let transport = Transport::without_proxy(Duration::from_secs(5));
+        let base = aws_config::SdkConfig::builder()
+            .behavior_version(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new("us-east-1"))
+            .endpoint_url(url)
+            .credentials_provider(SharedCredentialsProvider::new(provider))
+            .http_client(transport.clone())
+            .build();
+        let api = crate::kinesis::AwsKinesis::with_config(
+            base,
+            crate::kinesis::ClientOptions::default(),
+            transport.clone(),
+        );
+        (api, fetches, transport)
+    }
+
     /// A read or a write whose credentials the service refused makes the scope load them
     /// again: a session revoked or rotated early is not used until its stated expiry.
     #[tokio::test]
     async fn credentials_the_service_refuses_are_loaded_again() {
-        use crate::kinesis::{AwsKinesis, ClientOptions, Kinesis};
+        use crate::kinesis::Kinesis;
         let refusing = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let refuse = Arc::clone(&refusing);
         let app = axum::Router::new().fallback(move || {
@@ -1096,20 +1126,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let provider = Counting {
-            fetches: Arc::clone(&fetches),
-            ttl: Duration::from_secs(3600),
-        };
-        let transport = Transport::without_proxy(Duration::from_secs(5));
-        let base = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&url)
-            .credentials_provider(SharedCredentialsProvider::new(provider))
-            .http_client(transport.clone())
-            .build();
-        let api = AwsKinesis::with_config(base, ClientOptions::default(), transport);
+        let (api, fetches, _) = against(&url);
         let arn =
             crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
                 .unwrap();
@@ -1145,7 +1162,7 @@ mod tests {
     /// connection (one pool), and no root certificates for a plain-HTTP endpoint.
     #[tokio::test]
     async fn the_sdk_and_the_direct_path_share_credentials_and_connection() {
-        use crate::kinesis::{AwsKinesis, ClientOptions, Kinesis};
+        use crate::kinesis::Kinesis;
         use axum::extract::ConnectInfo;
         use std::net::SocketAddr;
         let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, SocketAddr)>::new()));
@@ -1170,20 +1187,7 @@ mod tests {
             )
             .await
         });
-        let fetches = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let provider = Counting {
-            fetches: Arc::clone(&fetches),
-            ttl: Duration::from_secs(3600),
-        };
-        let transport = Transport::without_proxy(Duration::from_secs(5));
-        let base = aws_config::SdkConfig::builder()
-            .behavior_version(aws_config::BehaviorVersion::latest())
-            .region(aws_config::Region::new("us-east-1"))
-            .endpoint_url(&url)
-            .credentials_provider(SharedCredentialsProvider::new(provider))
-            .http_client(transport.clone())
-            .build();
-        let api = AwsKinesis::with_config(base, ClientOptions::default(), transport.clone());
+        let (api, fetches, transport) = against(&url);
         let arn =
             crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
                 .unwrap();
