@@ -346,7 +346,9 @@ impl CredentialCache {
     }
 
     async fn credentials(&self) -> Result<Arc<Credentials>, ApiError> {
-        self.fetch().await.map_err(|e| credentials_error(&e))
+        self.fetch()
+            .await
+            .map_err(|e| super::no_credentials(Op::GetResourcePolicy, &e))
     }
 
     fn signing_key(
@@ -675,18 +677,6 @@ fn amz_date(time: SystemTime) -> String {
     out
 }
 
-/// A provider that timed out (an AssumeRole refresh stuck behind a slow STS) may answer the
-/// next time; missing or misconfigured credentials will not.
-fn credentials_error(e: &CredentialsError) -> ApiError {
-    ApiError::new(
-        Op::GetResourcePolicy,
-        ErrorClass::Fatal,
-        None,
-        format!("no credentials: {}", super::error_chain(e)),
-    )
-    .retry_credentials_timeout(e)
-}
-
 fn connector_error(e: &ConnectorError) -> ApiError {
     ApiError::new(
         Op::GetResourcePolicy,
@@ -775,12 +765,23 @@ mod tests {
 
     #[test]
     fn a_credentials_timeout_is_retried_and_missing_credentials_are_not() {
+        use aws_sdk_kinesis::operation::get_resource_policy::GetResourcePolicyError;
+        let no_credentials =
+            |e: &CredentialsError| super::super::no_credentials(Op::GetResourcePolicy, e);
         let timed_out = CredentialsError::provider_timed_out(Duration::from_secs(5));
-        assert_eq!(credentials_error(&timed_out).class, ErrorClass::Retryable);
-        let missing = CredentialsError::not_loaded("no keys anywhere");
-        let e = credentials_error(&missing);
+        assert_eq!(no_credentials(&timed_out).class, ErrorClass::Retryable);
+        let missing = || CredentialsError::not_loaded("no keys anywhere");
+        let e = no_credentials(&missing());
         assert_eq!(e.class, ErrorClass::Fatal);
         assert!(e.message.starts_with("no credentials: "), "{}", e.message);
+        // The SDK path says it in the same words: a plan groups one failure once.
+        let sdk: aws_sdk_kinesis::error::SdkError<GetResourcePolicyError, _> =
+            aws_sdk_kinesis::error::SdkError::dispatch_failure(ConnectorError::other(
+                Box::new(missing()),
+                None,
+            ));
+        let via_sdk = super::super::classify(Op::GetResourcePolicy, &sdk);
+        assert_eq!((via_sdk.class, via_sdk.message), (e.class, e.message));
     }
 
     /// Each shape of answer, read by the direct path and by the SDK (its real deserializer,

@@ -241,6 +241,11 @@ pub fn classify<E>(
 where
     E: ProvideErrorMetadata + std::error::Error + 'static,
 {
+    // The same words as the direct path's, so one failure to get credentials reads (and is
+    // grouped in a plan) as one, whichever path a call took.
+    if let Some(e) = credentials_error_in(err) {
+        return no_credentials(op, e);
+    }
     match err {
         SdkError::ServiceError(se) => {
             let status = se.raw().status().as_u16();
@@ -274,6 +279,41 @@ where
         _ => ApiError::new(op, ErrorClass::Fatal, None, error_chain(err)),
     }
     .retry_credentials_timeout(err)
+}
+
+/// The credentials provider's failure among `err`'s causes, if that is what it is.
+fn credentials_error_in<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> Option<&'a CredentialsError> {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if let Some(c) = e.downcast_ref::<CredentialsError>() {
+            return Some(c);
+        }
+        cause = e.source();
+    }
+    None
+}
+
+/// A call that could not get credentials. A provider that timed out (an AssumeRole refresh
+/// behind a slow STS) may answer the next time; missing or misconfigured credentials will not.
+pub(crate) fn no_credentials(op: Op, e: &CredentialsError) -> ApiError {
+    // Its own text is "an error occurred while loading credentials", which the cause that
+    // follows may say again.
+    let text = match std::error::Error::source(e) {
+        Some(cause) => error_chain(cause),
+        None => e.to_string(),
+    };
+    let class = match e {
+        CredentialsError::ProviderTimedOut(_) => ErrorClass::Retryable,
+        _ => ErrorClass::Fatal,
+    };
+    ApiError::new(
+        op,
+        class,
+        None,
+        format!("no credentials: {}", text.trim_end()),
+    )
 }
 
 impl ApiError {
