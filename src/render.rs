@@ -335,12 +335,17 @@ pub fn statement_diff(
                     for op in &group {
                         shown = op.old_range().end;
                         for change in op.iter_changes(&old_lines, &new_lines) {
-                            let sign = match change.tag() {
-                                similar::ChangeTag::Delete => '-',
-                                similar::ChangeTag::Insert => '+',
-                                similar::ChangeTag::Equal => ' ',
+                            let (sign, text) = match change.tag() {
+                                similar::ChangeTag::Delete => ('-', change.value()),
+                                similar::ChangeTag::Insert => ('+', change.value()),
+                                // As the new side has it: an item added after it gives it a
+                                // comma, and the context then reads as the JSON it shows.
+                                similar::ChangeTag::Equal => (
+                                    ' ',
+                                    change.new_index().map_or(change.value(), |i| new_lines[i]),
+                                ),
                             };
-                            lines.push(format!("{sign}   {}", one_line(change.value())));
+                            lines.push(format!("{sign}   {}", one_line(text)));
                         }
                     }
                 }
@@ -793,6 +798,31 @@ mod tests {
             s["Sid"] = sid.into();
         }
         s
+    }
+
+    /// Context lines read as the new side has them: an action added at the end of a list
+    /// shows the line before it with its comma.
+    #[test]
+    fn context_lines_are_the_new_sides() {
+        let before = statements(serde_json::json!([read_by("etl", Some("Read"))]));
+        let mut more = read_by("etl", Some("Read"));
+        more["Action"] = serde_json::json!([
+            "kinesis:GetRecords",
+            "kinesis:GetShardIterator",
+            "kinesis:ListShards"
+        ]);
+        let after = statements(serde_json::json!([more]));
+        let lines = statement_diff(Some(&before), None, Some(&after), None);
+        let at = lines
+            .iter()
+            .position(|l| l.contains("+") && l.contains("kinesis:ListShards"))
+            .unwrap_or_else(|| panic!("{lines:#?}"));
+        assert!(
+            lines[at - 1]
+                .trim_end()
+                .ends_with("\"kinesis:GetShardIterator\","),
+            "{lines:#?}"
+        );
     }
 
     /// An edit of a statement without a Sid, or one that renames its Sid, shows the lines it
