@@ -210,12 +210,7 @@ pub async fn apply<K: Kinesis>(
             // Why, from which manifest line, and whom it grants or stops granting: the
             // service's log is its record of what it did (a drift undone names the intruder).
             let source = change.source_label();
-            let access = crate::render::access_summary(
-                change.live.as_ref(),
-                change.desired.as_deref(),
-                Some(&change.target.scope.partition),
-            )
-            .join("; ");
+            let access = change.access_label();
             match &result {
                 Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source, access, outcome = "applied", "change applied"),
                 Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source, access, outcome = "failed", error = %f.message, "change failed"),

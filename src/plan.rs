@@ -105,6 +105,17 @@ impl Serialize for Change {
 
 impl Change {
     /// The manifest's `file:line`, or empty for a change no manifest declared (prune).
+    /// Whom it starts and stops naming, as the plan's `allows now` / `allows no longer`
+    /// lines, joined by `; ` for a log event.
+    pub fn access_label(&self) -> String {
+        crate::render::access_summary(
+            self.live.as_ref(),
+            self.desired.as_deref(),
+            Some(&self.target.scope.partition),
+        )
+        .join("; ")
+    }
+
     pub fn source_label(&self) -> String {
         self.source
             .as_ref()

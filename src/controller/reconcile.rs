@@ -534,11 +534,16 @@ fn unapplied(changes: &[plan::Change], why: Unapplied) -> Vec<Item> {
         .map(|c| {
             let drifted = c.action != Action::NoOp;
             if drifted {
-                let (arn, action, reason, source) =
-                    (&c.arn, c.action.as_str(), &c.reason, c.source_label());
+                let (arn, action, reason, source, access) = (
+                    &c.arn,
+                    c.action.as_str(),
+                    &c.reason,
+                    c.source_label(),
+                    c.access_label(),
+                );
                 match why {
-                    Unapplied::DryRun => tracing::info!(%arn, action, outcome = "dry_run", %reason, source, "drift (dry run: not applied)"),
-                    Unapplied::Refused => tracing::warn!(%arn, action, outcome = "refused", %reason, source, "drift not corrected: the plan was refused"),
+                    Unapplied::DryRun => tracing::info!(%arn, action, outcome = "dry_run", %reason, source, access, "drift (dry run: not applied)"),
+                    Unapplied::Refused => tracing::warn!(%arn, action, outcome = "refused", %reason, source, access, "drift not corrected: the plan was refused"),
                 }
             }
             let outcome = match (drifted, why) {

@@ -3805,7 +3805,10 @@ fn dry_run_reports_drift_and_writes_nothing() {
     let logs = serve.logs();
     assert!(
         logs.lines()
-            .any(|l| l.contains("drift (dry run: not applied)") && l.contains(&arn)),
+            .any(|l| l.contains("drift (dry run: not applied)")
+                && l.contains(&arn)
+                && l.contains("allows now: arn:aws:iam::111122223333:role/one")
+                && l.contains("allows no longer: arn:aws:iam::111122223333:role/hand")),
         "{logs}"
     );
     // No secret: the webhook refuses everything rather than accepting unsigned triggers.
