@@ -52,9 +52,10 @@ const NO_EXPIRY_REUSE: Duration = Duration::from_secs(15 * 60);
 /// How long a call waits for the provider: the SDK's identity cache waits as long. The load
 /// itself goes on (see [`CredentialCache::fetch`]).
 const LOAD_TIMEOUT: Duration = Duration::from_secs(5);
-/// A load still unanswered after this long is given up for a new one: a provider stuck for
-/// good (a hung `credential_process`) must not stop every later refresh.
-const LOAD_ABANDONED: Duration = Duration::from_secs(120);
+/// A load still unanswered after this long is given up for a new one: a provider stuck once
+/// (a `credential_process` that hung) must not stop the refreshes of the next minutes, nor a
+/// stuck one leave more than a process per this long behind (the SDK cannot stop one it runs).
+const LOAD_ABANDONED: Duration = Duration::from_secs(30);
 
 /// Where and how the SDK sent a scope's GetResourcePolicy: all this path needs to send its own.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -199,6 +200,10 @@ struct Loading {
     started: tokio::time::Instant,
     result: futures::future::Shared<futures::future::BoxFuture<'static, Loaded>>,
     task: tokio::task::AbortHandle,
+    /// When the provider answered: an answer nobody took up in time is not handed out later.
+    done_at: Arc<OnceLock<tokio::time::Instant>>,
+    /// Said in the log once, that it is slow.
+    slow: std::sync::atomic::AtomicBool,
 }
 
 struct SigningKey {
@@ -240,15 +245,13 @@ impl CredentialCache {
             .map(|c| Arc::clone(&c.creds))
     }
 
-    /// The service refused the credentials (expired, or revoked): the next call asks the
-    /// provider again, unless they were loaded just now (it has nothing newer).
+    /// The service refused the credentials (expired, or revoked): the provider is asked
+    /// again, once they are 10 seconds old (just loaded, it has nothing newer).
     pub(super) fn forget(&self) {
         let mut slot = self.current.lock().expect("credentials");
-        if slot
-            .as_ref()
-            .is_some_and(|c| c.loaded_at.elapsed() >= FAILURE_MEMORY)
-        {
-            *slot = None;
+        if let Some(c) = slot.as_mut() {
+            let wait = FAILURE_MEMORY.saturating_sub(c.loaded_at.elapsed());
+            c.refresh_at = c.refresh_at.min(SystemTime::now() + wait);
         }
     }
 
@@ -257,26 +260,30 @@ impl CredentialCache {
         use futures::FutureExt;
         let mut slot = self.loading.lock().expect("credentials load");
         if let Some(l) = slot.as_ref() {
-            if l.result.peek().is_some() || l.started.elapsed() < LOAD_ABANDONED {
+            let taken_up = match l.done_at.get() {
+                Some(at) => at.elapsed() < FAILURE_MEMORY,
+                None => l.started.elapsed() < LOAD_ABANDONED,
+            };
+            if taken_up {
                 return l.result.clone();
             }
             l.task.abort();
         }
         let provider = self.provider.clone();
+        let done_at = Arc::new(OnceLock::new());
+        let done = Arc::clone(&done_at);
         let task = tokio::spawn(async move {
-            provider
-                .provide_credentials()
-                .await
-                .map(Arc::new)
-                .map_err(Arc::new)
+            let loaded = provider.provide_credentials().await;
+            let _ = done.set(tokio::time::Instant::now());
+            loaded.map(Arc::new).map_err(Arc::new)
         });
         let abort = task.abort_handle();
         let result = async move {
-            task.await.unwrap_or_else(|e| {
-                Err(Arc::new(CredentialsError::provider_error(format!(
-                    "the credentials provider did not answer within {}s ({e})",
-                    LOAD_ABANDONED.as_secs()
-                ))))
+            // Given up (see LOAD_ABANDONED): a timeout like any other, retried.
+            task.await.unwrap_or_else(|_| {
+                Err(Arc::new(CredentialsError::provider_timed_out(
+                    LOAD_ABANDONED,
+                )))
             })
         }
         .boxed()
@@ -285,8 +292,30 @@ impl CredentialCache {
             started: tokio::time::Instant::now(),
             result: result.clone(),
             task: abort,
+            done_at,
+            slow: std::sync::atomic::AtomicBool::new(false),
         });
         result
+    }
+
+    /// Says once per load that it has taken longer than a call waits: an operator sees a
+    /// provider that hangs in the log, not only as calls that time out.
+    fn slow(&self, load: &futures::future::Shared<futures::future::BoxFuture<'static, Loaded>>) {
+        let slot = self.loading.lock().expect("credentials load");
+        if let Some(l) = slot
+            .as_ref()
+            .filter(|l| futures::future::Shared::ptr_eq(&l.result, load))
+            && !l.slow.swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tracing::warn!(
+                provider = self.label.as_deref().unwrap_or("the default chain"),
+                "loading AWS credentials has taken over {}s (a credential_process or STS that \
+                 does not answer?): calls fail and are retried meanwhile; the load is given up \
+                 for a new one after {}s",
+                LOAD_TIMEOUT.as_secs(),
+                LOAD_ABANDONED.as_secs()
+            );
+        }
     }
 
     async fn fetch(&self) -> Result<Arc<Credentials>, CredentialsError> {
@@ -298,9 +327,10 @@ impl CredentialCache {
         }
         let load = self.loading();
         // A timeout is retried; the load goes on, for the next call to take up.
-        let loaded = tokio::time::timeout(LOAD_TIMEOUT, load.clone())
-            .await
-            .map_err(|_| CredentialsError::provider_timed_out(LOAD_TIMEOUT))?;
+        let Ok(loaded) = tokio::time::timeout(LOAD_TIMEOUT, load.clone()).await else {
+            self.slow(&load);
+            return Err(CredentialsError::provider_timed_out(LOAD_TIMEOUT));
+        };
         {
             let mut slot = self.loading.lock().expect("credentials load");
             if slot
@@ -329,14 +359,12 @@ impl CredentialCache {
             // The default chain, tried because the environment holds no keys: its last link's
             // failure (the instance metadata service, off EC2) hides the cause.
             None => match std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
-                Some(profile) => {
-                    format!("no AWS credentials from profile {profile:?} (AWS_PROFILE): {chain}")
-                }
+                Some(profile) => format!("from profile {profile:?} (AWS_PROFILE): {chain}"),
                 None => format!(
-                    "no AWS credentials: none in the environment, and the default chain \
-                     (profile, SSO, web identity, container, instance metadata) found none \
-                     ({chain}). Set AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; \
-                     against a local emulator any values do"
+                    "none in the environment, and the default chain (profile, SSO, web \
+                     identity, container, instance metadata) found none ({chain}). Set \
+                     AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; against a local \
+                     emulator any values do"
                 ),
             },
         };
@@ -1028,45 +1056,91 @@ mod tests {
         assert!(near(at(None), NO_EXPIRY_REUSE));
     }
 
-    /// Never answers, counting the loads started (a hung credential_process).
+    /// Counts the loads started; the first never answers (a credential_process that hung
+    /// once), the others answer at once.
     #[derive(Debug)]
-    struct Hanging(Arc<std::sync::atomic::AtomicU32>);
+    struct HangsOnce(Arc<std::sync::atomic::AtomicU32>);
 
-    impl ProvideCredentials for Hanging {
+    impl ProvideCredentials for HangsOnce {
         fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
         where
             Self: 'a,
         {
-            self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-            ProvideCredentialsFuture::new(std::future::pending())
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return ProvideCredentialsFuture::new(std::future::pending());
+            }
+            ProvideCredentialsFuture::ready(Ok(Credentials::new("AKID", "s", None, None, "t")))
         }
     }
 
     #[tokio::test(start_paused = true)]
-    async fn a_provider_that_never_answers_times_out_and_is_not_started_again_and_again() {
+    async fn a_provider_that_hangs_times_out_is_not_started_again_and_again_and_recovers() {
         let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let cache =
-            CredentialCache::new(SharedCredentialsProvider::new(Hanging(Arc::clone(&loads))));
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(HangsOnce(Arc::clone(
+            &loads,
+        ))));
         for _ in 0..3 {
             let e = cache.credentials().await.unwrap_err();
             // Retried, as any timeout: the provider may answer next time.
             assert!(e.is_retryable(), "{e}");
         }
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 1);
-        // Given up after a while for a new load, so a provider stuck once is not stuck for good.
+        // Given up after a while for a new load, which answers.
         tokio::time::advance(LOAD_ABANDONED).await;
-        let _ = cache.credentials().await;
+        assert_eq!(cache.credentials().await.unwrap().access_key_id(), "AKID");
+        assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
+    }
+
+    /// Fails its first load after `LOAD_TIMEOUT` and a second more, then answers at once.
+    #[derive(Debug)]
+    struct SlowFailure(Arc<std::sync::atomic::AtomicU32>);
+
+    impl ProvideCredentials for SlowFailure {
+        fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
+        where
+            Self: 'a,
+        {
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
+                return ProvideCredentialsFuture::new(async {
+                    tokio::time::sleep(LOAD_TIMEOUT + Duration::from_secs(1)).await;
+                    Err(CredentialsError::provider_error("exited with code 3"))
+                });
+            }
+            ProvideCredentialsFuture::ready(Ok(Credentials::new("AKID", "s", None, None, "t")))
+        }
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_load_nobody_took_up_is_not_handed_out_later() {
+        let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(SlowFailure(Arc::clone(
+            &loads,
+        ))));
+        assert!(cache.credentials().await.unwrap_err().is_retryable());
+        // The load fails with nobody waiting; a call well after it asks again.
+        tokio::time::sleep(Duration::from_secs(1) + FAILURE_MEMORY).await;
+        assert_eq!(cache.credentials().await.unwrap().access_key_id(), "AKID");
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
     #[tokio::test(start_paused = true)]
-    async fn refused_credentials_are_forgotten_unless_just_loaded() {
+    async fn refused_credentials_are_loaded_again_once_ten_seconds_old() {
         let (fetches, cache) = counting(Duration::from_secs(3600));
         cache.credentials().await.unwrap();
-        // Just loaded: the provider has nothing newer.
+        // Just loaded: the provider has nothing newer yet; asked again once they are 10 s
+        // old, not only when refused again then.
         cache.forget();
         cache.credentials().await.unwrap();
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let left = {
+            let slot = cache.current.lock().unwrap();
+            let at = slot.as_ref().unwrap().refresh_at;
+            at.duration_since(SystemTime::now()).unwrap_or_default()
+        };
+        assert!(
+            left <= FAILURE_MEMORY && left > FAILURE_MEMORY - Duration::from_secs(2),
+            "{left:?}"
+        );
         tokio::time::advance(FAILURE_MEMORY).await;
         cache.forget();
         assert_eq!(cache.credentials().await.unwrap().access_key_id(), "AKID1");

@@ -720,7 +720,8 @@ fn without_keys_in_the_environment_the_default_credential_chain_runs() {
     }
     // Said once, with what to do, and not again in the SDK's warnings (its Debug dumps).
     assert!(
-        message.contains("no AWS credentials") && message.contains("AWS_ACCESS_KEY_ID"),
+        message.contains("no credentials: none in the environment")
+            && message.contains("AWS_ACCESS_KEY_ID"),
         "{message}"
     );
     assert!(!none.stderr.contains("provider failed"), "{none:?}");
