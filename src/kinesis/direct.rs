@@ -1056,29 +1056,38 @@ mod tests {
         assert!(near(at(None), NO_EXPIRY_REUSE));
     }
 
-    /// Counts the loads started; the first never answers (a credential_process that hung
-    /// once), the others answer at once.
+    /// Counts the loads started. The first never answers (`None`: a credential_process that
+    /// hung once) or fails after the time given; the others answer at once.
     #[derive(Debug)]
-    struct HangsOnce(Arc<std::sync::atomic::AtomicU32>);
+    struct FirstLoad(Arc<std::sync::atomic::AtomicU32>, Option<Duration>);
 
-    impl ProvideCredentials for HangsOnce {
+    impl ProvideCredentials for FirstLoad {
         fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
         where
             Self: 'a,
         {
-            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                return ProvideCredentialsFuture::new(std::future::pending());
+            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) > 0 {
+                let creds = Credentials::new("AKID", "s", None, None, "t");
+                return ProvideCredentialsFuture::ready(Ok(creds));
             }
-            ProvideCredentialsFuture::ready(Ok(Credentials::new("AKID", "s", None, None, "t")))
+            let fails_after = self.1;
+            ProvideCredentialsFuture::new(async move {
+                let Some(after) = fails_after else {
+                    return std::future::pending().await;
+                };
+                tokio::time::sleep(after).await;
+                Err(CredentialsError::provider_error("exited with code 3"))
+            })
         }
     }
 
     #[tokio::test(start_paused = true)]
     async fn a_provider_that_hangs_times_out_is_not_started_again_and_again_and_recovers() {
         let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let cache = CredentialCache::new(SharedCredentialsProvider::new(HangsOnce(Arc::clone(
-            &loads,
-        ))));
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(FirstLoad(
+            Arc::clone(&loads),
+            None,
+        )));
         for _ in 0..3 {
             let e = cache.credentials().await.unwrap_err();
             // Retried, as any timeout: the provider may answer next time.
@@ -1091,31 +1100,14 @@ mod tests {
         assert_eq!(loads.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
-    /// Fails its first load after `LOAD_TIMEOUT` and a second more, then answers at once.
-    #[derive(Debug)]
-    struct SlowFailure(Arc<std::sync::atomic::AtomicU32>);
-
-    impl ProvideCredentials for SlowFailure {
-        fn provide_credentials<'a>(&'a self) -> ProvideCredentialsFuture<'a>
-        where
-            Self: 'a,
-        {
-            if self.0.fetch_add(1, std::sync::atomic::Ordering::SeqCst) == 0 {
-                return ProvideCredentialsFuture::new(async {
-                    tokio::time::sleep(LOAD_TIMEOUT + Duration::from_secs(1)).await;
-                    Err(CredentialsError::provider_error("exited with code 3"))
-                });
-            }
-            ProvideCredentialsFuture::ready(Ok(Credentials::new("AKID", "s", None, None, "t")))
-        }
-    }
-
     #[tokio::test(start_paused = true)]
     async fn a_load_nobody_took_up_is_not_handed_out_later() {
         let loads = Arc::new(std::sync::atomic::AtomicU32::new(0));
-        let cache = CredentialCache::new(SharedCredentialsProvider::new(SlowFailure(Arc::clone(
-            &loads,
-        ))));
+        // The first load fails a second after the call stopped waiting for it.
+        let cache = CredentialCache::new(SharedCredentialsProvider::new(FirstLoad(
+            Arc::clone(&loads),
+            Some(LOAD_TIMEOUT + Duration::from_secs(1)),
+        )));
         assert!(cache.credentials().await.unwrap_err().is_retryable());
         // The load fails with nobody waiting; a call well after it asks again.
         tokio::time::sleep(Duration::from_secs(1) + FAILURE_MEMORY).await;
