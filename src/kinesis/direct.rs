@@ -307,8 +307,13 @@ impl CredentialCache {
             .filter(|l| futures::future::Shared::ptr_eq(&l.result, load))
             && !l.slow.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
+            let provider = match (&self.label, std::env::var("AWS_PROFILE")) {
+                (Some(label), _) => label.clone(),
+                (None, Ok(profile)) if !profile.is_empty() => format!("profile {profile:?}"),
+                (None, _) => "the default chain".to_string(),
+            };
             tracing::warn!(
-                provider = self.label.as_deref().unwrap_or("the default chain"),
+                provider,
                 "loading AWS credentials has taken over {}s (a credential_process or STS that \
                  does not answer?): calls fail and are retried meanwhile; the load is given up \
                  for a new one after {}s",
