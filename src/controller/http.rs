@@ -74,6 +74,10 @@ pub struct Shared {
 struct Applying {
     revision: String,
     interrupt: Interrupt,
+    /// A heal from the last good revision while git is down: with no history to check a
+    /// push against, any push that may have rewritten it stops the heal, not only one from
+    /// the revision itself (the next run holds back for such a push all the same).
+    healing: bool,
 }
 
 /// Ends [`Shared::applying`] when dropped, whichever way the run ends.
@@ -87,6 +91,9 @@ impl Drop for ApplyingGuard {
 
 /// [`Applying::interrupt`]'s reason when a forced push took the revision away.
 pub const REPLACED_UNDER_WAY: &str = "a forced push that replaced the revision being applied";
+/// The same for a heal from the last good revision (see [`Shared::healing`]).
+pub const DOUBTED_UNDER_WAY: &str =
+    "a push that may have taken the last good revision away, during a heal from it";
 
 impl Shared {
     /// A forced push took away the revision a run is applying: the run starts no more of its
@@ -96,29 +103,57 @@ impl Shared {
     /// A push forward does not stop a run: what it applies is still history, and stopping
     /// every run a new push comes during would starve a busy branch.
     fn stop_replaced(&self, pushed: &Pushed) {
-        if pushed.forced != Some(true) {
+        let applying = self.under_way.lock().expect("applying lock");
+        let Some(a) = applying.as_ref() else {
+            return;
+        };
+        let stops = if a.healing {
+            // GitLab's pushes do not say whether they rewrote history.
+            pushed.forced != Some(false)
+        } else {
+            pushed.forced == Some(true) && pushed.from.as_deref() == Some(a.revision.as_str())
+        };
+        if !stops {
             return;
         }
-        let applying = self.under_way.lock().expect("applying lock");
-        if let Some(a) = applying.as_ref()
-            && pushed.from.as_deref() == Some(a.revision.as_str())
-        {
-            a.interrupt.set(REPLACED_UNDER_WAY);
-            tracing::info!(
-                revision = a.revision,
-                commit = pushed.commit,
-                "a forced push replaced the revision being applied: the run starts no more of its changes (any not started yet are dropped)"
-            );
-        }
+        let (reason, message) = if a.healing {
+            (
+                DOUBTED_UNDER_WAY,
+                "a push that may have rewritten history came while healing from the last good revision: the run starts no more of its changes",
+            )
+        } else {
+            (
+                REPLACED_UNDER_WAY,
+                "a forced push replaced the revision being applied: the run starts no more of its changes (any not started yet are dropped)",
+            )
+        };
+        a.interrupt.set(reason);
+        tracing::info!(revision = a.revision, commit = pushed.commit, "{message}");
     }
 
     /// From now until the guard is dropped, a run applies `revision`, stopped by `interrupt`;
     /// a forced push that took `revision` away and is already queued stops it at once.
     pub fn applying(self: &Arc<Self>, revision: String, interrupt: &Interrupt) -> ApplyingGuard {
+        self.under_way(revision, interrupt, false)
+    }
+
+    /// As [`Shared::applying`], for a heal from the last good revision `revision` while git is
+    /// down: any push that may have rewritten history stops it.
+    pub fn healing(self: &Arc<Self>, revision: String, interrupt: &Interrupt) -> ApplyingGuard {
+        self.under_way(revision, interrupt, true)
+    }
+
+    fn under_way(
+        self: &Arc<Self>,
+        revision: String,
+        interrupt: &Interrupt,
+        healing: bool,
+    ) -> ApplyingGuard {
         let pushes = self.pushes.lock().expect("pushes lock");
         let applying = Applying {
             revision,
             interrupt: interrupt.clone(),
+            healing,
         };
         let mut slot = self.under_way.lock().expect("applying lock");
         *slot = Some(applying);

@@ -1961,10 +1961,10 @@ impl Reconciler {
                 return out.fail(RunResult::FetchFailed, message);
             }
         };
-        // A forced push that takes the last good revision away, queued or arriving while this
+        // A push that may take the last good revision away, queued or arriving while this
         // runs, stops its writes: what that revision granted may be what the push withdrew.
         let interrupt = self.shared.interrupt.child();
-        let _applying = self.shared.applying(good.clone(), &interrupt);
+        let _healing = self.shared.healing(good.clone(), &interrupt);
         self.correct_meanwhile(
             out,
             RunResult::FetchFailed,
