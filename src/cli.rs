@@ -1055,11 +1055,6 @@ fn read_input(name: &str) -> Result<String, String> {
 /// With a manifest, also the partition of its resource: what the policy is read in.
 fn load_policy(name: &str, opts: &LoadOptions) -> Result<Compared, String> {
     let text = read_input(name)?;
-    // What `aws kinesis get-resource-policy --query Policy --output text` writes for a
-    // resource without a policy.
-    if text.trim() == "{}" {
-        return Ok((None, None));
-    }
     let manifest = if name == "-" {
         !text.trim_start().starts_with('{')
     } else {
@@ -1067,6 +1062,11 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<Compared, String> {
     };
     if manifest {
         return policy_of_manifest(name, &text, opts);
+    }
+    // What `aws kinesis get-resource-policy --query Policy --output text` writes for a
+    // resource without a policy, read as kpr reads the API's answer.
+    if crate::policy::is_empty_policy(&text) {
+        return Ok((None, None));
     }
     let doc = PolicyDocument::from_json_str(&text).map_err(|e| {
         let line = match &e {
@@ -1171,11 +1171,26 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
             let (da, db) = (da.as_ref(), db.as_ref());
-            for line in render::access_summary(da, db, Some(&partition)) {
+            let summary = render::access_summary(da, db, Some(&partition));
+            let diff = render::statement_diff(da, None, db, Some(&partition));
+            let alike = summary.is_empty() && diff.is_empty();
+            for line in summary {
                 outln!("{}", render::summary_style(line, &style));
             }
-            for line in render::statement_diff(da, None, db, Some(&partition)) {
+            for line in diff {
                 outln!("{}", render::diff_line(line, &style));
+            }
+            // Statements alike: what differs is outside them.
+            if alike {
+                let version = |d: Option<&PolicyDocument>| match d {
+                    None => "no policy".to_string(),
+                    Some(d) => format!("Version {}", d.version().unwrap_or("(none)")),
+                };
+                outln!(
+                    "~ {} -> {} (the statements are alike)",
+                    version(da),
+                    version(db)
+                );
             }
             1
         }

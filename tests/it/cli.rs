@@ -1275,6 +1275,20 @@ fn policy_diff_and_fmt() {
         "{added:?}"
     );
     assert_eq!(run(&["policy", "diff", &none, &none]).code, 0);
+    // No policy against one with no statements: they differ, and the diff says where.
+    let empty = dir.write("empty.json", r#"{"Version":"2012-10-17","Statement":[]}"#);
+    let to_empty = run(&["policy", "diff", &none, &empty.to_string_lossy()]);
+    assert_eq!(to_empty.code, 1, "{to_empty:?}");
+    assert!(
+        to_empty.stdout.contains("no policy -> Version 2012-10-17"),
+        "{to_empty:?}"
+    );
+    // As kpr reads the API's answer: white space inside is still no policy.
+    let spaced = dir.write("spaced.json", "{ \n }");
+    assert_eq!(
+        run(&["policy", "diff", &spaced.to_string_lossy(), &none]).code,
+        0
+    );
     let broken = run(&["policy", "diff", &p("a.json"), &p("bad.json")]);
     assert_eq!(broken.code, 2, "{broken:?}");
     assert!(broken.stderr.contains("bad.json:2:"), "{broken:?}");
