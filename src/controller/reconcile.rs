@@ -1197,6 +1197,10 @@ impl Reconciler {
     /// line break or a terminal escape).
     fn rel(&self, p: &Path) -> String {
         let rel = p.strip_prefix(self.source.root()).unwrap_or(p);
+        if rel.as_os_str().is_empty() {
+            // The directory itself: "no manifests found" is said of it.
+            return ".".to_string();
+        }
         manifest::one_line(&rel.to_string_lossy()).into_owned()
     }
 
