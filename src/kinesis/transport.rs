@@ -154,13 +154,24 @@ impl HttpConnector for Transport {
     fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
         // Read only on an error: this is every request's path.
         let uri = request.uri().to_owned();
+        let proxied = !self.0.proxy.is_disabled();
         let sent = self.connector(request.uri()).call(request);
         // hyper's errors do not say where they were going ("tcp connect error: Connection
         // refused"); with an endpoint from a flag, a variable or a profile, that is the first
         // thing a reader needs.
-        HttpConnectorFuture::new(
-            async move { sent.await.map_err(|e| naming(e, endpoint_of(&uri))) },
-        )
+        HttpConnectorFuture::new(async move {
+            sent.await.map_err(|e| {
+                let mut to = endpoint_of(&uri);
+                if proxied {
+                    // The proxy may be what failed: not only the endpoint is to be checked.
+                    to.push_str(
+                        " through the proxy HTTP_PROXY, HTTPS_PROXY or ALL_PROXY names (unless \
+                         NO_PROXY spares it)",
+                    );
+                }
+                naming(e, to)
+            })
+        })
     }
 }
 
@@ -313,6 +324,17 @@ mod tests {
         assert_eq!(
             crate::kinesis::dispatch_class(&e),
             crate::kinesis::ErrorClass::Retryable
+        );
+        // Behind a proxy, the proxy may be what refused: the message says it was in the way.
+        let proxy = ProxyConfig::all(format!("http://127.0.0.1:{port}")).unwrap();
+        let behind = Transport::with(Transport::settings(Duration::from_secs(5)), proxy, false);
+        let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::from("{}"));
+        *request.uri_mut() = "http://198.51.100.1:4568/".try_into().unwrap();
+        let e = behind.call(request).await.unwrap_err();
+        let text = crate::kinesis::error_chain(&e);
+        assert!(
+            text.contains("sending to http://198.51.100.1:4568 through the proxy"),
+            "{text}"
         );
     }
 
