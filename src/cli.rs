@@ -309,12 +309,22 @@ pub const DEFAULT_CONCURRENCY: usize = 8;
 pub const DEFAULT_RATE_LIMIT: u32 = 5;
 
 impl Engine {
-    pub fn resolve(g: &GlobalArgs, file: &FileConfig) -> Self {
+    pub fn resolve(g: &GlobalArgs, file: &FileConfig) -> Result<Self, CliError> {
+        let endpoint_url = g.endpoint_url.clone().or_else(|| file.endpoint_url.clone());
+        // The SDK writes an endpoint's query in its warnings; Kinesis takes none, so one there
+        // is most likely a token.
+        if endpoint_url.as_deref().is_some_and(|u| u.contains('?')) {
+            return Err(CliError::Usage(
+                "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has a query \
+                 string: Kinesis takes none, and the AWS SDK would write it in its log"
+                    .into(),
+            ));
+        }
         let defaults = RetryPolicy::default();
-        Engine {
+        Ok(Engine {
             client: ClientOptions {
                 region: g.region.clone().or_else(|| file.region.clone()),
-                endpoint_url: g.endpoint_url.clone().or_else(|| file.endpoint_url.clone()),
+                endpoint_url,
                 roles: file
                     .accounts
                     .iter()
@@ -348,7 +358,7 @@ impl Engine {
                     .unwrap_or(manifest::DEFAULT_MAX_POLICY_SIZE),
                 ..LoadOptions::default()
             },
-        }
+        })
     }
 
     pub async fn connect(&self) -> Resilient<AwsKinesis> {
@@ -565,7 +575,7 @@ fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
 /// Runs a command to its end: one-shot commands return their exit code, `serve` returns when
 /// it is told to stop.
 pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
-    let engine = Engine::resolve(&cli.global, &file);
+    let engine = Engine::resolve(&cli.global, &file)?;
     match cli.command {
         Command::Validate { dir, output } => Ok(validate(
             &manifest_dir(dir.as_ref(), &file)?,

@@ -713,7 +713,8 @@ pub async fn serve(global: &GlobalArgs, file: FileConfig, args: ServeArgs) -> Re
         }
         Err(e) => return Err(CliError::Usage(e)),
     };
-    let engine = Engine::resolve(global, &file);
+    // Checked already, as for every command (cli::run).
+    let engine = Engine::resolve(global, &file)?;
     if args.check_config {
         return Ok(check_config(&settings, &engine));
     }

@@ -432,6 +432,13 @@ fn usage_errors_exit_1_not_the_changes_code() {
             "plan",
             "usage",
         ),
+        // A query in the endpoint URL: the SDK would log it (a token?).
+        (
+            with_dir(&["plan", "--output", "json"]),
+            ("KPR_ENDPOINT_URL", "http://127.0.0.1:9/?token=QUERYTOKEN"),
+            "plan",
+            "usage",
+        ),
         // No --dir at all.
         (
             vec!["apply", "--output", "json"],
