@@ -192,18 +192,29 @@ impl Cached {
 }
 
 type Loaded = Result<Arc<Credentials>, Arc<CredentialsError>>;
+/// A load's answer, for every call that waits on it.
+type LoadFuture = futures::future::Shared<futures::future::BoxFuture<'static, Loaded>>;
 
 /// A load of the provider, run as a task of its own: a call that stops waiting for it (its
 /// timeout) does not drop it. Dropped, a `credential_process` child stays behind, hung, and
 /// every retry would start one more.
 struct Loading {
     started: tokio::time::Instant,
-    result: futures::future::Shared<futures::future::BoxFuture<'static, Loaded>>,
+    result: LoadFuture,
     task: tokio::task::AbortHandle,
     /// When the provider answered: an answer nobody took up in time is not handed out later.
     done_at: Arc<OnceLock<tokio::time::Instant>>,
     /// Said in the log once, that it is slow.
     slow: std::sync::atomic::AtomicBool,
+}
+
+/// See [`CredentialCache::provider_kind`].
+enum ProviderKind<'a> {
+    /// What the provider does ("assuming role R for account A").
+    Labelled(&'a str),
+    /// The profile AWS_PROFILE names.
+    Profile(String),
+    DefaultChain,
 }
 
 struct SigningKey {
@@ -255,8 +266,17 @@ impl CredentialCache {
         }
     }
 
+    /// Where the credentials come from, as messages name it.
+    fn provider_kind(&self) -> ProviderKind<'_> {
+        match (&self.label, std::env::var("AWS_PROFILE")) {
+            (Some(label), _) => ProviderKind::Labelled(label),
+            (None, Ok(profile)) if !profile.is_empty() => ProviderKind::Profile(profile),
+            (None, _) => ProviderKind::DefaultChain,
+        }
+    }
+
     /// The load under way, or a new one.
-    fn loading(&self) -> futures::future::Shared<futures::future::BoxFuture<'static, Loaded>> {
+    fn loading(&self) -> LoadFuture {
         use futures::FutureExt;
         let mut slot = self.loading.lock().expect("credentials load");
         if let Some(l) = slot.as_ref() {
@@ -300,17 +320,17 @@ impl CredentialCache {
 
     /// Says once per load that it has taken longer than a call waits: an operator sees a
     /// provider that hangs in the log, not only as calls that time out.
-    fn slow(&self, load: &futures::future::Shared<futures::future::BoxFuture<'static, Loaded>>) {
+    fn slow(&self, load: &LoadFuture) {
         let slot = self.loading.lock().expect("credentials load");
         if let Some(l) = slot
             .as_ref()
             .filter(|l| futures::future::Shared::ptr_eq(&l.result, load))
             && !l.slow.swap(true, std::sync::atomic::Ordering::Relaxed)
         {
-            let provider = match (&self.label, std::env::var("AWS_PROFILE")) {
-                (Some(label), _) => label.clone(),
-                (None, Ok(profile)) if !profile.is_empty() => format!("profile {profile:?}"),
-                (None, _) => "the default chain".to_string(),
+            let provider = match self.provider_kind() {
+                ProviderKind::Labelled(label) => label.to_string(),
+                ProviderKind::Profile(profile) => format!("profile {profile:?}"),
+                ProviderKind::DefaultChain => "the default chain".to_string(),
             };
             tracing::warn!(
                 provider,
@@ -355,23 +375,20 @@ impl CredentialCache {
         if let CredentialsError::ProviderTimedOut(_) = &*e {
             return Err(CredentialsError::provider_timed_out(LOAD_TIMEOUT));
         }
-        // Its own text is "an error occurred while loading credentials", which the error made
-        // of the message says again.
-        let chain =
-            std::error::Error::source(&*e).map_or_else(|| e.to_string(), super::error_chain);
-        let message = match &self.label {
-            Some(label) => format!("{label}: {chain}"),
-            // The default chain, tried because the environment holds no keys: its last link's
-            // failure (the instance metadata service, off EC2) hides the cause.
-            None => match std::env::var("AWS_PROFILE").ok().filter(|p| !p.is_empty()) {
-                Some(profile) => format!("from profile {profile:?} (AWS_PROFILE): {chain}"),
-                None => format!(
-                    "none in the environment, and the default chain (profile, SSO, web \
-                     identity, container, instance metadata) found none ({chain}). Set \
-                     AWS_PROFILE or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; against a local \
-                     emulator any values do"
-                ),
-            },
+        let chain = super::credentials_cause(&e);
+        let message = match self.provider_kind() {
+            ProviderKind::Labelled(label) => format!("{label}: {chain}"),
+            ProviderKind::Profile(profile) => {
+                format!("from profile {profile:?} (AWS_PROFILE): {chain}")
+            }
+            // Tried because the environment holds no keys: its last link's failure (the
+            // instance metadata service, off EC2) hides the cause.
+            ProviderKind::DefaultChain => format!(
+                "none in the environment, and the default chain (profile, SSO, web identity, \
+                 container, instance metadata) found none ({chain}). Set AWS_PROFILE or \
+                 AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY; against a local emulator any \
+                 values do"
+            ),
         };
         *self.failed.lock().expect("credentials failure") =
             Some((std::time::Instant::now(), message.clone()));

@@ -278,7 +278,12 @@ where
         }
         _ => ApiError::new(op, ErrorClass::Fatal, None, error_chain(err)),
     }
-    .retry_credentials_timeout(err)
+}
+
+/// What a credentials failure says: its causes, without its own text ("an error occurred
+/// while loading credentials"), which the message made of them says again.
+pub(crate) fn credentials_cause(e: &CredentialsError) -> String {
+    std::error::Error::source(e).map_or_else(|| e.to_string(), error_chain)
 }
 
 /// The credentials provider's failure among `err`'s causes, if that is what it is.
@@ -298,12 +303,7 @@ fn credentials_error_in<'a>(
 /// A call that could not get credentials. A provider that timed out (an AssumeRole refresh
 /// behind a slow STS) may answer the next time; missing or misconfigured credentials will not.
 pub(crate) fn no_credentials(op: Op, e: &CredentialsError) -> ApiError {
-    // Its own text is "an error occurred while loading credentials", which the cause that
-    // follows may say again.
-    let text = match std::error::Error::source(e) {
-        Some(cause) => error_chain(cause),
-        None => e.to_string(),
-    };
+    let text = credentials_cause(e);
     let class = match e {
         CredentialsError::ProviderTimedOut(_) => ErrorClass::Retryable,
         _ => ErrorClass::Fatal,
@@ -314,22 +314,6 @@ pub(crate) fn no_credentials(op: Op, e: &CredentialsError) -> ApiError {
         None,
         format!("no credentials: {}", text.trim_end()),
     )
-}
-
-impl ApiError {
-    /// A credentials provider that timed out (an AssumeRole refresh behind a slow STS) may
-    /// answer next time; the SDK reports it as a plain failure, buried among its causes.
-    fn retry_credentials_timeout(mut self, err: &(dyn std::error::Error + 'static)) -> Self {
-        let mut cause = Some(err);
-        while let Some(e) = cause {
-            if let Some(CredentialsError::ProviderTimedOut(_)) = e.downcast_ref() {
-                self.class = ErrorClass::Retryable;
-                break;
-            }
-            cause = e.source();
-        }
-        self
-    }
 }
 
 /// An error and its causes, joined by `: `, for a person to read. (The SDK's
