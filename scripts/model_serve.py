@@ -333,6 +333,19 @@ def move_op(rng, r, mode_weights, rep_weights, limits, tail):
     return pick(r, list(zip(limits, ops)) + tail, "settle")
 
 
+def service_op(rng, limits, mode_weights):
+    """A restart, a lag, a wait or a redelivery, under the thresholds `limits`; else a move of
+    the branch whose webhook comes in one of the modes weighted by `mode_weights`."""
+    op = pick(rng.random(), list(zip(limits, ["restart",
+                                              lambda: f"lag:{rng.randint(1, 3)}",
+                                              lambda: f"wait:{rng.choice([1, 2, 4])}",
+                                              lambda: f"redeliver:{rng.randint(0, 5)}"])))
+    if op:
+        return op
+    return move_op(rng, rng.random(), mode_weights, [70, 30],
+                   [0.25, 0.40, 0.52, 0.58, 0.73, 0.77, 0.85, 0.95], [])
+
+
 def gen_op(rng, v2=False):
     if OUTAGE:
         op = pick(rng.random(), [(0.14, "down"), (0.26, "up"), (0.34, "hand"),
@@ -341,23 +354,9 @@ def gen_op(rng, v2=False):
             return op
     r = rng.random()
     if v2 == 5:   # seeds >= 50000 (older seeds keep their op lists): kpr killed (SIGKILL) soon after a webhook, about 1 move in 6
-        op = pick(rng.random(), [(0.08, "restart"),
-                                 (0.16, lambda: f"lag:{rng.randint(1, 3)}"),
-                                 (0.21, lambda: f"wait:{rng.choice([1, 2, 4])}"),
-                                 (0.26, lambda: f"redeliver:{rng.randint(0, 5)}")])
-        if op:
-            return op
-        return move_op(rng, rng.random(), [45, 20, 10, 8, 17], [70, 30],
-                       [0.25, 0.40, 0.52, 0.58, 0.73, 0.77, 0.85, 0.95], [])
+        return service_op(rng, [0.08, 0.16, 0.21, 0.26], [45, 20, 10, 8, 17])
     if v2 == 4:   # seeds >= 3000: restarts weighted higher (about 1 step in 5)
-        op = pick(rng.random(), [(0.18, "restart"),
-                                 (0.26, lambda: f"lag:{rng.randint(1, 3)}"),
-                                 (0.31, lambda: f"wait:{rng.choice([1, 2, 4])}"),
-                                 (0.37, lambda: f"redeliver:{rng.randint(0, 5)}")])
-        if op:
-            return op
-        return move_op(rng, rng.random(), [55, 20, 15, 10], [70, 30],
-                       [0.25, 0.40, 0.52, 0.58, 0.73, 0.77, 0.85, 0.95], [])
+        return service_op(rng, [0.18, 0.26, 0.31, 0.37], [55, 20, 15, 10])
     if v2 == 3:
         r = rng.random()
         op = pick(r, [(0.10, "restart"), (0.20, lambda: f"lag:{rng.randint(1, 3)}"),
