@@ -1238,6 +1238,9 @@ fn resource_from_doc(
                         };
                         (line, format!("policy: {e}"))
                     })?;
+                    if let Some(respelled) = respelled_number(&value, written) {
+                        return Err(respelled);
+                    }
                     // Into bytes directly: `Display` goes through `fmt::Write`, several times
                     // slower, and this runs once per manifest.
                     let json = serde_json::to_string(&value).expect("a JSON value serialises");
@@ -1288,6 +1291,60 @@ fn resource_from_doc(
             Ok((intent, findings))
         }
     }
+}
+
+/// YAML reads `0x10`, `0o17`, `0b11`, `+5` and `-0` as integers, so a condition value so
+/// written would reach AWS as `16`, `15`, `3`, `5` or `0`. IAM compares condition values as
+/// text: a value sent otherwise than written is refused, as a float is, with both ways to
+/// write it. Only condition values can be numbers in a valid policy.
+fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(usize, String)> {
+    use serde_json::Value;
+    let statements = match policy.get("Statement")? {
+        Value::Array(items) => items.iter().collect(),
+        single => vec![single],
+    };
+    let mut numbers = Vec::new();
+    for (i, statement) in statements.into_iter().enumerate() {
+        let Some(Value::Object(operators)) = statement.get("Condition") else {
+            continue;
+        };
+        for (operator, keys) in operators {
+            let Value::Object(keys) = keys else { continue };
+            for (key, values) in keys {
+                let path = format!("Statement[{i}].Condition.{operator}.{key}");
+                match values {
+                    Value::Number(n) => numbers.push((path, n)),
+                    Value::Array(items) => {
+                        numbers.extend(items.iter().enumerate().filter_map(|(j, item)| {
+                            item.as_number().map(|n| (format!("{path}[{j}]"), n))
+                        }))
+                    }
+                    _ => {}
+                }
+            }
+        }
+    }
+    numbers.into_iter().find_map(|(path, n)| {
+        if !written.may_locate() {
+            return None;
+        }
+        let (line, at) = locate::value_at(written.doc_text, &format!("policy.{path}"))?;
+        let rest = &written.doc_text[at..];
+        let end = rest
+            .find(|c: char| !(c.is_ascii_alphanumeric() || "+-._".contains(c)))
+            .unwrap_or(rest.len());
+        let (as_written, as_read) = (&rest[..end], n.to_string());
+        (as_written != as_read).then(|| {
+            (
+                line + written.first_line,
+                format!(
+                    "policy: {path}: YAML reads {as_written} as the number {as_read}, and the \
+                     policy would say {as_read}; IAM compares condition values as text, so write \
+                     {as_read}, or \"{as_written}\" in quotes"
+                ),
+            )
+        })
+    })
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {

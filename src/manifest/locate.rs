@@ -18,6 +18,8 @@ const FOUND: &str = "kpr: path found";
 enum Seg<'a> {
     Key(&'a str),
     Index(usize),
+    /// The node at the path, not its key: only ever last.
+    Value,
 }
 
 /// `policy.Statement[2].Effect` -> `[Key(policy), Key(Statement), Index(2), Key(Effect)]`.
@@ -117,6 +119,24 @@ pub fn line_of_unaliased(doc_text: &str, path: &str) -> Option<usize> {
     })
 }
 
+/// Where the node at `path` starts in `doc_text`: its 1-based line and its byte offset, where
+/// the caller can read a scalar as written, which YAML's reading of it may not keep (`0x10`
+/// is read as 16). `None` when the path is not written there, or aliases may be in play (see
+/// [`line_of`]).
+pub fn value_at(doc_text: &str, path: &str) -> Option<(usize, usize)> {
+    if may_hold_an_alias(doc_text) {
+        return None;
+    }
+    let mut segs = segments(path);
+    segs.push(Seg::Value);
+    match Find(&segs).deserialize(serde_norway::Deserializer::from_str(doc_text)) {
+        Err(e) if e.to_string().contains(FOUND) => e
+            .location()
+            .map(|l| (line_at(doc_text, &l), l.index().min(doc_text.len()))),
+        _ => None,
+    }
+}
+
 /// The 1-based line of a position serde_norway reports in `text`, counted as editors, git and
 /// grep count lines. libyaml also breaks lines at NEL, U+2028 and U+2029, so its own line
 /// number is one too many for each of them before the position; its byte index is exact.
@@ -136,7 +156,10 @@ struct Find<'p>(&'p [Seg<'p>]);
 impl<'de> DeserializeSeed<'de> for Find<'_> {
     type Value = ();
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<(), D::Error> {
-        d.deserialize_any(self)
+        match self.0 {
+            [Seg::Value] => Here.deserialize(d),
+            _ => d.deserialize_any(self),
+        }
     }
 }
 
@@ -335,6 +358,18 @@ policy:
         // A parse error before the path: not found (after it: found, as written).
         assert_eq!(line_of("a: [x\nb: 1\n", "b"), None);
         assert_eq!(line_of("a: 1\nb: [x\n", "b"), Some(2));
+    }
+
+    #[test]
+    fn a_value_is_found_where_its_text_starts() {
+        let doc = "a:\n  k: 0x10 # c\n  l: [1, +5 ]\n  m:\n    - \"7\"\n";
+        let text = |path: &str| value_at(doc, path).map(|(line, at)| (line, &doc[at..at + 4]));
+        assert_eq!(text("a.k"), Some((2, "0x10")));
+        assert_eq!(text("a.l[1]"), Some((3, "+5 ]")));
+        assert_eq!(text("a.m[0]"), Some((5, "\"7\"\n")));
+        assert_eq!(value_at(doc, "a.n"), None);
+        assert_eq!(value_at(doc, "a.l[2]"), None);
+        assert_eq!(value_at("a: &x 1\nb: *x\n", "b"), None);
     }
 
     /// U+2028 inside a string is a line break to libyaml, not to an editor.
