@@ -93,6 +93,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         lockout_rules(&mut out, s, &path, &sid, ctx);
         resource_rules(&mut out, s, &path, &sid, ctx);
         action_rules(&mut out, s, &path, &sid);
+        boolean_condition_rule(&mut out, s, &path, &sid);
     }
     out.0
 }
@@ -732,6 +733,51 @@ fn is_consumer_without_epoch(arn: &str) -> bool {
         .is_some_and(|i| !arn[i..].contains(':'))
 }
 
+/// `Bool` and `Null` match `true` or `false` only: any other value never matches, so a Deny so
+/// written never denies. kpr reads YAML 1.2, where `no`, `off` and `yes` are strings; a reader
+/// of YAML 1.1 (PyYAML, yamllint, a reviewer) takes them for booleans, so the manifest reads
+/// as a working guard while the policy sent holds `"no"`.
+fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let Some(c) = s.condition() else { return };
+    for b in c.blocks() {
+        let op = b.operator().to_ascii_lowercase();
+        let op = op
+            .strip_prefix("foranyvalue:")
+            .or_else(|| op.strip_prefix("forallvalues:"))
+            .unwrap_or(&op);
+        if !matches!(op.strip_suffix("ifexists").unwrap_or(op), "bool" | "null") {
+            continue;
+        }
+        for (key, values) in b.entries() {
+            for value in values {
+                let text = value.as_canonical_string();
+                if text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false") {
+                    continue;
+                }
+                let yaml_1_1 = match text.to_ascii_lowercase().as_str() {
+                    "yes" | "y" | "on" => Some(true),
+                    "no" | "n" | "off" => Some(false),
+                    _ => None,
+                };
+                let hint = match yaml_1_1 {
+                    Some(meant) => format!(
+                        "; YAML 1.1 reads {text} as {meant}, but kpr reads YAML 1.2, where it is \
+                         the string {text:?}: write {meant}"
+                    ),
+                    None => String::new(),
+                };
+                out.error(
+                    &format!("{path}.Condition.{}.{key}", b.operator()),
+                    format!(
+                        "{} takes true or false; {text:?} never matches{sid}{hint}",
+                        b.operator()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 fn action_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
     let lists = [("Action", s.actions()), ("NotAction", s.not_actions())];
     if lists.iter().all(|(_, l)| l.is_none()) {
@@ -1181,6 +1227,33 @@ mod tests {
         let d =
             policy(json!({"Action": null, "NotAction": "kinesis:DeleteStream", "Effect": "Deny"}));
         assert_eq!(run(&d, &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn bool_and_null_conditions_take_true_or_false_only() {
+        let with = |c: Value| run(&policy(json!({"Condition": c})), &ctx(STREAM));
+        let f = with(json!({"Bool": {"aws:SecureTransport": "no"}}));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Condition.Bool.aws:SecureTransport",
+            "YAML 1.1 reads no as false",
+        );
+        let f = with(json!({"ForAnyValue:NullIfExists": {"aws:SourceVpc": [true, "maybe"]}}));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Condition.ForAnyValue:NullIfExists.aws:SourceVpc",
+            "\"maybe\" never matches",
+        );
+        for ok in [
+            json!({"Bool": {"aws:SecureTransport": false}}),
+            json!({"bool": {"aws:SecureTransport": ["true", "FALSE"]}}),
+            json!({"Null": {"aws:SourceVpc": "true"}}),
+            json!({"StringEquals": {"aws:PrincipalTag/x": "no"}}),
+        ] {
+            assert_eq!(with(ok.clone()), [], "{ok}");
+        }
     }
 
     #[test]
