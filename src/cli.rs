@@ -320,6 +320,26 @@ impl Engine {
                     .into(),
             ));
         }
+        // The SDK panics on an empty endpoint (aws-smithy-types "URL was unset"), also on one
+        // from its own variables, which it first says it ignores. A CI line such as
+        // `AWS_ENDPOINT_URL: ${{ vars.X }}` with X unset gives one.
+        let empty = |u: &str| u.trim().is_empty();
+        if endpoint_url.as_deref().is_some_and(empty) {
+            return Err(CliError::Usage(
+                "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) is empty: \
+                 give one, such as http://localhost:4567, or leave it unset to call AWS"
+                    .into(),
+            ));
+        }
+        if endpoint_url.is_none()
+            && let Some(name) = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS"]
+                .into_iter()
+                .find(|name| std::env::var(name).is_ok_and(|u| empty(&u)))
+        {
+            return Err(CliError::Usage(format!(
+                "{name} is set but empty: unset it, or give a URL such as http://localhost:4567"
+            )));
+        }
         let defaults = RetryPolicy::default();
         Ok(Engine {
             client: ClientOptions {
@@ -1075,6 +1095,13 @@ fn load_policy(name: &str, opts: &LoadOptions) -> Result<Compared, String> {
     }
     // What `aws kinesis get-resource-policy --query Policy --output text` writes for a
     // resource without a policy, read as kpr reads the API's answer.
+    // An empty file is most likely a read that failed (`aws ... > live.json` writes nothing
+    // when the call fails): taken for "no policy", it would pass a check that there is none.
+    if text.trim().is_empty() {
+        return Err(format!(
+            "{name}: error: empty file (write {{}} for no policy)"
+        ));
+    }
     if crate::policy::is_empty_policy(&text) {
         return Ok((None, None));
     }

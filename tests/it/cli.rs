@@ -439,6 +439,14 @@ fn usage_errors_exit_1_not_the_changes_code() {
             "plan",
             "usage",
         ),
+        // An empty endpoint, ours or the SDK's: the SDK panicked on it (exit 101), and an
+        // empty one is no choice between AWS and an emulator.
+        (
+            with_dir(&["plan", "--output", "json"]),
+            ("KPR_ENDPOINT_URL", ""),
+            "plan",
+            "usage",
+        ),
         // No --dir at all.
         (
             vec!["apply", "--output", "json"],
@@ -463,6 +471,20 @@ fn usage_errors_exit_1_not_the_changes_code() {
             "{args:?}: {got:?}"
         );
     }
+    // The SDK's own variable, empty, with no endpoint of kpr's to take its place.
+    let mut c = common::kpr_cmd("http://127.0.0.1:9");
+    c.args(["apply", "--output", "json", "--dir", "policies"])
+        .env_remove("KPR_ENDPOINT_URL")
+        .env("AWS_ENDPOINT_URL_KINESIS", " ");
+    let got = common::output(c.output().expect("run kpr"));
+    assert_eq!(got.code, 1, "{got:?}");
+    assert!(
+        got.stdout.contains("\"usage\"")
+            && got
+                .stdout
+                .contains("AWS_ENDPOINT_URL_KINESIS is set but empty"),
+        "{got:?}"
+    );
     // An empty variable is unset: the default level.
     for level in [
         "WARN",
@@ -1295,6 +1317,14 @@ fn policy_diff_and_fmt() {
     assert_eq!(
         run(&["policy", "diff", &spaced.to_string_lossy(), &none]).code,
         0
+    );
+    // An empty file is a read that failed, not "no policy".
+    let blank = dir.write("blank.json", "\n");
+    let blank = run(&["policy", "diff", &blank.to_string_lossy(), &none]);
+    assert_eq!(blank.code, 2, "{blank:?}");
+    assert!(
+        blank.stderr.contains("blank.json: error: empty file"),
+        "{blank:?}"
     );
     let broken = run(&["policy", "diff", &p("a.json"), &p("bad.json")]);
     assert_eq!(broken.code, 2, "{broken:?}");
