@@ -29,7 +29,7 @@ pub const DEFAULT_MAX_POLICY_SIZE: usize = 20 * 1024;
 /// hold several manifests separated by `---`.
 #[derive(Debug, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-#[schemars(title = "kpr manifest")]
+#[schemars(title = "kpr manifest", transform = policy_or_absent)]
 pub struct ManifestDoc {
     /// ARN of a Kinesis data stream or stream consumer. A consumer may be named without its
     /// `:<creation-timestamp>` suffix; kpr then resolves the live registration at plan time.
@@ -54,6 +54,21 @@ pub struct ManifestDoc {
 enum PolicySchema {
     Document(BTreeMap<String, serde_json::Value>),
     Json(String),
+    /// As no `policy`: only with `ensure: absent`.
+    Null(()),
+}
+
+/// The schema says what the loader requires, so that an editor flags what `kpr validate`
+/// refuses: a `policy` unless `ensure: absent`, and none with it.
+fn policy_or_absent(schema: &mut schemars::Schema) {
+    let absent = serde_json::json!({
+        "if": {"required": ["ensure"], "properties": {"ensure": {"const": "absent"}}},
+        "then": {"properties": {"policy": {"type": "null"}}},
+        "else": {"required": ["policy"], "properties": {"policy": {"not": {"type": "null"}}}}
+    });
+    for (key, value) in absent.as_object().expect("an object") {
+        schema.insert(key.clone(), value.clone());
+    }
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, schemars::JsonSchema)]

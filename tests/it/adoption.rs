@@ -237,6 +237,15 @@ fn checked_in_schema_matches_the_code() {
         generated["additionalProperties"], false,
         "unknown keys must be flagged by editors too"
     );
+    // As the loader has it: a policy unless `ensure: absent`, and none (or null) with it.
+    assert_eq!(
+        (
+            &generated["if"]["properties"]["ensure"]["const"],
+            &generated["then"]["properties"]["policy"]["type"],
+            &generated["else"]["required"],
+        ),
+        (&json!("absent"), &json!("null"), &json!(["policy"])),
+    );
 }
 
 #[test]
