@@ -1208,7 +1208,11 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
             let style = Style::detect(std::io::stdout().is_terminal());
             outln!("--- {a}\n+++ {b}");
             let (da, db) = (da.as_ref(), db.as_ref());
-            let summary = render::access_summary(da, db, Some(&partition));
+            let summary = render::access_summary(&crate::policy::AccessChange::between(
+                da,
+                db,
+                Some(&partition),
+            ));
             let diff = render::statement_diff(da, None, db, Some(&partition));
             let alike = summary.is_empty() && diff.is_empty();
             for line in summary {

@@ -108,12 +108,9 @@ impl Change {
     /// Whom it starts and stops naming, as the plan's `allows now` / `allows no longer`
     /// lines, joined by `; ` for a log event.
     pub fn access_label(&self) -> String {
-        crate::render::access_summary(
-            self.live.as_ref(),
-            self.desired.as_deref(),
-            Some(&self.target.scope.partition),
-        )
-        .join("; ")
+        self.access()
+            .map(|a| crate::render::access_summary(&a).join("; "))
+            .unwrap_or_default()
     }
 
     pub fn source_label(&self) -> String {
@@ -142,10 +139,12 @@ impl Change {
     }
 
     /// Whom the change starts and stops naming; `None` for a no-op. A live policy that could
-    /// not be read names nobody kpr can tell: all the manifest names counts as new.
+    /// not be read names nobody kpr can tell: all the manifest names counts as new, and the
+    /// change says that whom the live policy named is not known.
     pub fn access(&self) -> Option<crate::policy::AccessChange> {
-        (self.action != Action::NoOp).then(|| {
-            crate::policy::AccessChange::between(
+        (self.action != Action::NoOp).then(|| crate::policy::AccessChange {
+            before_unknown: self.live.is_none() && self.live_raw.is_some(),
+            ..crate::policy::AccessChange::between(
                 self.live.as_ref(),
                 self.desired.as_deref(),
                 Some(&self.target.scope.partition),
@@ -468,8 +467,8 @@ fn stale_consumer_resource(r: &DesiredResource, resolved: &ResourceArn) -> Optio
         retryable: false,
         message: format!(
             "the policy's Resource {stale:?} is not the consumer as registered now ({resolved}): \
-             the grant would match nothing. Write \"{}:*\" to follow re-registration, or put the \
-             epoch in the manifest's arn",
+             the grant would match nothing. Write \"{}:*\" to follow re-registration, or \
+             \"{resolved}\" to grant this registration only",
             r.arn
         ),
     })
@@ -735,6 +734,37 @@ mod future_size {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A live policy kpr cannot parse named someone: the plan must not read as though nobody
+    /// loses access.
+    #[test]
+    fn an_unparsable_live_policy_leaves_whom_it_named_unknown() {
+        let target = ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/a").unwrap();
+        let live = |text: &str| {
+            let mut c = Change::new(target.clone());
+            c.action = Action::Delete;
+            let parsed = c.record_live(Some(text.into()));
+            (c, parsed)
+        };
+        let statement = r#"{"Effect":"Allow","Principal":{"AWS":"444455556666"},"Action":"kinesis:GetRecords","Resource":"*""#;
+        let (c, parsed) = live(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[{statement},"Condition":{{"NumericLessThan":{{"n":18446744073709551616}}}}}}]}}"#
+        ));
+        assert!(matches!(parsed, Some(Err(_))), "{parsed:?}");
+        assert!(c.access().unwrap().before_unknown);
+        assert!(
+            c.access_label().contains("not known"),
+            "{}",
+            c.access_label()
+        );
+        let (c, parsed) = live(&format!(
+            r#"{{"Version":"2012-10-17","Statement":[{statement}}}]}}"#
+        ));
+        assert!(matches!(parsed, Some(Ok(()))), "{parsed:?}");
+        let access = c.access().unwrap();
+        assert!(!access.before_unknown);
+        assert_eq!(access.allows_no_longer, ["444455556666"]);
+    }
 
     /// A target with a consumer's epoch names that registration only; without one, any.
     #[test]

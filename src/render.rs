@@ -178,8 +178,7 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
         style.dim(&format!("reason: {}", indented(&c.reason)))
     );
     let partition = Some(c.target.scope.partition.as_str());
-    // An unparsable live policy counts as naming nobody: all the manifest names is new.
-    for line in access_summary(c.live.as_ref(), c.desired.as_deref(), partition) {
+    for line in c.access().iter().flat_map(access_summary) {
         let _ = writeln!(out, "    {}", summary_style(line, style));
     }
     for line in statement_diff(
@@ -196,13 +195,8 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
 /// Whom a change starts or stops naming, by effect, in a line each: `allows now: ...`,
 /// `allows no longer: ...` (and `denies ...`). What a reader of a plan asks first; the
 /// statement diff below it says under which actions and conditions.
-pub fn access_summary(
-    before: Option<&PolicyDocument>,
-    after: Option<&PolicyDocument>,
-    partition: Option<&str>,
-) -> Vec<String> {
-    let a = AccessChange::between(before, after, partition);
-    [
+pub fn access_summary(a: &AccessChange) -> Vec<String> {
+    let mut lines: Vec<String> = [
         ("allows now", &a.allows_now),
         ("allows no longer", &a.allows_no_longer),
         ("denies now", &a.denies_now),
@@ -214,7 +208,15 @@ pub fn access_summary(
         let who: Vec<_> = who.iter().map(|w| one_line(w)).collect();
         format!("{label}: {}", who.join(", "))
     })
-    .collect()
+    .collect();
+    if a.before_unknown {
+        lines.push(
+            "allowed and denied before: not known (kpr cannot parse the live policy; its lines \
+             are marked -)"
+                .into(),
+        );
+    }
+    lines
 }
 
 /// A line of [`access_summary`], coloured as the diff below it: green for a principal the
@@ -884,6 +886,13 @@ mod tests {
     /// root as its id); a principal kept is not mentioned.
     #[test]
     fn the_access_summary_names_whom_a_change_adds_and_drops() {
+        fn summary(
+            before: Option<&PolicyDocument>,
+            after: Option<&PolicyDocument>,
+            partition: Option<&str>,
+        ) -> Vec<String> {
+            access_summary(&AccessChange::between(before, after, partition))
+        }
         let deny_anyone = serde_json::json!({"Effect": "Deny", "Principal": "*",
             "Action": "kinesis:DeleteStream", "Resource": "*"});
         let service = serde_json::json!({"Effect": "Allow",
@@ -894,7 +903,7 @@ mod tests {
         billing["Principal"]["AWS"][1] = "111122223333".into();
         let after = statements(serde_json::json!([billing, service]));
         assert_eq!(
-            access_summary(Some(&before), Some(&after), Some("aws")),
+            summary(Some(&before), Some(&after), Some("aws")),
             [
                 "allows now: 111122223333, Service firehose.amazonaws.com, \
                  arn:aws:iam::111122223333:role/billing",
@@ -903,14 +912,23 @@ mod tests {
                 "denies no longer: *",
             ]
         );
-        assert!(access_summary(Some(&after), Some(&after), None).is_empty());
+        assert!(summary(Some(&after), Some(&after), None).is_empty());
         // Any AWS principal reads `*`, as anyone does: JSON gates refuse a plan whose
         // `allows_now` holds "*" (README), and format_version 1 keeps that.
         let mut any_aws = read_by("etl", None);
         any_aws["Principal"] = serde_json::json!({"AWS": "*"});
         assert_eq!(
-            access_summary(None, Some(&statements(serde_json::json!([any_aws]))), None),
+            summary(None, Some(&statements(serde_json::json!([any_aws]))), None),
             ["allows now: *"]
+        );
+        // Everyone but nobody, in an Allow, is everyone: it must not read as no one.
+        let mut all_but_nobody = read_by("etl", None);
+        all_but_nobody.as_object_mut().unwrap().remove("Principal");
+        all_but_nobody["NotPrincipal"] = serde_json::json!({"AWS": []});
+        let public = statements(serde_json::json!([all_but_nobody]));
+        assert_eq!(
+            summary(Some(&public), None, None),
+            ["allows no longer: all but nobody"]
         );
     }
 

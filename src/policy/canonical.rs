@@ -56,6 +56,11 @@ fn principals_named(
                     out.insert((effect.to_string(), format!("{prefix}{who}")));
                 }
                 Some(Value::Object(kinds)) => {
+                    // `NotPrincipal: {"AWS": []}` (canonical `{}`) is everyone, in an Allow: it
+                    // must not read as no one.
+                    if kinds.is_empty() {
+                        out.insert((effect.to_string(), format!("{prefix}nobody")));
+                    }
                     for (kind, ids) in kinds {
                         let ids = match ids {
                             Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
@@ -86,6 +91,9 @@ pub struct AccessChange {
     pub allows_no_longer: Vec<String>,
     pub denies_now: Vec<String>,
     pub denies_no_longer: Vec<String>,
+    /// The live policy could not be parsed: whom it named is not known, so the `no_longer`
+    /// lists are empty without meaning that nobody loses access.
+    pub before_unknown: bool,
 }
 
 impl AccessChange {
@@ -112,6 +120,7 @@ impl AccessChange {
             allows_no_longer: only(&old, &new, "Allow"),
             denies_now: only(&new, &old, "Deny"),
             denies_no_longer: only(&old, &new, "Deny"),
+            before_unknown: false,
         }
     }
 
@@ -167,7 +176,13 @@ pub(super) fn named_partition<'a>(docs: &[&'a PolicyDocument]) -> Option<&'a str
         .flat_map(|s| s.resource.iter().chain(&s.not_resource).flatten())
         .filter_map(|r| {
             let (partition, _) = r.strip_prefix("arn:")?.split_once(':')?;
-            (!partition.is_empty()).then_some(partition)
+            // `arn:*:...` matches any partition and names none: it makes the partition one
+            // that cannot be told, or `arn:*:iam::ID:root` would pass for the account id.
+            match partition {
+                "" => None,
+                p if p.contains(['*', '?']) => Some(UNKNOWN_PARTITION),
+                p => Some(p),
+            }
         });
     let first = named.next().unwrap_or("aws");
     named.all(|p| p == first).then_some(first)
@@ -545,6 +560,15 @@ mod tests {
             &cn("arn:aws-cn:iam::111122223333:root"),
         );
         differ(&cn("111122223333"), &cn("arn:aws:iam::111122223333:root"));
+        // A wildcard partition names none: no root ARN is read as the account in it.
+        let any = |principal: &str| {
+            one(json!({
+                "Principal": {"AWS": principal},
+                "Resource": "arn:*:kinesis:us-east-1:111122223333:stream/s"
+            }))
+        };
+        differ(&any("111122223333"), &any("arn:*:iam::111122223333:root"));
+        differ(&any("111122223333"), &any("arn:aws:iam::111122223333:root"));
         // The resource's partition, when known, beats the guess from Resource ARNs.
         let star = |principal: &str| one(json!({"Principal": {"AWS": principal}, "Resource": "*"}));
         let acct = "111122223333";

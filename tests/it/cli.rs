@@ -96,7 +96,7 @@ fn lifecycle(emu: &Emulator) {
         j["resources"][0]["access"],
         json!({"allows_now": ["arn:aws:iam::444455556666:role/other"],
             "allows_no_longer": ["arn:aws:iam::444455556666:role/reader"],
-            "denies_now": [], "denies_no_longer": []})
+            "denies_now": [], "denies_no_longer": [], "before_unknown": false})
     );
     assert!(
         plan.stdout
