@@ -265,20 +265,80 @@ async fn apply_one<K: Kinesis>(
             other => other,
         },
     };
+    // How long a read-back waits for the service to show a write (eventual consistency).
+    let tolerance = if opts.verify {
+        opts.verify_timeout
+    } else {
+        Duration::ZERO
+    };
     if let Err(e) = written {
-        // Retries spent on errors that may have come after the write took effect (a dropped
-        // connection, a 5xx, a timeout): one read tells whether it did. A policy in place is
-        // not a failure, and a pipeline must not go red for want of an answer.
-        if !(e.is_retryable() && read_back_holds(api, change).await) {
+        // Some attempt got no answer it could read, or a 5xx: the write may have taken effect
+        // (even when a later attempt was refused outright, an expired token say). Reading it
+        // back tells. A policy in place is not a failure, and a pipeline must not go red for
+        // want of an answer; one not in place may still land, and the failure says so.
+        if !e.unanswered {
             return Some(Err(fail(&e)));
         }
-        tracing::info!(arn = %change.arn, error = %e, "the write's answer was lost, but the policy reads back as written");
-        return Some(Ok(()));
+        return Some(match read_back(api, change, tolerance).await {
+            Ok(()) => {
+                tracing::info!(arn = %change.arn, error = %e, "the write's answer was lost, but the policy reads back as written");
+                Ok(())
+            }
+            Err(unknown) => {
+                let mut f = fail(&e);
+                f.message = format!(
+                    "{}; it may have taken effect all the same: {}",
+                    f.message,
+                    match unknown {
+                        ReadBack::Failed(r) => format!("reading it back failed ({r})"),
+                        ReadBack::NotInPlace(waited) => format!(
+                            "it did not read back in place within {}s; `kpr plan` shows where it \
+                             stands",
+                            waited.as_secs()
+                        ),
+                    }
+                );
+                Err(f)
+            }
+        });
     }
     if opts.verify {
-        return Some(verify(api, change, opts.verify_timeout).await);
+        return Some(verify(api, change, tolerance).await);
     }
     Some(Ok(()))
+}
+
+/// After a write: the policy reads back in place within `timeout`, or a failure says why not.
+async fn verify<K: Kinesis>(
+    api: &Resilient<K>,
+    change: &Change,
+    timeout: Duration,
+) -> Result<(), Failure> {
+    read_back(api, change, timeout)
+        .await
+        .map_err(|unknown| match unknown {
+            ReadBack::Failed(e) => {
+                let mut f = Failure::from_api(change.arn.clone(), change.source.clone(), &e);
+                f.message = format!("written, but the read-back failed: {}", f.message);
+                f
+            }
+            ReadBack::NotInPlace(waited) => crate::plan::local_failure(
+                change.arn.clone(),
+                change.source.clone(),
+                Some(crate::kinesis::Op::GetResourcePolicy),
+                format!(
+                    "verification failed: after waiting {}s in all between read-backs the live policy is still not equivalent to the manifest (something else is writing it, or the service rewrote it: compare with `kpr policy diff`)",
+                    waited.as_secs()
+                ),
+            ),
+        })
+}
+
+/// Why a read-back did not find the change in place.
+enum ReadBack {
+    Failed(crate::kinesis::ApiError),
+    /// After waiting this long in all between reads.
+    NotInPlace(Duration),
 }
 
 /// Whether `live` is what `change` set out to make.
@@ -293,24 +353,16 @@ fn holds(change: &Change, live: Option<&str>) -> bool {
     }
 }
 
-/// One read, after a failed write: whether the change took effect all the same.
-async fn read_back_holds<K: Kinesis>(api: &Resilient<K>, change: &Change) -> bool {
-    match api.get_policy(&change.target).await {
-        Ok(live) => holds(change, live.as_deref()),
-        // A delete whose resource is gone as well.
-        Err(e) => change.desired.is_none() && e.class == crate::kinesis::ErrorClass::NotFound,
-    }
-}
-
-/// Read the policy back until it matches, tolerating a short window of eventual consistency.
-/// The window counts only the waits between reads: time a read spends queued behind the rate
-/// limit or in its retries is the client's, not the service's, and counting it failed a
-/// correct write at high concurrency under a low `--rate-limit`.
-async fn verify<K: Kinesis>(
+/// Read the policy back until it matches, tolerating `timeout` of eventual consistency (none:
+/// one read): after a write, to verify it, and after a write whose answer was lost, to learn
+/// whether it took effect. The window counts only the waits between reads: time a read spends
+/// queued behind the rate limit or in its retries is the client's, not the service's, and
+/// counting it failed a correct write at high concurrency under a low `--rate-limit`.
+async fn read_back<K: Kinesis>(
     api: &Resilient<K>,
     change: &Change,
     timeout: Duration,
-) -> Result<(), Failure> {
+) -> Result<(), ReadBack> {
     let mut waited = Duration::ZERO;
     let mut delay = Duration::from_millis(50);
     loop {
@@ -321,25 +373,13 @@ async fn verify<K: Kinesis>(
             {
                 None
             }
-            read => read.map_err(|e| {
-                let mut f = Failure::from_api(change.arn.clone(), change.source.clone(), &e);
-                f.message = format!("written, but the read-back failed: {}", f.message);
-                f
-            })?,
+            read => read.map_err(ReadBack::Failed)?,
         };
         if holds(change, live.as_deref()) {
             return Ok(());
         }
         if waited >= timeout {
-            return Err(crate::plan::local_failure(
-                change.arn.clone(),
-                change.source.clone(),
-                Some(crate::kinesis::Op::GetResourcePolicy),
-                format!(
-                    "verification failed: after waiting {}s in all between read-backs the live policy is still not equivalent to the manifest (something else is writing it, or the service rewrote it: compare with `kpr policy diff`)",
-                    timeout.as_secs()
-                ),
-            ));
+            return Err(ReadBack::NotInPlace(waited));
         }
         let pause = delay.min(timeout - waited);
         tokio::time::sleep(pause).await;
@@ -422,10 +462,12 @@ mod tests {
         assert_eq!(slow.inner().reads.load(Ordering::SeqCst), 2);
     }
 
-    /// A put that lands or not, then answers with `error` (its answer lost on the way).
+    /// Puts answered, attempt by attempt, with these errors (class, whether the answer was
+    /// lost; the last repeats); the first lands when `lands`.
     struct LostAnswers {
         lands: bool,
-        error: ErrorClass,
+        answers: Vec<(ErrorClass, bool)>,
+        puts: AtomicU32,
         live: std::sync::Mutex<Option<String>>,
         reads: AtomicU32,
     }
@@ -436,44 +478,66 @@ mod tests {
             Ok(self.live.lock().unwrap().clone())
         }
         async fn put_policy(&self, _: &ResourceArn, policy: &str) -> Result<(), ApiError> {
-            if self.lands {
+            let n = self.puts.fetch_add(1, Ordering::SeqCst) as usize;
+            if self.lands && n == 0 {
                 *self.live.lock().unwrap() = Some(policy.to_string());
             }
+            let (class, unanswered) = self.answers[n.min(self.answers.len() - 1)];
             Err(ApiError {
                 op: crate::kinesis::Op::PutResourcePolicy,
-                class: self.error,
+                class,
                 code: None,
                 message: "connection closed before message completed".into(),
                 attempts: 1,
+                unanswered,
             })
         }
         crate::kinesis::calls_a_test_does_not_make!();
     }
 
-    #[tokio::test]
-    async fn a_write_whose_answer_was_lost_is_settled_by_a_read() {
-        for (lands, error, applied, reads) in [
-            (true, ErrorClass::Retryable, true, 1),
-            (false, ErrorClass::Retryable, false, 1),
-            // An error that is not retried says the write was refused: nothing to read.
-            (true, ErrorClass::Fatal, false, 0),
+    #[tokio::test(start_paused = true)]
+    async fn a_write_whose_answer_was_lost_is_settled_by_reading_it_back() {
+        use ErrorClass::{Fatal, Retryable};
+        for (lands, answers, applied, reads) in [
+            (true, vec![(Retryable, true)], true, 1),
+            // Not in place: read until the consistency window is over, then it may still land.
+            (false, vec![(Retryable, true)], false, 4),
+            // Refused outright: nothing to read.
+            (true, vec![(Fatal, false)], false, 0),
+            (true, vec![(Retryable, false)], false, 0),
+            // The first answer lost, the retry refused (an expired token): the first landed.
+            (true, vec![(Retryable, true), (Fatal, false)], true, 1),
         ] {
             let lost = LostAnswers {
                 lands,
-                error,
+                answers: answers.clone(),
+                puts: AtomicU32::new(0),
                 live: std::sync::Mutex::new(None),
                 reads: AtomicU32::new(0),
             };
             let retry = RetryPolicy {
-                max_attempts: 1,
+                max_attempts: 2,
                 ..RetryPolicy::default()
             };
             let api = Resilient::new(lost, retry, 0);
-            let result = apply_one(&api, &written(), &ApplyOptions::default())
-                .await
-                .expect("sent");
-            assert_eq!(result.is_ok(), applied, "{lands} {error:?}: {result:?}");
-            assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads);
+            let opts = ApplyOptions {
+                verify: true,
+                verify_timeout: Duration::from_millis(300),
+                ..ApplyOptions::default()
+            };
+            let result = apply_one(&api, &written(), &opts).await.expect("sent");
+            let case = format!("{lands} {answers:?}: {result:?}");
+            assert_eq!(result.is_ok(), applied, "{case}");
+            assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads, "{case}");
+            if let Err(f) = result
+                && answers[0].1
+            {
+                assert!(
+                    f.message.contains("may have taken effect all the same")
+                        && f.message.contains("did not read back in place"),
+                    "{case}"
+                );
+            }
         }
     }
 

@@ -80,6 +80,12 @@ pub struct ApiError {
     pub message: String,
     /// How many attempts were made before giving up (set by [`Resilient`]).
     pub attempts: u32,
+    /// Some attempt got no answer that could be read, after its request may have reached the
+    /// service (a dropped connection, a timeout, an unreadable answer) or a 5xx, which the
+    /// service may send after acting: a write so failed may have taken effect. Not set when
+    /// the connection was never made. [`Resilient`] keeps it across attempts, since the last
+    /// attempt's error (an expired token, say) does not undo what an earlier one did.
+    pub unanswered: bool,
 }
 
 impl fmt::Display for ApiError {
@@ -135,7 +141,13 @@ impl ApiError {
             code: code.map(str::to_string),
             message: message.into(),
             attempts: 1,
+            unanswered: false,
         }
+    }
+
+    fn unanswered(mut self) -> Self {
+        self.unanswered = true;
+        self
     }
 
     /// A short, bounded label for metrics.
@@ -183,7 +195,8 @@ fn class_of(code: Option<&str>, status: u16) -> ErrorClass {
 
 impl ApiError {
     fn from_service(op: Op, code: Option<&str>, status: u16, message: String) -> Self {
-        ApiError::new(op, class_of(code, status), code, message)
+        let e = ApiError::new(op, class_of(code, status), code, message);
+        if status >= 500 { e.unanswered() } else { e }
     }
 
     /// kinesis-mock's way of saying "no policy" (AWS answers `{}` instead).
@@ -209,6 +222,21 @@ fn dispatch_class(e: &ConnectorError) -> ErrorClass {
         // Missing credentials, bad endpoint configuration, TLS: retrying cannot help.
         ErrorClass::Fatal
     }
+}
+
+/// Whether a request failed before its connection was made (refused, no route, a connect
+/// timeout, a name that does not resolve): then it never reached the service.
+fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(err);
+    while let Some(e) = cause {
+        if e.downcast_ref::<hyper_util::client::legacy::Error>()
+            .is_some_and(hyper_util::client::legacy::Error::is_connect)
+        {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
 }
 
 /// A policy as read, or `None` when the resource has none (`{}` or an empty answer).
@@ -257,14 +285,15 @@ where
             ApiError::from_service(op, se.err().code(), status, message)
         }
         SdkError::TimeoutError(_) => {
-            ApiError::new(op, ErrorClass::Retryable, None, "request timed out")
+            ApiError::new(op, ErrorClass::Retryable, None, "request timed out").unanswered()
         }
         SdkError::ResponseError(_) => ApiError::new(
             op,
             ErrorClass::Retryable,
             None,
             format!("bad response: {}", error_chain(err)),
-        ),
+        )
+        .unanswered(),
         SdkError::DispatchFailure(d) => {
             let connector = d.as_connector_error();
             let class = connector.map_or(ErrorClass::Fatal, dispatch_class);
@@ -274,7 +303,12 @@ where
                 Some(c) => error_chain(c),
                 None => error_chain(err),
             };
-            ApiError::new(op, class, None, format!("request failed: {cause}"))
+            let e = ApiError::new(op, class, None, format!("request failed: {cause}"));
+            if never_connected(err) {
+                e
+            } else {
+                e.unanswered()
+            }
         }
         _ => ApiError::new(op, ErrorClass::Fatal, None, error_chain(err)),
     }
@@ -524,10 +558,11 @@ impl<K: Kinesis> Resilient<K> {
         let attempts = AtomicU32::new(0);
         let first_sent = OnceLock::new();
         let withheld = AtomicBool::new(false);
+        let unanswered = AtomicBool::new(false);
         let attempt = || {
             let first = attempts.fetch_add(1, Ordering::Relaxed) == 0;
             let fut = call();
-            let (first_sent, withheld) = (&first_sent, &withheld);
+            let (first_sent, withheld, unanswered) = (&first_sent, &withheld, &unanswered);
             async move {
                 let stop = stop.filter(|_| first);
                 let ready = async {
@@ -560,7 +595,12 @@ impl<K: Kinesis> Resilient<K> {
                 let result = fut.await;
                 let outcome = match &result {
                     Ok(_) => "ok",
-                    Err(e) => e.outcome(),
+                    Err(e) => {
+                        if e.unanswered {
+                            unanswered.store(true, Ordering::Relaxed);
+                        }
+                        e.outcome()
+                    }
                 };
                 metrics::counter!("kpr_api_calls_total", "operation" => op.as_str(), "outcome" => outcome)
                     .increment(1);
@@ -584,6 +624,7 @@ impl<K: Kinesis> Resilient<K> {
             .await
             .map_err(|mut e| {
                 e.attempts = attempts.load(Ordering::Relaxed);
+                e.unanswered |= unanswered.load(Ordering::Relaxed);
                 e
             });
         (!withheld.load(Ordering::Relaxed)).then_some(result)
@@ -1367,6 +1408,48 @@ mod tests {
         let err = k.put_policy(&arn(), "{}").await.unwrap_err();
         assert_eq!(err.class, ErrorClass::Retryable, "{}", err.message);
         assert_eq!(err.attempts, 3, "{}", err.message);
+    }
+
+    /// A write that got no answer it could read may have taken effect; one whose connection
+    /// was never made did not.
+    #[tokio::test]
+    async fn a_write_without_an_answer_is_told_from_one_never_sent() {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let put = |endpoint: String| async move {
+            let conf = aws_sdk_kinesis::Config::builder()
+                .behavior_version(BehaviorVersion::latest())
+                .region(Region::new("us-east-1"))
+                .endpoint_url(endpoint)
+                .retry_config(aws_config::retry::RetryConfig::disabled())
+                .credentials_provider(aws_credential_types::Credentials::for_tests())
+                .http_client(Transport::new(CONNECT_TIMEOUT))
+                .build();
+            let client = aws_sdk_kinesis::Client::from_conf(conf);
+            Resilient::new(Mocked(client), fast_retry(1), 0)
+                .put_policy(&arn(), "{}")
+                .await
+                .unwrap_err()
+        };
+        // Nothing listens there.
+        let closed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let refused = format!("http://{}", closed.local_addr().unwrap());
+        drop(closed);
+        let err = put(refused).await;
+        assert!(!err.unanswered && err.is_retryable(), "{err:?}");
+        // The request read, then the connection closed or answered with what is not HTTP.
+        for answer in [&b""[..], b"garbage, not http\r\n\r\n"] {
+            let server = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            let endpoint = format!("http://{}", server.local_addr().unwrap());
+            let serve = tokio::spawn(async move {
+                let (mut conn, _) = server.accept().await.unwrap();
+                let mut buf = vec![0; 64 * 1024];
+                let _ = conn.read(&mut buf).await;
+                conn.write_all(answer).await.unwrap();
+            });
+            let err = put(endpoint).await;
+            assert!(err.unanswered, "{answer:?}: {err:?}");
+            serve.await.unwrap();
+        }
     }
 
     #[tokio::test]
