@@ -1311,7 +1311,9 @@ fn resource_from_doc(
 /// YAML reads `0x10`, `0o17`, `0b11`, `+5` and `-0` as integers, so a condition value so
 /// written would reach AWS as `16`, `15`, `3`, `5` or `0`. IAM compares condition values as
 /// text: a value sent otherwise than written is refused, as a float is, with both ways to
-/// write it. Only condition values can be numbers in a valid policy.
+/// write it, and so is one whose text cannot be found. Only condition values can be numbers in
+/// a valid policy. This does not draw on [`Written::locate`]'s allowance: spent here, it would
+/// leave later findings pointing at `policy:`.
 fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(usize, String)> {
     use serde_json::Value;
     let statements = match policy.get("Statement")? {
@@ -1339,16 +1341,23 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
             }
         }
     }
-    numbers.into_iter().find_map(|(path, n)| {
-        if !written.may_locate() {
-            return None;
-        }
-        let (line, at) = locate::value_at(written.doc_text, &format!("policy.{path}"))?;
-        let rest = &written.doc_text[at..];
-        let end = rest
-            .find(|c: char| !(c.is_ascii_alphanumeric() || "+-._".contains(c)))
-            .unwrap_or(rest.len());
-        let (as_written, as_read) = (&rest[..end], n.to_string());
+    // Each is found by reading the document again: past this many, the rest are refused
+    // unread rather than let through unchecked (no policy needs that many unquoted).
+    const CHECKED: usize = 64;
+    numbers.into_iter().enumerate().find_map(|(i, (path, n))| {
+        let found = (i < CHECKED)
+            .then(|| locate::scalar_at(written.doc_text, &format!("policy.{path}")))
+            .flatten();
+        let Some((line, as_written)) = found else {
+            return Some((
+                written.locate(&path).unwrap_or(written.first_line + 1),
+                format!(
+                    "policy: {path}: kpr cannot tell how this number is written, to check that \
+                     YAML read it as written: put it in quotes"
+                ),
+            ));
+        };
+        let as_read = n.to_string();
         (as_written != as_read).then(|| {
             (
                 line + written.first_line,
@@ -1680,6 +1689,67 @@ policy:
     }
 
     /// A declaration with errors of its own still counts as one: both problems in one run.
+    /// A number YAML reads otherwise than written is refused wherever it is: under an
+    /// operator with a colon of its own, in a document with aliases, after many numbers; one
+    /// written as read is not, a tag before it included. Later findings keep their lines.
+    #[test]
+    fn a_respelled_number_is_refused_however_the_policy_is_laid_out() {
+        // With an alias, only what its check needs is located: later findings point at
+        // `policy:` (line 2), as `locate::line_of` has it.
+        let with = |condition: &str, alias: bool| {
+            let (anchor, principal) = if alias {
+                ("&p ", "*p")
+            } else {
+                ("", "\"111122223333\"")
+            };
+            let doc = format!(
+                "{}      Condition:\n        {condition}\n    - Effect: Deny\n      \
+                 Principal: {{AWS: {principal}}}\n      Action: kinesis:GetRecordz\n      \
+                 Resource: arn:aws:kinesis:us-east-1:111122223333:stream/orders\n",
+                GOOD.replace("{AWS: ", &format!("{{AWS: {anchor}"))
+            );
+            let loaded = load_bytes(Path::new("m.yaml"), doc.as_bytes(), &LoadOptions::default());
+            loaded
+                .diagnostics
+                .iter()
+                .map(|d| format!("{}:{:?}", d.line.unwrap_or(0), d.severity))
+                .collect::<Vec<_>>()
+        };
+        let many: Vec<String> = (1..=30).map(|n| n.to_string()).collect();
+        let many = many.join(", ");
+        for (refused, alias) in [
+            (
+                "ForAnyValue:NumericEquals: {aws:MultiFactorAuthAge: [0x10]}".to_string(),
+                false,
+            ),
+            ("NumericLessThan: {aws:MultiFactorAuthAge: +5}".into(), true),
+            (
+                format!("NumericLessThan: {{aws:MultiFactorAuthAge: [{many}, 0o17]}}"),
+                false,
+            ),
+        ] {
+            assert_eq!(with(&refused, alias), ["10:Error"], "{refused}");
+        }
+        for (accepted, warned_at) in [
+            (
+                "NumericLessThan: {aws:MultiFactorAuthAge: !!int 3600}".to_string(),
+                13,
+            ),
+            (
+                format!("NumericLessThan: {{aws:MultiFactorAuthAge: [{many}]}}"),
+                13,
+            ),
+        ] {
+            // The unknown action's warning, at its own line.
+            let warning = format!("{warned_at}:Warning");
+            assert_eq!(with(&accepted, false), [warning], "{accepted}");
+        }
+        assert_eq!(
+            with("Bool: {aws:SecureTransport: true}", true),
+            ["2:Warning"]
+        );
+    }
+
     #[test]
     fn a_resource_declared_twice_is_told_beside_other_errors() {
         let d = tempfile::tempdir().unwrap();

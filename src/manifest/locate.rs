@@ -24,17 +24,17 @@ enum Seg<'a> {
 
 /// `policy.Statement[2].Effect` -> `[Key(policy), Key(Statement), Index(2), Key(Effect)]`.
 /// A condition key (`aws:PrincipalTag/team.name`) may hold dots and brackets of its own, and it
-/// is the last key of any policy path: from a key with a colon on, the rest is that one key,
-/// then its trailing indices.
+/// is the last key of any policy path: the key after an operator (`ForAnyValue:StringLike`,
+/// which has a colon but no dot) under `Condition` is the rest, then its trailing indices.
 fn segments(path: &str) -> Vec<Seg<'_>> {
     let mut out = Vec::new();
     let mut rest = path;
     while !rest.is_empty() {
-        let end = rest.find(['.', '[']).unwrap_or(rest.len());
-        let end = if rest[..end].contains(':') {
+        let condition_key = matches!(out.as_slice(), [.., Seg::Key("Condition"), Seg::Key(_)]);
+        let end = if condition_key {
             trailing_indices(rest)
         } else {
-            end
+            rest.find(['.', '[']).unwrap_or(rest.len())
         };
         if end > 0 {
             out.push(Seg::Key(&rest[..end]));
@@ -119,22 +119,36 @@ pub fn line_of_unaliased(doc_text: &str, path: &str) -> Option<usize> {
     })
 }
 
-/// Where the node at `path` starts in `doc_text`: its 1-based line and its byte offset, where
-/// the caller can read a scalar as written, which YAML's reading of it may not keep (`0x10`
-/// is read as 16). `None` when the path is not written there, or aliases may be in play (see
-/// [`line_of`]).
-pub fn value_at(doc_text: &str, path: &str) -> Option<(usize, usize)> {
-    if may_hold_an_alias(doc_text) {
-        return None;
-    }
+/// The scalar at `path` in `doc_text` as written, which YAML's reading of it may not keep
+/// (`0x10` is read as 16): its 1-based line, and its text past any anchor or tag, up to the
+/// first blank or flow indicator (a quoted one's inside its quotes), which holds any number
+/// whole. `None` when the path is not written there. Through an alias, its anchor's: where
+/// its text is written (see [`line_of`] for why lines are otherwise not taken through
+/// aliases).
+pub fn scalar_at<'t>(doc_text: &'t str, path: &str) -> Option<(usize, &'t str)> {
     let mut segs = segments(path);
     segs.push(Seg::Value);
-    match Find(&segs).deserialize(serde_norway::Deserializer::from_str(doc_text)) {
-        Err(e) if e.to_string().contains(FOUND) => e
-            .location()
-            .map(|l| (line_at(doc_text, &l), l.index().min(doc_text.len()))),
-        _ => None,
+    let at = match Find(&segs).deserialize(serde_norway::Deserializer::from_str(doc_text)) {
+        Err(e) if e.to_string().contains(FOUND) => e.location()?,
+        _ => return None,
+    };
+    let mut text = doc_text.get(at.index()..)?;
+    // Node properties: `&anchor`, `!tag`, `!!int`, in either order.
+    while let Some(property) = text.strip_prefix(['&', '!']) {
+        let end = property
+            .find([' ', '\t', '\r', '\n'])
+            .unwrap_or(property.len());
+        text = property[end..].trim_start_matches([' ', '\t', '\r', '\n']);
     }
+    let text = match text.strip_prefix(['"', '\'']) {
+        Some(quoted) => &quoted[..quoted.find(['"', '\'']).unwrap_or(quoted.len())],
+        None => {
+            &text[..text
+                .find([' ', '\t', '\r', '\n', ',', ']', '}'])
+                .unwrap_or(text.len())]
+        }
+    };
+    Some((line_at(doc_text, &at), text))
 }
 
 /// The 1-based line of a position serde_norway reports in `text`, counted as editors, git and
@@ -238,8 +252,10 @@ struct IsKey<'k>(&'k str, bool);
 
 impl<'de> DeserializeSeed<'de> for IsKey<'_> {
     type Value = bool;
+    /// As text, as the policy's keys were read: `Null` (an operator) is YAML's null to
+    /// `deserialize_any`.
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<bool, D::Error> {
-        d.deserialize_any(self)
+        d.deserialize_str(self)
     }
 }
 
@@ -361,15 +377,18 @@ policy:
     }
 
     #[test]
-    fn a_value_is_found_where_its_text_starts() {
-        let doc = "a:\n  k: 0x10 # c\n  l: [1, +5 ]\n  m:\n    - \"7\"\n";
-        let text = |path: &str| value_at(doc, path).map(|(line, at)| (line, &doc[at..at + 4]));
-        assert_eq!(text("a.k"), Some((2, "0x10")));
-        assert_eq!(text("a.l[1]"), Some((3, "+5 ]")));
-        assert_eq!(text("a.m[0]"), Some((5, "\"7\"\n")));
-        assert_eq!(value_at(doc, "a.n"), None);
-        assert_eq!(value_at(doc, "a.l[2]"), None);
-        assert_eq!(value_at("a: &x 1\nb: *x\n", "b"), None);
+    fn a_scalar_is_read_as_written() {
+        let doc = "a:\n  k: 0x10 # c\n  l: [1, +5 ]\n  m:\n    - \"7\"\n  t: !!int 0o7\n";
+        assert_eq!(scalar_at(doc, "a.k"), Some((2, "0x10")));
+        assert_eq!(scalar_at(doc, "a.l[1]"), Some((3, "+5")));
+        assert_eq!(scalar_at(doc, "a.m[0]"), Some((5, "7")));
+        assert_eq!(scalar_at(doc, "a.t"), Some((6, "0o7")));
+        assert_eq!(scalar_at(doc, "a.n"), None);
+        assert_eq!(scalar_at(doc, "a.l[2]"), None);
+        // Through an alias: where its anchor writes it.
+        assert_eq!(scalar_at("a: &x 1\nb: *x\n", "b"), Some((1, "1")));
+        // An operator named `Null` is a key like any other.
+        assert_eq!(scalar_at("Null:\n  k: 5\n", "Null.k"), Some((2, "5")));
     }
 
     /// U+2028 inside a string is a line break to libyaml, not to an editor.
@@ -452,6 +471,16 @@ policy:
                 Seg::Key("StringLike"),
                 Seg::Key("s3:x.y[z]"),
                 Seg::Index(3),
+            ]
+        );
+        // An operator has a colon of its own, and no dot.
+        assert_eq!(
+            segments("Condition.ForAnyValue:NumericEquals.aws:Tag/a.b[0]"),
+            [
+                Seg::Key("Condition"),
+                Seg::Key("ForAnyValue:NumericEquals"),
+                Seg::Key("aws:Tag/a.b"),
+                Seg::Index(0),
             ]
         );
     }
