@@ -311,35 +311,6 @@ pub const DEFAULT_RATE_LIMIT: u32 = 5;
 impl Engine {
     pub fn resolve(g: &GlobalArgs, file: &FileConfig) -> Result<Self, CliError> {
         let endpoint_url = g.endpoint_url.clone().or_else(|| file.endpoint_url.clone());
-        // The SDK writes an endpoint's query in its warnings; Kinesis takes none, so one there
-        // is most likely a token.
-        if endpoint_url.as_deref().is_some_and(|u| u.contains('?')) {
-            return Err(CliError::Usage(
-                "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has a query \
-                 string: Kinesis takes none, and the AWS SDK would write it in its log"
-                    .into(),
-            ));
-        }
-        // The SDK panics on an empty endpoint (aws-smithy-types "URL was unset"), also on one
-        // from its own variables, which it first says it ignores. A CI line such as
-        // `AWS_ENDPOINT_URL: ${{ vars.X }}` with X unset gives one.
-        let empty = |u: &str| u.trim().is_empty();
-        if endpoint_url.as_deref().is_some_and(empty) {
-            return Err(CliError::Usage(
-                "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) is empty: \
-                 give one, such as http://localhost:4567, or leave it unset to call AWS"
-                    .into(),
-            ));
-        }
-        if endpoint_url.is_none()
-            && let Some(name) = ["AWS_ENDPOINT_URL", "AWS_ENDPOINT_URL_KINESIS"]
-                .into_iter()
-                .find(|name| std::env::var(name).is_ok_and(|u| empty(&u)))
-        {
-            return Err(CliError::Usage(format!(
-                "{name} is set but empty: unset it, or give a URL such as http://localhost:4567"
-            )));
-        }
         let defaults = RetryPolicy::default();
         Ok(Engine {
             client: ClientOptions {
@@ -381,12 +352,36 @@ impl Engine {
         })
     }
 
-    pub async fn connect(&self) -> Resilient<AwsKinesis> {
-        Resilient::new(
-            AwsKinesis::new(self.client.clone()).await,
-            self.retry.clone(),
-            self.rate_limit,
-        )
+    /// The client for the commands that call AWS; an endpoint it cannot use is a usage error,
+    /// found here rather than for every command (`validate` calls nothing).
+    pub async fn connect(&self) -> Result<Resilient<AwsKinesis>, CliError> {
+        let problem = |message: String| Err(CliError::Usage(message));
+        match self.client.endpoint_url.as_deref() {
+            // The SDK writes an endpoint's query in its warnings; Kinesis takes none, so one
+            // there is most likely a token.
+            Some(url) if url.contains('?') => {
+                return problem(
+                    "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has a \
+                     query string: Kinesis takes none, and the AWS SDK would write it in its log"
+                        .into(),
+                );
+            }
+            // The SDK panics on an empty one; and empty is no choice between AWS and an
+            // emulator (a CI variable never set, say), so it is not taken for "AWS".
+            Some(url) if url.trim().is_empty() => {
+                return problem(
+                    "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) is \
+                     empty: give one, such as http://localhost:4567, or leave it unset to call AWS"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        let kinesis = AwsKinesis::new(self.client.clone()).await;
+        if let Some(message) = kinesis.configured_endpoint_problem() {
+            return problem(message);
+        }
+        Ok(Resilient::new(kinesis, self.retry.clone(), self.rate_limit))
     }
 }
 
@@ -805,7 +800,7 @@ async fn run_plan(
         );
         return refuse("unmatched_target", message, &warnings, None);
     }
-    let api = engine.connect().await;
+    let api = engine.connect().await?;
     let opts = PlanOptions {
         concurrency: engine.concurrency,
         targets: targets.clone(),
@@ -1011,7 +1006,7 @@ async fn run_import(
         path: out.display().to_string(),
         source,
     })?;
-    let api = engine.connect().await;
+    let api = engine.connect().await?;
     let opts = crate::import::ImportOptions {
         region,
         account,

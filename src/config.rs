@@ -13,6 +13,7 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileConfig {
     pub region: Option<String>,
+    #[serde(default, deserialize_with = "endpoint_given")]
     pub endpoint_url: Option<String>,
     pub concurrency: Option<std::num::NonZeroUsize>,
     pub rate_limit: Option<u32>,
@@ -240,6 +241,18 @@ fn second_key_line(text: &str, key: &str, from: usize) -> Option<usize> {
         .filter(|(_, l)| is_key(l))
         .nth(1)
         .map(|(i, _)| i + 1)
+}
+
+/// `endpointUrl:` with no value (what `envsubst` leaves of an unset variable) is not "no
+/// endpoint": read so, it would send an emulator's calls to AWS.
+fn endpoint_given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    match Option::<String>::deserialize(d)? {
+        Some(url) => Ok(Some(url)),
+        None => Err(serde::de::Error::custom(
+            "endpointUrl has no value: give one, such as http://localhost:4567, or leave the key \
+             out to call AWS",
+        )),
+    }
 }
 
 /// Durations as humans write them: `30s`, `5m`, `1h 30m`.

@@ -716,6 +716,11 @@ pub async fn serve(global: &GlobalArgs, file: FileConfig, args: ServeArgs) -> Re
     // Checked already, as for every command (cli::run).
     let engine = Engine::resolve(global, &file)?;
     if args.check_config {
+        // An endpoint the clients cannot use fails every run: the check says so now.
+        if let Err(e) = engine.connect().await {
+            crate::errln!("configuration invalid: {e}");
+            return Ok(EXIT_ERROR);
+        }
         return Ok(check_config(&settings, &engine));
     }
     run(settings, engine).await
@@ -753,7 +758,7 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
         );
     }
 
-    let api = engine.connect().await;
+    let api = engine.connect().await?;
     let reconciler = reconcile::Reconciler::new(
         source,
         api,

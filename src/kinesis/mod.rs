@@ -829,6 +829,37 @@ impl AwsKinesis {
         }
     }
 
+    /// What is wrong with the endpoint the Kinesis clients would take from the environment or
+    /// the AWS profile, looked up as the SDK does (`AWS_ENDPOINT_URL_KINESIS`, a profile's
+    /// `services` section, `AWS_ENDPOINT_URL`, a profile's `endpoint_url`): an empty one makes
+    /// the SDK panic at the first call ("URL was unset"). `None` when kpr names the endpoint.
+    pub fn configured_endpoint_problem(&self) -> Option<String> {
+        if self.opts.endpoint_url.is_some() {
+            return None;
+        }
+        let key = aws_types::service_config::ServiceConfigKey::builder()
+            .service_id("Kinesis")
+            .env("AWS_ENDPOINT_URL")
+            .profile("endpoint_url")
+            .build()
+            .expect("all three parts are given");
+        let configured = self
+            .base
+            .service_config()
+            .and_then(|c| c.load_config(key))
+            .or_else(|| self.base.endpoint_url().map(str::to_string))?;
+        if !configured.trim().is_empty() {
+            return None;
+        }
+        let named = ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL"]
+            .into_iter()
+            .find(|name| std::env::var_os(name).is_some())
+            .unwrap_or("endpoint_url in the AWS profile");
+        Some(format!(
+            "{named} is set but empty: unset it, or give a URL such as http://localhost:4567"
+        ))
+    }
+
     async fn scope(&self, scope: &Scope) -> Arc<ScopeClient> {
         if let Some(c) = self.clients.lock().expect("client map").get(scope) {
             return c.clone();

@@ -471,19 +471,79 @@ fn usage_errors_exit_1_not_the_changes_code() {
             "{args:?}: {got:?}"
         );
     }
-    // The SDK's own variable, empty, with no endpoint of kpr's to take its place.
-    let mut c = common::kpr_cmd("http://127.0.0.1:9");
-    c.args(["apply", "--output", "json", "--dir", "policies"])
-        .env_remove("KPR_ENDPOINT_URL")
-        .env("AWS_ENDPOINT_URL_KINESIS", " ");
-    let got = common::output(c.output().expect("run kpr"));
-    assert_eq!(got.code, 1, "{got:?}");
+    // The SDK's own settings, empty, with no endpoint of kpr's to take their place: refused
+    // by the commands that call AWS, as the SDK would look them up (the service's variable
+    // first), and by `serve --check-config`; the others do not care.
+    let profile = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(profile.path(), "[default]\nendpoint_url =\n").unwrap();
+    let profile = profile.path().to_string_lossy().into_owned();
+    let sdk = |args: &[&str], env: &[(&str, &str)]| {
+        let mut c = common::kpr_cmd("http://127.0.0.1:9");
+        c.args(args)
+            .env_remove("KPR_ENDPOINT_URL")
+            .envs(env.iter().copied());
+        common::output(c.output().expect("run kpr"))
+    };
+    let apply = ["apply", "--output", "json", "--dir", "policies"];
+    for (env, named) in [
+        (
+            &[("AWS_ENDPOINT_URL_KINESIS", " ")][..],
+            "AWS_ENDPOINT_URL_KINESIS",
+        ),
+        (&[("AWS_ENDPOINT_URL", "")], "AWS_ENDPOINT_URL"),
+        (
+            &[("AWS_CONFIG_FILE", &*profile)],
+            "endpoint_url in the AWS profile",
+        ),
+    ] {
+        let got = sdk(&apply, env);
+        assert_eq!(got.code, 1, "{env:?}: {got:?}");
+        assert!(
+            got.stdout.contains("\"usage\"")
+                && got.stdout.contains(&format!("{named} is set but empty")),
+            "{env:?}: {got:?}"
+        );
+        let check = sdk(&["serve", "--check-config", "--dir", "policies"], env);
+        assert_eq!(check.code, 1, "{env:?}: {check:?}");
+        assert!(check.stderr.contains("configuration invalid"), "{check:?}");
+        assert_eq!(sdk(&["validate", "--dir", "policies"], env).code, 0);
+    }
+    let behind = sdk(
+        &[
+            "plan",
+            "--dir",
+            "policies",
+            "--output",
+            "json",
+            "--max-attempts",
+            "1",
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", ""),
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9"),
+        ],
+    );
     assert!(
-        got.stdout.contains("\"usage\"")
-            && got
-                .stdout
-                .contains("AWS_ENDPOINT_URL_KINESIS is set but empty"),
-        "{got:?}"
+        behind.stdout.contains("\"failed\": 4") && !behind.stdout.contains("\"refused\""),
+        "the service's variable comes first: {behind:?}"
+    );
+    assert_eq!(
+        run(
+            &["validate", "--dir", "policies"],
+            &[("KPR_ENDPOINT_URL", "")]
+        )
+        .code,
+        0
+    );
+    // `endpointUrl:` with no value, as envsubst leaves an unset variable.
+    let cfg = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(cfg.path(), "endpointUrl:\n").unwrap();
+    let config = cfg.path().to_string_lossy().into_owned();
+    let unset = run(&["validate", "--dir", "policies", "--config", &config], &[]);
+    assert_eq!(unset.code, 1, "{unset:?}");
+    assert!(
+        unset.stderr.contains("endpointUrl has no value"),
+        "{unset:?}"
     );
     // An empty variable is unset: the default level.
     for level in [
