@@ -476,6 +476,19 @@ fn max_connections(open_files: Option<libc::rlim_t>) -> usize {
 /// may sit idle before it: a git host sends its webhook at once, a probe or scraper too.
 const HEADER_READ: Duration = Duration::from_secs(10);
 
+/// The most a connection reads ahead (hyper's own default is ~400 KiB): each connection waiting
+/// for the body budget holds one such read, uncounted, so this bounds what a crowd of them
+/// holds beyond the budget ([`MAX_CONNECTIONS`] × this).
+const READ_BUFFER: usize = 64 << 10;
+
+/// Connections one address may hold at once, of [`MAX_CONNECTIONS`]: one client holding idle
+/// connections must leave room for the others (a liveness probe failing would get the pod
+/// restarted over and over). Behind a proxy every client is the proxy's address; one that
+/// needs more than this at once to deliver webhooks does not exist.
+fn per_peer(max: usize) -> usize {
+    (max / 4).max(2)
+}
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -496,9 +509,11 @@ pub async fn serve(
     // with a timer, does the first; a semaphore the second.
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(hyper_util::rt::TokioTimer::new())
-        .header_read_timeout(HEADER_READ);
+        .header_read_timeout(HEADER_READ)
+        .max_buf_size(READ_BUFFER);
     let max = max_connections(raise_open_files());
     let slots = Arc::new(tokio::sync::Semaphore::new(max));
+    let peers = Arc::new(PeerSlots::new(per_peer(max)));
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let stopped = async move {
         let _ = stop.wait_for(|stopped| *stopped).await;
@@ -519,12 +534,23 @@ pub async fn serve(
             },
             () = &mut stopped => break,
         };
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let slot = match peers.take(peer.ip()) {
+            Some(peer_slot) => slots
+                .clone()
+                .try_acquire_owned()
+                .ok()
+                .map(|slot| (slot, peer_slot)),
+            None => None,
+        };
+        let Some(slot) = slot else {
             // Once a minute at most: a flood of connections must not flood the log too.
             if last_warned.is_none_or(|at: tokio::time::Instant| at.elapsed() >= WARN_EVERY) {
                 tracing::warn!(
                     max,
-                    "too many HTTP connections open: closing new ones (logged once a minute)"
+                    per_address = peers.limit,
+                    %peer,
+                    "too many HTTP connections open, in all or from one address: closing new \
+                     ones (logged once a minute)"
                 );
                 last_warned = Some(tokio::time::Instant::now());
             }
@@ -546,6 +572,51 @@ pub async fn serve(
     }
     // Idle keep-alive connections close at once; the caller bounds the wait for the others.
     graceful.shutdown().await;
+}
+
+/// Connections open per address, each at most `limit`.
+struct PeerSlots {
+    limit: usize,
+    open: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+/// One address's connection: given back when dropped.
+struct PeerSlot {
+    ip: std::net::IpAddr,
+    open: Arc<Mutex<std::collections::HashMap<std::net::IpAddr, usize>>>,
+}
+
+impl PeerSlots {
+    fn new(limit: usize) -> Self {
+        Self {
+            limit,
+            open: Arc::default(),
+        }
+    }
+
+    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+        let mut open = self.open.lock().expect("peer slots");
+        let n = open.entry(ip).or_default();
+        (*n < self.limit).then(|| {
+            *n += 1;
+            PeerSlot {
+                ip,
+                open: Arc::clone(&self.open),
+            }
+        })
+    }
+}
+
+impl Drop for PeerSlot {
+    fn drop(&mut self) {
+        let mut open = self.open.lock().expect("peer slots");
+        if let std::collections::hash_map::Entry::Occupied(mut n) = open.entry(self.ip) {
+            *n.get_mut() -= 1;
+            if *n.get() == 0 {
+                n.remove();
+            }
+        }
+    }
 }
 
 async fn healthz(State(s): State<Arc<Shared>>) -> Response {
@@ -666,7 +737,8 @@ const BUDGET_WAIT_HOLDING: Duration = Duration::from_secs(1);
 /// Reads a webhook body within [`BODY_READ`] and the size limit. The bytes of bodies whose
 /// sender is not authenticated yet (a GitHub signature covers the body) count against
 /// [`BODY_BUDGET`] as they arrive, so senders that stall hold nothing, and senders that stream
-/// garbage hold at most the budget; a delivery whose token already matched does not wait.
+/// garbage hold at most the budget, plus the frame each has read and is waiting to count (at
+/// most [`READ_BUFFER`]); a delivery whose token already matched does not wait.
 async fn read_body(
     s: &Shared,
     headers: &HeaderMap,
@@ -704,8 +776,11 @@ async fn read_body(
         )
     };
     let mut held: Option<tokio::sync::SemaphorePermit<'_>> = None;
-    // Grown as bytes arrive: a sender that declares a length and stalls costs nothing.
-    let mut buf = Vec::new();
+    // The frames as they came, joined once the body is whole: a sender that declares a length
+    // and stalls costs nothing, and no buffer grows by copying (a crowd of growing buffers,
+    // each up to twice its bytes, left the allocator holding several times the budget).
+    let mut frames: Vec<Bytes> = Vec::new();
+    let mut received = 0;
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
             Err(_) => return Err(timed_out()),
@@ -722,7 +797,7 @@ async fn read_body(
         let Ok(data) = frame.into_data() else {
             continue;
         };
-        if buf.len() + data.len() > s.max_body {
+        if received + data.len() > s.max_body {
             return Err(too_large());
         }
         if !authenticated && !data.is_empty() {
@@ -748,9 +823,20 @@ async fn read_body(
                 }
             }
         }
-        buf.extend_from_slice(&data);
+        received += data.len();
+        frames.push(data);
     }
-    Ok(Bytes::from(buf))
+    Ok(match frames.len() {
+        0 => Bytes::new(),
+        1 => frames.swap_remove(0),
+        _ => {
+            let mut whole = Vec::with_capacity(received);
+            for frame in frames {
+                whole.extend_from_slice(&frame);
+            }
+            Bytes::from(whole)
+        }
+    })
 }
 
 fn unauthorized(e: AuthError) -> Response {
