@@ -738,8 +738,8 @@ fn connector_error(e: &ConnectorError) -> ApiError {
 
 #[derive(serde::Deserialize)]
 struct Output {
-    /// Absent or null reads as no policy, as on the SDK path (its output defaults the field to
-    /// ""): both paths must see the same answer the same way.
+    /// Absent or null reads as "", as on the SDK path (its output defaults the field to ""):
+    /// both paths must see the same answer the same way.
     #[serde(rename = "Policy", default)]
     policy: Option<String>,
 }
@@ -756,7 +756,7 @@ fn parse_response(
     if (200..300).contains(&status) {
         // An empty body is an empty output to the SDK.
         if body.trim_ascii().is_empty() {
-            return Ok(None);
+            return none_if_empty(String::new());
         }
         let out: Output = serde_json::from_slice(body).map_err(|e| {
             ApiError::new(
@@ -766,7 +766,7 @@ fn parse_response(
                 format!("bad response: {e}"),
             )
         })?;
-        return Ok(out.policy.and_then(none_if_empty));
+        return none_if_empty(out.policy.unwrap_or_default());
     }
     // The header, else the body's `code`, else its `__type`; a body that is not a JSON object
     // (a proxy's HTML page) has neither. Duplicate keys are no reason to drop the code.
@@ -896,7 +896,19 @@ mod tests {
             parse_response(200, None, br#"{"Policy":"{}"}"#).unwrap(),
             None
         );
-        assert_eq!(parse_response(200, None, br#"{}"#).unwrap(), None);
+        // An answer without its required policy is not "no policy".
+        for empty in [
+            &br#"{}"#[..],
+            b"",
+            br#"{"Policy":null}"#,
+            br#"{"Policy":" "}"#,
+        ] {
+            let e = parse_response(200, None, empty).unwrap_err();
+            assert!(
+                e.is_retryable() && e.message.contains("holds no policy"),
+                "{e:?}"
+            );
+        }
 
         let limit = br#"{"__type":"LimitExceededException","message":"Rate exceeded"}"#;
         let e = parse_response(400, None, limit).unwrap_err();
@@ -1208,7 +1220,7 @@ mod tests {
                         r#"{"__type":"ExpiredTokenException","message":"The security token included in the request is expired"}"#,
                     )
                 } else {
-                    (http::StatusCode::OK, [("x-amzn-requestid", "1")], r#"{"Policy":""}"#)
+                    (http::StatusCode::OK, [("x-amzn-requestid", "1")], r#"{"Policy":"{}"}"#)
                 }
             }
         });
@@ -1264,7 +1276,7 @@ mod tests {
                     .unwrap_or("")
                     .to_string();
                 log.lock().unwrap().push((agent, peer));
-                async { r#"{"Policy":""}"# }
+                async { r#"{"Policy":"{}"}"# }
             },
         );
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();

@@ -239,9 +239,21 @@ fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
     false
 }
 
-/// A policy as read, or `None` when the resource has none (`{}` or an empty answer).
-fn none_if_empty(policy: String) -> Option<String> {
-    (!crate::policy::is_empty_policy(&policy)).then_some(policy)
+/// A policy as read, or `None` when the resource has none (`{}`, as AWS and moto answer).
+/// An answer without a policy (an empty body, no `Policy`, or an empty one; the SDK path
+/// cannot tell them apart) is no answer: the field is required, and read as "no policy" it
+/// would pass `ensure: absent` with a policy in place. It is retried like any unreadable one.
+fn none_if_empty(policy: String) -> Result<Option<String>, ApiError> {
+    if policy.trim().is_empty() {
+        return Err(ApiError::new(
+            Op::GetResourcePolicy,
+            ErrorClass::Retryable,
+            None,
+            "bad response: it holds no policy (AWS answers \"{}\" for a resource without one)",
+        )
+        .unanswered());
+    }
+    Ok((!crate::policy::is_empty_policy(&policy)).then_some(policy))
 }
 
 type GetPolicySent = Result<
@@ -256,7 +268,7 @@ type GetPolicySent = Result<
 /// the same way (`direct::parse_response`).
 fn sdk_answer(sent: GetPolicySent) -> Result<Option<String>, ApiError> {
     match sent {
-        Ok(out) => Ok(none_if_empty(out.policy)),
+        Ok(out) => none_if_empty(out.policy),
         Err(e) => classify(Op::GetResourcePolicy, &e).or_no_policy(),
     }
 }
