@@ -451,7 +451,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
-    /// No retry starts after this much time since the first attempt.
+    /// No retry is scheduled after this much time since the first attempt was sent (a retry
+    /// then waiting its turn at the rate limit may be sent later).
     pub max_elapsed: Duration,
 }
 
