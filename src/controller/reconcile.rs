@@ -737,8 +737,8 @@ impl Reconciler {
                     commit,
                     head,
                     "the branch does not contain the pushed commit yet (the git host's \
-                     replica is behind its webhook?): applying what was fetched, and fetching \
-                     again soon"
+                     replica is behind its webhook?): judging what was fetched meanwhile, and \
+                     fetching again soon"
                 );
             }
             self.awaiting = Some(Awaiting { commit, misses });
