@@ -29,15 +29,13 @@ use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
-use http_body_util::{BodyExt, Limited};
+use http_body_util::BodyExt;
 
 use super::{ApiError, ErrorClass, Op, Transport, dispatch_class, none_if_empty};
 
 const TARGET: &str = "Kinesis_20131202.GetResourcePolicy";
 const CONTENT_TYPE: &str = "application/x-amz-json-1.1";
 const USER_AGENT: &str = concat!("kpr/", env!("CARGO_PKG_VERSION"));
-/// A policy is at most a few tens of KiB; anything far larger is not a Kinesis answer.
-const MAX_RESPONSE: usize = 1 << 20;
 /// Refresh credentials this long before they expire, when the provider gives that long.
 const CREDENTIALS_BUFFER: Duration = Duration::from_secs(300);
 /// Credentials with less time left than [`CREDENTIALS_BUFFER`] (a `credential_process` that
@@ -496,7 +494,9 @@ impl DirectReader {
                 .headers()
                 .get("x-amzn-errortype")
                 .map(str::to_string);
-            let body = Limited::new(response.into_body(), MAX_RESPONSE)
+            // Within the transport's bound on every answer.
+            let body = response
+                .into_body()
                 .collect()
                 .await
                 .map_err(|e| {

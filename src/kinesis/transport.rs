@@ -160,7 +160,7 @@ impl HttpConnector for Transport {
         // refused"); with an endpoint from a flag, a variable or a profile, that is the first
         // thing a reader needs.
         HttpConnectorFuture::new(async move {
-            sent.await.map_err(|e| {
+            let answered = sent.await.map_err(|e| {
                 let mut to = endpoint_of(&uri);
                 if proxied {
                     // The proxy may be what failed: not only the endpoint is to be checked.
@@ -170,10 +170,24 @@ impl HttpConnector for Transport {
                     );
                 }
                 naming(e, to)
+            });
+            // Every answer, the SDK's as the direct path's, is read within one bound: a
+            // 200 MB answer to a read took a plan to 617 MB on the SDK's path alone.
+            answered.map(|response| {
+                response.map(|body| {
+                    aws_smithy_types::body::SdkBody::from_body_1_x(http_body_util::Limited::new(
+                        body,
+                        MAX_RESPONSE,
+                    ))
+                })
             })
         })
     }
 }
+
+/// The largest answer read: a policy is at most a few tens of KiB, a listing page or an STS
+/// answer a few KiB; anything far larger is not an AWS answer.
+const MAX_RESPONSE: usize = 1 << 20;
 
 /// `scheme://host[:port]` of a URL, without user info.
 fn endpoint_of(uri: &str) -> String {
@@ -300,6 +314,26 @@ mod tests {
     /// Behind an `https://` proxy a plain-HTTP request goes through the TLS connector (only it
     /// can reach such a proxy); otherwise through the plain one, loading no root certificates.
     /// A connection refused says where it was going, and stays retryable.
+    #[tokio::test]
+    async fn an_answer_is_read_within_the_bound() {
+        use http_body_util::BodyExt;
+        let app = axum::Router::new().fallback(|| async { vec![b'x'; MAX_RESPONSE + 1] });
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        let transport = Transport::without_proxy(Duration::from_secs(5));
+        let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::from("{}"));
+        *request.uri_mut() = url.as_str().try_into().unwrap();
+        let answer = transport.call(request).await.unwrap();
+        let read = answer.into_body().collect().await;
+        assert!(
+            read.as_ref()
+                .is_err_and(|e| e.to_string().contains("length limit")),
+            "{:?}",
+            read.map(|b| b.to_bytes().len())
+        );
+    }
+
     #[tokio::test]
     async fn a_failed_connection_names_its_endpoint() {
         // A port just freed: nothing listens there.
