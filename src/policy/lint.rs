@@ -505,17 +505,25 @@ const MANAGEMENT_ACTIONS: &[&str] = &[
 /// which resource policies do not bind here, or a principal the Deny misses can repair it. A
 /// warning, not an error: freezing a policy can be meant, but it should never be a surprise.
 fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
-    // A Deny unless the call comes from some network (a VPC endpoint, an address range) binds
-    // kpr too, unless kpr's own calls come from there: a CI runner or a cluster elsewhere is
-    // locked out by the apply that writes it.
-    let network_only = s
-        .condition()
-        .is_some_and(|c| !c.blocks().is_empty() && c.blocks().iter().all(denies_outside_a_network));
-    if s.effect() != Effect::Deny || !(s.is_unconditional() || network_only) {
-        return;
-    }
     let mut arn = ctx.resource_arn.split(':');
     let (partition, account) = (arn.nth(1).unwrap_or(""), arn.nth(2).unwrap_or(""));
+    // Conditions are ANDed: the Deny binds kpr when each block may hold for its calls. A Deny
+    // unless the call comes from some network (a VPC endpoint, an address range) binds kpr
+    // too, unless kpr's own calls come from there: a CI runner or a cluster elsewhere is locked
+    // out by the apply that writes it. So does one that excepts only principals of other
+    // accounts ("only the partner may use this"), as kpr calls from the resource's own account
+    // (PutResourcePolicy must), and one that holds for any call over TLS or without MFA.
+    let met = s.condition().and_then(|c| {
+        let reasons: Option<Vec<&str>> = c
+            .blocks()
+            .iter()
+            .map(|b| kpr_may_meet(b, account))
+            .collect();
+        reasons.filter(|r| !r.is_empty())
+    });
+    if s.effect() != Effect::Deny || !(s.is_unconditional() || met.is_some()) {
+        return;
+    }
     let own_root = format!("arn:{partition}:iam::{account}:root");
     let (key, whom) = if principal_is_anyone(s) {
         ("Principal", "to everyone, kpr included,".to_string())
@@ -548,13 +556,18 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     if denied.is_empty() {
         return;
     }
-    let (when, unless) = if network_only {
-        (
-            "with a Condition about the network that kpr's own calls may meet",
-            "make sure they do not, or exempt kpr's role",
-        )
-    } else {
-        ("without a Condition", "exempt kpr's role")
+    let (when, unless) = match met {
+        Some(mut reasons) => {
+            reasons.dedup();
+            (
+                format!(
+                    "with a Condition that kpr's own calls may meet ({})",
+                    reasons.join("; ")
+                ),
+                "make sure they do not, or exempt kpr's role",
+            )
+        }
+        None => ("without a Condition".to_string(), "exempt kpr's role"),
     };
     out.warning(
         &format!("{path}.{key}"),
@@ -565,6 +578,70 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
             denied.join(", ")
         ),
     );
+}
+
+/// Why a Condition block may hold for kpr's own calls, if it may: see [`lockout_rules`].
+fn kpr_may_meet(b: &ConditionBlock, account: &str) -> Option<&'static str> {
+    if denies_outside_a_network(b) {
+        return Some("about the network");
+    }
+    if excepts_only_other_accounts(b, account) {
+        return Some("it excepts no principal of the resource's own account, where kpr calls from");
+    }
+    let op = b.operator().to_ascii_lowercase();
+    let op = op.strip_suffix("ifexists").unwrap_or(&op);
+    let all = |key: &str, value: &str| {
+        b.entries().iter().all(|(k, values)| {
+            k.eq_ignore_ascii_case(key)
+                && !values.is_empty()
+                && values
+                    .iter()
+                    .all(|v| v.as_canonical_string().eq_ignore_ascii_case(value))
+        })
+    };
+    match op {
+        "bool" if all("aws:SecureTransport", "true") => {
+            Some("it holds for every call over TLS, as every AWS call is")
+        }
+        "bool" if all("aws:MultiFactorAuthPresent", "false") => {
+            Some("it holds for calls without MFA, as a pipeline's or a service's are")
+        }
+        _ => None,
+    }
+}
+
+/// Whether a block only excepts principals (`...NotEquals` / `...NotLike` on
+/// `aws:PrincipalAccount` or `aws:PrincipalArn`) none of which can be in `account`: it then
+/// holds for every principal of `account`.
+fn excepts_only_other_accounts(b: &ConditionBlock, account: &str) -> bool {
+    let op = b.operator().to_ascii_lowercase();
+    let op = op.strip_suffix("ifexists").unwrap_or(&op);
+    let pattern = match op {
+        "stringnotequals" | "stringnotequalsignorecase" | "arnnotequals" => false,
+        "stringnotlike" | "arnnotlike" => true,
+        _ => return false,
+    };
+    // Whether an excepted account (a value, or an ARN's account field) surely is not
+    // `account`; a policy variable may be anything.
+    let other = |a: &str| {
+        if crate::arn::is_account_id(a) {
+            a != account
+        } else {
+            pattern && !a.contains("${") && a.contains(['*', '?']) && !wildcard_match(a, account)
+        }
+    };
+    !b.entries().is_empty()
+        && b.entries().iter().all(|(key, values)| {
+            let values: Vec<String> = values.iter().map(|v| v.as_canonical_string()).collect();
+            !values.is_empty()
+                && match key.to_ascii_lowercase().as_str() {
+                    "aws:principalaccount" => values.iter().all(|v| other(v)),
+                    "aws:principalarn" => values
+                        .iter()
+                        .all(|arn| !arn.contains("${") && arn.split(':').nth(4).is_some_and(other)),
+                    _ => false,
+                }
+        })
 }
 
 /// Whether a Condition block, on keys about the network only, may hold for calls from
@@ -1559,6 +1636,44 @@ mod tests {
             ),
             // No VPC endpoint at all: kpr too, unless it calls through one.
             (json!({"Null": {"aws:SourceVpce": "true"}}), true),
+            // "Only the partner may use this": the resource's own account, kpr's, is denied.
+            (
+                json!({"StringNotEquals": {"aws:PrincipalAccount": "444455556666"}}),
+                true,
+            ),
+            (
+                json!({"ArnNotEqualsIfExists": {"aws:PrincipalArn": ["arn:aws:iam::444455556666:role/writer"]}}),
+                true,
+            ),
+            (
+                json!({"StringNotLike": {"aws:PrincipalArn": "arn:aws:iam::4444*:role/*"}}),
+                true,
+            ),
+            // An exception that may name kpr's account, or anyone: it may spare kpr.
+            (
+                json!({"StringNotEquals": {"aws:PrincipalAccount": ["444455556666", "111122223333"]}}),
+                false,
+            ),
+            (
+                json!({"ArnNotLike": {"aws:PrincipalArn": "arn:aws:iam::*:role/admin"}}),
+                false,
+            ),
+            (
+                json!({"StringNotEquals": {"aws:PrincipalAccount": "${aws:ResourceAccount}"}}),
+                false,
+            ),
+            // Beside a block that holds only for a blocked range: not every call.
+            (
+                json!({"StringNotEquals": {"aws:PrincipalAccount": "444455556666"},
+                       "IpAddress": {"aws:SourceIp": "198.51.100.0/24"}}),
+                false,
+            ),
+            // The TLS Deny with its value flipped, and the IAM guide's MFA Deny.
+            (json!({"Bool": {"aws:SecureTransport": "true"}}), true),
+            (
+                json!({"BoolIfExists": {"aws:MultiFactorAuthPresent": "false"}}),
+                true,
+            ),
         ] {
             let f = under(&condition);
             if warned {
