@@ -1064,6 +1064,17 @@ fn parse_file(
                     {
                         message.push_str(" (YAML cannot be indented with tabs: use spaces)");
                     }
+                    // libyaml's words for an alias without a name: `Principal: *` or
+                    // `Resource: *`, the most common slip in a policy written as YAML.
+                    if message.starts_with("did not find expected alphabetic or numeric")
+                        && (1..=index.len()).contains(&line)
+                        && index.line(line - 1).contains('*')
+                    {
+                        message.push_str(
+                            " (an unquoted * starts a YAML alias: write \"*\" in quotes, as in \
+                             Principal: \"*\")",
+                        );
+                    }
                     diags.push(error(Some(line), message));
                     // The parser may have stopped mid-document: what follows in this piece
                     // would be read out of place.
