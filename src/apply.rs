@@ -291,6 +291,10 @@ async fn apply_one<K: Kinesis>(
                     f.message,
                     match unknown {
                         ReadBack::Failed(r) => format!("reading it back failed ({r})"),
+                        ReadBack::NotInPlace(waited) if waited.is_zero() => {
+                            "it did not read back in place; `kpr plan` shows where it stands"
+                                .to_string()
+                        }
                         ReadBack::NotInPlace(waited) => format!(
                             "it did not read back in place within {}s; `kpr plan` shows where it \
                              stands",

@@ -782,6 +782,8 @@ impl ClientOptions {
 pub struct AwsKinesis {
     base: SdkConfig,
     opts: ClientOptions,
+    /// Credentials come from keys in the environment: no STS or SSO client is built for them.
+    env_keys: bool,
     clients: Mutex<HashMap<Scope, Arc<ScopeClient>>>,
     reader: DirectReader,
 }
@@ -812,7 +814,8 @@ impl AwsKinesis {
         // uses; naming that link alone skips building the rest (an STS client, an IMDS client,
         // their endpoint tables): ~6% of a one-resource run's CPU.
         let env = EnvironmentVariableCredentialsProvider::new();
-        if env.provide_credentials().await.is_ok() {
+        let env_keys = env.provide_credentials().await.is_ok();
+        if env_keys {
             loader = loader.credentials_provider(env);
         }
         if let Some(url) = &opts.endpoint_url {
@@ -827,7 +830,10 @@ impl AwsKinesis {
                 .connect_timeout(CONNECT_TIMEOUT)
                 .build(),
         );
-        Self::with_config(loader.load().await, opts, transport)
+        Self {
+            env_keys,
+            ..Self::with_config(loader.load().await, opts, transport)
+        }
     }
 
     /// On a configuration already loaded (tests give their own credentials provider), whose
@@ -837,40 +843,59 @@ impl AwsKinesis {
         Self {
             base,
             opts,
+            env_keys: false,
             clients: Mutex::new(HashMap::new()),
             reader,
         }
     }
 
-    /// What is wrong with the endpoint the Kinesis clients would take from the environment or
-    /// the AWS profile, looked up as the SDK does (`AWS_ENDPOINT_URL_KINESIS`, a profile's
+    /// What is wrong with the endpoints the clients would take from the environment or the
+    /// AWS profile, looked up as the SDK does (`AWS_ENDPOINT_URL_<SERVICE>`, a profile's
     /// `services` section, `AWS_ENDPOINT_URL`, a profile's `endpoint_url`): an empty one makes
-    /// the SDK panic at the first call ("URL was unset"). `None` when kpr names the endpoint.
+    /// the SDK panic at the client's first call ("URL was unset"). Kinesis' always; STS' and
+    /// SSO's unless credentials come from keys in the environment and no role is mapped, as
+    /// only then no such client is built. `None` when kpr names the endpoint (for all).
     pub fn configured_endpoint_problem(&self) -> Option<String> {
         if self.opts.endpoint_url.is_some() {
             return None;
         }
-        let key = aws_types::service_config::ServiceConfigKey::builder()
-            .service_id("Kinesis")
-            .env("AWS_ENDPOINT_URL")
-            .profile("endpoint_url")
-            .build()
-            .expect("all three parts are given");
-        let configured = self
-            .base
-            .service_config()
-            .and_then(|c| c.load_config(key))
-            .or_else(|| self.base.endpoint_url().map(str::to_string))?;
-        if !configured.trim().is_empty() {
-            return None;
+        let mut services = vec!["Kinesis"];
+        if !self.env_keys || !self.opts.roles.is_empty() {
+            services.extend(["STS", "SSO", "SSO OIDC"]);
         }
-        let named = ["AWS_ENDPOINT_URL_KINESIS", "AWS_ENDPOINT_URL"]
-            .into_iter()
-            .find(|name| std::env::var_os(name).is_some())
-            .unwrap_or("endpoint_url in the AWS profile");
-        Some(format!(
-            "{named} is set but empty: unset it, or give a URL such as http://localhost:4567"
-        ))
+        services.into_iter().find_map(|service| {
+            let key = aws_types::service_config::ServiceConfigKey::builder()
+                .service_id(service)
+                .env("AWS_ENDPOINT_URL")
+                .profile("endpoint_url")
+                .build()
+                .expect("all three parts are given");
+            let configured = self
+                .base
+                .service_config()
+                .and_then(|c| c.load_config(key))
+                .or_else(|| self.base.endpoint_url().map(str::to_string))?;
+            if !configured.trim().is_empty() {
+                return None;
+            }
+            let own = format!(
+                "AWS_ENDPOINT_URL_{}",
+                service.to_uppercase().replace(' ', "_")
+            );
+            let named = [own.as_str(), "AWS_ENDPOINT_URL"]
+                .into_iter()
+                .find(|name| std::env::var_os(name).is_some())
+                .unwrap_or("endpoint_url in the AWS profile")
+                .to_string();
+            let client = match service {
+                "Kinesis" => String::new(),
+                other => format!(" (the {other} client kpr's credentials use would take it)"),
+            };
+            Some(format!(
+                "{named} is set but empty{client}: unset it, or give a URL such as \
+                 http://localhost:4567"
+            ))
+        })
     }
 
     async fn scope(&self, scope: &Scope) -> Arc<ScopeClient> {

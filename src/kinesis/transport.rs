@@ -155,6 +155,7 @@ impl HttpConnector for Transport {
         // Read only on an error: this is every request's path.
         let uri = request.uri().to_owned();
         let proxied = !self.0.proxy.is_disabled();
+        let bound = answer_bound(&request);
         let sent = self.connector(request.uri()).call(request);
         // hyper's errors do not say where they were going ("tcp connect error: Connection
         // refused"); with an endpoint from a flag, a variable or a profile, that is the first
@@ -171,13 +172,12 @@ impl HttpConnector for Transport {
                 }
                 naming(e, to)
             });
-            // Every answer, the SDK's as the direct path's, is read within one bound: a
-            // 200 MB answer to a read took a plan to 617 MB on the SDK's path alone.
+            // Every answer, the SDK's as the direct path's, is read within a bound: a 200 MB
+            // answer to a read took a plan to 617 MB on the SDK's path alone.
             answered.map(|response| {
                 response.map(|body| {
                     aws_smithy_types::body::SdkBody::from_body_1_x(http_body_util::Limited::new(
-                        body,
-                        MAX_RESPONSE,
+                        body, bound,
                     ))
                 })
             })
@@ -185,9 +185,23 @@ impl HttpConnector for Transport {
     }
 }
 
-/// The largest answer read: a policy is at most a few tens of KiB, a listing page or an STS
-/// answer a few KiB; anything far larger is not an AWS answer.
-const MAX_RESPONSE: usize = 1 << 20;
+/// The largest answer to GetResourcePolicy read: a policy is at most a few tens of KiB;
+/// anything far larger is not an AWS answer.
+const MAX_POLICY_ANSWER: usize = 1 << 20;
+/// The largest other answer read. AWS sends 100 streams a ListStreams page, ~50 KB; moto sends
+/// every stream on every page, 1.4 MB for 3,000 streams with long names.
+const MAX_ANSWER: usize = 64 << 20;
+
+/// The bound on the answer to `request`, by its operation (the `X-Amz-Target` header of
+/// Kinesis' JSON protocol).
+fn answer_bound(request: &HttpRequest) -> usize {
+    let target = request.headers().get("x-amz-target").unwrap_or_default();
+    if target.ends_with(".GetResourcePolicy") {
+        MAX_POLICY_ANSWER
+    } else {
+        MAX_ANSWER
+    }
+}
 
 /// `scheme://host[:port]` of a URL, without user info.
 fn endpoint_of(uri: &str) -> String {
@@ -317,21 +331,29 @@ mod tests {
     #[tokio::test]
     async fn an_answer_is_read_within_the_bound() {
         use http_body_util::BodyExt;
-        let app = axum::Router::new().fallback(|| async { vec![b'x'; MAX_RESPONSE + 1] });
+        let app = axum::Router::new().fallback(|| async { vec![b'x'; MAX_POLICY_ANSWER + 1] });
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}/", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
         let transport = Transport::without_proxy(Duration::from_secs(5));
-        let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::from("{}"));
-        *request.uri_mut() = url.as_str().try_into().unwrap();
-        let answer = transport.call(request).await.unwrap();
-        let read = answer.into_body().collect().await;
-        assert!(
-            read.as_ref()
-                .is_err_and(|e| e.to_string().contains("length limit")),
-            "{:?}",
-            read.map(|b| b.to_bytes().len())
-        );
+        // Past the bound for a policy; within the one for a listing page.
+        for (target, refused) in [
+            ("Kinesis_20131202.GetResourcePolicy", true),
+            ("Kinesis_20131202.ListStreams", false),
+        ] {
+            let mut request = HttpRequest::new(aws_smithy_types::body::SdkBody::from("{}"));
+            *request.uri_mut() = url.as_str().try_into().unwrap();
+            request.headers_mut().insert("x-amz-target", target);
+            let answer = transport.call(request).await.unwrap();
+            let read = answer.into_body().collect().await;
+            assert_eq!(
+                read.as_ref()
+                    .is_err_and(|e| e.to_string().contains("length limit")),
+                refused,
+                "{target}: {:?}",
+                read.map(|b| b.to_bytes().len())
+            );
+        }
     }
 
     #[tokio::test]

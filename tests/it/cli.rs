@@ -527,6 +527,27 @@ fn usage_errors_exit_1_not_the_changes_code() {
         behind.stdout.contains("\"failed\": 4") && !behind.stdout.contains("\"refused\""),
         "the service's variable comes first: {behind:?}"
     );
+    // With a role to assume, STS takes the empty global one: refused, not a panic per call.
+    let roles = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        roles.path(),
+        "accounts:\n  \"111122223333\": {roleArn: \"arn:aws:iam::111122223333:role/kpr\"}\n",
+    )
+    .unwrap();
+    let roles = roles.path().to_string_lossy().into_owned();
+    let sts = sdk(
+        &[
+            "plan", "--dir", "policies", "--output", "json", "--config", &roles,
+        ],
+        &[
+            ("AWS_ENDPOINT_URL", ""),
+            ("AWS_ENDPOINT_URL_KINESIS", "http://127.0.0.1:9"),
+        ],
+    );
+    assert!(
+        sts.code == 1 && sts.stdout.contains("\"usage\"") && sts.stdout.contains("STS client"),
+        "{sts:?}"
+    );
     assert_eq!(
         run(
             &["validate", "--dir", "policies"],
