@@ -25,12 +25,12 @@ use aws_sdk_kinesis::config::{ConfigBag, Intercept, RuntimeComponents};
 use aws_sigv4::http_request::{SignableBody, SignableRequest, SigningSettings, sign};
 use aws_sigv4::sign::v4;
 use aws_smithy_runtime_api::box_error::BoxError;
-use aws_smithy_runtime_api::client::http::HttpConnector;
 use aws_smithy_runtime_api::client::identity::Identity;
 use aws_smithy_runtime_api::client::result::ConnectorError;
 use aws_smithy_types::body::SdkBody;
-use http_body_util::BodyExt;
+use http_body_util::{BodyExt, Limited};
 
+use super::transport::MAX_POLICY_ANSWER;
 use super::{ApiError, ErrorClass, Op, Transport, dispatch_class, none_if_empty};
 
 const TARGET: &str = "Kinesis_20131202.GetResourcePolicy";
@@ -486,7 +486,7 @@ impl DirectReader {
         let exchange = async {
             let response = self
                 .transport
-                .call(request)
+                .send(request)
                 .await
                 .map_err(|e| connector_error(&e))?;
             let status = response.status().as_u16();
@@ -494,9 +494,7 @@ impl DirectReader {
                 .headers()
                 .get("x-amzn-errortype")
                 .map(str::to_string);
-            // Within the transport's bound on every answer.
-            let body = response
-                .into_body()
+            let body = Limited::new(response.into_body(), MAX_POLICY_ANSWER)
                 .collect()
                 .await
                 .map_err(|e| {

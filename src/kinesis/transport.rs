@@ -150,18 +150,20 @@ fn has_scheme(url: &str, scheme: &str) -> bool {
         .is_some_and(|s| s.eq_ignore_ascii_case(scheme))
 }
 
-impl HttpConnector for Transport {
-    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+impl Transport {
+    /// Sends `request`; its answer's body is not bounded: the caller bounds it (the direct
+    /// path, on its own body type, where wrapping it as [`HttpConnector::call`] does would
+    /// cost an allocation per read).
+    pub(crate) fn send(&self, request: HttpRequest) -> HttpConnectorFuture {
         // Read only on an error: this is every request's path.
         let uri = request.uri().to_owned();
         let proxied = !self.0.proxy.is_disabled();
-        let bound = answer_bound(&request);
         let sent = self.connector(request.uri()).call(request);
         // hyper's errors do not say where they were going ("tcp connect error: Connection
         // refused"); with an endpoint from a flag, a variable or a profile, that is the first
         // thing a reader needs.
         HttpConnectorFuture::new(async move {
-            let answered = sent.await.map_err(|e| {
+            sent.await.map_err(|e| {
                 let mut to = endpoint_of(&uri);
                 if proxied {
                     // The proxy may be what failed: not only the endpoint is to be checked.
@@ -171,10 +173,19 @@ impl HttpConnector for Transport {
                     );
                 }
                 naming(e, to)
-            });
-            // Every answer, the SDK's as the direct path's, is read within a bound: a 200 MB
-            // answer to a read took a plan to 617 MB on the SDK's path alone.
-            answered.map(|response| {
+            })
+        })
+    }
+}
+
+impl HttpConnector for Transport {
+    fn call(&self, request: HttpRequest) -> HttpConnectorFuture {
+        let bound = answer_bound(&request);
+        let sent = self.send(request);
+        // Every answer the SDK reads is bounded, as the direct path bounds its own: a 200 MB
+        // answer to a read took a plan to 617 MB on the SDK's path.
+        HttpConnectorFuture::new(async move {
+            sent.await.map(|response| {
                 response.map(|body| {
                     aws_smithy_types::body::SdkBody::from_body_1_x(http_body_util::Limited::new(
                         body, bound,
@@ -187,7 +198,7 @@ impl HttpConnector for Transport {
 
 /// The largest answer to GetResourcePolicy read: a policy is at most a few tens of KiB;
 /// anything far larger is not an AWS answer.
-const MAX_POLICY_ANSWER: usize = 1 << 20;
+pub(crate) const MAX_POLICY_ANSWER: usize = 1 << 20;
 /// The largest other answer read. AWS sends 100 streams a ListStreams page, ~50 KB; moto sends
 /// every stream on every page, 1.4 MB for 3,000 streams with long names.
 const MAX_ANSWER: usize = 64 << 20;
