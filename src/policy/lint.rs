@@ -148,11 +148,12 @@ fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx
         } else {
             "NotPrincipal"
         };
+        let why = s.condition().map(why_not_limiting).unwrap_or_default();
         out.error(
             &format!("{path}.Condition"),
             format!(
-                "Allow to everyone ({key}) under a Condition that does not limit who calls: \
-                 anyone who meets it is granted. Limit the caller with a positive operator on \
+                "Allow to everyone ({key}) under a Condition that does not limit who calls \
+                 ({why}): anyone who meets it is granted. Limit the caller with a positive operator on \
                  aws:PrincipalOrgID, aws:PrincipalAccount, aws:SourceAccount or aws:SourceArn \
                  with fixed values (no IfExists, no policy variable, no wildcard in the account \
                  or org, nor before the account under StringLike: use ArnLike), or set \
@@ -391,6 +392,73 @@ fn positive_match(operator: &str) -> Option<Match> {
         "ipaddress" => Match::Cidr,
         _ => return None,
     })
+}
+
+/// The keys [`fixed_caller_value`] knows: what can say who calls or from where.
+const CALLER_KEYS: &[&str] = &[
+    "aws:sourceip",
+    "aws:principalaccount",
+    "aws:sourceaccount",
+    "aws:sourceowner",
+    "aws:principalorgid",
+    "aws:sourceorgid",
+    "aws:principalorgpaths",
+    "aws:sourceorgpaths",
+    "aws:principalarn",
+    "aws:sourcearn",
+    "aws:userid",
+    "aws:sourcevpc",
+    "aws:sourcevpce",
+];
+
+/// Why no entry of a Condition limits the caller ([`names_the_caller`] said none does), entry
+/// by entry, the first two: which rule each one breaks is what the writer needs to fix.
+fn why_not_limiting(c: &Condition) -> String {
+    let mut reasons = Vec::new();
+    for b in c.blocks() {
+        let op = b.operator();
+        let lower = op.to_ascii_lowercase();
+        for (key, values) in b.entries() {
+            let k = key.to_ascii_lowercase();
+            let reason = if !CALLER_KEYS.contains(&k.as_str()) {
+                format!("{key} does not say who calls")
+            } else if lower.ends_with("ifexists") {
+                format!("{op} holds when {key} is missing")
+            } else if lower.starts_with("forallvalues:") {
+                format!("{op} holds when {key} has no values")
+            } else if let Some(how) = positive_match(op) {
+                let unfixed = values
+                    .iter()
+                    .map(|v| v.as_canonical_string())
+                    .find(|v| !fixed_caller_value(&k, how, v));
+                match unfixed {
+                    _ if (how == Match::Cidr) != (k == "aws:sourceip") => {
+                        format!("{op} cannot match {key} as meant")
+                    }
+                    Some(v) if v.contains("${") => format!("{v:?} holds a policy variable"),
+                    Some(v) if k == "aws:sourceip" => {
+                        format!("{v} is wider than a /8, or an IPv6 /32")
+                    }
+                    Some(v) => format!(
+                        "{key} {v:?} does not fix one account, organization, network or identity"
+                    ),
+                    None if values.is_empty() => format!("{key} has no values"),
+                    None => continue,
+                }
+            } else {
+                format!("{op} does not require {key} to match: everyone else meets it")
+            };
+            reasons.push(reason);
+            if reasons.len() == 2 {
+                return reasons.join("; ");
+            }
+        }
+    }
+    if reasons.is_empty() {
+        "no entry names the caller".into()
+    } else {
+        reasons.join("; ")
+    }
 }
 
 /// Whether `value` of condition key `key` (lower case) admits callers of one account, org,
@@ -1415,6 +1483,38 @@ mod tests {
                     &format!("Allow to everyone ({key})"),
                 );
                 assert_eq!(run(&d, &public_ok), [], "{weak}");
+                assert!(!f[0].message.contains("no entry names"), "{weak}: {f:?}");
+            }
+            // Which rule each entry breaks, in the words of the message.
+            for (weak, why) in [
+                (
+                    json!({"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}),
+                    "(0.0.0.0/0 is wider than a /8",
+                ),
+                (
+                    json!({"StringEqualsIfExists": {"aws:SourceAccount": "111122223333"}}),
+                    "(StringEqualsIfExists holds when aws:SourceAccount is missing)",
+                ),
+                (
+                    json!({"StringEquals": {"aws:PrincipalAccount": "${aws:PrincipalAccount}"}}),
+                    "holds a policy variable",
+                ),
+                (
+                    json!({"StringEquals": {"aws:CalledVia": "athena.amazonaws.com"},
+                           "StringNotEquals": {"aws:PrincipalAccount": "111122223333"}}),
+                    "aws:CalledVia does not say who calls; StringNotEquals does not require",
+                ),
+                (
+                    json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::*:*"}}),
+                    "does not fix one account",
+                ),
+                (
+                    json!({"StringEquals": {"aws:SourceIp": "203.0.113.7"}}),
+                    "StringEquals cannot match aws:SourceIp",
+                ),
+            ] {
+                let f = run(&with(weak.clone()), &ctx(STREAM));
+                assert!(f[0].message.contains(why), "{weak}: {f:?}");
             }
             for strong in [
                 json!({"StringEquals": {"aws:PrincipalOrgID": "o-abc123"}}),
