@@ -483,10 +483,10 @@ const READ_BUFFER: usize = 64 << 10;
 
 /// Connections one address may hold at once, of [`MAX_CONNECTIONS`]: one client holding idle
 /// connections must leave room for the others (a liveness probe failing would get the pod
-/// restarted over and over). Behind a proxy every client is the proxy's address; one that
-/// needs more than this at once to deliver webhooks does not exist.
+/// restarted over and over). Half: behind a proxy every delivery comes from the proxy's
+/// address, and a burst of a hundred at once must still get in.
 fn per_peer(max: usize) -> usize {
-    (max / 4).max(2)
+    (max / 2).max(2)
 }
 
 pub async fn serve(

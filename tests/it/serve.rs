@@ -985,9 +985,9 @@ fn idle_connections_are_capped_and_closed() {
         .map(|_| TcpStream::connect(("127.0.0.1", serve.port)).unwrap())
         .collect();
     wait_for(
-        "the connections past 4 from one address to be closed",
+        "the connections past 8 from one address to be closed",
         Duration::from_secs(5),
-        || (held.iter().filter(|c| is_closed(c)).count() >= 36).then_some(()),
+        || (held.iter().filter(|c| is_closed(c)).count() >= 32).then_some(()),
     );
     assert_eq!(
         healthz_from("127.0.0.2", serve.port),
