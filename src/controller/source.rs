@@ -477,6 +477,10 @@ impl GitRepo {
             // Never wait for a human at a password prompt: fail and report instead.
             .env("GIT_TERMINAL_PROMPT", "0")
             .env("LC_ALL", "C")
+            // --git-path is a directory, never a pattern: `:pol` read as pathspec magic is
+            // `pol`, and an incremental run diffed the wrong directory, saying "no manifest
+            // changed" of a push that changed one.
+            .env("GIT_LITERAL_PATHSPECS", "1")
             // Git, ssh and credential helpers have no business seeing kpr's own secrets.
             .env_remove("KPR_WEBHOOK_SECRET")
             .env_remove("KPR_GIT_TOKEN")

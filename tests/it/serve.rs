@@ -1328,6 +1328,36 @@ fn a_failed_prune_listing_is_retried_by_a_full_scan() {
     assert!(failed.contains("ListStreams"), "{failed}");
 }
 
+/// A --git-path that git could read as pathspec magic (`:pol` is `pol` to git) is the
+/// directory of that name: a push that edits a manifest there is applied by its incremental
+/// run, and one to the like-named sibling changes nothing.
+#[test]
+fn a_git_path_is_a_directory_name_not_a_pattern() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-literal"));
+    let v1 = read_policy(&arn, "arn:aws:iam::111122223333:role/one");
+    let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
+    let repo = Repo::new();
+    repo.write(":pol/s.yaml", &manifest(&arn, &v1));
+    repo.write("pol/README.md", "a sibling, not the manifests\n");
+    let first = repo.push("main", "one");
+    let serve = Serve::git(&emu, &repo, &["--git-path", ":pol", "--interval", "1h"]);
+    serve.applied(&first);
+    repo.write(":pol/s.yaml", &manifest(&arn, &v2));
+    repo.write("pol/README.md", "changed too\n");
+    let second = repo.push("main", "two");
+    assert_eq!(serve.github_push("main", "literal-1").status, 202);
+    let st = serve.applied(&second);
+    assert_eq!(st["last_run"]["scope"], "incremental", "{st:#}");
+    assert_eq!(
+        st["last_run"]["changed_files"],
+        serde_json::json!([":pol/s.yaml"]),
+        "{st:#}"
+    );
+    assert!(same_grant(&live(&emu, &arn).unwrap(), &v2), "{st:#}");
+    serve.stop();
+}
+
 #[test]
 fn a_one_file_merge_costs_only_that_resources_calls() {
     // A private account keeps the prune listing away from every other test's streams.
