@@ -228,8 +228,9 @@ pub struct PruneArgs {
         value_name = "BOOL"
     )]
     pub prune: Option<bool>,
-    /// With --prune: refuse to delete more than this many policies in a run [default: 3] (or
-    /// `maxDeletes` in the config file).
+    /// With --prune: refuse to delete more than this many policies that have no manifest in a
+    /// run [default: 3] (or `maxDeletes` in the config file). Deletes a manifest asks for
+    /// (`ensure: absent`) are not counted.
     #[arg(long, env = "KPR_MAX_DELETES", value_name = "N")]
     pub max_deletes: Option<usize>,
 }

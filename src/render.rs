@@ -209,6 +209,14 @@ pub fn access_summary(a: &AccessChange) -> Vec<String> {
         format!("{label}: {}", who.join(", "))
     })
     .collect();
+    match (a.public_before, a.public_after) {
+        (false, true) => lines.insert(
+            0,
+            "becomes public: anyone may make the calls it allows (no Condition limits who)".into(),
+        ),
+        (true, false) => lines.insert(0, "no longer public".into()),
+        _ => {}
+    }
     if a.before_unknown {
         lines.push(
             "allowed and denied before: not known (kpr cannot parse the live policy; its lines \
@@ -222,7 +230,9 @@ pub fn access_summary(a: &AccessChange) -> Vec<String> {
 /// A line of [`access_summary`], coloured as the diff below it: green for a principal the
 /// policy now names, red for one it no longer does.
 pub fn summary_style(line: String, style: &Style) -> String {
-    if line.contains(" now: ") {
+    if line.starts_with("becomes public") {
+        style.red(&line)
+    } else if line.contains(" now: ") || line == "no longer public" {
         style.green(&line)
     } else {
         style.red(&line)
@@ -913,13 +923,48 @@ mod tests {
             ]
         );
         assert!(summary(Some(&after), Some(&after), None).is_empty());
-        // Any AWS principal reads `*`, as anyone does: JSON gates refuse a plan whose
-        // `allows_now` holds "*" (README), and format_version 1 keeps that.
+        // Any AWS principal reads `*`, as anyone does: JSON gates written against
+        // `allows_now` holding "*" keep working within format_version 1; unconditioned, it is
+        // public, and the plan leads with that.
         let mut any_aws = read_by("etl", None);
         any_aws["Principal"] = serde_json::json!({"AWS": "*"});
         assert_eq!(
-            summary(None, Some(&statements(serde_json::json!([any_aws]))), None),
+            summary(
+                None,
+                Some(&statements(serde_json::json!([any_aws.clone()]))),
+                None
+            ),
+            [
+                "becomes public: anyone may make the calls it allows (no Condition limits who)",
+                "allows now: *"
+            ]
+        );
+        // Limited to an organization: "*" still, but not public.
+        let mut org = any_aws;
+        org["Condition"] = serde_json::json!({"StringEquals": {"aws:PrincipalOrgID": "o-abc"}});
+        assert_eq!(
+            summary(None, Some(&statements(serde_json::json!([org]))), None),
             ["allows now: *"]
+        );
+        // A NotPrincipal is read as its whole list: a member dropped from an Allow's list
+        // gains access, which must not read as access withdrawn.
+        let all_but = |spared: serde_json::Value| {
+            let mut s = read_by("etl", None);
+            s.as_object_mut().unwrap().remove("Principal");
+            s["NotPrincipal"] = serde_json::json!({"AWS": spared});
+            statements(serde_json::json!([s]))
+        };
+        let quarantined = "arn:aws:iam::111122223333:role/quarantined";
+        assert_eq!(
+            summary(
+                Some(&all_but(serde_json::json!(["444455556666", quarantined]))),
+                Some(&all_but(serde_json::json!(["444455556666"]))),
+                Some("aws")
+            ),
+            [
+                "allows now: all but 444455556666".to_string(),
+                format!("allows no longer: all but [444455556666, {quarantined}]"),
+            ]
         );
         // Everyone but nobody, in an Allow, is everyone: it must not read as no one.
         let mut all_but_nobody = read_by("etl", None);

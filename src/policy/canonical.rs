@@ -41,8 +41,11 @@ fn statement_values(doc: &PolicyDocument, partition: &str) -> Vec<Value> {
 
 /// Who the statements name, as `(effect, who)` in the canonical form: `*`, an AWS principal
 /// by its ARN (an account's root by its id), another kind as `Service firehose.amazonaws.com`;
-/// under `NotPrincipal`, prefixed `all but`. For a plan's one-line summary of whom a change
-/// grants or stops granting; the statement diff stays the full account.
+/// a `NotPrincipal` as one entry, `all but` its whole list: who it spares is its list taken
+/// together, so a member added or removed must read as the set changing, not as that member
+/// granted or withdrawn (which is backwards: a member added to an Allow's NotPrincipal loses
+/// access). For a plan's one-line summary of whom a change grants or stops granting; the
+/// statement diff stays the full account.
 fn principals_named(
     doc: &PolicyDocument,
     partition: Option<&str>,
@@ -50,38 +53,61 @@ fn principals_named(
     let mut out = std::collections::BTreeSet::new();
     for v in statement_values(doc, partition.unwrap_or_else(|| own_partition(doc))) {
         let effect = v.get("Effect").and_then(Value::as_str).unwrap_or_default();
-        for (key, prefix) in [("Principal", ""), ("NotPrincipal", "all but ")] {
-            match v.get(key) {
-                Some(Value::String(who)) => {
-                    out.insert((effect.to_string(), format!("{prefix}{who}")));
-                }
-                Some(Value::Object(kinds)) => {
-                    // `NotPrincipal: {"AWS": []}` (canonical `{}`) is everyone, in an Allow: it
-                    // must not read as no one.
-                    if kinds.is_empty() {
-                        out.insert((effect.to_string(), format!("{prefix}nobody")));
-                    }
-                    for (kind, ids) in kinds {
-                        let ids = match ids {
-                            Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
-                            Value::String(id) => vec![id.as_str()],
-                            _ => Vec::new(),
-                        };
-                        for id in ids {
-                            let who = if kind == "AWS" {
-                                id.to_string()
-                            } else {
-                                format!("{kind} {id}")
-                            };
-                            out.insert((effect.to_string(), format!("{prefix}{who}")));
-                        }
-                    }
-                }
-                _ => {}
+        let named = |kind: &str, id: &str| {
+            if kind == "AWS" {
+                id.to_string()
+            } else {
+                format!("{kind} {id}")
             }
+        };
+        match v.get("Principal") {
+            Some(Value::String(who)) => {
+                out.insert((effect.to_string(), who.clone()));
+            }
+            Some(Value::Object(kinds)) => {
+                for (kind, ids) in kinds {
+                    for id in ids_of(ids) {
+                        out.insert((effect.to_string(), named(kind, id)));
+                    }
+                }
+            }
+            _ => {}
+        }
+        match v.get("NotPrincipal") {
+            Some(Value::String(who)) => {
+                out.insert((effect.to_string(), format!("all but {who}")));
+            }
+            Some(Value::Object(kinds)) => {
+                let spared: Vec<String> = kinds
+                    .iter()
+                    .flat_map(|(kind, ids)| ids_of(ids).into_iter().map(|id| named(kind, id)))
+                    .collect();
+                // `NotPrincipal: {"AWS": []}` (canonical `{}`) is everyone, in an Allow: it
+                // must not read as no one.
+                let spared = match spared.as_slice() {
+                    [] => "nobody".to_string(),
+                    [one] => one.clone(),
+                    many => format!("[{}]", many.join(", ")),
+                };
+                out.insert((effect.to_string(), format!("all but {spared}")));
+            }
+            _ => {}
         }
     }
     out
+}
+
+fn is_public(doc: &PolicyDocument) -> bool {
+    doc.statements.iter().any(super::lint::grants_public)
+}
+
+/// The ids of one principal type, as the canonical form has them (a string or a list).
+fn ids_of(ids: &Value) -> Vec<&str> {
+    match ids {
+        Value::Array(a) => a.iter().filter_map(Value::as_str).collect(),
+        Value::String(id) => vec![id.as_str()],
+        _ => Vec::new(),
+    }
 }
 
 /// Whom a change starts and stops naming, by effect ([`principals_named`]), each list sorted.
@@ -94,6 +120,12 @@ pub struct AccessChange {
     /// The live policy could not be parsed: whom it named is not known, so the `no_longer`
     /// lists are empty without meaning that nobody loses access.
     pub before_unknown: bool,
+    /// Whether the policy before and after grants public access, as lint defines it (an Allow
+    /// to everyone, or to everyone but a few, without a Condition that limits who calls): the
+    /// lists above are by principal only, and a Condition removed from a `"*"` grant, or a
+    /// `"*"` limited to an organization, reads the same in them.
+    pub public_before: bool,
+    pub public_after: bool,
 }
 
 impl AccessChange {
@@ -121,6 +153,8 @@ impl AccessChange {
             denies_now: only(&new, &old, "Deny"),
             denies_no_longer: only(&old, &new, "Deny"),
             before_unknown: false,
+            public_before: before.is_some_and(is_public),
+            public_after: after.is_some_and(is_public),
         }
     }
 

@@ -96,7 +96,8 @@ fn lifecycle(emu: &Emulator) {
         j["resources"][0]["access"],
         json!({"allows_now": ["arn:aws:iam::444455556666:role/other"],
             "allows_no_longer": ["arn:aws:iam::444455556666:role/reader"],
-            "denies_now": [], "denies_no_longer": [], "before_unknown": false})
+            "denies_now": [], "denies_no_longer": [], "before_unknown": false,
+            "public_before": false, "public_after": false})
     );
     assert!(
         plan.stdout
