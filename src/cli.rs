@@ -722,12 +722,15 @@ fn progress_bar(enabled: bool, msg: &'static str) -> indicatif::ProgressBar {
         return indicatif::ProgressBar::hidden();
     }
     let pb = indicatif::ProgressBar::new(0);
+    // The message is in the template, not set on the bar: setting it would draw the bar at
+    // once, as `0/0`, before the caller knows how much there is to do.
     pb.set_style(
-        indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} {elapsed}")
-            .expect("template")
-            .progress_chars("=> "),
+        indicatif::ProgressStyle::with_template(&format!(
+            "{msg} [{{bar:30}}] {{pos}}/{{len}} {{elapsed}}"
+        ))
+        .expect("template")
+        .progress_chars("=> "),
     );
-    pb.set_message(msg);
     pb
 }
 
