@@ -629,12 +629,13 @@ pub fn apply_text(report: &Report, style: &Style) -> String {
             Outcome::Failed => style.red("FAILED"),
             Outcome::Unchanged | Outcome::NotStarted => String::new(),
         };
+        // Located as in the plan above it: a failure is fixed in its file.
         let _ = writeln!(
             out,
             "{} {} {}  {status}",
             symbol(r.change.action, style),
             r.change.kind,
-            style.bold(&r.change.arn)
+            located(&r.change.arn, r.change.source.as_ref(), style)
         );
     }
     let failures: Vec<Failure> = report.failures().cloned().collect();
