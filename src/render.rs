@@ -967,14 +967,14 @@ mod tests {
                 format!("allows no longer: all but [444455556666, {quarantined}]"),
             ]
         );
-        // Everyone but nobody, in an Allow, is everyone: it must not read as no one.
+        // Everyone but nobody, in an Allow, is everyone, public: it must not read as no one.
         let mut all_but_nobody = read_by("etl", None);
         all_but_nobody.as_object_mut().unwrap().remove("Principal");
         all_but_nobody["NotPrincipal"] = serde_json::json!({"AWS": []});
         let public = statements(serde_json::json!([all_but_nobody]));
         assert_eq!(
             summary(Some(&public), None, None),
-            ["allows no longer: all but nobody"]
+            ["no longer public", "allows no longer: all but nobody"]
         );
     }
 
