@@ -451,8 +451,8 @@ pub struct RetryPolicy {
     pub max_attempts: u32,
     pub base_delay: Duration,
     pub max_delay: Duration,
-    /// No retry is scheduled after this much time since the first attempt was sent (a retry
-    /// then waiting its turn at the rate limit may be sent later).
+    /// No retry is scheduled after this much time since the first attempt was sent (time
+    /// queued before a retry counts; a retry then waiting its turn may be sent later).
     pub max_elapsed: Duration,
 }
 
@@ -852,15 +852,20 @@ impl AwsKinesis {
     /// What is wrong with the endpoints the clients would take from the environment or the
     /// AWS profile, looked up as the SDK does (`AWS_ENDPOINT_URL_<SERVICE>`, a profile's
     /// `services` section, `AWS_ENDPOINT_URL`, a profile's `endpoint_url`): an empty one makes
-    /// the SDK panic at the client's first call ("URL was unset"). Kinesis' always; STS' and
-    /// SSO's unless credentials come from keys in the environment and no role is mapped, as
-    /// only then no such client is built. `None` when kpr names the endpoint (for all).
+    /// the SDK panic at the client's first call ("URL was unset"). Kinesis', unless kpr names
+    /// the endpoint; STS' and SSO's unless credentials come from keys in the environment and
+    /// no role is mapped (or kpr's endpoint serves the mapped roles), as only then no such
+    /// client takes one.
     pub fn configured_endpoint_problem(&self) -> Option<String> {
-        if self.opts.endpoint_url.is_some() {
-            return None;
+        // kpr's own endpoint serves Kinesis and the mapped roles' STS; the default credential
+        // chain (web identity, a profile's role or SSO) builds its clients from the
+        // environment and the profile whatever kpr names.
+        let named = self.opts.endpoint_url.is_some();
+        let mut services = Vec::new();
+        if !named {
+            services.push("Kinesis");
         }
-        let mut services = vec!["Kinesis"];
-        if !self.env_keys || !self.opts.roles.is_empty() {
+        if !self.env_keys || (!named && !self.opts.roles.is_empty()) {
             services.extend(["STS", "SSO", "SSO OIDC"]);
         }
         services.into_iter().find_map(|service| {
@@ -874,7 +879,12 @@ impl AwsKinesis {
                 .base
                 .service_config()
                 .and_then(|c| c.load_config(key))
-                .or_else(|| self.base.endpoint_url().map(str::to_string))?;
+                .or_else(|| {
+                    self.base
+                        .endpoint_url()
+                        .map(str::to_string)
+                        .filter(|_| !named)
+                })?;
             if !configured.trim().is_empty() {
                 return None;
             }

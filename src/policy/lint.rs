@@ -674,6 +674,10 @@ fn kpr_may_meet(b: &ConditionBlock, account: &str) -> Option<&'static str> {
         "bool" if all("aws:MultiFactorAuthPresent", "false") => {
             Some("it holds for calls without MFA, as a pipeline's or a service's are")
         }
+        // The key is absent for long-term access keys, as a systemd unit's may be.
+        "null" if all("aws:MultiFactorAuthPresent", "true") => {
+            Some("it holds for calls with access keys, which carry no MFA key")
+        }
         _ => None,
     }
 }
@@ -683,7 +687,9 @@ fn kpr_may_meet(b: &ConditionBlock, account: &str) -> Option<&'static str> {
 /// holds for every principal of `account`.
 fn excepts_only_other_accounts(b: &ConditionBlock, account: &str) -> bool {
     let op = b.operator().to_ascii_lowercase();
-    let op = op.strip_suffix("ifexists").unwrap_or(&op);
+    // A caller's account and ARN are single values: `ForAnyValue:` changes nothing.
+    let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
+    let op = op.strip_suffix("ifexists").unwrap_or(op);
     let pattern = match op {
         "stringnotequals" | "stringnotequalsignorecase" | "arnnotequals" => false,
         "stringnotlike" | "arnnotlike" => true,
@@ -1772,6 +1778,14 @@ mod tests {
             (json!({"Bool": {"aws:SecureTransport": "true"}}), true),
             (
                 json!({"BoolIfExists": {"aws:MultiFactorAuthPresent": "false"}}),
+                true,
+            ),
+            (
+                json!({"Null": {"aws:MultiFactorAuthPresent": "true"}}),
+                true,
+            ),
+            (
+                json!({"ForAnyValue:StringNotEquals": {"aws:PrincipalAccount": "444455556666"}}),
                 true,
             ),
         ] {

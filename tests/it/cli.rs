@@ -557,6 +557,22 @@ fn usage_errors_exit_1_not_the_changes_code() {
         .code,
         0
     );
+    // kpr's own endpoint does not serve the default chain's STS (web identity, as on EKS):
+    // an empty one it would take is refused as well.
+    let token = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(token.path(), "token").unwrap();
+    let mut c = common::kpr_cmd("http://127.0.0.1:9");
+    c.args(["plan", "--dir", "policies"])
+        .env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env("AWS_WEB_IDENTITY_TOKEN_FILE", token.path())
+        .env("AWS_ROLE_ARN", "arn:aws:iam::111122223333:role/kpr")
+        .env("AWS_ENDPOINT_URL_STS", "");
+    let web = common::output(c.output().expect("run kpr"));
+    assert!(
+        web.code == 1 && web.stderr.contains("AWS_ENDPOINT_URL_STS is set but empty"),
+        "{web:?}"
+    );
     // `endpointUrl:` with no value, as envsubst leaves an unset variable.
     let cfg = tempfile::NamedTempFile::new().unwrap();
     std::fs::write(cfg.path(), "endpointUrl:\n").unwrap();
