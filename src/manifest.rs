@@ -1326,7 +1326,13 @@ fn resource_from_doc(
 /// a valid policy. This does not draw on [`Written::locate`]'s allowance: spent here, it would
 /// leave later findings pointing at `policy:`.
 fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(usize, String)> {
+    use locate::Seg;
     use serde_json::Value;
+    // Each number is found by reading the document again: only when some token could be a
+    // number YAML respells, which a policy seldom holds, is any number looked at.
+    if !may_hold_respelled_number(written.doc_text) {
+        return None;
+    }
     let statements = match policy.get("Statement")? {
         Value::Array(items) => items.iter().collect(),
         single => vec![single],
@@ -1339,47 +1345,83 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
         for (operator, keys) in operators {
             let Value::Object(keys) = keys else { continue };
             for (key, values) in keys {
+                // The parts themselves: a key may hold dots and brackets of its own.
+                let at = [
+                    Seg::Key("policy"),
+                    Seg::Key("Statement"),
+                    Seg::Index(i),
+                    Seg::Key("Condition"),
+                    Seg::Key(operator),
+                    Seg::Key(key),
+                ];
                 let path = format!("Statement[{i}].Condition.{operator}.{key}");
                 match values {
-                    Value::Number(n) => numbers.push((path, n)),
+                    Value::Number(n) => numbers.push((path, at.to_vec(), n)),
                     Value::Array(items) => {
-                        numbers.extend(items.iter().enumerate().filter_map(|(j, item)| {
-                            item.as_number().map(|n| (format!("{path}[{j}]"), n))
-                        }))
+                        for (j, item) in items.iter().enumerate() {
+                            if let Some(n) = item.as_number() {
+                                let mut parts = at.to_vec();
+                                parts.push(Seg::Index(j));
+                                numbers.push((format!("{path}[{j}]"), parts, n));
+                            }
+                        }
                     }
                     _ => {}
                 }
             }
         }
     }
-    // Each is found by reading the document again: past this many, the rest are refused
-    // unread rather than let through unchecked (no policy needs that many unquoted).
+    // Past this many, the rest are refused unread rather than let through unchecked (no
+    // policy needs that many unquoted beside one written in hex, octal, binary or signed).
     const CHECKED: usize = 64;
-    numbers.into_iter().enumerate().find_map(|(i, (path, n))| {
-        let found = (i < CHECKED)
-            .then(|| locate::scalar_at(written.doc_text, &format!("policy.{path}")))
-            .flatten();
-        let Some((line, as_written)) = found else {
-            return Some((
-                written.locate(&path).unwrap_or(written.first_line + 1),
-                format!(
-                    "policy: {path}: kpr cannot tell how this number is written, to check that \
+    numbers
+        .into_iter()
+        .enumerate()
+        .find_map(|(i, (path, parts, n))| {
+            let found = (i < CHECKED)
+                .then(|| locate::scalar_at(written.doc_text, parts))
+                .flatten();
+            let Some((line, as_written)) = found else {
+                return Some((
+                    written.locate(&path).unwrap_or(written.first_line + 1),
+                    format!(
+                        "policy: {path}: kpr cannot tell how this number is written, to check that \
                      YAML read it as written: put it in quotes"
-                ),
-            ));
-        };
-        let as_read = n.to_string();
-        (as_written != as_read).then(|| {
-            (
-                line + written.first_line,
-                format!(
-                    "policy: {path}: YAML reads {as_written} as the number {as_read}, and the \
+                    ),
+                ));
+            };
+            let as_read = n.to_string();
+            (as_written != as_read).then(|| {
+                (
+                    line + written.first_line,
+                    format!(
+                        "policy: {path}: YAML reads {as_written} as the number {as_read}, and the \
                      policy would say {as_read}; IAM compares condition values as text, so write \
                      {as_read}, or \"{as_written}\" in quotes"
-                ),
-            )
+                    ),
+                )
+            })
         })
-    })
+}
+
+/// Whether some token of `text` may be an integer YAML reads otherwise than written: signed
+/// (`+5`, `-0`), or in hex, octal or binary (`0x10`, `0o17`, `0b11`). A token in a comment or
+/// a quoted string may pass for one: that only costs the check.
+fn may_hold_respelled_number(text: &str) -> bool {
+    text.split(|c: char| c.is_whitespace() || ",[]{}:".contains(c))
+        .any(|token| {
+            let unsigned = token.trim_start_matches(['+', '-']);
+            let digits = unsigned.strip_prefix('0').map(|rest| rest.chars().next());
+            match digits {
+                Some(Some('x' | 'o' | 'b')) => true,
+                // `-0`, `+0`, `+5`: a sign before digits.
+                _ => {
+                    token.len() > unsigned.len()
+                        && unsigned.starts_with(|c: char| c.is_ascii_digit())
+                        && (token.starts_with('+') || unsigned.bytes().all(|b| b == b'0'))
+                }
+            }
+        })
 }
 
 fn json_type(v: &serde_json::Value) -> &'static str {
@@ -1759,6 +1801,29 @@ policy:
             with("Bool: {aws:SecureTransport: true}", true),
             ["2:Warning"]
         );
+        // A key holding brackets and dots is one key; a decimal number under it is accepted,
+        // a respelled one refused.
+        let tagged = |n: &str| format!("NumericEquals: {{\"aws:RequestTag/a.b[0]\": [5, {n}]}}");
+        assert_eq!(with(&tagged("6"), false), ["13:Warning"]);
+        assert_eq!(with(&tagged("+6"), false), ["10:Error"]);
+        // Many decimal numbers, and nothing that could be respelled: none is read again.
+        let plenty: Vec<String> = (1..=100).map(|n| n.to_string()).collect();
+        let plenty = format!(
+            "NumericLessThan: {{aws:MultiFactorAuthAge: [{}]}}",
+            plenty.join(", ")
+        );
+        assert_eq!(with(&plenty, false), ["13:Warning"]);
+        for (text, may) in [
+            ("a: 0x10", true),
+            ("[1, -0]", true),
+            ("{k: +5}", true),
+            ("b: 0b11", true),
+            ("Version: \"2012-10-17\"\nk: [1, 20, 007]", false),
+            ("k: -5 # and 10", false),
+            ("vpce-0b1c", false),
+        ] {
+            assert_eq!(may_hold_respelled_number(text), may, "{text}");
+        }
     }
 
     #[test]

@@ -14,8 +14,13 @@ use serde::de::{self, DeserializeSeed, IgnoredAny, MapAccess, SeqAccess, Visitor
 /// The marker error's message: anything else is the document's own error, not a find.
 const FOUND: &str = "kpr: path found";
 
+/// A path longer than this is not located: every part of a path costs a reading of the
+/// document, and a key written with thousands of `[0]` (escaped past the bracket cap) would
+/// cost minutes. A policy's deepest real path has ~8 parts.
+const MAX_SEGMENTS: usize = 32;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Seg<'a> {
+pub(crate) enum Seg<'a> {
     Key(&'a str),
     Index(usize),
     /// The node at the path, not its key: only ever last.
@@ -109,6 +114,9 @@ fn may_hold_an_alias(text: &str) -> bool {
 /// and `*` can only be inside strings.
 pub fn line_of_unaliased(doc_text: &str, path: &str) -> Option<usize> {
     let segs = segments(path);
+    if segs.len() > MAX_SEGMENTS {
+        return None;
+    }
     (1..=segs.len()).rev().find_map(|k| {
         let found = Find(&segs[..k]).deserialize(serde_norway::Deserializer::from_str(doc_text));
         match found {
@@ -125,8 +133,12 @@ pub fn line_of_unaliased(doc_text: &str, path: &str) -> Option<usize> {
 /// whole. `None` when the path is not written there. Through an alias, its anchor's: where
 /// its text is written (see [`line_of`] for why lines are otherwise not taken through
 /// aliases).
-pub fn scalar_at<'t>(doc_text: &'t str, path: &str) -> Option<(usize, &'t str)> {
-    let mut segs = segments(path);
+/// The path is given as its parts: a key holding dots or brackets is one part, whatever it
+/// holds.
+pub(crate) fn scalar_at<'t>(doc_text: &'t str, mut segs: Vec<Seg<'_>>) -> Option<(usize, &'t str)> {
+    if segs.len() > MAX_SEGMENTS {
+        return None;
+    }
     segs.push(Seg::Value);
     let at = match Find(&segs).deserialize(serde_norway::Deserializer::from_str(doc_text)) {
         Err(e) if e.to_string().contains(FOUND) => e.location()?,
@@ -379,16 +391,22 @@ policy:
     #[test]
     fn a_scalar_is_read_as_written() {
         let doc = "a:\n  k: 0x10 # c\n  l: [1, +5 ]\n  m:\n    - \"7\"\n  t: !!int 0o7\n";
-        assert_eq!(scalar_at(doc, "a.k"), Some((2, "0x10")));
-        assert_eq!(scalar_at(doc, "a.l[1]"), Some((3, "+5")));
-        assert_eq!(scalar_at(doc, "a.m[0]"), Some((5, "7")));
-        assert_eq!(scalar_at(doc, "a.t"), Some((6, "0o7")));
-        assert_eq!(scalar_at(doc, "a.n"), None);
-        assert_eq!(scalar_at(doc, "a.l[2]"), None);
+        assert_eq!(scalar_at(doc, segments("a.k")), Some((2, "0x10")));
+        assert_eq!(scalar_at(doc, segments("a.l[1]")), Some((3, "+5")));
+        assert_eq!(scalar_at(doc, segments("a.m[0]")), Some((5, "7")));
+        assert_eq!(scalar_at(doc, segments("a.t")), Some((6, "0o7")));
+        assert_eq!(scalar_at(doc, segments("a.n")), None);
+        assert_eq!(scalar_at(doc, segments("a.l[2]")), None);
         // Through an alias: where its anchor writes it.
-        assert_eq!(scalar_at("a: &x 1\nb: *x\n", "b"), Some((1, "1")));
+        assert_eq!(scalar_at("a: &x 1\nb: *x\n", segments("b")), Some((1, "1")));
+        // A path of thousands of parts is not read thousands of times: not located at all.
+        let deep = format!("a{}", "[0]".repeat(5000));
+        assert_eq!(line_of(doc, &deep), None);
         // An operator named `Null` is a key like any other.
-        assert_eq!(scalar_at("Null:\n  k: 5\n", "Null.k"), Some((2, "5")));
+        assert_eq!(
+            scalar_at("Null:\n  k: 5\n", segments("Null.k")),
+            Some((2, "5"))
+        );
     }
 
     /// U+2028 inside a string is a line break to libyaml, not to an editor.
