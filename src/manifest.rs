@@ -1405,10 +1405,15 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
 }
 
 /// Whether some token of `text` may be an integer YAML reads otherwise than written: signed
-/// (`+5`, `-0`), or in hex, octal or binary (`0x10`, `0o17`, `0b11`). A token in a comment or
-/// a quoted string may pass for one: that only costs the check.
+/// (`+5`, `-0`), or in hex, octal or binary (`0x10`, `0o17`, `0b11`), quoted too (a tag such
+/// as `!!int "0x10"` makes a number of a quoted string, escapes and all, so any tag counts, as
+/// does a byte-order mark, which libyaml skips mid-document). A token in a comment or a string
+/// may pass for one: that only costs the check.
 fn may_hold_respelled_number(text: &str) -> bool {
-    text.split(|c: char| c.is_whitespace() || ",[]{}:".contains(c))
+    if text.contains(['!', '\u{feff}']) {
+        return true;
+    }
+    text.split(|c: char| c.is_whitespace() || ",[]{}:\"'".contains(c))
         .any(|token| {
             let unsigned = token.trim_start_matches(['+', '-']);
             let digits = unsigned.strip_prefix('0').map(|rest| rest.chars().next());
@@ -1821,6 +1826,9 @@ policy:
             ("Version: \"2012-10-17\"\nk: [1, 20, 007]", false),
             ("k: -5 # and 10", false),
             ("vpce-0b1c", false),
+            ("k: !!int \"16\"", true),
+            ("k: '+5'", true),
+            ("[1,\n\u{feff}+5]", true),
         ] {
             assert_eq!(may_hold_respelled_number(text), may, "{text}");
         }

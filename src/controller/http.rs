@@ -489,6 +489,13 @@ fn per_peer(max: usize) -> usize {
     (max / 2).max(2)
 }
 
+/// The last slots, an eighth, go only to addresses holding fewer than [`FEW`]: however many
+/// addresses hold idle connections, a probe or a git host that holds none gets in.
+fn reserved(max: usize) -> usize {
+    (max / 8).max(1)
+}
+const FEW: usize = 4;
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     shared: Arc<Shared>,
@@ -534,7 +541,8 @@ pub async fn serve(
             },
             () = &mut stopped => break,
         };
-        let slot = match peers.take(peer.ip()) {
+        let scarce = slots.available_permits() <= reserved(max);
+        let slot = match peers.take(peer.ip(), scarce) {
             Some(peer_slot) => slots
                 .clone()
                 .try_acquire_owned()
@@ -594,10 +602,12 @@ impl PeerSlots {
         }
     }
 
-    fn take(&self, ip: std::net::IpAddr) -> Option<PeerSlot> {
+    /// A slot for `ip`, if it holds fewer than its share: [`FEW`] once slots are `scarce`.
+    fn take(&self, ip: std::net::IpAddr, scarce: bool) -> Option<PeerSlot> {
         let mut open = self.open.lock().expect("peer slots");
         let n = open.entry(ip).or_default();
-        (*n < self.limit).then(|| {
+        let limit = if scarce { FEW } else { self.limit };
+        (*n < limit).then(|| {
             *n += 1;
             PeerSlot {
                 ip,

@@ -98,13 +98,7 @@ fn principals_named(
 }
 
 fn is_public(doc: &PolicyDocument) -> bool {
-    doc.statements.iter().any(|s| {
-        super::lint::grants_public(s)
-            // Everyone but nobody: lint refuses the empty principal in a manifest, but a live
-            // policy may hold it, and it is everyone.
-            || (s.effect == super::Effect::Allow
-                && s.not_principal.as_ref().is_some_and(|p| p.is_empty()))
-    })
+    doc.statements.iter().any(super::lint::grants_public)
 }
 
 /// The ids of one principal type, as the canonical form has them (a string or a list).

@@ -436,8 +436,11 @@ fn why_not_limiting(c: &Condition) -> String {
                         format!("{op} cannot match {key} as meant")
                     }
                     Some(v) if v.contains("${") => format!("{v:?} holds a policy variable"),
+                    Some(v) if k == "aws:sourceip" && !is_address_range(&v) => {
+                        format!("{v} is not an address or address range")
+                    }
                     Some(v) if k == "aws:sourceip" => {
-                        format!("{v} is wider than a /8, or an IPv6 /32")
+                        format!("{v} admits more than an IPv4 /8 or an IPv6 /32")
                     }
                     Some(v) => format!(
                         "{key} {v:?} does not fix one account, organization, network or identity"
@@ -445,6 +448,8 @@ fn why_not_limiting(c: &Condition) -> String {
                     None if values.is_empty() => format!("{key} has no values"),
                     None => continue,
                 }
+            } else if lower.starts_with("null") {
+                format!("{op} only asks whether {key} is present")
             } else {
                 format!("{op} does not require {key} to match: everyone else meets it")
             };
@@ -501,6 +506,16 @@ fn fixed_caller_value(key: &str, how: Match, value: &str) -> bool {
 
 /// A CIDR block no wider than a /8 (IPv4) or a /32 (IPv6), or one address: `0.0.0.0/0` is
 /// everyone.
+/// An address, or an address and a prefix length its family allows.
+fn is_address_range(value: &str) -> bool {
+    let (addr, bits) = value.split_once('/').unwrap_or((value, "0"));
+    match (addr.parse::<std::net::IpAddr>(), bits.parse::<u8>()) {
+        (Ok(std::net::IpAddr::V4(_)), Ok(bits)) => bits <= 32,
+        (Ok(std::net::IpAddr::V6(_)), Ok(bits)) => bits <= 128,
+        _ => false,
+    }
+}
+
 fn narrow_cidr(value: &str) -> bool {
     let (addr, bits) = match value.split_once('/') {
         Some((addr, bits)) => match bits.parse::<u8>() {
@@ -544,8 +559,9 @@ fn allows_everyone(s: &Statement) -> bool {
 /// service principals (kpr tells `"*"` and `{"AWS": "*"}` apart, see `canonical`), and a `"*"`
 /// of another type excludes only that type.
 fn grants_everyone_but(s: &Statement) -> bool {
-    s.not_principal()
-        .is_some_and(|p| !p.is_empty() && *p != Principal::Anyone)
+    // An empty one spares no one: everyone (lint refuses it in a manifest as an empty
+    // principal, but a live policy may hold it).
+    s.not_principal().is_some_and(|p| *p != Principal::Anyone)
 }
 
 fn principal_is_anyone(s: &Statement) -> bool {
@@ -582,12 +598,15 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     // accounts ("only the partner may use this"), as kpr calls from the resource's own account
     // (PutResourcePolicy must), and one that holds for any call over TLS or without MFA.
     let met = s.condition().and_then(|c| {
-        let reasons: Option<Vec<&str>> = c
+        let reasons: Option<Vec<Vec<&str>>> = c
             .blocks()
             .iter()
             .map(|b| kpr_may_meet(b, account))
             .collect();
-        reasons.filter(|r| !r.is_empty())
+        let mut reasons: Vec<&str> = reasons?.into_iter().flatten().collect();
+        reasons.sort_unstable();
+        reasons.dedup();
+        (!reasons.is_empty()).then_some(reasons)
     });
     if s.effect() != Effect::Deny || !(s.is_unconditional() || met.is_some()) {
         return;
@@ -625,16 +644,13 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
         return;
     }
     let (when, unless) = match met {
-        Some(mut reasons) => {
-            reasons.dedup();
-            (
-                format!(
-                    "with a Condition that kpr's own calls may meet ({})",
-                    reasons.join("; ")
-                ),
-                "make sure they do not, or exempt kpr's role",
-            )
-        }
+        Some(reasons) => (
+            format!(
+                "with a Condition that kpr's own calls may meet ({})",
+                reasons.join("; ")
+            ),
+            "make sure they do not, or exempt kpr's role",
+        ),
         None => ("without a Condition".to_string(), "exempt kpr's role"),
     };
     out.warning(
@@ -648,94 +664,105 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
     );
 }
 
-/// Why a Condition block may hold for kpr's own calls, if it may: see [`lockout_rules`].
-fn kpr_may_meet(b: &ConditionBlock, account: &str) -> Option<&'static str> {
-    if denies_outside_a_network(b) {
-        return Some("about the network");
+/// Why a Condition block may hold for kpr's own calls, if it may, entry by entry: its
+/// entries are ANDed, so each must (see [`lockout_rules`]).
+fn kpr_may_meet(b: &ConditionBlock, account: &str) -> Option<Vec<&'static str>> {
+    if b.entries().is_empty() {
+        return None;
     }
-    if excepts_only_other_accounts(b, account) {
-        return Some("it excepts no principal of the resource's own account, where kpr calls from");
+    b.entries()
+        .iter()
+        .map(|(key, values)| kpr_may_meet_entry(b.operator(), key, values, account))
+        .collect()
+}
+
+fn kpr_may_meet_entry(
+    operator: &str,
+    key: &str,
+    values: &[super::ConditionValue],
+    account: &str,
+) -> Option<&'static str> {
+    let key = key.to_ascii_lowercase();
+    let values: Vec<String> = values
+        .iter()
+        .map(super::ConditionValue::as_canonical_string)
+        .collect();
+    if values.is_empty() {
+        return None;
     }
-    let op = b.operator().to_ascii_lowercase();
-    let op = op.strip_suffix("ifexists").unwrap_or(&op);
-    let all = |key: &str, value: &str| {
-        b.entries().iter().all(|(k, values)| {
-            k.eq_ignore_ascii_case(key)
-                && !values.is_empty()
-                && values
-                    .iter()
-                    .all(|v| v.as_canonical_string().eq_ignore_ascii_case(value))
-        })
-    };
-    match op {
-        "bool" if all("aws:SecureTransport", "true") => {
+    // About the network: anything but a [`positive_match`] of one network (`IpAddress` of a
+    // blocked range, `StringEquals aws:SourceVpce`), which holds only for calls from there,
+    // may hold for calls from elsewhere, kpr's among them. `...IfExists` holds when the key is
+    // missing (a call through no VPC endpoint), `ForAllValues:` on an empty set, and `Not...`
+    // and `Null` elsewhere by their nature. `0.0.0.0/0` or `vpce-*` name every network, and
+    // aws:VpcSourceIp private ranges, kpr's own likely among them.
+    if NETWORK_KEYS.contains(&key.as_str()) {
+        let narrow = positive_match(operator)
+            .is_some_and(|how| values.iter().all(|v| fixed_caller_value(&key, how, v)));
+        return (!narrow).then_some("about the network");
+    }
+    let op = operator.to_ascii_lowercase();
+    // A caller's account and ARN are single values: `ForAnyValue:` changes nothing.
+    let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
+    let op = op.strip_suffix("ifexists").unwrap_or(op);
+    let all = |value: &str| values.iter().all(|v| v.eq_ignore_ascii_case(value));
+    match (op, key.as_str()) {
+        (
+            "stringnotequals"
+            | "stringnotequalsignorecase"
+            | "stringnotlike"
+            | "arnnotequals"
+            | "arnnotlike",
+            "aws:principalaccount" | "aws:principalarn",
+        ) if values
+            .iter()
+            .all(|v| spares_no_one_of(op, &key, v, account)) =>
+        {
+            Some("it excepts no principal of the resource's own account, where kpr calls from")
+        }
+        ("bool", "aws:securetransport") if all("true") => {
             Some("it holds for every call over TLS, as every AWS call is")
         }
-        "bool" if all("aws:MultiFactorAuthPresent", "false") => {
+        ("bool", "aws:multifactorauthpresent") if all("false") => {
             Some("it holds for calls without MFA, as a pipeline's or a service's are")
         }
         // The key is absent for long-term access keys, as a systemd unit's may be.
-        "null" if all("aws:MultiFactorAuthPresent", "true") => {
+        ("null", "aws:multifactorauthpresent") if all("true") => {
             Some("it holds for calls with access keys, which carry no MFA key")
         }
         _ => None,
     }
 }
 
-/// Whether a block only excepts principals (`...NotEquals` / `...NotLike` on
-/// `aws:PrincipalAccount` or `aws:PrincipalArn`) none of which can be in `account`: it then
-/// holds for every principal of `account`.
-fn excepts_only_other_accounts(b: &ConditionBlock, account: &str) -> bool {
-    let op = b.operator().to_ascii_lowercase();
-    // A caller's account and ARN are single values: `ForAnyValue:` changes nothing.
-    let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
-    let op = op.strip_suffix("ifexists").unwrap_or(op);
-    let pattern = match op {
-        "stringnotequals" | "stringnotequalsignorecase" | "arnnotequals" => false,
-        "stringnotlike" | "arnnotlike" => true,
-        _ => return false,
-    };
-    // Whether an excepted account (a value, or an ARN's account field) surely is not
-    // `account`; a policy variable may be anything.
+/// Whether the exception `value` of `key` (`aws:PrincipalAccount` or `aws:PrincipalArn`)
+/// under the negated operator `op` surely spares no principal of `account` that kpr may run
+/// as: it names another account, or an ARN no role session has (`aws:PrincipalArn` of a role
+/// session is its role's ARN, never the account's `root` nor an `sts` assumed-role ARN). A
+/// policy variable may be anything.
+fn spares_no_one_of(op: &str, key: &str, value: &str, account: &str) -> bool {
+    if value.contains("${") {
+        return false;
+    }
+    // IAM applies wildcards under ArnEquals as under ArnLike.
+    let pattern = matches!(op, "stringnotlike" | "arnnotlike" | "arnnotequals");
     let other = |a: &str| {
         if crate::arn::is_account_id(a) {
             a != account
         } else {
-            pattern && !a.contains("${") && a.contains(['*', '?']) && !wildcard_match(a, account)
+            pattern && a.contains(['*', '?']) && !wildcard_match(a, account)
         }
     };
-    !b.entries().is_empty()
-        && b.entries().iter().all(|(key, values)| {
-            let values: Vec<String> = values.iter().map(|v| v.as_canonical_string()).collect();
-            !values.is_empty()
-                && match key.to_ascii_lowercase().as_str() {
-                    "aws:principalaccount" => values.iter().all(|v| other(v)),
-                    "aws:principalarn" => values
-                        .iter()
-                        .all(|arn| !arn.contains("${") && arn.split(':').nth(4).is_some_and(other)),
-                    _ => false,
-                }
-        })
-}
-
-/// Whether a Condition block, on keys about the network only, may hold for calls from
-/// elsewhere, kpr's among them: anything but a [`positive_match`] of one network (`IpAddress`
-/// of a blocked range, `StringEquals aws:SourceVpce`), which holds only for calls from there. `...IfExists` holds when the key is missing (a call through no VPC endpoint),
-/// `ForAllValues:` on an empty set, and `Not...` and `Null` elsewhere by their nature.
-fn denies_outside_a_network(b: &ConditionBlock) -> bool {
-    let how = positive_match(b.operator());
-    b.entries().iter().all(|(key, values)| {
-        let key = key.to_ascii_lowercase();
-        // A positive match spares kpr only when it names one network: `0.0.0.0/0` or
-        // `vpce-*` name them all. Never for aws:VpcSourceIp: private ranges, kpr's own
-        // likely among them.
-        let narrow = how.is_some_and(|how| {
-            values
-                .iter()
-                .all(|v| fixed_caller_value(&key, how, &v.as_canonical_string()))
-        });
-        NETWORK_KEYS.contains(&key.as_str()) && !narrow
-    })
+    match key {
+        "aws:principalaccount" => other(value),
+        _ => {
+            let fields: Vec<&str> = value.splitn(6, ':').collect();
+            match fields.as_slice() {
+                [_, _, service, _, _, resource] if *service == "sts" || *resource == "root" => true,
+                [_, _, _, _, acct, _] => other(acct),
+                _ => false,
+            }
+        }
+    }
 }
 
 /// Condition keys that say where a call comes from, not who makes it.
@@ -1495,7 +1522,15 @@ mod tests {
             for (weak, why) in [
                 (
                     json!({"IpAddress": {"aws:SourceIp": "0.0.0.0/0"}}),
-                    "(0.0.0.0/0 is wider than a /8",
+                    "(0.0.0.0/0 admits more than an IPv4 /8",
+                ),
+                (
+                    json!({"IpAddress": {"aws:SourceIp": "10.1.2.3/33"}}),
+                    "(10.1.2.3/33 is not an address or address range)",
+                ),
+                (
+                    json!({"Null": {"aws:SourceAccount": "false"}}),
+                    "(Null only asks whether aws:SourceAccount is present)",
                 ),
                 (
                     json!({"StringEqualsIfExists": {"aws:SourceAccount": "111122223333"}}),
@@ -1782,6 +1817,36 @@ mod tests {
             ),
             (
                 json!({"Null": {"aws:MultiFactorAuthPresent": "true"}}),
+                true,
+            ),
+            // Keys in one block are ANDed: each may hold for kpr, so the block does.
+            (
+                json!({"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c",
+                                           "aws:PrincipalAccount": "444455556666"}}),
+                true,
+            ),
+            (
+                json!({"Bool": {"aws:SecureTransport": "true", "aws:MultiFactorAuthPresent": "false"}}),
+                true,
+            ),
+            // One entry of the block that spares kpr spares it.
+            (
+                json!({"StringNotEquals": {"aws:SourceVpce": "vpce-1a2b3c",
+                                           "aws:PrincipalAccount": "111122223333"}}),
+                false,
+            ),
+            // Exceptions no role session matches: the account's root, an STS session ARN.
+            (
+                json!({"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:root"}}),
+                true,
+            ),
+            (
+                json!({"ArnNotLike": {"aws:PrincipalArn": "arn:aws:sts::111122223333:assumed-role/kpr/*"}}),
+                true,
+            ),
+            // ArnEquals takes wildcards as ArnLike does.
+            (
+                json!({"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::4444*:role/x"}}),
                 true,
             ),
             (

@@ -964,7 +964,8 @@ fn stalled_webhook_senders_block_nothing() {
 /// Clients that open connections and send nothing cannot spend the descriptors runs need:
 /// past a quarter of the open-file limit new connections are closed as they come, and a
 /// connection that sends no request head within 10 s is closed. One address cannot take them
-/// all: a probe from another still gets an answer.
+/// all, nor can two: the last slots go to addresses holding few, and a probe from another
+/// still gets an answer.
 #[test]
 fn idle_connections_are_capped_and_closed() {
     let emu = common::kinesis_mock_private();
@@ -988,6 +989,15 @@ fn idle_connections_are_capped_and_closed() {
         "the connections past 8 from one address to be closed",
         Duration::from_secs(5),
         || (held.iter().filter(|c| is_closed(c)).count() >= 32).then_some(()),
+    );
+    // A second address takes the rest of its share, but not the last two slots of 16.
+    let second_holder: Vec<TcpStream> = (0..8)
+        .map(|_| connect_from("127.0.0.3", serve.port))
+        .collect();
+    wait_for(
+        "the second address's connections past the reserve to be closed",
+        Duration::from_secs(5),
+        || (second_holder.iter().filter(|c| is_closed(c)).count() >= 2).then_some(()),
     );
     assert_eq!(
         healthz_from("127.0.0.2", serve.port),
@@ -1014,20 +1024,28 @@ fn idle_connections_are_capped_and_closed() {
 /// `GET /healthz` sent from `source` (a loopback address: all of 127/8 is local): the status
 /// line's start, or what came instead.
 fn healthz_from(source: &str, port: u16) -> String {
+    let mut conn = connect_from(source, port);
+    conn.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let _ = conn.write_all(request.as_bytes());
+    let mut answer = Vec::new();
+    let _ = conn.read_to_end(&mut answer);
+    String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned()
+}
+
+/// A connection to kpr on loopback from `source` (std has no bind before connect).
+fn connect_from(source: &str, port: u16) -> TcpStream {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .unwrap();
     runtime.block_on(async {
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let socket = tokio::net::TcpSocket::new_v4().unwrap();
         socket.bind(format!("{source}:0").parse().unwrap()).unwrap();
-        let mut conn = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
-        let request = "GET /healthz HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
-        let _ = conn.write_all(request.as_bytes()).await;
-        let mut answer = Vec::new();
-        let _ = tokio::time::timeout(Duration::from_secs(5), conn.read_to_end(&mut answer)).await;
-        String::from_utf8_lossy(&answer[..answer.len().min(12)]).into_owned()
+        let conn = socket.connect(([127, 0, 0, 1], port).into()).await.unwrap();
+        let conn = conn.into_std().unwrap();
+        conn.set_nonblocking(false).unwrap();
+        conn
     })
 }
 
