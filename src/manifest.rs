@@ -1328,11 +1328,6 @@ fn resource_from_doc(
 fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(usize, String)> {
     use locate::Seg;
     use serde_json::Value;
-    // Each number is found by reading the document again: only when some token could be a
-    // number YAML respells, which a policy seldom holds, is any number looked at.
-    if !may_hold_respelled_number(written.doc_text) {
-        return None;
-    }
     let statements = match policy.get("Statement")? {
         Value::Array(items) => items.iter().collect(),
         single => vec![single],
@@ -1371,6 +1366,11 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
             }
         }
     }
+    // Each number is found by reading the document again: only when some token could be a
+    // number YAML respells, which a policy seldom holds, is any number looked at.
+    if numbers.is_empty() || !may_hold_respelled_number(written.doc_text) {
+        return None;
+    }
     // Past this many, the rest are refused unread rather than let through unchecked (no
     // policy needs that many unquoted beside one written in hex, octal, binary or signed).
     const CHECKED: usize = 64;
@@ -1382,12 +1382,18 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
                 .then(|| locate::scalar_at(written.doc_text, parts))
                 .flatten();
             let Some((line, as_written)) = found else {
+                let why = if i < CHECKED {
+                    "kpr cannot find how this number is written".to_string()
+                } else {
+                    format!(
+                        "kpr checks how YAML read the first {CHECKED} numbers of a document \
+                         that holds a tag or a signed, hex, octal or binary number, and this one \
+                         is past them"
+                    )
+                };
                 return Some((
                     written.locate(&path).unwrap_or(written.first_line + 1),
-                    format!(
-                        "policy: {path}: kpr cannot tell how this number is written, to check that \
-                     YAML read it as written: put it in quotes"
-                    ),
+                    format!("policy: {path}: {why}: put it in quotes (\"{n}\")"),
                 ));
             };
             let as_read = n.to_string();
@@ -1407,14 +1413,18 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
 /// Whether some token of `text` may be an integer YAML reads otherwise than written: signed
 /// (`+5`, `-0`), or in hex, octal or binary (`0x10`, `0o17`, `0b11`), quoted too (a tag such
 /// as `!!int "0x10"` makes a number of a quoted string, escapes and all, so any tag counts, as
-/// does a byte-order mark, which libyaml skips mid-document). A token in a comment or a string
+/// does a byte-order mark, which libyaml skips mid-document; a `!` that ends a word does not). A token in a comment or a string
 /// may pass for one: that only costs the check.
 fn may_hold_respelled_number(text: &str) -> bool {
-    if text.contains(['!', '\u{feff}']) {
+    if text.contains('\u{feff}') {
         return true;
     }
     text.split(|c: char| c.is_whitespace() || ",[]{}:\"'".contains(c))
         .any(|token| {
+            if token.starts_with('!') {
+                // A tag (`!!int`, `!<tag:yaml.org,2002:int>`); a `!` ending a word is none.
+                return true;
+            }
             let unsigned = token.trim_start_matches(['+', '-']);
             let digits = unsigned.strip_prefix('0').map(|rest| rest.chars().next());
             match digits {
@@ -1827,6 +1837,7 @@ policy:
             ("k: -5 # and 10", false),
             ("vpce-0b1c", false),
             ("k: !!int \"16\"", true),
+            ("# do not edit by hand!\nk: [1, 2]", false),
             ("k: '+5'", true),
             ("[1,\n\u{feff}+5]", true),
         ] {

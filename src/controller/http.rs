@@ -489,12 +489,13 @@ fn per_peer(max: usize) -> usize {
     (max / 2).max(2)
 }
 
-/// The last slots, an eighth, go only to addresses holding fewer than [`FEW`]: however many
-/// addresses hold idle connections, a probe or a git host that holds none gets in.
+/// The last slots, an eighth, go only to addresses holding fewer than [`FEW`], none: while
+/// fewer addresses than that hold idle connections, a probe or a git host that holds none
+/// gets in. Against more (a flood from many addresses) only a proxy in front helps.
 fn reserved(max: usize) -> usize {
     (max / 8).max(1)
 }
-const FEW: usize = 4;
+const FEW: usize = 1;
 
 pub async fn serve(
     listener: tokio::net::TcpListener,

@@ -730,6 +730,27 @@ fn kpr_may_meet_entry(
         ("null", "aws:multifactorauthpresent") if all("true") => {
             Some("it holds for calls with access keys, which carry no MFA key")
         }
+        // The data-perimeter exceptions for AWS services: kpr calls as itself.
+        ("bool", "aws:principalisawsservice" | "aws:viaawsservice") if all("false") => {
+            Some("it holds for calls a principal makes itself, not through an AWS service")
+        }
+        // A direct call carries no aws:Source* key, and a negated operator holds without it.
+        (
+            "stringnotequals"
+            | "stringnotequalsignorecase"
+            | "stringnotlike"
+            | "arnnotequals"
+            | "arnnotlike",
+            "aws:sourceaccount" | "aws:sourcearn" | "aws:sourceorgid" | "aws:sourceorgpaths"
+            | "aws:sourceowner",
+        ) => {
+            Some("kpr's direct calls carry no aws:Source* key, which a Not... operator then meets")
+        }
+        ("null", "aws:sourceaccount" | "aws:sourcearn" | "aws:sourceorgid" | "aws:sourceowner")
+            if all("true") =>
+        {
+            Some("kpr's direct calls carry no aws:Source* key")
+        }
         _ => None,
     }
 }
@@ -1842,6 +1863,18 @@ mod tests {
             ),
             (
                 json!({"ArnNotLike": {"aws:PrincipalArn": "arn:aws:sts::111122223333:assumed-role/kpr/*"}}),
+                true,
+            ),
+            // The data-perimeter service exceptions, and aws:Source* keys absent from kpr's
+            // direct calls: each holds for kpr, and a network key beside them still does.
+            (
+                json!({"NotIpAddressIfExists": {"aws:SourceIp": "203.0.113.0/24"},
+                       "BoolIfExists": {"aws:PrincipalIsAWSService": "false",
+                                        "aws:ViaAWSService": "false"}}),
+                true,
+            ),
+            (
+                json!({"StringNotEquals": {"aws:SourceAccount": "111122223333"}}),
                 true,
             ),
             // ArnEquals takes wildcards as ArnLike does.
