@@ -612,7 +612,12 @@ fn lockout_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: 
         return;
     }
     let own_root = format!("arn:{partition}:iam::{account}:root");
-    let (key, whom) = if principal_is_anyone(s) {
+    // Everyone, or every AWS principal: a `"*"` of another type (`Service: "*"`) names no
+    // role, kpr's included.
+    let covers_roles = s.principal().is_some_and(|p| {
+        *p == Principal::Anyone || p.identifiers(PrincipalType::Aws).contains(&"*")
+    });
+    let (key, whom) = if covers_roles {
         ("Principal", "to everyone, kpr included,".to_string())
     } else if principal_is_everyone_but(s) {
         (
@@ -701,9 +706,29 @@ fn kpr_may_meet_entry(
             .is_some_and(|how| values.iter().all(|v| fixed_caller_value(&key, how, v)));
         return (!narrow).then_some("about the network");
     }
-    let op = operator.to_ascii_lowercase();
-    // A caller's account and ARN are single values: `ForAnyValue:` changes nothing.
-    let op = op.strip_prefix("foranyvalue:").unwrap_or(&op);
+    let lower = operator.to_ascii_lowercase();
+    // Keys a direct call by kpr's role does not carry: an entry on one holds for kpr when it
+    // holds without its key. `ForAllValues:` does (an empty set), `ForAnyValue:` does not;
+    // otherwise `...IfExists`, a negated operator and `Null true` do.
+    if ABSENT_FROM_KPRS_CALLS.contains(&key.as_str()) {
+        let negated = lower.contains("not");
+        let holds = if lower.starts_with("forallvalues:") {
+            true
+        } else if lower.starts_with("foranyvalue:") {
+            false
+        } else if lower == "null" {
+            values.iter().all(|v| v.eq_ignore_ascii_case("true"))
+        } else {
+            lower.ends_with("ifexists") || negated
+        };
+        return holds.then_some("kpr's direct calls carry no such key, and it holds without it");
+    }
+    // A caller's account and ARN are single values: `ForAnyValue:` and `ForAllValues:`
+    // change nothing.
+    let op = lower
+        .strip_prefix("foranyvalue:")
+        .or_else(|| lower.strip_prefix("forallvalues:"))
+        .unwrap_or(&lower);
     let op = op.strip_suffix("ifexists").unwrap_or(op);
     let all = |value: &str| values.iter().all(|v| v.eq_ignore_ascii_case(value));
     match (op, key.as_str()) {
@@ -734,26 +759,21 @@ fn kpr_may_meet_entry(
         ("bool", "aws:principalisawsservice" | "aws:viaawsservice") if all("false") => {
             Some("it holds for calls a principal makes itself, not through an AWS service")
         }
-        // A direct call carries no aws:Source* key, and a negated operator holds without it.
-        (
-            "stringnotequals"
-            | "stringnotequalsignorecase"
-            | "stringnotlike"
-            | "arnnotequals"
-            | "arnnotlike",
-            "aws:sourceaccount" | "aws:sourcearn" | "aws:sourceorgid" | "aws:sourceorgpaths"
-            | "aws:sourceowner",
-        ) => {
-            Some("kpr's direct calls carry no aws:Source* key, which a Not... operator then meets")
-        }
-        ("null", "aws:sourceaccount" | "aws:sourcearn" | "aws:sourceorgid" | "aws:sourceowner")
-            if all("true") =>
-        {
-            Some("kpr's direct calls carry no aws:Source* key")
-        }
         _ => None,
     }
 }
+
+/// Condition keys a call kpr's role makes itself does not carry: those of a service acting
+/// for someone.
+const ABSENT_FROM_KPRS_CALLS: &[&str] = &[
+    "aws:sourceaccount",
+    "aws:sourcearn",
+    "aws:sourceorgid",
+    "aws:sourceorgpaths",
+    "aws:sourceowner",
+    "aws:principalservicename",
+    "aws:principalservicenameslist",
+];
 
 /// Whether the exception `value` of `key` (`aws:PrincipalAccount` or `aws:PrincipalArn`)
 /// under the negated operator `op` surely spares no principal of `account` that kpr may run
@@ -778,7 +798,16 @@ fn spares_no_one_of(op: &str, key: &str, value: &str, account: &str) -> bool {
         _ => {
             let fields: Vec<&str> = value.splitn(6, ':').collect();
             match fields.as_slice() {
-                [_, _, service, _, _, resource] if *service == "sts" || *resource == "root" => true,
+                // No role session's ARN: an STS one, the root, a service-linked or reserved
+                // (`aws:`-named) role, which kpr's cannot be.
+                [_, _, service, _, _, resource]
+                    if *service == "sts"
+                        || *resource == "root"
+                        || resource.starts_with("role/aws-service-role/")
+                        || resource.starts_with("role/aws:") =>
+                {
+                    true
+                }
                 [_, _, _, _, acct, _] => other(acct),
                 _ => false,
             }
@@ -1751,6 +1780,12 @@ mod tests {
             ),
             []
         );
+        // A "*" of services names no role: the confused-deputy Deny for services.
+        assert_eq!(
+            deny(json!({"Principal": {"Service": "*"}, "Action": "kinesis:*",
+                "Condition": {"StringNotEquals": {"aws:SourceAccount": "111122223333"}}})),
+            []
+        );
         // Everything denied to everyone under a Condition: whether kpr's own calls may meet it.
         let under = |condition: &Value| {
             deny(json!({"Principal": "*", "Action": "kinesis:*", "Condition": condition}))
@@ -1875,6 +1910,31 @@ mod tests {
             ),
             (
                 json!({"StringNotEquals": {"aws:SourceAccount": "111122223333"}}),
+                true,
+            ),
+            // On a key kpr's calls lack: ForAnyValue: fails without it, ForAllValues: holds.
+            (
+                json!({"ForAnyValue:StringNotLike": {"aws:SourceOrgPaths": "o-abc123/r-ab12/*"}}),
+                false,
+            ),
+            (
+                json!({"ForAllValues:StringNotLike": {"aws:SourceOrgPaths": "o-abc123/r-ab12/*"}}),
+                true,
+            ),
+            (json!({"Null": {"aws:SourceOrgPaths": "true"}}), true),
+            (
+                json!({"StringNotEqualsIfExists": {"aws:PrincipalServiceName": "firehose.amazonaws.com"}}),
+                true,
+            ),
+            // On kpr's one account value, ForAllValues: is the plain operator.
+            (
+                json!({"ForAllValues:StringNotEquals": {"aws:PrincipalAccount": "444455556666"}}),
+                true,
+            ),
+            // Service-linked roles, which kpr's role cannot be, spare it nothing.
+            (
+                json!({"NotIpAddressIfExists": {"aws:SourceIp": "203.0.113.0/24"},
+                       "ArnNotLikeIfExists": {"aws:PrincipalArn": "arn:aws:iam::*:role/aws-service-role/*"}}),
                 true,
             ),
             // ArnEquals takes wildcards as ArnLike does.
