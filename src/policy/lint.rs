@@ -710,18 +710,24 @@ fn kpr_may_meet_entry(
     // Keys a direct call by kpr's role does not carry: an entry on one holds for kpr when it
     // holds without its key. `ForAllValues:` does (an empty set), `ForAnyValue:` does not;
     // otherwise `...IfExists`, a negated operator and `Null true` do.
-    if ABSENT_FROM_KPRS_CALLS.contains(&key.as_str()) {
-        let negated = lower.contains("not");
-        let holds = if lower.starts_with("forallvalues:") {
+    let holds_without_key = || {
+        if lower.starts_with("forallvalues:") {
             true
         } else if lower.starts_with("foranyvalue:") {
             false
         } else if lower == "null" {
             values.iter().all(|v| v.eq_ignore_ascii_case("true"))
         } else {
-            lower.ends_with("ifexists") || negated
-        };
-        return holds.then_some("kpr's direct calls carry no such key, and it holds without it");
+            lower.ends_with("ifexists") || lower.contains("not")
+        }
+    };
+    if ABSENT_FROM_KPRS_CALLS.contains(&key.as_str()) {
+        return holds_without_key()
+            .then_some("kpr's direct calls carry no such key, and it holds without it");
+    }
+    // Keys only a call through a VPC endpoint carries: absent from a call from elsewhere.
+    if VPC_ENDPOINT_KEYS.contains(&key.as_str()) {
+        return holds_without_key().then_some("about the network");
     }
     // A caller's account and ARN are single values: `ForAnyValue:` and `ForAllValues:`
     // change nothing.
@@ -745,6 +751,25 @@ fn kpr_may_meet_entry(
         {
             Some("it excepts no principal of the resource's own account, where kpr calls from")
         }
+        // A Deny that names the resource's own account, or a pattern of its roles: kpr's.
+        ("stringequals" | "stringlike", "aws:principalaccount")
+            if values
+                .iter()
+                .any(|v| v == account || (op == "stringlike" && wildcard_match(v, account))) =>
+        {
+            Some("it names the resource's own account, where kpr calls from")
+        }
+        ("arnequals" | "arnlike" | "stringlike", "aws:principalarn")
+            if values.iter().any(|arn| {
+                let fields: Vec<&str> = arn.splitn(6, ':').collect();
+                matches!(fields.as_slice(), [_, _, "iam", _, acct, resource]
+                    if (*acct == account || wildcard_match(acct, account))
+                        && resource.starts_with("role/")
+                        && resource.contains(['*', '?']))
+            }) =>
+        {
+            Some("it names roles of the resource's own account, kpr's among them")
+        }
         ("bool", "aws:securetransport") if all("true") => {
             Some("it holds for every call over TLS, as every AWS call is")
         }
@@ -764,7 +789,7 @@ fn kpr_may_meet_entry(
 }
 
 /// Condition keys a call kpr's role makes itself does not carry: those of a service acting
-/// for someone.
+/// for someone, and those of MFA, which a pipeline's session has none of.
 const ABSENT_FROM_KPRS_CALLS: &[&str] = &[
     "aws:sourceaccount",
     "aws:sourcearn",
@@ -773,6 +798,18 @@ const ABSENT_FROM_KPRS_CALLS: &[&str] = &[
     "aws:sourceowner",
     "aws:principalservicename",
     "aws:principalservicenameslist",
+    "aws:calledvia",
+    "aws:calledviafirst",
+    "aws:calledvialast",
+    "aws:multifactorauthage",
+];
+
+/// The keys of the VPC endpoint a call came through (AWS's network-perimeter examples).
+const VPC_ENDPOINT_KEYS: &[&str] = &[
+    "aws:vpceorgid",
+    "aws:vpceorgpaths",
+    "aws:vpceaccount",
+    "aws:sourcevpcarn",
 ];
 
 /// Whether the exception `value` of `key` (`aws:PrincipalAccount` or `aws:PrincipalArn`)
@@ -1937,6 +1974,35 @@ mod tests {
                        "ArnNotLikeIfExists": {"aws:PrincipalArn": "arn:aws:iam::*:role/aws-service-role/*"}}),
                 true,
             ),
+            // AWS's network perimeter on the VPC endpoint's organization.
+            (
+                json!({"StringNotEqualsIfExists": {"aws:VpceOrgID": "o-abc123def4"}}),
+                true,
+            ),
+            (
+                json!({"StringEquals": {"aws:VpceAccount": "444455556666"}}),
+                false,
+            ),
+            // Denies naming the own account, or a pattern of its roles.
+            (
+                json!({"StringEquals": {"aws:PrincipalAccount": "111122223333"}}),
+                true,
+            ),
+            (
+                json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
+                true,
+            ),
+            (
+                json!({"ArnEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/reader"}}),
+                false,
+            ),
+            // MFA by its age, and the CalledVia keys: absent from kpr's calls.
+            (json!({"Null": {"aws:MultiFactorAuthAge": "true"}}), true),
+            (
+                json!({"NumericGreaterThanIfExists": {"aws:MultiFactorAuthAge": "3600"}}),
+                true,
+            ),
+            (json!({"Null": {"aws:CalledVia": "true"}}), true),
             // ArnEquals takes wildcards as ArnLike does.
             (
                 json!({"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam::4444*:role/x"}}),
