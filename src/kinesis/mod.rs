@@ -227,16 +227,17 @@ fn dispatch_class(e: &ConnectorError) -> ErrorClass {
 /// Whether a request failed before its connection was made (refused, no route, a connect
 /// timeout, a name that does not resolve): then it never reached the service.
 fn never_connected(err: &(dyn std::error::Error + 'static)) -> bool {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if e.downcast_ref::<hyper_util::client::legacy::Error>()
+    causes(err).any(|e| {
+        e.downcast_ref::<hyper_util::client::legacy::Error>()
             .is_some_and(hyper_util::client::legacy::Error::is_connect)
-        {
-            return true;
-        }
-        cause = e.source();
-    }
-    false
+    })
+}
+
+/// `err` and its causes, outermost first.
+fn causes<'a>(
+    err: &'a (dyn std::error::Error + 'static),
+) -> impl Iterator<Item = &'a (dyn std::error::Error + 'static)> {
+    std::iter::successors(Some(err), |e| e.source())
 }
 
 /// A policy as read, or `None` when the resource has none (`{}`, as AWS and moto answer).
@@ -336,14 +337,7 @@ pub(crate) fn credentials_cause(e: &CredentialsError) -> String {
 fn credentials_error_in<'a>(
     err: &'a (dyn std::error::Error + 'static),
 ) -> Option<&'a CredentialsError> {
-    let mut cause = Some(err);
-    while let Some(e) = cause {
-        if let Some(c) = e.downcast_ref::<CredentialsError>() {
-            return Some(c);
-        }
-        cause = e.source();
-    }
-    None
+    causes(err).find_map(|e| e.downcast_ref::<CredentialsError>())
 }
 
 /// A call that could not get credentials. A provider that timed out (an AssumeRole refresh
@@ -367,14 +361,12 @@ pub(crate) fn no_credentials(op: Op, e: &CredentialsError) -> ApiError {
 /// in type names and repeats it.) A cause whose text is already shown is left out.
 pub(crate) fn error_chain(err: &(dyn std::error::Error + 'static)) -> String {
     let mut out = err.to_string();
-    let mut source = err.source();
-    while let Some(cause) = source {
+    for cause in causes(err).skip(1) {
         let text = cause.to_string();
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);
         }
-        source = cause.source();
     }
     out
 }
