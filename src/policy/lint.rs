@@ -379,6 +379,18 @@ fn limits(c: &Condition, counts: impl Fn(&str) -> bool) -> bool {
     })
 }
 
+/// An operator as IAM compares it, without case, its set qualifier (`ForAnyValue:`,
+/// `ForAllValues:`) or `IfExists`: `bool` for `ForAnyValue:BoolIfExists`. For rules about a
+/// key's values, which these leave as they are; not for whether a missing key matches.
+fn base_operator(operator: &str) -> String {
+    let lower = operator.to_ascii_lowercase();
+    let op = lower
+        .strip_prefix("foranyvalue:")
+        .or_else(|| lower.strip_prefix("forallvalues:"))
+        .unwrap_or(&lower);
+    op.strip_suffix("ifexists").unwrap_or(op).to_string()
+}
+
 /// How a positive operator (`ForAnyValue:` allowed) matches its values; `None` for any other:
 /// a `Not...` operator, `...IfExists` (which holds when the key is absent), `ForAllValues:`
 /// (which holds on an empty set), `Null`, `Bool`.
@@ -504,8 +516,6 @@ fn fixed_caller_value(key: &str, how: Match, value: &str) -> bool {
     }
 }
 
-/// A CIDR block no wider than a /8 (IPv4) or a /32 (IPv6), or one address: `0.0.0.0/0` is
-/// everyone.
 /// An address, or an address and a prefix length its family allows.
 fn is_address_range(value: &str) -> bool {
     let (addr, bits) = value.split_once('/').unwrap_or((value, "0"));
@@ -516,6 +526,8 @@ fn is_address_range(value: &str) -> bool {
     }
 }
 
+/// A CIDR block no wider than a /8 (IPv4) or a /32 (IPv6), or one address: `0.0.0.0/0` is
+/// everyone.
 fn narrow_cidr(value: &str) -> bool {
     let (addr, bits) = match value.split_once('/') {
         Some((addr, bits)) => match bits.parse::<u8>() {
@@ -731,11 +743,8 @@ fn kpr_may_meet_entry(
     }
     // A caller's account and ARN are single values: `ForAnyValue:` and `ForAllValues:`
     // change nothing.
-    let op = lower
-        .strip_prefix("foranyvalue:")
-        .or_else(|| lower.strip_prefix("forallvalues:"))
-        .unwrap_or(&lower);
-    let op = op.strip_suffix("ifexists").unwrap_or(op);
+    let base = base_operator(operator);
+    let op = base.as_str();
     let all = |value: &str| values.iter().all(|v| v.eq_ignore_ascii_case(value));
     match (op, key.as_str()) {
         (
@@ -1005,12 +1014,7 @@ fn is_consumer_without_epoch(arn: &str) -> bool {
 fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
     let Some(c) = s.condition() else { return };
     for b in c.blocks() {
-        let op = b.operator().to_ascii_lowercase();
-        let op = op
-            .strip_prefix("foranyvalue:")
-            .or_else(|| op.strip_prefix("forallvalues:"))
-            .unwrap_or(&op);
-        if !matches!(op.strip_suffix("ifexists").unwrap_or(op), "bool" | "null") {
+        if !matches!(base_operator(b.operator()).as_str(), "bool" | "null") {
             continue;
         }
         for (key, values) in b.entries() {
