@@ -192,6 +192,11 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
     let _ = writeln!(out);
 }
 
+/// The lines [`access_summary`] leads with, which [`summary_style`] colours by their meaning.
+const BECOMES_PUBLIC: &str =
+    "becomes public: anyone may make the calls it allows (no Condition limits who)";
+const NO_LONGER_PUBLIC: &str = "no longer public";
+
 /// Whom a change starts or stops naming, by effect, in a line each: `allows now: ...`,
 /// `allows no longer: ...` (and `denies ...`). What a reader of a plan asks first; the
 /// statement diff below it says under which actions and conditions.
@@ -210,11 +215,8 @@ pub fn access_summary(a: &AccessChange) -> Vec<String> {
     })
     .collect();
     match (a.public_before, a.public_after) {
-        (false, true) => lines.insert(
-            0,
-            "becomes public: anyone may make the calls it allows (no Condition limits who)".into(),
-        ),
-        (true, false) => lines.insert(0, "no longer public".into()),
+        (false, true) => lines.insert(0, BECOMES_PUBLIC.into()),
+        (true, false) => lines.insert(0, NO_LONGER_PUBLIC.into()),
         _ => {}
     }
     if a.before_unknown {
@@ -230,9 +232,9 @@ pub fn access_summary(a: &AccessChange) -> Vec<String> {
 /// A line of [`access_summary`], coloured as the diff below it: green for a principal the
 /// policy now names, red for one it no longer does.
 pub fn summary_style(line: String, style: &Style) -> String {
-    if line.starts_with("becomes public") {
+    if line == BECOMES_PUBLIC {
         style.red(&line)
-    } else if line.contains(" now: ") || line == "no longer public" {
+    } else if line.contains(" now: ") || line == NO_LONGER_PUBLIC {
         style.green(&line)
     } else {
         style.red(&line)
