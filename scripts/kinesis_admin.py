@@ -16,7 +16,7 @@ Commands:
                                          (kinesis-mock: ResourceNotFoundException "No resource policy
                                          exists"; moto and AWS: Policy "{}")
     put-policy ARN FILE|-                raw PutResourcePolicy (simulates a hand change)
-    delete-policy ARN                    raw DeleteResourcePolicy
+    delete-policy ARN...                 raw DeleteResourcePolicy, one call per ARN in turn
 
 Exit codes: 0 ok, 1 AWS/other error (message on stderr), 2 usage error, 3 no policy (get-policy).
 """
@@ -224,7 +224,10 @@ def cmd_put_policy(client, args) -> int:
 
 
 def cmd_delete_policy(client, args) -> int:
-    client.delete_resource_policy(ResourceARN=args.arn)
+    # Several ARNs in one process, so that a test's hand edits land close together rather
+    # than a Python start-up apart.
+    for arn in args.arns:
+        client.delete_resource_policy(ResourceARN=arn)
     return 0
 
 
@@ -286,7 +289,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_put_policy)
 
     p = sub.add_parser("delete-policy", help="DeleteResourcePolicy")
-    p.add_argument("arn", metavar="ARN")
+    p.add_argument("arns", metavar="ARN", nargs="+")
     p.set_defaults(func=cmd_delete_policy)
     return parser
 

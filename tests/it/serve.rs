@@ -3413,11 +3413,22 @@ fn a_forced_push_during_an_outage_heal_stops_its_writes() {
     serve.applied(&good);
     let origin = repo.dir.path().join("origin.git");
     std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
-    serve.status_when("a scan to find git down", Duration::from_secs(30), |st| {
+    let mut st = serve.status_when("a scan to find git down", Duration::from_secs(30), |st| {
         st["last_run"]["result"] == "fetch_failed" && st["running"] == false
     });
-    for arn in &arns {
-        emu.admin(&["delete-policy", arn], &[]);
+    // The heal must read every policy gone: the deletes are taken again until they fell
+    // between two scans (no scan started or ended meanwhile).
+    let mut delete_args = vec!["delete-policy"];
+    delete_args.extend(arns.iter().map(String::as_str));
+    for attempt in 0.. {
+        assert!(attempt < 5, "no quiet moment between scans: {st:#}");
+        let runs = st["runs"].clone();
+        emu.admin(&delete_args, &[]);
+        let after = serve.status();
+        if after["runs"] == runs && after["running"] == false {
+            break;
+        }
+        st = serve.idle();
     }
     let applied = |logs: &str| logs.matches("\"change applied\"").count();
     let before = applied(&serve.logs());
