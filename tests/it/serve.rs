@@ -3396,8 +3396,9 @@ fn a_forced_push_during_an_outage_heal_stops_its_writes() {
         repo.write(&format!("s{i}.yaml"), &manifest(arn, &role_one(arn)));
     }
     let good = repo.push("main", "granted");
-    // Two requests a second: the heal's reads, then its writes and read-backs, one change
-    // about every second.
+    // Two requests a second and one resource at a time: the heal's reads, then each change's
+    // write and read-back, about a second each. (Concurrent, the writes could all win the
+    // limiter's turns before the first read-back, and all be sent before the push came.)
     let serve = Serve::git(
         &emu,
         &repo,
@@ -3408,6 +3409,8 @@ fn a_forced_push_during_an_outage_heal_stops_its_writes() {
             "1h",
             "--rate-limit",
             "2",
+            "--concurrency",
+            "1",
         ],
     );
     serve.applied(&good);
