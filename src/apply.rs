@@ -1,6 +1,7 @@
 //! Executes a plan: bounded concurrency, each write followed by a read-back that proves the live
 //! policy is now equivalent to the manifest. One resource failing never stops the others.
 
+use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -24,55 +25,115 @@ pub struct ApplyOptions {
     pub settled: Settled,
 }
 
-/// What an apply has finished so far. A hard stop never gets to the report, yet the log must
-/// still say what was changed: this is what it prints instead.
+/// What an apply has done so far, resource by resource. A hard stop never gets to the
+/// report, yet a pipeline must still learn what was changed, what failed and what may or
+/// may not have landed: this is what it prints instead.
 #[derive(Debug, Clone, Default)]
 pub struct Settled(Arc<Mutex<SettledState>>);
 
 #[derive(Debug, Default)]
 struct SettledState {
-    applied: Vec<String>,
-    failed: usize,
-    under_way: usize,
+    /// Changes to make (no-ops aside); those without an entry in `states` were not started.
+    pending: usize,
+    /// By ARN (one change each), so the lists come out in the plan's order.
+    states: BTreeMap<String, Progress>,
+}
+
+#[derive(Debug)]
+enum Progress {
+    UnderWay,
+    Applied,
+    Failed(Failure),
 }
 
 impl Settled {
-    fn started(&self) {
-        self.0.lock().expect("settled").under_way += 1;
+    fn begin(&self, pending: usize) {
+        self.0.lock().expect("settled").pending = pending;
+    }
+
+    fn started(&self, arn: &str) {
+        let mut s = self.0.lock().expect("settled");
+        s.states.insert(arn.to_string(), Progress::UnderWay);
     }
 
     /// Started, but stopped before its write was sent.
-    fn withheld(&self) {
-        self.0.lock().expect("settled").under_way -= 1;
+    fn withheld(&self, arn: &str) {
+        self.0.lock().expect("settled").states.remove(arn);
     }
 
-    fn finished(&self, arn: &str, ok: bool) {
+    fn finished(&self, arn: &str, result: &Result<(), Failure>) {
+        let progress = match result {
+            Ok(()) => Progress::Applied,
+            Err(f) => Progress::Failed(f.clone()),
+        };
         let mut s = self.0.lock().expect("settled");
-        s.under_way -= 1;
-        if ok {
-            s.applied.push(arn.to_string());
-        } else {
-            s.failed += 1;
-        }
+        s.states.insert(arn.to_string(), progress);
     }
 
-    /// For the log of a stop that cuts the apply short.
+    /// For the log of a stop that cuts the apply short: every resource written, failed or
+    /// under way, by name (a cancelled merge job's log is the record of what it changed).
     pub fn describe(&self) -> String {
-        const SHOWN: usize = 10;
         let s = self.0.lock().expect("settled");
-        let mut out = format!("{} change(s) applied", s.applied.len());
-        for arn in s.applied.iter().take(SHOWN) {
-            out.push_str("\n  ");
-            out.push_str(arn);
+        let (mut applied, mut failed, mut under_way) = (Vec::new(), Vec::new(), Vec::new());
+        for (arn, p) in &s.states {
+            match p {
+                Progress::Applied => applied.push(arn.clone()),
+                Progress::Failed(f) => failed.push(format!("{arn}: {}", f.message)),
+                Progress::UnderWay => under_way.push(arn.clone()),
+            }
         }
-        if s.applied.len() > SHOWN {
-            out.push_str(&format!("\n  and {} more", s.applied.len() - SHOWN));
+        let not_started = s.pending.saturating_sub(s.states.len());
+        [
+            (format!("{} change(s) applied", applied.len()), applied),
+            (format!("{} failed", failed.len()), failed),
+            (
+                format!(
+                    "{} under way, which may or may not have been applied",
+                    under_way.len()
+                ),
+                under_way,
+            ),
+            (format!("{not_started} not started"), Vec::new()),
+        ]
+        .into_iter()
+        .map(|(head, items)| {
+            std::iter::once(head)
+                .chain(items.into_iter().map(|i| format!("  {i}")))
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+    }
+
+    /// The report of `plan` (the one under way) as far as it got, for a hard stop by `then`:
+    /// changes under way are `UnderWay`, those never reached `NotStarted`.
+    pub fn report(&self, plan: Plan, by: &'static str, then: &'static str) -> Report {
+        let s = self.0.lock().expect("settled");
+        let results: Vec<ResourceResult> = plan
+            .changes
+            .into_iter()
+            .map(|change| {
+                let (outcome, error) = match (change.action, s.states.get(&change.arn)) {
+                    (Action::NoOp, _) => (Outcome::Unchanged, None),
+                    (_, None) => (Outcome::NotStarted, None),
+                    (_, Some(Progress::UnderWay)) => (Outcome::UnderWay, None),
+                    (_, Some(Progress::Applied)) => (Outcome::Applied, None),
+                    (_, Some(Progress::Failed(f))) => (Outcome::Failed, Some(f.clone())),
+                };
+                ResourceResult {
+                    change,
+                    outcome,
+                    error,
+                }
+            })
+            .collect();
+        let interrupted = Interrupted::of(by, &results, Some(then));
+        Report {
+            results,
+            plan_failures: plan.failures,
+            interrupted: Some(interrupted),
         }
-        out.push_str(&format!(
-            "\n{} failed; {} under way, which may or may not have been applied",
-            s.failed, s.under_way
-        ));
-        out
     }
 }
 
@@ -97,6 +158,10 @@ pub enum Outcome {
     /// An interrupted apply never started it: nothing was tried, the next run makes it.
     #[serde(rename = "not_started")]
     NotStarted,
+    /// A hard stop came while its write or read-back was under way: it may or may not have
+    /// landed (`kpr plan` tells).
+    #[serde(rename = "under_way")]
+    UnderWay,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -121,6 +186,22 @@ pub struct Report {
 pub struct Interrupted {
     pub by: &'static str,
     pub not_started: usize,
+    /// The second signal, which stopped kpr at once (only in a hard stop's report).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub hard_stop: Option<&'static str>,
+}
+
+impl Interrupted {
+    fn of(by: &'static str, results: &[ResourceResult], hard_stop: Option<&'static str>) -> Self {
+        Self {
+            by,
+            not_started: results
+                .iter()
+                .filter(|r| r.outcome == Outcome::NotStarted)
+                .count(),
+            hard_stop,
+        }
+    }
 }
 
 impl Report {
@@ -131,10 +212,13 @@ impl Report {
     }
 
     /// Whether the live state may still differ from the manifests: something failed, or an
-    /// interrupt left changes unmade.
+    /// interrupt left changes unmade (or, stopping at once, some undecided).
     pub fn incomplete(&self) -> bool {
         self.failures().next().is_some()
-            || self.interrupted.as_ref().is_some_and(|i| i.not_started > 0)
+            || self
+                .interrupted
+                .as_ref()
+                .is_some_and(|i| i.not_started > 0 || i.hard_stop.is_some())
     }
 
     /// Counts of what was actually done (a failed create is counted as failed, not created).
@@ -151,6 +235,7 @@ impl Report {
                 (Outcome::Unchanged, _) | (Outcome::Applied, Action::NoOp) => s.unchanged += 1,
                 (Outcome::Failed, _) => {}
                 (Outcome::NotStarted, _) => s.not_started += 1,
+                (Outcome::UnderWay, _) => s.under_way += 1,
             }
         }
         s
@@ -169,6 +254,7 @@ pub async fn apply<K: Kinesis>(
         .filter(|c| c.action != Action::NoOp)
         .count();
     progress.set_length(pending as u64);
+    opts.settled.begin(pending);
     // A hidden bar still keeps its rate estimate on every `inc`.
     let shown = !progress.is_hidden();
     let mut results: Vec<ResourceResult> =
@@ -187,16 +273,16 @@ pub async fn apply<K: Kinesis>(
                     error: None,
                 };
             }
-            opts.settled.started();
+            opts.settled.started(&change.arn);
             let Some(result) = apply_one(api, &change, opts).await else {
-                opts.settled.withheld();
+                opts.settled.withheld(&change.arn);
                 return ResourceResult {
                     change,
                     outcome: Outcome::NotStarted,
                     error: None,
                 };
             };
-            opts.settled.finished(&change.arn, result.is_ok());
+            opts.settled.finished(&change.arn, &result);
             if shown {
                 progress.inc(1);
             }
@@ -224,13 +310,10 @@ pub async fn apply<K: Kinesis>(
         .collect()
         .await;
     results.sort_by(|a, b| a.change.arn.cmp(&b.change.arn));
-    let interrupted = opts.interrupt.reason().map(|by| Interrupted {
-        by,
-        not_started: results
-            .iter()
-            .filter(|r| r.outcome == Outcome::NotStarted)
-            .count(),
-    });
+    let interrupted = opts
+        .interrupt
+        .reason()
+        .map(|by| Interrupted::of(by, &results, None));
     Report {
         results,
         plan_failures: plan.failures,
@@ -442,16 +525,20 @@ mod tests {
     }
 
     #[test]
-    fn settled_says_what_finished_and_what_was_under_way() {
+    fn settled_names_what_finished_and_what_was_under_way() {
         let settled = Settled::default();
-        for _ in 0..3 {
-            settled.started();
+        settled.begin(5);
+        for arn in ["arn:c", "arn:b", "arn:a", "arn:d"] {
+            settled.started(arn);
         }
-        settled.finished("arn:a", true);
-        settled.finished("arn:b", false);
+        settled.withheld("arn:d");
+        settled.finished("arn:a", &Ok(()));
+        let denied = crate::plan::local_failure("arn:b".into(), None, None, "denied".into());
+        settled.finished("arn:b", &Err(denied));
         assert_eq!(
             settled.describe(),
-            "1 change(s) applied\n  arn:a\n1 failed; 1 under way, which may or may not have been applied"
+            "1 change(s) applied\n  arn:a\n1 failed\n  arn:b: denied\n\
+             1 under way, which may or may not have been applied\n  arn:c\n2 not started"
         );
     }
 

@@ -885,14 +885,22 @@ async fn run_plan(
     let pb = progress_bar(text, "applying");
     let interrupt = crate::signals::Interrupt::default();
     let settled = apply::Settled::default();
+    let (planned, pruned) = (plan.planned(), plan.pruned());
+    let json_targeted = targeted.map(|declared| render::Targeted { planned, declared });
+    // A pipeline reading JSON gets a document even from a hard stop, built from this copy.
+    let hard_stop_json = (!text).then(|| HardStopJson {
+        plan: plan.clone(),
+        diagnostics: warnings.clone(),
+        targeted: json_targeted,
+    });
     // Only from here: until the first write, a stop signal may end the process as usual.
     let on_signal = tokio::spawn(stop_gracefully(
         crate::signals::StopSignals::new(),
         interrupt.clone(),
         settled.clone(),
+        hard_stop_json,
         pb.clone(),
     ));
-    let (planned, pruned) = (plan.planned(), plan.pruned());
     let report = apply::apply(
         &api,
         plan,
@@ -917,8 +925,7 @@ async fn run_plan(
             );
         }
     } else {
-        let targeted = targeted.map(|declared| render::Targeted { planned, declared });
-        out!("{}", render::apply_json(&report, &warnings, targeted));
+        out!("{}", render::apply_json(&report, &warnings, json_targeted));
     }
     Ok(if report.incomplete() {
         EXIT_ERROR
@@ -934,12 +941,20 @@ async fn run_plan(
     })
 }
 
+/// What `apply --output json` needs to print its report from a hard stop.
+struct HardStopJson {
+    plan: crate::plan::Plan,
+    diagnostics: Vec<crate::manifest::Diagnostic>,
+    targeted: Option<render::Targeted>,
+}
+
 /// As Terraform does on a CI runner's cancel: the first stop signal lets the writes under way
 /// finish and report, so the log says what was changed; a second one stops at once.
 async fn stop_gracefully(
     mut signals: crate::signals::StopSignals,
     interrupt: crate::signals::Interrupt,
     settled: apply::Settled,
+    json: Option<HardStopJson>,
     pb: indicatif::ProgressBar,
 ) {
     let (first, _) = signals.next().await;
@@ -952,14 +967,21 @@ async fn stop_gracefully(
     });
     let (second, status) = signals.next().await;
     // A CI runner's cancel sends SIGTERM a few seconds after SIGINT: the report never comes,
-    // so say here what is known.
+    // so say here what is known, resource by resource.
     pb.suspend(|| {
         crate::errln!(
-            "{second}: stopping at once, before the end of the apply. So far: {}\n\
+            "{second}: stopping at once, before the end of the apply. So far:\n{}\n\
              (`kpr plan` shows where things stand)",
             settled.describe()
         )
     });
+    if let Some(j) = json {
+        let report = settled.report(j.plan, first, second);
+        out!(
+            "{}",
+            render::apply_json(&report, &j.diagnostics, j.targeted)
+        );
+    }
     // On a terminal the bar would stay drawn above the shell's prompt.
     pb.finish_and_clear();
     std::process::exit(status.into());

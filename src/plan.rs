@@ -267,6 +267,9 @@ pub struct Summary {
     /// Changes an interrupted apply never started: neither done nor failed.
     #[serde(skip_serializing_if = "is_zero")]
     pub not_started: usize,
+    /// Changes a hard stop cut off under way: they may or may not have landed.
+    #[serde(skip_serializing_if = "is_zero")]
+    pub under_way: usize,
 }
 
 fn is_zero(n: &usize) -> bool {

@@ -4,7 +4,7 @@
 //! ```text
 //! { "format_version": "1", "kind": "plan" | "apply",
 //!   "summary": { "create", "update", "delete", "unchanged", "failed",     // integers
-//!                "not_started"? },             // only when an interrupted apply left some
+//!                "not_started"?, "under_way"? },   // only when an interrupted apply left some
 //!   "resources": [ { "arn", "declared_arn"?, "kind": "stream"|"consumer",
 //!                    "action": "create"|"update"|"delete"|"no-op", "reason",
 //!                    "source": {"file","line"}|null,
@@ -12,12 +12,13 @@
 //!                    "access"?: { "allows_now", "allows_no_longer", "denies_now",
 //!                                 "denies_no_longer" },  // principals; not for no-ops
 //!                    "delete_cause"?: "ensure_absent"|"prune",
-//!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started",
+//!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started"|"under_way",
 //!                    "error"?: failure } ],
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
 //!   "diagnostics": [ { "file", "line", "severity": "warning", "message" } ],  // lint warnings
 //!   "targeted"?: { "planned", "declared" },   // with --target: the others were not read
-//!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started" } }   // apply only
+//!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started",       // apply only
+//!                            "hard_stop"?: "SIGINT"|"SIGTERM" } }  // a second signal's report
 //! ```
 //! A run refused before it wrote anything (invalid manifests or an unmatched target, before
 //! any call; the prune guard, after listing) has no summary or resources, except the prune
@@ -611,6 +612,9 @@ pub fn summary_line(verb: &str, s: &Summary, style: &Style) -> String {
     if s.not_started > 0 {
         line.push_str(&format!(", {} not started", s.not_started));
     }
+    if s.under_way > 0 {
+        line.push_str(&format!(", {} under way", s.under_way));
+    }
     line.push('.');
     if s.failed > 0 {
         style.red(&line)
@@ -629,6 +633,7 @@ pub fn apply_text(report: &Report, style: &Style) -> String {
         let status = match r.outcome {
             Outcome::Applied => style.green("done"),
             Outcome::Failed => style.red("FAILED"),
+            Outcome::UnderWay => style.yellow("under way, may or may not have landed"),
             Outcome::Unchanged | Outcome::NotStarted => String::new(),
         };
         // Located as in the plan above it: a failure is fixed in its file.
@@ -1161,6 +1166,7 @@ mod tests {
             interrupted: Some(Interrupted {
                 by: "SIGTERM",
                 not_started: 1,
+                hard_stop: None,
             }),
         };
         assert!(report.incomplete());

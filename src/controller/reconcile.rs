@@ -2145,6 +2145,8 @@ impl Reconciler {
                     Outcome::Failed => ("failed", ResourceState::Failed),
                     // Shutdown came first: still drift to fix, not a failure to back off from.
                     Outcome::NotStarted => ("not_started", ResourceState::Drifted),
+                    // Only a CLI's hard stop reports it; serve never stops an apply so.
+                    Outcome::UnderWay => ("under_way", ResourceState::Drifted),
                 };
                 items.push(Item {
                     id: Some(c.target.identity()),

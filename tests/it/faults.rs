@@ -976,19 +976,117 @@ fn a_second_sigint_stops_at_once() {
             .any(|l| l.starts_with("SIGINT: stopping at once")),
         "{stderr:?}"
     );
-    // The report never comes: the log says what is known instead.
+    // The report never comes: the log says what is known instead, naming the writes cut off.
+    let at = |head: &str| stderr.iter().position(|l| l == head);
     assert!(
-        stderr
+        at("0 change(s) applied").is_some() && at("0 failed").is_some(),
+        "{stderr:?}"
+    );
+    let under_way = stderr
+        .iter()
+        .position(|l| l.ends_with(" under way, which may or may not have been applied"))
+        .unwrap_or_else(|| panic!("{stderr:?}"));
+    let named = stderr[under_way + 1..]
+        .iter()
+        .take_while(|l| l.starts_with("  arn:"))
+        .count();
+    assert!(named > 0, "{stderr:?}");
+    assert!(
+        stderr[under_way].starts_with(&format!("{named} under way")),
+        "{stderr:?}"
+    );
+}
+
+/// A CI runner's cancel (SIGINT, then SIGTERM 7.5 s later) can cut writes off mid-way: the
+/// pipeline must still learn which resources were written, which failed and which may or may
+/// not have been. The log names each; with `--output json` the report comes all the same,
+/// each change with its outcome.
+#[test]
+fn a_hard_stop_names_every_resource_and_still_reports_in_json() {
+    let emu = common::kinesis_mock();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "flt-hard", 12);
+    let (m, want) = manifests(&arns);
+    let proxy = Proxy::start(&emu.url);
+    // Plans and applies in ARN order: the first write is refused, the next ones land.
+    proxy.always(Some(PUT), &arns[0], Fault::AccessDenied);
+    let mut cmd = kpr_via(&proxy);
+    cmd.args(["apply", "--dir", &m.arg(), "--concurrency", "2"])
+        .args(["--output", "json"]);
+    let run = Running::start(cmd);
+    assert!(
+        proxy.wait_for(Duration::from_secs(60), |p| p.op(PUT).forwarded >= 2),
+        "{}",
+        proxy.describe()
+    );
+    // From here every write waits in the proxy: those sent are under way until the stop.
+    proxy.hold(PUT);
+    let sent = proxy.op(PUT).seen;
+    assert!(
+        proxy.wait_for(Duration::from_secs(30), |p| p.op(PUT).seen > sent),
+        "{}",
+        proxy.describe()
+    );
+    run.signal("TERM");
+    run.stderr_until("SIGTERM: starting no more changes", Duration::from_secs(10));
+    run.signal("INT");
+    let (code, stdout, stderr) = run.finish(Duration::from_secs(10));
+    proxy.release();
+    assert_eq!(code, 130, "{stderr:?}");
+    let doc: serde_json::Value = serde_json::from_str(&stdout)
+        .unwrap_or_else(|e| panic!("no JSON report ({e}): {stdout:?} {stderr:?}"));
+    assert_eq!(doc["interrupted"]["by"], "SIGTERM", "{doc:#}");
+    assert_eq!(doc["interrupted"]["hard_stop"], "SIGINT", "{doc:#}");
+    let by_outcome = |want: &str| -> Vec<String> {
+        doc["resources"]
+            .as_array()
+            .unwrap()
             .iter()
-            .any(|l| l.ends_with("So far: 0 change(s) applied")),
-        "{stderr:?}"
+            .filter(|r| r["outcome"] == want)
+            .map(|r| r["arn"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let (applied, failed) = (by_outcome("applied"), by_outcome("failed"));
+    let (under_way, not_started) = (by_outcome("under_way"), by_outcome("not_started"));
+    assert_eq!(failed, [arns[0].clone()], "{doc:#}");
+    assert!(!applied.is_empty() && !under_way.is_empty(), "{doc:#}");
+    assert_eq!(
+        applied.len() + failed.len() + under_way.len() + not_started.len(),
+        arns.len(),
+        "{doc:#}"
     );
+    let summary = &doc["summary"];
+    assert_eq!(summary["create"], applied.len(), "{doc:#}");
+    assert_eq!(summary["under_way"], under_way.len(), "{doc:#}");
+    assert_eq!(summary["not_started"], not_started.len(), "{doc:#}");
+    assert_eq!(summary["failed"], 1, "{doc:#}");
+    for arn in &applied {
+        let i = arns.iter().position(|a| a == arn).unwrap();
+        assert!(
+            emu.get_policy(arn)
+                .is_some_and(|p| common::same_grant(&p, &want[i])),
+            "{arn} reported applied"
+        );
+    }
+    // Under way means sent (a held one among them); not started means never sent.
+    for arn in &under_way {
+        assert!(proxy.op_on(PUT, arn).seen > 0, "{arn}");
+    }
     assert!(
-        stderr.iter().any(|l| l.starts_with("0 failed; ")
-            && l.ends_with(" under way, which may or may not have been applied")
-            && !l.starts_with("0 failed; 0 under way")),
-        "{stderr:?}"
+        under_way
+            .iter()
+            .any(|arn| proxy.op_on(PUT, arn).forwarded == 0),
+        "{doc:#}"
     );
+    for arn in &not_started {
+        assert_eq!(proxy.op_on(PUT, arn).seen, 0, "{arn}");
+    }
+    // The log names them too, for a pipeline that reads text.
+    let log = stderr.join("\n");
+    for arn in applied.iter().chain(&failed).chain(&under_way) {
+        assert!(log.contains(&format!("  {arn}")), "{arn} not named: {log}");
+    }
+    assert!(log.contains("AccessDeniedException"), "{log}");
 }
 
 /// kinesis-mock answers ListStreams 100 streams at a time with HasMoreStreams and no
