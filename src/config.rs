@@ -13,7 +13,6 @@ use serde::Deserialize;
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct FileConfig {
     pub region: Option<String>,
-    #[serde(default, deserialize_with = "endpoint_given")]
     pub endpoint_url: Option<String>,
     pub concurrency: Option<std::num::NonZeroUsize>,
     pub rate_limit: Option<u32>,
@@ -98,6 +97,8 @@ impl FileConfig {
             path: path.to_path_buf(),
             source,
         })?;
+        // As manifests: an editor's byte-order mark is no part of the YAML.
+        let text = text.strip_prefix('\u{feff}').unwrap_or(&text);
         if text.trim().is_empty() {
             return Ok(Self::default());
         }
@@ -106,13 +107,13 @@ impl FileConfig {
             line,
             message,
         };
-        if let Some((line, name)) = crate::manifest::unicode_line_break(&text) {
+        if let Some((line, name)) = crate::manifest::unicode_line_break(text) {
             return Err(parse_error(
                 line,
                 crate::manifest::unicode_line_break_message(name),
             ));
         }
-        let cfg: FileConfig = serde_norway::from_str(&text).map_err(|e| {
+        let cfg: FileConfig = serde_norway::from_str(text).map_err(|e| {
             let mut message = e.to_string();
             // The line is told once, before the message.
             if let Some(at) = message.find(" at line ") {
@@ -120,7 +121,7 @@ impl FileConfig {
             }
             let line = e
                 .location()
-                .map_or(1, |l| crate::manifest::locate::line_at(&text, &l));
+                .map_or(1, |l| crate::manifest::locate::line_at(text, &l));
             // serde tells a key given twice at the start of its mapping (a nested one's path
             // before the message): the second below that is meant.
             let twice = message
@@ -131,9 +132,17 @@ impl FileConfig {
                     let (_, rest) = message.split_once(TWICE_PREFIX)?;
                     rest.split_once(' ').map(|(id, _)| id)
                 })
-                .and_then(|key| second_key_line(&text, key, line));
+                .and_then(|key| second_key_line(text, key, line));
             parse_error(twice.unwrap_or(line), message)
         })?;
+        if let Some((key, line)) = key_without_value(text) {
+            let default = if key == "endpointUrl" {
+                "give one, such as http://localhost:4567, or leave the key out to call AWS"
+            } else {
+                "give one, or leave the key out for its default"
+            };
+            return Err(parse_error(line, format!("{key} has no value: {default}")));
+        }
         for (account, a) in &cfg.accounts {
             if !crate::arn::is_account_id(account) {
                 return Err(ConfigError::Invalid(format!(
@@ -226,7 +235,12 @@ const TWICE_PREFIX: &str = "account ";
 /// The 1-based line where `key` (plain or quoted) is written as a key the second time, from
 /// line `from` on.
 fn second_key_line(text: &str, key: &str, from: usize) -> Option<usize> {
-    let is_key = |line: &str| {
+    key_lines(text, key, from).nth(1)
+}
+
+/// The 1-based lines where `key` (plain or quoted) is written as a key, from line `from` on.
+fn key_lines<'a>(text: &'a str, key: &'a str, from: usize) -> impl Iterator<Item = usize> + 'a {
+    let is_key = move |line: &str| {
         let line = line.trim_start();
         [key.to_string(), format!("\"{key}\""), format!("'{key}'")]
             .iter()
@@ -238,21 +252,46 @@ fn second_key_line(text: &str, key: &str, from: usize) -> Option<usize> {
     text.lines()
         .enumerate()
         .skip(from.saturating_sub(1))
-        .filter(|(_, l)| is_key(l))
-        .nth(1)
+        .filter(move |(_, l)| is_key(l))
         .map(|(i, _)| i + 1)
 }
 
-/// `endpointUrl:` with no value (what `envsubst` leaves of an unset variable) is not "no
-/// endpoint": read so, it would send an emulator's calls to AWS.
-fn endpoint_given<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    match Option::<String>::deserialize(d)? {
-        Some(url) => Ok(Some(url)),
-        None => Err(serde::de::Error::custom(
-            "endpointUrl has no value: give one, such as http://localhost:4567, or leave the key \
-             out to call AWS",
-        )),
+/// A key written with no value (`dryRun:`, what `envsubst` leaves of an unset variable), as
+/// `key` or `git.key`, and its line. serde reads it as the key left out: a dry run would
+/// turn into writes, an emulator's calls would go to AWS.
+fn key_without_value(text: &str) -> Option<(String, usize)> {
+    // Only once the typed parse has passed: this one cannot fail on what that one accepted.
+    let doc: serde_norway::Value = serde_norway::from_str(text).ok()?;
+    let mut at = 0;
+    let mut find = |key: &str, from: usize| {
+        at = key_line(text, key, from).unwrap_or(from);
+        at
+    };
+    for (key, value) in doc.as_mapping()? {
+        let key = key.as_str()?;
+        let line = find(key, 0);
+        if value.is_null() {
+            return Some((key.to_string(), line.max(1)));
+        }
+        for (inner, v) in value
+            .as_mapping()
+            .filter(|_| key == "git")
+            .into_iter()
+            .flatten()
+        {
+            if v.is_null() {
+                let inner = inner.as_str()?;
+                return Some((format!("{key}.{inner}"), find(inner, line).max(1)));
+            }
+        }
     }
+    None
+}
+
+/// The 1-based line where `key` (plain or quoted) is first written as a key, from line
+/// `from` on.
+fn key_line(text: &str, key: &str, from: usize) -> Option<usize> {
+    key_lines(text, key, from).next()
 }
 
 /// Durations as humans write them: `30s`, `5m`, `1h 30m`.
@@ -314,6 +353,19 @@ mod tests {
                 "region: a # note\u{2028}endpointUrl: x\n",
                 "kpr.yaml:1: holds U+2028",
             ),
+            // What envsubst leaves of unset variables: not the keys left out.
+            ("region: a\ndryRun:\n", "kpr.yaml:2: dryRun has no value"),
+            ("maxRetryTime: ~\n", "kpr.yaml:1: maxRetryTime has no value"),
+            (
+                "git:\n  url: x\n  branch:\nregion: a\n",
+                "kpr.yaml:3: git.branch has no value",
+            ),
+            ("prune: true\ngit:\n", "kpr.yaml:2: git has no value"),
+            ("accounts:\n", "kpr.yaml:1: accounts has no value"),
+            (
+                "\"endpointUrl\":\n",
+                "kpr.yaml:1: endpointUrl has no value: give one, such",
+            ),
         ];
         for (text, want) in cases {
             let got = load(text).unwrap_err();
@@ -321,6 +373,14 @@ mod tests {
             assert!(got.starts_with(want), "{text:?}: {got}");
             assert!(!got.contains(" at line "), "{got}");
         }
+    }
+
+    /// Saved by an editor that writes a byte-order mark, as manifests may be.
+    #[test]
+    fn a_byte_order_mark_is_no_part_of_the_yaml() {
+        let cfg = load("\u{feff}region: eu-west-1\ndryRun: true\n").unwrap();
+        assert_eq!(cfg.region.as_deref(), Some("eu-west-1"));
+        assert_eq!(cfg.dry_run, Some(true));
     }
 
     #[test]
