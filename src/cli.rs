@@ -87,7 +87,7 @@ pub struct GlobalArgs {
     pub max_attempts: Option<std::num::NonZeroU32>,
     /// No retry is scheduled after this long since a call's first attempt was sent (time
     /// queued behind --rate-limit before it does not count) [default: 2m].
-    #[arg(long, global = true, env = "KPR_MAX_RETRY_TIME", value_parser = humantime::parse_duration)]
+    #[arg(long, global = true, env = "KPR_MAX_RETRY_TIME", value_parser = crate::config::parse_duration)]
     pub max_retry_time: Option<Duration>,
     /// Largest policy, in bytes of JSON, that validation accepts [default: 20480].
     #[arg(long, global = true, env = "KPR_MAX_POLICY_SIZE")]

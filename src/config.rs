@@ -294,15 +294,49 @@ fn key_line(text: &str, key: &str, from: usize) -> Option<usize> {
     key_lines(text, key, from).next()
 }
 
-/// Durations as humans write them: `30s`, `5m`, `1h 30m`.
+/// The longest duration any setting takes: a year, as humantime counts one (365.25 days).
+/// Past it timers overflow (`Instant` plus 500000000000y panics), and no schedule, delay or
+/// timeout of kpr needs more.
+pub const MAX_DURATION: Duration = Duration::from_secs(31_557_600);
+
+/// A duration as humans write it (`30s`, `5m`, `1h 30m`), a year at most: the parser of every
+/// duration flag, variable and config key.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let d = humantime::parse_duration(s).map_err(|e| e.to_string())?;
+    if d > MAX_DURATION {
+        return Err(format!(
+            "{s} is longer than any setting takes ({} at most)",
+            humantime::format_duration(MAX_DURATION)
+        ));
+    }
+    Ok(d)
+}
+
 mod opt_duration {
     use serde::{Deserialize, Deserializer};
     use std::time::Duration;
 
+    /// Parsed inside the YAML deserializer, so that an error names the key and its line.
+    struct Human(Duration);
+
+    impl<'de> Deserialize<'de> for Human {
+        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+            struct V;
+            impl serde::de::Visitor<'_> for V {
+                type Value = Human;
+                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                    f.write_str("a duration such as 30s, 5m or 1h 30m")
+                }
+                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Human, E> {
+                    super::parse_duration(s).map(Human).map_err(E::custom)
+                }
+            }
+            d.deserialize_str(V)
+        }
+    }
+
     pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        let s: Option<String> = Option::deserialize(d)?;
-        s.map(|s| humantime::parse_duration(&s).map_err(serde::de::Error::custom))
-            .transpose()
+        Ok(Option::<Human>::deserialize(d)?.map(|h| h.0))
     }
 }
 
@@ -362,6 +396,14 @@ mod tests {
             ),
             ("prune: true\ngit:\n", "kpr.yaml:2: git has no value"),
             ("accounts:\n", "kpr.yaml:1: accounts has no value"),
+            (
+                "region: a\nmaxRetryTime: 90\n",
+                "kpr.yaml:2: maxRetryTime: time unit needed",
+            ),
+            (
+                "region: a\n\nshutdownTimeout: 500000000000y\n",
+                "kpr.yaml:3: shutdownTimeout: 500000000000y is longer than any setting takes",
+            ),
             (
                 "\"endpointUrl\":\n",
                 "kpr.yaml:1: endpointUrl has no value: give one, such",

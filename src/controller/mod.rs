@@ -62,10 +62,10 @@ pub struct ServeArgs {
     #[arg(long, env = "KPR_SCHEDULE", value_name = "CRON")]
     pub schedule: Option<String>,
     /// Full drift scan every DURATION (e.g. 5m) [default: 10m when no --schedule].
-    #[arg(long, env = "KPR_INTERVAL", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KPR_INTERVAL", value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub interval: Option<Duration>,
     /// Wait a random delay up to DURATION before each scheduled run [default: 0s].
-    #[arg(long, env = "KPR_JITTER", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KPR_JITTER", value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub jitter: Option<Duration>,
     /// Address of the HTTP endpoints (webhook, health, metrics, status) [default: 0.0.0.0:8080].
     #[arg(long, env = "KPR_LISTEN", value_name = "ADDR")]
@@ -85,15 +85,15 @@ pub struct ServeArgs {
     /// After a failure, try again this long after: a run that failed as a whole (fetch,
     /// invalid manifests, a refused prune) and each failed resource, doubling on each further
     /// failure up to 30m, whatever the schedule [default: 30s].
-    #[arg(long, env = "KPR_RETRY_DELAY", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KPR_RETRY_DELAY", value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub retry_delay: Option<Duration>,
     /// A branch head kpr refuses (behind what was applied with no webhook naming it, or the
     /// head a reset replaced) is applied once it has stayed the head this long [default: 2m].
-    #[arg(long, env = "KPR_RESET_SETTLE", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KPR_RESET_SETTLE", value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub reset_settle: Option<Duration>,
     /// On SIGTERM/SIGINT, wait this long for a running reconcile before cancelling it
     /// [default: 30s].
-    #[arg(long, env = "KPR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = humantime::parse_duration)]
+    #[arg(long, env = "KPR_SHUTDOWN_TIMEOUT", value_name = "DURATION", value_parser = crate::config::parse_duration)]
     pub shutdown_timeout: Option<Duration>,
     /// Which of the one-choice settings (`dir`/`git_url`, `schedule`/`interval`) came from a
     /// `KPR_*` variable rather than a flag (see [`crate::cli::Cli::parse_args`]).
