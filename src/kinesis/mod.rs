@@ -333,6 +333,75 @@ pub(crate) fn credentials_cause(e: &CredentialsError) -> String {
     std::error::Error::source(e).map_or_else(|| e.to_string(), error_chain)
 }
 
+/// The SDK's profile provider tells why it could not be built to its first caller only;
+/// every later load gets "profile file credentials provider initialization error already
+/// taken", and a run's second account, or a service's every later run, would lose the cause
+/// (``profile `nosuch` was not defined``). This keeps the last real failure and tells it
+/// again in place of that placeholder. Loads go one at a time: two scopes loading at once,
+/// the second would get the placeholder before the first had its cause.
+#[derive(Debug)]
+struct TellsAgain {
+    inner: SharedCredentialsProvider,
+    /// The last failure that was not the placeholder: its kind and its message.
+    last: Mutex<Option<(CredentialsErrorKind, String)>>,
+    one_at_a_time: tokio::sync::Mutex<()>,
+}
+
+/// Makes a [`CredentialsError`] of one kind from a message.
+type CredentialsErrorKind = fn(String) -> CredentialsError;
+
+impl TellsAgain {
+    const PLACEHOLDER: &'static str = "initialization error already taken";
+
+    fn new(inner: SharedCredentialsProvider) -> Self {
+        Self {
+            inner,
+            last: Mutex::new(None),
+            one_at_a_time: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    fn told_again(&self, e: CredentialsError) -> CredentialsError {
+        let placeholder = causes(&e).any(|c| c.to_string().contains(Self::PLACEHOLDER));
+        let mut last = self.last.lock().expect("credentials failure");
+        if !placeholder {
+            let kind: CredentialsErrorKind = match &e {
+                CredentialsError::CredentialsNotLoaded(_) => CredentialsError::not_loaded,
+                CredentialsError::InvalidConfiguration(_) => {
+                    CredentialsError::invalid_configuration
+                }
+                CredentialsError::ProviderTimedOut(_) | CredentialsError::ProviderError(_) => {
+                    CredentialsError::provider_error
+                }
+                _ => CredentialsError::unhandled,
+            };
+            *last = Some((kind, credentials_cause(&e)));
+            return e;
+        }
+        match last.as_ref() {
+            Some((kind, message)) => kind(message.clone()),
+            None => e,
+        }
+    }
+}
+
+impl ProvideCredentials for TellsAgain {
+    fn provide_credentials<'a>(
+        &'a self,
+    ) -> aws_credential_types::provider::future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        aws_credential_types::provider::future::ProvideCredentials::new(async move {
+            let _turn = self.one_at_a_time.lock().await;
+            self.inner
+                .provide_credentials()
+                .await
+                .map_err(|e| self.told_again(e))
+        })
+    }
+}
+
 /// The credentials provider's failure among `err`'s causes, if that is what it is.
 fn credentials_error_in<'a>(
     err: &'a (dyn std::error::Error + 'static),
@@ -832,6 +901,14 @@ impl AwsKinesis {
     /// HTTP client should be `transport`: the direct path sends through it.
     pub(crate) fn with_config(base: SdkConfig, opts: ClientOptions, transport: Transport) -> Self {
         let reader = DirectReader::new(transport, opts.attempt_timeout());
+        // Every scope's client, and the AssumeRole providers' source, share this provider.
+        let base = match base.credentials_provider() {
+            Some(p) => base
+                .to_builder()
+                .credentials_provider(SharedCredentialsProvider::new(TellsAgain::new(p)))
+                .build(),
+            None => base,
+        };
         Self {
             base,
             opts,

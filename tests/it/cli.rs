@@ -855,6 +855,51 @@ fn without_keys_in_the_environment_the_default_credential_chain_runs() {
     assert_eq!(emu.get_policy(&arn), None, "a plan wrote a policy");
 }
 
+/// The SDK's profile provider tells why it failed to its first caller only, and "initialization
+/// error already taken" to the rest: a run's second account (a second set of clients) lost
+/// the cause. Every resource must carry it. No call is made: the endpoint is never reached.
+#[test]
+fn a_missing_profile_is_named_for_every_account() {
+    let files = Manifests::new(&[("config", "[profile other]\nregion = us-east-1\n")]);
+    let manifests: Vec<(String, String)> = ["111122223333", "444455556666", "777788889999"]
+        .iter()
+        .map(|account| {
+            let arn = format!("arn:aws:kinesis:us-east-1:{account}:stream/s");
+            (
+                format!("{account}.yaml"),
+                manifest(&arn, &read_policy(&arn, "arn:aws:iam::111122223333:role/r")),
+            )
+        })
+        .collect();
+    let dir = Manifests::new(
+        &manifests
+            .iter()
+            .map(|(f, t)| (f.as_str(), t.as_str()))
+            .collect::<Vec<_>>(),
+    );
+    let mut c = common::kpr_cmd("http://127.0.0.1:9");
+    c.env_remove("AWS_ACCESS_KEY_ID")
+        .env_remove("AWS_SECRET_ACCESS_KEY")
+        .env_remove("AWS_SESSION_TOKEN")
+        .env("AWS_CONFIG_FILE", files.path().join("config"))
+        .env("AWS_SHARED_CREDENTIALS_FILE", files.path().join("absent"))
+        .env("AWS_PROFILE", "nosuch")
+        .env("AWS_EC2_METADATA_DISABLED", "true")
+        .args(["plan", "--dir", &dir.arg(), "--output", "json"]);
+    let run = common::output(c.output().expect("run kpr"));
+    assert_eq!(run.code, 1, "{run:?}");
+    let failures = run.json()["failures"].as_array().unwrap().clone();
+    assert_eq!(failures.len(), 3, "{run:?}");
+    for f in &failures {
+        let message = f["message"].as_str().unwrap();
+        assert!(
+            message.contains("profile `nosuch` was not defined"),
+            "{}: {message}",
+            f["arn"]
+        );
+    }
+}
+
 #[test]
 fn invalid_manifest_means_zero_writes() {
     let emu = common::kinesis_mock();
