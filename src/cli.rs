@@ -368,6 +368,20 @@ impl Engine {
                         .into(),
                 );
             }
+            // Nor a user name or password: requests are signed with the AWS credentials, and
+            // the SDK's debug log prints the endpoint whole.
+            Some(url)
+                if url.split_once("://").is_some_and(|(_, rest)| {
+                    rest.split('/').next().is_some_and(|a| a.contains('@'))
+                }) =>
+            {
+                return problem(
+                    "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has a \
+                     user name or password: Kinesis takes none (calls are signed with the AWS \
+                     credentials), and the AWS SDK would write it in its log"
+                        .into(),
+                );
+            }
             // The SDK panics on an empty one; and empty is no choice between AWS and an
             // emulator (a CI variable never set, say), so it is not taken for "AWS".
             Some(url) if url.trim().is_empty() => {

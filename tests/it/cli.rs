@@ -440,6 +440,13 @@ fn usage_errors_exit_1_not_the_changes_code() {
             "plan",
             "usage",
         ),
+        // Nor a user name and password: the SDK's debug log prints the endpoint.
+        (
+            with_dir(&["plan", "--output", "json"]),
+            ("KPR_ENDPOINT_URL", "http://u:USERSECRET@127.0.0.1:9/"),
+            "plan",
+            "usage",
+        ),
         // An empty endpoint, ours or the SDK's: the SDK panicked on it (exit 101), and an
         // empty one is no choice between AWS and an emulator.
         (
