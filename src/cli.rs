@@ -1286,6 +1286,9 @@ pub fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
             .with_current_span(true)
             .init();
     } else {
-        builder.with_ansi(std::io::stderr().is_terminal()).init();
+        // As the plan's colours: on a terminal, unless NO_COLOR.
+        builder
+            .with_ansi(Style::detect(std::io::stderr().is_terminal()).color)
+            .init();
     }
 }
