@@ -598,7 +598,18 @@ fn log_filter(level: &str) -> Result<tracing_subscriber::EnvFilter, String> {
     // info leaves it out; debug, trace or a filter of the user's own keeps everything.
     let filter = match level {
         "error" | "warn" | "info" => format!("{level},aws_config::meta::credentials::chain=error"),
-        other => other.to_string(),
+        // `kpr=debug` names the program: its events' target is the crate's name, and a filter
+        // for a target nothing logs under would silence everything.
+        other => other
+            .split(',')
+            .map(|d| match d.trim().strip_prefix("kpr") {
+                Some(rest) if rest.starts_with(['=', ':', '[']) => {
+                    format!("kinesis_policy_reconciler{rest}")
+                }
+                _ => d.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join(","),
     };
     tracing_subscriber::EnvFilter::try_new(filter).or_else(|e| problem(e.to_string()))
 }

@@ -604,6 +604,15 @@ fn usage_errors_exit_1_not_the_changes_code() {
         );
         assert_eq!(good.code, 0, "{level}: {good:?}");
     }
+    // `kpr=` names the program: its events, not a target nothing logs under (all silence).
+    let named = run(
+        &["plan", "--dir", "policies", "--max-attempts", "2"],
+        &[("KPR_LOG_LEVEL", "kpr=debug")],
+    );
+    assert!(
+        named.stderr.contains("DEBUG kinesis_policy_reconciler"),
+        "{named:?}"
+    );
 
     let help = run(&["plan", "--help"], &[]);
     assert_eq!(help.code, 0, "{help:?}");
