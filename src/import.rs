@@ -664,12 +664,12 @@ fn yaml_scalar(s: &str) -> String {
     }
     let quoted = serde_json::to_string(s).expect("a string serialises");
     // JSON leaves these raw; YAML reads NEL and the Unicode line and paragraph separators as
-    // line breaks (folded to a space inside quotes) and refuses DEL and the C1 controls.
+    // line breaks (folded to a space inside quotes) and refuses DEL and the C1 controls. The
+    // bidi and zero-width characters would make the file read otherwise in the pull request
+    // that commits it (`role/\u202Enimda` shown as `role/admin`).
     let raw_in_yaml = |c: char| {
-        matches!(
-            c,
-            '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}' | '\u{feff}' | '\u{fffe}' | '\u{ffff}'
-        )
+        matches!(c, '\u{7f}'..='\u{9f}' | '\u{fffe}' | '\u{ffff}')
+            || crate::manifest::reads_otherwise(c)
     };
     if !quoted.contains(raw_in_yaml) {
         return quoted;
@@ -711,7 +711,7 @@ mod tests {
                     "DateGreaterThan": {"aws:CurrentTime": "2019-07-16T12:00:00Z"},
                     "Bool": {"aws:SecureTransport": "true"},
                     "StringEquals": {"x": ["yes", "", "a: b", "#c", "-1", ".5", "1:20", "A:",
-                        "a\u{85}b\u{2028}c\u{7f}d"]},
+                        "a\u{85}b\u{2028}c\u{7f}d", "role/\u{202e}nimda\u{200b}"]},
                     "NumericLessThan": {"n": 10, "f": 1.5, "z": null, "e": {}, "l": [], "x": 1e16}
                 }
             }]
@@ -727,6 +727,7 @@ mod tests {
             "- \"yes\"",
             "x: 1.0e+16",
             "- \"a\\u0085b\\u2028c\\u007Fd\"",
+            "- \"role/\\u202Enimda\\u200B\"",
         ] {
             assert!(text.contains(quoted), "{quoted} in\n{text}");
         }

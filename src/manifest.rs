@@ -206,18 +206,22 @@ impl fmt::Display for Diagnostic {
     }
 }
 
+/// An invisible character that reorders or hides the text around it (bidi controls,
+/// zero-width characters, the line and paragraph separators): written raw, text reads
+/// otherwise than it is.
+pub fn reads_otherwise(c: char) -> bool {
+    matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
+        | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
+        | '\u{FFF9}'..='\u{FFFB}')
+}
+
 /// `text` as it may be printed: control characters (C0 and C1: line breaks, escapes) and the
 /// invisible ones that reorder or hide text (bidi overrides, zero-width characters) escaped as
 /// Rust writes them (`\n`, `\u{200b}`), so that text from a file, its name or a policy can
 /// neither forge or overwrite output lines on a terminal nor read otherwise in a CI log's web
 /// view.
 pub fn one_line(text: &str) -> std::borrow::Cow<'_, str> {
-    let hidden = |c: char| {
-        c.is_control()
-            || matches!(c, '\u{061C}' | '\u{180E}' | '\u{200B}'..='\u{200F}'
-                | '\u{2028}'..='\u{202E}' | '\u{2060}'..='\u{2069}' | '\u{FEFF}'
-                | '\u{FFF9}'..='\u{FFFB}')
-    };
+    let hidden = |c: char| c.is_control() || reads_otherwise(c);
     if !text.contains(hidden) {
         return std::borrow::Cow::Borrowed(text);
     }
