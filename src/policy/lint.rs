@@ -121,13 +121,16 @@ impl Findings {
 fn principal_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str, ctx: &LintContext) {
     let named = |p: Option<&Principal>| p.is_some_and(|p| !p.is_empty());
     if !named(s.principal()) && !named(s.not_principal()) {
-        let what = if s.principal().is_some() {
-            "an empty Principal"
-        } else {
-            "no Principal"
+        let (key, what) = match (s.principal(), s.not_principal()) {
+            (_, Some(_)) => (
+                "NotPrincipal",
+                "an empty NotPrincipal, which excepts no one (in an Allow, everyone)",
+            ),
+            (Some(_), None) => ("Principal", "an empty Principal"),
+            (None, None) => ("Principal", "no Principal"),
         };
         out.error(
-            &format!("{path}.Principal"),
+            &format!("{path}.{key}"),
             format!("the statement has {what}; a resource policy must name who it applies to{sid}"),
         );
         return;
@@ -1217,6 +1220,17 @@ mod tests {
             json!({"Principal": null, "Effect": "Deny", "NotPrincipal": {"AWS": "444455556666"}}),
         );
         assert_eq!(run(&d, &ctx(STREAM)), []);
+        // Told as what it is, at its own key: not a missing Principal.
+        let f = run(
+            &policy(json!({"Principal": null, "NotPrincipal": {}})),
+            &ctx(STREAM),
+        );
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].NotPrincipal",
+            "an empty NotPrincipal, which excepts no one (in an Allow, everyone)",
+        );
     }
 
     #[test]
