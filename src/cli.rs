@@ -1081,15 +1081,28 @@ async fn run_import(
         crate::errln!("warning: {w}");
     }
     for p in &report.skipped_existing {
-        crate::errln!("skipped: {} exists (never overwritten)", p.display());
+        if report.differs_from_live.contains(p) {
+            crate::errln!(
+                "skipped: {} exists (never overwritten), and declares a policy other than the \
+                 live one: `kpr plan` shows the difference, and `kpr apply` would put the \
+                 file's back",
+                p.display()
+            );
+        } else {
+            crate::errln!("skipped: {} exists (never overwritten)", p.display());
+        }
     }
     for e in &report.errors {
         crate::errln!("error: {e}");
     }
     let plural = |n: usize, one: &'static str, many: &'static str| if n == 1 { one } else { many };
     let (written, bare) = (report.written.len(), report.without_policy);
+    let review = match report.for_review {
+        0 => String::new(),
+        n => format!("{n} of them refused by kpr, written for review; "),
+    };
     outln!(
-        "Imported {written} {} into {} ({bare} {} no policy).",
+        "Imported {written} {} into {} ({review}{bare} {} no policy).",
         plural(written, "policy", "policies"),
         out.display(),
         plural(bare, "resource has", "resources have")

@@ -38,6 +38,11 @@ pub struct ImportReport {
     pub without_policy: usize,
     /// Files that already existed and were left untouched.
     pub skipped_existing: Vec<PathBuf>,
+    /// Of those, the ones that declare the resource with a policy other than the live one:
+    /// the next apply puts the file's back.
+    pub differs_from_live: Vec<PathBuf>,
+    /// Of `written`, the policies kpr refuses, written for review (each also an error).
+    pub for_review: usize,
     /// Lint findings of imported policies (e.g. a Resource that does not match): the manifest
     /// is written anyway, as it is the truth of today, and `kpr validate` will flag it.
     pub warnings: Vec<String>,
@@ -126,7 +131,7 @@ pub async fn import<K: Kinesis>(
             Ok(Some(raw)) => {
                 let id = arn.identity();
                 match declared.get(&id) {
-                    Some(file) => keep_existing(&arn, file.clone(), opts, &mut report),
+                    Some(file) => keep_existing(&arn, &raw, file.clone(), opts, &mut report),
                     None => {
                         let path = opts.out.join(names.next(&id));
                         write_manifest(&arn, &path, &raw, opts, &mut report);
@@ -238,6 +243,7 @@ fn declares(bytes: Option<&[u8]>, arn: &ResourceArn) -> Declared {
 /// `live`: the resource as listed (a consumer with its registration's epoch).
 fn keep_existing(
     live: &ResourceArn,
+    raw: &str,
     path: PathBuf,
     opts: &ImportOptions,
     report: &mut ImportReport,
@@ -274,6 +280,8 @@ fn keep_existing(
                             path.display(),
                             one_line(&message)
                         ));
+                    } else if differs_from_live(&state, live, raw) {
+                        report.differs_from_live.push(path.clone());
                     }
                 }
             }
@@ -304,6 +312,20 @@ fn keep_existing(
         )),
     }
     report.skipped_existing.push(path);
+}
+
+/// Whether `state` declares `live` with a policy that is not equivalent to `raw`, the live one.
+fn differs_from_live(state: &crate::manifest::DesiredState, live: &ResourceArn, raw: &str) -> bool {
+    let declared = state.resources.iter().find_map(|r| match &r.intent {
+        crate::manifest::Intent::Present { document, .. } if r.arn.same_resource(live) => {
+            Some(document)
+        }
+        _ => None,
+    });
+    declared.is_some_and(|d| {
+        PolicyDocument::from_json_str(raw)
+            .map_or(true, |l| !l.equivalent_in(d, &live.scope.partition))
+    })
 }
 
 /// A Resource of `doc` that names one registration (`<consumer>:<digits>`) of `consumer`.
@@ -354,8 +376,10 @@ fn write_manifest(
 ) {
     let arn = &live.identity();
     let path = path.to_path_buf();
+    // An error said of the file written makes it one for review.
+    let errors_before = report.errors.len();
     if std::fs::symlink_metadata(&path).is_ok() {
-        keep_existing(live, path, opts, report);
+        keep_existing(live, raw, path, opts, report);
         return;
     }
     let arn_text = arn.to_string();
@@ -516,10 +540,13 @@ fn write_manifest(
         });
     }
     match written {
-        Ok(()) => report.written.push(path),
+        Ok(()) => {
+            report.for_review += usize::from(report.errors.len() > errors_before);
+            report.written.push(path);
+        }
         // Appeared since the check above: judged as any file already there.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            keep_existing(live, path, opts, report)
+            keep_existing(live, raw, path, opts, report)
         }
         Err(e) => report.errors.push(format!(
             "{arn}: writing {}: {e}; {arn} has no manifest, and a later `apply --prune` would \
@@ -842,6 +869,7 @@ mod tests {
             let mut report = ImportReport::default();
             write_manifest(&arn, &path, raw, &opts, &mut report);
             assert_eq!(report.written, std::slice::from_ref(&path));
+            assert_eq!(report.for_review, 1);
             assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
             assert!(
                 report.errors[0].contains(why) && report.errors[0].contains("for review"),
@@ -1086,13 +1114,19 @@ mod tests {
         let declared = format!("arn: {pinned}\npolicy: {}\n", pinned_to("1700000001"));
         std::fs::write(&mine, declared).unwrap();
         let mut report = ImportReport::default();
-        keep_existing(&live, mine, &opts, &mut report);
+        keep_existing(&live, "{}", mine, &opts, &mut report);
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         let gone = format!("declares {pinned}, a registration that is gone");
         assert!(report.errors[0].contains(&gone), "{:?}", report.errors);
         // The file an earlier run wrote for review, run again: still an error, as plan fails.
         let mut report = ImportReport::default();
-        keep_existing(&live, dir.path().join("gone.yaml"), &opts, &mut report);
+        keep_existing(
+            &live,
+            "{}",
+            dir.path().join("gone.yaml"),
+            &opts,
+            &mut report,
+        );
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         assert!(
             report.errors[0].contains("a registration of the consumer that is gone"),

@@ -94,8 +94,10 @@ fn import_then_plan_is_in_sync() {
     );
     assert!(plan.stdout.contains("3 unchanged"), "{plan:?}");
 
-    // Importing again never overwrites. The region this time is the AWS profile's, as the
-    // AWS CLI would take it.
+    // Importing again never overwrites, and says of a file that live has moved away from
+    // (a hand edit since) that apply would put the file's back. The region this time is the
+    // AWS profile's, as the AWS CLI would take it.
+    emu.put_policy_raw(&a, &read_policy(&a, "777788889999").to_string());
     let config = out.path().join("aws-config");
     std::fs::write(&config, format!("[default]\nregion = {}\n", common::REGION)).unwrap();
     let again = output(
@@ -112,6 +114,16 @@ fn import_then_plan_is_in_sync() {
     assert_eq!(
         again.stderr.matches("never overwritten").count(),
         3,
+        "{again:?}"
+    );
+    let a_name = a.rsplit('/').next().unwrap();
+    let differs: Vec<&str> = again
+        .stderr
+        .lines()
+        .filter(|l| l.contains("a policy other than the live one"))
+        .collect();
+    assert!(
+        differs.len() == 1 && differs[0].contains(&format!("{a_name}.yaml")),
         "{again:?}"
     );
     // A region not spelled as one would go into every ARN import lists: refused first.
