@@ -30,11 +30,13 @@ pub struct FileConfig {
     pub dir: Option<PathBuf>,
     pub git: Option<GitConfig>,
     pub workdir: Option<PathBuf>,
+    #[serde(default, deserialize_with = "cron_schedule")]
     pub schedule: Option<String>,
     #[serde(default, with = "opt_duration")]
     pub interval: Option<Duration>,
     #[serde(default, with = "opt_duration")]
     pub jitter: Option<Duration>,
+    #[serde(default, deserialize_with = "listen_address")]
     pub listen: Option<String>,
     pub webhook_secret_file: Option<PathBuf>,
     /// Largest webhook body accepted, in bytes.
@@ -144,30 +146,38 @@ impl FileConfig {
             return Err(parse_error(line, format!("{key} has no value: {default}")));
         }
         for (account, a) in &cfg.accounts {
+            // Where the account and its role are written, for the errors below.
+            let accounts = key_line(text, "accounts", 1).unwrap_or(1);
+            let id_line = key_line(text, account, accounts).unwrap_or(accounts);
+            let role_line = key_line(text, "roleArn", id_line).unwrap_or(id_line);
             if !crate::arn::is_account_id(account) {
-                return Err(ConfigError::Invalid(format!(
-                    "{}: accounts: {account:?} is not a 12-digit account id",
-                    path.display()
-                )));
+                return Err(parse_error(
+                    id_line,
+                    format!("accounts: {account:?} is not a 12-digit account id"),
+                ));
             }
             // Only an identity of the owning account may manage a resource's policy: a role
             // of any other account would fail every call, as "does not exist" or denied.
             match role_account(&a.role_arn) {
                 None => {
-                    return Err(ConfigError::Invalid(format!(
-                        "{}: accounts.{account}.roleArn {:?} is not an IAM role ARN \
-                         (arn:PARTITION:iam::ACCOUNT:role/NAME)",
-                        path.display(),
-                        a.role_arn
-                    )));
+                    return Err(parse_error(
+                        role_line,
+                        format!(
+                            "accounts.{account}.roleArn {:?} is not an IAM role ARN \
+                             (arn:PARTITION:iam::ACCOUNT:role/NAME)",
+                            a.role_arn
+                        ),
+                    ));
                 }
                 Some(owner) if owner != account => {
-                    return Err(ConfigError::Invalid(format!(
-                        "{}: accounts.{account}.roleArn {:?} is a role of account {owner}: only \
-                         an identity of account {account} can manage its streams' policies",
-                        path.display(),
-                        a.role_arn
-                    )));
+                    return Err(parse_error(
+                        role_line,
+                        format!(
+                            "accounts.{account}.roleArn {:?} is a role of account {owner}: only \
+                             an identity of account {account} can manage its streams' policies",
+                            a.role_arn
+                        ),
+                    ));
                 }
                 Some(_) => {}
             }
@@ -294,6 +304,49 @@ fn key_line(text: &str, key: &str, from: usize) -> Option<usize> {
     key_lines(text, key, from).next()
 }
 
+/// A string setting checked as it is read, inside the YAML deserializer, so that an error
+/// names the key and its line (checked later, it could name neither).
+fn checked<'de, D: serde::Deserializer<'de>>(
+    d: D,
+    check: fn(&str) -> Result<(), String>,
+) -> Result<Option<String>, D::Error> {
+    struct Value(fn(&str) -> Result<(), String>);
+    impl serde::de::Visitor<'_> for Value {
+        type Value = String;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<String, E> {
+            (self.0)(s).map(|()| s.to_string()).map_err(E::custom)
+        }
+    }
+    struct Optional(fn(&str) -> Result<(), String>);
+    impl<'de> serde::de::Visitor<'de> for Optional {
+        type Value = Option<String>;
+        fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+            f.write_str("a string")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: serde::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(Value(self.0)).map(Some)
+        }
+    }
+    d.deserialize_option(Optional(check))
+}
+
+fn cron_schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, |s| crate::controller::Schedule::parse_cron(s).map(drop))
+}
+
+fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
+    checked(d, |s| crate::controller::parse_listen(s).map(drop))
+}
+
 /// The longest duration any setting takes: a year, as humantime counts one (365.25 days).
 /// Past it timers overflow (`Instant` plus 500000000000y panics), and no schedule, delay or
 /// timeout of kpr needs more.
@@ -401,6 +454,14 @@ mod tests {
                 "kpr.yaml:2: maxRetryTime: time unit needed",
             ),
             (
+                "region: a\nschedule: not a cron\n",
+                "kpr.yaml:2: schedule: cron expression \"not a cron\" has 3 fields",
+            ),
+            (
+                "region: a\nlisten: nowhere\n",
+                "kpr.yaml:2: listen: listen address \"nowhere\" is not HOST:PORT",
+            ),
+            (
                 "region: a\n\nshutdownTimeout: 500000000000y\n",
                 "kpr.yaml:3: shutdownTimeout: 500000000000y is longer than any setting takes",
             ),
@@ -441,8 +502,14 @@ mod tests {
         }
         let other = role("arn:aws:iam::999999999999:role/kpr").unwrap_err();
         assert!(
-            other.contains("is a role of account 999999999999"),
+            other.contains("kpr.yaml:3: accounts.222233334444.roleArn")
+                && other.contains("is a role of account 999999999999"),
             "{other}"
+        );
+        let id = load("region: a\naccounts:\n  \"2222\":\n    roleArn: x\n").unwrap_err();
+        assert!(
+            id.contains("kpr.yaml:3: accounts: \"2222\" is not a 12-digit"),
+            "{id}"
         );
         for bad in [
             "arn:role/",

@@ -286,7 +286,7 @@ fn resolve_secret(
     }
 }
 
-fn parse_listen(s: &str) -> Result<SocketAddr, String> {
+pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     // ":8080" is the Go-style shorthand many deployment templates use.
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
@@ -665,6 +665,12 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
                     .join(", ")
             )
         }
+    ));
+    lines.push(format!(
+        "calls: up to {} attempt(s) each, retried for at most {}; policies up to {} bytes",
+        engine.retry.max_attempts,
+        humantime::format_duration(engine.retry.max_elapsed),
+        engine.load.max_policy_size
     ));
     lines.push(format!("listen: {}", settings.listen));
     lines.push(format!(

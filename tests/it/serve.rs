@@ -3938,7 +3938,7 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     let good = config(
         "good.yaml",
         &format!(
-            "dir: {}\nschedule: \"*/5 * * * *\"\njitter: 30s\nlisten: 127.0.0.1:9999\nwebhookSecretFile: {}\nprune: true\nmaxDeletes: 5\nshutdownTimeout: 10s\n",
+            "dir: {}\nschedule: \"*/5 * * * *\"\njitter: 30s\nlisten: 127.0.0.1:9999\nwebhookSecretFile: {}\nprune: true\nmaxDeletes: 5\nshutdownTimeout: 10s\nmaxAttempts: 3\nmaxRetryTime: 45s\n",
             dir.arg(),
             secret.display()
         ),
@@ -3952,6 +3952,11 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     // Where the calls go, and nothing about git for a directory.
     let endpoint = format!("AWS: endpoint {}, region ", emu.url);
     assert!(run.stdout.contains(&endpoint), "{run:?}");
+    assert!(
+        run.stdout
+            .contains("calls: up to 3 attempt(s) each, retried for at most 45s"),
+        "{run:?}"
+    );
     assert!(!run.stdout.contains("branch head"), "{run:?}");
     // Warnings do not fail the check, but it shows them.
     let locked = emu.stream_arn("check-config-locked");
