@@ -1218,7 +1218,18 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
     match cmd {
         PolicyCommand::Fmt { file } => match load_policy(&file, opts) {
             Ok((Some(doc), partition)) => {
-                out!("{}", doc.to_canonical_string_in(partition.as_deref()));
+                let text = doc.to_canonical_string_in(partition.as_deref());
+                // They can only be in strings, where JSON's \u escape reads the same: raw, on a
+                // terminal, they would make the policy read otherwise than it is.
+                let mut shown = String::with_capacity(text.len());
+                for c in text.chars() {
+                    if manifest::reads_otherwise(c) {
+                        shown.push_str(&format!("\\u{:04x}", c as u32));
+                    } else {
+                        shown.push(c);
+                    }
+                }
+                out!("{shown}");
                 EXIT_OK
             }
             Ok((None, _)) => {

@@ -1519,6 +1519,22 @@ fn policy_diff_and_fmt() {
     );
     let fmt_bom = run(&["policy", "fmt", &bom.to_string_lossy()]);
     assert_eq!(fmt_bom.stdout, fmt_a.stdout, "{fmt_bom:?}");
+    // A right-to-left override would show `role/\u202enimda` as `role/admin`: escaped, and
+    // still the same document to a JSON reader.
+    let hidden = json!({"Version": "2012-10-17", "Statement": [{"Effect": "Allow",
+        "Principal": {"AWS": "arn:aws:iam::111122223333:role/\u{202e}nimda"},
+        "Action": "kinesis:GetRecords", "Resource": "*"}]});
+    let bidi = dir.write("bidi.json", &hidden.to_string());
+    let fmt_bidi = run(&["policy", "fmt", &bidi.to_string_lossy()]);
+    assert!(
+        fmt_bidi.stdout.contains("role/\\u202enimda") && !fmt_bidi.stdout.contains('\u{202e}'),
+        "{fmt_bidi:?}"
+    );
+    let back: serde_json::Value = serde_json::from_str(&fmt_bidi.stdout).unwrap();
+    assert_eq!(
+        back["Statement"][0]["Principal"]["AWS"],
+        hidden["Statement"][0]["Principal"]["AWS"]
+    );
 }
 
 /// A manifest stands for its policy, so the live policy can be compared with the file in git.
