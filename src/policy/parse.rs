@@ -93,8 +93,17 @@ impl<'de> Visitor<'de> for StrictVisitor {
         Ok(Value::from(v))
     }
 
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(serde_json::Number::from_f64(v).map_or(Value::Null, Value::Number))
+    fn visit_f64<E: de::Error>(self, v: f64) -> Result<Value, E> {
+        // YAML's .inf and .nan: no JSON number holds them (read as null, they were refused
+        // as "found null", which the manifest does not say).
+        serde_json::Number::from_f64(v)
+            .map(Value::Number)
+            .ok_or_else(|| {
+                E::custom(format!(
+                    "{v} (YAML reads .inf and .nan as numbers) is no number a policy can hold; \
+                     quote it if it is text"
+                ))
+            })
     }
 
     fn visit_str<E>(self, v: &str) -> Result<Value, E> {
