@@ -763,6 +763,20 @@ fn kpr_may_meet_entry(
         {
             Some("it excepts no principal of the resource's own account, where kpr calls from")
         }
+        // An exception written as a pattern under an operator that reads it as text: no
+        // caller's id, name or ARN holds a `*` or `?`, so it spares no one.
+        (
+            "stringnotequals" | "stringnotequalsignorecase",
+            "aws:userid" | "aws:username" | "aws:principalarn" | "aws:principalaccount",
+        ) if values
+            .iter()
+            .all(|v| v.contains(['*', '?']) && !v.contains("${")) =>
+        {
+            Some(
+                "its exception is a pattern its operator reads as plain text (StringNotEquals, not \
+             StringNotLike), so it spares no one",
+            )
+        }
         // A Deny that names the resource's own account, or a pattern of its roles: kpr's.
         ("stringequals" | "stringlike", "aws:principalaccount")
             if values
@@ -796,8 +810,43 @@ fn kpr_may_meet_entry(
         ("bool", "aws:principalisawsservice" | "aws:viaawsservice") if all("false") => {
             Some("it holds for calls a principal makes itself, not through an AWS service")
         }
+        // Every call carries the time: a Deny from a date already past, or until one still to
+        // come, holds for kpr's next call.
+        (_, "aws:currenttime" | "aws:epochtime")
+            if values.iter().any(|v| date_holds_now(op, v) == Some(true)) =>
+        {
+            Some("it holds at the time of writing, for every call")
+        }
         _ => None,
     }
+}
+
+/// Whether `DateX value` (or `NumericX`, for aws:EpochTime) holds for a call made now; `None`
+/// for another operator or a value not read here (ISO 8601 as `2020-01-01` or
+/// `2020-01-01T00:00:00Z`, or epoch seconds).
+fn date_holds_now(op: &str, value: &str) -> Option<bool> {
+    let at = if value.bytes().all(|b| b.is_ascii_digit()) {
+        std::time::UNIX_EPOCH + std::time::Duration::from_secs(value.parse().ok()?)
+    } else if value.len() == 10 {
+        humantime::parse_rfc3339_weak(&format!("{value}T00:00:00Z")).ok()?
+    } else {
+        humantime::parse_rfc3339_weak(value).ok()?
+    };
+    let now = std::time::SystemTime::now();
+    // aws:EpochTime takes the numeric operators too.
+    Some(
+        match op
+            .strip_prefix("date")
+            .or_else(|| op.strip_prefix("numeric"))?
+        {
+            "greaterthan" => now > at,
+            "greaterthanequals" => now >= at,
+            "lessthan" => now < at,
+            "lessthanequals" => now <= at,
+            "notequals" => now != at,
+            _ => return None,
+        },
+    )
 }
 
 /// Condition keys a call kpr's role makes itself does not carry: those of a service acting
@@ -1922,6 +1971,50 @@ mod tests {
             ),
             // The TLS Deny with its value flipped, and the IAM guide's MFA Deny.
             (json!({"Bool": {"aws:SecureTransport": "true"}}), true),
+            // A Deny from a date past, or until one to come, holds for kpr's next call; one
+            // from a date to come, not yet.
+            (
+                json!({"DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00Z"}}),
+                true,
+            ),
+            (
+                json!({"DateLessThan": {"aws:CurrentTime": "2999-01-01"}}),
+                true,
+            ),
+            (
+                json!({"NumericLessThan": {"aws:EpochTime": "32503680000"}}),
+                true,
+            ),
+            (
+                json!({"NumericEquals": {"aws:EpochTime": "1577836800"}}),
+                false,
+            ),
+            (
+                json!({"DateLessThan": {"aws:EpochTime": "32503680000"}}),
+                true,
+            ),
+            (
+                json!({"DateGreaterThan": {"aws:CurrentTime": "2999-01-01"}}),
+                false,
+            ),
+            (
+                json!({"DateGreaterThan": {"aws:CurrentTime": "soon"}}),
+                false,
+            ),
+            // A pattern under StringNotEquals is read as text: it spares no one. Under
+            // StringNotLike it spares the callers it matches.
+            (
+                json!({"StringNotEquals": {"aws:userid": "AROAEXAMPLE:*"}}),
+                true,
+            ),
+            (
+                json!({"StringNotEquals": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
+                true,
+            ),
+            (
+                json!({"StringNotLike": {"aws:userid": "AROAEXAMPLE:*"}}),
+                false,
+            ),
             (
                 json!({"BoolIfExists": {"aws:MultiFactorAuthPresent": "false"}}),
                 true,
