@@ -1973,6 +1973,17 @@ policy:
         );
         write(d.path(), "mixed.yaml", "# a\r\n# b\n# c\rarn: x\n");
         write(d.path(), "many.yaml", &"---\n".repeat(MAX_DOCUMENTS + 1));
+        // 6 KB that YAML's aliases repeat into 400,000 values: 2.7 GB at 120 KB of them.
+        let anchored = vec!["1"; 800].join(",");
+        let aliases = vec!["*a"; 500].join(",");
+        write(
+            d.path(),
+            "aliases.yaml",
+            &format!(
+                "{}---\narn: x\npolicy:\n  Id: &a [{anchored}]\n  Version: [{aliases}]\n",
+                GOOD.replace("orders", "o3")
+            ),
+        );
         write(
             d.path(),
             "lines.yaml",
@@ -1981,7 +1992,7 @@ policy:
         let loaded = load_dir(d.path(), &LoadOptions::default());
         let mut errors: Vec<String> = loaded.errors().map(ToString::to_string).collect();
         errors.sort();
-        assert_eq!(errors.len(), 6, "{errors:#?}");
+        assert_eq!(errors.len(), 7, "{errors:#?}");
         let at = |file: &str, line: usize, text: &str| {
             let want = format!("{}:{line}: error: ", d.path().join(file).display());
             assert!(
@@ -1997,8 +2008,14 @@ policy:
         at("huge.yaml", 1, "larger than 256 KiB");
         at("lines.yaml", 1, "lines in one file");
         at("many.yaml", 1, "documents in one file");
-        // The first document of deep.yaml, and the CRLF file, load.
-        assert_eq!(loaded.state.resources.len(), 2, "{errors:#?}");
+        // At the anchor, whose values the aliases were repeating.
+        at(
+            "aliases.yaml",
+            GOOD.lines().count() + 4,
+            "more than 262144 values, repeated by YAML aliases",
+        );
+        // The first documents of deep.yaml and aliases.yaml, and the CRLF file, load.
+        assert_eq!(loaded.state.resources.len(), 3, "{errors:#?}");
     }
 
     #[test]

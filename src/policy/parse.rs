@@ -33,10 +33,17 @@ pub const STATEMENT_KEYS: &[&str] = &[
 /// error is a `serde_json::Error`, so callers still get a line and column.
 pub fn strict_json(s: &str) -> Result<Value, serde_json::Error> {
     let mut de = serde_json::Deserializer::from_str(s);
-    let value = StrictValue.deserialize(&mut de)?;
+    // Every value takes a byte of JSON at least: the text bounds them.
+    let budget = std::cell::Cell::new(s.len() + 1);
+    let value = StrictValue(&budget).deserialize(&mut de)?;
     de.end()?;
     Ok(value)
 }
+
+/// The most values one policy read from YAML may hold. Each written out takes at least a byte,
+/// and no document kpr parses is larger than this; only aliases (`*name`, which repeat what
+/// they name) reach it: 120 KB of them expanded to 2.7 GB.
+pub const MAX_YAML_VALUES: usize = 256 << 10;
 
 /// For a `#[serde(deserialize_with)]` field of type `Option<Value>`, in any format: the same
 /// strictness as [`strict_json`]. A manifest's YAML mapping went through `Value`'s own
@@ -56,25 +63,36 @@ pub fn strict_value_opt<'de, D: de::Deserializer<'de>>(d: D) -> Result<Option<Va
             Ok(None)
         }
         fn visit_some<D: de::Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-            StrictValue.deserialize(d).map(Some)
+            let budget = std::cell::Cell::new(MAX_YAML_VALUES);
+            StrictValue(&budget).deserialize(d).map(Some)
         }
     }
     d.deserialize_option(OptVisitor)
 }
 
-struct StrictValue;
+/// A value, counted against the budget of values left to its document.
+struct StrictValue<'b>(&'b std::cell::Cell<usize>);
 
-impl<'de> DeserializeSeed<'de> for StrictValue {
+impl<'de> DeserializeSeed<'de> for StrictValue<'_> {
     type Value = Value;
 
     fn deserialize<D: de::Deserializer<'de>>(self, d: D) -> Result<Value, D::Error> {
-        d.deserialize_any(StrictVisitor)
+        match self.0.get().checked_sub(1) {
+            Some(left) => self.0.set(left),
+            None => {
+                return Err(de::Error::custom(format_args!(
+                    "the policy holds more than {MAX_YAML_VALUES} values, repeated by YAML \
+                     aliases (`*name`); write it without them"
+                )));
+            }
+        }
+        d.deserialize_any(StrictVisitor(self.0))
     }
 }
 
-struct StrictVisitor;
+struct StrictVisitor<'b>(&'b std::cell::Cell<usize>);
 
-impl<'de> Visitor<'de> for StrictVisitor {
+impl<'de> Visitor<'de> for StrictVisitor<'_> {
     type Value = Value;
 
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
@@ -124,7 +142,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let mut items = Vec::new();
-        while let Some(item) = seq.next_element_seed(StrictValue)? {
+        while let Some(item) = seq.next_element_seed(StrictValue(self.0))? {
             items.push(item);
         }
         Ok(Value::Array(items))
@@ -133,7 +151,7 @@ impl<'de> Visitor<'de> for StrictVisitor {
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
         let mut out = Map::new();
         while let Some(key) = map.next_key_seed(NewKey(&out))? {
-            let value = map.next_value_seed(StrictValue)?;
+            let value = map.next_value_seed(StrictValue(self.0))?;
             out.insert(key, value);
         }
         Ok(Value::Object(out))
