@@ -78,7 +78,11 @@ impl Settled {
         for (arn, p) in &s.states {
             match p {
                 Progress::Applied => applied.push(arn.clone()),
-                Progress::Failed(f) => failed.push(format!("{arn}: {}", f.message)),
+                // One line each, as a log reader takes them (the SDK's credential errors
+                // span several).
+                Progress::Failed(f) => {
+                    failed.push(format!("{arn}: {}", crate::manifest::one_line(&f.message)));
+                }
                 Progress::UnderWay => under_way.push(arn.clone()),
             }
         }
@@ -533,11 +537,11 @@ mod tests {
         }
         settled.withheld("arn:d");
         settled.finished("arn:a", &Ok(()));
-        let denied = crate::plan::local_failure("arn:b".into(), None, None, "denied".into());
+        let denied = crate::plan::local_failure("arn:b".into(), None, None, "de\nnied".into());
         settled.finished("arn:b", &Err(denied));
         assert_eq!(
             settled.describe(),
-            "1 change(s) applied\n  arn:a\n1 failed\n  arn:b: denied\n\
+            "1 change(s) applied\n  arn:a\n1 failed\n  arn:b: de\\nnied\n\
              1 under way, which may or may not have been applied\n  arn:c\n2 not started"
         );
     }
