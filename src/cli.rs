@@ -359,28 +359,10 @@ impl Engine {
     pub async fn connect(&self) -> Result<Resilient<AwsKinesis>, CliError> {
         let problem = |message: String| Err(CliError::Usage(message));
         match self.client.endpoint_url.as_deref() {
-            // The SDK writes an endpoint's query in its warnings; Kinesis takes none, so one
-            // there is most likely a token.
-            Some(url) if url.contains('?') => {
-                return problem(
-                    "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has a \
-                     query string: Kinesis takes none, and the AWS SDK would write it in its log"
-                        .into(),
-                );
-            }
-            // Nor a user name or password: requests are signed with the AWS credentials, and
-            // the SDK's debug log prints the endpoint whole.
-            Some(url)
-                if url.split_once("://").is_some_and(|(_, rest)| {
-                    rest.split('/').next().is_some_and(|a| a.contains('@'))
-                }) =>
-            {
-                return problem(
-                    "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has a \
-                     user name or password: Kinesis takes none (calls are signed with the AWS \
-                     credentials), and the AWS SDK would write it in its log"
-                        .into(),
-                );
+            Some(url) if let Some(what) = crate::kinesis::endpoint_secret(url) => {
+                return problem(format!(
+                    "the endpoint URL (--endpoint-url, KPR_ENDPOINT_URL or endpointUrl) has {what}"
+                ));
             }
             // The SDK panics on an empty one; and empty is no choice between AWS and an
             // emulator (a CI variable never set, say), so it is not taken for "AWS".

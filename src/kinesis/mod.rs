@@ -861,6 +861,25 @@ struct ScopeClient {
     credentials: Option<Arc<CredentialCache>>,
 }
 
+/// What an endpoint URL holds that looks like a secret, said as the rest of a sentence: a
+/// query string (most likely a token) or a user name and password. Kinesis takes neither (calls
+/// are signed with the AWS credentials), and the SDK writes the endpoint whole in its log.
+pub fn endpoint_secret(url: &str) -> Option<&'static str> {
+    let authority = url
+        .split_once("://")
+        .map_or(url, |(_, rest)| rest.split('/').next().unwrap_or(rest));
+    if url.contains('?') {
+        Some("a query string: Kinesis takes none, and the AWS SDK would write it in its log")
+    } else if authority.contains('@') {
+        Some(
+            "a user name or password: Kinesis takes none (calls are signed with the AWS \
+             credentials), and the AWS SDK would write it in its log",
+        )
+    } else {
+        None
+    }
+}
+
 /// Every connector's: one value, so every client asks for the same transport settings.
 pub const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -959,9 +978,6 @@ impl AwsKinesis {
                         .map(str::to_string)
                         .filter(|_| !named)
                 })?;
-            if !configured.trim().is_empty() {
-                return None;
-            }
             let own = format!(
                 "AWS_ENDPOINT_URL_{}",
                 service.to_uppercase().replace(' ', "_")
@@ -971,6 +987,12 @@ impl AwsKinesis {
                 .find(|name| std::env::var_os(name).is_some())
                 .unwrap_or("endpoint_url in the AWS profile")
                 .to_string();
+            if let Some(what) = endpoint_secret(&configured) {
+                return Some(format!("{named} has {what}"));
+            }
+            if !configured.trim().is_empty() {
+                return None;
+            }
             let client = match service {
                 "Kinesis" => String::new(),
                 other => format!(" (the {other} client kpr's credentials use would take it)"),

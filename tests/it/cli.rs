@@ -516,6 +516,20 @@ fn usage_errors_exit_1_not_the_changes_code() {
         assert!(check.stderr.contains("configuration invalid"), "{check:?}");
         assert_eq!(sdk(&["validate", "--dir", "policies"], env).code, 0);
     }
+    // The SDK's own, with a password in it: refused as kpr's own is.
+    let secret = sdk(
+        &apply,
+        &[("AWS_ENDPOINT_URL", "http://u:SDKSECRET@127.0.0.1:9")],
+    );
+    assert!(
+        secret.code == 1
+            && secret
+                .stdout
+                .contains("AWS_ENDPOINT_URL has a user name or password")
+            && !secret.stdout.contains("SDKSECRET")
+            && !secret.stderr.contains("SDKSECRET"),
+        "{secret:?}"
+    );
     let behind = sdk(
         &[
             "plan",
