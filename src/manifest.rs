@@ -459,8 +459,20 @@ fn collect_files(
         // By bytes: a name that is not UTF-8 is still a manifest if it ends in .yaml. Skipped
         // as unreadable, its resource would count as undeclared, and --prune would delete it.
         let name = path.file_name().map_or(&[][..], |n| n.as_bytes());
-        // Hidden entries are editor and VCS state (.git, .swp), never manifests.
+        // Hidden entries are editor and VCS state (.git, .swp), never manifests. One named as
+        // a manifest is said, as a near miss is below: its resource would count as
+        // undeclared, and --prune would delete its policy.
         if name.starts_with(b".") {
+            if is_manifest_name(name) && file_type.is_some_and(|t| t.is_file() || t.is_symlink()) {
+                diags.push(Diagnostic {
+                    file: path.clone(),
+                    line: None,
+                    severity: Severity::Warning,
+                    message: "not read: hidden (its name starts with a dot); rename it if it is \
+                              a manifest"
+                        .into(),
+                });
+            }
             continue;
         }
         let is_yaml = is_manifest_name(name);
@@ -1535,7 +1547,7 @@ policy:
 ";
 
     /// A manifest the walk skipped would count as undeclared, and --prune would delete its
-    /// policy: the extension's case does not matter, and a near miss is said.
+    /// policy: the extension's case does not matter, and a near miss or a hidden one is said.
     #[test]
     fn manifests_are_found_in_any_case_and_near_misses_are_said() {
         let d = tempfile::tempdir().unwrap();
@@ -1544,9 +1556,20 @@ policy:
         write(d.path(), "c.json", "{}");
         write(d.path(), "d.yaml ", GOOD);
         write(d.path(), "NOTES.md", "not a manifest");
+        // Hidden: not read, but a manifest's name is said; editor state is not.
+        write(d.path(), ".e.yaml", &GOOD.replace("orders", "e"));
+        write(d.path(), ".e.yaml.swp", "swap");
+        write(d.path(), ".git/config", "[core]");
         let loaded = load_dir(d.path(), &LoadOptions::default());
         let warned: Vec<_> = loaded.warnings().map(|w| w.file.clone()).collect();
-        assert_eq!(warned, [d.path().join("c.json"), d.path().join("d.yaml ")]);
+        assert_eq!(
+            warned,
+            [
+                d.path().join(".e.yaml"),
+                d.path().join("c.json"),
+                d.path().join("d.yaml ")
+            ]
+        );
         let state = loaded.into_result().unwrap();
         let names: Vec<_> = state.resources.iter().map(|r| r.arn.to_string()).collect();
         assert_eq!(names.len(), 2, "{names:?}");
