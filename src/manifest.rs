@@ -323,7 +323,6 @@ pub fn load_dir(dir: &Path, opts: &LoadOptions) -> Loaded {
             ),
         });
     } else {
-        // Sorted already: each listing is sorted by name and walked depth-first.
         collect_files(
             dir,
             &root,
@@ -408,7 +407,7 @@ pub fn load_bytes(file: &Path, bytes: &[u8], opts: &LoadOptions) -> Loaded {
 }
 
 /// Lists the manifest files below `dir`, following symlinks that stay below `root` (see
-/// [`link_bound`]).
+/// [`link_bound`]), sorted.
 fn collect_files(
     dir: &Path,
     root: &Path,
@@ -416,6 +415,30 @@ fn collect_files(
     seen: &mut HashSet<PathBuf>,
     diags: &mut Vec<Diagnostic>,
     symlinks: &mut usize,
+) {
+    // Directories reached through links are walked after every real one: a directory
+    // reached both ways is read where git holds it, and the error for the second way names
+    // the link, not the directory.
+    let mut linked = vec![];
+    walk_dir(dir, root, out, seen, diags, symlinks, &mut linked);
+    let mut next = 0;
+    while let Some(d) = linked.get(next).cloned() {
+        walk_dir(&d, root, out, seen, diags, symlinks, &mut linked);
+        next += 1;
+    }
+    out.sort();
+}
+
+/// One directory of [`collect_files`]: its files, and its real subdirectories walked in
+/// turn; the directories its links lead to are left in `linked`.
+fn walk_dir(
+    dir: &Path,
+    root: &Path,
+    out: &mut Vec<PathBuf>,
+    seen: &mut HashSet<PathBuf>,
+    diags: &mut Vec<Diagnostic>,
+    symlinks: &mut usize,
+    linked: &mut Vec<PathBuf>,
 ) {
     let diag = |message: String| Diagnostic {
         file: dir.to_path_buf(),
@@ -512,7 +535,11 @@ fn collect_files(
             }
             Ok(meta) if meta.is_dir() => {
                 *symlinks += usize::from(link);
-                collect_files(&path, root, out, seen, diags, symlinks);
+                if link {
+                    linked.push(path);
+                } else {
+                    walk_dir(&path, root, out, seen, diags, symlinks, linked);
+                }
             }
             Ok(meta) if is_yaml => {
                 if meta.is_file() {
@@ -1633,6 +1660,26 @@ policy:
                 .contains("the manifest directory is a symlink")
         );
         assert_eq!(loaded.files, 0);
+    }
+
+    /// A directory reached both as itself and through a link that sorts first is read where
+    /// git holds it, and the error names the link.
+    #[test]
+    fn a_second_way_into_a_directory_is_blamed_on_the_link() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join(".git")).unwrap();
+        write(d.path(), "real/a.yaml", GOOD);
+        symlink("real", d.path().join("alias")).unwrap();
+        let loaded = load_dir(d.path(), &LoadOptions::default());
+        let errors: Vec<_> = loaded.errors().collect();
+        assert_eq!(errors.len(), 1, "{errors:#?}");
+        assert_eq!(errors[0].file, d.path().join("alias"));
+        assert!(errors[0].message.contains("reached twice"), "{errors:?}");
+        assert_eq!(
+            loaded.state.resources[0].source.file,
+            d.path().join("real/a.yaml")
+        );
     }
 
     #[test]
