@@ -1092,6 +1092,12 @@ fn parse_file(
                             .map(|l| locate::line_at(doc_text, &l) + first_line)
                             .unwrap_or_else(|| index.key_line(doc_no, "arn"))
                     };
+                    // The reader's alias bound comes without a place: the first alias is it.
+                    let line = if message.starts_with(ALIASES_REPEAT) {
+                        first_alias_line(doc_text).map_or(line, |l| l + first_line)
+                    } else {
+                        line
+                    };
                     // serde's derive tells a field given twice at the end of the mapping: point
                     // at the second one.
                     let line = message
@@ -1181,6 +1187,24 @@ fn parse_file(
     }
 }
 
+const ALIASES_REPEAT: &str = "YAML aliases (`*name`) repeat";
+
+/// The 1-based line of the first alias (`*name`) in a document, as far as a look at each line
+/// tells (a `*` inside quotes may pass for one).
+fn first_alias_line(doc: &str) -> Option<usize> {
+    doc.lines()
+        .position(|line| {
+            let b = line.as_bytes();
+            (0..b.len()).any(|j| {
+                b[j] == b'*'
+                    && (j == 0 || b" \t[,{:-".contains(&b[j - 1]))
+                    && b.get(j + 1)
+                        .is_some_and(|c| c.is_ascii_alphanumeric() || *c == b'_')
+            })
+        })
+        .map(|i| i + 1)
+}
+
 fn yaml_message(e: &serde_norway::Error) -> String {
     // serde_norway appends " at line L column C"; the diagnostic already carries the line.
     let msg = e.to_string();
@@ -1198,6 +1222,14 @@ fn yaml_message(e: &serde_norway::Error) -> String {
         Some(pos) => msg[..pos].to_string(),
         None => msg,
     };
+    // The YAML reader's own bound on aliases (nested ones, `&b [*a, *a]`, repeat by powers):
+    // said as what to do.
+    if msg == "repetition limit exceeded" {
+        return format!(
+            "{ALIASES_REPEAT} more than the reader allows (repetition limit exceeded); write the \
+             document without them"
+        );
+    }
     msg.replace("struct ManifestDoc", MANIFEST)
 }
 
