@@ -658,6 +658,11 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
                 emit_bytes(&page);
                 return Ok(EXIT_OK);
             };
+            // As `import --out`: the directory is made when missing.
+            std::fs::create_dir_all(&dir).map_err(|source| CliError::Io {
+                path: dir.display().to_string(),
+                source,
+            })?;
             // Every page, then kpr.1 again with its EXIT STATUS section.
             clap_mangen::generate_to(cmd, &dir)
                 .and(rendered)
@@ -853,8 +858,13 @@ async fn run_plan(
     {
         let message = format!(
             "error: --target {t} matches no manifest in {} and no stream or consumer in \
-             reach; nothing was applied",
-            settings.dir.display()
+             reach; nothing was {}",
+            settings.dir.display(),
+            if kind == "apply" {
+                "applied"
+            } else {
+                "planned"
+            }
         );
         return refuse("unmatched_target", message, &warnings, None);
     }
@@ -1089,7 +1099,7 @@ async fn run_import(
         out.display(),
         plural(bare, "resource has", "resources have")
     );
-    outln!("{}", crate::import::next_steps(&out));
+    outln!("{}", crate::import::next_steps(&out, &report));
     Ok(if report.errors.is_empty() {
         EXIT_OK
     } else {

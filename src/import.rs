@@ -712,17 +712,38 @@ fn yaml_scalar(s: &str) -> String {
     escaped
 }
 
-/// Shown after an import: what to do next.
-pub fn next_steps(out: &Path) -> String {
-    format!(
-        "Next: review the files, commit them, and check that `kpr plan --dir {} --detailed-exitcode` exits 0.",
-        out.display()
-    )
+/// Shown after an import: what to do next, as far as it went.
+pub fn next_steps(out: &Path, report: &ImportReport) -> String {
+    let plan = format!("`kpr plan --dir {} --detailed-exitcode`", out.display());
+    if !report.errors.is_empty() {
+        format!(
+            "Next: fix what the errors above name (the files marked REVIEW), then check that \
+             {plan} exits 0."
+        )
+    } else if report.written.is_empty() && report.skipped_existing.is_empty() {
+        "Next: nothing to review; give streams and consumers a policy, or import another \
+         account or region."
+            .into()
+    } else {
+        format!("Next: review the files, commit them, and check that {plan} exits 0.")
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// The hint fits what happened: no `plan` that would fail on an empty or refused directory.
+    #[test]
+    fn next_steps_fit_the_import() {
+        let out = Path::new("mine");
+        let mut report = ImportReport::default();
+        assert!(next_steps(out, &report).contains("nothing to review"));
+        report.written.push(out.join("a.yaml"));
+        assert!(next_steps(out, &report).contains("review the files, commit them"));
+        report.errors.push("refused".into());
+        assert!(next_steps(out, &report).contains("fix what the errors above name"));
+    }
 
     #[test]
     fn imported_yaml_reads_the_same_in_yaml_1_1_and_1_2() {

@@ -605,8 +605,14 @@ fn check_config(settings: &Settings, engine: &Engine) -> u8 {
         }
     }
     lines.push(format!(
-        "schedule: {} (UTC){}",
+        "schedule: {}{}{}",
         settings.schedule,
+        // A cron expression's hours are UTC's; an interval has none.
+        if matches!(settings.schedule, Schedule::Cron { .. }) {
+            " (UTC)"
+        } else {
+            ""
+        },
         if settings.jitter.is_zero() {
             String::new()
         } else {

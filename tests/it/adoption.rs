@@ -284,9 +284,11 @@ fn completions_and_man_page_cover_the_commands() {
     assert!(man.stdout.contains(".SH \"EXIT STATUS\""), "{}", man.stdout);
     // No page for `help`, which is a subcommand only on the command line.
     assert!(!man.stdout.contains("kpr\\-help"), "{}", man.stdout);
-    // The pages kpr(1) refers to (kpr-plan(1), ...) exist: `man --dir` writes them all.
-    let dir = tempfile::tempdir().unwrap();
-    let written = kpr_offline(&["man", "--dir", &dir.path().display().to_string()]);
+    // The pages kpr(1) refers to (kpr-plan(1), ...) exist: `man --dir` writes them all, into
+    // a directory it makes, as `import --out` does.
+    let parent = tempfile::tempdir().unwrap();
+    let dir = parent.path().join("share/man");
+    let written = kpr_offline(&["man", "--dir", &dir.display().to_string()]);
     assert_eq!(written.code, 0, "{written:?}");
     for sub in [
         "validate",
@@ -300,7 +302,7 @@ fn completions_and_man_page_cover_the_commands() {
         // A nested one (kpr-policy-diff) is named in its parent's page.
         let named = man.stdout.contains(&page.replace('-', "\\-"));
         assert!(named || sub.contains('-'), "kpr(1) names no {page}");
-        let file = dir.path().join(format!("kpr-{sub}.1"));
+        let file = dir.join(format!("kpr-{sub}.1"));
         let text = std::fs::read_to_string(&file).unwrap_or_default();
         assert!(
             text.contains(".TH kpr-"),
@@ -308,7 +310,7 @@ fn completions_and_man_page_cover_the_commands() {
             file.display()
         );
     }
-    let main = std::fs::read_to_string(dir.path().join("kpr.1")).unwrap();
+    let main = std::fs::read_to_string(dir.join("kpr.1")).unwrap();
     assert_eq!(main, man.stdout, "kpr.1 differs from `kpr man`");
 }
 

@@ -3947,7 +3947,7 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     assert_eq!(run.code, 0, "{run:?}");
     assert!(run.stdout.contains("configuration OK"), "{run:?}");
     assert!(run.stdout.contains("1 manifest(s)"), "{run:?}");
-    assert!(run.stdout.contains("0 */5 * * * *"), "{run:?}");
+    assert!(run.stdout.contains("0 */5 * * * *\" (UTC)"), "{run:?}");
     assert!(run.stdout.contains("webhook: enabled"), "{run:?}");
     // Where the calls go, and nothing about git for a directory.
     let endpoint = format!("AWS: endpoint {}, region ", emu.url);
@@ -3976,7 +3976,7 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
     // A flag wins over the file, also across schedule/interval.
     let run = check(&good, &["--interval", "2m", "--listen", ":7000"]);
     assert_eq!(run.code, 0, "{run:?}");
-    assert!(run.stdout.contains("schedule: every 2m"), "{run:?}");
+    assert!(run.stdout.contains("schedule: every 2m,"), "{run:?}");
     assert!(run.stdout.contains("listen: 0.0.0.0:7000"), "{run:?}");
     let run = check(&good, &["--interval", "2m", "--schedule", "0 0 * * * *"]);
     assert_eq!(run.code, 1, "{run:?}");
