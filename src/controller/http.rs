@@ -649,7 +649,7 @@ async fn readyz(State(s): State<Arc<Shared>>) -> Response {
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "not ready: no reconcile has completed yet\n",
+            "not ready: no reconcile has completed yet, nor reconciled a last good revision\n",
         )
             .into_response()
     }

@@ -218,6 +218,9 @@ struct RunOutcome {
     /// A listing (ListStreams, ListStreamConsumers: what prune deletes from) failed. It has
     /// no resource to back off, so the full scan it was part of stays owed.
     listing_failed: bool,
+    /// The run failed (git down, an invalid head), but reconciled in its place what the last
+    /// good revision declares: the service is at work, and ready.
+    reconciled_meanwhile: bool,
 }
 
 impl RunOutcome {
@@ -232,6 +235,7 @@ impl RunOutcome {
             resources: Vec::new(),
             skipped: Vec::new(),
             listing_failed: false,
+            reconciled_meanwhile: false,
         }
     }
 
@@ -451,15 +455,15 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
             )),
             _ => reconciler.next_retry(&owed),
         };
-        let awaited = reconciler
-            .awaited_fetch()
-            .map(|wait| tokio::time::Instant::now() + wait);
-        let (next, brought_forward) = with_awaited_fetch(retry, awaited);
+        let awaited = reconciler.awaited_fetch();
+        let (next, brought_forward) = with_awaited_fetch(
+            retry,
+            awaited.map(|(wait, _)| tokio::time::Instant::now() + wait),
+        );
         retry = next;
-        let reason = if brought_forward {
-            "awaited_commit"
-        } else {
-            "failure"
+        let reason = match awaited {
+            Some((_, why)) if brought_forward => why,
+            _ => "failure",
         };
         if let Some((at, next)) = retry {
             let wait = at.saturating_duration_since(tokio::time::Instant::now());
@@ -1117,9 +1121,10 @@ impl Reconciler {
         (last != head && self.source.contains(head, &last).await).then_some(last)
     }
 
-    /// How long after this run to fetch again for a pushed commit not yet seen: one second
-    /// after the first miss, doubling.
-    pub fn awaited_fetch(&self) -> Option<Duration> {
+    /// How long after this run to fetch again, and why: for a pushed commit not yet seen
+    /// (`awaited_commit`: one second after the first miss, doubling), or for a refused head
+    /// whose settle time is up (`reset_settle`), whichever comes first.
+    pub fn awaited_fetch(&self) -> Option<(Duration, &'static str)> {
         // Capped: a reset is awaited for as long as it takes.
         let awaited = self
             .awaiting
@@ -1132,8 +1137,10 @@ impl Reconciler {
                 .saturating_sub(since.elapsed())
                 .max(Duration::from_secs(1))
         });
+        let awaited = awaited.map(|a| (a, "awaited_commit"));
+        let settling = settling.map(|s| (s, "reset_settle"));
         match (awaited, settling) {
-            (Some(a), Some(s)) => Some(a.min(s)),
+            (Some(a), Some(s)) => Some(if s.0 < a.0 { s } else { a }),
             (a, s) => a.or(s),
         }
     }
@@ -2037,6 +2044,7 @@ impl Reconciler {
         list_in_status(&mut out, items);
         out.skipped = self.skipped_status(&left, Instant::now());
         out.result = result;
+        out.reconciled_meanwhile = true;
         out.error = Some(format!(
             "{message}; meanwhile the {n} resource(s) {which} were {} as the last good \
              revision declares them{}",
@@ -2324,7 +2332,10 @@ impl Reconciler {
                     .unwrap_or(0.0),
             );
         }
-        if result.completed() {
+        // Readiness is kpr's own, not git's: a restart during a git outage that reconciled
+        // the last good revision is at work, and must keep taking webhooks (out of its
+        // Service, it would miss the pushes made once git is back).
+        if result.completed() || out.reconciled_meanwhile {
             self.shared.ready.store(true, Ordering::SeqCst);
         }
         let scope = if out.incremental.unwrap_or(!trigger.full_scan()) {

@@ -1906,6 +1906,14 @@ fn a_refused_head_that_stays_is_applied_after_the_settle_time() {
         live(&emu, &b).is_some(),
         "applied before the settle time: {st:#}"
     );
+    // The fetch to come is the settle time's, awaiting no commit.
+    let st = serve.status_when(
+        "the fetch at the settle time to be scheduled",
+        Duration::from_secs(3),
+        |st| st["next_retry"]["reason"].is_string(),
+    );
+    assert_eq!(st["next_retry"]["reason"], "reset_settle", "{st:#}");
+    assert!(st["awaited_commit"].is_null(), "{st:#}");
     serve.status_when(
         "the settled reset to be applied",
         Duration::from_secs(30),
@@ -2222,6 +2230,37 @@ fn a_force_push_from_a_head_no_webhook_announced_is_taken() {
     serve_at(&repo, &second);
     serve.applied(&second);
     assert!(live(&emu, &c).is_none() && live(&emu, &d).is_none());
+    serve.stop();
+}
+
+/// A restart while git is down reconciles the last good revision recorded in the working
+/// copy, and is then ready: out of its Service it would miss the webhooks of the pushes made
+/// once git is back.
+#[test]
+fn a_restart_during_a_git_outage_is_ready_once_it_reconciled_the_last_good_revision() {
+    let emu = common::kinesis_mock();
+    let arn = emu.create_stream(&unique("serve-outage-ready"));
+    let repo = Repo::new();
+    repo.write("s.yaml", &manifest(&arn, &role_one(&arn)));
+    let good = repo.push("main", "granted");
+    let workdir = tempfile::tempdir().unwrap();
+    let args = ["--interval", "1h", "--retry-delay", "1h"];
+    let serve = restartable(&emu, &repo, workdir.path(), &args);
+    serve.applied(&good);
+    serve.stop();
+    let origin = repo.dir.path().join("origin.git");
+    std::fs::rename(&origin, repo.dir.path().join("gone.git")).unwrap();
+    emu.admin(&["delete-policy", &arn], &[]);
+    let serve = restartable(&emu, &repo, workdir.path(), &args);
+    let st = serve.status_when("the start-up run to end", Duration::from_secs(30), |st| {
+        st["runs"].as_u64() >= Some(1) && st["running"] == false
+    });
+    assert_eq!(st["last_run"]["result"], "fetch_failed", "{st:#}");
+    assert!(
+        live(&emu, &arn).is_some_and(|p| same_grant(&p, &role_one(&arn))),
+        "{st:#}"
+    );
+    assert_eq!(serve.get("/readyz").status, 200, "{st:#}");
     serve.stop();
 }
 
