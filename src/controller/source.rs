@@ -414,9 +414,25 @@ impl Source {
 /// environment), and `printf` is a shell builtin, so neither value is ever in a process's
 /// argv. An askpass program was handed git's prompt as its argument, and git's password
 /// prompt quotes the user name, which in the `https://TOKEN@host` form is the token.
+///
+/// It answers only for the protocol and host of `--git-url` (git says which on stdin): git
+/// follows a redirect and asks again for the host it was sent to, and a compromised git host
+/// or anyone on an `http://` path could send it anywhere.
 const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; \
+    while IFS='=' read -r k v; do case \"$k\" in protocol) p=$v;; host) h=$v;; esac; done; \
+    test \"$p\" = \"$KPR_GIT_CREDENTIAL_PROTOCOL\" && test \"$h\" = \"$KPR_GIT_CREDENTIAL_HOST\" \
+    || exit 0; \
     printf 'username=%s\\npassword=%s\\n' \"${KPR_GIT_USERNAME:-x-access-token}\" \
     \"$KPR_GIT_PASSWORD\"; }; f";
+
+/// The protocol and host (`host:port` when it has one) git names a request to `url` by, as its
+/// credential helpers are told: `https` and `github.com` of `https://github.com/o/r.git`.
+fn credential_origin(url: &str) -> Option<(&str, &str)> {
+    let (protocol, rest) = url.split_once("://")?;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
+    Some((protocol, host))
+}
 
 impl GitRepo {
     /// The repository (its URL without credentials), branch and path, as one string.
@@ -499,10 +515,13 @@ impl GitRepo {
             }
         }
         if credentials {
-            cmd.env(
-                "KPR_GIT_PASSWORD",
-                token.as_ref().map_or("", Secret::expose),
-            );
+            let (protocol, host) = credential_origin(&self.url).unwrap_or_default();
+            cmd.env("KPR_GIT_CREDENTIAL_PROTOCOL", protocol)
+                .env("KPR_GIT_CREDENTIAL_HOST", host)
+                .env(
+                    "KPR_GIT_PASSWORD",
+                    token.as_ref().map_or("", Secret::expose),
+                );
             if let Some(user) = &self.user {
                 cmd.env("KPR_GIT_USERNAME", user.expose());
             }
@@ -1124,8 +1143,8 @@ mod tests {
     }
 
     /// The helper answers git with the token and user name from its environment, and only
-    /// them: run through git's own credential machinery, with a `store` helper configured that
-    /// must never be asked.
+    /// them, and only for `--git-url`'s protocol and host: run through git's own credential
+    /// machinery, with a `store` helper configured that must never be asked.
     #[test]
     fn the_credential_helper_answers_from_the_environment() {
         use std::io::Write;
@@ -1145,22 +1164,47 @@ mod tests {
                 .args(["credential", action])
                 .env("KPR_GIT_USERNAME", "ghp_user_is_the_token")
                 .env("KPR_GIT_PASSWORD", "")
+                .env("KPR_GIT_CREDENTIAL_PROTOCOL", "https")
+                .env("KPR_GIT_CREDENTIAL_HOST", "git.example.com")
                 .env("GIT_TERMINAL_PROMPT", "0")
                 .stdin(std::process::Stdio::piped())
                 .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
                 .spawn()
                 .unwrap();
             child.stdin.take().unwrap().write_all(input).unwrap();
-            let out = child.wait_with_output().unwrap();
-            assert!(out.status.success(), "{out:?}");
-            String::from_utf8(out.stdout).unwrap()
+            child.wait_with_output().unwrap()
         };
+        // Another host (a redirect's), or the same over plain http: no answer, so git has
+        // nothing to send and, unable to prompt, fails.
+        for elsewhere in [
+            &b"protocol=https\nhost=attacker.example\n\n"[..],
+            b"protocol=http\nhost=git.example.com\n\n",
+            b"protocol=https\nhost=git.example.com:8443\n\n",
+        ] {
+            let out = credential("fill", elsewhere);
+            assert!(!out.status.success(), "{out:?}");
+            assert!(
+                !String::from_utf8_lossy(&out.stdout).contains("ghp_"),
+                "{out:?}"
+            );
+        }
         let out = credential("fill", b"protocol=https\nhost=git.example.com\n\n");
+        assert!(out.status.success(), "{out:?}");
+        let out = String::from_utf8(out.stdout).unwrap();
         assert!(out.contains("username=ghp_user_is_the_token\n"), "{out}");
         assert!(out.contains("password=\n"), "{out}");
         // What git does after a fetch that signed in: no helper but kpr's hears of it.
-        credential("approve", out.as_bytes());
+        assert!(credential("approve", out.as_bytes()).status.success());
         assert!(!home.path().join(".git-credentials").exists());
+        assert_eq!(
+            credential_origin("https://u:t@git.example.com:8443/o/r.git"),
+            Some(("https", "git.example.com:8443"))
+        );
+        assert_eq!(
+            credential_origin("http://127.0.0.1/r.git"),
+            Some(("http", "127.0.0.1"))
+        );
     }
 
     use super::*;
