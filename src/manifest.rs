@@ -393,6 +393,60 @@ pub(crate) fn read_bounded(from: impl std::io::Read, buf: &mut Vec<u8>) -> std::
     Ok(n as u64 <= MAX_FILE_BYTES)
 }
 
+/// What a manifest directory holds at one moment, as far as its files' names, the files their
+/// links lead to, their sizes, times and inodes, and the times of the directories that hold
+/// them (a link renamed over another, as a ConfigMap's `..data` is, changes its directory's
+/// time, also when it swaps back) tell: taken before and after a load, two that differ mean
+/// the directory changed while it was read, and the load may mix two versions of it.
+#[derive(Debug, PartialEq, Eq)]
+pub struct DirSnapshot(Vec<(PathBuf, Option<FileStamp>)>);
+
+/// The file a link leads to, its size, time and inode, and the times of the directory the
+/// link is in and of the one the file is in.
+type FileStamp = (PathBuf, u64, [Option<std::time::SystemTime>; 3], u64);
+
+impl DirSnapshot {
+    pub fn of(dir: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt;
+        let files = files_below(dir);
+        let modified =
+            |p: Option<&Path>| p.and_then(|p| std::fs::metadata(p).ok()?.modified().ok());
+        DirSnapshot(
+            files
+                .into_iter()
+                .map(|f| {
+                    let stamp = std::fs::canonicalize(&f).ok().and_then(|real| {
+                        let meta = std::fs::metadata(&real).ok()?;
+                        let times = [
+                            meta.modified().ok(),
+                            modified(f.parent()),
+                            modified(real.parent()),
+                        ];
+                        Some((real, meta.len(), times, meta.ino()))
+                    });
+                    (f, stamp)
+                })
+                .collect(),
+        )
+    }
+}
+
+/// The manifest files below `dir` as the loader finds them (what it would say of the others
+/// left out).
+fn files_below(dir: &Path) -> Vec<PathBuf> {
+    let root = link_bound(dir).unwrap_or_else(|| dir.to_path_buf());
+    let mut files = Vec::new();
+    collect_files(
+        dir,
+        &root,
+        &mut files,
+        &mut HashSet::new(),
+        &mut Vec::new(),
+        &mut 0,
+    );
+    files
+}
+
 /// Loads the manifests of one file's bytes as [`load_dir`] does with each file it reads
 /// (`kpr policy diff` and `fmt` take a manifest this way).
 pub fn load_bytes(file: &Path, bytes: &[u8], opts: &LoadOptions) -> Loaded {
@@ -1009,17 +1063,7 @@ pub(crate) struct FileDeclarations {
 /// import`, which must not declare a resource a second time in another file, whatever the
 /// file is called or where it was moved.
 pub(crate) fn declarations_below(dir: &Path) -> Vec<FileDeclarations> {
-    let mut files = Vec::new();
-    let root = link_bound(dir).unwrap_or_else(|| dir.to_path_buf());
-    collect_files(
-        dir,
-        &root,
-        &mut files,
-        &mut HashSet::new(),
-        &mut Vec::new(),
-        &mut 0,
-    );
-    files
+    files_below(dir)
         .into_iter()
         .filter_map(|file| {
             let mut bytes = Vec::new();

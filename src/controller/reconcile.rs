@@ -1214,16 +1214,44 @@ impl Reconciler {
     /// Loads and validates the manifests. A directory source has no revisions, so its
     /// revision is a digest of the files' content (`content-…`): equal content, equal revision.
     async fn load(&self, revision: Option<String>) -> Result<Loaded, Invalid> {
+        /// Reads of a directory source before a run gives up on it holding still.
+        const STABLE_READS: usize = 5;
         let dir = self.source.manifest_dir();
         let mut opts = self.engine.load.clone();
-        opts.digests = self.source.is_dir();
-        let mut loaded = tokio::task::spawn_blocking(move || manifest::load_dir(&dir, &opts))
-            .await
-            .map_err(|e| Invalid {
-                message: format!("loading the manifests failed: {e}"),
+        let is_dir = self.source.is_dir();
+        opts.digests = is_dir;
+        // A directory kpr does not own may change while it is read (a ConfigMap's atomic
+        // `..data` swap, a sync): a load that straddles one mixes two versions, and a
+        // resource moved between files would be missing from it, its policy deleted by
+        // --prune. Read again until the directory held still; a git checkout is kpr's own.
+        let loaded = tokio::task::spawn_blocking(move || {
+            for _ in 0..STABLE_READS {
+                let before = is_dir.then(|| manifest::DirSnapshot::of(&dir));
+                let loaded = manifest::load_dir(&dir, &opts);
+                if before.is_none_or(|b| b == manifest::DirSnapshot::of(&dir)) {
+                    return Some(loaded);
+                }
+                std::thread::sleep(Duration::from_millis(200));
+            }
+            None
+        })
+        .await
+        .map_err(|e| Invalid {
+            message: format!("loading the manifests failed: {e}"),
+            revision: None,
+            untouched: None,
+        })?;
+        let Some(mut loaded) = loaded else {
+            return Err(Invalid {
+                message: format!(
+                    "the manifest directory changed while it was read, {STABLE_READS} times \
+                     running; nothing applied from it (is it written in place, not swapped in \
+                     whole?)"
+                ),
                 revision: None,
                 untouched: None,
-            })?;
+            });
+        };
         let symlinks = loaded.symlinks;
         let mut digests = std::mem::take(&mut loaded.digests);
         for (file, _) in &mut digests {

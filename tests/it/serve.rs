@@ -3499,6 +3499,99 @@ fn a_forced_push_during_an_outage_heal_stops_its_writes() {
     serve.stop();
 }
 
+/// A ConfigMap mounted as the manifest directory is updated by swapping its `..data` link
+/// whole. A run that read some files before a swap and some after mixed two versions: a
+/// resource moved between files was missing from it, and --prune deleted its policy. Runs
+/// every second, swaps as fast as they come: no delete, the policy never gone.
+#[test]
+fn a_configmap_swapped_mid_read_is_read_again_not_pruned_from() {
+    use std::os::unix::fs::symlink;
+    // Its own account: --prune must find nothing else to delete.
+    let emu = common::kinesis_mock_private();
+    let [other, victim, third, fourth] = [
+        "serve-cm-other",
+        "serve-cm-victim",
+        "serve-cm-third",
+        "serve-cm-fourth",
+    ]
+    .map(|n| emu.create_stream(&unique(n)));
+    let one = role_one;
+    let dir = common::Manifests::new(&[]);
+    let base = dir.path();
+    let both = format!(
+        "{}---\n{}",
+        manifest(&other, &one(&other)),
+        manifest(&victim, &one(&victim))
+    );
+    // Both versions declare every stream; the victim moves from z.yaml, beside the fourth,
+    // to a.yaml, beside the first. A read that took a.yaml before a swap and z.yaml after it
+    // declares no victim. Comments
+    // between them (8 MB, in documents of 100 KB) make each read long enough to straddle a
+    // swap.
+    let comments = format!("# {}\n", "x".repeat(198)).repeat(500) + "---\n";
+    let filler = comments.repeat(80) + &manifest(&third, &one(&third));
+    for (generation, a, z) in [
+        (
+            "..gen1",
+            manifest(&other, &one(&other)),
+            format!(
+                "{}---\n{}",
+                manifest(&victim, &one(&victim)),
+                manifest(&fourth, &one(&fourth))
+            ),
+        ),
+        ("..gen2", both.clone(), manifest(&fourth, &one(&fourth))),
+    ] {
+        let g = base.join(generation);
+        std::fs::create_dir(&g).unwrap();
+        std::fs::write(g.join("a.yaml"), a).unwrap();
+        std::fs::write(g.join("m.yaml"), &filler).unwrap();
+        std::fs::write(g.join("z.yaml"), z).unwrap();
+    }
+    symlink("..gen1", base.join("..data")).unwrap();
+    for f in ["a.yaml", "m.yaml", "z.yaml"] {
+        symlink(format!("..data/{f}"), base.join(f)).unwrap();
+    }
+    let serve = Serve::dir(
+        &emu,
+        &dir,
+        &["--interval", "1s", "--prune", "--retry-delay", "1h"],
+    );
+    assert!(live(&emu, &victim).is_some());
+    // As kubelet swaps: a new link beside, renamed over `..data`.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let swapper = {
+        let (stop, base) = (stop.clone(), base.to_path_buf());
+        std::thread::spawn(move || {
+            let mut swaps = 0u32;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                let next = if swaps.is_multiple_of(2) {
+                    "..gen2"
+                } else {
+                    "..gen1"
+                };
+                symlink(next, base.join("..data_tmp")).unwrap();
+                std::fs::rename(base.join("..data_tmp"), base.join("..data")).unwrap();
+                swaps += 1;
+                std::thread::sleep(Duration::from_millis(37));
+            }
+            swaps
+        })
+    };
+    let runs = serve.runs();
+    serve.status_when("ten runs amid the swaps", Duration::from_secs(150), |st| {
+        st["runs"].as_u64().unwrap() >= runs + 10
+    });
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    assert!(swapper.join().unwrap() > 20);
+    let logs = serve.stop();
+    assert!(
+        !logs.lines().any(|l| l.contains("\"action\":\"delete\"")),
+        "a policy both versions declare was deleted:\n{logs}"
+    );
+    assert!(live(&emu, &victim).is_some());
+}
+
 /// A bad revision that declares a resource a second time, in a new file that sorts first,
 /// puts the error on the unchanged file's declaration: that one resource is left out of the
 /// correction, not the rest of its file.
