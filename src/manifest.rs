@@ -580,9 +580,9 @@ fn walk_dir(
                     line: None,
                     severity: Severity::Error,
                     message: format!(
-                        "symlink to a place outside {}; refusing to follow it (links may lead \
-                         anywhere in the git work tree that holds the manifests, or, outside \
-                         one, below the manifest directory)",
+                        "symlink to a place outside {}, or into its .git; refusing to follow it \
+                         (links may lead anywhere in the git work tree that holds the manifests \
+                         but its .git, or, outside one, below the manifest directory)",
                         root.display()
                     ),
                 });
@@ -665,7 +665,14 @@ fn link_bound(dir: &Path) -> Option<PathBuf> {
 /// Whether the symlink `path` resolves to a place outside `root`. One that cannot be resolved
 /// is left to the caller's stat, which reports it.
 fn escapes(path: &Path, root: &Path) -> bool {
-    std::fs::canonicalize(path).is_ok_and(|real| !real.starts_with(root))
+    // The work tree's `.git` is no part of what a review covers: its config may hold a CI
+    // job's token (actions/checkout keeps one there).
+    std::fs::canonicalize(path).is_ok_and(|real| {
+        !real.starts_with(root)
+            || real
+                .strip_prefix(root)
+                .is_ok_and(|rest| rest.components().any(|c| c.as_os_str() == ".git"))
+    })
 }
 
 /// Whether `line` is the document marker `marker` (`---` or `...`): at the start of the line,
@@ -1704,15 +1711,21 @@ policy:
         }
         assert!(!format!("{:?}", loaded.diagnostics).contains(SECRET));
         // In a git work tree, the tree is the bound: both links are followed, and the token,
-        // now read, is still not quoted.
+        // now read, is still not quoted. Its .git is not: a CI job's token may be in its
+        // config.
         std::fs::create_dir(d.path().join(".git")).unwrap();
+        write(d.path(), ".git/config", &format!("arn: {SECRET}\n"));
+        symlink("../.git/config", m.join("config.yaml")).unwrap();
         let loaded = load_dir(&m, &LoadOptions::default());
         let errors: Vec<_> = loaded.errors().collect();
-        assert_eq!(errors.len(), 1, "{errors:#?}");
-        assert_eq!(errors[0].file, m.join("token.yaml"));
-        assert!(errors[0].message.contains("the document is a string"));
+        assert_eq!(errors.len(), 2, "{errors:#?}");
+        assert_eq!(errors[0].file, m.join("config.yaml"));
+        assert!(errors[0].message.contains("or into its .git"), "{errors:?}");
+        assert_eq!(errors[1].file, m.join("token.yaml"));
+        assert!(errors[1].message.contains("the document is a string"));
         assert!(!format!("{:?}", loaded.diagnostics).contains(SECRET));
         assert_eq!(loaded.files, 3);
+        std::fs::remove_file(m.join("config.yaml")).unwrap();
         // A directory beside the work tree, named through it with `..`: not a link, read.
         let beside = tempfile::tempdir().unwrap();
         write(beside.path(), "b.yaml", GOOD);
