@@ -732,11 +732,66 @@ fn reply(code: StatusCode, result: &'static str, message: String) -> Response {
     let level_info = code.is_success();
     if level_info {
         tracing::info!(result, status = code.as_u16(), "webhook: {message}");
-    } else {
-        tracing::warn!(result, status = code.as_u16(), "webhook: {message}");
+    } else if let Some(suppressed) = REFUSALS_LOGGED.admit(result) {
+        let also = match suppressed {
+            0 => String::new(),
+            n => format!(" ({n} more {result} not logged in the last minute)"),
+        };
+        tracing::warn!(result, status = code.as_u16(), "webhook: {message}{also}");
     }
     let body = serde_json::json!({ "result": result, "message": message }).to_string();
     (code, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+/// Refused webhooks logged, per result: anyone who reaches `/webhook` can send them, 1,400 a
+/// second from one connection, and the log must not grow with them (`kpr_webhooks_total`
+/// counts every one).
+static REFUSALS_LOGGED: RefusalLog = RefusalLog(std::sync::Mutex::new(Vec::new()));
+
+struct RefusalLog(std::sync::Mutex<Vec<RefusalWindow>>);
+
+struct RefusalWindow {
+    result: &'static str,
+    started: std::time::Instant,
+    logged: u32,
+    suppressed: u64,
+}
+
+impl RefusalLog {
+    /// The first few of each result a minute are logged; `Some(n)` when this one is, with
+    /// how many were not since the last one that was.
+    fn admit(&self, result: &'static str) -> Option<u64> {
+        self.admit_at(result, std::time::Instant::now())
+    }
+
+    fn admit_at(&self, result: &'static str, now: std::time::Instant) -> Option<u64> {
+        const PER_MINUTE: u32 = 10;
+        let mut windows = self.0.lock().expect("refusal log");
+        let i = match windows.iter().position(|w| w.result == result) {
+            Some(i) => i,
+            None => {
+                windows.push(RefusalWindow {
+                    result,
+                    started: now,
+                    logged: 0,
+                    suppressed: 0,
+                });
+                windows.len() - 1
+            }
+        };
+        let w = &mut windows[i];
+        if now.duration_since(w.started) >= Duration::from_secs(60) {
+            w.started = now;
+            w.logged = 0;
+        }
+        if w.logged < PER_MINUTE {
+            w.logged += 1;
+            Some(std::mem::take(&mut w.suppressed))
+        } else {
+            w.suppressed += 1;
+            None
+        }
+    }
 }
 
 /// How long a body may take to arrive, waits for the byte budget included: GitHub gives a
@@ -1005,5 +1060,27 @@ async fn delivery(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
                 )
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten of each refusal a minute are logged, the rest counted into the next line logged.
+    #[test]
+    fn refused_webhooks_are_logged_ten_a_minute_per_result() {
+        let log = RefusalLog(std::sync::Mutex::new(Vec::new()));
+        let start = std::time::Instant::now();
+        let admitted: Vec<Option<u64>> = (0..13)
+            .map(|_| log.admit_at("unauthorized", start))
+            .collect();
+        assert_eq!(admitted[..10], [Some(0); 10]);
+        assert_eq!(admitted[10..], [None; 3]);
+        // Another result has its own ten.
+        assert_eq!(log.admit_at("bad_request", start), Some(0));
+        let later = start + Duration::from_secs(61);
+        assert_eq!(log.admit_at("unauthorized", later), Some(3));
+        assert_eq!(log.admit_at("unauthorized", later), Some(0));
     }
 }
