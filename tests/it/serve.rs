@@ -4205,6 +4205,22 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
             "{name}: expected {needle:?} in {run:?}"
         );
     }
+    // A token over plain http:// is said to travel in cleartext; to loopback, it is not.
+    for (host, warned) in [("git.internal", true), ("127.0.0.1:9", false)] {
+        let mut cmd = common::kpr_cmd(&emu.url);
+        cmd.args(["serve", "--check-config", "--git-branch", "main"])
+            .arg("--git-url")
+            .arg(format!("http://{host}/r.git"))
+            .arg("--git-token-file")
+            .arg(&secret);
+        let run = common::output(cmd.output().unwrap());
+        assert_eq!(run.code, 0, "{run:?}");
+        assert_eq!(
+            run.stderr.contains("in cleartext"),
+            warned,
+            "{host}: {run:?}"
+        );
+    }
 }
 
 /// `kpr serve` whose first reconcile is stuck (nothing listens on its endpoint, so every call
