@@ -1211,6 +1211,13 @@ impl Reconciler {
         manifest::one_line(&rel.to_string_lossy()).into_owned()
     }
 
+    /// A diagnostic's message, on one line, with the other files it names ("declared twice:
+    /// here and at …") relative to the source as the file it is about is.
+    fn rel_message(&self, message: &str) -> String {
+        let root = format!("{}/", self.source.root().display());
+        manifest::one_line(&message.replace(&root, "")).into_owned()
+    }
+
     /// Loads and validates the manifests. A directory source has no revisions, so its
     /// revision is a digest of the files' content (`content-…`): equal content, equal revision.
     async fn load(&self, revision: Option<String>) -> Result<Loaded, Invalid> {
@@ -1286,9 +1293,9 @@ impl Reconciler {
                     Some(l) => format!(
                         "{}:{l}: {}",
                         self.rel(&d.file),
-                        manifest::one_line(&d.message)
+                        self.rel_message(&d.message)
                     ),
-                    None => format!("{}: {}", self.rel(&d.file), manifest::one_line(&d.message)),
+                    None => format!("{}: {}", self.rel(&d.file), self.rel_message(&d.message)),
                 })
                 .collect();
             let more = errors.len().saturating_sub(SHOWN);

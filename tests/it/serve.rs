@@ -3619,6 +3619,12 @@ fn a_duplicate_in_a_new_file_leaves_the_rest_of_the_old_file_corrected() {
     let st = serve.status_when("the invalid scan to end", Duration::from_secs(20), |st| {
         st["last_run"]["result"] == "invalid" && st["running"] == false
     });
+    // Both places named as the source names its files.
+    let error = st["last_run"]["error"].as_str().unwrap_or_default();
+    assert!(
+        error.contains("m.yaml:") && error.contains("here and at 0dup.yaml:1 "),
+        "{st:#}"
+    );
     // The resource declared twice is the one left alone: which declaration would apply?
     assert!(
         live(&emu, &d).is_some_and(|p| same_grant(&p, &intruder(&d))),
