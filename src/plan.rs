@@ -619,6 +619,9 @@ async fn prune<K: Kinesis>(
         for (stream, consumers) in consumer_lists {
             match consumers {
                 Ok(c) => candidates.extend(c),
+                // Deleted since the stream listing, its consumers with it: nothing to prune,
+                // as for a policy read below.
+                Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => {}
                 Err(e) => {
                     plan.failures
                         .push(Failure::from_api(stream.to_string(), None, &e));

@@ -1121,6 +1121,45 @@ fn prune_lists_every_stream_past_the_first_page() {
     );
 }
 
+/// A stream deleted between the listing of streams and that of its consumers has nothing left
+/// to prune, as one deleted before its policy is read: not a failure that turns the run red
+/// (nor one that stops a mistyped --target from being refused).
+#[test]
+fn a_stream_gone_before_its_consumers_are_listed_is_nothing_to_prune() {
+    let emu = common::kinesis_mock_private();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "gone-listing", 2);
+    let m =
+        common::Manifests::new(&[("a.yaml", &common::manifest(&arns[0], &desired(&arns[0], 0)))]);
+    let proxy = Proxy::start(&emu.url);
+    // As the service answers once the stream is gone.
+    proxy.always(
+        Some("ListStreamConsumers"),
+        &arns[1],
+        Fault::ResourceNotFound,
+    );
+    proxy.always(Some(GET), &arns[1], Fault::ResourceNotFound);
+    let plan = |extra: &[&str]| {
+        let mut cmd = kpr_via(&proxy);
+        cmd.env("AWS_ACCESS_KEY_ID", &emu.account)
+            .args(["plan", "--dir", &m.arg(), "--prune", "--output", "json"])
+            .args(extra);
+        common::output(cmd.output().expect("run kpr"))
+    };
+    let run = plan(&[]);
+    assert_eq!(run.code, 0, "{run:?}");
+    assert_eq!(run.json()["summary"]["failed"], 0, "{run:?}");
+    assert!(proxy.op_on("ListStreamConsumers", &arns[1]).faulted > 0);
+    let typo = emu.stream_arn("gone-listing-typo");
+    let refused = plan(&["--target", &typo]);
+    assert_eq!(refused.code, 1, "{refused:?}");
+    assert_eq!(
+        refused.json()["refused"]["reason"],
+        "unmatched_target",
+        "{refused:?}"
+    );
+}
+
 /// `--target` with `--prune` lists only where a target is: a one-resource run in a large
 /// estate does not list every stream's consumers (nor every account).
 #[test]

@@ -33,6 +33,8 @@ pub enum Fault {
     AccessDenied,
     /// 400 `InvalidArgumentException` (must not be retried).
     InvalidArgument,
+    /// 400 `ResourceNotFoundException`: the resource is gone (deleted since it was listed).
+    ResourceNotFound,
     /// 500 with the service's JSON error body (`InternalFailure`).
     Http500,
     /// 503 with a plain-text body, as a load balancer in front of the service would send.
@@ -51,6 +53,7 @@ impl Fault {
             Fault::LimitExceeded => "LimitExceededException",
             Fault::AccessDenied => "AccessDeniedException",
             Fault::InvalidArgument => "InvalidArgumentException",
+            Fault::ResourceNotFound => "ResourceNotFoundException",
             Fault::Http500 => "http500",
             Fault::Http503 => "http503",
             Fault::Drop => "drop",
@@ -627,6 +630,11 @@ fn fault_response(f: Fault, op: &str, arn: &str) -> Option<Response<Full<Bytes>>
             400,
             "InvalidArgumentException",
             &format!("Invalid argument for {arn} (injected)"),
+        ),
+        Fault::ResourceNotFound => aws_error(
+            400,
+            "ResourceNotFoundException",
+            &format!("Stream {arn} not found (injected)"),
         ),
         Fault::Http500 => aws_error(500, "InternalFailure", "injected internal failure"),
         Fault::Http503 => Response::builder()
