@@ -760,17 +760,20 @@ async fn run_plan(
     };
     // Refused before anything was planned: a person reads why on stderr; a pipeline that asked
     // for JSON still gets a document on stdout, not nothing.
-    let refuse =
-        |reason: &str, message: String, diagnostics: &[Diagnostic], plan: Option<&plan::Plan>| {
-            crate::errln!("{message}");
-            if args.output == OutputFormat::Json {
-                outln!(
-                    "{}",
-                    render::refused_json(kind, reason, &message, diagnostics, plan)
-                );
-            }
-            Ok(EXIT_ERROR)
-        };
+    // `plan`: the one the prune guard refused, with how many resources `--target` took.
+    let refuse = |reason: &str,
+                  message: String,
+                  diagnostics: &[Diagnostic],
+                  plan: Option<(&plan::Plan, Option<render::Targeted>)>| {
+        crate::errln!("{message}");
+        if args.output == OutputFormat::Json {
+            outln!(
+                "{}",
+                render::refused_json(kind, reason, &message, diagnostics, plan)
+            );
+        }
+        Ok(EXIT_ERROR)
+    };
     // A target that is not an ARN matches nothing either.
     let targets: Vec<ResourceArn> =
         match args.targets.iter().map(|t| ResourceArn::parse(t)).collect() {
@@ -845,6 +848,13 @@ async fn run_plan(
                 out!("{}", render::plan_text(p, targeted, &style));
                 outln!("Refused by the prune guard: nothing was written.");
             }
+            let plan = plan.map(|p| {
+                let targeted = targeted.map(|declared| render::Targeted {
+                    planned: p.planned(),
+                    declared,
+                });
+                (p, targeted)
+            });
             return refuse("prune_guard", format!("error: {refused}"), &warnings, plan);
         }
     };

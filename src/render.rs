@@ -27,7 +27,7 @@
 //! { "format_version": "1", "kind": "plan" | "apply",
 //!   "refused": { "reason": "invalid_manifests"|"unmatched_target"|"prune_guard", "message" },
 //!   "diagnostics": [ { "file", "line", "severity", "message" } ],
-//!   "summary"?, "resources"?, "failures"? }                          // prune_guard only
+//!   "summary"?, "resources"?, "failures"?, "targeted"? }             // prune_guard only
 //! ```
 
 use std::fmt::Write as _;
@@ -48,7 +48,7 @@ pub fn refused_json(
     reason: &str,
     message: &str,
     diagnostics: &[crate::manifest::Diagnostic],
-    plan: Option<&Plan>,
+    plan: Option<(&Plan, Option<Targeted>)>,
 ) -> String {
     let mut doc = serde_json::json!({
         "format_version": FORMAT_VERSION,
@@ -56,10 +56,14 @@ pub fn refused_json(
         "refused": {"reason": reason, "message": message},
         "diagnostics": diagnostics,
     });
-    if let (Some(plan), Some(obj)) = (plan, doc.as_object_mut()) {
+    if let (Some((plan, targeted)), Some(obj)) = (plan, doc.as_object_mut()) {
         obj.insert("summary".into(), serde_json::json!(plan.summary()));
         obj.insert("resources".into(), serde_json::json!(plan.changes));
         obj.insert("failures".into(), serde_json::json!(plan.failures));
+        // As in a plan's document: with --target, not about the whole set.
+        if let Some(t) = targeted {
+            obj.insert("targeted".into(), serde_json::json!(t));
+        }
     }
     serde_json::to_string_pretty(&doc).expect("a json! value serialises")
 }

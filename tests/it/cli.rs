@@ -1170,6 +1170,27 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     assert_eq!(deletes, want, "{doc:#}");
     assert_eq!(actions("create"), std::slice::from_ref(&kept), "{doc:#}");
     assert_eq!(doc["summary"]["delete"], 3, "{doc:#}");
+    assert!(doc["targeted"].is_null(), "{doc:#}");
+    // Targeted, the refused plan says it is not about the whole set, as a plan's would.
+    let targeted = kpr(&[
+        "plan",
+        "--dir",
+        &dir.arg(),
+        "--prune",
+        "--max-deletes",
+        "1",
+        "--output",
+        "json",
+        "--target",
+        &stray[0],
+        "--target",
+        &stray[1],
+    ]);
+    assert_eq!(targeted.code, 1, "{targeted:?}");
+    let t = targeted.json();
+    assert_eq!(t["refused"]["reason"], "prune_guard", "{t:#}");
+    assert_eq!(t["targeted"]["declared"], 1, "{t:#}");
+    assert_eq!(t["targeted"]["planned"], 0, "{t:#}");
     // And in text, as plan shows changes, before the refusal.
     assert!(
         refused
