@@ -487,6 +487,19 @@ pub async fn worker(mut reconciler: Reconciler, shared: Arc<Shared>) {
     }
 }
 
+/// `message` with the paths it names below `root` made relative to it. Only where a path
+/// starts (the message's start, or after a space): the root's text may also be part of an ARN
+/// (`--dir orders`, `stream/orders/consumer/c`).
+fn shorten_paths(message: &str, root: &Path) -> String {
+    let shown = root.display().to_string();
+    let prefix = format!("{}/", shown.trim_end_matches('/'));
+    message
+        .split(' ')
+        .map(|word| word.strip_prefix(prefix.as_str()).unwrap_or(word))
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
 /// The next retry, brought forward to `awaited` (a fetch for a pushed commit not yet seen)
 /// when that is sooner; true if it was. A retry keeps its scope: a full scan still owed stays
 /// one (every run fetches, so it serves the awaited commit as well).
@@ -1214,8 +1227,7 @@ impl Reconciler {
     /// A diagnostic's message, on one line, with the other files it names ("declared twice:
     /// here and at …") relative to the source as the file it is about is.
     fn rel_message(&self, message: &str) -> String {
-        let root = format!("{}/", self.source.root().display());
-        manifest::one_line(&message.replace(&root, "")).into_owned()
+        manifest::one_line(&shorten_paths(message, self.source.root())).into_owned()
     }
 
     /// Loads and validates the manifests. A directory source has no revisions, so its
@@ -2582,6 +2594,21 @@ mod tests {
 
     /// A failed full scan stays owed through a webhook's incremental run that succeeds, and is
     /// paid by a full run; failed runs in a row lengthen the wait, and widen the scope.
+    /// The other file a diagnostic names is shortened as the file it is about is; an ARN
+    /// that holds the directory's name is left as it is.
+    #[test]
+    fn paths_in_messages_are_shortened_and_nothing_else() {
+        let message = "arn:aws:kinesis:us-east-1:1:stream/orders/consumer/c is declared twice: \
+                       here and at orders/a.yaml:1 (one manifest per resource)";
+        for root in ["orders", "orders/"] {
+            assert_eq!(
+                shorten_paths(message, Path::new(root)),
+                "arn:aws:kinesis:us-east-1:1:stream/orders/consumer/c is declared twice: here \
+                 and at a.yaml:1 (one manifest per resource)"
+            );
+        }
+    }
+
     #[test]
     fn what_failed_runs_owe_is_paid_only_by_a_run_as_wide() {
         let mut owed = Owed::default();
