@@ -394,40 +394,53 @@ pub(crate) fn read_bounded(from: impl std::io::Read, buf: &mut Vec<u8>) -> std::
 }
 
 /// What a manifest directory holds at one moment, as far as its files' names, the files their
-/// links lead to, their sizes, times and inodes, and the times of the directories that hold
-/// them (a link renamed over another, as a ConfigMap's `..data` is, changes its directory's
-/// time, also when it swaps back) tell: taken before and after a load, two that differ mean
-/// the directory changed while it was read, and the load may mix two versions of it.
+/// links lead to, their sizes, times and inodes, and the directories and links on the way to
+/// them tell: taken before and after a load, two that differ mean the directory changed while
+/// it was read, and the load may mix two versions of it. Every directory from the root of the
+/// file system down to each file's is taken as it is itself (`lstat`): a link renamed over
+/// another (a ConfigMap's `..data`, a `current` link flipped), `--dir` itself or one of its
+/// ancestors included, is a new inode, also when it swaps back, and changes its directory's
+/// time.
 #[derive(Debug, PartialEq, Eq)]
-pub struct DirSnapshot(Vec<(PathBuf, Option<FileStamp>)>);
+pub struct DirSnapshot {
+    files: Vec<(PathBuf, Option<FileStamp>)>,
+    dirs: BTreeMap<PathBuf, Option<(u64, Option<std::time::SystemTime>)>>,
+}
 
-/// The file a link leads to, its size, time and inode, and the times of the directory the
-/// link is in and of the one the file is in.
-type FileStamp = (PathBuf, u64, [Option<std::time::SystemTime>; 3], u64);
+/// The file a link leads to, its size, time and inode.
+type FileStamp = (PathBuf, u64, Option<std::time::SystemTime>, u64);
 
 impl DirSnapshot {
     pub fn of(dir: &Path) -> Self {
         use std::os::unix::fs::MetadataExt;
+        let lstat = |p: &Path| {
+            std::fs::symlink_metadata(p)
+                .ok()
+                .map(|m| (m.ino(), m.modified().ok()))
+        };
         let files = files_below(dir);
-        let modified =
-            |p: Option<&Path>| p.and_then(|p| std::fs::metadata(p).ok()?.modified().ok());
-        DirSnapshot(
-            files
-                .into_iter()
-                .map(|f| {
-                    let stamp = std::fs::canonicalize(&f).ok().and_then(|real| {
-                        let meta = std::fs::metadata(&real).ok()?;
-                        let times = [
-                            meta.modified().ok(),
-                            modified(f.parent()),
-                            modified(real.parent()),
-                        ];
-                        Some((real, meta.len(), times, meta.ino()))
-                    });
-                    (f, stamp)
-                })
-                .collect(),
-        )
+        let mut dirs = BTreeMap::new();
+        let absolute = std::path::absolute(dir).unwrap_or_else(|_| dir.to_path_buf());
+        for d in absolute.ancestors() {
+            dirs.insert(d.to_path_buf(), lstat(d));
+        }
+        let files = files
+            .into_iter()
+            .map(|f| {
+                for d in f.ancestors().skip(1) {
+                    if dirs.contains_key(d) || !d.starts_with(dir) {
+                        break;
+                    }
+                    dirs.insert(d.to_path_buf(), lstat(d));
+                }
+                let stamp = std::fs::canonicalize(&f).ok().and_then(|real| {
+                    let meta = std::fs::metadata(&real).ok()?;
+                    Some((real, meta.len(), meta.modified().ok(), meta.ino()))
+                });
+                (f, stamp)
+            })
+            .collect();
+        DirSnapshot { files, dirs }
     }
 }
 
@@ -1749,6 +1762,30 @@ policy:
                 .contains("the manifest directory is a symlink")
         );
         assert_eq!(loaded.files, 0);
+    }
+
+    /// A link flipped away and back between two snapshots, `--dir` itself or a link inside
+    /// it, is told from one left alone: what lay behind it may have changed meanwhile.
+    #[test]
+    fn a_snapshot_tells_a_link_flipped_away_and_back() {
+        use std::os::unix::fs::symlink;
+        let d = tempfile::tempdir().unwrap();
+        for v in ["..v0", "..v1"] {
+            write(&d.path().join(v), "a.yaml", GOOD);
+        }
+        symlink("..v0", d.path().join("..data")).unwrap();
+        symlink("..data/a.yaml", d.path().join("a.yaml")).unwrap();
+        let flip = |to: &str| {
+            symlink(to, d.path().join("..tmp")).unwrap();
+            std::fs::rename(d.path().join("..tmp"), d.path().join("..data")).unwrap();
+        };
+        for dir in [d.path().to_path_buf(), d.path().join("..data")] {
+            let before = DirSnapshot::of(&dir);
+            assert_eq!(before, DirSnapshot::of(&dir), "{dir:?} changed by itself");
+            flip("..v1");
+            flip("..v0");
+            assert_ne!(before, DirSnapshot::of(&dir), "{dir:?}");
+        }
     }
 
     /// A directory reached both as itself and through a link that sorts first is read where
