@@ -521,14 +521,7 @@ impl Settings {
                 if token.is_none() {
                     token = url_password.map(Secret);
                 }
-                let loopback = |host: &str| {
-                    let name = host.rsplit_once(':').map_or(host, |(name, _)| name);
-                    name == "localhost" || name.starts_with("127.") || name == "[::1]"
-                };
-                if token.is_some()
-                    && let Some(rest) = url.strip_prefix("http://")
-                    && !loopback(rest.split('/').next().unwrap_or(rest))
-                {
+                if token.is_some() && url.starts_with("http://") && !source::loopback_url(&url) {
                     tracing::warn!(
                         "the git token goes to {} over plain http://, in cleartext to anyone on \
                          the way: use an https:// URL",

@@ -420,6 +420,7 @@ impl Source {
 /// or anyone on an `http://` path could send it anywhere.
 const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; \
     while IFS='=' read -r k v; do case \"$k\" in protocol) p=$v;; host) h=$v;; esac; done; \
+    h=$(printf '%s' \"$h\" | tr '[:upper:]' '[:lower:]'); \
     test \"$p\" = \"$KPR_GIT_CREDENTIAL_PROTOCOL\" && test \"$h\" = \"$KPR_GIT_CREDENTIAL_HOST\" \
     || exit 0; \
     printf 'username=%s\\npassword=%s\\n' \"${KPR_GIT_USERNAME:-x-access-token}\" \
@@ -432,6 +433,23 @@ fn credential_origin(url: &str) -> Option<(&str, &str)> {
     let authority = rest.split(['/', '?', '#']).next()?;
     let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
     Some((protocol, host))
+}
+
+/// Whether `url`'s host is this machine (`localhost`, 127.0.0.0/8, `[::1]`), where a token
+/// sent over plain http:// crosses no network.
+pub fn loopback_url(url: &str) -> bool {
+    let Some((_, host)) = credential_origin(url) else {
+        return false;
+    };
+    // Without the port: after `]` for an IPv6 address, else after the one colon.
+    let name = match host.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => host.split(':').next().unwrap_or(host),
+    };
+    name.eq_ignore_ascii_case("localhost")
+        || name
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
 }
 
 impl GitRepo {
@@ -515,9 +533,10 @@ impl GitRepo {
             }
         }
         if credentials {
+            // Host names are read without regard to case; the helper lowers git's too.
             let (protocol, host) = credential_origin(&self.url).unwrap_or_default();
             cmd.env("KPR_GIT_CREDENTIAL_PROTOCOL", protocol)
-                .env("KPR_GIT_CREDENTIAL_HOST", host)
+                .env("KPR_GIT_CREDENTIAL_HOST", host.to_ascii_lowercase())
                 .env(
                     "KPR_GIT_PASSWORD",
                     token.as_ref().map_or("", Secret::expose),
@@ -1189,6 +1208,9 @@ mod tests {
                 "{out:?}"
             );
         }
+        // Host names are case-insensitive: a redirect that only changes case still gets it.
+        let upper = credential("fill", b"protocol=https\nhost=GIT.Example.com\n\n");
+        assert!(upper.status.success(), "{upper:?}");
         let out = credential("fill", b"protocol=https\nhost=git.example.com\n\n");
         assert!(out.status.success(), "{out:?}");
         let out = String::from_utf8(out.stdout).unwrap();
@@ -1205,6 +1227,17 @@ mod tests {
             credential_origin("http://127.0.0.1/r.git"),
             Some(("http", "127.0.0.1"))
         );
+        for (url, is) in [
+            ("http://127.0.0.1:9/r.git", true),
+            ("http://LOCALHOST/r.git", true),
+            ("http://[::1]:8080/r.git", true),
+            ("http://u:t@localhost/r.git", true),
+            ("http://127.evil.example/r.git", false),
+            ("http://localhost.evil.example/r.git", false),
+            ("http://git.internal/r.git", false),
+        ] {
+            assert_eq!(loopback_url(url), is, "{url}");
+        }
     }
 
     use super::*;
