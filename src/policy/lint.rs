@@ -96,6 +96,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         lockout_rules(&mut out, s, &path, &sid, ctx);
         resource_rules(&mut out, s, &path, &sid, ctx);
         action_rules(&mut out, s, &path, &sid);
+        operator_rule(&mut out, s, &path, &sid);
         boolean_condition_rule(&mut out, s, &path, &sid);
     }
     out.0
@@ -1066,6 +1067,62 @@ fn is_consumer_without_epoch(arn: &str) -> bool {
 /// written never denies. kpr reads YAML 1.2, where `no`, `off` and `yes` are strings; a reader
 /// of YAML 1.1 (PyYAML, yamllint, a reviewer) takes them for booleans, so the manifest reads
 /// as a working guard while the policy sent holds `"no"`.
+/// IAM's condition operators, as [`base_operator`] reduces them (`ForAnyValue:`,
+/// `ForAllValues:` and `IfExists` aside), in their documented spelling.
+const OPERATORS: &[&str] = &[
+    "StringEquals",
+    "StringNotEquals",
+    "StringEqualsIgnoreCase",
+    "StringNotEqualsIgnoreCase",
+    "StringLike",
+    "StringNotLike",
+    "NumericEquals",
+    "NumericNotEquals",
+    "NumericLessThan",
+    "NumericLessThanEquals",
+    "NumericGreaterThan",
+    "NumericGreaterThanEquals",
+    "DateEquals",
+    "DateNotEquals",
+    "DateLessThan",
+    "DateLessThanEquals",
+    "DateGreaterThan",
+    "DateGreaterThanEquals",
+    "Bool",
+    "BinaryEquals",
+    "IpAddress",
+    "NotIpAddress",
+    "ArnEquals",
+    "ArnLike",
+    "ArnNotEquals",
+    "ArnNotLike",
+    "Null",
+];
+
+/// An operator IAM does not know (`StringEqual`) is not a condition that limits nothing: in
+/// a Deny, a typo would leave unblocked what the writer meant to block.
+fn operator_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let Some(c) = s.condition() else { return };
+    for b in c.blocks() {
+        let base = base_operator(b.operator());
+        if OPERATORS.iter().any(|o| o.eq_ignore_ascii_case(&base)) {
+            continue;
+        }
+        let hint = super::closest(&base, OPERATORS.iter().copied(), 3)
+            .map(|o| format!(" (did you mean {o}?)"))
+            .unwrap_or_default();
+        out.error(
+            &format!("{path}.Condition.{}", b.operator()),
+            format!(
+                "{} is not an IAM condition operator{hint}{sid}; one of StringEquals, \
+                 StringLike, ArnLike, IpAddress, Bool, Null... (with ForAnyValue:, \
+                 ForAllValues: or IfExists where they apply)",
+                b.operator()
+            ),
+        );
+    }
+}
+
 fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
     let Some(c) = s.condition() else { return };
     for b in c.blocks() {
@@ -1569,6 +1626,45 @@ mod tests {
         let d =
             policy(json!({"Action": null, "NotAction": "kinesis:DeleteStream", "Effect": "Deny"}));
         assert_eq!(run(&d, &ctx(STREAM)), []);
+    }
+
+    #[test]
+    fn condition_operators_are_iams() {
+        let deny = |c: Value| {
+            run(
+                &policy(
+                    json!({"Effect": "Deny", "Principal": {"AWS": "444455556666"},
+                    "Condition": c}),
+                ),
+                &ctx(STREAM),
+            )
+        };
+        let f = deny(json!({"StringEqual": {"aws:SourceVpce": "vpce-1"}}));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Condition.StringEqual",
+            "StringEqual is not an IAM condition operator (did you mean StringEquals?)",
+        );
+        let f = deny(json!({"ForAnyValues:StringLike": {"aws:PrincipalOrgPaths": "o-1/*"}}));
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Condition.ForAnyValues:StringLike",
+            "is not an IAM condition operator",
+        );
+        for ok in [
+            "ForAnyValue:StringLike",
+            "ForAllValues:StringEquals",
+            "StringNotEqualsIfExists",
+            "arnlike",
+        ] {
+            assert_eq!(
+                deny(json!({ok: {"aws:PrincipalArn": "arn:aws:iam::1:role/x"}})),
+                [],
+                "{ok}"
+            );
+        }
     }
 
     #[test]
