@@ -97,6 +97,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         resource_rules(&mut out, s, &path, &sid, ctx);
         action_rules(&mut out, s, &path, &sid);
         operator_rule(&mut out, s, &path, &sid);
+        condition_key_rule(&mut out, s, &path, &sid);
         boolean_condition_rule(&mut out, s, &path, &sid);
     }
     out.0
@@ -740,7 +741,8 @@ fn kpr_may_meet_entry(
             lower.ends_with("ifexists") || lower.contains("not")
         }
     };
-    if ABSENT_FROM_KPRS_CALLS.contains(&key.as_str()) {
+    // A key no request carries (a typo: `aws:PrincipleArn`) is absent from kpr's calls too.
+    if ABSENT_FROM_KPRS_CALLS.contains(&key.as_str()) || !is_known_key(&key) {
         return holds_without_key()
             .then_some("kpr's direct calls carry no such key, and it holds without it");
     }
@@ -853,6 +855,94 @@ fn date_holds_now(op: &str, value: &str) -> Option<bool> {
     )
 }
 
+/// IAM's global condition keys (lowercase), those with a tag after them aside: what a request
+/// may carry. A key in `aws:` that is none of these is most likely a typo.
+const GLOBAL_KEYS: &[&str] = &[
+    "aws:assumedroot",
+    "aws:calledvia",
+    "aws:calledviafirst",
+    "aws:calledvialast",
+    "aws:chatbotsourcearn",
+    "aws:currenttime",
+    "aws:ec2instancesourceprivateipv4",
+    "aws:ec2instancesourcevpc",
+    "aws:epochtime",
+    "aws:federatedprovider",
+    "aws:multifactorauthage",
+    "aws:multifactorauthpresent",
+    "aws:principalaccount",
+    "aws:principalarn",
+    "aws:principalisawsservice",
+    "aws:principalorgid",
+    "aws:principalorgpaths",
+    "aws:principalservicename",
+    "aws:principalservicenameslist",
+    "aws:principaltype",
+    "aws:referer",
+    "aws:requestedregion",
+    "aws:resourceaccount",
+    "aws:resourceorgid",
+    "aws:resourceorgpaths",
+    "aws:securetransport",
+    "aws:sourceaccount",
+    "aws:sourcearn",
+    "aws:sourceidentity",
+    "aws:sourceip",
+    "aws:sourceorgid",
+    "aws:sourceorgpaths",
+    "aws:sourceowner",
+    "aws:sourcevpc",
+    "aws:sourcevpcarn",
+    "aws:sourcevpce",
+    "aws:tagkeys",
+    "aws:tokenissuetime",
+    "aws:useragent",
+    "aws:userid",
+    "aws:username",
+    "aws:viaawsservice",
+    "aws:vpceaccount",
+    "aws:vpceorgid",
+    "aws:vpceorgpaths",
+    "aws:vpcsourceip",
+];
+
+/// Keys followed by a tag's name (`aws:PrincipalTag/team`).
+const TAG_KEY_PREFIXES: &[&str] = &["aws:principaltag/", "aws:requesttag/", "aws:resourcetag/"];
+
+/// Whether a (lowercase) condition key may be in a request: a global key, a tag key, or one of
+/// another service's (`kinesis:`, `sts:`), which kpr does not list.
+fn is_known_key(key: &str) -> bool {
+    !key.starts_with("aws:")
+        || GLOBAL_KEYS.contains(&key)
+        || TAG_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
+}
+
+/// A global key misspelt (`aws:PrincipleAccount`) is in no request: under a positive
+/// operator its entry never matches, under a negated one or `IfExists` it always holds.
+/// Warned of, not refused: AWS adds global keys, and kpr's list may lag behind.
+fn condition_key_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let Some(c) = s.condition() else { return };
+    for b in c.blocks() {
+        for (key, _) in b.entries() {
+            let lower = key.to_ascii_lowercase();
+            if is_known_key(&lower) {
+                continue;
+            }
+            let hint = super::closest(&lower, GLOBAL_KEYS.iter().copied(), 3)
+                .map(|k| format!(" (did you mean {k}?)"))
+                .unwrap_or_default();
+            out.warning(
+                &format!("{path}.Condition.{}.{key}", b.operator()),
+                format!(
+                    "{key} is not a global condition key kpr knows{hint}{sid}: a key no request \
+                     carries never matches, and under a negated operator or IfExists always \
+                     holds"
+                ),
+            );
+        }
+    }
+}
+
 /// Condition keys a call kpr's role makes itself does not carry: those of a service acting
 /// for someone, and those of MFA, which a pipeline's session has none of.
 const ABSENT_FROM_KPRS_CALLS: &[&str] = &[
@@ -888,11 +978,15 @@ fn spares_no_one_of(op: &str, key: &str, value: &str, account: &str) -> bool {
     }
     // IAM applies wildcards under ArnEquals as under ArnLike.
     let pattern = matches!(op, "stringnotlike" | "arnnotlike" | "arnnotequals");
+    // A value that is neither an account id nor a pattern (`11112222333`, one digit short)
+    // names nobody: the exception spares no one.
     let other = |a: &str| {
         if crate::arn::is_account_id(a) {
             a != account
+        } else if pattern && a.contains(['*', '?']) {
+            !wildcard_match(a, account)
         } else {
-            pattern && a.contains(['*', '?']) && !wildcard_match(a, account)
+            true
         }
     };
     match key {
@@ -911,7 +1005,9 @@ fn spares_no_one_of(op: &str, key: &str, value: &str, account: &str) -> bool {
                     true
                 }
                 [_, _, _, _, acct, _] => other(acct),
-                _ => false,
+                // Not an ARN (`arn:aws:iam:1111:role/kpr`, a colon short): nobody's, unless
+                // a pattern that may match anyone.
+                _ => !(pattern && value.contains(['*', '?'])),
             }
         }
     }
@@ -1063,10 +1159,6 @@ fn is_consumer_without_epoch(arn: &str) -> bool {
         .is_some_and(|i| !arn[i..].contains(':'))
 }
 
-/// `Bool` and `Null` match `true` or `false` only: any other value never matches, so a Deny so
-/// written never denies. kpr reads YAML 1.2, where `no`, `off` and `yes` are strings; a reader
-/// of YAML 1.1 (PyYAML, yamllint, a reviewer) takes them for booleans, so the manifest reads
-/// as a working guard while the policy sent holds `"no"`.
 /// IAM's condition operators, as [`base_operator`] reduces them (`ForAnyValue:`,
 /// `ForAllValues:` and `IfExists` aside), in their documented spelling.
 const OPERATORS: &[&str] = &[
@@ -1123,6 +1215,10 @@ fn operator_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
     }
 }
 
+/// `Bool` and `Null` match `true` or `false` only: any other value never matches, so a Deny so
+/// written never denies. kpr reads YAML 1.2, where `no`, `off` and `yes` are strings; a reader
+/// of YAML 1.1 (PyYAML, yamllint, a reviewer) takes them for booleans, so the manifest reads
+/// as a working guard while the policy sent holds `"no"`.
 fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
     let Some(c) = s.condition() else { return };
     for b in c.blocks() {
@@ -1667,6 +1763,54 @@ mod tests {
         }
     }
 
+    /// A misspelt global key is in no request: warned of, with the key meant; and in a Deny
+    /// to everyone under a negated operator, it holds for kpr too (a lockout).
+    #[test]
+    fn an_unknown_global_key_is_warned_of() {
+        let with = |effect: &str, principal: Value, c: Value| {
+            run(
+                &policy(
+                    json!({"Effect": effect, "Principal": principal, "Condition": c,
+                    "Action": "kinesis:*"}),
+                ),
+                &ctx(STREAM),
+            )
+        };
+        let f = with(
+            "Deny",
+            json!({"AWS": "444455556666"}),
+            json!({"StringEquals": {"aws:PrincipleAccount": "444455556666"}}),
+        );
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Condition.StringEquals.aws:PrincipleAccount",
+            "is not a global condition key kpr knows (did you mean aws:principalaccount?)",
+        );
+        for known in [
+            "aws:PrincipalTag/team",
+            "aws:sourcevpce",
+            "kinesis:anything",
+        ] {
+            let f = with(
+                "Deny",
+                json!({"AWS": "444455556666"}),
+                json!({"StringEquals": {known: "x"}}),
+            );
+            assert_eq!(f, [], "{known}");
+        }
+        let f = with(
+            "Deny",
+            json!("*"),
+            json!({"ArnNotEquals": {"aws:PrincipleArn": "arn:aws:iam::111122223333:role/kpr"}}),
+        );
+        assert!(
+            f.iter()
+                .any(|f| f.message.contains("kpr can no longer read")),
+            "{f:?}"
+        );
+    }
+
     #[test]
     fn bool_and_null_conditions_take_true_or_false_only() {
         let with = |c: Value| run(&policy(json!({"Condition": c})), &ctx(STREAM));
@@ -2107,6 +2251,16 @@ mod tests {
                 json!({"DateGreaterThan": {"aws:CurrentTime": "soon"}}),
                 false,
             ),
+            // An exception that can be nobody's (a digit or a colon short) spares no one.
+            (
+                json!({"StringNotEquals": {"aws:PrincipalAccount": "11112222333"}}),
+                true,
+            ),
+            (
+                json!({"ArnNotEquals": {"aws:PrincipalArn": "arn:aws:iam:111122223333:role/kpr"}}),
+                true,
+            ),
+            (json!({"ArnNotLike": {"aws:PrincipalArn": "*"}}), false),
             // A pattern under StringNotEquals is read as text: it spares no one. Under
             // StringNotLike it spares the callers it matches.
             (
