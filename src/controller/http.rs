@@ -395,7 +395,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
     );
     metrics::describe_gauge!(
         "kpr_last_success_timestamp_seconds",
-        "When a reconcile last completed (success or partial) with a resource not failed"
+        "When a reconcile last completed (success or partial) with a resource not failed; \
+         the start's time until then"
     );
     metrics::describe_counter!("kpr_webhooks_total", "Webhook deliveries by result");
     metrics::describe_counter!(
@@ -430,6 +431,15 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
         }
     }
     metrics::counter!("kpr_http_connections_refused_total").absolute(0);
+    // From the start, as the start's time: a service that never converges after a restart
+    // (credentials broken, AWS unreachable) must still make `time() - …` grow, where a series
+    // missing until the first success would keep the "stopped converging" alert quiet, and
+    // even resolve one the pod before it had raised.
+    metrics::gauge!("kpr_last_success_timestamp_seconds").set(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0.0, |d| d.as_secs_f64()),
+    );
     Ok(handle)
 }
 

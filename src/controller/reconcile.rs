@@ -2367,10 +2367,14 @@ impl Reconciler {
         // A run in which every resource failed or was left to its backoff (AWS unreachable,
         // say) completed, but converged nothing: the "stopped converging" alert must still
         // see the time pass. A run with nothing to do at all did converge.
+        // Nor one that had nothing to do (a push that changed no manifest, a payload-less
+        // trigger) while resources still fail or wait out their backoff: an outage's pushes
+        // would keep the alert quiet.
         let s = &out.summary;
         let none_ok = s.create + s.update + s.delete + s.unchanged == 0;
-        let converged =
-            result.completed() && !(none_ok && (s.failed > 0 || !out.skipped.is_empty()));
+        let still_failing = counts.failed > 0 || counts.backing_off > 0;
+        let converged = result.completed()
+            && !(none_ok && (s.failed > 0 || !out.skipped.is_empty() || still_failing));
         if converged {
             metrics::gauge!("kpr_last_success_timestamp_seconds").set(
                 finished

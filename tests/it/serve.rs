@@ -11,7 +11,7 @@ use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Barrier};
-use std::time::{Duration, Instant};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use hmac::{Hmac, KeyInit, Mac};
 use sha2::Sha256;
@@ -2791,7 +2791,10 @@ fn what_was_judged_and_awaited_survives_a_restart() {
 }
 
 /// With AWS unreachable every resource fails: the run completes (ready, its revision the last
-/// good one) but converged nothing, so the time of the last success does not move.
+/// good one) but converged nothing, so the time of the last success does not move from the
+/// start's, where it is from the first scrape (missing, it kept the alert on it quiet). Nor
+/// does a run with nothing to do while the resource still fails (a push that changed no
+/// manifest, a payload-less trigger).
 #[test]
 fn a_run_where_every_resource_failed_is_no_success() {
     let emu = common::kinesis_mock_private();
@@ -2815,6 +2818,16 @@ fn a_run_where_every_resource_failed_is_no_success() {
             ..Options::default()
         },
     );
+    let started = serve.metric("kpr_last_success_timestamp_seconds", &[]);
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    assert!(
+        started > now - 60.0 && started <= now,
+        "{}",
+        serve.metrics()
+    );
     // The first run fails the resource; scheduled runs after it leave it to its backoff.
     // Neither converges anything.
     let st = serve.status_when("three runs", Duration::from_secs(60), |st| {
@@ -2828,10 +2841,18 @@ fn a_run_where_every_resource_failed_is_no_success() {
             && st["last_success_at"].is_null(),
         "{st:#}"
     );
+    // A payload-less trigger finds nothing changed: a run with nothing to do.
+    let runs = st["runs"].as_u64().unwrap();
+    serve.trigger();
+    let st = serve.run_after(runs, "the triggered run");
+    assert!(
+        st["last_run"]["result"] == "success" && st["last_success_at"].is_null(),
+        "{st:#}"
+    );
     assert_eq!(serve.get("/readyz").status, 200);
     assert_eq!(
         serve.metric("kpr_last_success_timestamp_seconds", &[]),
-        0.0,
+        started,
         "{}",
         serve.metrics()
     );
