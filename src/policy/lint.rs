@@ -855,55 +855,59 @@ fn date_holds_now(op: &str, value: &str) -> Option<bool> {
     )
 }
 
-/// IAM's global condition keys (lowercase), those with a tag after them aside: what a request
-/// may carry. A key in `aws:` that is none of these is most likely a typo.
+/// IAM's global condition keys, as AWS spells them (they are read without regard to case),
+/// those with a tag after them aside: what a request may carry. A key in `aws:` that is none of
+/// these is most likely a typo.
 const GLOBAL_KEYS: &[&str] = &[
-    "aws:assumedroot",
-    "aws:calledvia",
-    "aws:calledviafirst",
-    "aws:calledvialast",
-    "aws:chatbotsourcearn",
-    "aws:currenttime",
-    "aws:ec2instancesourceprivateipv4",
-    "aws:ec2instancesourcevpc",
-    "aws:epochtime",
-    "aws:federatedprovider",
-    "aws:multifactorauthage",
-    "aws:multifactorauthpresent",
-    "aws:principalaccount",
-    "aws:principalarn",
-    "aws:principalisawsservice",
-    "aws:principalorgid",
-    "aws:principalorgpaths",
-    "aws:principalservicename",
-    "aws:principalservicenameslist",
-    "aws:principaltype",
-    "aws:referer",
-    "aws:requestedregion",
-    "aws:resourceaccount",
-    "aws:resourceorgid",
-    "aws:resourceorgpaths",
-    "aws:securetransport",
-    "aws:sourceaccount",
-    "aws:sourcearn",
-    "aws:sourceidentity",
-    "aws:sourceip",
-    "aws:sourceorgid",
-    "aws:sourceorgpaths",
-    "aws:sourceowner",
-    "aws:sourcevpc",
-    "aws:sourcevpcarn",
-    "aws:sourcevpce",
-    "aws:tagkeys",
-    "aws:tokenissuetime",
-    "aws:useragent",
+    "aws:AssumedRoot",
+    "aws:CalledVia",
+    "aws:CalledViaAWSMCP",
+    "aws:CalledViaFirst",
+    "aws:CalledViaLast",
+    "aws:ChatbotSourceArn",
+    "aws:CurrentTime",
+    "aws:Ec2InstanceSourcePrivateIPv4",
+    "aws:Ec2InstanceSourceVpc",
+    "aws:EpochTime",
+    "aws:FederatedProvider",
+    "aws:IsMcpServiceAction",
+    "aws:MultiFactorAuthAge",
+    "aws:MultiFactorAuthPresent",
+    "aws:PrincipalAccount",
+    "aws:PrincipalArn",
+    "aws:PrincipalIsAWSService",
+    "aws:PrincipalOrgID",
+    "aws:PrincipalOrgPaths",
+    "aws:PrincipalServiceName",
+    "aws:PrincipalServiceNamesList",
+    "aws:PrincipalType",
+    "aws:Referer",
+    "aws:RequestedRegion",
+    "aws:ResourceAccount",
+    "aws:ResourceOrgID",
+    "aws:ResourceOrgPaths",
+    "aws:SecureTransport",
+    "aws:SourceAccount",
+    "aws:SourceArn",
+    "aws:SourceIdentity",
+    "aws:SourceIp",
+    "aws:SourceOrgID",
+    "aws:SourceOrgPaths",
+    "aws:SourceOwner",
+    "aws:SourceVpc",
+    "aws:SourceVpcArn",
+    "aws:SourceVpce",
+    "aws:TagKeys",
+    "aws:TokenIssueTime",
+    "aws:UserAgent",
     "aws:userid",
     "aws:username",
-    "aws:viaawsservice",
-    "aws:vpceaccount",
-    "aws:vpceorgid",
-    "aws:vpceorgpaths",
-    "aws:vpcsourceip",
+    "aws:ViaAWSMCPService",
+    "aws:ViaAWSService",
+    "aws:VpceAccount",
+    "aws:VpceOrgID",
+    "aws:VpceOrgPaths",
+    "aws:VpcSourceIp",
 ];
 
 /// Keys followed by a tag's name (`aws:PrincipalTag/team`).
@@ -913,7 +917,7 @@ const TAG_KEY_PREFIXES: &[&str] = &["aws:principaltag/", "aws:requesttag/", "aws
 /// another service's (`kinesis:`, `sts:`), which kpr does not list.
 fn is_known_key(key: &str) -> bool {
     !key.starts_with("aws:")
-        || GLOBAL_KEYS.contains(&key)
+        || GLOBAL_KEYS.iter().any(|k| k.eq_ignore_ascii_case(key))
         || TAG_KEY_PREFIXES.iter().any(|p| key.starts_with(p))
 }
 
@@ -1785,12 +1789,13 @@ mod tests {
             &f,
             Severity::Warning,
             "Statement[0].Condition.StringEquals.aws:PrincipleAccount",
-            "is not a global condition key kpr knows (did you mean aws:principalaccount?)",
+            "is not a global condition key kpr knows (did you mean aws:PrincipalAccount?)",
         );
         for known in [
             "aws:PrincipalTag/team",
             "aws:sourcevpce",
             "kinesis:anything",
+            "aws:ViaAWSMCPService",
         ] {
             let f = with(
                 "Deny",
