@@ -486,150 +486,166 @@ fn collect_files(
     // Directories reached through links are walked after every real one: a directory
     // reached both ways is read where git holds it, and the error for the second way names
     // the link, not the directory.
-    let mut linked = vec![];
-    walk_dir(dir, root, out, seen, diags, symlinks, &mut linked);
+    let mut walk = Walk {
+        root,
+        out,
+        seen,
+        diags,
+        symlinks,
+        linked: Vec::new(),
+    };
+    walk.dir(dir);
     let mut next = 0;
-    while let Some(d) = linked.get(next).cloned() {
-        walk_dir(&d, root, out, seen, diags, symlinks, &mut linked);
+    while let Some(d) = walk.linked.get(next).cloned() {
+        walk.dir(&d);
         next += 1;
     }
-    out.sort();
+    walk.out.sort();
 }
 
-/// One directory of [`collect_files`]: its files, and its real subdirectories walked in
-/// turn; the directories its links lead to are left in `linked`.
-fn walk_dir(
-    dir: &Path,
-    root: &Path,
-    out: &mut Vec<PathBuf>,
-    seen: &mut HashSet<PathBuf>,
-    diags: &mut Vec<Diagnostic>,
-    symlinks: &mut usize,
-    linked: &mut Vec<PathBuf>,
-) {
-    let diag = |message: String| Diagnostic {
-        file: dir.to_path_buf(),
-        line: None,
-        severity: Severity::Error,
-        message,
-    };
-    // Symlinked directories are followed, so a link back up the tree must end the walk.
-    match std::fs::canonicalize(dir) {
-        Ok(real) => {
-            if !seen.insert(real) {
-                diags.push(diag(
-                    "directory reached twice (a symlink loop, or a second link to one directory, whose \
-                     manifests would then be declared twice); not read again"
-                        .into(),
-                ));
+/// A walk of [`collect_files`], and what it gathers.
+struct Walk<'a> {
+    root: &'a Path,
+    out: &'a mut Vec<PathBuf>,
+    seen: &'a mut HashSet<PathBuf>,
+    diags: &'a mut Vec<Diagnostic>,
+    symlinks: &'a mut usize,
+    /// The directories links lead to, walked once every real one is.
+    linked: Vec<PathBuf>,
+}
+
+impl Walk<'_> {
+    /// One directory: its files, and its real subdirectories walked in turn; the directories
+    /// its links lead to are left in `linked`.
+    fn dir(&mut self, dir: &Path) {
+        let diag = |message: String| Diagnostic {
+            file: dir.to_path_buf(),
+            line: None,
+            severity: Severity::Error,
+            message,
+        };
+        // Symlinked directories are followed, so a link back up the tree must end the walk.
+        match std::fs::canonicalize(dir) {
+            Ok(real) => {
+                if !self.seen.insert(real) {
+                    self.diags.push(diag(
+                        "directory reached twice (a symlink loop, or a second link to one directory, whose \
+                         manifests would then be declared twice); not read again"
+                            .into(),
+                    ));
+                    return;
+                }
+            }
+            Err(e) => {
+                self.diags.push(diag(format!("cannot open directory: {e}")));
                 return;
             }
         }
-        Err(e) => {
-            diags.push(diag(format!("cannot open directory: {e}")));
-            return;
-        }
-    }
-    let entries = match std::fs::read_dir(dir) {
-        Ok(entries) => entries,
-        Err(e) => {
-            diags.push(diag(format!("cannot read directory: {e}")));
-            return;
-        }
-    };
-    // The entry's own type comes with the directory listing; only symlinks (and file systems
-    // that do not report types) need a stat to learn what they point to.
-    let mut paths: Vec<(PathBuf, Option<std::fs::FileType>)> = entries
-        .filter_map(|e| e.ok().map(|e| (e.path(), e.file_type().ok())))
-        .collect();
-    // Entries share a parent, so their names alone order them, as `Path`'s component order
-    // would, at a fraction of its cost.
-    paths.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
-    for (path, file_type) in paths {
-        // By bytes: a name that is not UTF-8 is still a manifest if it ends in .yaml. Skipped
-        // as unreadable, its resource would count as undeclared, and --prune would delete it.
-        let name = path.file_name().map_or(&[][..], |n| n.as_bytes());
-        // Hidden entries are editor and VCS state (.git, .swp), never manifests. One named as
-        // a manifest is said, as a near miss is below: its resource would count as
-        // undeclared, and --prune would delete its policy.
-        if name.starts_with(b".") {
-            if is_manifest_name(name) && file_type.is_some_and(|t| t.is_file() || t.is_symlink()) {
-                diags.push(Diagnostic {
+        let entries = match std::fs::read_dir(dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                self.diags.push(diag(format!("cannot read directory: {e}")));
+                return;
+            }
+        };
+        // The entry's own type comes with the directory listing; only symlinks (and file systems
+        // that do not report types) need a stat to learn what they point to.
+        let mut paths: Vec<(PathBuf, Option<std::fs::FileType>)> = entries
+            .filter_map(|e| e.ok().map(|e| (e.path(), e.file_type().ok())))
+            .collect();
+        // Entries share a parent, so their names alone order them, as `Path`'s component order
+        // would, at a fraction of its cost.
+        paths.sort_by(|a, b| a.0.file_name().cmp(&b.0.file_name()));
+        for (path, file_type) in paths {
+            // By bytes: a name that is not UTF-8 is still a manifest if it ends in .yaml. Skipped
+            // as unreadable, its resource would count as undeclared, and --prune would delete it.
+            let name = path.file_name().map_or(&[][..], |n| n.as_bytes());
+            // Hidden entries are editor and VCS state (.git, .swp), never manifests. One named as
+            // a manifest is said, as a near miss is below: its resource would count as
+            // undeclared, and --prune would delete its policy.
+            if name.starts_with(b".") {
+                if is_manifest_name(name)
+                    && file_type.is_some_and(|t| t.is_file() || t.is_symlink())
+                {
+                    self.diags.push(Diagnostic {
+                        file: path.clone(),
+                        line: None,
+                        severity: Severity::Warning,
+                        message:
+                            "not read: hidden (its name starts with a dot); rename it if it is \
+                                  a manifest"
+                                .into(),
+                    });
+                }
+                continue;
+            }
+            let is_yaml = is_manifest_name(name);
+            if !is_yaml
+                && let Some(why) = near_manifest_name(name)
+                && file_type.is_some_and(|t| t.is_file() || t.is_symlink())
+            {
+                // Its resource would count as undeclared, and --prune would delete its policy.
+                self.diags.push(Diagnostic {
                     file: path.clone(),
                     line: None,
                     severity: Severity::Warning,
-                    message: "not read: hidden (its name starts with a dot); rename it if it is \
-                              a manifest"
-                        .into(),
+                    message: format!("not read: {why}; only *.yaml and *.yml files are manifests"),
                 });
             }
-            continue;
-        }
-        let is_yaml = is_manifest_name(name);
-        if !is_yaml
-            && let Some(why) = near_manifest_name(name)
-            && file_type.is_some_and(|t| t.is_file() || t.is_symlink())
-        {
-            // Its resource would count as undeclared, and --prune would delete its policy.
-            diags.push(Diagnostic {
-                file: path.clone(),
-                line: None,
-                severity: Severity::Warning,
-                message: format!("not read: {why}; only *.yaml and *.yml files are manifests"),
-            });
-        }
-        if is_yaml && file_type.is_some_and(|t| t.is_file()) {
-            out.push(path);
-            continue;
-        }
-        let link = file_type.is_some_and(|t| t.is_symlink());
-        match std::fs::metadata(&path) {
-            Ok(meta) if link && (meta.is_dir() || is_yaml) && escapes(&path, root) => {
-                // The files a manifest set is read from are the ones under review: a link
-                // that a pull request adds must not make kpr read, and quote in its errors,
-                // a file of the machine it runs on (a token, a webhook secret).
-                diags.push(Diagnostic {
-                    file: path.clone(),
-                    line: None,
-                    severity: Severity::Error,
-                    message: format!(
-                        "symlink to a place outside {}, or into its .git; refusing to follow it \
-                         (links may lead anywhere in the git work tree that holds the manifests \
-                         but its .git, or, outside one, below the manifest directory)",
-                        root.display()
-                    ),
-                });
+            if is_yaml && file_type.is_some_and(|t| t.is_file()) {
+                self.out.push(path);
+                continue;
             }
-            Ok(meta) if meta.is_dir() => {
-                *symlinks += usize::from(link);
-                if link {
-                    linked.push(path);
-                } else {
-                    walk_dir(&path, root, out, seen, diags, symlinks, linked);
-                }
-            }
-            Ok(meta) if is_yaml => {
-                if meta.is_file() {
-                    *symlinks += usize::from(link);
-                    out.push(path);
-                } else {
-                    // Reading a FIFO would block forever, a device could be endless.
-                    diags.push(Diagnostic {
+            let link = file_type.is_some_and(|t| t.is_symlink());
+            match std::fs::metadata(&path) {
+                Ok(meta) if link && (meta.is_dir() || is_yaml) && escapes(&path, self.root) => {
+                    // The files a manifest set is read from are the ones under review: a link
+                    // that a pull request adds must not make kpr read, and quote in its errors,
+                    // a file of the machine it runs on (a token, a webhook secret).
+                    self.diags.push(Diagnostic {
                         file: path.clone(),
                         line: None,
                         severity: Severity::Error,
-                        message: "not a regular file (FIFO, socket or device); refusing to read it"
-                            .into(),
+                        message: format!(
+                            "symlink to a place outside {}, or into its .git; refusing to follow it \
+                             (links may lead anywhere in the git work tree that holds the manifests \
+                             but its .git, or, outside one, below the manifest directory)",
+                            self.root.display()
+                        ),
                     });
                 }
+                Ok(meta) if meta.is_dir() => {
+                    *self.symlinks += usize::from(link);
+                    if link {
+                        self.linked.push(path);
+                    } else {
+                        self.dir(&path);
+                    }
+                }
+                Ok(meta) if is_yaml => {
+                    if meta.is_file() {
+                        *self.symlinks += usize::from(link);
+                        self.out.push(path);
+                    } else {
+                        // Reading a FIFO would block forever, a device could be endless.
+                        self.diags.push(Diagnostic {
+                            file: path.clone(),
+                            line: None,
+                            severity: Severity::Error,
+                            message:
+                                "not a regular file (FIFO, socket or device); refusing to read it"
+                                    .into(),
+                        });
+                    }
+                }
+                Ok(_) => {}
+                Err(e) => self.diags.push(Diagnostic {
+                    file: path.clone(),
+                    line: None,
+                    severity: Severity::Error,
+                    message: format!("cannot stat: {e} (dangling or looping symlink?)"),
+                }),
             }
-            Ok(_) => {}
-            Err(e) => diags.push(Diagnostic {
-                file: path.clone(),
-                line: None,
-                severity: Severity::Error,
-                message: format!("cannot stat: {e} (dangling or looping symlink?)"),
-            }),
         }
     }
 }
