@@ -429,10 +429,8 @@ const CREDENTIAL_HELPER: &str = "!f() { test \"$1\" = get || exit 0; \
 /// The protocol and host (`host:port` when it has one) git names a request to `url` by, as its
 /// credential helpers are told: `https` and `github.com` of `https://github.com/o/r.git`.
 fn credential_origin(url: &str) -> Option<(&str, &str)> {
-    let (protocol, rest) = url.split_once("://")?;
-    let authority = rest.split(['/', '?', '#']).next()?;
-    let host = authority.rsplit_once('@').map_or(authority, |(_, h)| h);
-    Some((protocol, host))
+    let (protocol, _, after) = url_parts(url)?;
+    Some((protocol, after.split(['/', '?', '#']).next()?))
 }
 
 /// Whether `url`'s host is this machine (`localhost`, 127.0.0.0/8, `[::1]`), where a token
