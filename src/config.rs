@@ -17,7 +17,7 @@ pub struct FileConfig {
     pub concurrency: Option<std::num::NonZeroUsize>,
     pub rate_limit: Option<u32>,
     pub max_attempts: Option<std::num::NonZeroU32>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "opt_duration")]
     pub max_retry_time: Option<Duration>,
     pub max_policy_size: Option<usize>,
     pub log_level: Option<String>,
@@ -32,9 +32,9 @@ pub struct FileConfig {
     pub workdir: Option<PathBuf>,
     #[serde(default, deserialize_with = "cron_schedule")]
     pub schedule: Option<String>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "opt_duration")]
     pub interval: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "opt_duration")]
     pub jitter: Option<Duration>,
     #[serde(default, deserialize_with = "listen_address")]
     pub listen: Option<String>,
@@ -44,11 +44,11 @@ pub struct FileConfig {
     pub dry_run: Option<bool>,
     pub prune: Option<bool>,
     pub max_deletes: Option<usize>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "opt_duration")]
     pub retry_delay: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "opt_duration")]
     pub reset_settle: Option<Duration>,
-    #[serde(default, with = "opt_duration")]
+    #[serde(default, deserialize_with = "opt_duration")]
     pub shutdown_timeout: Option<Duration>,
 }
 
@@ -145,9 +145,9 @@ impl FileConfig {
             };
             return Err(parse_error(line, format!("{key} has no value: {default}")));
         }
+        // Where each account and its role are written, for the errors below.
+        let accounts = key_line(text, "accounts", 1).unwrap_or(1);
         for (account, a) in &cfg.accounts {
-            // Where the account and its role are written, for the errors below.
-            let accounts = key_line(text, "accounts", 1).unwrap_or(1);
             let id_line = key_line(text, account, accounts).unwrap_or(accounts);
             let role_line = key_line(text, "roleArn", id_line).unwrap_or(id_line);
             if !crate::arn::is_account_id(account) {
@@ -304,25 +304,25 @@ fn key_line(text: &str, key: &str, from: usize) -> Option<usize> {
     key_lines(text, key, from).next()
 }
 
-/// A string setting checked as it is read, inside the YAML deserializer, so that an error
-/// names the key and its line (checked later, it could name neither).
-fn checked<'de, D: serde::Deserializer<'de>>(
+/// A setting parsed as it is read, inside the YAML deserializer, so that an error names the
+/// key and its line (parsed later, it could name neither).
+fn parsed<'de, D: serde::Deserializer<'de>, T>(
     d: D,
-    check: fn(&str) -> Result<(), String>,
-) -> Result<Option<String>, D::Error> {
-    struct Value(fn(&str) -> Result<(), String>);
-    impl serde::de::Visitor<'_> for Value {
-        type Value = String;
+    parse: fn(&str) -> Result<T, String>,
+) -> Result<Option<T>, D::Error> {
+    struct Value<T>(fn(&str) -> Result<T, String>);
+    impl<T> serde::de::Visitor<'_> for Value<T> {
+        type Value = T;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a string")
         }
-        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<String, E> {
-            (self.0)(s).map(|()| s.to_string()).map_err(E::custom)
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<T, E> {
+            (self.0)(s).map_err(E::custom)
         }
     }
-    struct Optional(fn(&str) -> Result<(), String>);
-    impl<'de> serde::de::Visitor<'de> for Optional {
-        type Value = Option<String>;
+    struct Optional<T>(fn(&str) -> Result<T, String>);
+    impl<'de, T> serde::de::Visitor<'de> for Optional<T> {
+        type Value = Option<T>;
         fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
             f.write_str("a string")
         }
@@ -336,15 +336,24 @@ fn checked<'de, D: serde::Deserializer<'de>>(
             d.deserialize_str(Value(self.0)).map(Some)
         }
     }
-    d.deserialize_option(Optional(check))
+    d.deserialize_option(Optional(parse))
 }
 
 fn cron_schedule<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, |s| crate::controller::Schedule::parse_cron(s).map(drop))
+    parsed(d, |s| {
+        crate::controller::Schedule::parse_cron(s).map(|_| s.to_string())
+    })
 }
 
 fn listen_address<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<String>, D::Error> {
-    checked(d, |s| crate::controller::parse_listen(s).map(drop))
+    parsed(d, |s| {
+        crate::controller::parse_listen(s).map(|_| s.to_string())
+    })
+}
+
+/// Durations as humans write them (`30s`, `5m`, `1h 30m`), by [`parse_duration`].
+fn opt_duration<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    parsed(d, parse_duration)
 }
 
 /// The longest duration any setting takes: a year, as humantime counts one (365.25 days).
@@ -363,34 +372,6 @@ pub fn parse_duration(s: &str) -> Result<Duration, String> {
         ));
     }
     Ok(d)
-}
-
-mod opt_duration {
-    use serde::{Deserialize, Deserializer};
-    use std::time::Duration;
-
-    /// Parsed inside the YAML deserializer, so that an error names the key and its line.
-    struct Human(Duration);
-
-    impl<'de> Deserialize<'de> for Human {
-        fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-            struct V;
-            impl serde::de::Visitor<'_> for V {
-                type Value = Human;
-                fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                    f.write_str("a duration such as 30s, 5m or 1h 30m")
-                }
-                fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Human, E> {
-                    super::parse_duration(s).map(Human).map_err(E::custom)
-                }
-            }
-            d.deserialize_str(V)
-        }
-    }
-
-    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-        Ok(Option::<Human>::deserialize(d)?.map(|h| h.0))
-    }
 }
 
 #[cfg(test)]
