@@ -100,6 +100,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         condition_key_rule(&mut out, s, &path, &sid);
         boolean_condition_rule(&mut out, s, &path, &sid);
         typed_value_rule(&mut out, s, &path, &sid);
+        literal_wildcard_rule(&mut out, s, &path, &sid);
     }
     out.0
 }
@@ -1313,6 +1314,53 @@ fn typed_value_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
     }
 }
 
+/// `StringEquals` and `StringNotEquals` read `*` and `?` as themselves: a Deny of
+/// `StringEquals aws:PrincipalArn ".../role/sandbox-*"` applies to no sandbox role, and an
+/// exception under `StringNotEquals` spares no one. No caller's ARN, account, org or network
+/// holds either character, so on those keys it is never what was meant: an error. On another
+/// key it may be (a `?` in `aws:Referer`), so a warning.
+fn literal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let Some(c) = s.condition() else { return };
+    for b in c.blocks() {
+        let base = base_operator(b.operator());
+        let negated = match base.as_str() {
+            "stringequals" | "stringequalsignorecase" => false,
+            "stringnotequals" | "stringnotequalsignorecase" => true,
+            _ => continue,
+        };
+        for (key, values) in b.entries() {
+            let Some(value) = values
+                .iter()
+                .map(super::ConditionValue::as_canonical_string)
+                .find(|v| v.contains(['*', '?']) && !v.contains("${"))
+            else {
+                continue;
+            };
+            let what = match (negated, s.effect()) {
+                (false, Effect::Deny) => "this Deny applies to none of the callers it names",
+                (false, Effect::Allow) => "this grants to none of the callers it names",
+                (true, Effect::Deny) => "this Deny spares none of the callers it excepts",
+                (true, Effect::Allow) => "this grants also to the callers it excepts",
+            };
+            let like = if negated {
+                "StringNotLike (ArnNotLike for an ARN)"
+            } else {
+                "StringLike (ArnLike for an ARN)"
+            };
+            let message = format!(
+                "{} reads {value:?} as plain text, not as a pattern: {what}{sid}; use {like}",
+                b.operator()
+            );
+            let at = format!("{path}.Condition.{}.{key}", b.operator());
+            if CALLER_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+                out.error(&at, message);
+            } else {
+                out.warning(&at, message);
+            }
+        }
+    }
+}
+
 /// An integer or decimal, as IAM's numeric operators read them.
 fn is_number(value: &str) -> bool {
     let digits = value.strip_prefix(['-', '+']).unwrap_or(value);
@@ -2021,6 +2069,61 @@ mod tests {
     }
 
     #[test]
+    fn a_pattern_under_string_equals_is_plain_text() {
+        let sandbox = "arn:aws:iam::444455556666:role/sandbox-*";
+        let with = |effect: &str, c: Value| {
+            run(
+                &policy(
+                    json!({"Effect": effect, "Principal": {"AWS": "444455556666"},
+                               "Condition": c}),
+                ),
+                &ctx(STREAM),
+            )
+        };
+        for (effect, c, severity, said) in [
+            (
+                "Deny",
+                json!({"StringEquals": {"aws:PrincipalArn": sandbox}}),
+                Severity::Error,
+                "this Deny applies to none of the callers it names",
+            ),
+            (
+                "Allow",
+                json!({"ForAnyValue:StringEqualsIgnoreCase": {"aws:PrincipalOrgPaths": "o-a1b2c3d4e5/r-ab12/ou-?*"}}),
+                Severity::Error,
+                "this grants to none of the callers it names",
+            ),
+            (
+                "Allow",
+                json!({"StringNotEquals": {"aws:PrincipalArn": sandbox}}),
+                Severity::Error,
+                "this grants also to the callers it excepts (Sid \"Read\"); use StringNotLike",
+            ),
+            (
+                "Deny",
+                json!({"StringEquals": {"aws:Referer": "https://example.com/*"}}),
+                Severity::Warning,
+                "reads \"https://example.com/*\" as plain text",
+            ),
+        ] {
+            let key = c.as_object().unwrap().iter().next().unwrap();
+            let path = format!(
+                "Statement[0].Condition.{}.{}",
+                key.0,
+                key.1.as_object().unwrap().keys().next().unwrap()
+            );
+            one_finding(&with(effect, c.clone()), severity, &path, said);
+        }
+        for ok in [
+            json!({"StringLike": {"aws:PrincipalArn": sandbox}}),
+            json!({"ArnEquals": {"aws:PrincipalArn": sandbox}}),
+            json!({"StringEquals": {"aws:PrincipalArn": "arn:aws:iam::444455556666:role/${aws:PrincipalTag/team}-*"}}),
+        ] {
+            assert_eq!(with("Deny", ok.clone()), [], "{ok}");
+        }
+    }
+
+    #[test]
     fn null_takes_no_if_exists() {
         let f = run(
             &policy(json!({"Condition": {"NullIfExists": {"aws:SourceVpc": "true"}}})),
@@ -2575,7 +2678,12 @@ mod tests {
                 true,
             ),
         ] {
-            let f = under(&condition);
+            // The lockout warning only: a pattern under StringNotEquals is also an error of
+            // its own (see a_pattern_under_string_equals_is_plain_text).
+            let f: Vec<_> = under(&condition)
+                .into_iter()
+                .filter(|f| f.severity == Severity::Warning)
+                .collect();
             if warned {
                 assert_eq!(f.len(), 1, "{condition}");
             } else {
