@@ -419,7 +419,9 @@ impl Cli {
     /// The command line (and `KPR_*` variables), noting where a flag and a variable of two
     /// one-choice settings meet (see [`crate::controller::ServeArgs::from_env`]).
     pub fn parse_args() -> Result<Self, clap::Error> {
-        let mut matches = Self::command().try_get_matches()?;
+        let mut matches = Self::command()
+            .try_get_matches()
+            .map_err(|e| name_the_variable(e, std::env::args_os()))?;
         // Read before the values are taken out of the matches.
         let from_env: Vec<&'static str> = match matches.subcommand() {
             Some(("serve", m)) => ["dir", "git_url", "schedule", "interval"]
@@ -513,6 +515,105 @@ where
     } else {
         EXIT_ERROR
     }
+}
+
+/// clap names the flag of a value it cannot read (`--concurrency <CONCURRENCY>`) also when the
+/// value came from its `KPR_*` variable and no such flag was given: the error then says so.
+fn name_the_variable<I, T>(mut e: clap::Error, args: I) -> clap::Error
+where
+    I: IntoIterator<Item = T>,
+    T: Into<std::ffi::OsString>,
+{
+    use clap::error::{ContextKind, ContextValue, ErrorKind};
+    if !matches!(
+        e.kind(),
+        ErrorKind::InvalidValue | ErrorKind::ValueValidation
+    ) {
+        return e;
+    }
+    let Some(ContextValue::String(arg)) = e.get(ContextKind::InvalidArg) else {
+        return e;
+    };
+    let Some(long) = arg
+        .strip_prefix("--")
+        .and_then(|a| a.split([' ', '=']).next())
+    else {
+        return e;
+    };
+    let flag = format!("--{long}");
+    let given = args.into_iter().map(Into::into).any(|a| {
+        a.to_str()
+            .is_some_and(|a| a == flag || a.starts_with(&format!("{flag}=")))
+    });
+    fn env_of(cmd: &clap::Command, long: &str) -> Option<String> {
+        cmd.get_arguments()
+            .find(|a| a.get_long() == Some(long))
+            .and_then(clap::Arg::get_env)
+            .map(|e| e.to_string_lossy().into_owned())
+            .or_else(|| cmd.get_subcommands().find_map(|s| env_of(s, long)))
+    }
+    if let Some(var) = env_of(&Cli::command(), long)
+        && !given
+        && std::env::var_os(&var).is_some()
+    {
+        e.insert(
+            ContextKind::Suggested,
+            ContextValue::StyledStrs(vec![
+                format!("the value comes from the environment variable {var}").into(),
+            ]),
+        );
+    }
+    e
+}
+
+/// The `KPR_*` variables kpr reads without clap: secrets kept out of `--help`'s defaults, and
+/// what `serve` hands the git credential helper (itself `kpr`).
+const READ_DIRECTLY: &[&str] = &[
+    "KPR_WEBHOOK_SECRET",
+    "KPR_GIT_TOKEN",
+    "KPR_GIT_CREDENTIAL_PROTOCOL",
+    "KPR_GIT_CREDENTIAL_HOST",
+    "KPR_GIT_USERNAME",
+    "KPR_GIT_PASSWORD",
+];
+
+/// A `KPR_*` variable that is one of kpr's own misspelt (`KPR_DRYRUN` for `KPR_DRY_RUN`), as an
+/// error to print. Ignored, it would turn a dry run into writes, as an unknown key in the
+/// config file would, which is refused too. Other `KPR_*` names (a pipeline's own
+/// `KPR_VERSION`) are left alone.
+pub fn misspelt_env_var<I>(vars: I) -> Option<String>
+where
+    I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
+{
+    fn walk(cmd: &clap::Command, out: &mut Vec<String>) {
+        out.extend(
+            cmd.get_arguments()
+                .filter_map(clap::Arg::get_env)
+                .map(|e| e.to_string_lossy().into_owned()),
+        );
+        for sub in cmd.get_subcommands() {
+            walk(sub, out);
+        }
+    }
+    let mut known: Vec<String> = READ_DIRECTLY.iter().map(ToString::to_string).collect();
+    walk(&Cli::command(), &mut known);
+    // Compared without the prefix and underscores: `KPR_DRYRUN` is `KPR_DRY_RUN` run together.
+    let bare = |name: &str| name["KPR_".len()..].replace('_', "").to_ascii_lowercase();
+    let known_bare: Vec<String> = known.iter().map(|k| bare(k)).collect();
+    let mut names: Vec<String> = vars
+        .into_iter()
+        .filter_map(|(k, _)| k.into_string().ok())
+        .filter(|k| k.starts_with("KPR_") && !known.contains(k))
+        .collect();
+    names.sort();
+    names.into_iter().find_map(|name| {
+        let meant = crate::policy::closest(&bare(&name), known_bare.iter().map(String::as_str), 2)?;
+        let meant = &known[known_bare.iter().position(|k| k == meant)?];
+        Some(format!(
+            "error: the environment sets {name}, which kpr does not read: did you mean {meant}? \
+             Rename or unset it (as written, its setting would be ignored)"
+        ))
+    })
 }
 
 /// The log level and whether to log JSON: a flag or `KPR_*` variable, then the config file,
@@ -989,7 +1090,7 @@ async fn stop_gracefully(
     pb.suspend(|| {
         crate::errln!(
             "{first}: starting no more changes; waiting for the ones under way to finish \
-             ({first} again stops at once)"
+             (a second SIGINT or SIGTERM stops at once)"
         )
     });
     let (second, status) = signals.next().await;
@@ -1327,5 +1428,41 @@ pub fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
         builder
             .with_ansi(Style::detect(std::io::stderr().is_terminal()).color)
             .init();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::misspelt_env_var;
+
+    fn vars(names: &[&str]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
+        names.iter().map(|n| (n.into(), "1".into())).collect()
+    }
+
+    #[test]
+    fn a_misspelt_variable_of_kprs_is_named_with_the_one_meant() {
+        for (typo, meant) in [
+            ("KPR_DRYRUN", "KPR_DRY_RUN"),
+            ("KPR_CONCURENCY", "KPR_CONCURRENCY"),
+            ("KPR_webhook_secret", "KPR_WEBHOOK_SECRET"),
+            ("KPR_GIT_TOKENFILE", "KPR_GIT_TOKEN_FILE"),
+        ] {
+            let said = misspelt_env_var(vars(&["PATH", typo])).expect(typo);
+            assert!(
+                said.contains(&format!("sets {typo},")) && said.contains(&format!("{meant}?")),
+                "{said}"
+            );
+        }
+        // kpr's own, a pipeline's own, and the test suite's: none is a typo.
+        let fine = vars(&[
+            "KPR_DRY_RUN",
+            "KPR_GIT_TOKEN",
+            "KPR_GIT_CREDENTIAL_HOST",
+            "KPR_VERSION",
+            "KPR_TEST_KINESIS_MOCK_URL",
+            "KPR_TEST_MOTO_ACCOUNT",
+            "KPR_TEST_PYTHON",
+        ]);
+        assert_eq!(misspelt_env_var(fine), None);
     }
 }

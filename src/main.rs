@@ -26,6 +26,11 @@ fn main() -> ExitCode {
         }
     };
     let error_code = cli.error_code();
+    if let Some(message) = cli::misspelt_env_var(std::env::vars_os()) {
+        kinesis_policy_reconciler::errln!("{message}");
+        cli::refused_document(cli.json_kind(None), "usage", &message);
+        return ExitCode::from(error_code);
+    }
     // Read before anything else: it may set how to log.
     let file = match FileConfig::load_opt(cli.global.config.as_deref()) {
         Ok(file) => file,

@@ -393,6 +393,15 @@ fn usage_errors_exit_1_not_the_changes_code() {
     let env = run(&plan, &[("KPR_CONCURRENCY", "eight")]);
     assert_eq!(env.code, 1, "{env:?}");
     assert!(env.stderr.contains("'eight'"), "{env:?}");
+    // clap names the flag; no flag was given, so the error names the variable too.
+    assert!(
+        env.stderr
+            .contains("the value comes from the environment variable KPR_CONCURRENCY"),
+        "{env:?}"
+    );
+    let flag = run(&[&plan[..], &["--concurrency", "eight"]].concat(), &[]);
+    assert_eq!(flag.code, 1, "{flag:?}");
+    assert!(!flag.stderr.contains("environment variable"), "{flag:?}");
     let unknown = run(&["aply", "--dir", "policies"], &[]);
     assert_eq!(unknown.code, 1, "{unknown:?}");
 
@@ -453,6 +462,13 @@ fn usage_errors_exit_1_not_the_changes_code() {
             with_dir(&["plan", "--output", "json"]),
             ("KPR_ENDPOINT_URL", ""),
             "plan",
+            "usage",
+        ),
+        // One of kpr's variables misspelt: ignored, this dry run would write.
+        (
+            with_dir(&["apply", "--output", "json"]),
+            ("KPR_DRYRUN", "true"),
+            "apply",
             "usage",
         ),
         // No --dir at all.
