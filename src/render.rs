@@ -201,6 +201,8 @@ fn change_text(out: &mut String, c: &Change, style: &Style) {
 const BECOMES_PUBLIC: &str =
     "becomes public: anyone may make the calls it allows (no Condition limits who)";
 const NO_LONGER_PUBLIC: &str = "no longer public";
+const PUBLIC_BEFORE_UNKNOWN: &str = "public after this change: anyone may make the calls it \
+     allows (no Condition limits who); whether it was before is not known";
 
 /// Whom a change starts or stops naming, by effect, in a line each: `allows now: ...`,
 /// `allows no longer: ...` (and `denies ...`). What a reader of a plan asks first; the
@@ -220,6 +222,9 @@ pub fn access_summary(a: &AccessChange) -> Vec<String> {
     })
     .collect();
     match (a.public_before, a.public_after) {
+        // `public_before` stays false, so a gate on `public_after && !public_before` refuses
+        // it; the reader is told only what is known.
+        (false, true) if a.before_unknown => lines.insert(0, PUBLIC_BEFORE_UNKNOWN.into()),
         (false, true) => lines.insert(0, BECOMES_PUBLIC.into()),
         (true, false) => lines.insert(0, NO_LONGER_PUBLIC.into()),
         _ => {}
@@ -950,6 +955,19 @@ mod tests {
                 "becomes public: anyone may make the calls it allows (no Condition limits who)",
                 "allows now: *"
             ]
+        );
+        // A live policy kpr cannot parse may have been public already: not "becomes".
+        let unknown = crate::policy::AccessChange {
+            allows_now: vec!["*".into()],
+            before_unknown: true,
+            public_after: true,
+            ..Default::default()
+        };
+        let lines = access_summary(&unknown);
+        assert!(
+            lines[0].starts_with("public after this change")
+                && lines[0].ends_with("whether it was before is not known"),
+            "{lines:?}"
         );
         // Limited to an organization: "*" still, but not public.
         let mut org = any_aws;
