@@ -440,7 +440,7 @@ mod tests {
             ),
             (
                 "region: a\nlisten: nowhere\n",
-                "kpr.yaml:2: listen: listen address \"nowhere\" is not HOST:PORT",
+                "kpr.yaml:2: listen: listen address \"nowhere\" is not an IP address and port",
             ),
             (
                 "region: a\n\nshutdownTimeout: 500000000000y\n",

@@ -288,13 +288,21 @@ fn resolve_secret(
 
 pub(crate) fn parse_listen(s: &str) -> Result<SocketAddr, String> {
     // ":8080" is the Go-style shorthand many deployment templates use.
+    // `localhost` is the one name taken: binding resolves no other (which of a name's
+    // addresses would it be?).
     let full = if s.starts_with(':') {
         format!("0.0.0.0{s}")
+    } else if let Some(port) = s.strip_prefix("localhost:") {
+        format!("127.0.0.1:{port}")
     } else {
         s.to_string()
     };
-    full.parse()
-        .map_err(|_| format!("listen address {s:?} is not HOST:PORT (e.g. 0.0.0.0:8080)"))
+    full.parse().map_err(|_| {
+        format!(
+            "listen address {s:?} is not an IP address and port (0.0.0.0:8080, [::]:8080, \
+             127.0.0.1:8080, localhost:8080 or :8080)"
+        )
+    })
 }
 
 /// The repository sub-path must stay inside the working copy.
@@ -900,6 +908,21 @@ async fn run(settings: Settings, engine: Engine) -> Result<u8, CliError> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn a_listen_address_is_an_ip_and_port_or_localhost() {
+        for (given, bound) in [
+            (":8080", "0.0.0.0:8080"),
+            ("localhost:9090", "127.0.0.1:9090"),
+            ("[::]:8080", "[::]:8080"),
+        ] {
+            assert_eq!(super::parse_listen(given).unwrap().to_string(), bound);
+        }
+        for bad in ["localhost", "kpr.internal:8080", "0.0.0.0"] {
+            let e = super::parse_listen(bad).unwrap_err();
+            assert!(e.contains("is not an IP address and port"), "{e}");
+        }
+    }
+
     use super::*;
     use clap::Parser;
 

@@ -4172,7 +4172,7 @@ fn check_config_accepts_a_good_config_and_rejects_bad_ones() {
         (
             "bad-listen.yaml",
             format!("dir: {}\nlisten: localhost\n", dir.arg()),
-            "listen address \"localhost\" is not HOST:PORT",
+            "listen address \"localhost\" is not an IP address and port",
         ),
         (
             "no-secret-file.yaml",
