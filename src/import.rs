@@ -715,11 +715,21 @@ fn yaml_scalar(s: &str) -> String {
 /// Shown after an import: what to do next, as far as it went.
 pub fn next_steps(out: &Path, report: &ImportReport) -> String {
     let plan = format!("`kpr plan --dir {} --detailed-exitcode`", out.display());
-    if !report.errors.is_empty() {
+    // Errors other than a policy written for review: a resource not read, a file in the way.
+    let others = report.errors.len().saturating_sub(report.for_review);
+    if others > 0 {
+        let review = if report.for_review > 0 {
+            " and the files marked REVIEW"
+        } else {
+            ""
+        };
         format!(
-            "Next: fix what the errors above name (the files marked REVIEW), then check that \
-             {plan} exits 0."
+            "Next: fix what the errors above name{review}, then run this import again: a \
+             resource it could not read has no file yet, and `--prune` over this directory \
+             would delete its policy. Then check that {plan} exits 0."
         )
+    } else if report.for_review > 0 {
+        format!("Next: fix the files marked REVIEW, then check that {plan} exits 0.")
     } else if report.written.is_empty() && report.skipped_existing.is_empty() {
         "Next: nothing to review; give streams and consumers a policy, or import another \
          account or region."
@@ -741,8 +751,25 @@ mod tests {
         assert!(next_steps(out, &report).contains("nothing to review"));
         report.written.push(out.join("a.yaml"));
         assert!(next_steps(out, &report).contains("review the files, commit them"));
+        // A policy kpr refuses, written for review: the file is there to fix.
         report.errors.push("refused".into());
-        assert!(next_steps(out, &report).contains("fix what the errors above name"));
+        report.for_review = 1;
+        let said = next_steps(out, &report);
+        assert!(said.contains("fix the files marked REVIEW"), "{said}");
+        // A resource not read has no file: the file to fix does not exist, import again.
+        report.errors.push("arn:...: AccessDenied".into());
+        let said = next_steps(out, &report);
+        assert!(
+            said.contains("run this import again") && said.contains("and the files marked REVIEW"),
+            "{said}"
+        );
+        report.for_review = 0;
+        report.errors.truncate(1);
+        let said = next_steps(out, &report);
+        assert!(
+            said.contains("run this import again") && !said.contains("REVIEW"),
+            "{said}"
+        );
     }
 
     #[test]
