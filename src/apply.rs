@@ -23,7 +23,18 @@ pub struct ApplyOptions {
     pub interrupt: Interrupt,
     /// Filled in as changes finish; see [`Settled`].
     pub settled: Settled,
+    /// A change whose live policy was read longer ago than this reads it again before its
+    /// write; see [`REREAD_AFTER`].
+    pub reread_after: Duration,
 }
+
+/// PutResourcePolicy has no condition on what it replaces: a policy edited by hand between
+/// kpr's read and its write would be overwritten unseen, named in no plan and no report. Most
+/// writes follow their read within seconds, as the bench's one read per change relies on;
+/// under `--rate-limit 5` a 10,000-resource estate reads for half an hour before it writes,
+/// so a write that long after its read reads again first, and one whose policy changed
+/// meanwhile is not made: the next run shows the change in its plan.
+pub const REREAD_AFTER: Duration = Duration::from_secs(60);
 
 /// What an apply has done so far, resource by resource. A hard stop never gets to the
 /// report, yet a pipeline must still learn what was changed, what failed and what may or
@@ -149,6 +160,7 @@ impl Default for ApplyOptions {
             verify_timeout: Duration::from_secs(10),
             interrupt: Interrupt::default(),
             settled: Settled::default(),
+            reread_after: REREAD_AFTER,
         }
     }
 }
@@ -332,6 +344,30 @@ async fn apply_one<K: Kinesis>(
     opts: &ApplyOptions,
 ) -> Option<Result<(), Failure>> {
     let fail = |e: &ApiError| Failure::from_api(change.arn.clone(), change.source.clone(), e);
+    if change.action == Action::NoOp {
+        return Some(Ok(()));
+    }
+    let read_ago = change.read_at.elapsed();
+    if read_ago >= opts.reread_after {
+        let unchanged = match api.get_policy(&change.target).await {
+            Ok(raw) => change.live_is_still(raw.as_deref()),
+            // The resource gone meanwhile: the write says so (or, for a delete, is done).
+            Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => true,
+            Err(e) => return Some(Err(fail(&e))),
+        };
+        if !unchanged {
+            return Some(Err(crate::plan::local_failure(
+                change.arn.clone(),
+                change.source.clone(),
+                Some(crate::kinesis::Op::GetResourcePolicy),
+                format!(
+                    "not written: its live policy changed in the {}s since kpr read it, and \
+                     the write would replace that change unseen; the next plan shows it",
+                    read_ago.as_secs()
+                ),
+            )));
+        }
+    }
     let written = match change.action {
         Action::NoOp => return Some(Ok(())),
         Action::Create | Action::Update => {
@@ -651,6 +687,79 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_millis(200));
         // 50, 100, then the 50 left of the window: each wait followed by a read.
         assert_eq!(never.inner().reads.load(Ordering::SeqCst), 4);
+    }
+
+    /// The live policy is `now`, whatever was planned; counts reads and puts.
+    struct EditedMeanwhile {
+        now: Option<String>,
+        reads: AtomicU32,
+        puts: AtomicU32,
+    }
+
+    impl Kinesis for EditedMeanwhile {
+        async fn get_policy(&self, _: &ResourceArn) -> Result<Option<String>, ApiError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(self.now.clone())
+        }
+        async fn put_policy(&self, _: &ResourceArn, _: &str) -> Result<(), ApiError> {
+            self.puts.fetch_add(1, Ordering::SeqCst);
+            Ok(())
+        }
+        crate::kinesis::calls_a_test_does_not_make!();
+    }
+
+    /// A write long after its read reads again first, and is not made over a policy changed
+    /// meanwhile; a prompt one costs no read.
+    #[tokio::test]
+    async fn a_policy_changed_since_a_long_ago_read_is_not_overwritten() {
+        let planned = POLICY.replace("111122223333", "444455556666");
+        // Laid out anew by another tool, meaning the same: still the policy planned against.
+        let relaid = serde_json::to_string_pretty(
+            &serde_json::from_str::<serde_json::Value>(&planned).unwrap(),
+        )
+        .unwrap();
+        let edited = planned.replace("kinesis:GetRecords", "kinesis:*");
+        let opts = ApplyOptions {
+            verify: false,
+            reread_after: Duration::from_secs(60),
+            ..ApplyOptions::default()
+        };
+        let long_ago = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(90))
+            .unwrap();
+        for (now, read_at, reads, puts) in [
+            (Some(edited.clone()), long_ago, 1, 0),
+            (None, long_ago, 1, 0),
+            (Some(relaid), long_ago, 1, 1),
+            (Some(planned.clone()), long_ago, 1, 1),
+            (Some(edited), std::time::Instant::now(), 0, 1),
+        ] {
+            let api = Resilient::new(
+                EditedMeanwhile {
+                    now: now.clone(),
+                    reads: AtomicU32::new(0),
+                    puts: AtomicU32::new(0),
+                },
+                RetryPolicy::default(),
+                0,
+            );
+            let mut change = written();
+            change.action = crate::plan::Action::Update;
+            change.live = Some(PolicyDocument::from_json_str(&planned).unwrap());
+            change.read_at = read_at;
+            let result = apply_one(&api, &change, &opts).await.expect("sent");
+            let case = format!("{now:?}: {result:?}");
+            assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads, "{case}");
+            assert_eq!(api.inner().puts.load(Ordering::SeqCst), puts, "{case}");
+            assert_eq!(result.is_ok(), puts == 1, "{case}");
+            if let Err(f) = result {
+                assert!(
+                    f.message
+                        .starts_with("not written: its live policy changed in the 90s"),
+                    "{case}"
+                );
+            }
+        }
     }
 
     /// Counts puts; the first one stops the apply as it ends.

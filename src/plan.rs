@@ -68,6 +68,9 @@ pub struct Change {
     pub live: Option<PolicyDocument>,
     /// The raw live policy when it did not parse.
     pub live_raw: Option<String>,
+    /// When `live` was read: a write long after it reads it again first (see
+    /// [`crate::apply::REREAD_AFTER`]).
+    pub read_at: std::time::Instant,
 }
 
 impl Serialize for Change {
@@ -135,6 +138,19 @@ impl Change {
             desired: None,
             live: None,
             live_raw: None,
+            // Made right after the read, wherever a change is planned.
+            read_at: std::time::Instant::now(),
+        }
+    }
+
+    /// Whether `raw`, read now, is still the live policy this change was planned against.
+    pub fn live_is_still(&self, raw: Option<&str>) -> bool {
+        match (&self.live, &self.live_raw, raw) {
+            (None, None, None) => true,
+            (_, Some(was), Some(now)) => was == now,
+            (Some(was), None, Some(now)) => PolicyDocument::from_json_str(now)
+                .is_ok_and(|now| now.equivalent_in(was, &self.target.scope.partition)),
+            _ => false,
         }
     }
 
