@@ -723,7 +723,11 @@ pub async fn run(cli: Cli, file: FileConfig) -> Result<u8, CliError> {
             )
             .await
         }
-        Command::Policy(cmd) => Ok(policy_command(cmd, &engine.load)),
+        Command::Policy(cmd) => Ok(policy_command(
+            cmd,
+            &engine.load,
+            engine.client.region.as_deref(),
+        )),
         Command::Import { account, out } => {
             let region = match engine.client.region.clone() {
                 Some(region) => region,
@@ -1317,11 +1321,15 @@ fn policy_of_manifest(name: &str, text: &str, opts: &LoadOptions) -> Result<Comp
 }
 
 /// `policy diff` exits 0/1/2 like diff(1): equal, different, trouble.
-fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
+fn policy_command(cmd: PolicyCommand, opts: &LoadOptions, region: Option<&str>) -> u8 {
     match cmd {
         PolicyCommand::Fmt { file } => match load_policy(&file, opts) {
             Ok((Some(doc), partition)) => {
-                let text = doc.to_canonical_string_in(partition.as_deref());
+                let partition = partition.unwrap_or_else(|| {
+                    let otherwise = region.map_or("aws", crate::arn::partition_of);
+                    PolicyDocument::partition_named_or(&[&doc], otherwise).to_string()
+                });
+                let text = doc.to_canonical_string_in(Some(&partition));
                 // They can only be in strings, where JSON's \u escape reads the same: raw, on a
                 // terminal, they would make the policy read otherwise than it is.
                 let mut shown = String::with_capacity(text.len());
@@ -1365,9 +1373,11 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions) -> u8 {
                 // Resources of two partitions: read in neither, whichever comes first.
                 (Some(a), Some(b)) if a != b => crate::policy::UNKNOWN_PARTITION.to_string(),
                 (Some(p), _) | (None, Some(p)) => p,
+                // Neither names one: `--region`'s, or the commercial partition.
                 (None, None) => {
                     let docs: Vec<_> = [&da, &db].into_iter().flatten().collect();
-                    PolicyDocument::partition_named(&docs).to_string()
+                    let otherwise = region.map_or("aws", crate::arn::partition_of);
+                    PolicyDocument::partition_named_or(&docs, otherwise).to_string()
                 }
             };
             let equivalent = match (&da, &db) {

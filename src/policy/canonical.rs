@@ -204,6 +204,14 @@ pub fn canonical_statements(
 /// apply pass the resource's own partition. Read from both documents at once, so that two
 /// documents are compared in one partition, whatever order their statements come in.
 pub(super) fn named_partition<'a>(docs: &[&'a PolicyDocument]) -> Option<&'a str> {
+    named_partition_or(docs, "aws")
+}
+
+/// As [`named_partition`], with `otherwise` when no Resource names a partition.
+pub(super) fn named_partition_or<'a>(
+    docs: &[&'a PolicyDocument],
+    otherwise: &'a str,
+) -> Option<&'a str> {
     let mut named = docs
         .iter()
         .flat_map(|d| &d.statements)
@@ -218,7 +226,7 @@ pub(super) fn named_partition<'a>(docs: &[&'a PolicyDocument]) -> Option<&'a str
                 p => Some(p),
             }
         });
-    let first = named.next().unwrap_or("aws");
+    let first = named.next().unwrap_or(otherwise);
     named.all(|p| p == first).then_some(first)
 }
 

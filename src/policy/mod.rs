@@ -306,6 +306,11 @@ impl PolicyDocument {
         canonical::named_partition(docs).unwrap_or(canonical::UNKNOWN_PARTITION)
     }
 
+    /// As [`Self::partition_named`], with `otherwise` when no Resource names one.
+    pub fn partition_named_or<'a>(docs: &[&'a Self], otherwise: &'a str) -> &'a str {
+        canonical::named_partition_or(docs, otherwise).unwrap_or(canonical::UNKNOWN_PARTITION)
+    }
+
     /// Whether two policies of a resource in `partition` grant the same.
     pub fn equivalent_in(&self, other: &Self, partition: &str) -> bool {
         // Equal models first: a policy another tool wrote usually differs from the manifest only

@@ -1498,6 +1498,24 @@ fn policy_diff_and_fmt() {
     };
     let same = run(&["policy", "diff", &p("a.json"), &p("b.json")]);
     assert_eq!(same.code, 0, "{same:?}");
+    // Naming no ARN, an account's root and its id are one principal in the partition of
+    // `--region`, or the commercial one without it; not in China's.
+    let wild = |principal: &str| {
+        format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"{principal}"}},"Action":"kinesis:GetRecords","Resource":"*"}}]}}"#
+        )
+    };
+    dir.write("root.json", &wild("arn:aws:iam::444455556666:root"));
+    dir.write("id.json", &wild("444455556666"));
+    let ids = [p("root.json"), p("id.json")];
+    let ids = ["policy", "diff", &ids[0], &ids[1]];
+    assert_eq!(run(&ids).code, 0);
+    assert_eq!(
+        run(&[&ids[..], &["--region", "us-west-2"]].concat()).code,
+        0
+    );
+    let cn = run(&[&ids[..], &["--region", "cn-north-1"]].concat());
+    assert_eq!(cn.code, 1, "{cn:?}");
     let differ = run(&["policy", "diff", &p("a.json"), &p("c.json")]);
     assert_eq!(differ.code, 1, "{differ:?}");
     assert!(
