@@ -1419,7 +1419,7 @@ fn resource_from_doc(
                         };
                         (line, format!("policy: {e}"))
                     })?;
-                    if let Some(respelled) = respelled_number(&value, written) {
+                    if let Some(respelled) = respelled_scalar(&value, written) {
                         return Err(respelled);
                     }
                     // Into bytes directly: `Display` goes through `fmt::Write`, several times
@@ -1480,7 +1480,7 @@ fn resource_from_doc(
 /// write it, and so is one whose text cannot be found. Only condition values can be numbers in
 /// a valid policy. This does not draw on [`Written::locate`]'s allowance: spent here, it would
 /// leave later findings pointing at `policy:`.
-fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(usize, String)> {
+fn respelled_scalar(policy: &serde_json::Value, written: &Written) -> Option<(usize, String)> {
     use locate::Seg;
     use serde_json::Value;
     let statements = match policy.get("Statement")? {
@@ -1505,17 +1505,19 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
                     Seg::Key(key),
                 ];
                 let path = format!("Statement[{i}].Condition.{operator}.{key}");
+                // Numbers and booleans: YAML 1.2 reads `TRUE` and `False` as booleans too.
+                let scalar = |v: &Value| v.is_number() || v.is_boolean();
                 match values {
-                    Value::Number(n) => numbers.push((path, at.to_vec(), n)),
                     Value::Array(items) => {
                         for (j, item) in items.iter().enumerate() {
-                            if let Some(n) = item.as_number() {
+                            if scalar(item) {
                                 let mut parts = at.to_vec();
                                 parts.push(Seg::Index(j));
-                                numbers.push((format!("{path}[{j}]"), parts, n));
+                                numbers.push((format!("{path}[{j}]"), parts, item));
                             }
                         }
                     }
+                    v if scalar(v) => numbers.push((path, at.to_vec(), v)),
                     _ => {}
                 }
             }
@@ -1523,7 +1525,7 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
     }
     // Each number is found by reading the document again: only when some token could be a
     // number YAML respells, which a policy seldom holds, is any number looked at.
-    if numbers.is_empty() || !may_hold_respelled_number(written.doc_text) {
+    if numbers.is_empty() || !may_hold_respelled_scalar(written.doc_text) {
         return None;
     }
     // Past this many, the rest are refused unread rather than let through unchecked (no
@@ -1552,11 +1554,12 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
                 ));
             };
             let as_read = n.to_string();
+            let kind = if n.is_boolean() { "boolean" } else { "number" };
             (as_written != as_read).then(|| {
                 (
                     line + written.first_line,
                     format!(
-                        "policy: {path}: YAML reads {as_written} as the number {as_read}, and the \
+                        "policy: {path}: YAML reads {as_written} as the {kind} {as_read}, and the \
                      policy would say {as_read}; IAM compares condition values as text, so write \
                      {as_read}, or \"{as_written}\" in quotes"
                     ),
@@ -1565,17 +1568,21 @@ fn respelled_number(policy: &serde_json::Value, written: &Written) -> Option<(us
         })
 }
 
-/// Whether some token of `text` may be an integer YAML reads otherwise than written: signed
+/// Whether some token of `text` may be a boolean YAML reads otherwise than written (`TRUE`,
+/// `False`), or an integer: signed
 /// (`+5`, `-0`), or in hex, octal or binary (`0x10`, `0o17`, `0b11`), quoted too (a tag such
 /// as `!!int "0x10"` makes a number of a quoted string, escapes and all, so any tag counts, as
 /// does a byte-order mark, which libyaml skips mid-document; a `!` that ends a word does not). A token in a comment or a string
 /// may pass for one: that only costs the check.
-fn may_hold_respelled_number(text: &str) -> bool {
+fn may_hold_respelled_scalar(text: &str) -> bool {
     if text.contains('\u{feff}') {
         return true;
     }
     text.split(|c: char| c.is_whitespace() || ",[]{}:\"'".contains(c))
         .any(|token| {
+            if matches!(token, "True" | "TRUE" | "False" | "FALSE") {
+                return true;
+            }
             if token.starts_with('!') {
                 // A tag (`!!int`, `!<tag:yaml.org,2002:int>`); a `!` ending a word is none.
                 return true;
@@ -2032,6 +2039,21 @@ policy:
             with("Bool: {aws:SecureTransport: true}", true),
             ["2:Warning"]
         );
+        // YAML 1.2 reads TRUE and False as booleans: StringEquals would compare "true".
+        for respelled in [
+            "StringEquals: {aws:PrincipalTag/Quarantined: TRUE}",
+            "StringEquals: {aws:PrincipalTag/Quarantined: [\"x\", False]}",
+            "Bool: {aws:SecureTransport: True}",
+        ] {
+            assert_eq!(with(respelled, false), ["10:Error"], "{respelled}");
+        }
+        assert_eq!(
+            with(
+                "StringEquals: {aws:PrincipalTag/Quarantined: \"TRUE\"}",
+                false
+            ),
+            ["13:Warning"]
+        );
         // A key holding brackets and dots is one key; a decimal number under it is accepted,
         // a respelled one refused.
         let tagged = |n: &str| format!("NumericEquals: {{\"aws:RequestTag/a.b[0]\": [5, {n}]}}");
@@ -2056,8 +2078,11 @@ policy:
             ("# do not edit by hand!\nk: [1, 2]", false),
             ("k: '+5'", true),
             ("[1,\n\u{feff}+5]", true),
+            ("k: [TRUE]", true),
+            ("k: False", true),
+            ("k: TRUEish", false),
         ] {
-            assert_eq!(may_hold_respelled_number(text), may, "{text}");
+            assert_eq!(may_hold_respelled_scalar(text), may, "{text}");
         }
     }
 
