@@ -876,6 +876,10 @@ enum NoText {
         line: usize,
         name: &'static str,
     },
+    /// The 1-based line of a byte order mark that does not start the file.
+    InnerBom {
+        line: usize,
+    },
     /// More than [`MAX_LINES`].
     TooManyLines,
     /// More than [`MAX_DOCUMENTS`]: how many.
@@ -897,6 +901,14 @@ impl NoText {
             NoText::UnicodeBreak { line, name } => {
                 return (*line, unicode_line_break_message(name).into());
             }
+            // libyaml skips it but counts it as a column: a key after it reads as indented,
+            // and the errors name other causes.
+            NoText::InnerBom { line } => (
+                *line,
+                "holds a byte order mark (U+FEFF) that does not start the file (files joined \
+                 together?): YAML would read what follows it at another indentation. Remove it \
+                 (in a double-quoted string, the escape \\ufeff keeps it)",
+            ),
             NoText::TooManyLines => (
                 1,
                 "more than 1,000,000 lines in one file; refusing to parse it",
@@ -989,6 +1001,12 @@ fn manifest_text(bytes: &[u8]) -> Result<&str, NoText> {
     }
     if let Some((line, name)) = unicode_line_break(text) {
         return Err(NoText::UnicodeBreak { line, name });
+    }
+    if !text.is_ascii()
+        && let Some(at) = text.find('\u{feff}')
+    {
+        let line = bytes[..at].iter().filter(|&&b| b == b'\n').count() + 1;
+        return Err(NoText::InnerBom { line });
     }
     Ok(text)
 }
