@@ -47,7 +47,9 @@ pub struct ManifestDoc {
     pub allow_public: bool,
 }
 
-/// Only used to describe `policy` in the JSON Schema.
+// Only used to describe `policy` in the JSON Schema (a `//` comment: schemars would put a
+// doc comment in the schema, where editors show it).
+/// The resource policy: a mapping (IAM's JSON written as YAML), or the JSON itself as a string.
 #[derive(schemars::JsonSchema)]
 #[allow(dead_code)]
 #[serde(untagged)]
