@@ -368,6 +368,10 @@ async fn apply_one<K: Kinesis>(
             )));
         }
     }
+    // Before the write, not only after it: a process killed (-9, OOM, a lost node) between the
+    // two leaves a change made and, without this line, recorded nowhere, as the next run finds
+    // it in sync. The one-shot apply has printed its plan by now and logs it at `info` only.
+    tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source = change.source_label(), access = change.access_label(), "change starting");
     let written = match change.action {
         Action::NoOp => return Some(Ok(())),
         Action::Create | Action::Update => {

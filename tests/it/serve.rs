@@ -851,14 +851,22 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
     assert!(metric(&metrics, "kpr_reconcile_duration_seconds_count", &[]) >= 2.0);
     let logs = serve.logs();
     assert!(!logs.contains(SECRET), "the secret leaked into the log");
-    // Inside the reconcile span (the revision), with what changed, why and from which line.
+    // Inside the reconcile span (the revision), with what changed, why and from which line;
+    // and said before the write too, so a process killed in between leaves the change named.
+    let event_at = |event: &str| {
+        logs.lines().position(|l| {
+            l.contains(event)
+                && l.contains(&arn)
+                && l.contains(&second)
+                && l.contains("\"reason\":\"live policy differs\"")
+                && l.contains("\"source\":\"streams/s.yaml:1\"")
+        })
+    };
+    let applied = event_at("\"change applied\"");
+    let starting = event_at("\"change starting\"");
     assert!(
-        logs.lines().any(|l| l.contains("\"change applied\"")
-            && l.contains(&arn)
-            && l.contains(&second)
-            && l.contains("\"reason\":\"live policy differs\"")
-            && l.contains("\"source\":\"streams/s.yaml:1\"")),
-        "no change event inside the reconcile span:\n{logs}"
+        starting.is_some() && starting < applied,
+        "no change events inside the reconcile span, before and after the write:\n{logs}"
     );
     serve.stop();
 }
