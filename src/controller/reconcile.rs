@@ -1763,10 +1763,19 @@ impl Reconciler {
                     });
                 }
                 if inc.desired.is_empty() {
-                    tracing::info!(
-                        changed_files = inc.changed.len(),
-                        "the push changed no manifest: nothing to reconcile"
-                    );
+                    // A pushed commit not fetched yet changed nothing known so far.
+                    match &self.awaiting {
+                        Some(awaited) => tracing::info!(
+                            changed_files = inc.changed.len(),
+                            awaited = %awaited.commit,
+                            "no manifest changed in what was fetched; the pushed commit is \
+                             not here yet"
+                        ),
+                        None => tracing::info!(
+                            changed_files = inc.changed.len(),
+                            "the push changed no manifest: nothing to reconcile"
+                        ),
+                    }
                     self.finish(&mut out, declared, revision, Vec::new(), Some(inc), &skip);
                     return out;
                 }

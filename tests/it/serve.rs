@@ -1500,7 +1500,8 @@ fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
     let v2 = read_policy(&arn, "arn:aws:iam::111122223333:role/two");
     repo.write("s.yaml", &manifest(&arn, &v2));
     let second = repo.commit("v2");
-    let body = serde_json::json!({"ref": "refs/heads/main", "after": second}).to_string();
+    let body = serde_json::json!({"ref": "refs/heads/main", "before": first, "after": second, "forced": false})
+        .to_string();
     let r = serve.github_push_body(body.as_bytes(), "late-1");
     assert_eq!(r.status, 202, "{r:?}");
     assert!(r.body.contains(&second), "{r:?}");
@@ -1512,12 +1513,16 @@ fn a_pushed_commit_the_remote_serves_late_is_fetched_again() {
     assert_eq!(st["awaited_commit"], second.as_str(), "{st:#}");
     assert_eq!(st["last_good_revision"], first.as_str(), "{st:#}");
     assert!(live(&emu, &arn).is_some_and(|p| same_grant(&p, &v1)));
+    let logs = serve.logs();
     assert!(
-        serve
-            .logs()
-            .contains("does not contain the pushed commit yet"),
-        "{}",
-        serve.logs()
+        logs.contains("does not contain the pushed commit yet"),
+        "{logs}"
+    );
+    // What was fetched changed nothing; of the push itself nothing is known yet.
+    assert!(
+        logs.contains("the pushed commit is not here yet")
+            && !logs.contains("the push changed no manifest"),
+        "{logs}"
     );
 
     // The remote catches up; no other push, no schedule: kpr's own fetch applies it.
