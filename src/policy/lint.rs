@@ -101,6 +101,7 @@ pub fn lint(doc: &PolicyDocument, ctx: &LintContext) -> Vec<Finding> {
         boolean_condition_rule(&mut out, s, &path, &sid);
         typed_value_rule(&mut out, s, &path, &sid);
         literal_wildcard_rule(&mut out, s, &path, &sid);
+        empty_values_rule(&mut out, s, &path, &sid);
     }
     out.0
 }
@@ -1361,6 +1362,27 @@ fn literal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &st
     }
 }
 
+/// A condition key given no values (`aws:PrincipalArn: []`): what IAM makes of it is not
+/// documented, and whoever wrote it meant some values or none of the key. IAM's own validator
+/// warns of it too.
+fn empty_values_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
+    let Some(c) = s.condition() else { return };
+    for b in c.blocks() {
+        for (key, values) in b.entries() {
+            if values.is_empty() {
+                out.warning(
+                    &format!("{path}.Condition.{}.{key}", b.operator()),
+                    format!(
+                        "{key} has no values under {}{sid}: IAM does not document what such an \
+                         entry matches; list the values meant, or remove the key",
+                        b.operator()
+                    ),
+                );
+            }
+        }
+    }
+}
+
 /// An integer or decimal, as IAM's numeric operators read them.
 fn is_number(value: &str) -> bool {
     let digits = value.strip_prefix(['-', '+']).unwrap_or(value);
@@ -2121,6 +2143,23 @@ mod tests {
         ] {
             assert_eq!(with("Deny", ok.clone()), [], "{ok}");
         }
+    }
+
+    #[test]
+    fn a_condition_key_without_values_is_a_warning() {
+        let f = run(
+            &policy(
+                json!({"Effect": "Deny", "Principal": {"AWS": "444455556666"},
+                           "Condition": {"ArnLike": {"aws:PrincipalArn": []}}}),
+            ),
+            &ctx(STREAM),
+        );
+        one_finding(
+            &f,
+            Severity::Warning,
+            "Statement[0].Condition.ArnLike.aws:PrincipalArn",
+            "aws:PrincipalArn has no values under ArnLike",
+        );
     }
 
     #[test]
