@@ -577,11 +577,18 @@ const READ_DIRECTLY: &[&str] = &[
     "KPR_GIT_PASSWORD",
 ];
 
-/// A `KPR_*` variable that is one of kpr's own misspelt (`KPR_DRYRUN` for `KPR_DRY_RUN`), as an
-/// error to print. Ignored, it would turn a dry run into writes, as an unknown key in the
-/// config file would, which is refused too. Other `KPR_*` names (a pipeline's own
-/// `KPR_VERSION`) are left alone.
-pub fn misspelt_env_var<I>(vars: I) -> Option<String>
+/// What the environment's `KPR_*` names say: an error for one that is surely one of kpr's own
+/// misspelt (`KPR_DRYRUN` for `KPR_DRY_RUN`, `KPR_CONCURENCY`), which, ignored, could turn a
+/// dry run into writes, as an unknown config key would (refused too); warnings for one that
+/// may be (`KPR_REGIONS`). Other names, a pipeline's own `KPR_VERSION` or `KPR_ID`, are left
+/// alone: a short name is near too many of kpr's to guess.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct EnvCheck {
+    pub error: Option<String>,
+    pub warnings: Vec<String>,
+}
+
+pub fn check_env_vars<I>(vars: I) -> EnvCheck
 where
     I: IntoIterator<Item = (std::ffi::OsString, std::ffi::OsString)>,
 {
@@ -606,14 +613,39 @@ where
         .filter(|k| k.starts_with("KPR_") && !known.contains(k))
         .collect();
     names.sort();
-    names.into_iter().find_map(|name| {
-        let meant = crate::policy::closest(&bare(&name), known_bare.iter().map(String::as_str), 2)?;
-        let meant = &known[known_bare.iter().position(|k| k == meant)?];
-        Some(format!(
-            "error: the environment sets {name}, which kpr does not read: did you mean {meant}? \
-             Rename or unset it (as written, its setting would be ignored)"
-        ))
-    })
+    let mut check = EnvCheck::default();
+    for name in names {
+        let word = bare(&name);
+        if word.len() < 5 {
+            continue;
+        }
+        let Some(meant) = crate::policy::closest(&word, known_bare.iter().map(String::as_str), 2)
+        else {
+            continue;
+        };
+        let distance = crate::policy::edit_distance(&word, meant);
+        let Some(meant) = known_bare
+            .iter()
+            .position(|k| k == meant)
+            .map(|i| &known[i])
+        else {
+            continue;
+        };
+        if distance == 0 || (distance == 1 && word.len() >= 8) {
+            check.error.get_or_insert_with(|| {
+                format!(
+                    "error: the environment sets {name}, which kpr does not read: did you mean \
+                     {meant}? Rename or unset it (as written, its setting would be ignored)"
+                )
+            });
+        } else {
+            check.warnings.push(format!(
+                "warning: the environment sets {name}, which kpr does not read; if {meant} was \
+                 meant, rename it (as written, it is ignored)"
+            ));
+        }
+    }
+    check
 }
 
 /// The log level and whether to log JSON: a flag or `KPR_*` variable, then the config file,
@@ -1443,7 +1475,7 @@ pub fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
 
 #[cfg(test)]
 mod tests {
-    use super::misspelt_env_var;
+    use super::{EnvCheck, check_env_vars};
 
     fn vars(names: &[&str]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
         names.iter().map(|n| (n.into(), "1".into())).collect()
@@ -1456,23 +1488,44 @@ mod tests {
             ("KPR_CONCURENCY", "KPR_CONCURRENCY"),
             ("KPR_webhook_secret", "KPR_WEBHOOK_SECRET"),
             ("KPR_GIT_TOKENFILE", "KPR_GIT_TOKEN_FILE"),
+            ("KPR_MAX_DELETE", "KPR_MAX_DELETES"),
         ] {
-            let said = misspelt_env_var(vars(&["PATH", typo])).expect(typo);
+            let check = check_env_vars(vars(&["PATH", typo]));
+            let said = check.error.expect(typo);
             assert!(
                 said.contains(&format!("sets {typo},")) && said.contains(&format!("{meant}?")),
                 "{said}"
             );
         }
-        // kpr's own, a pipeline's own, and the test suite's: none is a typo.
+        // Near one of kpr's, but a name a pipeline may well use: said, not refused.
+        for (near, meant) in [
+            ("KPR_REGIONS", "KPR_REGION"),
+            ("KPR_GIT_PAT", "KPR_GIT_PATH"),
+            ("KPR_GIT_HASH", "KPR_GIT_PATH"),
+        ] {
+            let check = check_env_vars(vars(&[near]));
+            assert_eq!(check.error, None, "{near}");
+            assert!(
+                check.warnings.len() == 1 && check.warnings[0].contains(meant),
+                "{near}: {check:?}"
+            );
+        }
+        // kpr's own, a pipeline's own (short names are near too many to guess), and the test
+        // suite's: nothing said.
         let fine = vars(&[
             "KPR_DRY_RUN",
             "KPR_GIT_TOKEN",
             "KPR_GIT_CREDENTIAL_HOST",
             "KPR_VERSION",
+            "KPR_VER",
+            "KPR_BIN",
+            "KPR_ID",
+            "KPR_RUN",
+            "KPR_DIFF",
             "KPR_TEST_KINESIS_MOCK_URL",
             "KPR_TEST_MOTO_ACCOUNT",
             "KPR_TEST_PYTHON",
         ]);
-        assert_eq!(misspelt_env_var(fine), None);
+        assert_eq!(check_env_vars(fine), EnvCheck::default());
     }
 }

@@ -26,7 +26,11 @@ fn main() -> ExitCode {
         }
     };
     let error_code = cli.error_code();
-    if let Some(message) = cli::misspelt_env_var(std::env::vars_os()) {
+    let env = cli::check_env_vars(std::env::vars_os());
+    for warning in &env.warnings {
+        kinesis_policy_reconciler::errln!("{warning}");
+    }
+    if let Some(message) = env.error {
         kinesis_policy_reconciler::errln!("{message}");
         cli::refused_document(cli.json_kind(None), "usage", &message);
         return ExitCode::from(error_code);
