@@ -349,12 +349,20 @@ async fn apply_one<K: Kinesis>(
     }
     let read_ago = change.read_at.elapsed();
     if read_ago >= opts.reread_after {
-        let unchanged = match api.get_policy(&change.target).await {
-            Ok(raw) => change.live_is_still(raw.as_deref()),
+        let (unchanged, done) = match api.get_policy(&change.target).await {
+            Ok(raw) => (
+                change.live_is_still(raw.as_deref()),
+                holds(change, raw.as_deref()),
+            ),
             // The resource gone meanwhile: the write says so (or, for a delete, is done).
-            Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => true,
+            Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => (true, false),
             Err(e) => return Some(Err(fail(&e))),
         };
+        // Someone made the change meanwhile (another kpr, a hand apply): nothing to write.
+        if done {
+            tracing::info!(arn = %change.arn, "the live policy changed since kpr read it and is now as the manifest asks: nothing to write");
+            return Some(Ok(()));
+        }
         if !unchanged {
             return Some(Err(crate::plan::local_failure(
                 change.arn.clone(),
@@ -731,12 +739,15 @@ mod tests {
         let long_ago = std::time::Instant::now()
             .checked_sub(Duration::from_secs(90))
             .unwrap();
-        for (now, read_at, reads, puts) in [
-            (Some(edited.clone()), long_ago, 1, 0),
-            (None, long_ago, 1, 0),
-            (Some(relaid), long_ago, 1, 1),
-            (Some(planned.clone()), long_ago, 1, 1),
-            (Some(edited), std::time::Instant::now(), 0, 1),
+        // (live now, read at, reads, puts, applied)
+        for (now, read_at, reads, puts, ok) in [
+            (Some(edited.clone()), long_ago, 1, 0, false),
+            (None, long_ago, 1, 0, false),
+            (Some(relaid), long_ago, 1, 1, true),
+            (Some(planned.clone()), long_ago, 1, 1, true),
+            (Some(edited), std::time::Instant::now(), 0, 1, true),
+            // Changed meanwhile into what the manifest asks: done, nothing to write.
+            (Some(POLICY.to_string()), long_ago, 1, 0, true),
         ] {
             let api = Resilient::new(
                 EditedMeanwhile {
@@ -755,7 +766,7 @@ mod tests {
             let case = format!("{now:?}: {result:?}");
             assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads, "{case}");
             assert_eq!(api.inner().puts.load(Ordering::SeqCst), puts, "{case}");
-            assert_eq!(result.is_ok(), puts == 1, "{case}");
+            assert_eq!(result.is_ok(), ok, "{case}");
             if let Err(f) = result {
                 assert!(
                     f.message
@@ -764,6 +775,25 @@ mod tests {
                 );
             }
         }
+        // A delete whose policy someone removed meanwhile: done, and no delete is sent (this
+        // fake has none to answer).
+        let api = Resilient::new(
+            EditedMeanwhile {
+                now: None,
+                reads: AtomicU32::new(0),
+                puts: AtomicU32::new(0),
+            },
+            RetryPolicy::default(),
+            0,
+        );
+        let mut delete = written();
+        delete.action = crate::plan::Action::Delete;
+        (delete.desired, delete.put_json) = (None, None);
+        delete.live = Some(PolicyDocument::from_json_str(&planned).unwrap());
+        delete.read_at = long_ago;
+        let result = apply_one(&api, &delete, &opts).await.expect("sent");
+        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(api.inner().reads.load(Ordering::SeqCst), 1);
     }
 
     /// Counts puts; the first one stops the apply as it ends.
