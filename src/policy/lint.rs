@@ -1245,7 +1245,7 @@ fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &s
             continue;
         }
         for (key, values) in b.entries() {
-            for value in values {
+            for (i, value) in values.iter().enumerate() {
                 let text = value.as_canonical_string();
                 if text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false") {
                     continue;
@@ -1263,7 +1263,7 @@ fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &s
                     None => String::new(),
                 };
                 out.error(
-                    &format!("{path}.Condition.{}.{key}", b.operator()),
+                    &value_path(path, b.operator(), key, values.len(), i),
                     format!(
                         "{} takes true or false; {text:?} never matches{sid}{hint}",
                         b.operator()
@@ -1298,13 +1298,13 @@ fn typed_value_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
             continue;
         };
         for (key, values) in b.entries() {
-            for value in values {
+            for (i, value) in values.iter().enumerate() {
                 let text = value.as_canonical_string();
                 if text.contains("${") || reads(&text) {
                     continue;
                 }
                 out.error(
-                    &format!("{path}.Condition.{}.{key}", b.operator()),
+                    &value_path(path, b.operator(), key, values.len(), i),
                     format!(
                         "{} takes {takes}; IAM cannot compare {key} with {text:?}{sid}",
                         b.operator()
@@ -1333,7 +1333,7 @@ fn literal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &st
             let Some(value) = values
                 .iter()
                 .map(super::ConditionValue::as_canonical_string)
-                .find(|v| v.contains(['*', '?']) && !v.contains("${"))
+                .find(|v| outside_variables(v).contains(['*', '?']))
             else {
                 continue;
             };
@@ -1360,6 +1360,35 @@ fn literal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &st
             }
         }
     }
+}
+
+/// Where the `i`th of a key's `n` values is: the key itself for one value (it may be written
+/// without a list), the list item otherwise, so the error names the item's own line.
+fn value_path(path: &str, operator: &str, key: &str, n: usize, i: usize) -> String {
+    if n == 1 {
+        format!("{path}.Condition.{operator}.{key}")
+    } else {
+        format!("{path}.Condition.{operator}.{key}[{i}]")
+    }
+}
+
+/// `value` without its policy variables (`${aws:username}`, and the escapes `${*}`, `${?}`,
+/// `${$}`, which stand for the character itself): what a `*` or `?` left is written as text.
+fn outside_variables(value: &str) -> String {
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        match rest[start..].find('}') {
+            Some(end) => rest = &rest[start + end + 1..],
+            None => {
+                rest = &rest[start..];
+                break;
+            }
+        }
+    }
+    out.push_str(rest);
+    out
 }
 
 /// A condition key given no values (`aws:PrincipalArn: []`): what IAM makes of it is not
@@ -2020,7 +2049,7 @@ mod tests {
         one_finding(
             &f,
             Severity::Error,
-            "Statement[0].Condition.ForAnyValue:Null.aws:SourceVpc",
+            "Statement[0].Condition.ForAnyValue:Null.aws:SourceVpc[1]",
             "\"maybe\" never matches",
         );
         for ok in [
@@ -2044,7 +2073,7 @@ mod tests {
             ),
             (
                 json!({"IpAddress": {"aws:SourceIp": ["203.0.113.0/24", "10.1.2.3/33"]}}),
-                "IpAddress.aws:SourceIp",
+                "IpAddress.aws:SourceIp[1]",
                 "\"10.1.2.3/33\"",
             ),
             (
@@ -2139,10 +2168,23 @@ mod tests {
         for ok in [
             json!({"StringLike": {"aws:PrincipalArn": sandbox}}),
             json!({"ArnEquals": {"aws:PrincipalArn": sandbox}}),
-            json!({"StringEquals": {"aws:PrincipalArn": "arn:aws:iam::444455556666:role/${aws:PrincipalTag/team}-*"}}),
+            json!({"StringEquals": {"aws:PrincipalArn": "arn:aws:iam::444455556666:role/${aws:PrincipalTag/team}"}}),
+            // The escape for a literal `*`: written as meant.
+            json!({"StringEquals": {"aws:PrincipalArn": "arn:aws:iam::444455556666:role/a${*}"}}),
         ] {
             assert_eq!(with("Deny", ok.clone()), [], "{ok}");
         }
+        // A `*` beside a variable is still text.
+        let f = with(
+            "Deny",
+            json!({"StringEquals": {"aws:PrincipalArn": "arn:aws:iam::444455556666:role/${aws:PrincipalTag/team}-*"}}),
+        );
+        one_finding(
+            &f,
+            Severity::Error,
+            "Statement[0].Condition.StringEquals.aws:PrincipalArn",
+            "as plain text",
+        );
     }
 
     #[test]
