@@ -47,6 +47,9 @@ pub struct ImportReport {
     /// is written anyway, as it is the truth of today, and `kpr validate` will flag it.
     pub warnings: Vec<String>,
     pub errors: Vec<String>,
+    /// Of `errors`, reads that failed (a policy, a stream's consumers): resources that may have
+    /// a policy and have no file.
+    pub unread: usize,
 }
 
 /// `opts.out` must exist: the caller creates it before any call, so a bad path costs none.
@@ -78,7 +81,10 @@ pub async fn import<K: Kinesis>(
     for c in consumers {
         match c {
             Ok(c) => resources.extend(c),
-            Err(e) => report.errors.push(e.to_string()),
+            Err(e) => {
+                report.unread += 1;
+                report.errors.push(e.to_string());
+            }
         }
     }
     let policies: Vec<(ResourceArn, Result<Option<String>, ApiError>)> =
@@ -138,7 +144,10 @@ pub async fn import<K: Kinesis>(
                     }
                 }
             }
-            Err(e) => report.errors.push(format!("{arn}: {e}")),
+            Err(e) => {
+                report.unread += 1;
+                report.errors.push(format!("{arn}: {e}"));
+            }
         }
     }
     Ok(report)
@@ -715,21 +724,18 @@ fn yaml_scalar(s: &str) -> String {
 /// Shown after an import: what to do next, as far as it went.
 pub fn next_steps(out: &Path, report: &ImportReport) -> String {
     let plan = format!("`kpr plan --dir {} --detailed-exitcode`", out.display());
-    // Errors other than a policy written for review: a resource not read, a file in the way.
-    let others = report.errors.len().saturating_sub(report.for_review);
-    if others > 0 {
-        let review = if report.for_review > 0 {
-            " and the files marked REVIEW"
-        } else {
-            ""
-        };
+    // A resource not read has no file: fixing files cannot help, importing again does.
+    if report.unread > 0 {
         format!(
-            "Next: fix what the errors above name{review}, then run this import again: a \
-             resource it could not read has no file yet, and `--prune` over this directory \
-             would delete its policy. Then check that {plan} exits 0."
+            "Next: fix what the errors above name, then run this import again: a resource it \
+             could not read has no file yet, and `--prune` over this directory would delete \
+             its policy. Then check that {plan} exits 0."
         )
-    } else if report.for_review > 0 {
-        format!("Next: fix the files marked REVIEW, then check that {plan} exits 0.")
+    } else if !report.errors.is_empty() {
+        format!(
+            "Next: fix what the errors above name (the files marked REVIEW, files in the way), \
+             then check that {plan} exits 0."
+        )
     } else if report.written.is_empty() && report.skipped_existing.is_empty() {
         "Next: nothing to review; give streams and consumers a policy, or import another \
          account or region."
@@ -751,25 +757,19 @@ mod tests {
         assert!(next_steps(out, &report).contains("nothing to review"));
         report.written.push(out.join("a.yaml"));
         assert!(next_steps(out, &report).contains("review the files, commit them"));
-        // A policy kpr refuses, written for review: the file is there to fix.
+        // A policy kpr refuses, written for review now or by an earlier run: a file to fix.
         report.errors.push("refused".into());
-        report.for_review = 1;
         let said = next_steps(out, &report);
-        assert!(said.contains("fix the files marked REVIEW"), "{said}");
+        assert!(
+            said.contains("fix what the errors above name (the files marked REVIEW")
+                && !said.contains("import again"),
+            "{said}"
+        );
         // A resource not read has no file: the file to fix does not exist, import again.
         report.errors.push("arn:...: AccessDenied".into());
+        report.unread = 1;
         let said = next_steps(out, &report);
-        assert!(
-            said.contains("run this import again") && said.contains("and the files marked REVIEW"),
-            "{said}"
-        );
-        report.for_review = 0;
-        report.errors.truncate(1);
-        let said = next_steps(out, &report);
-        assert!(
-            said.contains("run this import again") && !said.contains("REVIEW"),
-            "{said}"
-        );
+        assert!(said.contains("run this import again"), "{said}");
     }
 
     #[test]
