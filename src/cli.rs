@@ -1220,11 +1220,17 @@ async fn run_import(
         crate::errln!("warning: {w}");
     }
     for p in &report.skipped_existing {
-        if report.differs_from_live.contains(p) {
+        if report.pending_delete.contains(p) {
+            crate::errln!(
+                "skipped: {} exists (never overwritten), and declares `ensure: absent`: \
+                 `kpr apply` would delete the live policy",
+                p.display()
+            );
+        } else if report.differs_from_live.contains(p) {
             crate::errln!(
                 "skipped: {} exists (never overwritten), and declares a policy other than the \
-                 live one: `kpr plan` shows the difference, and `kpr apply` would put the \
-                 file's back",
+                 live one (or the resource has none now): `kpr plan` shows the difference, and \
+                 `kpr apply` would put the file's back",
                 p.display()
             );
         } else {

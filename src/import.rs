@@ -41,6 +41,9 @@ pub struct ImportReport {
     /// Of those, the ones that declare the resource with a policy other than the live one:
     /// the next apply puts the file's back.
     pub differs_from_live: Vec<PathBuf>,
+    /// Of those, the ones that declare the resource `ensure: absent`: the next apply deletes
+    /// the live policy.
+    pub pending_delete: Vec<PathBuf>,
     /// Of `written`, the policies kpr refuses, written for review (each also an error).
     pub for_review: usize,
     /// Lint findings of imported policies (e.g. a Resource that does not match): the manifest
@@ -109,12 +112,16 @@ pub async fn import<K: Kinesis>(
     // since, must not get a second manifest for one resource (the set would not validate).
     let mut declared = std::collections::HashMap::new();
     let mut names = FileNames::default();
+    let mut unreadable_files = Vec::new();
     for crate::manifest::FileDeclarations {
         file,
         named,
         unreadable,
     } in crate::manifest::declarations_below(&opts.out)
     {
+        if unreadable {
+            unreadable_files.push(file.clone());
+        }
         // A file kpr cannot read all of may declare the resource its name is for: that
         // resource's write then finds it in the way and says so, rather than going elsewhere.
         if !unreadable
@@ -131,24 +138,59 @@ pub async fn import<K: Kinesis>(
             }
         }
     }
+    let listed: std::collections::HashSet<ResourceArn> =
+        policies.iter().map(|(arn, _)| arn.identity()).collect();
     for (arn, policy) in policies {
+        let id = arn.identity();
         match policy {
-            Ok(None) => report.without_policy += 1,
-            Ok(Some(raw)) => {
-                let id = arn.identity();
-                match declared.get(&id) {
-                    Some(file) => keep_existing(&arn, &raw, file.clone(), opts, &mut report),
-                    None => {
-                        let path = opts.out.join(names.next(&id));
-                        write_manifest(&arn, &path, &raw, opts, &mut report);
-                    }
+            // A file declaring it is judged as with a policy: its policy put back, or a
+            // registration gone, must not pass unsaid on a re-run.
+            Ok(None) => {
+                report.without_policy += 1;
+                if let Some(file) = declared.get(&id) {
+                    keep_existing(&arn, None, file.clone(), opts, &mut report);
                 }
             }
+            Ok(Some(raw)) => match declared.get(&id) {
+                Some(file) => keep_existing(&arn, Some(&raw), file.clone(), opts, &mut report),
+                None => {
+                    let path = opts.out.join(names.next(&id));
+                    write_manifest(&arn, &path, &raw, opts, &mut report);
+                }
+            },
             Err(e) => {
                 report.unread += 1;
                 report.errors.push(format!("{arn}: {e}"));
             }
         }
+    }
+    // What --out declares in this account and region that the listing no longer holds: plan
+    // fails for it. Only when every listing came back: a consumer not listed may still be.
+    if report.unread == 0 {
+        let mut gone: Vec<(&ResourceArn, &PathBuf)> = declared
+            .iter()
+            .filter(|(id, _)| {
+                id.scope.account == scope.account
+                    && id.scope.region == scope.region
+                    && !listed.contains(*id)
+            })
+            .collect();
+        gone.sort();
+        for (id, file) in gone {
+            report.errors.push(format!(
+                "{id}: {} declares it, and it does not exist now (deleted since?): plan fails \
+                 for it; remove its manifest",
+                file.display()
+            ));
+        }
+    }
+    for file in unreadable_files {
+        report.warnings.push(format!(
+            "{}: kpr cannot read all of it, and refuses the directory until it is fixed; it may \
+             also declare a resource imported here, which would then be declared twice \
+             (`kpr validate --dir` says why)",
+            file.display()
+        ));
     }
     Ok(report)
 }
@@ -252,7 +294,7 @@ fn declares(bytes: Option<&[u8]>, arn: &ResourceArn) -> Declared {
 /// `live`: the resource as listed (a consumer with its registration's epoch).
 fn keep_existing(
     live: &ResourceArn,
-    raw: &str,
+    raw: Option<&str>,
     path: PathBuf,
     opts: &ImportOptions,
     report: &mut ImportReport,
@@ -313,18 +355,21 @@ fn keep_existing(
              no manifest. Declare the consumer by name ({arn}) to follow re-registration",
             path.display()
         )),
-        Declared::Absent => report.errors.push(format!(
-            "{arn}: {} exists and declares it `ensure: absent`; not overwritten, so `kpr apply` \
-             would delete the live policy import found: remove the file, or import into an \
-             empty directory",
-            path.display()
-        )),
+        // A deletion pending: kept, and said, as a hand edit is (a live policy that grants
+        // nothing, `Statement: []`, is one lint suggests).
+        Declared::Absent if raw.is_some() => report.pending_delete.push(path.clone()),
+        Declared::Absent => {}
     }
     report.skipped_existing.push(path);
 }
 
-/// Whether `state` declares `live` with a policy that is not equivalent to `raw`, the live one.
-fn differs_from_live(state: &crate::manifest::DesiredState, live: &ResourceArn, raw: &str) -> bool {
+/// Whether `state` declares `live` with a policy that is not equivalent to `raw`, the live one
+/// (`None`: it has none).
+fn differs_from_live(
+    state: &crate::manifest::DesiredState,
+    live: &ResourceArn,
+    raw: Option<&str>,
+) -> bool {
     let declared = state.resources.iter().find_map(|r| match &r.intent {
         crate::manifest::Intent::Present { document, .. } if r.arn.same_resource(live) => {
             Some(document)
@@ -332,8 +377,10 @@ fn differs_from_live(state: &crate::manifest::DesiredState, live: &ResourceArn, 
         _ => None,
     });
     declared.is_some_and(|d| {
-        PolicyDocument::from_json_str(raw)
-            .map_or(true, |l| !l.equivalent_in(d, &live.scope.partition))
+        raw.is_none_or(|raw| {
+            PolicyDocument::from_json_str(raw)
+                .map_or(true, |l| !l.equivalent_in(d, &live.scope.partition))
+        })
     })
 }
 
@@ -388,7 +435,7 @@ fn write_manifest(
     // An error said of the file written makes it one for review.
     let errors_before = report.errors.len();
     if std::fs::symlink_metadata(&path).is_ok() {
-        keep_existing(live, raw, path, opts, report);
+        keep_existing(live, Some(raw), path, opts, report);
         return;
     }
     let arn_text = arn.to_string();
@@ -555,7 +602,7 @@ fn write_manifest(
         }
         // Appeared since the check above: judged as any file already there.
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-            keep_existing(live, raw, path, opts, report)
+            keep_existing(live, Some(raw), path, opts, report)
         }
         Err(e) => report.errors.push(format!(
             "{arn}: writing {}: {e}; {arn} has no manifest, and a later `apply --prune` would \
@@ -735,6 +782,13 @@ pub fn next_steps(out: &Path, report: &ImportReport) -> String {
         format!(
             "Next: fix what the errors above name (the files marked REVIEW, files in the way), \
              then check that {plan} exits 0."
+        )
+    } else if !report.differs_from_live.is_empty() || !report.pending_delete.is_empty() {
+        let n = report.differs_from_live.len() + report.pending_delete.len();
+        format!(
+            "Next: {n} kept file(s) differ from the live policies (said above): `kpr plan --dir \
+             {}` shows what `kpr apply` would change; commit the files when that is meant.",
+            out.display()
         )
     } else if report.written.is_empty() && report.skipped_existing.is_empty() {
         "Next: nothing to review; give streams and consumers a policy, or import another \
@@ -1036,7 +1090,8 @@ mod tests {
             declares(existing(&path).as_deref(), &stream),
             Declared::Present
         );
-        // Importing the consumer's live policy over it: apply would delete that policy.
+        // Importing the consumer's live policy over it: a deletion pending, kept and said, as
+        // a hand edit is (what lint suggests for a policy with no statements).
         let mut over_absent = ImportReport::default();
         write_manifest(
             &ResourceArn::parse(consumer).unwrap(),
@@ -1045,11 +1100,12 @@ mod tests {
             &opts,
             &mut over_absent,
         );
-        assert_eq!(over_absent.errors.len(), 1, "{:?}", over_absent.errors);
+        assert_eq!(over_absent.errors, Vec::<String>::new());
+        assert_eq!(over_absent.pending_delete, std::slice::from_ref(&with_time));
         assert!(
-            over_absent.errors[0].contains("`ensure: absent`"),
-            "{:?}",
-            over_absent.errors
+            next_steps(dir.path(), &over_absent).contains("1 kept file(s) differ"),
+            "{}",
+            next_steps(dir.path(), &over_absent)
         );
         let fifo = dir.path().join("fifo.yaml");
         let made = std::process::Command::new("mkfifo").arg(&fifo).status();
@@ -1162,7 +1218,7 @@ mod tests {
         let declared = format!("arn: {pinned}\npolicy: {}\n", pinned_to("1700000001"));
         std::fs::write(&mine, declared).unwrap();
         let mut report = ImportReport::default();
-        keep_existing(&live, "{}", mine, &opts, &mut report);
+        keep_existing(&live, Some("{}"), mine, &opts, &mut report);
         assert_eq!(report.errors.len(), 1, "{:?}", report.errors);
         let gone = format!("declares {pinned}, a registration that is gone");
         assert!(report.errors[0].contains(&gone), "{:?}", report.errors);
@@ -1170,7 +1226,7 @@ mod tests {
         let mut report = ImportReport::default();
         keep_existing(
             &live,
-            "{}",
+            Some("{}"),
             dir.path().join("gone.yaml"),
             &opts,
             &mut report,

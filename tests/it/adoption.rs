@@ -158,12 +158,10 @@ fn a_re_import_declares_nothing_twice() {
     let lower_name = upper.rsplit('/').next().unwrap().to_lowercase();
     let lower = emu.create_stream(&lower_name);
     emu.put_policy_raw(&lower, &read_policy(&lower, "444455556666").to_string());
-    let out = tempfile::tempdir().unwrap();
-    let dir = out.path().join("estate");
+    let (_out, dir) = estate();
     let dir_s = dir.to_string_lossy().into_owned();
     let import = || emu.kpr(&["--region", "us-east-1", "import", "--out", &dir_s]);
-    let first = import();
-    assert_eq!(first.code, 0, "{first:?}");
+    assert_eq!(import().code, 0, "the first import");
     std::fs::create_dir(dir.join("team")).unwrap();
     let file = format!("{lower_name}.yaml");
     std::fs::rename(dir.join(&file), dir.join("team").join(&file)).unwrap();
@@ -196,6 +194,62 @@ fn a_re_import_declares_nothing_twice() {
         2,
         "a second file was written"
     );
+}
+
+/// A directory for import to make (it is not there yet), inside one removed after the test.
+fn estate() -> (tempfile::TempDir, std::path::PathBuf) {
+    let out = tempfile::tempdir().unwrap();
+    let dir = out.path().join("estate");
+    (out, dir)
+}
+
+/// Run again over a committed directory, import says what changed since: a policy deleted
+/// by hand (the file would grant it again), a stream deleted (plan would fail for it).
+#[test]
+fn a_re_import_names_what_changed_since() {
+    let emu = common::kinesis_mock_private();
+    let kept = emu.create_stream(&unique("keep"));
+    let gone_name = unique("gone");
+    let gone = emu.create_stream(&gone_name);
+    for arn in [&kept, &gone] {
+        emu.put_policy_raw(arn, &read_policy(arn, "444455556666").to_string());
+    }
+    let (_out, dir) = estate();
+    let dir_s = dir.to_string_lossy().into_owned();
+    let import = || emu.kpr(&["--region", "us-east-1", "import", "--out", &dir_s]);
+    assert_eq!(import().code, 0, "the first import");
+
+    emu.admin(&["delete-policy", &kept], &[]);
+    emu.admin(&["delete-stream", &gone_name], &[]);
+    // The emulator takes a moment to forget a deleted stream: until then it is listed.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    let again = loop {
+        let run = import();
+        if run.stderr.contains("does not exist now") || std::time::Instant::now() > deadline {
+            break run;
+        }
+    };
+    assert_eq!(again.code, 1, "{again:?}");
+    let kept_file = kept.rsplit('/').next().unwrap();
+    assert!(
+        again.stderr.contains(&format!(
+            "{kept_file}.yaml exists (never overwritten), and declares a policy other than the \
+             live one (or the resource has none now)"
+        )),
+        "{again:?}"
+    );
+    assert!(
+        again.stderr.contains(&format!(
+            "{gone}: {}/{gone_name}.yaml declares it, and it does not exist now",
+            dir.display()
+        )),
+        "{again:?}"
+    );
+    // What the import said is what plan finds: the kept file puts its grant back.
+    std::fs::remove_file(dir.join(format!("{gone_name}.yaml"))).unwrap();
+    let plan = emu.kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);
+    assert_eq!(plan.code, 2, "{plan:?}");
+    assert!(plan.stdout.contains("+ create"), "{plan:?}");
 }
 
 #[test]
