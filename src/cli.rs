@@ -604,33 +604,40 @@ where
     }
     let mut known: Vec<String> = READ_DIRECTLY.iter().map(ToString::to_string).collect();
     walk(&Cli::command(), &mut known);
-    // Compared without the prefix and underscores: `KPR_DRYRUN` is `KPR_DRY_RUN` run together.
-    let bare = |name: &str| name["KPR_".len()..].replace('_', "").to_ascii_lowercase();
+    // Compared without the prefix, case, underscores and dashes: `KPR_DRYRUN`, `kpr_dry_run`
+    // and `KPR_DRY-RUN` (spelt as the flag; docker and Kubernetes take it) are `KPR_DRY_RUN`.
+    let bare = |name: &str| name[4..].replace(['_', '-'], "").to_ascii_lowercase();
     let known_bare: Vec<String> = known.iter().map(|k| bare(k)).collect();
     let mut names: Vec<String> = vars
         .into_iter()
         .filter_map(|(k, _)| k.into_string().ok())
-        .filter(|k| k.starts_with("KPR_") && !known.contains(k))
+        .filter(|k| {
+            k.get(..4).is_some_and(|p| p.eq_ignore_ascii_case("KPR_")) && !known.contains(k)
+        })
         .collect();
     names.sort();
     let mut check = EnvCheck::default();
     for name in names {
         let word = bare(&name);
-        if word.len() < 5 {
-            continue;
-        }
-        let Some(meant) = crate::policy::closest(&word, known_bare.iter().map(String::as_str), 2)
-        else {
+        // A part of one name (`KPR_DRY`, `KPR_ENDPOINT`, `KPR_BRANCH`): said, not refused.
+        let part = (word.len() >= 3)
+            .then(|| {
+                known_bare
+                    .iter()
+                    .position(|k| k.starts_with(&word) || (word.len() >= 5 && k.ends_with(&word)))
+            })
+            .flatten();
+        let near = (word.len() >= 5)
+            .then(|| crate::policy::closest(&word, known_bare.iter().map(String::as_str), 2))
+            .flatten()
+            .and_then(|m| known_bare.iter().position(|k| k == m));
+        let Some(i) = near.or(part) else {
             continue;
         };
-        let distance = crate::policy::edit_distance(&word, meant);
-        let Some(meant) = known_bare
-            .iter()
-            .position(|k| k == meant)
-            .map(|i| &known[i])
-        else {
-            continue;
-        };
+        let (meant, distance) = (
+            &known[i],
+            crate::policy::edit_distance(&word, &known_bare[i]),
+        );
         if distance == 0 || (distance == 1 && word.len() >= 8) {
             check.error.get_or_insert_with(|| {
                 format!(
@@ -1503,11 +1510,20 @@ mod tests {
                 "{said}"
             );
         }
-        // Near one of kpr's, but a name a pipeline may well use: said, not refused.
+        // Spelt as the flag, or in lower case: the same name.
+        for typo in ["KPR_DRY-RUN", "kpr_dry_run", "Kpr_Prune"] {
+            let check = check_env_vars(vars(&[typo]));
+            assert!(check.error.is_some(), "{typo}: {check:?}");
+        }
+        // Near one of kpr's, or part of one, but a name a pipeline may well use: said, not
+        // refused.
         for (near, meant) in [
             ("KPR_REGIONS", "KPR_REGION"),
             ("KPR_GIT_PAT", "KPR_GIT_PATH"),
             ("KPR_GIT_HASH", "KPR_GIT_PATH"),
+            ("KPR_DRY", "KPR_DRY_RUN"),
+            ("KPR_ENDPOINT", "KPR_ENDPOINT_URL"),
+            ("KPR_BRANCH", "KPR_GIT_BRANCH"),
         ] {
             let check = check_env_vars(vars(&[near]));
             assert_eq!(check.error, None, "{near}");
@@ -1531,6 +1547,13 @@ mod tests {
             "KPR_TEST_KINESIS_MOCK_URL",
             "KPR_TEST_MOTO_ACCOUNT",
             "KPR_TEST_PYTHON",
+            "KPR_TEST_FAIL_FAST",
+            // deploy/'s workflow and the install script.
+            "KPR_ROLE_ARN",
+            "KPR_PLAN_ROLE_ARN",
+            "KPR_RELEASE_URL",
+            "KPR_RELEASE_SHA256",
+            "KPR_SOURCE_GIT_URL",
         ]);
         assert_eq!(check_env_vars(fine), EnvCheck::default());
     }
