@@ -292,6 +292,8 @@ pub async fn apply<K: Kinesis>(
             opts.settled.started(&change.arn);
             let Some(result) = apply_one(api, &change, opts).await else {
                 opts.settled.withheld(&change.arn);
+                // Closes its `change starting`: nothing was sent.
+                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", "change withheld: a stop came before its write was sent");
                 return ResourceResult {
                     change,
                     outcome: Outcome::NotStarted,
@@ -847,7 +849,37 @@ mod tests {
             interrupt,
             ..ApplyOptions::default()
         };
+        // The log, to see that every `change starting` is closed.
+        #[derive(Clone, Default)]
+        struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+        impl std::io::Write for Log {
+            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+                self.0.lock().unwrap().extend_from_slice(b);
+                Ok(b.len())
+            }
+            fn flush(&mut self) -> std::io::Result<()> {
+                Ok(())
+            }
+        }
+        let log = Log::default();
+        let writer = log.clone();
+        let _logging = tracing::subscriber::set_default(
+            tracing_subscriber::fmt()
+                .with_writer(move || writer.clone())
+                .with_max_level(tracing::Level::INFO)
+                .finish(),
+        );
         let report = apply(&api, plan, &opts, &indicatif::ProgressBar::hidden()).await;
+        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        assert_eq!(
+            (
+                log.matches("change starting").count(),
+                log.matches("change applied").count(),
+                log.matches("change withheld").count()
+            ),
+            (3, 1, 2),
+            "{log}"
+        );
         assert_eq!(api.inner().puts.load(Ordering::SeqCst), 1);
         let outcomes: Vec<_> = report.results.iter().map(|r| r.outcome).collect();
         assert_eq!(
