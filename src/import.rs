@@ -53,6 +53,9 @@ pub struct ImportReport {
     /// Of `errors`, reads that failed (a policy, a stream's consumers): resources that may have
     /// a policy and have no file.
     pub unread: usize,
+    /// Of `errors`, resources with a policy left without a file: one in the way at its name,
+    /// or a write that failed.
+    pub no_file: usize,
 }
 
 /// `opts.out` must exist: the caller creates it before any call, so a bad path costs none.
@@ -337,18 +340,24 @@ fn keep_existing(
                 }
             }
         }
-        Declared::Unreadable => report.errors.push(format!(
-            "{arn}: {} exists and kpr cannot read what it declares; not overwritten, so {arn} \
-             may have no manifest, and a later `apply --prune` would delete its policy: fix or \
-             move the file, or import into an empty directory",
-            path.display()
-        )),
-        Declared::No => report.errors.push(format!(
-            "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
-             manifest and a later `apply --prune` would delete its policy: import into an empty \
-             directory",
-            path.display()
-        )),
+        Declared::Unreadable => {
+            report.no_file += usize::from(raw.is_some());
+            report.errors.push(format!(
+                "{arn}: {} exists and kpr cannot read what it declares; not overwritten, so \
+                 {arn} may have no manifest, and a later `apply --prune` would delete its \
+                 policy: fix or move the file, or import into an empty directory",
+                path.display()
+            ))
+        }
+        Declared::No => {
+            report.no_file += usize::from(raw.is_some());
+            report.errors.push(format!(
+                "{arn}: {} exists and does not declare it; not overwritten, so {arn} has no \
+                 manifest and a later `apply --prune` would delete its policy: import into an \
+                 empty directory",
+                path.display()
+            ))
+        }
         Declared::OtherRegistration(declared) => report.errors.push(format!(
             "{arn}: {} exists and declares {declared}, a registration that is gone (the \
              consumer is registered now as {live}): plan fails for it, and the live policy has \
@@ -604,11 +613,14 @@ fn write_manifest(
         Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
             keep_existing(live, Some(raw), path, opts, report)
         }
-        Err(e) => report.errors.push(format!(
-            "{arn}: writing {}: {e}; {arn} has no manifest, and a later `apply --prune` would \
-             delete its policy",
-            path.display()
-        )),
+        Err(e) => {
+            report.no_file += 1;
+            report.errors.push(format!(
+                "{arn}: writing {}: {e}; {arn} has no manifest, and a later `apply --prune` \
+                 would delete its policy",
+                path.display()
+            ))
+        }
     }
 }
 
@@ -771,12 +783,13 @@ fn yaml_scalar(s: &str) -> String {
 /// Shown after an import: what to do next, as far as it went.
 pub fn next_steps(out: &Path, report: &ImportReport) -> String {
     let plan = format!("`kpr plan --dir {} --detailed-exitcode`", out.display());
-    // A resource not read has no file: fixing files cannot help, importing again does.
-    if report.unread > 0 {
+    // A resource left without a file (not read, or a file in the way): fixing the files there
+    // cannot help, importing again does.
+    if report.unread + report.no_file > 0 {
         format!(
             "Next: fix what the errors above name, then run this import again: a resource it \
-             could not read has no file yet, and `--prune` over this directory would delete \
-             its policy. Then check that {plan} exits 0."
+             could not read or write a file for has no file yet, and `--prune` over this \
+             directory would delete its policy. Then check that {plan} exits 0."
         )
     } else if !report.errors.is_empty() {
         format!(
@@ -822,6 +835,10 @@ mod tests {
         // A resource not read has no file: the file to fix does not exist, import again.
         report.errors.push("arn:...: AccessDenied".into());
         report.unread = 1;
+        let said = next_steps(out, &report);
+        assert!(said.contains("run this import again"), "{said}");
+        // So does one whose name a file kpr cannot read is in the way of.
+        (report.unread, report.no_file) = (0, 1);
         let said = next_steps(out, &report);
         assert!(said.contains("run this import again"), "{said}");
     }

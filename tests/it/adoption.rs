@@ -189,6 +189,8 @@ fn a_re_import_declares_nothing_twice() {
         third.stderr.contains("cannot read what it declares"),
         "{third:?}"
     );
+    // Its resource has no file: fixing files cannot help, importing again after does.
+    assert!(third.stdout.contains("run this import again"), "{third:?}");
     assert_eq!(
         std::fs::read_dir(&dir).unwrap().count(),
         2,
