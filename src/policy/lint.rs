@@ -1330,33 +1330,32 @@ fn literal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &st
             _ => continue,
         };
         for (key, values) in b.entries() {
-            let Some(value) = values
-                .iter()
-                .map(super::ConditionValue::as_canonical_string)
-                .find(|v| outside_variables(v).contains(['*', '?']))
-            else {
-                continue;
-            };
-            let what = match (negated, s.effect()) {
-                (false, Effect::Deny) => "this Deny applies to none of the callers it names",
-                (false, Effect::Allow) => "this grants to none of the callers it names",
-                (true, Effect::Deny) => "this Deny spares none of the callers it excepts",
-                (true, Effect::Allow) => "this grants also to the callers it excepts",
-            };
-            let like = if negated {
-                "StringNotLike (ArnNotLike for an ARN)"
-            } else {
-                "StringLike (ArnLike for an ARN)"
-            };
-            let message = format!(
-                "{} reads {value:?} as plain text, not as a pattern: {what}{sid}; use {like}",
-                b.operator()
-            );
-            let at = format!("{path}.Condition.{}.{key}", b.operator());
-            if CALLER_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
-                out.error(&at, message);
-            } else {
-                out.warning(&at, message);
+            for (i, value) in values.iter().enumerate() {
+                let value = value.as_canonical_string();
+                if !outside_variables(&value).contains(['*', '?']) {
+                    continue;
+                }
+                let what = match (negated, s.effect()) {
+                    (false, Effect::Deny) => "this Deny applies to none of the callers it names",
+                    (false, Effect::Allow) => "this grants to none of the callers it names",
+                    (true, Effect::Deny) => "this Deny spares none of the callers it excepts",
+                    (true, Effect::Allow) => "this grants also to the callers it excepts",
+                };
+                let like = if negated {
+                    "StringNotLike (ArnNotLike for an ARN)"
+                } else {
+                    "StringLike (ArnLike for an ARN)"
+                };
+                let message = format!(
+                    "{} reads {value:?} as plain text, not as a pattern: {what}{sid}; use {like}",
+                    b.operator()
+                );
+                let at = value_path(path, b.operator(), key, values.len(), i);
+                if CALLER_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
+                    out.error(&at, message);
+                } else {
+                    out.warning(&at, message);
+                }
             }
         }
     }
@@ -2174,6 +2173,24 @@ mod tests {
         ] {
             assert_eq!(with("Deny", ok.clone()), [], "{ok}");
         }
+        // Each pattern of a list, at its own item.
+        let f = with(
+            "Deny",
+            json!({"StringEquals": {"aws:PrincipalArn": [
+                "arn:aws:iam::444455556666:role/admin-*",
+                "arn:aws:iam::444455556666:role/ops",
+                "arn:aws:iam::444455556666:role/break?glass",
+            ]}}),
+        );
+        let at: Vec<&str> = f.iter().map(|f| f.path.as_str()).collect();
+        assert_eq!(
+            at,
+            [
+                "Statement[0].Condition.StringEquals.aws:PrincipalArn[0]",
+                "Statement[0].Condition.StringEquals.aws:PrincipalArn[2]"
+            ],
+            "{f:?}"
+        );
         // A `*` beside a variable is still text.
         let f = with(
             "Deny",
