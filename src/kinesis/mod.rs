@@ -300,6 +300,13 @@ where
         SdkError::TimeoutError(_) => {
             ApiError::new(op, ErrorClass::Retryable, None, "request timed out").unanswered()
         }
+        // An error answer the SDK could not read (a proxy's or firewall's HTML page, an empty
+        // 413): judged by its status, in the direct path's words, so a 403 is not retried as
+        // a bad answer that "may have taken effect", and both paths group as one failure.
+        SdkError::ResponseError(r) if !r.raw().status().is_success() => {
+            let status = r.raw().status().as_u16();
+            ApiError::from_service(op, None, status, format!("HTTP {status}"))
+        }
         SdkError::ResponseError(_) => ApiError::new(
             op,
             ErrorClass::Retryable,

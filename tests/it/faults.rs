@@ -416,7 +416,8 @@ fn errors_that_must_not_be_retried_are_tried_once() {
     let get_denied = &arns[0..5];
     let put_invalid = &arns[5..10];
     let put_denied = &arns[10..15];
-    let healthy = &arns[15..];
+    let put_forbidden = &arns[15..20];
+    let healthy = &arns[20..];
     for a in get_denied {
         proxy.always(Some(GET), a, Fault::AccessDenied);
     }
@@ -425,6 +426,11 @@ fn errors_that_must_not_be_retried_are_tried_once() {
     }
     for a in put_denied {
         proxy.always(Some(PUT), a, Fault::AccessDenied);
+    }
+    // Writes go through the SDK: its error for an answer it cannot read must be judged by
+    // the status too, not retried as a bad answer that "may have taken effect".
+    for a in put_forbidden {
+        proxy.always(Some(PUT), a, Fault::Http403Html);
     }
     let mut cmd = kpr_via(&proxy);
     // One at a time: the first read goes through the SDK (it shows kpr the endpoint), every
@@ -453,6 +459,7 @@ fn errors_that_must_not_be_retried_are_tried_once() {
         (get_denied, "AccessDeniedException", 1, 0),
         (put_invalid, "InvalidArgumentException", 1, 1),
         (put_denied, "AccessDeniedException", 1, 1),
+        (put_forbidden, "HTTP 403", 1, 1),
     ] {
         for a in group {
             assert_eq!(
@@ -480,8 +487,9 @@ fn errors_that_must_not_be_retried_are_tried_once() {
         assert_eq!(proxy.op_on(GET, a).seen, 2, "{a}");
         assert_eq!(proxy.op_on(PUT, a).seen, 1, "{a}");
     }
+    assert!(!out.contains("may have taken effect"), "{out}");
     let n = healthy.len();
-    assert_converged_subset(&emu, healthy, &want[15..], n);
+    assert_converged_subset(&emu, healthy, &want[20..], n);
 }
 
 /// The ARNs listed under the text output's one "failed N resources, all with the same error"

@@ -39,6 +39,9 @@ pub enum Fault {
     Http500,
     /// 503 with a plain-text body, as a load balancer in front of the service would send.
     Http503,
+    /// 403 with an HTML page, as a corporate proxy or a firewall refusing the call sends: no
+    /// Kinesis error, and the call never reached the service (must not be retried).
+    Http403Html,
     /// Read the request, then close the connection without answering.
     Drop,
     /// Wait, then forward.
@@ -56,6 +59,7 @@ impl Fault {
             Fault::ResourceNotFound => "ResourceNotFoundException",
             Fault::Http500 => "http500",
             Fault::Http503 => "http503",
+            Fault::Http403Html => "http403html",
             Fault::Drop => "drop",
             Fault::Delay(_) => "delay",
         }
@@ -642,6 +646,13 @@ fn fault_response(f: Fault, op: &str, arn: &str) -> Option<Response<Full<Bytes>>
             .header("content-type", "text/plain")
             .body(Full::new(Bytes::from_static(
                 b"Service Unavailable (injected)",
+            )))
+            .unwrap(),
+        Fault::Http403Html => Response::builder()
+            .status(StatusCode::FORBIDDEN)
+            .header("content-type", "text/html")
+            .body(Full::new(Bytes::from_static(
+                b"<html><body>Request blocked by policy (injected)</body></html>",
             )))
             .unwrap(),
         Fault::Drop | Fault::Delay(_) => return None,
