@@ -1094,6 +1094,45 @@ impl AwsKinesis {
     }
 }
 
+/// The members an operation's model requires in its answer. The SDK fills a missing one with
+/// its default, so a 200 of `{}` to ListStreams read as an account without streams: `--prune`
+/// would delete nothing and import write nothing, both saying all went well. Such an answer
+/// is an unreadable one instead (retried, then a failure). (ListStreamConsumers requires
+/// none: its `{}` is a stream without consumers.)
+#[derive(Debug)]
+struct RequiredMembers(&'static [&'static str]);
+
+impl aws_sdk_kinesis::config::Intercept for RequiredMembers {
+    fn name(&self) -> &'static str {
+        "kpr-required-members"
+    }
+
+    fn read_after_deserialization(
+        &self,
+        context: &aws_sdk_kinesis::config::interceptors::AfterDeserializationInterceptorContextRef<
+            '_,
+        >,
+        _: &aws_sdk_kinesis::config::RuntimeComponents,
+        _: &mut aws_sdk_kinesis::config::ConfigBag,
+    ) -> Result<(), aws_smithy_runtime_api::box_error::BoxError> {
+        let response = context.response();
+        if !response.status().is_success() {
+            return Ok(());
+        }
+        // The body was read whole before deserializing; a missing one is an empty object.
+        let body: serde_json::Map<String, serde_json::Value> = response
+            .body()
+            .bytes()
+            .filter(|b| !b.trim_ascii().is_empty())
+            .and_then(|b| serde_json::from_slice(b).ok())
+            .unwrap_or_default();
+        match self.0.iter().find(|m| !body.contains_key(**m)) {
+            Some(missing) => Err(format!("the answer has no {missing}, which it must have").into()),
+            None => Ok(()),
+        }
+    }
+}
+
 /// The streams a ListStreams page names: by the ARNs of its StreamSummaries where the service
 /// sends them (AWS, moto; kinesis-mock only names), else by name in `scope`. With credentials
 /// of another account than the scope's (no role mapped for it), the service lists that other
@@ -1264,6 +1303,8 @@ impl Kinesis for AwsKinesis {
             .list_streams()
             .set_next_token(token)
             .set_exclusive_start_stream_name(after)
+            .customize()
+            .interceptor(RequiredMembers(&["HasMoreStreams", "StreamNames"]))
             .send()
             .boxed()
             .await

@@ -1168,6 +1168,49 @@ fn a_stream_gone_before_its_consumers_are_listed_is_nothing_to_prune() {
     );
 }
 
+/// A listing answer without a member the API must send (`{}` from a broken proxy or stub)
+/// is no answer: read as "no streams", `--prune` would delete nothing and say all went well.
+#[test]
+fn a_listing_without_its_required_members_is_no_answer() {
+    let emu = common::kinesis_mock_private();
+    let bulk = Bulk::new(&emu);
+    let arns = streams(&emu, &bulk, "nomembers", 2);
+    bulk.put_policies(&[(arns[1].clone(), stale(&arns[1]))]);
+    let m =
+        common::Manifests::new(&[("a.yaml", &common::manifest(&arns[0], &desired(&arns[0], 0)))]);
+    let proxy = Proxy::start(&emu.url);
+    let plan = || {
+        let mut cmd = kpr_via(&proxy);
+        cmd.env("AWS_ACCESS_KEY_ID", &emu.account).args([
+            "plan",
+            "--dir",
+            &m.arg(),
+            "--prune",
+            "--max-attempts",
+            "2",
+            "--detailed-exitcode",
+        ]);
+        common::output(cmd.output().expect("run kpr"))
+    };
+    // Through the proxy as it is: the undeclared policy is found.
+    let whole = plan();
+    assert_eq!(whole.code, 2, "{whole:?}");
+    assert!(
+        whole
+            .stdout
+            .contains(&format!("- delete stream {}", arns[1]))
+    );
+    proxy.rewrite("ListStreams", "\"HasMoreStreams\"", "\"Elided\"");
+    let run = plan();
+    assert_eq!(run.code, 1, "{run:?}");
+    let out = format!("{}\n{}", run.stdout, run.stderr);
+    assert!(
+        out.contains("ListStreams") && out.contains("the answer has no HasMoreStreams"),
+        "{out}"
+    );
+    assert!(!out.contains("- delete stream"), "{out}");
+}
+
 /// `--target` with `--prune` lists only where a target is: a one-resource run in a large
 /// estate does not list every stream's consumers (nor every account).
 #[test]
