@@ -56,6 +56,9 @@ pub struct ImportReport {
     /// Of `errors`, resources with a policy left without a file: one in the way at its name,
     /// or a write that failed.
     pub no_file: usize,
+    /// Files under `--out` kpr cannot read all of (each also a warning): it refuses the
+    /// directory until they are fixed.
+    pub unreadable: usize,
 }
 
 /// `opts.out` must exist: the caller creates it before any call, so a bad path costs none.
@@ -182,11 +185,28 @@ pub async fn import<K: Kinesis>(
         for (id, file) in gone {
             report.errors.push(format!(
                 "{id}: {} declares it, and it does not exist now (deleted since?): plan fails \
-                 for it; remove its manifest",
+                 for it; remove the document that declares it (other documents of that file \
+                 may declare live resources)",
                 file.display()
             ));
         }
+        // No stream listed, no --account: whose files are this account's cannot be told.
+        if scope.account.is_empty() {
+            let here = declared
+                .keys()
+                .filter(|id| id.scope.region == scope.region)
+                .count();
+            if here > 0 {
+                report.warnings.push(format!(
+                    "no stream was listed in {}, so kpr cannot tell this account's id: {here} \
+                     resource(s) there declared under --out may have been deleted since (plan \
+                     fails for them); run import with --account to check",
+                    scope.region
+                ));
+            }
+        }
     }
+    report.unreadable = unreadable_files.len();
     for file in unreadable_files {
         report.warnings.push(format!(
             "{}: kpr cannot read all of it, and refuses the directory until it is fixed; it may \
@@ -792,9 +812,11 @@ pub fn next_steps(out: &Path, report: &ImportReport) -> String {
              directory would delete its policy. Then check that {plan} exits 0."
         )
     } else if !report.errors.is_empty() {
+        format!("Next: fix what the errors above name, then check that {plan} exits 0.")
+    } else if report.unreadable > 0 {
         format!(
-            "Next: fix what the errors above name (the files marked REVIEW, files in the way), \
-             then check that {plan} exits 0."
+            "Next: fix the files kpr cannot read (said above): it refuses the directory until \
+             then. Then check that {plan} exits 0."
         )
     } else if !report.differs_from_live.is_empty() || !report.pending_delete.is_empty() {
         let n = report.differs_from_live.len() + report.pending_delete.len();
@@ -807,6 +829,8 @@ pub fn next_steps(out: &Path, report: &ImportReport) -> String {
         "Next: nothing to review; give streams and consumers a policy, or import another \
          account or region."
             .into()
+    } else if report.written.is_empty() {
+        format!("Next: nothing new was written; check that {plan} exits 0.")
     } else {
         format!("Next: review the files, commit them, and check that {plan} exits 0.")
     }
@@ -822,13 +846,18 @@ mod tests {
         let out = Path::new("mine");
         let mut report = ImportReport::default();
         assert!(next_steps(out, &report).contains("nothing to review"));
+        report.skipped_existing.push(out.join("a.yaml"));
+        assert!(next_steps(out, &report).contains("nothing new was written"));
+        report.unreadable = 1;
+        assert!(next_steps(out, &report).contains("fix the files kpr cannot read"));
+        report.unreadable = 0;
         report.written.push(out.join("a.yaml"));
         assert!(next_steps(out, &report).contains("review the files, commit them"));
         // A policy kpr refuses, written for review now or by an earlier run: a file to fix.
         report.errors.push("refused".into());
         let said = next_steps(out, &report);
         assert!(
-            said.contains("fix what the errors above name (the files marked REVIEW")
+            said.contains("fix what the errors above name, then check")
                 && !said.contains("import again"),
             "{said}"
         );
