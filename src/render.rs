@@ -145,11 +145,17 @@ pub fn targeted_note(planned: usize, pruned: usize, declared: usize, style: &Sty
         0 => String::new(),
         n => format!(", and {n} undeclared one(s) to delete (--prune)"),
     };
+    // Every declared one targeted: partial only in what --prune may list beyond them.
+    let others = if planned >= declared {
+        "no other was declared"
+    } else {
+        "the others were not read"
+    };
     format!(
         "{}\n",
         style.yellow(&format!(
             "Partial: --target planned {planned} of the {declared} declared resource(s){pruned}; \
-             the others were not read."
+             {others}."
         ))
     )
 }
@@ -766,6 +772,20 @@ pub fn apply_json(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_targeted_note_speaks_of_others_only_when_there_are_some() {
+        let plain = Style::detect(false);
+        assert!(
+            targeted_note(1, 0, 3, &plain)
+                .contains("1 of the 3 declared resource(s); the others were not read.")
+        );
+        let all = targeted_note(1, 0, 1, &plain);
+        assert!(
+            all.contains("1 of the 1 declared resource(s); no other was declared."),
+            "{all}"
+        );
+    }
 
     fn failure(arn: &str, message: &str) -> Failure {
         Failure {
