@@ -293,7 +293,7 @@ pub async fn apply<K: Kinesis>(
             let Some(result) = apply_one(api, &change, opts).await else {
                 opts.settled.withheld(&change.arn);
                 // Closes its `change starting`: nothing was sent.
-                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", "change withheld: a stop came before its write was sent");
+                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", reason = %change.reason, source = change.source_label(), "change withheld: a stop came before its write was sent");
                 return ResourceResult {
                     change,
                     outcome: Outcome::NotStarted,
@@ -381,7 +381,7 @@ async fn apply_one<K: Kinesis>(
     // Before the write, not only after it: a process killed (-9, OOM, a lost node) between the
     // two leaves a change made and, without this line, recorded nowhere, as the next run finds
     // it in sync. The one-shot apply has printed its plan by now and logs it at `info` only.
-    tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source = change.source_label(), access = change.access_label(), "change starting");
+    tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "starting", reason = %change.reason, source = change.source_label(), access = change.access_label(), before = change.before_label(), "change starting");
     let written = match change.action {
         Action::NoOp => return Some(Ok(())),
         Action::Create | Action::Update => {

@@ -116,6 +116,13 @@ impl Change {
             .unwrap_or_default()
     }
 
+    /// The live policy this change replaces, on one line (canonical JSON, or its raw text when
+    /// it does not parse; empty for none): what a log keeps of a drift undone, which `access`
+    /// alone does not show when the principals stay (a condition loosened, an action added).
+    pub fn before_label(&self) -> String {
+        self.before().map(|v| v.to_string()).unwrap_or_default()
+    }
+
     pub fn source_label(&self) -> String {
         self.source
             .as_ref()

@@ -551,16 +551,21 @@ fn unapplied(changes: &[plan::Change], why: Unapplied) -> Vec<Item> {
         .map(|c| {
             let drifted = c.action != Action::NoOp;
             if drifted {
-                let (arn, action, reason, source, access) = (
+                // Not applied: whom it names is what applying it would change, not what did.
+                let access = match c.access_label() {
+                    a if a.is_empty() => a,
+                    a => format!("if applied: {a}"),
+                };
+                let (arn, action, reason, source, before) = (
                     &c.arn,
                     c.action.as_str(),
                     &c.reason,
                     c.source_label(),
-                    c.access_label(),
+                    c.before_label(),
                 );
                 match why {
-                    Unapplied::DryRun => tracing::info!(%arn, action, outcome = "dry_run", %reason, source, access, "drift (dry run: not applied)"),
-                    Unapplied::Refused => tracing::warn!(%arn, action, outcome = "refused", %reason, source, access, "drift not corrected: the plan was refused"),
+                    Unapplied::DryRun => tracing::info!(%arn, action, outcome = "dry_run", %reason, source, access, before, "drift (dry run: not applied)"),
+                    Unapplied::Refused => tracing::warn!(%arn, action, outcome = "refused", %reason, source, access, before, "drift not corrected: the plan was refused"),
                 }
             }
             let outcome = match (drifted, why) {

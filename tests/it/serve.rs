@@ -868,6 +868,13 @@ fn signed_push_is_applied_and_bad_requests_change_nothing() {
         starting.is_some() && starting < applied,
         "no change events inside the reconcile span, before and after the write:\n{logs}"
     );
+    // What the write replaces, kept in the log: the access summary alone misses a drift that
+    // keeps the principals (a condition loosened).
+    let starting = logs.lines().nth(starting.unwrap()).unwrap();
+    assert!(
+        starting.contains(r#""before":"{\"Statement\""#),
+        "{starting}"
+    );
     serve.stop();
 }
 
@@ -4040,8 +4047,11 @@ fn dry_run_reports_drift_and_writes_nothing() {
         logs.lines()
             .any(|l| l.contains("drift (dry run: not applied)")
                 && l.contains(&arn)
-                && l.contains("allows now: arn:aws:iam::111122223333:role/one")
-                && l.contains("allows no longer: arn:aws:iam::111122223333:role/hand")),
+                && l.contains("if applied: allows now: arn:aws:iam::111122223333:role/one")
+                && l.contains("allows no longer: arn:aws:iam::111122223333:role/hand")
+                // The drift itself, as it is live now.
+                && l.contains(r#""before":"{\"Statement\""#)
+                && l.contains(r#"role/hand\""#)),
         "{logs}"
     );
     // No secret: the webhook refuses everything rather than accepting unsigned triggers.
