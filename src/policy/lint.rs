@@ -492,6 +492,23 @@ fn why_not_limiting(c: &Condition) -> String {
 /// Whether `value` of condition key `key` (lower case) admits callers of one account, org,
 /// network or identity only.
 fn fixed_caller_value(key: &str, how: Match, value: &str) -> bool {
+    // The resource's own account and organization are variables with one value for this
+    // policy (AWS writes its data perimeters so): as fixed as the literal id.
+    let own = match value.to_ascii_lowercase().as_str() {
+        "${aws:resourceaccount}" => Some("account"),
+        "${aws:resourceorgid}" => Some("org"),
+        _ => None,
+    };
+    if let Some(own) = own {
+        return how != Match::Cidr
+            && match key {
+                "aws:principalaccount" | "aws:sourceaccount" | "aws:sourceowner" => {
+                    own == "account"
+                }
+                "aws:principalorgid" | "aws:sourceorgid" => own == "org",
+                _ => false,
+            };
+    }
     if value.contains("${") {
         return false;
     }
@@ -2371,9 +2388,20 @@ mod tests {
                 json!({"ArnLike": {"aws:PrincipalArn": "arn:*:iam::111122223333:role/reader"}}),
                 json!({"StringLike": {"aws:PrincipalArn": "arn:aws:iam::111122223333:role/*"}}),
                 json!({"StringEquals": {"aws:SourceVpce": "vpce-1a2b3c4d"}}),
+                // The resource's own organization and account: one value for this policy, as
+                // AWS writes its data perimeters.
+                json!({"StringEquals": {"aws:PrincipalOrgID": "${aws:ResourceOrgID}"}}),
+                json!({"StringEquals": {"aws:PrincipalAccount": "${aws:ResourceAccount}"}}),
             ] {
                 assert_eq!(run(&with(strong.clone()), &ctx(STREAM)), [], "{strong}");
             }
+            // Not the other way round: the resource's org id is no account.
+            let crossed = json!({"StringEquals": {"aws:PrincipalAccount": "${aws:ResourceOrgID}"}});
+            assert_eq!(
+                run(&with(crossed.clone()), &ctx(STREAM)).len(),
+                1,
+                "{crossed}"
+            );
         }
     }
 
@@ -2446,6 +2474,8 @@ mod tests {
         for named in [
             json!({"StringEquals": {"aws:SourceAccount": "111122223333"}}),
             json!({"ArnLike": {"aws:SourceArn": "arn:aws:firehose:us-east-1:111122223333:*"}}),
+            json!({"StringEquals": {"aws:SourceAccount": "${aws:ResourceAccount}"}}),
+            json!({"StringEquals": {"aws:SourceOrgID": "${aws:ResourceOrgID}"}}),
         ] {
             let d = policy(json!({"Principal": firehose, "Condition": named}));
             assert_eq!(run(&d, &ctx(STREAM)), [], "{named}");
