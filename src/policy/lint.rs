@@ -851,13 +851,7 @@ fn kpr_may_meet_entry(
 /// for another operator or a value not read here (ISO 8601 as `2020-01-01` or
 /// `2020-01-01T00:00:00Z`, or epoch seconds).
 fn date_holds_now(op: &str, value: &str) -> Option<bool> {
-    let at = if value.bytes().all(|b| b.is_ascii_digit()) {
-        std::time::UNIX_EPOCH + std::time::Duration::from_secs(value.parse().ok()?)
-    } else if value.len() == 10 {
-        humantime::parse_rfc3339_weak(&format!("{value}T00:00:00Z")).ok()?
-    } else {
-        humantime::parse_rfc3339_weak(value).ok()?
-    };
+    let at = instant_of(value)?;
     let now = std::time::SystemTime::now();
     // aws:EpochTime takes the numeric operators too.
     Some(
@@ -873,6 +867,52 @@ fn date_holds_now(op: &str, value: &str) -> Option<bool> {
             _ => return None,
         },
     )
+}
+
+/// The instant a date value names: seconds since 1970, or the W3C forms of ISO 8601 IAM takes
+/// (see [`is_date`]), a UTC offset included (`2026-01-01T00:00:00+01:00`).
+fn instant_of(value: &str) -> Option<std::time::SystemTime> {
+    use std::time::{Duration, UNIX_EPOCH};
+    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
+        return Some(UNIX_EPOCH + Duration::from_secs(value.parse().ok()?));
+    }
+    if !is_date(value) {
+        return None;
+    }
+    let (date, time) = value
+        .split_once(['T', 't'])
+        .map_or((value, None), |(d, t)| (d, Some(t)));
+    let date = match date.len() {
+        4 => format!("{date}-01-01"),
+        7 => format!("{date}-01"),
+        _ => date.to_string(),
+    };
+    let Some(time) = time else {
+        return humantime::parse_rfc3339_weak(&format!("{date}T00:00:00Z")).ok();
+    };
+    // The clock, and the offset east of UTC in seconds.
+    let (clock, east) = match time.find(['+', '-']) {
+        Some(i) => {
+            let (clock, zone) = time.split_at(i);
+            let digits: String = zone[1..].chars().filter(char::is_ascii_digit).collect();
+            let (h, m) = digits.split_at(2.min(digits.len()));
+            let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().unwrap_or(0) * 60;
+            (clock, if zone.starts_with('-') { -secs } else { secs })
+        }
+        None => (time.trim_end_matches(['Z', 'z']), 0),
+    };
+    let clock = if clock.split('.').next()?.matches(':').count() == 1 {
+        format!("{clock}:00")
+    } else {
+        clock.to_string()
+    };
+    let utc = humantime::parse_rfc3339_weak(&format!("{date}T{clock}Z")).ok()?;
+    // Local time `east` seconds ahead of UTC: the instant is that much earlier.
+    if east >= 0 {
+        utc.checked_sub(Duration::from_secs(east.unsigned_abs()))
+    } else {
+        utc.checked_add(Duration::from_secs(east.unsigned_abs()))
+    }
 }
 
 /// IAM's global condition keys, as AWS spells them (they are read without regard to case),
@@ -2239,6 +2279,23 @@ mod tests {
     }
 
     #[test]
+    fn a_date_is_read_with_its_offset() {
+        let utc = instant_of("2026-01-01T00:00:00Z").unwrap();
+        for same in [
+            "2026-01-01T01:00:00+01:00",
+            "2025-12-31T19:00:00-05:00",
+            "2026-01-01T05:30:00+0530",
+            "2026-01-01T00:00Z",
+            "2026-01-01",
+            "2026-01",
+            "1767225600",
+        ] {
+            assert_eq!(instant_of(same), Some(utc), "{same}");
+        }
+        assert_eq!(instant_of("01/01/2026"), None);
+    }
+
+    #[test]
     fn null_takes_no_if_exists() {
         let f = run(
             &policy(json!({"Condition": {"NullIfExists": {"aws:SourceVpc": "true"}}})),
@@ -2672,6 +2729,11 @@ mod tests {
             (
                 json!({"DateGreaterThan": {"aws:CurrentTime": "2999-01-01"}}),
                 false,
+            ),
+            // With a UTC offset, as ISO 8601 allows: past all the same.
+            (
+                json!({"DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00+01:00"}}),
+                true,
             ),
             // An exception that can be nobody's (a digit or a colon short) spares no one.
             (
