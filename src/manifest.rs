@@ -449,17 +449,28 @@ impl DirSnapshot {
 /// The manifest files below `dir` as the loader finds them (what it would say of the others
 /// left out).
 fn files_below(dir: &Path) -> Vec<PathBuf> {
+    files_and_errors_below(dir).0
+}
+
+/// [`files_below`], and the places the loader would refuse on the way (a directory it cannot
+/// list, a dangling link, a link out of `dir`).
+fn files_and_errors_below(dir: &Path) -> (Vec<PathBuf>, Vec<PathBuf>) {
     let root = link_bound(dir).unwrap_or_else(|| dir.to_path_buf());
-    let mut files = Vec::new();
+    let (mut files, mut diags) = (Vec::new(), Vec::new());
     collect_files(
         dir,
         &root,
         &mut files,
         &mut HashSet::new(),
-        &mut Vec::new(),
+        &mut diags,
         &mut 0,
     );
-    files
+    let refused = diags
+        .into_iter()
+        .filter(|d| d.severity == Severity::Error)
+        .map(|d| d.file)
+        .collect();
+    (files, refused)
 }
 
 /// Loads the manifests of one file's bytes as [`load_dir`] does with each file it reads
@@ -1119,25 +1130,32 @@ pub(crate) struct FileDeclarations {
 /// import`, which must not declare a resource a second time in another file, whatever the
 /// file is called or where it was moved.
 pub(crate) fn declarations_below(dir: &Path) -> Vec<FileDeclarations> {
-    files_below(dir)
+    let (files, refused) = files_and_errors_below(dir);
+    // What cannot be opened, listed or followed may declare anything, as a file that does
+    // not parse may: the loader refuses the directory for each.
+    let unread = |file: PathBuf| FileDeclarations {
+        file,
+        named: Vec::new(),
+        unreadable: true,
+    };
+    files
         .into_iter()
-        .filter_map(|file| {
+        .map(|file| {
             let mut bytes = Vec::new();
-            let fits = std::fs::File::open(&file)
-                .and_then(|f| read_bounded(f, &mut bytes))
-                .ok()?;
-            // As the loader: a file past the limit is refused, not read in part.
-            let (named, unreadable) = if fits {
-                declared_in(&bytes)
-            } else {
-                (Vec::new(), true)
-            };
-            Some(FileDeclarations {
-                file,
-                named,
-                unreadable,
-            })
+            match std::fs::File::open(&file).and_then(|f| read_bounded(f, &mut bytes)) {
+                // As the loader: a file past the limit is refused, not read in part.
+                Ok(true) => {
+                    let (named, unreadable) = declared_in(&bytes);
+                    FileDeclarations {
+                        file,
+                        named,
+                        unreadable,
+                    }
+                }
+                Ok(false) | Err(_) => unread(file),
+            }
         })
+        .chain(refused.into_iter().map(unread))
         .collect()
 }
 

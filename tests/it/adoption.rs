@@ -252,6 +252,20 @@ fn a_re_import_names_what_changed_since() {
     let plan = emu.kpr(&["plan", "--dir", &dir_s, "--detailed-exitcode"]);
     assert_eq!(plan.code, 2, "{plan:?}");
     assert!(plan.stdout.contains("+ create"), "{plan:?}");
+    // A link to nowhere may declare anything, as a file that does not parse may: the loader
+    // refuses the directory for it, and import says so.
+    std::os::unix::fs::symlink("/nonexistent/x.yaml", dir.join("other.yaml")).unwrap();
+    let third = import();
+    assert!(
+        third
+            .stderr
+            .contains("other.yaml: kpr cannot read all of it"),
+        "{third:?}"
+    );
+    assert!(
+        third.stdout.contains("fix the files kpr cannot read"),
+        "{third:?}"
+    );
 }
 
 #[test]
