@@ -59,6 +59,9 @@ pub struct ImportReport {
     /// Files under `--out` kpr cannot read all of (each also a warning): it refuses the
     /// directory until they are fixed.
     pub unreadable: usize,
+    /// Resources declared under `--out` in this region that could not be checked against the
+    /// listing: no stream listed, no `--account`, so the account's id is not known.
+    pub unchecked: usize,
 }
 
 /// `opts.out` must exist: the caller creates it before any call, so a bad path costs none.
@@ -197,6 +200,7 @@ pub async fn import<K: Kinesis>(
                 .filter(|id| id.scope.region == scope.region)
                 .count();
             if here > 0 {
+                report.unchecked = here;
                 report.warnings.push(format!(
                     "no stream was listed in {}, so kpr cannot tell this account's id: {here} \
                      resource(s) there declared under --out may have been deleted since (plan \
@@ -818,6 +822,11 @@ pub fn next_steps(out: &Path, report: &ImportReport) -> String {
             "Next: fix the files kpr cannot read (said above): it refuses the directory until \
              then. Then check that {plan} exits 0."
         )
+    } else if report.unchecked > 0 {
+        format!(
+            "Next: run this import again with --account (the account's id) to check the files \
+             said above, then check that {plan} exits 0."
+        )
     } else if !report.differs_from_live.is_empty() || !report.pending_delete.is_empty() {
         let n = report.differs_from_live.len() + report.pending_delete.len();
         format!(
@@ -851,6 +860,9 @@ mod tests {
         report.unreadable = 1;
         assert!(next_steps(out, &report).contains("fix the files kpr cannot read"));
         report.unreadable = 0;
+        report.unchecked = 1;
+        assert!(next_steps(out, &report).contains("again with --account"));
+        report.unchecked = 0;
         report.written.push(out.join("a.yaml"));
         assert!(next_steps(out, &report).contains("review the files, commit them"));
         // A policy kpr refuses, written for review now or by an earlier run: a file to fix.
