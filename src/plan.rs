@@ -120,7 +120,29 @@ impl Change {
     /// it does not parse; empty for none): what a log keeps of a drift undone, which `access`
     /// alone does not show when the principals stay (a condition loosened, an action added).
     pub fn before_label(&self) -> String {
-        self.before().map(|v| v.to_string()).unwrap_or_default()
+        // A log line past 16 KiB is split by Docker's and containerd's log drivers, and a
+        // collector then gets broken JSON: a long policy keeps its start and a digest of the
+        // whole, to match it with the plan's `before`.
+        const KEPT: usize = 6 * 1024;
+        let text = match (&self.live, &self.live_raw) {
+            (None, Some(raw)) => raw.clone(),
+            _ => self.before().map(|v| v.to_string()).unwrap_or_default(),
+        };
+        if text.len() <= KEPT {
+            return text;
+        }
+        use sha2::Digest;
+        let digest = sha2::Sha256::digest(text.as_bytes());
+        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+        let mut cut = KEPT;
+        while !text.is_char_boundary(cut) {
+            cut -= 1;
+        }
+        format!(
+            "{}... ({} bytes in all, sha256 {hex}...)",
+            &text[..cut],
+            text.len()
+        )
     }
 
     pub fn source_label(&self) -> String {
@@ -763,6 +785,32 @@ mod future_size {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// What a log keeps of the policy a change replaces: the text itself when it does not
+    /// parse (not quoted again), and a long one cut to fit a log line, with its digest.
+    #[test]
+    fn the_before_label_fits_a_log_line() {
+        let target = ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/a").unwrap();
+        let mut c = Change::new(target.clone());
+        c.record_live(Some("{\"Version\": oops".into()));
+        assert_eq!(c.before_label(), "{\"Version\": oops");
+        let statements: Vec<String> = (0..200)
+            .map(|i| {
+                format!(
+                    r#"{{"Sid":"S{i}","Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::444455556666:role/r{i}"}},"Action":"kinesis:GetRecords","Resource":"*"}}"#
+                )
+            })
+            .collect();
+        let mut long = Change::new(target);
+        long.record_live(Some(format!(
+            r#"{{"Version":"2012-10-17","Statement":[{}]}}"#,
+            statements.join(",")
+        )));
+        let label = long.before_label();
+        assert!(label.len() < 6 * 1024 + 100, "{}", label.len());
+        assert!(label.contains("bytes in all, sha256 "), "{label}");
+        assert!(label.starts_with(r#"{"Statement":[{"Action""#), "{label}");
+    }
 
     /// A live policy kpr cannot parse named someone: the plan must not read as though nobody
     /// loses access.
