@@ -728,9 +728,13 @@ fn kpr_may_meet_entry(
     account: &str,
 ) -> Option<&'static str> {
     let key = key.to_ascii_lowercase();
+    // The resource's own account, written as the variable that stands for it, is that account.
     let values: Vec<String> = values
         .iter()
-        .map(super::ConditionValue::as_canonical_string)
+        .map(|v| {
+            v.as_canonical_string()
+                .replace("${aws:ResourceAccount}", account)
+        })
         .collect();
     if values.is_empty() {
         return None;
@@ -873,8 +877,9 @@ fn date_holds_now(op: &str, value: &str) -> Option<bool> {
 /// (see [`is_date`]), a UTC offset included (`2026-01-01T00:00:00+01:00`).
 fn instant_of(value: &str) -> Option<std::time::SystemTime> {
     use std::time::{Duration, UNIX_EPOCH};
+    // All digits is seconds since 1970, a bare year too (`2030`): so IAM reads a number.
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return Some(UNIX_EPOCH + Duration::from_secs(value.parse().ok()?));
+        return UNIX_EPOCH.checked_add(Duration::from_secs(value.parse().ok()?));
     }
     if !is_date(value) {
         return None;
@@ -882,8 +887,12 @@ fn instant_of(value: &str) -> Option<std::time::SystemTime> {
     let (date, time) = value
         .split_once(['T', 't'])
         .map_or((value, None), |(d, t)| (d, Some(t)));
+    // Before 1970 (which the reader below does not take) is long past: as good as 1970 for
+    // whether a window is open now.
+    if date.get(..4).and_then(|y| y.parse::<u32>().ok())? < 1970 {
+        return Some(UNIX_EPOCH);
+    }
     let date = match date.len() {
-        4 => format!("{date}-01-01"),
         7 => format!("{date}-01"),
         _ => date.to_string(),
     };
@@ -1480,7 +1489,8 @@ fn is_number(value: &str) -> bool {
 }
 
 /// Seconds since 1970, or a date in the W3C profile of ISO 8601 that IAM's date operators
-/// take: `2026`, `2026-01`, `2026-01-31`, `2026-01-31T12:00Z`, `2026-01-31T12:00:00.5+02:00`.
+/// take: `2026-01`, `2026-01-31`, `2026-01-31T12:00Z`, `2026-01-31T12:00:00.5+02:00` (a bare
+/// `2026` is all digits: seconds since 1970).
 fn is_date(value: &str) -> bool {
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
         return true;
@@ -2293,6 +2303,9 @@ mod tests {
             assert_eq!(instant_of(same), Some(utc), "{same}");
         }
         assert_eq!(instant_of("01/01/2026"), None);
+        // Past what a clock can hold: no instant, and no panic.
+        assert_eq!(instant_of("18446744073709551615"), None);
+        assert_eq!(instant_of("1960-01-01"), Some(std::time::UNIX_EPOCH));
     }
 
     #[test]
@@ -2733,6 +2746,19 @@ mod tests {
             // With a UTC offset, as ISO 8601 allows: past all the same.
             (
                 json!({"DateGreaterThan": {"aws:CurrentTime": "2020-01-01T00:00:00+01:00"}}),
+                true,
+            ),
+            (
+                json!({"DateGreaterThan": {"aws:CurrentTime": "1960-01-01"}}),
+                true,
+            ),
+            // The resource's own account, by the variable that stands for it: kpr's.
+            (
+                json!({"StringEquals": {"aws:PrincipalAccount": "${aws:ResourceAccount}"}}),
+                true,
+            ),
+            (
+                json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::${aws:ResourceAccount}:role/*"}}),
                 true,
             ),
             // An exception that can be nobody's (a digit or a colon short) spares no one.
