@@ -293,7 +293,7 @@ pub async fn apply<K: Kinesis>(
             let Some(result) = apply_one(api, &change, opts).await else {
                 opts.settled.withheld(&change.arn);
                 // Closes its `change starting`: nothing was sent.
-                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", reason = %change.reason, source = change.source_label(), "change withheld: a stop came before its write was sent");
+                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", reason = %crate::manifest::one_line(&change.reason), source = change.source_label(), "change withheld: a stop came before its write was sent");
                 return ResourceResult {
                     change,
                     outcome: Outcome::NotStarted,
@@ -316,8 +316,8 @@ pub async fn apply<K: Kinesis>(
             let source = change.source_label();
             let access = change.access_label();
             match &result {
-                Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source, access, outcome = "applied", "change applied"),
-                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason, source, access, outcome = "failed", error = %f.message, "change failed"),
+                Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %crate::manifest::one_line(&change.reason), source, access, outcome = "applied", "change applied"),
+                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %crate::manifest::one_line(&change.reason), source, access, outcome = "failed", error = %crate::manifest::one_line(&f.message), "change failed"),
             }
             ResourceResult {
                 change,
@@ -381,7 +381,7 @@ async fn apply_one<K: Kinesis>(
     // Before the write, not only after it: a process killed (-9, OOM, a lost node) between the
     // two leaves a change made and, without this line, recorded nowhere, as the next run finds
     // it in sync. The one-shot apply has printed its plan by now and logs it at `info` only.
-    tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "starting", reason = %change.reason, source = change.source_label(), access = change.access_label(), before = change.before_label(), "change starting");
+    tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "starting", reason = %crate::manifest::one_line(&change.reason), source = change.source_label(), access = change.access_label(), before = change.before_label(), "change starting");
     let written = match change.action {
         Action::NoOp => return Some(Ok(())),
         Action::Create | Action::Update => {
@@ -722,6 +722,15 @@ mod tests {
         crate::kinesis::calls_a_test_does_not_make!();
     }
 
+    fn edited_meanwhile(now: Option<String>) -> Resilient<EditedMeanwhile> {
+        let inner = EditedMeanwhile {
+            now,
+            reads: AtomicU32::new(0),
+            puts: AtomicU32::new(0),
+        };
+        Resilient::new(inner, RetryPolicy::default(), 0)
+    }
+
     /// A write long after its read reads again first, and is not made over a policy changed
     /// meanwhile; a prompt one costs no read.
     #[tokio::test]
@@ -751,15 +760,7 @@ mod tests {
             // Changed meanwhile into what the manifest asks: done, nothing to write.
             (Some(POLICY.to_string()), long_ago, 1, 0, true),
         ] {
-            let api = Resilient::new(
-                EditedMeanwhile {
-                    now: now.clone(),
-                    reads: AtomicU32::new(0),
-                    puts: AtomicU32::new(0),
-                },
-                RetryPolicy::default(),
-                0,
-            );
+            let api = edited_meanwhile(now.clone());
             let mut change = written();
             change.action = crate::plan::Action::Update;
             change.live = Some(PolicyDocument::from_json_str(&planned).unwrap());
@@ -779,15 +780,7 @@ mod tests {
         }
         // A delete whose policy someone removed meanwhile: done, and no delete is sent (this
         // fake has none to answer).
-        let api = Resilient::new(
-            EditedMeanwhile {
-                now: None,
-                reads: AtomicU32::new(0),
-                puts: AtomicU32::new(0),
-            },
-            RetryPolicy::default(),
-            0,
-        );
+        let api = edited_meanwhile(None);
         let mut delete = written();
         delete.action = crate::plan::Action::Delete;
         (delete.desired, delete.put_json) = (None, None);
@@ -796,6 +789,62 @@ mod tests {
         let result = apply_one(&api, &delete, &opts).await.expect("sent");
         assert!(result.is_ok(), "{result:?}");
         assert_eq!(api.inner().reads.load(Ordering::SeqCst), 1);
+    }
+
+    /// The text log of what runs while [`Log::capture`]'s guard lives.
+    #[derive(Clone, Default)]
+    struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Log {
+        fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(b);
+            Ok(b.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Log {
+        fn capture(&self) -> tracing::subscriber::DefaultGuard {
+            let writer = self.clone();
+            tracing::subscriber::set_default(
+                tracing_subscriber::fmt()
+                    .with_writer(move || writer.clone())
+                    .with_ansi(false)
+                    .with_max_level(tracing::Level::INFO)
+                    .finish(),
+            )
+        }
+
+        fn text(&self) -> String {
+            String::from_utf8(self.0.lock().unwrap().clone()).unwrap()
+        }
+    }
+
+    /// A reason quoting a live policy's own key (a policy kpr cannot parse) may hold a line
+    /// break or a terminal escape: in the text log it is escaped, and forges no line.
+    #[tokio::test]
+    async fn a_reason_cannot_forge_a_log_line() {
+        let log = Log::default();
+        let _logging = log.capture();
+        let api = edited_meanwhile(None);
+        let mut change = written();
+        change.reason = "live policy is not valid (Statement[0].Act\nFAKE \u{1b}[31mion)".into();
+        let opts = ApplyOptions {
+            verify: false,
+            ..ApplyOptions::default()
+        };
+        apply_one(&api, &change, &opts)
+            .await
+            .expect("sent")
+            .unwrap();
+        let text = log.text();
+        assert_eq!(text.lines().count(), 1, "{text}");
+        assert!(
+            !text.contains('\u{1b}') && text.contains("Act\\nFAKE"),
+            "{text}"
+        );
     }
 
     /// Counts puts; the first one stops the apply as it ends.
@@ -850,27 +899,10 @@ mod tests {
             ..ApplyOptions::default()
         };
         // The log, to see that every `change starting` is closed.
-        #[derive(Clone, Default)]
-        struct Log(Arc<std::sync::Mutex<Vec<u8>>>);
-        impl std::io::Write for Log {
-            fn write(&mut self, b: &[u8]) -> std::io::Result<usize> {
-                self.0.lock().unwrap().extend_from_slice(b);
-                Ok(b.len())
-            }
-            fn flush(&mut self) -> std::io::Result<()> {
-                Ok(())
-            }
-        }
         let log = Log::default();
-        let writer = log.clone();
-        let _logging = tracing::subscriber::set_default(
-            tracing_subscriber::fmt()
-                .with_writer(move || writer.clone())
-                .with_max_level(tracing::Level::INFO)
-                .finish(),
-        );
+        let _logging = log.capture();
         let report = apply(&api, plan, &opts, &indicatif::ProgressBar::hidden()).await;
-        let log = String::from_utf8(log.0.lock().unwrap().clone()).unwrap();
+        let log = log.text();
         assert_eq!(
             (
                 log.matches("change starting").count(),

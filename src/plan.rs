@@ -110,9 +110,10 @@ impl Change {
     /// The manifest's `file:line`, or empty for a change no manifest declared (prune).
     /// Whom it starts and stops naming, as the plan's `allows now` / `allows no longer`
     /// lines, joined by `; ` for a log event.
+    /// [`Self::access`] on one line, for a log event: within [`LOG_ACCESS`] bytes as JSON.
     pub fn access_label(&self) -> String {
         self.access()
-            .map(|a| crate::render::access_summary(&a).join("; "))
+            .map(|a| fit_log_field(&crate::render::access_summary(&a).join("; "), LOG_ACCESS))
             .unwrap_or_default()
     }
 
@@ -120,35 +121,17 @@ impl Change {
     /// it does not parse; empty for none): what a log keeps of a drift undone, which `access`
     /// alone does not show when the principals stay (a condition loosened, an action added).
     pub fn before_label(&self) -> String {
-        // A log line past 16 KiB is split by Docker's and containerd's log drivers, and a
-        // collector then gets broken JSON: a long policy keeps its start and a digest of the
-        // whole, to match it with the plan's `before`.
-        const KEPT: usize = 6 * 1024;
         let text = match (&self.live, &self.live_raw) {
             (None, Some(raw)) => raw.clone(),
             _ => self.before().map(|v| v.to_string()).unwrap_or_default(),
         };
-        if text.len() <= KEPT {
-            return text;
-        }
-        use sha2::Digest;
-        let digest = sha2::Sha256::digest(text.as_bytes());
-        let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
-        let mut cut = KEPT;
-        while !text.is_char_boundary(cut) {
-            cut -= 1;
-        }
-        format!(
-            "{}... ({} bytes in all, sha256 {hex}...)",
-            &text[..cut],
-            text.len()
-        )
+        fit_log_field(&text, LOG_BEFORE)
     }
 
     pub fn source_label(&self) -> String {
-        self.source
-            .as_ref()
-            .map_or_else(String::new, ToString::to_string)
+        self.source.as_ref().map_or_else(String::new, |s| {
+            crate::manifest::one_line(&s.to_string()).into_owned()
+        })
     }
 
     /// A no-op on `target` with nothing recorded yet: the caller records the live policy and
@@ -235,6 +218,41 @@ impl Change {
         self.live = None;
         self.live_raw = None;
     }
+}
+
+/// What a change event's `before` and `access` may take of a log line, in bytes as JSON
+/// escapes them: a line past 16 KiB is split by Docker's and containerd's log drivers, and a
+/// collector then gets broken JSON, for the very events kept for audit. The rest of an event
+/// (ARN, reason, source, span) stays well under the 6 KiB left.
+const LOG_BEFORE: usize = 6 * 1024;
+const LOG_ACCESS: usize = 4 * 1024;
+
+/// `text` as it is when JSON-escaped it fits in `budget` bytes; else its start, and the whole
+/// one's length and sha256, to match it with the plan's document.
+fn fit_log_field(text: &str, budget: usize) -> String {
+    // As serde_json escapes: a quote or backslash takes two bytes, a control character six.
+    let escaped = |c: char| match c {
+        '"' | '\\' => 2,
+        c if (c as u32) < 0x20 => 6,
+        c => c.len_utf8(),
+    };
+    if text.chars().map(escaped).sum::<usize>() <= budget {
+        return text.to_string();
+    }
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(text.as_bytes());
+    let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+    let tail = format!("... ({} bytes in all, sha256 {hex}...)", text.len());
+    let mut used = tail.len();
+    let mut cut = 0;
+    for (i, c) in text.char_indices() {
+        used += escaped(c);
+        if used > budget {
+            break;
+        }
+        cut = i + c.len_utf8();
+    }
+    format!("{}{tail}", &text[..cut])
 }
 
 /// A resource kpr could not plan or apply, with what a person needs to act on it.
@@ -807,9 +825,25 @@ mod tests {
             statements.join(",")
         )));
         let label = long.before_label();
-        assert!(label.len() < 6 * 1024 + 100, "{}", label.len());
+        let as_json = serde_json::to_string(&label).unwrap();
+        assert!(as_json.len() <= LOG_BEFORE + 2, "{}", as_json.len());
         assert!(label.contains("bytes in all, sha256 "), "{label}");
         assert!(label.starts_with(r#"{"Statement":[{"Action""#), "{label}");
+        // Counted as JSON escapes it: quotes and control characters take more than a byte.
+        let quoted = fit_log_field(&"\"\u{1b}".repeat(5000), 1000);
+        assert!(
+            serde_json::to_string(&quoted).unwrap().len() <= 1002,
+            "{quoted}"
+        );
+        // Whom a change names, kept within its share too: a policy may name hundreds.
+        let principals: Vec<String> = (0..400)
+            .map(|i| format!("arn:aws:iam::444455556666:role/reader-{i:03}"))
+            .collect();
+        let access = fit_log_field(
+            &format!("allows no longer: {}", principals.join(", ")),
+            LOG_ACCESS,
+        );
+        assert!(access.len() <= LOG_ACCESS, "{}", access.len());
     }
 
     /// A live policy kpr cannot parse named someone: the plan must not read as though nobody

@@ -559,7 +559,7 @@ fn unapplied(changes: &[plan::Change], why: Unapplied) -> Vec<Item> {
                 let (arn, action, reason, source, before) = (
                     &c.arn,
                     c.action.as_str(),
-                    &c.reason,
+                    crate::manifest::one_line(&c.reason),
                     c.source_label(),
                     c.before_label(),
                 );
@@ -2188,7 +2188,7 @@ impl Reconciler {
             // A failure while planning is an event of its own, as a failed write is (apply).
             let source = f.source.as_ref().map(ToString::to_string);
             let operation = f.operation.unwrap_or("");
-            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %f.message, "planning failed");
+            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %crate::manifest::one_line(&f.message), "planning failed");
             out.listing_failed |= is_listing(f);
             items.push(self.failure_item(f));
         }
