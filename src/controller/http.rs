@@ -942,7 +942,11 @@ async fn delivery(s: Arc<Shared>, headers: HeaderMap, body: Body) -> Response {
     let secret = match s.webhook_secret.read_now() {
         Ok(secret) => secret,
         Err(e) => {
-            tracing::error!(error = %e, "cannot read the webhook secret: deliveries refused until it is fixed");
+            // Said before any sender is known: held to the refusals' budget, or a flood of
+            // bare requests would write an ERROR line each.
+            if let Some(suppressed) = REFUSALS_LOGGED.admit("secret_error") {
+                tracing::error!(error = %e, suppressed, "cannot read the webhook secret: deliveries refused until it is fixed");
+            }
             return reply(
                 StatusCode::SERVICE_UNAVAILABLE,
                 "secret_unreadable",
