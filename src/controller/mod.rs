@@ -215,6 +215,24 @@ const MAX_WEBHOOK_MAX_BODY: usize = 1 << 30;
 pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
+    // Read again for every delivery, on the server's threads: a FIFO there would block them
+    // all (and a stop with them), a large file cost each request its size.
+    const MAX_SECRET_FILE: u64 = 64 * 1024;
+    let meta =
+        std::fs::metadata(path).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
+    if !meta.is_file() {
+        return Err(format!(
+            "{what} file {} is not a regular file (a FIFO or a device would block)",
+            path.display()
+        ));
+    }
+    if meta.len() > MAX_SECRET_FILE {
+        return Err(format!(
+            "{what} file {} is {} bytes, more than a secret's {MAX_SECRET_FILE}",
+            path.display(),
+            meta.len()
+        ));
+    }
     let text = std::fs::read_to_string(path)
         .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     // Files written by `echo` or editors end in a newline that is not part of the secret.
@@ -1047,5 +1065,21 @@ mod tests {
         std::fs::write(&p, "\ttok\n").unwrap();
         assert!(read_secret(&p, "x").is_err());
         assert!(read_secret(&d.path().join("none"), "x").is_err());
+        // A FIFO would block the reading thread until a writer came: refused, not opened.
+        let fifo = d.path().join("fifo");
+        if std::process::Command::new("mkfifo")
+            .arg(&fifo)
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            let e = read_secret(&fifo, "x").unwrap_err();
+            assert!(e.contains("not a regular file"), "{e}");
+        }
+        std::fs::write(&p, "x".repeat(100_000)).unwrap();
+        assert!(
+            read_secret(&p, "x")
+                .unwrap_err()
+                .contains("bytes, more than")
+        );
     }
 }
