@@ -731,10 +731,7 @@ fn kpr_may_meet_entry(
     // The resource's own account, written as the variable that stands for it, is that account.
     let values: Vec<String> = values
         .iter()
-        .map(|v| {
-            v.as_canonical_string()
-                .replace("${aws:ResourceAccount}", account)
-        })
+        .map(|v| own_account_named(&v.as_canonical_string(), account))
         .collect();
     if values.is_empty() {
         return None;
@@ -873,13 +870,35 @@ fn date_holds_now(op: &str, value: &str) -> Option<bool> {
     )
 }
 
+/// `value` with `${aws:ResourceAccount}` (in any case: IAM reads variable names so) written as
+/// the account it stands for.
+fn own_account_named(value: &str, account: &str) -> String {
+    const VARIABLE: &str = "${aws:resourceaccount}";
+    let mut out = String::with_capacity(value.len());
+    let mut rest = value;
+    while let Some(i) = rest.to_ascii_lowercase().find(VARIABLE) {
+        out.push_str(&rest[..i]);
+        out.push_str(account);
+        rest = &rest[i + VARIABLE.len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
 /// The instant a date value names: seconds since 1970, or the W3C forms of ISO 8601 IAM takes
 /// (see [`is_date`]), a UTC offset included (`2026-01-01T00:00:00+01:00`).
 fn instant_of(value: &str) -> Option<std::time::SystemTime> {
     use std::time::{Duration, UNIX_EPOCH};
-    // All digits is seconds since 1970, a bare year too (`2030`): so IAM reads a number.
+    // All digits is seconds since 1970, a bare year too (`2030`): so IAM reads a number. One
+    // past what a clock holds is as good as the end of time for whether a window is open now.
     if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return UNIX_EPOCH.checked_add(Duration::from_secs(value.parse().ok()?));
+        let far = UNIX_EPOCH + Duration::from_secs(1 << 40);
+        let secs = value.parse::<u64>().unwrap_or(u64::MAX);
+        return Some(
+            UNIX_EPOCH
+                .checked_add(Duration::from_secs(secs))
+                .map_or(far, |t| t.min(far)),
+        );
     }
     if !is_date(value) {
         return None;
@@ -2303,8 +2322,10 @@ mod tests {
             assert_eq!(instant_of(same), Some(utc), "{same}");
         }
         assert_eq!(instant_of("01/01/2026"), None);
-        // Past what a clock can hold: no instant, and no panic.
-        assert_eq!(instant_of("18446744073709551615"), None);
+        // Past what a clock can hold: the end of time, and no panic.
+        let far = instant_of("18446744073709551615").unwrap();
+        assert_eq!(instant_of("99999999999999999999999"), Some(far));
+        assert!(far > instant_of("32503680000").unwrap());
         assert_eq!(instant_of("1960-01-01"), Some(std::time::UNIX_EPOCH));
     }
 
@@ -2759,6 +2780,15 @@ mod tests {
             ),
             (
                 json!({"ArnLike": {"aws:PrincipalArn": "arn:aws:iam::${aws:ResourceAccount}:role/*"}}),
+                true,
+            ),
+            (
+                json!({"StringEquals": {"aws:PrincipalAccount": "${AWS:resourceaccount}"}}),
+                true,
+            ),
+            // Until a time past what a clock holds: open now.
+            (
+                json!({"DateLessThan": {"aws:CurrentTime": "18446744073709551615"}}),
                 true,
             ),
             // An exception that can be nobody's (a digit or a colon short) spares no one.
