@@ -293,7 +293,7 @@ pub async fn apply<K: Kinesis>(
             let Some(result) = apply_one(api, &change, opts).await else {
                 opts.settled.withheld(&change.arn);
                 // Closes its `change starting`: nothing was sent.
-                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", reason = %crate::manifest::one_line(&change.reason), source = change.source_label(), "change withheld: a stop came before its write was sent");
+                tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "not_started", reason = %change.reason_label(), source = change.source_label(), "change withheld: a stop came before its write was sent");
                 return ResourceResult {
                     change,
                     outcome: Outcome::NotStarted,
@@ -316,8 +316,8 @@ pub async fn apply<K: Kinesis>(
             let source = change.source_label();
             let access = change.access_label();
             match &result {
-                Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %crate::manifest::one_line(&change.reason), source, access, outcome = "applied", "change applied"),
-                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %crate::manifest::one_line(&change.reason), source, access, outcome = "failed", error = %crate::manifest::one_line(&f.message), "change failed"),
+                Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "applied", "change applied"),
+                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "failed", error = %crate::plan::fit_log_field(&crate::manifest::one_line(&f.message), crate::plan::LOG_REASON), "change failed"),
             }
             ResourceResult {
                 change,
@@ -381,7 +381,7 @@ async fn apply_one<K: Kinesis>(
     // Before the write, not only after it: a process killed (-9, OOM, a lost node) between the
     // two leaves a change made and, without this line, recorded nowhere, as the next run finds
     // it in sync. The one-shot apply has printed its plan by now and logs it at `info` only.
-    tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "starting", reason = %crate::manifest::one_line(&change.reason), source = change.source_label(), access = change.access_label(), before = change.before_label(), "change starting");
+    tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "starting", reason = %change.reason_label(), source = change.source_label(), access = change.access_label(), before = change.before_label(), "change starting");
     let written = match change.action {
         Action::NoOp => return Some(Ok(())),
         Action::Create | Action::Update => {

@@ -110,6 +110,11 @@ impl Change {
     /// The manifest's `file:line`, or empty for a change no manifest declared (prune).
     /// Whom it starts and stops naming, as the plan's `allows now` / `allows no longer`
     /// lines, joined by `; ` for a log event.
+    /// Why, on one line, for a log event: within [`LOG_REASON`] bytes as the log escapes it.
+    pub fn reason_label(&self) -> String {
+        fit_log_field(&crate::manifest::one_line(&self.reason), LOG_REASON)
+    }
+
     /// [`Self::access`] on one line, for a log event: within [`LOG_ACCESS`] bytes as JSON.
     pub fn access_label(&self) -> String {
         self.access()
@@ -220,21 +225,28 @@ impl Change {
     }
 }
 
-/// What a change event's `before` and `access` may take of a log line, in bytes as JSON
-/// escapes them: a line past 16 KiB is split by Docker's and containerd's log drivers, and a
-/// collector then gets broken JSON, for the very events kept for audit. The rest of an event
-/// (ARN, reason, source, span) stays well under the 6 KiB left.
+/// What a change event's fields may take of a log line, in bytes as the log escapes them: a
+/// line past 16 KiB is split by Docker's and containerd's log drivers, and a collector then
+/// gets broken JSON, for the very events kept for audit. With the ARN, source and span, an
+/// event stays under 14 KiB.
 const LOG_BEFORE: usize = 6 * 1024;
 const LOG_ACCESS: usize = 4 * 1024;
+/// A reason or an error: one may quote a live policy's key, of any length.
+pub const LOG_REASON: usize = 2 * 1024;
 
-/// `text` as it is when JSON-escaped it fits in `budget` bytes; else its start, and the whole
-/// one's length and sha256, to match it with the plan's document.
-fn fit_log_field(text: &str, budget: usize) -> String {
-    // As serde_json escapes: a quote or backslash takes two bytes, a control character six.
-    let escaped = |c: char| match c {
-        '"' | '\\' => 2,
-        c if (c as u32) < 0x20 => 6,
-        c => c.len_utf8(),
+/// `text` as it is when escaped it fits in `budget` bytes; else its start, and the whole one's
+/// length and sha256, to match it with the plan's document.
+pub fn fit_log_field(text: &str, budget: usize) -> String {
+    // The larger of the two formats' escapes: serde_json's (a quote or backslash two bytes, a
+    // control character six) and the text log's, as Rust's Debug writes it (`\u{7f}`,
+    // `\u{200b}`).
+    let escaped = |c: char| {
+        let json = match c {
+            '"' | '\\' => 2,
+            c if (c as u32) < 0x20 => 6,
+            c => c.len_utf8(),
+        };
+        json.max(c.escape_debug().map(char::len_utf8).sum())
     };
     if text.chars().map(escaped).sum::<usize>() <= budget {
         return text.to_string();
@@ -829,11 +841,24 @@ mod tests {
         assert!(as_json.len() <= LOG_BEFORE + 2, "{}", as_json.len());
         assert!(label.contains("bytes in all, sha256 "), "{label}");
         assert!(label.starts_with(r#"{"Statement":[{"Action""#), "{label}");
-        // Counted as JSON escapes it: quotes and control characters take more than a byte.
+        // Counted as the log escapes it: quotes and control characters take more than a byte
+        // in JSON, DEL and invisible characters in the text format.
         let quoted = fit_log_field(&"\"\u{1b}".repeat(5000), 1000);
         assert!(
             serde_json::to_string(&quoted).unwrap().len() <= 1002,
             "{quoted}"
+        );
+        let invisible = fit_log_field(&"\u{7f}\u{200b}".repeat(5000), 1000);
+        assert!(format!("{invisible:?}").len() <= 1002, "{invisible:?}");
+        // A reason may quote a live policy's key of any length.
+        long.reason = format!(
+            "live policy is not valid (unknown key {:?})",
+            "K".repeat(15_000)
+        );
+        assert!(
+            long.reason_label().len() <= LOG_REASON,
+            "{}",
+            long.reason_label().len()
         );
         // Whom a change names, kept within its share too: a policy may name hundreds.
         let principals: Vec<String> = (0..400)

@@ -559,7 +559,7 @@ fn unapplied(changes: &[plan::Change], why: Unapplied) -> Vec<Item> {
                 let (arn, action, reason, source, before) = (
                     &c.arn,
                     c.action.as_str(),
-                    crate::manifest::one_line(&c.reason),
+                    c.reason_label(),
                     c.source_label(),
                     c.before_label(),
                 );
