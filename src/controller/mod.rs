@@ -217,24 +217,34 @@ pub const DEFAULT_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(30);
 fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
     // Read again for every delivery, on the server's threads: a FIFO there would block them
     // all (and a stop with them), a large file cost each request its size.
+    // Opened without waiting (a FIFO opens at once, with no writer) and judged by what was
+    // opened, not by the path, which a rename may point elsewhere meanwhile.
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
     const MAX_SECRET_FILE: u64 = 64 * 1024;
-    let meta =
-        std::fs::metadata(path).map_err(|e| format!("{what} file {}: {e}", path.display()))?;
+    let failed = |e: std::io::Error| format!("{what} file {}: {e}", path.display());
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(failed)?;
+    let meta = file.metadata().map_err(failed)?;
     if !meta.is_file() {
         return Err(format!(
-            "{what} file {} is not a regular file (a FIFO or a device would block)",
+            "{what} file {} is not a regular file (a directory, a FIFO or a device)",
             path.display()
         ));
     }
-    if meta.len() > MAX_SECRET_FILE {
+    let mut text = String::new();
+    file.take(MAX_SECRET_FILE + 1)
+        .read_to_string(&mut text)
+        .map_err(failed)?;
+    if text.len() as u64 > MAX_SECRET_FILE {
         return Err(format!(
-            "{what} file {} is {} bytes, more than a secret's {MAX_SECRET_FILE}",
-            path.display(),
-            meta.len()
+            "{what} file {} is more than a secret's {MAX_SECRET_FILE} bytes",
+            path.display()
         ));
     }
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| format!("{what} file {}: {e}", path.display()))?;
     // Files written by `echo` or editors end in a newline that is not part of the secret.
     let trimmed = text.trim_end_matches(['\n', '\r']);
     if trimmed.is_empty() {
@@ -1079,7 +1089,9 @@ mod tests {
         assert!(
             read_secret(&p, "x")
                 .unwrap_err()
-                .contains("bytes, more than")
+                .contains("more than a secret's")
         );
+        let e = read_secret(d.path(), "x").unwrap_err();
+        assert!(e.contains("not a regular file"), "{e}");
     }
 }
