@@ -135,7 +135,7 @@ impl Change {
 
     pub fn source_label(&self) -> String {
         self.source.as_ref().map_or_else(String::new, |s| {
-            crate::manifest::one_line(&s.to_string()).into_owned()
+            fit_log_field(&crate::manifest::one_line(&s.to_string()), LOG_REASON)
         })
     }
 
@@ -850,6 +850,16 @@ mod tests {
         );
         let invisible = fit_log_field(&"\u{7f}\u{200b}".repeat(5000), 1000);
         assert!(format!("{invisible:?}").len() <= 1002, "{invisible:?}");
+        // A manifest's path may be long, and hold characters the log escapes.
+        long.source = Some(Source {
+            file: format!("m/{}/x.yaml", "\u{1b}".repeat(4000)).into(),
+            line: 1,
+        });
+        assert!(
+            long.source_label().len() <= LOG_REASON,
+            "{}",
+            long.source_label().len()
+        );
         // A reason may quote a live policy's key of any length.
         long.reason = format!(
             "live policy is not valid (unknown key {:?})",

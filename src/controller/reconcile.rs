@@ -2188,7 +2188,7 @@ impl Reconciler {
             // A failure while planning is an event of its own, as a failed write is (apply).
             let source = f.source.as_ref().map(ToString::to_string);
             let operation = f.operation.unwrap_or("");
-            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %crate::manifest::one_line(&f.message), "planning failed");
+            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %crate::plan::fit_log_field(&crate::manifest::one_line(&f.message), crate::plan::LOG_REASON), "planning failed");
             out.listing_failed |= is_listing(f);
             items.push(self.failure_item(f));
         }
