@@ -536,7 +536,7 @@ where
     };
     let Some(long) = arg
         .strip_prefix("--")
-        .and_then(|a| a.split([' ', '=']).next())
+        .and_then(|a| a.split([' ', '=', '[']).next())
     else {
         return e;
     };

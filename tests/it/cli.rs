@@ -399,6 +399,14 @@ fn usage_errors_exit_1_not_the_changes_code() {
             .contains("the value comes from the environment variable KPR_CONCURRENCY"),
         "{env:?}"
     );
+    // An optional-value flag too, which clap names `--dry-run[=<BOOL>]`.
+    let dry = run(&["apply", "--dir", "policies"], &[("KPR_DRY_RUN", "true ")]);
+    assert_eq!(dry.code, 1, "{dry:?}");
+    assert!(
+        dry.stderr
+            .contains("the value comes from the environment variable KPR_DRY_RUN"),
+        "{dry:?}"
+    );
     let flag = run(&[&plan[..], &["--concurrency", "eight"]].concat(), &[]);
     assert_eq!(flag.code, 1, "{flag:?}");
     assert!(!flag.stderr.contains("environment variable"), "{flag:?}");
