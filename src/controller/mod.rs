@@ -235,16 +235,18 @@ fn read_secret(path: &Path, what: &str) -> Result<Secret, String> {
             path.display()
         ));
     }
-    let mut text = String::new();
+    let mut bytes = Vec::new();
     file.take(MAX_SECRET_FILE + 1)
-        .read_to_string(&mut text)
+        .read_to_end(&mut bytes)
         .map_err(failed)?;
-    if text.len() as u64 > MAX_SECRET_FILE {
+    if bytes.len() as u64 > MAX_SECRET_FILE {
         return Err(format!(
             "{what} file {} is more than a secret's {MAX_SECRET_FILE} bytes",
             path.display()
         ));
     }
+    let text = String::from_utf8(bytes)
+        .map_err(|_| format!("{what} file {} is not UTF-8 text", path.display()))?;
     // Files written by `echo` or editors end in a newline that is not part of the secret.
     let trimmed = text.trim_end_matches(['\n', '\r']);
     if trimmed.is_empty() {
@@ -1085,7 +1087,7 @@ mod tests {
             let e = read_secret(&fifo, "x").unwrap_err();
             assert!(e.contains("not a regular file"), "{e}");
         }
-        std::fs::write(&p, "x".repeat(100_000)).unwrap();
+        std::fs::write(&p, "é".repeat(40_000)).unwrap();
         assert!(
             read_secret(&p, "x")
                 .unwrap_err()
