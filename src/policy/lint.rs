@@ -900,41 +900,13 @@ fn instant_of(value: &str) -> Option<std::time::SystemTime> {
                 .map_or(far, |t| t.min(far)),
         );
     }
-    if !is_date(value) {
-        return None;
-    }
-    let (date, time) = value
-        .split_once(['T', 't'])
-        .map_or((value, None), |(d, t)| (d, Some(t)));
+    let (year, local, east) = w3c_date(value)?;
     // Before 1970 (which the reader below does not take) is long past: as good as 1970 for
     // whether a window is open now.
-    if date.get(..4).and_then(|y| y.parse::<u32>().ok())? < 1970 {
+    if year < 1970 {
         return Some(UNIX_EPOCH);
     }
-    let date = match date.len() {
-        7 => format!("{date}-01"),
-        _ => date.to_string(),
-    };
-    let Some(time) = time else {
-        return humantime::parse_rfc3339_weak(&format!("{date}T00:00:00Z")).ok();
-    };
-    // The clock, and the offset east of UTC in seconds.
-    let (clock, east) = match time.find(['+', '-']) {
-        Some(i) => {
-            let (clock, zone) = time.split_at(i);
-            let digits: String = zone[1..].chars().filter(char::is_ascii_digit).collect();
-            let (h, m) = digits.split_at(2.min(digits.len()));
-            let secs = h.parse::<i64>().ok()? * 3600 + m.parse::<i64>().unwrap_or(0) * 60;
-            (clock, if zone.starts_with('-') { -secs } else { secs })
-        }
-        None => (time.trim_end_matches(['Z', 'z']), 0),
-    };
-    let clock = if clock.split('.').next()?.matches(':').count() == 1 {
-        format!("{clock}:00")
-    } else {
-        clock.to_string()
-    };
-    let utc = humantime::parse_rfc3339_weak(&format!("{date}T{clock}Z")).ok()?;
+    let utc = humantime::parse_rfc3339_weak(&format!("{local}Z")).ok()?;
     // Local time `east` seconds ahead of UTC: the instant is that much earlier.
     if east >= 0 {
         utc.checked_sub(Duration::from_secs(east.unsigned_abs()))
@@ -1511,34 +1483,47 @@ fn is_number(value: &str) -> bool {
 /// take: `2026-01`, `2026-01-31`, `2026-01-31T12:00Z`, `2026-01-31T12:00:00.5+02:00` (a bare
 /// `2026` is all digits: seconds since 1970).
 fn is_date(value: &str) -> bool {
-    if !value.is_empty() && value.bytes().all(|b| b.is_ascii_digit()) {
-        return true;
-    }
+    (!value.is_empty() && value.bytes().all(|b| b.is_ascii_digit())) || w3c_date(value).is_some()
+}
+
+/// A date in the W3C profile of ISO 8601 (see [`is_date`]), read: its year, its local time as
+/// RFC 3339 writes one without a zone (the first day of a month alone, midnight of a day
+/// alone), and its zone's offset east of UTC, in seconds. The one reader of these dates, for
+/// whether a value is one and for the instant it names.
+fn w3c_date(value: &str) -> Option<(u32, String, i64)> {
     let (date, time) = value
         .split_once(['T', 't'])
         .map_or((value, None), |(d, t)| (d, Some(t)));
     let number = |s: &str, len: usize, range: std::ops::RangeInclusive<u32>| {
-        s.len() == len
-            && s.bytes().all(|b| b.is_ascii_digit())
-            && s.parse().is_ok_and(|n| range.contains(&n))
+        (s.len() == len && s.bytes().all(|b| b.is_ascii_digit()))
+            .then(|| s.parse().ok())
+            .flatten()
+            .filter(|n| range.contains(n))
     };
     let parts: Vec<&str> = date.split('-').collect();
-    let date_ok = match parts[..] {
-        [y] => number(y, 4, 0..=9999),
-        [y, m] => number(y, 4, 0..=9999) && number(m, 2, 1..=12),
-        [y, m, d] => number(y, 4, 0..=9999) && number(m, 2, 1..=12) && number(d, 2, 1..=31),
-        _ => false,
+    let (y, m, d) = match parts[..] {
+        [y] => (number(y, 4, 0..=9999)?, 1, 1),
+        [y, m] => (number(y, 4, 0..=9999)?, number(m, 2, 1..=12)?, 1),
+        [y, m, d] => (
+            number(y, 4, 0..=9999)?,
+            number(m, 2, 1..=12)?,
+            number(d, 2, 1..=31)?,
+        ),
+        _ => return None,
     };
-    let Some(time) = time else { return date_ok };
-    if parts.len() != 3 || !date_ok {
-        return false;
+    let day = format!("{y:04}-{m:02}-{d:02}");
+    let Some(time) = time else {
+        return Some((y, format!("{day}T00:00:00"), 0));
+    };
+    if parts.len() != 3 {
+        return None;
     }
     let (clock, zone) = match time.find(['Z', 'z', '+', '-']) {
         Some(i) => time.split_at(i),
         None => (time, ""),
     };
-    let zone_ok = match zone {
-        "" | "Z" | "z" => true,
+    let east = match zone {
+        "" | "Z" | "z" => 0,
         _ => {
             let offset = &zone[1..];
             let (h, m) = offset.split_once(':').unwrap_or(if offset.len() == 4 {
@@ -1546,21 +1531,32 @@ fn is_date(value: &str) -> bool {
             } else {
                 (offset, "00")
             });
-            number(h, 2, 0..=23) && number(m, 2, 0..=59)
+            let secs =
+                i64::from(number(h, 2, 0..=23)?) * 3600 + i64::from(number(m, 2, 0..=59)?) * 60;
+            if zone.starts_with('-') { -secs } else { secs }
         }
     };
-    let (hms, fraction) = clock.split_once('.').unwrap_or((clock, "0"));
+    let (hms, fraction) = clock
+        .split_once('.')
+        .map_or((clock, None), |(c, f)| (c, Some(f)));
     let fields: Vec<&str> = hms.split(':').collect();
-    let clock_ok = match fields[..] {
-        [h, m] => number(h, 2, 0..=23) && number(m, 2, 0..=59),
-        [h, m, s] => number(h, 2, 0..=23) && number(m, 2, 0..=59) && number(s, 2, 0..=60),
-        _ => false,
+    let (h, mi, sec) = match fields[..] {
+        [h, mi] => (number(h, 2, 0..=23)?, number(mi, 2, 0..=59)?, 0),
+        [h, mi, sec] => (
+            number(h, 2, 0..=23)?,
+            number(mi, 2, 0..=59)?,
+            number(sec, 2, 0..=60)?,
+        ),
+        _ => return None,
     };
-    clock_ok
-        && zone_ok
-        && !fraction.is_empty()
-        && fraction.bytes().all(|b| b.is_ascii_digit())
-        && (fields.len() == 3 || fraction == "0")
+    // A fraction of a second needs the seconds.
+    if fraction.is_some_and(|f| {
+        fields.len() != 3 || f.is_empty() || !f.bytes().all(|b| b.is_ascii_digit())
+    }) {
+        return None;
+    }
+    let fraction = fraction.map(|f| format!(".{f}")).unwrap_or_default();
+    Some((y, format!("{day}T{h:02}:{mi:02}:{sec:02}{fraction}"), east))
 }
 
 fn action_rules(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
@@ -2322,6 +2318,8 @@ mod tests {
             assert_eq!(instant_of(same), Some(utc), "{same}");
         }
         assert_eq!(instant_of("01/01/2026"), None);
+        // A fraction of a second needs the seconds: not a date, nor an instant.
+        assert!(!is_date("2026-01-31T12:00.0Z") && is_date("2026-01-31T12:00:00.0Z"));
         // Past what a clock can hold: the end of time, and no panic.
         let far = instant_of("18446744073709551615").unwrap();
         assert_eq!(instant_of("99999999999999999999999"), Some(far));
