@@ -1296,38 +1296,33 @@ fn operator_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
 /// of YAML 1.1 (PyYAML, yamllint, a reviewer) takes them for booleans, so the manifest reads
 /// as a working guard while the policy sent holds `"no"`.
 fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
-    let Some(c) = s.condition() else { return };
-    for b in c.blocks() {
-        if !matches!(base_operator(b.operator()).as_str(), "bool" | "null") {
+    for v in condition_values(s) {
+        if !matches!(v.base_operator().as_str(), "bool" | "null") {
             continue;
         }
-        for (key, values) in b.entries() {
-            for (i, value) in values.iter().enumerate() {
-                let text = value.as_canonical_string();
-                if text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false") {
-                    continue;
-                }
-                let yaml_1_1 = match text.to_ascii_lowercase().as_str() {
-                    "yes" | "y" | "on" => Some(true),
-                    "no" | "n" | "off" => Some(false),
-                    _ => None,
-                };
-                let hint = match yaml_1_1 {
-                    Some(meant) => format!(
-                        "; YAML 1.1 reads {text} as {meant}, but kpr reads YAML 1.2, where it is \
-                         the string {text:?}: write {meant}"
-                    ),
-                    None => String::new(),
-                };
-                out.error(
-                    &value_path(path, b.operator(), key, values.len(), i),
-                    format!(
-                        "{} takes true or false; {text:?} never matches{sid}{hint}",
-                        b.operator()
-                    ),
-                );
-            }
+        let text = v.text();
+        if text.eq_ignore_ascii_case("true") || text.eq_ignore_ascii_case("false") {
+            continue;
         }
+        let yaml_1_1 = match text.to_ascii_lowercase().as_str() {
+            "yes" | "y" | "on" => Some(true),
+            "no" | "n" | "off" => Some(false),
+            _ => None,
+        };
+        let hint = match yaml_1_1 {
+            Some(meant) => format!(
+                "; YAML 1.1 reads {text} as {meant}, but kpr reads YAML 1.2, where it is the \
+                 string {text:?}: write {meant}"
+            ),
+            None => String::new(),
+        };
+        out.error(
+            &v.path(path),
+            format!(
+                "{} takes true or false; {text:?} never matches{sid}{hint}",
+                v.operator()
+            ),
+        );
     }
 }
 
@@ -1336,9 +1331,8 @@ fn boolean_condition_rule(out: &mut Findings, s: &Statement, path: &str, sid: &s
 /// than its writer meant, and IAM's own validator calls it an error. Values holding a policy
 /// variable are read only when a request comes, so they are left alone.
 fn typed_value_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
-    let Some(c) = s.condition() else { return };
-    for b in c.blocks() {
-        let base = base_operator(b.operator());
+    for v in condition_values(s) {
+        let base = v.base_operator();
         let (reads, takes): (fn(&str) -> bool, &str) = if base.starts_with("numeric") {
             (is_number, "a number (42 or 4.2)")
         } else if base.starts_with("date") {
@@ -1354,21 +1348,18 @@ fn typed_value_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
         } else {
             continue;
         };
-        for (key, values) in b.entries() {
-            for (i, value) in values.iter().enumerate() {
-                let text = value.as_canonical_string();
-                if text.contains("${") || reads(&text) {
-                    continue;
-                }
-                out.error(
-                    &value_path(path, b.operator(), key, values.len(), i),
-                    format!(
-                        "{} takes {takes}; IAM cannot compare {key} with {text:?}{sid}",
-                        b.operator()
-                    ),
-                );
-            }
+        let text = v.text();
+        if text.contains("${") || reads(&text) {
+            continue;
         }
+        out.error(
+            &v.path(path),
+            format!(
+                "{} takes {takes}; IAM cannot compare {} with {text:?}{sid}",
+                v.operator(),
+                v.key
+            ),
+        );
     }
 }
 
@@ -1378,54 +1369,91 @@ fn typed_value_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
 /// holds either character, so on those keys it is never what was meant: an error. On another
 /// key it may be (a `?` in `aws:Referer`), so a warning.
 fn literal_wildcard_rule(out: &mut Findings, s: &Statement, path: &str, sid: &str) {
-    let Some(c) = s.condition() else { return };
-    for b in c.blocks() {
-        let base = base_operator(b.operator());
-        let negated = match base.as_str() {
+    for v in condition_values(s) {
+        let negated = match v.base_operator().as_str() {
             "stringequals" | "stringequalsignorecase" => false,
             "stringnotequals" | "stringnotequalsignorecase" => true,
             _ => continue,
         };
-        for (key, values) in b.entries() {
-            for (i, value) in values.iter().enumerate() {
-                let value = value.as_canonical_string();
-                if !outside_variables(&value).contains(['*', '?']) {
-                    continue;
-                }
-                let what = match (negated, s.effect()) {
-                    (false, Effect::Deny) => "this Deny applies to none of the callers it names",
-                    (false, Effect::Allow) => "this grants to none of the callers it names",
-                    (true, Effect::Deny) => "this Deny spares none of the callers it excepts",
-                    (true, Effect::Allow) => "this grants also to the callers it excepts",
-                };
-                let like = if negated {
-                    "StringNotLike (ArnNotLike for an ARN)"
-                } else {
-                    "StringLike (ArnLike for an ARN)"
-                };
-                let message = format!(
-                    "{} reads {value:?} as plain text, not as a pattern: {what}{sid}; use {like}",
-                    b.operator()
-                );
-                let at = value_path(path, b.operator(), key, values.len(), i);
-                if CALLER_KEYS.contains(&key.to_ascii_lowercase().as_str()) {
-                    out.error(&at, message);
-                } else {
-                    out.warning(&at, message);
-                }
-            }
+        let value = v.text();
+        if !outside_variables(&value).contains(['*', '?']) {
+            continue;
+        }
+        let what = match (negated, s.effect()) {
+            (false, Effect::Deny) => "this Deny applies to none of the callers it names",
+            (false, Effect::Allow) => "this grants to none of the callers it names",
+            (true, Effect::Deny) => "this Deny spares none of the callers it excepts",
+            (true, Effect::Allow) => "this grants also to the callers it excepts",
+        };
+        let like = if negated {
+            "StringNotLike (ArnNotLike for an ARN)"
+        } else {
+            "StringLike (ArnLike for an ARN)"
+        };
+        let message = format!(
+            "{} reads {value:?} as plain text, not as a pattern: {what}{sid}; use {like}",
+            v.operator()
+        );
+        if CALLER_KEYS.contains(&v.key.to_ascii_lowercase().as_str()) {
+            out.error(&v.path(path), message);
+        } else {
+            out.warning(&v.path(path), message);
         }
     }
 }
 
-/// Where the `i`th of a key's `n` values is: the key itself for one value (it may be written
-/// without a list), the list item otherwise, so the error names the item's own line.
-fn value_path(path: &str, operator: &str, key: &str, n: usize, i: usize) -> String {
-    if n == 1 {
-        format!("{path}.Condition.{operator}.{key}")
-    } else {
-        format!("{path}.Condition.{operator}.{key}[{i}]")
+/// One value of a statement's Condition, and where it stands: what the rules about values
+/// walk, each asking its operator first and the value's text only when it applies.
+struct ValueAt<'s> {
+    block: &'s super::ConditionBlock,
+    key: &'s str,
+    value: &'s super::ConditionValue,
+    /// The values of its key, and its place among them.
+    of: usize,
+    i: usize,
+}
+
+impl ValueAt<'_> {
+    fn operator(&self) -> &str {
+        self.block.operator()
     }
+
+    fn base_operator(&self) -> String {
+        base_operator(self.block.operator())
+    }
+
+    fn text(&self) -> String {
+        self.value.as_canonical_string()
+    }
+
+    /// The key itself for its only value (it may be written without a list), the list item
+    /// otherwise, so that a finding names the item's own line.
+    fn path(&self, statement: &str) -> String {
+        let (operator, key) = (self.operator(), self.key);
+        if self.of == 1 {
+            format!("{statement}.Condition.{operator}.{key}")
+        } else {
+            format!("{statement}.Condition.{operator}.{key}[{}]", self.i)
+        }
+    }
+}
+
+/// Every value of `s`'s Condition, block by block and key by key.
+fn condition_values(s: &Statement) -> impl Iterator<Item = ValueAt<'_>> {
+    s.condition()
+        .into_iter()
+        .flat_map(|c| c.blocks())
+        .flat_map(|block| {
+            block.entries().iter().flat_map(move |(key, values)| {
+                values.iter().enumerate().map(move |(i, value)| ValueAt {
+                    block,
+                    key,
+                    value,
+                    of: values.len(),
+                    i,
+                })
+            })
+        })
 }
 
 /// `value` without its policy variables (`${aws:username}`, and the escapes `${*}`, `${?}`,
