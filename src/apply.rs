@@ -317,7 +317,7 @@ pub async fn apply<K: Kinesis>(
             let access = change.access_label();
             match &result {
                 Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "applied", "change applied"),
-                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "failed", error = %crate::plan::fit_log_field(&crate::manifest::one_line(&f.message), crate::plan::LOG_REASON), "change failed"),
+                Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "failed", error = %crate::plan::loggable(&f.message), "change failed"),
             }
             ResourceResult {
                 change,

@@ -107,15 +107,13 @@ impl Serialize for Change {
 }
 
 impl Change {
-    /// The manifest's `file:line`, or empty for a change no manifest declared (prune).
-    /// Whom it starts and stops naming, as the plan's `allows now` / `allows no longer`
-    /// lines, joined by `; ` for a log event.
-    /// Why, on one line, for a log event: within [`LOG_REASON`] bytes as the log escapes it.
+    /// Why, for a log event (see [`loggable`]).
     pub fn reason_label(&self) -> String {
-        fit_log_field(&crate::manifest::one_line(&self.reason), LOG_REASON)
+        loggable(&self.reason)
     }
 
-    /// [`Self::access`] on one line, for a log event: within [`LOG_ACCESS`] bytes as JSON.
+    /// Whom it starts and stops naming, as the plan's `allows now` / `allows no longer` lines,
+    /// joined by `; ` for a log event, within [`LOG_ACCESS`] bytes as the log escapes it.
     pub fn access_label(&self) -> String {
         self.access()
             .map(|a| fit_log_field(&crate::render::access_summary(&a).join("; "), LOG_ACCESS))
@@ -133,10 +131,12 @@ impl Change {
         fit_log_field(&text, LOG_BEFORE)
     }
 
+    /// The manifest's `file:line` for a log event (see [`loggable`]), or empty for a change no
+    /// manifest declared (prune).
     pub fn source_label(&self) -> String {
-        self.source.as_ref().map_or_else(String::new, |s| {
-            fit_log_field(&crate::manifest::one_line(&s.to_string()), LOG_REASON)
-        })
+        self.source
+            .as_ref()
+            .map_or_else(String::new, |s| loggable(&s.to_string()))
     }
 
     /// A no-op on `target` with nothing recorded yet: the caller records the live policy and
@@ -231,12 +231,19 @@ impl Change {
 /// event stays under 14 KiB.
 const LOG_BEFORE: usize = 6 * 1024;
 const LOG_ACCESS: usize = 4 * 1024;
-/// A reason or an error: one may quote a live policy's key, of any length.
-pub const LOG_REASON: usize = 2 * 1024;
+/// A reason, an error or a path: one may quote a live policy's key, of any length.
+const LOG_REASON: usize = 2 * 1024;
+
+/// Text from a manifest, a live policy or an answer (a reason, an error, a path), for a log
+/// event: on one line, so that nothing in it forges a line or a terminal escape, and within
+/// [`LOG_REASON`] bytes as the log escapes it.
+pub fn loggable(text: &str) -> String {
+    fit_log_field(&crate::manifest::one_line(text), LOG_REASON)
+}
 
 /// `text` as it is when escaped it fits in `budget` bytes; else its start, and the whole one's
 /// length and sha256, to match it with the plan's document.
-pub fn fit_log_field(text: &str, budget: usize) -> String {
+fn fit_log_field(text: &str, budget: usize) -> String {
     // The larger of the two formats' escapes: serde_json's (a quote or backslash two bytes, a
     // control character six) and the text log's, as Rust's Debug writes it (`\u{7f}`,
     // `\u{200b}`).

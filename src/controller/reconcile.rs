@@ -2186,14 +2186,12 @@ impl Reconciler {
         let mut interrupted = None;
         for f in &plan.failures {
             // A failure while planning is an event of its own, as a failed write is (apply).
-            let source = f.source.as_ref().map(|s| {
-                crate::plan::fit_log_field(
-                    &crate::manifest::one_line(&s.to_string()),
-                    crate::plan::LOG_REASON,
-                )
-            });
+            let source = f
+                .source
+                .as_ref()
+                .map(|s| crate::plan::loggable(&s.to_string()));
             let operation = f.operation.unwrap_or("");
-            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %crate::plan::fit_log_field(&crate::manifest::one_line(&f.message), crate::plan::LOG_REASON), "planning failed");
+            tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %crate::plan::loggable(&f.message), "planning failed");
             out.listing_failed |= is_listing(f);
             items.push(self.failure_item(f));
         }
