@@ -383,7 +383,7 @@ async fn apply_one<K: Kinesis>(
     // it in sync. The one-shot apply has printed its plan by now and logs it at `info` only.
     tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "starting", reason = %change.reason_label(), source = change.source_label(), access = change.access_label(), before = change.before_label(), "change starting");
     let written = match change.action {
-        Action::NoOp => return Some(Ok(())),
+        Action::NoOp => unreachable!("a no-op returned before its re-read"),
         Action::Create | Action::Update => {
             let json = change
                 .put_json
