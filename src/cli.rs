@@ -1399,13 +1399,16 @@ fn policy_of_manifest(name: &str, text: &str, opts: &LoadOptions) -> Result<Comp
 
 /// `policy diff` exits 0/1/2 like diff(1): equal, different, trouble.
 fn policy_command(cmd: PolicyCommand, opts: &LoadOptions, region: Option<&str>) -> u8 {
+    // The partition the documents' Resource ARNs name, or else `--region`'s, or else the
+    // commercial one.
+    let named = |docs: &[&PolicyDocument]| {
+        let otherwise = region.map_or("aws", crate::arn::partition_of);
+        PolicyDocument::partition_named_or(docs, otherwise).to_string()
+    };
     match cmd {
         PolicyCommand::Fmt { file } => match load_policy(&file, opts) {
             Ok((Some(doc), partition)) => {
-                let partition = partition.unwrap_or_else(|| {
-                    let otherwise = region.map_or("aws", crate::arn::partition_of);
-                    PolicyDocument::partition_named_or(&[&doc], otherwise).to_string()
-                });
+                let partition = partition.unwrap_or_else(|| named(&[&doc]));
                 let text = doc.to_canonical_string_in(Some(&partition));
                 // They can only be in strings, where JSON's \u escape reads the same: raw, on a
                 // terminal, they would make the policy read otherwise than it is.
@@ -1450,12 +1453,7 @@ fn policy_command(cmd: PolicyCommand, opts: &LoadOptions, region: Option<&str>) 
                 // Resources of two partitions: read in neither, whichever comes first.
                 (Some(a), Some(b)) if a != b => crate::policy::UNKNOWN_PARTITION.to_string(),
                 (Some(p), _) | (None, Some(p)) => p,
-                // Neither names one: `--region`'s, or the commercial partition.
-                (None, None) => {
-                    let docs: Vec<_> = [&da, &db].into_iter().flatten().collect();
-                    let otherwise = region.map_or("aws", crate::arn::partition_of);
-                    PolicyDocument::partition_named_or(&docs, otherwise).to_string()
-                }
+                (None, None) => named(&[&da, &db].into_iter().flatten().collect::<Vec<_>>()),
             };
             let equivalent = match (&da, &db) {
                 (Some(da), Some(db)) => da.equivalent_in(db, &partition),
