@@ -269,6 +269,16 @@ fn kpr_via(proxy: &Proxy) -> Command {
     common::kpr_cmd(&proxy.url())
 }
 
+/// `kpr plan --dir m --prune` and `extra` through `proxy`, in `emu`'s private account (a
+/// prune lists every stream of the account it calls as).
+fn prune_plan(proxy: &Proxy, emu: &Emulator, m: &common::Manifests, extra: &[&str]) -> Run {
+    let mut cmd = kpr_via(proxy);
+    cmd.env("AWS_ACCESS_KEY_ID", &emu.account)
+        .args(["plan", "--dir", &m.arg(), "--prune"])
+        .args(extra);
+    common::output(cmd.output().expect("run kpr"))
+}
+
 /// Runs a command, killing it and failing the test if it outlives `limit` (a hang).
 pub(crate) fn run_bounded(mut cmd: Command, limit: Duration) -> (Run, Duration) {
     let started = Instant::now();
@@ -1147,13 +1157,8 @@ fn a_stream_gone_before_its_consumers_are_listed_is_nothing_to_prune() {
         Fault::ResourceNotFound,
     );
     proxy.always(Some(GET), &arns[1], Fault::ResourceNotFound);
-    let plan = |extra: &[&str]| {
-        let mut cmd = kpr_via(&proxy);
-        cmd.env("AWS_ACCESS_KEY_ID", &emu.account)
-            .args(["plan", "--dir", &m.arg(), "--prune", "--output", "json"])
-            .args(extra);
-        common::output(cmd.output().expect("run kpr"))
-    };
+    let plan =
+        |extra: &[&str]| prune_plan(&proxy, &emu, &m, &[&["--output", "json"], extra].concat());
     let run = plan(&[]);
     assert_eq!(run.code, 0, "{run:?}");
     assert_eq!(run.json()["summary"]["failed"], 0, "{run:?}");
@@ -1180,17 +1185,12 @@ fn a_listing_without_its_required_members_is_no_answer() {
         common::Manifests::new(&[("a.yaml", &common::manifest(&arns[0], &desired(&arns[0], 0)))]);
     let proxy = Proxy::start(&emu.url);
     let plan = || {
-        let mut cmd = kpr_via(&proxy);
-        cmd.env("AWS_ACCESS_KEY_ID", &emu.account).args([
-            "plan",
-            "--dir",
-            &m.arg(),
-            "--prune",
-            "--max-attempts",
-            "2",
-            "--detailed-exitcode",
-        ]);
-        common::output(cmd.output().expect("run kpr"))
+        prune_plan(
+            &proxy,
+            &emu,
+            &m,
+            &["--max-attempts", "2", "--detailed-exitcode"],
+        )
     };
     // Through the proxy as it is: the undeclared policy is found.
     let whole = plan();
@@ -1221,13 +1221,7 @@ fn a_targeted_prune_lists_only_the_targets_streams() {
     let m =
         common::Manifests::new(&[("a.yaml", &common::manifest(&arns[0], &desired(&arns[0], 0)))]);
     let proxy = Proxy::start(&emu.url);
-    let plan = |extra: &[&str]| {
-        let mut cmd = kpr_via(&proxy);
-        cmd.env("AWS_ACCESS_KEY_ID", &emu.account)
-            .args(["plan", "--dir", &m.arg(), "--prune"])
-            .args(extra);
-        common::output(cmd.output().expect("run kpr"))
-    };
+    let plan = |extra: &[&str]| prune_plan(&proxy, &emu, &m, extra);
     let run = plan(&["--target", &arns[1]]);
     assert_eq!(run.code, 0, "{run:?}");
     let listed = proxy.op("ListStreamConsumers").forwarded;

@@ -607,6 +607,15 @@ fn aws_error(status: u16, code: &str, message: &str) -> Response<Full<Bytes>> {
         .unwrap()
 }
 
+/// An answer that is no Kinesis error: what a load balancer or a proxy in front sends.
+fn page(status: StatusCode, content_type: &str, body: &'static [u8]) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header("content-type", content_type)
+        .body(Full::new(Bytes::from_static(body)))
+        .unwrap()
+}
+
 /// The error the service would send; `None` for a dropped connection.
 fn fault_response(f: Fault, op: &str, arn: &str) -> Option<Response<Full<Bytes>>> {
     Some(match f {
@@ -641,20 +650,16 @@ fn fault_response(f: Fault, op: &str, arn: &str) -> Option<Response<Full<Bytes>>
             &format!("Stream {arn} not found (injected)"),
         ),
         Fault::Http500 => aws_error(500, "InternalFailure", "injected internal failure"),
-        Fault::Http503 => Response::builder()
-            .status(StatusCode::SERVICE_UNAVAILABLE)
-            .header("content-type", "text/plain")
-            .body(Full::new(Bytes::from_static(
-                b"Service Unavailable (injected)",
-            )))
-            .unwrap(),
-        Fault::Http403Html => Response::builder()
-            .status(StatusCode::FORBIDDEN)
-            .header("content-type", "text/html")
-            .body(Full::new(Bytes::from_static(
-                b"<html><body>Request blocked by policy (injected)</body></html>",
-            )))
-            .unwrap(),
+        Fault::Http503 => page(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "text/plain",
+            b"Service Unavailable (injected)",
+        ),
+        Fault::Http403Html => page(
+            StatusCode::FORBIDDEN,
+            "text/html",
+            b"<html><body>Request blocked by policy (injected)</body></html>",
+        ),
         Fault::Drop | Fault::Delay(_) => return None,
     })
 }
