@@ -11,7 +11,10 @@
 //! It never guesses where to send a request. The first read of each scope goes through the SDK,
 //! and an interceptor records the URL it resolved (account endpoints, FIPS, dual-stack,
 //! `AWS_ENDPOINT_URL*`, profile settings) and the region and service name it signed with;
-//! only reads after that take this path. Writes and listings always use the SDK.
+//! only reads after that take this path. The one exception leaves nothing to resolve: an
+//! endpoint kpr is told, without a path and without FIPS or dual-stack, is used as it is (see
+//! [`Route::told`]), and then every read takes this path. Writes and listings always use the
+//! SDK.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -75,6 +78,33 @@ impl Route {
             .next()?;
         let mut parts = scope.split('/').skip(2);
         let (region, service) = (parts.next()?, parts.next()?);
+        Route::new(uri, region, service)
+    }
+
+    /// For an endpoint kpr is told (`--endpoint-url`), when the SDK would neither refuse it
+    /// (FIPS or dual-stack asked for) nor add to it (a path): Kinesis' endpoint rules then
+    /// return the URL as it is, whatever the ARN, and the SDK signs for the client's region as
+    /// `kinesis`. So the scope's first read need not go through the SDK to learn it; the
+    /// test `a_told_route_is_the_one_the_sdk_records` holds the two equal.
+    pub(super) fn told(
+        endpoint: &str,
+        region: &str,
+        fips: bool,
+        dual_stack: bool,
+    ) -> Option<Route> {
+        if fips || dual_stack {
+            return None;
+        }
+        let uri = endpoint.parse::<http::Uri>().ok()?;
+        let bare = uri.path_and_query().is_none_or(|p| p.as_str() == "/");
+        let scheme = uri.scheme_str()?;
+        if !bare || !(scheme == "http" || scheme == "https") {
+            return None;
+        }
+        Route::new(&uri, region, "kinesis")
+    }
+
+    fn new(uri: &http::Uri, region: &str, service: &str) -> Option<Route> {
         let host = uri.authority()?.as_str().to_string();
         let uri = http::Uri::builder()
             .scheme(uri.scheme()?.clone())
@@ -96,6 +126,11 @@ impl Route {
 pub(super) struct RouteRecorder(Arc<OnceLock<Route>>);
 
 impl RouteRecorder {
+    /// Already holding `route`: the SDK's first read then records nothing.
+    pub(super) fn knowing(route: Route) -> Self {
+        Self(Arc::new(OnceLock::from(route)))
+    }
+
     pub(super) fn get(&self) -> Option<&Route> {
         self.0.get()
     }
@@ -811,6 +846,103 @@ mod tests {
         assert!(Route::from_signed(&"http://h/".parse().unwrap(), "garbage").is_none());
     }
 
+    /// Fails the call once the SDK has signed it, so nothing is sent.
+    #[derive(Debug)]
+    struct StopBeforeSending;
+
+    impl Intercept for StopBeforeSending {
+        fn name(&self) -> &'static str {
+            "stop-before-sending"
+        }
+
+        fn read_before_transmit(
+            &self,
+            _: &BeforeTransmitInterceptorContextRef<'_>,
+            _: &RuntimeComponents,
+            _: &mut ConfigBag,
+        ) -> Result<(), BoxError> {
+            Err("stopped before sending".into())
+        }
+    }
+
+    /// The route the SDK records for a scope's first read, configured as `AwsKinesis::new`
+    /// configures it (the endpoint on the shared configuration), and what `Route::told` says.
+    async fn recorded_and_told(
+        endpoint: &str,
+        region: &str,
+        fips: bool,
+        dual_stack: bool,
+    ) -> (Option<Route>, Option<Route>) {
+        let base = aws_config::defaults(aws_config::BehaviorVersion::latest())
+            .region(aws_config::Region::new(region.to_string()))
+            .credentials_provider(Credentials::new("AKID", "secret", None, None, "t"))
+            .endpoint_url(endpoint)
+            .use_fips(fips)
+            .use_dual_stack(dual_stack)
+            .load()
+            .await;
+        let recorder = RouteRecorder::default();
+        let conf = aws_sdk_kinesis::config::Builder::from(&base)
+            .interceptor(recorder.clone())
+            .interceptor(StopBeforeSending)
+            .build();
+        let sent = aws_sdk_kinesis::Client::from_conf(conf)
+            .get_resource_policy()
+            .resource_arn(format!("arn:aws:kinesis:{region}:111122223333:stream/s"))
+            .send()
+            .await;
+        assert!(
+            sent.is_err(),
+            "{endpoint}: the call must stop before it is sent"
+        );
+        let told = Route::told(
+            endpoint,
+            region,
+            base.use_fips() == Some(true),
+            base.use_dual_stack() == Some(true),
+        );
+        (recorder.get().cloned(), told)
+    }
+
+    #[tokio::test]
+    async fn a_told_route_is_the_one_the_sdk_records() {
+        for endpoint in [
+            "http://127.0.0.1:4567",
+            "http://localhost:4567",
+            "http://LocalHost:4567",
+            "https://kinesis.example.com",
+            "https://kinesis.example.com:443",
+            "http://kinesis.example.com:80",
+            "http://[::1]:4567",
+            "https://vpce-0a1b-c2d3.kinesis.eu-west-1.vpce.amazonaws.com",
+        ] {
+            for region in ["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1"] {
+                let (recorded, told) = recorded_and_told(endpoint, region, false, false).await;
+                assert!(told.is_some(), "{endpoint} in {region}: no route told");
+                assert_eq!(told, recorded, "{endpoint} in {region}");
+            }
+        }
+        // Left to the SDK: it refuses FIPS and dual-stack with a custom endpoint, and joins a
+        // path with the operation's own. A told route must then be none.
+        for (endpoint, fips, dual_stack) in [
+            ("https://kinesis.example.com", true, false),
+            ("https://kinesis.example.com", false, true),
+            ("http://127.0.0.1:4567/", false, false),
+            ("http://127.0.0.1:4567/kinesis", false, false),
+            ("http://127.0.0.1:4567/kinesis/", false, false),
+            ("ftp://127.0.0.1:4567", false, false),
+        ] {
+            let (recorded, told) = recorded_and_told(endpoint, "us-east-1", fips, dual_stack).await;
+            assert!(
+                told.is_none() || told == recorded,
+                "{endpoint}: {told:?} vs {recorded:?}"
+            );
+            if fips || dual_stack {
+                assert_eq!((recorded, told), (None, None), "{endpoint}");
+            }
+        }
+    }
+
     #[test]
     fn a_credentials_timeout_is_retried_and_missing_credentials_are_not() {
         use aws_sdk_kinesis::operation::get_resource_policy::GetResourcePolicyError;
@@ -1173,8 +1305,10 @@ mod tests {
 
     /// kpr's client for an endpoint at `url`, its credentials from a [`Counting`] provider
     /// (an hour each); with the count of loads, and its transport.
+    /// A client of `url`, which kpr is also told as its endpoint when `told` says so.
     fn against(
         url: &str,
+        told: Option<&str>,
     ) -> (
         crate::kinesis::AwsKinesis,
         Arc<std::sync::atomic::AtomicU32>,
@@ -1193,11 +1327,11 @@ mod tests {
             .credentials_provider(SharedCredentialsProvider::new(provider))
             .http_client(transport.clone())
             .build();
-        let api = crate::kinesis::AwsKinesis::with_config(
-            base,
-            crate::kinesis::ClientOptions::default(),
-            transport.clone(),
-        );
+        let opts = crate::kinesis::ClientOptions {
+            endpoint_url: told.map(str::to_string),
+            ..Default::default()
+        };
+        let api = crate::kinesis::AwsKinesis::with_config(base, opts, transport.clone());
         (api, fetches, transport)
     }
 
@@ -1225,7 +1359,7 @@ mod tests {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let url = format!("http://{}", listener.local_addr().unwrap());
         tokio::spawn(async move { axum::serve(listener, app).await });
-        let (api, fetches, _) = against(&url);
+        let (api, fetches, _) = against(&url, None);
         let arn =
             crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
                 .unwrap();
@@ -1255,16 +1389,14 @@ mod tests {
         assert_eq!(loads(), 3, "after a refused write through the SDK");
     }
 
-    /// One scope, two reads: the first through the SDK, the second direct. Both must use the
-    /// credentials of a single fetch (an assumed role would otherwise cost two STS calls).
-    /// The SDK's first read and the direct reads after it: one credentials fetch, one
-    /// connection (one pool), and no root certificates for a plain-HTTP endpoint.
-    #[tokio::test]
-    async fn the_sdk_and_the_direct_path_share_credentials_and_connection() {
-        use crate::kinesis::Kinesis;
+    type Seen = Arc<std::sync::Mutex<Vec<(String, std::net::SocketAddr)>>>;
+
+    /// A local endpoint that answers every request with an empty policy and notes each
+    /// request's User-Agent and connection.
+    async fn policy_server() -> (String, Seen) {
         use axum::extract::ConnectInfo;
         use std::net::SocketAddr;
-        let seen = Arc::new(std::sync::Mutex::new(Vec::<(String, SocketAddr)>::new()));
+        let seen = Seen::default();
         let log = Arc::clone(&seen);
         let app = axum::Router::new().fallback(
             move |ConnectInfo(peer): ConnectInfo<SocketAddr>, headers: http::HeaderMap| {
@@ -1286,7 +1418,18 @@ mod tests {
             )
             .await
         });
-        let (api, fetches, transport) = against(&url);
+        (url, seen)
+    }
+
+    /// One scope, two reads: the first through the SDK, the second direct. Both must use the
+    /// credentials of a single fetch (an assumed role would otherwise cost two STS calls).
+    /// The SDK's first read and the direct reads after it: one credentials fetch, one
+    /// connection (one pool), and no root certificates for a plain-HTTP endpoint.
+    #[tokio::test]
+    async fn the_sdk_and_the_direct_path_share_credentials_and_connection() {
+        use crate::kinesis::Kinesis;
+        let (url, seen) = policy_server().await;
+        let (api, fetches, transport) = against(&url, None);
         let arn =
             crate::arn::ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/orders")
                 .unwrap();
@@ -1310,6 +1453,39 @@ mod tests {
         );
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert!(!transport.loaded_tls(), "no TLS for an http:// endpoint");
+    }
+
+    /// An endpoint told to kpr needs no SDK read to find it: every read is direct, and the
+    /// scope's SDK client, which only writes and listings need, is never built.
+    #[tokio::test]
+    async fn a_told_endpoint_is_read_directly_and_builds_no_sdk_client() {
+        use crate::kinesis::Kinesis;
+        let (url, seen) = policy_server().await;
+        let (api, fetches, _) = against(&url, Some(&url));
+        let arn =
+            crate::arn::ResourceArn::parse("arn:aws:kinesis:eu-west-1:111122223333:stream/orders")
+                .unwrap();
+        for _ in 0..3 {
+            assert_eq!(api.get_policy(&arn).await.unwrap(), None);
+        }
+        let agents: Vec<String> = seen
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(a, _)| a.clone())
+            .collect();
+        assert!(
+            agents.len() == 3 && agents.iter().all(|a| a.starts_with("kpr/")),
+            "{agents:?}"
+        );
+        assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 1);
+        let scope = api.scope(&arn.scope).await;
+        assert!(scope.sdk.get().is_none(), "no SDK client was needed");
+        // A write needs it.
+        api.put_policy(&arn, "{}").await.unwrap();
+        assert!(scope.sdk.get().is_some());
+        let last = seen.lock().unwrap().last().map(|(a, _)| a.clone());
+        assert!(last.is_some_and(|a| !a.starts_with("kpr/")), "{seen:?}");
     }
 
     #[test]

@@ -27,7 +27,7 @@ use crate::signals::Interrupt;
 
 mod direct;
 mod transport;
-use direct::{CredentialCache, DirectReader, RouteRecorder, SharedCache};
+use direct::{CredentialCache, DirectReader, Route, RouteRecorder, SharedCache};
 pub use transport::Transport;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -862,10 +862,21 @@ pub struct AwsKinesis {
 }
 
 struct ScopeClient {
-    sdk: aws_sdk_kinesis::Client,
+    /// Built at its first use, from `conf`: a plan whose reads all go direct never uses it, and
+    /// building it parses the SDK's endpoint partition table (a sixth of a one-resource plan's
+    /// instructions).
+    sdk: OnceLock<aws_sdk_kinesis::Client>,
+    conf: aws_sdk_kinesis::Config,
     route: RouteRecorder,
     /// None when the configuration has no credentials: the SDK path reports that.
     credentials: Option<Arc<CredentialCache>>,
+}
+
+impl ScopeClient {
+    fn sdk(&self) -> &aws_sdk_kinesis::Client {
+        self.sdk
+            .get_or_init(|| aws_sdk_kinesis::Client::from_conf(self.conf.clone()))
+    }
 }
 
 /// What an endpoint URL holds that looks like a secret, said as the rest of a sentence: a
@@ -1022,7 +1033,15 @@ impl AwsKinesis {
 
     async fn new_scope(&self, scope: &Scope) -> Arc<ScopeClient> {
         let region = Region::new(scope.region.clone());
-        let route = RouteRecorder::default();
+        let told = self.opts.endpoint_url.as_deref().and_then(|url| {
+            Route::told(
+                url,
+                &scope.region,
+                self.base.use_fips() == Some(true),
+                self.base.use_dual_stack() == Some(true),
+            )
+        });
+        let route = told.map_or_else(RouteRecorder::default, RouteRecorder::knowing);
         let mut conf = aws_sdk_kinesis::config::Builder::from(&self.base)
             .region(region.clone())
             // One retry layer only: ours, in `Resilient`.
@@ -1058,9 +1077,9 @@ impl AwsKinesis {
                 .credentials_provider(SharedCache(Arc::clone(cache)))
                 .identity_cache(aws_sdk_kinesis::config::IdentityCache::no_cache());
         }
-        let sdk = aws_sdk_kinesis::Client::from_conf(conf.build());
         let client = Arc::new(ScopeClient {
-            sdk,
+            sdk: OnceLock::new(),
+            conf: conf.build(),
             route,
             credentials,
         });
@@ -1073,7 +1092,7 @@ impl AwsKinesis {
     }
 
     async fn client(&self, scope: &Scope) -> aws_sdk_kinesis::Client {
-        self.scope(scope).await.sdk.clone()
+        self.scope(scope).await.sdk().clone()
     }
 
     /// `e`, once the scope's credentials are forgotten if the service refused them: cached
@@ -1214,7 +1233,7 @@ impl Kinesis for AwsKinesis {
                 .map_err(|e| self.noting(&arn.scope, e));
         }
         let sent = client
-            .sdk
+            .sdk()
             .get_resource_policy()
             .resource_arn(arn.to_string())
             .send()

@@ -327,24 +327,37 @@ fn calls_go_through_the_proxy_the_environment_names() {
     let emu = common::kinesis_mock();
     let (arn, dir) = emu.stream_with_manifest("viaproxy");
     let proxy = Proxy::start(&emu.url);
-    let run = |args: &[&str]| {
-        // Nothing listens at the endpoint: only the proxy, which forwards to the emulator
-        // whatever host a request names, can answer.
+    // Nothing listens at the endpoint: only the proxy, which forwards to the emulator whatever
+    // host a request names, can answer.
+    const NOWHERE: &str = "http://127.0.0.1:9";
+    let run = |endpoint_var: &str, args: &[&str]| {
         let mut cmd = emu.kpr_cmd();
-        cmd.env("KPR_ENDPOINT_URL", "http://127.0.0.1:9")
+        cmd.env_remove("KPR_ENDPOINT_URL")
+            .env(endpoint_var, NOWHERE)
             .env("HTTP_PROXY", proxy.url())
             .args(args);
         run_bounded(cmd, Duration::from_secs(60)).0
     };
-    let applied = run(&["apply", "--dir", &dir.arg()]);
+    // An endpoint kpr is told is read directly from the first read (the read and the
+    // verifying read); the write goes through the SDK.
+    let applied = run("KPR_ENDPOINT_URL", &["apply", "--dir", &dir.arg()]);
     assert_eq!(applied.code, 0, "{applied:?}");
-    let planned = run(&["plan", "--dir", &dir.arg(), "--detailed-exitcode"]);
+    assert_eq!(
+        proxy.agents(GET).get("kpr"),
+        Some(&2),
+        "{:?}",
+        proxy.agents(GET)
+    );
+    assert_eq!(proxy.op_on(PUT, &arn).forwarded, 1);
+    // One from the AWS configuration is resolved by the SDK: its first read shows kpr where.
+    let planned = run(
+        "AWS_ENDPOINT_URL",
+        &["plan", "--dir", &dir.arg(), "--detailed-exitcode"],
+    );
     assert_eq!(planned.code, 0, "{planned:?}");
     let agents = proxy.agents(GET);
-    // apply: the SDK's first read, then the direct verifying read; plan: the SDK's first read.
-    assert_eq!(agents.get("aws-sdk-rust"), Some(&2), "{agents:?}");
-    assert_eq!(agents.get("kpr"), Some(&1), "{agents:?}");
-    assert_eq!(proxy.op_on(PUT, &arn).forwarded, 1);
+    assert_eq!(agents.get("aws-sdk-rust"), Some(&1), "{agents:?}");
+    assert_eq!(agents.get("kpr"), Some(&2), "{agents:?}");
 }
 
 #[test]
@@ -442,9 +455,12 @@ fn errors_that_must_not_be_retried_are_tried_once() {
     for a in put_forbidden {
         proxy.always(Some(PUT), a, Fault::Http403Html);
     }
+    // One at a time, and the endpoint from the AWS configuration, not told to kpr: the first
+    // read goes through the SDK (it shows kpr the endpoint), every later one through kpr's
+    // direct read path, which must classify errors the same way.
     let mut cmd = kpr_via(&proxy);
-    // One at a time: the first read goes through the SDK (it shows kpr the endpoint), every
-    // later one through kpr's direct read path, which must classify errors the same way.
+    cmd.env_remove("KPR_ENDPOINT_URL")
+        .env("AWS_ENDPOINT_URL", proxy.url());
     let args = [
         "apply",
         "--dir",
