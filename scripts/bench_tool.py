@@ -9,7 +9,6 @@
   edit    rewrite K manifests (new principal) and print their ARNs
   wait    poll until the live policies of the given ARNs carry the given principal
   proxy   a counting (and optionally rate-limiting) HTTP proxy; GET /__stats, POST /__reset
-  run     run a command, print its exit code, wall time, CPU (user + sys) and peak RSS
   report  the markdown report of scripts/bench's results.jsonl
 
 kinesis-mock does not verify signatures but wants an Authorization header and a date: a fixed
@@ -288,17 +287,6 @@ async def wait(a):
         if time.monotonic() > deadline:
             raise SystemExit(f"only {done}/{len(wanted)} policies applied after {a.timeout} s")
         await asyncio.sleep(a.poll)
-
-
-def run_cmd(a):
-    """Runs a command; prints "EXIT WALL_S CPU_S MAXRSS_KIB" (CPU = user + sys, from wait4)."""
-    import subprocess
-    t0 = time.monotonic()
-    with open(a.stdout, "wb") as out, open(a.stderr, "wb") as err:
-        child = subprocess.Popen(a.argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL)
-        _, status, ru = os.wait4(child.pid, 0)
-    wall = time.monotonic() - t0
-    print(f"{os.waitstatus_to_exitcode(status)} {wall:.4f} {ru.ru_utime + ru.ru_stime:.4f} {ru.ru_maxrss}")
 
 
 def concurrency_table(w, by, sizes, sweep):
@@ -621,10 +609,6 @@ def main():
     s.add_argument("--burst", type=float, default=0, help="token bucket size [default: rate]")
     s.add_argument("--tls-cert", help="serve TLS with this certificate (PEM) ...")
     s.add_argument("--tls-key", help="... and this key")
-    s = sub.add_parser("run")
-    s.add_argument("--stdout", required=True)
-    s.add_argument("--stderr", required=True)
-    s.add_argument("argv", nargs=argparse.REMAINDER, help="-- COMMAND ARGS...")
     s = sub.add_parser("report")
     s.add_argument("--results", required=True)
     a = ap.parse_args()
@@ -633,11 +617,6 @@ def main():
         return
     if a.cmd == "report":
         report(a)
-        return
-    if a.cmd == "run":
-        if a.argv and a.argv[0] == "--":
-            a.argv = a.argv[1:]
-        run_cmd(a)
         return
     asyncio.run({"setup": setup, "drift": drift, "relayout": relayout, "floor": floor, "wait": wait, "proxy": proxy}[a.cmd](a))
 
