@@ -20,6 +20,7 @@ fn main() {
         eprintln!("usage: bench_run STDOUT_FILE STDERR_FILE COMMAND [ARGS...]");
         std::process::exit(2);
     };
+    close_inherited_on_exec();
     let out = File::create(stdout).expect("STDOUT_FILE");
     let err = File::create(stderr).expect("STDERR_FILE");
     let start = Instant::now();
@@ -46,4 +47,19 @@ fn main() {
     // As Python's waitstatus_to_exitcode: a signal is its negated number.
     let code = exit.code().or(exit.signal().map(|s| -s)).unwrap_or(-1);
     println!("{code} {wall:.4} {cpu:.4} {}", usage.ru_maxrss);
+}
+
+/// As Python's `subprocess` did: the command gets stdin, stdout and stderr only, not whatever
+/// else the bench's shell left open (a pipe it waits on, for one).
+fn close_inherited_on_exec() {
+    let fds: Vec<i32> = std::fs::read_dir("/proc/self/fd")
+        .expect("/proc/self/fd")
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+        .filter(|&fd| fd > 2)
+        .collect();
+    for fd in fds {
+        // SAFETY: F_SETFD on a descriptor number; one that is no longer open (the directory's
+        // own) only fails with EBADF.
+        unsafe { libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC) };
+    }
 }

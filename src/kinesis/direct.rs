@@ -13,8 +13,8 @@
 //! `AWS_ENDPOINT_URL*`, profile settings) and the region and service name it signed with;
 //! only reads after that take this path. The one exception leaves nothing to resolve: an
 //! endpoint kpr is told, without a path and without FIPS or dual-stack, is used as it is (see
-//! [`Route::told`]), and then every read takes this path. Writes and listings always use the
-//! SDK.
+//! [`Route::told`]), and then every read takes this path. Writes, listings and
+//! DescribeStreamConsumer always use the SDK.
 
 use std::sync::{Arc, OnceLock};
 use std::time::{Duration, SystemTime};
@@ -866,7 +866,8 @@ mod tests {
     }
 
     /// The route the SDK records for a scope's first read, configured as `AwsKinesis::new`
-    /// configures it (the endpoint on the shared configuration), and what `Route::told` says.
+    /// configures it (the endpoint on the shared configuration), and what `Route::told` says,
+    /// for an ARN of the region's partition.
     async fn recorded_and_told(
         endpoint: &str,
         region: &str,
@@ -888,7 +889,10 @@ mod tests {
             .build();
         let sent = aws_sdk_kinesis::Client::from_conf(conf)
             .get_resource_policy()
-            .resource_arn(format!("arn:aws:kinesis:{region}:111122223333:stream/s"))
+            .resource_arn(format!(
+                "arn:{}:kinesis:{region}:111122223333:stream/s",
+                crate::arn::partition_of(region)
+            ))
             .send()
             .await;
         assert!(
@@ -916,7 +920,7 @@ mod tests {
             "http://[::1]:4567",
             "https://vpce-0a1b-c2d3.kinesis.eu-west-1.vpce.amazonaws.com",
         ] {
-            for region in ["us-east-1", "eu-west-1", "cn-north-1", "us-gov-west-1"] {
+            for region in ["us-east-1", "cn-north-1", "us-gov-west-1", "us-iso-east-1"] {
                 let (recorded, told) = recorded_and_told(endpoint, region, false, false).await;
                 assert!(told.is_some(), "{endpoint} in {region}: no route told");
                 assert_eq!(told, recorded, "{endpoint} in {region}");

@@ -862,7 +862,8 @@ pub struct AwsKinesis {
 }
 
 struct ScopeClient {
-    /// Built at its first use, from `conf`: a plan whose reads all go direct never uses it, and
+    /// Built at its first use, from `conf`: a plan that only reads policies, all of them
+    /// direct, never uses it (writes, listings and DescribeStreamConsumer do), and
     /// building it parses the SDK's endpoint partition table (a sixth of a one-resource plan's
     /// instructions).
     sdk: OnceLock<aws_sdk_kinesis::Client>,
