@@ -54,7 +54,18 @@ struct SettledState {
 enum Progress {
     UnderWay,
     Applied,
+    /// Found as the manifest asks at its late re-read: nothing written.
+    AlreadySo,
     Failed(Failure),
+}
+
+/// What a change that did not fail came to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Made {
+    Written,
+    /// Its late re-read found the policy already as the manifest asks (another kpr, a hand
+    /// apply): nothing was written, and kpr does not count it as its change.
+    AlreadySo,
 }
 
 impl Settled {
@@ -72,9 +83,10 @@ impl Settled {
         self.0.lock().expect("settled").states.remove(arn);
     }
 
-    fn finished(&self, arn: &str, result: &Result<(), Failure>) {
+    fn finished(&self, arn: &str, result: &Result<Made, Failure>) {
         let progress = match result {
-            Ok(()) => Progress::Applied,
+            Ok(Made::Written) => Progress::Applied,
+            Ok(Made::AlreadySo) => Progress::AlreadySo,
             Err(f) => Progress::Failed(f.clone()),
         };
         let mut s = self.0.lock().expect("settled");
@@ -86,9 +98,11 @@ impl Settled {
     pub fn describe(&self) -> String {
         let s = self.0.lock().expect("settled");
         let (mut applied, mut failed, mut under_way) = (Vec::new(), Vec::new(), Vec::new());
+        let mut already = Vec::new();
         for (arn, p) in &s.states {
             match p {
                 Progress::Applied => applied.push(arn.clone()),
+                Progress::AlreadySo => already.push(arn.clone()),
                 // One line each, as a log reader takes them (the SDK's credential errors
                 // span several).
                 Progress::Failed(f) => {
@@ -111,6 +125,16 @@ impl Settled {
             (format!("{not_started} not started"), Vec::new()),
         ]
         .into_iter()
+        // Rare (a late re-read found it made by someone else): said only when it happened.
+        .chain((!already.is_empty()).then(|| {
+            (
+                format!(
+                    "{} already as the manifests ask, made meanwhile by someone else",
+                    already.len()
+                ),
+                already,
+            )
+        }))
         .map(|(head, items)| {
             std::iter::once(head)
                 .chain(items.into_iter().map(|i| format!("  {i}")))
@@ -134,6 +158,7 @@ impl Settled {
                     (_, None) => (Outcome::NotStarted, None),
                     (_, Some(Progress::UnderWay)) => (Outcome::UnderWay, None),
                     (_, Some(Progress::Applied)) => (Outcome::Applied, None),
+                    (_, Some(Progress::AlreadySo)) => (Outcome::Unchanged, None),
                     (_, Some(Progress::Failed(f))) => (Outcome::Failed, Some(f.clone())),
                 };
                 ResourceResult {
@@ -304,19 +329,21 @@ pub async fn apply<K: Kinesis>(
             if shown {
                 progress.inc(1);
             }
-            let outcome = if result.is_ok() {
-                Outcome::Applied
-            } else {
-                Outcome::Failed
+            let (outcome, label) = match result {
+                Ok(Made::Written) => (Outcome::Applied, "applied"),
+                Ok(Made::AlreadySo) => (Outcome::Unchanged, "unchanged"),
+                Err(_) => (Outcome::Failed, "failed"),
             };
-            metrics::counter!("kpr_changes_total", "action" => change.action.as_str(), "outcome" => if result.is_ok() { "applied" } else { "failed" })
+            metrics::counter!("kpr_changes_total", "action" => change.action.as_str(), "outcome" => label)
                 .increment(1);
             // Why, from which manifest line, and whom it grants or stops granting: the
             // service's log is its record of what it did (a drift undone names the intruder).
             let source = change.source_label();
             let access = change.access_label();
             match &result {
-                Ok(()) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "applied", "change applied"),
+                Ok(Made::Written) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "applied", "change applied"),
+                // Its re-read came before any `change starting`: this line is its record.
+                Ok(Made::AlreadySo) => tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "unchanged", "change not needed: the live policy is already as the manifest asks, changed since kpr read it"),
                 Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "failed", error = %crate::plan::loggable(&f.message), "change failed"),
             }
             ResourceResult {
@@ -344,10 +371,10 @@ async fn apply_one<K: Kinesis>(
     api: &Resilient<K>,
     change: &Change,
     opts: &ApplyOptions,
-) -> Option<Result<(), Failure>> {
+) -> Option<Result<Made, Failure>> {
     let fail = |e: &ApiError| Failure::from_api(change.arn.clone(), change.source.clone(), e);
     if change.action == Action::NoOp {
-        return Some(Ok(()));
+        return Some(Ok(Made::AlreadySo));
     }
     let read_ago = change.read_at.elapsed();
     if read_ago >= opts.reread_after {
@@ -362,8 +389,7 @@ async fn apply_one<K: Kinesis>(
         };
         // Someone made the change meanwhile (another kpr, a hand apply): nothing to write.
         if done {
-            tracing::info!(arn = %change.arn, "the live policy changed since kpr read it and is now as the manifest asks: nothing to write");
-            return Some(Ok(()));
+            return Some(Ok(Made::AlreadySo));
         }
         if !unchanged {
             return Some(Err(crate::plan::local_failure(
@@ -419,7 +445,7 @@ async fn apply_one<K: Kinesis>(
         return Some(match read_back(api, change, tolerance).await {
             Ok(()) => {
                 tracing::info!(arn = %change.arn, error = %e, "the write's answer was lost, but the policy reads back as written");
-                Ok(())
+                Ok(Made::Written)
             }
             Err(unknown) => {
                 let mut f = fail(&e);
@@ -444,9 +470,9 @@ async fn apply_one<K: Kinesis>(
         });
     }
     if opts.verify {
-        return Some(verify(api, change, tolerance).await);
+        return Some(verify(api, change, tolerance).await.map(|()| Made::Written));
     }
-    Some(Ok(()))
+    Some(Ok(Made::Written))
 }
 
 /// After a write: the policy reads back in place within `timeout`, or a failure says why not.
@@ -581,18 +607,20 @@ mod tests {
     #[test]
     fn settled_names_what_finished_and_what_was_under_way() {
         let settled = Settled::default();
-        settled.begin(5);
-        for arn in ["arn:c", "arn:b", "arn:a", "arn:d"] {
+        settled.begin(6);
+        for arn in ["arn:c", "arn:b", "arn:a", "arn:d", "arn:e"] {
             settled.started(arn);
         }
         settled.withheld("arn:d");
-        settled.finished("arn:a", &Ok(()));
+        settled.finished("arn:a", &Ok(Made::Written));
         let denied = crate::plan::local_failure("arn:b".into(), None, None, "de\nnied".into());
         settled.finished("arn:b", &Err(denied));
+        settled.finished("arn:e", &Ok(Made::AlreadySo));
         assert_eq!(
             settled.describe(),
             "1 change(s) applied\n  arn:a\n1 failed\n  arn:b: de\\nnied\n\
-             1 under way, which may or may not have been applied\n  arn:c\n2 not started"
+             1 under way, which may or may not have been applied\n  arn:c\n2 not started\n\
+             1 already as the manifests ask, made meanwhile by someone else\n  arn:e"
         );
     }
 
@@ -750,15 +778,22 @@ mod tests {
         let long_ago = std::time::Instant::now()
             .checked_sub(Duration::from_secs(90))
             .unwrap();
-        // (live now, read at, reads, puts, applied)
-        for (now, read_at, reads, puts, ok) in [
-            (Some(edited.clone()), long_ago, 1, 0, false),
-            (None, long_ago, 1, 0, false),
-            (Some(relaid), long_ago, 1, 1, true),
-            (Some(planned.clone()), long_ago, 1, 1, true),
-            (Some(edited), std::time::Instant::now(), 0, 1, true),
-            // Changed meanwhile into what the manifest asks: done, nothing to write.
-            (Some(POLICY.to_string()), long_ago, 1, 0, true),
+        let written_ = Some(Made::Written);
+        // (live now, read at, reads, puts, what it made: none when it failed)
+        for (now, read_at, reads, puts, made) in [
+            (Some(edited.clone()), long_ago, 1, 0, None),
+            (None, long_ago, 1, 0, None),
+            (Some(relaid), long_ago, 1, 1, written_),
+            (Some(planned.clone()), long_ago, 1, 1, written_),
+            (Some(edited), std::time::Instant::now(), 0, 1, written_),
+            // Changed meanwhile into what the manifest asks: nothing to write, and not kpr's.
+            (
+                Some(POLICY.to_string()),
+                long_ago,
+                1,
+                0,
+                Some(Made::AlreadySo),
+            ),
         ] {
             let api = edited_meanwhile(now.clone());
             let mut change = written();
@@ -769,7 +804,7 @@ mod tests {
             let case = format!("{now:?}: {result:?}");
             assert_eq!(api.inner().reads.load(Ordering::SeqCst), reads, "{case}");
             assert_eq!(api.inner().puts.load(Ordering::SeqCst), puts, "{case}");
-            assert_eq!(result.is_ok(), ok, "{case}");
+            assert_eq!(result.as_ref().ok().copied(), made, "{case}");
             if let Err(f) = result {
                 assert!(
                     f.message
@@ -787,8 +822,39 @@ mod tests {
         delete.live = Some(PolicyDocument::from_json_str(&planned).unwrap());
         delete.read_at = long_ago;
         let result = apply_one(&api, &delete, &opts).await.expect("sent");
-        assert!(result.is_ok(), "{result:?}");
+        assert_eq!(result.ok(), Some(Made::AlreadySo));
         assert_eq!(api.inner().reads.load(Ordering::SeqCst), 1);
+    }
+
+    /// A change its late re-read finds already made is reported as unchanged, not as kpr's:
+    /// not counted as an update (a pipeline would read exit 2, "changes made"), and said so.
+    #[tokio::test]
+    async fn a_change_found_already_made_is_not_reported_as_applied() {
+        let api = edited_meanwhile(Some(POLICY.to_string()));
+        let mut change = written();
+        change.action = crate::plan::Action::Update;
+        change.live = Some(PolicyDocument::from_json_str(&POLICY.replace("1111", "4444")).unwrap());
+        change.read_at = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(90))
+            .unwrap();
+        let plan = Plan {
+            changes: vec![change],
+            ..Plan::default()
+        };
+        let opts = ApplyOptions {
+            reread_after: Duration::from_secs(60),
+            ..ApplyOptions::default()
+        };
+        let report = apply(&api, plan, &opts, &indicatif::ProgressBar::hidden()).await;
+        assert_eq!(api.inner().puts.load(Ordering::SeqCst), 0);
+        assert_eq!(report.results[0].outcome, Outcome::Unchanged);
+        let summary = report.summary();
+        assert_eq!((summary.update, summary.unchanged), (0, 1), "{summary:?}");
+        let text = crate::render::apply_text(&report, &crate::render::Style { color: false });
+        assert!(
+            text.contains("already as the manifest asks: changed since kpr read it"),
+            "{text}"
+        );
     }
 
     /// The text log of what runs while [`Log::capture`]'s guard lives.
@@ -889,8 +955,7 @@ mod tests {
         });
         let plan = Plan {
             changes: changes.to_vec(),
-            failures: Vec::new(),
-            unlisted_targets: Vec::new(),
+            ..Plan::default()
         };
         let opts = ApplyOptions {
             concurrency: 3,

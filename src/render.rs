@@ -649,7 +649,10 @@ pub fn apply_text(report: &Report, style: &Style) -> String {
             Outcome::Applied => style.green("done"),
             Outcome::Failed => style.red("FAILED"),
             Outcome::UnderWay => style.yellow("under way, may or may not have landed"),
-            Outcome::Unchanged | Outcome::NotStarted => String::new(),
+            // A late re-read found it made by someone else.
+            Outcome::Unchanged => style
+                .yellow("already as the manifest asks: changed since kpr read it, nothing written"),
+            Outcome::NotStarted => String::new(),
         };
         // Located as in the plan above it: a failure is fixed in its file.
         let _ = writeln!(
