@@ -1055,11 +1055,20 @@ async fn run_plan(
         return refuse("unmatched_target", message, &warnings, None);
     }
     for t in targets.iter().filter(|t| !plan.covers(t)) {
-        crate::errln!(
-            "warning: --target {t} matched nothing: no manifest in {}, and it has no policy \
-             to prune (already deleted?)",
-            settings.dir.display()
-        );
+        if plan.listing_failed {
+            // Not "no policy": the listing that would have found it failed.
+            crate::errln!(
+                "warning: --target {t} matched no manifest in {}, and was not checked for a \
+                 policy to prune: a listing failed (see the failures)",
+                settings.dir.display()
+            );
+        } else {
+            crate::errln!(
+                "warning: --target {t} matched nothing: no manifest in {}, and it has no \
+                 policy to prune (already deleted?)",
+                settings.dir.display()
+            );
+        }
     }
     let apply_mode = match mode {
         Some(m) if !m.dry_run => m,

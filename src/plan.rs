@@ -307,6 +307,10 @@ pub struct Plan {
     /// succeeded: they name nothing that exists (a typo), not a policy already deleted.
     #[serde(skip)]
     pub unlisted_targets: Vec<ResourceArn>,
+    /// With `--prune`, a listing failed: what it would have found is unknown (the failure is
+    /// among `failures`).
+    #[serde(skip)]
+    pub listing_failed: bool,
 }
 
 impl Plan {
@@ -705,13 +709,20 @@ async fn prune<K: Kinesis>(
                 // as for a policy read below.
                 Err(e) if e.class == crate::kinesis::ErrorClass::NotFound => {}
                 Err(e) => {
-                    plan.failures
-                        .push(Failure::from_api(stream.to_string(), None, &e));
+                    // Named by its stream, yet not the stream's own failure (a delete of it
+                    // planned above stands): its consumers went unchecked.
+                    let mut f = Failure::from_api(stream.to_string(), None, &e);
+                    f.message = format!(
+                        "its consumers were not checked for policies to prune: {}",
+                        f.message
+                    );
+                    plan.failures.push(f);
                     listing_failed = true;
                 }
             }
         }
     }
+    plan.listing_failed = listing_failed;
     if !listing_failed {
         plan.unlisted_targets = opts
             .targets

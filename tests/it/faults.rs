@@ -1187,6 +1187,20 @@ fn a_stream_gone_before_its_consumers_are_listed_is_nothing_to_prune() {
         "unmatched_target",
         "{refused:?}"
     );
+    // Refused, not gone: that stream's consumers went unchecked. The failure is named by the
+    // stream, and must not read as the stream's own.
+    proxy.always(Some("ListStreamConsumers"), &arns[0], Fault::AccessDenied);
+    let run = plan(&[]);
+    assert_eq!(run.code, 1, "{run:?}");
+    let failure = &run.json()["failures"][0];
+    assert_eq!(failure["arn"], arns[0].as_str(), "{run:?}");
+    assert!(
+        failure["message"]
+            .as_str()
+            .unwrap()
+            .starts_with("its consumers were not checked for policies to prune: "),
+        "{run:?}"
+    );
 }
 
 /// A listing answer without a member the API must send (`{}` from a broken proxy or stub)
@@ -1225,6 +1239,21 @@ fn a_listing_without_its_required_members_is_no_answer() {
         "{out}"
     );
     assert!(!out.contains("- delete stream"), "{out}");
+    // A target the failed listing would have found is not said to have no policy.
+    let targeted = prune_plan(
+        &proxy,
+        &emu,
+        &m,
+        &["--max-attempts", "2", "--target", &arns[1]],
+    );
+    assert_eq!(targeted.code, 1, "{targeted:?}");
+    assert!(
+        targeted
+            .stderr
+            .contains("was not checked for a policy to prune: a listing failed"),
+        "{targeted:?}"
+    );
+    assert!(!targeted.stderr.contains("already deleted"), "{targeted:?}");
 }
 
 /// `--target` with `--prune` lists only where a target is: a one-resource run in a large
