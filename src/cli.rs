@@ -966,7 +966,7 @@ async fn run_plan(
     // Validation of the whole desired state happens before the first call.
     let loaded = manifest::load_dir(&settings.dir, &engine.load);
     // Warnings go to stderr as `validate` prints them: a pipeline that only plans must see them.
-    let warnings: Vec<Diagnostic> = loaded.warnings().cloned().collect();
+    let mut warnings: Vec<Diagnostic> = loaded.warnings().cloned().collect();
     if loaded.has_errors() {
         // Errors and warnings together, in the order of the files, as `validate` shows them.
         print_diagnostics(&loaded.diagnostics);
@@ -1055,20 +1055,28 @@ async fn run_plan(
         return refuse("unmatched_target", message, &warnings, None);
     }
     for t in targets.iter().filter(|t| !plan.covers(t)) {
-        if plan.listing_failed {
+        let message = if plan.listing_failed {
             // Not "no policy": the listing that would have found it failed.
-            crate::errln!(
-                "warning: --target {t} matched no manifest in {}, and was not checked for a \
-                 policy to prune: a listing failed (see the failures)",
+            format!(
+                "--target {t} matched no manifest in {}, and was not checked for a policy to \
+                 prune: a listing failed (see the failures)",
                 settings.dir.display()
-            );
+            )
         } else {
-            crate::errln!(
-                "warning: --target {t} matched nothing: no manifest in {}, and it has no \
-                 policy to prune (already deleted?)",
+            format!(
+                "--target {t} matched nothing: no manifest in {}, and it has no policy to \
+                 prune (already deleted?)",
                 settings.dir.display()
-            );
-        }
+            )
+        };
+        crate::errln!("warning: {message}");
+        // Also in the JSON, which is what a pipeline's comment is built from.
+        warnings.push(Diagnostic {
+            file: settings.dir.clone(),
+            line: None,
+            severity: crate::manifest::Severity::Warning,
+            message,
+        });
     }
     let apply_mode = match mode {
         Some(m) if !m.dry_run => m,

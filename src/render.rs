@@ -15,7 +15,8 @@
 //!                    "outcome"?: "applied"|"unchanged"|"failed"|"not_started"|"under_way",
 //!                    "error"?: failure } ],
 //!   "failures": [ { "arn", "source", "operation", "code", "retryable", "message" } ],
-//!   "diagnostics": [ { "file", "line", "severity": "warning", "message" } ],  // lint warnings
+//!   "diagnostics": [ { "file", "line", "severity": "warning", "message" } ],  // lint warnings,
+//!                    // and a --prune target that matched nothing (file: the directory)
 //!   "targeted"?: { "planned", "declared" },   // with --target: the others were not read
 //!   "interrupted"?: null | { "by": "SIGINT"|"SIGTERM", "not_started",       // apply only
 //!                            "hard_stop"?: "SIGINT"|"SIGTERM" } }  // a second signal's report

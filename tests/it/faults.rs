@@ -1244,16 +1244,22 @@ fn a_listing_without_its_required_members_is_no_answer() {
         &proxy,
         &emu,
         &m,
-        &["--max-attempts", "2", "--target", &arns[1]],
+        &[
+            "--max-attempts",
+            "2",
+            "--target",
+            &arns[1],
+            "--output",
+            "json",
+        ],
     );
     assert_eq!(targeted.code, 1, "{targeted:?}");
-    assert!(
-        targeted
-            .stderr
-            .contains("was not checked for a policy to prune: a listing failed"),
-        "{targeted:?}"
-    );
+    let said = "was not checked for a policy to prune: a listing failed";
+    assert!(targeted.stderr.contains(said), "{targeted:?}");
     assert!(!targeted.stderr.contains("already deleted"), "{targeted:?}");
+    // In the JSON too, which a pipeline's comment is built from.
+    let diagnostics = targeted.json()["diagnostics"].to_string();
+    assert!(diagnostics.contains(said), "{targeted:?}");
 }
 
 /// `--target` with `--prune` lists only where a target is: a one-resource run in a large
