@@ -343,7 +343,7 @@ pub async fn apply<K: Kinesis>(
             match &result {
                 Ok(Made::Written) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "applied", "change applied"),
                 // Its re-read came before any `change starting`: this line is its record.
-                Ok(Made::AlreadySo) => tracing::info!(arn = %change.arn, action = change.action.as_str(), outcome = "unchanged", "change not needed: the live policy is already as the manifest asks, changed since kpr read it"),
+                Ok(Made::AlreadySo) => tracing::info!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, outcome = "unchanged", "change not needed: the live policy changed since kpr read it into what this change would make"),
                 Err(f) => tracing::warn!(arn = %change.arn, action = change.action.as_str(), reason = %change.reason_label(), source, access, outcome = "failed", error = %crate::plan::loggable(&f.message), "change failed"),
             }
             ResourceResult {
@@ -853,6 +853,28 @@ mod tests {
         let text = crate::render::apply_text(&report, &crate::render::Style { color: false });
         assert!(
             text.contains("already as the manifest asks: changed since kpr read it"),
+            "{text}"
+        );
+        // A prune's delete found already made: it has no manifest to speak of.
+        let api = edited_meanwhile(None);
+        let mut delete = written();
+        delete.action = crate::plan::Action::Delete;
+        delete.delete_cause = Some(crate::plan::DeleteCause::Prune);
+        (delete.desired, delete.put_json) = (None, None);
+        delete.live = Some(PolicyDocument::from_json_str(POLICY).unwrap());
+        delete.read_at = std::time::Instant::now()
+            .checked_sub(Duration::from_secs(90))
+            .unwrap();
+        let plan = Plan {
+            changes: vec![delete],
+            ..Plan::default()
+        };
+        let report = apply(&api, plan, &opts, &indicatif::ProgressBar::hidden()).await;
+        assert_eq!(report.results[0].outcome, Outcome::Unchanged);
+        let text = crate::render::apply_text(&report, &crate::render::Style { color: false });
+        assert!(
+            text.contains("already without a policy: changed since kpr read it, nothing deleted")
+                && !text.contains("manifest"),
             "{text}"
         );
     }

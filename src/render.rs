@@ -650,7 +650,10 @@ pub fn apply_text(report: &Report, style: &Style) -> String {
             Outcome::Applied => style.green("done"),
             Outcome::Failed => style.red("FAILED"),
             Outcome::UnderWay => style.yellow("under way, may or may not have landed"),
-            // A late re-read found it made by someone else.
+            // A late re-read found it made by someone else. A prune's delete has no manifest.
+            Outcome::Unchanged if r.change.action == Action::Delete => {
+                style.yellow("already without a policy: changed since kpr read it, nothing deleted")
+            }
             Outcome::Unchanged => style
                 .yellow("already as the manifest asks: changed since kpr read it, nothing written"),
             Outcome::NotStarted => String::new(),

@@ -425,7 +425,8 @@ pub fn install_metrics() -> Result<PrometheusHandle, CliError> {
         metrics::counter!("kpr_webhooks_total", "result" => result).absolute(0);
     }
     for action in [Action::Create, Action::Update, Action::Delete].map(Action::as_str) {
-        for outcome in ["applied", "failed"] {
+        // "unchanged": a change its late re-read found already made.
+        for outcome in ["applied", "unchanged", "failed"] {
             metrics::counter!("kpr_changes_total", "action" => action, "outcome" => outcome)
                 .absolute(0);
         }

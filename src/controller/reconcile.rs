@@ -2230,8 +2230,7 @@ impl Reconciler {
                         source: c.source.as_ref().map(ToString::to_string),
                     },
                     state,
-                    released: r.outcome == Outcome::Applied
-                        && c.delete_cause == Some(DeleteCause::Prune),
+                    released: releases(r.outcome, c),
                 });
             }
         }
@@ -2581,6 +2580,13 @@ fn changed_scope(
     }
 }
 
+/// Whether a change leaves its resource unmanaged: a prune's delete made, or found already
+/// made by its late re-read (`Unchanged`), leaves nothing to track either way.
+fn releases(outcome: Outcome, change: &plan::Change) -> bool {
+    matches!(outcome, Outcome::Applied | Outcome::Unchanged)
+        && change.delete_cause == Some(DeleteCause::Prune)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -2847,5 +2853,25 @@ mod tests {
         );
         assert!(inc.desired.is_empty());
         assert_eq!(inc.left_alone, [other]);
+    }
+
+    #[test]
+    fn a_prune_delete_found_already_made_releases_its_resource() {
+        let arn = ResourceArn::parse("arn:aws:kinesis:us-east-1:111122223333:stream/s").unwrap();
+        let mut change = plan::Change::new(arn);
+        change.action = Action::Delete;
+        let all = [
+            Outcome::Applied,
+            Outcome::Unchanged,
+            Outcome::Failed,
+            Outcome::NotStarted,
+            Outcome::UnderWay,
+        ];
+        // `ensure: absent`: declared, so still managed.
+        change.delete_cause = Some(DeleteCause::EnsureAbsent);
+        assert!(all.iter().all(|&o| !releases(o, &change)));
+        change.delete_cause = Some(DeleteCause::Prune);
+        let released: Vec<Outcome> = all.into_iter().filter(|&o| releases(o, &change)).collect();
+        assert_eq!(released, [Outcome::Applied, Outcome::Unchanged]);
     }
 }

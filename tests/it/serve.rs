@@ -900,6 +900,10 @@ fn alerted_counters_are_exported_at_zero_from_the_start() {
             "kpr_changes_total",
             &[("action", "delete"), ("outcome", "failed")],
         ),
+        (
+            "kpr_changes_total",
+            &[("action", "update"), ("outcome", "unchanged")],
+        ),
         ("kpr_http_connections_refused_total", &[]),
     ] {
         let series = metrics.lines().find(|l| {
