@@ -922,6 +922,44 @@ fn progress_bar(enabled: bool, msg: &'static str) -> indicatif::ProgressBar {
     pb
 }
 
+/// With `--prune`, each target (once) that matched neither a manifest nor a policy to prune:
+/// a warning on stderr, and among `warnings` for the JSON a pipeline's comment is built from.
+fn warn_unmatched_targets(
+    plan: &plan::Plan,
+    targets: &[ResourceArn],
+    dir: &Path,
+    warnings: &mut Vec<Diagnostic>,
+) {
+    let mut warned: Vec<&ResourceArn> = Vec::new();
+    for t in targets.iter().filter(|t| !plan.covers(t)) {
+        if warned.contains(&t) {
+            continue;
+        }
+        warned.push(t);
+        let message = if plan.listing_failed {
+            // Not "no policy": the listing that would have found it failed.
+            format!(
+                "--target {t} matched no manifest in {}, and was not checked for a policy to \
+                 prune: a listing failed (see the failures)",
+                dir.display()
+            )
+        } else {
+            format!(
+                "--target {t} matched nothing: no manifest in {}, and it has no policy to \
+                 prune (already deleted?)",
+                dir.display()
+            )
+        };
+        crate::errln!("warning: {message}");
+        warnings.push(Diagnostic {
+            file: dir.to_path_buf(),
+            line: None,
+            severity: crate::manifest::Severity::Warning,
+            message,
+        });
+    }
+}
+
 async fn run_plan(
     settings: &PlanSettings<'_>,
     engine: &Engine,
@@ -1016,6 +1054,9 @@ async fn run_plan(
                 plan::PlanRefused::TooManyDeletes { plan, .. } => plan.as_deref(),
                 plan::PlanRefused::PruneWithoutManifests => None,
             };
+            if let Some(p) = plan {
+                warn_unmatched_targets(p, &targets, &settings.dir, &mut warnings);
+            }
             // The whole plan it refused, as plan shows one (failures and summary too): the
             // deletes to review, and what else would change once the guard is raised.
             if let Some(p) = plan
@@ -1054,30 +1095,7 @@ async fn run_plan(
         );
         return refuse("unmatched_target", message, &warnings, None);
     }
-    for t in targets.iter().filter(|t| !plan.covers(t)) {
-        let message = if plan.listing_failed {
-            // Not "no policy": the listing that would have found it failed.
-            format!(
-                "--target {t} matched no manifest in {}, and was not checked for a policy to \
-                 prune: a listing failed (see the failures)",
-                settings.dir.display()
-            )
-        } else {
-            format!(
-                "--target {t} matched nothing: no manifest in {}, and it has no policy to \
-                 prune (already deleted?)",
-                settings.dir.display()
-            )
-        };
-        crate::errln!("warning: {message}");
-        // Also in the JSON, which is what a pipeline's comment is built from.
-        warnings.push(Diagnostic {
-            file: settings.dir.clone(),
-            line: None,
-            severity: crate::manifest::Severity::Warning,
-            message,
-        });
-    }
+    warn_unmatched_targets(&plan, &targets, &settings.dir, &mut warnings);
     let apply_mode = match mode {
         Some(m) if !m.dry_run => m,
         dry => {

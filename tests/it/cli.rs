@@ -1195,7 +1195,10 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     assert_eq!(actions("create"), std::slice::from_ref(&kept), "{doc:#}");
     assert_eq!(doc["summary"]["delete"], 3, "{doc:#}");
     assert!(doc["targeted"].is_null(), "{doc:#}");
-    // Targeted, the refused plan says it is not about the whole set, as a plan's would.
+    // Targeted, the refused plan says it is not about the whole set, as a plan's would. A
+    // target with neither a manifest nor a policy is warned about, once however often named,
+    // also when the guard refuses the plan.
+    let bare = emu.create_stream(&unique("bare"));
     let targeted = kpr(&[
         "plan",
         "--dir",
@@ -1209,12 +1212,27 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         &stray[0],
         "--target",
         &stray[1],
+        "--target",
+        &bare,
+        "--target",
+        &bare,
     ]);
     assert_eq!(targeted.code, 1, "{targeted:?}");
     let t = targeted.json();
     assert_eq!(t["refused"]["reason"], "prune_guard", "{t:#}");
     assert_eq!(t["targeted"]["declared"], 1, "{t:#}");
     assert_eq!(t["targeted"]["planned"], 0, "{t:#}");
+    let warned = format!("--target {bare} matched nothing");
+    let diagnostics = t["diagnostics"].as_array().unwrap();
+    assert_eq!(diagnostics.len(), 1, "{t:#}");
+    assert!(
+        diagnostics[0]["message"]
+            .as_str()
+            .unwrap()
+            .starts_with(&warned),
+        "{t:#}"
+    );
+    assert_eq!(targeted.stderr.matches(&warned).count(), 1, "{targeted:?}");
     // And in text, as plan shows changes, before the refusal.
     assert!(
         refused
