@@ -932,11 +932,20 @@ fn warn_unmatched_targets(
 ) {
     let mut warned: Vec<&ResourceArn> = Vec::new();
     for t in targets.iter().filter(|t| !plan.covers(t)) {
-        if warned.contains(&t) {
+        // A consumer with and without its timestamp is one resource, as `covers` takes it.
+        if warned.iter().any(|w| w.same_resource(t)) {
             continue;
         }
         warned.push(t);
-        let message = if plan.listing_failed {
+        let message = if plan.unlisted_targets.contains(t) {
+            // Only a plan the prune guard refused gets here with one: the others are refused
+            // as unmatched before this.
+            format!(
+                "--target {t} matches no manifest in {} and no stream or consumer in reach (a \
+                 typo?)",
+                dir.display()
+            )
+        } else if plan.listing_failed {
             // Not "no policy": the listing that would have found it failed.
             format!(
                 "--target {t} matched no manifest in {}, and was not checked for a policy to \
@@ -1554,6 +1563,28 @@ pub fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
 #[cfg(test)]
 mod tests {
     use super::{EnvCheck, check_env_vars};
+
+    /// A consumer named with and without its timestamp is one target, warned about once.
+    #[test]
+    fn an_unmatched_target_is_warned_about_once_however_spelt() {
+        let consumer = "arn:aws:kinesis:us-east-1:111122223333:stream/s/consumer/c";
+        let targets: Vec<crate::arn::ResourceArn> = [
+            consumer.to_string(),
+            format!("{consumer}:1795844491"),
+            consumer.to_string(),
+        ]
+        .iter()
+        .map(|a| crate::arn::ResourceArn::parse(a).unwrap())
+        .collect();
+        let mut warnings = Vec::new();
+        super::warn_unmatched_targets(
+            &crate::plan::Plan::default(),
+            &targets,
+            std::path::Path::new("policies"),
+            &mut warnings,
+        );
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+    }
 
     fn vars(names: &[&str]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
         names.iter().map(|n| (n.into(), "1".into())).collect()

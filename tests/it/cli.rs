@@ -1199,6 +1199,7 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     // target with neither a manifest nor a policy is warned about, once however often named,
     // also when the guard refuses the plan.
     let bare = emu.create_stream(&unique("bare"));
+    let typo = emu.stream_arn(&unique("no-such-stream"));
     let targeted = kpr(&[
         "plan",
         "--dir",
@@ -1216,6 +1217,8 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
         &bare,
         "--target",
         &bare,
+        "--target",
+        &typo,
     ]);
     assert_eq!(targeted.code, 1, "{targeted:?}");
     let t = targeted.json();
@@ -1223,13 +1226,18 @@ fn prune_deletes_undeclared_policies_within_its_guards() {
     assert_eq!(t["targeted"]["declared"], 1, "{t:#}");
     assert_eq!(t["targeted"]["planned"], 0, "{t:#}");
     let warned = format!("--target {bare} matched nothing");
-    let diagnostics = t["diagnostics"].as_array().unwrap();
-    assert_eq!(diagnostics.len(), 1, "{t:#}");
+    // One that names nothing at all is not taken for a policy already deleted.
+    let mistyped = format!("--target {typo} matches no manifest");
+    let diagnostics: Vec<&str> = t["diagnostics"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d["message"].as_str().unwrap())
+        .collect();
+    assert_eq!(diagnostics.len(), 2, "{t:#}");
+    assert!(diagnostics[0].starts_with(&warned), "{t:#}");
     assert!(
-        diagnostics[0]["message"]
-            .as_str()
-            .unwrap()
-            .starts_with(&warned),
+        diagnostics[1].starts_with(&mistyped) && diagnostics[1].ends_with("(a typo?)"),
         "{t:#}"
     );
     assert_eq!(targeted.stderr.matches(&warned).count(), 1, "{targeted:?}");
