@@ -932,8 +932,14 @@ fn warn_unmatched_targets(
 ) {
     let mut warned: Vec<&ResourceArn> = Vec::new();
     for t in targets.iter().filter(|t| !plan.covers(t)) {
-        // A consumer with and without its timestamp is one resource, as `covers` takes it.
-        if warned.iter().any(|w| w.same_resource(t)) {
+        // A consumer with and without its timestamp names one registration, and is warned
+        // about once; two timestamps are two registrations, each warned about (one may be
+        // gone, the other live), as is any pair the plan found apart.
+        let unlisted = |a: &ResourceArn| plan.unlisted_targets.contains(a);
+        if warned
+            .iter()
+            .any(|w| plan::target_names(w, t) && unlisted(w) == unlisted(t))
+        {
             continue;
         }
         warned.push(t);
@@ -941,8 +947,7 @@ fn warn_unmatched_targets(
             // Only a plan the prune guard refused gets here with one: the others are refused
             // as unmatched before this.
             format!(
-                "--target {t} matches no manifest in {} and no stream or consumer in reach (a \
-                 typo?)",
+                "--target {t} matches no manifest in {} and no stream or consumer in reach",
                 dir.display()
             )
         } else if plan.listing_failed {
@@ -1564,26 +1569,32 @@ pub fn init_logging(filter: tracing_subscriber::EnvFilter, json: bool) {
 mod tests {
     use super::{EnvCheck, check_env_vars};
 
-    /// A consumer named with and without its timestamp is one target, warned about once.
+    /// A consumer named with and without its timestamp is one target, warned about once; two
+    /// timestamps of one name are two registrations, each warned about.
     #[test]
     fn an_unmatched_target_is_warned_about_once_however_spelt() {
         let consumer = "arn:aws:kinesis:us-east-1:111122223333:stream/s/consumer/c";
-        let targets: Vec<crate::arn::ResourceArn> = [
+        let warned = |targets: &[String]| {
+            let targets: Vec<crate::arn::ResourceArn> = targets
+                .iter()
+                .map(|a| crate::arn::ResourceArn::parse(a).unwrap())
+                .collect();
+            let mut warnings = Vec::new();
+            super::warn_unmatched_targets(
+                &crate::plan::Plan::default(),
+                &targets,
+                std::path::Path::new("policies"),
+                &mut warnings,
+            );
+            warnings.len()
+        };
+        let (plain, old, new) = (
             consumer.to_string(),
             format!("{consumer}:1795844491"),
-            consumer.to_string(),
-        ]
-        .iter()
-        .map(|a| crate::arn::ResourceArn::parse(a).unwrap())
-        .collect();
-        let mut warnings = Vec::new();
-        super::warn_unmatched_targets(
-            &crate::plan::Plan::default(),
-            &targets,
-            std::path::Path::new("policies"),
-            &mut warnings,
+            format!("{consumer}:1795845085"),
         );
-        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(warned(&[plain.clone(), old.clone(), plain.clone()]), 1);
+        assert_eq!(warned(&[new, old, plain]), 2);
     }
 
     fn vars(names: &[&str]) -> Vec<(std::ffi::OsString, std::ffi::OsString)> {
