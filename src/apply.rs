@@ -53,9 +53,7 @@ struct SettledState {
 #[derive(Debug)]
 enum Progress {
     UnderWay,
-    Applied,
-    /// Found as the manifest asks at its late re-read: nothing written.
-    AlreadySo,
+    Done(Made),
     Failed(Failure),
 }
 
@@ -66,6 +64,15 @@ enum Made {
     /// Its late re-read found the policy already as the manifest asks (another kpr, a hand
     /// apply): nothing was written, and kpr does not count it as its change.
     AlreadySo,
+}
+
+impl Made {
+    fn outcome(self) -> Outcome {
+        match self {
+            Made::Written => Outcome::Applied,
+            Made::AlreadySo => Outcome::Unchanged,
+        }
+    }
 }
 
 impl Settled {
@@ -85,8 +92,7 @@ impl Settled {
 
     fn finished(&self, arn: &str, result: &Result<Made, Failure>) {
         let progress = match result {
-            Ok(Made::Written) => Progress::Applied,
-            Ok(Made::AlreadySo) => Progress::AlreadySo,
+            Ok(made) => Progress::Done(*made),
             Err(f) => Progress::Failed(f.clone()),
         };
         let mut s = self.0.lock().expect("settled");
@@ -101,8 +107,8 @@ impl Settled {
         let mut already = Vec::new();
         for (arn, p) in &s.states {
             match p {
-                Progress::Applied => applied.push(arn.clone()),
-                Progress::AlreadySo => already.push(arn.clone()),
+                Progress::Done(Made::Written) => applied.push(arn.clone()),
+                Progress::Done(Made::AlreadySo) => already.push(arn.clone()),
                 // One line each, as a log reader takes them (the SDK's credential errors
                 // span several).
                 Progress::Failed(f) => {
@@ -157,8 +163,7 @@ impl Settled {
                     (Action::NoOp, _) => (Outcome::Unchanged, None),
                     (_, None) => (Outcome::NotStarted, None),
                     (_, Some(Progress::UnderWay)) => (Outcome::UnderWay, None),
-                    (_, Some(Progress::Applied)) => (Outcome::Applied, None),
-                    (_, Some(Progress::AlreadySo)) => (Outcome::Unchanged, None),
+                    (_, Some(Progress::Done(made))) => (made.outcome(), None),
                     (_, Some(Progress::Failed(f))) => (Outcome::Failed, Some(f.clone())),
                 };
                 ResourceResult {
@@ -203,6 +208,19 @@ pub enum Outcome {
     /// landed (`kpr plan` tells).
     #[serde(rename = "under_way")]
     UnderWay,
+}
+
+impl Outcome {
+    /// As in the JSON report: the metrics' and the log's `outcome` label.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Outcome::Applied => "applied",
+            Outcome::Unchanged => "unchanged",
+            Outcome::Failed => "failed",
+            Outcome::NotStarted => "not_started",
+            Outcome::UnderWay => "under_way",
+        }
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -329,12 +347,8 @@ pub async fn apply<K: Kinesis>(
             if shown {
                 progress.inc(1);
             }
-            let (outcome, label) = match result {
-                Ok(Made::Written) => (Outcome::Applied, "applied"),
-                Ok(Made::AlreadySo) => (Outcome::Unchanged, "unchanged"),
-                Err(_) => (Outcome::Failed, "failed"),
-            };
-            metrics::counter!("kpr_changes_total", "action" => change.action.as_str(), "outcome" => label)
+            let outcome = result.as_ref().map_or(Outcome::Failed, |made| made.outcome());
+            metrics::counter!("kpr_changes_total", "action" => change.action.as_str(), "outcome" => outcome.as_str())
                 .increment(1);
             // Why, from which manifest line, and whom it grants or stops granting: the
             // service's log is its record of what it did (a drift undone names the intruder).
@@ -750,6 +764,30 @@ mod tests {
         crate::kinesis::calls_a_test_does_not_make!();
     }
 
+    /// A read longer ago than the 60 s after which a write reads again.
+    fn read_long_ago() -> std::time::Instant {
+        std::time::Instant::now()
+            .checked_sub(Duration::from_secs(90))
+            .unwrap()
+    }
+
+    /// As the report says it: the metrics and the logs use the same words.
+    #[test]
+    fn an_outcome_is_named_as_the_json_names_it() {
+        for o in [
+            Outcome::Applied,
+            Outcome::Unchanged,
+            Outcome::Failed,
+            Outcome::NotStarted,
+            Outcome::UnderWay,
+        ] {
+            assert_eq!(
+                serde_json::to_value(o).unwrap(),
+                serde_json::json!(o.as_str())
+            );
+        }
+    }
+
     fn edited_meanwhile(now: Option<String>) -> Resilient<EditedMeanwhile> {
         let inner = EditedMeanwhile {
             now,
@@ -775,9 +813,7 @@ mod tests {
             reread_after: Duration::from_secs(60),
             ..ApplyOptions::default()
         };
-        let long_ago = std::time::Instant::now()
-            .checked_sub(Duration::from_secs(90))
-            .unwrap();
+        let long_ago = read_long_ago();
         let written_ = Some(Made::Written);
         // (live now, read at, reads, puts, what it made: none when it failed)
         for (now, read_at, reads, puts, made) in [
@@ -834,9 +870,7 @@ mod tests {
         let mut change = written();
         change.action = crate::plan::Action::Update;
         change.live = Some(PolicyDocument::from_json_str(&POLICY.replace("1111", "4444")).unwrap());
-        change.read_at = std::time::Instant::now()
-            .checked_sub(Duration::from_secs(90))
-            .unwrap();
+        change.read_at = read_long_ago();
         let plan = Plan {
             changes: vec![change],
             ..Plan::default()
@@ -862,9 +896,7 @@ mod tests {
         delete.delete_cause = Some(crate::plan::DeleteCause::Prune);
         (delete.desired, delete.put_json) = (None, None);
         delete.live = Some(PolicyDocument::from_json_str(POLICY).unwrap());
-        delete.read_at = std::time::Instant::now()
-            .checked_sub(Duration::from_secs(90))
-            .unwrap();
+        delete.read_at = read_long_ago();
         let plan = Plan {
             changes: vec![delete],
             ..Plan::default()

@@ -930,12 +930,13 @@ fn warn_unmatched_targets(
     dir: &Path,
     warnings: &mut Vec<Diagnostic>,
 ) {
+    let unlisted = |a: &ResourceArn| plan.unlisted_targets.contains(a);
+    let listing_failed = plan.listing_failed();
     let mut warned: Vec<&ResourceArn> = Vec::new();
     for t in targets.iter().filter(|t| !plan.covers(t)) {
         // A consumer with and without its timestamp names one registration, and is warned
         // about once; two timestamps are two registrations, each warned about (one may be
         // gone, the other live), as is any pair the plan found apart.
-        let unlisted = |a: &ResourceArn| plan.unlisted_targets.contains(a);
         if warned
             .iter()
             .any(|w| plan::target_names(w, t) && unlisted(w) == unlisted(t))
@@ -943,14 +944,14 @@ fn warn_unmatched_targets(
             continue;
         }
         warned.push(t);
-        let message = if plan.unlisted_targets.contains(t) {
+        let message = if unlisted(t) {
             // Only a plan the prune guard refused gets here with one: the others are refused
             // as unmatched before this.
             format!(
                 "--target {t} matches no manifest in {} and no stream or consumer in reach",
                 dir.display()
             )
-        } else if plan.listing_failed {
+        } else if listing_failed {
             // Not "no policy": the listing that would have found it failed.
             format!(
                 "--target {t} matched no manifest in {}, and was not checked for a policy to \

@@ -286,6 +286,15 @@ pub struct Failure {
 }
 
 impl Failure {
+    /// A failed ListStreams or ListStreamConsumers: about a whole scope or stream's consumers,
+    /// not one policy.
+    pub fn is_listing(&self) -> bool {
+        matches!(
+            self.operation,
+            Some(op) if op == Op::ListStreams.as_str() || op == Op::ListStreamConsumers.as_str()
+        )
+    }
+
     pub fn from_api(arn: String, source: Option<Source>, e: &ApiError) -> Self {
         Failure {
             arn,
@@ -307,10 +316,6 @@ pub struct Plan {
     /// succeeded: they name nothing that exists (a typo), not a policy already deleted.
     #[serde(skip)]
     pub unlisted_targets: Vec<ResourceArn>,
-    /// With `--prune`, a listing failed: what it would have found is unknown (the failure is
-    /// among `failures`).
-    #[serde(skip)]
-    pub listing_failed: bool,
 }
 
 impl Plan {
@@ -331,6 +336,11 @@ impl Plan {
         pruned
             .filter(|c| c.delete_cause == Some(DeleteCause::Prune))
             .count()
+    }
+
+    /// With `--prune`, whether a listing failed: what it would have found is unknown.
+    pub fn listing_failed(&self) -> bool {
+        self.failures.iter().any(Failure::is_listing)
     }
 
     /// Whether the plan has anything for `arn` (any action, or a failure).
@@ -722,7 +732,6 @@ async fn prune<K: Kinesis>(
             }
         }
     }
-    plan.listing_failed = listing_failed;
     if !listing_failed {
         plan.unlisted_targets = opts
             .targets

@@ -18,7 +18,7 @@ use tracing::Instrument;
 use crate::apply::{self, ApplyOptions, Outcome};
 use crate::arn::ResourceArn;
 use crate::cli::Engine;
-use crate::kinesis::{AwsKinesis, Op, Resilient};
+use crate::kinesis::{AwsKinesis, Resilient};
 use crate::manifest::{self, DesiredResource, DesiredState, Intent};
 use crate::plan::{self, Action, DeleteCause, PlanOptions, PlanRefused, Summary};
 
@@ -594,13 +594,6 @@ fn unapplied(changes: &[plan::Change], why: Unapplied) -> Vec<Item> {
 }
 
 /// A failed listing of a scope's streams or a stream's consumers, not a call about one policy.
-fn is_listing(f: &plan::Failure) -> bool {
-    matches!(
-        f.operation,
-        Some(op) if op == Op::ListStreams.as_str() || op == Op::ListStreamConsumers.as_str()
-    )
-}
-
 /// `/status` lists what happened to each resource; the in-sync majority is only counted.
 fn list_in_status(out: &mut RunOutcome, items: Vec<Item>) {
     out.resources.extend(
@@ -2192,7 +2185,7 @@ impl Reconciler {
                 .map(|s| crate::plan::loggable(&s.to_string()));
             let operation = f.operation.unwrap_or("");
             tracing::warn!(arn = %f.arn, operation, source, outcome = "failed", error = %crate::plan::loggable(&f.message), "planning failed");
-            out.listing_failed |= is_listing(f);
+            out.listing_failed |= f.is_listing();
             items.push(self.failure_item(f));
         }
         if self.opts.dry_run {
@@ -2211,15 +2204,15 @@ impl Reconciler {
             interrupted = report.interrupted.clone();
             for r in &report.results {
                 let c = &r.change;
-                let (outcome, state) = match r.outcome {
-                    Outcome::Applied => ("applied", ResourceState::InSync),
-                    Outcome::Unchanged => ("unchanged", ResourceState::InSync),
-                    Outcome::Failed => ("failed", ResourceState::Failed),
+                let state = match r.outcome {
+                    Outcome::Applied | Outcome::Unchanged => ResourceState::InSync,
+                    Outcome::Failed => ResourceState::Failed,
                     // Shutdown came first: still drift to fix, not a failure to back off from.
-                    Outcome::NotStarted => ("not_started", ResourceState::Drifted),
+                    Outcome::NotStarted => ResourceState::Drifted,
                     // Only a CLI's hard stop reports it; serve never stops an apply so.
-                    Outcome::UnderWay => ("under_way", ResourceState::Drifted),
+                    Outcome::UnderWay => ResourceState::Drifted,
                 };
+                let outcome = r.outcome.as_str();
                 items.push(Item {
                     id: Some(c.target.identity()),
                     status: ResourceStatus {
@@ -2247,7 +2240,7 @@ impl Reconciler {
     fn failure_item(&self, f: &plan::Failure) -> Item {
         // A listing failure concerns a whole scope or stream, not one policy: backing the
         // stream's own policy off for it would be wrong.
-        let about_one = !is_listing(f);
+        let about_one = !f.is_listing();
         Item {
             id: about_one
                 .then(|| ResourceArn::parse(&f.arn).ok().map(|a| a.identity()))

@@ -1307,9 +1307,9 @@ mod tests {
         assert_eq!(fetches.load(std::sync::atomic::Ordering::SeqCst), 2);
     }
 
-    /// kpr's client for an endpoint at `url`, its credentials from a [`Counting`] provider
-    /// (an hour each); with the count of loads, and its transport.
-    /// A client of `url`, which kpr is also told as its endpoint when `told` says so.
+    /// kpr's client for an endpoint at `url`, which kpr is also told as its endpoint when
+    /// `told` says so, its credentials from a [`Counting`] provider (an hour each); with the
+    /// count of loads, and its transport.
     fn against(
         url: &str,
         told: Option<&str>,
